@@ -1,0 +1,351 @@
+//! Errors, one enum per kind of operation. Every variant is precise enough to act
+//! on, and every failed publish hands the message back (`PublishError::into_message`).
+
+use std::fmt;
+
+use crate::message::Message;
+
+/// Why a name (exchange, queue, consumer tag) was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum NameError {
+    /// The name is empty where a name is required.
+    Empty,
+    /// The name is longer than 255 bytes (AMQP short string).
+    TooLong {
+        /// Its length in bytes.
+        len: usize,
+    },
+}
+
+impl fmt::Display for NameError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            NameError::Empty => f.write_str("must not be empty"),
+            NameError::TooLong { len } => write!(f, "is {len} bytes long, the limit is 255"),
+        }
+    }
+}
+
+/// A connection URL that could not be understood.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum UrlError {
+    /// The URL (or one of several separated by `;`) is empty.
+    #[error("empty connection URL")]
+    Empty,
+    /// No `scheme://` prefix.
+    #[error("connection URL {url:?} has no scheme (expected e.g. memory://)")]
+    MissingScheme {
+        /// The URL as given (password removed).
+        url: String,
+    },
+    /// A scheme no transport in this build handles.
+    #[error("unknown transport scheme {scheme:?} (supported: {supported})")]
+    UnknownScheme {
+        /// The scheme as given.
+        scheme: String,
+        /// The schemes this build supports.
+        supported: String,
+    },
+    /// A query option the transport does not know.
+    #[error("unknown option {name:?} for {scheme}:// URL")]
+    UnknownOption {
+        /// The transport scheme.
+        scheme: String,
+        /// The option name.
+        name: String,
+    },
+    /// A query option with a value that does not parse or is out of range.
+    #[error("invalid value {value:?} for option {name:?}: {reason}")]
+    InvalidOption {
+        /// The option name.
+        name: String,
+        /// The value as given.
+        value: String,
+        /// What was expected.
+        reason: String,
+    },
+    /// Something else about the URL's shape.
+    #[error("malformed connection URL: {reason}")]
+    Malformed {
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+/// Errors of topology, channel and consumer operations.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// An exchange, queue or consumer-tag name was refused.
+    #[error("{kind} name {name:?} {reason}")]
+    InvalidName {
+        /// "exchange", "queue", "consumer tag", "routing key".
+        kind: &'static str,
+        /// The name (truncated to 300 bytes).
+        name: String,
+        /// Why.
+        reason: NameError,
+    },
+    /// A topic binding pattern that is not valid.
+    #[error("invalid topic pattern {pattern:?}: {reason}")]
+    InvalidPattern {
+        /// The pattern.
+        pattern: String,
+        /// Why.
+        reason: String,
+    },
+    /// An argument outside its allowed range or combination.
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
+    /// The named exchange does not exist.
+    #[error("unknown exchange {0:?}")]
+    UnknownExchange(String),
+    /// The named queue does not exist.
+    #[error("unknown queue {0:?}")]
+    UnknownQueue(String),
+    /// A redeclaration with arguments different from the existing entity's.
+    #[error("precondition failed: {0}")]
+    PreconditionFailed(String),
+    /// The exchange or queue is in use and `if_unused` was given, or the default
+    /// exchange was to be deleted or bound.
+    #[error("{0} is in use")]
+    InUse(String),
+    /// `queue_delete(if_empty)` on a queue that has messages.
+    #[error("queue {0:?} is not empty")]
+    NotEmpty(String),
+    /// The queue is exclusive to another connection.
+    #[error("queue {0:?} is exclusive to another connection")]
+    Exclusive(String),
+    /// A consumer tag already used on this connection.
+    #[error("consumer tag {0:?} is already in use on this connection")]
+    DuplicateConsumerTag(String),
+    /// No consumer with this tag on the channel.
+    #[error("no consumer with tag {0:?} on this channel")]
+    UnknownConsumerTag(String),
+    /// The channel was closed.
+    #[error("channel is closed")]
+    ChannelClosed,
+    /// The connection was closed.
+    #[error("connection is closed")]
+    ConnectionClosed,
+    /// Nothing arrived within the timeout.
+    #[error("timed out")]
+    Timeout,
+    /// A connection URL that could not be used.
+    #[error(transparent)]
+    Url(#[from] UrlError),
+    /// The transport failed (I/O, remote server).
+    #[error("transport error: {0}")]
+    Transport(String),
+}
+
+impl Error {
+    /// True for [`Error::Timeout`].
+    pub fn is_timeout(&self) -> bool {
+        matches!(self, Error::Timeout)
+    }
+
+    /// True when the same call may succeed later without any change by the caller
+    /// (timeouts and transport failures).
+    pub fn is_transient(&self) -> bool {
+        matches!(self, Error::Timeout | Error::Transport(_))
+    }
+
+    pub(crate) fn name(kind: &'static str, name: &str, reason: NameError) -> Self {
+        let mut shown = name.to_owned();
+        if shown.len() > 300 {
+            let mut cut = 300;
+            while !shown.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            shown.truncate(cut);
+            shown.push('…');
+        }
+        Error::InvalidName {
+            kind,
+            name: shown,
+            reason,
+        }
+    }
+}
+
+/// A publish that did not happen. Every variant holds the message, so nothing is
+/// lost: take it back with [`PublishError::into_message`].
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum PublishError {
+    /// The channel (or its connection) is closed.
+    #[error("publish on a closed channel")]
+    ChannelClosed(Box<Message>),
+    /// The target exchange does not exist.
+    #[error("unknown exchange {exchange:?}")]
+    UnknownExchange {
+        /// The exchange name.
+        exchange: String,
+        /// The message, handed back.
+        message: Box<Message>,
+    },
+    /// `mandatory` was set and no queue matched.
+    #[error("unroutable: no queue bound to exchange {exchange:?} matches routing key {routing_key:?}")]
+    Unroutable {
+        /// The exchange name.
+        exchange: String,
+        /// The routing key.
+        routing_key: String,
+        /// The message, handed back.
+        message: Box<Message>,
+    },
+    /// The message's priority is above a target queue's `max_priority`.
+    #[error("priority {priority} is above max_priority {max} of queue {queue:?}")]
+    PriorityTooHigh {
+        /// The message's priority.
+        priority: u8,
+        /// The queue's maximum.
+        max: u8,
+        /// The queue.
+        queue: String,
+        /// The message, handed back.
+        message: Box<Message>,
+    },
+    /// The body is larger than the connection's `max_body_size`.
+    #[error("body of {size} bytes exceeds the maximum of {max} bytes")]
+    BodyTooLarge {
+        /// Body size.
+        size: usize,
+        /// Configured maximum.
+        max: usize,
+        /// The message, handed back.
+        message: Box<Message>,
+    },
+    /// A target queue with `overflow = reject-publish` is at `max_length` or
+    /// `max_length_bytes`.
+    #[error("queue {queue:?} is full ({reason})")]
+    QueueFull {
+        /// The queue.
+        queue: String,
+        /// Which limit.
+        reason: String,
+        /// The message, handed back.
+        message: Box<Message>,
+    },
+    /// The routing key is longer than 255 bytes.
+    #[error("routing key {reason}")]
+    InvalidRoutingKey {
+        /// Why.
+        reason: NameError,
+        /// The message, handed back.
+        message: Box<Message>,
+    },
+    /// The transport failed to accept the message.
+    #[error("transport error: {reason}")]
+    Transport {
+        /// What failed.
+        reason: String,
+        /// The message, handed back.
+        message: Box<Message>,
+    },
+}
+
+impl PublishError {
+    /// The message that was not published.
+    pub fn into_message(self) -> Message {
+        *match self {
+            PublishError::ChannelClosed(m) => m,
+            PublishError::UnknownExchange { message, .. }
+            | PublishError::Unroutable { message, .. }
+            | PublishError::PriorityTooHigh { message, .. }
+            | PublishError::BodyTooLarge { message, .. }
+            | PublishError::QueueFull { message, .. }
+            | PublishError::InvalidRoutingKey { message, .. }
+            | PublishError::Transport { message, .. } => message,
+        }
+    }
+
+    /// A borrow of the message that was not published.
+    pub fn message(&self) -> &Message {
+        match self {
+            PublishError::ChannelClosed(m) => m,
+            PublishError::UnknownExchange { message, .. }
+            | PublishError::Unroutable { message, .. }
+            | PublishError::PriorityTooHigh { message, .. }
+            | PublishError::BodyTooLarge { message, .. }
+            | PublishError::QueueFull { message, .. }
+            | PublishError::InvalidRoutingKey { message, .. }
+            | PublishError::Transport { message, .. } => message,
+        }
+    }
+
+    /// True when retrying the same publish later may succeed (queue full,
+    /// transport failure).
+    pub fn is_transient(&self) -> bool {
+        matches!(
+            self,
+            PublishError::QueueFull { .. } | PublishError::Transport { .. }
+        )
+    }
+}
+
+/// Where a delivery stands when an ack, reject or lease extension could not apply.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Settled {
+    /// Already acknowledged.
+    Acked,
+    /// Already rejected or nacked.
+    Rejected,
+    /// Returned to its queue (channel closed or lease expired); it will be, or
+    /// was, delivered again with `redelivered = true`.
+    Restored,
+    /// Settled earlier and no longer tracked (acked, rejected or restored).
+    Earlier,
+}
+
+impl fmt::Display for Settled {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Settled::Acked => "acked",
+            Settled::Rejected => "rejected",
+            Settled::Restored => "restored to its queue",
+            Settled::Earlier => "settled",
+        })
+    }
+}
+
+/// Errors of ack, reject, nack and lease extension.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum AckError {
+    /// No delivery with this tag was ever made on this channel.
+    #[error("unknown delivery tag {0}")]
+    UnknownTag(u64),
+    /// The delivery was made but is no longer outstanding.
+    #[error("delivery tag {tag} is no longer outstanding: already {state}")]
+    AlreadySettled {
+        /// The tag.
+        tag: u64,
+        /// What happened to it.
+        state: Settled,
+    },
+    /// The delivery came from a `no_ack` consumer: there is nothing to settle.
+    #[error("delivery tag {0} was delivered with no_ack")]
+    NoAck(u64),
+    /// The channel is closed; its unacked deliveries were restored.
+    #[error("channel is closed")]
+    ChannelClosed,
+}
+
+impl AckError {
+    /// True when the message was handed back to its queue before this call
+    /// (lease expiry or channel close), so it will be redelivered.
+    pub fn is_restored(&self) -> bool {
+        matches!(
+            self,
+            AckError::AlreadySettled {
+                state: Settled::Restored,
+                ..
+            } | AckError::ChannelClosed
+        )
+    }
+}

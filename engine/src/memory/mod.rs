@@ -1,0 +1,478 @@
+//! `memory://`: the in-process transport and the reference implementation of
+//! dashi's semantics.
+//!
+//! # Invariants
+//! - Publish and consume run on the caller's thread: no thread hop, no lock on
+//!   the fast path. Routing reads an immutable [`Routing`] snapshot swapped
+//!   atomically (`arc-swap`) after each topology change; the topology itself is
+//!   behind a `parking_lot` mutex touched only by declare/bind/delete.
+//! - A message routed to several queues is stored once (`Arc<Stored>`); each
+//!   queue holds a small envelope pointing to it.
+//! - `memory://` (no name) is one process-wide instance, as in Kombu;
+//!   `memory://NAME` is an isolated instance shared by every connection that
+//!   names it. Instances live as long as the process, so messages outlive the
+//!   connections that published them.
+
+mod queue;
+
+use std::collections::HashMap;
+use std::sync::{Arc, OnceLock};
+
+use arc_swap::ArcSwap;
+use parking_lot::Mutex;
+
+use crate::clock::{deadline_after, now_ns, NEVER};
+use crate::error::{Error, PublishError};
+use crate::exchange::Exchange;
+use crate::message::Message;
+use crate::names::{check_exchange_ref, check_len, check_name};
+use crate::queue::{Queue, QueueInfo};
+use crate::routing::{Binding, Routing, Topology};
+use crate::stats::{Counters, QueueStats};
+use crate::transport::{ConnectionId, Envelope, Implements, QueueStore, Stored, Transport};
+use crate::value::Value;
+
+use queue::{DeathReason, MemQueue, Reserve};
+
+#[derive(Debug, Default)]
+struct Topo {
+    topology: Topology,
+    queues: HashMap<String, Arc<MemQueue>>,
+}
+
+#[derive(Debug)]
+pub(crate) struct Shared {
+    topo: Mutex<Topo>,
+    routing: ArcSwap<Routing<Arc<MemQueue>>>,
+    pub(crate) counters: Counters,
+}
+
+/// The in-process transport. Cheap to clone; clones share state.
+#[derive(Debug, Clone)]
+pub struct MemoryTransport {
+    name: String,
+    shared: Arc<Shared>,
+}
+
+static INSTANCES: OnceLock<Mutex<HashMap<String, MemoryTransport>>> = OnceLock::new();
+
+impl MemoryTransport {
+    /// The process-wide instance called `name` ("" for the default one),
+    /// created on first use.
+    pub fn named(name: &str) -> MemoryTransport {
+        let mut map = INSTANCES.get_or_init(Default::default).lock();
+        map.entry(name.to_owned())
+            .or_insert_with(|| MemoryTransport::isolated(name))
+            .clone()
+    }
+
+    /// A new instance shared with nobody else.
+    pub fn isolated(name: &str) -> MemoryTransport {
+        MemoryTransport {
+            name: name.to_owned(),
+            shared: Arc::new(Shared {
+                topo: Mutex::new(Topo::default()),
+                routing: ArcSwap::from_pointee(Routing::default()),
+                counters: Counters::default(),
+            }),
+        }
+    }
+
+    /// The instance's name ("" for the default).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+}
+
+impl Shared {
+    fn republish_snapshot(&self, topo: &Topo) {
+        let snap = topo
+            .topology
+            .snapshot(topo.queues.iter().map(|(n, q)| (n.clone(), q.clone())));
+        self.routing.store(Arc::new(snap));
+    }
+
+    pub(crate) fn remove_queue(&self, name: &str) -> Option<Arc<MemQueue>> {
+        let mut topo = self.topo.lock();
+        let q = topo.queues.remove(name)?;
+        topo.topology.remove_queue(name);
+        self.republish_snapshot(&topo);
+        drop(topo);
+        q.mark_deleted();
+        Some(q)
+    }
+
+    /// Routes and enqueues. Nothing is enqueued anywhere unless every target
+    /// accepts (priority, limits).
+    fn publish(
+        &self,
+        message: Message,
+        exchange: &str,
+        routing_key: &str,
+        mandatory: bool,
+    ) -> Result<(), PublishError> {
+        let routing = self.routing.load();
+        let route = match routing.route(exchange, routing_key, &message.properties.headers) {
+            Ok(r) => r,
+            Err(missing) => {
+                return Err(PublishError::UnknownExchange {
+                    exchange: missing,
+                    message: Box::new(message),
+                })
+            }
+        };
+        let targets = route.as_slice();
+        if targets.is_empty() {
+            if mandatory {
+                return Err(PublishError::Unroutable {
+                    exchange: exchange.to_owned(),
+                    routing_key: routing_key.to_owned(),
+                    message: Box::new(message),
+                });
+            }
+            Counters::add(&self.counters.publish.published, 1);
+            Counters::add(&self.counters.publish.dropped_unroutable, 1);
+            return Ok(());
+        }
+        let priority = message.properties.priority.unwrap_or(0);
+        for &t in targets {
+            let q = routing.target(t);
+            if priority > q.decl.max_priority {
+                return Err(PublishError::PriorityTooHigh {
+                    priority,
+                    max: q.decl.max_priority,
+                    queue: q.decl.name.clone(),
+                    message: Box::new(message),
+                });
+            }
+        }
+        let size = message.body.len() as u64;
+        for (i, &t) in targets.iter().enumerate() {
+            if let Reserve::Full(which) = routing.target(t).reserve(size) {
+                for &done in &targets[..i] {
+                    routing.target(done).unreserve(size);
+                }
+                return Err(PublishError::QueueFull {
+                    queue: routing.target(t).decl.name.clone(),
+                    reason: format!("{which} reached and overflow is reject-publish"),
+                    message: Box::new(message),
+                });
+            }
+        }
+        let now = now_ns();
+        let msg_ttl = message.properties.expiration;
+        let stored = Arc::new(Stored {
+            message,
+            exchange: exchange.to_owned(),
+            routing_key: routing_key.to_owned(),
+            published_at: now,
+        });
+        for &t in targets {
+            let q = routing.target(t);
+            let ttl = match (q.decl.message_ttl, msg_ttl) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+            q.push_reserved(Envelope {
+                stored: stored.clone(),
+                redelivered: false,
+                expires_at: ttl.map_or(NEVER, deadline_after),
+                lane: priority,
+                token: 0,
+            });
+        }
+        Counters::add(&self.counters.publish.published, 1);
+        Counters::add(&self.counters.publish.routed, targets.len() as u64);
+        Ok(())
+    }
+
+    /// Sends a message that left `from` unacked (rejected, expired, dropped by
+    /// overflow) to its dead-letter exchange, or counts it as dropped.
+    pub(crate) fn dead_letter(&self, from: &MemQueue, env: Envelope, reason: DeathReason) {
+        let Some(dlx) = &from.decl.dead_letter_exchange else {
+            if reason == DeathReason::MaxLen {
+                Counters::add(&self.counters.other.dropped_overflow, 1);
+            }
+            return;
+        };
+        let mut message = env.stored.message.clone();
+        let h = &mut message.properties.headers;
+        for (k, v) in [
+            ("x-first-death-reason", reason.as_str()),
+            ("x-first-death-queue", from.decl.name.as_str()),
+            ("x-first-death-exchange", env.stored.exchange.as_str()),
+        ] {
+            h.entry(k.to_owned()).or_insert_with(|| Value::from(v));
+        }
+        h.insert("x-last-death-reason".into(), reason.as_str().into());
+        h.insert("x-last-death-queue".into(), from.decl.name.as_str().into());
+        message.properties.expiration = None;
+        let rk = from
+            .decl
+            .dead_letter_routing_key
+            .as_deref()
+            .unwrap_or(&env.stored.routing_key);
+        // Clamp rather than refuse: there is nobody to hand the message back to.
+        let routing = self.routing.load();
+        if let Ok(route) = routing.route(dlx, rk, &message.properties.headers) {
+            if let Some(max) = route
+                .as_slice()
+                .iter()
+                .map(|&t| routing.target(t).decl.max_priority)
+                .min()
+            {
+                if let Some(p) = message.properties.priority.as_mut() {
+                    *p = (*p).min(max);
+                }
+            }
+        }
+        drop(routing);
+        match self.publish(message, dlx, rk, true) {
+            Ok(()) => Counters::add(&self.counters.other.dead_lettered, 1),
+            Err(e) => {
+                tracing::warn!(queue = %from.decl.name, error = %e, "dead-lettered message dropped");
+                Counters::add(&self.counters.other.dropped_dead_letter, 1)
+            }
+        }
+    }
+
+    fn queue_for(&self, name: &str, owner: ConnectionId) -> Result<Arc<MemQueue>, Error> {
+        check_name("queue", name)?;
+        let topo = self.topo.lock();
+        let q = topo
+            .queues
+            .get(name)
+            .ok_or_else(|| Error::UnknownQueue(name.to_owned()))?;
+        if q.owner.is_some_and(|o| o != owner) {
+            return Err(Error::Exclusive(name.to_owned()));
+        }
+        Ok(q.clone())
+    }
+}
+
+fn same_declaration(a: &Queue, b: &Queue) -> bool {
+    a == b
+}
+
+impl Transport for MemoryTransport {
+    fn scheme(&self) -> &'static str {
+        "memory"
+    }
+
+    fn implements(&self) -> Implements {
+        Implements {
+            priorities: true,
+            fanout: true,
+            native_leases: false,
+            durable: false,
+            multi_process: false,
+        }
+    }
+
+    fn declare_exchange(&self, ex: &Exchange) -> Result<(), Error> {
+        let mut topo = self.shared.topo.lock();
+        if topo.topology.declare_exchange(ex)? {
+            self.shared.republish_snapshot(&topo);
+        }
+        Ok(())
+    }
+
+    fn delete_exchange(&self, name: &str, if_unused: bool) -> Result<(), Error> {
+        let mut topo = self.shared.topo.lock();
+        topo.topology.delete_exchange(name, if_unused)?;
+        self.shared.republish_snapshot(&topo);
+        Ok(())
+    }
+
+    fn declare_queue(&self, q: &Queue, owner: ConnectionId) -> Result<QueueInfo, Error> {
+        check_name("queue", &q.name)?;
+        if let Some(dlx) = &q.dead_letter_exchange {
+            check_exchange_ref(dlx)?;
+        }
+        if let Some(rk) = &q.dead_letter_routing_key {
+            check_len(rk).map_err(|r| Error::name("dead-letter routing key", rk, r))?;
+        }
+        if q.max_length == 0 || q.max_length_bytes == 0 {
+            return Err(Error::InvalidArgument(
+                "max_length and max_length_bytes must be at least 1".into(),
+            ));
+        }
+        let mut topo = self.shared.topo.lock();
+        if let Some(existing) = topo.queues.get(&q.name) {
+            if existing.owner.is_some_and(|o| o != owner) {
+                return Err(Error::Exclusive(q.name.clone()));
+            }
+            if !same_declaration(&existing.decl, q) {
+                return Err(Error::PreconditionFailed(format!(
+                    "queue {:?} exists with other arguments ({:?}); redeclared as {:?}",
+                    q.name, existing.decl, q
+                )));
+            }
+            return Ok(QueueInfo {
+                name: q.name.clone(),
+                message_count: existing.ready(),
+                consumer_count: existing.consumers(),
+            });
+        }
+        let mq = Arc::new(MemQueue::new(
+            q.clone(),
+            q.exclusive.then_some(owner),
+            Arc::downgrade(&self.shared),
+        ));
+        topo.queues.insert(q.name.clone(), mq);
+        self.shared.republish_snapshot(&topo);
+        tracing::debug!(queue = %q.name, "queue declared");
+        Ok(QueueInfo {
+            name: q.name.clone(),
+            message_count: 0,
+            consumer_count: 0,
+        })
+    }
+
+    fn delete_queue(
+        &self,
+        name: &str,
+        if_unused: bool,
+        if_empty: bool,
+        owner: ConnectionId,
+    ) -> Result<u64, Error> {
+        let q = self.shared.queue_for(name, owner)?;
+        if if_unused && q.consumers() > 0 {
+            return Err(Error::InUse(format!("queue {name:?}")));
+        }
+        if if_empty && q.ready() > 0 {
+            return Err(Error::NotEmpty(name.to_owned()));
+        }
+        let n = q.ready();
+        self.shared.remove_queue(name);
+        Ok(n)
+    }
+
+    fn purge_queue(&self, name: &str, owner: ConnectionId) -> Result<u64, Error> {
+        Ok(self.shared.queue_for(name, owner)?.purge())
+    }
+
+    fn bind(&self, binding: Binding) -> Result<(), Error> {
+        let mut topo = self.shared.topo.lock();
+        let Topo { topology, queues } = &mut *topo;
+        if topology.bind(binding, |q| queues.contains_key(q))? {
+            self.shared.republish_snapshot(&topo);
+        }
+        Ok(())
+    }
+
+    fn unbind(&self, binding: &Binding) -> Result<(), Error> {
+        let mut topo = self.shared.topo.lock();
+        topo.topology.unbind(binding)?;
+        self.shared.republish_snapshot(&topo);
+        Ok(())
+    }
+
+    fn queue(&self, name: &str, owner: ConnectionId) -> Result<Arc<dyn QueueStore>, Error> {
+        Ok(self.shared.queue_for(name, owner)?)
+    }
+
+    fn publish(
+        &self,
+        message: Message,
+        exchange: &str,
+        routing_key: &str,
+        mandatory: bool,
+    ) -> Result<(), PublishError> {
+        self.shared
+            .publish(message, exchange, routing_key, mandatory)
+    }
+
+    fn connection_closed(&self, owner: ConnectionId) {
+        let owned: Vec<String> = self
+            .shared
+            .topo
+            .lock()
+            .queues
+            .values()
+            .filter(|q| q.owner == Some(owner))
+            .map(|q| q.decl.name.clone())
+            .collect();
+        for name in owned {
+            self.shared.remove_queue(&name);
+        }
+    }
+
+    fn counters(&self) -> &Counters {
+        &self.shared.counters
+    }
+
+    fn queue_stats(&self, name: &str) -> Option<QueueStats> {
+        self.shared.routing.load().queue(name).map(|q| q.stats())
+    }
+
+    fn all_queue_stats(&self) -> Vec<QueueStats> {
+        self.shared
+            .routing
+            .load()
+            .queues()
+            .iter()
+            .map(|q| q.stats())
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn named_instances_are_shared_and_isolated() {
+        let a = MemoryTransport::named("unit-named-a");
+        let b = MemoryTransport::named("unit-named-a");
+        let c = MemoryTransport::named("unit-named-c");
+        a.declare_queue(&Queue::new("q"), 1).unwrap();
+        assert!(b.queue_stats("q").is_some());
+        assert!(c.queue_stats("q").is_none());
+        assert_eq!(a.name(), "unit-named-a");
+        assert_eq!(a.scheme(), "memory");
+        assert!(a.implements().priorities && !a.implements().durable);
+    }
+
+    #[test]
+    fn unknown_exchange_hands_message_back() {
+        let t = MemoryTransport::isolated("x");
+        let err = t
+            .publish(Message::new("b"), "nope", "k", false)
+            .unwrap_err();
+        assert!(matches!(err, PublishError::UnknownExchange { .. }));
+        assert_eq!(&err.into_message().body[..], b"b");
+    }
+}
+
+/// Opens a `memory://[NAME][?options]` URL: the process-wide instance NAME
+/// ("" = the default instance). Options: those of
+/// [`ConnectUrl::take_connection_config`](crate::url::ConnectUrl::take_connection_config).
+pub fn open(mut url: crate::url::ConnectUrl) -> Result<crate::Connection, Error> {
+    if url.scheme != "memory" {
+        return Err(crate::UrlError::UnknownScheme {
+            scheme: url.scheme,
+            supported: "memory".into(),
+        }
+        .into());
+    }
+    if url.user.is_some() || url.password.is_some() || url.port.is_some() {
+        return Err(crate::UrlError::Malformed {
+            reason: "memory:// takes an instance name only (no user, password or port)".into(),
+        }
+        .into());
+    }
+    if !(url.path.is_empty() || url.path == "/") {
+        return Err(crate::UrlError::Malformed {
+            reason: format!(
+                "memory:// takes an instance name, not a path ({:?})",
+                url.path
+            ),
+        }
+        .into());
+    }
+    let config = url.take_connection_config()?;
+    url.reject_unknown_options()?;
+    let transport = MemoryTransport::named(&url.host);
+    Ok(crate::Connection::with_transport(Arc::new(transport), config))
+}

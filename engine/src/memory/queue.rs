@@ -1,0 +1,268 @@
+//! One memory:// queue: priority lanes of envelopes plus lock-free accounting.
+//!
+//! # Invariants
+//! - `ready` / `ready_bytes` count what sits in the lanes. A publish reserves
+//!   its place (fetch_add) before pushing and backs the reservation out if it
+//!   exceeds a reject-publish limit, so limits hold without a lock.
+//! - Publish, pop and ack take no lock; restore (slow path) takes the lane's
+//!   front-list lock.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed, Ordering::SeqCst};
+use std::sync::{Arc, Weak};
+use std::task::Waker;
+
+use crate::clock::{now_ns, NEVER};
+use crate::lanes::Lanes;
+use crate::notify::Notify;
+use crate::queue::{Overflow, Queue};
+use crate::stats::{Counters, QueueStats};
+use crate::transport::{ConnectionId, Envelope, QueueStore};
+
+use super::Shared;
+
+/// Why a message leaves a queue without being acked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum DeathReason {
+    Rejected,
+    Expired,
+    MaxLen,
+}
+
+impl DeathReason {
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            DeathReason::Rejected => "rejected",
+            DeathReason::Expired => "expired",
+            DeathReason::MaxLen => "maxlen",
+        }
+    }
+}
+
+#[derive(Debug)]
+pub(crate) struct MemQueue {
+    pub(crate) decl: Queue,
+    pub(crate) owner: Option<ConnectionId>,
+    lanes: Lanes<Envelope>,
+    ready: AtomicU64,
+    ready_bytes: AtomicU64,
+    unacked: AtomicU64,
+    consumers: AtomicU64,
+    deleted: AtomicBool,
+    notify: Notify,
+    shared: Weak<Shared>,
+}
+
+/// A place reserved in a queue by [`MemQueue::reserve`].
+pub(crate) enum Reserve {
+    Ok,
+    Full(&'static str),
+}
+
+impl MemQueue {
+    pub(crate) fn new(decl: Queue, owner: Option<ConnectionId>, shared: Weak<Shared>) -> Self {
+        MemQueue {
+            lanes: Lanes::new(decl.max_priority),
+            decl,
+            owner,
+            ready: AtomicU64::new(0),
+            ready_bytes: AtomicU64::new(0),
+            unacked: AtomicU64::new(0),
+            consumers: AtomicU64::new(0),
+            deleted: AtomicBool::new(false),
+            notify: Notify::new(),
+            shared,
+        }
+    }
+
+    fn counters(&self) -> Option<Arc<Shared>> {
+        self.shared.upgrade()
+    }
+
+    /// Reserves room for one message of `size` bytes. With drop-head, makes room
+    /// by dropping (or dead-lettering) the oldest least urgent messages.
+    pub(crate) fn reserve(&self, size: u64) -> Reserve {
+        let n = self.ready.fetch_add(1, SeqCst) + 1;
+        let b = self.ready_bytes.fetch_add(size, SeqCst) + size;
+        let over = if n > self.decl.max_length {
+            Some("max_length")
+        } else if b > self.decl.max_length_bytes {
+            Some("max_length_bytes")
+        } else {
+            None
+        };
+        let Some(which) = over else { return Reserve::Ok };
+        match self.decl.overflow {
+            Overflow::RejectPublish => {
+                self.unreserve(size);
+                Reserve::Full(which)
+            }
+            Overflow::DropHead => {
+                while self.ready.load(SeqCst) > self.decl.max_length
+                    || self.ready_bytes.load(SeqCst) > self.decl.max_length_bytes
+                {
+                    match self.lanes.pop_least_urgent() {
+                        Some((_, env)) => {
+                            self.took(&env);
+                            self.dead_letter(env, DeathReason::MaxLen);
+                        }
+                        // Only in-flight reservations are left: they may exceed
+                        // the limit until the next publish makes room.
+                        None => break,
+                    }
+                }
+                Reserve::Ok
+            }
+        }
+    }
+
+    pub(crate) fn unreserve(&self, size: u64) {
+        self.ready.fetch_sub(1, SeqCst);
+        self.ready_bytes.fetch_sub(size, SeqCst);
+    }
+
+    /// Appends a reserved envelope and wakes waiters.
+    pub(crate) fn push_reserved(&self, env: Envelope) {
+        self.lanes.push(env.lane as usize, env);
+        self.notify.notify_all();
+    }
+
+    fn took(&self, env: &Envelope) {
+        self.ready.fetch_sub(1, SeqCst);
+        self.ready_bytes.fetch_sub(env.size() as u64, SeqCst);
+    }
+
+    fn dead_letter(&self, env: Envelope, reason: DeathReason) {
+        if let Some(shared) = self.counters() {
+            shared.dead_letter(self, env, reason);
+        }
+    }
+
+    /// Drops every ready message; returns how many.
+    pub(crate) fn purge(&self) -> u64 {
+        let mut n = 0;
+        while let Some((_, env)) = self.lanes.pop() {
+            self.took(&env);
+            n += 1;
+        }
+        n
+    }
+
+    pub(crate) fn mark_deleted(&self) {
+        self.deleted.store(true, SeqCst);
+        self.purge();
+        self.notify.notify_all();
+    }
+
+    pub(crate) fn ready(&self) -> u64 {
+        self.ready.load(SeqCst)
+    }
+
+    pub(crate) fn consumers(&self) -> u64 {
+        self.consumers.load(SeqCst)
+    }
+
+    pub(crate) fn stats(&self) -> QueueStats {
+        QueueStats {
+            name: self.decl.name.clone(),
+            depth_by_lane: (0..self.lanes.lane_count())
+                .map(|l| self.lanes.len(l) as u64)
+                .collect(),
+            messages: self.ready.load(SeqCst),
+            bytes: self.ready_bytes.load(SeqCst),
+            unacked: self.unacked.load(SeqCst),
+            consumers: self.consumers.load(SeqCst),
+        }
+    }
+}
+
+impl QueueStore for MemQueue {
+    fn name(&self) -> &str {
+        &self.decl.name
+    }
+
+    fn declaration(&self) -> &Queue {
+        &self.decl
+    }
+
+    fn pop(&self) -> Option<Envelope> {
+        let mut now = 0;
+        loop {
+            let (_, env) = self.lanes.pop()?;
+            self.took(&env);
+            if env.expires_at != NEVER {
+                if now == 0 {
+                    now = now_ns();
+                }
+                if now >= env.expires_at {
+                    if let Some(shared) = self.counters() {
+                        Counters::add(&shared.counters.other.expired, 1);
+                    }
+                    self.dead_letter(env, DeathReason::Expired);
+                    continue;
+                }
+            }
+            self.unacked.fetch_add(1, Relaxed);
+            return Some(env);
+        }
+    }
+
+    fn ack(&self, _env: &Envelope) {
+        self.unacked.fetch_sub(1, Relaxed);
+    }
+
+    fn reject(&self, env: Envelope) {
+        self.unacked.fetch_sub(1, Relaxed);
+        self.dead_letter(env, DeathReason::Rejected);
+    }
+
+    fn restore(&self, envs: Vec<Envelope>) {
+        if envs.is_empty() {
+            return;
+        }
+        self.unacked.fetch_sub(envs.len() as u64, Relaxed);
+        if self.deleted.load(SeqCst) {
+            return;
+        }
+        for env in &envs {
+            self.ready.fetch_add(1, SeqCst);
+            self.ready_bytes.fetch_add(env.size() as u64, SeqCst);
+        }
+        // Group by lane, keeping order within each lane.
+        let mut by_lane: Vec<(u8, Vec<Envelope>)> = Vec::new();
+        for env in envs {
+            match by_lane.iter_mut().find(|(l, _)| *l == env.lane) {
+                Some((_, v)) => v.push(env),
+                None => by_lane.push((env.lane, vec![env])),
+            }
+        }
+        for (lane, v) in by_lane {
+            self.lanes.push_front(lane as usize, v.into_iter());
+        }
+        self.notify.notify_all();
+    }
+
+    fn register(&self, waker: &Waker) -> u64 {
+        self.notify.register(waker)
+    }
+
+    fn unregister(&self, id: u64) {
+        self.notify.unregister(id)
+    }
+
+    fn is_deleted(&self) -> bool {
+        self.deleted.load(SeqCst)
+    }
+
+    fn consumer_added(&self) {
+        self.consumers.fetch_add(1, SeqCst);
+    }
+
+    fn consumer_removed(&self) {
+        let left = self.consumers.fetch_sub(1, SeqCst) - 1;
+        if left == 0 && self.decl.auto_delete && !self.is_deleted() {
+            if let Some(shared) = self.counters() {
+                shared.remove_queue(&self.decl.name);
+            }
+        }
+    }
+}

@@ -1,0 +1,166 @@
+//! Counters and per-queue figures, read through a cloneable [`Stats`] handle.
+
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+
+use crossbeam_utils_pad::CachePadded;
+
+use crate::transport::Transport;
+
+mod crossbeam_utils_pad {
+    /// Pads to two cache lines so counters written by producers and by
+    /// consumers do not share a line.
+    #[derive(Debug, Default)]
+    #[repr(align(128))]
+    pub(crate) struct CachePadded<T>(pub(crate) T);
+
+    impl<T> std::ops::Deref for CachePadded<T> {
+        type Target = T;
+        fn deref(&self) -> &T {
+            &self.0
+        }
+    }
+}
+
+/// Counters written on the publish side.
+#[derive(Debug, Default)]
+pub(crate) struct PublishSide {
+    pub(crate) published: AtomicU64,
+    pub(crate) routed: AtomicU64,
+    pub(crate) dropped_unroutable: AtomicU64,
+}
+
+/// Counters written on the consume side.
+#[derive(Debug, Default)]
+pub(crate) struct ConsumeSide {
+    pub(crate) delivered: AtomicU64,
+    pub(crate) acked: AtomicU64,
+    pub(crate) rejected: AtomicU64,
+    pub(crate) redelivered: AtomicU64,
+    pub(crate) restored: AtomicU64,
+}
+
+/// Counters for rarer events.
+#[derive(Debug, Default)]
+pub(crate) struct Other {
+    pub(crate) expired: AtomicU64,
+    pub(crate) dead_lettered: AtomicU64,
+    pub(crate) dropped_overflow: AtomicU64,
+    pub(crate) dropped_dead_letter: AtomicU64,
+}
+
+/// A transport's event counters. Transports own one; the engine increments the
+/// consume-side ones.
+#[derive(Debug, Default)]
+pub struct Counters {
+    pub(crate) publish: CachePadded<PublishSide>,
+    pub(crate) consume: CachePadded<ConsumeSide>,
+    pub(crate) other: CachePadded<Other>,
+}
+
+/// A point-in-time copy of [`Counters`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct CounterSnapshot {
+    /// Publishes accepted.
+    pub published: u64,
+    /// Queue copies made by routing (a fanout to 3 queues counts 3).
+    pub routed: u64,
+    /// Publishes that matched no queue and had no alternate exchange.
+    pub dropped_unroutable: u64,
+    /// Deliveries to consumers and `get`.
+    pub delivered: u64,
+    /// Acks.
+    pub acked: u64,
+    /// Rejects and nacks (with or without requeue).
+    pub rejected: u64,
+    /// Deliveries with `redelivered = true`.
+    pub redelivered: u64,
+    /// Unacked deliveries returned to their queue (close, lease, requeue).
+    pub restored: u64,
+    /// Messages whose TTL ran out.
+    pub expired: u64,
+    /// Messages republished to a dead-letter exchange.
+    pub dead_lettered: u64,
+    /// Messages dropped by `overflow = drop-head` without a dead-letter exchange.
+    pub dropped_overflow: u64,
+    /// Dead-lettered messages that matched no queue of the dead-letter exchange.
+    pub dropped_dead_letter: u64,
+}
+
+impl Counters {
+    pub(crate) fn add(c: &AtomicU64, n: u64) {
+        c.fetch_add(n, Relaxed);
+    }
+
+    /// Reads every counter.
+    pub fn snapshot(&self) -> CounterSnapshot {
+        let r = |c: &AtomicU64| c.load(Relaxed);
+        CounterSnapshot {
+            published: r(&self.publish.published),
+            routed: r(&self.publish.routed),
+            dropped_unroutable: r(&self.publish.dropped_unroutable),
+            delivered: r(&self.consume.delivered),
+            acked: r(&self.consume.acked),
+            rejected: r(&self.consume.rejected),
+            redelivered: r(&self.consume.redelivered),
+            restored: r(&self.consume.restored),
+            expired: r(&self.other.expired),
+            dead_lettered: r(&self.other.dead_lettered),
+            dropped_overflow: r(&self.other.dropped_overflow),
+            dropped_dead_letter: r(&self.other.dropped_dead_letter),
+        }
+    }
+}
+
+/// Figures of one queue.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct QueueStats {
+    /// Queue name.
+    pub name: String,
+    /// Ready messages per priority lane, index = priority.
+    pub depth_by_lane: Vec<u64>,
+    /// Ready messages in all lanes.
+    pub messages: u64,
+    /// Body bytes of the ready messages.
+    pub bytes: u64,
+    /// Delivered and not yet acked, rejected or restored.
+    pub unacked: u64,
+    /// Consumers attached.
+    pub consumers: u64,
+}
+
+/// A cloneable handle to a transport's figures.
+#[derive(Clone)]
+pub struct Stats {
+    pub(crate) transport: Arc<dyn Transport>,
+}
+
+impl fmt::Debug for Stats {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Stats")
+            .field("transport", &self.transport.scheme())
+            .finish()
+    }
+}
+
+impl Stats {
+    /// Event counters.
+    pub fn counters(&self) -> CounterSnapshot {
+        self.transport.counters().snapshot()
+    }
+
+    /// Figures of one queue.
+    pub fn queue(&self, name: &str) -> Option<QueueStats> {
+        self.transport.queue_stats(name)
+    }
+
+    /// Figures of every queue, sorted by name.
+    pub fn queues(&self) -> Vec<QueueStats> {
+        let mut v = self.transport.all_queue_stats();
+        v.sort_by(|a, b| a.name.cmp(&b.name));
+        v
+    }
+}
