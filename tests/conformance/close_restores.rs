@@ -1,0 +1,130 @@
+//! Channel close, channel drop and connection close restore every unacked
+//! delivery to the front of its lane with `redelivered = true`; delivery tags
+//! are per channel, monotonic and never reused.
+
+use dashi::{AckError, ConsumerOptions, Settled};
+
+use super::*;
+
+fn publish_n(ch: &Channel, q: &str, n: usize) {
+    let p = ch.producer();
+    for i in 0..n {
+        p.publish(i.to_string(), q).unwrap();
+    }
+}
+
+#[test]
+fn channel_close_restores_unacked_to_front_in_order() {
+    each("close-restore", |url| {
+        let c = connect(url);
+        let admin = c.channel().unwrap();
+        queue(&admin, "q");
+        publish_n(&admin, "q", 5);
+        let ch = c.channel().unwrap();
+        let a = must_get(&ch, "q");
+        let b = must_get(&ch, "q");
+        let cc = must_get(&ch, "q");
+        b.ack().unwrap();
+        assert_eq!(ch.unacked(), 2);
+        ch.close();
+        assert!(matches!(a.ack(), Err(AckError::AlreadySettled { state: Settled::Restored, .. })));
+        drop(cc);
+        let got: Vec<(String, bool)> = std::iter::from_fn(|| admin.get("q", std::time::Duration::ZERO).unwrap())
+            .map(|d| {
+                d.ack().unwrap();
+                (body(&d), d.redelivered())
+            })
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("0".into(), true),
+                ("2".into(), true),
+                ("3".into(), false),
+                ("4".into(), false)
+            ]
+        );
+        assert_eq!(c.stats().counters().restored, 2);
+    });
+}
+
+#[test]
+fn dropping_a_channel_restores() {
+    each("drop-restore", |url| {
+        let c = connect(url);
+        let admin = c.channel().unwrap();
+        queue(&admin, "q");
+        publish_n(&admin, "q", 1);
+        {
+            let ch = c.channel().unwrap();
+            let _unacked = must_get(&ch, "q");
+        }
+        let d = must_get(&admin, "q");
+        assert!(d.redelivered());
+    });
+}
+
+#[test]
+fn connection_close_restores_for_other_connections() {
+    each("conn-close-restore", |url| {
+        let keeper = connect(url);
+        let kch = keeper.channel().unwrap();
+        queue(&kch, "q");
+        publish_n(&kch, "q", 3);
+        let worker = connect(url);
+        let wch = worker.channel().unwrap();
+        let _consumer = wch
+            .consume(ConsumerOptions::new("q"), |_d| { /* never acks */ })
+            .unwrap();
+        assert_eq!(worker.drain_events(Some(WAIT)).unwrap(), 3);
+        assert_eq!(keeper.stats().queue("q").unwrap().unacked, 3);
+        worker.close();
+        assert_eq!(kch.get("q", std::time::Duration::ZERO).unwrap().is_some(), true);
+        let s = keeper.stats().queue("q").unwrap();
+        assert_eq!((s.messages, s.unacked), (2, 1));
+        assert!(matches!(wch.get("q", std::time::Duration::ZERO), Err(dashi::Error::ConnectionClosed)));
+    });
+}
+
+#[test]
+fn delivery_tags_are_monotonic_per_channel() {
+    each("tags", |url| {
+        let c = connect(url);
+        let ch = c.channel().unwrap();
+        queue(&ch, "q");
+        publish_n(&ch, "q", 4);
+        let t1 = must_get(&ch, "q");
+        t1.reject(true).unwrap();
+        let tags: Vec<u64> = (0..4)
+            .map(|_| {
+                let d = must_get(&ch, "q");
+                d.ack().unwrap();
+                d.delivery_tag()
+            })
+            .collect();
+        assert_eq!(t1.delivery_tag(), 1);
+        assert_eq!(tags, [2, 3, 4, 5]);
+        let other = c.channel().unwrap();
+        publish_n(&other, "q", 1);
+        assert_eq!(must_get(&other, "q").delivery_tag(), 1);
+    });
+}
+
+#[test]
+fn ack_by_tag_and_ack_multiple() {
+    each("ack-tags", |url| {
+        let c = connect(url);
+        let ch = c.channel().unwrap();
+        queue(&ch, "q");
+        publish_n(&ch, "q", 5);
+        let ds: Vec<_> = (0..5).map(|_| must_get(&ch, "q")).collect();
+        ch.ack(2, false).unwrap();
+        ch.ack(4, true).unwrap();
+        assert_eq!(ch.unacked(), 1);
+        assert!(matches!(ds[0].ack(), Err(AckError::AlreadySettled { state: Settled::Acked, .. })));
+        ch.ack(0, true).unwrap();
+        assert_eq!(ch.unacked(), 0);
+        assert_eq!(c.stats().counters().acked, 5);
+        assert_eq!(c.stats().queue("q").unwrap().unacked, 0);
+    });
+}

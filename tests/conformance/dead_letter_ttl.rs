@@ -1,0 +1,126 @@
+//! Message TTL (queue and per message) and dead-lettering on reject, expiry and
+//! overflow.
+
+use std::time::Duration;
+
+use dashi::{Exchange, Headers, Message, Overflow, Queue, Value};
+
+use super::*;
+
+fn dlx(ch: &Channel) {
+    ch.exchange_declare(&Exchange::fanout("dlx")).unwrap();
+    queue(ch, "dead");
+    ch.queue_bind("dead", "dlx", "", Headers::new()).unwrap();
+}
+
+#[test]
+fn queue_ttl_expires_and_dead_letters() {
+    each("ttl-queue", |url| {
+        let c = connect(url);
+        let ch = c.channel().unwrap();
+        dlx(&ch);
+        ch.queue_declare(
+            &Queue::new("q")
+                .with_message_ttl(Duration::from_millis(20))
+                .with_dead_letter("dlx", None),
+        )
+        .unwrap();
+        ch.producer().publish("old", "q").unwrap();
+        std::thread::sleep(Duration::from_millis(60));
+        ch.producer().publish("fresh", "q").unwrap();
+        assert_eq!(drain_bodies(&ch, "q"), ["fresh"]);
+        let d = must_get(&ch, "dead");
+        assert_eq!(body(&d), "old");
+        assert_eq!(
+            d.properties().headers.get("x-first-death-reason"),
+            Some(&Value::from("expired"))
+        );
+        assert_eq!(
+            d.properties().headers.get("x-first-death-queue"),
+            Some(&Value::from("q"))
+        );
+        let s = c.stats().counters();
+        assert_eq!((s.expired, s.dead_lettered), (1, 1));
+    });
+}
+
+#[test]
+fn per_message_expiration_without_dlx_is_counted() {
+    each("ttl-message", |url| {
+        let c = connect(url);
+        let ch = c.channel().unwrap();
+        queue(&ch, "q");
+        let p = ch.producer();
+        p.publish(Message::new("short").with_expiration(Duration::from_millis(10)), "q")
+            .unwrap();
+        p.publish(Message::new("long").with_expiration(Duration::from_secs(600)), "q")
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(40));
+        assert_eq!(drain_bodies(&ch, "q"), ["long"]);
+        assert_eq!(c.stats().counters().expired, 1);
+    });
+}
+
+#[test]
+fn reject_dead_letters_with_routing_key_override() {
+    each("dlx-reject", |url| {
+        let c = connect(url);
+        let ch = c.channel().unwrap();
+        ch.exchange_declare(&Exchange::direct("dlx-d")).unwrap();
+        queue(&ch, "parking");
+        ch.queue_bind("parking", "dlx-d", "parked", Headers::new())
+            .unwrap();
+        ch.queue_declare(&Queue::new("work").with_dead_letter("dlx-d", Some("parked")))
+            .unwrap();
+        ch.producer().publish("bad", "work").unwrap();
+        must_get(&ch, "work").reject(false).unwrap();
+        let d = must_get(&ch, "parking");
+        assert_eq!(body(&d), "bad");
+        assert_eq!(d.exchange(), "dlx-d");
+        assert_eq!(d.routing_key(), "parked");
+        assert_eq!(
+            d.properties().headers.get("x-first-death-reason"),
+            Some(&Value::from("rejected"))
+        );
+    });
+}
+
+#[test]
+fn drop_head_overflow_dead_letters_the_oldest() {
+    each("dlx-overflow", |url| {
+        let c = connect(url);
+        let ch = c.channel().unwrap();
+        dlx(&ch);
+        ch.queue_declare(
+            &Queue::new("q")
+                .with_max_length(2)
+                .with_overflow(Overflow::DropHead)
+                .with_dead_letter("dlx", None),
+        )
+        .unwrap();
+        for b in ["1", "2", "3"] {
+            ch.producer().publish(b, "q").unwrap();
+        }
+        assert_eq!(drain_bodies(&ch, "q"), ["2", "3"]);
+        let d = must_get(&ch, "dead");
+        assert_eq!(body(&d), "1");
+        assert_eq!(
+            d.properties().headers.get("x-first-death-reason"),
+            Some(&Value::from("maxlen"))
+        );
+    });
+}
+
+#[test]
+fn dead_letter_with_no_matching_queue_is_counted_not_silent() {
+    each("dlx-unroutable", |url| {
+        let c = connect(url);
+        let ch = c.channel().unwrap();
+        ch.exchange_declare(&Exchange::direct("empty-dlx")).unwrap();
+        ch.queue_declare(&Queue::new("q").with_dead_letter("empty-dlx", None))
+            .unwrap();
+        ch.producer().publish("x", "q").unwrap();
+        must_get(&ch, "q").reject(false).unwrap();
+        assert_eq!(c.stats().counters().dropped_dead_letter, 1);
+    });
+}

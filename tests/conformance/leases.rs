@@ -1,0 +1,102 @@
+//! Leases (visibility timeouts): expired deliveries come back with
+//! `redelivered = true`; `extend_lease` keeps them.
+
+use std::time::{Duration, Instant};
+
+use dashi::{AckError, ConsumerOptions, Queue, Settled};
+
+use super::*;
+
+#[test]
+fn expired_lease_restores_with_redelivered() {
+    each("lease-expiry", |url| {
+        let c = connect(url);
+        let ch = c.channel().unwrap();
+        ch.queue_declare(&Queue::new("q").with_lease(Duration::from_millis(50)))
+            .unwrap();
+        ch.producer().publish("x", "q").unwrap();
+        let first = must_get(&ch, "q");
+        assert!(!first.redelivered());
+        let again = must_get(&ch, "q");
+        assert_eq!(body(&again), "x");
+        assert!(again.redelivered());
+        assert!(matches!(
+            first.ack(),
+            Err(AckError::AlreadySettled { state: Settled::Restored, .. })
+        ));
+        again.ack().unwrap();
+        assert!(c.stats().counters().restored >= 1);
+    });
+}
+
+#[test]
+fn extend_lease_keeps_the_delivery() {
+    each("lease-extend", |url| {
+        let c = connect(url);
+        let ch = c.channel().unwrap();
+        ch.queue_declare(&Queue::new("q").with_lease(Duration::from_millis(100)))
+            .unwrap();
+        ch.producer().publish("x", "q").unwrap();
+        let d = must_get(&ch, "q");
+        d.extend_lease(Duration::from_secs(600)).unwrap();
+        // Well past the original lease: the message must not come back.
+        assert!(ch.get("q", Duration::from_millis(400)).unwrap().is_none());
+        d.ack().unwrap();
+        assert!(matches!(
+            d.extend_lease(Duration::from_secs(1)),
+            Err(AckError::AlreadySettled { state: Settled::Acked, .. })
+        ));
+    });
+}
+
+#[test]
+fn consumer_lease_overrides_queue_and_many_expire_in_one_pass() {
+    each("lease-consumer", |url| {
+        let c = connect(url);
+        let ch = c.channel().unwrap();
+        queue(&ch, "q");
+        for i in 0..500 {
+            ch.producer().publish(i.to_string(), "q").unwrap();
+        }
+        let held = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let h = held.clone();
+        let consumer = ch
+            .consume(
+                ConsumerOptions::new("q")
+                    .lease(Duration::from_millis(30))
+                    .prefetch_count(500),
+                move |d| h.lock().unwrap().push(d),
+            )
+            .unwrap();
+        let mut n = 0;
+        while n < 500 {
+            n += c.drain_events(Some(WAIT)).unwrap();
+        }
+        consumer.cancel().unwrap();
+        // No cap per pass: all 500 come back.
+        let start = Instant::now();
+        let other = c.channel().unwrap();
+        let mut back = 0;
+        while back < 500 && start.elapsed() < WAIT * 2 {
+            if let Some(d) = other.get("q", Duration::from_millis(200)).unwrap() {
+                assert!(d.redelivered());
+                d.ack().unwrap();
+                back += 1;
+            }
+        }
+        assert_eq!(back, 500);
+    });
+}
+
+#[test]
+fn connection_default_lease_from_url() {
+    each("lease-url", |url| {
+        let sep = if url.contains('?') { '&' } else { '?' };
+        let c = connect(&format!("{url}{sep}visibility_timeout=0.05"));
+        let ch = c.channel().unwrap();
+        queue(&ch, "q");
+        ch.producer().publish("x", "q").unwrap();
+        let _held = must_get(&ch, "q");
+        assert!(must_get(&ch, "q").redelivered());
+    });
+}

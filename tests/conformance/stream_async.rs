@@ -1,0 +1,65 @@
+//! The async `Stream` of deliveries, on a minimal executor (futures'
+//! `block_on`), so it does not depend on any particular runtime.
+
+use std::time::Duration;
+
+use dashi::ConsumerOptions;
+use futures::StreamExt;
+
+use super::*;
+
+#[test]
+fn stream_yields_in_order_and_wakes_on_publish() {
+    each("stream", |url| {
+        let c = connect(url);
+        let ch = c.channel().unwrap();
+        queue(&ch, "q");
+        ch.producer().publish("a", "q").unwrap();
+        let mut s = ch.stream(ConsumerOptions::new("q")).unwrap();
+        let url2 = url.to_owned();
+        let t = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(30));
+            let c2 = connect(&url2);
+            c2.channel().unwrap().producer().publish("b", "q").unwrap();
+        });
+        let got = futures::executor::block_on(async {
+            let mut v = Vec::new();
+            for _ in 0..2 {
+                let d = s.next().await.unwrap();
+                v.push(body(&d));
+                d.ack().unwrap();
+            }
+            v
+        });
+        t.join().unwrap();
+        assert_eq!(got, ["a", "b"]);
+        assert!(s.tag().starts_with("ctag"));
+    });
+}
+
+#[test]
+fn stream_respects_prefetch_and_ends_when_the_queue_is_deleted() {
+    each("stream-end", |url| {
+        let c = connect(url);
+        let ch = c.channel().unwrap();
+        queue(&ch, "q");
+        for i in 0..3 {
+            ch.producer().publish(i.to_string(), "q").unwrap();
+        }
+        let mut s = ch
+            .stream(ConsumerOptions::new("q").prefetch_count(1))
+            .unwrap();
+        let first = futures::executor::block_on(s.next()).unwrap();
+        // Window full: the next poll must not yield until the ack.
+        let waker = futures::task::noop_waker();
+        let mut cx = std::task::Context::from_waker(&waker);
+        assert!(s.poll_next_unpin(&mut cx).is_pending());
+        first.ack().unwrap();
+        let second = futures::executor::block_on(s.next()).unwrap();
+        assert_eq!(body(&second), "1");
+        second.ack().unwrap();
+        let admin = c.channel().unwrap();
+        admin.queue_delete("q", false, false).unwrap();
+        assert!(futures::executor::block_on(s.next()).is_none());
+    });
+}
