@@ -31,7 +31,7 @@ use crate::routing::Binding;
 use crate::stats::Counters;
 use crate::stream::DeliveryStream;
 use crate::transport::{Envelope, QueueStore};
-use crate::unacked::{LeaseState, Registry, Slot, Window, NO_DEADLINE, RESTORED};
+use crate::unacked::{LeaseState, Registry, Slot, Window, ACKED, NO_DEADLINE, RESTORED};
 use crate::value::Headers;
 
 pub(crate) struct ChannelShared {
@@ -104,7 +104,13 @@ impl ChannelShared {
                 let slot = if no_ack {
                     p.queue.ack(&p.env);
                     auto_acked += 1;
-                    None
+                    Arc::new(Slot {
+                        state: LeaseState::settled(ACKED),
+                        tag,
+                        env: p.env,
+                        queue: p.queue,
+                        window: None,
+                    })
                 } else {
                     let lease = self.lease_for(p.consumer.as_deref(), &*p.queue);
                     let deadline_us = match lease {
@@ -117,20 +123,18 @@ impl ChannelShared {
                     let slot = Arc::new(Slot {
                         state: LeaseState::new(deadline_us),
                         tag,
-                        env: p.env.clone(),
-                        queue: p.queue.clone(),
+                        env: p.env,
+                        queue: p.queue,
                         window: p.consumer.as_ref().map(|c| c.window.clone()),
                     });
                     reg.slots.push_back(slot.clone());
-                    Some(slot)
+                    slot
                 };
                 out.push(Delivery {
-                    env: p.env,
-                    tag,
-                    consumer_tag: p.consumer.as_ref().map(|c| c.tag.clone()),
-                    queue: p.queue,
                     slot,
+                    consumer_tag: p.consumer.as_ref().map(|c| c.tag.clone()),
                     channel: self.clone(),
+                    no_ack,
                 });
             }
         }
@@ -617,9 +621,8 @@ impl Channel {
                 .pop()
                 .expect("one pending, one delivery");
             if no_ack {
-                if let Some(slot) = d.slot.take() {
-                    let _ = self.shared.settle(&slot, Outcome::Ack);
-                }
+                let _ = self.shared.settle(&d.slot, Outcome::Ack);
+                d.no_ack = true;
             }
             d
         };

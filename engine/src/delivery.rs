@@ -17,23 +17,21 @@ use crate::unacked::{Slot, ACKED, REJECTED, RESTORED};
 /// its channel closes or its lease runs out. Dropping a `Delivery` does not
 /// settle it. The body is shared with the queue, never copied.
 pub struct Delivery {
-    pub(crate) env: crate::transport::Envelope,
-    pub(crate) tag: u64,
+    pub(crate) slot: Arc<Slot>,
     pub(crate) consumer_tag: Option<Arc<str>>,
-    pub(crate) queue: Arc<dyn crate::transport::QueueStore>,
-    pub(crate) slot: Option<Arc<Slot>>,
     pub(crate) channel: Arc<ChannelShared>,
+    pub(crate) no_ack: bool,
 }
 
 impl fmt::Debug for Delivery {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Delivery")
-            .field("delivery_tag", &self.tag)
-            .field("queue", &self.queue.name())
-            .field("exchange", &self.env.stored.exchange)
-            .field("routing_key", &self.env.stored.routing_key)
-            .field("redelivered", &self.env.redelivered)
-            .field("body_len", &self.env.size())
+            .field("delivery_tag", &self.slot.tag)
+            .field("queue", &self.slot.queue.name())
+            .field("exchange", &self.slot.env.exchange)
+            .field("routing_key", &self.slot.env.routing_key)
+            .field("redelivered", &self.slot.env.redelivered)
+            .field("body_len", &self.slot.env.size())
             .finish()
     }
 }
@@ -58,42 +56,43 @@ impl Outcome {
 impl Delivery {
     /// The body.
     pub fn body(&self) -> &Bytes {
-        &self.env.stored.message.body
+        &self.slot.env.body
     }
 
     /// The basic properties.
     pub fn properties(&self) -> &Properties {
-        &self.env.stored.message.properties
+        self.slot.env.properties()
     }
 
-    /// Body and properties.
-    pub fn message(&self) -> &Message {
-        &self.env.stored.message
+    /// Body and properties as a [`Message`] (the body is shared, not copied),
+    /// e.g. to publish it again.
+    pub fn to_message(&self) -> Message {
+        self.slot.env.to_message()
     }
 
     /// The channel-scoped delivery tag (monotonic, never reused).
     pub fn delivery_tag(&self) -> u64 {
-        self.tag
+        self.slot.tag
     }
 
     /// True when this message was delivered before and came back.
     pub fn redelivered(&self) -> bool {
-        self.env.redelivered
+        self.slot.env.redelivered
     }
 
     /// The exchange the message was published to.
     pub fn exchange(&self) -> &str {
-        &self.env.stored.exchange
+        &self.slot.env.exchange
     }
 
     /// The routing key it was published with.
     pub fn routing_key(&self) -> &str {
-        &self.env.stored.routing_key
+        &self.slot.env.routing_key
     }
 
     /// The queue it came from.
     pub fn queue(&self) -> &str {
-        self.queue.name()
+        self.slot.queue.name()
     }
 
     /// The consumer it was delivered to (`None` for `get`).
@@ -103,16 +102,20 @@ impl Delivery {
 
     /// The priority lane it came from.
     pub fn priority(&self) -> u8 {
-        self.env.lane
+        self.slot.env.lane
     }
 
     /// Nanoseconds (dashi's monotonic clock) when it was published.
     pub fn published_at_ns(&self) -> u64 {
-        self.env.stored.published_at
+        self.slot.env.published_at
     }
 
     fn slot(&self) -> Result<&Arc<Slot>, AckError> {
-        self.slot.as_ref().ok_or(AckError::NoAck(self.tag))
+        if self.no_ack {
+            Err(AckError::NoAck(self.slot.tag))
+        } else {
+            Ok(&self.slot)
+        }
     }
 
     /// Acknowledges this delivery.
@@ -123,7 +126,7 @@ impl Delivery {
     /// Acknowledges this delivery and every earlier unsettled one on its channel.
     pub fn ack_multiple(&self) -> Result<(), AckError> {
         self.slot()?;
-        self.channel.settle_tag(self.tag, true, Outcome::Ack)
+        self.channel.settle_tag(self.slot.tag, true, Outcome::Ack)
     }
 
     /// Rejects it: back to the front of its queue with `redelivered = true` when
@@ -142,7 +145,7 @@ impl Delivery {
     pub fn nack_multiple(&self, requeue: bool) -> Result<(), AckError> {
         self.slot()?;
         self.channel
-            .settle_tag(self.tag, true, Outcome::Reject { requeue })
+            .settle_tag(self.slot.tag, true, Outcome::Reject { requeue })
     }
 
     /// Extends the lease: the delivery stays with this consumer until `from_now`

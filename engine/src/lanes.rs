@@ -2,24 +2,28 @@
 //! non-empty lanes, so the most urgent ready lane is found with a few bit scans.
 //!
 //! # Invariants
-//! - `len[l]` counts items pushed to lane `l` and not yet popped. A push
-//!   increments it *before* the item is visible, a pop decrements it *after* the
-//!   item was taken, so it never underflows and is never below the true count.
-//! - At quiescence, bit `l` of the bitmap is set exactly when `len[l] > 0`: the
-//!   pusher that moves `len` from 0 sets the bit; whoever clears a bit re-reads
-//!   `len` afterwards and sets it again if it is non-zero (all `SeqCst`, so one of
-//!   the two always sees the other). A stale set bit only costs a skipped lane.
-//! - Restored items go to a per-lane front list that is drained before the FIFO,
-//!   so a restore puts a message ahead of everything in its lane. The front list
-//!   is behind a mutex because restore is a slow path; the fast path checks an
+//! - Producers and consumers write disjoint cache lines on the fast path: a
+//!   push bumps `pushed`, a pop bumps `popped` (each padded to its own line);
+//!   the depth of a lane is their difference. Nothing is read-modify-written by
+//!   both sides except inside the FIFO itself.
+//! - Bitmap: a pusher makes its item visible, issues a `SeqCst` fence, then sets
+//!   the lane's bit unless it already reads as set. A popper that finds a lane
+//!   empty clears the bit, fences, and re-checks the lane, setting the bit again
+//!   if an item is there. With both fences, either the pusher sees the cleared
+//!   bit or the popper sees the item, so a lane with an item always ends up with
+//!   its bit set; a stale set bit only costs one skipped lane.
+//! - A queue with one lane (no priorities) bypasses the bitmap.
+//! - Restored items go to a per-lane front list drained before the FIFO, so a
+//!   restore puts a message ahead of everything in its lane. The front list is
+//!   behind a mutex because restore is a slow path; the fast path checks an
 //!   atomic length and never takes it when empty.
-//! - Pushing and popping never block on each other: the FIFO is crossbeam's
-//!   `SegQueue` (in loom builds, a model mutex-backed deque with the same
-//!   linearizable behaviour, so loom checks our protocol around it).
+//! - The FIFO is crossbeam's `SegQueue` (in loom builds, a model mutex-backed
+//!   deque with the same linearizable behaviour, so loom checks our protocol
+//!   around it).
 
 use std::collections::VecDeque;
 
-use crate::sync::{AtomicU64, AtomicUsize, Mutex, Ordering::SeqCst};
+use crate::sync::{fence, AtomicU64, AtomicUsize, Mutex, Ordering::SeqCst, Padded};
 
 #[cfg(not(loom))]
 type Fifo<T> = crossbeam_queue::SegQueue<T>;
@@ -39,6 +43,9 @@ impl<T> Fifo<T> {
     fn pop(&self) -> Option<T> {
         self.0.lock().pop_front()
     }
+    fn is_empty(&self) -> bool {
+        self.0.lock().is_empty()
+    }
 }
 
 #[derive(Debug)]
@@ -46,7 +53,14 @@ struct Lane<T> {
     fifo: Fifo<T>,
     front: Mutex<VecDeque<T>>,
     front_len: AtomicUsize,
-    len: AtomicUsize,
+    pushed: Padded<AtomicU64>,
+    popped: Padded<AtomicU64>,
+}
+
+impl<T> Lane<T> {
+    fn is_empty(&self) -> bool {
+        self.front_len.load(SeqCst) == 0 && self.fifo.is_empty()
+    }
 }
 
 /// Priority lanes `0..=max_priority`; higher index = more urgent.
@@ -64,7 +78,8 @@ impl<T> Lanes<T> {
                 fifo: Fifo::new(),
                 front: Mutex::new(VecDeque::new()),
                 front_len: AtomicUsize::new(0),
-                len: AtomicUsize::new(0),
+                pushed: Padded(AtomicU64::new(0)),
+                popped: Padded(AtomicU64::new(0)),
             })
             .collect();
         Lanes {
@@ -83,84 +98,90 @@ impl<T> Lanes<T> {
         self.lanes.len()
     }
 
-    fn set_bit(&self, lane: usize) {
-        self.bitmap[lane / 64].fetch_or(1 << (lane % 64), SeqCst);
+    fn single(&self) -> bool {
+        self.lanes.len() == 1
     }
 
-    fn clear_bit(&self, lane: usize) {
-        self.bitmap[lane / 64].fetch_and(!(1 << (lane % 64)), SeqCst);
-        if self.lanes[lane].len.load(SeqCst) > 0 {
-            self.set_bit(lane);
+    /// After making an item visible in `lane`.
+    fn mark(&self, lane: usize) {
+        if self.single() {
+            return;
+        }
+        fence(SeqCst);
+        let word = &self.bitmap[lane / 64];
+        let bit = 1 << (lane % 64);
+        if word.load(SeqCst) & bit == 0 {
+            word.fetch_or(bit, SeqCst);
         }
     }
 
-    fn count_in(&self, lane: usize) {
-        if self.lanes[lane].len.fetch_add(1, SeqCst) == 0 {
-            self.set_bit(lane);
-        }
-    }
-
-    fn count_out(&self, lane: usize) {
-        if self.lanes[lane].len.fetch_sub(1, SeqCst) == 1 {
-            self.clear_bit(lane);
+    /// After finding `lane` empty.
+    fn unmark(&self, lane: usize) {
+        let word = &self.bitmap[lane / 64];
+        let bit = 1 << (lane % 64);
+        word.fetch_and(!bit, SeqCst);
+        fence(SeqCst);
+        if !self.lanes[lane].is_empty() {
+            word.fetch_or(bit, SeqCst);
         }
     }
 
     /// Appends to the back of `lane` (clamped to the top lane).
     pub(crate) fn push(&self, lane: usize, item: T) {
         let lane = lane.min(self.lanes.len() - 1);
-        self.count_in(lane);
-        self.lanes[lane].fifo.push(item);
+        let l = &self.lanes[lane];
+        l.fifo.push(item);
+        l.pushed.0.fetch_add(1, SeqCst);
+        self.mark(lane);
     }
 
     /// Puts `items` at the front of `lane`, `items[0]` first.
     pub(crate) fn push_front(&self, lane: usize, items: impl DoubleEndedIterator<Item = T>) {
         let lane = lane.min(self.lanes.len() - 1);
         let l = &self.lanes[lane];
-        let mut front = l.front.lock();
-        for item in items.rev() {
-            self.count_in(lane);
-            front.push_front(item);
-            l.front_len.fetch_add(1, SeqCst);
+        {
+            let mut front = l.front.lock();
+            for item in items.rev() {
+                front.push_front(item);
+                l.front_len.fetch_add(1, SeqCst);
+                l.pushed.0.fetch_add(1, SeqCst);
+            }
         }
+        self.mark(lane);
     }
 
     fn pop_lane(&self, lane: usize) -> Option<T> {
         let l = &self.lanes[lane];
-        let item = if l.front_len.load(SeqCst) > 0 {
+        let mut item = None;
+        if l.front_len.load(SeqCst) > 0 {
             let mut front = l.front.lock();
-            match front.pop_front() {
-                Some(v) => {
-                    l.front_len.fetch_sub(1, SeqCst);
-                    Some(v)
-                }
-                None => None,
-            }
-        } else {
-            None
-        };
-        let item = item.or_else(|| l.fifo.pop());
-        match item {
-            Some(v) => {
-                self.count_out(lane);
-                Some(v)
-            }
-            None => {
-                if l.len.load(SeqCst) == 0 {
-                    self.clear_bit(lane);
-                }
-                None
+            if let Some(v) = front.pop_front() {
+                l.front_len.fetch_sub(1, SeqCst);
+                item = Some(v);
             }
         }
+        let item = item.or_else(|| l.fifo.pop());
+        if item.is_some() {
+            l.popped.0.fetch_add(1, SeqCst);
+        }
+        item
     }
 
     /// Takes the oldest item of the most urgent non-empty lane, with its lane.
     pub(crate) fn pop(&self) -> Option<(usize, T)> {
+        if self.single() {
+            return self.pop_lane(0).map(|v| (0, v));
+        }
         for word in (0..4).rev() {
             let mut bits = self.bitmap[word].load(SeqCst);
             while bits != 0 {
                 let bit = 63 - bits.leading_zeros() as usize;
                 let lane = word * 64 + bit;
+                if let Some(v) = self.pop_lane(lane) {
+                    return Some((lane, v));
+                }
+                self.unmark(lane);
+                // The re-check may have found a fresh item: try it once more.
                 if let Some(v) = self.pop_lane(lane) {
                     return Some((lane, v));
                 }
@@ -172,6 +193,9 @@ impl<T> Lanes<T> {
 
     /// Takes the oldest item of the least urgent non-empty lane (drop-head).
     pub(crate) fn pop_least_urgent(&self) -> Option<(usize, T)> {
+        if self.single() {
+            return self.pop_lane(0).map(|v| (0, v));
+        }
         for word in 0..4 {
             let mut bits = self.bitmap[word].load(SeqCst);
             while bits != 0 {
@@ -180,6 +204,7 @@ impl<T> Lanes<T> {
                 if let Some(v) = self.pop_lane(lane) {
                     return Some((lane, v));
                 }
+                self.unmark(lane);
                 bits &= bits - 1;
             }
         }
@@ -188,13 +213,26 @@ impl<T> Lanes<T> {
 
     /// Items in `lane` (pushed and not yet popped).
     pub(crate) fn len(&self, lane: usize) -> usize {
-        self.lanes[lane].len.load(SeqCst)
+        let l = &self.lanes[lane];
+        let popped = l.popped.0.load(SeqCst);
+        l.pushed.0.load(SeqCst).saturating_sub(popped) as usize
     }
 
     /// True when no lane holds anything.
     #[cfg(test)]
     pub(crate) fn is_empty(&self) -> bool {
-        self.bitmap.iter().all(|w| w.load(SeqCst) == 0)
+        self.lanes.iter().all(Lane::is_empty)
+    }
+
+    /// True when every bit that is set belongs to a non-empty lane and every
+    /// non-empty lane has its bit (checked at quiescence by tests).
+    #[cfg(test)]
+    pub(crate) fn bitmap_consistent(&self) -> bool {
+        self.single()
+            || (0..self.lanes.len()).all(|l| {
+                let set = self.bitmap[l / 64].load(SeqCst) & (1 << (l % 64)) != 0;
+                set || self.lanes[l].is_empty()
+            })
     }
 }
 
@@ -308,7 +346,11 @@ mod loom_tests {
             let l2 = l.clone();
             let pusher = loom::thread::spawn(move || l2.push(1, 2));
             let first = l.pop();
+            let second = l.pop();
             pusher.join().unwrap();
+            // Whatever interleaving, a lane holding an item has its bit set.
+            assert!(l.bitmap_consistent(), "lane 1 holds an item but its bit is clear");
+            let first: Vec<_> = first.into_iter().chain(second).collect();
             let mut rest = Vec::new();
             while let Some(v) = l.pop() {
                 rest.push(v);
@@ -323,8 +365,8 @@ mod loom_tests {
     #[test]
     fn concurrent_pops_take_each_item_once() {
         loom::model(|| {
-            let l = Arc::new(Lanes::new(0));
-            l.push(0, 1u32);
+            let l = Arc::new(Lanes::new(1));
+            l.push(1, 1u32);
             let a = {
                 let l = l.clone();
                 loom::thread::spawn(move || l.pop())
@@ -332,7 +374,7 @@ mod loom_tests {
             let b = {
                 let l = l.clone();
                 loom::thread::spawn(move || {
-                    l.push(0, 2);
+                    l.push(1, 2);
                     l.pop()
                 })
             };

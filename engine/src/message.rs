@@ -43,6 +43,22 @@ pub struct Properties {
     pub timestamp: Option<u64>,
 }
 
+impl Properties {
+    /// Every property unset (delivery mode persistent).
+    pub const DEFAULT: Properties = Properties {
+        content_type: None,
+        content_encoding: None,
+        headers: std::collections::BTreeMap::new(),
+        delivery_mode: DeliveryMode::Persistent,
+        priority: None,
+        correlation_id: None,
+        reply_to: None,
+        expiration: None,
+        message_id: None,
+        timestamp: None,
+    };
+}
+
 /// A body with its properties: what a producer publishes.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct Message {
@@ -85,8 +101,8 @@ impl Message {
         self
     }
 
-    /// Body length plus the rough size of the properties: what counts against
-    /// `max_length_bytes` and `prefetch_bytes`.
+    /// Body length: what counts against `max_length_bytes` and
+    /// `prefetch_bytes` (as in RabbitMQ).
     pub fn size(&self) -> usize {
         self.body.len()
     }

@@ -25,3 +25,91 @@ pub(crate) fn check_name(kind: &'static str, name: &str) -> Result<(), Error> {
 pub(crate) fn check_exchange_ref(name: &str) -> Result<(), Error> {
     check_len(name).map_err(|reason| Error::name("exchange", name, reason))
 }
+
+/// Bytes a [`ShortStr`] holds without allocating.
+const INLINE: usize = 30;
+
+/// An immutable string that stores up to 30 bytes inline (exchange names and
+/// routing keys usually fit), so carrying one with a message costs no
+/// allocation.
+#[derive(Clone)]
+pub struct ShortStr(Repr);
+
+#[derive(Clone)]
+enum Repr {
+    Inline { len: u8, buf: [u8; INLINE] },
+    Heap(Box<str>),
+}
+
+impl ShortStr {
+    /// The text.
+    pub fn as_str(&self) -> &str {
+        match &self.0 {
+            // The bytes were copied from a `&str` whole, so they are UTF-8; the
+            // checked conversion cannot fail and costs a few ns on ≤30 bytes.
+            Repr::Inline { len, buf } => std::str::from_utf8(&buf[..*len as usize]).unwrap_or(""),
+            Repr::Heap(s) => s,
+        }
+    }
+}
+
+impl From<&str> for ShortStr {
+    fn from(s: &str) -> Self {
+        if s.len() <= INLINE {
+            let mut buf = [0u8; INLINE];
+            buf[..s.len()].copy_from_slice(s.as_bytes());
+            ShortStr(Repr::Inline {
+                len: s.len() as u8,
+                buf,
+            })
+        } else {
+            ShortStr(Repr::Heap(s.into()))
+        }
+    }
+}
+
+impl std::ops::Deref for ShortStr {
+    type Target = str;
+    fn deref(&self) -> &str {
+        self.as_str()
+    }
+}
+
+impl std::fmt::Debug for ShortStr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(self.as_str(), f)
+    }
+}
+
+impl std::fmt::Display for ShortStr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl PartialEq for ShortStr {
+    fn eq(&self, other: &Self) -> bool {
+        self.as_str() == other.as_str()
+    }
+}
+
+impl Eq for ShortStr {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn short_str_inline_and_heap() {
+        for s in ["", "celery", &"x".repeat(30), &"y".repeat(31), &"é".repeat(40)] {
+            let v = ShortStr::from(s);
+            assert_eq!(v.as_str(), s);
+            assert_eq!(&*v, s);
+            assert_eq!(v.to_string(), s);
+            assert_eq!(format!("{v:?}"), format!("{s:?}"));
+            assert_eq!(v.clone(), v);
+        }
+        assert!(matches!(ShortStr::from("abc").0, Repr::Inline { .. }));
+        assert!(matches!(ShortStr::from(&*"z".repeat(31)).0, Repr::Heap(_)));
+    }
+}

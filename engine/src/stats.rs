@@ -4,24 +4,8 @@ use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 
-use crossbeam_utils_pad::CachePadded;
-
+use crate::sync::Padded as CachePadded;
 use crate::transport::Transport;
-
-mod crossbeam_utils_pad {
-    /// Pads to two cache lines so counters written by producers and by
-    /// consumers do not share a line.
-    #[derive(Debug, Default)]
-    #[repr(align(128))]
-    pub(crate) struct CachePadded<T>(pub(crate) T);
-
-    impl<T> std::ops::Deref for CachePadded<T> {
-        type Target = T;
-        fn deref(&self) -> &T {
-            &self.0
-        }
-    }
-}
 
 /// Counters written on the publish side.
 #[derive(Debug, Default)]

@@ -51,3 +51,17 @@ impl<T> Mutex<T> {
         self.inner.lock().unwrap()
     }
 }
+
+/// Pads a value to its own pair of cache lines, so that values written by
+/// different threads (producer-side and consumer-side counters) do not share a
+/// line.
+#[derive(Debug, Default)]
+#[repr(align(128))]
+pub(crate) struct Padded<T>(pub(crate) T);
+
+impl<T> std::ops::Deref for Padded<T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        &self.0
+    }
+}

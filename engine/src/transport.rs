@@ -10,7 +10,10 @@ use std::time::Duration;
 
 use crate::error::{Error, PublishError};
 use crate::exchange::Exchange;
-use crate::message::Message;
+use bytes::Bytes;
+
+use crate::message::{Message, Properties};
+use crate::names::ShortStr;
 use crate::queue::{Queue, QueueInfo};
 use crate::routing::Binding;
 use crate::stats::{Counters, QueueStats};
@@ -19,24 +22,22 @@ use std::sync::Arc;
 /// Identifies a connection to a transport (exclusive-queue ownership).
 pub type ConnectionId = u64;
 
-/// A published message as stored: shared by every queue it was routed to.
-#[derive(Debug)]
-pub struct Stored {
-    /// Body and properties.
-    pub message: Message,
-    /// Exchange it was published to.
-    pub exchange: String,
-    /// Routing key it was published with.
-    pub routing_key: String,
-    /// [`crate::clock::now_ns`] at publish.
-    pub published_at: u64,
-}
-
-/// One queue's copy of a stored message.
+/// One queue's copy of a published message. It carries the message inline:
+/// the body is a shared `Bytes` and properties other than the defaults are one
+/// shared allocation, so routing a message to several queues copies no payload,
+/// and a message with default properties and short names costs no allocation.
 #[derive(Debug, Clone)]
 pub struct Envelope {
-    /// The shared message.
-    pub stored: Arc<Stored>,
+    /// The body.
+    pub body: Bytes,
+    /// Properties; `None` = all defaults.
+    pub properties: Option<Arc<Properties>>,
+    /// Exchange it was published to.
+    pub exchange: ShortStr,
+    /// Routing key it was published with.
+    pub routing_key: ShortStr,
+    /// [`crate::clock::now_ns`] at publish.
+    pub published_at: u64,
     /// Delivered before and returned to the queue.
     pub redelivered: bool,
     /// Expiry in [`crate::clock::now_ns`] terms; `u64::MAX` = never.
@@ -47,10 +48,41 @@ pub struct Envelope {
     pub token: u64,
 }
 
+static DEFAULT_PROPERTIES: Properties = Properties::DEFAULT;
+
 impl Envelope {
+    /// Splits a message into an envelope (no copy of the body).
+    pub fn new(message: Message, exchange: &str, routing_key: &str, published_at: u64) -> Self {
+        let properties = (message.properties != Properties::DEFAULT).then(|| Arc::new(message.properties));
+        Envelope {
+            body: message.body,
+            properties,
+            exchange: exchange.into(),
+            routing_key: routing_key.into(),
+            published_at,
+            redelivered: false,
+            expires_at: u64::MAX,
+            lane: 0,
+            token: 0,
+        }
+    }
+
+    /// The properties.
+    pub fn properties(&self) -> &Properties {
+        self.properties.as_deref().unwrap_or(&DEFAULT_PROPERTIES)
+    }
+
+    /// Body and properties as a new [`Message`] (the body is shared).
+    pub fn to_message(&self) -> Message {
+        Message {
+            body: self.body.clone(),
+            properties: self.properties().clone(),
+        }
+    }
+
     /// Body length.
     pub fn size(&self) -> usize {
-        self.stored.message.body.len()
+        self.body.len()
     }
 }
 

@@ -48,6 +48,11 @@ impl LeaseState {
         LeaseState(AtomicU64::new(pack(deadline_us, UNACKED)))
     }
 
+    /// A state settled from the start (no_ack deliveries).
+    pub(crate) fn settled(state: u64) -> Self {
+        LeaseState(AtomicU64::new(pack(NO_DEADLINE, state)))
+    }
+
     /// Settles to `to` (ACKED, REJECTED, RESTORED) if still unacked.
     pub(crate) fn settle(&self, to: u64) -> Result<(), Settled> {
         let mut cur = self.0.load(SeqCst);

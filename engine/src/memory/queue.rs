@@ -1,9 +1,14 @@
 //! One memory:// queue: priority lanes of envelopes plus lock-free accounting.
 //!
 //! # Invariants
-//! - `ready` / `ready_bytes` count what sits in the lanes. A publish reserves
-//!   its place (fetch_add) before pushing and backs the reservation out if it
-//!   exceeds a reject-publish limit, so limits hold without a lock.
+//! - Ready messages = `inflow.count - outflow.count` (bytes likewise). Publishers
+//!   write only `inflow`, consumers only `outflow`; each is on its own cache
+//!   line, so a publish and a pop do not contend on counters.
+//! - A publish reserves its place (fetch_add on `inflow`) before pushing and
+//!   backs it out if it exceeds a reject-publish limit, so limits hold without
+//!   a lock. The check uses a cached, never-newer copy of `outflow`, which can
+//!   only overestimate the depth; it re-reads `outflow` only when the estimate
+//!   crosses a limit, so publishers do not pull the consumers' line per message.
 //! - Publish, pop and ack take no lock; restore (slow path) takes the lane's
 //!   front-list lock.
 
@@ -16,6 +21,7 @@ use crate::lanes::Lanes;
 use crate::notify::Notify;
 use crate::queue::{Overflow, Queue};
 use crate::stats::{Counters, QueueStats};
+use crate::sync::Padded;
 use crate::transport::{ConnectionId, Envelope, QueueStore};
 
 use super::Shared;
@@ -38,14 +44,29 @@ impl DeathReason {
     }
 }
 
+#[derive(Debug, Default)]
+struct Inflow {
+    count: AtomicU64,
+    bytes: AtomicU64,
+    /// Never-newer copies of `Outflow::{count, bytes}`.
+    seen_out_count: AtomicU64,
+    seen_out_bytes: AtomicU64,
+}
+
+#[derive(Debug, Default)]
+struct Outflow {
+    count: AtomicU64,
+    bytes: AtomicU64,
+    unacked: AtomicU64,
+}
+
 #[derive(Debug)]
 pub(crate) struct MemQueue {
     pub(crate) decl: Queue,
     pub(crate) owner: Option<ConnectionId>,
     lanes: Lanes<Envelope>,
-    ready: AtomicU64,
-    ready_bytes: AtomicU64,
-    unacked: AtomicU64,
+    inflow: Padded<Inflow>,
+    outflow: Padded<Outflow>,
     consumers: AtomicU64,
     deleted: AtomicBool,
     notify: Notify,
@@ -64,9 +85,8 @@ impl MemQueue {
             lanes: Lanes::new(decl.max_priority),
             decl,
             owner,
-            ready: AtomicU64::new(0),
-            ready_bytes: AtomicU64::new(0),
-            unacked: AtomicU64::new(0),
+            inflow: Padded(Inflow::default()),
+            outflow: Padded(Outflow::default()),
             consumers: AtomicU64::new(0),
             deleted: AtomicBool::new(false),
             notify: Notify::new(),
@@ -78,28 +98,46 @@ impl MemQueue {
         self.shared.upgrade()
     }
 
-    /// Reserves room for one message of `size` bytes. With drop-head, makes room
-    /// by dropping (or dead-lettering) the oldest least urgent messages.
-    pub(crate) fn reserve(&self, size: u64) -> Reserve {
-        let n = self.ready.fetch_add(1, SeqCst) + 1;
-        let b = self.ready_bytes.fetch_add(size, SeqCst) + size;
-        let over = if n > self.decl.max_length {
+    /// Which limit a depth of `n` messages and `b` bytes breaks, if any.
+    fn over(&self, n: u64, b: u64) -> Option<&'static str> {
+        if n > self.decl.max_length {
             Some("max_length")
         } else if b > self.decl.max_length_bytes {
             Some("max_length_bytes")
         } else {
             None
+        }
+    }
+
+    /// Ready depth after this reservation, exact when it matters.
+    fn depth_after(&self, n_in: u64, b_in: u64) -> Option<&'static str> {
+        let i = &self.inflow;
+        let est_n = n_in.saturating_sub(i.seen_out_count.load(Relaxed));
+        let est_b = b_in.saturating_sub(i.seen_out_bytes.load(Relaxed));
+        self.over(est_n, est_b)?;
+        // The estimate crossed a limit: refresh from the consumers' side.
+        let out_n = self.outflow.count.load(SeqCst);
+        let out_b = self.outflow.bytes.load(SeqCst);
+        i.seen_out_count.fetch_max(out_n, Relaxed);
+        i.seen_out_bytes.fetch_max(out_b, Relaxed);
+        self.over(n_in.saturating_sub(out_n), b_in.saturating_sub(out_b))
+    }
+
+    /// Reserves room for one message of `size` bytes. With drop-head, makes room
+    /// by dropping (or dead-lettering) the oldest least urgent messages.
+    pub(crate) fn reserve(&self, size: u64) -> Reserve {
+        let n = self.inflow.count.fetch_add(1, SeqCst) + 1;
+        let b = self.inflow.bytes.fetch_add(size, SeqCst) + size;
+        let Some(which) = self.depth_after(n, b) else {
+            return Reserve::Ok;
         };
-        let Some(which) = over else { return Reserve::Ok };
         match self.decl.overflow {
             Overflow::RejectPublish => {
                 self.unreserve(size);
                 Reserve::Full(which)
             }
             Overflow::DropHead => {
-                while self.ready.load(SeqCst) > self.decl.max_length
-                    || self.ready_bytes.load(SeqCst) > self.decl.max_length_bytes
-                {
+                while self.over(self.ready(), self.ready_bytes()).is_some() {
                     match self.lanes.pop_least_urgent() {
                         Some((_, env)) => {
                             self.took(&env);
@@ -116,8 +154,8 @@ impl MemQueue {
     }
 
     pub(crate) fn unreserve(&self, size: u64) {
-        self.ready.fetch_sub(1, SeqCst);
-        self.ready_bytes.fetch_sub(size, SeqCst);
+        self.inflow.count.fetch_sub(1, SeqCst);
+        self.inflow.bytes.fetch_sub(size, SeqCst);
     }
 
     /// Appends a reserved envelope and wakes waiters.
@@ -127,8 +165,8 @@ impl MemQueue {
     }
 
     fn took(&self, env: &Envelope) {
-        self.ready.fetch_sub(1, SeqCst);
-        self.ready_bytes.fetch_sub(env.size() as u64, SeqCst);
+        self.outflow.count.fetch_add(1, SeqCst);
+        self.outflow.bytes.fetch_add(env.size() as u64, SeqCst);
     }
 
     fn dead_letter(&self, env: Envelope, reason: DeathReason) {
@@ -154,7 +192,13 @@ impl MemQueue {
     }
 
     pub(crate) fn ready(&self) -> u64 {
-        self.ready.load(SeqCst)
+        let out = self.outflow.count.load(SeqCst);
+        self.inflow.count.load(SeqCst).saturating_sub(out)
+    }
+
+    fn ready_bytes(&self) -> u64 {
+        let out = self.outflow.bytes.load(SeqCst);
+        self.inflow.bytes.load(SeqCst).saturating_sub(out)
     }
 
     pub(crate) fn consumers(&self) -> u64 {
@@ -167,9 +211,9 @@ impl MemQueue {
             depth_by_lane: (0..self.lanes.lane_count())
                 .map(|l| self.lanes.len(l) as u64)
                 .collect(),
-            messages: self.ready.load(SeqCst),
-            bytes: self.ready_bytes.load(SeqCst),
-            unacked: self.unacked.load(SeqCst),
+            messages: self.ready(),
+            bytes: self.ready_bytes(),
+            unacked: self.outflow.unacked.load(SeqCst),
             consumers: self.consumers.load(SeqCst),
         }
     }
@@ -201,17 +245,17 @@ impl QueueStore for MemQueue {
                     continue;
                 }
             }
-            self.unacked.fetch_add(1, Relaxed);
+            self.outflow.unacked.fetch_add(1, Relaxed);
             return Some(env);
         }
     }
 
     fn ack(&self, _env: &Envelope) {
-        self.unacked.fetch_sub(1, Relaxed);
+        self.outflow.unacked.fetch_sub(1, Relaxed);
     }
 
     fn reject(&self, env: Envelope) {
-        self.unacked.fetch_sub(1, Relaxed);
+        self.outflow.unacked.fetch_sub(1, Relaxed);
         self.dead_letter(env, DeathReason::Rejected);
     }
 
@@ -219,14 +263,13 @@ impl QueueStore for MemQueue {
         if envs.is_empty() {
             return;
         }
-        self.unacked.fetch_sub(envs.len() as u64, Relaxed);
+        self.outflow.unacked.fetch_sub(envs.len() as u64, Relaxed);
         if self.deleted.load(SeqCst) {
             return;
         }
-        for env in &envs {
-            self.ready.fetch_add(1, SeqCst);
-            self.ready_bytes.fetch_add(env.size() as u64, SeqCst);
-        }
+        let bytes: u64 = envs.iter().map(|e| e.size() as u64).sum();
+        self.inflow.count.fetch_add(envs.len() as u64, SeqCst);
+        self.inflow.bytes.fetch_add(bytes, SeqCst);
         // Group by lane, keeping order within each lane.
         let mut by_lane: Vec<(u8, Vec<Envelope>)> = Vec::new();
         for env in envs {

@@ -1,0 +1,200 @@
+//! Property test: random sequences of publish / get / ack / reject / requeue /
+//! channel close / lease expiry, checked step by step against a small reference
+//! model of the semantics. Every get must return exactly the message the model
+//! predicts (strict priority, FIFO per lane, restored to the front, redelivered
+//! flag), and at the end every published message has been consumed exactly once.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use dashi::{AckError, Channel, Connection, Delivery, Message, Queue, Settled};
+use proptest::prelude::*;
+
+const MAX_PRIORITY: u8 = 3;
+const CHANNELS: usize = 2;
+
+#[derive(Debug, Clone)]
+enum Op {
+    Publish { priority: u8 },
+    Get { ch: usize },
+    Ack { ch: usize, pick: usize },
+    Reject { ch: usize, pick: usize, requeue: bool },
+    Close { ch: usize },
+    ExpireLease { ch: usize, pick: usize },
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    let ch = 0..CHANNELS;
+    prop_oneof![
+        4 => (0..=MAX_PRIORITY).prop_map(|priority| Op::Publish { priority }),
+        4 => ch.clone().prop_map(|ch| Op::Get { ch }),
+        2 => (ch.clone(), any::<usize>()).prop_map(|(ch, pick)| Op::Ack { ch, pick }),
+        2 => (ch.clone(), any::<usize>(), any::<bool>())
+            .prop_map(|(ch, pick, requeue)| Op::Reject { ch, pick, requeue }),
+        1 => ch.clone().prop_map(|ch| Op::Close { ch }),
+        1 => (ch, any::<usize>()).prop_map(|(ch, pick)| Op::ExpireLease { ch, pick }),
+    ]
+}
+
+/// (message id, redelivered)
+type Item = (u64, bool);
+
+#[derive(Default)]
+struct Model {
+    lanes: Vec<VecDeque<Item>>,
+    /// Per channel, outstanding deliveries in tag order: (id, lane).
+    outstanding: Vec<Vec<(u64, usize)>>,
+    consumed: Vec<u64>,
+}
+
+impl Model {
+    fn new() -> Self {
+        Model {
+            lanes: vec![VecDeque::new(); MAX_PRIORITY as usize + 1],
+            outstanding: vec![Vec::new(); CHANNELS],
+            consumed: Vec::new(),
+        }
+    }
+    fn pop(&mut self) -> Option<(Item, usize)> {
+        for lane in (0..self.lanes.len()).rev() {
+            if let Some(x) = self.lanes[lane].pop_front() {
+                return Some((x, lane));
+            }
+        }
+        None
+    }
+    /// Restores `items` (in tag order) to the fronts of their lanes.
+    fn restore(&mut self, items: Vec<(u64, usize)>) {
+        for (id, lane) in items.into_iter().rev() {
+            self.lanes[lane].push_front((id, true));
+        }
+    }
+}
+
+fn id_of(d: &Delivery) -> u64 {
+    std::str::from_utf8(d.body()).unwrap().parse().unwrap()
+}
+
+fn run(ops: Vec<Op>) {
+    static N: AtomicU64 = AtomicU64::new(0);
+    let url = format!("memory://property-{}", N.fetch_add(1, Ordering::SeqCst));
+    let conn: Connection = dashi::connect(&url).unwrap();
+    let admin = conn.channel().unwrap();
+    admin
+        .queue_declare(&Queue::new("q").with_max_priority(MAX_PRIORITY))
+        .unwrap();
+    let producer = admin.producer();
+    let mut channels: Vec<Channel> = (0..CHANNELS).map(|_| conn.channel().unwrap()).collect();
+    let mut held: Vec<Vec<Delivery>> = (0..CHANNELS).map(|_| Vec::new()).collect();
+    let mut model = Model::new();
+    let mut next_id = 0u64;
+
+    for op in ops {
+        match op {
+            Op::Publish { priority } => {
+                producer
+                    .publish(Message::new(next_id.to_string()).with_priority(priority), "q")
+                    .unwrap();
+                model.lanes[priority as usize].push_back((next_id, false));
+                next_id += 1;
+            }
+            Op::Get { ch } => {
+                let got = channels[ch].get("q", Duration::ZERO).unwrap();
+                match (model.pop(), got) {
+                    (None, None) => {}
+                    (Some(((id, redelivered), lane)), Some(d)) => {
+                        assert_eq!((id_of(&d), d.redelivered()), (id, redelivered));
+                        assert_eq!(d.priority() as usize, lane);
+                        model.outstanding[ch].push((id, lane));
+                        held[ch].push(d);
+                    }
+                    (want, got) => panic!("model {want:?}, queue {:?}", got.map(|d| id_of(&d))),
+                }
+            }
+            Op::Ack { ch, pick } => {
+                if held[ch].is_empty() {
+                    continue;
+                }
+                let i = pick % held[ch].len();
+                let d = held[ch].remove(i);
+                let (id, _) = model.outstanding[ch].remove(i);
+                d.ack().unwrap();
+                model.consumed.push(id);
+            }
+            Op::Reject { ch, pick, requeue } => {
+                if held[ch].is_empty() {
+                    continue;
+                }
+                let i = pick % held[ch].len();
+                let d = held[ch].remove(i);
+                let (id, lane) = model.outstanding[ch].remove(i);
+                d.reject(requeue).unwrap();
+                if requeue {
+                    model.restore(vec![(id, lane)]);
+                } else {
+                    model.consumed.push(id);
+                }
+            }
+            Op::Close { ch } => {
+                let fresh = conn.channel().unwrap();
+                std::mem::replace(&mut channels[ch], fresh).close();
+                for d in held[ch].drain(..) {
+                    assert!(matches!(
+                        d.ack(),
+                        Err(AckError::AlreadySettled { state: Settled::Restored, .. })
+                    ));
+                }
+                let items = std::mem::take(&mut model.outstanding[ch]);
+                model.restore(items);
+            }
+            Op::ExpireLease { ch, pick } => {
+                if held[ch].is_empty() {
+                    continue;
+                }
+                let i = pick % held[ch].len();
+                let d = held[ch].remove(i);
+                let (id, lane) = model.outstanding[ch].remove(i);
+                d.extend_lease(Duration::ZERO).unwrap();
+                let start = Instant::now();
+                loop {
+                    match d.extend_lease(Duration::ZERO) {
+                        Err(AckError::AlreadySettled { state: Settled::Restored, .. }) => break,
+                        Ok(()) => {}
+                        Err(e) => panic!("{e}"),
+                    }
+                    assert!(start.elapsed() < Duration::from_secs(10), "lease never expired");
+                    std::thread::sleep(Duration::from_micros(200));
+                }
+                model.restore(vec![(id, lane)]);
+            }
+        }
+    }
+    // Close everything, then drain: every message consumed exactly once.
+    for (ch, c) in channels.into_iter().enumerate() {
+        c.close();
+        let items = std::mem::take(&mut model.outstanding[ch]);
+        model.restore(items);
+    }
+    while let Some(d) = admin.get("q", Duration::ZERO).unwrap() {
+        let ((id, redelivered), _) = model.pop().expect("queue has more than the model");
+        assert_eq!((id_of(&d), d.redelivered()), (id, redelivered));
+        d.ack().unwrap();
+        model.consumed.push(id);
+    }
+    assert!(model.pop().is_none(), "model has more than the queue");
+    model.consumed.sort_unstable();
+    let want: Vec<u64> = (0..next_id).collect();
+    assert_eq!(model.consumed, want, "a message was lost or duplicated");
+    let s = conn.stats().queue("q").unwrap();
+    assert_eq!((s.messages, s.unacked), (0, 0));
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 96, ..ProptestConfig::default() })]
+
+    #[test]
+    fn engine_matches_reference_model(ops in proptest::collection::vec(op(), 1..80)) {
+        run(ops);
+    }
+}
