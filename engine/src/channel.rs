@@ -53,11 +53,31 @@ impl fmt::Debug for ChannelShared {
     }
 }
 
-/// A delivery about to be made: who gets it, what, and from where.
+/// A delivery about to be made: who gets it, and the slot that will track it
+/// (allocated once, as soon as the message leaves its queue, so the envelope
+/// is not copied again on the way to the application).
 pub(crate) struct Pending {
     pub(crate) consumer: Option<Arc<ConsumerShared>>,
-    pub(crate) env: Envelope,
-    pub(crate) queue: Arc<dyn QueueStore>,
+    pub(crate) slot: Arc<Slot>,
+}
+
+impl Pending {
+    pub(crate) fn new(
+        consumer: Option<Arc<ConsumerShared>>,
+        env: Envelope,
+        queue: Arc<dyn QueueStore>,
+    ) -> Self {
+        Pending {
+            consumer,
+            slot: Arc::new(Slot {
+                state: LeaseState::new(NO_DEADLINE),
+                tag: 0,
+                env,
+                queue,
+                window: None,
+            }),
+        }
+    }
 }
 
 impl ChannelShared {
@@ -90,29 +110,24 @@ impl ChannelShared {
     }
 
     /// Issues tags and tracks the batch; one registry lock for all of it.
-    pub(crate) fn deliver(self: &Arc<Self>, batch: Vec<Pending>) -> Vec<Delivery> {
-        let mut out = Vec::with_capacity(batch.len());
+    /// Drains `batch` into `out`.
+    pub(crate) fn deliver(self: &Arc<Self>, batch: &mut Vec<Pending>, out: &mut Vec<Delivery>) {
+        let first = out.len();
         let mut shortest: Option<Duration> = None;
         let (mut redelivered, mut auto_acked) = (0u64, 0u64);
         {
             let mut reg = self.registry.lock();
             reg.compact();
-            for p in batch {
+            for mut p in batch.drain(..) {
                 let tag = reg.next_tag();
-                redelivered += p.env.redelivered as u64;
+                redelivered += p.slot.env.redelivered as u64;
                 let no_ack = p.consumer.as_ref().is_some_and(|c| c.no_ack);
-                let slot = if no_ack {
-                    p.queue.ack(&p.env);
+                let (state, window) = if no_ack {
+                    p.slot.queue.ack(&p.slot.env);
                     auto_acked += 1;
-                    Arc::new(Slot {
-                        state: LeaseState::settled(ACKED),
-                        tag,
-                        env: p.env,
-                        queue: p.queue,
-                        window: None,
-                    })
+                    (LeaseState::settled(ACKED), None)
                 } else {
-                    let lease = self.lease_for(p.consumer.as_deref(), &*p.queue);
+                    let lease = self.lease_for(p.consumer.as_deref(), &*p.slot.queue);
                     let deadline_us = match lease {
                         Some(d) => {
                             shortest = Some(shortest.map_or(d, |s: Duration| s.min(d)));
@@ -120,16 +135,30 @@ impl ChannelShared {
                         }
                         None => NO_DEADLINE,
                     };
-                    let slot = Arc::new(Slot {
-                        state: LeaseState::new(deadline_us),
-                        tag,
-                        env: p.env,
-                        queue: p.queue,
-                        window: p.consumer.as_ref().map(|c| c.window.clone()),
-                    });
-                    reg.slots.push_back(slot.clone());
-                    slot
+                    (
+                        LeaseState::new(deadline_us),
+                        p.consumer.as_ref().map(|c| c.window.clone()),
+                    )
                 };
+                let slot = match Arc::get_mut(&mut p.slot) {
+                    Some(s) => {
+                        s.tag = tag;
+                        s.state = state;
+                        s.window = window;
+                        p.slot
+                    }
+                    // Not reachable (the slot was never shared), but correct.
+                    None => Arc::new(Slot {
+                        state,
+                        tag,
+                        env: p.slot.env.clone(),
+                        queue: p.slot.queue.clone(),
+                        window,
+                    }),
+                };
+                if !no_ack {
+                    reg.slots.push_back(slot.clone());
+                }
                 out.push(Delivery {
                     slot,
                     consumer_tag: p.consumer.as_ref().map(|c| c.tag.clone()),
@@ -139,7 +168,7 @@ impl ChannelShared {
             }
         }
         let c = self.counters();
-        Counters::add(&c.consume.delivered, out.len() as u64);
+        Counters::add(&c.consume.delivered, (out.len() - first) as u64);
         if redelivered > 0 {
             Counters::add(&c.consume.redelivered, redelivered);
         }
@@ -149,7 +178,14 @@ impl ChannelShared {
         if let Some(d) = shortest {
             crate::leases::watch(self, d);
         }
-        out
+    }
+
+    /// Delivers one message (get, streams).
+    pub(crate) fn deliver_one(self: &Arc<Self>, pending: Pending) -> Delivery {
+        let mut out = Vec::with_capacity(1);
+        self.deliver(&mut vec![pending], &mut out);
+        // `deliver` turns each pending message into exactly one delivery.
+        out.pop().unwrap_or_else(|| unreachable!("deliver produced no delivery"))
     }
 
     /// Applies an outcome to a slot this caller settled.
@@ -314,6 +350,7 @@ impl ChannelShared {
         Ok(q)
     }
 
+    #[inline]
     pub(crate) fn publish(
         &self,
         message: Message,
@@ -338,9 +375,8 @@ impl ChannelShared {
                 message: Box::new(message),
             });
         }
-        self.conn
-            .transport
-            .publish(message, exchange, routing_key, mandatory)
+        let env = Envelope::new(message, exchange, routing_key);
+        self.conn.transport.publish(env, mandatory)
     }
 }
 
@@ -613,13 +649,7 @@ impl Channel {
         let deliver = |env: Envelope| -> Delivery {
             let mut d = self
                 .shared
-                .deliver(vec![Pending {
-                    consumer: None,
-                    env,
-                    queue: q.clone(),
-                }])
-                .pop()
-                .expect("one pending, one delivery");
+                .deliver_one(Pending::new(None, env, q.clone()));
             if no_ack {
                 let _ = self.shared.settle(&d.slot, Outcome::Ack);
                 d.no_ack = true;

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use parking_lot::Mutex;
 
 use crate::channel::{Channel, ChannelShared, Pending};
+use crate::delivery::Delivery;
 use crate::consumer::{ConsumerShared, DEFAULT_PREFETCH_BYTES, DEFAULT_PREFETCH_COUNT};
 use crate::error::Error;
 use crate::notify::{thread_waker, Notify, ThreadWaker};
@@ -57,6 +58,11 @@ struct DrainState {
     generation: u64,
     consumers: Vec<Arc<ConsumerShared>>,
     next: usize,
+    // Buffers reused across passes.
+    taken: Vec<Pending>,
+    run: Vec<Pending>,
+    owners: Vec<Arc<ConsumerShared>>,
+    deliveries: Vec<Delivery>,
 }
 
 pub(crate) struct ConnShared {
@@ -299,25 +305,28 @@ enum Reg {
 /// a round yields nothing or the batch is full; then tags are issued per
 /// channel and callbacks run.
 fn dispatch(state: &mut DrainState) -> usize {
-    let consumers = &state.consumers;
+    let DrainState {
+        consumers,
+        next,
+        taken,
+        run,
+        owners,
+        deliveries,
+        ..
+    } = state;
     if consumers.is_empty() {
         return 0;
     }
     let n = consumers.len();
-    let mut taken: Vec<Pending> = Vec::new();
     'rounds: loop {
         let mut any = false;
         for k in 0..n {
-            let c = &consumers[(state.next + k) % n];
+            let c = &consumers[(*next + k) % n];
             if let Some((env, queue)) = c.take() {
-                taken.push(Pending {
-                    consumer: Some(c.clone()),
-                    env,
-                    queue,
-                });
+                taken.push(Pending::new(Some(c.clone()), env, queue));
                 any = true;
                 if taken.len() >= DRAIN_BATCH {
-                    state.next = (state.next + k + 1) % n;
+                    *next = (*next + k + 1) % n;
                     break 'rounds;
                 }
             }
@@ -330,16 +339,8 @@ fn dispatch(state: &mut DrainState) -> usize {
         return 0;
     }
     // Issue tags: one registry lock per run of the same channel.
-    let mut deliveries = Vec::with_capacity(taken.len());
-    let mut owners = Vec::with_capacity(taken.len());
-    let mut run: Vec<Pending> = Vec::new();
     let mut run_channel: Option<Arc<ChannelShared>> = None;
-    let flush = |run: &mut Vec<Pending>, ch: &Option<Arc<ChannelShared>>, out: &mut Vec<_>| {
-        if let Some(ch) = ch {
-            out.extend(ch.deliver(std::mem::take(run)));
-        }
-    };
-    for p in taken {
+    for p in taken.drain(..) {
         let Some(c) = p.consumer.clone() else { continue };
         let ch = c.channel.upgrade();
         let same = match (&ch, &run_channel) {
@@ -347,7 +348,9 @@ fn dispatch(state: &mut DrainState) -> usize {
             _ => false,
         };
         if !same {
-            flush(&mut run, &run_channel, &mut deliveries);
+            if let Some(rc) = &run_channel {
+                rc.deliver(run, deliveries);
+            }
             run_channel = ch;
         }
         if run_channel.is_some() {
@@ -356,14 +359,16 @@ fn dispatch(state: &mut DrainState) -> usize {
         } else {
             // Channel gone between take and delivery: hand the message back.
             if !c.no_ack {
-                c.window.release(p.env.size());
+                c.window.release(p.slot.env.size());
             }
-            p.queue.restore(vec![p.env]);
+            p.slot.queue.restore(vec![p.slot.env.clone()]);
         }
     }
-    flush(&mut run, &run_channel, &mut deliveries);
+    if let Some(rc) = &run_channel {
+        rc.deliver(run, deliveries);
+    }
     let count = deliveries.len();
-    for (d, c) in deliveries.into_iter().zip(owners) {
+    for (d, c) in deliveries.drain(..).zip(owners.drain(..)) {
         if !c.cancelled.load(SeqCst) {
             if let Some(cb) = c.callback.lock().as_mut() {
                 cb(d);

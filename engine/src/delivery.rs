@@ -105,11 +105,6 @@ impl Delivery {
         self.slot.env.lane
     }
 
-    /// Nanoseconds (dashi's monotonic clock) when it was published.
-    pub fn published_at_ns(&self) -> u64 {
-        self.slot.env.published_at
-    }
-
     fn slot(&self) -> Result<&Arc<Slot>, AckError> {
         if self.no_ack {
             Err(AckError::NoAck(self.slot.tag))

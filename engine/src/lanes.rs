@@ -12,7 +12,8 @@
 //!   if an item is there. With both fences, either the pusher sees the cleared
 //!   bit or the popper sees the item, so a lane with an item always ends up with
 //!   its bit set; a stale set bit only costs one skipped lane.
-//! - A queue with one lane (no priorities) bypasses the bitmap.
+//! - A queue with one lane (no priorities) bypasses the bitmap and keeps no
+//!   per-lane counts (its owner's totals are its depth).
 //! - Restored items go to a per-lane front list drained before the FIFO, so a
 //!   restore puts a message ahead of everything in its lane. The front list is
 //!   behind a mutex because restore is a slow path; the fast path checks an
@@ -103,6 +104,7 @@ impl<T> Lanes<T> {
     }
 
     /// After making an item visible in `lane`.
+    #[inline]
     fn mark(&self, lane: usize) {
         if self.single() {
             return;
@@ -127,11 +129,14 @@ impl<T> Lanes<T> {
     }
 
     /// Appends to the back of `lane` (clamped to the top lane).
+    #[inline]
     pub(crate) fn push(&self, lane: usize, item: T) {
         let lane = lane.min(self.lanes.len() - 1);
         let l = &self.lanes[lane];
         l.fifo.push(item);
-        l.pushed.0.fetch_add(1, SeqCst);
+        if !self.single() {
+            l.pushed.0.fetch_add(1, SeqCst);
+        }
         self.mark(lane);
     }
 
@@ -150,6 +155,7 @@ impl<T> Lanes<T> {
         self.mark(lane);
     }
 
+    #[inline]
     fn pop_lane(&self, lane: usize) -> Option<T> {
         let l = &self.lanes[lane];
         let mut item = None;
@@ -161,13 +167,14 @@ impl<T> Lanes<T> {
             }
         }
         let item = item.or_else(|| l.fifo.pop());
-        if item.is_some() {
+        if item.is_some() && !self.single() {
             l.popped.0.fetch_add(1, SeqCst);
         }
         item
     }
 
     /// Takes the oldest item of the most urgent non-empty lane, with its lane.
+    #[inline]
     pub(crate) fn pop(&self) -> Option<(usize, T)> {
         if self.single() {
             return self.pop_lane(0).map(|v| (0, v));
@@ -211,11 +218,15 @@ impl<T> Lanes<T> {
         None
     }
 
-    /// Items in `lane` (pushed and not yet popped).
-    pub(crate) fn len(&self, lane: usize) -> usize {
+    /// Items in `lane` (pushed and not yet popped); `None` for a single-lane
+    /// set, which does not count (its owner's totals are its depth).
+    pub(crate) fn len(&self, lane: usize) -> Option<usize> {
+        if self.single() {
+            return None;
+        }
         let l = &self.lanes[lane];
         let popped = l.popped.0.load(SeqCst);
-        l.pushed.0.load(SeqCst).saturating_sub(popped) as usize
+        Some(l.pushed.0.load(SeqCst).saturating_sub(popped) as usize)
     }
 
     /// True when no lane holds anything.
@@ -257,7 +268,7 @@ mod tests {
         l.push(0, 1);
         l.push(0, 2);
         l.push_front(0, [10, 11].into_iter());
-        assert_eq!(l.len(0), 4);
+        assert_eq!(l.len(0), None);
         let order: Vec<_> = std::iter::from_fn(|| l.pop().map(|x| x.1)).collect();
         assert_eq!(order, vec![10, 11, 1, 2]);
     }

@@ -72,6 +72,7 @@ impl Producer {
     }
 
     /// Publishes to this producer's exchange with `routing_key`.
+    #[inline]
     pub fn publish(&self, message: impl Into<Message>, routing_key: &str) -> Result<(), PublishError> {
         self.channel
             .publish(message.into(), &self.exchange, routing_key, false)
@@ -79,6 +80,7 @@ impl Producer {
 
     /// Publishes with `mandatory`: a message no queue takes is an error
     /// ([`PublishError::Unroutable`]) instead of being counted as dropped.
+    #[inline]
     pub fn publish_mandatory(
         &self,
         message: impl Into<Message>,
@@ -89,6 +91,7 @@ impl Producer {
     }
 
     /// Publishes to any exchange.
+    #[inline]
     pub fn publish_to(
         &self,
         message: impl Into<Message>,

@@ -60,13 +60,10 @@ impl DeliveryStream {
 
     fn try_take(&self) -> Option<Delivery> {
         let (env, queue) = self.consumer.take()?;
-        self.channel
-            .deliver(vec![Pending {
-                consumer: Some(self.consumer.clone()),
-                env,
-                queue,
-            }])
-            .pop()
+        Some(
+            self.channel
+                .deliver_one(Pending::new(Some(self.consumer.clone()), env, queue)),
+        )
     }
 }
 

@@ -36,8 +36,6 @@ pub struct Envelope {
     pub exchange: ShortStr,
     /// Routing key it was published with.
     pub routing_key: ShortStr,
-    /// [`crate::clock::now_ns`] at publish.
-    pub published_at: u64,
     /// Delivered before and returned to the queue.
     pub redelivered: bool,
     /// Expiry in [`crate::clock::now_ns`] terms; `u64::MAX` = never.
@@ -52,14 +50,14 @@ static DEFAULT_PROPERTIES: Properties = Properties::DEFAULT;
 
 impl Envelope {
     /// Splits a message into an envelope (no copy of the body).
-    pub fn new(message: Message, exchange: &str, routing_key: &str, published_at: u64) -> Self {
+    #[inline]
+    pub fn new(message: Message, exchange: &str, routing_key: &str) -> Self {
         let properties = (message.properties != Properties::DEFAULT).then(|| Arc::new(message.properties));
         Envelope {
             body: message.body,
             properties,
             exchange: exchange.into(),
             routing_key: routing_key.into(),
-            published_at,
             redelivered: false,
             expires_at: u64::MAX,
             lane: 0,
@@ -77,6 +75,18 @@ impl Envelope {
         Message {
             body: self.body.clone(),
             properties: self.properties().clone(),
+        }
+    }
+
+    /// Back into a [`Message`] (no copy when the properties are not shared).
+    pub fn into_message(self) -> Message {
+        let properties = match self.properties {
+            None => Properties::default(),
+            Some(p) => Arc::try_unwrap(p).unwrap_or_else(|shared| (*shared).clone()),
+        };
+        Message {
+            body: self.body,
+            properties,
         }
     }
 
@@ -164,15 +174,10 @@ pub trait Transport: Send + Sync + fmt::Debug {
     fn unbind(&self, binding: &Binding) -> Result<(), Error>;
     /// The queue called `name`, for consuming.
     fn queue(&self, name: &str, owner: ConnectionId) -> Result<Arc<dyn QueueStore>, Error>;
-    /// Routes and stores a message. Returns once the message is accepted at the
-    /// transport's durability level.
-    fn publish(
-        &self,
-        message: Message,
-        exchange: &str,
-        routing_key: &str,
-        mandatory: bool,
-    ) -> Result<(), PublishError>;
+    /// Routes and stores a message (its exchange and routing key are in the
+    /// envelope). Returns once the message is accepted at the transport's
+    /// durability level; on error the message is handed back in the error.
+    fn publish(&self, envelope: Envelope, mandatory: bool) -> Result<(), PublishError>;
     /// A connection closed: its exclusive queues go.
     fn connection_closed(&self, owner: ConnectionId);
     /// Event counters.

@@ -134,10 +134,16 @@ impl Window {
         self.bytes.fetch_add(size, SeqCst);
     }
 
+    /// Returns a delivery's share. Wakes waiters only when this turns a full
+    /// window into one with room: a waiter sleeps on a window only after
+    /// seeing it full (and re-checks after registering), so releases into a
+    /// window that had room cannot be what it waits for.
     pub(crate) fn release(&self, size: usize) {
-        self.count.fetch_sub(1, SeqCst);
-        self.bytes.fetch_sub(size, SeqCst);
-        self.notify.notify_all();
+        let was_count = self.count.fetch_sub(1, SeqCst);
+        let was_bytes = self.bytes.fetch_sub(size, SeqCst);
+        if was_count >= self.max_count || was_bytes >= self.max_bytes {
+            self.notify.notify_all();
+        }
     }
 
     pub(crate) fn in_flight(&self) -> (usize, usize) {

@@ -23,10 +23,9 @@ use std::sync::{Arc, OnceLock};
 use arc_swap::ArcSwap;
 use parking_lot::Mutex;
 
-use crate::clock::{deadline_after, now_ns, NEVER};
+use crate::clock::{deadline_after, NEVER};
 use crate::error::{Error, PublishError};
 use crate::exchange::Exchange;
-use crate::message::Message;
 use crate::names::{check_exchange_ref, check_len, check_name};
 use crate::queue::{Queue, QueueInfo};
 use crate::routing::{Binding, Routing, Topology};
@@ -106,20 +105,14 @@ impl Shared {
 
     /// Routes and enqueues. Nothing is enqueued anywhere unless every target
     /// accepts (priority, limits).
-    fn publish(
-        &self,
-        message: Message,
-        exchange: &str,
-        routing_key: &str,
-        mandatory: bool,
-    ) -> Result<(), PublishError> {
+    fn publish(&self, mut env: Envelope, mandatory: bool) -> Result<(), PublishError> {
         let routing = self.routing.load();
-        let route = match routing.route(exchange, routing_key, &message.properties.headers) {
+        let route = match routing.route(&env.exchange, &env.routing_key, &env.properties().headers) {
             Ok(r) => r,
             Err(missing) => {
                 return Err(PublishError::UnknownExchange {
                     exchange: missing,
-                    message: Box::new(message),
+                    message: Box::new(env.into_message()),
                 })
             }
         };
@@ -127,16 +120,16 @@ impl Shared {
         if targets.is_empty() {
             if mandatory {
                 return Err(PublishError::Unroutable {
-                    exchange: exchange.to_owned(),
-                    routing_key: routing_key.to_owned(),
-                    message: Box::new(message),
+                    exchange: env.exchange.to_string(),
+                    routing_key: env.routing_key.to_string(),
+                    message: Box::new(env.into_message()),
                 });
             }
             Counters::add(&self.counters.publish.published, 1);
             Counters::add(&self.counters.publish.dropped_unroutable, 1);
             return Ok(());
         }
-        let priority = message.properties.priority.unwrap_or(0);
+        let priority = env.properties().priority.unwrap_or(0);
         for &t in targets {
             let q = routing.target(t);
             if priority > q.decl.max_priority {
@@ -144,11 +137,11 @@ impl Shared {
                     priority,
                     max: q.decl.max_priority,
                     queue: q.decl.name.clone(),
-                    message: Box::new(message),
+                    message: Box::new(env.into_message()),
                 });
             }
         }
-        let size = message.body.len() as u64;
+        let size = env.size() as u64;
         for (i, &t) in targets.iter().enumerate() {
             if let Reserve::Full(which) = routing.target(t).reserve(size) {
                 for &done in &targets[..i] {
@@ -157,12 +150,11 @@ impl Shared {
                 return Err(PublishError::QueueFull {
                     queue: routing.target(t).decl.name.clone(),
                     reason: format!("{which} reached and overflow is reject-publish"),
-                    message: Box::new(message),
+                    message: Box::new(env.into_message()),
                 });
             }
         }
-        let msg_ttl = message.properties.expiration;
-        let mut env = Envelope::new(message, exchange, routing_key, now_ns());
+        let msg_ttl = env.properties().expiration;
         env.lane = priority;
         let push = |t: usize, mut copy: Envelope| {
             let q = routing.target(t);
@@ -225,7 +217,7 @@ impl Shared {
             }
         }
         drop(routing);
-        match self.publish(message, dlx, rk, true) {
+        match self.publish(Envelope::new(message, dlx, rk), true) {
             Ok(()) => Counters::add(&self.counters.other.dead_lettered, 1),
             Err(e) => {
                 tracing::warn!(queue = %from.decl.name, error = %e, "dead-lettered message dropped");
@@ -366,15 +358,8 @@ impl Transport for MemoryTransport {
         Ok(self.shared.queue_for(name, owner)?)
     }
 
-    fn publish(
-        &self,
-        message: Message,
-        exchange: &str,
-        routing_key: &str,
-        mandatory: bool,
-    ) -> Result<(), PublishError> {
-        self.shared
-            .publish(message, exchange, routing_key, mandatory)
+    fn publish(&self, envelope: Envelope, mandatory: bool) -> Result<(), PublishError> {
+        self.shared.publish(envelope, mandatory)
     }
 
     fn connection_closed(&self, owner: ConnectionId) {
@@ -414,6 +399,7 @@ impl Transport for MemoryTransport {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::message::Message;
 
     #[test]
     fn named_instances_are_shared_and_isolated() {
@@ -432,7 +418,7 @@ mod tests {
     fn unknown_exchange_hands_message_back() {
         let t = MemoryTransport::isolated("x");
         let err = t
-            .publish(Message::new("b"), "nope", "k", false)
+            .publish(Envelope::new(Message::new("b"), "nope", "k"), false)
             .unwrap_err();
         assert!(matches!(err, PublishError::UnknownExchange { .. }));
         assert_eq!(&err.into_message().body[..], b"b");

@@ -125,6 +125,7 @@ impl MemQueue {
 
     /// Reserves room for one message of `size` bytes. With drop-head, makes room
     /// by dropping (or dead-lettering) the oldest least urgent messages.
+    #[inline]
     pub(crate) fn reserve(&self, size: u64) -> Reserve {
         let n = self.inflow.count.fetch_add(1, SeqCst) + 1;
         let b = self.inflow.bytes.fetch_add(size, SeqCst) + size;
@@ -159,11 +160,13 @@ impl MemQueue {
     }
 
     /// Appends a reserved envelope and wakes waiters.
+    #[inline]
     pub(crate) fn push_reserved(&self, env: Envelope) {
         self.lanes.push(env.lane as usize, env);
         self.notify.notify_all();
     }
 
+    #[inline]
     fn took(&self, env: &Envelope) {
         self.outflow.count.fetch_add(1, SeqCst);
         self.outflow.bytes.fetch_add(env.size() as u64, SeqCst);
@@ -209,7 +212,7 @@ impl MemQueue {
         QueueStats {
             name: self.decl.name.clone(),
             depth_by_lane: (0..self.lanes.lane_count())
-                .map(|l| self.lanes.len(l) as u64)
+                .map(|l| self.lanes.len(l).map_or_else(|| self.ready(), |n| n as u64))
                 .collect(),
             messages: self.ready(),
             bytes: self.ready_bytes(),
