@@ -84,9 +84,11 @@ fn bench(c: &mut Criterion) {
         g.bench_with_input(BenchmarkId::new("dashi", size), &payload, |b, p| {
             b.iter_custom(|iters| dashi_round_trip(p, iters))
         });
-        g.bench_with_input(BenchmarkId::new("crossbeam-channel", size), &payload, |b, p| {
-            b.iter_custom(|iters| crossbeam_round_trip(p, iters))
-        });
+        g.bench_with_input(
+            BenchmarkId::new("crossbeam-channel", size),
+            &payload,
+            |b, p| b.iter_custom(|iters| crossbeam_round_trip(p, iters)),
+        );
     }
     g.finish();
 }

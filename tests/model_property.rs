@@ -16,12 +16,28 @@ const CHANNELS: usize = 2;
 
 #[derive(Debug, Clone)]
 enum Op {
-    Publish { priority: u8 },
-    Get { ch: usize },
-    Ack { ch: usize, pick: usize },
-    Reject { ch: usize, pick: usize, requeue: bool },
-    Close { ch: usize },
-    ExpireLease { ch: usize, pick: usize },
+    Publish {
+        priority: u8,
+    },
+    Get {
+        ch: usize,
+    },
+    Ack {
+        ch: usize,
+        pick: usize,
+    },
+    Reject {
+        ch: usize,
+        pick: usize,
+        requeue: bool,
+    },
+    Close {
+        ch: usize,
+    },
+    ExpireLease {
+        ch: usize,
+        pick: usize,
+    },
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -94,7 +110,10 @@ fn run(ops: Vec<Op>) {
         match op {
             Op::Publish { priority } => {
                 producer
-                    .publish(Message::new(next_id.to_string()).with_priority(priority), "q")
+                    .publish(
+                        Message::new(next_id.to_string()).with_priority(priority),
+                        "q",
+                    )
                     .unwrap();
                 model.lanes[priority as usize].push_back((next_id, false));
                 next_id += 1;
@@ -142,7 +161,10 @@ fn run(ops: Vec<Op>) {
                 for d in held[ch].drain(..) {
                     assert!(matches!(
                         d.ack(),
-                        Err(AckError::AlreadySettled { state: Settled::Restored, .. })
+                        Err(AckError::AlreadySettled {
+                            state: Settled::Restored,
+                            ..
+                        })
                     ));
                 }
                 let items = std::mem::take(&mut model.outstanding[ch]);
@@ -159,14 +181,28 @@ fn run(ops: Vec<Op>) {
                 let start = Instant::now();
                 loop {
                     match d.extend_lease(Duration::ZERO) {
-                        Err(AckError::AlreadySettled { state: Settled::Restored, .. }) => break,
+                        Err(AckError::AlreadySettled {
+                            state: Settled::Restored,
+                            ..
+                        }) => break,
                         Ok(()) => {}
                         Err(e) => panic!("{e}"),
                     }
-                    assert!(start.elapsed() < Duration::from_secs(10), "lease never expired");
+                    assert!(
+                        start.elapsed() < Duration::from_secs(10),
+                        "lease never expired"
+                    );
                     std::thread::sleep(Duration::from_micros(200));
                 }
                 model.restore(vec![(id, lane)]);
+                // The reaper marks the delivery restored, then requeues it: wait
+                // until the lanes hold what the model holds (per-lane depths
+                // count an item only once it can be popped).
+                let want: Vec<u64> = model.lanes.iter().map(|l| l.len() as u64).collect();
+                while conn.stats().queue("q").unwrap().depth_by_lane != want {
+                    assert!(start.elapsed() < Duration::from_secs(10), "restore never landed");
+                    std::thread::sleep(Duration::from_micros(100));
+                }
             }
         }
     }

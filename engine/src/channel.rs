@@ -53,28 +53,29 @@ impl fmt::Debug for ChannelShared {
     }
 }
 
-/// A delivery about to be made: who gets it, and the slot that will track it
-/// (allocated once, as soon as the message leaves its queue, so the envelope
-/// is not copied again on the way to the application).
+/// A delivery about to be made: the slot that will track it, allocated once as
+/// soon as the message leaves its queue (with the consumer it goes to), so the
+/// envelope is not copied again on the way to the application.
 pub(crate) struct Pending {
-    pub(crate) consumer: Option<Arc<ConsumerShared>>,
     pub(crate) slot: Arc<Slot>,
 }
 
 impl Pending {
+    /// `consumer` has already acquired its window share unless it is `no_ack`.
     pub(crate) fn new(
         consumer: Option<Arc<ConsumerShared>>,
         env: Envelope,
         queue: Arc<dyn QueueStore>,
     ) -> Self {
+        let windowed = consumer.as_ref().is_some_and(|c| !c.no_ack);
         Pending {
-            consumer,
             slot: Arc::new(Slot {
                 state: LeaseState::new(NO_DEADLINE),
                 tag: 0,
                 env,
                 queue,
-                window: None,
+                consumer,
+                windowed,
             }),
         }
     }
@@ -101,7 +102,11 @@ impl ChannelShared {
         self.conn.transport.counters()
     }
 
-    fn lease_for(&self, consumer: Option<&ConsumerShared>, queue: &dyn QueueStore) -> Option<Duration> {
+    fn lease_for(
+        &self,
+        consumer: Option<&ConsumerShared>,
+        queue: &dyn QueueStore,
+    ) -> Option<Duration> {
         consumer
             .and_then(|c| c.lease)
             .or(queue.declaration().lease)
@@ -121,13 +126,13 @@ impl ChannelShared {
             for mut p in batch.drain(..) {
                 let tag = reg.next_tag();
                 redelivered += p.slot.env.redelivered as u64;
-                let no_ack = p.consumer.as_ref().is_some_and(|c| c.no_ack);
-                let (state, window) = if no_ack {
+                let no_ack = p.slot.consumer.as_ref().is_some_and(|c| c.no_ack);
+                let state = if no_ack {
                     p.slot.queue.ack(&p.slot.env);
                     auto_acked += 1;
-                    (LeaseState::settled(ACKED), None)
+                    LeaseState::settled(ACKED)
                 } else {
-                    let lease = self.lease_for(p.consumer.as_deref(), &*p.slot.queue);
+                    let lease = self.lease_for(p.slot.consumer.as_deref(), &*p.slot.queue);
                     let deadline_us = match lease {
                         Some(d) => {
                             shortest = Some(shortest.map_or(d, |s: Duration| s.min(d)));
@@ -135,16 +140,12 @@ impl ChannelShared {
                         }
                         None => NO_DEADLINE,
                     };
-                    (
-                        LeaseState::new(deadline_us),
-                        p.consumer.as_ref().map(|c| c.window.clone()),
-                    )
+                    LeaseState::new(deadline_us)
                 };
                 let slot = match Arc::get_mut(&mut p.slot) {
                     Some(s) => {
                         s.tag = tag;
                         s.state = state;
-                        s.window = window;
                         p.slot
                     }
                     // Not reachable (the slot was never shared), but correct.
@@ -153,7 +154,8 @@ impl ChannelShared {
                         tag,
                         env: p.slot.env.clone(),
                         queue: p.slot.queue.clone(),
-                        window,
+                        consumer: p.slot.consumer.clone(),
+                        windowed: p.slot.windowed,
                     }),
                 };
                 if !no_ack {
@@ -161,7 +163,6 @@ impl ChannelShared {
                 }
                 out.push(Delivery {
                     slot,
-                    consumer_tag: p.consumer.as_ref().map(|c| c.tag.clone()),
                     channel: self.clone(),
                     no_ack,
                 });
@@ -185,7 +186,8 @@ impl ChannelShared {
         let mut out = Vec::with_capacity(1);
         self.deliver(&mut vec![pending], &mut out);
         // `deliver` turns each pending message into exactly one delivery.
-        out.pop().unwrap_or_else(|| unreachable!("deliver produced no delivery"))
+        out.pop()
+            .unwrap_or_else(|| unreachable!("deliver produced no delivery"))
     }
 
     /// Applies an outcome to a slot this caller settled.
@@ -202,7 +204,9 @@ impl ChannelShared {
             }
             Outcome::Reject { requeue: true } => {
                 Counters::add(&c.consume.rejected, 1);
+                // `restore` releases the window share itself.
                 restore(vec![slot], c);
+                return;
             }
         }
         slot.release_window();
@@ -221,7 +225,12 @@ impl ChannelShared {
 
     /// Settles by tag; `multiple` covers every unsettled tag up to `tag`
     /// (`tag == 0` with `multiple` = all).
-    pub(crate) fn settle_tag(&self, tag: u64, multiple: bool, outcome: Outcome) -> Result<(), AckError> {
+    pub(crate) fn settle_tag(
+        &self,
+        tag: u64,
+        multiple: bool,
+        outcome: Outcome,
+    ) -> Result<(), AckError> {
         if !self.is_open() {
             return Err(AckError::ChannelClosed);
         }
@@ -272,7 +281,11 @@ impl ChannelShared {
         Ok(())
     }
 
-    pub(crate) fn extend_lease(self: &Arc<Self>, slot: &Arc<Slot>, from_now: Duration) -> Result<(), AckError> {
+    pub(crate) fn extend_lease(
+        self: &Arc<Self>,
+        slot: &Arc<Slot>,
+        from_now: Duration,
+    ) -> Result<(), AckError> {
         let deadline = (now_ns() / 1_000).saturating_add(from_now.as_micros() as u64);
         slot.state
             .extend(deadline)
@@ -298,7 +311,11 @@ impl ChannelShared {
             v
         };
         if !expired.is_empty() {
-            tracing::debug!(channel = self.id, n = expired.len(), "leases expired, restoring");
+            tracing::debug!(
+                channel = self.id,
+                n = expired.len(),
+                "leases expired, restoring"
+            );
             restore(expired.iter().map(|s| &**s).collect(), self.counters());
         }
     }
@@ -331,7 +348,11 @@ impl ChannelShared {
             .map(|s| &**s)
             .collect();
         if !restored.is_empty() {
-            tracing::debug!(channel = self.id, n = restored.len(), "channel closed, restoring unacked");
+            tracing::debug!(
+                channel = self.id,
+                n = restored.len(),
+                "channel closed, restoring unacked"
+            );
         }
         restore(restored, self.counters());
         self.conn.forget_channel(self.id);
@@ -452,10 +473,7 @@ impl Channel {
 
     /// Deletes an exchange (only when it has no bindings, with `if_unused`).
     pub fn exchange_delete(&self, name: &str, if_unused: bool) -> Result<(), Error> {
-        self.open()?
-            .conn
-            .transport
-            .delete_exchange(name, if_unused)
+        self.open()?.conn.transport.delete_exchange(name, if_unused)
     }
 
     /// Declares a queue.
@@ -530,10 +548,16 @@ impl Channel {
             .publish(message, exchange, routing_key, mandatory)
     }
 
-    fn new_consumer(&self, opts: &ConsumerOptions, callback: Option<Callback>) -> Result<Arc<ConsumerShared>, Error> {
+    fn new_consumer(
+        &self,
+        opts: &ConsumerOptions,
+        callback: Option<Callback>,
+    ) -> Result<Arc<ConsumerShared>, Error> {
         let ch = self.open()?;
         if opts.queues.is_empty() {
-            return Err(Error::InvalidArgument("a consumer needs at least one queue".into()));
+            return Err(Error::InvalidArgument(
+                "a consumer needs at least one queue".into(),
+            ));
         }
         if opts.prefetch_count == Some(0) || opts.prefetch_bytes == Some(0) {
             return Err(Error::InvalidArgument(
@@ -641,15 +665,18 @@ impl Channel {
         self.get_inner(queue, timeout, true)
     }
 
-    fn get_inner(&self, queue: &str, timeout: Duration, no_ack: bool) -> Result<Option<Delivery>, Error> {
+    fn get_inner(
+        &self,
+        queue: &str,
+        timeout: Duration,
+        no_ack: bool,
+    ) -> Result<Option<Delivery>, Error> {
         let ch = self.open()?;
         let q = ch.queue_handle(queue)?;
         let deadline = Instant::now().checked_add(timeout);
         let waker = ThreadWaker::current();
         let deliver = |env: Envelope| -> Delivery {
-            let mut d = self
-                .shared
-                .deliver_one(Pending::new(None, env, q.clone()));
+            let mut d = self.shared.deliver_one(Pending::new(None, env, q.clone()));
             if no_ack {
                 let _ = self.shared.settle(&d.slot, Outcome::Ack);
                 d.no_ack = true;
@@ -684,8 +711,7 @@ impl Channel {
 
     /// Acks by tag (`multiple`: every unsettled tag up to it; tag 0 + multiple = all).
     pub fn ack(&self, delivery_tag: u64, multiple: bool) -> Result<(), AckError> {
-        self.shared
-            .settle_tag(delivery_tag, multiple, Outcome::Ack)
+        self.shared.settle_tag(delivery_tag, multiple, Outcome::Ack)
     }
 
     /// Rejects by tag.

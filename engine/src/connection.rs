@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 use parking_lot::Mutex;
 
 use crate::channel::{Channel, ChannelShared, Pending};
+use crate::consumer::{Callback, ConsumerShared, DEFAULT_PREFETCH_BYTES, DEFAULT_PREFETCH_COUNT};
 use crate::delivery::Delivery;
-use crate::consumer::{ConsumerShared, DEFAULT_PREFETCH_BYTES, DEFAULT_PREFETCH_COUNT};
 use crate::error::Error;
 use crate::notify::{thread_waker, Notify, ThreadWaker};
 use crate::stats::Stats;
@@ -61,7 +61,6 @@ struct DrainState {
     // Buffers reused across passes.
     taken: Vec<Pending>,
     run: Vec<Pending>,
-    owners: Vec<Arc<ConsumerShared>>,
     deliveries: Vec<Delivery>,
 }
 
@@ -206,10 +205,7 @@ impl Connection {
         }
         let id = self.shared.next_channel.fetch_add(1, SeqCst);
         let ch = Arc::new(ChannelShared::new(id, self.shared.clone()));
-        self.shared
-            .channels
-            .lock()
-            .push((id, Arc::downgrade(&ch)));
+        self.shared.channels.lock().push((id, Arc::downgrade(&ch)));
         Ok(Channel { shared: ch })
     }
 
@@ -310,7 +306,6 @@ fn dispatch(state: &mut DrainState) -> usize {
         next,
         taken,
         run,
-        owners,
         deliveries,
         ..
     } = state;
@@ -341,8 +336,7 @@ fn dispatch(state: &mut DrainState) -> usize {
     // Issue tags: one registry lock per run of the same channel.
     let mut run_channel: Option<Arc<ChannelShared>> = None;
     for p in taken.drain(..) {
-        let Some(c) = p.consumer.clone() else { continue };
-        let ch = c.channel.upgrade();
+        let ch = p.slot.consumer.as_ref().and_then(|c| c.channel.upgrade());
         let same = match (&ch, &run_channel) {
             (Some(a), Some(b)) => Arc::ptr_eq(a, b),
             _ => false,
@@ -354,13 +348,10 @@ fn dispatch(state: &mut DrainState) -> usize {
             run_channel = ch;
         }
         if run_channel.is_some() {
-            owners.push(c);
             run.push(p);
         } else {
             // Channel gone between take and delivery: hand the message back.
-            if !c.no_ack {
-                c.window.release(p.slot.env.size());
-            }
+            p.slot.release_window();
             p.slot.queue.restore(vec![p.slot.env.clone()]);
         }
     }
@@ -368,9 +359,20 @@ fn dispatch(state: &mut DrainState) -> usize {
         rc.deliver(run, deliveries);
     }
     let count = deliveries.len();
-    for (d, c) in deliveries.drain(..).zip(owners.drain(..)) {
+    // Run callbacks, holding each consumer's callback lock across its run of
+    // deliveries rather than per message.
+    let consumers: &[Arc<ConsumerShared>] = consumers;
+    let mut held: Option<(usize, parking_lot::MutexGuard<'_, Option<Callback>>)> = None;
+    for d in deliveries.drain(..) {
+        let Some(c) = &d.slot.consumer else { continue };
+        let Some(i) = consumers.iter().position(|x| Arc::ptr_eq(x, c)) else {
+            continue;
+        };
         if !c.cancelled.load(SeqCst) {
-            if let Some(cb) = c.callback.lock().as_mut() {
+            if held.as_ref().is_none_or(|(h, _)| *h != i) {
+                held = Some((i, consumers[i].callback.lock()));
+            }
+            if let Some(cb) = held.as_mut().and_then(|(_, g)| g.as_mut()) {
                 cb(d);
                 continue;
             }
@@ -383,5 +385,6 @@ fn dispatch(state: &mut DrainState) -> usize {
             slot.release_window();
         }
     }
+    drop(held);
     count
 }

@@ -99,7 +99,10 @@ impl fmt::Debug for ConsumerShared {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ConsumerShared")
             .field("tag", &self.tag)
-            .field("queues", &self.queues.iter().map(|q| q.name()).collect::<Vec<_>>())
+            .field(
+                "queues",
+                &self.queues.iter().map(|q| q.name()).collect::<Vec<_>>(),
+            )
             .field("no_ack", &self.no_ack)
             .finish()
     }

@@ -18,7 +18,6 @@ use crate::unacked::{Slot, ACKED, REJECTED, RESTORED};
 /// settle it. The body is shared with the queue, never copied.
 pub struct Delivery {
     pub(crate) slot: Arc<Slot>,
-    pub(crate) consumer_tag: Option<Arc<str>>,
     pub(crate) channel: Arc<ChannelShared>,
     pub(crate) no_ack: bool,
 }
@@ -97,7 +96,7 @@ impl Delivery {
 
     /// The consumer it was delivered to (`None` for `get`).
     pub fn consumer_tag(&self) -> Option<&str> {
-        self.consumer_tag.as_deref()
+        self.slot.consumer.as_ref().map(|c| &*c.tag)
     }
 
     /// The priority lane it came from.

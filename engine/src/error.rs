@@ -188,7 +188,9 @@ pub enum PublishError {
         message: Box<Message>,
     },
     /// `mandatory` was set and no queue matched.
-    #[error("unroutable: no queue bound to exchange {exchange:?} matches routing key {routing_key:?}")]
+    #[error(
+        "unroutable: no queue bound to exchange {exchange:?} matches routing key {routing_key:?}"
+    )]
     Unroutable {
         /// The exchange name.
         exchange: String,

@@ -101,7 +101,13 @@ mod tests {
 
     #[test]
     fn short_str_inline_and_heap() {
-        for s in ["", "celery", &"x".repeat(30), &"y".repeat(31), &"é".repeat(40)] {
+        for s in [
+            "",
+            "celery",
+            &"x".repeat(30),
+            &"y".repeat(31),
+            &"é".repeat(40),
+        ] {
             let v = ShortStr::from(s);
             assert_eq!(v.as_str(), s);
             assert_eq!(&*v, s);

@@ -73,7 +73,11 @@ impl Producer {
 
     /// Publishes to this producer's exchange with `routing_key`.
     #[inline]
-    pub fn publish(&self, message: impl Into<Message>, routing_key: &str) -> Result<(), PublishError> {
+    pub fn publish(
+        &self,
+        message: impl Into<Message>,
+        routing_key: &str,
+    ) -> Result<(), PublishError> {
         self.channel
             .publish(message.into(), &self.exchange, routing_key, false)
     }

@@ -94,7 +94,11 @@ impl Queue {
         self
     }
     /// Sets the dead-letter exchange and, optionally, routing key.
-    pub fn with_dead_letter(mut self, exchange: impl Into<String>, routing_key: Option<&str>) -> Self {
+    pub fn with_dead_letter(
+        mut self,
+        exchange: impl Into<String>,
+        routing_key: Option<&str>,
+    ) -> Self {
         self.dead_letter_exchange = Some(exchange.into());
         self.dead_letter_routing_key = routing_key.map(str::to_owned);
         self

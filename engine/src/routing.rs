@@ -307,7 +307,12 @@ impl<Q> Routing<Q> {
 
     /// Routes a message. `Err` carries the name of an exchange that does not
     /// exist (the target, or an alternate exchange in the chain).
-    pub fn route(&self, exchange: &str, routing_key: &str, headers: &Headers) -> Result<Route, String> {
+    pub fn route(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        headers: &Headers,
+    ) -> Result<Route, String> {
         let mut name = exchange;
         for _ in 0..MAX_ALTERNATE_HOPS {
             if name.is_empty() {
@@ -406,7 +411,11 @@ mod tests {
             |_| true,
         )
         .unwrap();
-        let r = t.snapshot([("q1".to_string(), "q1"), ("q2".into(), "q2"), ("q3".into(), "q3")]);
+        let r = t.snapshot([
+            ("q1".to_string(), "q1"),
+            ("q2".into(), "q2"),
+            ("q3".into(), "q3"),
+        ]);
         let none = Headers::new();
         assert_eq!(names(&r, r.route("d", "k", &none).unwrap()), ["q1", "q2"]);
         assert_eq!(names(&r, r.route("d", "zz", &none).unwrap()), ["q3"]);
@@ -441,18 +450,36 @@ mod tests {
             routing_key: key.into(),
             arguments: Headers::new(),
         };
-        assert!(matches!(t.bind(b("", "q"), |_| true), Err(Error::InvalidArgument(_))));
-        assert!(matches!(t.bind(b("x", "q"), |_| true), Err(Error::UnknownExchange(_))));
-        assert!(matches!(t.bind(b("d", "q"), |_| false), Err(Error::UnknownQueue(_))));
+        assert!(matches!(
+            t.bind(b("", "q"), |_| true),
+            Err(Error::InvalidArgument(_))
+        ));
+        assert!(matches!(
+            t.bind(b("x", "q"), |_| true),
+            Err(Error::UnknownExchange(_))
+        ));
+        assert!(matches!(
+            t.bind(b("d", "q"), |_| false),
+            Err(Error::UnknownQueue(_))
+        ));
         t.declare_exchange(&Exchange::topic("t")).unwrap();
-        assert!(matches!(t.bind(b("t", "a*"), |_| true), Err(Error::InvalidPattern { .. })));
+        assert!(matches!(
+            t.bind(b("t", "a*"), |_| true),
+            Err(Error::InvalidPattern { .. })
+        ));
         assert!(t.bind(b("d", "k"), |_| true).unwrap());
         assert!(!t.bind(b("d", "k"), |_| true).unwrap());
         assert!(matches!(t.delete_exchange("d", true), Err(Error::InUse(_))));
         t.unbind(&b("d", "k")).unwrap();
-        assert!(matches!(t.unbind(&b("d", "k")), Err(Error::InvalidArgument(_))));
+        assert!(matches!(
+            t.unbind(&b("d", "k")),
+            Err(Error::InvalidArgument(_))
+        ));
         t.delete_exchange("d", true).unwrap();
-        assert!(matches!(t.delete_exchange("d", false), Err(Error::UnknownExchange(_))));
+        assert!(matches!(
+            t.delete_exchange("d", false),
+            Err(Error::UnknownExchange(_))
+        ));
     }
 
     #[test]

@@ -53,7 +53,9 @@ impl DeliveryStream {
     }
 
     fn ended(&self) -> bool {
-        self.consumer.cancelled.load(std::sync::atomic::Ordering::SeqCst)
+        self.consumer
+            .cancelled
+            .load(std::sync::atomic::Ordering::SeqCst)
             || !self.channel.is_open()
             || self.consumer.orphaned()
     }

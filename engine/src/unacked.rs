@@ -14,6 +14,7 @@
 use std::collections::VecDeque;
 use std::sync::Arc;
 
+use crate::consumer::ConsumerShared;
 use crate::error::Settled;
 use crate::notify::Notify;
 use crate::sync::{AtomicU64, AtomicUsize, Ordering::SeqCst};
@@ -60,7 +61,10 @@ impl LeaseState {
             if cur & 3 != UNACKED {
                 return Err(settled(cur & 3));
             }
-            match self.0.compare_exchange(cur, (cur & !3) | to, SeqCst, SeqCst) {
+            match self
+                .0
+                .compare_exchange(cur, (cur & !3) | to, SeqCst, SeqCst)
+            {
                 Ok(_) => return Ok(()),
                 Err(now) => cur = now,
             }
@@ -151,21 +155,26 @@ impl Window {
     }
 }
 
-/// One outstanding delivery.
+/// One delivery: what was delivered, from where, to whom, and its state.
 #[derive(Debug)]
 pub(crate) struct Slot {
     pub(crate) state: LeaseState,
     pub(crate) tag: u64,
     pub(crate) env: Envelope,
     pub(crate) queue: Arc<dyn QueueStore>,
-    pub(crate) window: Option<Arc<Window>>,
+    /// The consumer it went to (`None` for `get`).
+    pub(crate) consumer: Option<Arc<ConsumerShared>>,
+    /// Holds a share of the consumer's prefetch window.
+    pub(crate) windowed: bool,
 }
 
 impl Slot {
     /// Releases the window share after this slot was settled.
     pub(crate) fn release_window(&self) {
-        if let Some(w) = &self.window {
-            w.release(self.env.size());
+        if self.windowed {
+            if let Some(c) = &self.consumer {
+                c.window.release(self.env.size());
+            }
         }
     }
 }
@@ -186,11 +195,7 @@ impl Registry {
 
     /// Drops settled slots from the front.
     pub(crate) fn compact(&mut self) {
-        while self
-            .slots
-            .front()
-            .is_some_and(|s| !s.state.is_unacked())
-        {
+        while self.slots.front().is_some_and(|s| !s.state.is_unacked()) {
             self.slots.pop_front();
         }
     }

@@ -154,8 +154,10 @@ impl ConnectUrl {
             let host = &hostport[..=end];
             let port = match &hostport[end + 1..] {
                 "" => None,
-                p => Some(parse_port(p.strip_prefix(':').ok_or_else(|| UrlError::Malformed {
-                    reason: "junk after IPv6 address".into(),
+                p => Some(parse_port(p.strip_prefix(':').ok_or_else(|| {
+                    UrlError::Malformed {
+                        reason: "junk after IPv6 address".into(),
+                    }
                 })?)?),
             };
             (host.to_owned(), port)
@@ -272,7 +274,13 @@ pub fn parse_size(name: &str, v: &str) -> Result<u64, UrlError> {
         "k" | "kib" | "kb" => 1 << 10,
         "m" | "mib" | "mb" => 1 << 20,
         "g" | "gib" | "gb" => 1 << 30,
-        _ => return Err(invalid(name, v, "a positive integer with optional K/M/G suffix")),
+        _ => {
+            return Err(invalid(
+                name,
+                v,
+                "a positive integer with optional K/M/G suffix",
+            ))
+        }
     };
     num.parse::<u64>()
         .ok()
@@ -304,7 +312,10 @@ mod tests {
         assert_eq!(u.host, "host");
         assert_eq!(u.port, Some(6380));
         assert_eq!(u.path, "/2");
-        assert_eq!(u.options, vec![("a".into(), "1".into()), ("b".into(), "x y".into())]);
+        assert_eq!(
+            u.options,
+            vec![("a".into(), "1".into()), ("b".into(), "x y".into())]
+        );
         let shown = u.to_string();
         assert!(!shown.contains("p@ss") && shown.contains("***"), "{shown}");
         assert!(!format!("{u:?}").contains("p@ss"));
@@ -326,7 +337,10 @@ mod tests {
     #[test]
     fn malformed() {
         assert_eq!(ConnectUrl::parse(""), Err(UrlError::Empty));
-        assert!(matches!(ConnectUrl::parse("nothing"), Err(UrlError::MissingScheme { .. })));
+        assert!(matches!(
+            ConnectUrl::parse("nothing"),
+            Err(UrlError::MissingScheme { .. })
+        ));
         let e = ConnectUrl::parse("x:pw@host").unwrap_err();
         assert!(!e.to_string().contains("pw"), "{e}");
         for bad in [
@@ -341,7 +355,10 @@ mod tests {
             "redis://[::1",
             "redis://[::1]x",
         ] {
-            assert!(matches!(ConnectUrl::parse(bad), Err(UrlError::Malformed { .. })), "{bad}");
+            assert!(
+                matches!(ConnectUrl::parse(bad), Err(UrlError::Malformed { .. })),
+                "{bad}"
+            );
         }
         assert_eq!(split_failover("a://;b://").unwrap(), vec!["a://", "b://"]);
         assert_eq!(split_failover("a://;"), Err(UrlError::Empty));
@@ -376,7 +393,10 @@ mod tests {
         ] {
             let mut u = ConnectUrl::parse(&format!("memory://?{bad}")).unwrap();
             assert!(
-                matches!(u.take_connection_config(), Err(UrlError::InvalidOption { .. })),
+                matches!(
+                    u.take_connection_config(),
+                    Err(UrlError::InvalidOption { .. })
+                ),
                 "{bad}"
             );
         }

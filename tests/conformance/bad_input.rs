@@ -26,7 +26,13 @@ fn empty_and_overlong_names() {
             ch.get("", Duration::ZERO).unwrap_err(),
         ] {
             assert!(
-                matches!(e, Error::InvalidName { reason: NameError::Empty, .. }),
+                matches!(
+                    e,
+                    Error::InvalidName {
+                        reason: NameError::Empty,
+                        ..
+                    }
+                ),
                 "{e}"
             );
         }
@@ -37,7 +43,13 @@ fn empty_and_overlong_names() {
                 .unwrap_err(),
         ] {
             assert!(
-                matches!(e, Error::InvalidName { reason: NameError::TooLong { len: 256 }, .. }),
+                matches!(
+                    e,
+                    Error::InvalidName {
+                        reason: NameError::TooLong { len: 256 },
+                        ..
+                    }
+                ),
                 "{e}"
             );
         }
@@ -58,7 +70,10 @@ fn overlong_routing_key_hands_message_back() {
         let err = ch.producer().publish("keep", &long()).unwrap_err();
         assert!(matches!(
             err,
-            PublishError::InvalidRoutingKey { reason: NameError::TooLong { .. }, .. }
+            PublishError::InvalidRoutingKey {
+                reason: NameError::TooLong { .. },
+                ..
+            }
         ));
         assert_eq!(&err.message().body[..], b"keep");
     });
@@ -84,7 +99,10 @@ fn invalid_topic_patterns_and_headers_arguments() {
         let args: Headers = [("x-match".to_string(), dashi::Value::from("most"))]
             .into_iter()
             .collect();
-        assert!(matches!(ch.queue_bind("q", "h", "", args), Err(Error::InvalidArgument(_))));
+        assert!(matches!(
+            ch.queue_bind("q", "h", "", args),
+            Err(Error::InvalidArgument(_))
+        ));
         assert!(matches!(
             ch.queue_bind("q", "", "q", Headers::new()),
             Err(Error::InvalidArgument(_))
@@ -146,24 +164,41 @@ fn unknown_exchange_and_queue() {
             .with_exchange("nope")
             .publish(Message::new("m"), "k")
             .unwrap_err();
-        assert!(matches!(&err, PublishError::UnknownExchange { exchange, .. } if exchange == "nope"));
+        assert!(
+            matches!(&err, PublishError::UnknownExchange { exchange, .. } if exchange == "nope")
+        );
         assert_eq!(&err.into_message().body[..], b"m");
-        assert!(matches!(ch.get("nope", Duration::ZERO), Err(Error::UnknownQueue(_))));
+        assert!(matches!(
+            ch.get("nope", Duration::ZERO),
+            Err(Error::UnknownQueue(_))
+        ));
         assert!(matches!(
             ch.consume(ConsumerOptions::new("nope"), |_| {}),
             Err(Error::UnknownQueue(_))
         ));
-        assert!(matches!(ch.queue_purge("nope"), Err(Error::UnknownQueue(_))));
+        assert!(matches!(
+            ch.queue_purge("nope"),
+            Err(Error::UnknownQueue(_))
+        ));
         assert!(matches!(
             ch.queue_delete("nope", false, false),
             Err(Error::UnknownQueue(_))
         ));
-        assert!(matches!(ch.exchange_delete("nope", false), Err(Error::UnknownExchange(_))));
+        assert!(matches!(
+            ch.exchange_delete("nope", false),
+            Err(Error::UnknownExchange(_))
+        ));
         // An alternate exchange that does not exist is named in the error.
         ch.exchange_declare(&Exchange::direct("d").with_alternate_exchange("ghost"))
             .unwrap();
-        let err = ch.producer().with_exchange("d").publish("m", "k").unwrap_err();
-        assert!(matches!(&err, PublishError::UnknownExchange { exchange, .. } if exchange == "ghost"));
+        let err = ch
+            .producer()
+            .with_exchange("d")
+            .publish("m", "k")
+            .unwrap_err();
+        assert!(
+            matches!(&err, PublishError::UnknownExchange { exchange, .. } if exchange == "ghost")
+        );
     });
 }
 
@@ -172,8 +207,10 @@ fn redeclare_with_other_arguments_is_refused() {
     each("bad-redeclare", |url| {
         let c = connect(url);
         let ch = c.channel().unwrap();
-        ch.queue_declare(&Queue::new("q").with_max_priority(5)).unwrap();
-        ch.queue_declare(&Queue::new("q").with_max_priority(5)).unwrap();
+        ch.queue_declare(&Queue::new("q").with_max_priority(5))
+            .unwrap();
+        ch.queue_declare(&Queue::new("q").with_max_priority(5))
+            .unwrap();
         assert!(matches!(
             ch.queue_declare(&Queue::new("q")),
             Err(Error::PreconditionFailed(_))
@@ -198,12 +235,21 @@ fn delete_preconditions() {
         let ch = c.channel().unwrap();
         queue(&ch, "q");
         ch.producer().publish("x", "q").unwrap();
-        assert!(matches!(ch.queue_delete("q", false, true), Err(Error::NotEmpty(_))));
+        assert!(matches!(
+            ch.queue_delete("q", false, true),
+            Err(Error::NotEmpty(_))
+        ));
         let _c = ch.consume(ConsumerOptions::new("q"), |_| {}).unwrap();
-        assert!(matches!(ch.queue_delete("q", true, false), Err(Error::InUse(_))));
+        assert!(matches!(
+            ch.queue_delete("q", true, false),
+            Err(Error::InUse(_))
+        ));
         ch.exchange_declare(&Exchange::fanout("f")).unwrap();
         ch.queue_bind("q", "f", "", Headers::new()).unwrap();
-        assert!(matches!(ch.exchange_delete("f", true), Err(Error::InUse(_))));
+        assert!(matches!(
+            ch.exchange_delete("f", true),
+            Err(Error::InUse(_))
+        ));
         assert_eq!(ch.queue_delete("q", false, false).unwrap(), 1);
     });
 }
@@ -237,16 +283,28 @@ fn ack_of_unknown_or_settled_tags() {
         d.ack().unwrap();
         assert_eq!(
             d.ack(),
-            Err(AckError::AlreadySettled { tag: 1, state: Settled::Acked })
+            Err(AckError::AlreadySettled {
+                tag: 1,
+                state: Settled::Acked
+            })
         );
-        assert!(matches!(d.reject(true), Err(AckError::AlreadySettled { .. })));
-        assert!(matches!(ch.ack(1, false), Err(AckError::AlreadySettled { tag: 1, .. })));
+        assert!(matches!(
+            d.reject(true),
+            Err(AckError::AlreadySettled { .. })
+        ));
+        assert!(matches!(
+            ch.ack(1, false),
+            Err(AckError::AlreadySettled { tag: 1, .. })
+        ));
         assert_eq!(ch.ack(99, false), Err(AckError::UnknownTag(99)));
         let e = must_get(&ch, "q");
         e.reject(false).unwrap();
         assert_eq!(
             e.ack(),
-            Err(AckError::AlreadySettled { tag: 2, state: Settled::Rejected })
+            Err(AckError::AlreadySettled {
+                tag: 2,
+                state: Settled::Rejected
+            })
         );
         assert!(!e.ack().unwrap_err().is_restored());
     });
@@ -262,7 +320,10 @@ fn bad_consumer_options() {
             ConsumerOptions::new("q").prefetch_count(0),
             ConsumerOptions::new("q").prefetch_bytes(0),
         ] {
-            assert!(matches!(ch.consume(opts, |_| {}), Err(Error::InvalidArgument(_))));
+            assert!(matches!(
+                ch.consume(opts, |_| {}),
+                Err(Error::InvalidArgument(_))
+            ));
         }
     });
 }
@@ -270,15 +331,43 @@ fn bad_consumer_options() {
 #[test]
 fn malformed_urls() {
     for (url, check) in [
-        ("", Box::new(|e: &Error| matches!(e, Error::Url(UrlError::Empty))) as Box<dyn Fn(&Error) -> bool>),
-        ("memory", Box::new(|e: &Error| matches!(e, Error::Url(UrlError::MissingScheme { .. })))),
-        ("amqp://host", Box::new(|e: &Error| matches!(e, Error::Url(UrlError::UnknownScheme { .. })))),
-        ("memory://x?bogus=1", Box::new(|e: &Error| matches!(e, Error::Url(UrlError::UnknownOption { .. })))),
-        ("memory://x?prefetch_count=zero", Box::new(|e: &Error| matches!(e, Error::Url(UrlError::InvalidOption { .. })))),
-        ("memory://x/some/path", Box::new(|e: &Error| matches!(e, Error::Url(UrlError::Malformed { .. })))),
-        ("memory://u:pw@x", Box::new(|e: &Error| matches!(e, Error::Url(UrlError::Malformed { .. })))),
-        ("memory://x;", Box::new(|e: &Error| matches!(e, Error::Url(UrlError::Empty)))),
-        ("memory://%ZZ", Box::new(|e: &Error| matches!(e, Error::Url(UrlError::Malformed { .. })))),
+        (
+            "",
+            Box::new(|e: &Error| matches!(e, Error::Url(UrlError::Empty)))
+                as Box<dyn Fn(&Error) -> bool>,
+        ),
+        (
+            "memory",
+            Box::new(|e: &Error| matches!(e, Error::Url(UrlError::MissingScheme { .. }))),
+        ),
+        (
+            "amqp://host",
+            Box::new(|e: &Error| matches!(e, Error::Url(UrlError::UnknownScheme { .. }))),
+        ),
+        (
+            "memory://x?bogus=1",
+            Box::new(|e: &Error| matches!(e, Error::Url(UrlError::UnknownOption { .. }))),
+        ),
+        (
+            "memory://x?prefetch_count=zero",
+            Box::new(|e: &Error| matches!(e, Error::Url(UrlError::InvalidOption { .. }))),
+        ),
+        (
+            "memory://x/some/path",
+            Box::new(|e: &Error| matches!(e, Error::Url(UrlError::Malformed { .. }))),
+        ),
+        (
+            "memory://u:pw@x",
+            Box::new(|e: &Error| matches!(e, Error::Url(UrlError::Malformed { .. }))),
+        ),
+        (
+            "memory://x;",
+            Box::new(|e: &Error| matches!(e, Error::Url(UrlError::Empty))),
+        ),
+        (
+            "memory://%ZZ",
+            Box::new(|e: &Error| matches!(e, Error::Url(UrlError::Malformed { .. }))),
+        ),
     ] {
         let e = dashi::connect(url).unwrap_err();
         assert!(check(&e), "{url:?} gave {e:?}");

@@ -27,14 +27,21 @@ fn channel_close_restores_unacked_to_front_in_order() {
         b.ack().unwrap();
         assert_eq!(ch.unacked(), 2);
         ch.close();
-        assert!(matches!(a.ack(), Err(AckError::AlreadySettled { state: Settled::Restored, .. })));
-        drop(cc);
-        let got: Vec<(String, bool)> = std::iter::from_fn(|| admin.get("q", std::time::Duration::ZERO).unwrap())
-            .map(|d| {
-                d.ack().unwrap();
-                (body(&d), d.redelivered())
+        assert!(matches!(
+            a.ack(),
+            Err(AckError::AlreadySettled {
+                state: Settled::Restored,
+                ..
             })
-            .collect();
+        ));
+        drop(cc);
+        let got: Vec<(String, bool)> =
+            std::iter::from_fn(|| admin.get("q", std::time::Duration::ZERO).unwrap())
+                .map(|d| {
+                    d.ack().unwrap();
+                    (body(&d), d.redelivered())
+                })
+                .collect();
         assert_eq!(
             got,
             [
@@ -79,10 +86,13 @@ fn connection_close_restores_for_other_connections() {
         assert_eq!(worker.drain_events(Some(WAIT)).unwrap(), 3);
         assert_eq!(keeper.stats().queue("q").unwrap().unacked, 3);
         worker.close();
-        assert_eq!(kch.get("q", std::time::Duration::ZERO).unwrap().is_some(), true);
+        assert!(kch.get("q", std::time::Duration::ZERO).unwrap().is_some());
         let s = keeper.stats().queue("q").unwrap();
         assert_eq!((s.messages, s.unacked), (2, 1));
-        assert!(matches!(wch.get("q", std::time::Duration::ZERO), Err(dashi::Error::ConnectionClosed)));
+        assert!(matches!(
+            wch.get("q", std::time::Duration::ZERO),
+            Err(dashi::Error::ConnectionClosed)
+        ));
     });
 }
 
@@ -121,7 +131,13 @@ fn ack_by_tag_and_ack_multiple() {
         ch.ack(2, false).unwrap();
         ch.ack(4, true).unwrap();
         assert_eq!(ch.unacked(), 1);
-        assert!(matches!(ds[0].ack(), Err(AckError::AlreadySettled { state: Settled::Acked, .. })));
+        assert!(matches!(
+            ds[0].ack(),
+            Err(AckError::AlreadySettled {
+                state: Settled::Acked,
+                ..
+            })
+        ));
         ch.ack(0, true).unwrap();
         assert_eq!(ch.unacked(), 0);
         assert_eq!(c.stats().counters().acked, 5);

@@ -20,15 +20,19 @@ fn cancel_by_tag_does_not_requeue() {
         let held = Arc::new(Mutex::new(Vec::new()));
         let h = held.clone();
         let consumer = ch
-            .consume(ConsumerOptions::new("q").tag("worker-1").prefetch_count(2), move |d| {
-                h.lock().unwrap().push(d)
-            })
+            .consume(
+                ConsumerOptions::new("q").tag("worker-1").prefetch_count(2),
+                move |d| h.lock().unwrap().push(d),
+            )
             .unwrap();
         assert_eq!(consumer.tag(), "worker-1");
         assert_eq!(c.drain_events(Some(WAIT)).unwrap(), 2);
         ch.cancel("worker-1").unwrap();
         assert!(consumer.is_cancelled());
-        assert!(matches!(ch.cancel("worker-1"), Err(Error::UnknownConsumerTag(_))));
+        assert!(matches!(
+            ch.cancel("worker-1"),
+            Err(Error::UnknownConsumerTag(_))
+        ));
         assert_eq!(c.stats().queue("q").unwrap().unacked, 2);
         assert_eq!(c.stats().queue("q").unwrap().consumers, 0);
         assert!(matches!(
@@ -49,11 +53,15 @@ fn cancel_by_queue_and_tag_reuse() {
         let ch = c.channel().unwrap();
         queue(&ch, "a");
         queue(&ch, "b");
-        let _x = ch.consume(ConsumerOptions::new("a").tag("t1"), |_| {}).unwrap();
+        let _x = ch
+            .consume(ConsumerOptions::new("a").tag("t1"), |_| {})
+            .unwrap();
         let _y = ch
             .consume(ConsumerOptions::new("a").queue("b").tag("t2"), |_| {})
             .unwrap();
-        let _z = ch.consume(ConsumerOptions::new("b").tag("t3"), |_| {}).unwrap();
+        let _z = ch
+            .consume(ConsumerOptions::new("b").tag("t3"), |_| {})
+            .unwrap();
         assert!(matches!(
             ch.consume(ConsumerOptions::new("b").tag("t3"), |_| {}),
             Err(Error::DuplicateConsumerTag(_))
@@ -62,7 +70,9 @@ fn cancel_by_queue_and_tag_reuse() {
         assert_eq!(c.stats().queue("a").unwrap().consumers, 0);
         assert_eq!(c.stats().queue("b").unwrap().consumers, 1);
         // Cancelled tags can be used again.
-        let _again = ch.consume(ConsumerOptions::new("a").tag("t1"), |_| {}).unwrap();
+        let _again = ch
+            .consume(ConsumerOptions::new("a").tag("t1"), |_| {})
+            .unwrap();
     });
 }
 
@@ -112,7 +122,10 @@ fn exclusive_queue_belongs_to_its_connection() {
             xch.queue_declare(&Queue::new("mine").with_exclusive(true)),
             Err(Error::Exclusive(_))
         ));
-        assert!(matches!(xch.get("mine", Duration::ZERO), Err(Error::Exclusive(_))));
+        assert!(matches!(
+            xch.get("mine", Duration::ZERO),
+            Err(Error::Exclusive(_))
+        ));
         assert!(matches!(
             xch.consume(ConsumerOptions::new("mine"), |_| {}),
             Err(Error::Exclusive(_))

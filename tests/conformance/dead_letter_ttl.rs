@@ -51,10 +51,16 @@ fn per_message_expiration_without_dlx_is_counted() {
         let ch = c.channel().unwrap();
         queue(&ch, "q");
         let p = ch.producer();
-        p.publish(Message::new("short").with_expiration(Duration::from_millis(10)), "q")
-            .unwrap();
-        p.publish(Message::new("long").with_expiration(Duration::from_secs(600)), "q")
-            .unwrap();
+        p.publish(
+            Message::new("short").with_expiration(Duration::from_millis(10)),
+            "q",
+        )
+        .unwrap();
+        p.publish(
+            Message::new("long").with_expiration(Duration::from_secs(600)),
+            "q",
+        )
+        .unwrap();
         std::thread::sleep(Duration::from_millis(40));
         assert_eq!(drain_bodies(&ch, "q"), ["long"]);
         assert_eq!(c.stats().counters().expired, 1);

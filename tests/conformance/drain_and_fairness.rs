@@ -74,7 +74,11 @@ fn a_publish_from_another_thread_wakes_drain_events() {
         let t = std::thread::spawn(move || {
             std::thread::sleep(Duration::from_millis(30));
             let c2 = connect(&url2);
-            c2.channel().unwrap().producer().publish("wake", "q").unwrap();
+            c2.channel()
+                .unwrap()
+                .producer()
+                .publish("wake", "q")
+                .unwrap();
         });
         assert_eq!(c.drain_events(Some(WAIT * 2)).unwrap(), 1);
         t.join().unwrap();
@@ -147,7 +151,10 @@ fn channels_of_a_closed_connection_refuse_work() {
         assert!(c.is_open() && ch.is_open());
         c.close();
         assert!(!ch.is_open());
-        assert!(matches!(ch.get("q", Duration::ZERO), Err(Error::ConnectionClosed)));
+        assert!(matches!(
+            ch.get("q", Duration::ZERO),
+            Err(Error::ConnectionClosed)
+        ));
         assert!(matches!(
             ch.consume(ConsumerOptions::new("q"), |_| {}),
             Err(Error::ConnectionClosed)
@@ -156,7 +163,10 @@ fn channels_of_a_closed_connection_refuse_work() {
             ch.producer().publish("x", "q"),
             Err(dashi::PublishError::ChannelClosed(_))
         ));
-        assert!(matches!(ch.ack(1, false), Err(dashi::AckError::ChannelClosed)));
+        assert!(matches!(
+            ch.ack(1, false),
+            Err(dashi::AckError::ChannelClosed)
+        ));
     });
 }
 

@@ -22,7 +22,10 @@ fn expired_lease_restores_with_redelivered() {
         assert!(again.redelivered());
         assert!(matches!(
             first.ack(),
-            Err(AckError::AlreadySettled { state: Settled::Restored, .. })
+            Err(AckError::AlreadySettled {
+                state: Settled::Restored,
+                ..
+            })
         ));
         again.ack().unwrap();
         assert!(c.stats().counters().restored >= 1);
@@ -44,7 +47,10 @@ fn extend_lease_keeps_the_delivery() {
         d.ack().unwrap();
         assert!(matches!(
             d.extend_lease(Duration::from_secs(1)),
-            Err(AckError::AlreadySettled { state: Settled::Acked, .. })
+            Err(AckError::AlreadySettled {
+                state: Settled::Acked,
+                ..
+            })
         ));
     });
 }

@@ -9,7 +9,8 @@ fn reject_publish_hands_back_the_message() {
     each("maxlen-reject", |url| {
         let c = connect(url);
         let ch = c.channel().unwrap();
-        ch.queue_declare(&Queue::new("q").with_max_length(2)).unwrap();
+        ch.queue_declare(&Queue::new("q").with_max_length(2))
+            .unwrap();
         let p = ch.producer();
         p.publish("1", "q").unwrap();
         p.publish("2", "q").unwrap();
@@ -40,7 +41,9 @@ fn max_length_bytes_counts_body_bytes() {
         let p = ch.producer();
         p.publish(vec![0u8; 6], "q").unwrap();
         let err = p.publish(vec![0u8; 6], "q").unwrap_err();
-        assert!(matches!(&err, PublishError::QueueFull { reason, .. } if reason.contains("max_length_bytes")));
+        assert!(
+            matches!(&err, PublishError::QueueFull { reason, .. } if reason.contains("max_length_bytes"))
+        );
         p.publish(vec![0u8; 4], "q").unwrap();
         assert_eq!(c.stats().queue("q").unwrap().bytes, 10);
     });
@@ -53,7 +56,8 @@ fn a_full_queue_blocks_a_fanout_publish_everywhere() {
         let ch = c.channel().unwrap();
         ch.exchange_declare(&dashi::Exchange::fanout("f")).unwrap();
         ch.queue_declare(&Queue::new("roomy")).unwrap();
-        ch.queue_declare(&Queue::new("tiny").with_max_length(1)).unwrap();
+        ch.queue_declare(&Queue::new("tiny").with_max_length(1))
+            .unwrap();
         for q in ["roomy", "tiny"] {
             ch.queue_bind(q, "f", "", dashi::Headers::new()).unwrap();
         }

@@ -12,14 +12,25 @@ fn lanes_drain_highest_first_and_fifo_within() {
         ch.queue_declare(&Queue::new("p").with_max_priority(10))
             .unwrap();
         let p = ch.producer();
-        let sends = [(1, "a1"), (5, "b1"), (10, "c1"), (1, "a2"), (5, "b2"), (0, "z1"), (10, "c2")];
+        let sends = [
+            (1, "a1"),
+            (5, "b1"),
+            (10, "c1"),
+            (1, "a2"),
+            (5, "b2"),
+            (0, "z1"),
+            (10, "c2"),
+        ];
         for (prio, b) in sends {
             p.publish(Message::new(b).with_priority(prio), "p").unwrap();
         }
         p.publish(Message::new("none"), "p").unwrap();
         let s = c.stats().queue("p").unwrap();
         assert_eq!(s.depth_by_lane.len(), 11);
-        assert_eq!((s.depth_by_lane[10], s.depth_by_lane[5], s.depth_by_lane[0]), (2, 2, 2));
+        assert_eq!(
+            (s.depth_by_lane[10], s.depth_by_lane[5], s.depth_by_lane[0]),
+            (2, 2, 2)
+        );
         let got = drain_bodies(&ch, "p");
         assert_eq!(got, ["c1", "c2", "b1", "b2", "a1", "a2", "z1", "none"]);
     });
@@ -53,7 +64,12 @@ fn priority_above_max_is_refused_everywhere() {
             .publish(Message::new("x").with_priority(4), "p")
             .unwrap_err();
         match &err {
-            PublishError::PriorityTooHigh { priority, max, queue, .. } => {
+            PublishError::PriorityTooHigh {
+                priority,
+                max,
+                queue,
+                ..
+            } => {
                 assert_eq!((*priority, *max, queue.as_str()), (4, 3, "p"))
             }
             other => panic!("{other}"),

@@ -6,7 +6,10 @@ use dashi::{ConsumerOptions, Delivery, Error};
 
 use super::*;
 
-fn collector() -> (Arc<Mutex<Vec<Delivery>>>, impl FnMut(Delivery) + Send + 'static) {
+fn collector() -> (
+    Arc<Mutex<Vec<Delivery>>>,
+    impl FnMut(Delivery) + Send + 'static,
+) {
     let got = Arc::new(Mutex::new(Vec::new()));
     let g = got.clone();
     (got, move |d| g.lock().unwrap().push(d))
@@ -80,10 +83,7 @@ fn no_ack_consumers_ignore_the_window() {
         }
         let (got, cb) = collector();
         let _consumer = ch
-            .consume(
-                ConsumerOptions::new("q").prefetch_count(1).no_ack(true),
-                cb,
-            )
+            .consume(ConsumerOptions::new("q").prefetch_count(1).no_ack(true), cb)
             .unwrap();
         assert_eq!(c.drain_events(Some(WAIT)).unwrap(), 5);
         let ds = got.lock().unwrap();
@@ -108,5 +108,42 @@ fn get_ignores_prefetch() {
         assert_eq!(ch.unacked(), 3);
         let d = ch.get_no_ack("q", std::time::Duration::ZERO).unwrap();
         assert!(d.is_none());
+    });
+}
+
+#[test]
+fn requeue_inside_the_callback_frees_its_window_share_once() {
+    each("requeue-in-callback", |url| {
+        let c = connect(url);
+        let ch = c.channel().unwrap();
+        ch.queue_declare(&dashi::Queue::new("q").with_max_priority(9))
+            .unwrap();
+        let p = ch.producer();
+        p.publish(dashi::Message::new("a").with_priority(1), "q")
+            .unwrap();
+        p.publish(dashi::Message::new("b").with_priority(9), "q")
+            .unwrap();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let s = seen.clone();
+        let consumer = ch
+            .consume(ConsumerOptions::new("q").prefetch_count(2), move |d| {
+                let mut v = s.lock().unwrap();
+                v.push((body(&d), d.redelivered()));
+                if v.len() == 1 {
+                    d.reject(true).unwrap();
+                } else {
+                    d.ack().unwrap();
+                }
+            })
+            .unwrap();
+        let mut n = 0;
+        while n < 3 {
+            n += c.drain_events(Some(WAIT)).unwrap();
+        }
+        assert_eq!(
+            *seen.lock().unwrap(),
+            [("b".into(), false), ("a".into(), false), ("b".into(), true)]
+        );
+        assert_eq!(consumer.in_flight(), (0, 0));
     });
 }

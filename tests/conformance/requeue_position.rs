@@ -38,8 +38,10 @@ fn requeue_stays_in_its_own_lane() {
         ch.queue_declare(&Queue::new("q").with_max_priority(5))
             .unwrap();
         let p = ch.producer();
-        p.publish(Message::new("low").with_priority(1), "q").unwrap();
-        p.publish(Message::new("high").with_priority(5), "q").unwrap();
+        p.publish(Message::new("low").with_priority(1), "q")
+            .unwrap();
+        p.publish(Message::new("high").with_priority(5), "q")
+            .unwrap();
         let low_first = {
             let h = must_get(&ch, "q");
             assert_eq!(body(&h), "high");
@@ -48,9 +50,11 @@ fn requeue_stays_in_its_own_lane() {
             h.ack().unwrap();
             l
         };
-        p.publish(Message::new("low2").with_priority(1), "q").unwrap();
+        p.publish(Message::new("low2").with_priority(1), "q")
+            .unwrap();
         low_first.reject(true).unwrap();
-        p.publish(Message::new("high2").with_priority(5), "q").unwrap();
+        p.publish(Message::new("high2").with_priority(5), "q")
+            .unwrap();
         assert_eq!(drain_bodies(&ch, "q"), ["high2", "low", "low2"]);
     });
 }
@@ -67,12 +71,13 @@ fn nack_multiple_requeues_in_tag_order() {
         }
         let ds: Vec<_> = (0..3).map(|_| must_get(&ch, "q")).collect();
         ds[2].nack_multiple(true).unwrap();
-        let got: Vec<(String, bool)> = std::iter::from_fn(|| ch.get("q", std::time::Duration::ZERO).unwrap())
-            .map(|d| {
-                d.ack().unwrap();
-                (body(&d), d.redelivered())
-            })
-            .collect();
+        let got: Vec<(String, bool)> =
+            std::iter::from_fn(|| ch.get("q", std::time::Duration::ZERO).unwrap())
+                .map(|d| {
+                    d.ack().unwrap();
+                    (body(&d), d.redelivered())
+                })
+                .collect();
         assert_eq!(
             got,
             [

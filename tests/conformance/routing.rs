@@ -86,7 +86,10 @@ fn fanout_exchange_ignores_the_key() {
             queue(&ch, q);
             ch.queue_bind(q, "f", "ignored", Headers::new()).unwrap();
         }
-        ch.producer().with_exchange("f").publish("x", "any").unwrap();
+        ch.producer()
+            .with_exchange("f")
+            .publish("x", "any")
+            .unwrap();
         assert_eq!(drain_bodies(&ch, "f1"), ["x"]);
         assert_eq!(drain_bodies(&ch, "f2"), ["x"]);
         let s = c.stats().counters();
@@ -199,7 +202,10 @@ fn topology_is_shared_between_connections() {
         cha.exchange_declare(&Exchange::topic("t")).unwrap();
         queue(&cha, "q");
         cha.queue_bind("q", "t", "#", Headers::new()).unwrap();
-        chb.producer().with_exchange("t").publish("hi", "x.y").unwrap();
+        chb.producer()
+            .with_exchange("t")
+            .publish("hi", "x.y")
+            .unwrap();
         assert_eq!(body(&must_get(&cha, "q")), "hi");
     });
 }

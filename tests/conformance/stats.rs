@@ -11,9 +11,11 @@ fn queue_figures_and_counters_track_every_step() {
         let c = connect(url);
         let stats = c.stats();
         let ch = c.channel().unwrap();
-        ch.queue_declare(&Queue::new("s").with_max_priority(2)).unwrap();
+        ch.queue_declare(&Queue::new("s").with_max_priority(2))
+            .unwrap();
         let p = ch.producer();
-        p.publish(Message::new(vec![0u8; 10]).with_priority(2), "s").unwrap();
+        p.publish(Message::new(vec![0u8; 10]).with_priority(2), "s")
+            .unwrap();
         p.publish(Message::new(vec![0u8; 5]), "s").unwrap();
         p.publish("x", "nowhere").unwrap();
         let q = stats.queue("s").unwrap();
@@ -32,7 +34,14 @@ fn queue_figures_and_counters_track_every_step() {
         assert_eq!(k.delivered, 1);
         assert_eq!(k.rejected, 1);
         assert_eq!(k.restored, 1);
-        assert_eq!(stats.queues().iter().map(|q| q.name.as_str()).collect::<Vec<_>>(), ["s"]);
+        assert_eq!(
+            stats
+                .queues()
+                .iter()
+                .map(|q| q.name.as_str())
+                .collect::<Vec<_>>(),
+            ["s"]
+        );
         assert!(stats.queue("missing").is_none());
         assert!(format!("{stats:?}").contains("memory") || !url.starts_with("memory"));
     });

@@ -107,7 +107,8 @@ impl Shared {
     /// accepts (priority, limits).
     fn publish(&self, mut env: Envelope, mandatory: bool) -> Result<(), PublishError> {
         let routing = self.routing.load();
-        let route = match routing.route(&env.exchange, &env.routing_key, &env.properties().headers) {
+        let route = match routing.route(&env.exchange, &env.routing_key, &env.properties().headers)
+        {
             Ok(r) => r,
             Err(missing) => {
                 return Err(PublishError::UnknownExchange {
@@ -396,35 +397,6 @@ impl Transport for MemoryTransport {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::message::Message;
-
-    #[test]
-    fn named_instances_are_shared_and_isolated() {
-        let a = MemoryTransport::named("unit-named-a");
-        let b = MemoryTransport::named("unit-named-a");
-        let c = MemoryTransport::named("unit-named-c");
-        a.declare_queue(&Queue::new("q"), 1).unwrap();
-        assert!(b.queue_stats("q").is_some());
-        assert!(c.queue_stats("q").is_none());
-        assert_eq!(a.name(), "unit-named-a");
-        assert_eq!(a.scheme(), "memory");
-        assert!(a.implements().priorities && !a.implements().durable);
-    }
-
-    #[test]
-    fn unknown_exchange_hands_message_back() {
-        let t = MemoryTransport::isolated("x");
-        let err = t
-            .publish(Envelope::new(Message::new("b"), "nope", "k"), false)
-            .unwrap_err();
-        assert!(matches!(err, PublishError::UnknownExchange { .. }));
-        assert_eq!(&err.into_message().body[..], b"b");
-    }
-}
-
 /// Opens a `memory://[NAME][?options]` URL: the process-wide instance NAME
 /// ("" = the default instance). Options: those of
 /// [`ConnectUrl::take_connection_config`](crate::url::ConnectUrl::take_connection_config).
@@ -454,5 +426,37 @@ pub fn open(mut url: crate::url::ConnectUrl) -> Result<crate::Connection, Error>
     let config = url.take_connection_config()?;
     url.reject_unknown_options()?;
     let transport = MemoryTransport::named(&url.host);
-    Ok(crate::Connection::with_transport(Arc::new(transport), config))
+    Ok(crate::Connection::with_transport(
+        Arc::new(transport),
+        config,
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::message::Message;
+
+    #[test]
+    fn named_instances_are_shared_and_isolated() {
+        let a = MemoryTransport::named("unit-named-a");
+        let b = MemoryTransport::named("unit-named-a");
+        let c = MemoryTransport::named("unit-named-c");
+        a.declare_queue(&Queue::new("q"), 1).unwrap();
+        assert!(b.queue_stats("q").is_some());
+        assert!(c.queue_stats("q").is_none());
+        assert_eq!(a.name(), "unit-named-a");
+        assert_eq!(a.scheme(), "memory");
+        assert!(a.implements().priorities && !a.implements().durable);
+    }
+
+    #[test]
+    fn unknown_exchange_hands_message_back() {
+        let t = MemoryTransport::isolated("x");
+        let err = t
+            .publish(Envelope::new(Message::new("b"), "nope", "k"), false)
+            .unwrap_err();
+        assert!(matches!(err, PublishError::UnknownExchange { .. }));
+        assert_eq!(&err.into_message().body[..], b"b");
+    }
 }
