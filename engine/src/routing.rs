@@ -5,6 +5,10 @@
 
 use std::collections::HashMap;
 
+/// Maps on the publish path use foldhash: several times faster than SipHash on
+/// short names, with some resistance to crafted keys.
+type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+
 use crate::error::Error;
 use crate::exchange::headers::HeadersMatch;
 use crate::exchange::topic::{validate_pattern, TopicTrie};
@@ -169,18 +173,18 @@ impl Topology {
     /// Builds the routing snapshot; `queue` resolves a queue name to the
     /// transport's handle (bindings of queues it does not resolve are skipped).
     pub fn snapshot<Q: Clone>(&self, queues: impl IntoIterator<Item = (String, Q)>) -> Routing<Q> {
-        let mut by_name = HashMap::new();
+        let mut by_name = FastMap::default();
         let mut targets = Vec::new();
         for (name, q) in queues {
             by_name.insert(name, targets.len());
             targets.push(q);
         }
-        let mut exchanges: HashMap<String, Entry> = self
+        let mut exchanges: FastMap<String, Entry> = self
             .exchanges
             .values()
             .map(|e| {
                 let index = match e.kind {
-                    ExchangeKind::Direct => Index::Direct(HashMap::new()),
+                    ExchangeKind::Direct => Index::Direct(FastMap::default()),
                     ExchangeKind::Topic => Index::Topic(TopicTrie::default()),
                     ExchangeKind::Fanout => Index::Fanout(Vec::new()),
                     ExchangeKind::Headers => Index::Headers(Vec::new()),
@@ -229,7 +233,7 @@ impl Topology {
 
 #[derive(Debug)]
 enum Index {
-    Direct(HashMap<String, Vec<usize>>),
+    Direct(FastMap<String, Vec<usize>>),
     Topic(TopicTrie),
     Fanout(Vec<usize>),
     Headers(Vec<(HeadersMatch, usize)>),
@@ -266,16 +270,16 @@ impl Route {
 /// An immutable routing table.
 #[derive(Debug)]
 pub struct Routing<Q> {
-    exchanges: HashMap<String, Entry>,
-    by_name: HashMap<String, usize>,
+    exchanges: FastMap<String, Entry>,
+    by_name: FastMap<String, usize>,
     targets: Vec<Q>,
 }
 
 impl<Q> Default for Routing<Q> {
     fn default() -> Self {
         Routing {
-            exchanges: HashMap::new(),
-            by_name: HashMap::new(),
+            exchanges: FastMap::default(),
+            by_name: FastMap::default(),
             targets: Vec::new(),
         }
     }
