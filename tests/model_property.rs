@@ -200,7 +200,10 @@ fn run(ops: Vec<Op>) {
                 // count an item only once it can be popped).
                 let want: Vec<u64> = model.lanes.iter().map(|l| l.len() as u64).collect();
                 while conn.stats().queue("q").unwrap().depth_by_lane != want {
-                    assert!(start.elapsed() < Duration::from_secs(10), "restore never landed");
+                    assert!(
+                        start.elapsed() < Duration::from_secs(10),
+                        "restore never landed"
+                    );
                     std::thread::sleep(Duration::from_micros(100));
                 }
             }
