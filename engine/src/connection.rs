@@ -224,9 +224,18 @@ impl Connection {
     /// Returns how many were dispatched (at least one), after dispatching every
     /// delivery that was ready (up to a batch of 256), fairly: consumers take
     /// turns one message at a time. `Err(Timeout)` when nothing came.
+    ///
+    /// Calling it from inside one of this connection's callbacks is an error
+    /// ([`Error::InvalidArgument`]), not a deadlock.
     pub fn drain_events(&self, timeout: Option<Duration>) -> Result<usize, Error> {
+        if DRAINING.with(|d| d.get()) == self.shared.id {
+            return Err(Error::InvalidArgument(
+                "drain_events called from inside a callback of the same connection".into(),
+            ));
+        }
         let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
         let mut state = self.shared.drain.lock();
+        let _draining = Draining::enter(self.shared.id);
         let waker = ThreadWaker::current();
         loop {
             if self.shared.is_closed() {
@@ -289,6 +298,27 @@ impl Connection {
                 return Ok(n);
             }
         }
+    }
+}
+
+thread_local! {
+    /// The connection whose callbacks this thread is running (0 = none).
+    static DRAINING: std::cell::Cell<ConnectionId> = const { std::cell::Cell::new(0) };
+}
+
+/// Marks this thread as draining a connection; restores the previous mark when
+/// dropped (also on unwind from a panicking callback).
+struct Draining(ConnectionId);
+
+impl Draining {
+    fn enter(id: ConnectionId) -> Self {
+        Draining(DRAINING.with(|d| d.replace(id)))
+    }
+}
+
+impl Drop for Draining {
+    fn drop(&mut self) {
+        DRAINING.with(|d| d.set(self.0));
     }
 }
 

@@ -280,4 +280,28 @@ mod loom_tests {
             assert!(!(expired && extended));
         });
     }
+
+    /// A consumer that found its window full and sleeps on it is woken by the
+    /// release that makes room (releases only notify on full → room).
+    #[test]
+    fn release_of_a_full_window_wakes_the_waiter() {
+        use crate::notify::{thread_waker, ThreadWaker};
+        loom::model(|| {
+            let w = Arc::new(Window::new(1, 1_000));
+            w.acquire(10);
+            let w2 = w.clone();
+            let acker = loom::thread::spawn(move || w2.release(10));
+            let tw = ThreadWaker::current();
+            loop {
+                let id = w.notify.register(&thread_waker(&tw));
+                if w.has_room() {
+                    w.notify.unregister(id);
+                    break;
+                }
+                tw.wait(None);
+                w.notify.unregister(id);
+            }
+            acker.join().unwrap();
+        });
+    }
 }

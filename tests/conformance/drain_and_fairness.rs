@@ -180,3 +180,54 @@ fn drain_events_without_consumers_times_out() {
         ));
     });
 }
+
+#[test]
+fn drain_events_from_inside_a_callback_is_an_error_not_a_deadlock() {
+    each("drain-reentrant", |url| {
+        let c = Arc::new(connect(url));
+        let ch = c.channel().unwrap();
+        queue(&ch, "q");
+        ch.producer().publish("x", "q").unwrap();
+        let inner = Arc::new(Mutex::new(None));
+        let (c2, i2) = (Arc::downgrade(&c), inner.clone());
+        let _a = ch
+            .consume(ConsumerOptions::new("q"), move |d| {
+                let c = c2.upgrade().unwrap();
+                *i2.lock().unwrap() = Some(c.drain_events(Some(Duration::from_millis(1))));
+                d.ack().unwrap();
+            })
+            .unwrap();
+        assert_eq!(c.drain_events(Some(WAIT)).unwrap(), 1);
+        assert!(matches!(
+            inner.lock().unwrap().take(),
+            Some(Err(Error::InvalidArgument(_)))
+        ));
+        // The thread is not left marked: draining works again.
+        ch.producer().publish("y", "q").unwrap();
+        assert_eq!(c.drain_events(Some(WAIT)).unwrap(), 1);
+    });
+}
+
+#[test]
+fn a_panicking_callback_loses_nothing() {
+    each("drain-panic", |url| {
+        let c = connect(url);
+        let ch = c.channel().unwrap();
+        queue(&ch, "q");
+        ch.producer().publish("boom", "q").unwrap();
+        let consumer = ch
+            .consume(ConsumerOptions::new("q"), |_d| panic!("callback failed"))
+            .unwrap();
+        let r =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| c.drain_events(Some(WAIT))));
+        assert!(r.is_err());
+        drop(consumer);
+        // The delivery is still unacked on the channel; closing restores it.
+        assert_eq!(c.stats().queue("q").unwrap().unacked, 1);
+        ch.close();
+        let ch2 = c.channel().unwrap();
+        let d = must_get(&ch2, "q");
+        assert!(d.redelivered());
+        assert_eq!(body(&d), "boom");
+    });
+}

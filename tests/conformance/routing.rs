@@ -209,3 +209,34 @@ fn topology_is_shared_between_connections() {
         assert_eq!(body(&must_get(&cha, "q")), "hi");
     });
 }
+
+#[test]
+fn every_property_and_the_body_arrive_intact_without_a_copy() {
+    each("properties", |url| {
+        let c = connect(url);
+        let ch = c.channel().unwrap();
+        queue(&ch, "q");
+        let body = bytes::Bytes::from(vec![7u8; 4096]);
+        let mut m = Message::new(body.clone())
+            .with_content_type("application/json")
+            .with_header("k", Value::from(1))
+            .with_header("nested", Value::List(vec![Value::Null, Value::Bool(true)]));
+        m.properties.content_encoding = Some("utf-8".into());
+        m.properties.delivery_mode = dashi::DeliveryMode::Transient;
+        m.properties.correlation_id = Some("corr".into());
+        m.properties.reply_to = Some("replies".into());
+        m.properties.expiration = Some(std::time::Duration::from_secs(3600));
+        m.properties.message_id = Some("id-1".into());
+        m.properties.timestamp = Some(1_700_000_000);
+        let sent = m.properties.clone();
+        ch.producer().publish(m, "q").unwrap();
+        let d = must_get(&ch, "q");
+        assert_eq!(d.properties(), &sent);
+        assert_eq!(d.body().as_ptr(), body.as_ptr(), "body was copied");
+        assert_eq!((d.exchange(), d.routing_key(), d.queue()), ("", "q", "q"));
+        assert_eq!(d.consumer_tag(), None);
+        let again = d.to_message();
+        assert_eq!(again.properties, sent);
+        assert!(format!("{d:?}").contains("delivery_tag"));
+    });
+}

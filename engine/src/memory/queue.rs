@@ -12,7 +12,6 @@
 //! - Publish, pop and ack take no lock; restore (slow path) takes the lane's
 //!   front-list lock.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed, Ordering::SeqCst};
 use std::sync::{Arc, Weak};
 use std::task::Waker;
 
@@ -21,7 +20,7 @@ use crate::lanes::Lanes;
 use crate::notify::Notify;
 use crate::queue::{Overflow, Queue};
 use crate::stats::{Counters, QueueStats};
-use crate::sync::Padded;
+use crate::sync::{AtomicBool, AtomicU64, Ordering::Relaxed, Ordering::SeqCst, Padded};
 use crate::transport::{ConnectionId, Envelope, QueueStore};
 
 use super::Shared;
@@ -310,5 +309,68 @@ impl QueueStore for MemQueue {
                 shared.remove_queue(&self.decl.name);
             }
         }
+    }
+}
+
+#[cfg(all(test, loom))]
+mod loom_tests {
+    use super::*;
+    use crate::message::Message;
+
+    fn queue(max_length: u64) -> MemQueue {
+        MemQueue::new(
+            Queue::new("q").with_max_length(max_length),
+            None,
+            Weak::new(),
+        )
+    }
+
+    fn env() -> Envelope {
+        Envelope::new(Message::new("x"), "", "q")
+    }
+
+    /// Two publishers race for the last place of a reject-publish queue:
+    /// exactly one gets it, and the accounting matches what is in the lanes.
+    #[test]
+    fn reject_publish_limit_holds_under_racing_publishers() {
+        loom::model(|| {
+            let q = loom::sync::Arc::new(queue(1));
+            let spawn = |q: loom::sync::Arc<MemQueue>| {
+                loom::thread::spawn(move || match q.reserve(1) {
+                    Reserve::Ok => {
+                        q.push_reserved(env());
+                        true
+                    }
+                    Reserve::Full(_) => false,
+                })
+            };
+            let (a, b) = (spawn(q.clone()), spawn(q.clone()));
+            let won = a.join().unwrap() as u32 + b.join().unwrap() as u32;
+            assert_eq!(won, 1);
+            assert_eq!(q.ready(), 1);
+            assert!(q.pop().is_some());
+            assert!(q.pop().is_none());
+            assert_eq!(q.ready(), 0);
+        });
+    }
+
+    /// A pop racing a publish: the message is taken once or left once, and the
+    /// ready count agrees.
+    #[test]
+    fn pop_racing_publish_keeps_counts() {
+        loom::model(|| {
+            let q = loom::sync::Arc::new(queue(10));
+            let q2 = q.clone();
+            let publisher = loom::thread::spawn(move || {
+                assert!(matches!(q2.reserve(1), Reserve::Ok));
+                q2.push_reserved(env());
+            });
+            let first = q.pop().is_some() as u64;
+            publisher.join().unwrap();
+            assert_eq!(first + q.ready(), 1);
+            let second = q.pop().is_some() as u64;
+            assert_eq!(first + second, 1);
+            assert_eq!(q.ready(), 0);
+        });
     }
 }
