@@ -49,6 +49,9 @@ pub use consumer::{
 pub use delivery::Delivery;
 pub use error::{AckError, Error, NameError, PublishError, Settled, UrlError};
 pub use exchange::{Exchange, ExchangeKind};
+/// The `Stream` trait [`DeliveryStream`] implements, re-exported so users need
+/// not depend on `futures-core` themselves.
+pub use futures_core;
 pub use message::{DeliveryMode, Message, Properties};
 pub use names::MAX_NAME_LEN;
 pub use notify::Notify;

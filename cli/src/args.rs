@@ -1,0 +1,202 @@
+//! The command contract. Other tools and scripts rely on these exact names.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "dashi",
+    version,
+    about = "Publish, consume, inspect and benchmark dashi queues",
+    after_help = "URLs: memory://[NAME], with ?max_body_size=, prefetch_count=, prefetch_bytes=, visibility_timeout="
+)]
+pub(crate) struct Cli {
+    #[command(subcommand)]
+    pub(crate) command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum Command {
+    /// Publish messages (declaring the exchange, queue and binding named).
+    Publish(PublishArgs),
+    /// Consume messages and print them.
+    Consume(ConsumeArgs),
+    /// Show queue depths by lane, bytes, unacked, consumers and counters.
+    Stat(StatArgs),
+    /// Drop every ready message of a queue.
+    Purge(PurgeArgs),
+    /// Measure throughput and latency, optionally next to peers.
+    Bench(BenchArgs),
+}
+
+/// Exchange types.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum Kind {
+    Direct,
+    Topic,
+    Fanout,
+    Headers,
+}
+
+impl From<Kind> for dashi::ExchangeKind {
+    fn from(k: Kind) -> Self {
+        match k {
+            Kind::Direct => dashi::ExchangeKind::Direct,
+            Kind::Topic => dashi::ExchangeKind::Topic,
+            Kind::Fanout => dashi::ExchangeKind::Fanout,
+            Kind::Headers => dashi::ExchangeKind::Headers,
+        }
+    }
+}
+
+/// What the exchange / queue / binding flags of publish and consume name.
+#[derive(Debug, Clone, Args)]
+pub(crate) struct Topology {
+    /// Exchange to declare and use (default: the default exchange "").
+    #[arg(long)]
+    pub(crate) exchange: Option<String>,
+    /// Exchange type.
+    #[arg(
+        long = "type",
+        value_enum,
+        default_value = "direct",
+        requires = "exchange"
+    )]
+    pub(crate) kind: Kind,
+    /// Highest priority of the queue (0..=255).
+    #[arg(long)]
+    pub(crate) max_priority: Option<u8>,
+    /// Binding key of the queue on the exchange.
+    #[arg(long, requires = "exchange")]
+    pub(crate) binding_key: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct PublishArgs {
+    /// Transport URL.
+    pub(crate) url: String,
+    #[command(flatten)]
+    pub(crate) topology: Topology,
+    /// Routing key (default: the queue name with the default exchange, else "").
+    #[arg(long)]
+    pub(crate) routing_key: Option<String>,
+    /// Queue to declare (and bind to --exchange).
+    #[arg(long)]
+    pub(crate) queue: Option<String>,
+    /// Priority of each message (higher = more urgent).
+    #[arg(long)]
+    pub(crate) priority: Option<u8>,
+    /// How many messages.
+    #[arg(long, default_value_t = 1)]
+    pub(crate) count: u64,
+    /// Body of this many bytes.
+    #[arg(long, group = "payload")]
+    pub(crate) size: Option<usize>,
+    /// Body text.
+    #[arg(long, group = "payload")]
+    pub(crate) body: Option<String>,
+    /// Body read from a file.
+    #[arg(long, group = "payload")]
+    pub(crate) body_file: Option<PathBuf>,
+    /// Header K=V (repeatable).
+    #[arg(long = "header", value_name = "K=V")]
+    pub(crate) headers: Vec<String>,
+    /// Content type.
+    #[arg(long)]
+    pub(crate) content_type: Option<String>,
+    /// Fail when no queue takes the message.
+    #[arg(long)]
+    pub(crate) mandatory: bool,
+}
+
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("mode").args(["ack", "no_ack", "reject", "requeue", "leave_unacked"])))]
+pub(crate) struct ConsumeArgs {
+    /// Transport URL.
+    pub(crate) url: String,
+    /// Queue to consume (declared if missing).
+    #[arg(long)]
+    pub(crate) queue: String,
+    #[command(flatten)]
+    pub(crate) topology: Topology,
+    /// Stop after this many messages (0 = until --timeout).
+    #[arg(long, default_value_t = 0)]
+    pub(crate) count: u64,
+    /// Stop after this many seconds without a message.
+    #[arg(long)]
+    pub(crate) timeout: Option<f64>,
+    /// Prefetch window in messages.
+    #[arg(long)]
+    pub(crate) prefetch: Option<u32>,
+    /// Ack each message (the default).
+    #[arg(long)]
+    pub(crate) ack: bool,
+    /// Consume in no-ack mode.
+    #[arg(long)]
+    pub(crate) no_ack: bool,
+    /// Reject each message without requeue (dead-letter).
+    #[arg(long)]
+    pub(crate) reject: bool,
+    /// Reject each message with requeue.
+    #[arg(long)]
+    pub(crate) requeue: bool,
+    /// Exit without acking and without closing the channel, as a crashed
+    /// consumer would.
+    #[arg(long)]
+    pub(crate) leave_unacked: bool,
+    /// One JSON object per message per line.
+    #[arg(long)]
+    pub(crate) json: bool,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct StatArgs {
+    /// Transport URL.
+    pub(crate) url: String,
+    /// Only this queue.
+    #[arg(long)]
+    pub(crate) queue: Option<String>,
+    /// JSON output.
+    #[arg(long)]
+    pub(crate) json: bool,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct PurgeArgs {
+    /// Transport URL.
+    pub(crate) url: String,
+    /// Queue to purge.
+    #[arg(long)]
+    pub(crate) queue: String,
+}
+
+#[derive(Debug, Clone, Args)]
+pub(crate) struct BenchArgs {
+    /// Transport URL.
+    pub(crate) url: String,
+    /// Messages in all.
+    #[arg(long, default_value_t = 200_000)]
+    pub(crate) messages: u64,
+    /// Body size in bytes (at least 8: the send time rides in the body).
+    #[arg(long, default_value_t = 64)]
+    pub(crate) size: usize,
+    /// Producer threads.
+    #[arg(long, default_value_t = 1)]
+    pub(crate) producers: usize,
+    /// Consumer threads.
+    #[arg(long, default_value_t = 1)]
+    pub(crate) consumers: usize,
+    /// Priority levels used round-robin (1 = no priorities, up to 256).
+    #[arg(long, default_value_t = 1)]
+    pub(crate) priorities: u16,
+    /// Also run the peers and limits that fit the transport, in this run.
+    #[arg(long)]
+    pub(crate) compare: bool,
+    /// JSON output.
+    #[arg(long)]
+    pub(crate) json: bool,
+    /// Write an SVG chart of throughput and latency here.
+    #[arg(long, value_name = "FILE.svg")]
+    pub(crate) plot: Option<PathBuf>,
+}

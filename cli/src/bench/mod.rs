@@ -1,0 +1,176 @@
+//! `dashi bench`: P producers and C consumers move N messages with acks through
+//! a transport, with a progress bar, and report throughput and publish→deliver
+//! latency percentiles (hdrhistogram). `--compare` runs the peer or limit that
+//! fits the transport in the same process run, doing the same work.
+
+mod crossbeam_peer;
+mod dashi_run;
+mod kombu_peer;
+mod plot;
+mod report;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use indicatif::{ProgressBar, ProgressStyle};
+
+use crate::args::BenchArgs;
+pub(crate) use report::{Report, Skipped};
+
+/// What every run (dashi or peer) is asked to do.
+#[derive(Debug, Clone)]
+pub(crate) struct Workload {
+    pub(crate) url: String,
+    pub(crate) messages: u64,
+    pub(crate) size: usize,
+    pub(crate) producers: usize,
+    pub(crate) consumers: usize,
+    pub(crate) priorities: u16,
+}
+
+impl Workload {
+    /// Messages producer `i` sends (the remainder goes to the first ones).
+    pub(crate) fn share(&self, i: usize) -> u64 {
+        let p = self.producers as u64;
+        self.messages / p + u64::from((i as u64) < self.messages % p)
+    }
+
+    /// Priority of the `k`-th message of a producer.
+    pub(crate) fn priority(&self, k: u64) -> Option<u8> {
+        (self.priorities > 1).then(|| (k % u64::from(self.priorities)) as u8)
+    }
+}
+
+static EPOCH: OnceLock<Instant> = OnceLock::new();
+
+/// Nanoseconds since the harness started (shared by every thread).
+pub(crate) fn now_ns() -> u64 {
+    EPOCH.get_or_init(Instant::now).elapsed().as_nanos() as u64
+}
+
+/// A body of `size` bytes whose first 8 carry the send time.
+pub(crate) fn stamped_body(size: usize) -> bytes::Bytes {
+    let mut v = vec![0xA5u8; size];
+    v[..8].copy_from_slice(&now_ns().to_le_bytes());
+    bytes::Bytes::from(v)
+}
+
+/// Publish→deliver latency of a stamped body, in microseconds.
+pub(crate) fn latency_us(body: &[u8]) -> u64 {
+    let sent = body
+        .get(..8)
+        .and_then(|b| b.try_into().ok())
+        .map(u64::from_le_bytes)
+        .unwrap_or(0);
+    now_ns().saturating_sub(sent) / 1_000
+}
+
+/// A latency histogram from 1 µs to 1 hour, 3 significant digits.
+pub(crate) fn histogram() -> hdrhistogram::Histogram<u64> {
+    hdrhistogram::Histogram::new_with_bounds(1, 3_600_000_000, 3)
+        .expect("constant histogram bounds are valid")
+}
+
+/// A progress bar on stderr (hidden when stderr is not a terminal), fed from a
+/// shared counter by a ticker thread until `done` is set.
+pub(crate) struct Progress {
+    done: Arc<AtomicU64>,
+    ticker: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Progress {
+    pub(crate) fn start(label: &str, total: u64, count: Arc<AtomicU64>) -> Progress {
+        let bar = ProgressBar::new(total);
+        bar.set_style(
+            ProgressStyle::with_template(
+                "{prefix:>24} [{bar:30}] {pos}/{len} msgs, {per_sec}, eta {eta}",
+            )
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
+        );
+        bar.set_prefix(label.to_owned());
+        let done = Arc::new(AtomicU64::new(0));
+        let d = done.clone();
+        let ticker = std::thread::spawn(move || {
+            while d.load(Ordering::Relaxed) == 0 {
+                bar.set_position(count.load(Ordering::Relaxed).min(total));
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            bar.finish_and_clear();
+        });
+        Progress {
+            done,
+            ticker: Some(ticker),
+        }
+    }
+}
+
+impl Drop for Progress {
+    fn drop(&mut self) {
+        self.done.store(1, Ordering::Relaxed);
+        if let Some(t) = self.ticker.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+pub(crate) fn run(a: BenchArgs) -> Result<(), String> {
+    if a.messages == 0 {
+        return Err("--messages must be at least 1".into());
+    }
+    if a.size < 8 {
+        return Err("--size must be at least 8 bytes (the send time rides in the body)".into());
+    }
+    if a.producers == 0 || a.consumers == 0 {
+        return Err("--producers and --consumers must be at least 1".into());
+    }
+    if a.priorities == 0 || a.priorities > 256 {
+        return Err("--priorities must be between 1 and 256".into());
+    }
+    let w = Workload {
+        url: a.url.clone(),
+        messages: a.messages,
+        size: a.size,
+        producers: a.producers,
+        consumers: a.consumers,
+        priorities: a.priorities,
+    };
+    now_ns();
+    let scheme = dashi::ConnectUrl::parse(&w.url)
+        .map(|u| u.scheme)
+        .map_err(|e| e.to_string())?;
+    let dashi = dashi_run::run(&w)?;
+    let mut peers = Vec::new();
+    let mut skipped = Vec::new();
+    if a.compare {
+        match scheme.as_str() {
+            "memory" => {
+                peers.push(crossbeam_peer::run(&w)?);
+                match kombu_peer::run(&w, "memory://") {
+                    Ok(r) => peers.push(r),
+                    Err(s) => skipped.push(s),
+                }
+            }
+            other => skipped.push(Skipped {
+                peer: format!("peers for {other}://"),
+                reason: "no peer is defined for this transport yet".into(),
+            }),
+        }
+    }
+    for s in &skipped {
+        eprintln!("dashi: bench: skipped {}: {}", s.peer, s.reason);
+    }
+    if a.json {
+        println!("{}", report::json(&dashi, &peers, &skipped, a.compare));
+    } else {
+        print!("{}", report::human(&w, &dashi, &peers));
+    }
+    if let Some(path) = &a.plot {
+        plot::write(path, &dashi, &peers)?;
+        if !a.json {
+            println!("chart written to {}", path.display());
+        }
+    }
+    Ok(())
+}

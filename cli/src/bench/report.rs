@@ -1,0 +1,150 @@
+//! The shape of a bench result, as text and as JSON.
+
+use std::fmt::Write as _;
+use std::time::Duration;
+
+use serde_json::json;
+
+use super::Workload;
+
+/// One run's figures.
+#[derive(Debug, Clone)]
+pub(crate) struct Report {
+    /// What ran: "memory://", "crossbeam-channel", "kombu memory://".
+    pub(crate) transport: String,
+    pub(crate) messages: u64,
+    pub(crate) size: usize,
+    pub(crate) producers: usize,
+    pub(crate) consumers: usize,
+    pub(crate) elapsed: Duration,
+    /// p50, p90, p99, p99.9, max in microseconds.
+    pub(crate) latency_us: [f64; 5],
+}
+
+/// A peer that could not run, and why.
+#[derive(Debug, Clone)]
+pub(crate) struct Skipped {
+    pub(crate) peer: String,
+    pub(crate) reason: String,
+}
+
+impl Report {
+    pub(crate) fn from_histogram(
+        transport: impl Into<String>,
+        w: &Workload,
+        elapsed: Duration,
+        h: &hdrhistogram::Histogram<u64>,
+    ) -> Report {
+        let q = |p: f64| h.value_at_quantile(p) as f64;
+        Report {
+            transport: transport.into(),
+            messages: w.messages,
+            size: w.size,
+            producers: w.producers,
+            consumers: w.consumers,
+            elapsed,
+            latency_us: [q(0.5), q(0.9), q(0.99), q(0.999), h.max() as f64],
+        }
+    }
+
+    pub(crate) fn msgs_per_sec(&self) -> f64 {
+        self.messages as f64 / self.elapsed.as_secs_f64().max(1e-9)
+    }
+
+    pub(crate) fn mb_per_sec(&self) -> f64 {
+        self.msgs_per_sec() * self.size as f64 / 1e6
+    }
+
+    fn json(&self) -> serde_json::Value {
+        let [p50, p90, p99, p999, max] = self.latency_us;
+        json!({
+            "transport": self.transport,
+            "messages": self.messages,
+            "size": self.size,
+            "producers": self.producers,
+            "consumers": self.consumers,
+            "msgs_per_sec": self.msgs_per_sec(),
+            "mb_per_sec": self.mb_per_sec(),
+            "latency_us": {"p50": p50, "p90": p90, "p99": p99, "p999": p999, "max": max},
+        })
+    }
+}
+
+/// `ratio` = dashi's throughput / the peer's (above 1: dashi is faster).
+pub(crate) fn json(dashi: &Report, peers: &[Report], skipped: &[Skipped], compare: bool) -> String {
+    let mut v = dashi.json();
+    if compare {
+        v["peers"] = peers
+            .iter()
+            .map(|p| {
+                let mut o = p.json();
+                o["ratio"] = json!(dashi.msgs_per_sec() / p.msgs_per_sec().max(1e-9));
+                o
+            })
+            .collect();
+        v["skipped"] = skipped
+            .iter()
+            .map(|s| json!({"peer": s.peer, "reason": s.reason}))
+            .collect();
+    }
+    v.to_string()
+}
+
+fn rate(x: f64) -> String {
+    if x >= 1e6 {
+        format!("{:.2} M", x / 1e6)
+    } else if x >= 1e3 {
+        format!("{:.1} k", x / 1e3)
+    } else {
+        format!("{x:.0} ")
+    }
+}
+
+pub(crate) fn human(w: &Workload, dashi: &Report, peers: &[Report]) -> String {
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "{} messages x {} B, {} producer(s), {} consumer(s){}, acks",
+        w.messages,
+        w.size,
+        w.producers,
+        w.consumers,
+        if w.priorities > 1 {
+            format!(", {} priorities", w.priorities)
+        } else {
+            String::new()
+        }
+    );
+    let _ = writeln!(
+        s,
+        "{:<26} {:>12} {:>10} {:>9} {:>9} {:>9} {:>9} {:>9} {:>8}",
+        "run", "msgs/s", "MB/s", "p50 µs", "p90 µs", "p99 µs", "p99.9 µs", "max µs", "ratio"
+    );
+    for (r, ratio) in std::iter::once((dashi, None)).chain(
+        peers
+            .iter()
+            .map(|p| (p, Some(dashi.msgs_per_sec() / p.msgs_per_sec().max(1e-9)))),
+    ) {
+        let [p50, p90, p99, p999, max] = r.latency_us;
+        let _ = writeln!(
+            s,
+            "{:<26} {:>12} {:>10.1} {:>9} {:>9} {:>9} {:>9} {:>9} {:>8}",
+            r.transport,
+            format!("{}msg/s", rate(r.msgs_per_sec())),
+            r.mb_per_sec(),
+            p50,
+            p90,
+            p99,
+            p999,
+            max,
+            ratio.map_or("".into(), |x| format!("{x:.2}x"))
+        );
+    }
+    if !peers.is_empty() {
+        let _ = writeln!(
+            s,
+            "ratio = dashi msgs/s ÷ the peer's, same run, same machine"
+        );
+    }
+    s
+}

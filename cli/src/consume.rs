@@ -1,0 +1,136 @@
+//! `dashi consume`: reads through a delivery stream, so exactly `--count`
+//! messages leave the queue (a push consumer could take a whole prefetch
+//! window at once), while `--prefetch` still bounds what is unacked.
+
+use std::io::Write;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, Wake, Waker};
+use std::time::{Duration, Instant};
+
+use dashi::{ConsumerOptions, Delivery, DeliveryStream, Headers};
+
+use crate::args::ConsumeArgs;
+use crate::body::{connect, declare, delivery_json};
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    Ack,
+    NoAck,
+    Reject,
+    Requeue,
+    LeaveUnacked,
+}
+
+struct Unpark(std::thread::Thread);
+
+impl Wake for Unpark {
+    fn wake(self: Arc<Self>) {
+        self.0.unpark()
+    }
+}
+
+/// The next delivery, waiting up to `timeout` (`None` = forever). `Ok(None)`
+/// on timeout; `Err` when the stream ended (queue deleted, connection closed).
+fn next(
+    stream: &mut DeliveryStream,
+    waker: &Waker,
+    timeout: Option<Duration>,
+) -> Result<Option<Delivery>, String> {
+    use dashi::futures_core::Stream;
+    let deadline = timeout.map(|t| Instant::now() + t);
+    let mut cx = Context::from_waker(waker);
+    loop {
+        match Pin::new(&mut *stream).poll_next(&mut cx) {
+            Poll::Ready(Some(d)) => return Ok(Some(d)),
+            Poll::Ready(None) => {
+                return Err("the consumer ended: queue deleted or connection closed".into())
+            }
+            Poll::Pending => match deadline {
+                None => std::thread::park(),
+                Some(d) => {
+                    let now = Instant::now();
+                    if now >= d {
+                        return Ok(None);
+                    }
+                    std::thread::park_timeout(d - now);
+                }
+            },
+        }
+    }
+}
+
+pub(crate) fn run(a: ConsumeArgs) -> Result<(), String> {
+    let mode = if a.no_ack {
+        Mode::NoAck
+    } else if a.reject {
+        Mode::Reject
+    } else if a.requeue {
+        Mode::Requeue
+    } else if a.leave_unacked {
+        Mode::LeaveUnacked
+    } else {
+        Mode::Ack
+    };
+    let timeout = match a.timeout {
+        Some(t) if !(t.is_finite() && t >= 0.0) => {
+            return Err(format!("--timeout {t} is not a number of seconds"))
+        }
+        Some(t) => Some(Duration::from_secs_f64(t)),
+        None => None,
+    };
+    let conn = connect(&a.url)?;
+    let ch = conn.channel().map_err(|e| e.to_string())?;
+    declare(&ch, &a.topology, Some(&a.queue), &a.queue, Headers::new())?;
+    let mut opts = ConsumerOptions::new(a.queue.clone()).no_ack(mode == Mode::NoAck);
+    if let Some(p) = a.prefetch {
+        if p == 0 {
+            return Err("--prefetch must be at least 1".into());
+        }
+        opts = opts.prefetch_count(p);
+    }
+    let mut stream = ch.stream(opts).map_err(|e| e.to_string())?;
+    let waker = Waker::from(Arc::new(Unpark(std::thread::current())));
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    let mut seen = 0u64;
+    while a.count == 0 || seen < a.count {
+        let Some(d) = next(&mut stream, &waker, timeout)? else {
+            break;
+        };
+        seen += 1;
+        let line = if a.json {
+            delivery_json(&d).to_string()
+        } else {
+            format!(
+                "[{}] queue={} exchange={:?} routing_key={:?} priority={} redelivered={} body={}",
+                d.delivery_tag(),
+                d.queue(),
+                d.exchange(),
+                d.routing_key(),
+                d.priority(),
+                d.redelivered(),
+                String::from_utf8_lossy(d.body())
+            )
+        };
+        writeln!(out, "{line}").map_err(|e| format!("writing to stdout: {e}"))?;
+        let settled = match mode {
+            Mode::Ack => d.ack(),
+            Mode::Reject => d.reject(false),
+            Mode::Requeue => d.reject(true),
+            Mode::NoAck | Mode::LeaveUnacked => Ok(()),
+        };
+        settled.map_err(|e| format!("settling delivery {}: {e}", d.delivery_tag()))?;
+        if mode == Mode::LeaveUnacked {
+            // Keep it unacked until the process is gone.
+            std::mem::forget(d);
+        }
+    }
+    out.flush().map_err(|e| format!("writing to stdout: {e}"))?;
+    if mode == Mode::LeaveUnacked {
+        // Leave as a crashed consumer would: no ack, no graceful channel
+        // close, no destructors.
+        std::process::exit(0);
+    }
+    Ok(())
+}

@@ -1,0 +1,67 @@
+//! `dashi publish`.
+
+use bytes::Bytes;
+use dashi::{Headers, Message};
+
+use crate::args::{Kind, PublishArgs};
+use crate::body::{connect, declare, parse_headers};
+
+pub(crate) fn run(a: PublishArgs) -> Result<(), String> {
+    let headers = parse_headers(&a.headers)?;
+    let body: Bytes = match (&a.size, &a.body, &a.body_file) {
+        (Some(n), _, _) => Bytes::from(vec![b'x'; *n]),
+        (_, Some(text), _) => Bytes::from(text.clone()),
+        (_, _, Some(path)) => std::fs::read(path)
+            .map(Bytes::from)
+            .map_err(|e| format!("reading --body-file {}: {e}", path.display()))?,
+        _ => Bytes::new(),
+    };
+    let exchange = a.topology.exchange.clone().unwrap_or_default();
+    let routing_key = match (&a.routing_key, &a.queue) {
+        (Some(rk), _) => rk.clone(),
+        (None, Some(q)) if exchange.is_empty() => q.clone(),
+        _ => String::new(),
+    };
+    let conn = connect(&a.url)?;
+    let ch = conn.channel().map_err(|e| e.to_string())?;
+    let binding_args = if a.topology.kind == Kind::Headers {
+        headers.clone()
+    } else {
+        Headers::new()
+    };
+    declare(
+        &ch,
+        &a.topology,
+        a.queue.as_deref(),
+        &routing_key,
+        binding_args,
+    )?;
+    let dropped_before = conn.stats().counters().dropped_unroutable;
+    let producer = ch.producer().with_exchange(exchange.clone());
+    for i in 0..a.count {
+        let mut m = Message::new(body.clone());
+        m.properties.headers = headers.clone();
+        m.properties.content_type = a.content_type.clone();
+        m.properties.priority = a.priority;
+        let r = if a.mandatory {
+            producer.publish_mandatory(m, &routing_key)
+        } else {
+            producer.publish(m, &routing_key)
+        };
+        r.map_err(|e| format!("publish {} of {} failed: {e}", i + 1, a.count))?;
+    }
+    let unroutable = conn.stats().counters().dropped_unroutable - dropped_before;
+    println!(
+        "published {} message{} to exchange {:?} with routing key {:?}{}",
+        a.count,
+        if a.count == 1 { "" } else { "s" },
+        exchange,
+        routing_key,
+        if unroutable > 0 {
+            format!(" ({unroutable} matched no queue and were dropped)")
+        } else {
+            String::new()
+        }
+    );
+    Ok(())
+}

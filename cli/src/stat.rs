@@ -1,0 +1,117 @@
+//! `dashi stat` and `dashi purge`.
+
+use dashi::{CounterSnapshot, QueueStats};
+use serde_json::json;
+
+use crate::args::{PurgeArgs, StatArgs};
+use crate::body::connect;
+
+fn queue_json(q: &QueueStats) -> serde_json::Value {
+    json!({
+        "name": q.name,
+        "messages": q.messages,
+        "depth_by_lane": q.depth_by_lane,
+        "bytes": q.bytes,
+        "unacked": q.unacked,
+        "consumers": q.consumers,
+    })
+}
+
+fn counters_json(c: &CounterSnapshot) -> serde_json::Value {
+    json!({
+        "published": c.published,
+        "routed": c.routed,
+        "dropped_unroutable": c.dropped_unroutable,
+        "delivered": c.delivered,
+        "acked": c.acked,
+        "rejected": c.rejected,
+        "redelivered": c.redelivered,
+        "restored": c.restored,
+        "expired": c.expired,
+        "dead_lettered": c.dead_lettered,
+        "dropped_overflow": c.dropped_overflow,
+        "dropped_dead_letter": c.dropped_dead_letter,
+    })
+}
+
+pub(crate) fn run(a: StatArgs) -> Result<(), String> {
+    let conn = connect(&a.url)?;
+    let stats = conn.stats();
+    let queues = match &a.queue {
+        Some(q) => vec![stats
+            .queue(q)
+            .ok_or_else(|| format!("unknown queue {q:?}"))?],
+        None => stats.queues(),
+    };
+    let counters = stats.counters();
+    if a.json {
+        let v = json!({
+            "transport": conn.transport().scheme(),
+            "queues": queues.iter().map(queue_json).collect::<Vec<_>>(),
+            "counters": counters_json(&counters),
+        });
+        println!("{v}");
+        return Ok(());
+    }
+    println!(
+        "{:<32} {:>10} {:>12} {:>9} {:>9}  depth by lane (priority:count)",
+        "queue", "messages", "bytes", "unacked", "consumers"
+    );
+    for q in &queues {
+        let lanes: Vec<String> = q
+            .depth_by_lane
+            .iter()
+            .enumerate()
+            .filter(|(_, n)| **n > 0)
+            .map(|(p, n)| format!("{p}:{n}"))
+            .collect();
+        println!(
+            "{:<32} {:>10} {:>12} {:>9} {:>9}  {}",
+            q.name,
+            q.messages,
+            q.bytes,
+            q.unacked,
+            q.consumers,
+            if lanes.is_empty() {
+                "-".into()
+            } else {
+                lanes.join(" ")
+            }
+        );
+    }
+    if queues.is_empty() {
+        println!("(no queues)");
+    }
+    let c = counters;
+    println!(
+        "counters: published {} routed {} dropped_unroutable {} delivered {} acked {} rejected {} \
+         redelivered {} restored {} expired {} dead_lettered {} dropped_overflow {} dropped_dead_letter {}",
+        c.published,
+        c.routed,
+        c.dropped_unroutable,
+        c.delivered,
+        c.acked,
+        c.rejected,
+        c.redelivered,
+        c.restored,
+        c.expired,
+        c.dead_lettered,
+        c.dropped_overflow,
+        c.dropped_dead_letter
+    );
+    Ok(())
+}
+
+pub(crate) fn purge(a: PurgeArgs) -> Result<(), String> {
+    let conn = connect(&a.url)?;
+    let ch = conn.channel().map_err(|e| e.to_string())?;
+    let n = ch
+        .queue_purge(&a.queue)
+        .map_err(|e| format!("purging {:?}: {e}", a.queue))?;
+    println!(
+        "purged {n} message{} from {:?}",
+        if n == 1 { "" } else { "s" },
+        a.queue
+    );
+    Ok(())
+}

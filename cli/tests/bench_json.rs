@@ -1,0 +1,129 @@
+//! `dashi bench`: JSON shape, the crossbeam-channel peer (and Kombu's when it
+//! is importable) from the same run, ratios, the human table and the SVG chart.
+
+mod common;
+use common::*;
+
+fn check_run(v: &serde_json::Value, size: u64, messages: u64) {
+    assert_eq!(v["messages"], messages);
+    assert_eq!(v["size"], size);
+    assert_eq!(v["producers"], 2);
+    assert_eq!(v["consumers"], 2);
+    assert!(v["msgs_per_sec"].as_f64().unwrap() > 0.0, "{v}");
+    assert!(v["mb_per_sec"].as_f64().unwrap() > 0.0, "{v}");
+    let l = &v["latency_us"];
+    let p: Vec<f64> = ["p50", "p90", "p99", "p999", "max"]
+        .iter()
+        .map(|k| {
+            l[*k]
+                .as_f64()
+                .unwrap_or_else(|| panic!("latency_us.{k} in {v}"))
+        })
+        .collect();
+    assert!(
+        p.windows(2).all(|w| w[0] <= w[1]),
+        "percentiles not ordered: {p:?}"
+    );
+    assert!(p[0] >= 1.0);
+}
+
+#[test]
+fn compare_json_reports_dashi_and_crossbeam_from_one_run() {
+    let o = dashi(&[
+        "bench",
+        "memory://",
+        "--messages",
+        "3000",
+        "--size",
+        "128",
+        "--producers",
+        "2",
+        "--consumers",
+        "2",
+        "--priorities",
+        "4",
+        "--compare",
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_str(stdout(&o).trim()).unwrap();
+    assert_eq!(v["transport"], "dashi memory://");
+    check_run(&v, 128, 3000);
+    let peers = v["peers"].as_array().unwrap();
+    let cb = peers
+        .iter()
+        .find(|p| p["transport"] == "crossbeam-channel")
+        .expect("crossbeam-channel peer");
+    check_run(cb, 128, 3000);
+    let ratio = cb["ratio"].as_f64().unwrap();
+    let expect = v["msgs_per_sec"].as_f64().unwrap() / cb["msgs_per_sec"].as_f64().unwrap();
+    assert!((ratio - expect).abs() < 1e-6 * expect.max(1.0));
+    let kombu_importable = std::process::Command::new("python3")
+        .args(["-c", "import kombu"])
+        .status()
+        .is_ok_and(|s| s.success());
+    let kombu = peers.iter().find(|p| {
+        p["transport"]
+            .as_str()
+            .is_some_and(|t| t.starts_with("kombu "))
+    });
+    if kombu_importable {
+        let k = kombu.expect("kombu peer when kombu is importable");
+        check_run(k, 128, 3000);
+        assert!(k["ratio"].as_f64().unwrap() > 0.0);
+    } else {
+        assert!(kombu.is_none());
+        let skipped = v["skipped"].as_array().unwrap();
+        assert!(skipped.iter().any(|s| s["reason"]
+            .as_str()
+            .unwrap()
+            .contains("kombu is not importable")));
+        assert!(stderr(&o).contains("kombu is not importable"));
+    }
+}
+
+#[test]
+fn plain_run_json_has_no_peers_and_the_table_reads_well() {
+    let o = dashi(&["bench", "memory://", "--messages", "1000", "--json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_str(stdout(&o).trim()).unwrap();
+    assert!(v.get("peers").is_none());
+    assert_eq!(v["producers"], 1);
+    let o = dashi(&["bench", "memory://", "--messages", "1000"]);
+    assert!(o.status.success());
+    let text = stdout(&o);
+    assert!(
+        text.contains("dashi memory://") && text.contains("msg/s"),
+        "{text}"
+    );
+}
+
+#[test]
+fn plot_writes_an_svg_chart() {
+    let dir = std::env::temp_dir().join(format!("dashi-plot-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("chart.svg");
+    let o = dashi(&[
+        "bench",
+        "memory://",
+        "--messages",
+        "1000",
+        "--compare",
+        "--plot",
+        path.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let svg = std::fs::read_to_string(&path).unwrap();
+    assert!(svg.starts_with("<svg"), "{}", &svg[..svg.len().min(100)]);
+    assert!(svg.contains("crossbeam-channel") && svg.contains("dashi memory://"));
+    let _ = std::fs::remove_dir_all(&dir);
+    let bad = dashi(&[
+        "bench",
+        "memory://",
+        "--messages",
+        "10",
+        "--plot",
+        "/nonexistent-dir/x.svg",
+    ]);
+    one_line_error(&bad);
+}
