@@ -33,6 +33,10 @@ mod notify;
 mod producer;
 pub mod queue;
 pub mod routing;
+// io_uring submission, eventfd writes and CPU pinning need `unsafe`; every
+// block in `rt` carries a SAFETY note.
+#[allow(unsafe_code)]
+pub mod rt;
 mod simple;
 mod stats;
 mod stream;
