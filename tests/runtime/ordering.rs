@@ -5,11 +5,13 @@ use std::sync::{Arc, Mutex};
 
 use super::runtime;
 
+/// Per core, the (thread, sequence) pairs in the order the core ran them.
+type Log = Arc<Vec<Mutex<Vec<(usize, u32)>>>>;
+
 #[test]
 fn per_thread_order_is_kept_on_every_core() {
     let rt = Arc::new(runtime(3));
-    let log: Arc<Vec<Mutex<Vec<(usize, u32)>>>> =
-        Arc::new((0..rt.cores()).map(|_| Mutex::new(Vec::new())).collect());
+    let log: Log = Arc::new((0..rt.cores()).map(|_| Mutex::new(Vec::new())).collect());
     let threads: Vec<_> = (0..6)
         .map(|t| {
             let (rt, log) = (rt.clone(), log.clone());

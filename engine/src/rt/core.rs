@@ -356,6 +356,30 @@ fn run(shared: &Arc<CoreShared>, exec: &mut Executor, cfg: &RuntimeConfig) -> st
         let idle = LOCAL_READY.with(|r| r.borrow().is_empty())
             && shared.inbox.is_empty()
             && shared.remote_ready.is_empty();
+        if idle && deadline.is_none() && !cfg.idle_spin.is_zero() {
+            // Poll for a while before sleeping: work that arrives now costs
+            // neither the submitter nor this core a syscall.
+            let until = Instant::now() + cfg.idle_spin;
+            let mut spins = 0u32;
+            let woke = loop {
+                if !shared.inbox.is_empty()
+                    || !shared.remote_ready.is_empty()
+                    || shared.stopping.load(Relaxed)
+                    || reactor::with(|r| r.has_completions()).unwrap_or(false)
+                {
+                    break true;
+                }
+                spins += 1;
+                if spins % 64 == 0 && Instant::now() >= until {
+                    break false;
+                }
+                std::hint::spin_loop();
+            };
+            if woke {
+                reactor::with(|r| r.reap());
+                continue;
+            }
+        }
         if idle {
             shared.doorbell.prepare_sleep();
             let still_idle = shared.inbox.is_empty()

@@ -104,6 +104,10 @@ pub struct RuntimeConfig {
     pub ring_entries: u32,
     /// How long shutdown waits for tasks before failing them.
     pub shutdown_timeout: Duration,
+    /// How long an idle core polls its queues and completion ring before it
+    /// sleeps in `io_uring_enter` (waking a sleeping thread costs tens of µs
+    /// on a VM; polling costs CPU). Zero = sleep at once.
+    pub idle_spin: Duration,
     /// Report io_uring as unavailable with this reason instead of probing
     /// (for testing the paths that handle it).
     #[doc(hidden)]
@@ -117,6 +121,7 @@ impl Default for RuntimeConfig {
             pin: false,
             ring_entries: 256,
             shutdown_timeout: Duration::from_secs(3),
+            idle_spin: Duration::from_micros(50),
             simulate_unavailable: None,
         }
     }
@@ -136,6 +141,11 @@ impl RuntimeConfig {
     /// Sets the shutdown time.
     pub fn with_shutdown_timeout(mut self, d: Duration) -> Self {
         self.shutdown_timeout = d;
+        self
+    }
+    /// Sets how long an idle core polls before sleeping.
+    pub fn with_idle_spin(mut self, d: Duration) -> Self {
+        self.idle_spin = d;
         self
     }
     /// Sets the ring size.

@@ -237,6 +237,11 @@ impl Reactor {
         n
     }
 
+    /// True when a CQE is waiting (no syscall).
+    pub(crate) fn has_completions(&mut self) -> bool {
+        !self.ring.completion().is_empty()
+    }
+
     /// Blocks until a CQE arrives: an operation completes, a submitter writes
     /// the eventfd, or `until` passes.
     pub(crate) fn wait(&mut self, until: Option<Instant>) -> std::io::Result<()> {
