@@ -133,3 +133,35 @@ fn dropping_an_operation_early_is_safe() {
 }
 
 use std::future::Future as _;
+
+#[test]
+fn sockets_send_and_receive_through_the_ring() {
+    let rt = runtime(1);
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let echo = std::thread::spawn(move || {
+        use std::io::{Read, Write};
+        let (mut s, _) = listener.accept().unwrap();
+        let mut buf = [0u8; 5];
+        s.read_exact(&mut buf).unwrap();
+        s.write_all(&buf).unwrap();
+    });
+    let sock = std::sync::Arc::new(std::net::TcpStream::connect(addr).unwrap());
+    let got = rt
+        .spawn(0, move || async move {
+            let (n, _) = io::send(&sock, b"hello".to_vec()).await;
+            assert_eq!(n.unwrap(), 5);
+            let mut back = Vec::new();
+            while back.len() < 5 {
+                let (n, buf) = io::recv(&sock, vec![0u8; 16]).await;
+                let n = n.unwrap();
+                assert!(n > 0, "peer closed early");
+                back.extend_from_slice(&buf[..n]);
+            }
+            back
+        })
+        .wait()
+        .unwrap();
+    assert_eq!(got, b"hello");
+    echo.join().unwrap();
+}

@@ -1,9 +1,10 @@
 //! Operations for tasks running on a core: each builds one SQE on the core's
 //! ring and completes when its CQE arrives. Buffers are owned (passed in and
-//! handed back), so nothing the kernel writes to can be freed under it.
+//! handed back), so nothing the kernel writes to can be freed under it, and the
+//! file or socket is held (`Arc`) until the CQE, so its descriptor number
+//! cannot be reused under an in-flight operation.
 //! Called off a core thread, they fail with [`RtError::NotOnCore`](super::RtError).
 
-use std::fs::File;
 use std::future::Future;
 use std::io;
 use std::os::fd::AsRawFd;
@@ -81,12 +82,16 @@ pub async fn nop() -> io::Result<()> {
 }
 
 /// Writes `buf` at `offset`; returns the bytes written and the buffer.
-pub async fn write_at(file: &Arc<File>, buf: Vec<u8>, offset: u64) -> (io::Result<usize>, Vec<u8>) {
+pub async fn write_at<F: AsRawFd + Send + Sync + 'static>(
+    file: &Arc<F>,
+    buf: Vec<u8>,
+    offset: u64,
+) -> (io::Result<usize>, Vec<u8>) {
     let len = buf.len().min(u32::MAX as usize) as u32;
     let fd = types::Fd(file.as_raw_fd());
     let res = Resources {
         buf: Some(buf),
-        file: Some(file.clone()),
+        file: Some(file.clone() as Arc<dyn AsRawFd + Send + Sync>),
         timespec: None,
     };
     let op = match start(res, |r| {
@@ -102,8 +107,8 @@ pub async fn write_at(file: &Arc<File>, buf: Vec<u8>, offset: u64) -> (io::Resul
 
 /// Reads into `buf` (its length is the most read) at `offset`; returns the
 /// bytes read and the buffer.
-pub async fn read_at(
-    file: &Arc<File>,
+pub async fn read_at<F: AsRawFd + Send + Sync + 'static>(
+    file: &Arc<F>,
     mut buf: Vec<u8>,
     offset: u64,
 ) -> (io::Result<usize>, Vec<u8>) {
@@ -112,7 +117,7 @@ pub async fn read_at(
     let ptr = buf.as_mut_ptr();
     let res = Resources {
         buf: Some(buf),
-        file: Some(file.clone()),
+        file: Some(file.clone() as Arc<dyn AsRawFd + Send + Sync>),
         timespec: None,
     };
     // `ptr` points into the Vec's heap buffer, which moving the Vec into the
@@ -128,10 +133,10 @@ pub async fn read_at(
 }
 
 /// `fdatasync(2)` through the ring.
-pub async fn fdatasync(file: &Arc<File>) -> io::Result<()> {
+pub async fn fdatasync<F: AsRawFd + Send + Sync + 'static>(file: &Arc<F>) -> io::Result<()> {
     let fd = types::Fd(file.as_raw_fd());
     let res = Resources {
-        file: Some(file.clone()),
+        file: Some(file.clone() as Arc<dyn AsRawFd + Send + Sync>),
         ..Resources::default()
     };
     let (n, _) = start(res, |_| {
@@ -144,10 +149,15 @@ pub async fn fdatasync(file: &Arc<File>) -> io::Result<()> {
 }
 
 /// `fallocate(2)` through the ring (`mode` 0 = allocate and extend).
-pub async fn fallocate(file: &Arc<File>, offset: u64, len: u64, mode: i32) -> io::Result<()> {
+pub async fn fallocate<F: AsRawFd + Send + Sync + 'static>(
+    file: &Arc<F>,
+    offset: u64,
+    len: u64,
+    mode: i32,
+) -> io::Result<()> {
     let fd = types::Fd(file.as_raw_fd());
     let res = Resources {
-        file: Some(file.clone()),
+        file: Some(file.clone() as Arc<dyn AsRawFd + Send + Sync>),
         ..Resources::default()
     };
     let (n, _) = start(res, |_| {
@@ -158,6 +168,53 @@ pub async fn fallocate(file: &Arc<File>, offset: u64, len: u64, mode: i32) -> io
     })?
     .await;
     check(n).map(|_| ())
+}
+
+/// Sends `buf` on a connected socket; returns the bytes sent and the buffer.
+pub async fn send<S: AsRawFd + Send + Sync + 'static>(
+    socket: &Arc<S>,
+    buf: Vec<u8>,
+) -> (io::Result<usize>, Vec<u8>) {
+    let len = buf.len().min(u32::MAX as usize) as u32;
+    let fd = types::Fd(socket.as_raw_fd());
+    let res = Resources {
+        buf: Some(buf),
+        file: Some(socket.clone() as Arc<dyn AsRawFd + Send + Sync>),
+        timespec: None,
+    };
+    let op = match start(res, |r| {
+        let ptr = r.buf.as_ref().map_or(std::ptr::null(), |b| b.as_ptr());
+        opcode::Send::new(fd, ptr, len)
+            .flags(libc::MSG_NOSIGNAL)
+            .build()
+    }) {
+        Ok(op) => op,
+        Err(e) => return (Err(e), Vec::new()),
+    };
+    let (n, res) = op.await;
+    (check(n).map(|n| n as usize), res.buf.unwrap_or_default())
+}
+
+/// Receives into `buf` (its length is the most read) from a socket; returns
+/// the bytes received (0 = the peer closed) and the buffer.
+pub async fn recv<S: AsRawFd + Send + Sync + 'static>(
+    socket: &Arc<S>,
+    mut buf: Vec<u8>,
+) -> (io::Result<usize>, Vec<u8>) {
+    let len = buf.len().min(u32::MAX as usize) as u32;
+    let fd = types::Fd(socket.as_raw_fd());
+    let ptr = buf.as_mut_ptr();
+    let res = Resources {
+        buf: Some(buf),
+        file: Some(socket.clone() as Arc<dyn AsRawFd + Send + Sync>),
+        timespec: None,
+    };
+    let op = match start(res, |_| opcode::Recv::new(fd, ptr, len).build()) {
+        Ok(op) => op,
+        Err(e) => return (Err(e), Vec::new()),
+    };
+    let (n, res) = op.await;
+    (check(n).map(|n| n as usize), res.buf.unwrap_or_default())
 }
 
 /// Sleeps on the core's ring (an `IORING_OP_TIMEOUT`, no timer thread).

@@ -15,6 +15,8 @@ pub(crate) const REQUIRED: &[(u8, &str)] = &[
     (opcode::Fallocate::CODE, "FALLOCATE"),
     (opcode::Timeout::CODE, "TIMEOUT"),
     (opcode::AsyncCancel::CODE, "ASYNC_CANCEL"),
+    (opcode::Send::CODE, "SEND"),
+    (opcode::Recv::CODE, "RECV"),
 ];
 
 /// Turns an `io_uring_setup` failure into a sentence a user can act on.

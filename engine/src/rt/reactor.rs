@@ -14,7 +14,7 @@
 //!   per-operation syscall.
 
 use std::cell::RefCell;
-use std::fs::File;
+use std::os::fd::AsRawFd;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
@@ -30,13 +30,13 @@ const EVENTFD: u64 = u64::MAX;
 const IGNORED: u64 = u64::MAX - 1;
 
 /// What an operation's SQE points to, kept alive until its CQE.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub(crate) struct Resources {
     pub(crate) buf: Option<Vec<u8>>,
     // Held, never read: keeps the descriptor open until the CQE arrives, so a
     // dropped future cannot let its fd number be reused under the kernel.
     #[allow(dead_code)]
-    pub(crate) file: Option<Arc<File>>,
+    pub(crate) file: Option<Arc<dyn AsRawFd + Send + Sync>>,
     pub(crate) timespec: Option<Box<types::Timespec>>,
 }
 
