@@ -193,6 +193,15 @@ impl Connection {
         }
     }
 
+    /// `Err` when the connection can no longer work: closed, or its transport
+    /// failed (for the I/O transports, a runtime core that panicked).
+    pub fn health(&self) -> Result<(), Error> {
+        if self.shared.is_closed() {
+            return Err(Error::ConnectionClosed);
+        }
+        self.shared.transport.health()
+    }
+
     /// True until closed.
     pub fn is_open(&self) -> bool {
         !self.shared.is_closed()

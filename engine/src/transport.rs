@@ -181,6 +181,11 @@ pub trait Transport: Send + Sync + fmt::Debug {
     fn publish(&self, envelope: Envelope, mandatory: bool) -> Result<(), PublishError>;
     /// A connection closed: its exclusive queues go.
     fn connection_closed(&self, owner: ConnectionId);
+    /// `Err` when the transport can no longer do its work (a core of its
+    /// runtime panicked, its store failed); memory:// is always healthy.
+    fn health(&self) -> Result<(), Error> {
+        Ok(())
+    }
     /// Event counters.
     fn counters(&self) -> &Counters;
     /// Figures of one queue.

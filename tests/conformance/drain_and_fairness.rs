@@ -149,6 +149,7 @@ fn channels_of_a_closed_connection_refuse_work() {
         let ch = c.channel().unwrap();
         queue(&ch, "q");
         assert!(c.is_open() && ch.is_open());
+        c.health().unwrap();
         c.close();
         assert!(!ch.is_open());
         assert!(matches!(
