@@ -1,6 +1,6 @@
-//! Property test: random sequences of publish / get / ack / reject / requeue /
-//! channel close / lease expiry, checked step by step against a small reference
-//! model of the semantics. Every get must return exactly the message the model
+//! Property test: random sequences of publish / get / push-consumer drain /
+//! ack / reject / requeue / channel close / lease expiry, checked step by step
+//! against a small reference model of the semantics. Every get must return exactly the message the model
 //! predicts (strict priority, FIFO per lane, restored to the front, redelivered
 //! flag), and at the end every published message has been consumed exactly once.
 
@@ -8,11 +8,17 @@ use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use dashi::{AckError, Channel, Connection, Delivery, Message, Queue, Settled};
+use std::sync::{Arc, Mutex};
+
+use dashi::{
+    AckError, Channel, Connection, Consumer, ConsumerOptions, Delivery, Message, Queue, Settled,
+};
 use proptest::prelude::*;
 
 const MAX_PRIORITY: u8 = 3;
 const CHANNELS: usize = 2;
+/// Prefetch window of the push consumer on channel 0.
+const PREFETCH: usize = 3;
 
 #[derive(Debug, Clone)]
 enum Op {
@@ -22,6 +28,8 @@ enum Op {
     Get {
         ch: usize,
     },
+    /// `drain_events` for the push consumer on channel 0.
+    Drain,
     Ack {
         ch: usize,
         pick: usize,
@@ -45,6 +53,7 @@ fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
         4 => (0..=MAX_PRIORITY).prop_map(|priority| Op::Publish { priority }),
         4 => ch.clone().prop_map(|ch| Op::Get { ch }),
+        2 => Just(Op::Drain),
         2 => (ch.clone(), any::<usize>()).prop_map(|(ch, pick)| Op::Ack { ch, pick }),
         2 => (ch.clone(), any::<usize>(), any::<bool>())
             .prop_map(|(ch, pick, requeue)| Op::Reject { ch, pick, requeue }),
@@ -103,6 +112,16 @@ fn run(ops: Vec<Op>) {
     let producer = admin.producer();
     let mut channels: Vec<Channel> = (0..CHANNELS).map(|_| conn.channel().unwrap()).collect();
     let mut held: Vec<Vec<Delivery>> = (0..CHANNELS).map(|_| Vec::new()).collect();
+    let inbox: Arc<Mutex<Vec<Delivery>>> = Arc::new(Mutex::new(Vec::new()));
+    let subscribe = |ch: &Channel| -> Consumer {
+        let inbox = inbox.clone();
+        ch.consume(
+            ConsumerOptions::new("q").prefetch_count(PREFETCH as u32),
+            move |d| inbox.lock().unwrap().push(d),
+        )
+        .unwrap()
+    };
+    let mut consumer = Some(subscribe(&channels[0]));
     let mut model = Model::new();
     let mut next_id = 0u64;
 
@@ -129,6 +148,26 @@ fn run(ops: Vec<Op>) {
                         held[ch].push(d);
                     }
                     (want, got) => panic!("model {want:?}, queue {:?}", got.map(|d| id_of(&d))),
+                }
+            }
+            Op::Drain => {
+                let in_window = held[0]
+                    .iter()
+                    .filter(|d| d.consumer_tag().is_some())
+                    .count();
+                let ready: usize = model.lanes.iter().map(VecDeque::len).sum();
+                let expect = (PREFETCH - in_window).min(ready);
+                match conn.drain_events(Some(Duration::ZERO)) {
+                    Ok(n) => assert_eq!(n, expect),
+                    Err(e) => assert!(e.is_timeout() && expect == 0, "{e}"),
+                }
+                let got: Vec<Delivery> = inbox.lock().unwrap().drain(..).collect();
+                assert_eq!(got.len(), expect);
+                for d in got {
+                    let ((id, redelivered), lane) = model.pop().unwrap();
+                    assert_eq!((id_of(&d), d.redelivered()), (id, redelivered));
+                    model.outstanding[0].push((id, lane));
+                    held[0].push(d);
                 }
             }
             Op::Ack { ch, pick } => {
@@ -158,6 +197,11 @@ fn run(ops: Vec<Op>) {
             Op::Close { ch } => {
                 let fresh = conn.channel().unwrap();
                 std::mem::replace(&mut channels[ch], fresh).close();
+                if ch == 0 {
+                    // The consumer went with its channel; subscribe again.
+                    drop(consumer.take());
+                    consumer = Some(subscribe(&channels[0]));
+                }
                 for d in held[ch].drain(..) {
                     assert!(matches!(
                         d.ack(),
@@ -210,6 +254,7 @@ fn run(ops: Vec<Op>) {
         }
     }
     // Close everything, then drain: every message consumed exactly once.
+    drop(consumer);
     for (ch, c) in channels.into_iter().enumerate() {
         c.close();
         let items = std::mem::take(&mut model.outstanding[ch]);
