@@ -24,35 +24,47 @@ struct Reaper {
     thread: Thread,
 }
 
-static REAPER: OnceLock<Arc<Reaper>> = OnceLock::new();
+static REAPER: OnceLock<Option<Arc<Reaper>>> = OnceLock::new();
 
 const MIN_PERIOD_US: u64 = 1_000;
 const MAX_PERIOD_US: u64 = 1_000_000;
 
-fn reaper() -> &'static Arc<Reaper> {
-    REAPER.get_or_init(|| {
-        let (tx, rx) = std::sync::mpsc::channel::<Arc<Reaper>>();
-        let handle = std::thread::Builder::new()
-            .name("dashi-lease-reaper".into())
-            .spawn(move || {
-                let Ok(r) = rx.recv() else { return };
-                run(&r)
-            })
-            .expect("spawning the lease reaper thread");
-        let r = Arc::new(Reaper {
-            channels: Mutex::new(Vec::new()),
-            period_us: AtomicU64::new(MAX_PERIOD_US),
-            thread: handle.thread().clone(),
-        });
-        let _ = tx.send(r.clone());
-        r
-    })
+/// The process's reaper, started on first use; `None` if its thread could not
+/// be started (logged: leases then only end by ack or channel close).
+fn reaper() -> Option<&'static Arc<Reaper>> {
+    REAPER
+        .get_or_init(|| {
+            let (tx, rx) = std::sync::mpsc::channel::<Arc<Reaper>>();
+            let spawned = std::thread::Builder::new()
+                .name("dashi-lease-reaper".into())
+                .spawn(move || {
+                    if let Ok(r) = rx.recv() {
+                        run(&r)
+                    }
+                });
+            match spawned {
+                Ok(handle) => {
+                    let r = Arc::new(Reaper {
+                        channels: Mutex::new(Vec::new()),
+                        period_us: AtomicU64::new(MAX_PERIOD_US),
+                        thread: handle.thread().clone(),
+                    });
+                    let _ = tx.send(r.clone());
+                    Some(r)
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot start the lease reaper thread; leases will not expire");
+                    None
+                }
+            }
+        })
+        .as_ref()
 }
 
 /// Registers a channel that holds leased deliveries, whose shortest lease is
 /// `lease`.
 pub(crate) fn watch(channel: &Arc<ChannelShared>, lease: Duration) {
-    let r = reaper();
+    let Some(r) = reaper() else { return };
     let period = (lease.as_micros() as u64 / 4).clamp(MIN_PERIOD_US, MAX_PERIOD_US);
     {
         let mut list = r.channels.lock();

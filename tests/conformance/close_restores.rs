@@ -35,21 +35,9 @@ fn channel_close_restores_unacked_to_front_in_order() {
             })
         ));
         drop(cc);
-        let got: Vec<(String, bool)> =
-            std::iter::from_fn(|| admin.get("q", std::time::Duration::ZERO).unwrap())
-                .map(|d| {
-                    d.ack().unwrap();
-                    (body(&d), d.redelivered())
-                })
-                .collect();
         assert_eq!(
-            got,
-            [
-                ("0".into(), true),
-                ("2".into(), true),
-                ("3".into(), false),
-                ("4".into(), false)
-            ]
+            drain_flags(&admin, "q"),
+            flags(&[("0", true), ("2", true), ("3", false), ("4", false)])
         );
         assert_eq!(c.stats().counters().restored, 2);
     });

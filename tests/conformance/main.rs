@@ -74,6 +74,21 @@ pub fn drain_bodies(ch: &Channel, q: &str) -> Vec<String> {
     out
 }
 
+/// Drains a queue with `get`, acking, and returns (body, redelivered) pairs.
+pub fn drain_flags(ch: &Channel, q: &str) -> Vec<(String, bool)> {
+    let mut out = Vec::new();
+    while let Some(d) = ch.get(q, Duration::ZERO).unwrap() {
+        out.push((body(&d), d.redelivered()));
+        d.ack().unwrap();
+    }
+    out
+}
+
+/// `(body, redelivered)` pairs from string literals, for comparisons.
+pub fn flags(pairs: &[(&str, bool)]) -> Vec<(String, bool)> {
+    pairs.iter().map(|(b, r)| (b.to_string(), *r)).collect()
+}
+
 pub fn body(d: &Delivery) -> String {
     String::from_utf8(d.body().to_vec()).unwrap()
 }

@@ -71,21 +71,9 @@ fn nack_multiple_requeues_in_tag_order() {
         }
         let ds: Vec<_> = (0..3).map(|_| must_get(&ch, "q")).collect();
         ds[2].nack_multiple(true).unwrap();
-        let got: Vec<(String, bool)> =
-            std::iter::from_fn(|| ch.get("q", std::time::Duration::ZERO).unwrap())
-                .map(|d| {
-                    d.ack().unwrap();
-                    (body(&d), d.redelivered())
-                })
-                .collect();
         assert_eq!(
-            got,
-            [
-                ("a".into(), true),
-                ("b".into(), true),
-                ("c".into(), true),
-                ("d".into(), false)
-            ]
+            drain_flags(&ch, "q"),
+            flags(&[("a", true), ("b", true), ("c", true), ("d", false)])
         );
     });
 }

@@ -81,55 +81,59 @@ pub async fn nop() -> io::Result<()> {
     check(res).map(|_| ())
 }
 
+/// An operation on a held descriptor with an owned buffer: the SQE is built
+/// from the buffer's address as it sits in the operation's slot, and the
+/// buffer comes back with the result.
+async fn buffer_op<F: AsRawFd + Send + Sync + 'static>(
+    fd_owner: &Arc<F>,
+    buf: Vec<u8>,
+    build: impl FnOnce(types::Fd, *mut u8, u32) -> io_uring::squeue::Entry,
+) -> (io::Result<usize>, Vec<u8>) {
+    let fd = types::Fd(fd_owner.as_raw_fd());
+    let res = Resources {
+        buf: Some(buf),
+        file: Some(fd_owner.clone() as Arc<dyn AsRawFd + Send + Sync>),
+        timespec: None,
+    };
+    let op = start(res, |r| {
+        // The Vec's heap buffer does not move while the slot owns the Vec.
+        let (ptr, len) = r.buf.as_mut().map_or((std::ptr::null_mut(), 0), |b| {
+            (b.as_mut_ptr(), b.len().min(u32::MAX as usize) as u32)
+        });
+        build(fd, ptr, len)
+    });
+    match op {
+        Ok(op) => {
+            let (n, res) = op.await;
+            (check(n).map(|n| n as usize), res.buf.unwrap_or_default())
+        }
+        Err(e) => (Err(e), Vec::new()),
+    }
+}
+
 /// Writes `buf` at `offset`; returns the bytes written and the buffer.
 pub async fn write_at<F: AsRawFd + Send + Sync + 'static>(
     file: &Arc<F>,
     buf: Vec<u8>,
     offset: u64,
 ) -> (io::Result<usize>, Vec<u8>) {
-    let len = buf.len().min(u32::MAX as usize) as u32;
-    let fd = types::Fd(file.as_raw_fd());
-    let res = Resources {
-        buf: Some(buf),
-        file: Some(file.clone() as Arc<dyn AsRawFd + Send + Sync>),
-        timespec: None,
-    };
-    let op = match start(res, |r| {
-        let ptr = r.buf.as_ref().map_or(std::ptr::null(), |b| b.as_ptr());
+    buffer_op(file, buf, |fd, ptr, len| {
         opcode::Write::new(fd, ptr, len).offset(offset).build()
-    }) {
-        Ok(op) => op,
-        Err(e) => return (Err(e), Vec::new()),
-    };
-    let (n, res) = op.await;
-    (check(n).map(|n| n as usize), res.buf.unwrap_or_default())
+    })
+    .await
 }
 
 /// Reads into `buf` (its length is the most read) at `offset`; returns the
 /// bytes read and the buffer.
 pub async fn read_at<F: AsRawFd + Send + Sync + 'static>(
     file: &Arc<F>,
-    mut buf: Vec<u8>,
+    buf: Vec<u8>,
     offset: u64,
 ) -> (io::Result<usize>, Vec<u8>) {
-    let len = buf.len().min(u32::MAX as usize) as u32;
-    let fd = types::Fd(file.as_raw_fd());
-    let ptr = buf.as_mut_ptr();
-    let res = Resources {
-        buf: Some(buf),
-        file: Some(file.clone() as Arc<dyn AsRawFd + Send + Sync>),
-        timespec: None,
-    };
-    // `ptr` points into the Vec's heap buffer, which moving the Vec into the
-    // slot does not move.
-    let op = match start(res, |_| {
+    buffer_op(file, buf, |fd, ptr, len| {
         opcode::Read::new(fd, ptr, len).offset(offset).build()
-    }) {
-        Ok(op) => op,
-        Err(e) => return (Err(e), Vec::new()),
-    };
-    let (n, res) = op.await;
-    (check(n).map(|n| n as usize), res.buf.unwrap_or_default())
+    })
+    .await
 }
 
 /// `fdatasync(2)` through the ring.
@@ -175,46 +179,24 @@ pub async fn send<S: AsRawFd + Send + Sync + 'static>(
     socket: &Arc<S>,
     buf: Vec<u8>,
 ) -> (io::Result<usize>, Vec<u8>) {
-    let len = buf.len().min(u32::MAX as usize) as u32;
-    let fd = types::Fd(socket.as_raw_fd());
-    let res = Resources {
-        buf: Some(buf),
-        file: Some(socket.clone() as Arc<dyn AsRawFd + Send + Sync>),
-        timespec: None,
-    };
-    let op = match start(res, |r| {
-        let ptr = r.buf.as_ref().map_or(std::ptr::null(), |b| b.as_ptr());
+    buffer_op(socket, buf, |fd, ptr, len| {
         opcode::Send::new(fd, ptr, len)
             .flags(libc::MSG_NOSIGNAL)
             .build()
-    }) {
-        Ok(op) => op,
-        Err(e) => return (Err(e), Vec::new()),
-    };
-    let (n, res) = op.await;
-    (check(n).map(|n| n as usize), res.buf.unwrap_or_default())
+    })
+    .await
 }
 
 /// Receives into `buf` (its length is the most read) from a socket; returns
 /// the bytes received (0 = the peer closed) and the buffer.
 pub async fn recv<S: AsRawFd + Send + Sync + 'static>(
     socket: &Arc<S>,
-    mut buf: Vec<u8>,
+    buf: Vec<u8>,
 ) -> (io::Result<usize>, Vec<u8>) {
-    let len = buf.len().min(u32::MAX as usize) as u32;
-    let fd = types::Fd(socket.as_raw_fd());
-    let ptr = buf.as_mut_ptr();
-    let res = Resources {
-        buf: Some(buf),
-        file: Some(socket.clone() as Arc<dyn AsRawFd + Send + Sync>),
-        timespec: None,
-    };
-    let op = match start(res, |_| opcode::Recv::new(fd, ptr, len).build()) {
-        Ok(op) => op,
-        Err(e) => return (Err(e), Vec::new()),
-    };
-    let (n, res) = op.await;
-    (check(n).map(|n| n as usize), res.buf.unwrap_or_default())
+    buffer_op(socket, buf, |fd, ptr, len| {
+        opcode::Recv::new(fd, ptr, len).build()
+    })
+    .await
 }
 
 /// Sleeps on the core's ring (an `IORING_OP_TIMEOUT`, no timer thread).
