@@ -80,3 +80,33 @@ fn join_handles_are_futures_too() {
         Err(dashi::rt::RtError::NoSuchCore { core: 5, cores: 1 })
     ));
 }
+
+#[test]
+fn pinned_cores_run_on_one_cpu_each() {
+    let rt = dashi::rt::Runtime::start(
+        dashi::rt::RuntimeConfig::default()
+            .with_cores(2)
+            .with_pinning(true),
+    )
+    .unwrap();
+    let cpus = std::thread::available_parallelism().unwrap().get();
+    for core in 0..2 {
+        let allowed = rt
+            .spawn(core, || async {
+                // SAFETY: a zeroed cpu_set_t is valid; sched_getaffinity fills it.
+                let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+                // SAFETY: pid 0 = this thread; the size matches the set.
+                let rc = unsafe {
+                    libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set)
+                };
+                assert_eq!(rc, 0);
+                // SAFETY: CPU_ISSET reads one bit of the set for an index below CPU_SETSIZE.
+                (0..64)
+                    .filter(|c| unsafe { libc::CPU_ISSET(*c, &set) })
+                    .collect::<Vec<_>>()
+            })
+            .wait()
+            .unwrap();
+        assert_eq!(allowed, vec![core % cpus]);
+    }
+}
