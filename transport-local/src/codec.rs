@@ -1,0 +1,570 @@
+//! The record payload: exchange, routing key, properties and body, in a
+//! versioned binary layout (see `FORMAT.md`). The decoder is total: any byte
+//! string gives either a message or a precise [`DecodeError`], never a panic,
+//! and nesting and sizes are bounded so garbage cannot exhaust memory. The
+//! body is returned as a slice of the input `Bytes` (no copy), so a record read
+//! from a memory mapping stays zero-copy.
+
+use std::time::Duration;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use dashi_engine::message::{DeliveryMode, Message, Properties};
+use dashi_engine::value::{Headers, Value};
+
+/// Payload layout version written by this code.
+pub const VERSION: u8 = 1;
+/// Deepest nesting of header lists and tables.
+pub const MAX_DEPTH: usize = 32;
+
+const F_CONTENT_TYPE: u16 = 1 << 0;
+const F_CONTENT_ENCODING: u16 = 1 << 1;
+const F_HEADERS: u16 = 1 << 2;
+const F_TRANSIENT: u16 = 1 << 3;
+const F_PRIORITY: u16 = 1 << 4;
+const F_CORRELATION_ID: u16 = 1 << 5;
+const F_REPLY_TO: u16 = 1 << 6;
+const F_EXPIRATION: u16 = 1 << 7;
+const F_MESSAGE_ID: u16 = 1 << 8;
+const F_TIMESTAMP: u16 = 1 << 9;
+const F_KNOWN: u16 = (1 << 10) - 1;
+
+/// A decoded payload.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Payload {
+    /// Exchange it was published to.
+    pub exchange: String,
+    /// Routing key it was published with.
+    pub routing_key: String,
+    /// Body (a slice of the decoded buffer) and properties.
+    pub message: Message,
+}
+
+/// Why a payload could not be encoded.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum EncodeError {
+    /// A string longer than its field allows.
+    #[error("{field} is {len} bytes long, the limit is {max}")]
+    TooLong {
+        /// Which field.
+        field: &'static str,
+        /// Its length.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// Headers nested deeper than [`MAX_DEPTH`].
+    #[error("headers nest deeper than {MAX_DEPTH} levels")]
+    TooDeep,
+}
+
+/// Why bytes are not a payload.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum DecodeError {
+    /// The payload ends before a field does.
+    #[error("truncated at byte {at}: {need} more bytes needed")]
+    Truncated {
+        /// Offset of the field.
+        at: usize,
+        /// Bytes missing.
+        need: usize,
+    },
+    /// A layout version this code does not read.
+    #[error("payload version {0} is not supported (this build reads version {VERSION})")]
+    UnknownVersion(u8),
+    /// Property flags with unknown bits.
+    #[error("unknown property flags {0:#06x}")]
+    UnknownFlags(u16),
+    /// A header value with an unknown type tag.
+    #[error("unknown value tag {tag} at byte {at}")]
+    BadTag {
+        /// Offset.
+        at: usize,
+        /// The tag.
+        tag: u8,
+    },
+    /// Text that is not UTF-8.
+    #[error("text at byte {at} is not UTF-8")]
+    BadUtf8 {
+        /// Offset.
+        at: usize,
+    },
+    /// Headers nested deeper than [`MAX_DEPTH`].
+    #[error("headers nest deeper than {MAX_DEPTH} levels")]
+    TooDeep,
+    /// Bytes left after the body.
+    #[error("{0} bytes after the end of the payload")]
+    Trailing(usize),
+}
+
+fn put_str8(out: &mut BytesMut, field: &'static str, s: &str) -> Result<(), EncodeError> {
+    let len = u8::try_from(s.len()).map_err(|_| EncodeError::TooLong {
+        field,
+        len: s.len(),
+        max: u8::MAX as usize,
+    })?;
+    out.put_u8(len);
+    out.put_slice(s.as_bytes());
+    Ok(())
+}
+
+fn put_str16(out: &mut BytesMut, field: &'static str, s: &str) -> Result<(), EncodeError> {
+    let len = u16::try_from(s.len()).map_err(|_| EncodeError::TooLong {
+        field,
+        len: s.len(),
+        max: u16::MAX as usize,
+    })?;
+    out.put_u16_le(len);
+    out.put_slice(s.as_bytes());
+    Ok(())
+}
+
+fn put_len32(out: &mut BytesMut, field: &'static str, n: usize) -> Result<(), EncodeError> {
+    let n = u32::try_from(n).map_err(|_| EncodeError::TooLong {
+        field,
+        len: n,
+        max: u32::MAX as usize,
+    })?;
+    out.put_u32_le(n);
+    Ok(())
+}
+
+fn put_value(out: &mut BytesMut, v: &Value, depth: usize) -> Result<(), EncodeError> {
+    if depth > MAX_DEPTH {
+        return Err(EncodeError::TooDeep);
+    }
+    match v {
+        Value::Null => out.put_u8(0),
+        Value::Bool(b) => {
+            out.put_u8(1);
+            out.put_u8(u8::from(*b));
+        }
+        Value::Int(i) => {
+            out.put_u8(2);
+            out.put_i64_le(*i);
+        }
+        Value::Float(f) => {
+            out.put_u8(3);
+            out.put_u64_le(f.to_bits());
+        }
+        Value::Str(s) => {
+            out.put_u8(4);
+            put_len32(out, "header string", s.len())?;
+            out.put_slice(s.as_bytes());
+        }
+        Value::Bytes(b) => {
+            out.put_u8(5);
+            put_len32(out, "header bytes", b.len())?;
+            out.put_slice(b);
+        }
+        Value::List(l) => {
+            out.put_u8(6);
+            put_len32(out, "header list", l.len())?;
+            for x in l {
+                put_value(out, x, depth + 1)?;
+            }
+        }
+        Value::Table(t) => {
+            out.put_u8(7);
+            put_table(out, t, depth + 1)?;
+        }
+        // `Value` is non-exhaustive; every variant this build knows is above.
+        #[allow(unreachable_patterns)]
+        _ => out.put_u8(0),
+    }
+    Ok(())
+}
+
+fn put_table(out: &mut BytesMut, t: &Headers, depth: usize) -> Result<(), EncodeError> {
+    if depth > MAX_DEPTH {
+        return Err(EncodeError::TooDeep);
+    }
+    put_len32(out, "header table", t.len())?;
+    for (k, v) in t {
+        put_str16(out, "header key", k)?;
+        put_value(out, v, depth)?;
+    }
+    Ok(())
+}
+
+/// Encodes a payload. The body is copied once, into the returned buffer
+/// (which the transport then copies into its log).
+pub fn encode(exchange: &str, routing_key: &str, m: &Message) -> Result<Bytes, EncodeError> {
+    let p = &m.properties;
+    let mut out = BytesMut::with_capacity(64 + m.body.len());
+    out.put_u8(VERSION);
+    put_str8(&mut out, "exchange", exchange)?;
+    put_str8(&mut out, "routing key", routing_key)?;
+    let mut flags = 0u16;
+    let set = |cond: bool, bit: u16, flags: &mut u16| {
+        if cond {
+            *flags |= bit
+        }
+    };
+    set(p.content_type.is_some(), F_CONTENT_TYPE, &mut flags);
+    set(p.content_encoding.is_some(), F_CONTENT_ENCODING, &mut flags);
+    set(!p.headers.is_empty(), F_HEADERS, &mut flags);
+    set(
+        p.delivery_mode == DeliveryMode::Transient,
+        F_TRANSIENT,
+        &mut flags,
+    );
+    set(p.priority.is_some(), F_PRIORITY, &mut flags);
+    set(p.correlation_id.is_some(), F_CORRELATION_ID, &mut flags);
+    set(p.reply_to.is_some(), F_REPLY_TO, &mut flags);
+    set(p.expiration.is_some(), F_EXPIRATION, &mut flags);
+    set(p.message_id.is_some(), F_MESSAGE_ID, &mut flags);
+    set(p.timestamp.is_some(), F_TIMESTAMP, &mut flags);
+    out.put_u16_le(flags);
+    if let Some(s) = &p.content_type {
+        put_str16(&mut out, "content_type", s)?;
+    }
+    if let Some(s) = &p.content_encoding {
+        put_str16(&mut out, "content_encoding", s)?;
+    }
+    if !p.headers.is_empty() {
+        put_table(&mut out, &p.headers, 0)?;
+    }
+    if let Some(x) = p.priority {
+        out.put_u8(x);
+    }
+    if let Some(s) = &p.correlation_id {
+        put_str16(&mut out, "correlation_id", s)?;
+    }
+    if let Some(s) = &p.reply_to {
+        put_str16(&mut out, "reply_to", s)?;
+    }
+    if let Some(d) = p.expiration {
+        out.put_u64_le(d.as_millis().min(u64::MAX as u128) as u64);
+    }
+    if let Some(s) = &p.message_id {
+        put_str16(&mut out, "message_id", s)?;
+    }
+    if let Some(t) = p.timestamp {
+        out.put_u64_le(t);
+    }
+    put_len32(&mut out, "body", m.body.len())?;
+    out.put_slice(&m.body);
+    Ok(out.freeze())
+}
+
+struct Reader<'a> {
+    buf: &'a Bytes,
+    at: usize,
+}
+
+impl Reader<'_> {
+    fn take(&mut self, n: usize) -> Result<&[u8], DecodeError> {
+        let end = self.at.checked_add(n).filter(|e| *e <= self.buf.len());
+        match end {
+            Some(end) => {
+                let s = &self.buf[self.at..end];
+                self.at = end;
+                Ok(s)
+            }
+            None => Err(DecodeError::Truncated {
+                at: self.at,
+                need: n - (self.buf.len() - self.at).min(n),
+            }),
+        }
+    }
+    fn u8(&mut self) -> Result<u8, DecodeError> {
+        Ok(self.take(1)?[0])
+    }
+    fn u16(&mut self) -> Result<u16, DecodeError> {
+        let b = self.take(2)?;
+        Ok(u16::from_le_bytes([b[0], b[1]]))
+    }
+    fn u32(&mut self) -> Result<u32, DecodeError> {
+        let b = self.take(4)?;
+        Ok(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+    }
+    fn u64(&mut self) -> Result<u64, DecodeError> {
+        let b = self.take(8)?;
+        let mut a = [0u8; 8];
+        a.copy_from_slice(b);
+        Ok(u64::from_le_bytes(a))
+    }
+    fn text(&mut self, n: usize) -> Result<String, DecodeError> {
+        let at = self.at;
+        let b = self.take(n)?;
+        std::str::from_utf8(b)
+            .map(str::to_owned)
+            .map_err(|_| DecodeError::BadUtf8 { at })
+    }
+    fn str8(&mut self) -> Result<String, DecodeError> {
+        let n = self.u8()? as usize;
+        self.text(n)
+    }
+    fn str16(&mut self) -> Result<String, DecodeError> {
+        let n = self.u16()? as usize;
+        self.text(n)
+    }
+    /// A count of items that each take at least one byte: bounded by what is
+    /// left, so garbage cannot make us allocate much.
+    fn count(&mut self) -> Result<usize, DecodeError> {
+        let n = self.u32()? as usize;
+        let left = self.buf.len() - self.at;
+        if n > left {
+            return Err(DecodeError::Truncated {
+                at: self.at,
+                need: n - left,
+            });
+        }
+        Ok(n)
+    }
+    fn value(&mut self, depth: usize) -> Result<Value, DecodeError> {
+        if depth > MAX_DEPTH {
+            return Err(DecodeError::TooDeep);
+        }
+        let at = self.at;
+        Ok(match self.u8()? {
+            0 => Value::Null,
+            1 => Value::Bool(self.u8()? != 0),
+            2 => Value::Int(self.u64()? as i64),
+            3 => Value::Float(f64::from_bits(self.u64()?)),
+            4 => {
+                let n = self.u32()? as usize;
+                Value::Str(self.text(n)?)
+            }
+            5 => {
+                let n = self.u32()? as usize;
+                let start = self.at;
+                self.take(n)?;
+                Value::Bytes(self.buf.slice(start..start + n))
+            }
+            6 => {
+                let n = self.count()?;
+                let mut l = Vec::with_capacity(n);
+                for _ in 0..n {
+                    l.push(self.value(depth + 1)?);
+                }
+                Value::List(l)
+            }
+            7 => Value::Table(self.table(depth + 1)?),
+            tag => return Err(DecodeError::BadTag { at, tag }),
+        })
+    }
+    fn table(&mut self, depth: usize) -> Result<Headers, DecodeError> {
+        if depth > MAX_DEPTH {
+            return Err(DecodeError::TooDeep);
+        }
+        let n = self.count()?;
+        let mut t = Headers::new();
+        for _ in 0..n {
+            let k = self.str16()?;
+            let v = self.value(depth)?;
+            t.insert(k, v);
+        }
+        Ok(t)
+    }
+}
+
+/// Decodes a payload; the body is a slice of `buf` (no copy).
+pub fn decode(buf: &Bytes) -> Result<Payload, DecodeError> {
+    let mut r = Reader { buf, at: 0 };
+    let version = r.u8()?;
+    if version != VERSION {
+        return Err(DecodeError::UnknownVersion(version));
+    }
+    let exchange = r.str8()?;
+    let routing_key = r.str8()?;
+    let flags = r.u16()?;
+    if flags & !F_KNOWN != 0 {
+        return Err(DecodeError::UnknownFlags(flags));
+    }
+    let has = |bit| flags & bit != 0;
+    let mut p = Properties::default();
+    if has(F_CONTENT_TYPE) {
+        p.content_type = Some(r.str16()?);
+    }
+    if has(F_CONTENT_ENCODING) {
+        p.content_encoding = Some(r.str16()?);
+    }
+    if has(F_HEADERS) {
+        p.headers = r.table(0)?;
+    }
+    if has(F_TRANSIENT) {
+        p.delivery_mode = DeliveryMode::Transient;
+    }
+    if has(F_PRIORITY) {
+        p.priority = Some(r.u8()?);
+    }
+    if has(F_CORRELATION_ID) {
+        p.correlation_id = Some(r.str16()?);
+    }
+    if has(F_REPLY_TO) {
+        p.reply_to = Some(r.str16()?);
+    }
+    if has(F_EXPIRATION) {
+        p.expiration = Some(Duration::from_millis(r.u64()?));
+    }
+    if has(F_MESSAGE_ID) {
+        p.message_id = Some(r.str16()?);
+    }
+    if has(F_TIMESTAMP) {
+        p.timestamp = Some(r.u64()?);
+    }
+    let n = r.u32()? as usize;
+    let start = r.at;
+    r.take(n)?;
+    let body = buf.slice(start..start + n);
+    if r.at != buf.len() {
+        return Err(DecodeError::Trailing(buf.len() - r.at));
+    }
+    Ok(Payload {
+        exchange,
+        routing_key,
+        message: Message {
+            body,
+            properties: p,
+        },
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn full() -> Message {
+        let mut m = Message::new("the body")
+            .with_priority(7)
+            .with_content_type("application/json")
+            .with_header("s", "v")
+            .with_header("i", -5i64)
+            .with_header("f", 1.25)
+            .with_header("b", true)
+            .with_header("raw", Bytes::from_static(&[0, 255]))
+            .with_header(
+                "nested",
+                Value::List(vec![
+                    Value::Null,
+                    Value::Table(Headers::from([("k".into(), Value::from(1))])),
+                ]),
+            );
+        let p = &mut m.properties;
+        p.content_encoding = Some("utf-8".into());
+        p.delivery_mode = DeliveryMode::Transient;
+        p.correlation_id = Some("c".into());
+        p.reply_to = Some("r".into());
+        p.expiration = Some(Duration::from_millis(1500));
+        p.message_id = Some("m".into());
+        p.timestamp = Some(1_700_000_000);
+        m
+    }
+
+    #[test]
+    fn round_trip_every_property_and_share_the_body() {
+        let m = full();
+        let buf = encode("ex", "a.b", &m).unwrap();
+        let p = decode(&buf).unwrap();
+        assert_eq!((p.exchange.as_str(), p.routing_key.as_str()), ("ex", "a.b"));
+        assert_eq!(p.message, m);
+        // Zero-copy: the body points into the encoded buffer.
+        let off = p.message.body.as_ptr() as usize - buf.as_ptr() as usize;
+        assert_eq!(&buf[off..off + 8], b"the body");
+        let plain = encode("", "q", &Message::new("x")).unwrap();
+        assert_eq!(plain.len(), 1 + 1 + 2 + 2 + 4 + 1);
+        assert_eq!(decode(&plain).unwrap().message, Message::new("x"));
+    }
+
+    #[test]
+    fn precise_errors_on_bad_input() {
+        let good = encode("ex", "rk", &full()).unwrap();
+        for cut in 0..good.len() {
+            let e = decode(&good.slice(..cut)).unwrap_err();
+            assert!(matches!(e, DecodeError::Truncated { .. }), "cut {cut}: {e}");
+        }
+        let mut v = good.to_vec();
+        v[0] = 9;
+        assert_eq!(decode(&Bytes::from(v)), Err(DecodeError::UnknownVersion(9)));
+        let mut v = good.to_vec();
+        v.push(0);
+        assert_eq!(decode(&Bytes::from(v)), Err(DecodeError::Trailing(1)));
+        let bad_flags = Bytes::from_static(&[1, 0, 0, 0x00, 0x80]);
+        assert_eq!(decode(&bad_flags), Err(DecodeError::UnknownFlags(0x8000)));
+        let bad_utf8 = Bytes::from_static(&[1, 1, 0xff, 0]);
+        assert_eq!(decode(&bad_utf8), Err(DecodeError::BadUtf8 { at: 2 }));
+        // A header value with tag 99.
+        let bad_tag = Bytes::from_static(&[1, 0, 0, 4, 0, 1, 0, 0, 0, 1, 0, b'k', 99]);
+        assert_eq!(
+            decode(&bad_tag),
+            Err(DecodeError::BadTag { at: 12, tag: 99 })
+        );
+        // A list claiming 4 billion items in a short buffer does not allocate.
+        let huge = Bytes::from_static(&[
+            1, 0, 0, 4, 0, 1, 0, 0, 0, 1, 0, b'k', 6, 0xff, 0xff, 0xff, 0xff,
+        ]);
+        assert!(matches!(decode(&huge), Err(DecodeError::Truncated { .. })));
+    }
+
+    #[test]
+    fn nesting_and_lengths_are_bounded() {
+        let mut v = Value::Null;
+        for _ in 0..(MAX_DEPTH + 2) {
+            v = Value::List(vec![v]);
+        }
+        let m = Message::new("").with_header("deep", v);
+        assert_eq!(encode("", "", &m), Err(EncodeError::TooDeep));
+        let long = "x".repeat(256);
+        assert!(matches!(
+            encode(&long, "", &Message::new("")),
+            Err(EncodeError::TooLong {
+                field: "exchange",
+                len: 256,
+                max: 255
+            })
+        ));
+        // Deep nesting in garbage is refused, not followed.
+        let mut g = vec![1u8, 0, 0, 4, 0, 1, 0, 0, 0, 1, 0, b'k'];
+        for _ in 0..100 {
+            g.extend_from_slice(&[6, 1, 0, 0, 0]);
+        }
+        g.push(0);
+        assert_eq!(decode(&Bytes::from(g)), Err(DecodeError::TooDeep));
+    }
+
+    fn value() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            any::<i64>().prop_map(Value::Int),
+            any::<u64>().prop_map(|b| Value::Float(f64::from_bits(b & !(0x7ff << 52)))),
+            ".{0,8}".prop_map(Value::Str),
+            proptest::collection::vec(any::<u8>(), 0..8).prop_map(|v| Value::Bytes(v.into())),
+        ];
+        leaf.prop_recursive(4, 32, 4, |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..4).prop_map(Value::List),
+                proptest::collection::btree_map(".{0,4}", inner, 0..4).prop_map(Value::Table),
+            ]
+        })
+    }
+
+    proptest! {
+        #[test]
+        fn any_message_round_trips(
+            ex in ".{0,20}", rk in ".{0,20}", body in proptest::collection::vec(any::<u8>(), 0..64),
+            headers in proptest::collection::btree_map(".{0,6}", value(), 0..4),
+            prio in proptest::option::of(any::<u8>()), ts in proptest::option::of(any::<u64>()),
+        ) {
+            prop_assume!(ex.len() <= 255 && rk.len() <= 255);
+            let mut m = Message::new(body);
+            m.properties.headers = headers;
+            m.properties.priority = prio;
+            m.properties.timestamp = ts;
+            let buf = encode(&ex, &rk, &m).unwrap();
+            let p = decode(&buf).unwrap();
+            prop_assert_eq!(p.exchange, ex);
+            prop_assert_eq!(p.routing_key, rk);
+            prop_assert_eq!(p.message, m);
+        }
+
+        #[test]
+        fn garbage_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..256)) {
+            let _ = decode(&Bytes::from(bytes));
+        }
+    }
+}

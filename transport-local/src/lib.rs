@@ -1,0 +1,17 @@
+//! # dashi-transport-local
+//!
+//! The `local://` transport under construction: a memory-mapped durable log
+//! that several processes share without a broker. This crate holds the parts
+//! that are finished and tested; the on-disk format is documented in
+//! `FORMAT.md` beside this crate, one section per finished part:
+//!
+//! - [`codec`]: the record payload (exchange, routing key, properties, body),
+//!   a versioned binary encoding whose decoder never panics on garbage and
+//!   reads the body without copying.
+//! - [`names`]: queue and exchange names to file names and back, so no name
+//!   can escape or break the store directory.
+#![deny(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod codec;
+pub mod names;
