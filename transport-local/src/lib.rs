@@ -10,8 +10,16 @@
 //!   reads the body without copying.
 //! - [`names`]: queue and exchange names to file names and back, so no name
 //!   can escape or break the store directory.
+//! - [`segment`]: a preallocated, memory-mapped segment that processes append
+//!   to with a shared fetch-add, commit with a compare-and-swap, and scan with
+//!   self-describing, checksummed records; [`recovery`] checks one on open.
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 
 pub mod codec;
 pub mod names;
+pub mod recovery;
+// Atomics and copies on the shared mapping need `unsafe`; every block has a
+// SAFETY note.
+#[allow(unsafe_code)]
+pub mod segment;

@@ -1,0 +1,100 @@
+//! Recovery of a segment on open: walk the records from the start, verify each
+//! checksum, cut a torn tail, move corrupt records in the middle aside, and pad
+//! over holes left by dead writers, so that everything that was committed
+//! intact stays readable.
+//!
+//! Tail cutting and hole padding change shared state, so they run only with
+//! exclusive access to the store (`exclusive = true`, no other process has it
+//! open); without it recovery only reports.
+
+use crate::segment::{Segment, Slot, HEADER_LEN};
+
+/// What recovery found and did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RecoveryReport {
+    /// Intact records.
+    pub records: u64,
+    /// Padding records skipped.
+    pub padding: u64,
+    /// Holes of dead writers turned into padding.
+    pub holes_padded: u64,
+    /// Corrupt records moved aside: (offset, reason).
+    pub moved: Vec<(u64, &'static str)>,
+    /// Where the tail was cut (torn records dropped), if it was.
+    pub cut_at: Option<u64>,
+    /// End of the valid records.
+    pub end: u64,
+}
+
+/// Recovers `seg`. `quarantine(offset, bytes, reason)` receives the bytes of
+/// each corrupt record before it is marked moved; an error from it stops
+/// recovery (nothing is skipped unless its bytes were saved).
+pub fn recover(
+    seg: &Segment,
+    exclusive: bool,
+    mut quarantine: impl FnMut(u64, &[u8], &'static str) -> std::io::Result<()>,
+) -> std::io::Result<RecoveryReport> {
+    let mut r = RecoveryReport::default();
+    let mut off = HEADER_LEN;
+    loop {
+        match seg.read(off) {
+            Slot::End => break,
+            Slot::Record { len, .. } => {
+                r.records += 1;
+                off += len;
+            }
+            Slot::Moved { len } => {
+                r.moved.push((off, "moved aside earlier"));
+                off += len;
+            }
+            Slot::Padding { len } => {
+                r.padding += 1;
+                off += len;
+            }
+            Slot::Pending => {
+                if !exclusive {
+                    break;
+                }
+                let next = seg.next_valid(off);
+                if next >= seg.reserved_to() {
+                    // Nothing intact after it: a torn tail.
+                    seg.cut_tail(off);
+                    r.cut_at = Some(off);
+                    break;
+                }
+                if seg.pad_over(off) {
+                    r.holes_padded += 1;
+                }
+                off = next;
+            }
+            Slot::Corrupt { len, reason } => {
+                let next = seg.next_valid(off);
+                if next >= seg.reserved_to() && exclusive {
+                    seg.cut_tail(off);
+                    r.cut_at = Some(off);
+                    break;
+                }
+                let span = if off + len <= next && len > 0 {
+                    len
+                } else {
+                    next - off
+                };
+                if exclusive || off + len <= next {
+                    quarantine(off, &seg.raw(off, span), reason)?;
+                    if exclusive && span != len {
+                        seg.set_len(off, span);
+                    }
+                    seg.mark_moved(off);
+                    r.moved.push((off, reason));
+                    off += span;
+                } else {
+                    // Without exclusive access a bad length cannot be repaired.
+                    r.moved.push((off, reason));
+                    break;
+                }
+            }
+        }
+    }
+    r.end = off;
+    Ok(r)
+}
