@@ -7,7 +7,7 @@
 //! exclusive access to the store (`exclusive = true`, no other process has it
 //! open); without it recovery only reports.
 
-use crate::segment::{Segment, Slot, HEADER_LEN};
+use crate::segment::{Segment, Slot, HEADER_LEN, RECORD_HEADER_LEN};
 
 /// What recovery found and did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -74,14 +74,12 @@ pub fn recover(
                     r.cut_at = Some(off);
                     break;
                 }
-                let span = if off + len <= next && len > 0 {
-                    len
-                } else {
-                    next - off
-                };
-                if exclusive || off + len <= next {
+                // Trust the committed length only if it could be a record's.
+                let sane = len >= RECORD_HEADER_LEN && len % 8 == 0 && off + len <= next;
+                let span = if sane { len } else { next - off };
+                if exclusive || sane {
                     quarantine(off, &seg.raw(off, span), reason)?;
-                    if exclusive && span != len {
+                    if !sane {
                         seg.set_len(off, span);
                     }
                     seg.mark_moved(off);

@@ -421,6 +421,12 @@ impl Segment {
         if off + RECORD_HEADER_LEN > self.capacity() || off >= self.reserved_to() {
             return Slot::End;
         }
+        if off % 8 != 0 || off < HEADER_LEN {
+            return Slot::Corrupt {
+                len: 0,
+                reason: "not a record boundary",
+            };
+        }
         let len = u64::from(self.atomic_u32(off).load(Acquire));
         if len == 0 {
             return Slot::Pending;

@@ -118,6 +118,35 @@ fn a_corrupt_length_is_bridged_to_the_next_record() {
 }
 
 #[test]
+fn a_length_that_cannot_be_a_record_length_is_bridged() {
+    // Found by the segment_recovery fuzz target: a first record whose length
+    // byte became 0x0a (10: below a header, not a multiple of 8).
+    use std::os::unix::fs::FileExt;
+    let (dir, seg) = fresh("fuzz-0a");
+    let offs = fill(&seg, 4);
+    let f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(dir.join("0.seg"))
+        .unwrap();
+    f.write_all_at(b"\n", HEADER_LEN).unwrap();
+    let report = recover(&seg, true, |_, _, _| Ok(())).unwrap();
+    assert_eq!(
+        report.moved,
+        vec![(offs[0], "committed length out of bounds")]
+    );
+    assert_eq!(ids(&seg), [1, 2, 3].into_iter().collect());
+    assert_eq!(
+        seg.read(offs[0] + 10),
+        Slot::Corrupt {
+            len: 0,
+            reason: "not a record boundary"
+        }
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
 fn seeded_random_damage_never_panics_or_loses_untouched_records() {
     let mut rng = 0x2545_F491_4F6C_DD1Du64;
     let mut next = || {
