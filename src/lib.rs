@@ -47,3 +47,8 @@ fn open_one(url: &str) -> Result<Connection, Error> {
         .into()),
     }
 }
+
+/// The README's Rust examples, compiled and run as doctests so they stay true.
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;
