@@ -2,27 +2,13 @@
 //! segment seals with padding, and a dead writer's reservation is padded over
 //! (exactly one of commit and pad wins).
 
-use std::fs::OpenOptions;
-use std::path::PathBuf;
+mod common;
+
 use std::sync::Arc;
 
-use dashi_transport_local::segment::{record_len, AppendError, Segment, Slot, HEADER_LEN};
+use common::{fresh_segment as fresh, reopen};
 
-fn fresh(tag: &str, size: u64) -> (PathBuf, Segment) {
-    let dir = std::env::temp_dir().join(format!("dashi-seg-{}-{tag}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join("0.seg");
-    let f = OpenOptions::new()
-        .create(true)
-        .truncate(true)
-        .read(true)
-        .write(true)
-        .open(&path)
-        .unwrap();
-    f.set_len(size).unwrap();
-    let seg = Segment::format(&path, f, 2, 7).unwrap();
-    (dir, seg)
-}
+use dashi_transport_local::segment::{record_len, AppendError, Segment, Slot, HEADER_LEN};
 
 fn scan(seg: &Segment) -> Vec<Vec<u8>> {
     let mut out = Vec::new();
@@ -42,7 +28,7 @@ fn scan(seg: &Segment) -> Vec<Vec<u8>> {
 
 #[test]
 fn records_round_trip_and_reopen() {
-    let (dir, seg) = fresh("rt", 1 << 16);
+    let (dir, seg) = fresh("seg-rt", 1 << 16);
     let a = seg.append(b"hello", 3, 42 << 32, 1_000).unwrap();
     let b = seg.append(&[9u8; 100], 0, 42 << 32, 2_000).unwrap();
     assert_eq!(a, HEADER_LEN);
@@ -59,21 +45,16 @@ fn records_round_trip_and_reopen() {
         other => panic!("{other:?}"),
     }
     assert_eq!(seg.read(seg.reserved_to()), Slot::End);
-    assert_eq!(seg.header().lane, 2);
+    assert_eq!(seg.header().lane, 0);
     drop(seg);
-    let f = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(dir.join("0.seg"))
-        .unwrap();
-    let again = Segment::open(&dir.join("0.seg"), f).unwrap();
+    let again = reopen(&dir.join("0.seg"));
     assert_eq!(scan(&again), vec![b"hello".to_vec(), vec![9u8; 100]]);
     let _ = std::fs::remove_dir_all(dir);
 }
 
 #[test]
 fn a_full_segment_seals_with_padding() {
-    let (dir, seg) = fresh("full", 8192);
+    let (dir, seg) = fresh("seg-full", 8192);
     let mut n = 0;
     let err = loop {
         match seg.append(&[1u8; 200], 0, 1, 0) {
@@ -95,7 +76,7 @@ fn a_full_segment_seals_with_padding() {
 
 #[test]
 fn threads_append_without_overlap_in_order_per_thread() {
-    let (dir, seg) = fresh("threads", 4 << 20);
+    let (dir, seg) = fresh("seg-threads", 4 << 20);
     let seg = Arc::new(seg);
     let threads: Vec<_> = (0..4u32)
         .map(|t| {
@@ -128,7 +109,7 @@ fn threads_append_without_overlap_in_order_per_thread() {
 
 #[test]
 fn a_dead_writers_reservation_is_padded_and_readers_move_on() {
-    let (dir, seg) = fresh("dead", 1 << 16);
+    let (dir, seg) = fresh("seg-dead", 1 << 16);
     seg.append(b"before", 0, 1, 0).unwrap();
     let stuck = seg.reserve_only(40);
     seg.append(b"after", 0, 2, 0).unwrap();

@@ -3,24 +3,17 @@
 //! intact, each writer's records are in its order, and readers get past the
 //! dead writer's hole.
 
-use std::fs::OpenOptions;
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
+use common::reopen;
 use dashi_transport_local::recovery::recover;
 use dashi_transport_local::segment::{Segment, Slot, HEADER_LEN};
 
 const CHILD: &str = "DASHI_SEGMENT_CHILD";
-
-fn open(path: &Path) -> Segment {
-    let f = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(path)
-        .unwrap();
-    Segment::open(path, f).unwrap()
-}
 
 /// The child role: `path,writer,count` (count 0 = until killed). Not a test of
 /// its own: the tests below run it in child processes.
@@ -32,7 +25,7 @@ fn child_role() {
     let path = PathBuf::from(parts.next().unwrap());
     let writer: u32 = parts.next().unwrap().parse().unwrap();
     let count: u32 = parts.next().unwrap().parse().unwrap();
-    let seg = open(&path);
+    let seg = reopen(&path);
     let mut i = 0u32;
     while count == 0 || i < count {
         let mut p = writer.to_le_bytes().to_vec();
@@ -55,18 +48,8 @@ fn spawn(path: &Path, writer: u32, count: u32) -> Child {
 }
 
 fn setup(tag: &str, size: u64) -> (PathBuf, PathBuf) {
-    let dir = std::env::temp_dir().join(format!("dashi-segp-{}-{tag}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let (dir, _seg) = common::fresh_segment(&format!("segp-{tag}"), size);
     let path = dir.join("0.seg");
-    let f = OpenOptions::new()
-        .create(true)
-        .truncate(true)
-        .read(true)
-        .write(true)
-        .open(&path)
-        .unwrap();
-    f.set_len(size).unwrap();
-    Segment::format(&path, f, 0, 0).unwrap();
     (dir, path)
 }
 
@@ -96,7 +79,7 @@ fn processes_append_concurrently() {
     for k in &mut kids {
         assert!(k.wait().unwrap().success());
     }
-    let seg = open(&path);
+    let seg = reopen(&path);
     for (w, seqs) in per_writer(&seg, 3).into_iter().enumerate() {
         assert_eq!(seqs, (0..3000).collect::<Vec<_>>(), "writer {w}");
     }
@@ -108,7 +91,7 @@ fn a_writer_killed_mid_append_leaves_nothing_blocked_or_lost() {
     let (dir, path) = setup("kill", 64 << 20);
     let mut victim = spawn(&path, 0, 0);
     let mut survivor = spawn(&path, 1, 20_000);
-    let seg = open(&path);
+    let seg = reopen(&path);
     // Let the victim get going, then kill it without warning.
     let start = Instant::now();
     while seg.reserved_to() < HEADER_LEN + 200_000 && start.elapsed() < Duration::from_secs(20) {
@@ -148,7 +131,7 @@ fn a_writer_killed_mid_append_leaves_nothing_blocked_or_lost() {
 }
 
 fn per_writer_after_recovery(path: &Path) -> Vec<Vec<u32>> {
-    let seg = open(path);
+    let seg = reopen(path);
     let report = recover(&seg, true, |_, _, reason| {
         panic!("nothing is corrupt after a kill: {reason}")
     })

@@ -2,26 +2,16 @@
 //! copied aside and skipped, and every other record stays readable. Seeded
 //! random damage never makes recovery panic or lose an undamaged record.
 
+mod common;
+
 use std::collections::BTreeSet;
 use std::fs::OpenOptions;
-use std::path::PathBuf;
 
 use dashi_transport_local::recovery::recover;
 use dashi_transport_local::segment::{Segment, Slot, HEADER_LEN};
 
-fn fresh(tag: &str) -> (PathBuf, Segment) {
-    let dir = std::env::temp_dir().join(format!("dashi-segr-{}-{tag}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join("0.seg");
-    let f = OpenOptions::new()
-        .create(true)
-        .truncate(true)
-        .read(true)
-        .write(true)
-        .open(&path)
-        .unwrap();
-    f.set_len(1 << 20).unwrap();
-    (dir.clone(), Segment::format(&path, f, 0, 0).unwrap())
+fn fresh(tag: &str) -> (std::path::PathBuf, Segment) {
+    common::fresh_segment(&format!("segr-{tag}"), 1 << 20)
 }
 
 fn fill(seg: &Segment, n: u32) -> Vec<u64> {
