@@ -13,13 +13,20 @@
 //! - [`segment`]: a preallocated, memory-mapped segment that processes append
 //!   to with a shared fetch-add, commit with a compare-and-swap, and scan with
 //!   self-describing, checksummed records; [`recovery`] checks one on open.
+//! - [`lane`]: a chain of segments with shared consumer state: claims by
+//!   compare-and-swap on each record's claim word, restored records ahead of
+//!   newer ones, dead claimers' records reclaimed ([`state`] holds the shared
+//!   words).
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 
 pub mod codec;
+pub mod lane;
 pub mod names;
 pub mod recovery;
 // Atomics and copies on the shared mapping need `unsafe`; every block has a
 // SAFETY note.
 #[allow(unsafe_code)]
 pub mod segment;
+#[allow(unsafe_code)]
+pub mod state;

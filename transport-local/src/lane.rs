@@ -1,0 +1,511 @@
+//! A priority lane of one queue: a chain of segments in one directory plus a
+//! small shared state page, used by any number of processes at once.
+//!
+//! ```text
+//! <lane dir>/state                 4096 bytes, mapped shared (layout below)
+//! <lane dir>/<seq as 16 hex>.seg   segments 0, 1, 2, ... (see segment.rs)
+//! ```
+//!
+//! # Invariants
+//! - Producers append to the segment named by `write_seg`; the first writer to
+//!   find it full creates the next one (create-exclusive under a temporary name,
+//!   format, rename) and moves `write_seg` on with a compare-and-swap.
+//! - Consumers claim records through the shared `next` position, oldest
+//!   first: a claim is a compare-and-swap of the record's claim word from ready
+//!   to claimed-by-owner, so each record is claimed by exactly one consumer in
+//!   any process; `next` only moves forward.
+//! - A restored record (its claimer let go, closed, died or its lease ran out)
+//!   goes back to ready in place, flagged redelivered, and the shared restore
+//!   mark (generation + lowest restored position, one word) makes consumers
+//!   look there before `next`: restored records come before everything newer.
+//!   A consumer clears the mark only with a compare-and-swap against the
+//!   generation it scanned under, so a restore never slips past unseen.
+
+use std::collections::HashMap;
+use std::fs::{File, OpenOptions};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::AcqRel, Ordering::Acquire};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+
+use crate::segment::{AppendError, RecordMeta, Segment, SegmentError, Slot, HEADER_LEN};
+use crate::state::StatePage;
+
+/// A record's place: segment number and offset.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Pos {
+    /// Segment number.
+    pub seq: u64,
+    /// Offset in the segment.
+    pub off: u64,
+}
+
+const OFF_BITS: u32 = 36;
+const SEQ_BITS: u32 = 20;
+const NO_POS: u64 = (1 << (OFF_BITS + SEQ_BITS)) - 1;
+
+impl Pos {
+    fn pack(self) -> u64 {
+        (self.seq << OFF_BITS) | self.off
+    }
+    fn unpack(v: u64) -> Pos {
+        Pos {
+            seq: (v & NO_POS) >> OFF_BITS,
+            off: v & ((1 << OFF_BITS) - 1),
+        }
+    }
+}
+
+/// Claim-word states (bits 0-1), the redelivered bit, and the owner (bits 32..).
+pub mod claim {
+    /// Not delivered (or restored).
+    pub const READY: u64 = 0;
+    /// Delivered to the owner in bits 32..; not settled.
+    pub const CLAIMED: u64 = 1;
+    /// Acknowledged.
+    pub const ACKED: u64 = 2;
+    /// Rejected, expired or dropped (dead-lettered elsewhere if configured).
+    pub const DEAD: u64 = 3;
+    /// Delivered before and returned.
+    pub const REDELIVERED: u64 = 4;
+
+    /// The state bits.
+    pub fn state(w: u64) -> u64 {
+        w & 3
+    }
+    /// The owner (process id) of a claimed word.
+    pub fn owner(w: u64) -> u32 {
+        (w >> 32) as u32
+    }
+}
+
+/// Offsets of the shared words in the state page.
+mod at {
+    pub(super) const WRITE_SEG: usize = 0;
+    pub(super) const NEXT: usize = 64;
+    pub(super) const RESTORE: usize = 128;
+    pub(super) const READY: usize = 192;
+    pub(super) const READY_BYTES: usize = 256;
+    pub(super) const UNACKED: usize = 320;
+    pub(super) const HEAD: usize = 384;
+}
+
+/// A record handed to a consumer.
+#[derive(Debug, Clone)]
+pub struct Claimed {
+    /// Where it is.
+    pub pos: Pos,
+    /// The segment holding it (keeps the mapping alive).
+    pub segment: Arc<Segment>,
+    /// Its header.
+    pub meta: RecordMeta,
+    /// Delivered before.
+    pub redelivered: bool,
+}
+
+/// Why a lane operation failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum LaneError {
+    /// A segment could not be created or opened.
+    #[error(transparent)]
+    Segment(#[from] SegmentError),
+    /// The state page or directory could not be used.
+    #[error("lane {dir}: {source}")]
+    Io {
+        /// The lane directory.
+        dir: String,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// The record is larger than a segment.
+    #[error("a record of {0} bytes does not fit in a segment")]
+    TooLarge(u64),
+}
+
+/// One lane, open in this process.
+#[derive(Debug)]
+pub struct Lane {
+    dir: PathBuf,
+    lane: u32,
+    segment_size: u64,
+    state: StatePage,
+    segments: Mutex<HashMap<u64, Arc<Segment>>>,
+}
+
+fn seg_name(seq: u64) -> String {
+    format!("{seq:016x}.seg")
+}
+
+impl Lane {
+    /// Opens (creating if needed) the lane in `dir`.
+    pub fn open(dir: &Path, lane: u32, segment_size: u64) -> Result<Lane, LaneError> {
+        let io = |source| LaneError::Io {
+            dir: dir.display().to_string(),
+            source,
+        };
+        std::fs::create_dir_all(dir).map_err(io)?;
+        let state = StatePage::open(&dir.join("state")).map_err(io)?;
+        let l = Lane {
+            dir: dir.to_owned(),
+            lane,
+            segment_size,
+            state,
+            segments: Mutex::new(HashMap::new()),
+        };
+        // Make sure segment 0 exists; `next` starts at its first record.
+        l.segment_or_create(0)?;
+        let _ = l.word(at::NEXT).compare_exchange(
+            0,
+            Pos {
+                seq: 0,
+                off: HEADER_LEN,
+            }
+            .pack(),
+            AcqRel,
+            Acquire,
+        );
+        let _ = l.word(at::HEAD).compare_exchange(
+            0,
+            Pos {
+                seq: 0,
+                off: HEADER_LEN,
+            }
+            .pack(),
+            AcqRel,
+            Acquire,
+        );
+        let _ = l
+            .word(at::RESTORE)
+            .compare_exchange(0, NO_POS, AcqRel, Acquire);
+        Ok(l)
+    }
+
+    fn word(&self, off: usize) -> &AtomicU64 {
+        self.state.u64_at(off)
+    }
+
+    fn signed(&self, off: usize) -> &AtomicI64 {
+        self.state.i64_at(off)
+    }
+
+    fn path(&self, seq: u64) -> PathBuf {
+        self.dir.join(seg_name(seq))
+    }
+
+    /// The mapped segment `seq`, if its file exists.
+    fn segment(&self, seq: u64) -> Result<Option<Arc<Segment>>, LaneError> {
+        if let Some(s) = self.segments.lock().get(&seq) {
+            return Ok(Some(s.clone()));
+        }
+        let path = self.path(seq);
+        let file = match OpenOptions::new().read(true).write(true).open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(source) => {
+                return Err(LaneError::Io {
+                    dir: self.dir.display().to_string(),
+                    source,
+                })
+            }
+        };
+        let seg = Arc::new(Segment::open(&path, file)?);
+        self.segments.lock().insert(seq, seg.clone());
+        Ok(Some(seg))
+    }
+
+    /// Segment `seq`, created if no process has created it yet.
+    fn segment_or_create(&self, seq: u64) -> Result<Arc<Segment>, LaneError> {
+        if let Some(s) = self.segment(seq)? {
+            return Ok(s);
+        }
+        let io = |source| LaneError::Io {
+            dir: self.dir.display().to_string(),
+            source,
+        };
+        static ATTEMPT: AtomicU64 = AtomicU64::new(0);
+        let tmp = self.dir.join(format!(
+            "{}.tmp-{}-{}",
+            seg_name(seq),
+            std::process::id(),
+            ATTEMPT.fetch_add(1, AcqRel)
+        ));
+        let file: File = OpenOptions::new()
+            .create(true)
+            .truncate(true)
+            .read(true)
+            .write(true)
+            .open(&tmp)
+            .map_err(io)?;
+        file.set_len(self.segment_size).map_err(io)?;
+        let seg = Segment::format(&tmp, file, self.lane, seq)?;
+        drop(seg);
+        // Whoever renames first wins; a loser's file is removed.
+        match std::fs::hard_link(&tmp, self.path(seq)) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(source) => {
+                let _ = std::fs::remove_file(&tmp);
+                return Err(io(source));
+            }
+        }
+        let _ = std::fs::remove_file(&tmp);
+        self.segment(seq)?.ok_or_else(|| {
+            io(std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                format!("segment {seq} vanished after creation"),
+            ))
+        })
+    }
+
+    /// Appends a record; returns where it landed.
+    pub fn append(
+        &self,
+        payload: &[u8],
+        priority: u8,
+        writer: u64,
+        ts: u64,
+    ) -> Result<Pos, LaneError> {
+        loop {
+            let seq = self.word(at::WRITE_SEG).load(Acquire);
+            let seg = self.segment_or_create(seq)?;
+            match seg.append(payload, priority, writer, ts) {
+                Ok(off) => {
+                    self.signed(at::READY).fetch_add(1, AcqRel);
+                    self.signed(at::READY_BYTES)
+                        .fetch_add(payload.len() as i64, AcqRel);
+                    return Ok(Pos { seq, off });
+                }
+                Err(AppendError::Full) => {
+                    self.segment_or_create(seq + 1)?;
+                    let _ =
+                        self.word(at::WRITE_SEG)
+                            .compare_exchange(seq, seq + 1, AcqRel, Acquire);
+                }
+                Err(AppendError::Stolen) => {}
+                Err(AppendError::TooLarge(n)) => return Err(LaneError::TooLarge(n)),
+            }
+        }
+    }
+
+    fn try_claim(&self, seg: &Arc<Segment>, pos: Pos, owner: u32, expect: u64) -> Option<Claimed> {
+        let word = seg.claim_word(pos.off);
+        let mine = claim::CLAIMED | (expect & claim::REDELIVERED) | (u64::from(owner) << 32);
+        word.compare_exchange(expect, mine, AcqRel, Acquire).ok()?;
+        let Slot::Record { meta, .. } = seg.read(pos.off) else {
+            return None;
+        };
+        self.signed(at::READY).fetch_sub(1, AcqRel);
+        self.signed(at::READY_BYTES)
+            .fetch_sub(i64::from(meta.payload_len), AcqRel);
+        self.signed(at::UNACKED).fetch_add(1, AcqRel);
+        Some(Claimed {
+            pos,
+            segment: seg.clone(),
+            meta,
+            redelivered: expect & claim::REDELIVERED != 0,
+        })
+    }
+
+    /// Walks records from `from` to `until` (exclusive), calling `f` on each.
+    fn walk(
+        &self,
+        from: Pos,
+        until: Pos,
+        mut f: impl FnMut(&Arc<Segment>, Pos) -> bool,
+    ) -> Result<(), LaneError> {
+        let mut pos = from;
+        while pos < until {
+            let Some(seg) = self.segment(pos.seq)? else {
+                return Ok(());
+            };
+            match seg.read(pos.off) {
+                Slot::Record { len, .. } => {
+                    if f(&seg, pos) {
+                        return Ok(());
+                    }
+                    pos.off += len;
+                }
+                Slot::Padding { len } | Slot::Moved { len } => pos.off += len,
+                Slot::Corrupt { .. } => pos.off = seg.next_valid(pos.off),
+                Slot::Pending => return Ok(()),
+                Slot::End => {
+                    if pos.seq >= until.seq {
+                        return Ok(());
+                    }
+                    pos = Pos {
+                        seq: pos.seq + 1,
+                        off: HEADER_LEN,
+                    };
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Claims the oldest ready record for `owner`: restored ones first, then
+    /// the never-delivered ones in log order. `None` when nothing is ready.
+    pub fn claim(&self, owner: u32) -> Result<Option<Claimed>, LaneError> {
+        // Restored records, below `next`.
+        loop {
+            let mark = self.word(at::RESTORE).load(Acquire);
+            let low = mark & NO_POS;
+            if low == NO_POS {
+                break;
+            }
+            let next = Pos::unpack(self.word(at::NEXT).load(Acquire));
+            let mut got = None;
+            self.walk(Pos::unpack(low), next, |seg, pos| {
+                let w = seg.claim_word(pos.off).load(Acquire);
+                if claim::state(w) == claim::READY {
+                    got = self.try_claim(seg, pos, owner, w);
+                }
+                got.is_some()
+            })?;
+            if got.is_some() {
+                return Ok(got);
+            }
+            // Nothing restored is left: clear the mark unless a restore came in.
+            let cleared = (mark & !NO_POS) | NO_POS;
+            if self
+                .word(at::RESTORE)
+                .compare_exchange(mark, cleared, AcqRel, Acquire)
+                .is_ok()
+            {
+                break;
+            }
+        }
+        // Never-delivered records, at `next`.
+        loop {
+            let packed = self.word(at::NEXT).load(Acquire);
+            let pos = Pos::unpack(packed);
+            let Some(seg) = self.segment(pos.seq)? else {
+                return Ok(None);
+            };
+            let advance = |to: Pos| {
+                let _ = self
+                    .word(at::NEXT)
+                    .compare_exchange(packed, to.pack(), AcqRel, Acquire);
+            };
+            match seg.read(pos.off) {
+                Slot::Record { len, .. } => {
+                    let got = self.try_claim(&seg, pos, owner, claim::READY);
+                    advance(Pos {
+                        seq: pos.seq,
+                        off: pos.off + len,
+                    });
+                    if got.is_some() {
+                        return Ok(got);
+                    }
+                }
+                Slot::Padding { len } | Slot::Moved { len } => advance(Pos {
+                    seq: pos.seq,
+                    off: pos.off + len,
+                }),
+                Slot::Corrupt { .. } => advance(Pos {
+                    seq: pos.seq,
+                    off: seg.next_valid(pos.off),
+                }),
+                Slot::Pending => return Ok(None),
+                Slot::End => {
+                    let done = seg.is_sealed()
+                        || pos.off + crate::segment::RECORD_HEADER_LEN > seg.header().capacity;
+                    if done && self.segment(pos.seq + 1)?.is_some() {
+                        advance(Pos {
+                            seq: pos.seq + 1,
+                            off: HEADER_LEN,
+                        });
+                    } else {
+                        return Ok(None);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Settles a claimed record: `to` is [`claim::ACKED`] or [`claim::DEAD`].
+    /// False if `owner` no longer holds it.
+    pub fn settle(&self, c: &Claimed, owner: u32, to: u64) -> bool {
+        let word = c.segment.claim_word(c.pos.off);
+        let cur = word.load(Acquire);
+        if claim::state(cur) != claim::CLAIMED || claim::owner(cur) != owner {
+            return false;
+        }
+        let ok = word.compare_exchange(cur, to, AcqRel, Acquire).is_ok();
+        if ok {
+            self.signed(at::UNACKED).fetch_sub(1, AcqRel);
+        }
+        ok
+    }
+
+    /// Returns a claimed record to ready, flagged redelivered, ahead of
+    /// everything newer. False if `owner` no longer holds it.
+    pub fn restore(&self, c: &Claimed, owner: u32) -> bool {
+        let word = c.segment.claim_word(c.pos.off);
+        let cur = word.load(Acquire);
+        if claim::state(cur) != claim::CLAIMED || claim::owner(cur) != owner {
+            return false;
+        }
+        if word
+            .compare_exchange(cur, claim::READY | claim::REDELIVERED, AcqRel, Acquire)
+            .is_err()
+        {
+            return false;
+        }
+        self.signed(at::UNACKED).fetch_sub(1, AcqRel);
+        self.signed(at::READY).fetch_add(1, AcqRel);
+        self.signed(at::READY_BYTES)
+            .fetch_add(i64::from(c.meta.payload_len), AcqRel);
+        self.mark_restored(c.pos);
+        true
+    }
+
+    fn mark_restored(&self, pos: Pos) {
+        let w = self.word(at::RESTORE);
+        let mut cur = w.load(Acquire);
+        loop {
+            let gen = (cur >> (OFF_BITS + SEQ_BITS)).wrapping_add(1) & 0xff;
+            let low = (cur & NO_POS).min(pos.pack());
+            let new = (gen << (OFF_BITS + SEQ_BITS)) | low;
+            match w.compare_exchange(cur, new, AcqRel, Acquire) {
+                Ok(_) => return,
+                Err(now) => cur = now,
+            }
+        }
+    }
+
+    /// Restores every record claimed by an owner that `alive` says is gone.
+    /// Returns how many came back.
+    pub fn reclaim_dead(&self, alive: impl Fn(u32) -> bool) -> Result<usize, LaneError> {
+        let from = Pos::unpack(self.word(at::HEAD).load(Acquire));
+        let until = Pos::unpack(self.word(at::NEXT).load(Acquire));
+        let mut n = 0;
+        self.walk(from, until, |seg, pos| {
+            let word = seg.claim_word(pos.off);
+            let cur = word.load(Acquire);
+            if claim::state(cur) == claim::CLAIMED && !alive(claim::owner(cur)) {
+                let back = claim::READY | claim::REDELIVERED;
+                if word.compare_exchange(cur, back, AcqRel, Acquire).is_ok() {
+                    if let Slot::Record { meta, .. } = seg.read(pos.off) {
+                        self.signed(at::UNACKED).fetch_sub(1, AcqRel);
+                        self.signed(at::READY).fetch_add(1, AcqRel);
+                        self.signed(at::READY_BYTES)
+                            .fetch_add(i64::from(meta.payload_len), AcqRel);
+                    }
+                    self.mark_restored(pos);
+                    n += 1;
+                }
+            }
+            false
+        })?;
+        Ok(n)
+    }
+
+    /// Ready records, their payload bytes, and claimed-not-settled records,
+    /// across all processes.
+    pub fn counts(&self) -> (u64, u64, u64) {
+        let r = |o| self.signed(o).load(Acquire).max(0) as u64;
+        (r(at::READY), r(at::READY_BYTES), r(at::UNACKED))
+    }
+}

@@ -1,0 +1,236 @@
+//! A lane shared by threads and processes: every record is claimed once, in
+//! log order; restored records come back first, flagged; segments roll over;
+//! records held by a consumer killed with SIGKILL are reclaimed for others.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use dashi_transport_local::lane::{claim, Lane};
+
+const CHILD: &str = "DASHI_LANE_CHILD";
+
+fn dir(tag: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("dashi-lane-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    d
+}
+
+fn payload(writer: u32, i: u32) -> Vec<u8> {
+    let mut p = writer.to_le_bytes().to_vec();
+    p.extend_from_slice(&i.to_le_bytes());
+    p.resize(8 + (i % 100) as usize, 0x11);
+    p
+}
+
+fn parse(c: &dashi_transport_local::lane::Claimed) -> (u32, u32) {
+    let p = c.segment.payload(c.pos.off, &c.meta);
+    (
+        u32::from_le_bytes(p[..4].try_into().unwrap()),
+        u32::from_le_bytes(p[4..8].try_into().unwrap()),
+    )
+}
+
+#[test]
+fn claims_in_order_restores_first_and_rolls_over() {
+    let d = dir("order");
+    let lane = Lane::open(&d, 0, 8192).unwrap();
+    for i in 0..100 {
+        lane.append(&payload(0, i), 0, 1, 0).unwrap();
+    }
+    assert!(
+        std::fs::read_dir(&d).unwrap().count() > 3,
+        "segments rolled over"
+    );
+    assert_eq!(lane.counts().0, 100);
+    let mut got = Vec::new();
+    let mut held = Vec::new();
+    for _ in 0..10 {
+        let c = lane.claim(7).unwrap().unwrap();
+        assert!(!c.redelivered);
+        got.push(parse(&c).1);
+        held.push(c);
+    }
+    assert_eq!(got, (0..10).collect::<Vec<_>>());
+    // Give back 3 and 5: they come next, in log order, flagged.
+    assert!(lane.restore(&held[5], 7));
+    assert!(lane.restore(&held[3], 7));
+    assert!(!lane.restore(&held[3], 7), "restored twice");
+    let a = lane.claim(8).unwrap().unwrap();
+    let b = lane.claim(8).unwrap().unwrap();
+    assert_eq!((parse(&a).1, a.redelivered), (3, true));
+    assert_eq!((parse(&b).1, b.redelivered), (5, true));
+    assert!(!lane.settle(&a, 7, claim::ACKED), "not the owner");
+    assert!(lane.settle(&a, 8, claim::ACKED));
+    let rest: Vec<u32> = std::iter::from_fn(|| lane.claim(9).unwrap())
+        .map(|c| parse(&c).1)
+        .collect();
+    assert_eq!(rest, (10..100).collect::<Vec<_>>());
+    assert!(lane.claim(9).unwrap().is_none());
+    assert_eq!(lane.counts().0, 0);
+    let _ = std::fs::remove_dir_all(d);
+}
+
+#[test]
+fn threads_claim_each_record_once() {
+    let d = dir("threads");
+    let lane = Arc::new(Lane::open(&d, 0, 64 * 1024).unwrap());
+    let producers: Vec<_> = (0..2u32)
+        .map(|w| {
+            let lane = lane.clone();
+            std::thread::spawn(move || {
+                for i in 0..3000 {
+                    lane.append(&payload(w, i), 0, u64::from(w), 0).unwrap();
+                }
+            })
+        })
+        .collect();
+    let total = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let consumers: Vec<_> = (0..3u32)
+        .map(|c| {
+            let (lane, total) = (lane.clone(), total.clone());
+            std::thread::spawn(move || {
+                let mut got = Vec::new();
+                let start = Instant::now();
+                while total.load(std::sync::atomic::Ordering::SeqCst) < 6000 {
+                    assert!(
+                        start.elapsed() < Duration::from_secs(30),
+                        "consumers stalled"
+                    );
+                    match lane.claim(100 + c).unwrap() {
+                        Some(x) => {
+                            got.push(parse(&x));
+                            assert!(lane.settle(&x, 100 + c, claim::ACKED));
+                            total.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                        }
+                        None => std::thread::yield_now(),
+                    }
+                }
+                got
+            })
+        })
+        .collect();
+    for p in producers {
+        p.join().unwrap();
+    }
+    let mut all: Vec<(u32, u32)> = Vec::new();
+    for c in consumers {
+        let got = c.join().unwrap();
+        // Each consumer sees each producer's records in order.
+        for w in 0..2 {
+            let seqs: Vec<u32> = got.iter().filter(|x| x.0 == w).map(|x| x.1).collect();
+            assert!(seqs.windows(2).all(|p| p[0] < p[1]));
+        }
+        all.extend(got);
+    }
+    assert!(lane.claim(1).unwrap().is_none());
+    let set: BTreeSet<_> = all.iter().copied().collect();
+    assert_eq!(set.len(), all.len(), "a record was claimed twice");
+    assert_eq!(all.len(), 6000);
+    assert_eq!(lane.counts(), (0, 0, 0));
+    let _ = std::fs::remove_dir_all(d);
+}
+
+/// Child role: `dir,mode,id,count` — mode `p` appends `count` records, mode
+/// `c` claims and acks until `count` are done, mode `h` claims `count` records,
+/// prints "held" and waits to be killed.
+#[test]
+#[ignore = "run as a child process by the tests in this file"]
+fn child_role() {
+    let spec = std::env::var(CHILD).expect("run by the tests in this file");
+    let parts: Vec<&str> = spec.split(',').collect();
+    let lane = Lane::open(Path::new(parts[0]), 0, 256 * 1024).unwrap();
+    let id: u32 = parts[2].parse().unwrap();
+    let count: u32 = parts[3].parse().unwrap();
+    let me = std::process::id();
+    match parts[1] {
+        "p" => {
+            for i in 0..count {
+                lane.append(&payload(id, i), 0, u64::from(me) << 32, 0)
+                    .unwrap();
+            }
+        }
+        "h" => {
+            let mut held = Vec::new();
+            while held.len() < count as usize {
+                if let Some(c) = lane.claim(me).unwrap() {
+                    held.push(c);
+                }
+            }
+            println!("held");
+            std::thread::sleep(Duration::from_secs(600));
+        }
+        _ => unreachable!(),
+    }
+}
+
+fn spawn(d: &Path, mode: &str, id: u32, count: u32) -> Child {
+    Command::new(std::env::current_exe().unwrap())
+        .args([
+            "child_role",
+            "--exact",
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(CHILD, format!("{},{mode},{id},{count}", d.display()))
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+fn alive(pid: u32) -> bool {
+    std::path::Path::new(&format!("/proc/{pid}")).exists()
+        && !std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .map(|s| s.split_whitespace().nth(2) == Some("Z"))
+            .unwrap_or(true)
+}
+
+#[test]
+fn processes_produce_and_a_killed_consumer_s_records_come_back() {
+    let d = dir("procs");
+    std::fs::create_dir_all(&d).unwrap();
+    let lane = Lane::open(&d, 0, 256 * 1024).unwrap();
+    let mut producers: Vec<Child> = (0..2).map(|w| spawn(&d, "p", w, 2000)).collect();
+    for p in &mut producers {
+        assert!(p.wait().unwrap().success());
+    }
+    assert_eq!(lane.counts().0, 4000);
+    // A consumer process takes 50 records and dies holding them.
+    let mut holder = spawn(&d, "h", 9, 50);
+    use std::io::BufRead;
+    let line = std::io::BufReader::new(holder.stdout.take().unwrap())
+        .lines()
+        .map_while(Result::ok)
+        .find(|l| l.contains("held"))
+        .unwrap_or_default();
+    assert!(line.contains("held"), "{line}");
+    let pid = holder.id();
+    holder.kill().unwrap();
+    holder.wait().unwrap();
+    assert_eq!(lane.counts().2, 50);
+    assert_eq!(lane.reclaim_dead(alive).unwrap(), 50);
+    assert_eq!(lane.counts(), (4000, lane.counts().1, 0));
+    // Everything is there once; the 50 come first, flagged redelivered.
+    let mut all = Vec::new();
+    let mut redelivered = 0;
+    while let Some(c) = lane.claim(std::process::id()).unwrap() {
+        if c.redelivered {
+            assert_eq!(redelivered, all.len(), "restored records come first");
+            redelivered += 1;
+        }
+        all.push(parse(&c));
+        assert!(lane.settle(&c, std::process::id(), claim::ACKED));
+    }
+    assert_eq!(redelivered, 50);
+    let set: BTreeSet<_> = all.iter().copied().collect();
+    assert_eq!((all.len(), set.len()), (4000, 4000));
+    for w in 0..2 {
+        let seqs: BTreeSet<u32> = all.iter().filter(|x| x.0 == w).map(|x| x.1).collect();
+        assert_eq!(seqs, (0..2000).collect());
+    }
+    assert!(!alive(pid));
+    let _ = std::fs::remove_dir_all(d);
+}
