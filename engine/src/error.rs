@@ -153,7 +153,8 @@ impl Error {
         matches!(self, Error::Timeout | Error::Transport(_))
     }
 
-    pub(crate) fn name(kind: &'static str, name: &str, reason: NameError) -> Self {
+    /// An [`Error::InvalidName`], with an over-long name shortened for display.
+    pub fn name(kind: &'static str, name: &str, reason: NameError) -> Self {
         let mut shown = name.to_owned();
         if shown.len() > 300 {
             let mut cut = 300;

@@ -43,6 +43,26 @@ pub struct Counters {
     pub(crate) other: CachePadded<Other>,
 }
 
+/// Events a transport counts with [`Counters::record`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum TransportEvent {
+    /// A publish was accepted.
+    Published,
+    /// Queue copies made by routing.
+    Routed,
+    /// A publish matched no queue.
+    DroppedUnroutable,
+    /// A message's TTL ran out.
+    Expired,
+    /// A message went to a dead-letter exchange.
+    DeadLettered,
+    /// A message was dropped by overflow drop-head.
+    DroppedOverflow,
+    /// A dead-lettered message matched no queue.
+    DroppedDeadLetter,
+}
+
 /// A point-in-time copy of [`Counters`].
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 #[non_exhaustive]
@@ -76,6 +96,21 @@ pub struct CounterSnapshot {
 impl Counters {
     pub(crate) fn add(c: &AtomicU64, n: u64) {
         c.fetch_add(n, Relaxed);
+    }
+
+    /// Counts an event of a transport (the session layer counts deliveries,
+    /// acks, rejects and restores itself).
+    pub fn record(&self, event: TransportEvent, n: u64) {
+        let c = match event {
+            TransportEvent::Published => &self.publish.published,
+            TransportEvent::Routed => &self.publish.routed,
+            TransportEvent::DroppedUnroutable => &self.publish.dropped_unroutable,
+            TransportEvent::Expired => &self.other.expired,
+            TransportEvent::DeadLettered => &self.other.dead_lettered,
+            TransportEvent::DroppedOverflow => &self.other.dropped_overflow,
+            TransportEvent::DroppedDeadLetter => &self.other.dropped_dead_letter,
+        };
+        Self::add(c, n);
     }
 
     /// Reads every counter.

@@ -193,3 +193,51 @@ pub trait Transport: Send + Sync + fmt::Debug {
     /// Figures of every queue.
     fn all_queue_stats(&self) -> Vec<QueueStats>;
 }
+
+/// Why a message leaves a queue without being acked (the `x-*-death-reason`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum DeathReason {
+    /// Rejected or nacked without requeue.
+    Rejected,
+    /// Its TTL ran out.
+    Expired,
+    /// Dropped by `overflow = drop-head`.
+    MaxLen,
+}
+
+impl DeathReason {
+    /// The AMQP name: `rejected`, `expired`, `maxlen`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeathReason::Rejected => "rejected",
+            DeathReason::Expired => "expired",
+            DeathReason::MaxLen => "maxlen",
+        }
+    }
+}
+
+/// The message, exchange and routing key to republish a dead message with,
+/// when `queue` has a dead-letter exchange: `x-first-death-*` headers set once,
+/// `x-last-death-*` every time, the per-message TTL removed (so it does not
+/// expire again at once).
+pub fn dead_letter(queue: &Queue, env: &Envelope, reason: DeathReason) -> Option<(Message, String, String)> {
+    let dlx = queue.dead_letter_exchange.clone()?;
+    let mut message = env.to_message();
+    let h = &mut message.properties.headers;
+    for (k, v) in [
+        ("x-first-death-reason", reason.as_str()),
+        ("x-first-death-queue", queue.name.as_str()),
+        ("x-first-death-exchange", env.exchange.as_str()),
+    ] {
+        h.entry(k.to_owned()).or_insert_with(|| crate::Value::from(v));
+    }
+    h.insert("x-last-death-reason".into(), reason.as_str().into());
+    h.insert("x-last-death-queue".into(), queue.name.as_str().into());
+    message.properties.expiration = None;
+    let rk = queue
+        .dead_letter_routing_key
+        .clone()
+        .unwrap_or_else(|| env.routing_key.to_string());
+    Some((message, dlx, rk))
+}

@@ -30,10 +30,11 @@ use crate::names::{check_exchange_ref, check_len, check_name};
 use crate::queue::{Queue, QueueInfo};
 use crate::routing::{Binding, Routing, Topology};
 use crate::stats::{Counters, QueueStats};
-use crate::transport::{ConnectionId, Envelope, Implements, QueueStore, Transport};
-use crate::value::Value;
+use crate::transport::{
+    dead_letter, ConnectionId, DeathReason, Envelope, Implements, QueueStore, Transport,
+};
 
-use queue::{DeathReason, MemQueue, Reserve};
+use queue::{MemQueue, Reserve};
 
 #[derive(Debug, Default)]
 struct Topo {
@@ -180,32 +181,15 @@ impl Shared {
     /// Sends a message that left `from` unacked (rejected, expired, dropped by
     /// overflow) to its dead-letter exchange, or counts it as dropped.
     pub(crate) fn dead_letter(&self, from: &MemQueue, env: Envelope, reason: DeathReason) {
-        let Some(dlx) = &from.decl.dead_letter_exchange else {
+        let Some((mut message, dlx, rk)) = dead_letter(&from.decl, &env, reason) else {
             if reason == DeathReason::MaxLen {
                 Counters::add(&self.counters.other.dropped_overflow, 1);
             }
             return;
         };
-        let mut message = env.to_message();
-        let h = &mut message.properties.headers;
-        for (k, v) in [
-            ("x-first-death-reason", reason.as_str()),
-            ("x-first-death-queue", from.decl.name.as_str()),
-            ("x-first-death-exchange", env.exchange.as_str()),
-        ] {
-            h.entry(k.to_owned()).or_insert_with(|| Value::from(v));
-        }
-        h.insert("x-last-death-reason".into(), reason.as_str().into());
-        h.insert("x-last-death-queue".into(), from.decl.name.as_str().into());
-        message.properties.expiration = None;
-        let rk = from
-            .decl
-            .dead_letter_routing_key
-            .as_deref()
-            .unwrap_or(&env.routing_key);
         // Clamp rather than refuse: there is nobody to hand the message back to.
         let routing = self.routing.load();
-        if let Ok(route) = routing.route(dlx, rk, &message.properties.headers) {
+        if let Ok(route) = routing.route(&dlx, &rk, &message.properties.headers) {
             if let Some(max) = route
                 .as_slice()
                 .iter()
@@ -218,7 +202,7 @@ impl Shared {
             }
         }
         drop(routing);
-        match self.publish(Envelope::new(message, dlx, rk), true) {
+        match self.publish(Envelope::new(message, &dlx, &rk), true) {
             Ok(()) => Counters::add(&self.counters.other.dead_lettered, 1),
             Err(e) => {
                 tracing::warn!(queue = %from.decl.name, error = %e, "dead-lettered message dropped");

@@ -21,27 +21,9 @@ use crate::notify::Notify;
 use crate::queue::{Overflow, Queue};
 use crate::stats::{Counters, QueueStats};
 use crate::sync::{AtomicBool, AtomicU64, Ordering::Relaxed, Ordering::SeqCst, Padded};
-use crate::transport::{ConnectionId, Envelope, QueueStore};
+use crate::transport::{ConnectionId, DeathReason, Envelope, QueueStore};
 
 use super::Shared;
-
-/// Why a message leaves a queue without being acked.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum DeathReason {
-    Rejected,
-    Expired,
-    MaxLen,
-}
-
-impl DeathReason {
-    pub(crate) fn as_str(self) -> &'static str {
-        match self {
-            DeathReason::Rejected => "rejected",
-            DeathReason::Expired => "expired",
-            DeathReason::MaxLen => "maxlen",
-        }
-    }
-}
 
 #[derive(Debug, Default)]
 struct Inflow {
