@@ -19,10 +19,13 @@
 pub use dashi_engine::*;
 
 /// Transport schemes this build can open.
-pub const SCHEMES: &[&str] = &["memory"];
+pub const SCHEMES: &[&str] = &["memory", "local"];
+
+/// The `local://` transport (memory-mapped store shared by processes).
+pub use dashi_transport_local as local;
 
 /// Opens a connection from a URL, dispatching on its scheme:
-/// `memory://[NAME]`. Several URLs separated by `;` are tried in order and the
+/// `memory://[NAME]`, `local:///abs/dir`. Several URLs separated by `;` are tried in order and the
 /// first that opens is used (failover); the error of the last is returned when
 /// none does.
 pub fn connect(url: &str) -> Result<Connection, Error> {
@@ -40,6 +43,7 @@ fn open_one(url: &str) -> Result<Connection, Error> {
     let parsed = ConnectUrl::parse(url)?;
     match parsed.scheme.as_str() {
         "memory" => memory::open(parsed),
+        "local" => dashi_transport_local::open(parsed),
         other => Err(UrlError::UnknownScheme {
             scheme: other.to_owned(),
             supported: SCHEMES.join(", "),

@@ -151,6 +151,27 @@ pub struct QueueStats {
     pub consumers: u64,
 }
 
+impl QueueStats {
+    /// Figures of one queue (for transports outside this crate).
+    pub fn new(
+        name: String,
+        depth_by_lane: Vec<u64>,
+        messages: u64,
+        bytes: u64,
+        unacked: u64,
+        consumers: u64,
+    ) -> Self {
+        QueueStats {
+            name,
+            depth_by_lane,
+            messages,
+            bytes,
+            unacked,
+            consumers,
+        }
+    }
+}
+
 /// A cloneable handle to a transport's figures.
 #[derive(Clone)]
 pub struct Stats {

@@ -98,7 +98,7 @@ impl Envelope {
 }
 
 /// What a transport does natively (Kombu's `implements`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[non_exhaustive]
 pub struct Implements {
     /// Priority lanes kept by the transport itself.

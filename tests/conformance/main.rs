@@ -23,19 +23,39 @@ use std::time::Duration;
 use dashi::{Channel, Connection, Delivery, Queue};
 
 /// One transport under test: its URL, plus whatever keeps its backing store
-/// alive for the test's duration.
+/// alive for the test's duration (a local:// directory is removed on drop).
 #[derive(Debug)]
 pub struct Target {
     pub url: String,
+    dir: Option<std::path::PathBuf>,
+}
+
+impl Drop for Target {
+    fn drop(&mut self) {
+        if let Some(d) = &self.dir {
+            let _ = std::fs::remove_dir_all(d);
+        }
+    }
 }
 
 /// Every transport URL the suite runs against, fresh and isolated per call.
 pub fn targets(test: &str) -> Vec<Target> {
     static N: AtomicU64 = AtomicU64::new(0);
     let n = N.fetch_add(1, Ordering::SeqCst);
-    vec![Target {
-        url: format!("memory://conformance-{test}-{n}"),
-    }]
+    let dir = std::env::temp_dir().join(format!(
+        "dashi-conformance-{}-{test}-{n}",
+        std::process::id()
+    ));
+    vec![
+        Target {
+            url: format!("memory://conformance-{test}-{n}"),
+            dir: None,
+        },
+        Target {
+            url: format!("local://{}?segment_size=1M", dir.display()),
+            dir: Some(dir),
+        },
+    ]
 }
 
 /// Runs `f` once per transport.

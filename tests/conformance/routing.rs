@@ -232,7 +232,11 @@ fn every_property_and_the_body_arrive_intact_without_a_copy() {
         ch.producer().publish(m, "q").unwrap();
         let d = must_get(&ch, "q");
         assert_eq!(d.properties(), &sent);
-        assert_eq!(d.body().as_ptr(), body.as_ptr(), "body was copied");
+        assert_eq!(&d.body()[..], &body[..]);
+        if url.starts_with("memory") {
+            // In process, the publisher's buffer itself is delivered.
+            assert_eq!(d.body().as_ptr(), body.as_ptr(), "body was copied");
+        }
         assert_eq!((d.exchange(), d.routing_key(), d.queue()), ("", "q", "q"));
         assert_eq!(d.consumer_tag(), None);
         let again = d.to_message();

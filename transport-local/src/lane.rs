@@ -260,21 +260,22 @@ impl Lane {
     }
 
     /// Appends a record; returns where it landed.
+    /// `body_len` is what the lane's byte count grows by (the message body).
     pub fn append(
         &self,
         payload: &[u8],
-        priority: u8,
+        body_len: u32,
         writer: u64,
         ts: u64,
     ) -> Result<Pos, LaneError> {
         loop {
             let seq = self.word(at::WRITE_SEG).load(Acquire);
             let seg = self.segment_or_create(seq)?;
-            match seg.append(payload, priority, writer, ts) {
+            match seg.append(payload, body_len, writer, ts) {
                 Ok(off) => {
                     self.signed(at::READY).fetch_add(1, AcqRel);
                     self.signed(at::READY_BYTES)
-                        .fetch_add(payload.len() as i64, AcqRel);
+                        .fetch_add(i64::from(body_len), AcqRel);
                     return Ok(Pos { seq, off });
                 }
                 Err(AppendError::Full) => {
@@ -298,7 +299,7 @@ impl Lane {
         };
         self.signed(at::READY).fetch_sub(1, AcqRel);
         self.signed(at::READY_BYTES)
-            .fetch_sub(i64::from(meta.payload_len), AcqRel);
+            .fetch_sub(i64::from(meta.body_len), AcqRel);
         self.signed(at::UNACKED).fetch_add(1, AcqRel);
         Some(Claimed {
             pos,
@@ -456,7 +457,7 @@ impl Lane {
         self.signed(at::UNACKED).fetch_sub(1, AcqRel);
         self.signed(at::READY).fetch_add(1, AcqRel);
         self.signed(at::READY_BYTES)
-            .fetch_add(i64::from(c.meta.payload_len), AcqRel);
+            .fetch_add(i64::from(c.meta.body_len), AcqRel);
         self.mark_restored(c.pos);
         true
     }
@@ -491,7 +492,7 @@ impl Lane {
                         self.signed(at::UNACKED).fetch_sub(1, AcqRel);
                         self.signed(at::READY).fetch_add(1, AcqRel);
                         self.signed(at::READY_BYTES)
-                            .fetch_add(i64::from(meta.payload_len), AcqRel);
+                            .fetch_add(i64::from(meta.body_len), AcqRel);
                     }
                     self.mark_restored(pos);
                     n += 1;

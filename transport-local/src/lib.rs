@@ -22,6 +22,10 @@
 
 pub mod codec;
 pub mod lane;
+// flock(2) through libc; the block has a SAFETY note.
+#[allow(unsafe_code)]
+pub mod lock;
+pub mod meta;
 pub mod names;
 pub mod recovery;
 // Atomics and copies on the shared mapping need `unsafe`; every block has a
@@ -30,3 +34,6 @@ pub mod recovery;
 pub mod segment;
 #[allow(unsafe_code)]
 pub mod state;
+pub mod transport;
+
+pub use transport::{open, Fsync, LocalOptions, LocalTransport};

@@ -19,6 +19,7 @@
 
 use std::fs::File;
 use std::path::Path;
+use std::sync::Arc;
 use std::sync::atomic::{
     AtomicU32, AtomicU64, Ordering::AcqRel, Ordering::Acquire, Ordering::Release,
 };
@@ -77,12 +78,9 @@ pub struct RecordMeta {
     pub timestamp_ns: u64,
     /// Payload length in bytes.
     pub payload_len: u32,
-    /// Priority lane of the message.
-    pub priority: u8,
-    /// Record layout version (1).
-    pub version: u8,
-    /// Zero.
-    pub reserved: u16,
+    /// Length of the message body inside the payload (what queue byte limits
+    /// and prefetch windows count).
+    pub body_len: u32,
 }
 
 const META_AT: u64 = 24;
@@ -182,6 +180,23 @@ pub enum Slot {
         /// What failed.
         reason: &'static str,
     },
+}
+
+/// A committed record's payload inside a mapping, owned by a `Bytes`.
+struct MappedSlice {
+    seg: Arc<Segment>,
+    start: usize,
+    len: usize,
+}
+
+impl AsRef<[u8]> for MappedSlice {
+    fn as_ref(&self) -> &[u8] {
+        // SAFETY: the range is inside the mapping (clamped at construction),
+        // which `seg` keeps alive; it is a committed record's payload, which no
+        // process writes after the commit (only the separate atomic header words
+        // change).
+        unsafe { std::slice::from_raw_parts(self.seg.map.as_ptr().add(self.start), self.len) }
+    }
 }
 
 /// An open, mapped segment.
@@ -348,6 +363,18 @@ impl Segment {
         out
     }
 
+    /// The payload of a committed record as `Bytes` that point into the
+    /// mapping (no copy); the mapping stays alive while they do.
+    pub fn payload_bytes(self: &Arc<Self>, offset: u64, meta: &RecordMeta) -> bytes::Bytes {
+        let start = offset + RECORD_HEADER_LEN;
+        let len = u64::from(meta.payload_len).min(self.capacity().saturating_sub(start));
+        bytes::Bytes::from_owner(MappedSlice {
+            seg: self.clone(),
+            start: start as usize,
+            len: len as usize,
+        })
+    }
+
     /// The payload bytes of a record found by [`Segment::read`] (copied out).
     pub fn payload(&self, offset: u64, meta: &RecordMeta) -> Vec<u8> {
         self.read_bytes(offset + RECORD_HEADER_LEN, u64::from(meta.payload_len))
@@ -358,7 +385,7 @@ impl Segment {
     pub fn append(
         &self,
         payload: &[u8],
-        priority: u8,
+        body_len: u32,
         writer: u64,
         timestamp_ns: u64,
     ) -> Result<u64, AppendError> {
@@ -377,9 +404,7 @@ impl Segment {
                     writer,
                     timestamp_ns,
                     payload_len: 0,
-                    priority: 0,
-                    version: 1,
-                    reserved: 0,
+                    body_len: 0,
                 };
                 self.write_bytes(off + META_AT, meta.as_bytes());
                 self.atomic_u32(off + 4).store(FLAG_PADDING, Release);
@@ -400,9 +425,7 @@ impl Segment {
             writer,
             timestamp_ns,
             payload_len: payload.len() as u32,
-            priority,
-            version: 1,
-            reserved: 0,
+            body_len,
         };
         meta.crc = crc(&meta, payload);
         self.write_bytes(off + META_AT, meta.as_bytes());

@@ -36,7 +36,7 @@ fn records_round_trip_and_reopen() {
     match seg.read(a) {
         Slot::Record { meta, len } => {
             assert_eq!(
-                (meta.priority, meta.timestamp_ns, meta.writer, meta.offset),
+                (meta.body_len, meta.timestamp_ns, meta.writer, meta.offset),
                 (3, 1_000, 42 << 32, a)
             );
             assert_eq!(len, 72);

@@ -1,0 +1,903 @@
+//! `local://`: the `Transport` over a store directory shared by processes.
+//!
+//! ```text
+//! <root>/DASHI-LOCAL          "dashi-local 1": format marker, checked on open
+//! <root>/meta.json, meta.lock  topology, rewritten under an exclusive flock
+//! <root>/control              shared words: topology generation
+//! <root>/q/<name>/state       shared words: which lanes were ever used
+//! <root>/q/<name>/name        the queue's name (for hashed directory names)
+//! <root>/q/<name>/lane-<p>/   one lane per priority (see lane.rs)
+//! ```
+//!
+//! # Invariants
+//! - Topology changes take the metadata lock, re-read `meta.json`, write it
+//!   anew and bump the shared generation; every process reloads its routing
+//!   snapshot when it sees a new generation (one atomic load per publish).
+//! - A message is encoded once per publish and appended to each target
+//!   queue's lane; a delivered body is a view into the segment mapping.
+//! - Deliveries are claims in the log, settled in place (acked, dead,
+//!   restored), so any process can take over another's work.
+
+use std::collections::HashMap;
+use std::fs::OpenOptions;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::AcqRel, Ordering::Acquire, Ordering::SeqCst};
+use std::sync::{Arc, OnceLock, Weak};
+use std::task::Waker;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use arc_swap::ArcSwap;
+use dashi_engine::clock::now_ns;
+use dashi_engine::{Error, PublishError, UrlError};
+use dashi_engine::exchange::Exchange;
+use dashi_engine::names::{check_exchange_ref, check_name};
+use dashi_engine::queue::{Overflow, Queue, QueueInfo};
+use dashi_engine::routing::{Binding, Routing, Topology};
+use dashi_engine::{Counters, QueueStats, TransportEvent};
+use dashi_engine::transport::{dead_letter, ConnectionId, DeathReason, Envelope, Implements, QueueStore, Transport};
+use dashi_engine::url::ConnectUrl;
+use dashi_engine::{Connection, Notify};
+use parking_lot::Mutex;
+
+use crate::codec;
+use crate::lane::{claim, Claimed, Lane};
+use crate::lock::FileLock;
+use crate::meta::Meta;
+use crate::names;
+use crate::state::StatePage;
+
+const MARKER: &str = "dashi-local 1\n";
+const GENERATION: usize = 0;
+
+/// When a publish is confirmed durable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Fsync {
+    /// Confirmed once in the shared mapping: survives a process crash, not a
+    /// power loss.
+    Never,
+}
+
+/// Options of a `local://` URL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LocalOptions {
+    /// Durability of a confirmed publish.
+    pub fsync: Fsync,
+    /// Size of each segment file.
+    pub segment_size: u64,
+    /// Most ready bytes per queue (its disk budget), if limited.
+    pub max_queue_bytes: Option<u64>,
+}
+
+impl Default for LocalOptions {
+    fn default() -> Self {
+        LocalOptions {
+            fsync: Fsync::Never,
+            segment_size: 64 << 20,
+            max_queue_bytes: None,
+        }
+    }
+}
+
+fn store_err(what: &str, e: impl std::fmt::Display) -> Error {
+    Error::Transport(format!("local store: {what}: {e}"))
+}
+
+fn wall_ns() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
+}
+
+struct Topo {
+    generation: u64,
+    topology: Topology,
+    queues: HashMap<String, Arc<LocalQueue>>,
+}
+
+struct Inner {
+    root: PathBuf,
+    opts: LocalOptions,
+    control: StatePage,
+    topo: Mutex<Topo>,
+    routing: ArcSwap<Routing<Arc<LocalQueue>>>,
+    counters: Counters,
+    pid: u32,
+    /// Exclusive queues this process declared: name → connection.
+    exclusive_owner: Mutex<HashMap<String, ConnectionId>>,
+}
+
+/// The `local://` transport. Cheap to clone.
+#[derive(Clone)]
+pub struct LocalTransport {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for LocalTransport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LocalTransport")
+            .field("root", &self.inner.root)
+            .finish()
+    }
+}
+
+/// One queue of the store, as this process uses it.
+pub struct LocalQueue {
+    decl: Queue,
+    dir: PathBuf,
+    lanes_used: StatePage,
+    lanes: Vec<OnceLock<Arc<Lane>>>,
+    segment_size: u64,
+    notify: Notify,
+    held: Mutex<HashMap<u64, Claimed>>,
+    consumers: AtomicU64,
+    deleted: AtomicBool,
+    pid: u32,
+    transport: Weak<Inner>,
+}
+
+impl std::fmt::Debug for LocalQueue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LocalQueue").field("name", &self.decl.name).finish()
+    }
+}
+
+fn token(lane: u8, c: &Claimed) -> u64 {
+    (u64::from(lane) << 56) | (c.pos.seq << 36) | c.pos.off
+}
+
+impl LocalQueue {
+    fn open(root: &Path, decl: Queue, opts: &LocalOptions, pid: u32, transport: Weak<Inner>) -> Result<LocalQueue, Error> {
+        let comp = names::encode(&decl.name).ok_or_else(|| store_err("queue name", "empty"))?;
+        let dir = root.join("q").join(comp);
+        std::fs::create_dir_all(&dir).map_err(|e| store_err("queue directory", e))?;
+        std::fs::write(dir.join("name"), decl.name.as_bytes()).map_err(|e| store_err("queue name file", e))?;
+        let lanes_used = StatePage::open(&dir.join("state")).map_err(|e| store_err("queue state", e))?;
+        Ok(LocalQueue {
+            lanes: (0..=decl.max_priority).map(|_| OnceLock::new()).collect(),
+            decl,
+            dir,
+            lanes_used,
+            segment_size: opts.segment_size,
+            notify: Notify::new(),
+            held: Mutex::new(HashMap::new()),
+            consumers: AtomicU64::new(0),
+            deleted: AtomicBool::new(false),
+            pid,
+            transport,
+        })
+    }
+
+    fn lane(&self, p: u8) -> Result<&Arc<Lane>, Error> {
+        let cell = &self.lanes[p as usize];
+        if let Some(l) = cell.get() {
+            return Ok(l);
+        }
+        let lane = Lane::open(&self.dir.join(format!("lane-{p}")), u32::from(p), self.segment_size)
+            .map_err(|e| store_err("lane", e))?;
+        let _ = cell.set(Arc::new(lane));
+        self.lanes_used.u64_at(8 * (p as usize / 64)).fetch_or(1 << (p % 64), AcqRel);
+        cell.get().ok_or_else(|| store_err("lane", "vanished"))
+    }
+
+    /// Lanes any process ever used, most urgent first.
+    fn used_lanes(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        for p in (0..=self.decl.max_priority).rev() {
+            if self.lanes_used.u64_at(8 * (p as usize / 64)).load(Acquire) & (1 << (p % 64)) != 0 {
+                out.push(p);
+            }
+        }
+        out
+    }
+
+    fn counts(&self) -> (u64, u64, u64, Vec<u64>) {
+        let mut depth = vec![0; self.decl.max_priority as usize + 1];
+        let (mut n, mut b, mut u) = (0, 0, 0);
+        for p in self.used_lanes() {
+            if let Ok(l) = self.lane(p) {
+                let (r, rb, ru) = l.counts();
+                depth[p as usize] = r;
+                n += r;
+                b += rb;
+                u += ru;
+            }
+        }
+        (n, b, u, depth)
+    }
+
+    fn envelope(&self, lane: u8, c: &Claimed) -> Result<Envelope, Error> {
+        let bytes = c.segment.payload_bytes(c.pos.off, &c.meta);
+        let p = codec::decode(&bytes).map_err(|e| store_err("record payload", e))?;
+        let ttl = match (self.decl.message_ttl, p.message.properties.expiration) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        let mut env = Envelope::new(p.message, &p.exchange, &p.routing_key);
+        env.redelivered = c.redelivered;
+        env.lane = lane;
+        env.token = token(lane, c);
+        env.expires_at = match ttl {
+            None => u64::MAX,
+            Some(ttl) => {
+                let deadline = c.meta.timestamp_ns.saturating_add(ttl.as_nanos() as u64);
+                now_ns().saturating_add(deadline.saturating_sub(wall_ns()))
+            }
+        };
+        Ok(env)
+    }
+
+    fn take(&self, token: u64) -> Option<(u8, Claimed)> {
+        self.held.lock().remove(&token).map(|c| ((token >> 56) as u8, c))
+    }
+
+    fn kill(&self, lane: u8, c: &Claimed, env: Envelope, reason: DeathReason) {
+        if let Ok(l) = self.lane(lane) {
+            l.settle(c, self.pid, claim::DEAD);
+        }
+        if let Some(t) = self.transport.upgrade() {
+            t.dead_letter(&self.decl, env, reason);
+        }
+    }
+
+    /// Claims the oldest message of the least urgent lane (drop-head).
+    fn drop_oldest(&self) -> bool {
+        for p in self.used_lanes().into_iter().rev() {
+            let Ok(l) = self.lane(p) else { continue };
+            if let Ok(Some(c)) = l.claim(self.pid) {
+                match self.envelope(p, &c) {
+                    Ok(env) => self.kill(p, &c, env, DeathReason::MaxLen),
+                    Err(_) => {
+                        l.settle(&c, self.pid, claim::DEAD);
+                    }
+                }
+                return true;
+            }
+        }
+        false
+    }
+}
+
+impl QueueStore for LocalQueue {
+    fn name(&self) -> &str {
+        &self.decl.name
+    }
+
+    fn declaration(&self) -> &Queue {
+        &self.decl
+    }
+
+    fn pop(&self) -> Option<Envelope> {
+        for p in self.used_lanes() {
+            let Ok(l) = self.lane(p) else { continue };
+            while let Ok(Some(c)) = l.claim(self.pid) {
+                let env = match self.envelope(p, &c) {
+                    Ok(env) => env,
+                    Err(e) => {
+                        tracing::warn!(queue = %self.decl.name, error = %e, "unreadable record set aside");
+                        l.settle(&c, self.pid, claim::DEAD);
+                        continue;
+                    }
+                };
+                if env.expires_at != u64::MAX && now_ns() >= env.expires_at {
+                    if let Some(t) = self.transport.upgrade() {
+                        t.counters.record(TransportEvent::Expired, 1);
+                    }
+                    self.kill(p, &c, env, DeathReason::Expired);
+                    continue;
+                }
+                self.held.lock().insert(env.token, c);
+                return Some(env);
+            }
+        }
+        None
+    }
+
+    fn ack(&self, env: &Envelope) {
+        if let Some((p, c)) = self.take(env.token) {
+            if let Ok(l) = self.lane(p) {
+                l.settle(&c, self.pid, claim::ACKED);
+            }
+        }
+    }
+
+    fn reject(&self, env: Envelope) {
+        if let Some((p, c)) = self.take(env.token) {
+            self.kill(p, &c, env, DeathReason::Rejected);
+        }
+    }
+
+    fn restore(&self, envs: Vec<Envelope>) {
+        for env in envs {
+            if let Some((p, c)) = self.take(env.token) {
+                if let Ok(l) = self.lane(p) {
+                    l.restore(&c, self.pid);
+                }
+            }
+        }
+        self.notify.notify_all();
+    }
+
+    fn register(&self, waker: &Waker) -> u64 {
+        self.notify.register(waker)
+    }
+
+    fn unregister(&self, id: u64) {
+        self.notify.unregister(id)
+    }
+
+    fn is_deleted(&self) -> bool {
+        self.deleted.load(SeqCst)
+    }
+
+    fn consumer_added(&self) {
+        self.consumers.fetch_add(1, SeqCst);
+    }
+
+    fn consumer_removed(&self) {
+        let left = self.consumers.fetch_sub(1, SeqCst) - 1;
+        if left == 0 && self.decl.auto_delete && !self.is_deleted() {
+            if let Some(t) = self.transport.upgrade() {
+                let _ = t.change(|m| {
+                    m.queues.retain(|(q, _)| q.name != self.decl.name);
+                    m.bindings.retain(|b| b.queue != self.decl.name);
+                    Ok(())
+                });
+            }
+        }
+    }
+}
+
+impl Inner {
+    fn meta_path(&self) -> PathBuf {
+        self.root.join("meta.json")
+    }
+
+    fn read_meta(&self) -> Result<Meta, Error> {
+        match std::fs::read_to_string(self.meta_path()) {
+            Ok(text) => Meta::from_json(&text).map_err(|e| store_err("metadata", e)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Meta::default()),
+            Err(e) => Err(store_err("metadata", e)),
+        }
+    }
+
+    fn lock_meta(&self) -> Result<FileLock, Error> {
+        let f = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .read(true)
+            .write(true)
+            .open(self.root.join("meta.lock"))
+            .map_err(|e| store_err("metadata lock", e))?;
+        FileLock::exclusive(f).map_err(|e| store_err("metadata lock", e))
+    }
+
+    /// Applies a topology change under the metadata lock and publishes it.
+    fn change(self: &Arc<Self>, f: impl FnOnce(&mut Meta) -> Result<(), Error>) -> Result<(), Error> {
+        let _lock = self.lock_meta()?;
+        let mut meta = self.read_meta()?;
+        let before = meta.clone();
+        f(&mut meta)?;
+        if meta != before {
+            let tmp = self.root.join(format!("meta.json.tmp-{}", self.pid));
+            std::fs::write(&tmp, meta.to_json()).map_err(|e| store_err("metadata write", e))?;
+            std::fs::rename(&tmp, self.meta_path()).map_err(|e| store_err("metadata write", e))?;
+            self.control.u64_at(GENERATION).fetch_add(1, AcqRel);
+        }
+        self.reload(meta)
+    }
+
+    /// Reloads the topology if another process changed it.
+    fn refresh(self: &Arc<Self>) -> Result<(), Error> {
+        let gen = self.control.u64_at(GENERATION).load(Acquire);
+        if self.topo.lock().generation == gen && gen != 0 {
+            return Ok(());
+        }
+        let meta = self.read_meta()?;
+        self.reload(meta)
+    }
+
+    fn reload(self: &Arc<Self>, meta: Meta) -> Result<(), Error> {
+        let gen = self.control.u64_at(GENERATION).load(Acquire);
+        let mut topo = self.topo.lock();
+        let mut topology = Topology::new();
+        for e in &meta.exchanges {
+            topology.declare_exchange(e)?;
+        }
+        let mut queues = HashMap::new();
+        for (q, _) in &meta.queues {
+            let existing = topo.queues.get(&q.name).filter(|x| x.decl == *q).cloned();
+            let lq = match existing {
+                Some(x) => x,
+                None => Arc::new(LocalQueue::open(&self.root, q.clone(), &self.opts, self.pid, Arc::downgrade(self))?),
+            };
+            queues.insert(q.name.clone(), lq);
+        }
+        for b in &meta.bindings {
+            let _ = topology.bind(b.clone(), |q| queues.contains_key(q));
+        }
+        for (name, q) in &topo.queues {
+            if !queues.contains_key(name) {
+                q.deleted.store(true, SeqCst);
+                q.notify.notify_all();
+            }
+        }
+        let snapshot = topology.snapshot(queues.iter().map(|(n, q)| (n.clone(), q.clone())));
+        topo.topology = topology;
+        topo.queues = queues;
+        topo.generation = gen;
+        self.routing.store(Arc::new(snapshot));
+        Ok(())
+    }
+
+    fn queue(self: &Arc<Self>, name: &str, owner: ConnectionId) -> Result<Arc<LocalQueue>, Error> {
+        check_name("queue", name)?;
+        self.refresh()?;
+        let q = self
+            .topo
+            .lock()
+            .queues
+            .get(name)
+            .cloned()
+            .ok_or_else(|| Error::UnknownQueue(name.to_owned()))?;
+        self.check_owner(&q, owner)?;
+        Ok(q)
+    }
+
+    fn check_owner(&self, q: &LocalQueue, owner: ConnectionId) -> Result<(), Error> {
+        if q.decl.exclusive {
+            match self.exclusive_owner.lock().get(&q.decl.name) {
+                Some(o) if *o == owner => {}
+                _ => return Err(Error::Exclusive(q.decl.name.clone())),
+            }
+        }
+        Ok(())
+    }
+
+    fn dead_letter(self: &Arc<Self>, queue: &Queue, env: Envelope, reason: DeathReason) {
+        let Some((message, dlx, rk)) = dead_letter(queue, &env, reason) else {
+            if reason == DeathReason::MaxLen {
+                self.counters.record(TransportEvent::DroppedOverflow, 1);
+            }
+            return;
+        };
+        match self.publish(Envelope::new(message, &dlx, &rk), true, true) {
+            Ok(()) => self.counters.record(TransportEvent::DeadLettered, 1),
+            Err(e) => {
+                tracing::warn!(queue = %queue.name, error = %e, "dead-lettered message dropped");
+                self.counters.record(TransportEvent::DroppedDeadLetter, 1)
+            }
+        }
+    }
+
+    fn publish(self: &Arc<Self>, env: Envelope, mandatory: bool, clamp: bool) -> Result<(), PublishError> {
+        if let Err(e) = self.refresh() {
+            return Err(PublishError::Transport {
+                reason: e.to_string(),
+                message: Box::new(env.into_message()),
+            });
+        }
+        let routing = self.routing.load();
+        let route = match routing.route(&env.exchange, &env.routing_key, &env.properties().headers) {
+            Ok(r) => r,
+            Err(missing) => {
+                return Err(PublishError::UnknownExchange {
+                    exchange: missing,
+                    message: Box::new(env.into_message()),
+                })
+            }
+        };
+        let targets = route.as_slice();
+        if targets.is_empty() {
+            if mandatory {
+                return Err(PublishError::Unroutable {
+                    exchange: env.exchange.to_string(),
+                    routing_key: env.routing_key.to_string(),
+                    message: Box::new(env.into_message()),
+                });
+            }
+            self.counters.record(TransportEvent::Published, 1);
+            self.counters.record(TransportEvent::DroppedUnroutable, 1);
+            return Ok(());
+        }
+        let mut priority = env.properties().priority.unwrap_or(0);
+        for &t in targets {
+            let q = routing.target(t);
+            if priority > q.decl.max_priority {
+                if clamp {
+                    priority = q.decl.max_priority;
+                    continue;
+                }
+                return Err(PublishError::PriorityTooHigh {
+                    priority,
+                    max: q.decl.max_priority,
+                    queue: q.decl.name.clone(),
+                    message: Box::new(env.into_message()),
+                });
+            }
+        }
+        let size = env.size() as u64;
+        for &t in targets {
+            let q = routing.target(t);
+            let (n, b, _, _) = q.counts();
+            let budget = self.opts.max_queue_bytes.filter(|max| b + size > *max);
+            let over = if n + 1 > q.decl.max_length {
+                Some("max_length")
+            } else if b + size > q.decl.max_length_bytes {
+                Some("max_length_bytes")
+            } else {
+                None
+            };
+            if let Some(max) = budget {
+                return Err(PublishError::QueueFull {
+                    queue: q.decl.name.clone(),
+                    reason: format!("max_queue_bytes ({max}) of the local store reached"),
+                    message: Box::new(env.into_message()),
+                });
+            }
+            if let Some(which) = over {
+                match q.decl.overflow {
+                    Overflow::RejectPublish => {
+                        return Err(PublishError::QueueFull {
+                            queue: q.decl.name.clone(),
+                            reason: format!("{which} reached and overflow is reject-publish"),
+                            message: Box::new(env.into_message()),
+                        })
+                    }
+                    Overflow::DropHead => {
+                        q.drop_oldest();
+                    }
+                }
+            }
+        }
+        let payload = match codec::encode(&env.exchange, &env.routing_key, &env.to_message()) {
+            Ok(p) => p,
+            Err(e) => {
+                return Err(PublishError::Transport {
+                    reason: format!("encoding the record: {e}"),
+                    message: Box::new(env.into_message()),
+                })
+            }
+        };
+        let writer = u64::from(self.pid) << 32;
+        let ts = wall_ns();
+        for &t in targets {
+            let q = routing.target(t);
+            let lane = priority.min(q.decl.max_priority);
+            let r = q.lane(lane).and_then(|l| l.append(&payload, env.size() as u32, writer, ts).map_err(|e| store_err("append", e)));
+            if let Err(e) = r {
+                return Err(PublishError::Transport {
+                    reason: e.to_string(),
+                    message: Box::new(env.into_message()),
+                });
+            }
+            q.notify.notify_all();
+        }
+        self.counters.record(TransportEvent::Published, 1);
+        self.counters.record(TransportEvent::Routed, targets.len() as u64);
+        Ok(())
+    }
+}
+
+static OPEN: OnceLock<Mutex<HashMap<(PathBuf, String), Weak<Inner>>>> = OnceLock::new();
+
+impl LocalTransport {
+    /// The store at `root`, shared with every connection of this process that
+    /// opened it with the same options (one set of mappings and wake-ups).
+    pub fn open(root: &Path, opts: LocalOptions) -> Result<LocalTransport, Error> {
+        let key = (root.to_owned(), format!("{opts:?}"));
+        let mut open = OPEN.get_or_init(Default::default).lock();
+        if let Some(inner) = open.get(&key).and_then(Weak::upgrade) {
+            return Ok(LocalTransport { inner });
+        }
+        let t = Self::open_new(root, opts)?;
+        open.retain(|_, w| w.strong_count() > 0);
+        open.insert(key, Arc::downgrade(&t.inner));
+        Ok(t)
+    }
+
+    fn open_new(root: &Path, opts: LocalOptions) -> Result<LocalTransport, Error> {
+        std::fs::create_dir_all(root.join("q")).map_err(|e| store_err("directory", e))?;
+        let marker = root.join("DASHI-LOCAL");
+        match std::fs::read_to_string(&marker) {
+            Ok(m) if m == MARKER => {}
+            Ok(m) => {
+                return Err(store_err(
+                    "format",
+                    format!(
+                        "{} holds a store of format {:?}; this build reads {:?}",
+                        root.display(),
+                        m.trim(),
+                        MARKER.trim()
+                    ),
+                ))
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                std::fs::write(&marker, MARKER).map_err(|e| store_err("format marker", e))?;
+            }
+            Err(e) => return Err(store_err("format marker", e)),
+        }
+        let control = StatePage::open(&root.join("control")).map_err(|e| store_err("control page", e))?;
+        let inner = Arc::new(Inner {
+            root: root.to_owned(),
+            opts,
+            control,
+            topo: Mutex::new(Topo {
+                generation: u64::MAX,
+                topology: Topology::new(),
+                queues: HashMap::new(),
+            }),
+            routing: ArcSwap::from_pointee(Routing::default()),
+            counters: Counters::default(),
+            pid: std::process::id(),
+            exclusive_owner: Mutex::new(HashMap::new()),
+        });
+        let meta = inner.read_meta()?;
+        inner.reload(meta)?;
+        Ok(LocalTransport { inner })
+    }
+
+    /// The store directory.
+    pub fn root(&self) -> &Path {
+        &self.inner.root
+    }
+}
+
+impl Transport for LocalTransport {
+    fn scheme(&self) -> &'static str {
+        "local"
+    }
+
+    fn implements(&self) -> Implements {
+        let mut i = Implements::default();
+        i.priorities = true;
+        i.fanout = true;
+        i.durable = true;
+        i.multi_process = true;
+        i
+    }
+
+    fn declare_exchange(&self, ex: &Exchange) -> Result<(), Error> {
+        let mut t = Topology::new();
+        t.declare_exchange(ex)?;
+        self.inner.change(|m| {
+            match m.exchanges.iter().find(|e| e.name == ex.name) {
+                Some(e) if e == ex => {}
+                Some(e) => {
+                    let mut t = Topology::new();
+                    t.declare_exchange(e)?;
+                    t.declare_exchange(ex)?;
+                }
+                None => m.exchanges.push(ex.clone()),
+            }
+            Ok(())
+        })
+    }
+
+    fn delete_exchange(&self, name: &str, if_unused: bool) -> Result<(), Error> {
+        check_name("exchange", name)?;
+        self.inner.change(|m| {
+            if !m.exchanges.iter().any(|e| e.name == name) {
+                return Err(Error::UnknownExchange(name.to_owned()));
+            }
+            if if_unused && m.bindings.iter().any(|b| b.exchange == name) {
+                return Err(Error::InUse(format!("exchange {name:?}")));
+            }
+            m.exchanges.retain(|e| e.name != name);
+            m.bindings.retain(|b| b.exchange != name);
+            Ok(())
+        })
+    }
+
+    fn declare_queue(&self, q: &Queue, owner: ConnectionId) -> Result<QueueInfo, Error> {
+        check_name("queue", &q.name)?;
+        if let Some(dlx) = &q.dead_letter_exchange {
+            check_exchange_ref(dlx)?;
+        }
+        if q.max_length == 0 || q.max_length_bytes == 0 {
+            return Err(Error::InvalidArgument(
+                "max_length and max_length_bytes must be at least 1".into(),
+            ));
+        }
+        let pid = self.inner.pid;
+        self.inner.change(|m| {
+            match m.queues.iter().find(|(x, _)| x.name == q.name) {
+                Some((x, o)) => {
+                    if x.exclusive && (*o != Some(pid) || self.inner.exclusive_owner.lock().get(&q.name) != Some(&owner)) {
+                        return Err(Error::Exclusive(q.name.clone()));
+                    }
+                    if x != q {
+                        return Err(Error::PreconditionFailed(format!(
+                            "queue {:?} exists with other arguments ({x:?}); redeclared as {q:?}",
+                            q.name
+                        )));
+                    }
+                }
+                None => {
+                    m.queues.push((q.clone(), q.exclusive.then_some(pid)));
+                    if q.exclusive {
+                        self.inner.exclusive_owner.lock().insert(q.name.clone(), owner);
+                    }
+                }
+            }
+            Ok(())
+        })?;
+        let lq = self.inner.queue(&q.name, owner)?;
+        let (n, _, _, _) = lq.counts();
+        Ok(QueueInfo {
+            name: q.name.clone(),
+            message_count: n,
+            consumer_count: lq.consumers.load(SeqCst),
+        })
+    }
+
+    fn delete_queue(&self, name: &str, if_unused: bool, if_empty: bool, owner: ConnectionId) -> Result<u64, Error> {
+        let q = self.inner.queue(name, owner)?;
+        if if_unused && q.consumers.load(SeqCst) > 0 {
+            return Err(Error::InUse(format!("queue {name:?}")));
+        }
+        let (n, _, _, _) = q.counts();
+        if if_empty && n > 0 {
+            return Err(Error::NotEmpty(name.to_owned()));
+        }
+        self.inner.change(|m| {
+            m.queues.retain(|(x, _)| x.name != name);
+            m.bindings.retain(|b| b.queue != name);
+            Ok(())
+        })?;
+        let _ = std::fs::remove_dir_all(&q.dir);
+        Ok(n)
+    }
+
+    fn purge_queue(&self, name: &str, owner: ConnectionId) -> Result<u64, Error> {
+        let q = self.inner.queue(name, owner)?;
+        let mut n = 0;
+        for p in q.used_lanes() {
+            let l = q.lane(p)?;
+            while let Ok(Some(c)) = l.claim(q.pid) {
+                l.settle(&c, q.pid, claim::DEAD);
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+
+    fn bind(&self, binding: Binding) -> Result<(), Error> {
+        self.inner.change(|m| {
+            let mut t = Topology::new();
+            for e in &m.exchanges {
+                t.declare_exchange(e)?;
+            }
+            let names: Vec<String> = m.queues.iter().map(|(q, _)| q.name.clone()).collect();
+            if t.bind(binding.clone(), |q| names.iter().any(|n| n == q))? && !m.bindings.contains(&binding) {
+                m.bindings.push(binding.clone());
+            }
+            Ok(())
+        })
+    }
+
+    fn unbind(&self, binding: &Binding) -> Result<(), Error> {
+        self.inner.change(|m| {
+            let before = m.bindings.len();
+            m.bindings.retain(|b| b != binding);
+            if m.bindings.len() == before {
+                return Err(Error::InvalidArgument(format!(
+                    "no binding of queue {:?} to exchange {:?} with key {:?}",
+                    binding.queue, binding.exchange, binding.routing_key
+                )));
+            }
+            let ex = binding.exchange.clone();
+            let auto = m.exchanges.iter().any(|e| e.name == ex && e.auto_delete);
+            if auto && !m.bindings.iter().any(|b| b.exchange == ex) {
+                m.exchanges.retain(|e| e.name != ex);
+            }
+            Ok(())
+        })
+    }
+
+    fn queue(&self, name: &str, owner: ConnectionId) -> Result<Arc<dyn QueueStore>, Error> {
+        Ok(self.inner.queue(name, owner)?)
+    }
+
+    fn publish(&self, envelope: Envelope, mandatory: bool) -> Result<(), PublishError> {
+        self.inner.publish(envelope, mandatory, false)
+    }
+
+    fn connection_closed(&self, owner: ConnectionId) {
+        let mine: Vec<String> = self
+            .inner
+            .exclusive_owner
+            .lock()
+            .iter()
+            .filter(|(_, o)| **o == owner)
+            .map(|(n, _)| n.clone())
+            .collect();
+        for name in mine {
+            let _ = self.delete_queue(&name, false, false, owner);
+            self.inner.exclusive_owner.lock().remove(&name);
+        }
+    }
+
+    fn counters(&self) -> &Counters {
+        &self.inner.counters
+    }
+
+    fn queue_stats(&self, name: &str) -> Option<QueueStats> {
+        self.inner.refresh().ok()?;
+        let q = self.inner.topo.lock().queues.get(name).cloned()?;
+        Some(stats(&q))
+    }
+
+    fn all_queue_stats(&self) -> Vec<QueueStats> {
+        let _ = self.inner.refresh();
+        let qs: Vec<_> = self.inner.topo.lock().queues.values().cloned().collect();
+        qs.iter().map(|q| stats(q)).collect()
+    }
+}
+
+fn stats(q: &LocalQueue) -> QueueStats {
+    let (n, b, u, depth) = q.counts();
+    QueueStats::new(q.decl.name.clone(), depth, n, b, u, q.consumers.load(SeqCst))
+}
+
+fn parse_fsync(v: &str) -> Result<Fsync, UrlError> {
+    let invalid = |reason: &str| UrlError::InvalidOption {
+        name: "fsync".into(),
+        value: v.into(),
+        reason: reason.into(),
+    };
+    match v {
+        "never" => Ok(Fsync::Never),
+        "always" => Err(invalid(
+            "this build of local:// supports fsync=never only so far (always and interval:<ms> are being built)",
+        )),
+        v if v.starts_with("interval:") => Err(invalid(
+            "this build of local:// supports fsync=never only so far (always and interval:<ms> are being built)",
+        )),
+        _ => Err(invalid("expected never, always or interval:<ms>")),
+    }
+}
+
+/// Opens a `local:///abs/dir?options` URL.
+pub fn open(mut url: ConnectUrl) -> Result<Connection, Error> {
+    if url.scheme != "local" {
+        return Err(UrlError::UnknownScheme {
+            scheme: url.scheme,
+            supported: "local".into(),
+        }
+        .into());
+    }
+    if !url.host.is_empty() || url.path.is_empty() || !url.path.starts_with('/') {
+        return Err(UrlError::Malformed {
+            reason: format!(
+                "local:// needs an absolute directory: local:///abs/path (got host {:?}, path {:?}); \
+                 relative paths are not accepted",
+                url.host, url.path
+            ),
+        }
+        .into());
+    }
+    let config = url.take_connection_config()?;
+    let mut opts = LocalOptions::default();
+    if let Some(v) = url.take_option("fsync") {
+        opts.fsync = parse_fsync(&v)?;
+    }
+    if let Some(v) = url.take_option("segment_size") {
+        let n = dashi_engine::url::parse_size("segment_size", &v)?;
+        if n < 64 << 10 || n > 1 << 35 || n % 4096 != 0 {
+            return Err(UrlError::InvalidOption {
+                name: "segment_size".into(),
+                value: v,
+                reason: "expected a multiple of 4096 from 64K to 32G".into(),
+            }
+            .into());
+        }
+        opts.segment_size = n;
+    }
+    if let Some(v) = url.take_option("max_queue_bytes") {
+        opts.max_queue_bytes = Some(dashi_engine::url::parse_size("max_queue_bytes", &v)?);
+    }
+    url.reject_unknown_options()?;
+    let t = LocalTransport::open(Path::new(&url.path), opts)?;
+    Ok(Connection::with_transport(Arc::new(t), config))
+}
