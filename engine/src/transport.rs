@@ -221,7 +221,11 @@ impl DeathReason {
 /// when `queue` has a dead-letter exchange: `x-first-death-*` headers set once,
 /// `x-last-death-*` every time, the per-message TTL removed (so it does not
 /// expire again at once).
-pub fn dead_letter(queue: &Queue, env: &Envelope, reason: DeathReason) -> Option<(Message, String, String)> {
+pub fn dead_letter(
+    queue: &Queue,
+    env: &Envelope,
+    reason: DeathReason,
+) -> Option<(Message, String, String)> {
     let dlx = queue.dead_letter_exchange.clone()?;
     let mut message = env.to_message();
     let h = &mut message.properties.headers;
@@ -230,7 +234,8 @@ pub fn dead_letter(queue: &Queue, env: &Envelope, reason: DeathReason) -> Option
         ("x-first-death-queue", queue.name.as_str()),
         ("x-first-death-exchange", env.exchange.as_str()),
     ] {
-        h.entry(k.to_owned()).or_insert_with(|| crate::Value::from(v));
+        h.entry(k.to_owned())
+            .or_insert_with(|| crate::Value::from(v));
     }
     h.insert("x-last-death-reason".into(), reason.as_str().into());
     h.insert("x-last-death-queue".into(), queue.name.as_str().into());

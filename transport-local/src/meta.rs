@@ -35,7 +35,11 @@ fn value_json(v: &Value) -> Json {
 }
 
 fn headers_json(h: &Headers) -> Json {
-    Json::Object(h.iter().map(|(k, v)| (k.clone(), value_json(v))).collect::<Map<_, _>>())
+    Json::Object(
+        h.iter()
+            .map(|(k, v)| (k.clone(), value_json(v)))
+            .collect::<Map<_, _>>(),
+    )
 }
 
 fn json_value(j: &Json) -> Result<Value, String> {
@@ -49,7 +53,11 @@ fn json_value(j: &Json) -> Result<Value, String> {
             (_, Some(f), _, _) => Value::Float(f.as_f64().ok_or("bad float")?),
             (_, _, Some(Json::Array(b)), _) => Value::Bytes(
                 b.iter()
-                    .map(|x| x.as_u64().and_then(|n| u8::try_from(n).ok()).ok_or("bad byte"))
+                    .map(|x| {
+                        x.as_u64()
+                            .and_then(|n| u8::try_from(n).ok())
+                            .ok_or("bad byte")
+                    })
                     .collect::<Result<Vec<u8>, _>>()?
                     .into(),
             ),
@@ -102,23 +110,33 @@ impl Meta {
                        "arguments": headers_json(&b.arguments)})
             })
             .collect();
-        json!({"version": 1, "exchanges": exchanges, "queues": queues, "bindings": bindings}).to_string()
+        json!({"version": 1, "exchanges": exchanges, "queues": queues, "bindings": bindings})
+            .to_string()
     }
 
     /// From JSON text; errors name what is wrong.
     pub fn from_json(text: &str) -> Result<Meta, String> {
         let j: Json = serde_json::from_str(text).map_err(|e| format!("meta.json: {e}"))?;
         if j["version"] != 1 {
-            return Err(format!("meta.json: version {} is not supported", j["version"]));
+            return Err(format!(
+                "meta.json: version {} is not supported",
+                j["version"]
+            ));
         }
-        let s = |v: &Json, k: &str| v[k].as_str().map(str::to_owned).ok_or(format!("meta.json: {k} missing"));
+        let s = |v: &Json, k: &str| {
+            v[k].as_str()
+                .map(str::to_owned)
+                .ok_or(format!("meta.json: {k} missing"))
+        };
         let opt_s = |v: &Json, k: &str| v[k].as_str().map(str::to_owned);
         let u = |v: &Json, k: &str| v[k].as_u64().ok_or(format!("meta.json: {k} missing"));
         let b = |v: &Json, k: &str| v[k].as_bool().unwrap_or(false);
         let d = |v: &Json, k: &str| v[k].as_u64().map(Duration::from_millis);
         let mut m = Meta::default();
         for e in j["exchanges"].as_array().into_iter().flatten() {
-            let kind: ExchangeKind = s(e, "kind")?.parse().map_err(|x| format!("meta.json: {x}"))?;
+            let kind: ExchangeKind = s(e, "kind")?
+                .parse()
+                .map_err(|x| format!("meta.json: {x}"))?;
             let mut ex = Exchange::new(s(e, "name")?, kind);
             ex.durable = b(e, "durable");
             ex.auto_delete = b(e, "auto_delete");
@@ -130,7 +148,8 @@ impl Meta {
             d2.durable = b(q, "durable");
             d2.exclusive = b(q, "exclusive");
             d2.auto_delete = b(q, "auto_delete");
-            d2.max_priority = u8::try_from(u(q, "max_priority")?).map_err(|_| "meta.json: max_priority")?;
+            d2.max_priority =
+                u8::try_from(u(q, "max_priority")?).map_err(|_| "meta.json: max_priority")?;
             d2.max_length = u(q, "max_length")?;
             d2.max_length_bytes = u(q, "max_length_bytes")?;
             d2.overflow = match s(q, "overflow")?.as_str() {
@@ -173,9 +192,18 @@ mod tests {
             ("x-match".to_string(), Value::from("any")),
             ("n".to_string(), Value::from(5)),
             ("f".to_string(), Value::from(0.5)),
-            ("b".to_string(), Value::from(bytes::Bytes::from_static(&[1, 2]))),
-            ("l".to_string(), Value::List(vec![Value::Null, Value::Bool(true)])),
-            ("t".to_string(), Value::Table(Headers::from([("k".to_string(), Value::from("v"))]))),
+            (
+                "b".to_string(),
+                Value::from(bytes::Bytes::from_static(&[1, 2])),
+            ),
+            (
+                "l".to_string(),
+                Value::List(vec![Value::Null, Value::Bool(true)]),
+            ),
+            (
+                "t".to_string(),
+                Value::Table(Headers::from([("k".to_string(), Value::from("v"))])),
+            ),
         ]
         .into_iter()
         .collect();
@@ -195,9 +223,13 @@ mod tests {
     #[test]
     fn bad_meta_is_a_clear_error() {
         assert!(Meta::from_json("{").unwrap_err().contains("meta.json"));
-        assert!(Meta::from_json(r#"{"version":7}"#).unwrap_err().contains("version 7"));
-        assert!(Meta::from_json(r#"{"version":1,"queues":[{"durable":true}]}"#)
+        assert!(Meta::from_json(r#"{"version":7}"#)
             .unwrap_err()
-            .contains("name missing"));
+            .contains("version 7"));
+        assert!(
+            Meta::from_json(r#"{"version":1,"queues":[{"durable":true}]}"#)
+                .unwrap_err()
+                .contains("name missing")
+        );
     }
 }

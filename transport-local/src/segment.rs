@@ -19,10 +19,10 @@
 
 use std::fs::File;
 use std::path::Path;
-use std::sync::Arc;
 use std::sync::atomic::{
     AtomicU32, AtomicU64, Ordering::AcqRel, Ordering::Acquire, Ordering::Release,
 };
+use std::sync::Arc;
 
 use memmap2::MmapRaw;
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};

@@ -4,7 +4,8 @@
 
 use std::fs::OpenOptions;
 use std::path::Path;
-use std::sync::atomic::{AtomicI64, AtomicU64};
+use std::sync::atomic::{AtomicI64, AtomicU32, AtomicU64};
+use std::time::Duration;
 
 use memmap2::MmapRaw;
 
@@ -53,5 +54,56 @@ impl StatePage {
         );
         // SAFETY: as for `u64_at`.
         unsafe { &*(self.map.as_mut_ptr().add(off) as *const AtomicI64) }
+    }
+}
+
+impl StatePage {
+    /// The shared 32-bit word at byte `off` (futex words).
+    pub fn u32_at(&self, off: usize) -> &AtomicU32 {
+        assert!(
+            off % 4 == 0 && off + 4 <= STATE_LEN as usize,
+            "state word out of bounds"
+        );
+        // SAFETY: as for `u64_at`, with 4-byte alignment.
+        unsafe { &*(self.map.as_mut_ptr().add(off) as *const AtomicU32) }
+    }
+}
+
+/// Sleeps while `word` holds `expected`, at most `timeout` (a shared futex:
+/// wakes for any process's `futex_wake` on the same file page).
+pub fn futex_wait(word: &AtomicU32, expected: u32, timeout: Duration) {
+    let ts = libc::timespec {
+        tv_sec: timeout.as_secs() as libc::time_t,
+        tv_nsec: timeout.subsec_nanos() as libc::c_long,
+    };
+    // SAFETY: FUTEX_WAIT reads the 32-bit word at a valid, aligned address in a
+    // shared mapping and a timespec on our stack; the result (woken, timed out,
+    // value changed, interrupted) needs no handling: callers re-check.
+    unsafe {
+        libc::syscall(
+            libc::SYS_futex,
+            word.as_ptr(),
+            libc::FUTEX_WAIT,
+            expected,
+            &ts as *const libc::timespec,
+            std::ptr::null::<u32>(),
+            0,
+        );
+    }
+}
+
+/// Wakes every process sleeping in [`futex_wait`] on `word`.
+pub fn futex_wake(word: &AtomicU32) {
+    // SAFETY: FUTEX_WAKE only uses the address as a key; no memory is read.
+    unsafe {
+        libc::syscall(
+            libc::SYS_futex,
+            word.as_ptr(),
+            libc::FUTEX_WAKE,
+            i32::MAX,
+            std::ptr::null::<libc::timespec>(),
+            std::ptr::null::<u32>(),
+            0,
+        );
     }
 }

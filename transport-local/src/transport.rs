@@ -21,22 +21,26 @@
 use std::collections::HashMap;
 use std::fs::OpenOptions;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::AcqRel, Ordering::Acquire, Ordering::SeqCst};
+use std::sync::atomic::{
+    AtomicBool, AtomicU64, Ordering::AcqRel, Ordering::Acquire, Ordering::SeqCst,
+};
 use std::sync::{Arc, OnceLock, Weak};
 use std::task::Waker;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwap;
 use dashi_engine::clock::now_ns;
-use dashi_engine::{Error, PublishError, UrlError};
 use dashi_engine::exchange::Exchange;
 use dashi_engine::names::{check_exchange_ref, check_name};
 use dashi_engine::queue::{Overflow, Queue, QueueInfo};
 use dashi_engine::routing::{Binding, Routing, Topology};
-use dashi_engine::{Counters, QueueStats, TransportEvent};
-use dashi_engine::transport::{dead_letter, ConnectionId, DeathReason, Envelope, Implements, QueueStore, Transport};
+use dashi_engine::transport::{
+    dead_letter, ConnectionId, DeathReason, Envelope, Implements, QueueStore, Transport,
+};
 use dashi_engine::url::ConnectUrl;
 use dashi_engine::{Connection, Notify};
+use dashi_engine::{Counters, QueueStats, TransportEvent};
+use dashi_engine::{Error, PublishError, UrlError};
 use parking_lot::Mutex;
 
 use crate::codec;
@@ -48,6 +52,10 @@ use crate::state::StatePage;
 
 const MARKER: &str = "dashi-local 1\n";
 const GENERATION: usize = 0;
+/// Futex word bumped after every publish (32-bit, own cache line).
+const PUBLISHED: usize = 64;
+/// Processes with a consumer sleeping on the store (32-bit).
+const SLEEPERS: usize = 128;
 
 /// When a publish is confirmed durable.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -105,6 +113,8 @@ struct Inner {
     pid: u32,
     /// Exclusive queues this process declared: name → connection.
     exclusive_owner: Mutex<HashMap<String, ConnectionId>>,
+    /// The thread that turns other processes' publishes into local wake-ups.
+    watcher: OnceLock<()>,
 }
 
 /// The `local://` transport. Cheap to clone.
@@ -134,11 +144,31 @@ pub struct LocalQueue {
     deleted: AtomicBool,
     pid: u32,
     transport: Weak<Inner>,
+    /// When this process last looked for records held by dead processes.
+    last_reclaim_ns: AtomicU64,
+}
+
+/// How often an idle consumer looks for records held by dead processes.
+const RECLAIM_EVERY_NS: u64 = 100_000_000;
+
+/// True while process `pid` runs (a zombie counts as gone). Process ids are
+/// recycled; pairing them with the process start time is still to come.
+fn process_alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => stat
+            .rsplit(')')
+            .next()
+            .and_then(|rest| rest.split_whitespace().next())
+            .is_some_and(|state| state != "Z" && state != "X"),
+        Err(_) => false,
+    }
 }
 
 impl std::fmt::Debug for LocalQueue {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("LocalQueue").field("name", &self.decl.name).finish()
+        f.debug_struct("LocalQueue")
+            .field("name", &self.decl.name)
+            .finish()
     }
 }
 
@@ -147,12 +177,20 @@ fn token(lane: u8, c: &Claimed) -> u64 {
 }
 
 impl LocalQueue {
-    fn open(root: &Path, decl: Queue, opts: &LocalOptions, pid: u32, transport: Weak<Inner>) -> Result<LocalQueue, Error> {
+    fn open(
+        root: &Path,
+        decl: Queue,
+        opts: &LocalOptions,
+        pid: u32,
+        transport: Weak<Inner>,
+    ) -> Result<LocalQueue, Error> {
         let comp = names::encode(&decl.name).ok_or_else(|| store_err("queue name", "empty"))?;
         let dir = root.join("q").join(comp);
         std::fs::create_dir_all(&dir).map_err(|e| store_err("queue directory", e))?;
-        std::fs::write(dir.join("name"), decl.name.as_bytes()).map_err(|e| store_err("queue name file", e))?;
-        let lanes_used = StatePage::open(&dir.join("state")).map_err(|e| store_err("queue state", e))?;
+        std::fs::write(dir.join("name"), decl.name.as_bytes())
+            .map_err(|e| store_err("queue name file", e))?;
+        let lanes_used =
+            StatePage::open(&dir.join("state")).map_err(|e| store_err("queue state", e))?;
         Ok(LocalQueue {
             lanes: (0..=decl.max_priority).map(|_| OnceLock::new()).collect(),
             decl,
@@ -165,7 +203,36 @@ impl LocalQueue {
             deleted: AtomicBool::new(false),
             pid,
             transport,
+            last_reclaim_ns: AtomicU64::new(0),
         })
+    }
+
+    /// Returns records held by processes that died to their lanes (rate
+    /// limited); true if any came back.
+    fn reclaim_dead(&self) -> bool {
+        let now = now_ns();
+        let last = self.last_reclaim_ns.load(Acquire);
+        if now.saturating_sub(last) < RECLAIM_EVERY_NS
+            || self
+                .last_reclaim_ns
+                .compare_exchange(last, now, AcqRel, Acquire)
+                .is_err()
+        {
+            return false;
+        }
+        let mut any = false;
+        for p in self.used_lanes() {
+            if let Ok(l) = self.lane(p) {
+                if l.counts().2 > 0 {
+                    let me = self.pid;
+                    any |= l
+                        .reclaim_dead(|pid| pid == me || process_alive(pid))
+                        .unwrap_or(0)
+                        > 0;
+                }
+            }
+        }
+        any
     }
 
     fn lane(&self, p: u8) -> Result<&Arc<Lane>, Error> {
@@ -173,10 +240,16 @@ impl LocalQueue {
         if let Some(l) = cell.get() {
             return Ok(l);
         }
-        let lane = Lane::open(&self.dir.join(format!("lane-{p}")), u32::from(p), self.segment_size)
-            .map_err(|e| store_err("lane", e))?;
+        let lane = Lane::open(
+            &self.dir.join(format!("lane-{p}")),
+            u32::from(p),
+            self.segment_size,
+        )
+        .map_err(|e| store_err("lane", e))?;
         let _ = cell.set(Arc::new(lane));
-        self.lanes_used.u64_at(8 * (p as usize / 64)).fetch_or(1 << (p % 64), AcqRel);
+        self.lanes_used
+            .u64_at(8 * (p as usize / 64))
+            .fetch_or(1 << (p % 64), AcqRel);
         cell.get().ok_or_else(|| store_err("lane", "vanished"))
     }
 
@@ -228,7 +301,10 @@ impl LocalQueue {
     }
 
     fn take(&self, token: u64) -> Option<(u8, Claimed)> {
-        self.held.lock().remove(&token).map(|c| ((token >> 56) as u8, c))
+        self.held
+            .lock()
+            .remove(&token)
+            .map(|c| ((token >> 56) as u8, c))
     }
 
     fn kill(&self, lane: u8, c: &Claimed, env: Envelope, reason: DeathReason) {
@@ -238,6 +314,32 @@ impl LocalQueue {
         if let Some(t) = self.transport.upgrade() {
             t.dead_letter(&self.decl, env, reason);
         }
+    }
+
+    fn pop_ready(&self) -> Option<Envelope> {
+        for p in self.used_lanes() {
+            let Ok(l) = self.lane(p) else { continue };
+            while let Ok(Some(c)) = l.claim(self.pid) {
+                let env = match self.envelope(p, &c) {
+                    Ok(env) => env,
+                    Err(e) => {
+                        tracing::warn!(queue = %self.decl.name, error = %e, "unreadable record set aside");
+                        l.settle(&c, self.pid, claim::DEAD);
+                        continue;
+                    }
+                };
+                if env.expires_at != u64::MAX && now_ns() >= env.expires_at {
+                    if let Some(t) = self.transport.upgrade() {
+                        t.counters.record(TransportEvent::Expired, 1);
+                    }
+                    self.kill(p, &c, env, DeathReason::Expired);
+                    continue;
+                }
+                self.held.lock().insert(env.token, c);
+                return Some(env);
+            }
+        }
+        None
     }
 
     /// Claims the oldest message of the least urgent lane (drop-head).
@@ -268,29 +370,11 @@ impl QueueStore for LocalQueue {
     }
 
     fn pop(&self) -> Option<Envelope> {
-        for p in self.used_lanes() {
-            let Ok(l) = self.lane(p) else { continue };
-            while let Ok(Some(c)) = l.claim(self.pid) {
-                let env = match self.envelope(p, &c) {
-                    Ok(env) => env,
-                    Err(e) => {
-                        tracing::warn!(queue = %self.decl.name, error = %e, "unreadable record set aside");
-                        l.settle(&c, self.pid, claim::DEAD);
-                        continue;
-                    }
-                };
-                if env.expires_at != u64::MAX && now_ns() >= env.expires_at {
-                    if let Some(t) = self.transport.upgrade() {
-                        t.counters.record(TransportEvent::Expired, 1);
-                    }
-                    self.kill(p, &c, env, DeathReason::Expired);
-                    continue;
-                }
-                self.held.lock().insert(env.token, c);
-                return Some(env);
-            }
+        let first = self.pop_ready();
+        if first.is_some() || !self.reclaim_dead() {
+            return first;
         }
-        None
+        self.pop_ready()
     }
 
     fn ack(&self, env: &Envelope) {
@@ -319,6 +403,9 @@ impl QueueStore for LocalQueue {
     }
 
     fn register(&self, waker: &Waker) -> u64 {
+        if let Some(t) = self.transport.upgrade() {
+            t.ensure_watcher();
+        }
         self.notify.register(waker)
     }
 
@@ -373,7 +460,10 @@ impl Inner {
     }
 
     /// Applies a topology change under the metadata lock and publishes it.
-    fn change(self: &Arc<Self>, f: impl FnOnce(&mut Meta) -> Result<(), Error>) -> Result<(), Error> {
+    fn change(
+        self: &Arc<Self>,
+        f: impl FnOnce(&mut Meta) -> Result<(), Error>,
+    ) -> Result<(), Error> {
         let _lock = self.lock_meta()?;
         let mut meta = self.read_meta()?;
         let before = meta.clone();
@@ -409,7 +499,13 @@ impl Inner {
             let existing = topo.queues.get(&q.name).filter(|x| x.decl == *q).cloned();
             let lq = match existing {
                 Some(x) => x,
-                None => Arc::new(LocalQueue::open(&self.root, q.clone(), &self.opts, self.pid, Arc::downgrade(self))?),
+                None => Arc::new(LocalQueue::open(
+                    &self.root,
+                    q.clone(),
+                    &self.opts,
+                    self.pid,
+                    Arc::downgrade(self),
+                )?),
             };
             queues.insert(q.name.clone(), lq);
         }
@@ -470,7 +566,12 @@ impl Inner {
         }
     }
 
-    fn publish(self: &Arc<Self>, env: Envelope, mandatory: bool, clamp: bool) -> Result<(), PublishError> {
+    fn publish(
+        self: &Arc<Self>,
+        env: Envelope,
+        mandatory: bool,
+        clamp: bool,
+    ) -> Result<(), PublishError> {
         if let Err(e) = self.refresh() {
             return Err(PublishError::Transport {
                 reason: e.to_string(),
@@ -478,7 +579,8 @@ impl Inner {
             });
         }
         let routing = self.routing.load();
-        let route = match routing.route(&env.exchange, &env.routing_key, &env.properties().headers) {
+        let route = match routing.route(&env.exchange, &env.routing_key, &env.properties().headers)
+        {
             Ok(r) => r,
             Err(missing) => {
                 return Err(PublishError::UnknownExchange {
@@ -564,7 +666,10 @@ impl Inner {
         for &t in targets {
             let q = routing.target(t);
             let lane = priority.min(q.decl.max_priority);
-            let r = q.lane(lane).and_then(|l| l.append(&payload, env.size() as u32, writer, ts).map_err(|e| store_err("append", e)));
+            let r = q.lane(lane).and_then(|l| {
+                l.append(&payload, env.size() as u32, writer, ts)
+                    .map_err(|e| store_err("append", e))
+            });
             if let Err(e) = r {
                 return Err(PublishError::Transport {
                     reason: e.to_string(),
@@ -574,12 +679,75 @@ impl Inner {
             q.notify.notify_all();
         }
         self.counters.record(TransportEvent::Published, 1);
-        self.counters.record(TransportEvent::Routed, targets.len() as u64);
+        self.counters
+            .record(TransportEvent::Routed, targets.len() as u64);
+        self.wake_other_processes();
         Ok(())
+    }
+
+    /// After a publish: one atomic add, and a futex wake only when some
+    /// process has a consumer asleep on this store.
+    fn wake_other_processes(&self) {
+        let word = self.control.u32_at(PUBLISHED);
+        word.fetch_add(1, AcqRel);
+        std::sync::atomic::fence(SeqCst);
+        if self.control.u32_at(SLEEPERS).load(SeqCst) > 0 {
+            crate::state::futex_wake(word);
+        }
+    }
+
+    /// Starts (once) the thread that wakes this process's sleeping consumers
+    /// when another process publishes.
+    fn ensure_watcher(self: &Arc<Self>) {
+        self.watcher.get_or_init(|| {
+            let weak = Arc::downgrade(self);
+            let _ = std::thread::Builder::new()
+                .name("dashi-local-watch".into())
+                .spawn(move || watch(weak));
+        });
     }
 }
 
-static OPEN: OnceLock<Mutex<HashMap<(PathBuf, String), Weak<Inner>>>> = OnceLock::new();
+/// Body of the watcher thread: while this process has consumers waiting on
+/// the store, sleep on the shared futex word and wake them on every publish
+/// (or after a second, so records of dead processes get reclaimed); otherwise
+/// check back every 50 ms. Exits when the transport is dropped.
+fn watch(weak: Weak<Inner>) {
+    loop {
+        let Some(inner) = weak.upgrade() else { return };
+        let waiting: Vec<Arc<LocalQueue>> = inner
+            .topo
+            .lock()
+            .queues
+            .values()
+            .filter(|q| q.notify.waiters() > 0)
+            .cloned()
+            .collect();
+        if waiting.is_empty() {
+            drop(inner);
+            std::thread::sleep(std::time::Duration::from_millis(50));
+            continue;
+        }
+        let word = inner.control.u32_at(PUBLISHED);
+        let seen = word.load(Acquire);
+        inner.control.u32_at(SLEEPERS).fetch_add(1, SeqCst);
+        std::sync::atomic::fence(SeqCst);
+        if word.load(Acquire) == seen {
+            crate::state::futex_wait(word, seen, std::time::Duration::from_secs(1));
+        }
+        inner.control.u32_at(SLEEPERS).fetch_sub(1, SeqCst);
+        // On a publish, or once a second: sleepers look again (which also
+        // reclaims records held by processes that died).
+        for q in &waiting {
+            q.notify.notify_all();
+        }
+    }
+}
+
+/// Stores open in this process, by directory and options.
+type OpenStores = Mutex<HashMap<(PathBuf, String), Weak<Inner>>>;
+
+static OPEN: OnceLock<OpenStores> = OnceLock::new();
 
 impl LocalTransport {
     /// The store at `root`, shared with every connection of this process that
@@ -617,7 +785,8 @@ impl LocalTransport {
             }
             Err(e) => return Err(store_err("format marker", e)),
         }
-        let control = StatePage::open(&root.join("control")).map_err(|e| store_err("control page", e))?;
+        let control =
+            StatePage::open(&root.join("control")).map_err(|e| store_err("control page", e))?;
         let inner = Arc::new(Inner {
             root: root.to_owned(),
             opts,
@@ -631,6 +800,7 @@ impl LocalTransport {
             counters: Counters::default(),
             pid: std::process::id(),
             exclusive_owner: Mutex::new(HashMap::new()),
+            watcher: OnceLock::new(),
         });
         let meta = inner.read_meta()?;
         inner.reload(meta)?;
@@ -703,7 +873,10 @@ impl Transport for LocalTransport {
         self.inner.change(|m| {
             match m.queues.iter().find(|(x, _)| x.name == q.name) {
                 Some((x, o)) => {
-                    if x.exclusive && (*o != Some(pid) || self.inner.exclusive_owner.lock().get(&q.name) != Some(&owner)) {
+                    if x.exclusive
+                        && (*o != Some(pid)
+                            || self.inner.exclusive_owner.lock().get(&q.name) != Some(&owner))
+                    {
                         return Err(Error::Exclusive(q.name.clone()));
                     }
                     if x != q {
@@ -716,7 +889,10 @@ impl Transport for LocalTransport {
                 None => {
                     m.queues.push((q.clone(), q.exclusive.then_some(pid)));
                     if q.exclusive {
-                        self.inner.exclusive_owner.lock().insert(q.name.clone(), owner);
+                        self.inner
+                            .exclusive_owner
+                            .lock()
+                            .insert(q.name.clone(), owner);
                     }
                 }
             }
@@ -731,7 +907,13 @@ impl Transport for LocalTransport {
         })
     }
 
-    fn delete_queue(&self, name: &str, if_unused: bool, if_empty: bool, owner: ConnectionId) -> Result<u64, Error> {
+    fn delete_queue(
+        &self,
+        name: &str,
+        if_unused: bool,
+        if_empty: bool,
+        owner: ConnectionId,
+    ) -> Result<u64, Error> {
         let q = self.inner.queue(name, owner)?;
         if if_unused && q.consumers.load(SeqCst) > 0 {
             return Err(Error::InUse(format!("queue {name:?}")));
@@ -769,7 +951,9 @@ impl Transport for LocalTransport {
                 t.declare_exchange(e)?;
             }
             let names: Vec<String> = m.queues.iter().map(|(q, _)| q.name.clone()).collect();
-            if t.bind(binding.clone(), |q| names.iter().any(|n| n == q))? && !m.bindings.contains(&binding) {
+            if t.bind(binding.clone(), |q| names.iter().any(|n| n == q))?
+                && !m.bindings.contains(&binding)
+            {
                 m.bindings.push(binding.clone());
             }
             Ok(())
@@ -837,7 +1021,14 @@ impl Transport for LocalTransport {
 
 fn stats(q: &LocalQueue) -> QueueStats {
     let (n, b, u, depth) = q.counts();
-    QueueStats::new(q.decl.name.clone(), depth, n, b, u, q.consumers.load(SeqCst))
+    QueueStats::new(
+        q.decl.name.clone(),
+        depth,
+        n,
+        b,
+        u,
+        q.consumers.load(SeqCst),
+    )
 }
 
 fn parse_fsync(v: &str) -> Result<Fsync, UrlError> {
@@ -884,7 +1075,7 @@ pub fn open(mut url: ConnectUrl) -> Result<Connection, Error> {
     }
     if let Some(v) = url.take_option("segment_size") {
         let n = dashi_engine::url::parse_size("segment_size", &v)?;
-        if n < 64 << 10 || n > 1 << 35 || n % 4096 != 0 {
+        if !(64 << 10..=1 << 35).contains(&n) || n % 4096 != 0 {
             return Err(UrlError::InvalidOption {
                 name: "segment_size".into(),
                 value: v,

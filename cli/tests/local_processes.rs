@@ -1,0 +1,176 @@
+//! `dashi` processes sharing a local:// store: a consumer waiting in one
+//! process is woken by a publish from another; a consumer that exits without
+//! acking (as a crashed one would) leaves its message to the next consumer,
+//! flagged redelivered; `stat` sees what other processes did.
+
+mod common;
+use common::*;
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn store(tag: &str) -> (std::path::PathBuf, String) {
+    let dir = std::env::temp_dir().join(format!("dashi-cli-local-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let url = format!("local://{}?segment_size=1M", dir.display());
+    (dir, url)
+}
+
+#[test]
+fn a_consumer_wakes_for_another_process_publish() {
+    let (dir, url) = store("wake");
+    // Declare the queue first so the consumer and the publisher agree on it.
+    let o = dashi(&["publish", &url, "--queue", "jobs", "--count", "0"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let consumer = Command::new(env!("CARGO_BIN_EXE_dashi"))
+        .args([
+            "consume",
+            &url,
+            "--queue",
+            "jobs",
+            "--count",
+            "2",
+            "--timeout",
+            "20",
+            "--json",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let t0 = Instant::now();
+    let o = dashi(&[
+        "publish", &url, "--queue", "jobs", "--count", "2", "--body", "hi",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = consumer.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        t0.elapsed() < Duration::from_secs(10),
+        "woke late: {:?}",
+        t0.elapsed()
+    );
+    let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 2);
+    for l in &lines {
+        assert_eq!(l["body"], "hi");
+        assert_eq!(l["queue"], "jobs");
+        assert_eq!(l["redelivered"], false);
+    }
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn an_unacked_message_of_a_dead_consumer_is_redelivered() {
+    let (dir, url) = store("crash");
+    let o = dashi(&["publish", &url, "--queue", "q", "--body", "important"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = dashi(&[
+        "consume",
+        &url,
+        "--queue",
+        "q",
+        "--count",
+        "1",
+        "--leave-unacked",
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let first: serde_json::Value = serde_json::from_str(stdout(&o).trim()).unwrap();
+    assert_eq!(
+        (first["body"].as_str(), first["redelivered"].as_bool()),
+        (Some("important"), Some(false))
+    );
+    let o = dashi(&["stat", &url, "--queue", "q", "--json"]);
+    let v: serde_json::Value = serde_json::from_str(stdout(&o).trim()).unwrap();
+    assert_eq!(v["queues"][0]["unacked"], 1, "{v}");
+    let o = dashi(&[
+        "consume",
+        &url,
+        "--queue",
+        "q",
+        "--count",
+        "1",
+        "--timeout",
+        "10",
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let again: serde_json::Value = serde_json::from_str(stdout(&o).trim()).unwrap();
+    assert_eq!(
+        (again["body"].as_str(), again["redelivered"].as_bool()),
+        (Some("important"), Some(true))
+    );
+    let o = dashi(&["stat", &url, "--queue", "q", "--json"]);
+    let v: serde_json::Value = serde_json::from_str(stdout(&o).trim()).unwrap();
+    assert_eq!(
+        (
+            v["queues"][0]["messages"].as_u64(),
+            v["queues"][0]["unacked"].as_u64()
+        ),
+        (Some(0), Some(0))
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn stat_and_purge_see_other_processes_work_and_bad_local_urls_are_clear() {
+    let (dir, url) = store("stat");
+    let o = dashi(&[
+        "publish",
+        &url,
+        "--queue",
+        "p",
+        "--max-priority",
+        "3",
+        "--priority",
+        "2",
+        "--count",
+        "5",
+        "--size",
+        "10",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = dashi(&["stat", &url, "--json"]);
+    let v: serde_json::Value = serde_json::from_str(stdout(&o).trim()).unwrap();
+    assert_eq!(v["transport"], "local");
+    let q = &v["queues"][0];
+    assert_eq!(
+        (
+            q["name"].as_str(),
+            q["messages"].as_u64(),
+            q["bytes"].as_u64()
+        ),
+        (Some("p"), Some(5), Some(50))
+    );
+    assert_eq!(q["depth_by_lane"], serde_json::json!([0, 0, 5, 0]));
+    let o = dashi(&["purge", &url, "--queue", "p"]);
+    assert_eq!(stdout(&o).trim(), "purged 5 messages from \"p\"");
+    // Redeclaring with other arguments is an error from another process too.
+    let line = one_line_error(&dashi(&[
+        "publish",
+        &url,
+        "--queue",
+        "p",
+        "--max-priority",
+        "9",
+    ]));
+    assert!(line.contains("precondition failed"), "{line}");
+    for bad in [
+        "local://relative/dir",
+        "local:///tmp/x?fsync=sometimes",
+        "local:///tmp/x?segment_size=12",
+        "local:///tmp/x?nope=1",
+    ] {
+        one_line_error(&dashi(&["stat", bad]));
+    }
+    let _ = std::fs::remove_dir_all(dir);
+}
