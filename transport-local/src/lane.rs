@@ -479,13 +479,20 @@ impl Lane {
     /// Restores every record claimed by an owner that `alive` says is gone.
     /// Returns how many came back.
     pub fn reclaim_dead(&self, alive: impl Fn(u32) -> bool) -> Result<usize, LaneError> {
-        let from = Pos::unpack(self.word(at::HEAD).load(Acquire));
+        let head = self.word(at::HEAD).load(Acquire);
+        let from = Pos::unpack(head);
         let until = Pos::unpack(self.word(at::NEXT).load(Acquire));
         let mut n = 0;
+        // The first record still ready or claimed: `head` can move up to it.
+        let mut first_open: Option<Pos> = None;
         self.walk(from, until, |seg, pos| {
             let word = seg.claim_word(pos.off);
             let cur = word.load(Acquire);
-            if claim::state(cur) == claim::CLAIMED && !alive(claim::owner(cur)) {
+            let state = claim::state(cur);
+            if first_open.is_none() && (state == claim::READY || state == claim::CLAIMED) {
+                first_open = Some(pos);
+            }
+            if state == claim::CLAIMED && !alive(claim::owner(cur)) {
                 let back = claim::READY | claim::REDELIVERED;
                 if word.compare_exchange(cur, back, AcqRel, Acquire).is_ok() {
                     if let Slot::Record { meta, .. } = seg.read(pos.off) {
@@ -500,6 +507,12 @@ impl Lane {
             }
             false
         })?;
+        let to = first_open.unwrap_or(until);
+        if to > from {
+            let _ = self
+                .word(at::HEAD)
+                .compare_exchange(head, to.pack(), AcqRel, Acquire);
+        }
         Ok(n)
     }
 
