@@ -53,7 +53,17 @@ pub fn targets(test: &str) -> Vec<Target> {
         },
         Target {
             url: format!("local://{}?segment_size=1M", dir.display()),
-            dir: Some(dir),
+            dir: Some(dir.clone()),
+        },
+        Target {
+            url: format!(
+                "local://{}-sync?segment_size=1M&fsync=always",
+                dir.display()
+            ),
+            dir: Some(dir.with_file_name(format!(
+                "{}-sync",
+                dir.file_name().and_then(|n| n.to_str()).unwrap_or("x")
+            ))),
         },
     ]
 }

@@ -195,7 +195,7 @@ impl Lane {
     }
 
     /// The mapped segment `seq`, if its file exists.
-    fn segment(&self, seq: u64) -> Result<Option<Arc<Segment>>, LaneError> {
+    pub fn segment(&self, seq: u64) -> Result<Option<Arc<Segment>>, LaneError> {
         if let Some(s) = self.segments.lock().get(&seq) {
             return Ok(Some(s.clone()));
         }

@@ -21,6 +21,7 @@
 #![warn(missing_docs)]
 
 pub mod codec;
+mod durability;
 pub mod lane;
 // flock(2) through libc; the block has a SAFETY note.
 #[allow(unsafe_code)]

@@ -205,7 +205,7 @@ pub struct Segment {
     map: MmapRaw,
     header: SegmentHeader,
     path: String,
-    _file: File,
+    file: Arc<File>,
 }
 
 impl Segment {
@@ -238,7 +238,7 @@ impl Segment {
             map,
             header,
             path: path.display().to_string(),
-            _file: file,
+            file: Arc::new(file),
         };
         seg.write_bytes(0, header.as_bytes());
         seg.tail().store(HEADER_LEN, Release);
@@ -279,13 +279,18 @@ impl Segment {
             map,
             header,
             path: name,
-            _file: file,
+            file: Arc::new(file),
         })
     }
 
     /// The immutable header.
     pub fn header(&self) -> &SegmentHeader {
         &self.header
+    }
+
+    /// The segment's file (for `fdatasync`).
+    pub fn file(&self) -> &Arc<File> {
+        &self.file
     }
 
     /// The file's path.

@@ -1,0 +1,207 @@
+//! Durability of confirmed publishes: `fdatasync` of the segments written,
+//! issued on a runtime core's io_uring.
+//!
+//! # Invariants
+//! - `fsync=always`: a publish takes a ticket on each segment it wrote after
+//!   committing its record, and returns only when a sync that started after
+//!   the ticket finished (`done >= ticket`). At most one sync per segment is in
+//!   flight; the one that finishes serves every ticket taken before it began,
+//!   so concurrent publishers share syncs (group commit).
+//! - `fsync=interval`: one task on a core syncs every segment with tickets
+//!   newer than its last sync, once per interval; publishes do not wait.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::sync::atomic::{
+    AtomicBool, AtomicU64, Ordering::AcqRel, Ordering::Acquire, Ordering::SeqCst,
+};
+use std::sync::{Arc, Condvar, Weak};
+use std::time::Duration;
+
+use dashi_engine::rt::{io, Runtime, RuntimeConfig};
+use parking_lot::Mutex;
+
+use crate::segment::Segment;
+use crate::transport::Fsync;
+
+struct FileSync {
+    file: Arc<File>,
+    core: usize,
+    requested: AtomicU64,
+    done: AtomicU64,
+    running: AtomicBool,
+    error: Mutex<Option<String>>,
+    wait: std::sync::Mutex<()>,
+    cv: Condvar,
+    syncs: AtomicU64,
+}
+
+impl FileSync {
+    async fn sync_once(&self) {
+        let target = self.requested.load(Acquire);
+        let r = io::fdatasync(&self.file).await;
+        self.syncs.fetch_add(1, AcqRel);
+        if let Err(e) = r {
+            *self.error.lock() = Some(format!("fdatasync: {e}"));
+        }
+        self.done.fetch_max(target, AcqRel);
+        let _g = self.wait.lock();
+        self.cv.notify_all();
+    }
+}
+
+/// The syncing side of a store.
+pub(crate) struct Durability {
+    mode: Fsync,
+    rt: Runtime,
+    files: Mutex<HashMap<String, Arc<FileSync>>>,
+}
+
+impl std::fmt::Debug for Durability {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Durability")
+            .field("mode", &self.mode)
+            .finish()
+    }
+}
+
+impl Durability {
+    /// Starts the runtime the syncs run on; `None` for `fsync=never`.
+    pub(crate) fn start(mode: Fsync) -> Result<Option<Arc<Durability>>, String> {
+        if mode == Fsync::Never {
+            return Ok(None);
+        }
+        let cores = std::thread::available_parallelism()
+            .map_or(1, |n| n.get())
+            .min(2);
+        let rt = Runtime::start(
+            RuntimeConfig::default()
+                .with_cores(cores)
+                .with_shutdown_timeout(Duration::from_millis(500)),
+        )
+        .map_err(|e| format!("fsync needs the io_uring runtime: {e}"))?;
+        let d = Arc::new(Durability {
+            mode,
+            rt,
+            files: Mutex::new(HashMap::new()),
+        });
+        if let Fsync::Interval(every) = mode {
+            let weak = Arc::downgrade(&d);
+            d.rt.spawn(0, move || interval_loop(weak, every));
+        }
+        Ok(Some(d))
+    }
+
+    fn state(&self, seg: &Segment) -> Arc<FileSync> {
+        let mut files = self.files.lock();
+        let n = files.len();
+        files
+            .entry(seg.path().to_owned())
+            .or_insert_with(|| {
+                Arc::new(FileSync {
+                    file: seg.file().clone(),
+                    core: n % self.rt.cores(),
+                    requested: AtomicU64::new(0),
+                    done: AtomicU64::new(0),
+                    running: AtomicBool::new(false),
+                    error: Mutex::new(None),
+                    wait: std::sync::Mutex::new(()),
+                    cv: Condvar::new(),
+                    syncs: AtomicU64::new(0),
+                })
+            })
+            .clone()
+    }
+
+    fn ensure_running(&self, st: &Arc<FileSync>) {
+        if st.running.swap(true, SeqCst) {
+            return;
+        }
+        let st = st.clone();
+        let core = st.core;
+        self.rt.spawn(core, move || async move {
+            loop {
+                st.sync_once().await;
+                st.running.store(false, SeqCst);
+                // A ticket taken after our sync began needs another sync.
+                if st.requested.load(SeqCst) <= st.done.load(SeqCst)
+                    || st.running.swap(true, SeqCst)
+                {
+                    break;
+                }
+            }
+        });
+    }
+
+    /// Called after records were committed to `segments`: returns once they
+    /// are durable as the mode promises.
+    pub(crate) fn commit(&self, segments: &[Arc<Segment>]) -> Result<(), String> {
+        let mut waits = Vec::with_capacity(segments.len());
+        for seg in segments {
+            let st = self.state(seg);
+            let ticket = st.requested.fetch_add(1, AcqRel) + 1;
+            if matches!(self.mode, Fsync::Always) {
+                self.ensure_running(&st);
+                waits.push((st, ticket));
+            }
+        }
+        for (st, ticket) in waits {
+            let mut g = st.wait.lock().unwrap_or_else(|p| p.into_inner());
+            while st.done.load(Acquire) < ticket {
+                // The runtime's health is checked on each wake-up, so a dead
+                // core is an error here, never a hang.
+                if let Err(e) = self.rt.health() {
+                    return Err(e.to_string());
+                }
+                g = st
+                    .cv
+                    .wait_timeout(g, Duration::from_millis(100))
+                    .unwrap_or_else(|p| p.into_inner())
+                    .0;
+                if !st.running.load(SeqCst) && st.done.load(Acquire) < ticket {
+                    drop(g);
+                    self.ensure_running(&st);
+                    g = st.wait.lock().unwrap_or_else(|p| p.into_inner());
+                }
+            }
+            if let Some(e) = st.error.lock().take() {
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+
+    /// `fdatasync` calls made so far (all segments).
+    pub(crate) fn syncs(&self) -> u64 {
+        self.files
+            .lock()
+            .values()
+            .map(|f| f.syncs.load(Acquire))
+            .sum()
+    }
+
+    /// Health of the runtime the syncs run on.
+    pub(crate) fn health(&self) -> Result<(), String> {
+        self.rt.health().map_err(|e| e.to_string())
+    }
+}
+
+async fn interval_loop(weak: Weak<Durability>, every: Duration) {
+    loop {
+        if io::sleep(every).await.is_err() {
+            return;
+        }
+        let Some(d) = weak.upgrade() else { return };
+        let dirty: Vec<Arc<FileSync>> = d
+            .files
+            .lock()
+            .values()
+            .filter(|f| f.requested.load(Acquire) > f.done.load(Acquire))
+            .cloned()
+            .collect();
+        drop(d);
+        for f in dirty {
+            f.sync_once().await;
+        }
+    }
+}
