@@ -89,6 +89,7 @@ mod at {
     pub(super) const READY_BYTES: usize = 256;
     pub(super) const UNACKED: usize = 320;
     pub(super) const HEAD: usize = 384;
+    pub(super) const LOW_SEG: usize = 448;
 }
 
 /// A record handed to a consumer.
@@ -514,6 +515,41 @@ impl Lane {
                 .compare_exchange(head, to.pack(), AcqRel, Acquire);
         }
         Ok(n)
+    }
+
+    /// Retention: moves the head past settled records and deletes the
+    /// segments wholly before it (every record acked, dead or padding). Other
+    /// processes that still map a deleted segment keep a valid mapping.
+    /// Returns how many segment files were deleted.
+    pub fn retire(&self) -> Result<usize, LaneError> {
+        // Advancing the head is part of the dead-claim scan; nobody is dead here.
+        self.reclaim_dead(|_| true)?;
+        let head = Pos::unpack(self.word(at::HEAD).load(Acquire));
+        let write = self.word(at::WRITE_SEG).load(Acquire);
+        let mut deleted = 0;
+        loop {
+            let low = self.word(at::LOW_SEG).load(Acquire);
+            if low >= head.seq || low >= write {
+                return Ok(deleted);
+            }
+            if self
+                .word(at::LOW_SEG)
+                .compare_exchange(low, low + 1, AcqRel, Acquire)
+                .is_ok()
+            {
+                self.segments.lock().remove(&low);
+                match std::fs::remove_file(self.path(low)) {
+                    Ok(()) => deleted += 1,
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(source) => {
+                        return Err(LaneError::Io {
+                            dir: self.dir.display().to_string(),
+                            source,
+                        })
+                    }
+                }
+            }
+        }
     }
 
     /// Ready records, their payload bytes, and claimed-not-settled records,

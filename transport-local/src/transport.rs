@@ -216,8 +216,8 @@ impl LocalQueue {
         })
     }
 
-    /// Returns records held by processes that died to their lanes (rate
-    /// limited); true if any came back.
+    /// Returns records held by processes that died to their lanes and deletes
+    /// fully settled segments (rate limited); true if any record came back.
     fn reclaim_dead(&self) -> bool {
         let now = now_ns();
         let last = self.last_reclaim_ns.load(Acquire);

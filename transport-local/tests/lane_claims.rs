@@ -234,3 +234,45 @@ fn processes_produce_and_a_killed_consumer_s_records_come_back() {
     assert!(!alive(pid));
     let _ = std::fs::remove_dir_all(d);
 }
+
+#[test]
+fn retention_deletes_settled_segments_and_follows_the_slowest_consumer() {
+    let d = dir("retention");
+    let lane = Lane::open(&d, 0, 64 * 1024).unwrap();
+    for i in 0..3000 {
+        lane.append(&payload(0, i), 0, 1, 0).unwrap();
+    }
+    let segs = |d: &Path| {
+        std::fs::read_dir(d)
+            .unwrap()
+            .filter(|e| {
+                e.as_ref()
+                    .unwrap()
+                    .file_name()
+                    .to_string_lossy()
+                    .ends_with(".seg")
+            })
+            .count()
+    };
+    let total = segs(&d);
+    assert!(total > 5, "{total}");
+    // A consumer holds the very first record: nothing can go.
+    let first = lane.claim(1).unwrap().unwrap();
+    let mut rest = Vec::new();
+    while let Some(c) = lane.claim(2).unwrap() {
+        rest.push(c);
+    }
+    for c in &rest {
+        assert!(lane.settle(c, 2, claim::ACKED));
+    }
+    assert_eq!(lane.retire().unwrap(), 0);
+    assert_eq!(segs(&d), total);
+    // Once it is acked, every segment but the one being written goes.
+    assert!(lane.settle(&first, 1, claim::ACKED));
+    assert_eq!(lane.retire().unwrap(), total - 1);
+    assert_eq!(segs(&d), 1);
+    // The lane keeps working after retention.
+    lane.append(b"after", 0, 1, 0).unwrap();
+    assert!(lane.claim(3).unwrap().is_some());
+    let _ = std::fs::remove_dir_all(d);
+}
