@@ -127,3 +127,47 @@ fn plot_writes_an_svg_chart() {
     ]);
     one_line_error(&bad);
 }
+
+#[test]
+fn local_bench_compares_with_raw_fdatasync_when_syncing() {
+    let dir = std::env::temp_dir().join(format!("dashi-bench-local-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let url = format!("local://{}?fsync=always&segment_size=1M", dir.display());
+    let o = dashi(&[
+        "bench",
+        &url,
+        "--messages",
+        "300",
+        "--size",
+        "512",
+        "--producers",
+        "2",
+        "--consumers",
+        "2",
+        "--compare",
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_str(stdout(&o).trim()).unwrap();
+    assert_eq!(v["transport"], "dashi local://");
+    check_run(&v, 512, 300);
+    let raw = &v["peers"][0];
+    assert_eq!(raw["transport"], "write+fdatasync (raw)");
+    check_run(raw, 512, 300);
+    assert!(raw["ratio"].as_f64().unwrap() > 0.0);
+    // Without syncing there is no durability limit to compare with.
+    let url = format!("local://{}-nosync?segment_size=1M", dir.display());
+    let o = dashi(&["bench", &url, "--messages", "300", "--compare", "--json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_str(stdout(&o).trim()).unwrap();
+    assert!(v["peers"].as_array().unwrap().is_empty());
+    assert!(v["skipped"][0]["reason"]
+        .as_str()
+        .unwrap()
+        .contains("fsync=never"));
+    let _ = std::fs::remove_dir_all(&dir);
+    let _ = std::fs::remove_dir_all(dir.with_file_name(format!(
+        "{}-nosync",
+        dir.file_name().unwrap().to_string_lossy()
+    )));
+}

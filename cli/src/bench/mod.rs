@@ -5,6 +5,7 @@
 
 mod crossbeam_peer;
 mod dashi_run;
+mod disk_peer;
 mod kombu_peer;
 mod plot;
 mod report;
@@ -150,6 +151,22 @@ pub(crate) fn run(a: BenchArgs) -> Result<(), String> {
                 match kombu_peer::run(&w, "memory://") {
                     Ok(r) => peers.push(r),
                     Err(s) => skipped.push(s),
+                }
+            }
+            "local" => {
+                let url = dashi::ConnectUrl::parse(&w.url).map_err(|e| e.to_string())?;
+                if url
+                    .options
+                    .iter()
+                    .any(|(k, v)| k == "fsync" && v != "never")
+                {
+                    peers.push(disk_peer::run(&w, std::path::Path::new(&url.path))?);
+                } else {
+                    skipped.push(Skipped {
+                        peer: "write+fdatasync (raw)".into(),
+                        reason: "the durability limit applies with fsync=always or interval; this run uses fsync=never"
+                            .into(),
+                    });
                 }
             }
             other => skipped.push(Skipped {
