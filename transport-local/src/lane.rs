@@ -133,6 +133,9 @@ pub struct Lane {
     segment_size: u64,
     state: StatePage,
     segments: Mutex<HashMap<u64, Arc<Segment>>>,
+    /// The uncommitted reservation at `next` this process is watching, and
+    /// since when (for writers that died before writing their header).
+    pending_since: Mutex<Option<(Pos, std::time::Instant)>>,
 }
 
 fn seg_name(seq: u64) -> String {
@@ -154,6 +157,7 @@ impl Lane {
             segment_size,
             state,
             segments: Mutex::new(HashMap::new()),
+            pending_since: Mutex::new(None),
         };
         // Make sure segment 0 exists; `next` starts at its first record.
         l.segment_or_create(0)?;
@@ -515,6 +519,42 @@ impl Lane {
                 .compare_exchange(head, to.pack(), AcqRel, Acquire);
         }
         Ok(n)
+    }
+
+    /// A reservation at `next` that never got committed blocks every consumer
+    /// of the lane: turn it into padding when its writer is gone (its pid is
+    /// in the record header and `alive` says no) or, if the writer died before
+    /// even writing its header, when it has been pending longer than `max_age`
+    /// as seen by this process. True if a hole was padded.
+    pub fn unblock(
+        &self,
+        alive: impl Fn(u32) -> bool,
+        max_age: std::time::Duration,
+    ) -> Result<bool, LaneError> {
+        let packed = self.word(at::NEXT).load(Acquire);
+        let pos = Pos::unpack(packed);
+        let Some(seg) = self.segment(pos.seq)? else {
+            return Ok(false);
+        };
+        if seg.read(pos.off) != Slot::Pending {
+            *self.pending_since.lock() = None;
+            return Ok(false);
+        }
+        let raw = seg.raw(pos.off + 40, 8);
+        let writer = <[u8; 8]>::try_from(raw.as_slice()).map_or(0, u64::from_le_bytes);
+        let stuck = if writer != 0 {
+            !alive((writer >> 32) as u32)
+        } else {
+            let mut since = self.pending_since.lock();
+            match *since {
+                Some((p, t)) if p == pos => t.elapsed() >= max_age,
+                _ => {
+                    *since = Some((pos, std::time::Instant::now()));
+                    max_age.is_zero()
+                }
+            }
+        };
+        Ok(stuck && seg.pad_over(pos.off))
     }
 
     /// Retention: moves the head past settled records and deletes the

@@ -159,6 +159,8 @@ pub struct LocalQueue {
 
 /// How often an idle consumer looks for records held by dead processes.
 const RECLAIM_EVERY_NS: u64 = 100_000_000;
+/// How long an uncommitted reservation without a writer pid may block a lane.
+const UNBLOCK_AFTER: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// True while process `pid` runs (a zombie counts as gone). Process ids are
 /// recycled; pairing them with the process start time is still to come.

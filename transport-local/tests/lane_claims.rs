@@ -276,3 +276,23 @@ fn retention_deletes_settled_segments_and_follows_the_slowest_consumer() {
     assert!(lane.claim(3).unwrap().is_some());
     let _ = std::fs::remove_dir_all(d);
 }
+
+#[test]
+fn a_dead_producers_reservation_does_not_block_consumers() {
+    let d = dir("unblock");
+    let lane = Lane::open(&d, 0, 1 << 20).unwrap();
+    lane.append(&payload(0, 0), 0, 1, 0).unwrap();
+    // A producer reserves and dies before writing anything (no pid in the
+    // header), then another commits after it.
+    lane.segment(0).unwrap().unwrap().reserve_only(40);
+    lane.append(&payload(0, 2), 0, 1, 0).unwrap();
+    assert_eq!(parse(&lane.claim(1).unwrap().unwrap()).1, 0);
+    assert!(lane.claim(1).unwrap().is_none(), "blocked by the hole");
+    // Not old enough yet: nothing happens.
+    assert!(!lane.unblock(|_| true, Duration::from_secs(3600)).unwrap());
+    assert!(lane.claim(1).unwrap().is_none());
+    // Old enough: padded over, and the record after it flows.
+    assert!(lane.unblock(|_| true, Duration::ZERO).unwrap());
+    assert_eq!(parse(&lane.claim(1).unwrap().unwrap()).1, 2);
+    let _ = std::fs::remove_dir_all(d);
+}
