@@ -231,16 +231,24 @@ impl LocalQueue {
         {
             return false;
         }
+        let me = self.pid;
+        let alive = |pid: u32| pid == me || process_alive(pid);
         let mut any = false;
         for p in self.used_lanes() {
-            if let Ok(l) = self.lane(p) {
-                if l.counts().2 > 0 {
-                    let me = self.pid;
-                    any |= l
-                        .reclaim_dead(|pid| pid == me || process_alive(pid))
-                        .unwrap_or(0)
-                        > 0;
-                }
+            let Ok(l) = self.lane(p) else { continue };
+            if l.counts().2 > 0 {
+                any |= l.reclaim_dead(alive).unwrap_or(0) > 0;
+            }
+            // A dead producer's uncommitted reservation must not block the
+            // lane (writers that died before writing their pid get 10 s).
+            match l.unblock(alive, UNBLOCK_AFTER) {
+                Ok(padded) => any |= padded,
+                Err(e) => tracing::warn!(queue = %self.decl.name, error = %e, "unblocking failed"),
+            }
+            // Retention follows the slowest consumer: only segments wholly
+            // before the oldest unsettled record go.
+            if let Err(e) = l.retire() {
+                tracing::warn!(queue = %self.decl.name, error = %e, "retention failed");
             }
         }
         any
