@@ -89,14 +89,21 @@ fn processes_append_concurrently() {
 #[test]
 fn a_writer_killed_mid_append_leaves_nothing_blocked_or_lost() {
     let (dir, path) = setup("kill", 64 << 20);
-    let mut victim = spawn(&path, 0, 0);
-    let mut survivor = spawn(&path, 1, 20_000);
+    // Bounded so it can never fill the segment, should the kill come late.
+    let mut victim = spawn(&path, 0, 100_000);
     let seg = reopen(&path);
-    // Let the victim get going, then kill it without warning.
-    let start = Instant::now();
-    while seg.reserved_to() < HEADER_LEN + 200_000 && start.elapsed() < Duration::from_secs(20) {
-        std::thread::sleep(Duration::from_millis(1));
-    }
+    // Let the victim get going on its own, then start the survivor and let
+    // them interleave before the victim is killed without warning.
+    let grow_to = |target: u64| {
+        let start = Instant::now();
+        while seg.reserved_to() < target {
+            assert!(start.elapsed() < Duration::from_secs(30), "writers stalled");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    };
+    grow_to(HEADER_LEN + 200_000);
+    let mut survivor = spawn(&path, 1, 20_000);
+    grow_to(seg.reserved_to() + 100_000);
     victim.kill().unwrap();
     victim.wait().unwrap();
     assert!(survivor.wait().unwrap().success());
