@@ -243,7 +243,19 @@ impl Lane {
             .write(true)
             .open(&tmp)
             .map_err(io)?;
-        file.set_len(self.segment_size).map_err(io)?;
+        if let Err(e) = crate::state::preallocate(&file, self.segment_size) {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(LaneError::Io {
+                dir: self.dir.display().to_string(),
+                source: std::io::Error::new(
+                    e.kind(),
+                    format!(
+                        "cannot allocate a {}-byte segment (disk full or file too large?): {e}",
+                        self.segment_size
+                    ),
+                ),
+            });
+        }
         let seg = Segment::format(&tmp, file, self.lane, seq)?;
         drop(seg);
         // Whoever renames first wins; a loser's file is removed.

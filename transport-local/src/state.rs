@@ -107,3 +107,26 @@ pub fn futex_wake(word: &AtomicU32) {
         );
     }
 }
+
+/// Allocates `len` bytes of disk for `file` now (`fallocate(2)`), so a full
+/// disk is an error here rather than a fault when a mapped page is first
+/// written. The file reads as zeros.
+pub fn preallocate(file: &std::fs::File, len: u64) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let len =
+        libc::off_t::try_from(len).map_err(|_| std::io::Error::from_raw_os_error(libc::EFBIG))?;
+    loop {
+        // SAFETY: fallocate(2) on a descriptor we own; no pointers.
+        let rc = unsafe { libc::fallocate(file.as_raw_fd(), 0, 0, len) };
+        if rc == 0 {
+            return Ok(());
+        }
+        let e = std::io::Error::last_os_error();
+        match e.raw_os_error() {
+            Some(libc::EINTR) => continue,
+            // Filesystems without fallocate: fall back to a sparse file.
+            Some(libc::EOPNOTSUPP) => return file.set_len(len as u64),
+            _ => return Err(e),
+        }
+    }
+}

@@ -296,3 +296,19 @@ fn a_dead_producers_reservation_does_not_block_consumers() {
     assert_eq!(parse(&lane.claim(1).unwrap().unwrap()).1, 2);
     let _ = std::fs::remove_dir_all(d);
 }
+
+#[test]
+fn a_segment_the_disk_cannot_hold_is_a_clear_error() {
+    let d = dir("nospace");
+    // 2^62 bytes: no filesystem here can allocate it (EFBIG / ENOSPC).
+    let e = Lane::open(&d, 0, 1 << 62).unwrap_err().to_string();
+    assert!(e.contains("cannot allocate"), "{e}");
+    // Nothing half-made is left behind.
+    let leftovers: Vec<_> = std::fs::read_dir(&d)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().contains(".seg"))
+        .collect();
+    assert!(leftovers.is_empty());
+    let _ = std::fs::remove_dir_all(d);
+}
