@@ -28,6 +28,16 @@ pub(crate) enum Command {
     Purge(PurgeArgs),
     /// Measure throughput and latency, optionally next to peers.
     Bench(BenchArgs),
+    /// A bench consumer in its own process (run by `bench --consumer-processes`).
+    #[command(hide = true)]
+    BenchConsumer(BenchConsumerArgs),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct BenchConsumerArgs {
+    pub(crate) url: String,
+    #[arg(long)]
+    pub(crate) queue: String,
 }
 
 /// Exchange types.
@@ -193,6 +203,10 @@ pub(crate) struct BenchArgs {
     /// Also run the peers and limits that fit the transport, in this run.
     #[arg(long)]
     pub(crate) compare: bool,
+    /// Run each consumer in its own process (for transports shared between
+    /// processes, e.g. local://).
+    #[arg(long)]
+    pub(crate) consumer_processes: bool,
     /// JSON output.
     #[arg(long)]
     pub(crate) json: bool,

@@ -28,6 +28,7 @@ fn main() -> ExitCode {
         Command::Stat(a) => stat::run(a),
         Command::Purge(a) => stat::purge(a),
         Command::Bench(a) => bench::run(a),
+        Command::BenchConsumer(a) => bench::child::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

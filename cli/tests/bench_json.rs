@@ -171,3 +171,27 @@ fn local_bench_compares_with_raw_fdatasync_when_syncing() {
         dir.file_name().unwrap().to_string_lossy()
     )));
 }
+
+#[test]
+fn consumers_can_run_in_their_own_processes() {
+    let dir = std::env::temp_dir().join(format!("dashi-bench-procs-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let url = format!("local://{}?segment_size=1M", dir.display());
+    let o = dashi(&[
+        "bench",
+        &url,
+        "--messages",
+        "2000",
+        "--producers",
+        "2",
+        "--consumers",
+        "2",
+        "--consumer-processes",
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_str(stdout(&o).trim()).unwrap();
+    assert_eq!(v["transport"], "dashi local:// (consumer processes)");
+    check_run(&v, 64, 2000);
+    let _ = std::fs::remove_dir_all(&dir);
+}

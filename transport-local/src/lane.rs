@@ -307,13 +307,17 @@ impl Lane {
         }
     }
 
-    fn try_claim(&self, seg: &Arc<Segment>, pos: Pos, owner: u32, expect: u64) -> Option<Claimed> {
+    fn try_claim(
+        &self,
+        seg: &Arc<Segment>,
+        pos: Pos,
+        meta: RecordMeta,
+        owner: u32,
+        expect: u64,
+    ) -> Option<Claimed> {
         let word = seg.claim_word(pos.off);
         let mine = claim::CLAIMED | (expect & claim::REDELIVERED) | (u64::from(owner) << 32);
         word.compare_exchange(expect, mine, AcqRel, Acquire).ok()?;
-        let Slot::Record { meta, .. } = seg.read(pos.off) else {
-            return None;
-        };
         self.signed(at::READY).fetch_sub(1, AcqRel);
         self.signed(at::READY_BYTES)
             .fetch_sub(i64::from(meta.body_len), AcqRel);
@@ -377,7 +381,9 @@ impl Lane {
             self.walk(Pos::unpack(low), next, |seg, pos| {
                 let w = seg.claim_word(pos.off).load(Acquire);
                 if claim::state(w) == claim::READY {
-                    got = self.try_claim(seg, pos, owner, w);
+                    if let Slot::Record { meta, .. } = seg.read(pos.off) {
+                        got = self.try_claim(seg, pos, meta, owner, w);
+                    }
                 }
                 got.is_some()
             })?;
@@ -407,8 +413,8 @@ impl Lane {
                     .compare_exchange(packed, to.pack(), AcqRel, Acquire);
             };
             match seg.read(pos.off) {
-                Slot::Record { len, .. } => {
-                    let got = self.try_claim(&seg, pos, owner, claim::READY);
+                Slot::Record { len, meta } => {
+                    let got = self.try_claim(&seg, pos, meta, owner, claim::READY);
                     advance(Pos {
                         seq: pos.seq,
                         off: pos.off + len,

@@ -353,6 +353,15 @@ impl Segment {
         }
     }
 
+    /// The bytes of a committed record's range, in place.
+    fn committed(&self, at: u64, len: u64) -> &[u8] {
+        let len = len.min(self.capacity().saturating_sub(at));
+        // SAFETY: in bounds (clamped); called only for the immutable part of a
+        // record after an acquire load of its committed length, which no
+        // process writes again; the mapping lives as long as `self`.
+        unsafe { std::slice::from_raw_parts(self.map.as_ptr().add(at as usize), len as usize) }
+    }
+
     fn read_bytes(&self, at: u64, len: u64) -> Vec<u8> {
         let len = len.min(self.capacity().saturating_sub(at));
         let mut out = vec![0u8; len as usize];
@@ -476,8 +485,8 @@ impl Segment {
             // Moved aside by recovery: skip without checking it again.
             return Slot::Moved { len };
         }
-        let raw = self.read_bytes(off + META_AT, RECORD_HEADER_LEN - META_AT);
-        let Ok(meta) = RecordMeta::read_from_bytes(&raw[..]) else {
+        let raw = self.committed(off + META_AT, RECORD_HEADER_LEN - META_AT);
+        let Ok(meta) = RecordMeta::read_from_bytes(raw) else {
             return Slot::Corrupt {
                 len,
                 reason: "header unreadable",
@@ -501,8 +510,8 @@ impl Segment {
                 reason: "length disagrees with payload",
             };
         }
-        let payload = self.payload(off, &meta);
-        if crc(&meta, &payload) != meta.crc {
+        let payload = self.committed(off + RECORD_HEADER_LEN, u64::from(meta.payload_len));
+        if crc(&meta, payload) != meta.crc {
             return Slot::Corrupt {
                 len,
                 reason: "checksum mismatch",

@@ -19,6 +19,11 @@ pub(crate) fn run(w: &Workload) -> Result<Report, String> {
     )
     .map_err(|e| format!("declaring the bench queue: {e}"))?;
 
+    if w.consumer_processes {
+        let r = run_with_child_consumers(w, &queue);
+        let _ = ch.queue_delete(&queue, false, false);
+        return r;
+    }
     let consumed = Arc::new(AtomicU64::new(0));
     let finished_ns = Arc::new(AtomicU64::new(0));
     let progress = Progress::start(&admin_label(w), w.messages, consumed.clone());
@@ -126,4 +131,104 @@ fn admin_label(w: &Workload) -> String {
     dashi::ConnectUrl::parse(&w.url)
         .map(|u| format!("dashi {}://", u.scheme))
         .unwrap_or_else(|_| "dashi".into())
+}
+
+/// Consumers as child processes (`dashi bench-consumer`), producers here.
+fn run_with_child_consumers(w: &Workload, queue: &str) -> Result<Report, String> {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+    let exe = std::env::current_exe().map_err(|e| format!("finding the dashi binary: {e}"))?;
+    let mut kids = Vec::new();
+    for _ in 0..w.consumers {
+        let mut child = Command::new(&exe)
+            .args(["bench-consumer", &w.url, "--queue", queue])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .map_err(|e| format!("starting a consumer process: {e}"))?;
+        let mut out = BufReader::new(child.stdout.take().ok_or("consumer stdout")?);
+        let mut line = String::new();
+        out.read_line(&mut line)
+            .map_err(|e| format!("consumer process: {e}"))?;
+        if line.trim() != "ready" {
+            let _ = child.kill();
+            return Err(format!("a consumer process did not start: {line:?}"));
+        }
+        kids.push((child, out));
+    }
+    // Competing consumers split the messages by who is free; after the data,
+    // one stop message per consumer ends them (FIFO puts the stops last).
+    let consumed = Arc::new(AtomicU64::new(0));
+    let progress = Progress::start(&admin_label(w), w.messages, consumed.clone());
+    let start_ns = super::now_ns();
+    let producers: Vec<_> = (0..w.producers)
+        .map(|i| {
+            let (w, queue) = (w.clone(), queue.to_owned());
+            std::thread::spawn(move || -> Result<(), String> {
+                let conn = connect(&w.url)?;
+                let ch = conn.channel().map_err(|e| e.to_string())?;
+                let p = ch.producer();
+                for k in 0..w.share(i) {
+                    let mut m = Message::new(stamped_body(w.size));
+                    m.properties.priority = w.priority(k);
+                    while let Err(e) = p.publish(m, &queue) {
+                        if !e.is_transient() {
+                            return Err(format!("producer: {e}"));
+                        }
+                        m = e.into_message();
+                        std::thread::yield_now();
+                    }
+                }
+                Ok(())
+            })
+        })
+        .collect();
+    for p in producers {
+        p.join().map_err(|_| "a producer thread panicked")??;
+    }
+    {
+        let conn = connect(&w.url)?;
+        let ch = conn.channel().map_err(|e| e.to_string())?;
+        for _ in 0..w.consumers {
+            ch.producer()
+                .publish(Message::new(super::child::STOP), queue)
+                .map_err(|e| format!("stopping the consumers: {e}"))?;
+        }
+    }
+    let mut end_ns = 0;
+    let mut lat = [0f64; 5];
+    for (mut child, mut out) in kids {
+        let mut line = String::new();
+        out.read_line(&mut line)
+            .map_err(|e| format!("consumer process: {e}"))?;
+        let status = child.wait().map_err(|e| format!("consumer process: {e}"))?;
+        if !status.success() {
+            return Err(format!("a consumer process failed ({status})"));
+        }
+        let v: serde_json::Value = serde_json::from_str(line.trim())
+            .map_err(|_| format!("consumer process said {line:?}"))?;
+        consumed.fetch_add(v["count"].as_u64().unwrap_or(0), Ordering::Relaxed);
+        end_ns = end_ns.max(v["finished_ns"].as_u64().unwrap_or(0));
+        // Percentiles of several processes: the worst of each (conservative).
+        for (slot, k) in lat.iter_mut().zip(["p50", "p90", "p99", "p999", "max"]) {
+            *slot = slot.max(v["latency_us"][k].as_f64().unwrap_or(0.0));
+        }
+    }
+    drop(progress);
+    let total = consumed.load(Ordering::Relaxed);
+    if total != w.messages {
+        return Err(format!(
+            "consumer processes got {total} of {} messages",
+            w.messages
+        ));
+    }
+    let elapsed = Duration::from_nanos(end_ns.saturating_sub(start_ns).max(1));
+    let mut r = Report::from_histogram(
+        format!("{} (consumer processes)", admin_label(w)),
+        w,
+        elapsed,
+        &histogram(),
+    );
+    r.latency_us = lat;
+    Ok(r)
 }

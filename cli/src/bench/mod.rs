@@ -3,6 +3,7 @@
 //! latency percentiles (hdrhistogram). `--compare` runs the peer or limit that
 //! fits the transport in the same process run, doing the same work.
 
+pub(crate) mod child;
 mod crossbeam_peer;
 mod dashi_run;
 mod disk_peer;
@@ -11,8 +12,8 @@ mod plot;
 mod report;
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -28,6 +29,8 @@ pub(crate) struct Workload {
     pub(crate) producers: usize,
     pub(crate) consumers: usize,
     pub(crate) priorities: u16,
+    /// Run each consumer in its own process.
+    pub(crate) consumer_processes: bool,
 }
 
 impl Workload {
@@ -43,11 +46,12 @@ impl Workload {
     }
 }
 
-static EPOCH: OnceLock<Instant> = OnceLock::new();
-
-/// Nanoseconds since the harness started (shared by every thread).
+/// Wall-clock nanoseconds: the send time in a body must mean the same in
+/// every process of a run (consumers can be child processes).
 pub(crate) fn now_ns() -> u64 {
-    EPOCH.get_or_init(Instant::now).elapsed().as_nanos() as u64
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
 }
 
 /// A body of `size` bytes whose first 8 carry the send time.
@@ -136,6 +140,7 @@ pub(crate) fn run(a: BenchArgs) -> Result<(), String> {
         producers: a.producers,
         consumers: a.consumers,
         priorities: a.priorities,
+        consumer_processes: a.consumer_processes,
     };
     now_ns();
     let scheme = dashi::ConnectUrl::parse(&w.url)

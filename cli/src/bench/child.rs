@@ -1,0 +1,63 @@
+//! A bench consumer in its own process: subscribes, says `ready`, consumes
+//! and acks its share, then prints one JSON line with when it finished (wall
+//! clock) and its latency percentiles.
+
+use std::io::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use dashi::{ConsumerOptions, Error};
+use serde_json::json;
+
+use super::{histogram, latency_us, now_ns};
+use crate::args::BenchConsumerArgs;
+use crate::body::connect;
+
+/// Body of the message that tells a consumer process the run is over (one per
+/// consumer, published after every data message).
+pub(crate) const STOP: &[u8] = b"\0dashi-bench-stop";
+
+pub(crate) fn run(a: BenchConsumerArgs) -> Result<(), String> {
+    let conn = connect(&a.url)?;
+    let ch = conn.channel().map_err(|e| e.to_string())?;
+    let hist = Arc::new(Mutex::new(histogram()));
+    let got = Arc::new(AtomicU64::new(0));
+    let last_ns = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (h, g, l, st) = (hist.clone(), got.clone(), last_ns.clone(), stop.clone());
+    let _consumer = ch
+        .consume(ConsumerOptions::new(a.queue.clone()), move |d| {
+            if d.body().starts_with(STOP) {
+                let _ = d.ack();
+                st.store(true, Ordering::Relaxed);
+                return;
+            }
+            if let Ok(mut h) = h.lock() {
+                h.saturating_record(latency_us(d.body()).max(1));
+            }
+            let _ = d.ack();
+            g.fetch_add(1, Ordering::Relaxed);
+            l.store(now_ns(), Ordering::Relaxed);
+        })
+        .map_err(|e| e.to_string())?;
+    println!("ready");
+    std::io::stdout().flush().map_err(|e| e.to_string())?;
+    while !stop.load(Ordering::Relaxed) {
+        match conn.drain_events(Some(Duration::from_millis(100))) {
+            Ok(_) | Err(Error::Timeout) => {}
+            Err(e) => return Err(format!("consumer: {e}")),
+        }
+    }
+    let h = hist.lock().map_err(|_| "histogram lock poisoned")?;
+    let q = |p: f64| h.value_at_quantile(p);
+    println!(
+        "{}",
+        json!({
+            "count": got.load(Ordering::Relaxed),
+            "finished_ns": last_ns.load(Ordering::Relaxed),
+            "latency_us": {"p50": q(0.5), "p90": q(0.9), "p99": q(0.99), "p999": q(0.999), "max": h.max()},
+        })
+    );
+    Ok(())
+}
