@@ -29,8 +29,13 @@ pub(crate) fn run(a: BenchConsumerArgs) -> Result<(), String> {
     let _consumer = ch
         .consume(ConsumerOptions::new(a.queue.clone()), move |d| {
             if d.body().starts_with(STOP) {
-                let _ = d.ack();
-                st.store(true, Ordering::Relaxed);
+                if st.swap(true, Ordering::Relaxed) {
+                    // One stop per consumer: a second one (taken in the same
+                    // prefetch batch) goes back for another consumer.
+                    let _ = d.reject(true);
+                } else {
+                    let _ = d.ack();
+                }
                 return;
             }
             if let Ok(mut h) = h.lock() {
@@ -43,13 +48,23 @@ pub(crate) fn run(a: BenchConsumerArgs) -> Result<(), String> {
         .map_err(|e| e.to_string())?;
     println!("ready");
     std::io::stdout().flush().map_err(|e| e.to_string())?;
+    // Never wait forever: a minute without any message ends the process with
+    // an error (the parent then reports it).
+    let mut idle = std::time::Instant::now();
     while !stop.load(Ordering::Relaxed) {
         match conn.drain_events(Some(Duration::from_millis(100))) {
-            Ok(_) | Err(Error::Timeout) => {}
+            Ok(_) => idle = std::time::Instant::now(),
+            Err(Error::Timeout) if idle.elapsed() > Duration::from_secs(60) => {
+                return Err("no message for 60 s; giving up".into())
+            }
+            Err(Error::Timeout) => {}
             Err(e) => return Err(format!("consumer: {e}")),
         }
     }
+    // Stop taking messages; anything still prefetched goes back on close.
+    drop(_consumer);
     let h = hist.lock().map_err(|_| "histogram lock poisoned")?;
+    drop(ch);
     let q = |p: f64| h.value_at_quantile(p);
     println!(
         "{}",
