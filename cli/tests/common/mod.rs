@@ -3,11 +3,45 @@
 
 use std::process::{Command, Output};
 
+/// Runs `dashi` and collects its output; a run that takes over two minutes is
+/// killed and fails the test (a hang must not stall the suite).
 pub(crate) fn dashi(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_dashi"))
+    use std::io::Read;
+    use std::process::Stdio;
+    use std::time::{Duration, Instant};
+    let mut child = Command::new(env!("CARGO_BIN_EXE_dashi"))
         .args(args)
-        .output()
-        .expect("the dashi binary runs")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("the dashi binary runs");
+    let (mut out, mut err) = (child.stdout.take().unwrap(), child.stderr.take().unwrap());
+    let reader = std::thread::spawn(move || {
+        let mut o = Vec::new();
+        let _ = out.read_to_end(&mut o);
+        o
+    });
+    let ereader = std::thread::spawn(move || {
+        let mut e = Vec::new();
+        let _ = err.read_to_end(&mut e);
+        e
+    });
+    let start = Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().expect("waiting for dashi") {
+            break s;
+        }
+        if start.elapsed() > Duration::from_secs(120) {
+            let _ = child.kill();
+            panic!("dashi {args:?} did not finish within 120 s");
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    Output {
+        status,
+        stdout: reader.join().unwrap(),
+        stderr: ereader.join().unwrap(),
+    }
 }
 
 pub(crate) fn stdout(o: &Output) -> String {
