@@ -9,6 +9,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+mod common;
+
+use common::crossbeam_round_trip;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use dashi::{ConsumerOptions, Queue};
 
@@ -49,25 +52,6 @@ fn dashi_round_trip(payload: &Bytes, n: u64) -> Duration {
     };
     while got.load(Ordering::Relaxed) < n {
         conn.drain_events(Some(Duration::from_secs(10))).unwrap();
-    }
-    let elapsed = start.elapsed();
-    producer.join().unwrap();
-    elapsed
-}
-
-fn crossbeam_round_trip(payload: &Bytes, n: u64) -> Duration {
-    let (tx, rx) = crossbeam_channel::unbounded::<Bytes>();
-    let start = Instant::now();
-    let producer = {
-        let payload = payload.clone();
-        std::thread::spawn(move || {
-            for _ in 0..n {
-                tx.send(payload.clone()).unwrap();
-            }
-        })
-    };
-    for _ in 0..n {
-        criterion::black_box(rx.recv().unwrap());
     }
     let elapsed = start.elapsed();
     producer.join().unwrap();

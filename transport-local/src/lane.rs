@@ -8,8 +8,8 @@
 //!
 //! # Invariants
 //! - Producers append to the segment named by `write_seg`; the first writer to
-//!   find it full creates the next one (create-exclusive under a temporary name,
-//!   format, rename) and moves `write_seg` on with a compare-and-swap.
+//!   find it full creates the next one (formatted under a unique temporary
+//!   name, then hard-linked into place: one file wins) and moves `write_seg` on with a compare-and-swap.
 //! - Consumers claim records through the shared `next` position, oldest
 //!   first: a claim is a compare-and-swap of the record's claim word from ready
 //!   to claimed-by-owner, so each record is claimed by exactly one consumer in
@@ -258,7 +258,7 @@ impl Lane {
         }
         let seg = Segment::format(&tmp, file, self.lane, seq)?;
         drop(seg);
-        // Whoever renames first wins; a loser's file is removed.
+        // Whoever links first wins; a loser's file is removed.
         match std::fs::hard_link(&tmp, self.path(seq)) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}

@@ -68,30 +68,7 @@ pub(crate) fn run(w: &Workload) -> Result<Report, String> {
         })
         .collect();
 
-    let producers: Vec<_> = (0..w.producers)
-        .map(|i| {
-            let w = w.clone();
-            let queue = queue.clone();
-            std::thread::spawn(move || -> Result<(), String> {
-                let conn = connect(&w.url)?;
-                let ch = conn.channel().map_err(|e| e.to_string())?;
-                let p = ch.producer();
-                for k in 0..w.share(i) {
-                    let mut m = Message::new(stamped_body(w.size));
-                    m.properties.priority = w.priority(k);
-                    // Back-pressure: a full queue hands the message back.
-                    while let Err(e) = p.publish(m, &queue) {
-                        if !e.is_transient() {
-                            return Err(format!("producer: {e}"));
-                        }
-                        m = e.into_message();
-                        std::thread::yield_now();
-                    }
-                }
-                Ok(())
-            })
-        })
-        .collect();
+    let producers = spawn_producers(w, &queue);
 
     let mut failure = None;
     for p in producers {
@@ -161,28 +138,7 @@ fn run_with_child_consumers(w: &Workload, queue: &str) -> Result<Report, String>
     let consumed = Arc::new(AtomicU64::new(0));
     let progress = Progress::start(&admin_label(w), w.messages, consumed.clone());
     let start_ns = super::now_ns();
-    let producers: Vec<_> = (0..w.producers)
-        .map(|i| {
-            let (w, queue) = (w.clone(), queue.to_owned());
-            std::thread::spawn(move || -> Result<(), String> {
-                let conn = connect(&w.url)?;
-                let ch = conn.channel().map_err(|e| e.to_string())?;
-                let p = ch.producer();
-                for k in 0..w.share(i) {
-                    let mut m = Message::new(stamped_body(w.size));
-                    m.properties.priority = w.priority(k);
-                    while let Err(e) = p.publish(m, &queue) {
-                        if !e.is_transient() {
-                            return Err(format!("producer: {e}"));
-                        }
-                        m = e.into_message();
-                        std::thread::yield_now();
-                    }
-                }
-                Ok(())
-            })
-        })
-        .collect();
+    let producers = spawn_producers(w, queue);
     for p in producers {
         p.join().map_err(|_| "a producer thread panicked")??;
     }
@@ -231,4 +187,32 @@ fn run_with_child_consumers(w: &Workload, queue: &str) -> Result<Report, String>
     );
     r.latency_us = lat;
     Ok(r)
+}
+
+/// One thread per producer, each with its own connection, publishing its
+/// share of stamped bodies; a full queue hands a message back and it is
+/// published again (back-pressure).
+fn spawn_producers(w: &Workload, queue: &str) -> Vec<std::thread::JoinHandle<Result<(), String>>> {
+    (0..w.producers)
+        .map(|i| {
+            let (w, queue) = (w.clone(), queue.to_owned());
+            std::thread::spawn(move || -> Result<(), String> {
+                let conn = connect(&w.url)?;
+                let ch = conn.channel().map_err(|e| e.to_string())?;
+                let p = ch.producer();
+                for k in 0..w.share(i) {
+                    let mut m = Message::new(stamped_body(w.size));
+                    m.properties.priority = w.priority(k);
+                    while let Err(e) = p.publish(m, &queue) {
+                        if !e.is_transient() {
+                            return Err(format!("producer: {e}"));
+                        }
+                        m = e.into_message();
+                        std::thread::yield_now();
+                    }
+                }
+                Ok(())
+            })
+        })
+        .collect()
 }
