@@ -135,6 +135,7 @@ impl ChannelShared {
                     let lease = self.lease_for(p.slot.consumer.as_deref(), &*p.slot.queue);
                     let deadline_us = match lease {
                         Some(d) => {
+                            p.slot.queue.lease(&p.slot.env, d);
                             shortest = Some(shortest.map_or(d, |s: Duration| s.min(d)));
                             (now_ns() / 1_000).saturating_add(d.as_micros() as u64)
                         }
@@ -293,6 +294,7 @@ impl ChannelShared {
                 tag: slot.tag,
                 state,
             })?;
+        slot.queue.lease(&slot.env, from_now);
         crate::leases::watch(self, from_now);
         Ok(())
     }

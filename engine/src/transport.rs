@@ -130,6 +130,14 @@ pub trait QueueStore: Send + Sync + fmt::Debug {
     /// Delivered messages go back to the front of their lanes, `envs[0]` first.
     /// The caller has set `redelivered`.
     fn restore(&self, envs: Vec<Envelope>);
+    /// The delivery of `env` is leased until `lease` from now (called when it
+    /// is delivered with a lease and on every `extend_lease`). The engine
+    /// expires leases itself; a transport shared by processes records the
+    /// deadline so that another process can restore the message if this one
+    /// stops running. The default does nothing.
+    fn lease(&self, env: &Envelope, lease: Duration) {
+        let _ = (env, lease);
+    }
     /// Registers a waker called when a message becomes ready (or the queue is
     /// deleted); returns an id for [`QueueStore::unregister`].
     fn register(&self, waker: &Waker) -> u64;

@@ -24,7 +24,9 @@
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::AcqRel, Ordering::Acquire};
+use std::sync::atomic::{
+    AtomicI64, AtomicU64, Ordering::AcqRel, Ordering::Acquire, Ordering::Release,
+};
 use std::sync::Arc;
 
 use parking_lot::Mutex;
@@ -57,7 +59,9 @@ impl Pos {
     }
 }
 
-/// Claim-word states (bits 0-1), the redelivered bit, and the owner (bits 32..).
+/// Claim-word states (bits 0-1), the redelivered bit (2), and the owner:
+/// process id in bits 32.., low bits of its start time in bits 3..32 (see
+/// [`crate::owner`]), so a recycled pid is not mistaken for the claimer.
 pub mod claim {
     /// Not delivered (or restored).
     pub const READY: u64 = 0;
@@ -74,9 +78,9 @@ pub mod claim {
     pub fn state(w: u64) -> u64 {
         w & 3
     }
-    /// The owner (process id) of a claimed word.
-    pub fn owner(w: u64) -> u32 {
-        (w >> 32) as u32
+    /// The owner (process id and start-time bits) of a claimed word.
+    pub fn owner(w: u64) -> u64 {
+        w & !7
     }
 }
 
@@ -312,11 +316,11 @@ impl Lane {
         seg: &Arc<Segment>,
         pos: Pos,
         meta: RecordMeta,
-        owner: u32,
+        owner: u64,
         expect: u64,
     ) -> Option<Claimed> {
         let word = seg.claim_word(pos.off);
-        let mine = claim::CLAIMED | (expect & claim::REDELIVERED) | (u64::from(owner) << 32);
+        let mine = claim::CLAIMED | (expect & claim::REDELIVERED) | claim::owner(owner);
         word.compare_exchange(expect, mine, AcqRel, Acquire).ok()?;
         self.signed(at::READY).fetch_sub(1, AcqRel);
         self.signed(at::READY_BYTES)
@@ -330,11 +334,13 @@ impl Lane {
         })
     }
 
-    /// Walks records from `from` to `until` (exclusive), calling `f` on each.
-    fn walk(
+    /// Walks records from `from` to `until` (exclusive), calling `f` on each
+    /// (stops when `f` returns true); checksums are verified only if `verify`.
+    fn walk_with(
         &self,
         from: Pos,
         until: Pos,
+        verify: bool,
         mut f: impl FnMut(&Arc<Segment>, Pos) -> bool,
     ) -> Result<(), LaneError> {
         let mut pos = from;
@@ -342,7 +348,12 @@ impl Lane {
             let Some(seg) = self.segment(pos.seq)? else {
                 return Ok(());
             };
-            match seg.read(pos.off) {
+            let slot = if verify {
+                seg.read(pos.off)
+            } else {
+                seg.skim(pos.off)
+            };
+            match slot {
                 Slot::Record { len, .. } => {
                     if f(&seg, pos) {
                         return Ok(());
@@ -368,7 +379,7 @@ impl Lane {
 
     /// Claims the oldest ready record for `owner`: restored ones first, then
     /// the never-delivered ones in log order. `None` when nothing is ready.
-    pub fn claim(&self, owner: u32) -> Result<Option<Claimed>, LaneError> {
+    pub fn claim(&self, owner: u64) -> Result<Option<Claimed>, LaneError> {
         // Restored records, below `next`.
         loop {
             let mark = self.word(at::RESTORE).load(Acquire);
@@ -378,7 +389,7 @@ impl Lane {
             }
             let next = Pos::unpack(self.word(at::NEXT).load(Acquire));
             let mut got = None;
-            self.walk(Pos::unpack(low), next, |seg, pos| {
+            self.walk_with(Pos::unpack(low), next, false, |seg, pos| {
                 let w = seg.claim_word(pos.off).load(Acquire);
                 if claim::state(w) == claim::READY {
                     if let Slot::Record { meta, .. } = seg.read(pos.off) {
@@ -450,7 +461,7 @@ impl Lane {
 
     /// Settles a claimed record: `to` is [`claim::ACKED`] or [`claim::DEAD`].
     /// False if `owner` no longer holds it.
-    pub fn settle(&self, c: &Claimed, owner: u32, to: u64) -> bool {
+    pub fn settle(&self, c: &Claimed, owner: u64, to: u64) -> bool {
         let word = c.segment.claim_word(c.pos.off);
         let cur = word.load(Acquire);
         if claim::state(cur) != claim::CLAIMED || claim::owner(cur) != owner {
@@ -465,12 +476,14 @@ impl Lane {
 
     /// Returns a claimed record to ready, flagged redelivered, ahead of
     /// everything newer. False if `owner` no longer holds it.
-    pub fn restore(&self, c: &Claimed, owner: u32) -> bool {
+    pub fn restore(&self, c: &Claimed, owner: u64) -> bool {
         let word = c.segment.claim_word(c.pos.off);
         let cur = word.load(Acquire);
         if claim::state(cur) != claim::CLAIMED || claim::owner(cur) != owner {
             return false;
         }
+        // A ready record has no lease: the next claimer starts without one.
+        c.segment.deadline_word(c.pos.off).store(0, Release);
         if word
             .compare_exchange(cur, claim::READY | claim::REDELIVERED, AcqRel, Acquire)
             .is_err()
@@ -499,34 +512,63 @@ impl Lane {
         }
     }
 
-    /// Restores every record claimed by an owner that `alive` says is gone.
-    /// Returns how many came back.
-    pub fn reclaim_dead(&self, alive: impl Fn(u32) -> bool) -> Result<usize, LaneError> {
+    /// Sets the lease deadline of a record `owner` holds (`CLOCK_MONOTONIC`
+    /// ns, see [`crate::owner::shared_now_ns`]; 0 = none). False if `owner`
+    /// no longer holds it.
+    pub fn set_deadline(&self, c: &Claimed, owner: u64, deadline: u64) -> bool {
+        let cur = c.segment.claim_word(c.pos.off).load(Acquire);
+        if claim::state(cur) != claim::CLAIMED || claim::owner(cur) != owner {
+            return false;
+        }
+        c.segment.deadline_word(c.pos.off).store(deadline, Release);
+        true
+    }
+
+    /// Restores every claimed record whose owner `alive` says is gone, or
+    /// whose lease deadline lies more than `grace` ns before `now` and whose
+    /// owner is not `me` (this process's own leases are its engine's to
+    /// expire; the grace leaves a live owner time to do so). Returns how many
+    /// came back. Also moves `head` up to the first unsettled record.
+    pub fn reclaim(
+        &self,
+        mut alive: impl FnMut(u64) -> bool,
+        me: u64,
+        now: u64,
+        grace: u64,
+    ) -> Result<usize, LaneError> {
         let head = self.word(at::HEAD).load(Acquire);
         let from = Pos::unpack(head);
         let until = Pos::unpack(self.word(at::NEXT).load(Acquire));
         let mut n = 0;
         // The first record still ready or claimed: `head` can move up to it.
         let mut first_open: Option<Pos> = None;
-        self.walk(from, until, |seg, pos| {
+        self.walk_with(from, until, false, |seg, pos| {
             let word = seg.claim_word(pos.off);
             let cur = word.load(Acquire);
             let state = claim::state(cur);
             if first_open.is_none() && (state == claim::READY || state == claim::CLAIMED) {
                 first_open = Some(pos);
             }
-            if state == claim::CLAIMED && !alive(claim::owner(cur)) {
-                let back = claim::READY | claim::REDELIVERED;
-                if word.compare_exchange(cur, back, AcqRel, Acquire).is_ok() {
-                    if let Slot::Record { meta, .. } = seg.read(pos.off) {
-                        self.signed(at::UNACKED).fetch_sub(1, AcqRel);
-                        self.signed(at::READY).fetch_add(1, AcqRel);
-                        self.signed(at::READY_BYTES)
-                            .fetch_add(i64::from(meta.body_len), AcqRel);
-                    }
-                    self.mark_restored(pos);
-                    n += 1;
+            if state != claim::CLAIMED {
+                return false;
+            }
+            let owner = claim::owner(cur);
+            let deadline = seg.deadline_word(pos.off).load(Acquire);
+            let expired = owner != me && deadline != 0 && now > deadline.saturating_add(grace);
+            if !expired && (owner == me || alive(owner)) {
+                return false;
+            }
+            seg.deadline_word(pos.off).store(0, Release);
+            let back = claim::READY | claim::REDELIVERED;
+            if word.compare_exchange(cur, back, AcqRel, Acquire).is_ok() {
+                if let Slot::Record { meta, .. } = seg.skim(pos.off) {
+                    self.signed(at::UNACKED).fetch_sub(1, AcqRel);
+                    self.signed(at::READY).fetch_add(1, AcqRel);
+                    self.signed(at::READY_BYTES)
+                        .fetch_add(i64::from(meta.body_len), AcqRel);
                 }
+                self.mark_restored(pos);
+                n += 1;
             }
             false
         })?;
@@ -546,7 +588,7 @@ impl Lane {
     /// as seen by this process. True if a hole was padded.
     pub fn unblock(
         &self,
-        alive: impl Fn(u32) -> bool,
+        alive: impl Fn(u64) -> bool,
         max_age: std::time::Duration,
     ) -> Result<bool, LaneError> {
         let packed = self.word(at::NEXT).load(Acquire);
@@ -561,7 +603,7 @@ impl Lane {
         let raw = seg.raw(pos.off + 40, 8);
         let writer = <[u8; 8]>::try_from(raw.as_slice()).map_or(0, u64::from_le_bytes);
         let stuck = if writer != 0 {
-            !alive((writer >> 32) as u32)
+            !alive(writer)
         } else {
             let mut since = self.pending_since.lock();
             match *since {
@@ -580,8 +622,8 @@ impl Lane {
     /// processes that still map a deleted segment keep a valid mapping.
     /// Returns how many segment files were deleted.
     pub fn retire(&self) -> Result<usize, LaneError> {
-        // Advancing the head is part of the dead-claim scan; nobody is dead here.
-        self.reclaim_dead(|_| true)?;
+        // Advancing the head is part of the reclaim scan; nobody is dead here.
+        self.reclaim(|_| true, 0, 0, 0)?;
         let head = Pos::unpack(self.word(at::HEAD).load(Acquire));
         let write = self.word(at::WRITE_SEG).load(Acquire);
         let mut deleted = 0;

@@ -28,6 +28,9 @@ pub mod lane;
 pub mod lock;
 pub mod meta;
 pub mod names;
+// clock_gettime(2) through libc; the block has a SAFETY note.
+#[allow(unsafe_code)]
+pub mod owner;
 pub mod recovery;
 // Atomics and copies on the shared mapping need `unsafe`; every block has a
 // SAFETY note.

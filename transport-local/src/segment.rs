@@ -85,6 +85,7 @@ pub struct RecordMeta {
 
 const META_AT: u64 = 24;
 const CLAIM_AT: u64 = 8;
+const DEADLINE_AT: u64 = 16;
 
 /// Total bytes a record with `payload_len` bytes of payload takes.
 pub fn record_len(payload_len: usize) -> u64 {
@@ -455,6 +456,17 @@ impl Segment {
 
     /// What is at `off` (a record start).
     pub fn read(&self, off: u64) -> Slot {
+        self.read_with(off, true)
+    }
+
+    /// What is at `off` without verifying a record's checksum: for scans over
+    /// records already verified when they were claimed (bounds, magic and
+    /// offset are still checked).
+    pub fn skim(&self, off: u64) -> Slot {
+        self.read_with(off, false)
+    }
+
+    fn read_with(&self, off: u64, verify: bool) -> Slot {
         if off + RECORD_HEADER_LEN > self.capacity() || off >= self.reserved_to() {
             return Slot::End;
         }
@@ -511,7 +523,7 @@ impl Segment {
             };
         }
         let payload = self.committed(off + RECORD_HEADER_LEN, u64::from(meta.payload_len));
-        if crc(&meta, payload) != meta.crc {
+        if verify && crc(&meta, payload) != meta.crc {
             return Slot::Corrupt {
                 len,
                 reason: "checksum mismatch",
@@ -575,6 +587,12 @@ impl Segment {
     /// The shared claim word of the record at `off` (consumer state).
     pub fn claim_word(&self, off: u64) -> &AtomicU64 {
         self.atomic_u64(off + CLAIM_AT)
+    }
+
+    /// The shared lease-deadline word of the record at `off`: `CLOCK_MONOTONIC`
+    /// nanoseconds after which another process may restore the claim, 0 = none.
+    pub fn deadline_word(&self, off: u64) -> &AtomicU64 {
+        self.atomic_u64(off + DEADLINE_AT)
     }
 
     /// Overwrites the committed length of a record (recovery with exclusive

@@ -48,6 +48,7 @@ use crate::lane::{claim, Claimed, Lane};
 use crate::lock::FileLock;
 use crate::meta::Meta;
 use crate::names;
+use crate::owner;
 use crate::state::StatePage;
 
 const MARKER: &str = "dashi-local 1\n";
@@ -151,7 +152,8 @@ pub struct LocalQueue {
     held: Mutex<HashMap<u64, Claimed>>,
     consumers: AtomicU64,
     deleted: AtomicBool,
-    pid: u32,
+    /// This process as a claim owner (pid and start-time bits).
+    owner: u64,
     transport: Weak<Inner>,
     /// When this process last looked for records held by dead processes.
     last_reclaim_ns: AtomicU64,
@@ -162,18 +164,10 @@ const RECLAIM_EVERY_NS: u64 = 100_000_000;
 /// How long an uncommitted reservation without a writer pid may block a lane.
 const UNBLOCK_AFTER: std::time::Duration = std::time::Duration::from_secs(10);
 
-/// True while process `pid` runs (a zombie counts as gone). Process ids are
-/// recycled; pairing them with the process start time is still to come.
-fn process_alive(pid: u32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => stat
-            .rsplit(')')
-            .next()
-            .and_then(|rest| rest.split_whitespace().next())
-            .is_some_and(|state| state != "Z" && state != "X"),
-        Err(_) => false,
-    }
-}
+/// How long past its deadline another process's lease must be before this
+/// process restores the claim (a live owner's engine restores at the
+/// deadline itself; this catches owners that are stopped or hung).
+const LEASE_GRACE_NS: u64 = 1_000_000_000;
 
 impl std::fmt::Debug for LocalQueue {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -192,7 +186,7 @@ impl LocalQueue {
         root: &Path,
         decl: Queue,
         opts: &LocalOptions,
-        pid: u32,
+        owner: u64,
         transport: Weak<Inner>,
     ) -> Result<LocalQueue, Error> {
         let comp = names::encode(&decl.name).ok_or_else(|| store_err("queue name", "empty"))?;
@@ -212,7 +206,7 @@ impl LocalQueue {
             held: Mutex::new(HashMap::new()),
             consumers: AtomicU64::new(0),
             deleted: AtomicBool::new(false),
-            pid,
+            owner,
             transport,
             last_reclaim_ns: AtomicU64::new(0),
         })
@@ -231,17 +225,26 @@ impl LocalQueue {
         {
             return false;
         }
-        let me = self.pid;
-        let alive = |pid: u32| pid == me || process_alive(pid);
+        // One look at /proc per owner per pass.
+        let mut seen: HashMap<u64, bool> = HashMap::new();
+        let mut alive = |owner: u64| {
+            *seen
+                .entry(owner)
+                .or_insert_with(|| owner::claim_owner_alive(owner))
+        };
+        let now = owner::shared_now_ns();
         let mut any = false;
         for p in self.used_lanes() {
             let Ok(l) = self.lane(p) else { continue };
             if l.counts().2 > 0 {
-                any |= l.reclaim_dead(alive).unwrap_or(0) > 0;
+                any |= l
+                    .reclaim(&mut alive, self.owner, now, LEASE_GRACE_NS)
+                    .unwrap_or(0)
+                    > 0;
             }
             // A dead producer's uncommitted reservation must not block the
             // lane (writers that died before writing their pid get 10 s).
-            match l.unblock(alive, UNBLOCK_AFTER) {
+            match l.unblock(owner::writer_alive, UNBLOCK_AFTER) {
                 Ok(padded) => any |= padded,
                 Err(e) => tracing::warn!(queue = %self.decl.name, error = %e, "unblocking failed"),
             }
@@ -328,7 +331,7 @@ impl LocalQueue {
 
     fn kill(&self, lane: u8, c: &Claimed, env: Envelope, reason: DeathReason) {
         if let Ok(l) = self.lane(lane) {
-            l.settle(c, self.pid, claim::DEAD);
+            l.settle(c, self.owner, claim::DEAD);
         }
         if let Some(t) = self.transport.upgrade() {
             t.dead_letter(&self.decl, env, reason);
@@ -338,12 +341,12 @@ impl LocalQueue {
     fn pop_ready(&self) -> Option<Envelope> {
         for p in self.used_lanes() {
             let Ok(l) = self.lane(p) else { continue };
-            while let Ok(Some(c)) = l.claim(self.pid) {
+            while let Ok(Some(c)) = l.claim(self.owner) {
                 let env = match self.envelope(p, &c) {
                     Ok(env) => env,
                     Err(e) => {
                         tracing::warn!(queue = %self.decl.name, error = %e, "unreadable record set aside");
-                        l.settle(&c, self.pid, claim::DEAD);
+                        l.settle(&c, self.owner, claim::DEAD);
                         continue;
                     }
                 };
@@ -365,11 +368,11 @@ impl LocalQueue {
     fn drop_oldest(&self) -> bool {
         for p in self.used_lanes().into_iter().rev() {
             let Ok(l) = self.lane(p) else { continue };
-            if let Ok(Some(c)) = l.claim(self.pid) {
+            if let Ok(Some(c)) = l.claim(self.owner) {
                 match self.envelope(p, &c) {
                     Ok(env) => self.kill(p, &c, env, DeathReason::MaxLen),
                     Err(_) => {
-                        l.settle(&c, self.pid, claim::DEAD);
+                        l.settle(&c, self.owner, claim::DEAD);
                     }
                 }
                 return true;
@@ -390,7 +393,20 @@ impl QueueStore for LocalQueue {
 
     fn pop(&self) -> Option<Envelope> {
         let first = self.pop_ready();
-        if first.is_some() || !self.reclaim_dead() {
+        if first.is_some() {
+            // A consumer that never runs dry still reclaims (dead owners,
+            // expired leases) and retires segments: every 1024 pops it looks
+            // at the clock, and the pass itself runs at most every 100 ms.
+            thread_local!(static POPS: std::cell::Cell<u32> = const { std::cell::Cell::new(0) });
+            if POPS.with(|n| {
+                n.set(n.get().wrapping_add(1));
+                n.get() % 1024 == 0
+            }) {
+                self.reclaim_dead();
+            }
+            return first;
+        }
+        if !self.reclaim_dead() {
             return first;
         }
         self.pop_ready()
@@ -399,7 +415,7 @@ impl QueueStore for LocalQueue {
     fn ack(&self, env: &Envelope) {
         if let Some((p, c)) = self.take(env.token) {
             if let Ok(l) = self.lane(p) {
-                l.settle(&c, self.pid, claim::ACKED);
+                l.settle(&c, self.owner, claim::ACKED);
             }
         }
     }
@@ -414,11 +430,20 @@ impl QueueStore for LocalQueue {
         for env in envs {
             if let Some((p, c)) = self.take(env.token) {
                 if let Ok(l) = self.lane(p) {
-                    l.restore(&c, self.pid);
+                    l.restore(&c, self.owner);
                 }
             }
         }
         self.notify.notify_all();
+    }
+
+    fn lease(&self, env: &Envelope, lease: std::time::Duration) {
+        let lane = (env.token >> 56) as u8;
+        let held = self.held.lock().get(&env.token).cloned();
+        if let (Some(c), Ok(l)) = (held, self.lane(lane)) {
+            let deadline = owner::shared_now_ns().saturating_add(lease.as_nanos() as u64);
+            l.set_deadline(&c, self.owner, deadline);
+        }
     }
 
     fn register(&self, waker: &Waker) -> u64 {
@@ -522,7 +547,7 @@ impl Inner {
                     &self.root,
                     q.clone(),
                     &self.opts,
-                    self.pid,
+                    owner::Me::get().claim_owner(),
                     Arc::downgrade(self),
                 )?),
             };
@@ -680,7 +705,7 @@ impl Inner {
                 })
             }
         };
-        let writer = u64::from(self.pid) << 32;
+        let writer = owner::Me::get().writer();
         let ts = wall_ns();
         let mut written = Vec::new();
         for &t in targets {
@@ -869,6 +894,7 @@ impl Transport for LocalTransport {
         i.fanout = true;
         i.durable = true;
         i.multi_process = true;
+        i.native_leases = true;
         i
     }
 
@@ -981,8 +1007,8 @@ impl Transport for LocalTransport {
         let mut n = 0;
         for p in q.used_lanes() {
             let l = q.lane(p)?;
-            while let Ok(Some(c)) = l.claim(q.pid) {
-                l.settle(&c, q.pid, claim::DEAD);
+            while let Ok(Some(c)) = l.claim(q.owner) {
+                l.settle(&c, q.owner, claim::DEAD);
                 n += 1;
             }
         }

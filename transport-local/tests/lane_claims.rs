@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use dashi_transport_local::lane::{claim, Lane};
+use dashi_transport_local::owner::{self, Me};
 
 const CHILD: &str = "DASHI_LANE_CHILD";
 
@@ -23,6 +24,11 @@ fn payload(writer: u32, i: u32) -> Vec<u8> {
     p.extend_from_slice(&i.to_le_bytes());
     p.resize(8 + (i % 100) as usize, 0x11);
     p
+}
+
+/// A claim owner for tests: pid `n`, start time 1 (never a live process's).
+fn who(n: u32) -> u64 {
+    owner::claim_owner(n, 1)
 }
 
 fn parse(c: &dashi_transport_local::lane::Claimed) -> (u32, u32) {
@@ -48,27 +54,27 @@ fn claims_in_order_restores_first_and_rolls_over() {
     let mut got = Vec::new();
     let mut held = Vec::new();
     for _ in 0..10 {
-        let c = lane.claim(7).unwrap().unwrap();
+        let c = lane.claim(who(7)).unwrap().unwrap();
         assert!(!c.redelivered);
         got.push(parse(&c).1);
         held.push(c);
     }
     assert_eq!(got, (0..10).collect::<Vec<_>>());
     // Give back 3 and 5: they come next, in log order, flagged.
-    assert!(lane.restore(&held[5], 7));
-    assert!(lane.restore(&held[3], 7));
-    assert!(!lane.restore(&held[3], 7), "restored twice");
-    let a = lane.claim(8).unwrap().unwrap();
-    let b = lane.claim(8).unwrap().unwrap();
+    assert!(lane.restore(&held[5], who(7)));
+    assert!(lane.restore(&held[3], who(7)));
+    assert!(!lane.restore(&held[3], who(7)), "restored twice");
+    let a = lane.claim(who(8)).unwrap().unwrap();
+    let b = lane.claim(who(8)).unwrap().unwrap();
     assert_eq!((parse(&a).1, a.redelivered), (3, true));
     assert_eq!((parse(&b).1, b.redelivered), (5, true));
-    assert!(!lane.settle(&a, 7, claim::ACKED), "not the owner");
-    assert!(lane.settle(&a, 8, claim::ACKED));
-    let rest: Vec<u32> = std::iter::from_fn(|| lane.claim(9).unwrap())
+    assert!(!lane.settle(&a, who(7), claim::ACKED), "not the owner");
+    assert!(lane.settle(&a, who(8), claim::ACKED));
+    let rest: Vec<u32> = std::iter::from_fn(|| lane.claim(who(9)).unwrap())
         .map(|c| parse(&c).1)
         .collect();
     assert_eq!(rest, (10..100).collect::<Vec<_>>());
-    assert!(lane.claim(9).unwrap().is_none());
+    assert!(lane.claim(who(9)).unwrap().is_none());
     assert_eq!(lane.counts().0, 0);
     let _ = std::fs::remove_dir_all(d);
 }
@@ -99,10 +105,10 @@ fn threads_claim_each_record_once() {
                         start.elapsed() < Duration::from_secs(30),
                         "consumers stalled"
                     );
-                    match lane.claim(100 + c).unwrap() {
+                    match lane.claim(who(100 + c)).unwrap() {
                         Some(x) => {
                             got.push(parse(&x));
-                            assert!(lane.settle(&x, 100 + c, claim::ACKED));
+                            assert!(lane.settle(&x, who(100 + c), claim::ACKED));
                             total.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                         }
                         None => std::thread::yield_now(),
@@ -125,7 +131,7 @@ fn threads_claim_each_record_once() {
         }
         all.extend(got);
     }
-    assert!(lane.claim(1).unwrap().is_none());
+    assert!(lane.claim(who(1)).unwrap().is_none());
     let set: BTreeSet<_> = all.iter().copied().collect();
     assert_eq!(set.len(), all.len(), "a record was claimed twice");
     assert_eq!(all.len(), 6000);
@@ -144,18 +150,17 @@ fn child_role() {
     let lane = Lane::open(Path::new(parts[0]), 0, 256 * 1024).unwrap();
     let id: u32 = parts[2].parse().unwrap();
     let count: u32 = parts[3].parse().unwrap();
-    let me = std::process::id();
     match parts[1] {
         "p" => {
             for i in 0..count {
-                lane.append(&payload(id, i), 0, u64::from(me) << 32, 0)
+                lane.append(&payload(id, i), 0, Me::get().writer(), 0)
                     .unwrap();
             }
         }
         "h" => {
             let mut held = Vec::new();
             while held.len() < count as usize {
-                if let Some(c) = lane.claim(me).unwrap() {
+                if let Some(c) = lane.claim(Me::get().claim_owner()).unwrap() {
                     held.push(c);
                 }
             }
@@ -211,18 +216,23 @@ fn processes_produce_and_a_killed_consumer_s_records_come_back() {
     holder.kill().unwrap();
     holder.wait().unwrap();
     assert_eq!(lane.counts().2, 50);
-    assert_eq!(lane.reclaim_dead(alive).unwrap(), 50);
+    let me = Me::get().claim_owner();
+    assert_eq!(
+        lane.reclaim(owner::claim_owner_alive, me, owner::shared_now_ns(), 0)
+            .unwrap(),
+        50
+    );
     assert_eq!(lane.counts(), (4000, lane.counts().1, 0));
     // Everything is there once; the 50 come first, flagged redelivered.
     let mut all = Vec::new();
     let mut redelivered = 0;
-    while let Some(c) = lane.claim(std::process::id()).unwrap() {
+    while let Some(c) = lane.claim(me).unwrap() {
         if c.redelivered {
             assert_eq!(redelivered, all.len(), "restored records come first");
             redelivered += 1;
         }
         all.push(parse(&c));
-        assert!(lane.settle(&c, std::process::id(), claim::ACKED));
+        assert!(lane.settle(&c, me, claim::ACKED));
     }
     assert_eq!(redelivered, 50);
     let set: BTreeSet<_> = all.iter().copied().collect();
@@ -257,23 +267,23 @@ fn retention_deletes_settled_segments_and_follows_the_slowest_consumer() {
     let total = segs(&d);
     assert!(total > 5, "{total}");
     // A consumer holds the very first record: nothing can go.
-    let first = lane.claim(1).unwrap().unwrap();
+    let first = lane.claim(who(1)).unwrap().unwrap();
     let mut rest = Vec::new();
-    while let Some(c) = lane.claim(2).unwrap() {
+    while let Some(c) = lane.claim(who(2)).unwrap() {
         rest.push(c);
     }
     for c in &rest {
-        assert!(lane.settle(c, 2, claim::ACKED));
+        assert!(lane.settle(c, who(2), claim::ACKED));
     }
     assert_eq!(lane.retire().unwrap(), 0);
     assert_eq!(segs(&d), total);
     // Once it is acked, every segment but the one being written goes.
-    assert!(lane.settle(&first, 1, claim::ACKED));
+    assert!(lane.settle(&first, who(1), claim::ACKED));
     assert_eq!(lane.retire().unwrap(), total - 1);
     assert_eq!(segs(&d), 1);
     // The lane keeps working after retention.
     lane.append(b"after", 0, 1, 0).unwrap();
-    assert!(lane.claim(3).unwrap().is_some());
+    assert!(lane.claim(who(3)).unwrap().is_some());
     let _ = std::fs::remove_dir_all(d);
 }
 
@@ -286,14 +296,14 @@ fn a_dead_producers_reservation_does_not_block_consumers() {
     // header), then another commits after it.
     lane.segment(0).unwrap().unwrap().reserve_only(40);
     lane.append(&payload(0, 2), 0, 1, 0).unwrap();
-    assert_eq!(parse(&lane.claim(1).unwrap().unwrap()).1, 0);
-    assert!(lane.claim(1).unwrap().is_none(), "blocked by the hole");
+    assert_eq!(parse(&lane.claim(who(1)).unwrap().unwrap()).1, 0);
+    assert!(lane.claim(who(1)).unwrap().is_none(), "blocked by the hole");
     // Not old enough yet: nothing happens.
     assert!(!lane.unblock(|_| true, Duration::from_secs(3600)).unwrap());
-    assert!(lane.claim(1).unwrap().is_none());
+    assert!(lane.claim(who(1)).unwrap().is_none());
     // Old enough: padded over, and the record after it flows.
     assert!(lane.unblock(|_| true, Duration::ZERO).unwrap());
-    assert_eq!(parse(&lane.claim(1).unwrap().unwrap()).1, 2);
+    assert_eq!(parse(&lane.claim(who(1)).unwrap().unwrap()).1, 2);
     let _ = std::fs::remove_dir_all(d);
 }
 
@@ -310,5 +320,69 @@ fn a_segment_the_disk_cannot_hold_is_a_clear_error() {
         .filter(|e| e.file_name().to_string_lossy().contains(".seg"))
         .collect();
     assert!(leftovers.is_empty());
+    let _ = std::fs::remove_dir_all(d);
+}
+
+#[test]
+fn an_expired_lease_of_another_process_comes_back_after_the_grace() {
+    let d = dir("lease");
+    let lane = Lane::open(&d, 0, 1 << 20).unwrap();
+    for i in 0..3 {
+        lane.append(&payload(0, i), 0, 1, 0).unwrap();
+    }
+    // "Another process" that is alive: this one, seen from a second owner.
+    let holder = Me::get().claim_owner();
+    let other = who(4);
+    let now = owner::shared_now_ns();
+    let a = lane.claim(holder).unwrap().unwrap();
+    let b = lane.claim(holder).unwrap().unwrap();
+    let c = lane.claim(holder).unwrap().unwrap();
+    assert!(lane.set_deadline(&a, holder, now - 5_000_000_000));
+    assert!(lane.set_deadline(&b, holder, now - 500_000_000));
+    assert!(lane.set_deadline(&c, holder, now + 60_000_000_000));
+    assert!(!lane.set_deadline(&c, other, 1), "not the owner");
+    // The holder itself leaves its leases to its engine.
+    assert_eq!(
+        lane.reclaim(|_| true, holder, now, 1_000_000_000).unwrap(),
+        0
+    );
+    // Another process: only the lease more than a grace past its deadline.
+    assert_eq!(
+        lane.reclaim(|_| true, other, now, 1_000_000_000).unwrap(),
+        1
+    );
+    let again = lane.claim(other).unwrap().unwrap();
+    assert!(again.redelivered);
+    assert_eq!(parse(&again).1, 0);
+    // The old holder can neither settle nor extend what it lost.
+    assert!(!lane.settle(&a, holder, claim::ACKED));
+    assert!(!lane.set_deadline(&a, holder, now + 1));
+    // The restore cleared the old deadline: the new claim has no lease.
+    assert_eq!(lane.reclaim(|_| true, who(5), now, 0).unwrap(), 1, "b only");
+    assert!(lane.settle(&c, holder, claim::ACKED));
+    assert!(lane.settle(&again, other, claim::ACKED));
+    let _ = std::fs::remove_dir_all(d);
+}
+
+#[test]
+fn a_recycled_pid_is_not_the_owner() {
+    let d = dir("pidreuse");
+    let lane = Lane::open(&d, 0, 1 << 20).unwrap();
+    lane.append(&payload(0, 0), 0, 1, 0).unwrap();
+    lane.append(&payload(0, 1), 0, 1, 0).unwrap();
+    let me = Me::get();
+    // A claim by "our pid" but a process that started at another time: the
+    // process that made it is gone, even though the pid runs now.
+    let ghost = owner::claim_owner(me.pid, me.start + 7);
+    let mine = me.claim_owner();
+    lane.claim(ghost).unwrap().unwrap();
+    lane.claim(mine).unwrap().unwrap();
+    let n = lane
+        .reclaim(owner::claim_owner_alive, who(3), owner::shared_now_ns(), 0)
+        .unwrap();
+    assert_eq!(n, 1, "only the ghost's claim comes back");
+    let back = lane.claim(mine).unwrap().unwrap();
+    assert!(back.redelivered);
+    assert_eq!(parse(&back).1, 0);
     let _ = std::fs::remove_dir_all(d);
 }
