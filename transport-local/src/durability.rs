@@ -18,7 +18,7 @@ use std::sync::atomic::{
 use std::sync::{Arc, Condvar, Weak};
 use std::time::Duration;
 
-use dashi_engine::rt::{io, Runtime, RuntimeConfig};
+use dashi_engine::rt::{io, Runtime};
 use parking_lot::Mutex;
 
 use crate::segment::Segment;
@@ -53,7 +53,7 @@ impl FileSync {
 /// The syncing side of a store.
 pub(crate) struct Durability {
     mode: Fsync,
-    rt: Runtime,
+    rt: Arc<Runtime>,
     files: Mutex<HashMap<String, Arc<FileSync>>>,
 }
 
@@ -66,20 +66,15 @@ impl std::fmt::Debug for Durability {
 }
 
 impl Durability {
-    /// Starts the runtime the syncs run on; `None` for `fsync=never`.
-    pub(crate) fn start(mode: Fsync) -> Result<Option<Arc<Durability>>, String> {
+    /// Syncs on `rt` (the store's runtime); `None` for `fsync=never`.
+    pub(crate) fn start(
+        mode: Fsync,
+        rt: Result<Arc<Runtime>, String>,
+    ) -> Result<Option<Arc<Durability>>, String> {
         if mode == Fsync::Never {
             return Ok(None);
         }
-        let cores = std::thread::available_parallelism()
-            .map_or(1, |n| n.get())
-            .min(2);
-        let rt = Runtime::start(
-            RuntimeConfig::default()
-                .with_cores(cores)
-                .with_shutdown_timeout(Duration::from_millis(500)),
-        )
-        .map_err(|e| format!("fsync needs the io_uring runtime: {e}"))?;
+        let rt = rt.map_err(|e| format!("fsync needs the io_uring runtime: {e}"))?;
         let d = Arc::new(Durability {
             mode,
             rt,

@@ -31,6 +31,7 @@ use std::sync::Arc;
 
 use parking_lot::Mutex;
 
+use crate::alloc::Allocator;
 use crate::segment::{AppendError, RecordMeta, Segment, SegmentError, Slot, HEADER_LEN};
 use crate::state::StatePage;
 
@@ -129,6 +130,73 @@ pub enum LaneError {
     TooLarge(u64),
 }
 
+/// A fresh, uniquely named temporary file for segment `seq` in `dir`.
+fn new_tmp(dir: &Path, seq: u64) -> std::io::Result<(PathBuf, File)> {
+    static ATTEMPT: AtomicU64 = AtomicU64::new(0);
+    let tmp = dir.join(format!(
+        "{}.tmp-{}-{}",
+        seg_name(seq),
+        std::process::id(),
+        ATTEMPT.fetch_add(1, AcqRel)
+    ));
+    let file = OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .read(true)
+        .write(true)
+        .open(&tmp)?;
+    Ok((tmp, file))
+}
+
+fn no_space(dir: &Path, size: u64, e: std::io::Error) -> LaneError {
+    LaneError::Io {
+        dir: dir.display().to_string(),
+        source: std::io::Error::new(
+            e.kind(),
+            format!("cannot allocate a {size}-byte segment (disk full or file too large?): {e}"),
+        ),
+    }
+}
+
+/// Formats an allocated temporary file as segment `seq` and links it into
+/// place (whoever links first wins; the temporary name goes either way).
+fn finish(dir: &Path, tmp: &Path, file: File, lane: u32, seq: u64) -> Result<(), LaneError> {
+    let seg = Segment::format(tmp, file, lane, seq);
+    let linked =
+        seg.map(drop).and_then(
+            |()| match std::fs::hard_link(tmp, dir.join(seg_name(seq))) {
+                Ok(()) => Ok(()),
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+                Err(source) => Err(SegmentError::Io {
+                    path: dir.join(seg_name(seq)).display().to_string(),
+                    source,
+                }),
+            },
+        );
+    let _ = std::fs::remove_file(tmp);
+    Ok(linked?)
+}
+
+/// Creates segment `seq` of a lane from a runtime core: the `fallocate` goes
+/// through the core's io_uring; formatting and linking are a few syscalls.
+async fn prepare_segment(dir: &Path, lane: u32, seq: u64, size: u64) -> Result<(), LaneError> {
+    if dir.join(seg_name(seq)).exists() {
+        return Ok(());
+    }
+    let io = |source| LaneError::Io {
+        dir: dir.display().to_string(),
+        source,
+    };
+    let (tmp, file) = new_tmp(dir, seq).map_err(io)?;
+    let dup = Arc::new(file.try_clone().map_err(io)?);
+    if let Err(e) = crate::alloc::ring_allocate(&dup, size).await {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(no_space(dir, size, e));
+    }
+    drop(dup);
+    finish(dir, &tmp, file, lane, seq)
+}
+
 /// One lane, open in this process.
 #[derive(Debug)]
 pub struct Lane {
@@ -140,6 +208,10 @@ pub struct Lane {
     /// The uncommitted reservation at `next` this process is watching, and
     /// since when (for writers that died before writing their header).
     pending_since: Mutex<Option<(Pos, std::time::Instant)>>,
+    /// Where segment space comes from.
+    alloc: Arc<Allocator>,
+    /// Highest segment this process asked to prepare in the background.
+    prepared: AtomicU64,
 }
 
 fn seg_name(seq: u64) -> String {
@@ -147,8 +219,20 @@ fn seg_name(seq: u64) -> String {
 }
 
 impl Lane {
-    /// Opens (creating if needed) the lane in `dir`.
+    /// Opens (creating if needed) the lane in `dir`; segments are allocated
+    /// with `fallocate(2)` by the writer that needs one.
     pub fn open(dir: &Path, lane: u32, segment_size: u64) -> Result<Lane, LaneError> {
+        Self::open_with(dir, lane, segment_size, Allocator::direct())
+    }
+
+    /// Opens the lane in `dir`, allocating segments through `alloc` (on a
+    /// runtime's io_uring, the next one prepared in the background).
+    pub fn open_with(
+        dir: &Path,
+        lane: u32,
+        segment_size: u64,
+        alloc: Arc<Allocator>,
+    ) -> Result<Lane, LaneError> {
         let io = |source| LaneError::Io {
             dir: dir.display().to_string(),
             source,
@@ -162,6 +246,8 @@ impl Lane {
             state,
             segments: Mutex::new(HashMap::new()),
             pending_since: Mutex::new(None),
+            alloc,
+            prepared: AtomicU64::new(0),
         };
         // Make sure segment 0 exists; `next` starts at its first record.
         l.segment_or_create(0)?;
@@ -229,49 +315,19 @@ impl Lane {
         if let Some(s) = self.segment(seq)? {
             return Ok(s);
         }
+        let (tmp, file) = new_tmp(&self.dir, seq).map_err(|source| LaneError::Io {
+            dir: self.dir.display().to_string(),
+            source,
+        })?;
+        if let Err(e) = self.alloc.allocate(&file, self.segment_size) {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(no_space(&self.dir, self.segment_size, e));
+        }
+        finish(&self.dir, &tmp, file, self.lane, seq)?;
         let io = |source| LaneError::Io {
             dir: self.dir.display().to_string(),
             source,
         };
-        static ATTEMPT: AtomicU64 = AtomicU64::new(0);
-        let tmp = self.dir.join(format!(
-            "{}.tmp-{}-{}",
-            seg_name(seq),
-            std::process::id(),
-            ATTEMPT.fetch_add(1, AcqRel)
-        ));
-        let file: File = OpenOptions::new()
-            .create(true)
-            .truncate(true)
-            .read(true)
-            .write(true)
-            .open(&tmp)
-            .map_err(io)?;
-        if let Err(e) = crate::state::preallocate(&file, self.segment_size) {
-            let _ = std::fs::remove_file(&tmp);
-            return Err(LaneError::Io {
-                dir: self.dir.display().to_string(),
-                source: std::io::Error::new(
-                    e.kind(),
-                    format!(
-                        "cannot allocate a {}-byte segment (disk full or file too large?): {e}",
-                        self.segment_size
-                    ),
-                ),
-            });
-        }
-        let seg = Segment::format(&tmp, file, self.lane, seq)?;
-        drop(seg);
-        // Whoever links first wins; a loser's file is removed.
-        match std::fs::hard_link(&tmp, self.path(seq)) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-            Err(source) => {
-                let _ = std::fs::remove_file(&tmp);
-                return Err(io(source));
-            }
-        }
-        let _ = std::fs::remove_file(&tmp);
         self.segment(seq)?.ok_or_else(|| {
             io(std::io::Error::new(
                 std::io::ErrorKind::NotFound,
@@ -294,6 +350,9 @@ impl Lane {
             let seg = self.segment_or_create(seq)?;
             match seg.append(payload, body_len, writer, ts) {
                 Ok(off) => {
+                    if off > seg.header().capacity / 2 {
+                        self.prepare(seq + 1);
+                    }
                     self.signed(at::READY).fetch_add(1, AcqRel);
                     self.signed(at::READY_BYTES)
                         .fetch_add(i64::from(body_len), AcqRel);
@@ -309,6 +368,24 @@ impl Lane {
                 Err(AppendError::TooLarge(n)) => return Err(LaneError::TooLarge(n)),
             }
         }
+    }
+
+    /// Creates segment `seq` in the background on the allocator's runtime,
+    /// once per segment per process, unless it exists.
+    fn prepare(&self, seq: u64) {
+        let Some(rt) = self.alloc.runtime() else {
+            return;
+        };
+        if self.prepared.fetch_max(seq, AcqRel) >= seq || self.path(seq).exists() {
+            return;
+        }
+        let (dir, lane, size) = (self.dir.clone(), self.lane, self.segment_size);
+        drop(rt.spawn(0, move || async move {
+            if let Err(e) = prepare_segment(&dir, lane, seq, size).await {
+                // The writer that needs it tries again and reports the error.
+                tracing::debug!(dir = %dir.display(), seq, error = %e, "background segment preparation failed");
+            }
+        }));
     }
 
     fn try_claim(

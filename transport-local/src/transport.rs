@@ -34,6 +34,7 @@ use dashi_engine::exchange::Exchange;
 use dashi_engine::names::{check_exchange_ref, check_name};
 use dashi_engine::queue::{Overflow, Queue, QueueInfo};
 use dashi_engine::routing::{Binding, Routing, Topology};
+use dashi_engine::rt::{Runtime, RuntimeConfig};
 use dashi_engine::transport::{
     dead_letter, ConnectionId, DeathReason, Envelope, Implements, QueueStore, Transport,
 };
@@ -43,6 +44,7 @@ use dashi_engine::{Counters, QueueStats, TransportEvent};
 use dashi_engine::{Error, PublishError, UrlError};
 use parking_lot::Mutex;
 
+use crate::alloc::Allocator;
 use crate::codec;
 use crate::lane::{claim, Claimed, Lane};
 use crate::lock::FileLock;
@@ -83,6 +85,9 @@ pub struct LocalOptions {
     pub segment_size: u64,
     /// Most ready bytes per queue (its disk budget), if limited.
     pub max_queue_bytes: Option<u64>,
+    /// Behave as if io_uring were not permitted (tests of the fallback).
+    #[doc(hidden)]
+    pub simulate_no_io_uring: bool,
 }
 
 impl Default for LocalOptions {
@@ -91,6 +96,7 @@ impl Default for LocalOptions {
             fsync: Fsync::Never,
             segment_size: 64 << 20,
             max_queue_bytes: None,
+            simulate_no_io_uring: false,
         }
     }
 }
@@ -125,6 +131,8 @@ struct Inner {
     watcher: OnceLock<()>,
     /// fdatasync on a runtime core (`fsync=always` / `interval`).
     durability: Option<Arc<crate::durability::Durability>>,
+    /// Segment space (fallocate on a runtime core).
+    alloc: Arc<Allocator>,
 }
 
 /// The `local://` transport. Cheap to clone.
@@ -148,6 +156,7 @@ pub struct LocalQueue {
     lanes_used: StatePage,
     lanes: Vec<OnceLock<Arc<Lane>>>,
     segment_size: u64,
+    alloc: Arc<Allocator>,
     notify: Notify,
     held: Mutex<HashMap<u64, Claimed>>,
     consumers: AtomicU64,
@@ -186,6 +195,7 @@ impl LocalQueue {
         root: &Path,
         decl: Queue,
         opts: &LocalOptions,
+        alloc: Arc<Allocator>,
         owner: u64,
         transport: Weak<Inner>,
     ) -> Result<LocalQueue, Error> {
@@ -202,6 +212,7 @@ impl LocalQueue {
             dir,
             lanes_used,
             segment_size: opts.segment_size,
+            alloc,
             notify: Notify::new(),
             held: Mutex::new(HashMap::new()),
             consumers: AtomicU64::new(0),
@@ -262,10 +273,11 @@ impl LocalQueue {
         if let Some(l) = cell.get() {
             return Ok(l);
         }
-        let lane = Lane::open(
+        let lane = Lane::open_with(
             &self.dir.join(format!("lane-{p}")),
             u32::from(p),
             self.segment_size,
+            self.alloc.clone(),
         )
         .map_err(|e| store_err("lane", e))?;
         let _ = cell.set(Arc::new(lane));
@@ -547,6 +559,7 @@ impl Inner {
                     &self.root,
                     q.clone(),
                     &self.opts,
+                    self.alloc.clone(),
                     owner::Me::get().claim_owner(),
                     Arc::downgrade(self),
                 )?),
@@ -849,7 +862,30 @@ impl LocalTransport {
         }
         let control =
             StatePage::open(&root.join("control")).map_err(|e| store_err("control page", e))?;
-        let durability = crate::durability::Durability::start(opts.fsync)
+        // One small runtime per store: fallocate of segments (and their
+        // background preparation) and, with fsync, the fdatasyncs.
+        let cores = match opts.fsync {
+            Fsync::Never => 1,
+            _ => std::thread::available_parallelism()
+                .map_or(1, |n| n.get())
+                .min(2),
+        };
+        let mut cfg = RuntimeConfig::default()
+            .with_cores(cores)
+            .with_shutdown_timeout(std::time::Duration::from_millis(500));
+        cfg.simulate_unavailable = opts.simulate_no_io_uring.then_some(libc::EPERM);
+        let rt = Runtime::start(cfg).map(Arc::new).map_err(|e| e.to_string());
+        let alloc = match &rt {
+            Ok(rt) => Allocator::on_ring(rt.clone()),
+            Err(e) => {
+                // fsync=never works without io_uring (fsync modes refuse below).
+                if opts.fsync == Fsync::Never {
+                    tracing::warn!(error = %e, "io_uring unavailable: local:// segments are allocated with fallocate(2) by the writer");
+                }
+                Allocator::direct()
+            }
+        };
+        let durability = crate::durability::Durability::start(opts.fsync, rt)
             .map_err(|e| store_err("durability", e))?;
         let inner = Arc::new(Inner {
             root: root.to_owned(),
@@ -866,6 +902,7 @@ impl LocalTransport {
             exclusive_owner: Mutex::new(HashMap::new()),
             watcher: OnceLock::new(),
             durability,
+            alloc,
         });
         let meta = inner.read_meta()?;
         inner.reload(meta)?;
@@ -875,6 +912,12 @@ impl LocalTransport {
     /// The store directory.
     pub fn root(&self) -> &Path {
         &self.inner.root
+    }
+
+    /// True when segments are allocated through io_uring (false when the
+    /// runtime could not start and `fallocate(2)` is used instead).
+    pub fn allocates_on_ring(&self) -> bool {
+        self.inner.alloc.uses_ring()
     }
 
     /// `fdatasync` calls issued so far (0 with `fsync=never`).

@@ -1,0 +1,69 @@
+//! Disk space for segments: `fallocate` issued on a runtime core's io_uring.
+//!
+//! A lane asks for its next segment in the background once the current one
+//! is half full, so a publisher that crosses a segment boundary normally finds
+//! the next file allocated, formatted and linked already. A publisher that
+//! gets there first allocates in the foreground (still through the ring, and
+//! waiting for it). Without a runtime (io_uring not permitted here, or a lane
+//! opened on its own) the same work is done with `fallocate(2)`.
+
+use std::fs::File;
+use std::io;
+use std::sync::Arc;
+
+use dashi_engine::rt::{io as rio, Runtime};
+
+/// Where segment space comes from.
+#[derive(Debug)]
+pub struct Allocator {
+    rt: Option<Arc<Runtime>>,
+}
+
+impl Allocator {
+    /// `fallocate(2)` in the calling thread.
+    pub fn direct() -> Arc<Allocator> {
+        Arc::new(Allocator { rt: None })
+    }
+
+    /// `fallocate` on core 0 of `rt`; lanes also prepare their next segment
+    /// there in the background.
+    pub fn on_ring(rt: Arc<Runtime>) -> Arc<Allocator> {
+        Arc::new(Allocator { rt: Some(rt) })
+    }
+
+    /// The runtime background preparation runs on, if any.
+    pub fn runtime(&self) -> Option<&Arc<Runtime>> {
+        self.rt.as_ref()
+    }
+
+    /// True when allocation goes through io_uring.
+    pub fn uses_ring(&self) -> bool {
+        self.rt.is_some()
+    }
+
+    /// Allocates `len` bytes for `file` (zero-filled) and waits for it.
+    pub fn allocate(&self, file: &File, len: u64) -> io::Result<()> {
+        match &self.rt {
+            // A core must not wait for itself.
+            Some(rt) if rio::current_core().is_none() => {
+                let dup = Arc::new(file.try_clone()?);
+                rt.spawn(0, move || async move { ring_allocate(&dup, len).await })
+                    .wait()
+                    .map_err(|e| io::Error::other(format!("io_uring runtime: {e}")))?
+            }
+            _ => crate::state::preallocate(file, len),
+        }
+    }
+}
+
+/// `fallocate` through the ring of the calling core; a file system without
+/// it gets a sparse file, as with `fallocate(2)`.
+pub(crate) async fn ring_allocate(file: &Arc<File>, len: u64) -> io::Result<()> {
+    if i64::try_from(len).is_err() {
+        return Err(io::Error::from_raw_os_error(libc::EFBIG));
+    }
+    match rio::fallocate(file, 0, len, 0).await {
+        Err(e) if e.raw_os_error() == Some(libc::EOPNOTSUPP) => file.set_len(len),
+        r => r,
+    }
+}
