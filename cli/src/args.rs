@@ -207,6 +207,10 @@ pub(crate) struct BenchArgs {
     /// processes, e.g. local://).
     #[arg(long)]
     pub(crate) consumer_processes: bool,
+    /// Publish at this many messages per second in all (default: as fast as
+    /// possible). A paced run measures wake-up latency rather than backlog.
+    #[arg(long, value_name = "MSGS_PER_SEC")]
+    pub(crate) rate: Option<f64>,
     /// JSON output.
     #[arg(long)]
     pub(crate) json: bool,

@@ -5,9 +5,13 @@ mod common;
 use common::*;
 
 fn check_run(v: &serde_json::Value, size: u64, messages: u64) {
+    assert_eq!(v["producers"], 2);
+    check_figures(v, size, messages);
+}
+
+fn check_figures(v: &serde_json::Value, size: u64, messages: u64) {
     assert_eq!(v["messages"], messages);
     assert_eq!(v["size"], size);
-    assert_eq!(v["producers"], 2);
     assert_eq!(v["consumers"], 2);
     assert!(v["msgs_per_sec"].as_f64().unwrap() > 0.0, "{v}");
     assert!(v["mb_per_sec"].as_f64().unwrap() > 0.0, "{v}");
@@ -151,10 +155,20 @@ fn local_bench_compares_with_raw_fdatasync_when_syncing() {
     let v: serde_json::Value = serde_json::from_str(stdout(&o).trim()).unwrap();
     assert_eq!(v["transport"], "dashi local://");
     check_run(&v, 512, 300);
-    let raw = &v["peers"][0];
-    assert_eq!(raw["transport"], "write+fdatasync (raw)");
-    check_run(raw, 512, 300);
-    assert!(raw["ratio"].as_f64().unwrap() > 0.0);
+    assert!(v["confirm_us"]["p50"].as_f64().unwrap() > 0.0);
+    // One raw loop (what one durable write costs) and one per producer.
+    let one = &v["peers"][0];
+    assert_eq!(one["transport"], "write+fdatasync (1 loop)");
+    let two = &v["peers"][1];
+    assert_eq!(two["transport"], "write+fdatasync (2 loops)");
+    assert_eq!(one["producers"], 1);
+    assert_eq!(two["producers"], 2);
+    for raw in [one, two] {
+        check_figures(raw, 512, 300);
+        assert!(raw["ratio"].as_f64().unwrap() > 0.0);
+        assert!(raw["confirm_p50_ratio"].as_f64().unwrap() > 0.0);
+        assert_eq!(raw["confirm_us"], raw["latency_us"]);
+    }
     // Without syncing there is no durability limit to compare with.
     let url = format!("local://{}-nosync?segment_size=1M", dir.display());
     let o = dashi(&["bench", &url, "--messages", "300", "--compare", "--json"]);
@@ -194,4 +208,26 @@ fn consumers_can_run_in_their_own_processes() {
     assert_eq!(v["transport"], "dashi local:// (consumer processes)");
     check_run(&v, 64, 2000);
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn rate_paces_the_producers() {
+    // 200 messages at 1000/s cannot finish in less than about 0.2 s.
+    let o = dashi(&[
+        "bench",
+        "memory://",
+        "--messages",
+        "200",
+        "--rate",
+        "1000",
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_str(stdout(&o).trim()).unwrap();
+    let rate = v["msgs_per_sec"].as_f64().unwrap();
+    assert!(rate < 1200.0, "paced run went at {rate} msgs/s");
+    for bad in ["0", "-5", "nan"] {
+        let o = dashi(&["bench", "memory://", "--rate", bad]);
+        one_line_error(&o);
+    }
 }

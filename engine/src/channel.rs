@@ -696,6 +696,17 @@ impl Channel {
             if timeout.is_zero() || deadline.is_some_and(|d| Instant::now() >= d) {
                 return Ok(None);
             }
+            let budget = self.shared.conn.config.busy_poll;
+            if !budget.is_zero() {
+                let mut got = None;
+                crate::connection::busy_poll(budget, deadline, || {
+                    got = q.pop();
+                    usize::from(got.is_some())
+                });
+                if let Some(env) = got {
+                    return Ok(Some(deliver(env)));
+                }
+            }
             let w = thread_waker(&waker);
             let id = q.register(&w);
             let close_id = self.shared.conn.close_notify.register(&w);

@@ -40,6 +40,11 @@ pub struct ConnectionConfig {
     /// Default delivery lease (visibility timeout) when neither the consumer
     /// nor the queue sets one; `None` = the transport's default.
     pub lease: Option<Duration>,
+    /// Busy-poll: how long a waiting consumer (`drain_events`, `get`) keeps
+    /// polling its queues on the CPU before it goes to sleep. Zero (the
+    /// default) polls only briefly (tens of µs); a longer time trades a busy
+    /// core for the lowest wake-up latency.
+    pub busy_poll: Duration,
 }
 
 impl Default for ConnectionConfig {
@@ -49,6 +54,7 @@ impl Default for ConnectionConfig {
             prefetch_count: DEFAULT_PREFETCH_COUNT,
             prefetch_bytes: DEFAULT_PREFETCH_BYTES,
             lease: None,
+            busy_poll: Duration::ZERO,
         }
     }
 }
@@ -279,6 +285,11 @@ impl Connection {
                 }
                 spun += 1;
             }
+            if n == 0 && !self.shared.config.busy_poll.is_zero() {
+                n = busy_poll(self.shared.config.busy_poll, deadline, || {
+                    dispatch(&mut state)
+                });
+            }
             if n > 0 {
                 return Ok(n);
             }
@@ -306,6 +317,33 @@ impl Connection {
             if n > 0 {
                 return Ok(n);
             }
+        }
+    }
+}
+
+/// Calls `poll` on the CPU until it returns non-zero, `budget` has passed or
+/// `deadline` is reached; returns its last result.
+pub(crate) fn busy_poll(
+    budget: Duration,
+    deadline: Option<Instant>,
+    mut poll: impl FnMut() -> usize,
+) -> usize {
+    let start = Instant::now();
+    let end = start.checked_add(budget);
+    let end = match (end, deadline) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    };
+    loop {
+        for _ in 0..64 {
+            let n = poll();
+            if n > 0 {
+                return n;
+            }
+            std::hint::spin_loop();
+        }
+        if end.is_some_and(|e| Instant::now() >= e) {
+            return 0;
         }
     }
 }

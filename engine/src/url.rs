@@ -219,7 +219,8 @@ impl ConnectUrl {
 
     /// Takes the options every transport understands: `max_body_size`,
     /// `prefetch_count`, `prefetch_bytes` (sizes accept K, M, G suffixes,
-    /// powers of 1024) and `visibility_timeout` (seconds, fractions allowed).
+    /// powers of 1024), `visibility_timeout` and `busy_poll` (seconds,
+    /// fractions allowed).
     pub fn take_connection_config(&mut self) -> Result<ConnectionConfig, UrlError> {
         let mut c = ConnectionConfig::default();
         if let Some(v) = self.take_option("max_body_size") {
@@ -237,6 +238,9 @@ impl ConnectUrl {
         }
         if let Some(v) = self.take_option("visibility_timeout") {
             c.lease = Some(parse_seconds("visibility_timeout", &v)?);
+        }
+        if let Some(v) = self.take_option("busy_poll") {
+            c.busy_poll = parse_seconds("busy_poll", &v)?;
         }
         Ok(c)
     }
@@ -367,7 +371,7 @@ mod tests {
     #[test]
     fn options() {
         let mut u = ConnectUrl::parse(
-            "memory://?max_body_size=1M&prefetch_count=5&prefetch_bytes=2k&visibility_timeout=0.5&zzz=1",
+            "memory://?max_body_size=1M&prefetch_count=5&prefetch_bytes=2k&visibility_timeout=0.5&busy_poll=0.002&zzz=1",
         )
         .unwrap();
         let c = u.take_connection_config().unwrap();
@@ -375,6 +379,7 @@ mod tests {
         assert_eq!(c.prefetch_count, 5);
         assert_eq!(c.prefetch_bytes, 2048);
         assert_eq!(c.lease, Some(Duration::from_millis(500)));
+        assert_eq!(c.busy_poll, Duration::from_millis(2));
         assert_eq!(
             u.reject_unknown_options(),
             Err(UrlError::UnknownOption {
@@ -390,6 +395,8 @@ mod tests {
             "visibility_timeout=abc",
             "visibility_timeout=-1",
             "visibility_timeout=inf",
+            "busy_poll=x",
+            "busy_poll=-0.1",
         ] {
             let mut u = ConnectUrl::parse(&format!("memory://?{bad}")).unwrap();
             assert!(

@@ -3,6 +3,7 @@
 //! transport joins by adding its URL factory there.
 
 mod bad_input;
+mod busy_poll;
 mod close_restores;
 mod consumer_cancel;
 mod dead_letter_ttl;

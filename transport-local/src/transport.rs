@@ -129,6 +129,8 @@ struct Inner {
     exclusive_owner: Mutex<HashMap<String, ConnectionId>>,
     /// The thread that turns other processes' publishes into local wake-ups.
     watcher: OnceLock<()>,
+    /// Arms the watcher when a consumer of this process is about to sleep.
+    arm: Arc<Arm>,
     /// fdatasync on a runtime core (`fsync=always` / `interval`).
     durability: Option<Arc<crate::durability::Durability>>,
     /// Segment space (fallocate on a runtime core).
@@ -459,10 +461,14 @@ impl QueueStore for LocalQueue {
     }
 
     fn register(&self, waker: &Waker) -> u64 {
+        let id = self.notify.register(waker);
         if let Some(t) = self.transport.upgrade() {
             t.ensure_watcher();
+            // Read after registering, before the caller's last look at the
+            // queue: a publish from now on moves the word past this value.
+            t.arm.arm(t.control.u32_at(PUBLISHED).load(SeqCst));
         }
-        self.notify.register(waker)
+        id
     }
 
     fn unregister(&self, id: u64) {
@@ -775,21 +781,62 @@ impl Inner {
     /// when another process publishes.
     fn ensure_watcher(self: &Arc<Self>) {
         self.watcher.get_or_init(|| {
-            let weak = Arc::downgrade(self);
+            let (weak, arm) = (Arc::downgrade(self), self.arm.clone());
             let _ = std::thread::Builder::new()
                 .name("dashi-local-watch".into())
-                .spawn(move || watch(weak));
+                .spawn(move || watch(weak, arm));
         });
     }
 }
 
-/// Body of the watcher thread: while this process has consumers waiting on
-/// the store, sleep on the shared futex word and wake them on every publish
-/// (or after a second, so records of dead processes get reclaimed); otherwise
-/// check back every 50 ms. Exits when the transport is dropped.
-fn watch(weak: Weak<Inner>) {
+/// The publish-counter value the watcher must wait from, set by consumers
+/// about to sleep (the oldest value wins: waking early is harmless, late is
+/// not).
+#[derive(Default)]
+struct Arm {
+    from: parking_lot::Mutex<Option<u32>>,
+    cv: parking_lot::Condvar,
+}
+
+impl Arm {
+    fn arm(&self, seen: u32) {
+        let mut from = self.from.lock();
+        if from.is_none() {
+            *from = Some(seen);
+            self.cv.notify_one();
+        }
+    }
+
+    /// Waits up to `timeout` for an arming; takes it.
+    fn take(&self, timeout: std::time::Duration) -> Option<u32> {
+        let mut from = self.from.lock();
+        if from.is_none() {
+            self.cv.wait_for(&mut from, timeout);
+        }
+        from.take()
+    }
+}
+
+/// Body of the watcher thread. Idle until a consumer of this process is about
+/// to sleep (it arms the watcher with the publish counter it saw); then sleeps
+/// on the shared futex word from that value, so a publish by any process
+/// after the consumer's last look wakes it, and wakes this process's waiting
+/// consumers. While consumers keep waiting it re-arms itself; once a second it
+/// wakes them anyway, so records of dead processes get reclaimed. Exits when
+/// the transport is dropped.
+fn watch(weak: Weak<Inner>, arm: Arc<Arm>) {
+    let second = std::time::Duration::from_secs(1);
     loop {
+        let seen = arm.take(second);
         let Some(inner) = weak.upgrade() else { return };
+        let Some(seen) = seen else { continue };
+        let word = inner.control.u32_at(PUBLISHED);
+        inner.control.u32_at(SLEEPERS).fetch_add(1, SeqCst);
+        std::sync::atomic::fence(SeqCst);
+        if word.load(SeqCst) == seen {
+            crate::state::futex_wait(word, seen, second);
+        }
+        inner.control.u32_at(SLEEPERS).fetch_sub(1, SeqCst);
         let waiting: Vec<Arc<LocalQueue>> = inner
             .topo
             .lock()
@@ -798,21 +845,10 @@ fn watch(weak: Weak<Inner>) {
             .filter(|q| q.notify.waiters() > 0)
             .cloned()
             .collect();
-        if waiting.is_empty() {
-            drop(inner);
-            std::thread::sleep(std::time::Duration::from_millis(50));
-            continue;
+        if !waiting.is_empty() {
+            // Those still asleep after this wake-up wait from here on.
+            arm.arm(word.load(SeqCst));
         }
-        let word = inner.control.u32_at(PUBLISHED);
-        let seen = word.load(Acquire);
-        inner.control.u32_at(SLEEPERS).fetch_add(1, SeqCst);
-        std::sync::atomic::fence(SeqCst);
-        if word.load(Acquire) == seen {
-            crate::state::futex_wait(word, seen, std::time::Duration::from_secs(1));
-        }
-        inner.control.u32_at(SLEEPERS).fetch_sub(1, SeqCst);
-        // On a publish, or once a second: sleepers look again (which also
-        // reclaims records held by processes that died).
         for q in &waiting {
             q.notify.notify_all();
         }
@@ -901,6 +937,7 @@ impl LocalTransport {
             pid: std::process::id(),
             exclusive_owner: Mutex::new(HashMap::new()),
             watcher: OnceLock::new(),
+            arm: Arc::new(Arm::default()),
             durability,
             alloc,
         });

@@ -70,17 +70,11 @@ pub(crate) fn run(w: &Workload) -> Result<Report, String> {
 
     let producers = spawn_producers(w, &queue);
 
-    let mut failure = None;
-    for p in producers {
-        match p.join() {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => failure = Some(e),
-            Err(_) => failure = Some("a producer thread panicked".into()),
-        }
-        if failure.is_some() {
-            // Let the consumers finish on what was sent.
-            consumed.fetch_add(w.messages, Ordering::Relaxed);
-        }
+    let mut confirm = histogram();
+    let mut failure = join_producers(producers, &mut confirm).err();
+    if failure.is_some() {
+        // Let the consumers finish on what was sent.
+        consumed.fetch_add(w.messages, Ordering::Relaxed);
     }
     let mut merged = histogram();
     for c in consumers {
@@ -101,7 +95,9 @@ pub(crate) fn run(w: &Workload) -> Result<Report, String> {
     let transport = dashi::ConnectUrl::parse(&w.url)
         .map(|u| format!("dashi {}://", u.scheme))
         .unwrap_or_else(|_| "dashi".into());
-    Ok(Report::from_histogram(transport, w, elapsed, &merged))
+    let mut r = Report::from_histogram(transport, w, elapsed, &merged);
+    r.confirm_us = Some(super::report::quantiles(&confirm));
+    Ok(r)
 }
 
 fn admin_label(w: &Workload) -> String {
@@ -139,9 +135,8 @@ fn run_with_child_consumers(w: &Workload, queue: &str) -> Result<Report, String>
     let progress = Progress::start(&admin_label(w), w.messages, consumed.clone());
     let start_ns = super::now_ns();
     let producers = spawn_producers(w, queue);
-    for p in producers {
-        p.join().map_err(|_| "a producer thread panicked")??;
-    }
+    let mut confirm = histogram();
+    join_producers(producers, &mut confirm)?;
     {
         let conn = connect(&w.url)?;
         let ch = conn.channel().map_err(|e| e.to_string())?;
@@ -186,23 +181,31 @@ fn run_with_child_consumers(w: &Workload, queue: &str) -> Result<Report, String>
         &histogram(),
     );
     r.latency_us = lat;
+    r.confirm_us = Some(super::report::quantiles(&confirm));
     Ok(r)
 }
 
 /// One thread per producer, each with its own connection, publishing its
 /// share of stamped bodies; a full queue hands a message back and it is
 /// published again (back-pressure).
-fn spawn_producers(w: &Workload, queue: &str) -> Vec<std::thread::JoinHandle<Result<(), String>>> {
+/// Each returns a histogram of how long its publishes took to confirm.
+type ProducerHandle = std::thread::JoinHandle<Result<hdrhistogram::Histogram<u64>, String>>;
+
+fn spawn_producers(w: &Workload, queue: &str) -> Vec<ProducerHandle> {
     (0..w.producers)
         .map(|i| {
             let (w, queue) = (w.clone(), queue.to_owned());
-            std::thread::spawn(move || -> Result<(), String> {
+            std::thread::spawn(move || -> Result<hdrhistogram::Histogram<u64>, String> {
                 let conn = connect(&w.url)?;
                 let ch = conn.channel().map_err(|e| e.to_string())?;
                 let p = ch.producer();
+                let mut confirm = histogram();
+                let start = Instant::now();
                 for k in 0..w.share(i) {
+                    w.pace(start, k);
                     let mut m = Message::new(stamped_body(w.size));
                     m.properties.priority = w.priority(k);
+                    let t = Instant::now();
                     while let Err(e) = p.publish(m, &queue) {
                         if !e.is_transient() {
                             return Err(format!("producer: {e}"));
@@ -210,9 +213,28 @@ fn spawn_producers(w: &Workload, queue: &str) -> Vec<std::thread::JoinHandle<Res
                         m = e.into_message();
                         std::thread::yield_now();
                     }
+                    confirm.saturating_record((t.elapsed().as_nanos() as u64 / 1000).max(1));
                 }
-                Ok(())
+                Ok(confirm)
             })
         })
         .collect()
+}
+
+/// Joins the producers; merges their confirm histograms.
+fn join_producers(
+    producers: Vec<ProducerHandle>,
+    confirm: &mut hdrhistogram::Histogram<u64>,
+) -> Result<(), String> {
+    let mut failure = None;
+    for p in producers {
+        match p.join() {
+            Ok(Ok(h)) => {
+                let _ = confirm.add(&h);
+            }
+            Ok(Err(e)) => failure = Some(e),
+            Err(_) => failure = Some("a producer thread panicked".into()),
+        }
+    }
+    failure.map_or(Ok(()), Err)
 }

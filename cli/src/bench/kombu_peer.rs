@@ -98,5 +98,6 @@ pub(crate) fn run(w: &Workload, kombu_url: &str) -> Result<Report, Skipped> {
         consumers: w.consumers,
         elapsed: Duration::from_secs_f64(elapsed),
         latency_us: [num("p50"), num("p90"), num("p99"), num("p999"), num("max")],
+        confirm_us: None,
     })
 }

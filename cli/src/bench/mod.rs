@@ -31,6 +31,8 @@ pub(crate) struct Workload {
     pub(crate) priorities: u16,
     /// Run each consumer in its own process.
     pub(crate) consumer_processes: bool,
+    /// Messages per second in all, if paced.
+    pub(crate) rate: Option<f64>,
 }
 
 impl Workload {
@@ -38,6 +40,26 @@ impl Workload {
     pub(crate) fn share(&self, i: usize) -> u64 {
         let p = self.producers as u64;
         self.messages / p + u64::from((i as u64) < self.messages % p)
+    }
+
+    /// Waits until the `k`-th message of one of the producers is due (paced
+    /// runs): each producer sends its share at `rate / producers`.
+    pub(crate) fn pace(&self, start: std::time::Instant, k: u64) {
+        let Some(rate) = self.rate else { return };
+        let per = rate / self.producers as f64;
+        let due = start + Duration::from_secs_f64(k as f64 / per);
+        loop {
+            let now = std::time::Instant::now();
+            if now >= due {
+                return;
+            }
+            let left = due - now;
+            if left > Duration::from_micros(200) {
+                std::thread::sleep(left - Duration::from_micros(100));
+            } else {
+                std::hint::spin_loop();
+            }
+        }
     }
 
     /// Priority of the `k`-th message of a producer.
@@ -133,6 +155,9 @@ pub(crate) fn run(a: BenchArgs) -> Result<(), String> {
     if a.priorities == 0 || a.priorities > 256 {
         return Err("--priorities must be between 1 and 256".into());
     }
+    if a.rate.is_some_and(|r| !(r.is_finite() && r >= 1.0)) {
+        return Err("--rate must be at least 1 message per second".into());
+    }
     let w = Workload {
         url: a.url.clone(),
         messages: a.messages,
@@ -141,6 +166,7 @@ pub(crate) fn run(a: BenchArgs) -> Result<(), String> {
         consumers: a.consumers,
         priorities: a.priorities,
         consumer_processes: a.consumer_processes,
+        rate: a.rate,
     };
     now_ns();
     let scheme = dashi::ConnectUrl::parse(&w.url)
@@ -165,7 +191,13 @@ pub(crate) fn run(a: BenchArgs) -> Result<(), String> {
                     .iter()
                     .any(|(k, v)| k == "fsync" && v != "never")
                 {
-                    peers.push(disk_peer::run(&w, std::path::Path::new(&url.path))?);
+                    let dir = std::path::Path::new(&url.path);
+                    // One loop (what one durable write costs), and as many
+                    // loops as producers (what the disk does in parallel).
+                    peers.push(disk_peer::run(&w, dir, 1)?);
+                    if w.producers > 1 {
+                        peers.push(disk_peer::run(&w, dir, w.producers)?);
+                    }
                 } else {
                     skipped.push(Skipped {
                         peer: "write+fdatasync (raw)".into(),

@@ -19,6 +19,9 @@ pub(crate) struct Report {
     pub(crate) elapsed: Duration,
     /// p50, p90, p99, p99.9, max in microseconds.
     pub(crate) latency_us: [f64; 5],
+    /// How long a publish call took to return (confirmed at the transport's
+    /// durability level): p50, p90, p99, p99.9, max in microseconds.
+    pub(crate) confirm_us: Option<[f64; 5]>,
 }
 
 /// A peer that could not run, and why.
@@ -35,7 +38,6 @@ impl Report {
         elapsed: Duration,
         h: &hdrhistogram::Histogram<u64>,
     ) -> Report {
-        let q = |p: f64| h.value_at_quantile(p) as f64;
         Report {
             transport: transport.into(),
             messages: w.messages,
@@ -43,7 +45,8 @@ impl Report {
             producers: w.producers,
             consumers: w.consumers,
             elapsed,
-            latency_us: [q(0.5), q(0.9), q(0.99), q(0.999), h.max() as f64],
+            latency_us: quantiles(h),
+            confirm_us: None,
         }
     }
 
@@ -66,8 +69,17 @@ impl Report {
             "msgs_per_sec": self.msgs_per_sec(),
             "mb_per_sec": self.mb_per_sec(),
             "latency_us": {"p50": p50, "p90": p90, "p99": p99, "p999": p999, "max": max},
+            "confirm_us": self.confirm_us.map(|[p50, p90, p99, p999, max]| {
+                json!({"p50": p50, "p90": p90, "p99": p99, "p999": p999, "max": max})
+            }),
         })
     }
+}
+
+/// p50, p90, p99, p99.9 and max of a histogram.
+pub(crate) fn quantiles(h: &hdrhistogram::Histogram<u64>) -> [f64; 5] {
+    let q = |p: f64| h.value_at_quantile(p) as f64;
+    [q(0.5), q(0.9), q(0.99), q(0.999), h.max() as f64]
 }
 
 /// `ratio` = dashi's throughput / the peer's (above 1: dashi is faster).
@@ -79,6 +91,10 @@ pub(crate) fn json(dashi: &Report, peers: &[Report], skipped: &[Skipped], compar
             .map(|p| {
                 let mut o = p.json();
                 o["ratio"] = json!(dashi.msgs_per_sec() / p.msgs_per_sec().max(1e-9));
+                if let (Some(d), Some(c)) = (dashi.confirm_us, p.confirm_us) {
+                    // Above 1: dashi's publish takes longer to confirm.
+                    o["confirm_p50_ratio"] = json!(d[0] / c[0].max(1e-9));
+                }
                 o
             })
             .collect();
@@ -139,6 +155,15 @@ pub(crate) fn human(w: &Workload, dashi: &Report, peers: &[Report]) -> String {
             max,
             ratio.map_or("".into(), |x| format!("{x:.2}x"))
         );
+    }
+    for r in std::iter::once(dashi).chain(peers) {
+        if let Some([p50, p90, p99, p999, max]) = r.confirm_us {
+            let _ = writeln!(
+                s,
+                "{:<26} confirm (publish returns) p50 {p50} µs, p90 {p90}, p99 {p99}, p99.9 {p999}, max {max}",
+                r.transport
+            );
+        }
     }
     if !peers.is_empty() {
         let _ = writeln!(
