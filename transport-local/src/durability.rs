@@ -46,9 +46,13 @@ struct FileSync {
 }
 
 impl FileSync {
+    /// One fdatasync covering every ticket taken so far, unless a sync that
+    /// already started covers them all (two tasks can race here).
     async fn sync_once(&self) {
         let target = self.requested.load(SeqCst);
-        self.started.fetch_max(target, SeqCst);
+        if self.started.fetch_max(target, SeqCst) >= target {
+            return;
+        }
         let r = io::fdatasync(&self.file).await;
         self.syncs.fetch_add(1, AcqRel);
         if let Err(e) = r {

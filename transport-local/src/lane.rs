@@ -208,6 +208,8 @@ pub struct Lane {
     /// The uncommitted reservation at `next` this process is watching, and
     /// since when (for writers that died before writing their header).
     pending_since: Mutex<Option<(Pos, std::time::Instant)>>,
+    /// The newest segment looked up (read without a lock).
+    hot: arc_swap::ArcSwapOption<Segment>,
     /// Where segment space comes from.
     alloc: Arc<Allocator>,
     /// Highest segment this process asked to prepare in the background.
@@ -246,6 +248,7 @@ impl Lane {
             state,
             segments: Mutex::new(HashMap::new()),
             pending_since: Mutex::new(None),
+            hot: arc_swap::ArcSwapOption::empty(),
             alloc,
             prepared: AtomicU64::new(0),
         };
@@ -291,7 +294,21 @@ impl Lane {
 
     /// The mapped segment `seq`, if its file exists.
     pub fn segment(&self, seq: u64) -> Result<Option<Arc<Segment>>, LaneError> {
+        // Writers and readers mostly use the newest segment: no lock for it.
+        if let Some(s) = self.hot.load().as_ref() {
+            if s.header().seq == seq {
+                return Ok(Some(s.clone()));
+            }
+        }
         if let Some(s) = self.segments.lock().get(&seq) {
+            if self
+                .hot
+                .load()
+                .as_ref()
+                .is_none_or(|h| h.header().seq < seq)
+            {
+                self.hot.store(Some(s.clone()));
+            }
             return Ok(Some(s.clone()));
         }
         let path = self.path(seq);
@@ -347,7 +364,17 @@ impl Lane {
     ) -> Result<Pos, LaneError> {
         loop {
             let seq = self.word(at::WRITE_SEG).load(Acquire);
-            let seg = self.segment_or_create(seq)?;
+            // The newest segment without touching its reference count (which
+            // this process's consumers would bounce between cores).
+            let hot = self.hot.load();
+            let owned;
+            let seg = match hot.as_ref() {
+                Some(s) if s.header().seq == seq => s,
+                _ => {
+                    owned = self.segment_or_create(seq)?;
+                    &owned
+                }
+            };
             match seg.append(payload, body_len, writer, ts) {
                 Ok(off) => {
                     if off > seg.header().capacity / 2 {
@@ -715,6 +742,14 @@ impl Lane {
                 .is_ok()
             {
                 self.segments.lock().remove(&low);
+                if self
+                    .hot
+                    .load()
+                    .as_ref()
+                    .is_some_and(|h| h.header().seq == low)
+                {
+                    self.hot.store(None);
+                }
                 match std::fs::remove_file(self.path(low)) {
                     Ok(()) => deleted += 1,
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}

@@ -57,7 +57,8 @@ const MARKER: &str = "dashi-local 1\n";
 const GENERATION: usize = 0;
 /// Futex word bumped after every publish (32-bit, own cache line).
 const PUBLISHED: usize = 64;
-/// Processes with a consumer sleeping on the store (32-bit).
+/// Set by a watcher about to sleep on [`PUBLISHED`]; the first publish after
+/// that clears it and wakes every watcher, later ones skip the syscall (32-bit).
 const SLEEPERS: usize = 128;
 
 /// When a publish is confirmed durable.
@@ -123,8 +124,13 @@ struct Inner {
     control: StatePage,
     topo: Mutex<Topo>,
     routing: ArcSwap<Routing<Arc<LocalQueue>>>,
+    /// The generation `routing` was built from (checked on every publish
+    /// without taking the topology lock).
+    loaded_gen: AtomicU64,
     counters: Counters,
     pid: u32,
+    /// This process (pid and start time), read once at open.
+    me: owner::Me,
     /// Exclusive queues this process declared: name → connection.
     exclusive_owner: Mutex<HashMap<String, ConnectionId>>,
     /// The thread that turns other processes' publishes into local wake-ups.
@@ -290,14 +296,24 @@ impl LocalQueue {
     }
 
     /// Lanes any process ever used, most urgent first.
-    fn used_lanes(&self) -> Vec<u8> {
-        let mut out = Vec::new();
-        for p in (0..=self.decl.max_priority).rev() {
-            if self.lanes_used.u64_at(8 * (p as usize / 64)).load(Acquire) & (1 << (p % 64)) != 0 {
-                out.push(p);
+    fn used_lanes(&self) -> impl DoubleEndedIterator<Item = u8> + '_ {
+        (0..=self.decl.max_priority).rev().filter(|p| {
+            self.lanes_used.u64_at(8 * (*p as usize / 64)).load(Acquire) & (1 << (p % 64)) != 0
+        })
+    }
+
+    /// Ready messages and their body bytes, all lanes (no allocation: this
+    /// runs on every publish for the queue's limits).
+    fn ready(&self) -> (u64, u64) {
+        let (mut n, mut b) = (0, 0);
+        for p in self.used_lanes() {
+            if let Ok(l) = self.lane(p) {
+                let (r, rb, _) = l.counts();
+                n += r;
+                b += rb;
             }
         }
-        out
+        (n, b)
     }
 
     fn counts(&self) -> (u64, u64, u64, Vec<u64>) {
@@ -380,7 +396,7 @@ impl LocalQueue {
 
     /// Claims the oldest message of the least urgent lane (drop-head).
     fn drop_oldest(&self) -> bool {
-        for p in self.used_lanes().into_iter().rev() {
+        for p in self.used_lanes().rev() {
             let Ok(l) = self.lane(p) else { continue };
             if let Ok(Some(c)) = l.claim(self.owner) {
                 match self.envelope(p, &c) {
@@ -542,7 +558,7 @@ impl Inner {
     /// Reloads the topology if another process changed it.
     fn refresh(self: &Arc<Self>) -> Result<(), Error> {
         let gen = self.control.u64_at(GENERATION).load(Acquire);
-        if self.topo.lock().generation == gen && gen != 0 {
+        if self.loaded_gen.load(Acquire) == gen && gen != 0 {
             return Ok(());
         }
         let meta = self.read_meta()?;
@@ -566,7 +582,7 @@ impl Inner {
                     q.clone(),
                     &self.opts,
                     self.alloc.clone(),
-                    owner::Me::get().claim_owner(),
+                    self.me.claim_owner(),
                     Arc::downgrade(self),
                 )?),
             };
@@ -585,6 +601,7 @@ impl Inner {
         topo.topology = topology;
         topo.queues = queues;
         topo.generation = gen;
+        self.loaded_gen.store(gen, SeqCst);
         self.routing.store(Arc::new(snapshot));
         Ok(())
     }
@@ -684,7 +701,7 @@ impl Inner {
         let size = env.size() as u64;
         for &t in targets {
             let q = routing.target(t);
-            let (n, b, _, _) = q.counts();
+            let (n, b) = q.ready();
             let budget = self.opts.max_queue_bytes.filter(|max| b + size > *max);
             let over = if n + 1 > q.decl.max_length {
                 Some("max_length")
@@ -724,7 +741,7 @@ impl Inner {
                 })
             }
         };
-        let writer = owner::Me::get().writer();
+        let writer = self.me.writer();
         let ts = wall_ns();
         let mut written = Vec::new();
         for &t in targets {
@@ -766,13 +783,14 @@ impl Inner {
         Ok(())
     }
 
-    /// After a publish: one atomic add, and a futex wake only when some
-    /// process has a consumer asleep on this store.
+    /// After a publish: one atomic add, and a futex wake only for the first
+    /// publish since some process's watcher went to sleep.
     fn wake_other_processes(&self) {
         let word = self.control.u32_at(PUBLISHED);
         word.fetch_add(1, AcqRel);
         std::sync::atomic::fence(SeqCst);
-        if self.control.u32_at(SLEEPERS).load(SeqCst) > 0 {
+        let sleepers = self.control.u32_at(SLEEPERS);
+        if sleepers.load(SeqCst) != 0 && sleepers.swap(0, SeqCst) != 0 {
             crate::state::futex_wake(word);
         }
     }
@@ -831,12 +849,13 @@ fn watch(weak: Weak<Inner>, arm: Arc<Arm>) {
         let Some(inner) = weak.upgrade() else { return };
         let Some(seen) = seen else { continue };
         let word = inner.control.u32_at(PUBLISHED);
-        inner.control.u32_at(SLEEPERS).fetch_add(1, SeqCst);
+        // Raise the flag, then look: a publish either comes before the look
+        // (the word moved: no sleep) or sees the flag (and wakes us).
+        inner.control.u32_at(SLEEPERS).store(1, SeqCst);
         std::sync::atomic::fence(SeqCst);
         if word.load(SeqCst) == seen {
             crate::state::futex_wait(word, seen, second);
         }
-        inner.control.u32_at(SLEEPERS).fetch_sub(1, SeqCst);
         let waiting: Vec<Arc<LocalQueue>> = inner
             .topo
             .lock()
@@ -933,8 +952,10 @@ impl LocalTransport {
                 queues: HashMap::new(),
             }),
             routing: ArcSwap::from_pointee(Routing::default()),
+            loaded_gen: AtomicU64::new(u64::MAX),
             counters: Counters::default(),
             pid: std::process::id(),
+            me: owner::Me::get(),
             exclusive_owner: Mutex::new(HashMap::new()),
             watcher: OnceLock::new(),
             arm: Arc::new(Arm::default()),
