@@ -174,7 +174,17 @@ fn finish(dir: &Path, tmp: &Path, file: File, lane: u32, seq: u64) -> Result<(),
             },
         );
     let _ = std::fs::remove_file(tmp);
-    Ok(linked?)
+    // The new name must survive a power loss with the records synced into
+    // the file (fdatasync of the file does not cover its directory entry).
+    let synced = linked.and_then(|()| {
+        File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(|source| SegmentError::Io {
+                path: dir.display().to_string(),
+                source,
+            })
+    });
+    Ok(synced?)
 }
 
 /// Creates segment `seq` of a lane from a runtime core: the `fallocate` goes
@@ -277,6 +287,14 @@ impl Lane {
         let _ = l
             .word(at::RESTORE)
             .compare_exchange(0, NO_POS, AcqRel, Acquire);
+        // Look once from the head for ready records below `next`: there are
+        // none unless the state page and the segments were written back
+        // unevenly before a power loss (a claim lost, `next` kept); this way
+        // such a record is delivered rather than stranded.
+        let head = Pos::unpack(l.word(at::HEAD).load(Acquire));
+        if head < Pos::unpack(l.word(at::NEXT).load(Acquire)) {
+            l.mark_restored(head);
+        }
         Ok(l)
     }
 
@@ -762,6 +780,56 @@ impl Lane {
                 }
             }
         }
+    }
+
+    /// Recovery of every segment of the lane (the caller has exclusive access
+    /// to the store): torn tails cut, dead writers' holes padded, corrupt
+    /// records appended to `<lane>/quarantine` (offset, reason, length, bytes)
+    /// and skipped from then on. Shared positions past a cut tail are moved
+    /// back to it, so records appended there later are not skipped.
+    pub fn recover(&self) -> Result<crate::recovery::Totals, LaneError> {
+        use std::io::Write;
+        let io = |source| LaneError::Io {
+            dir: self.dir.display().to_string(),
+            source,
+        };
+        let mut total = crate::recovery::Totals::default();
+        let mut quarantine: Option<File> = None;
+        let mut seq = self.word(at::LOW_SEG).load(Acquire);
+        while let Some(seg) = self.segment(seq)? {
+            let r = crate::recovery::recover(&seg, true, |off, bytes, reason| {
+                let f = match &mut quarantine {
+                    Some(f) => f,
+                    None => quarantine.insert(
+                        OpenOptions::new()
+                            .create(true)
+                            .append(true)
+                            .open(self.dir.join("quarantine"))?,
+                    ),
+                };
+                writeln!(
+                    f,
+                    "segment {seq} offset {off} {reason} {} bytes",
+                    bytes.len()
+                )?;
+                f.write_all(bytes)?;
+                writeln!(f)?;
+                f.sync_all()
+            })
+            .map_err(io)?;
+            if r.cut_at.is_some() {
+                let end = Pos { seq, off: r.end };
+                for w in [at::NEXT, at::HEAD] {
+                    let p = Pos::unpack(self.word(w).load(Acquire));
+                    if p.seq == seq && p.off > end.off {
+                        self.word(w).store(end.pack(), Release);
+                    }
+                }
+            }
+            total.add(&r);
+            seq += 1;
+        }
+        Ok(total)
     }
 
     /// Ready records, their payload bytes, and claimed-not-settled records,

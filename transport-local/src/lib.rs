@@ -1,10 +1,13 @@
 //! # dashi-transport-local
 //!
-//! The `local://` transport under construction: a memory-mapped durable log
-//! that several processes share without a broker. This crate holds the parts
-//! that are finished and tested; the on-disk format is documented in
-//! `FORMAT.md` beside this crate, one section per finished part:
+//! The `local://` transport: a memory-mapped durable log that several
+//! processes share without a broker. The on-disk format is documented in
+//! `FORMAT.md` beside this crate; what survives a crash or a power loss is in
+//! the workspace's `RELIABILITY.md`.
 //!
+//! - [`transport`]: the store (`LocalTransport`, `open(url)`): topology in
+//!   `meta.json` with a shared generation word, queues of priority lanes,
+//!   cross-process wake-ups, durability modes, recovery on open.
 //! - [`codec`]: the record payload (exchange, routing key, properties, body),
 //!   a versioned binary encoding whose decoder never panics on garbage and
 //!   reads the body without copying.
@@ -15,8 +18,9 @@
 //!   self-describing, checksummed records; [`recovery`] checks one on open.
 //! - [`lane`]: a chain of segments with shared consumer state: claims by
 //!   compare-and-swap on each record's claim word, restored records ahead of
-//!   newer ones, dead claimers' records reclaimed ([`state`] holds the shared
-//!   words).
+//!   newer ones, dead or stalled claimers' records reclaimed ([`state`] holds
+//!   the shared words, [`owner`] names processes by pid and start time,
+//!   [`alloc`] allocates segments on the io_uring runtime).
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 

@@ -26,6 +26,44 @@ pub struct RecoveryReport {
     pub end: u64,
 }
 
+/// What recovery of many segments found and did, summed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Totals {
+    /// Segments walked.
+    pub segments: u64,
+    /// Intact records.
+    pub records: u64,
+    /// Corrupt records moved aside by this recovery.
+    pub moved: u64,
+    /// Segments whose torn tail was cut.
+    pub tails_cut: u64,
+    /// Holes of dead writers turned into padding.
+    pub holes_padded: u64,
+}
+
+impl Totals {
+    /// Adds one segment's report.
+    pub fn add(&mut self, r: &RecoveryReport) {
+        self.segments += 1;
+        self.records += r.records;
+        self.moved += r.moved.iter().filter(|m| m.1 != MOVED_EARLIER).count() as u64;
+        self.tails_cut += u64::from(r.cut_at.is_some());
+        self.holes_padded += r.holes_padded;
+    }
+
+    /// Sums two totals.
+    pub fn merge(&mut self, o: Totals) {
+        self.segments += o.segments;
+        self.records += o.records;
+        self.moved += o.moved;
+        self.tails_cut += o.tails_cut;
+        self.holes_padded += o.holes_padded;
+    }
+}
+
+/// The reason recorded for a record moved aside by an earlier recovery.
+pub const MOVED_EARLIER: &str = "moved aside earlier";
+
 /// Recovers `seg`. `quarantine(offset, bytes, reason)` receives the bytes of
 /// each corrupt record before it is marked moved; an error from it stops
 /// recovery (nothing is skipped unless its bytes were saved).
@@ -44,7 +82,7 @@ pub fn recover(
                 off += len;
             }
             Slot::Moved { len } => {
-                r.moved.push((off, "moved aside earlier"));
+                r.moved.push((off, MOVED_EARLIER));
                 off += len;
             }
             Slot::Padding { len } => {

@@ -343,8 +343,9 @@ impl Segment {
             "write out of bounds"
         );
         // SAFETY: in bounds (asserted); the range belongs to a reservation this
-        // caller owns (or the header at format time), which no other process
-        // reads before the release that commits it.
+        // caller owns (or the header at format time, or a cut tail during
+        // recovery with exclusive access), which no other process reads before
+        // the release that commits it.
         unsafe {
             std::ptr::copy_nonoverlapping(
                 bytes.as_ptr(),
@@ -611,6 +612,14 @@ impl Segment {
     /// Cuts the reservation pointer back to `off` (recovery with exclusive
     /// access only: drops torn records at the tail).
     pub fn cut_tail(&self, off: u64) {
+        // Zero what was reserved after the cut: an append there commits by a
+        // compare-and-swap of a zero length, and no stale record may be found
+        // by a later scan.
+        let end = self.reserved_to();
+        if off < end {
+            let zeros = vec![0u8; (end - off) as usize];
+            self.write_bytes(off, &zeros);
+        }
         self.tail().store(off, Release);
         self.atomic_u32(SEALED_AT as u64).store(0, Release);
     }

@@ -51,6 +51,7 @@ use crate::lock::FileLock;
 use crate::meta::Meta;
 use crate::names;
 use crate::owner;
+use crate::recovery::Totals;
 use crate::state::StatePage;
 
 const MARKER: &str = "dashi-local 1\n";
@@ -141,6 +142,10 @@ struct Inner {
     durability: Option<Arc<crate::durability::Durability>>,
     /// Segment space (fallocate on a runtime core).
     alloc: Arc<Allocator>,
+    /// What recovery did when this process opened the store first.
+    recovered: Totals,
+    /// Shared lock on `open.lock`, held while the store is open here.
+    _presence: FileLock,
 }
 
 /// The `local://` transport. Cheap to clone.
@@ -548,8 +553,17 @@ impl Inner {
         f(&mut meta)?;
         if meta != before {
             let tmp = self.root.join(format!("meta.json.tmp-{}", self.pid));
-            std::fs::write(&tmp, meta.to_json()).map_err(|e| store_err("metadata write", e))?;
-            std::fs::rename(&tmp, self.meta_path()).map_err(|e| store_err("metadata write", e))?;
+            // Written, synced, renamed, and the directory synced: a topology
+            // change that returned survives a power loss.
+            let write = || -> std::io::Result<()> {
+                use std::io::Write;
+                let mut f = std::fs::File::create(&tmp)?;
+                f.write_all(meta.to_json().as_bytes())?;
+                f.sync_all()?;
+                std::fs::rename(&tmp, self.meta_path())?;
+                std::fs::File::open(&self.root)?.sync_all()
+            };
+            write().map_err(|e| store_err("metadata write", e))?;
             self.control.u64_at(GENERATION).fetch_add(1, AcqRel);
         }
         self.reload(meta)
@@ -874,6 +888,52 @@ fn watch(weak: Weak<Inner>, arm: Arc<Arm>) {
     }
 }
 
+/// Recovers every lane of the store at `root` (the caller is its only user)
+/// and removes half-made segment files of writers that died creating them.
+fn recover_store(root: &Path, segment_size: u64) -> Result<Totals, Error> {
+    let mut total = Totals::default();
+    let queues = match std::fs::read_dir(root.join("q")) {
+        Ok(d) => d,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(total),
+        Err(e) => return Err(store_err("recovery", e)),
+    };
+    for q in queues.flatten() {
+        let Ok(lanes) = std::fs::read_dir(q.path()) else {
+            continue;
+        };
+        for l in lanes.flatten() {
+            let name = l.file_name().to_string_lossy().into_owned();
+            let Some(p) = name
+                .strip_prefix("lane-")
+                .and_then(|p| p.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            if let Ok(files) = std::fs::read_dir(l.path()) {
+                for f in files.flatten() {
+                    if f.file_name().to_string_lossy().contains(".seg.tmp-") {
+                        let _ = std::fs::remove_file(f.path());
+                    }
+                }
+            }
+            let lane =
+                Lane::open(&l.path(), p, segment_size).map_err(|e| store_err("recovery", e))?;
+            let t = lane.recover().map_err(|e| store_err("recovery", e))?;
+            if t.moved + t.tails_cut + t.holes_padded > 0 {
+                tracing::warn!(
+                    lane = %l.path().display(),
+                    moved_aside = t.moved,
+                    tails_cut = t.tails_cut,
+                    holes_padded = t.holes_padded,
+                    "local store recovered"
+                );
+            }
+            total.merge(t);
+        }
+    }
+    Ok(total)
+}
+
 /// Stores open in this process, by directory and options.
 type OpenStores = Mutex<HashMap<(PathBuf, String), Weak<Inner>>>;
 
@@ -915,6 +975,32 @@ impl LocalTransport {
             }
             Err(e) => return Err(store_err("format marker", e)),
         }
+        // Presence: every process holds a shared lock on `open.lock` while it
+        // has the store open. The first one in (nobody else holds it) gets it
+        // exclusively and recovers the store before letting others in.
+        let lock_file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .read(true)
+            .write(true)
+            .open(root.join("open.lock"))
+            .map_err(|e| store_err("presence lock", e))?;
+        let mut recovered = Totals::default();
+        let presence = match FileLock::try_exclusive(
+            lock_file
+                .try_clone()
+                .map_err(|e| store_err("presence lock", e))?,
+        )
+        .map_err(|e| store_err("presence lock", e))?
+        {
+            Some(alone) => {
+                recovered = recover_store(root, opts.segment_size)?;
+                alone
+                    .downgrade()
+                    .map_err(|e| store_err("presence lock", e))?
+            }
+            None => FileLock::shared(lock_file).map_err(|e| store_err("presence lock", e))?,
+        };
         let control =
             StatePage::open(&root.join("control")).map_err(|e| store_err("control page", e))?;
         // One small runtime per store: fallocate of segments (and their
@@ -961,6 +1047,8 @@ impl LocalTransport {
             arm: Arc::new(Arm::default()),
             durability,
             alloc,
+            recovered,
+            _presence: presence,
         });
         let meta = inner.read_meta()?;
         inner.reload(meta)?;
@@ -970,6 +1058,13 @@ impl LocalTransport {
     /// The store directory.
     pub fn root(&self) -> &Path {
         &self.inner.root
+    }
+
+    /// What recovery found and did when this instance opened the store with
+    /// nobody else using it (all zero when other processes had it open, in
+    /// which case the first of them recovered it).
+    pub fn recovered(&self) -> Totals {
+        self.inner.recovered
     }
 
     /// True when segments are allocated through io_uring (false when the

@@ -386,3 +386,32 @@ fn a_recycled_pid_is_not_the_owner() {
     assert_eq!(parse(&back).1, 0);
     let _ = std::fs::remove_dir_all(d);
 }
+
+#[test]
+fn a_ready_record_stranded_below_next_is_delivered_after_reopening() {
+    // After a power loss the state page can be newer than a segment page: a
+    // claim word reads ready again while `next` has moved past it.
+    let d = dir("stranded");
+    let lane = Lane::open(&d, 0, 1 << 20).unwrap();
+    for i in 0..3 {
+        lane.append(&payload(0, i), 0, 1, 0).unwrap();
+    }
+    let lost = lane.claim(who(1)).unwrap().unwrap();
+    lost.segment
+        .claim_word(lost.pos.off)
+        .store(claim::READY, std::sync::atomic::Ordering::SeqCst);
+    let got: Vec<u32> = std::iter::from_fn(|| lane.claim(who(2)).unwrap())
+        .map(|c| parse(&c).1)
+        .collect();
+    assert_eq!(
+        got,
+        vec![1, 2],
+        "without a restore mark record 0 is stranded"
+    );
+    drop(lane);
+    let lane = Lane::open(&d, 0, 1 << 20).unwrap();
+    let back = lane.claim(who(3)).unwrap().unwrap();
+    assert_eq!(parse(&back).1, 0);
+    assert!(lane.claim(who(3)).unwrap().is_none());
+    let _ = std::fs::remove_dir_all(d);
+}

@@ -199,6 +199,9 @@ pub(crate) fn run(a: BenchArgs) -> Result<(), String> {
                         peers.push(disk_peer::run(&w, dir, w.producers)?);
                     }
                 } else {
+                    // Without syncing, the limit is moving messages between
+                    // threads at all: crossbeam-channel in this process.
+                    peers.push(crossbeam_peer::run(&w)?);
                     skipped.push(Skipped {
                         peer: "write+fdatasync (raw)".into(),
                         reason: "the durability limit applies with fsync=always or interval; this run uses fsync=never"
