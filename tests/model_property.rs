@@ -157,9 +157,26 @@ fn run(ops: Vec<Op>) {
                     .count();
                 let ready: usize = model.lanes.iter().map(VecDeque::len).sum();
                 let expect = (PREFETCH - in_window).min(ready);
-                match conn.drain_events(Some(Duration::ZERO)) {
-                    Ok(n) => assert_eq!(n, expect),
-                    Err(e) => assert!(e.is_timeout() && expect == 0, "{e}"),
+                // A lease restore by the reaper thread puts the message back,
+                // then frees the window share: right after an expiry the window
+                // may still be full for a moment. Take what is dispatchable
+                // until the expected number came (bounded), never more.
+                let start = Instant::now();
+                let mut n = 0;
+                loop {
+                    match conn.drain_events(Some(Duration::ZERO)) {
+                        Ok(k) => n += k,
+                        Err(e) => assert!(e.is_timeout(), "{e}"),
+                    }
+                    assert!(n <= expect, "dispatched {n}, model allows {expect}");
+                    if n == expect {
+                        break;
+                    }
+                    assert!(
+                        start.elapsed() < Duration::from_secs(10),
+                        "dispatched {n} of {expect}"
+                    );
+                    std::thread::sleep(Duration::from_micros(100));
                 }
                 let got: Vec<Delivery> = inbox.lock().unwrap().drain(..).collect();
                 assert_eq!(got.len(), expect);

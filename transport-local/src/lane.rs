@@ -90,8 +90,15 @@ mod at {
     pub(super) const WRITE_SEG: usize = 0;
     pub(super) const NEXT: usize = 64;
     pub(super) const RESTORE: usize = 128;
-    pub(super) const READY: usize = 192;
-    pub(super) const READY_BYTES: usize = 256;
+    // Ready = appended + restored - taken; each pair on its own cache line,
+    // written by one side only (producers, restorers, consumers), so a
+    // publish and a claim never bounce a counter line between them.
+    pub(super) const APPENDED: usize = 192;
+    pub(super) const APPENDED_BYTES: usize = 200;
+    pub(super) const TAKEN: usize = 512;
+    pub(super) const TAKEN_BYTES: usize = 520;
+    pub(super) const RESTORED: usize = 576;
+    pub(super) const RESTORED_BYTES: usize = 584;
     pub(super) const UNACKED: usize = 320;
     pub(super) const HEAD: usize = 384;
     pub(super) const LOW_SEG: usize = 448;
@@ -224,6 +231,9 @@ pub struct Lane {
     alloc: Arc<Allocator>,
     /// Highest segment this process asked to prepare in the background.
     prepared: AtomicU64,
+    /// The consumers' `taken` counters as this process last read them.
+    taken_seen: AtomicU64,
+    taken_bytes_seen: AtomicU64,
 }
 
 fn seg_name(seq: u64) -> String {
@@ -261,6 +271,8 @@ impl Lane {
             hot: arc_swap::ArcSwapOption::empty(),
             alloc,
             prepared: AtomicU64::new(0),
+            taken_seen: AtomicU64::new(0),
+            taken_bytes_seen: AtomicU64::new(0),
         };
         // Make sure segment 0 exists; `next` starts at its first record.
         l.segment_or_create(0)?;
@@ -398,9 +410,9 @@ impl Lane {
                     if off > seg.header().capacity / 2 {
                         self.prepare(seq + 1);
                     }
-                    self.signed(at::READY).fetch_add(1, AcqRel);
-                    self.signed(at::READY_BYTES)
-                        .fetch_add(i64::from(body_len), AcqRel);
+                    self.word(at::APPENDED).fetch_add(1, AcqRel);
+                    self.word(at::APPENDED_BYTES)
+                        .fetch_add(u64::from(body_len), AcqRel);
                     return Ok(Pos { seq, off });
                 }
                 Err(AppendError::Full) => {
@@ -444,9 +456,9 @@ impl Lane {
         let word = seg.claim_word(pos.off);
         let mine = claim::CLAIMED | (expect & claim::REDELIVERED) | claim::owner(owner);
         word.compare_exchange(expect, mine, AcqRel, Acquire).ok()?;
-        self.signed(at::READY).fetch_sub(1, AcqRel);
-        self.signed(at::READY_BYTES)
-            .fetch_sub(i64::from(meta.body_len), AcqRel);
+        self.word(at::TAKEN).fetch_add(1, AcqRel);
+        self.word(at::TAKEN_BYTES)
+            .fetch_add(u64::from(meta.body_len), AcqRel);
         self.signed(at::UNACKED).fetch_add(1, AcqRel);
         Some(Claimed {
             pos,
@@ -613,9 +625,9 @@ impl Lane {
             return false;
         }
         self.signed(at::UNACKED).fetch_sub(1, AcqRel);
-        self.signed(at::READY).fetch_add(1, AcqRel);
-        self.signed(at::READY_BYTES)
-            .fetch_add(i64::from(c.meta.body_len), AcqRel);
+        self.word(at::RESTORED).fetch_add(1, AcqRel);
+        self.word(at::RESTORED_BYTES)
+            .fetch_add(u64::from(c.meta.body_len), AcqRel);
         self.mark_restored(c.pos);
         true
     }
@@ -685,9 +697,9 @@ impl Lane {
             if word.compare_exchange(cur, back, AcqRel, Acquire).is_ok() {
                 if let Slot::Record { meta, .. } = seg.skim(pos.off) {
                     self.signed(at::UNACKED).fetch_sub(1, AcqRel);
-                    self.signed(at::READY).fetch_add(1, AcqRel);
-                    self.signed(at::READY_BYTES)
-                        .fetch_add(i64::from(meta.body_len), AcqRel);
+                    self.word(at::RESTORED).fetch_add(1, AcqRel);
+                    self.word(at::RESTORED_BYTES)
+                        .fetch_add(u64::from(meta.body_len), AcqRel);
                 }
                 self.mark_restored(pos);
                 n += 1;
@@ -835,7 +847,35 @@ impl Lane {
     /// Ready records, their payload bytes, and claimed-not-settled records,
     /// across all processes.
     pub fn counts(&self) -> (u64, u64, u64) {
-        let r = |o| self.signed(o).load(Acquire).max(0) as u64;
-        (r(at::READY), r(at::READY_BYTES), r(at::UNACKED))
+        // Taken last: it only grows, so a late read can only lower the result.
+        let appended = self.word(at::APPENDED).load(Acquire);
+        let appended_b = self.word(at::APPENDED_BYTES).load(Acquire);
+        let restored = self.word(at::RESTORED).load(Acquire);
+        let restored_b = self.word(at::RESTORED_BYTES).load(Acquire);
+        let taken = self.word(at::TAKEN).load(Acquire);
+        let taken_b = self.word(at::TAKEN_BYTES).load(Acquire);
+        self.taken_seen.fetch_max(taken, AcqRel);
+        self.taken_bytes_seen.fetch_max(taken_b, AcqRel);
+        (
+            (appended + restored).saturating_sub(taken),
+            (appended_b + restored_b).saturating_sub(taken_b),
+            self.signed(at::UNACKED).load(Acquire).max(0) as u64,
+        )
+    }
+
+    /// Ready records and bytes, possibly overestimated (never under): the
+    /// consumers' counters as this process last read them, so a publish checks
+    /// a queue's limits without touching the lines consumers write. When the
+    /// estimate reaches a limit, [`Lane::counts`] gives the exact figure (and
+    /// refreshes the estimate).
+    pub fn ready_at_most(&self) -> (u64, u64) {
+        let appended = self.word(at::APPENDED).load(Acquire);
+        let appended_b = self.word(at::APPENDED_BYTES).load(Acquire);
+        let restored = self.word(at::RESTORED).load(Acquire);
+        let restored_b = self.word(at::RESTORED_BYTES).load(Acquire);
+        (
+            (appended + restored).saturating_sub(self.taken_seen.load(Acquire)),
+            (appended_b + restored_b).saturating_sub(self.taken_bytes_seen.load(Acquire)),
+        )
     }
 }

@@ -1,7 +1,7 @@
 //! `local://`: the `Transport` over a store directory shared by processes.
 //!
 //! ```text
-//! <root>/DASHI-LOCAL          "dashi-local 1": format marker, checked on open
+//! <root>/DASHI-LOCAL          "dashi-local 2": format marker, checked on open
 //! <root>/meta.json, meta.lock  topology, rewritten under an exclusive flock
 //! <root>/control              shared words: topology generation
 //! <root>/q/<name>/state       shared words: which lanes were ever used
@@ -54,7 +54,7 @@ use crate::owner;
 use crate::recovery::Totals;
 use crate::state::StatePage;
 
-const MARKER: &str = "dashi-local 1\n";
+const MARKER: &str = "dashi-local 2\n";
 const GENERATION: usize = 0;
 /// Futex word bumped after every publish (32-bit, own cache line).
 const PUBLISHED: usize = 64;
@@ -307,13 +307,20 @@ impl LocalQueue {
         })
     }
 
-    /// Ready messages and their body bytes, all lanes (no allocation: this
-    /// runs on every publish for the queue's limits).
-    fn ready(&self) -> (u64, u64) {
+    /// Ready messages and their body bytes, all lanes; with `exact` false,
+    /// possibly overestimated (never under) and without reading what
+    /// consumers write (see [`Lane::ready_at_most`]). No allocation: this runs
+    /// on every publish for the queue's limits.
+    fn ready(&self, exact: bool) -> (u64, u64) {
         let (mut n, mut b) = (0, 0);
         for p in self.used_lanes() {
             if let Ok(l) = self.lane(p) {
-                let (r, rb, _) = l.counts();
+                let (r, rb) = if exact {
+                    let (r, rb, _) = l.counts();
+                    (r, rb)
+                } else {
+                    l.ready_at_most()
+                };
                 n += r;
                 b += rb;
             }
@@ -715,7 +722,16 @@ impl Inner {
         let size = env.size() as u64;
         for &t in targets {
             let q = routing.target(t);
-            let (n, b) = q.ready();
+            let within = |(n, b): (u64, u64)| {
+                n < q.decl.max_length
+                    && b + size <= q.decl.max_length_bytes
+                    && self.opts.max_queue_bytes.is_none_or(|max| b + size <= max)
+            };
+            // Cheap first: an overestimate within every limit is enough.
+            if within(q.ready(false)) {
+                continue;
+            }
+            let (n, b) = q.ready(true);
             let budget = self.opts.max_queue_bytes.filter(|max| b + size > *max);
             let over = if n + 1 > q.decl.max_length {
                 Some("max_length")

@@ -156,3 +156,47 @@ fn records_appended_after_a_cut_tail_that_consumers_skipped_are_delivered() {
     drop((t, c));
     let _ = std::fs::remove_dir_all(d);
 }
+
+#[test]
+fn a_store_of_another_format_version_is_refused_untouched() {
+    let d = dir("version");
+    std::fs::create_dir_all(&d).unwrap();
+    std::fs::write(d.join("DASHI-LOCAL"), "dashi-local 1\n").unwrap();
+    let e = LocalTransport::open(&d, LocalOptions::default())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("dashi-local 1") && e.contains("dashi-local 2"),
+        "{e}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(d.join("DASHI-LOCAL")).unwrap(),
+        "dashi-local 1\n"
+    );
+    assert!(!d.join("meta.json").exists());
+    let _ = std::fs::remove_dir_all(d);
+}
+
+#[test]
+fn a_segment_of_another_layout_version_is_refused() {
+    let d = dir("segversion");
+    {
+        let (_, c) = open(&d);
+        let ch = c.channel().unwrap();
+        ch.queue_declare(&Queue::new("q")).unwrap();
+        ch.producer().publish("x", "q").unwrap();
+    }
+    use std::os::unix::fs::FileExt;
+    let f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(seg_path(&d))
+        .unwrap();
+    f.write_all_at(&99u32.to_le_bytes(), 8).unwrap();
+    let e = Segment::open(&seg_path(&d), f).unwrap_err().to_string();
+    assert!(
+        e.contains("version 99") && e.contains("reads version 1"),
+        "{e}"
+    );
+    let _ = std::fs::remove_dir_all(d);
+}
