@@ -171,7 +171,9 @@ pub struct LocalQueue {
     segment_size: u64,
     alloc: Arc<Allocator>,
     notify: Notify,
-    held: Mutex<HashMap<u64, Claimed>>,
+    /// Deliveries of this process not yet settled, by token (a fast hash:
+    /// tokens are positions, not attacker-chosen).
+    held: Mutex<HashMap<u64, Claimed, foldhash::fast::RandomState>>,
     consumers: AtomicU64,
     deleted: AtomicBool,
     /// This process as a claim owner (pid and start-time bits).
@@ -227,7 +229,7 @@ impl LocalQueue {
             segment_size: opts.segment_size,
             alloc,
             notify: Notify::new(),
-            held: Mutex::new(HashMap::new()),
+            held: Mutex::new(HashMap::default()),
             consumers: AtomicU64::new(0),
             deleted: AtomicBool::new(false),
             owner,
