@@ -299,14 +299,6 @@ impl Lane {
         let _ = l
             .word(at::RESTORE)
             .compare_exchange(0, NO_POS, AcqRel, Acquire);
-        // Look once from the head for ready records below `next`: there are
-        // none unless the state page and the segments were written back
-        // unevenly before a power loss (a claim lost, `next` kept); this way
-        // such a record is delivered rather than stranded.
-        let head = Pos::unpack(l.word(at::HEAD).load(Acquire));
-        if head < Pos::unpack(l.word(at::NEXT).load(Acquire)) {
-            l.mark_restored(head);
-        }
         Ok(l)
     }
 
@@ -840,6 +832,14 @@ impl Lane {
             }
             total.add(&r);
             seq += 1;
+        }
+        // Have consumers look once from the head for ready records below
+        // `next`: there are none unless the state page and the segments were
+        // written back unevenly before a power loss (a claim lost, `next`
+        // kept); this way such a record is delivered rather than stranded.
+        let head = Pos::unpack(self.word(at::HEAD).load(Acquire));
+        if head < Pos::unpack(self.word(at::NEXT).load(Acquire)) {
+            self.mark_restored(head);
         }
         Ok(total)
     }

@@ -388,7 +388,7 @@ fn a_recycled_pid_is_not_the_owner() {
 }
 
 #[test]
-fn a_ready_record_stranded_below_next_is_delivered_after_reopening() {
+fn a_ready_record_stranded_below_next_is_delivered_after_recovery() {
     // After a power loss the state page can be newer than a segment page: a
     // claim word reads ready again while `next` has moved past it.
     let d = dir("stranded");
@@ -409,7 +409,13 @@ fn a_ready_record_stranded_below_next_is_delivered_after_reopening() {
         "without a restore mark record 0 is stranded"
     );
     drop(lane);
+    // Reopened by the store's first user, which recovers it.
     let lane = Lane::open(&d, 0, 1 << 20).unwrap();
+    assert!(
+        lane.claim(who(3)).unwrap().is_none(),
+        "found without recovery"
+    );
+    lane.recover().unwrap();
     let back = lane.claim(who(3)).unwrap().unwrap();
     assert_eq!(parse(&back).1, 0);
     assert!(lane.claim(who(3)).unwrap().is_none());
