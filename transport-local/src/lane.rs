@@ -412,6 +412,8 @@ impl Lane {
                     let _ =
                         self.word(at::WRITE_SEG)
                             .compare_exchange(seq, seq + 1, AcqRel, Acquire);
+                    // A producer-only process lets go of retired segments here.
+                    self.unmap_retired();
                 }
                 Err(AppendError::Stolen) => {}
                 Err(AppendError::TooLarge(n)) => return Err(LaneError::TooLarge(n)),
@@ -756,6 +758,7 @@ impl Lane {
         loop {
             let low = self.word(at::LOW_SEG).load(Acquire);
             if low >= head.seq || low >= write {
+                self.unmap_retired();
                 return Ok(deleted);
             }
             if self
@@ -842,6 +845,27 @@ impl Lane {
             self.mark_restored(head);
         }
         Ok(total)
+    }
+
+    /// Drops this process's mappings of segments that retention deleted (in
+    /// any process): the disk space of a deleted file comes back only once
+    /// every process has unmapped it. Bodies still held keep theirs alive.
+    fn unmap_retired(&self) {
+        let low = self.word(at::LOW_SEG).load(Acquire);
+        self.segments.lock().retain(|seq, _| *seq >= low);
+        if self
+            .hot
+            .load()
+            .as_ref()
+            .is_some_and(|h| h.header().seq < low)
+        {
+            self.hot.store(None);
+        }
+    }
+
+    /// Segments this process has mapped (for tests of retention).
+    pub fn mapped_segments(&self) -> usize {
+        self.segments.lock().len()
     }
 
     /// Ready records, their payload bytes, and claimed-not-settled records,

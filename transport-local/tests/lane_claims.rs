@@ -421,3 +421,36 @@ fn a_ready_record_stranded_below_next_is_delivered_after_recovery() {
     assert!(lane.claim(who(3)).unwrap().is_none());
     let _ = std::fs::remove_dir_all(d);
 }
+
+#[test]
+fn every_process_lets_go_of_segments_retention_deleted() {
+    // Two opens of one lane stand for two processes: each maps on its own.
+    let d = dir("unmap");
+    let producer = Lane::open(&d, 0, 64 * 1024).unwrap();
+    let consumer = Lane::open(&d, 0, 64 * 1024).unwrap();
+    for i in 0..3000 {
+        producer.append(&payload(0, i), 0, 1, 0).unwrap();
+    }
+    let written = producer.mapped_segments();
+    assert!(written > 5, "{written}");
+    while let Some(c) = consumer.claim(who(2)).unwrap() {
+        assert!(consumer.settle(&c, who(2), claim::ACKED));
+    }
+    let deleted = consumer.retire().unwrap();
+    assert_eq!(deleted, written - 1);
+    assert!(
+        consumer.mapped_segments() <= 1,
+        "{}",
+        consumer.mapped_segments()
+    );
+    // The producer drops its mappings of deleted files when it next rolls over.
+    for i in 0..1000 {
+        producer.append(&payload(0, i), 0, 1, 0).unwrap();
+    }
+    assert!(
+        producer.mapped_segments() < written,
+        "{} of {written} still mapped",
+        producer.mapped_segments()
+    );
+    let _ = std::fs::remove_dir_all(d);
+}
