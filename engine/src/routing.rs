@@ -9,11 +9,12 @@ use std::collections::HashMap;
 /// short names, with some resistance to crafted keys.
 type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 
-use crate::error::Error;
+use crate::error::{Error, PublishError};
 use crate::exchange::headers::HeadersMatch;
 use crate::exchange::topic::{validate_pattern, TopicTrie};
 use crate::exchange::{Exchange, ExchangeKind};
 use crate::names::{check_exchange_ref, check_len, check_name};
+use crate::transport::Envelope;
 use crate::value::Headers;
 
 /// One binding of a queue to an exchange.
@@ -267,6 +268,33 @@ impl Route {
     }
 }
 
+/// Why a publish is refused before it reaches any queue; turned into the
+/// error that hands the message back by [`Refused::into_error`].
+#[derive(Debug, PartialEq, Eq)]
+pub enum Refused {
+    /// This exchange (the target or an alternate in the chain) does not exist.
+    UnknownExchange(String),
+    /// Mandatory, and no queue matched.
+    Unroutable,
+}
+
+impl Refused {
+    /// The publish error for `env`, which it hands back.
+    pub fn into_error(self, env: Envelope) -> PublishError {
+        match self {
+            Refused::UnknownExchange(exchange) => PublishError::UnknownExchange {
+                exchange,
+                message: Box::new(env.into_message()),
+            },
+            Refused::Unroutable => PublishError::Unroutable {
+                exchange: env.exchange.to_string(),
+                routing_key: env.routing_key.to_string(),
+                message: Box::new(env.into_message()),
+            },
+        }
+    }
+}
+
 /// An immutable routing table.
 #[derive(Debug)]
 pub struct Routing<Q> {
@@ -307,6 +335,17 @@ impl<Q> Routing<Q> {
     /// True when `name` is the default exchange or a declared one.
     pub fn has_exchange(&self, name: &str) -> bool {
         name.is_empty() || self.exchanges.contains_key(name)
+    }
+
+    /// Routes a publish of `env`: `Ok(None)` when no queue matched and it is
+    /// not mandatory (it is dropped, counted as unroutable by the caller).
+    pub fn route_publish(&self, env: &Envelope, mandatory: bool) -> Result<Option<Route>, Refused> {
+        match self.route(&env.exchange, &env.routing_key, &env.properties().headers) {
+            Err(missing) => Err(Refused::UnknownExchange(missing)),
+            Ok(Route::None) if mandatory => Err(Refused::Unroutable),
+            Ok(Route::None) => Ok(None),
+            Ok(r) => Ok(Some(r)),
+        }
     }
 
     /// Routes a message. `Err` carries the name of an exchange that does not

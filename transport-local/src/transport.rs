@@ -682,29 +682,16 @@ impl Inner {
             });
         }
         let routing = self.routing.load();
-        let route = match routing.route(&env.exchange, &env.routing_key, &env.properties().headers)
-        {
-            Ok(r) => r,
-            Err(missing) => {
-                return Err(PublishError::UnknownExchange {
-                    exchange: missing,
-                    message: Box::new(env.into_message()),
-                })
+        let route = match routing.route_publish(&env, mandatory) {
+            Ok(Some(r)) => r,
+            Ok(None) => {
+                self.counters.record(TransportEvent::Published, 1);
+                self.counters.record(TransportEvent::DroppedUnroutable, 1);
+                return Ok(());
             }
+            Err(refused) => return Err(refused.into_error(env)),
         };
         let targets = route.as_slice();
-        if targets.is_empty() {
-            if mandatory {
-                return Err(PublishError::Unroutable {
-                    exchange: env.exchange.to_string(),
-                    routing_key: env.routing_key.to_string(),
-                    message: Box::new(env.into_message()),
-                });
-            }
-            self.counters.record(TransportEvent::Published, 1);
-            self.counters.record(TransportEvent::DroppedUnroutable, 1);
-            return Ok(());
-        }
         let mut priority = env.properties().priority.unwrap_or(0);
         for &t in targets {
             let q = routing.target(t);

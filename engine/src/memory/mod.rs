@@ -108,29 +108,16 @@ impl Shared {
     /// accepts (priority, limits).
     fn publish(&self, mut env: Envelope, mandatory: bool) -> Result<(), PublishError> {
         let routing = self.routing.load();
-        let route = match routing.route(&env.exchange, &env.routing_key, &env.properties().headers)
-        {
-            Ok(r) => r,
-            Err(missing) => {
-                return Err(PublishError::UnknownExchange {
-                    exchange: missing,
-                    message: Box::new(env.into_message()),
-                })
+        let route = match routing.route_publish(&env, mandatory) {
+            Ok(Some(r)) => r,
+            Ok(None) => {
+                Counters::add(&self.counters.publish.published, 1);
+                Counters::add(&self.counters.publish.dropped_unroutable, 1);
+                return Ok(());
             }
+            Err(refused) => return Err(refused.into_error(env)),
         };
         let targets = route.as_slice();
-        if targets.is_empty() {
-            if mandatory {
-                return Err(PublishError::Unroutable {
-                    exchange: env.exchange.to_string(),
-                    routing_key: env.routing_key.to_string(),
-                    message: Box::new(env.into_message()),
-                });
-            }
-            Counters::add(&self.counters.publish.published, 1);
-            Counters::add(&self.counters.publish.dropped_unroutable, 1);
-            return Ok(());
-        }
         let priority = env.properties().priority.unwrap_or(0);
         for &t in targets {
             let q = routing.target(t);
