@@ -872,17 +872,14 @@ impl Lane {
     /// across all processes.
     pub fn counts(&self) -> (u64, u64, u64) {
         // Taken last: it only grows, so a late read can only lower the result.
-        let appended = self.word(at::APPENDED).load(Acquire);
-        let appended_b = self.word(at::APPENDED_BYTES).load(Acquire);
-        let restored = self.word(at::RESTORED).load(Acquire);
-        let restored_b = self.word(at::RESTORED_BYTES).load(Acquire);
+        let (made, made_b) = self.made_ready();
         let taken = self.word(at::TAKEN).load(Acquire);
         let taken_b = self.word(at::TAKEN_BYTES).load(Acquire);
         self.taken_seen.fetch_max(taken, AcqRel);
         self.taken_bytes_seen.fetch_max(taken_b, AcqRel);
         (
-            (appended + restored).saturating_sub(taken),
-            (appended_b + restored_b).saturating_sub(taken_b),
+            made.saturating_sub(taken),
+            made_b.saturating_sub(taken_b),
             self.signed(at::UNACKED).load(Acquire).max(0) as u64,
         )
     }
@@ -893,13 +890,19 @@ impl Lane {
     /// estimate reaches a limit, [`Lane::counts`] gives the exact figure (and
     /// refreshes the estimate).
     pub fn ready_at_most(&self) -> (u64, u64) {
-        let appended = self.word(at::APPENDED).load(Acquire);
-        let appended_b = self.word(at::APPENDED_BYTES).load(Acquire);
-        let restored = self.word(at::RESTORED).load(Acquire);
-        let restored_b = self.word(at::RESTORED_BYTES).load(Acquire);
+        let (made, made_b) = self.made_ready();
         (
-            (appended + restored).saturating_sub(self.taken_seen.load(Acquire)),
-            (appended_b + restored_b).saturating_sub(self.taken_bytes_seen.load(Acquire)),
+            made.saturating_sub(self.taken_seen.load(Acquire)),
+            made_b.saturating_sub(self.taken_bytes_seen.load(Acquire)),
+        )
+    }
+
+    /// Records (and body bytes) ever made ready: appended plus restored.
+    fn made_ready(&self) -> (u64, u64) {
+        let w = |o| self.word(o).load(Acquire);
+        (
+            w(at::APPENDED) + w(at::RESTORED),
+            w(at::APPENDED_BYTES) + w(at::RESTORED_BYTES),
         )
     }
 }

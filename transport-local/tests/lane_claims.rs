@@ -2,9 +2,11 @@
 //! log order; restored records come back first, flagged; segments roll over;
 //! records held by a consumer killed with SIGKILL are reclaimed for others.
 
+mod common;
+
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -172,15 +174,7 @@ fn child_role() {
 }
 
 fn spawn(d: &Path, mode: &str, id: u32, count: u32) -> Child {
-    Command::new(std::env::current_exe().unwrap())
-        .args([
-            "child_role",
-            "--exact",
-            "--ignored",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env(CHILD, format!("{},{mode},{id},{count}", d.display()))
+    common::child_role(CHILD, format!("{},{mode},{id},{count}", d.display()))
         .stdout(Stdio::piped())
         .spawn()
         .unwrap()

@@ -3,9 +3,11 @@
 //! and a grace have passed; `extend_lease` pushes that back; a consumer
 //! process killed with SIGKILL loses its deliveries at once, lease or not.
 
+mod common;
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use dashi_engine::message::Message;
@@ -58,21 +60,13 @@ fn child_role() {
 
 /// Starts a holder and returns it once it holds the message.
 fn holder(d: &Path, extend: bool) -> (Child, Instant) {
-    let mut child = Command::new(std::env::current_exe().unwrap())
-        .args([
-            "child_role",
-            "--exact",
-            "--ignored",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env(
-            CHILD,
-            format!("{},{}", d.display(), if extend { "extend" } else { "" }),
-        )
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = common::child_role(
+        CHILD,
+        format!("{},{}", d.display(), if extend { "extend" } else { "" }),
+    )
+    .stdout(Stdio::piped())
+    .spawn()
+    .unwrap();
     let line = BufReader::new(child.stdout.take().unwrap())
         .lines()
         .map_while(Result::ok)

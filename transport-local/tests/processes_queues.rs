@@ -3,10 +3,12 @@
 //! producer's messages keep their order within a priority lane, and a backlog
 //! left by producer processes is drained strictly by priority.
 
+mod common;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::time::Duration;
 
 use dashi_engine::message::Message;
@@ -74,15 +76,7 @@ fn child_role() {
 }
 
 fn spawn(spec: String) -> Child {
-    Command::new(std::env::current_exe().unwrap())
-        .args([
-            "child_role",
-            "--exact",
-            "--ignored",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env(CHILD, spec)
+    common::child_role(CHILD, spec)
         .stdout(Stdio::piped())
         .spawn()
         .unwrap()

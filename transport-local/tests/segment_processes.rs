@@ -6,7 +6,7 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command};
+use std::process::Child;
 use std::time::{Duration, Instant};
 
 use common::reopen;
@@ -39,9 +39,7 @@ fn child_role() {
 }
 
 fn spawn(path: &Path, writer: u32, count: u32) -> Child {
-    Command::new(std::env::current_exe().unwrap())
-        .args(["child_role", "--exact", "--ignored", "--test-threads=1"])
-        .env(CHILD, format!("{},{writer},{count}", path.display()))
+    common::child_role(CHILD, format!("{},{writer},{count}", path.display()))
         .stdout(std::process::Stdio::null())
         .spawn()
         .unwrap()

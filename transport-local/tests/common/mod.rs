@@ -33,3 +33,18 @@ pub(crate) fn reopen(path: &Path) -> Segment {
         .unwrap();
     Segment::open(path, f).unwrap()
 }
+
+/// This test binary, run again as a child process that executes only its
+/// ignored `child_role` test, with `spec` in the environment variable `var`.
+pub(crate) fn child_role(var: &str, spec: String) -> std::process::Command {
+    let mut c = std::process::Command::new(std::env::current_exe().unwrap());
+    c.args([
+        "child_role",
+        "--exact",
+        "--ignored",
+        "--nocapture",
+        "--test-threads=1",
+    ])
+    .env(var, spec);
+    c
+}
