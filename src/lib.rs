@@ -13,16 +13,40 @@
 //! assert_eq!(&d.body()[..], b"hello");
 //! d.ack().unwrap();
 //! ```
-#![deny(unsafe_code)]
+#![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
-pub use dashi_engine::*;
+pub use dashi_engine::{
+    exchange, futures_core, message, queue, value, AckError, Callback, Channel, Connection,
+    ConnectionConfig, Consumer, ConsumerOptions, CounterSnapshot, Delivery, DeliveryMode,
+    DeliveryStream, Error, Exchange, ExchangeKind, Headers, Implements, Message, NameError,
+    Overflow, Producer, Properties, PublishError, Queue, QueueInfo, QueueStats, Settled,
+    SimpleQueue, Stats, UrlError, Value, DEFAULT_MAX_BODY_SIZE, DEFAULT_PREFETCH_BYTES,
+    DEFAULT_PREFETCH_COUNT, MAX_NAME_LEN,
+};
 
 /// Transport schemes this build can open.
 pub const SCHEMES: &[&str] = &["memory", "local"];
 
-/// The `local://` transport (memory-mapped store shared by processes).
-pub use dashi_transport_local as local;
+/// The `memory://` transport: in-process, lock-free, the reference
+/// implementation of dashi's semantics.
+pub mod memory {
+    pub use dashi_engine::memory::{open, MemoryTransport};
+}
+
+/// The `local://` transport: a memory-mapped store shared by processes.
+pub mod local {
+    pub use dashi_transport_local::{open, Fsync, LocalOptions, LocalTransport, RecoveryTotals};
+}
+
+/// For transport implementers: the seam, the envelope, the shared routing and
+/// bookkeeping (see [`dashi_engine::spi`]), and the thread-per-core runtime
+/// ([`spi::rt`]) the I/O transports run on.
+pub mod spi {
+    pub use dashi_engine::spi::*;
+    /// The thread-per-core io_uring runtime.
+    pub use dashi_rt as rt;
+}
 
 /// Opens a connection from a URL, dispatching on its scheme:
 /// `memory://[NAME]`, `local:///abs/dir`. Several URLs separated by `;` are tried in order and the
@@ -30,7 +54,7 @@ pub use dashi_transport_local as local;
 /// none does.
 pub fn connect(url: &str) -> Result<Connection, Error> {
     let mut last = Error::Url(UrlError::Empty);
-    for one in url::split_failover(url)? {
+    for one in spi::split_failover(url)? {
         match open_one(one) {
             Ok(c) => return Ok(c),
             Err(e) => last = e,
@@ -40,9 +64,9 @@ pub fn connect(url: &str) -> Result<Connection, Error> {
 }
 
 fn open_one(url: &str) -> Result<Connection, Error> {
-    let parsed = ConnectUrl::parse(url)?;
+    let parsed = spi::ConnectUrl::parse(url)?;
     match parsed.scheme.as_str() {
-        "memory" => memory::open(parsed),
+        "memory" => dashi_engine::memory::open(parsed),
         "local" => dashi_transport_local::open(parsed),
         other => Err(UrlError::UnknownScheme {
             scheme: other.to_owned(),

@@ -13,7 +13,7 @@ pub(crate) fn connect(url: &str) -> Result<Connection, String> {
 
 /// The URL as it may be printed (password hidden).
 pub(crate) fn redact(url: &str) -> String {
-    match dashi::ConnectUrl::parse(url) {
+    match dashi::spi::ConnectUrl::parse(url) {
         Ok(u) => u.to_string(),
         Err(_) => "<unparsable URL>".into(),
     }

@@ -13,12 +13,12 @@ pub fn now_ns() -> u64 {
 }
 
 /// `now + d` in the same clock, saturating to "never" (`u64::MAX`).
-pub(crate) fn deadline_after(d: Duration) -> u64 {
+pub fn deadline_after(d: Duration) -> u64 {
     now_ns().saturating_add(d.as_nanos().min(u64::MAX as u128) as u64)
 }
 
 /// Sentinel for "no deadline".
-pub(crate) const NEVER: u64 = u64::MAX;
+pub const NEVER: u64 = u64::MAX;
 
 #[cfg(test)]
 mod tests {

@@ -3,7 +3,7 @@
 
 use std::fmt;
 
-use crate::message::Message;
+use crate::model::message::Message;
 
 /// Why a name (exchange, queue, consumer tag) was refused.
 #[derive(Debug, Clone, PartialEq, Eq)]

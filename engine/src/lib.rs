@@ -1,69 +1,62 @@
 //! # dashi-engine
 //!
-//! The messaging model of dashi (Kombu's vocabulary, AMQP 0-9-1 semantics), the
-//! [`Transport`] trait every transport implements, and the in-process
-//! `memory://` transport that is the reference implementation of the semantics.
-//! Applications normally use the `dashi` facade crate, which re-exports this one
-//! and adds `dashi::connect(url)`.
+//! The messaging model of dashi (Kombu's vocabulary, AMQP 0-9-1 semantics),
+//! the session layer every transport shares, the [`spi`] a transport
+//! implements, and the in-process `memory://` transport that is the reference
+//! implementation of the semantics. Applications normally use the `dashi`
+//! facade crate, which re-exports the user API of this one and adds
+//! `dashi::connect(url)`.
 //!
-//! Layout: model types ([`message`], [`exchange`], [`queue`], [`value`]),
-//! routing ([`routing`], `exchange/topic.rs`, `exchange/headers.rs`), the
-//! lock-free pieces (`lanes.rs`, `notify.rs`, `unacked.rs`, all through the
-//! `sync` shim so loom can check them), the session layer ([`Connection`],
-//! [`Channel`], [`Consumer`], [`Delivery`], [`Producer`], [`SimpleQueue`]),
-//! leases (`leases.rs`), stats ([`Stats`]) and [`memory`].
-#![deny(unsafe_code)]
+//! Layout, one folder per concern:
+//! - `model/`: what users declare and send ([`Message`], [`Exchange`],
+//!   [`Queue`], [`Value`], name rules).
+//! - `routing/`: the topology, the immutable routing snapshot, the topic trie
+//!   and headers matching.
+//! - `session/`: [`Connection`] (and its `drain_events` dispatcher),
+//!   [`Channel`], [`Consumer`] and its QoS window, [`Delivery`] and the
+//!   unacked registry, [`Producer`], [`DeliveryStream`], [`SimpleQueue`], the
+//!   lease reaper.
+//! - `transport/`: the seam ([`spi::Transport`], [`spi::QueueStore`]), the
+//!   [`spi::Envelope`], dead-lettering and the queue bookkeeping every
+//!   transport shares.
+//! - [`memory`]: the `memory://` transport and its lock-free priority lanes.
+//! - `notify.rs` (wake-ups), `clock.rs`, `url.rs`, `stats.rs`, `error.rs`,
+//!   and `sync.rs` (the shim through which loom checks the lock-free pieces).
+#![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
 pub(crate) mod sync;
 
-mod channel;
-pub mod clock;
-mod connection;
-mod consumer;
-mod delivery;
+mod clock;
 mod error;
-pub mod exchange;
-mod lanes;
-mod leases;
 pub mod memory;
-pub mod message;
-pub mod names;
+mod model;
 mod notify;
-mod producer;
-pub mod queue;
-pub mod routing;
-// io_uring submission, eventfd writes and CPU pinning need `unsafe`; every
-// block in `rt` carries a SAFETY note.
-#[allow(unsafe_code)]
-pub mod rt;
-mod simple;
+mod routing;
+mod session;
+pub mod spi;
 mod stats;
-mod stream;
-pub mod transport;
-mod unacked;
-pub mod url;
-pub mod value;
+mod transport;
+mod url;
 
-pub use channel::Channel;
-pub use connection::{Connection, ConnectionConfig, DEFAULT_MAX_BODY_SIZE};
-pub use consumer::{
-    Callback, Consumer, ConsumerOptions, DEFAULT_PREFETCH_BYTES, DEFAULT_PREFETCH_COUNT,
-};
-pub use delivery::Delivery;
 pub use error::{AckError, Error, NameError, PublishError, Settled, UrlError};
-pub use exchange::{Exchange, ExchangeKind};
 /// The `Stream` trait [`DeliveryStream`] implements, re-exported so users need
 /// not depend on `futures-core` themselves.
 pub use futures_core;
-pub use message::{DeliveryMode, Message, Properties};
-pub use names::MAX_NAME_LEN;
-pub use notify::Notify;
-pub use producer::Producer;
-pub use queue::{Overflow, Queue, QueueInfo};
-pub use simple::SimpleQueue;
-pub use stats::{CounterSnapshot, Counters, QueueStats, Stats, TransportEvent};
-pub use stream::DeliveryStream;
-pub use transport::{Implements, Transport};
-pub use url::ConnectUrl;
-pub use value::{Headers, Value};
+pub use model::exchange::{Exchange, ExchangeKind};
+pub use model::message::{DeliveryMode, Message, Properties};
+pub use model::names::MAX_NAME_LEN;
+pub use model::queue::{Overflow, Queue, QueueInfo};
+pub use model::value::{Headers, Value};
+pub use model::{exchange, message, queue, value};
+pub use session::channel::Channel;
+pub use session::connection::{Connection, ConnectionConfig, DEFAULT_MAX_BODY_SIZE};
+pub use session::consumer::{
+    Callback, Consumer, ConsumerOptions, DEFAULT_PREFETCH_BYTES, DEFAULT_PREFETCH_COUNT,
+};
+pub use session::delivery::Delivery;
+pub use session::producer::Producer;
+pub use session::simple::SimpleQueue;
+pub use session::stream::DeliveryStream;
+pub use stats::{CounterSnapshot, QueueStats, Stats};
+pub use transport::Implements;

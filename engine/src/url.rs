@@ -5,8 +5,8 @@
 use std::fmt;
 use std::time::Duration;
 
-use crate::connection::ConnectionConfig;
 use crate::error::UrlError;
+use crate::session::connection::ConnectionConfig;
 
 /// A parsed connection URL.
 #[derive(Clone, PartialEq, Eq)]

@@ -6,43 +6,50 @@
 //! gets there first allocates in the foreground (still through the ring, and
 //! waiting for it). Without a runtime (io_uring not permitted here, or a lane
 //! opened on its own) the same work is done with `fallocate(2)`.
+//!
+//! # Invariants
+//! - A segment's space is allocated in full before any record is written to
+//!   it, so a full disk is an error at allocation, never a fault on a mapped
+//!   page.
 
 use std::fs::File;
 use std::io;
 use std::sync::Arc;
 
-use dashi_engine::rt::{io as rio, Runtime};
+use dashi_rt::{io as rio, Runtime};
+use rustix::fs::{fallocate, FallocateFlags};
+use rustix::io::Errno;
 
 /// Where segment space comes from.
 #[derive(Debug)]
-pub struct Allocator {
+pub(crate) struct Allocator {
     rt: Option<Arc<Runtime>>,
 }
 
 impl Allocator {
     /// `fallocate(2)` in the calling thread.
-    pub fn direct() -> Arc<Allocator> {
+    pub(crate) fn direct() -> Arc<Allocator> {
         Arc::new(Allocator { rt: None })
     }
 
     /// `fallocate` on core 0 of `rt`; lanes also prepare their next segment
     /// there in the background.
-    pub fn on_ring(rt: Arc<Runtime>) -> Arc<Allocator> {
+    pub(crate) fn on_ring(rt: Arc<Runtime>) -> Arc<Allocator> {
         Arc::new(Allocator { rt: Some(rt) })
     }
 
     /// The runtime background preparation runs on, if any.
-    pub fn runtime(&self) -> Option<&Arc<Runtime>> {
+    pub(crate) fn runtime(&self) -> Option<&Arc<Runtime>> {
         self.rt.as_ref()
     }
 
     /// True when allocation goes through io_uring.
-    pub fn uses_ring(&self) -> bool {
+    pub(crate) fn uses_ring(&self) -> bool {
         self.rt.is_some()
     }
 
     /// Allocates `len` bytes for `file` (zero-filled) and waits for it.
-    pub fn allocate(&self, file: &File, len: u64) -> io::Result<()> {
+    pub(crate) fn allocate(&self, file: &File, len: u64) -> io::Result<()> {
         match &self.rt {
             // A core must not wait for itself.
             Some(rt) if rio::current_core().is_none() => {
@@ -51,7 +58,7 @@ impl Allocator {
                     .wait()
                     .map_err(|e| io::Error::other(format!("io_uring runtime: {e}")))?
             }
-            _ => crate::state::preallocate(file, len),
+            _ => preallocate(file, len),
         }
     }
 }
@@ -60,10 +67,28 @@ impl Allocator {
 /// it gets a sparse file, as with `fallocate(2)`.
 pub(crate) async fn ring_allocate(file: &Arc<File>, len: u64) -> io::Result<()> {
     if i64::try_from(len).is_err() {
-        return Err(io::Error::from_raw_os_error(libc::EFBIG));
+        return Err(Errno::FBIG.into());
     }
     match rio::fallocate(file, 0, len, 0).await {
-        Err(e) if e.raw_os_error() == Some(libc::EOPNOTSUPP) => file.set_len(len),
+        Err(e) if e.raw_os_error() == Some(Errno::OPNOTSUPP.raw_os_error()) => file.set_len(len),
         r => r,
+    }
+}
+
+/// Allocates `len` bytes of disk for `file` now (`fallocate(2)`), so a full
+/// disk is an error here rather than a fault when a mapped page is first
+/// written. The file reads as zeros.
+pub(crate) fn preallocate(file: &File, len: u64) -> io::Result<()> {
+    if i64::try_from(len).is_err() {
+        return Err(Errno::FBIG.into());
+    }
+    loop {
+        match fallocate(file, FallocateFlags::empty(), 0, len) {
+            Ok(()) => return Ok(()),
+            Err(Errno::INTR) => continue,
+            // Filesystems without fallocate: fall back to a sparse file.
+            Err(Errno::OPNOTSUPP) => return file.set_len(len),
+            Err(e) => return Err(e.into()),
+        }
     }
 }

@@ -12,9 +12,9 @@ use dashi_engine::message::{DeliveryMode, Message, Properties};
 use dashi_engine::value::{Headers, Value};
 
 /// Payload layout version written by this code.
-pub const VERSION: u8 = 1;
+pub(crate) const VERSION: u8 = 1;
 /// Deepest nesting of header lists and tables.
-pub const MAX_DEPTH: usize = 32;
+pub(crate) const MAX_DEPTH: usize = 32;
 
 const F_CONTENT_TYPE: u16 = 1 << 0;
 const F_CONTENT_ENCODING: u16 = 1 << 1;
@@ -30,19 +30,19 @@ const F_KNOWN: u16 = (1 << 10) - 1;
 
 /// A decoded payload.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Payload {
+pub(crate) struct Payload {
     /// Exchange it was published to.
-    pub exchange: String,
+    pub(crate) exchange: String,
     /// Routing key it was published with.
-    pub routing_key: String,
+    pub(crate) routing_key: String,
     /// Body (a slice of the decoded buffer) and properties.
-    pub message: Message,
+    pub(crate) message: Message,
 }
 
 /// Why a payload could not be encoded.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
-pub enum EncodeError {
+pub(crate) enum EncodeError {
     /// A string longer than its field allows.
     #[error("{field} is {len} bytes long, the limit is {max}")]
     TooLong {
@@ -61,7 +61,7 @@ pub enum EncodeError {
 /// Why bytes are not a payload.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
-pub enum DecodeError {
+pub(crate) enum DecodeError {
     /// The payload ends before a field does.
     #[error("truncated at byte {at}: {need} more bytes needed")]
     Truncated {
@@ -190,7 +190,7 @@ fn put_table(out: &mut BytesMut, t: &Headers, depth: usize) -> Result<(), Encode
 
 /// Encodes a payload. The body is copied once, into the returned buffer
 /// (which the transport then copies into its log).
-pub fn encode(exchange: &str, routing_key: &str, m: &Message) -> Result<Bytes, EncodeError> {
+pub(crate) fn encode(exchange: &str, routing_key: &str, m: &Message) -> Result<Bytes, EncodeError> {
     let p = &m.properties;
     let mut out = BytesMut::with_capacity(64 + m.body.len());
     out.put_u8(VERSION);
@@ -362,7 +362,7 @@ impl Reader<'_> {
 }
 
 /// Decodes a payload; the body is a slice of `buf` (no copy).
-pub fn decode(buf: &Bytes) -> Result<Payload, DecodeError> {
+pub(crate) fn decode(buf: &Bytes) -> Result<Payload, DecodeError> {
     let mut r = Reader { buf, at: 0 };
     let version = r.u8()?;
     if version != VERSION {

@@ -5,44 +5,47 @@
 //! `FORMAT.md` beside this crate; what survives a crash or a power loss is in
 //! the workspace's `RELIABILITY.md`.
 //!
-//! - [`transport`]: the store (`LocalTransport`, `open(url)`): topology in
-//!   `meta.json` with a shared generation word, queues of priority lanes,
-//!   cross-process wake-ups, durability modes, recovery on open.
-//! - [`codec`]: the record payload (exchange, routing key, properties, body),
-//!   a versioned binary encoding whose decoder never panics on garbage and
-//!   reads the body without copying.
-//! - [`names`]: queue and exchange names to file names and back, so no name
-//!   can escape or break the store directory.
-//! - [`segment`]: a preallocated, memory-mapped segment that processes append
-//!   to with a shared fetch-add, commit with a compare-and-swap, and scan with
-//!   self-describing, checksummed records; [`recovery`] checks one on open.
-//! - [`lane`]: a chain of segments with shared consumer state: claims by
-//!   compare-and-swap on each record's claim word, restored records ahead of
-//!   newer ones, dead or stalled claimers' records reclaimed ([`state`] holds
-//!   the shared words, [`owner`] names processes by pid and start time,
-//!   [`alloc`] allocates segments on the io_uring runtime).
+//! The public API is the transport itself ([`LocalTransport`], [`open`],
+//! [`LocalOptions`], [`Fsync`], [`RecoveryTotals`]); everything else is
+//! internal, grouped by idea:
+//! - `store/`: the store as a transport: options and URL, opening (marker,
+//!   presence lock, recovery), topology (`meta.json` and the routing
+//!   snapshot), publish, one queue as a `QueueStore`, cross-process
+//!   wake-ups, durability (group commit on the io_uring runtime).
+//! - `lane/`: a chain of segments with shared consumer state: positions and
+//!   tokens, the state-page layout, appends, claims, upkeep.
+//! - `segment.rs` (one mapped segment, records appended with a fetch-add and
+//!   committed with a compare-and-swap), `recovery.rs` (checking one on
+//!   open), `codec.rs` (the record payload), `file_names.rs` (names to file
+//!   names), `shared_page.rs` (mapped words), `futex.rs`, `alloc.rs`
+//!   (segment space), `owner.rs` (process identities), `clock.rs` (the
+//!   host's shared clock), `lock.rs` (`flock`).
+//!
+//! With the `test-hooks` feature, `test_hooks` exposes entry points for the
+//! fuzz targets.
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 
-pub mod alloc;
-pub mod codec;
-mod durability;
-pub mod lane;
-// flock(2) through libc; the block has a SAFETY note.
-#[allow(unsafe_code)]
-pub mod lock;
-pub mod meta;
-pub mod names;
-// clock_gettime(2) through libc; the block has a SAFETY note.
-#[allow(unsafe_code)]
-pub mod owner;
-pub mod recovery;
+mod alloc;
+mod clock;
+mod codec;
+mod file_names;
+mod futex;
+mod lane;
+mod lock;
+mod owner;
+mod recovery;
 // Atomics and copies on the shared mapping need `unsafe`; every block has a
 // SAFETY note.
 #[allow(unsafe_code)]
-pub mod segment;
+mod segment;
 #[allow(unsafe_code)]
-pub mod state;
-pub mod transport;
+mod shared_page;
+mod store;
+#[cfg(any(test, feature = "test-hooks"))]
+pub mod test_hooks;
+#[cfg(test)]
+mod tests;
 
-pub use transport::{open, Fsync, LocalOptions, LocalTransport};
+pub use recovery::Totals as RecoveryTotals;
+pub use store::{open, Fsync, LocalOptions, LocalTransport};

@@ -2,59 +2,56 @@
 //! metadata, and to know whether this process is the store's only user.
 
 use std::fs::File;
-use std::os::fd::AsRawFd;
+
+use rustix::fs::{flock, FlockOperation};
+use rustix::io::Errno;
 
 /// Held lock; released on drop (closing the descriptor releases it too).
 #[derive(Debug)]
-pub struct FileLock {
+pub(crate) struct FileLock {
     file: File,
 }
 
-fn flock(file: &File, op: libc::c_int) -> std::io::Result<()> {
+fn lock(file: &File, op: FlockOperation) -> Result<(), Errno> {
     loop {
-        // SAFETY: flock(2) on a descriptor we own; no pointers.
-        let rc = unsafe { libc::flock(file.as_raw_fd(), op) };
-        if rc == 0 {
-            return Ok(());
-        }
-        let e = std::io::Error::last_os_error();
-        if e.raw_os_error() != Some(libc::EINTR) {
-            return Err(e);
+        match flock(file, op) {
+            Err(Errno::INTR) => continue,
+            r => return r,
         }
     }
 }
 
 impl FileLock {
     /// Blocks until the exclusive lock is held.
-    pub fn exclusive(file: File) -> std::io::Result<FileLock> {
-        flock(&file, libc::LOCK_EX)?;
+    pub(crate) fn exclusive(file: File) -> std::io::Result<FileLock> {
+        lock(&file, FlockOperation::LockExclusive)?;
         Ok(FileLock { file })
     }
 
     /// Blocks until a shared lock is held.
-    pub fn shared(file: File) -> std::io::Result<FileLock> {
-        flock(&file, libc::LOCK_SH)?;
+    pub(crate) fn shared(file: File) -> std::io::Result<FileLock> {
+        lock(&file, FlockOperation::LockShared)?;
         Ok(FileLock { file })
     }
 
     /// The exclusive lock if nobody else holds the file locked, else `None`.
-    pub fn try_exclusive(file: File) -> std::io::Result<Option<FileLock>> {
-        match flock(&file, libc::LOCK_EX | libc::LOCK_NB) {
+    pub(crate) fn try_exclusive(file: File) -> std::io::Result<Option<FileLock>> {
+        match lock(&file, FlockOperation::NonBlockingLockExclusive) {
             Ok(()) => Ok(Some(FileLock { file })),
-            Err(e) if e.raw_os_error() == Some(libc::EWOULDBLOCK) => Ok(None),
-            Err(e) => Err(e),
+            Err(Errno::WOULDBLOCK) => Ok(None),
+            Err(e) => Err(e.into()),
         }
     }
 
     /// Turns an exclusive lock into a shared one.
-    pub fn downgrade(self) -> std::io::Result<FileLock> {
-        flock(&self.file, libc::LOCK_SH)?;
+    pub(crate) fn downgrade(self) -> std::io::Result<FileLock> {
+        lock(&self.file, FlockOperation::LockShared)?;
         Ok(self)
     }
 }
 
 impl Drop for FileLock {
     fn drop(&mut self) {
-        let _ = flock(&self.file, libc::LOCK_UN);
+        let _ = lock(&self.file, FlockOperation::Unlock);
     }
 }

@@ -1,5 +1,4 @@
-//! Who holds what: process identities that survive pid reuse, and the clock
-//! processes share for lease deadlines.
+//! Who holds what: process identities that survive pid reuse.
 //!
 //! A process is named by its pid and its start time (clock ticks since boot,
 //! field 22 of `/proc/<pid>/stat`). Process ids are recycled; a pid whose
@@ -9,11 +8,11 @@
 use std::sync::OnceLock;
 
 /// Bits of the start time kept in a claim word (bits 3..32).
-pub const CLAIM_START_BITS: u32 = 29;
+pub(crate) const CLAIM_START_BITS: u32 = 29;
 
 /// The start time (clock ticks since boot) of process `pid`, or `None` when no
 /// such process runs (a zombie counts as gone).
-pub fn start_time(pid: u32) -> Option<u64> {
+pub(crate) fn start_time(pid: u32) -> Option<u64> {
     parse_start(&std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)
 }
 
@@ -32,16 +31,16 @@ fn parse_start(stat: &str) -> Option<u64> {
 
 /// This process: pid and start time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Me {
+pub(crate) struct Me {
     /// Process id.
-    pub pid: u32,
+    pub(crate) pid: u32,
     /// Start time in clock ticks since boot.
-    pub start: u64,
+    pub(crate) start: u64,
 }
 
 impl Me {
     /// The calling process.
-    pub fn get() -> Me {
+    pub(crate) fn get() -> Me {
         static ME: OnceLock<Me> = OnceLock::new();
         // A fork gets a new pid: compare before trusting the cache.
         let pid = std::process::id();
@@ -61,47 +60,31 @@ impl Me {
     }
 
     /// The owner part of a claim word: pid in bits 32.., start-time bits in 3..32.
-    pub fn claim_owner(self) -> u64 {
+    pub(crate) fn claim_owner(self) -> u64 {
         claim_owner(self.pid, self.start)
     }
 
     /// The `writer` field of a record header: pid << 32 | low 32 start-time bits.
-    pub fn writer(self) -> u64 {
+    pub(crate) fn writer(self) -> u64 {
         (u64::from(self.pid) << 32) | (self.start & 0xffff_ffff)
     }
 }
 
 /// The owner part of a claim word for process `pid` started at `start`.
-pub fn claim_owner(pid: u32, start: u64) -> u64 {
+pub(crate) fn claim_owner(pid: u32, start: u64) -> u64 {
     (u64::from(pid) << 32) | ((start & ((1 << CLAIM_START_BITS) - 1)) << 3)
 }
 
 /// True while the process named by a claim-word owner runs.
-pub fn claim_owner_alive(owner: u64) -> bool {
+pub(crate) fn claim_owner_alive(owner: u64) -> bool {
     let pid = (owner >> 32) as u32;
     start_time(pid).is_some_and(|s| claim_owner(pid, s) == owner)
 }
 
 /// True while the process named by a record's `writer` field runs.
-pub fn writer_alive(writer: u64) -> bool {
+pub(crate) fn writer_alive(writer: u64) -> bool {
     let pid = (writer >> 32) as u32;
     start_time(pid).is_some_and(|s| s & 0xffff_ffff == writer & 0xffff_ffff)
-}
-
-/// `CLOCK_MONOTONIC` in nanoseconds: one clock for every process of the host
-/// (lease deadlines in the log are in it). Never 0 (0 means "no deadline").
-pub fn shared_now_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: `ts` is a valid, writable timespec; CLOCK_MONOTONIC always exists
-    // on Linux, so the call cannot fail.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    (ts.tv_sec as u64)
-        .saturating_mul(1_000_000_000)
-        .saturating_add(ts.tv_nsec as u64)
-        .max(1)
 }
 
 #[cfg(test)]
@@ -140,7 +123,5 @@ mod tests {
         let zombie = format!("4242 (x) Z {}", fields[1..].join(" "));
         assert_eq!(parse_start(&zombie), None);
         assert_eq!(parse_start("4242 (truncated) S 1 2"), None);
-        let t = shared_now_ns();
-        assert!(t > 0 && shared_now_ns() >= t);
     }
 }

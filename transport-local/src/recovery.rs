@@ -11,19 +11,19 @@ use crate::segment::{Segment, Slot, HEADER_LEN, RECORD_HEADER_LEN};
 
 /// What recovery found and did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct RecoveryReport {
+pub(crate) struct RecoveryReport {
     /// Intact records.
-    pub records: u64,
+    pub(crate) records: u64,
     /// Padding records skipped.
-    pub padding: u64,
+    pub(crate) padding: u64,
     /// Holes of dead writers turned into padding.
-    pub holes_padded: u64,
+    pub(crate) holes_padded: u64,
     /// Corrupt records moved aside: (offset, reason).
-    pub moved: Vec<(u64, &'static str)>,
+    pub(crate) moved: Vec<(u64, &'static str)>,
     /// Where the tail was cut (torn records dropped), if it was.
-    pub cut_at: Option<u64>,
+    pub(crate) cut_at: Option<u64>,
     /// End of the valid records.
-    pub end: u64,
+    pub(crate) end: u64,
 }
 
 /// What recovery of many segments found and did, summed.
@@ -43,7 +43,7 @@ pub struct Totals {
 
 impl Totals {
     /// Adds one segment's report.
-    pub fn add(&mut self, r: &RecoveryReport) {
+    pub(crate) fn add(&mut self, r: &RecoveryReport) {
         self.segments += 1;
         self.records += r.records;
         self.moved += r.moved.iter().filter(|m| m.1 != MOVED_EARLIER).count() as u64;
@@ -52,7 +52,7 @@ impl Totals {
     }
 
     /// Sums two totals.
-    pub fn merge(&mut self, o: Totals) {
+    pub(crate) fn merge(&mut self, o: Totals) {
         self.segments += o.segments;
         self.records += o.records;
         self.moved += o.moved;
@@ -62,12 +62,12 @@ impl Totals {
 }
 
 /// The reason recorded for a record moved aside by an earlier recovery.
-pub const MOVED_EARLIER: &str = "moved aside earlier";
+pub(crate) const MOVED_EARLIER: &str = "moved aside earlier";
 
 /// Recovers `seg`. `quarantine(offset, bytes, reason)` receives the bytes of
 /// each corrupt record before it is marked moved; an error from it stops
 /// recovery (nothing is skipped unless its bytes were saved).
-pub fn recover(
+pub(crate) fn recover(
     seg: &Segment,
     exclusive: bool,
     mut quarantine: impl FnMut(u64, &[u8], &'static str) -> std::io::Result<()>,

@@ -28,20 +28,20 @@ use memmap2::MmapRaw;
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
 /// Size of the segment header; records start here.
-pub const HEADER_LEN: u64 = 4096;
+pub(crate) const HEADER_LEN: u64 = 4096;
 /// Size of a record header; the payload follows it.
-pub const RECORD_HEADER_LEN: u64 = 64;
+pub(crate) const RECORD_HEADER_LEN: u64 = 64;
 /// Segment layout version.
-pub const SEGMENT_VERSION: u32 = 1;
+pub(crate) const SEGMENT_VERSION: u32 = 1;
 /// First bytes of every segment file.
-pub const SEGMENT_MAGIC: [u8; 8] = *b"DASHISEG";
+pub(crate) const SEGMENT_MAGIC: [u8; 8] = *b"DASHISEG";
 /// `magic` of every record header.
-pub const RECORD_MAGIC: u32 = 0xD45A_12EC;
+pub(crate) const RECORD_MAGIC: u32 = 0xD45A_12EC;
 
 /// Record flag: padding (a full segment's tail, or a dead writer's hole).
-pub const FLAG_PADDING: u32 = 1;
+pub(crate) const FLAG_PADDING: u32 = 1;
 /// Record flag: corrupt, copied aside, to be skipped.
-pub const FLAG_MOVED: u32 = 2;
+pub(crate) const FLAG_MOVED: u32 = 2;
 
 const TAIL_AT: usize = 64;
 const SEALED_AT: usize = 192;
@@ -49,38 +49,38 @@ const SEALED_AT: usize = 192;
 /// The immutable start of a segment (offset 0).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable)]
 #[repr(C)]
-pub struct SegmentHeader {
+pub(crate) struct SegmentHeader {
     /// [`SEGMENT_MAGIC`].
-    pub magic: [u8; 8],
+    pub(crate) magic: [u8; 8],
     /// [`SEGMENT_VERSION`].
-    pub version: u32,
+    pub(crate) version: u32,
     /// Priority lane the segment belongs to.
-    pub lane: u32,
+    pub(crate) lane: u32,
     /// Sequence number of the segment within its lane.
-    pub seq: u64,
+    pub(crate) seq: u64,
     /// File size in bytes.
-    pub capacity: u64,
+    pub(crate) capacity: u64,
 }
 
 /// The immutable part of a record header (bytes 24..64 of the record).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable)]
 #[repr(C)]
-pub struct RecordMeta {
+pub(crate) struct RecordMeta {
     /// [`RECORD_MAGIC`].
-    pub magic: u32,
+    pub(crate) magic: u32,
     /// CRC-32 of bytes 8.. of this struct and of the payload.
-    pub crc: u32,
+    pub(crate) crc: u32,
     /// Where the record starts in its segment.
-    pub offset: u64,
+    pub(crate) offset: u64,
     /// Writer: process id << 32 | low 32 bits of its start time.
-    pub writer: u64,
+    pub(crate) writer: u64,
     /// Publish time, nanoseconds since the Unix epoch.
-    pub timestamp_ns: u64,
+    pub(crate) timestamp_ns: u64,
     /// Payload length in bytes.
-    pub payload_len: u32,
+    pub(crate) payload_len: u32,
     /// Length of the message body inside the payload (what queue byte limits
     /// and prefetch windows count).
-    pub body_len: u32,
+    pub(crate) body_len: u32,
 }
 
 const META_AT: u64 = 24;
@@ -88,7 +88,7 @@ const CLAIM_AT: u64 = 8;
 const DEADLINE_AT: u64 = 16;
 
 /// Total bytes a record with `payload_len` bytes of payload takes.
-pub fn record_len(payload_len: usize) -> u64 {
+pub(crate) fn record_len(payload_len: usize) -> u64 {
     (RECORD_HEADER_LEN + payload_len as u64 + 7) & !7
 }
 
@@ -102,7 +102,7 @@ fn crc(meta: &RecordMeta, payload: &[u8]) -> u32 {
 /// Why a segment could not be opened.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
-pub enum SegmentError {
+pub(crate) enum SegmentError {
     /// I/O on the file or the mapping.
     #[error("segment {path}: {source}")]
     Io {
@@ -138,7 +138,7 @@ pub enum SegmentError {
 /// Why an append did not happen (the payload was not written).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
-pub enum AppendError {
+pub(crate) enum AppendError {
     /// No room left: the segment is sealed; append to the next one.
     #[error("segment is full")]
     Full,
@@ -152,7 +152,7 @@ pub enum AppendError {
 
 /// What is at an offset.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Slot {
+pub(crate) enum Slot {
     /// A committed record that checks out.
     Record {
         /// Its header.
@@ -202,7 +202,7 @@ impl AsRef<[u8]> for MappedSlice {
 
 /// An open, mapped segment.
 #[derive(Debug)]
-pub struct Segment {
+pub(crate) struct Segment {
     map: MmapRaw,
     header: SegmentHeader,
     path: String,
@@ -219,7 +219,12 @@ impl Segment {
 
     /// Formats `file` (already sized to `capacity` bytes, zero-filled, e.g.
     /// by `fallocate`) as an empty segment and maps it.
-    pub fn format(path: &Path, file: File, lane: u32, seq: u64) -> Result<Segment, SegmentError> {
+    pub(crate) fn format(
+        path: &Path,
+        file: File,
+        lane: u32,
+        seq: u64,
+    ) -> Result<Segment, SegmentError> {
         let capacity = file.metadata().map_err(Self::io(path))?.len();
         if capacity < HEADER_LEN + RECORD_HEADER_LEN || capacity % 4096 != 0 {
             return Err(SegmentError::Inconsistent {
@@ -247,7 +252,7 @@ impl Segment {
     }
 
     /// Opens and maps an existing segment, checking its header.
-    pub fn open(path: &Path, file: File) -> Result<Segment, SegmentError> {
+    pub(crate) fn open(path: &Path, file: File) -> Result<Segment, SegmentError> {
         let len = file.metadata().map_err(Self::io(path))?.len();
         let name = path.display().to_string();
         if len < HEADER_LEN {
@@ -285,17 +290,17 @@ impl Segment {
     }
 
     /// The immutable header.
-    pub fn header(&self) -> &SegmentHeader {
+    pub(crate) fn header(&self) -> &SegmentHeader {
         &self.header
     }
 
     /// The segment's file (for `fdatasync`).
-    pub fn file(&self) -> &Arc<File> {
+    pub(crate) fn file(&self) -> &Arc<File> {
         &self.file
     }
 
     /// The file's path.
-    pub fn path(&self) -> &str {
+    pub(crate) fn path(&self) -> &str {
         &self.path
     }
 
@@ -328,12 +333,12 @@ impl Segment {
     }
 
     /// Next offset to be reserved.
-    pub fn reserved_to(&self) -> u64 {
+    pub(crate) fn reserved_to(&self) -> u64 {
         self.tail().load(Acquire).min(self.capacity())
     }
 
     /// True once a writer found the segment full.
-    pub fn is_sealed(&self) -> bool {
+    pub(crate) fn is_sealed(&self) -> bool {
         self.atomic_u32(SEALED_AT as u64).load(Acquire) != 0
     }
 
@@ -381,7 +386,7 @@ impl Segment {
 
     /// The payload of a committed record as `Bytes` that point into the
     /// mapping (no copy); the mapping stays alive while they do.
-    pub fn payload_bytes(self: &Arc<Self>, offset: u64, meta: &RecordMeta) -> bytes::Bytes {
+    pub(crate) fn payload_bytes(self: &Arc<Self>, offset: u64, meta: &RecordMeta) -> bytes::Bytes {
         let start = offset + RECORD_HEADER_LEN;
         let len = u64::from(meta.payload_len).min(self.capacity().saturating_sub(start));
         bytes::Bytes::from_owner(MappedSlice {
@@ -391,14 +396,15 @@ impl Segment {
         })
     }
 
+    #[cfg(test)]
     /// The payload bytes of a record found by [`Segment::read`] (copied out).
-    pub fn payload(&self, offset: u64, meta: &RecordMeta) -> Vec<u8> {
+    pub(crate) fn payload(&self, offset: u64, meta: &RecordMeta) -> Vec<u8> {
         self.read_bytes(offset + RECORD_HEADER_LEN, u64::from(meta.payload_len))
     }
 
     /// Appends one record; returns its offset. On `Full` the segment is sealed
     /// and the caller moves on to the next segment.
-    pub fn append(
+    pub(crate) fn append(
         &self,
         payload: &[u8],
         body_len: u32,
@@ -456,14 +462,14 @@ impl Segment {
     }
 
     /// What is at `off` (a record start).
-    pub fn read(&self, off: u64) -> Slot {
+    pub(crate) fn read(&self, off: u64) -> Slot {
         self.read_with(off, true)
     }
 
     /// What is at `off` without verifying a record's checksum: for scans over
     /// records already verified when they were claimed (bounds, magic and
     /// offset are still checked).
-    pub fn skim(&self, off: u64) -> Slot {
+    pub(crate) fn skim(&self, off: u64) -> Slot {
         self.read_with(off, false)
     }
 
@@ -535,7 +541,7 @@ impl Segment {
 
     /// The first offset after `from` (exclusive) where a committed, valid
     /// record starts, or the reserved end: where a scan resumes after a hole.
-    pub fn next_valid(&self, from: u64) -> u64 {
+    pub(crate) fn next_valid(&self, from: u64) -> u64 {
         let end = self.reserved_to();
         let mut p = (from + 8) & !7;
         while p + RECORD_HEADER_LEN <= end {
@@ -556,7 +562,7 @@ impl Segment {
     /// Turns the uncommitted reservation at `off` (its writer is gone) into
     /// padding up to the next valid record. Returns false if the writer
     /// committed first.
-    pub fn pad_over(&self, off: u64) -> bool {
+    pub(crate) fn pad_over(&self, off: u64) -> bool {
         let next = self.next_valid(off);
         let len = next - off;
         if len < RECORD_HEADER_LEN {
@@ -576,42 +582,42 @@ impl Segment {
 
     /// Marks a corrupt record as moved aside (its bytes copied elsewhere by
     /// the caller) so scans skip it.
-    pub fn mark_moved(&self, off: u64) {
+    pub(crate) fn mark_moved(&self, off: u64) {
         self.atomic_u32(off + 4).fetch_or(FLAG_MOVED, AcqRel);
     }
 
     /// The raw bytes of `len` at `off` (to copy a corrupt record aside).
-    pub fn raw(&self, off: u64, len: u64) -> Vec<u8> {
+    pub(crate) fn raw(&self, off: u64, len: u64) -> Vec<u8> {
         self.read_bytes(off, len)
     }
 
     /// The shared claim word of the record at `off` (consumer state).
-    pub fn claim_word(&self, off: u64) -> &AtomicU64 {
+    pub(crate) fn claim_word(&self, off: u64) -> &AtomicU64 {
         self.atomic_u64(off + CLAIM_AT)
     }
 
     /// The shared lease-deadline word of the record at `off`: `CLOCK_MONOTONIC`
     /// nanoseconds after which another process may restore the claim, 0 = none.
-    pub fn deadline_word(&self, off: u64) -> &AtomicU64 {
+    pub(crate) fn deadline_word(&self, off: u64) -> &AtomicU64 {
         self.atomic_u64(off + DEADLINE_AT)
     }
 
     /// Overwrites the committed length of a record (recovery with exclusive
     /// access only: bridges a corrupt length to the next valid record).
-    pub fn set_len(&self, off: u64, len: u64) {
+    pub(crate) fn set_len(&self, off: u64, len: u64) {
         self.atomic_u32(off).store(len as u32, Release);
     }
 
+    #[cfg(test)]
     /// Reserves `payload_len` bytes of payload without writing or committing
     /// them, as a writer that dies right after reserving would (tests).
-    #[doc(hidden)]
-    pub fn reserve_only(&self, payload_len: usize) -> u64 {
+    pub(crate) fn reserve_only(&self, payload_len: usize) -> u64 {
         self.tail().fetch_add(record_len(payload_len), AcqRel)
     }
 
     /// Cuts the reservation pointer back to `off` (recovery with exclusive
     /// access only: drops torn records at the tail).
-    pub fn cut_tail(&self, off: u64) {
+    pub(crate) fn cut_tail(&self, off: u64) {
         // Zero what was reserved after the cut: an append there commits by a
         // compare-and-swap of a zero length, and no stale record may be found
         // by a later scan.
@@ -622,10 +628,5 @@ impl Segment {
         }
         self.tail().store(off, Release);
         self.atomic_u32(SEALED_AT as u64).store(0, Release);
-    }
-
-    /// Flushes the mapping to the file (msync).
-    pub fn flush(&self) -> std::io::Result<()> {
-        self.map.flush()
     }
 }

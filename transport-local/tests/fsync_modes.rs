@@ -2,17 +2,17 @@
 //! runtime core, shared by concurrent publishers (group commit);
 //! `fsync=interval:<ms>` syncs on a timer; bad values are clear errors.
 
+use dashi_test_support::TestDir;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use dashi_engine::url::ConnectUrl;
-use dashi_engine::{Connection, Queue, Transport};
+use dashi_engine::spi::ConnectUrl;
+use dashi_engine::spi::Transport;
+use dashi_engine::{Connection, Queue};
 use dashi_transport_local::{open, Fsync, LocalOptions, LocalTransport};
 
-fn dir(tag: &str) -> std::path::PathBuf {
-    let d = std::env::temp_dir().join(format!("dashi-fsync-{tag}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    d
+fn dir(_tag: &str) -> TestDir {
+    TestDir::new()
 }
 
 fn connect(url: &str) -> Connection {
@@ -68,7 +68,6 @@ fn always_confirms_after_fdatasync_and_groups_concurrent_publishers() {
     assert_eq!(conn.stats().queue("q").unwrap().messages, 450);
     conn.health().unwrap();
     assert!(store.implements().durable);
-    let _ = std::fs::remove_dir_all(d);
 }
 
 #[test]
@@ -95,7 +94,6 @@ fn interval_syncs_on_a_timer_without_holding_publishes() {
         assert!(t0.elapsed() < Duration::from_secs(5), "no sync within 5 s");
         std::thread::sleep(Duration::from_millis(5));
     }
-    let _ = std::fs::remove_dir_all(d);
 }
 
 #[test]

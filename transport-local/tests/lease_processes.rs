@@ -3,29 +3,26 @@
 //! and a grace have passed; `extend_lease` pushes that back; a consumer
 //! process killed with SIGKILL loses its deliveries at once, lease or not.
 
-mod common;
-
+use dashi_test_support::TestDir;
 use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use dashi_engine::message::Message;
 use dashi_engine::queue::Queue;
-use dashi_engine::url::ConnectUrl;
+use dashi_engine::spi::ConnectUrl;
 use dashi_engine::{Channel, Connection};
 
 const CHILD: &str = "DASHI_LEASE_CHILD";
 
-fn dir(tag: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("dashi-lease-{tag}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    d
+fn dir(_tag: &str) -> TestDir {
+    TestDir::new()
 }
 
 fn connect(d: &Path, lease: &str) -> Connection {
     let url = format!("local://{}?visibility_timeout={lease}", d.display());
-    dashi_transport_local::transport::open(ConnectUrl::parse(&url).unwrap()).unwrap()
+    dashi_transport_local::open(ConnectUrl::parse(&url).unwrap()).unwrap()
 }
 
 fn channel(c: &Connection) -> Channel {
@@ -53,14 +50,15 @@ fn child_role() {
     println!("held {}", String::from_utf8_lossy(got.body()));
     use std::io::Write;
     std::io::stdout().flush().unwrap();
-    // SAFETY: raise(2) with a valid signal number; stopping ourselves.
-    unsafe { libc::raise(libc::SIGSTOP) };
+    rustix::process::kill_process(rustix::process::getpid(), rustix::process::Signal::STOP)
+        .expect("a process can stop itself");
     std::thread::sleep(Duration::from_secs(600));
 }
 
 /// Starts a holder and returns it once it holds the message.
 fn holder(d: &Path, extend: bool) -> (Child, Instant) {
-    let mut child = common::child_role(
+    let mut child = dashi_test_support::child_role(
+        "child_role",
         CHILD,
         format!("{},{}", d.display(), if extend { "extend" } else { "" }),
     )
@@ -113,7 +111,6 @@ fn a_stopped_consumer_s_expired_lease_goes_to_another_process() {
     got.ack().unwrap();
     assert_eq!(conn.stats().queue("jobs").unwrap().messages, 0);
     kill(child);
-    let _ = std::fs::remove_dir_all(d);
 }
 
 #[test]
@@ -134,5 +131,4 @@ fn an_extended_lease_holds_until_the_owner_dies() {
     let got = take(&ch, Duration::from_secs(20)).expect("the job came back");
     assert!(got.redelivered());
     got.ack().unwrap();
-    let _ = std::fs::remove_dir_all(d);
 }

@@ -3,32 +3,29 @@
 //! producer's messages keep their order within a priority lane, and a backlog
 //! left by producer processes is drained strictly by priority.
 
-mod common;
-
+use dashi_test_support::TestDir;
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Stdio};
 use std::time::Duration;
 
 use dashi_engine::message::Message;
 use dashi_engine::queue::Queue;
-use dashi_engine::url::ConnectUrl;
+use dashi_engine::spi::ConnectUrl;
 use dashi_engine::Connection;
 
 const CHILD: &str = "DASHI_QUEUES_CHILD";
 const STOP: &str = "stop";
 const PER_PRODUCER: u32 = 1500;
 
-fn dir(tag: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("dashi-queues-{tag}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    d
+fn dir(_tag: &str) -> TestDir {
+    TestDir::new()
 }
 
 fn connect(d: &Path) -> Connection {
     let url = format!("local://{}?segment_size=256K", d.display());
-    dashi_transport_local::transport::open(ConnectUrl::parse(&url).unwrap()).unwrap()
+    dashi_transport_local::open(ConnectUrl::parse(&url).unwrap()).unwrap()
 }
 
 fn declare(c: &Connection) {
@@ -76,7 +73,7 @@ fn child_role() {
 }
 
 fn spawn(spec: String) -> Child {
-    common::child_role(CHILD, spec)
+    dashi_test_support::child_role("child_role", CHILD, spec)
         .stdout(Stdio::piped())
         .spawn()
         .unwrap()
@@ -148,7 +145,6 @@ fn producer_and_consumer_processes_at_once_deliver_everything_once_in_order() {
         }
     }
     assert_eq!(all.len(), 3 * PER_PRODUCER as usize, "every message once");
-    let _ = std::fs::remove_dir_all(d);
 }
 
 #[test]
@@ -171,5 +167,4 @@ fn a_backlog_from_producer_processes_drains_strictly_by_priority() {
         "not strictly by priority"
     );
     assert_eq!(prios[0], 2);
-    let _ = std::fs::remove_dir_all(d);
 }

@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use dashi_engine::url::ConnectUrl;
+use dashi_engine::spi::ConnectUrl;
 use dashi_engine::Queue;
 
 fn segment_files(dir: &std::path::Path) -> usize {
@@ -25,7 +25,6 @@ fn segment_files(dir: &std::path::Path) -> usize {
 #[test]
 fn acked_segments_are_deleted_by_idle_consumers() {
     let dir = std::env::temp_dir().join(format!("dashi-retention-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
     let url = format!("local://{}?segment_size=64K", dir.display());
     let conn = dashi_transport_local::open(ConnectUrl::parse(&url).unwrap()).unwrap();
     let ch = conn.channel().unwrap();
@@ -53,5 +52,4 @@ fn acked_segments_are_deleted_by_idle_consumers() {
         &ch.get("q", Duration::ZERO).unwrap().unwrap().body()[..],
         b"after"
     );
-    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -92,7 +92,7 @@ pub(crate) fn run(w: &Workload) -> Result<Report, String> {
         return Err(e);
     }
     let elapsed = Duration::from_nanos(finished_ns.load(Ordering::Relaxed).max(1));
-    let transport = dashi::ConnectUrl::parse(&w.url)
+    let transport = dashi::spi::ConnectUrl::parse(&w.url)
         .map(|u| format!("dashi {}://", u.scheme))
         .unwrap_or_else(|_| "dashi".into());
     let mut r = Report::from_histogram(transport, w, elapsed, &merged);
@@ -101,7 +101,7 @@ pub(crate) fn run(w: &Workload) -> Result<Report, String> {
 }
 
 fn admin_label(w: &Workload) -> String {
-    dashi::ConnectUrl::parse(&w.url)
+    dashi::spi::ConnectUrl::parse(&w.url)
         .map(|u| format!("dashi {}://", u.scheme))
         .unwrap_or_else(|_| "dashi".into())
 }

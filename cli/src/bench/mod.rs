@@ -169,7 +169,7 @@ pub(crate) fn run(a: BenchArgs) -> Result<(), String> {
         rate: a.rate,
     };
     now_ns();
-    let scheme = dashi::ConnectUrl::parse(&w.url)
+    let scheme = dashi::spi::ConnectUrl::parse(&w.url)
         .map(|u| u.scheme)
         .map_err(|e| e.to_string())?;
     let dashi = dashi_run::run(&w)?;
@@ -185,7 +185,7 @@ pub(crate) fn run(a: BenchArgs) -> Result<(), String> {
                 }
             }
             "local" => {
-                let url = dashi::ConnectUrl::parse(&w.url).map_err(|e| e.to_string())?;
+                let url = dashi::spi::ConnectUrl::parse(&w.url).map_err(|e| e.to_string())?;
                 if url
                     .options
                     .iter()

@@ -15,6 +15,7 @@
 //!   names it. Instances live as long as the process, so messages outlive the
 //!   connections that published them.
 
+mod lanes;
 mod queue;
 
 use std::collections::HashMap;
@@ -25,13 +26,14 @@ use parking_lot::Mutex;
 
 use crate::clock::{deadline_after, NEVER};
 use crate::error::{Error, PublishError};
-use crate::exchange::Exchange;
-use crate::names::{check_exchange_ref, check_len, check_name};
-use crate::queue::{Queue, QueueInfo};
+use crate::model::exchange::Exchange;
+use crate::model::names::check_name;
+use crate::model::queue::{Queue, QueueInfo};
 use crate::routing::{Binding, Routing, Topology};
-use crate::stats::{Counters, QueueStats};
+use crate::stats::{Counters, QueueStats, TransportEvent};
 use crate::transport::{
-    dead_letter, ConnectionId, DeathReason, Envelope, Implements, QueueStore, Transport,
+    check_delete, check_redeclare, dead_letter_with, effective_ttl, lane_for, queue_full,
+    validate_declaration, ConnectionId, DeathReason, Envelope, Implements, QueueStore, Transport,
 };
 
 use queue::{MemQueue, Reserve};
@@ -105,53 +107,38 @@ impl Shared {
     }
 
     /// Routes and enqueues. Nothing is enqueued anywhere unless every target
-    /// accepts (priority, limits).
-    fn publish(&self, mut env: Envelope, mandatory: bool) -> Result<(), PublishError> {
+    /// accepts (priority, limits). `clamp` lowers a priority above a target's
+    /// maximum instead of refusing it (dead-lettered messages).
+    fn publish(&self, env: Envelope, mandatory: bool, clamp: bool) -> Result<(), PublishError> {
         let routing = self.routing.load();
         let route = match routing.route_publish(&env, mandatory) {
             Ok(Some(r)) => r,
             Ok(None) => {
-                Counters::add(&self.counters.publish.published, 1);
-                Counters::add(&self.counters.publish.dropped_unroutable, 1);
+                self.counters.record(TransportEvent::Published, 1);
+                self.counters.record(TransportEvent::DroppedUnroutable, 1);
                 return Ok(());
             }
             Err(refused) => return Err(refused.into_error(env)),
         };
         let targets = route.as_slice();
-        let priority = env.properties().priority.unwrap_or(0);
-        for &t in targets {
-            let q = routing.target(t);
-            if priority > q.decl.max_priority {
-                return Err(PublishError::PriorityTooHigh {
-                    priority,
-                    max: q.decl.max_priority,
-                    queue: q.decl.name.clone(),
-                    message: Box::new(env.into_message()),
-                });
-            }
-        }
+        let (priority, mut env) =
+            lane_for(env, targets.iter().map(|&t| &routing.target(t).decl), clamp)?;
         let size = env.size() as u64;
         for (i, &t) in targets.iter().enumerate() {
             if let Reserve::Full(which) = routing.target(t).reserve(size) {
                 for &done in &targets[..i] {
                     routing.target(done).unreserve(size);
                 }
-                return Err(PublishError::QueueFull {
-                    queue: routing.target(t).decl.name.clone(),
-                    reason: format!("{which} reached and overflow is reject-publish"),
-                    message: Box::new(env.into_message()),
-                });
+                let reason = format!("{which} reached and overflow is reject-publish");
+                return Err(queue_full(&routing.target(t).decl, reason, env));
             }
         }
         let msg_ttl = env.properties().expiration;
         env.lane = priority;
         let push = |t: usize, mut copy: Envelope| {
             let q = routing.target(t);
-            let ttl = match (q.decl.message_ttl, msg_ttl) {
-                (Some(a), Some(b)) => Some(a.min(b)),
-                (a, b) => a.or(b),
-            };
-            copy.expires_at = ttl.map_or(NEVER, deadline_after);
+            copy.expires_at =
+                effective_ttl(q.decl.message_ttl, msg_ttl).map_or(NEVER, deadline_after);
             q.push_reserved(copy);
         };
         if let Some((&last, rest)) = targets.split_last() {
@@ -160,42 +147,18 @@ impl Shared {
             }
             push(last, env);
         }
-        Counters::add(&self.counters.publish.published, 1);
-        Counters::add(&self.counters.publish.routed, targets.len() as u64);
+        self.counters.record(TransportEvent::Published, 1);
+        self.counters
+            .record(TransportEvent::Routed, targets.len() as u64);
         Ok(())
     }
 
     /// Sends a message that left `from` unacked (rejected, expired, dropped by
     /// overflow) to its dead-letter exchange, or counts it as dropped.
     pub(crate) fn dead_letter(&self, from: &MemQueue, env: Envelope, reason: DeathReason) {
-        let Some((mut message, dlx, rk)) = dead_letter(&from.decl, &env, reason) else {
-            if reason == DeathReason::MaxLen {
-                Counters::add(&self.counters.other.dropped_overflow, 1);
-            }
-            return;
-        };
-        // Clamp rather than refuse: there is nobody to hand the message back to.
-        let routing = self.routing.load();
-        if let Ok(route) = routing.route(&dlx, &rk, &message.properties.headers) {
-            if let Some(max) = route
-                .as_slice()
-                .iter()
-                .map(|&t| routing.target(t).decl.max_priority)
-                .min()
-            {
-                if let Some(p) = message.properties.priority.as_mut() {
-                    *p = (*p).min(max);
-                }
-            }
-        }
-        drop(routing);
-        match self.publish(Envelope::new(message, &dlx, &rk), true) {
-            Ok(()) => Counters::add(&self.counters.other.dead_lettered, 1),
-            Err(e) => {
-                tracing::warn!(queue = %from.decl.name, error = %e, "dead-lettered message dropped");
-                Counters::add(&self.counters.other.dropped_dead_letter, 1)
-            }
-        }
+        dead_letter_with(&self.counters, &from.decl, &env, reason, |dl| {
+            self.publish(dl, true, true)
+        });
     }
 
     fn queue_for(&self, name: &str, owner: ConnectionId) -> Result<Arc<MemQueue>, Error> {
@@ -243,29 +206,13 @@ impl Transport for MemoryTransport {
     }
 
     fn declare_queue(&self, q: &Queue, owner: ConnectionId) -> Result<QueueInfo, Error> {
-        check_name("queue", &q.name)?;
-        if let Some(dlx) = &q.dead_letter_exchange {
-            check_exchange_ref(dlx)?;
-        }
-        if let Some(rk) = &q.dead_letter_routing_key {
-            check_len(rk).map_err(|r| Error::name("dead-letter routing key", rk, r))?;
-        }
-        if q.max_length == 0 || q.max_length_bytes == 0 {
-            return Err(Error::InvalidArgument(
-                "max_length and max_length_bytes must be at least 1".into(),
-            ));
-        }
+        validate_declaration(q)?;
         let mut topo = self.shared.topo.lock();
         if let Some(existing) = topo.queues.get(&q.name) {
             if existing.owner.is_some_and(|o| o != owner) {
                 return Err(Error::Exclusive(q.name.clone()));
             }
-            if existing.decl != *q {
-                return Err(Error::PreconditionFailed(format!(
-                    "queue {:?} exists with other arguments ({:?}); redeclared as {:?}",
-                    q.name, existing.decl, q
-                )));
-            }
+            check_redeclare(&existing.decl, q)?;
             return Ok(QueueInfo {
                 name: q.name.clone(),
                 message_count: existing.ready(),
@@ -295,12 +242,7 @@ impl Transport for MemoryTransport {
         owner: ConnectionId,
     ) -> Result<u64, Error> {
         let q = self.shared.queue_for(name, owner)?;
-        if if_unused && q.consumers() > 0 {
-            return Err(Error::InUse(format!("queue {name:?}")));
-        }
-        if if_empty && q.ready() > 0 {
-            return Err(Error::NotEmpty(name.to_owned()));
-        }
+        check_delete(name, if_unused, if_empty, q.consumers(), q.ready())?;
         let n = q.ready();
         self.shared.remove_queue(name);
         Ok(n)
@@ -331,7 +273,7 @@ impl Transport for MemoryTransport {
     }
 
     fn publish(&self, envelope: Envelope, mandatory: bool) -> Result<(), PublishError> {
-        self.shared.publish(envelope, mandatory)
+        self.shared.publish(envelope, mandatory, false)
     }
 
     fn connection_closed(&self, owner: ConnectionId) {
@@ -406,7 +348,7 @@ pub fn open(mut url: crate::url::ConnectUrl) -> Result<crate::Connection, Error>
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::message::Message;
+    use crate::model::message::Message;
 
     #[test]
     fn named_instances_are_shared_and_isolated() {

@@ -15,13 +15,15 @@
 use std::sync::{Arc, Weak};
 use std::task::Waker;
 
+use super::lanes::Lanes;
 use crate::clock::{now_ns, NEVER};
-use crate::lanes::Lanes;
+use crate::model::queue::{Overflow, Queue};
 use crate::notify::Notify;
-use crate::queue::{Overflow, Queue};
-use crate::stats::{Counters, QueueStats};
+use crate::stats::{QueueStats, TransportEvent};
 use crate::sync::{AtomicBool, AtomicU64, Ordering::Relaxed, Ordering::SeqCst, Padded};
-use crate::transport::{ConnectionId, DeathReason, Envelope, QueueStore};
+use crate::transport::{
+    limit_reached, ConnectionId, ConsumerCount, DeathReason, Envelope, QueueStore,
+};
 
 use super::Shared;
 
@@ -48,7 +50,7 @@ pub(crate) struct MemQueue {
     lanes: Lanes<Envelope>,
     inflow: Padded<Inflow>,
     outflow: Padded<Outflow>,
-    consumers: AtomicU64,
+    consumers: ConsumerCount,
     deleted: AtomicBool,
     notify: Notify,
     shared: Weak<Shared>,
@@ -68,7 +70,7 @@ impl MemQueue {
             owner,
             inflow: Padded(Inflow::default()),
             outflow: Padded(Outflow::default()),
-            consumers: AtomicU64::new(0),
+            consumers: ConsumerCount::new(),
             deleted: AtomicBool::new(false),
             notify: Notify::new(),
             shared,
@@ -81,13 +83,7 @@ impl MemQueue {
 
     /// Which limit a depth of `n` messages and `b` bytes breaks, if any.
     fn over(&self, n: u64, b: u64) -> Option<&'static str> {
-        if n > self.decl.max_length {
-            Some("max_length")
-        } else if b > self.decl.max_length_bytes {
-            Some("max_length_bytes")
-        } else {
-            None
-        }
+        limit_reached(&self.decl, n, b)
     }
 
     /// Ready depth after this reservation, exact when it matters.
@@ -186,7 +182,7 @@ impl MemQueue {
     }
 
     pub(crate) fn consumers(&self) -> u64 {
-        self.consumers.load(SeqCst)
+        self.consumers.get()
     }
 
     pub(crate) fn stats(&self) -> QueueStats {
@@ -198,7 +194,7 @@ impl MemQueue {
             messages: self.ready(),
             bytes: self.ready_bytes(),
             unacked: self.outflow.unacked.load(SeqCst),
-            consumers: self.consumers.load(SeqCst),
+            consumers: self.consumers.get(),
         }
     }
 }
@@ -223,7 +219,7 @@ impl QueueStore for MemQueue {
                 }
                 if now >= env.expires_at {
                     if let Some(shared) = self.counters() {
-                        Counters::add(&shared.counters.other.expired, 1);
+                        shared.counters.record(TransportEvent::Expired, 1);
                     }
                     self.dead_letter(env, DeathReason::Expired);
                     continue;
@@ -281,12 +277,11 @@ impl QueueStore for MemQueue {
     }
 
     fn consumer_added(&self) {
-        self.consumers.fetch_add(1, SeqCst);
+        self.consumers.added();
     }
 
     fn consumer_removed(&self) {
-        let left = self.consumers.fetch_sub(1, SeqCst) - 1;
-        if left == 0 && self.decl.auto_delete && !self.is_deleted() {
+        if self.consumers.removed() && self.decl.auto_delete && !self.is_deleted() {
             if let Some(shared) = self.counters() {
                 shared.remove_queue(&self.decl.name);
             }
@@ -297,7 +292,7 @@ impl QueueStore for MemQueue {
 #[cfg(all(test, loom))]
 mod loom_tests {
     use super::*;
-    use crate::message::Message;
+    use crate::model::message::Message;
 
     fn queue(max_length: u64) -> MemQueue {
         MemQueue::new(

@@ -1,0 +1,758 @@
+//! Channels: a session on a connection with its own delivery tags, consumers
+//! and unacked deliveries.
+//!
+//! # Invariants
+//! - Delivery tags are issued under the registry lock, once per delivery batch:
+//!   monotonic per channel, starting at 1, never reused.
+//! - Closing or dropping a channel restores every unacked delivery to the front
+//!   of its lane with `redelivered = true`, in tag order.
+//! - Cancelling a consumer never requeues (AMQP).
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::SeqCst};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+
+use crate::clock::now_ns;
+use crate::error::{AckError, Error, PublishError, Settled};
+use crate::model::exchange::Exchange;
+use crate::model::message::Message;
+use crate::model::names::{check_len, check_name};
+use crate::model::queue::{Queue, QueueInfo};
+use crate::model::value::Headers;
+use crate::notify::{thread_waker, ThreadWaker};
+use crate::routing::Binding;
+use crate::session::connection::ConnShared;
+use crate::session::consumer::{Callback, Consumer, ConsumerOptions, ConsumerShared};
+use crate::session::delivery::{Delivery, Outcome};
+use crate::session::producer::Producer;
+use crate::session::stream::DeliveryStream;
+use crate::session::unacked::{LeaseState, Registry, Slot, ACKED, NO_DEADLINE, RESTORED};
+use crate::session::window::Window;
+use crate::stats::Counters;
+use crate::transport::{Envelope, QueueStore};
+
+pub(crate) struct ChannelShared {
+    pub(crate) id: u64,
+    pub(crate) conn: Arc<ConnShared>,
+    closed: AtomicBool,
+    registry: Mutex<Registry>,
+    consumers: Mutex<Vec<Arc<ConsumerShared>>>,
+    queue_cache: Mutex<HashMap<String, Arc<dyn QueueStore>>>,
+    next_consumer: AtomicU64,
+}
+
+impl fmt::Debug for ChannelShared {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Channel")
+            .field("id", &self.id)
+            .field("closed", &self.closed.load(SeqCst))
+            .finish()
+    }
+}
+
+/// A delivery about to be made: the slot that will track it, allocated once as
+/// soon as the message leaves its queue (with the consumer it goes to), so the
+/// envelope is not copied again on the way to the application.
+pub(crate) struct Pending {
+    pub(crate) slot: Arc<Slot>,
+}
+
+impl Pending {
+    /// `consumer` has already acquired its window share unless it is `no_ack`.
+    pub(crate) fn new(
+        consumer: Option<Arc<ConsumerShared>>,
+        env: Envelope,
+        queue: Arc<dyn QueueStore>,
+    ) -> Self {
+        let windowed = consumer.as_ref().is_some_and(|c| !c.no_ack);
+        Pending {
+            slot: Arc::new(Slot {
+                state: LeaseState::new(NO_DEADLINE),
+                tag: 0,
+                env,
+                queue,
+                consumer,
+                windowed,
+            }),
+        }
+    }
+}
+
+impl ChannelShared {
+    pub(crate) fn new(id: u64, conn: Arc<ConnShared>) -> Self {
+        ChannelShared {
+            id,
+            conn,
+            closed: AtomicBool::new(false),
+            registry: Mutex::new(Registry::default()),
+            consumers: Mutex::new(Vec::new()),
+            queue_cache: Mutex::new(HashMap::new()),
+            next_consumer: AtomicU64::new(1),
+        }
+    }
+
+    pub(crate) fn is_open(&self) -> bool {
+        !self.closed.load(SeqCst) && !self.conn.is_closed()
+    }
+
+    fn counters(&self) -> &Counters {
+        self.conn.transport.counters()
+    }
+
+    fn lease_for(
+        &self,
+        consumer: Option<&ConsumerShared>,
+        queue: &dyn QueueStore,
+    ) -> Option<Duration> {
+        consumer
+            .and_then(|c| c.lease)
+            .or(queue.declaration().lease)
+            .or(self.conn.config.lease)
+            .or(self.conn.transport.default_lease())
+    }
+
+    /// Issues tags and tracks the batch; one registry lock for all of it.
+    /// Drains `batch` into `out`.
+    pub(crate) fn deliver(self: &Arc<Self>, batch: &mut Vec<Pending>, out: &mut Vec<Delivery>) {
+        let first = out.len();
+        let mut shortest: Option<Duration> = None;
+        let (mut redelivered, mut auto_acked) = (0u64, 0u64);
+        {
+            let mut reg = self.registry.lock();
+            reg.compact();
+            for mut p in batch.drain(..) {
+                let tag = reg.next_tag();
+                redelivered += p.slot.env.redelivered as u64;
+                let no_ack = p.slot.consumer.as_ref().is_some_and(|c| c.no_ack);
+                let state = if no_ack {
+                    p.slot.queue.ack(&p.slot.env);
+                    auto_acked += 1;
+                    LeaseState::settled(ACKED)
+                } else {
+                    let lease = self.lease_for(p.slot.consumer.as_deref(), &*p.slot.queue);
+                    let deadline_us = match lease {
+                        Some(d) => {
+                            p.slot.queue.lease(&p.slot.env, d);
+                            shortest = Some(shortest.map_or(d, |s: Duration| s.min(d)));
+                            (now_ns() / 1_000).saturating_add(d.as_micros() as u64)
+                        }
+                        None => NO_DEADLINE,
+                    };
+                    LeaseState::new(deadline_us)
+                };
+                let slot = match Arc::get_mut(&mut p.slot) {
+                    Some(s) => {
+                        s.tag = tag;
+                        s.state = state;
+                        p.slot
+                    }
+                    // Not reachable (the slot was never shared), but correct.
+                    None => Arc::new(Slot {
+                        state,
+                        tag,
+                        env: p.slot.env.clone(),
+                        queue: p.slot.queue.clone(),
+                        consumer: p.slot.consumer.clone(),
+                        windowed: p.slot.windowed,
+                    }),
+                };
+                if !no_ack {
+                    reg.slots.push_back(slot.clone());
+                }
+                out.push(Delivery {
+                    slot,
+                    channel: self.clone(),
+                    no_ack,
+                });
+            }
+        }
+        let c = self.counters();
+        Counters::add(&c.consume.delivered, (out.len() - first) as u64);
+        if redelivered > 0 {
+            Counters::add(&c.consume.redelivered, redelivered);
+        }
+        if auto_acked > 0 {
+            Counters::add(&c.consume.acked, auto_acked);
+        }
+        if let Some(d) = shortest {
+            crate::session::leases::watch(self, d);
+        }
+    }
+
+    /// Delivers one message (get, streams).
+    pub(crate) fn deliver_one(self: &Arc<Self>, pending: Pending) -> Delivery {
+        let mut out = Vec::with_capacity(1);
+        self.deliver(&mut vec![pending], &mut out);
+        // `deliver` turns each pending message into exactly one delivery.
+        out.pop()
+            .unwrap_or_else(|| unreachable!("deliver produced no delivery"))
+    }
+
+    /// Applies an outcome to a slot this caller settled.
+    fn apply(&self, slot: &Slot, outcome: Outcome) {
+        let c = self.counters();
+        match outcome {
+            Outcome::Ack => {
+                slot.queue.ack(&slot.env);
+                Counters::add(&c.consume.acked, 1);
+            }
+            Outcome::Reject { requeue: false } => {
+                Counters::add(&c.consume.rejected, 1);
+                slot.queue.reject(slot.env.clone());
+            }
+            Outcome::Reject { requeue: true } => {
+                Counters::add(&c.consume.rejected, 1);
+                // `restore` releases the window share itself.
+                restore(vec![slot], c);
+                return;
+            }
+        }
+        slot.release_window();
+    }
+
+    pub(crate) fn settle(&self, slot: &Arc<Slot>, outcome: Outcome) -> Result<(), AckError> {
+        slot.state
+            .settle(outcome.state())
+            .map_err(|state| AckError::AlreadySettled {
+                tag: slot.tag,
+                state,
+            })?;
+        self.apply(slot, outcome);
+        Ok(())
+    }
+
+    /// Settles by tag; `multiple` covers every unsettled tag up to `tag`
+    /// (`tag == 0` with `multiple` = all).
+    pub(crate) fn settle_tag(
+        &self,
+        tag: u64,
+        multiple: bool,
+        outcome: Outcome,
+    ) -> Result<(), AckError> {
+        if !self.is_open() {
+            return Err(AckError::ChannelClosed);
+        }
+        let targets: Vec<Arc<Slot>> = {
+            let reg = self.registry.lock();
+            if tag > reg.last_tag || (tag == 0 && !multiple) {
+                return Err(AckError::UnknownTag(tag));
+            }
+            if multiple {
+                let upto = if tag == 0 { u64::MAX } else { tag };
+                reg.slots
+                    .iter()
+                    .take_while(|s| s.tag <= upto)
+                    .filter(|s| s.state.is_unacked())
+                    .cloned()
+                    .collect()
+            } else {
+                match reg.find(tag) {
+                    Some(s) => vec![s.clone()],
+                    None => {
+                        return Err(AckError::AlreadySettled {
+                            tag,
+                            state: Settled::Earlier,
+                        })
+                    }
+                }
+            }
+        };
+        if multiple {
+            let mut restored = Vec::new();
+            for s in &targets {
+                if s.state.settle(outcome.state()).is_ok() {
+                    if outcome == (Outcome::Reject { requeue: true }) {
+                        restored.push(&**s);
+                    } else {
+                        self.apply(s, outcome);
+                    }
+                }
+            }
+            if !restored.is_empty() {
+                Counters::add(&self.counters().consume.rejected, restored.len() as u64);
+                restore(restored, self.counters());
+            }
+        } else {
+            self.settle(&targets[0], outcome)?;
+        }
+        self.registry.lock().compact();
+        Ok(())
+    }
+
+    pub(crate) fn extend_lease(
+        self: &Arc<Self>,
+        slot: &Arc<Slot>,
+        from_now: Duration,
+    ) -> Result<(), AckError> {
+        let deadline = (now_ns() / 1_000).saturating_add(from_now.as_micros() as u64);
+        slot.state
+            .extend(deadline)
+            .map_err(|state| AckError::AlreadySettled {
+                tag: slot.tag,
+                state,
+            })?;
+        slot.queue.lease(&slot.env, from_now);
+        crate::session::leases::watch(self, from_now);
+        Ok(())
+    }
+
+    /// Restores every delivery whose lease ran out (called by the reaper).
+    pub(crate) fn expire_leases(&self, now_us: u64) {
+        let expired: Vec<Arc<Slot>> = {
+            let mut reg = self.registry.lock();
+            let v = reg
+                .slots
+                .iter()
+                .filter(|s| s.state.expire(now_us))
+                .cloned()
+                .collect();
+            reg.compact();
+            v
+        };
+        if !expired.is_empty() {
+            tracing::debug!(
+                channel = self.id,
+                n = expired.len(),
+                "leases expired, restoring"
+            );
+            restore(expired.iter().map(|s| &**s).collect(), self.counters());
+        }
+    }
+
+    pub(crate) fn cancel_consumer(&self, c: &Arc<ConsumerShared>) -> Result<(), Error> {
+        if c.cancelled.swap(true, SeqCst) {
+            return Ok(());
+        }
+        self.consumers.lock().retain(|x| !Arc::ptr_eq(x, c));
+        self.conn.remove_consumer(c);
+        for q in &c.queues {
+            q.consumer_removed();
+        }
+        c.window.notify.notify_all();
+        Ok(())
+    }
+
+    pub(crate) fn close(&self) {
+        if self.closed.swap(true, SeqCst) {
+            return;
+        }
+        let consumers: Vec<_> = self.consumers.lock().clone();
+        for c in &consumers {
+            let _ = self.cancel_consumer(c);
+        }
+        let slots: Vec<Arc<Slot>> = std::mem::take(&mut self.registry.lock().slots).into();
+        let restored: Vec<&Slot> = slots
+            .iter()
+            .filter(|s| s.state.settle(RESTORED).is_ok())
+            .map(|s| &**s)
+            .collect();
+        if !restored.is_empty() {
+            tracing::debug!(
+                channel = self.id,
+                n = restored.len(),
+                "channel closed, restoring unacked"
+            );
+        }
+        restore(restored, self.counters());
+        self.conn.forget_channel(self.id);
+    }
+
+    fn queue_handle(&self, name: &str) -> Result<Arc<dyn QueueStore>, Error> {
+        check_name("queue", name)?;
+        let mut cache = self.queue_cache.lock();
+        if let Some(q) = cache.get(name) {
+            if !q.is_deleted() {
+                return Ok(q.clone());
+            }
+        }
+        let q = self.conn.transport.queue(name, self.conn.id)?;
+        cache.insert(name.to_owned(), q.clone());
+        Ok(q)
+    }
+
+    #[inline]
+    pub(crate) fn publish(
+        &self,
+        message: Message,
+        exchange: &str,
+        routing_key: &str,
+        mandatory: bool,
+    ) -> Result<(), PublishError> {
+        if !self.is_open() {
+            return Err(PublishError::ChannelClosed(Box::new(message)));
+        }
+        let max = self.conn.config.max_body_size;
+        if message.body.len() > max {
+            return Err(PublishError::BodyTooLarge {
+                size: message.body.len(),
+                max,
+                message: Box::new(message),
+            });
+        }
+        if let Err(reason) = check_len(routing_key) {
+            return Err(PublishError::InvalidRoutingKey {
+                reason,
+                message: Box::new(message),
+            });
+        }
+        let env = Envelope::new(message, exchange, routing_key);
+        self.conn.transport.publish(env, mandatory)
+    }
+}
+
+/// Returns settled-as-restored slots to their queues, front of lane, tag order,
+/// `redelivered = true`, and releases their windows.
+fn restore(mut slots: Vec<&Slot>, counters: &Counters) {
+    if slots.is_empty() {
+        return;
+    }
+    slots.sort_by_key(|s| s.tag);
+    Counters::add(&counters.consume.restored, slots.len() as u64);
+    let mut groups: Vec<(&Arc<dyn QueueStore>, Vec<Envelope>)> = Vec::new();
+    for s in &slots {
+        let mut env = s.env.clone();
+        env.redelivered = true;
+        match groups.iter_mut().find(|(q, _)| Arc::ptr_eq(q, &s.queue)) {
+            Some((_, v)) => v.push(env),
+            None => groups.push((&s.queue, vec![env])),
+        }
+    }
+    for (q, envs) in groups {
+        q.restore(envs);
+    }
+    for s in slots {
+        s.release_window();
+    }
+}
+
+/// A session on a connection. Not meant to be shared between threads at once
+/// (as in Kombu and AMQP client libraries); deliveries it hands out may be
+/// settled from any thread. Dropping it closes it.
+pub struct Channel {
+    pub(crate) shared: Arc<ChannelShared>,
+}
+
+impl fmt::Debug for Channel {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.shared.fmt(f)
+    }
+}
+
+impl Drop for Channel {
+    fn drop(&mut self) {
+        self.shared.close();
+    }
+}
+
+impl Channel {
+    fn open(&self) -> Result<&ChannelShared, Error> {
+        if self.shared.conn.is_closed() {
+            Err(Error::ConnectionClosed)
+        } else if !self.shared.is_open() {
+            Err(Error::ChannelClosed)
+        } else {
+            Ok(&self.shared)
+        }
+    }
+
+    /// The channel number on its connection.
+    pub fn id(&self) -> u64 {
+        self.shared.id
+    }
+
+    /// True until closed (or its connection closed).
+    pub fn is_open(&self) -> bool {
+        self.shared.is_open()
+    }
+
+    /// Declares an exchange.
+    pub fn exchange_declare(&self, exchange: &Exchange) -> Result<(), Error> {
+        self.open()?.conn.transport.declare_exchange(exchange)
+    }
+
+    /// Deletes an exchange (only when it has no bindings, with `if_unused`).
+    pub fn exchange_delete(&self, name: &str, if_unused: bool) -> Result<(), Error> {
+        self.open()?.conn.transport.delete_exchange(name, if_unused)
+    }
+
+    /// Declares a queue.
+    pub fn queue_declare(&self, queue: &Queue) -> Result<QueueInfo, Error> {
+        let ch = self.open()?;
+        ch.conn.transport.declare_queue(queue, ch.conn.id)
+    }
+
+    /// Binds a queue to an exchange with a binding key (and, for headers
+    /// exchanges, arguments).
+    pub fn queue_bind(
+        &self,
+        queue: &str,
+        exchange: &str,
+        routing_key: &str,
+        arguments: Headers,
+    ) -> Result<(), Error> {
+        let ch = self.open()?;
+        ch.queue_handle(queue)?;
+        ch.conn.transport.bind(Binding {
+            exchange: exchange.to_owned(),
+            queue: queue.to_owned(),
+            routing_key: routing_key.to_owned(),
+            arguments,
+        })
+    }
+
+    /// Removes a binding.
+    pub fn queue_unbind(
+        &self,
+        queue: &str,
+        exchange: &str,
+        routing_key: &str,
+        arguments: Headers,
+    ) -> Result<(), Error> {
+        self.open()?.conn.transport.unbind(&Binding {
+            exchange: exchange.to_owned(),
+            queue: queue.to_owned(),
+            routing_key: routing_key.to_owned(),
+            arguments,
+        })
+    }
+
+    /// Deletes a queue; returns how many ready messages it held.
+    pub fn queue_delete(&self, name: &str, if_unused: bool, if_empty: bool) -> Result<u64, Error> {
+        let ch = self.open()?;
+        ch.conn
+            .transport
+            .delete_queue(name, if_unused, if_empty, ch.conn.id)
+    }
+
+    /// Drops every ready message of a queue; returns how many.
+    pub fn queue_purge(&self, name: &str) -> Result<u64, Error> {
+        let ch = self.open()?;
+        ch.conn.transport.purge_queue(name, ch.conn.id)
+    }
+
+    /// A producer publishing to the default exchange through this channel.
+    pub fn producer(&self) -> Producer {
+        Producer::new(self.shared.clone())
+    }
+
+    /// Publishes one message.
+    pub fn basic_publish(
+        &self,
+        message: Message,
+        exchange: &str,
+        routing_key: &str,
+        mandatory: bool,
+    ) -> Result<(), PublishError> {
+        self.shared
+            .publish(message, exchange, routing_key, mandatory)
+    }
+
+    fn new_consumer(
+        &self,
+        opts: &ConsumerOptions,
+        callback: Option<Callback>,
+    ) -> Result<Arc<ConsumerShared>, Error> {
+        let ch = self.open()?;
+        if opts.queues.is_empty() {
+            return Err(Error::InvalidArgument(
+                "a consumer needs at least one queue".into(),
+            ));
+        }
+        if opts.prefetch_count == Some(0) || opts.prefetch_bytes == Some(0) {
+            return Err(Error::InvalidArgument(
+                "prefetch_count and prefetch_bytes must be at least 1".into(),
+            ));
+        }
+        let queues = opts
+            .queues
+            .iter()
+            .map(|q| ch.queue_handle(q))
+            .collect::<Result<Vec<_>, _>>()?;
+        let tag: Arc<str> = match &opts.tag {
+            Some(t) => {
+                check_name("consumer tag", t)?;
+                t.as_str().into()
+            }
+            None => format!(
+                "ctag{}.{}.{}",
+                ch.conn.id,
+                ch.id,
+                ch.next_consumer.fetch_add(1, SeqCst)
+            )
+            .into(),
+        };
+        ch.conn.claim_tag(&tag)?;
+        let cfg = &ch.conn.config;
+        let window = Window::new(
+            opts.prefetch_count.unwrap_or(cfg.prefetch_count) as usize,
+            opts.prefetch_bytes.unwrap_or(cfg.prefetch_bytes) as usize,
+        );
+        let c = Arc::new(ConsumerShared::new(
+            tag,
+            Arc::downgrade(&self.shared),
+            queues,
+            opts.no_ack,
+            window,
+            opts.lease,
+            callback,
+        ));
+        for q in &c.queues {
+            q.consumer_added();
+        }
+        ch.consumers.lock().push(c.clone());
+        Ok(c)
+    }
+
+    /// Starts a push consumer: `callback` runs for each delivery inside
+    /// `Connection::drain_events`, on the thread that calls it.
+    pub fn consume(
+        &self,
+        options: ConsumerOptions,
+        callback: impl FnMut(Delivery) + Send + 'static,
+    ) -> Result<Consumer, Error> {
+        let c = self.new_consumer(&options, Some(Box::new(callback)))?;
+        self.shared.conn.add_consumer(c.clone());
+        Ok(Consumer { shared: c })
+    }
+
+    /// Starts a consumer read as an async `Stream` of deliveries; works on any
+    /// executor. The stream ends when the consumer is cancelled, the channel
+    /// closes or every queue it reads is deleted.
+    pub fn stream(&self, options: ConsumerOptions) -> Result<DeliveryStream, Error> {
+        let c = self.new_consumer(&options, None)?;
+        Ok(DeliveryStream::new(c, self.shared.clone()))
+    }
+
+    /// Cancels the consumer with `tag` (its unacked deliveries stay unacked).
+    pub fn cancel(&self, tag: &str) -> Result<(), Error> {
+        let ch = self.open()?;
+        let c = ch
+            .consumers
+            .lock()
+            .iter()
+            .find(|c| &*c.tag == tag)
+            .cloned()
+            .ok_or_else(|| Error::UnknownConsumerTag(tag.to_owned()))?;
+        ch.cancel_consumer(&c)
+    }
+
+    /// Cancels every consumer of this channel that reads `queue`; returns how many.
+    pub fn cancel_queue(&self, queue: &str) -> Result<usize, Error> {
+        let ch = self.open()?;
+        let hit: Vec<_> = ch
+            .consumers
+            .lock()
+            .iter()
+            .filter(|c| c.queues.iter().any(|q| q.name() == queue))
+            .cloned()
+            .collect();
+        for c in &hit {
+            ch.cancel_consumer(c)?;
+        }
+        Ok(hit.len())
+    }
+
+    /// Pulls one message from `queue`, waiting up to `timeout` (zero = don't
+    /// wait). `Ok(None)` when nothing arrived in time. The delivery must be
+    /// settled (prefetch windows do not apply, as with AMQP `basic.get`).
+    pub fn get(&self, queue: &str, timeout: Duration) -> Result<Option<Delivery>, Error> {
+        self.get_inner(queue, timeout, false)
+    }
+
+    /// Like [`Channel::get`], but the message counts as acked at once.
+    pub fn get_no_ack(&self, queue: &str, timeout: Duration) -> Result<Option<Delivery>, Error> {
+        self.get_inner(queue, timeout, true)
+    }
+
+    fn get_inner(
+        &self,
+        queue: &str,
+        timeout: Duration,
+        no_ack: bool,
+    ) -> Result<Option<Delivery>, Error> {
+        let ch = self.open()?;
+        let q = ch.queue_handle(queue)?;
+        let deadline = Instant::now().checked_add(timeout);
+        let waker = ThreadWaker::current();
+        let deliver = |env: Envelope| -> Delivery {
+            let mut d = self.shared.deliver_one(Pending::new(None, env, q.clone()));
+            if no_ack {
+                let _ = self.shared.settle(&d.slot, Outcome::Ack);
+                d.no_ack = true;
+            }
+            d
+        };
+        loop {
+            if let Some(env) = q.pop() {
+                return Ok(Some(deliver(env)));
+            }
+            if q.is_deleted() {
+                return Err(Error::UnknownQueue(queue.to_owned()));
+            }
+            self.open()?;
+            if timeout.is_zero() || deadline.is_some_and(|d| Instant::now() >= d) {
+                return Ok(None);
+            }
+            let budget = self.shared.conn.config.busy_poll;
+            if !budget.is_zero() {
+                let mut got = None;
+                crate::session::drain::busy_poll(budget, deadline, || {
+                    got = q.pop();
+                    usize::from(got.is_some())
+                });
+                if let Some(env) = got {
+                    return Ok(Some(deliver(env)));
+                }
+            }
+            let w = thread_waker(&waker);
+            let id = q.register(&w);
+            let close_id = self.shared.conn.close_notify.register(&w);
+            let got = q.pop();
+            if got.is_none() && self.shared.is_open() && !q.is_deleted() {
+                waker.wait(deadline);
+            }
+            q.unregister(id);
+            self.shared.conn.close_notify.unregister(close_id);
+            if let Some(env) = got {
+                return Ok(Some(deliver(env)));
+            }
+        }
+    }
+
+    /// Acks by tag (`multiple`: every unsettled tag up to it; tag 0 + multiple = all).
+    pub fn ack(&self, delivery_tag: u64, multiple: bool) -> Result<(), AckError> {
+        self.shared.settle_tag(delivery_tag, multiple, Outcome::Ack)
+    }
+
+    /// Rejects by tag.
+    pub fn reject(&self, delivery_tag: u64, requeue: bool) -> Result<(), AckError> {
+        self.shared
+            .settle_tag(delivery_tag, false, Outcome::Reject { requeue })
+    }
+
+    /// Nacks by tag (`multiple` as for [`Channel::ack`]).
+    pub fn nack(&self, delivery_tag: u64, multiple: bool, requeue: bool) -> Result<(), AckError> {
+        self.shared
+            .settle_tag(delivery_tag, multiple, Outcome::Reject { requeue })
+    }
+
+    /// Unacked deliveries currently tracked on this channel.
+    pub fn unacked(&self) -> usize {
+        self.shared
+            .registry
+            .lock()
+            .slots
+            .iter()
+            .filter(|s| s.state.is_unacked())
+            .count()
+    }
+
+    /// Closes the channel, restoring its unacked deliveries.
+    pub fn close(self) {
+        self.shared.close();
+    }
+}

@@ -1,0 +1,198 @@
+//! Consumers: options, the shared consumer state, and the handle users hold.
+
+use std::fmt;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use parking_lot::Mutex;
+
+use crate::error::Error;
+use crate::session::channel::ChannelShared;
+use crate::session::delivery::Delivery;
+use crate::session::window::Window;
+use crate::transport::{Envelope, QueueStore};
+
+/// Default prefetch window in messages.
+pub const DEFAULT_PREFETCH_COUNT: u32 = 1000;
+/// Default prefetch window in body bytes.
+pub const DEFAULT_PREFETCH_BYTES: u64 = 64 << 20;
+
+/// How to consume.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConsumerOptions {
+    pub(crate) queues: Vec<String>,
+    pub(crate) tag: Option<String>,
+    pub(crate) no_ack: bool,
+    pub(crate) prefetch_count: Option<u32>,
+    pub(crate) prefetch_bytes: Option<u64>,
+    pub(crate) lease: Option<Duration>,
+}
+
+impl ConsumerOptions {
+    /// Consume from `queue`, with manual acks and the connection's prefetch.
+    pub fn new(queue: impl Into<String>) -> Self {
+        ConsumerOptions {
+            queues: vec![queue.into()],
+            tag: None,
+            no_ack: false,
+            prefetch_count: None,
+            prefetch_bytes: None,
+            lease: None,
+        }
+    }
+
+    /// Also consume from `queue` (queues are served round-robin).
+    pub fn queue(mut self, queue: impl Into<String>) -> Self {
+        self.queues.push(queue.into());
+        self
+    }
+
+    /// Sets the consumer tag (unique per connection); generated when unset.
+    pub fn tag(mut self, tag: impl Into<String>) -> Self {
+        self.tag = Some(tag.into());
+        self
+    }
+
+    /// Messages count as acked as soon as they are delivered.
+    pub fn no_ack(mut self, no_ack: bool) -> Self {
+        self.no_ack = no_ack;
+        self
+    }
+
+    /// Most unacked deliveries at once (at least 1).
+    pub fn prefetch_count(mut self, n: u32) -> Self {
+        self.prefetch_count = Some(n);
+        self
+    }
+
+    /// Most unacked body bytes at once; a delivery is made while the total is
+    /// below this, so the window can exceed it by one message.
+    pub fn prefetch_bytes(mut self, n: u64) -> Self {
+        self.prefetch_bytes = Some(n);
+        self
+    }
+
+    /// Lease of each delivery (overrides the queue's and the connection's).
+    pub fn lease(mut self, lease: Duration) -> Self {
+        self.lease = Some(lease);
+        self
+    }
+}
+
+/// The callback of a push consumer, run by `Connection::drain_events`.
+pub type Callback = Box<dyn FnMut(Delivery) + Send + 'static>;
+
+pub(crate) struct ConsumerShared {
+    pub(crate) tag: Arc<str>,
+    pub(crate) channel: Weak<ChannelShared>,
+    pub(crate) queues: Vec<Arc<dyn QueueStore>>,
+    pub(crate) no_ack: bool,
+    pub(crate) window: Arc<Window>,
+    pub(crate) lease: Option<Duration>,
+    pub(crate) callback: Mutex<Option<Callback>>,
+    pub(crate) cancelled: AtomicBool,
+    rr: AtomicUsize,
+}
+
+impl fmt::Debug for ConsumerShared {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ConsumerShared")
+            .field("tag", &self.tag)
+            .field(
+                "queues",
+                &self.queues.iter().map(|q| q.name()).collect::<Vec<_>>(),
+            )
+            .field("no_ack", &self.no_ack)
+            .finish()
+    }
+}
+
+impl ConsumerShared {
+    pub(crate) fn new(
+        tag: Arc<str>,
+        channel: Weak<ChannelShared>,
+        queues: Vec<Arc<dyn QueueStore>>,
+        no_ack: bool,
+        window: Window,
+        lease: Option<Duration>,
+        callback: Option<Callback>,
+    ) -> Self {
+        ConsumerShared {
+            tag,
+            channel,
+            queues,
+            no_ack,
+            window: Arc::new(window),
+            lease,
+            callback: Mutex::new(callback),
+            cancelled: AtomicBool::new(false),
+            rr: AtomicUsize::new(0),
+        }
+    }
+
+    /// Takes one message if the window has room, round-robin over the queues.
+    pub(crate) fn take(&self) -> Option<(Envelope, Arc<dyn QueueStore>)> {
+        if self.cancelled.load(SeqCst) || (!self.no_ack && !self.window.has_room()) {
+            return None;
+        }
+        let n = self.queues.len();
+        let start = self.rr.load(SeqCst);
+        for k in 0..n {
+            let i = (start + k) % n;
+            let q = &self.queues[i];
+            if let Some(env) = q.pop() {
+                self.rr.store(i + 1, SeqCst);
+                if !self.no_ack {
+                    self.window.acquire(env.size());
+                }
+                return Some((env, q.clone()));
+            }
+        }
+        None
+    }
+
+    /// True when every queue it consumes was deleted.
+    pub(crate) fn orphaned(&self) -> bool {
+        self.queues.iter().all(|q| q.is_deleted())
+    }
+}
+
+/// A consumer handle. Dropping it cancels the consumer (its unacked deliveries
+/// stay unacked on the channel, as in AMQP).
+#[must_use = "dropping a Consumer cancels it"]
+#[derive(Debug)]
+pub struct Consumer {
+    pub(crate) shared: Arc<ConsumerShared>,
+}
+
+impl Consumer {
+    /// The consumer tag.
+    pub fn tag(&self) -> &str {
+        &self.shared.tag
+    }
+
+    /// Deliveries in flight (unacked) and their body bytes.
+    pub fn in_flight(&self) -> (usize, usize) {
+        self.shared.window.in_flight()
+    }
+
+    /// True once cancelled (explicitly, by tag or queue, or by channel close).
+    pub fn is_cancelled(&self) -> bool {
+        self.shared.cancelled.load(SeqCst)
+    }
+
+    /// Cancels the consumer. Its unacked deliveries are not requeued.
+    pub fn cancel(self) -> Result<(), Error> {
+        let ch = self.shared.channel.upgrade().ok_or(Error::ChannelClosed)?;
+        ch.cancel_consumer(&self.shared)
+    }
+}
+
+impl Drop for Consumer {
+    fn drop(&mut self) {
+        if let Some(ch) = self.shared.channel.upgrade() {
+            let _ = ch.cancel_consumer(&self.shared);
+        }
+    }
+}

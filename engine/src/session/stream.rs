@@ -1,0 +1,108 @@
+//! Async consumption: a `futures_core::Stream` of deliveries that works on any
+//! executor (it only uses the task's `Waker`).
+
+use std::fmt;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use crate::session::channel::{ChannelShared, Pending};
+use crate::session::consumer::ConsumerShared;
+use crate::session::delivery::Delivery;
+
+/// Deliveries of one consumer, as a `Stream`. Dropping it cancels the consumer.
+pub struct DeliveryStream {
+    consumer: Arc<ConsumerShared>,
+    channel: Arc<ChannelShared>,
+    regs: Vec<(usize, u64)>,
+}
+
+impl fmt::Debug for DeliveryStream {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DeliveryStream")
+            .field("tag", &self.consumer.tag)
+            .finish()
+    }
+}
+
+const WINDOW: usize = usize::MAX;
+const CLOSE: usize = usize::MAX - 1;
+
+impl DeliveryStream {
+    pub(crate) fn new(consumer: Arc<ConsumerShared>, channel: Arc<ChannelShared>) -> Self {
+        DeliveryStream {
+            consumer,
+            channel,
+            regs: Vec::new(),
+        }
+    }
+
+    /// The consumer tag.
+    pub fn tag(&self) -> &str {
+        &self.consumer.tag
+    }
+
+    fn unregister(&mut self) {
+        for (what, id) in self.regs.drain(..) {
+            match what {
+                WINDOW => self.consumer.window.notify.unregister(id),
+                CLOSE => self.channel.conn.close_notify.unregister(id),
+                q => self.consumer.queues[q].unregister(id),
+            }
+        }
+    }
+
+    fn ended(&self) -> bool {
+        self.consumer
+            .cancelled
+            .load(std::sync::atomic::Ordering::SeqCst)
+            || !self.channel.is_open()
+            || self.consumer.orphaned()
+    }
+
+    fn try_take(&self) -> Option<Delivery> {
+        let (env, queue) = self.consumer.take()?;
+        Some(
+            self.channel
+                .deliver_one(Pending::new(Some(self.consumer.clone()), env, queue)),
+        )
+    }
+}
+
+impl futures_core::Stream for DeliveryStream {
+    type Item = Delivery;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Delivery>> {
+        self.unregister();
+        if self.ended() {
+            return Poll::Ready(None);
+        }
+        if let Some(d) = self.try_take() {
+            return Poll::Ready(Some(d));
+        }
+        let w = cx.waker();
+        let mut regs = Vec::with_capacity(self.consumer.queues.len() + 2);
+        for (i, q) in self.consumer.queues.iter().enumerate() {
+            regs.push((i, q.register(w)));
+        }
+        regs.push((WINDOW, self.consumer.window.notify.register(w)));
+        regs.push((CLOSE, self.channel.conn.close_notify.register(w)));
+        self.regs = regs;
+        if let Some(d) = self.try_take() {
+            self.unregister();
+            return Poll::Ready(Some(d));
+        }
+        if self.ended() {
+            self.unregister();
+            return Poll::Ready(None);
+        }
+        Poll::Pending
+    }
+}
+
+impl Drop for DeliveryStream {
+    fn drop(&mut self) {
+        self.unregister();
+        let _ = self.channel.cancel_consumer(&self.consumer);
+    }
+}

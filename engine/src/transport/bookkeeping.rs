@@ -1,0 +1,240 @@
+//! Queue bookkeeping that every transport keeps the same way: what a valid
+//! declaration is, when a redeclaration or a delete is refused, which lane a
+//! publish goes to, which limit a publish breaks, how long a message lives in
+//! a queue, and when an auto-delete queue goes. One copy here, so that
+//! memory://, local:// and later transports cannot drift apart.
+//!
+//! # Invariants
+//! - A declaration any transport accepts, every transport accepts (and the
+//!   same ones are refused, with the same error).
+//! - A message's priority never silently changes on publish: above a target
+//!   queue's `max_priority` it is an error, except for dead-lettered messages,
+//!   which are clamped because there is nobody to hand them back to.
+
+use std::time::Duration;
+
+use crate::error::{Error, PublishError};
+use crate::model::names::{check_exchange_ref, check_len, check_name};
+use crate::model::queue::Queue;
+use crate::sync::{AtomicU64, Ordering::SeqCst};
+
+use super::Envelope;
+
+/// Checks a queue declaration: its name, its dead-letter exchange and routing
+/// key, and its limits (at least 1).
+pub fn validate_declaration(q: &Queue) -> Result<(), Error> {
+    check_name("queue", &q.name)?;
+    if let Some(dlx) = &q.dead_letter_exchange {
+        check_exchange_ref(dlx)?;
+    }
+    if let Some(rk) = &q.dead_letter_routing_key {
+        check_len(rk).map_err(|r| Error::name("dead-letter routing key", rk, r))?;
+    }
+    if q.max_length == 0 || q.max_length_bytes == 0 {
+        return Err(Error::InvalidArgument(
+            "max_length and max_length_bytes must be at least 1".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// A redeclaration of an existing queue must repeat its arguments.
+pub fn check_redeclare(existing: &Queue, new: &Queue) -> Result<(), Error> {
+    if existing == new {
+        return Ok(());
+    }
+    Err(Error::PreconditionFailed(format!(
+        "queue {:?} exists with other arguments ({existing:?}); redeclared as {new:?}",
+        new.name
+    )))
+}
+
+/// `queue_delete`'s conditions: `if_unused` refuses a queue with consumers,
+/// `if_empty` one with ready messages.
+pub fn check_delete(
+    name: &str,
+    if_unused: bool,
+    if_empty: bool,
+    consumers: u64,
+    ready: u64,
+) -> Result<(), Error> {
+    if if_unused && consumers > 0 {
+        return Err(Error::InUse(format!("queue {name:?}")));
+    }
+    if if_empty && ready > 0 {
+        return Err(Error::NotEmpty(name.to_owned()));
+    }
+    Ok(())
+}
+
+/// How long a message lives in a queue: the shorter of the queue's
+/// `message_ttl` and the message's own `expiration`.
+pub fn effective_ttl(queue: Option<Duration>, message: Option<Duration>) -> Option<Duration> {
+    match (queue, message) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+/// Which of `q`'s limits a ready depth of `messages` and `bytes` breaks, if any.
+pub fn limit_reached(q: &Queue, messages: u64, bytes: u64) -> Option<&'static str> {
+    if messages > q.max_length {
+        Some("max_length")
+    } else if bytes > q.max_length_bytes {
+        Some("max_length_bytes")
+    } else {
+        None
+    }
+}
+
+/// The error of a publish refused by a full reject-publish queue (or another
+/// budget named in `reason`); it hands the message back.
+pub fn queue_full(q: &Queue, reason: String, env: Envelope) -> PublishError {
+    PublishError::QueueFull {
+        queue: q.name.clone(),
+        reason,
+        message: Box::new(env.into_message()),
+    }
+}
+
+/// The lane a publish of `env` takes in every one of `targets`: its priority.
+/// A priority above a target's `max_priority` is refused (the error hands the
+/// message back), or lowered to the smallest such maximum when `clamp` is set
+/// (dead-lettered messages).
+#[allow(clippy::result_large_err)] // The error carries the message back by design.
+pub fn lane_for<'q>(
+    env: Envelope,
+    targets: impl IntoIterator<Item = &'q Queue>,
+    clamp: bool,
+) -> Result<(u8, Envelope), PublishError> {
+    let mut priority = env.properties().priority.unwrap_or(0);
+    for q in targets {
+        if priority > q.max_priority {
+            if !clamp {
+                return Err(PublishError::PriorityTooHigh {
+                    priority,
+                    max: q.max_priority,
+                    queue: q.name.clone(),
+                    message: Box::new(env.into_message()),
+                });
+            }
+            priority = q.max_priority;
+        }
+    }
+    Ok((priority, env))
+}
+
+/// Consumers attached to a queue in this process, and the auto-delete rule:
+/// an auto-delete queue goes when its last consumer does.
+#[derive(Debug, Default)]
+pub struct ConsumerCount(AtomicU64);
+
+impl ConsumerCount {
+    /// No consumers.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// A consumer started.
+    pub fn added(&self) {
+        self.0.fetch_add(1, SeqCst);
+    }
+
+    /// A consumer stopped; true when it was the last one.
+    pub fn removed(&self) -> bool {
+        let mut cur = self.0.load(SeqCst);
+        loop {
+            let next = cur.saturating_sub(1);
+            match self.0.compare_exchange(cur, next, SeqCst, SeqCst) {
+                Ok(_) => return next == 0,
+                Err(now) => cur = now,
+            }
+        }
+    }
+
+    /// Consumers attached now.
+    pub fn get(&self) -> u64 {
+        self.0.load(SeqCst)
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+    use crate::model::message::Message;
+
+    #[test]
+    fn declarations_are_checked_alike() {
+        assert!(validate_declaration(&Queue::new("q")).is_ok());
+        assert!(matches!(
+            validate_declaration(&Queue::new("")),
+            Err(Error::InvalidName { .. })
+        ));
+        let long = "k".repeat(256);
+        assert!(matches!(
+            validate_declaration(&Queue::new("q").with_dead_letter("dlx", Some(&long))),
+            Err(Error::InvalidName {
+                kind: "dead-letter routing key",
+                ..
+            })
+        ));
+        assert!(matches!(
+            validate_declaration(&Queue::new("q").with_max_length(0)),
+            Err(Error::InvalidArgument(_))
+        ));
+        let a = Queue::new("q");
+        assert!(check_redeclare(&a, &a.clone()).is_ok());
+        assert!(matches!(
+            check_redeclare(&a, &Queue::new("q").with_max_priority(3)),
+            Err(Error::PreconditionFailed(_))
+        ));
+    }
+
+    #[test]
+    fn deletes_limits_and_ttls() {
+        assert!(check_delete("q", true, true, 0, 0).is_ok());
+        assert!(matches!(
+            check_delete("q", true, false, 1, 0),
+            Err(Error::InUse(_))
+        ));
+        assert!(matches!(
+            check_delete("q", false, true, 0, 1),
+            Err(Error::NotEmpty(_))
+        ));
+        let q = Queue::new("q").with_max_length(2).with_max_length_bytes(10);
+        assert_eq!(limit_reached(&q, 2, 10), None);
+        assert_eq!(limit_reached(&q, 3, 0), Some("max_length"));
+        assert_eq!(limit_reached(&q, 1, 11), Some("max_length_bytes"));
+        let s = Duration::from_secs;
+        assert_eq!(effective_ttl(Some(s(3)), Some(s(2))), Some(s(2)));
+        assert_eq!(effective_ttl(None, Some(s(2))), Some(s(2)));
+        assert_eq!(effective_ttl(Some(s(3)), None), Some(s(3)));
+        assert_eq!(effective_ttl(None, None), None);
+    }
+
+    #[test]
+    fn lanes_refuse_or_clamp() {
+        let env = || Envelope::new(Message::new("m").with_priority(7), "", "q");
+        let (low, high) = (Queue::new("low").with_max_priority(3), Queue::new("high"));
+        let high = high.with_max_priority(9);
+        assert_eq!(lane_for(env(), [&high], false).unwrap().0, 7);
+        let e = lane_for(env(), [&high, &low], false).unwrap_err();
+        assert!(matches!(e, PublishError::PriorityTooHigh { max: 3, .. }));
+        assert_eq!(&e.into_message().body[..], b"m");
+        assert_eq!(lane_for(env(), [&high, &low], true).unwrap().0, 3);
+    }
+
+    #[test]
+    fn the_last_consumer_is_reported_once() {
+        let c = ConsumerCount::new();
+        c.added();
+        c.added();
+        assert!(!c.removed());
+        assert_eq!(c.get(), 1);
+        assert!(c.removed());
+        assert_eq!(c.get(), 0);
+        // A stray removal does not wrap around.
+        assert!(c.removed());
+        assert_eq!(c.get(), 0);
+    }
+}

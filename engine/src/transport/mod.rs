@@ -1,0 +1,135 @@
+//! The seam between the model (channels, consumers, QoS, unacked tracking,
+//! leases: all in this crate) and a transport (storage and transfer of messages,
+//! topology, routing). Kombu's virtual channel vs. `_put`/`_get`/`_purge` split is
+//! the model; the trait is shaped for batches and declares what a transport does
+//! natively ([`Implements`]).
+
+mod bookkeeping;
+mod dead_letter;
+mod envelope;
+
+use std::fmt;
+use std::sync::Arc;
+use std::task::Waker;
+use std::time::Duration;
+
+use crate::error::{Error, PublishError};
+use crate::model::exchange::Exchange;
+use crate::model::queue::{Queue, QueueInfo};
+use crate::routing::Binding;
+use crate::stats::{Counters, QueueStats};
+
+pub use bookkeeping::{
+    check_delete, check_redeclare, effective_ttl, lane_for, limit_reached, queue_full,
+    validate_declaration, ConsumerCount,
+};
+pub use dead_letter::{dead_letter, dead_letter_with, DeathReason};
+pub use envelope::Envelope;
+
+/// Identifies a connection to a transport (exclusive-queue ownership).
+pub type ConnectionId = u64;
+
+/// What a transport does natively (Kombu's `implements`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub struct Implements {
+    /// Priority lanes kept by the transport itself.
+    pub priorities: bool,
+    /// Fanout routing to many queues.
+    pub fanout: bool,
+    /// Leases enforced by the transport across processes.
+    pub native_leases: bool,
+    /// Messages survive a restart.
+    pub durable: bool,
+    /// Several processes can share the queues.
+    pub multi_process: bool,
+}
+
+/// One queue as the model layer uses it.
+pub trait QueueStore: Send + Sync + fmt::Debug {
+    /// The queue's name.
+    fn name(&self) -> &str;
+    /// The queue's declaration.
+    fn declaration(&self) -> &Queue;
+    /// Takes the next ready message: most urgent lane first, FIFO within a lane.
+    /// Expired messages are expired (or dead-lettered) on the way, not returned.
+    /// The message counts as unacked until `ack`, `reject` or `restore`.
+    fn pop(&self) -> Option<Envelope>;
+    /// A delivered message was acked (or delivered with no_ack).
+    fn ack(&self, env: &Envelope);
+    /// A delivered message was rejected without requeue: dead-letter or drop.
+    fn reject(&self, env: Envelope);
+    /// Delivered messages go back to the front of their lanes, `envs[0]` first.
+    /// The caller has set `redelivered`.
+    fn restore(&self, envs: Vec<Envelope>);
+    /// The delivery of `env` is leased until `lease` from now (called when it
+    /// is delivered with a lease and on every `extend_lease`). The engine
+    /// expires leases itself; a transport shared by processes records the
+    /// deadline so that another process can restore the message if this one
+    /// stops running. The default does nothing.
+    fn lease(&self, env: &Envelope, lease: Duration) {
+        let _ = (env, lease);
+    }
+    /// Registers a waker called when a message becomes ready (or the queue is
+    /// deleted); returns an id for [`QueueStore::unregister`].
+    fn register(&self, waker: &Waker) -> u64;
+    /// Removes a registration.
+    fn unregister(&self, id: u64);
+    /// True once the queue was deleted.
+    fn is_deleted(&self) -> bool;
+    /// A consumer started consuming.
+    fn consumer_added(&self);
+    /// A consumer stopped (auto-delete queues go when the last one does).
+    fn consumer_removed(&self);
+}
+
+/// A transport: storage, transfer, topology and routing.
+pub trait Transport: Send + Sync + fmt::Debug {
+    /// URL scheme, e.g. `memory`.
+    fn scheme(&self) -> &'static str;
+    /// What it does natively.
+    fn implements(&self) -> Implements;
+    /// Default lease for deliveries whose queue and consumer set none.
+    fn default_lease(&self) -> Option<Duration> {
+        None
+    }
+    /// Declares an exchange (idempotent; other arguments = `PreconditionFailed`).
+    fn declare_exchange(&self, ex: &Exchange) -> Result<(), Error>;
+    /// Deletes an exchange and its bindings.
+    fn delete_exchange(&self, name: &str, if_unused: bool) -> Result<(), Error>;
+    /// Declares a queue for connection `owner`.
+    fn declare_queue(&self, q: &Queue, owner: ConnectionId) -> Result<QueueInfo, Error>;
+    /// Deletes a queue; returns how many ready messages it held.
+    fn delete_queue(
+        &self,
+        name: &str,
+        if_unused: bool,
+        if_empty: bool,
+        owner: ConnectionId,
+    ) -> Result<u64, Error>;
+    /// Drops every ready message; returns how many.
+    fn purge_queue(&self, name: &str, owner: ConnectionId) -> Result<u64, Error>;
+    /// Binds a queue to an exchange.
+    fn bind(&self, binding: Binding) -> Result<(), Error>;
+    /// Removes a binding.
+    fn unbind(&self, binding: &Binding) -> Result<(), Error>;
+    /// The queue called `name`, for consuming.
+    fn queue(&self, name: &str, owner: ConnectionId) -> Result<Arc<dyn QueueStore>, Error>;
+    /// Routes and stores a message (its exchange and routing key are in the
+    /// envelope). Returns once the message is accepted at the transport's
+    /// durability level; on error the message is handed back in the error.
+    fn publish(&self, envelope: Envelope, mandatory: bool) -> Result<(), PublishError>;
+    /// A connection closed: its exclusive queues go.
+    fn connection_closed(&self, owner: ConnectionId);
+    /// `Err` when the transport can no longer do its work (a core of its
+    /// runtime panicked, its store failed); memory:// is always healthy.
+    fn health(&self) -> Result<(), Error> {
+        Ok(())
+    }
+    /// Event counters.
+    fn counters(&self) -> &Counters;
+    /// Figures of one queue.
+    fn queue_stats(&self, name: &str) -> Option<QueueStats>;
+    /// Figures of every queue.
+    fn all_queue_stats(&self) -> Vec<QueueStats>;
+}

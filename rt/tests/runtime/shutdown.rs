@@ -1,0 +1,81 @@
+//! Shutdown with work in flight finishes or fails every task within the
+//! configured time, never hangs, and refuses new work.
+
+use std::time::{Duration, Instant};
+
+use dashi_rt::{io, RtError, Runtime, RuntimeConfig};
+
+#[test]
+fn shutdown_fails_long_tasks_within_the_timeout() {
+    let rt = Runtime::start(
+        RuntimeConfig::default()
+            .with_cores(2)
+            .with_shutdown_timeout(Duration::from_millis(200)),
+    )
+    .unwrap();
+    let sleepers: Vec<_> = (0..10)
+        .map(|i| {
+            rt.spawn(i % 2, || async {
+                io::sleep(Duration::from_secs(3600)).await.unwrap();
+            })
+        })
+        .collect();
+    let quick = rt.spawn(0, || async {
+        io::sleep(Duration::from_millis(10)).await.unwrap();
+        "done"
+    });
+    std::thread::sleep(Duration::from_millis(50));
+    let t0 = Instant::now();
+    rt.shutdown().unwrap();
+    assert!(t0.elapsed() < Duration::from_secs(2), "{:?}", t0.elapsed());
+    assert_eq!(quick.wait().unwrap(), "done");
+    for h in sleepers {
+        assert!(matches!(h.wait(), Err(RtError::ShuttingDown)));
+    }
+}
+
+#[test]
+fn shutdown_lets_short_tasks_finish() {
+    let rt = Runtime::start(
+        RuntimeConfig::default()
+            .with_cores(1)
+            .with_shutdown_timeout(Duration::from_secs(2)),
+    )
+    .unwrap();
+    let h = rt.spawn(0, || async {
+        io::sleep(Duration::from_millis(100)).await.unwrap();
+        7
+    });
+    std::thread::sleep(Duration::from_millis(10));
+    rt.shutdown().unwrap();
+    assert_eq!(h.wait().unwrap(), 7);
+}
+
+#[test]
+fn drop_is_bounded_and_late_work_is_refused() {
+    let rt = Runtime::start(
+        RuntimeConfig::default()
+            .with_cores(1)
+            .with_shutdown_timeout(Duration::from_millis(100)),
+    )
+    .unwrap();
+    let h = rt.spawn(0, || async { io::sleep(Duration::from_secs(3600)).await });
+    let rt = std::sync::Arc::new(rt);
+    let t0 = Instant::now();
+    let late = {
+        let rt2 = rt.clone();
+        drop(rt);
+        // The last reference goes here.
+        let r = std::sync::Arc::try_unwrap(rt2).unwrap();
+        let pending = r.spawn(0, || async { 1 });
+        drop(r);
+        pending
+    };
+    assert!(t0.elapsed() < Duration::from_secs(2));
+    assert!(matches!(h.wait(), Err(RtError::ShuttingDown)));
+    // Spawned before the drop: it either ran or was refused, never lost.
+    match late.wait() {
+        Ok(1) | Err(RtError::ShuttingDown) => {}
+        other => panic!("{other:?}"),
+    }
+}

@@ -1,0 +1,244 @@
+//! Durability of confirmed publishes: `fdatasync` of the segments written,
+//! issued on a runtime core's io_uring.
+//!
+//! # Invariants
+//! - `fsync=always`: a publish takes a ticket on each segment it wrote after
+//!   committing its record, and returns only when a sync that started after
+//!   the ticket finished (`done >= ticket`). A sync serves every ticket taken
+//!   before it began, so concurrent publishers share syncs (group commit).
+//!   Up to two syncs per segment are in flight: a publish that arrives while
+//!   one runs starts the next at once instead of waiting for it to end (its
+//!   confirm takes about one sync, not one and a half); `started` (the
+//!   highest ticket a started sync covers) keeps a third from starting.
+//! - `fsync=interval`: one task on a core syncs every segment with tickets
+//!   newer than its last sync, once per interval; publishes do not wait.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::sync::atomic::{
+    AtomicU32, AtomicU64, Ordering::AcqRel, Ordering::Acquire, Ordering::SeqCst,
+};
+use std::sync::{Arc, Condvar, Weak};
+use std::time::Duration;
+
+use dashi_rt::{io, Runtime};
+use parking_lot::Mutex;
+
+use super::Fsync;
+use crate::segment::Segment;
+
+/// Syncs of one file in flight at once.
+const MAX_IN_FLIGHT: u32 = 2;
+
+struct FileSync {
+    file: Arc<File>,
+    core: usize,
+    requested: AtomicU64,
+    done: AtomicU64,
+    /// Highest ticket covered by a sync that has started.
+    started: AtomicU64,
+    /// Syncs of this file in flight (at most [`MAX_IN_FLIGHT`]).
+    in_flight: AtomicU32,
+    error: Mutex<Option<String>>,
+    wait: std::sync::Mutex<()>,
+    cv: Condvar,
+    syncs: AtomicU64,
+}
+
+impl FileSync {
+    /// One fdatasync covering every ticket taken so far, unless a sync that
+    /// already started covers them all (two tasks can race here).
+    async fn sync_once(&self) {
+        let target = self.requested.load(SeqCst);
+        if self.started.fetch_max(target, SeqCst) >= target {
+            return;
+        }
+        let r = io::fdatasync(&self.file).await;
+        self.syncs.fetch_add(1, AcqRel);
+        if let Err(e) = r {
+            *self.error.lock() = Some(format!("fdatasync: {e}"));
+        }
+        self.done.fetch_max(target, AcqRel);
+        let _g = self.wait.lock();
+        self.cv.notify_all();
+    }
+}
+
+/// The syncing side of a store.
+pub(crate) struct Durability {
+    mode: Fsync,
+    rt: Arc<Runtime>,
+    files: Mutex<HashMap<String, Arc<FileSync>>>,
+}
+
+impl std::fmt::Debug for Durability {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Durability")
+            .field("mode", &self.mode)
+            .finish()
+    }
+}
+
+impl Durability {
+    /// Syncs on `rt` (the store's runtime); `None` for `fsync=never`.
+    pub(crate) fn start(
+        mode: Fsync,
+        rt: Result<Arc<Runtime>, String>,
+    ) -> Result<Option<Arc<Durability>>, String> {
+        if mode == Fsync::Never {
+            return Ok(None);
+        }
+        let rt = rt.map_err(|e| format!("fsync needs the io_uring runtime: {e}"))?;
+        let d = Arc::new(Durability {
+            mode,
+            rt,
+            files: Mutex::new(HashMap::new()),
+        });
+        if let Fsync::Interval(every) = mode {
+            let weak = Arc::downgrade(&d);
+            d.rt.spawn(0, move || interval_loop(weak, every));
+        }
+        Ok(Some(d))
+    }
+
+    fn state(&self, seg: &Segment) -> Arc<FileSync> {
+        let mut files = self.files.lock();
+        let n = files.len();
+        files
+            .entry(seg.path().to_owned())
+            .or_insert_with(|| {
+                Arc::new(FileSync {
+                    file: seg.file().clone(),
+                    core: n % self.rt.cores(),
+                    requested: AtomicU64::new(0),
+                    done: AtomicU64::new(0),
+                    started: AtomicU64::new(0),
+                    in_flight: AtomicU32::new(0),
+                    error: Mutex::new(None),
+                    wait: std::sync::Mutex::new(()),
+                    cv: Condvar::new(),
+                    syncs: AtomicU64::new(0),
+                })
+            })
+            .clone()
+    }
+
+    /// Makes sure a sync covering `ticket` has started or will start.
+    fn ensure_running(&self, st: &Arc<FileSync>, ticket: u64) {
+        loop {
+            if st.started.load(SeqCst) >= ticket {
+                return;
+            }
+            let n = st.in_flight.load(SeqCst);
+            if n >= MAX_IN_FLIGHT {
+                // A sync in flight starts another when it ends.
+                return;
+            }
+            if st
+                .in_flight
+                .compare_exchange(n, n + 1, SeqCst, SeqCst)
+                .is_ok()
+            {
+                break;
+            }
+        }
+        let st = st.clone();
+        let core = st.core;
+        drop(self.rt.spawn(core, move || async move {
+            loop {
+                st.sync_once().await;
+                // Tickets no started sync covers need another.
+                if st.requested.load(SeqCst) > st.started.load(SeqCst) {
+                    continue;
+                }
+                st.in_flight.fetch_sub(1, SeqCst);
+                // A publisher that found every slot taken just now relies
+                // on us: look again after giving the slot back.
+                if st.requested.load(SeqCst) <= st.started.load(SeqCst) {
+                    break;
+                }
+                let n = st.in_flight.load(SeqCst);
+                if n >= MAX_IN_FLIGHT
+                    || st
+                        .in_flight
+                        .compare_exchange(n, n + 1, SeqCst, SeqCst)
+                        .is_err()
+                {
+                    break;
+                }
+            }
+        }));
+    }
+
+    /// Called after records were committed to `segments`: returns once they
+    /// are durable as the mode promises.
+    pub(crate) fn commit(&self, segments: &[Arc<Segment>]) -> Result<(), String> {
+        let mut waits = Vec::with_capacity(segments.len());
+        for seg in segments {
+            let st = self.state(seg);
+            let ticket = st.requested.fetch_add(1, SeqCst) + 1;
+            if matches!(self.mode, Fsync::Always) {
+                self.ensure_running(&st, ticket);
+                waits.push((st, ticket));
+            }
+        }
+        for (st, ticket) in waits {
+            let mut g = st.wait.lock().unwrap_or_else(|p| p.into_inner());
+            while st.done.load(Acquire) < ticket {
+                // The runtime's health is checked on each wake-up, so a dead
+                // core is an error here, never a hang.
+                if let Err(e) = self.rt.health() {
+                    return Err(e.to_string());
+                }
+                g = st
+                    .cv
+                    .wait_timeout(g, Duration::from_millis(100))
+                    .unwrap_or_else(|p| p.into_inner())
+                    .0;
+                if st.in_flight.load(SeqCst) == 0 && st.done.load(Acquire) < ticket {
+                    drop(g);
+                    self.ensure_running(&st, ticket);
+                    g = st.wait.lock().unwrap_or_else(|p| p.into_inner());
+                }
+            }
+            if let Some(e) = st.error.lock().take() {
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+
+    /// `fdatasync` calls made so far (all segments).
+    pub(crate) fn syncs(&self) -> u64 {
+        self.files
+            .lock()
+            .values()
+            .map(|f| f.syncs.load(Acquire))
+            .sum()
+    }
+
+    /// Health of the runtime the syncs run on.
+    pub(crate) fn health(&self) -> Result<(), String> {
+        self.rt.health().map_err(|e| e.to_string())
+    }
+}
+
+async fn interval_loop(weak: Weak<Durability>, every: Duration) {
+    loop {
+        if io::sleep(every).await.is_err() {
+            return;
+        }
+        let Some(d) = weak.upgrade() else { return };
+        let dirty: Vec<Arc<FileSync>> = d
+            .files
+            .lock()
+            .values()
+            .filter(|f| f.requested.load(Acquire) > f.done.load(Acquire))
+            .cloned()
+            .collect();
+        drop(d);
+        for f in dirty {
+            f.sync_once().await;
+        }
+    }
+}

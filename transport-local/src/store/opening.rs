@@ -1,0 +1,202 @@
+//! Opening a store: the format marker, the presence lock that tells the
+//! first process in (which recovers the store) from the others, the store's
+//! runtime, and one shared instance per directory and options per process.
+//!
+//! # Invariants
+//! - Every process holds a shared `flock` on `open.lock` while it has the
+//!   store open; the first one in takes it exclusively (non-blocking),
+//!   recovers every lane, then downgrades, so recovery never runs beside
+//!   another user of the store.
+
+use std::collections::HashMap;
+use std::fs::OpenOptions;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, OnceLock, Weak};
+
+use arc_swap::ArcSwap;
+use dashi_engine::spi::{Counters, Routing, Topology};
+use dashi_engine::Error;
+use dashi_rt::{Runtime, RuntimeConfig};
+use parking_lot::Mutex;
+
+use crate::alloc::Allocator;
+use crate::lane::Lane;
+use crate::lock::FileLock;
+use crate::owner;
+use crate::recovery::Totals;
+use crate::shared_page::SharedPage;
+
+use super::durability::Durability;
+use super::wakeup::Arm;
+use super::{store_err, Fsync, Inner, LocalOptions, LocalTransport, Topo, MARKER};
+
+/// Recovers every lane of the store at `root` (the caller is its only user)
+/// and removes half-made segment files of writers that died creating them.
+fn recover_store(root: &Path, segment_size: u64) -> Result<Totals, Error> {
+    let mut total = Totals::default();
+    let queues = match std::fs::read_dir(root.join("q")) {
+        Ok(d) => d,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(total),
+        Err(e) => return Err(store_err("recovery", e)),
+    };
+    for q in queues.flatten() {
+        let Ok(lanes) = std::fs::read_dir(q.path()) else {
+            continue;
+        };
+        for l in lanes.flatten() {
+            let name = l.file_name().to_string_lossy().into_owned();
+            let Some(p) = name
+                .strip_prefix("lane-")
+                .and_then(|p| p.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            if let Ok(files) = std::fs::read_dir(l.path()) {
+                for f in files.flatten() {
+                    if f.file_name().to_string_lossy().contains(".seg.tmp-") {
+                        let _ = std::fs::remove_file(f.path());
+                    }
+                }
+            }
+            let lane =
+                Lane::open(&l.path(), p, segment_size).map_err(|e| store_err("recovery", e))?;
+            let t = lane.recover().map_err(|e| store_err("recovery", e))?;
+            if t.moved + t.tails_cut + t.holes_padded > 0 {
+                tracing::warn!(
+                    lane = %l.path().display(),
+                    moved_aside = t.moved,
+                    tails_cut = t.tails_cut,
+                    holes_padded = t.holes_padded,
+                    "local store recovered"
+                );
+            }
+            total.merge(t);
+        }
+    }
+    Ok(total)
+}
+
+/// Stores open in this process, by directory and options.
+type OpenStores = Mutex<HashMap<(PathBuf, String), Weak<Inner>>>;
+
+static OPEN: OnceLock<OpenStores> = OnceLock::new();
+
+impl LocalTransport {
+    /// The store at `root`, shared with every connection of this process that
+    /// opened it with the same options (one set of mappings and wake-ups).
+    pub fn open(root: &Path, opts: LocalOptions) -> Result<LocalTransport, Error> {
+        let key = (root.to_owned(), format!("{opts:?}"));
+        let mut open = OPEN.get_or_init(Default::default).lock();
+        if let Some(inner) = open.get(&key).and_then(Weak::upgrade) {
+            return Ok(LocalTransport { inner });
+        }
+        let t = Self::open_new(root, opts)?;
+        open.retain(|_, w| w.strong_count() > 0);
+        open.insert(key, Arc::downgrade(&t.inner));
+        Ok(t)
+    }
+
+    fn open_new(root: &Path, opts: LocalOptions) -> Result<LocalTransport, Error> {
+        std::fs::create_dir_all(root.join("q")).map_err(|e| store_err("directory", e))?;
+        let marker = root.join("DASHI-LOCAL");
+        match std::fs::read_to_string(&marker) {
+            Ok(m) if m == MARKER => {}
+            Ok(m) => {
+                return Err(store_err(
+                    "format",
+                    format!(
+                        "{} holds a store of format {:?}; this build reads {:?}",
+                        root.display(),
+                        m.trim(),
+                        MARKER.trim()
+                    ),
+                ))
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                std::fs::write(&marker, MARKER).map_err(|e| store_err("format marker", e))?;
+            }
+            Err(e) => return Err(store_err("format marker", e)),
+        }
+        // Presence: every process holds a shared lock on `open.lock` while it
+        // has the store open. The first one in (nobody else holds it) gets it
+        // exclusively and recovers the store before letting others in.
+        let lock_file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .read(true)
+            .write(true)
+            .open(root.join("open.lock"))
+            .map_err(|e| store_err("presence lock", e))?;
+        let mut recovered = Totals::default();
+        let presence = match FileLock::try_exclusive(
+            lock_file
+                .try_clone()
+                .map_err(|e| store_err("presence lock", e))?,
+        )
+        .map_err(|e| store_err("presence lock", e))?
+        {
+            Some(alone) => {
+                recovered = recover_store(root, opts.segment_size)?;
+                alone
+                    .downgrade()
+                    .map_err(|e| store_err("presence lock", e))?
+            }
+            None => FileLock::shared(lock_file).map_err(|e| store_err("presence lock", e))?,
+        };
+        let control =
+            SharedPage::open(&root.join("control")).map_err(|e| store_err("control page", e))?;
+        // One small runtime per store: fallocate of segments (and their
+        // background preparation) and, with fsync, the fdatasyncs.
+        let cores = match opts.fsync {
+            Fsync::Never => 1,
+            _ => std::thread::available_parallelism()
+                .map_or(1, |n| n.get())
+                .min(2),
+        };
+        let mut cfg = RuntimeConfig::default()
+            .with_cores(cores)
+            .with_shutdown_timeout(std::time::Duration::from_millis(500));
+        cfg.simulate_unavailable = opts
+            .simulate_no_io_uring
+            .then_some(rustix::io::Errno::PERM.raw_os_error());
+        let rt = Runtime::start(cfg).map(Arc::new).map_err(|e| e.to_string());
+        let alloc = match &rt {
+            Ok(rt) => Allocator::on_ring(rt.clone()),
+            Err(e) => {
+                // fsync=never works without io_uring (fsync modes refuse below).
+                if opts.fsync == Fsync::Never {
+                    tracing::warn!(error = %e, "io_uring unavailable: local:// segments are allocated with fallocate(2) by the writer");
+                }
+                Allocator::direct()
+            }
+        };
+        let durability =
+            Durability::start(opts.fsync, rt).map_err(|e| store_err("durability", e))?;
+        let inner = Arc::new(Inner {
+            root: root.to_owned(),
+            opts,
+            control,
+            topo: Mutex::new(Topo {
+                generation: u64::MAX,
+                topology: Topology::new(),
+                queues: HashMap::new(),
+            }),
+            routing: ArcSwap::from_pointee(Routing::default()),
+            loaded_gen: AtomicU64::new(u64::MAX),
+            counters: Counters::default(),
+            pid: std::process::id(),
+            me: owner::Me::get(),
+            exclusive_owner: Mutex::new(HashMap::new()),
+            watcher: OnceLock::new(),
+            arm: Arc::new(Arm::default()),
+            durability,
+            alloc,
+            recovered,
+            _presence: presence,
+        });
+        let meta = inner.read_meta()?;
+        inner.reload(meta)?;
+        Ok(LocalTransport { inner })
+    }
+}

@@ -1,0 +1,159 @@
+//! Publishing into the store: route against the snapshot, check every
+//! target's limits, encode the message once, append it to each target's
+//! lane, wake consumers, and (with fsync) wait for the durability point.
+//!
+//! # Invariants
+//! - Nothing is appended anywhere unless every target accepts the message
+//!   (priority and limits are checked first).
+//! - A publish that returns `Ok` is committed in every target's lane (and,
+//!   with `fsync=always`, covered by a finished `fdatasync`).
+
+use std::sync::Arc;
+
+use dashi_engine::spi::{
+    dead_letter_with, lane_for, limit_reached, queue_full, DeathReason, Envelope, Routing,
+    TransportEvent,
+};
+use dashi_engine::{Overflow, PublishError, Queue};
+
+use crate::codec;
+use crate::segment::Segment;
+
+use super::queue::LocalQueue;
+use super::{store_err, wall_ns, Inner};
+
+/// A publish that failed in the transport, handing the message back.
+fn transport_error(reason: String, env: Envelope) -> PublishError {
+    PublishError::Transport {
+        reason,
+        message: Box::new(env.into_message()),
+    }
+}
+
+impl Inner {
+    /// Sends a message that left `queue` unacked (rejected, expired, dropped
+    /// by overflow) to its dead-letter exchange, or counts it as dropped.
+    pub(super) fn dead_letter(self: &Arc<Self>, queue: &Queue, env: Envelope, reason: DeathReason) {
+        dead_letter_with(&self.counters, queue, &env, reason, |dl| {
+            self.publish(dl, true, true)
+        });
+    }
+
+    /// Routes and appends `env`. `clamp` lowers a priority above a target's
+    /// maximum instead of refusing it (dead-lettered messages).
+    pub(super) fn publish(
+        self: &Arc<Self>,
+        env: Envelope,
+        mandatory: bool,
+        clamp: bool,
+    ) -> Result<(), PublishError> {
+        if let Err(e) = self.refresh() {
+            return Err(transport_error(e.to_string(), env));
+        }
+        let routing = self.routing.load();
+        let route = match routing.route_publish(&env, mandatory) {
+            Ok(Some(r)) => r,
+            Ok(None) => {
+                self.counters.record(TransportEvent::Published, 1);
+                self.counters.record(TransportEvent::DroppedUnroutable, 1);
+                return Ok(());
+            }
+            Err(refused) => return Err(refused.into_error(env)),
+        };
+        let targets = route.as_slice();
+        let (priority, env) =
+            lane_for(env, targets.iter().map(|&t| &routing.target(t).decl), clamp)?;
+        let size = env.size() as u64;
+        for &t in targets {
+            if let Err(reason) = self.make_room(routing.target(t), size) {
+                return Err(queue_full(&routing.target(t).decl, reason, env));
+            }
+        }
+        let payload = match codec::encode(&env.exchange, &env.routing_key, &env.to_message()) {
+            Ok(p) => p,
+            Err(e) => return Err(transport_error(format!("encoding the record: {e}"), env)),
+        };
+        let written = match self.append_all(&routing, targets, priority, &payload, size) {
+            Ok(w) => w,
+            Err(e) => return Err(transport_error(e.to_string(), env)),
+        };
+        self.counters.record(TransportEvent::Published, 1);
+        self.counters
+            .record(TransportEvent::Routed, targets.len() as u64);
+        self.wake_other_processes();
+        if let Some(d) = &self.durability {
+            if let Err(e) = d.commit(&written) {
+                // The record is in the log (it may be delivered), but its
+                // durability is not confirmed: say so.
+                return Err(transport_error(
+                    format!("published but not confirmed durable: {e}"),
+                    env,
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks that `q` takes one more message of `size` body bytes: within
+    /// its limits and the store's per-queue budget, or (drop-head) after
+    /// dropping its oldest least urgent message. `Err` names the limit.
+    fn make_room(&self, q: &LocalQueue, size: u64) -> Result<(), String> {
+        let budget = self.opts.max_queue_bytes;
+        let fits = |(n, b): (u64, u64)| {
+            limit_reached(&q.decl, n + 1, b + size).is_none()
+                && budget.is_none_or(|max| b + size <= max)
+        };
+        // Cheap first: an overestimate within every limit is enough.
+        if fits(q.ready(false)) {
+            return Ok(());
+        }
+        let (n, b) = q.ready(true);
+        if let Some(max) = budget.filter(|max| b + size > *max) {
+            return Err(format!(
+                "max_queue_bytes ({max}) of the local store reached"
+            ));
+        }
+        match limit_reached(&q.decl, n + 1, b + size) {
+            None => Ok(()),
+            Some(which) => match q.decl.overflow {
+                Overflow::RejectPublish => {
+                    Err(format!("{which} reached and overflow is reject-publish"))
+                }
+                Overflow::DropHead => {
+                    q.drop_oldest();
+                    Ok(())
+                }
+            },
+        }
+    }
+
+    /// Appends the encoded message to each target's lane `priority` (or its
+    /// highest lane) and wakes the local waiters; returns the segments
+    /// written, for the durability wait.
+    fn append_all(
+        &self,
+        routing: &Routing<Arc<LocalQueue>>,
+        targets: &[usize],
+        priority: u8,
+        payload: &[u8],
+        size: u64,
+    ) -> Result<Vec<Arc<Segment>>, dashi_engine::Error> {
+        let writer = self.me.writer();
+        let ts = wall_ns();
+        let mut written = Vec::new();
+        for &t in targets {
+            let q = routing.target(t);
+            let l = q.lane(priority.min(q.decl.max_priority))?;
+            let pos = l
+                .append(payload, size as u32, writer, ts)
+                .map_err(|e| store_err("append", e))?;
+            if self.durability.is_some() {
+                if let Some(seg) = l.segment(pos.seq).map_err(|e| store_err("segment", e))? {
+                    written.push(seg);
+                }
+            }
+            q.notify.notify_all();
+        }
+        Ok(written)
+    }
+}

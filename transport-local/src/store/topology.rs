@@ -1,0 +1,158 @@
+//! The store's topology as this process sees it: `meta.json` read and
+//! rewritten under the metadata lock, the shared generation word, and the
+//! routing snapshot rebuilt when another process changed the topology.
+//!
+//! # Invariants
+//! - A change takes the metadata lock, re-reads `meta.json`, writes it anew
+//!   (temporary file, sync, rename, directory sync) and only then bumps the
+//!   shared generation: a process that sees the new generation reads the
+//!   new file.
+//! - Publishers check the generation with one atomic load and rebuild the
+//!   snapshot only when it moved.
+
+use std::collections::HashMap;
+use std::fs::OpenOptions;
+use std::path::PathBuf;
+use std::sync::atomic::{Ordering::AcqRel, Ordering::Acquire, Ordering::SeqCst};
+use std::sync::Arc;
+
+use dashi_engine::spi::{check_name, ConnectionId, Topology};
+use dashi_engine::Error;
+
+use crate::lock::FileLock;
+
+use super::meta_json::Meta;
+use super::queue::LocalQueue;
+use super::{store_err, Inner, GENERATION};
+
+impl Inner {
+    pub(super) fn meta_path(&self) -> PathBuf {
+        self.root.join("meta.json")
+    }
+
+    pub(super) fn read_meta(&self) -> Result<Meta, Error> {
+        match std::fs::read_to_string(self.meta_path()) {
+            Ok(text) => Meta::from_json(&text).map_err(|e| store_err("metadata", e)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Meta::default()),
+            Err(e) => Err(store_err("metadata", e)),
+        }
+    }
+
+    pub(super) fn lock_meta(&self) -> Result<FileLock, Error> {
+        let f = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .read(true)
+            .write(true)
+            .open(self.root.join("meta.lock"))
+            .map_err(|e| store_err("metadata lock", e))?;
+        FileLock::exclusive(f).map_err(|e| store_err("metadata lock", e))
+    }
+
+    /// Applies a topology change under the metadata lock and publishes it.
+    pub(super) fn change(
+        self: &Arc<Self>,
+        f: impl FnOnce(&mut Meta) -> Result<(), Error>,
+    ) -> Result<(), Error> {
+        let _lock = self.lock_meta()?;
+        let mut meta = self.read_meta()?;
+        let before = meta.clone();
+        f(&mut meta)?;
+        if meta != before {
+            let text = meta.to_json().map_err(|e| store_err("metadata", e))?;
+            let tmp = self.root.join(format!("meta.json.tmp-{}", self.pid));
+            // Written, synced, renamed, and the directory synced: a topology
+            // change that returned survives a power loss.
+            let write = || -> std::io::Result<()> {
+                use std::io::Write;
+                let mut f = std::fs::File::create(&tmp)?;
+                f.write_all(text.as_bytes())?;
+                f.sync_all()?;
+                std::fs::rename(&tmp, self.meta_path())?;
+                std::fs::File::open(&self.root)?.sync_all()
+            };
+            write().map_err(|e| store_err("metadata write", e))?;
+            self.control.u64_at(GENERATION).fetch_add(1, AcqRel);
+        }
+        self.reload(meta)
+    }
+
+    /// Reloads the topology if another process changed it.
+    pub(super) fn refresh(self: &Arc<Self>) -> Result<(), Error> {
+        let gen = self.control.u64_at(GENERATION).load(Acquire);
+        if self.loaded_gen.load(Acquire) == gen && gen != 0 {
+            return Ok(());
+        }
+        let meta = self.read_meta()?;
+        self.reload(meta)
+    }
+
+    pub(super) fn reload(self: &Arc<Self>, meta: Meta) -> Result<(), Error> {
+        let gen = self.control.u64_at(GENERATION).load(Acquire);
+        let mut topo = self.topo.lock();
+        let mut topology = Topology::new();
+        for e in &meta.exchanges {
+            topology.declare_exchange(e)?;
+        }
+        let mut queues = HashMap::new();
+        for (q, _) in &meta.queues {
+            let existing = topo.queues.get(&q.name).filter(|x| x.decl == *q).cloned();
+            let lq = match existing {
+                Some(x) => x,
+                None => Arc::new(LocalQueue::open(
+                    &self.root,
+                    q.clone(),
+                    &self.opts,
+                    self.alloc.clone(),
+                    self.me.claim_owner(),
+                    Arc::downgrade(self),
+                )?),
+            };
+            queues.insert(q.name.clone(), lq);
+        }
+        for b in &meta.bindings {
+            let _ = topology.bind(b.clone(), |q| queues.contains_key(q));
+        }
+        for (name, q) in &topo.queues {
+            if !queues.contains_key(name) {
+                q.deleted.store(true, SeqCst);
+                q.notify.notify_all();
+            }
+        }
+        let snapshot = topology.snapshot(queues.iter().map(|(n, q)| (n.clone(), q.clone())));
+        topo.topology = topology;
+        topo.queues = queues;
+        topo.generation = gen;
+        self.loaded_gen.store(gen, SeqCst);
+        self.routing.store(Arc::new(snapshot));
+        Ok(())
+    }
+
+    pub(super) fn queue(
+        self: &Arc<Self>,
+        name: &str,
+        owner: ConnectionId,
+    ) -> Result<Arc<LocalQueue>, Error> {
+        check_name("queue", name)?;
+        self.refresh()?;
+        let q = self
+            .topo
+            .lock()
+            .queues
+            .get(name)
+            .cloned()
+            .ok_or_else(|| Error::UnknownQueue(name.to_owned()))?;
+        self.check_owner(&q, owner)?;
+        Ok(q)
+    }
+
+    pub(super) fn check_owner(&self, q: &LocalQueue, owner: ConnectionId) -> Result<(), Error> {
+        if q.decl.exclusive {
+            match self.exclusive_owner.lock().get(&q.decl.name) {
+                Some(o) if *o == owner => {}
+                _ => return Err(Error::Exclusive(q.decl.name.clone())),
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,114 @@
+//! Wake-ups across processes. Each publish bumps a 32-bit futex word in the
+//! control page; a consumer about to sleep arms its process's watcher thread
+//! with the value it saw before its last look at the queue; the watcher
+//! sleeps on the word from that value and wakes the process's waiters.
+//!
+//! # Invariants
+//! - No lost wake-up: the watcher raises the shared "somebody sleeps" flag,
+//!   then looks at the word, then sleeps only if it still holds the armed
+//!   value; a publisher bumps the word, then (after a fence) reads the flag,
+//!   so either the watcher sees the bump or the publisher sees the flag.
+//! - Only the first publish after a watcher sleeps pays the `futex_wake`
+//!   syscall (it clears the flag); the others pay one atomic add and a load.
+//! - The armed value is the oldest one a consumer asked for: waking early is
+//!   harmless, waking late is not.
+
+use std::sync::atomic::{Ordering::AcqRel, Ordering::SeqCst};
+use std::sync::{Arc, Weak};
+
+use crate::futex;
+
+use super::queue::LocalQueue;
+use super::{Inner, PUBLISHED, SLEEPERS};
+
+impl Inner {
+    /// After a publish: one atomic add, and a futex wake only for the first
+    /// publish since some process's watcher went to sleep.
+    pub(super) fn wake_other_processes(&self) {
+        let word = self.control.u32_at(PUBLISHED);
+        word.fetch_add(1, AcqRel);
+        std::sync::atomic::fence(SeqCst);
+        let sleepers = self.control.u32_at(SLEEPERS);
+        if sleepers.load(SeqCst) != 0 && sleepers.swap(0, SeqCst) != 0 {
+            futex::wake(word);
+        }
+    }
+
+    /// Starts (once) the thread that wakes this process's sleeping consumers
+    /// when another process publishes.
+    pub(super) fn ensure_watcher(self: &Arc<Self>) {
+        self.watcher.get_or_init(|| {
+            let (weak, arm) = (Arc::downgrade(self), self.arm.clone());
+            let _ = std::thread::Builder::new()
+                .name("dashi-local-watch".into())
+                .spawn(move || watch(weak, arm));
+        });
+    }
+}
+
+/// The publish-counter value the watcher must wait from, set by consumers
+/// about to sleep (the oldest value wins: waking early is harmless, late is
+/// not).
+#[derive(Default)]
+pub(super) struct Arm {
+    from: parking_lot::Mutex<Option<u32>>,
+    cv: parking_lot::Condvar,
+}
+
+impl Arm {
+    pub(super) fn arm(&self, seen: u32) {
+        let mut from = self.from.lock();
+        if from.is_none() {
+            *from = Some(seen);
+            self.cv.notify_one();
+        }
+    }
+
+    /// Waits up to `timeout` for an arming; takes it.
+    fn take(&self, timeout: std::time::Duration) -> Option<u32> {
+        let mut from = self.from.lock();
+        if from.is_none() {
+            self.cv.wait_for(&mut from, timeout);
+        }
+        from.take()
+    }
+}
+
+/// Body of the watcher thread. Idle until a consumer of this process is about
+/// to sleep (it arms the watcher with the publish counter it saw); then sleeps
+/// on the shared futex word from that value, so a publish by any process
+/// after the consumer's last look wakes it, and wakes this process's waiting
+/// consumers. While consumers keep waiting it re-arms itself; once a second it
+/// wakes them anyway, so records of dead processes get reclaimed. Exits when
+/// the transport is dropped.
+fn watch(weak: Weak<Inner>, arm: Arc<Arm>) {
+    let second = std::time::Duration::from_secs(1);
+    loop {
+        let seen = arm.take(second);
+        let Some(inner) = weak.upgrade() else { return };
+        let Some(seen) = seen else { continue };
+        let word = inner.control.u32_at(PUBLISHED);
+        // Raise the flag, then look: a publish either comes before the look
+        // (the word moved: no sleep) or sees the flag (and wakes us).
+        inner.control.u32_at(SLEEPERS).store(1, SeqCst);
+        std::sync::atomic::fence(SeqCst);
+        if word.load(SeqCst) == seen {
+            futex::wait(word, seen, second);
+        }
+        let waiting: Vec<Arc<LocalQueue>> = inner
+            .topo
+            .lock()
+            .queues
+            .values()
+            .filter(|q| q.notify.waiters() > 0)
+            .cloned()
+            .collect();
+        if !waiting.is_empty() {
+            // Those still asleep after this wake-up wait from here on.
+            arm.arm(word.load(SeqCst));
+        }
+        for q in &waiting {
+            q.notify.notify_all();
+        }
+    }
+}

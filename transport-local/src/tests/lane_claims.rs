@@ -1,0 +1,451 @@
+//! A lane shared by threads and processes: every record is claimed once, in
+//! log order; restored records come back first, flagged; segments roll over;
+//! records held by a consumer killed with SIGKILL are reclaimed for others.
+
+use dashi_test_support::TestDir;
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::process::{Child, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::lane::{claim, Lane};
+use crate::owner::{self, Me};
+
+const CHILD: &str = "DASHI_LANE_CHILD";
+
+fn dir(_tag: &str) -> TestDir {
+    TestDir::new()
+}
+
+fn payload(writer: u32, i: u32) -> Vec<u8> {
+    let mut p = writer.to_le_bytes().to_vec();
+    p.extend_from_slice(&i.to_le_bytes());
+    p.resize(8 + (i % 100) as usize, 0x11);
+    p
+}
+
+/// A claim owner for tests: pid `n`, start time 1 (never a live process's).
+fn who(n: u32) -> u64 {
+    owner::claim_owner(n, 1)
+}
+
+fn parse(c: &crate::lane::Claimed) -> (u32, u32) {
+    let p = c.segment.payload(c.pos.off, &c.meta);
+    (
+        u32::from_le_bytes(p[..4].try_into().unwrap()),
+        u32::from_le_bytes(p[4..8].try_into().unwrap()),
+    )
+}
+
+#[test]
+fn claims_in_order_restores_first_and_rolls_over() {
+    let d = dir("order");
+    let lane = Lane::open(&d, 0, 8192).unwrap();
+    for i in 0..100 {
+        lane.append(&payload(0, i), 0, 1, 0).unwrap();
+    }
+    assert!(
+        std::fs::read_dir(&d).unwrap().count() > 3,
+        "segments rolled over"
+    );
+    assert_eq!(lane.counts().0, 100);
+    let mut got = Vec::new();
+    let mut held = Vec::new();
+    for _ in 0..10 {
+        let c = lane.claim(who(7)).unwrap().unwrap();
+        assert!(!c.redelivered);
+        got.push(parse(&c).1);
+        held.push(c);
+    }
+    assert_eq!(got, (0..10).collect::<Vec<_>>());
+    // Give back 3 and 5: they come next, in log order, flagged.
+    assert!(lane.restore(&held[5], who(7)));
+    assert!(lane.restore(&held[3], who(7)));
+    assert!(!lane.restore(&held[3], who(7)), "restored twice");
+    let a = lane.claim(who(8)).unwrap().unwrap();
+    let b = lane.claim(who(8)).unwrap().unwrap();
+    assert_eq!((parse(&a).1, a.redelivered), (3, true));
+    assert_eq!((parse(&b).1, b.redelivered), (5, true));
+    assert!(!lane.settle(&a, who(7), claim::ACKED), "not the owner");
+    assert!(lane.settle(&a, who(8), claim::ACKED));
+    let rest: Vec<u32> = std::iter::from_fn(|| lane.claim(who(9)).unwrap())
+        .map(|c| parse(&c).1)
+        .collect();
+    assert_eq!(rest, (10..100).collect::<Vec<_>>());
+    assert!(lane.claim(who(9)).unwrap().is_none());
+    assert_eq!(lane.counts().0, 0);
+}
+
+#[test]
+fn threads_claim_each_record_once() {
+    let d = dir("threads");
+    let lane = Arc::new(Lane::open(&d, 0, 64 * 1024).unwrap());
+    let producers: Vec<_> = (0..2u32)
+        .map(|w| {
+            let lane = lane.clone();
+            std::thread::spawn(move || {
+                for i in 0..3000 {
+                    lane.append(&payload(w, i), 0, u64::from(w), 0).unwrap();
+                }
+            })
+        })
+        .collect();
+    let total = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let consumers: Vec<_> = (0..3u32)
+        .map(|c| {
+            let (lane, total) = (lane.clone(), total.clone());
+            std::thread::spawn(move || {
+                let mut got = Vec::new();
+                let start = Instant::now();
+                while total.load(std::sync::atomic::Ordering::SeqCst) < 6000 {
+                    assert!(
+                        start.elapsed() < Duration::from_secs(30),
+                        "consumers stalled"
+                    );
+                    match lane.claim(who(100 + c)).unwrap() {
+                        Some(x) => {
+                            got.push(parse(&x));
+                            assert!(lane.settle(&x, who(100 + c), claim::ACKED));
+                            total.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                        }
+                        None => std::thread::yield_now(),
+                    }
+                }
+                got
+            })
+        })
+        .collect();
+    for p in producers {
+        p.join().unwrap();
+    }
+    let mut all: Vec<(u32, u32)> = Vec::new();
+    for c in consumers {
+        let got = c.join().unwrap();
+        // Each consumer sees each producer's records in order.
+        for w in 0..2 {
+            let seqs: Vec<u32> = got.iter().filter(|x| x.0 == w).map(|x| x.1).collect();
+            assert!(seqs.windows(2).all(|p| p[0] < p[1]));
+        }
+        all.extend(got);
+    }
+    assert!(lane.claim(who(1)).unwrap().is_none());
+    let set: BTreeSet<_> = all.iter().copied().collect();
+    assert_eq!(set.len(), all.len(), "a record was claimed twice");
+    assert_eq!(all.len(), 6000);
+    assert_eq!(lane.counts(), (0, 0, 0));
+}
+
+/// Child role: `dir,mode,id,count` — mode `p` appends `count` records, mode
+/// `c` claims and acks until `count` are done, mode `h` claims `count` records,
+/// prints "held" and waits to be killed.
+#[test]
+#[ignore = "run as a child process by the tests in this file"]
+fn child_role() {
+    let spec = std::env::var(CHILD).expect("run by the tests in this file");
+    let parts: Vec<&str> = spec.split(',').collect();
+    let lane = Lane::open(Path::new(parts[0]), 0, 256 * 1024).unwrap();
+    let id: u32 = parts[2].parse().unwrap();
+    let count: u32 = parts[3].parse().unwrap();
+    match parts[1] {
+        "p" => {
+            for i in 0..count {
+                lane.append(&payload(id, i), 0, Me::get().writer(), 0)
+                    .unwrap();
+            }
+        }
+        "h" => {
+            let mut held = Vec::new();
+            while held.len() < count as usize {
+                if let Some(c) = lane.claim(Me::get().claim_owner()).unwrap() {
+                    held.push(c);
+                }
+            }
+            println!("held");
+            std::thread::sleep(Duration::from_secs(600));
+        }
+        _ => unreachable!(),
+    }
+}
+
+fn spawn(d: &Path, mode: &str, id: u32, count: u32) -> Child {
+    super::common::child_role(
+        "lane_claims",
+        CHILD,
+        format!("{},{mode},{id},{count}", d.display()),
+    )
+    .stdout(Stdio::piped())
+    .spawn()
+    .unwrap()
+}
+
+fn alive(pid: u32) -> bool {
+    std::path::Path::new(&format!("/proc/{pid}")).exists()
+        && !std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .map(|s| s.split_whitespace().nth(2) == Some("Z"))
+            .unwrap_or(true)
+}
+
+#[test]
+fn processes_produce_and_a_killed_consumer_s_records_come_back() {
+    let d = dir("procs");
+    std::fs::create_dir_all(&d).unwrap();
+    let lane = Lane::open(&d, 0, 256 * 1024).unwrap();
+    let mut producers: Vec<Child> = (0..2).map(|w| spawn(&d, "p", w, 2000)).collect();
+    for p in &mut producers {
+        assert!(p.wait().unwrap().success());
+    }
+    assert_eq!(lane.counts().0, 4000);
+    // A consumer process takes 50 records and dies holding them.
+    let mut holder = spawn(&d, "h", 9, 50);
+    use std::io::BufRead;
+    let line = std::io::BufReader::new(holder.stdout.take().unwrap())
+        .lines()
+        .map_while(Result::ok)
+        .find(|l| l.contains("held"))
+        .unwrap_or_default();
+    assert!(line.contains("held"), "{line}");
+    let pid = holder.id();
+    holder.kill().unwrap();
+    holder.wait().unwrap();
+    assert_eq!(lane.counts().2, 50);
+    let me = Me::get().claim_owner();
+    assert_eq!(
+        lane.reclaim(
+            owner::claim_owner_alive,
+            me,
+            crate::clock::shared_now_ns(),
+            0
+        )
+        .unwrap(),
+        50
+    );
+    assert_eq!(lane.counts(), (4000, lane.counts().1, 0));
+    // Everything is there once; the 50 come first, flagged redelivered.
+    let mut all = Vec::new();
+    let mut redelivered = 0;
+    while let Some(c) = lane.claim(me).unwrap() {
+        if c.redelivered {
+            assert_eq!(redelivered, all.len(), "restored records come first");
+            redelivered += 1;
+        }
+        all.push(parse(&c));
+        assert!(lane.settle(&c, me, claim::ACKED));
+    }
+    assert_eq!(redelivered, 50);
+    let set: BTreeSet<_> = all.iter().copied().collect();
+    assert_eq!((all.len(), set.len()), (4000, 4000));
+    for w in 0..2 {
+        let seqs: BTreeSet<u32> = all.iter().filter(|x| x.0 == w).map(|x| x.1).collect();
+        assert_eq!(seqs, (0..2000).collect());
+    }
+    assert!(!alive(pid));
+}
+
+#[test]
+fn retention_deletes_settled_segments_and_follows_the_slowest_consumer() {
+    let d = dir("retention");
+    let lane = Lane::open(&d, 0, 64 * 1024).unwrap();
+    for i in 0..3000 {
+        lane.append(&payload(0, i), 0, 1, 0).unwrap();
+    }
+    let segs = |d: &Path| {
+        std::fs::read_dir(d)
+            .unwrap()
+            .filter(|e| {
+                e.as_ref()
+                    .unwrap()
+                    .file_name()
+                    .to_string_lossy()
+                    .ends_with(".seg")
+            })
+            .count()
+    };
+    let total = segs(&d);
+    assert!(total > 5, "{total}");
+    // A consumer holds the very first record: nothing can go.
+    let first = lane.claim(who(1)).unwrap().unwrap();
+    let mut rest = Vec::new();
+    while let Some(c) = lane.claim(who(2)).unwrap() {
+        rest.push(c);
+    }
+    for c in &rest {
+        assert!(lane.settle(c, who(2), claim::ACKED));
+    }
+    assert_eq!(lane.retire().unwrap(), 0);
+    assert_eq!(segs(&d), total);
+    // Once it is acked, every segment but the one being written goes.
+    assert!(lane.settle(&first, who(1), claim::ACKED));
+    assert_eq!(lane.retire().unwrap(), total - 1);
+    assert_eq!(segs(&d), 1);
+    // The lane keeps working after retention.
+    lane.append(b"after", 0, 1, 0).unwrap();
+    assert!(lane.claim(who(3)).unwrap().is_some());
+}
+
+#[test]
+fn a_dead_producers_reservation_does_not_block_consumers() {
+    let d = dir("unblock");
+    let lane = Lane::open(&d, 0, 1 << 20).unwrap();
+    lane.append(&payload(0, 0), 0, 1, 0).unwrap();
+    // A producer reserves and dies before writing anything (no pid in the
+    // header), then another commits after it.
+    lane.segment(0).unwrap().unwrap().reserve_only(40);
+    lane.append(&payload(0, 2), 0, 1, 0).unwrap();
+    assert_eq!(parse(&lane.claim(who(1)).unwrap().unwrap()).1, 0);
+    assert!(lane.claim(who(1)).unwrap().is_none(), "blocked by the hole");
+    // Not old enough yet: nothing happens.
+    assert!(!lane.unblock(|_| true, Duration::from_secs(3600)).unwrap());
+    assert!(lane.claim(who(1)).unwrap().is_none());
+    // Old enough: padded over, and the record after it flows.
+    assert!(lane.unblock(|_| true, Duration::ZERO).unwrap());
+    assert_eq!(parse(&lane.claim(who(1)).unwrap().unwrap()).1, 2);
+}
+
+#[test]
+fn a_segment_the_disk_cannot_hold_is_a_clear_error() {
+    let d = dir("nospace");
+    // 2^62 bytes: no filesystem here can allocate it (EFBIG / ENOSPC).
+    let e = Lane::open(&d, 0, 1 << 62).unwrap_err().to_string();
+    assert!(e.contains("cannot allocate"), "{e}");
+    // Nothing half-made is left behind.
+    let leftovers: Vec<_> = std::fs::read_dir(&d)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().contains(".seg"))
+        .collect();
+    assert!(leftovers.is_empty());
+}
+
+#[test]
+fn an_expired_lease_of_another_process_comes_back_after_the_grace() {
+    let d = dir("lease");
+    let lane = Lane::open(&d, 0, 1 << 20).unwrap();
+    for i in 0..3 {
+        lane.append(&payload(0, i), 0, 1, 0).unwrap();
+    }
+    // "Another process" that is alive: this one, seen from a second owner.
+    let holder = Me::get().claim_owner();
+    let other = who(4);
+    let now = crate::clock::shared_now_ns();
+    let a = lane.claim(holder).unwrap().unwrap();
+    let b = lane.claim(holder).unwrap().unwrap();
+    let c = lane.claim(holder).unwrap().unwrap();
+    assert!(lane.set_deadline(&a, holder, now - 5_000_000_000));
+    assert!(lane.set_deadline(&b, holder, now - 500_000_000));
+    assert!(lane.set_deadline(&c, holder, now + 60_000_000_000));
+    assert!(!lane.set_deadline(&c, other, 1), "not the owner");
+    // The holder itself leaves its leases to its engine.
+    assert_eq!(
+        lane.reclaim(|_| true, holder, now, 1_000_000_000).unwrap(),
+        0
+    );
+    // Another process: only the lease more than a grace past its deadline.
+    assert_eq!(
+        lane.reclaim(|_| true, other, now, 1_000_000_000).unwrap(),
+        1
+    );
+    let again = lane.claim(other).unwrap().unwrap();
+    assert!(again.redelivered);
+    assert_eq!(parse(&again).1, 0);
+    // The old holder can neither settle nor extend what it lost.
+    assert!(!lane.settle(&a, holder, claim::ACKED));
+    assert!(!lane.set_deadline(&a, holder, now + 1));
+    // The restore cleared the old deadline: the new claim has no lease.
+    assert_eq!(lane.reclaim(|_| true, who(5), now, 0).unwrap(), 1, "b only");
+    assert!(lane.settle(&c, holder, claim::ACKED));
+    assert!(lane.settle(&again, other, claim::ACKED));
+}
+
+#[test]
+fn a_recycled_pid_is_not_the_owner() {
+    let d = dir("pidreuse");
+    let lane = Lane::open(&d, 0, 1 << 20).unwrap();
+    lane.append(&payload(0, 0), 0, 1, 0).unwrap();
+    lane.append(&payload(0, 1), 0, 1, 0).unwrap();
+    let me = Me::get();
+    // A claim by "our pid" but a process that started at another time: the
+    // process that made it is gone, even though the pid runs now.
+    let ghost = owner::claim_owner(me.pid, me.start + 7);
+    let mine = me.claim_owner();
+    lane.claim(ghost).unwrap().unwrap();
+    lane.claim(mine).unwrap().unwrap();
+    let n = lane
+        .reclaim(
+            owner::claim_owner_alive,
+            who(3),
+            crate::clock::shared_now_ns(),
+            0,
+        )
+        .unwrap();
+    assert_eq!(n, 1, "only the ghost's claim comes back");
+    let back = lane.claim(mine).unwrap().unwrap();
+    assert!(back.redelivered);
+    assert_eq!(parse(&back).1, 0);
+}
+
+#[test]
+fn a_ready_record_stranded_below_next_is_delivered_after_recovery() {
+    // After a power loss the state page can be newer than a segment page: a
+    // claim word reads ready again while `next` has moved past it.
+    let d = dir("stranded");
+    let lane = Lane::open(&d, 0, 1 << 20).unwrap();
+    for i in 0..3 {
+        lane.append(&payload(0, i), 0, 1, 0).unwrap();
+    }
+    let lost = lane.claim(who(1)).unwrap().unwrap();
+    lost.segment
+        .claim_word(lost.pos.off)
+        .store(claim::READY, std::sync::atomic::Ordering::SeqCst);
+    let got: Vec<u32> = std::iter::from_fn(|| lane.claim(who(2)).unwrap())
+        .map(|c| parse(&c).1)
+        .collect();
+    assert_eq!(
+        got,
+        vec![1, 2],
+        "without a restore mark record 0 is stranded"
+    );
+    drop(lane);
+    // Reopened by the store's first user, which recovers it.
+    let lane = Lane::open(&d, 0, 1 << 20).unwrap();
+    assert!(
+        lane.claim(who(3)).unwrap().is_none(),
+        "found without recovery"
+    );
+    lane.recover().unwrap();
+    let back = lane.claim(who(3)).unwrap().unwrap();
+    assert_eq!(parse(&back).1, 0);
+    assert!(lane.claim(who(3)).unwrap().is_none());
+}
+
+#[test]
+fn every_process_lets_go_of_segments_retention_deleted() {
+    // Two opens of one lane stand for two processes: each maps on its own.
+    let d = dir("unmap");
+    let producer = Lane::open(&d, 0, 64 * 1024).unwrap();
+    let consumer = Lane::open(&d, 0, 64 * 1024).unwrap();
+    for i in 0..3000 {
+        producer.append(&payload(0, i), 0, 1, 0).unwrap();
+    }
+    let written = producer.mapped_segments();
+    assert!(written > 5, "{written}");
+    while let Some(c) = consumer.claim(who(2)).unwrap() {
+        assert!(consumer.settle(&c, who(2), claim::ACKED));
+    }
+    let deleted = consumer.retire().unwrap();
+    assert_eq!(deleted, written - 1);
+    assert!(
+        consumer.mapped_segments() <= 1,
+        "{}",
+        consumer.mapped_segments()
+    );
+    // The producer drops its mappings of deleted files when it next rolls over.
+    for i in 0..1000 {
+        producer.append(&payload(0, i), 0, 1, 0).unwrap();
+    }
+    assert!(
+        producer.mapped_segments() < written,
+        "{} of {written} still mapped",
+        producer.mapped_segments()
+    );
+}

@@ -1,0 +1,11 @@
+//! Tests of the store's internals (segments, lanes, recovery, allocation),
+//! one file per behaviour; the tests that drive the transport only through
+//! its public API are in `transport-local/tests/`.
+
+mod allocation;
+mod common;
+mod lane_claims;
+mod segment_append;
+mod segment_processes;
+mod segment_recovery;
+mod store_recovery;
