@@ -15,14 +15,9 @@ use common::crossbeam_round_trip;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use dashi::{ConsumerOptions, Queue};
 
-static RUN: AtomicU64 = AtomicU64::new(0);
-
 fn local_round_trip(payload: &Bytes, n: u64) -> Duration {
-    let dir = std::env::temp_dir().join(format!(
-        "dashi-bench-local-{}-{}",
-        std::process::id(),
-        RUN.fetch_add(1, Ordering::Relaxed)
-    ));
+    let dir = tempfile::tempdir().unwrap();
+    let dir = dir.path();
     let url = format!("local://{}", dir.display());
     let conn = dashi::connect(&url).unwrap();
     let ch = conn.channel().unwrap();
@@ -55,7 +50,6 @@ fn local_round_trip(payload: &Bytes, n: u64) -> Duration {
     drop(_consumer);
     drop(ch);
     drop(conn);
-    let _ = std::fs::remove_dir_all(dir);
     elapsed
 }
 

@@ -11,7 +11,9 @@ use std::time::{Duration, Instant};
 use dashi::{ConsumerOptions, Delivery, DeliveryStream, Headers};
 
 use crate::args::ConsumeArgs;
-use crate::body::{connect, declare, delivery_json};
+use crate::connect::connect;
+use crate::declare::declare;
+use crate::json::delivery_json;
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Mode {

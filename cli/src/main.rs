@@ -6,8 +6,10 @@
 
 mod args;
 mod bench;
-mod body;
+mod connect;
 mod consume;
+mod declare;
+mod json;
 mod publish;
 mod stat;
 

@@ -4,7 +4,8 @@ use bytes::Bytes;
 use dashi::{Headers, Message};
 
 use crate::args::{Kind, PublishArgs};
-use crate::body::{connect, declare, parse_headers};
+use crate::connect::connect;
+use crate::declare::{declare, parse_headers};
 
 pub(crate) fn run(a: PublishArgs) -> Result<(), String> {
     let headers = parse_headers(&a.headers)?;

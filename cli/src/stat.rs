@@ -4,7 +4,7 @@ use dashi::{CounterSnapshot, QueueStats};
 use serde_json::json;
 
 use crate::args::{PurgeArgs, StatArgs};
-use crate::body::connect;
+use crate::connect::connect;
 
 fn queue_json(q: &QueueStats) -> serde_json::Value {
     json!({

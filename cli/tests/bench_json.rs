@@ -2,7 +2,9 @@
 //! is importable) from the same run, ratios, the human table and the SVG chart.
 
 mod common;
+
 use common::*;
+use dashi_test_support::TestDir;
 
 fn check_run(v: &serde_json::Value, size: u64, messages: u64) {
     assert_eq!(v["producers"], 2);
@@ -104,8 +106,7 @@ fn plain_run_json_has_no_peers_and_the_table_reads_well() {
 
 #[test]
 fn plot_writes_an_svg_chart() {
-    let dir = std::env::temp_dir().join(format!("dashi-plot-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = TestDir::new();
     let path = dir.join("chart.svg");
     let o = dashi(&[
         "bench",
@@ -120,7 +121,6 @@ fn plot_writes_an_svg_chart() {
     let svg = std::fs::read_to_string(&path).unwrap();
     assert!(svg.starts_with("<svg"), "{}", &svg[..svg.len().min(100)]);
     assert!(svg.contains("crossbeam-channel") && svg.contains("dashi memory://"));
-    let _ = std::fs::remove_dir_all(&dir);
     let bad = dashi(&[
         "bench",
         "memory://",
@@ -134,9 +134,11 @@ fn plot_writes_an_svg_chart() {
 
 #[test]
 fn local_bench_compares_with_raw_fdatasync_when_syncing() {
-    let dir = std::env::temp_dir().join(format!("dashi-bench-local-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    let url = format!("local://{}?fsync=always&segment_size=1M", dir.display());
+    let dir = TestDir::new();
+    let url = format!(
+        "local://{}?fsync=always&segment_size=1M",
+        dir.child("sync").display()
+    );
     let o = dashi(&[
         "bench",
         &url,
@@ -170,7 +172,7 @@ fn local_bench_compares_with_raw_fdatasync_when_syncing() {
         assert_eq!(raw["confirm_us"], raw["latency_us"]);
     }
     // Without syncing there is no durability limit to compare with.
-    let url = format!("local://{}-nosync?segment_size=1M", dir.display());
+    let url = format!("local://{}?segment_size=1M", dir.child("nosync").display());
     let o = dashi(&["bench", &url, "--messages", "300", "--compare", "--json"]);
     assert!(o.status.success(), "{}", stderr(&o));
     let v: serde_json::Value = serde_json::from_str(stdout(&o).trim()).unwrap();
@@ -181,17 +183,11 @@ fn local_bench_compares_with_raw_fdatasync_when_syncing() {
         .as_str()
         .unwrap()
         .contains("fsync=never"));
-    let _ = std::fs::remove_dir_all(&dir);
-    let _ = std::fs::remove_dir_all(dir.with_file_name(format!(
-        "{}-nosync",
-        dir.file_name().unwrap().to_string_lossy()
-    )));
 }
 
 #[test]
 fn consumers_can_run_in_their_own_processes() {
-    let dir = std::env::temp_dir().join(format!("dashi-bench-procs-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
+    let dir = TestDir::new();
     let url = format!("local://{}?segment_size=1M", dir.display());
     let o = dashi(&[
         "bench",
@@ -209,7 +205,6 @@ fn consumers_can_run_in_their_own_processes() {
     let v: serde_json::Value = serde_json::from_str(stdout(&o).trim()).unwrap();
     assert_eq!(v["transport"], "dashi local:// (consumer processes)");
     check_run(&v, 64, 2000);
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]

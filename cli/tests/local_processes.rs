@@ -4,21 +4,22 @@
 //! flagged redelivered; `stat` sees what other processes did.
 
 mod common;
+
 use common::*;
+use dashi_test_support::TestDir;
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-fn store(tag: &str) -> (std::path::PathBuf, String) {
-    let dir = std::env::temp_dir().join(format!("dashi-cli-local-{tag}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
+fn store(_tag: &str) -> (TestDir, String) {
+    let dir = TestDir::new();
     let url = format!("local://{}?segment_size=1M", dir.display());
     (dir, url)
 }
 
 #[test]
 fn a_consumer_wakes_for_another_process_publish() {
-    let (dir, url) = store("wake");
+    let (_dir, url) = store("wake");
     // Declare the queue first so the consumer and the publisher agree on it.
     let o = dashi(&["publish", &url, "--queue", "jobs", "--count", "0"]);
     assert!(o.status.success(), "{}", stderr(&o));
@@ -65,12 +66,11 @@ fn a_consumer_wakes_for_another_process_publish() {
         assert_eq!(l["queue"], "jobs");
         assert_eq!(l["redelivered"], false);
     }
-    let _ = std::fs::remove_dir_all(dir);
 }
 
 #[test]
 fn an_unacked_message_of_a_dead_consumer_is_redelivered() {
-    let (dir, url) = store("crash");
+    let (_dir, url) = store("crash");
     let o = dashi(&["publish", &url, "--queue", "q", "--body", "important"]);
     assert!(o.status.success(), "{}", stderr(&o));
     let o = dashi(&[
@@ -118,12 +118,11 @@ fn an_unacked_message_of_a_dead_consumer_is_redelivered() {
         ),
         (Some(0), Some(0))
     );
-    let _ = std::fs::remove_dir_all(dir);
 }
 
 #[test]
 fn stat_and_purge_see_other_processes_work_and_bad_local_urls_are_clear() {
-    let (dir, url) = store("stat");
+    let (_dir, url) = store("stat");
     let o = dashi(&[
         "publish",
         &url,
@@ -172,5 +171,4 @@ fn stat_and_purge_see_other_processes_work_and_bad_local_urls_are_clear() {
     ] {
         one_line_error(&dashi(&["stat", bad]));
     }
-    let _ = std::fs::remove_dir_all(dir);
 }

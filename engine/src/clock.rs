@@ -1,4 +1,8 @@
 //! A process-wide monotonic clock in nanoseconds, cheap to store in atomics.
+//!
+//! # Invariants
+//! - `now_ns` never returns 0 or `u64::MAX` ([`NEVER`]), which mean "unset"
+//!   and "never" where a time is stored in an atomic.
 
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};

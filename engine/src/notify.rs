@@ -194,27 +194,32 @@ mod tests {
         assert!(!tw.wait(Some(Instant::now() + Duration::from_millis(1))));
     }
 
+    /// A thread parked on the notifier is woken by `notify_all`, not by its
+    /// timeout: it must report a wake-up well before the deadline, and the
+    /// test fails (it does not loop) if the wake-up is lost.
     #[test]
     fn wakes_a_parked_thread() {
         let n = std::sync::Arc::new(Notify::new());
-        let flag = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let (n2, f2) = (n.clone(), flag.clone());
+        let (registered_tx, registered_rx) = std::sync::mpsc::channel();
+        let n2 = n.clone();
         let t = std::thread::spawn(move || {
             let tw = ThreadWaker::current();
-            loop {
-                let id = n2.register(&thread_waker(&tw));
-                if f2.load(SeqCst) {
-                    n2.unregister(id);
-                    return;
-                }
-                tw.wait(Some(Instant::now() + Duration::from_secs(10)));
-                n2.unregister(id);
-            }
+            let _id = n2.register(&thread_waker(&tw));
+            registered_tx.send(()).unwrap();
+            let start = Instant::now();
+            let woken = tw.wait(Some(start + Duration::from_secs(10)));
+            (woken, start.elapsed())
         });
+        registered_rx.recv().unwrap();
         std::thread::sleep(Duration::from_millis(20));
-        flag.store(true, SeqCst);
         n.notify_all();
-        t.join().unwrap();
+        let (woken, waited) = t.join().unwrap();
+        assert!(woken, "the waiter timed out: the wake-up was lost");
+        assert!(
+            waited < Duration::from_secs(5),
+            "woken only after {waited:?}"
+        );
+        assert_eq!(n.waiters(), 0);
     }
 }
 

@@ -1,6 +1,9 @@
 //! Connection URLs: `scheme://[user[:password]@]host[:port][/path][?k=v&...]`,
 //! several separated by `;` for failover. Passwords are percent-decoded and never
 //! printed (`Display` redacts them).
+//!
+//! # Invariants
+//! - A password never appears in any `Display` or `Debug` output or error.
 
 use std::fmt;
 use std::time::Duration;
@@ -63,40 +66,27 @@ pub fn split_failover(urls: &str) -> Result<Vec<&str>, UrlError> {
     Ok(parts)
 }
 
-fn hex(b: u8) -> Option<u8> {
-    match b {
-        b'0'..=b'9' => Some(b - b'0'),
-        b'a'..=b'f' => Some(b - b'a' + 10),
-        b'A'..=b'F' => Some(b - b'A' + 10),
-        _ => None,
-    }
-}
-
-/// Decodes `%XX` escapes; the result must be UTF-8.
+/// Decodes `%XX` escapes (the `percent-encoding` crate), strictly: a `%` not
+/// followed by two hex digits is an error (that crate would pass it through),
+/// and the result must be UTF-8.
 pub fn percent_decode(s: &str) -> Result<String, UrlError> {
     let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'%' {
-            let (Some(h), Some(l)) = (
-                b.get(i + 1).copied().and_then(hex),
-                b.get(i + 2).copied().and_then(hex),
-            ) else {
-                return Err(UrlError::Malformed {
-                    reason: "a '%' is not followed by two hex digits".into(),
-                });
-            };
-            out.push(h << 4 | l);
-            i += 3;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
+    let well_formed = b.iter().enumerate().all(|(i, &c)| {
+        c != b'%'
+            || (b.get(i + 1).is_some_and(u8::is_ascii_hexdigit)
+                && b.get(i + 2).is_some_and(u8::is_ascii_hexdigit))
+    });
+    if !well_formed {
+        return Err(UrlError::Malformed {
+            reason: "a '%' is not followed by two hex digits".into(),
+        });
     }
-    String::from_utf8(out).map_err(|_| UrlError::Malformed {
-        reason: "percent-decoded text is not UTF-8".into(),
-    })
+    percent_encoding::percent_decode_str(s)
+        .decode_utf8()
+        .map(|c| c.into_owned())
+        .map_err(|_| UrlError::Malformed {
+            reason: "percent-decoded text is not UTF-8".into(),
+        })
 }
 
 impl ConnectUrl {
@@ -356,6 +346,9 @@ mod tests {
             "redis://h?=v",
             "redis://h#frag",
             "redis://%zz",
+            "redis://h%4",
+            "redis://h%",
+            "redis://h%ff%fe",
             "redis://[::1",
             "redis://[::1]x",
         ] {

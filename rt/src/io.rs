@@ -4,6 +4,10 @@
 //! file or socket is held (`Arc`) until the CQE, so its descriptor number
 //! cannot be reused under an in-flight operation.
 //! Called off a core thread, they fail with [`RtError::NotOnCore`](super::RtError).
+//!
+//! # Invariants
+//! - An operation's buffer and file stay in its reactor slot until the kernel
+//!   posts its CQE, even when the future is dropped first.
 
 use std::future::Future;
 use std::io;

@@ -14,9 +14,8 @@ fn long() -> String {
     "n".repeat(256)
 }
 
-#[test]
-fn empty_and_overlong_names() {
-    each("bad-names", |url| {
+conformance! {
+    fn empty_and_overlong_names(url: &str) {
         let c = connect(url);
         let ch = c.channel().unwrap();
         queue(&ch, "q");
@@ -59,12 +58,9 @@ fn empty_and_overlong_names() {
         ch.queue_declare(&Queue::new(ok.clone())).unwrap();
         ch.producer().publish("x", &ok).unwrap();
         assert_eq!(drain_bodies(&ch, &ok), ["x"]);
-    });
-}
+    }
 
-#[test]
-fn overlong_routing_key_hands_message_back() {
-    each("bad-routing-key", |url| {
+    fn overlong_routing_key_hands_message_back(url: &str) {
         let c = connect(url);
         let ch = c.channel().unwrap();
         let err = ch.producer().publish("keep", &long()).unwrap_err();
@@ -76,12 +72,9 @@ fn overlong_routing_key_hands_message_back() {
             }
         ));
         assert_eq!(&err.message().body[..], b"keep");
-    });
-}
+    }
 
-#[test]
-fn invalid_topic_patterns_and_headers_arguments() {
-    each("bad-patterns", |url| {
+    fn invalid_topic_patterns_and_headers_arguments(url: &str) {
         let c = connect(url);
         let ch = c.channel().unwrap();
         ch.exchange_declare(&Exchange::topic("t")).unwrap();
@@ -119,12 +112,9 @@ fn invalid_topic_patterns_and_headers_arguments() {
             ch.queue_unbind("q", "t", "never.bound", Headers::new()),
             Err(Error::InvalidArgument(_))
         ));
-    });
-}
+    }
 
-#[test]
-fn oversized_body_is_refused_and_returned() {
-    each("bad-body-size", |url| {
+    fn oversized_body_is_refused_and_returned(url: &str) {
         let sep = if url.contains('?') { '&' } else { '?' };
         let c = connect(&format!("{url}{sep}max_body_size=1K"));
         let ch = c.channel().unwrap();
@@ -137,12 +127,9 @@ fn oversized_body_is_refused_and_returned() {
         }
         assert_eq!(err.into_message().body.len(), 1025);
         assert_eq!(c.stats().queue("q").unwrap().messages, 1);
-    });
-}
+    }
 
-#[test]
-fn default_body_limit_is_128_mib() {
-    each("bad-body-default", |url| {
+    fn default_body_limit_is_128_mib(url: &str) {
         let c = connect(url);
         assert_eq!(c.config().max_body_size, 128 << 20);
         let ch = c.channel().unwrap();
@@ -151,12 +138,9 @@ fn default_body_limit_is_128_mib() {
         assert!(matches!(err, PublishError::BodyTooLarge { .. }));
         // Handed back without a copy.
         assert_eq!(err.into_message().body.as_ptr(), big.as_ptr());
-    });
-}
+    }
 
-#[test]
-fn unknown_exchange_and_queue() {
-    each("bad-unknown", |url| {
+    fn unknown_exchange_and_queue(url: &str) {
         let c = connect(url);
         let ch = c.channel().unwrap();
         let err = ch
@@ -199,12 +183,9 @@ fn unknown_exchange_and_queue() {
         assert!(
             matches!(&err, PublishError::UnknownExchange { exchange, .. } if exchange == "ghost")
         );
-    });
-}
+    }
 
-#[test]
-fn redeclare_with_other_arguments_is_refused() {
-    each("bad-redeclare", |url| {
+    fn redeclare_with_other_arguments_is_refused(url: &str) {
         let c = connect(url);
         let ch = c.channel().unwrap();
         ch.queue_declare(&Queue::new("q").with_max_priority(5))
@@ -225,12 +206,9 @@ fn redeclare_with_other_arguments_is_refused() {
             Err(Error::InvalidArgument(_))
         ));
         assert!("bogus".parse::<dashi::ExchangeKind>().is_err());
-    });
-}
+    }
 
-#[test]
-fn delete_preconditions() {
-    each("bad-delete", |url| {
+    fn delete_preconditions(url: &str) {
         let c = connect(url);
         let ch = c.channel().unwrap();
         queue(&ch, "q");
@@ -251,12 +229,9 @@ fn delete_preconditions() {
             Err(Error::InUse(_))
         ));
         assert_eq!(ch.queue_delete("q", false, false).unwrap(), 1);
-    });
-}
+    }
 
-#[test]
-fn publish_on_a_closed_channel_hands_message_back() {
-    each("bad-closed", |url| {
+    fn publish_on_a_closed_channel_hands_message_back(url: &str) {
         let c = connect(url);
         let ch = c.channel().unwrap();
         queue(&ch, "q");
@@ -266,12 +241,9 @@ fn publish_on_a_closed_channel_hands_message_back() {
         assert!(matches!(err, PublishError::ChannelClosed(_)));
         assert_eq!(&err.into_message().body[..], b"kept");
         assert_eq!(c.stats().queue("q").unwrap().messages, 0);
-    });
-}
+    }
 
-#[test]
-fn ack_of_unknown_or_settled_tags() {
-    each("bad-acks", |url| {
+    fn ack_of_unknown_or_settled_tags(url: &str) {
         let c = connect(url);
         let ch = c.channel().unwrap();
         queue(&ch, "q");
@@ -307,12 +279,9 @@ fn ack_of_unknown_or_settled_tags() {
             })
         );
         assert!(!e.ack().unwrap_err().is_restored());
-    });
-}
+    }
 
-#[test]
-fn bad_consumer_options() {
-    each("bad-consumer", |url| {
+    fn bad_consumer_options(url: &str) {
         let c = connect(url);
         let ch = c.channel().unwrap();
         queue(&ch, "q");
@@ -325,7 +294,7 @@ fn bad_consumer_options() {
                 Err(Error::InvalidArgument(_))
             ));
         }
-    });
+    }
 }
 
 #[test]

@@ -13,9 +13,8 @@ fn with_option(url: &str, opt: &str) -> String {
     format!("{url}{sep}{opt}")
 }
 
-#[test]
-fn a_busy_polling_get_and_drain_receive_and_respect_their_timeouts() {
-    each("busy-poll", |url| {
+conformance! {
+    fn a_busy_polling_get_and_drain_receive_and_respect_their_timeouts(url: &str) {
         let url = with_option(url, "busy_poll=10");
         let c = connect(&url);
         assert_eq!(c.config().busy_poll, Duration::from_secs(10));
@@ -60,15 +59,12 @@ fn a_busy_polling_get_and_drain_receive_and_respect_their_timeouts() {
         ch.producer().publish("pushed", "q").unwrap();
         assert_eq!(c.drain_events(Some(WAIT)).unwrap(), 1);
         assert_eq!(*got.lock().unwrap(), vec!["pushed".to_string()]);
-    });
-}
+    }
 
-#[test]
-fn a_bad_busy_poll_value_is_an_error_naming_it() {
-    each("busy-poll-bad", |url| {
+    fn a_bad_busy_poll_value_is_an_error_naming_it(url: &str) {
         let e = dashi::connect(&with_option(url, "busy_poll=soon"))
             .unwrap_err()
             .to_string();
         assert!(e.contains("busy_poll"), "{e}");
-    });
+    }
 }

@@ -13,9 +13,8 @@ fn publish_n(ch: &Channel, q: &str, n: usize) {
     }
 }
 
-#[test]
-fn channel_close_restores_unacked_to_front_in_order() {
-    each("close-restore", |url| {
+conformance! {
+    fn channel_close_restores_unacked_to_front_in_order(url: &str) {
         let c = connect(url);
         let admin = c.channel().unwrap();
         queue(&admin, "q");
@@ -40,12 +39,9 @@ fn channel_close_restores_unacked_to_front_in_order() {
             flags(&[("0", true), ("2", true), ("3", false), ("4", false)])
         );
         assert_eq!(c.stats().counters().restored, 2);
-    });
-}
+    }
 
-#[test]
-fn dropping_a_channel_restores() {
-    each("drop-restore", |url| {
+    fn dropping_a_channel_restores(url: &str) {
         let c = connect(url);
         let admin = c.channel().unwrap();
         queue(&admin, "q");
@@ -56,12 +52,9 @@ fn dropping_a_channel_restores() {
         }
         let d = must_get(&admin, "q");
         assert!(d.redelivered());
-    });
-}
+    }
 
-#[test]
-fn connection_close_restores_for_other_connections() {
-    each("conn-close-restore", |url| {
+    fn connection_close_restores_for_other_connections(url: &str) {
         let keeper = connect(url);
         let kch = keeper.channel().unwrap();
         queue(&kch, "q");
@@ -81,12 +74,9 @@ fn connection_close_restores_for_other_connections() {
             wch.get("q", std::time::Duration::ZERO),
             Err(dashi::Error::ConnectionClosed)
         ));
-    });
-}
+    }
 
-#[test]
-fn delivery_tags_are_monotonic_per_channel() {
-    each("tags", |url| {
+    fn delivery_tags_are_monotonic_per_channel(url: &str) {
         let c = connect(url);
         let ch = c.channel().unwrap();
         queue(&ch, "q");
@@ -105,12 +95,9 @@ fn delivery_tags_are_monotonic_per_channel() {
         let other = c.channel().unwrap();
         publish_n(&other, "q", 1);
         assert_eq!(must_get(&other, "q").delivery_tag(), 1);
-    });
-}
+    }
 
-#[test]
-fn ack_by_tag_and_ack_multiple() {
-    each("ack-tags", |url| {
+    fn ack_by_tag_and_ack_multiple(url: &str) {
         let c = connect(url);
         let ch = c.channel().unwrap();
         queue(&ch, "q");
@@ -130,5 +117,5 @@ fn ack_by_tag_and_ack_multiple() {
         assert_eq!(ch.unacked(), 0);
         assert_eq!(c.stats().counters().acked, 5);
         assert_eq!(c.stats().queue("q").unwrap().unacked, 0);
-    });
+    }
 }

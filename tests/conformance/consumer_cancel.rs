@@ -8,9 +8,8 @@ use dashi::{ConsumerOptions, Error, Queue};
 
 use super::*;
 
-#[test]
-fn cancel_by_tag_does_not_requeue() {
-    each("cancel-tag", |url| {
+conformance! {
+    fn cancel_by_tag_does_not_requeue(url: &str) {
         let c = connect(url);
         let ch = c.channel().unwrap();
         queue(&ch, "q");
@@ -43,12 +42,9 @@ fn cancel_by_tag_does_not_requeue() {
             d.ack().unwrap();
         }
         assert_eq!(drain_bodies(&ch, "q"), ["2"]);
-    });
-}
+    }
 
-#[test]
-fn cancel_by_queue_and_tag_reuse() {
-    each("cancel-queue", |url| {
+    fn cancel_by_queue_and_tag_reuse(url: &str) {
         let c = connect(url);
         let ch = c.channel().unwrap();
         queue(&ch, "a");
@@ -73,12 +69,9 @@ fn cancel_by_queue_and_tag_reuse() {
         let _again = ch
             .consume(ConsumerOptions::new("a").tag("t1"), |_| {})
             .unwrap();
-    });
-}
+    }
 
-#[test]
-fn dropping_the_consumer_handle_cancels() {
-    each("cancel-drop", |url| {
+    fn dropping_the_consumer_handle_cancels(url: &str) {
         let c = connect(url);
         let ch = c.channel().unwrap();
         queue(&ch, "q");
@@ -90,12 +83,9 @@ fn dropping_the_consumer_handle_cancels() {
         ch.producer().publish("x", "q").unwrap();
         assert!(c.drain_events(Some(Duration::from_millis(10))).is_err());
         assert_eq!(drain_bodies(&ch, "q"), ["x"]);
-    });
-}
+    }
 
-#[test]
-fn auto_delete_queue_goes_with_its_last_consumer() {
-    each("auto-delete", |url| {
+    fn auto_delete_queue_goes_with_its_last_consumer(url: &str) {
         let c = connect(url);
         let ch = c.channel().unwrap();
         ch.queue_declare(&Queue::new("tmp").with_auto_delete(true))
@@ -106,12 +96,9 @@ fn auto_delete_queue_goes_with_its_last_consumer() {
         assert!(c.stats().queue("tmp").is_some());
         b.cancel().unwrap();
         assert!(c.stats().queue("tmp").is_none());
-    });
-}
+    }
 
-#[test]
-fn exclusive_queue_belongs_to_its_connection() {
-    each("exclusive", |url| {
+    fn exclusive_queue_belongs_to_its_connection(url: &str) {
         let owner = connect(url);
         let other = connect(url);
         let och = owner.channel().unwrap();
@@ -132,5 +119,5 @@ fn exclusive_queue_belongs_to_its_connection() {
         ));
         owner.close();
         assert!(other.stats().queue("mine").is_none());
-    });
+    }
 }

@@ -13,9 +13,8 @@ fn dlx(ch: &Channel) {
     ch.queue_bind("dead", "dlx", "", Headers::new()).unwrap();
 }
 
-#[test]
-fn queue_ttl_expires_and_dead_letters() {
-    each("ttl-queue", |url| {
+conformance! {
+    fn queue_ttl_expires_and_dead_letters(url: &str) {
         let c = connect(url);
         let ch = c.channel().unwrap();
         dlx(&ch);
@@ -41,12 +40,9 @@ fn queue_ttl_expires_and_dead_letters() {
         );
         let s = c.stats().counters();
         assert_eq!((s.expired, s.dead_lettered), (1, 1));
-    });
-}
+    }
 
-#[test]
-fn per_message_expiration_without_dlx_is_counted() {
-    each("ttl-message", |url| {
+    fn per_message_expiration_without_dlx_is_counted(url: &str) {
         let c = connect(url);
         let ch = c.channel().unwrap();
         queue(&ch, "q");
@@ -64,12 +60,9 @@ fn per_message_expiration_without_dlx_is_counted() {
         std::thread::sleep(Duration::from_millis(40));
         assert_eq!(drain_bodies(&ch, "q"), ["long"]);
         assert_eq!(c.stats().counters().expired, 1);
-    });
-}
+    }
 
-#[test]
-fn reject_dead_letters_with_routing_key_override() {
-    each("dlx-reject", |url| {
+    fn reject_dead_letters_with_routing_key_override(url: &str) {
         let c = connect(url);
         let ch = c.channel().unwrap();
         ch.exchange_declare(&Exchange::direct("dlx-d")).unwrap();
@@ -88,12 +81,9 @@ fn reject_dead_letters_with_routing_key_override() {
             d.properties().headers.get("x-first-death-reason"),
             Some(&Value::from("rejected"))
         );
-    });
-}
+    }
 
-#[test]
-fn drop_head_overflow_dead_letters_the_oldest() {
-    each("dlx-overflow", |url| {
+    fn drop_head_overflow_dead_letters_the_oldest(url: &str) {
         let c = connect(url);
         let ch = c.channel().unwrap();
         dlx(&ch);
@@ -114,12 +104,9 @@ fn drop_head_overflow_dead_letters_the_oldest() {
             d.properties().headers.get("x-first-death-reason"),
             Some(&Value::from("maxlen"))
         );
-    });
-}
+    }
 
-#[test]
-fn dead_letter_with_no_matching_queue_is_counted_not_silent() {
-    each("dlx-unroutable", |url| {
+    fn dead_letter_with_no_matching_queue_is_counted_not_silent(url: &str) {
         let c = connect(url);
         let ch = c.channel().unwrap();
         ch.exchange_declare(&Exchange::direct("empty-dlx")).unwrap();
@@ -128,5 +115,5 @@ fn dead_letter_with_no_matching_queue_is_counted_not_silent() {
         ch.producer().publish("x", "q").unwrap();
         must_get(&ch, "q").reject(false).unwrap();
         assert_eq!(c.stats().counters().dropped_dead_letter, 1);
-    });
+    }
 }

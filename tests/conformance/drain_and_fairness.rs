@@ -8,9 +8,8 @@ use dashi::{ConsumerOptions, Error};
 
 use super::*;
 
-#[test]
-fn consumers_of_one_queue_take_turns() {
-    each("round-robin", |url| {
+conformance! {
+    fn consumers_of_one_queue_take_turns(url: &str) {
         let c = connect(url);
         let ch = c.channel().unwrap();
         queue(&ch, "q");
@@ -41,24 +40,18 @@ fn consumers_of_one_queue_take_turns() {
         let bodies: Vec<_> = log.iter().map(|(_, b)| b.clone()).collect();
         let want: Vec<_> = (0..10).map(|i| i.to_string()).collect();
         assert_eq!(bodies, want);
-    });
-}
+    }
 
-#[test]
-fn drain_events_times_out_when_idle() {
-    each("drain-timeout", |url| {
+    fn drain_events_times_out_when_idle(url: &str) {
         let c = connect(url);
         let ch = c.channel().unwrap();
         queue(&ch, "q");
         let _a = ch.consume(ConsumerOptions::new("q"), |_| {}).unwrap();
         let e = c.drain_events(Some(Duration::from_millis(30))).unwrap_err();
         assert!(e.is_timeout() && e.is_transient());
-    });
-}
+    }
 
-#[test]
-fn a_publish_from_another_thread_wakes_drain_events() {
-    each("drain-wake", |url| {
+    fn a_publish_from_another_thread_wakes_drain_events(url: &str) {
         let c = connect(url);
         let ch = c.channel().unwrap();
         queue(&ch, "q");
@@ -83,12 +76,9 @@ fn a_publish_from_another_thread_wakes_drain_events() {
         assert_eq!(c.drain_events(Some(WAIT * 2)).unwrap(), 1);
         t.join().unwrap();
         assert_eq!(*got.lock().unwrap(), ["wake"]);
-    });
-}
+    }
 
-#[test]
-fn an_ack_from_another_thread_reopens_a_full_window() {
-    each("drain-window-wake", |url| {
+    fn an_ack_from_another_thread_reopens_a_full_window(url: &str) {
         let c = connect(url);
         let ch = c.channel().unwrap();
         queue(&ch, "q");
@@ -109,12 +99,9 @@ fn an_ack_from_another_thread_reopens_a_full_window() {
         });
         assert_eq!(c.drain_events(Some(WAIT * 2)).unwrap(), 1);
         t.join().unwrap();
-    });
-}
+    }
 
-#[test]
-fn one_consumer_over_several_queues_serves_them_round_robin() {
-    each("multi-queue", |url| {
+    fn one_consumer_over_several_queues_serves_them_round_robin(url: &str) {
         let c = connect(url);
         let ch = c.channel().unwrap();
         queue(&ch, "x");
@@ -139,12 +126,9 @@ fn one_consumer_over_several_queues_serves_them_round_robin() {
         let queues: Vec<_> = got.iter().map(|(q, _)| q.as_str()).collect();
         assert_eq!(queues, ["x", "y", "x", "y", "x", "y"]);
         assert_eq!(got[0].1, "x0");
-    });
-}
+    }
 
-#[test]
-fn channels_of_a_closed_connection_refuse_work() {
-    each("closed-connection", |url| {
+    fn channels_of_a_closed_connection_refuse_work(url: &str) {
         let c = connect(url);
         let ch = c.channel().unwrap();
         queue(&ch, "q");
@@ -168,23 +152,17 @@ fn channels_of_a_closed_connection_refuse_work() {
             ch.ack(1, false),
             Err(dashi::AckError::ChannelClosed)
         ));
-    });
-}
+    }
 
-#[test]
-fn drain_events_without_consumers_times_out() {
-    each("drain-empty", |url| {
+    fn drain_events_without_consumers_times_out(url: &str) {
         let c = connect(url);
         assert!(matches!(
             c.drain_events(Some(Duration::from_millis(5))),
             Err(Error::Timeout)
         ));
-    });
-}
+    }
 
-#[test]
-fn drain_events_from_inside_a_callback_is_an_error_not_a_deadlock() {
-    each("drain-reentrant", |url| {
+    fn drain_events_from_inside_a_callback_is_an_error_not_a_deadlock(url: &str) {
         let c = Arc::new(connect(url));
         let ch = c.channel().unwrap();
         queue(&ch, "q");
@@ -206,12 +184,9 @@ fn drain_events_from_inside_a_callback_is_an_error_not_a_deadlock() {
         // The thread is not left marked: draining works again.
         ch.producer().publish("y", "q").unwrap();
         assert_eq!(c.drain_events(Some(WAIT)).unwrap(), 1);
-    });
-}
+    }
 
-#[test]
-fn a_panicking_callback_loses_nothing() {
-    each("drain-panic", |url| {
+    fn a_panicking_callback_loses_nothing(url: &str) {
         let c = connect(url);
         let ch = c.channel().unwrap();
         queue(&ch, "q");
@@ -230,5 +205,5 @@ fn a_panicking_callback_loses_nothing() {
         let d = must_get(&ch2, "q");
         assert!(d.redelivered());
         assert_eq!(body(&d), "boom");
-    });
+    }
 }

@@ -7,9 +7,8 @@ use dashi::{AckError, ConsumerOptions, Queue, Settled};
 
 use super::*;
 
-#[test]
-fn expired_lease_restores_with_redelivered() {
-    each("lease-expiry", |url| {
+conformance! {
+    fn expired_lease_restores_with_redelivered(url: &str) {
         let c = connect(url);
         let ch = c.channel().unwrap();
         ch.queue_declare(&Queue::new("q").with_lease(Duration::from_millis(50)))
@@ -29,12 +28,9 @@ fn expired_lease_restores_with_redelivered() {
         ));
         again.ack().unwrap();
         assert!(c.stats().counters().restored >= 1);
-    });
-}
+    }
 
-#[test]
-fn extend_lease_keeps_the_delivery() {
-    each("lease-extend", |url| {
+    fn extend_lease_keeps_the_delivery(url: &str) {
         let c = connect(url);
         let ch = c.channel().unwrap();
         ch.queue_declare(&Queue::new("q").with_lease(Duration::from_millis(100)))
@@ -52,12 +48,9 @@ fn extend_lease_keeps_the_delivery() {
                 ..
             })
         ));
-    });
-}
+    }
 
-#[test]
-fn consumer_lease_overrides_queue_and_many_expire_in_one_pass() {
-    each("lease-consumer", |url| {
+    fn consumer_lease_overrides_queue_and_many_expire_in_one_pass(url: &str) {
         let c = connect(url);
         let ch = c.channel().unwrap();
         queue(&ch, "q");
@@ -91,12 +84,9 @@ fn consumer_lease_overrides_queue_and_many_expire_in_one_pass() {
             }
         }
         assert_eq!(back, 500);
-    });
-}
+    }
 
-#[test]
-fn connection_default_lease_from_url() {
-    each("lease-url", |url| {
+    fn connection_default_lease_from_url(url: &str) {
         let sep = if url.contains('?') { '&' } else { '?' };
         let c = connect(&format!("{url}{sep}visibility_timeout=0.05"));
         let ch = c.channel().unwrap();
@@ -104,5 +94,5 @@ fn connection_default_lease_from_url() {
         ch.producer().publish("x", "q").unwrap();
         let _held = must_get(&ch, "q");
         assert!(must_get(&ch, "q").redelivered());
-    });
+    }
 }

@@ -1,6 +1,32 @@
 //! The conformance suite: one set of behaviour tests written against
-//! `dashi::connect(url)`, run for every transport URL in [`targets`]. A new
-//! transport joins by adding its URL factory there.
+//! `dashi::connect(url)`, expanded into one test module per transport by the
+//! [`conformance!`] macro, so a failure names its transport and one transport
+//! can run alone: `cargo test --test conformance local_fsync::`. Test paths
+//! read `<behaviour>::<transport>::<test>`. A new transport is one line in
+//! the macro and one constructor on [`Target`].
+
+/// Expands test functions `fn name(url: &str) { ... }` into the functions
+/// themselves plus, per transport, a module of `#[test]`s that run each one
+/// against a fresh, isolated URL of that transport.
+macro_rules! conformance {
+    ($( $(#[$meta:meta])* fn $name:ident($url:ident: &str) $body:block )*) => {
+        $( $(#[$meta])* fn $name($url: &str) $body )*
+        conformance!(@transport memory, $($name)*);
+        conformance!(@transport local, $($name)*);
+        conformance!(@transport local_fsync, $($name)*);
+    };
+    (@transport $transport:ident, $($name:ident)*) => {
+        mod $transport {
+            $(
+                #[test]
+                fn $name() {
+                    let target = crate::Target::$transport(stringify!($name));
+                    super::$name(&target.url);
+                }
+            )*
+        }
+    };
+}
 
 mod bad_input;
 mod busy_poll;
@@ -22,58 +48,47 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use dashi::{Channel, Connection, Delivery, Queue};
+use dashi_test_support::TestDir;
 
 /// One transport under test: its URL, plus whatever keeps its backing store
-/// alive for the test's duration (a local:// directory is removed on drop).
+/// alive for the test's duration (a local:// directory, removed on drop).
 #[derive(Debug)]
 pub struct Target {
     pub url: String,
-    dir: Option<std::path::PathBuf>,
+    _dir: Option<TestDir>,
 }
 
-impl Drop for Target {
-    fn drop(&mut self) {
-        if let Some(d) = &self.dir {
-            let _ = std::fs::remove_dir_all(d);
+/// A number unique in this test run, so that every target is isolated.
+fn unique() -> u64 {
+    static N: AtomicU64 = AtomicU64::new(0);
+    N.fetch_add(1, Ordering::SeqCst)
+}
+
+impl Target {
+    /// An isolated `memory://NAME` instance.
+    pub fn memory(test: &str) -> Target {
+        Target {
+            url: format!("memory://conformance-{test}-{}", unique()),
+            _dir: None,
         }
     }
-}
 
-/// Every transport URL the suite runs against, fresh and isolated per call.
-pub fn targets(test: &str) -> Vec<Target> {
-    static N: AtomicU64 = AtomicU64::new(0);
-    let n = N.fetch_add(1, Ordering::SeqCst);
-    let dir = std::env::temp_dir().join(format!(
-        "dashi-conformance-{}-{test}-{n}",
-        std::process::id()
-    ));
-    vec![
-        Target {
-            url: format!("memory://conformance-{test}-{n}"),
-            dir: None,
-        },
-        Target {
-            url: format!("local://{}?segment_size=1M", dir.display()),
-            dir: Some(dir.clone()),
-        },
-        Target {
-            url: format!(
-                "local://{}-sync?segment_size=1M&fsync=always",
-                dir.display()
-            ),
-            dir: Some(dir.with_file_name(format!(
-                "{}-sync",
-                dir.file_name().and_then(|n| n.to_str()).unwrap_or("x")
-            ))),
-        },
-    ]
-}
+    /// A fresh local:// store, `fsync=never`.
+    pub fn local(_test: &str) -> Target {
+        Self::local_with("segment_size=1M")
+    }
 
-/// Runs `f` once per transport.
-pub fn each(test: &str, f: impl Fn(&str)) {
-    for t in targets(test) {
-        eprintln!("-- {test} on {}", t.url);
-        f(&t.url);
+    /// A fresh local:// store, `fsync=always`.
+    pub fn local_fsync(_test: &str) -> Target {
+        Self::local_with("segment_size=1M&fsync=always")
+    }
+
+    fn local_with(options: &str) -> Target {
+        let dir = TestDir::new();
+        Target {
+            url: format!("local://{}?{options}", dir.display()),
+            _dir: Some(dir),
+        }
     }
 }
 

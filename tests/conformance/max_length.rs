@@ -4,9 +4,8 @@ use dashi::{Overflow, PublishError, Queue};
 
 use super::*;
 
-#[test]
-fn reject_publish_hands_back_the_message() {
-    each("maxlen-reject", |url| {
+conformance! {
+    fn reject_publish_hands_back_the_message(url: &str) {
         let c = connect(url);
         let ch = c.channel().unwrap();
         ch.queue_declare(&Queue::new("q").with_max_length(2))
@@ -28,12 +27,9 @@ fn reject_publish_hands_back_the_message() {
         must_get(&ch, "q").ack().unwrap();
         p.publish("3", "q").unwrap();
         assert_eq!(drain_bodies(&ch, "q"), ["2", "3"]);
-    });
-}
+    }
 
-#[test]
-fn max_length_bytes_counts_body_bytes() {
-    each("maxlen-bytes", |url| {
+    fn max_length_bytes_counts_body_bytes(url: &str) {
         let c = connect(url);
         let ch = c.channel().unwrap();
         ch.queue_declare(&Queue::new("q").with_max_length_bytes(10))
@@ -46,12 +42,9 @@ fn max_length_bytes_counts_body_bytes() {
         );
         p.publish(vec![0u8; 4], "q").unwrap();
         assert_eq!(c.stats().queue("q").unwrap().bytes, 10);
-    });
-}
+    }
 
-#[test]
-fn a_full_queue_blocks_a_fanout_publish_everywhere() {
-    each("maxlen-fanout", |url| {
+    fn a_full_queue_blocks_a_fanout_publish_everywhere(url: &str) {
         let c = connect(url);
         let ch = c.channel().unwrap();
         ch.exchange_declare(&dashi::Exchange::fanout("f")).unwrap();
@@ -66,12 +59,9 @@ fn a_full_queue_blocks_a_fanout_publish_everywhere() {
         assert!(p.publish("b", "").is_err());
         assert_eq!(drain_bodies(&ch, "roomy"), ["a"]);
         assert_eq!(drain_bodies(&ch, "tiny"), ["a"]);
-    });
-}
+    }
 
-#[test]
-fn drop_head_without_dlx_counts_drops() {
-    each("maxlen-drop", |url| {
+    fn drop_head_without_dlx_counts_drops(url: &str) {
         let c = connect(url);
         let ch = c.channel().unwrap();
         ch.queue_declare(
@@ -85,5 +75,5 @@ fn drop_head_without_dlx_counts_drops() {
         }
         assert_eq!(drain_bodies(&ch, "q"), ["7", "8", "9"]);
         assert_eq!(c.stats().counters().dropped_overflow, 7);
-    });
+    }
 }

@@ -4,9 +4,8 @@ use dashi::{Message, PublishError, Queue};
 
 use super::*;
 
-#[test]
-fn lanes_drain_highest_first_and_fifo_within() {
-    each("priority", |url| {
+conformance! {
+    fn lanes_drain_highest_first_and_fifo_within(url: &str) {
         let c = connect(url);
         let ch = c.channel().unwrap();
         ch.queue_declare(&Queue::new("p").with_max_priority(10))
@@ -33,12 +32,9 @@ fn lanes_drain_highest_first_and_fifo_within() {
         );
         let got = drain_bodies(&ch, "p");
         assert_eq!(got, ["c1", "c2", "b1", "b2", "a1", "a2", "z1", "none"]);
-    });
-}
+    }
 
-#[test]
-fn priority_is_reported_on_delivery() {
-    each("priority-field", |url| {
+    fn priority_is_reported_on_delivery(url: &str) {
         let c = connect(url);
         let ch = c.channel().unwrap();
         ch.queue_declare(&Queue::new("p").with_max_priority(255))
@@ -49,12 +45,9 @@ fn priority_is_reported_on_delivery() {
         let d = must_get(&ch, "p");
         assert_eq!(d.priority(), 255);
         assert_eq!(d.properties().priority, Some(255));
-    });
-}
+    }
 
-#[test]
-fn priority_above_max_is_refused_everywhere() {
-    each("priority-too-high", |url| {
+    fn priority_above_max_is_refused_everywhere(url: &str) {
         let c = connect(url);
         let ch = c.channel().unwrap();
         ch.queue_declare(&Queue::new("p").with_max_priority(3))
@@ -76,12 +69,9 @@ fn priority_above_max_is_refused_everywhere() {
         }
         assert_eq!(err.into_message().properties.priority, Some(4));
         assert_eq!(c.stats().queue("p").unwrap().messages, 0);
-    });
-}
+    }
 
-#[test]
-fn fifo_for_a_single_producer_in_one_lane() {
-    each("fifo", |url| {
+    fn fifo_for_a_single_producer_in_one_lane(url: &str) {
         let c = connect(url);
         let ch = c.channel().unwrap();
         queue(&ch, "f");
@@ -92,5 +82,5 @@ fn fifo_for_a_single_producer_in_one_lane() {
         let got = drain_bodies(&ch, "f");
         let want: Vec<String> = (0..1000).map(|i| i.to_string()).collect();
         assert_eq!(got, want);
-    });
+    }
 }

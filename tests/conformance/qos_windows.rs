@@ -15,9 +15,8 @@ fn collector() -> (
     (got, move |d| g.lock().unwrap().push(d))
 }
 
-#[test]
-fn prefetch_count_bounds_unacked_deliveries() {
-    each("prefetch-count", |url| {
+conformance! {
+    fn prefetch_count_bounds_unacked_deliveries(url: &str) {
         let c = connect(url);
         let ch = c.channel().unwrap();
         queue(&ch, "q");
@@ -41,12 +40,9 @@ fn prefetch_count_bounds_unacked_deliveries() {
         all.last().unwrap().ack_multiple().unwrap();
         assert_eq!(c.drain_events(Some(WAIT)).unwrap(), 3);
         assert_eq!(c.stats().queue("q").unwrap().messages, 3);
-    });
-}
+    }
 
-#[test]
-fn prefetch_bytes_bounds_unacked_bytes_allowing_one_large_message() {
-    each("prefetch-bytes", |url| {
+    fn prefetch_bytes_bounds_unacked_bytes_allowing_one_large_message(url: &str) {
         let c = connect(url);
         let ch = c.channel().unwrap();
         queue(&ch, "q");
@@ -68,12 +64,9 @@ fn prefetch_bytes_bounds_unacked_bytes_allowing_one_large_message() {
         got.lock().unwrap()[0].ack().unwrap();
         assert_eq!(c.drain_events(Some(WAIT)).unwrap(), 1);
         assert_eq!(consumer.in_flight(), (1, 100));
-    });
-}
+    }
 
-#[test]
-fn no_ack_consumers_ignore_the_window() {
-    each("no-ack", |url| {
+    fn no_ack_consumers_ignore_the_window(url: &str) {
         let c = connect(url);
         let ch = c.channel().unwrap();
         queue(&ch, "q");
@@ -91,12 +84,9 @@ fn no_ack_consumers_ignore_the_window() {
         assert_eq!(c.stats().queue("q").unwrap().unacked, 0);
         assert_eq!(c.stats().counters().acked, 5);
         assert_eq!(ch.unacked(), 0);
-    });
-}
+    }
 
-#[test]
-fn get_ignores_prefetch() {
-    each("get-no-window", |url| {
+    fn get_ignores_prefetch(url: &str) {
         let c = connect(url);
         let ch = c.channel().unwrap();
         queue(&ch, "q");
@@ -108,12 +98,9 @@ fn get_ignores_prefetch() {
         assert_eq!(ch.unacked(), 3);
         let d = ch.get_no_ack("q", std::time::Duration::ZERO).unwrap();
         assert!(d.is_none());
-    });
-}
+    }
 
-#[test]
-fn requeue_inside_the_callback_frees_its_window_share_once() {
-    each("requeue-in-callback", |url| {
+    fn requeue_inside_the_callback_frees_its_window_share_once(url: &str) {
         let c = connect(url);
         let ch = c.channel().unwrap();
         ch.queue_declare(&dashi::Queue::new("q").with_max_priority(9))
@@ -145,5 +132,5 @@ fn requeue_inside_the_callback_frees_its_window_share_once() {
             [("b".into(), false), ("a".into(), false), ("b".into(), true)]
         );
         assert_eq!(consumer.in_flight(), (0, 0));
-    });
+    }
 }

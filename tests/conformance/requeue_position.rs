@@ -1,13 +1,13 @@
-//! Reject with requeue and restore put the message at the front of its lane
-//! with `redelivered = true`.
+//! Reject with requeue and restore put the message back ahead of everything
+//! never delivered in its lane, with `redelivered = true`, at its original
+//! position among other returned messages (AMQP 0-9-1, as RabbitMQ does).
 
 use dashi::{Message, Queue};
 
 use super::*;
 
-#[test]
-fn reject_requeue_goes_to_front_marked_redelivered() {
-    each("requeue-front", |url| {
+conformance! {
+    fn reject_requeue_goes_to_front_marked_redelivered(url: &str) {
         let c = connect(url);
         let ch = c.channel().unwrap();
         queue(&ch, "q");
@@ -27,12 +27,39 @@ fn reject_requeue_goes_to_front_marked_redelivered() {
         assert!(!next.redelivered());
         next.ack().unwrap();
         assert_eq!(c.stats().counters().redelivered, 1);
-    });
-}
+    }
 
-#[test]
-fn requeue_stays_in_its_own_lane() {
-    each("requeue-lane", |url| {
+    /// Take A B C, requeue A then C: A, C, D come next, not C, A, D.
+    fn requeued_messages_keep_their_original_order(url: &str) {
+        let c = connect(url);
+        let ch = c.channel().unwrap();
+        queue(&ch, "q");
+        let p = ch.producer();
+        for b in ["A", "B", "C", "D"] {
+            p.publish(b, "q").unwrap();
+        }
+        let (a, b, cc) = (must_get(&ch, "q"), must_get(&ch, "q"), must_get(&ch, "q"));
+        a.reject(true).unwrap();
+        cc.reject(true).unwrap();
+        b.ack().unwrap();
+        assert_eq!(
+            drain_flags(&ch, "q"),
+            flags(&[("A", true), ("C", true), ("D", false)])
+        );
+        // The same when they come back the other way round, by channel close.
+        for b in ["E", "F", "G"] {
+            p.publish(b, "q").unwrap();
+        }
+        let other = c.channel().unwrap();
+        let (e, f, g) = (must_get(&other, "q"), must_get(&other, "q"), must_get(&other, "q"));
+        g.reject(true).unwrap();
+        f.ack().unwrap();
+        drop(e);
+        other.close();
+        assert_eq!(drain_flags(&ch, "q"), flags(&[("E", true), ("G", true)]));
+    }
+
+    fn requeue_stays_in_its_own_lane(url: &str) {
         let c = connect(url);
         let ch = c.channel().unwrap();
         ch.queue_declare(&Queue::new("q").with_max_priority(5))
@@ -56,12 +83,9 @@ fn requeue_stays_in_its_own_lane() {
         p.publish(Message::new("high2").with_priority(5), "q")
             .unwrap();
         assert_eq!(drain_bodies(&ch, "q"), ["high2", "low", "low2"]);
-    });
-}
+    }
 
-#[test]
-fn nack_multiple_requeues_in_tag_order() {
-    each("nack-multiple", |url| {
+    fn nack_multiple_requeues_in_tag_order(url: &str) {
         let c = connect(url);
         let ch = c.channel().unwrap();
         queue(&ch, "q");
@@ -75,12 +99,9 @@ fn nack_multiple_requeues_in_tag_order() {
             drain_flags(&ch, "q"),
             flags(&[("a", true), ("b", true), ("c", true), ("d", false)])
         );
-    });
-}
+    }
 
-#[test]
-fn reject_without_requeue_drops_and_counts() {
-    each("reject-drop", |url| {
+    fn reject_without_requeue_drops_and_counts(url: &str) {
         let c = connect(url);
         let ch = c.channel().unwrap();
         queue(&ch, "q");
@@ -90,5 +111,5 @@ fn reject_without_requeue_drops_and_counts() {
         let s = c.stats().counters();
         assert_eq!((s.rejected, s.acked), (1, 0));
         assert_eq!(c.stats().queue("q").unwrap().unacked, 0);
-    });
+    }
 }

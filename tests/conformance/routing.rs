@@ -5,9 +5,8 @@ use dashi::{Exchange, Headers, Message, PublishError, Value};
 
 use super::*;
 
-#[test]
-fn default_exchange_routes_by_queue_name() {
-    each("default-exchange", |url| {
+conformance! {
+    fn default_exchange_routes_by_queue_name(url: &str) {
         let c = connect(url);
         let ch = c.channel().unwrap();
         queue(&ch, "a");
@@ -17,12 +16,9 @@ fn default_exchange_routes_by_queue_name() {
         p.publish("to-b", "b").unwrap();
         assert_eq!(drain_bodies(&ch, "a"), ["to-a"]);
         assert_eq!(drain_bodies(&ch, "b"), ["to-b"]);
-    });
-}
+    }
 
-#[test]
-fn direct_exchange_matches_key_exactly_and_copies_to_each_queue() {
-    each("direct", |url| {
+    fn direct_exchange_matches_key_exactly_and_copies_to_each_queue(url: &str) {
         let c = connect(url);
         let ch = c.channel().unwrap();
         ch.exchange_declare(&Exchange::direct("d")).unwrap();
@@ -40,12 +36,9 @@ fn direct_exchange_matches_key_exactly_and_copies_to_each_queue() {
         assert_eq!(drain_bodies(&ch, "q2"), ["r"]);
         assert_eq!(drain_bodies(&ch, "q3"), ["b"]);
         assert_eq!(c.stats().counters().dropped_unroutable, 1);
-    });
-}
+    }
 
-#[test]
-fn topic_exchange_follows_amqp_word_rules() {
-    each("topic", |url| {
+    fn topic_exchange_follows_amqp_word_rules(url: &str) {
         let c = connect(url);
         let ch = c.channel().unwrap();
         ch.exchange_declare(&Exchange::topic("t")).unwrap();
@@ -73,12 +66,9 @@ fn topic_exchange_follows_amqp_word_rules() {
         );
         assert_eq!(drain_bodies(&ch, "all").len(), 6);
         assert_eq!(drain_bodies(&ch, "tail"), ["x.eu"]);
-    });
-}
+    }
 
-#[test]
-fn fanout_exchange_ignores_the_key() {
-    each("fanout", |url| {
+    fn fanout_exchange_ignores_the_key(url: &str) {
         let c = connect(url);
         let ch = c.channel().unwrap();
         ch.exchange_declare(&Exchange::fanout("f")).unwrap();
@@ -94,12 +84,9 @@ fn fanout_exchange_ignores_the_key() {
         assert_eq!(drain_bodies(&ch, "f2"), ["x"]);
         let s = c.stats().counters();
         assert_eq!((s.published, s.routed), (1, 2));
-    });
-}
+    }
 
-#[test]
-fn headers_exchange_all_and_any() {
-    each("headers", |url| {
+    fn headers_exchange_all_and_any(url: &str) {
         let c = connect(url);
         let ch = c.channel().unwrap();
         ch.exchange_declare(&Exchange::headers("h")).unwrap();
@@ -130,12 +117,9 @@ fn headers_exchange_all_and_any() {
             .unwrap();
         assert_eq!(drain_bodies(&ch, "all"), ["both"]);
         assert_eq!(drain_bodies(&ch, "any"), ["both", "one"]);
-    });
-}
+    }
 
-#[test]
-fn alternate_exchange_takes_unroutable_messages() {
-    each("alternate", |url| {
+    fn alternate_exchange_takes_unroutable_messages(url: &str) {
         let c = connect(url);
         let ch = c.channel().unwrap();
         ch.exchange_declare(&Exchange::fanout("ae")).unwrap();
@@ -148,12 +132,9 @@ fn alternate_exchange_takes_unroutable_messages() {
             .publish_mandatory("lost?", "nobody")
             .unwrap();
         assert_eq!(drain_bodies(&ch, "unrouted"), ["lost?"]);
-    });
-}
+    }
 
-#[test]
-fn mandatory_unroutable_hands_the_message_back() {
-    each("mandatory", |url| {
+    fn mandatory_unroutable_hands_the_message_back(url: &str) {
         let c = connect(url);
         let ch = c.channel().unwrap();
         ch.exchange_declare(&Exchange::direct("d")).unwrap();
@@ -165,12 +146,9 @@ fn mandatory_unroutable_hands_the_message_back() {
         assert!(matches!(err, PublishError::Unroutable { .. }), "{err}");
         assert_eq!(&err.into_message().body[..], b"keep me");
         assert_eq!(c.stats().counters().published, 0);
-    });
-}
+    }
 
-#[test]
-fn unbind_and_delete_stop_routing() {
-    each("unbind", |url| {
+    fn unbind_and_delete_stop_routing(url: &str) {
         let c = connect(url);
         let ch = c.channel().unwrap();
         ch.exchange_declare(&Exchange::direct("d")).unwrap();
@@ -189,12 +167,9 @@ fn unbind_and_delete_stop_routing() {
         ));
         assert_eq!(ch.queue_delete("q", false, false).unwrap(), 0);
         assert!(ch.producer().publish_mandatory("x", "q").is_err());
-    });
-}
+    }
 
-#[test]
-fn topology_is_shared_between_connections() {
-    each("shared-topology", |url| {
+    fn topology_is_shared_between_connections(url: &str) {
         let a = connect(url);
         let b = connect(url);
         let cha = a.channel().unwrap();
@@ -207,12 +182,9 @@ fn topology_is_shared_between_connections() {
             .publish("hi", "x.y")
             .unwrap();
         assert_eq!(body(&must_get(&cha, "q")), "hi");
-    });
-}
+    }
 
-#[test]
-fn every_property_and_the_body_arrive_intact_without_a_copy() {
-    each("properties", |url| {
+    fn every_property_and_the_body_arrive_intact_without_a_copy(url: &str) {
         let c = connect(url);
         let ch = c.channel().unwrap();
         queue(&ch, "q");
@@ -242,5 +214,5 @@ fn every_property_and_the_body_arrive_intact_without_a_copy() {
         let again = d.to_message();
         assert_eq!(again.properties, sent);
         assert!(format!("{d:?}").contains("delivery_tag"));
-    });
+    }
 }

@@ -6,9 +6,8 @@ use dashi::{Error, SimpleQueue};
 
 use super::*;
 
-#[test]
-fn put_get_ack_and_timeout() {
-    each("simple", |url| {
+conformance! {
+    fn put_get_ack_and_timeout(url: &str) {
         let c = connect(url);
         let q = c.simple_queue("jobs").unwrap();
         assert_eq!(q.name(), "jobs");
@@ -26,12 +25,9 @@ fn put_get_ack_and_timeout() {
         q.put("three").unwrap();
         assert_eq!(q.clear().unwrap(), 1);
         assert_eq!(q.qsize().unwrap(), 0);
-    });
-}
+    }
 
-#[test]
-fn unacked_gets_come_back_when_closed() {
-    each("simple-close", |url| {
+    fn unacked_gets_come_back_when_closed(url: &str) {
         let c = connect(url);
         let q = SimpleQueue::new(&c, "jobs").unwrap();
         q.put("x").unwrap();
@@ -40,12 +36,9 @@ fn unacked_gets_come_back_when_closed() {
         let q2 = SimpleQueue::new(&c, "jobs").unwrap();
         let d = q2.get(WAIT).unwrap();
         assert!(d.redelivered());
-    });
-}
+    }
 
-#[test]
-fn get_waits_for_a_put_from_another_thread() {
-    each("simple-wait", |url| {
+    fn get_waits_for_a_put_from_another_thread(url: &str) {
         let c = connect(url);
         let q = c.simple_queue("jobs").unwrap();
         let url2 = url.to_owned();
@@ -56,5 +49,5 @@ fn get_waits_for_a_put_from_another_thread() {
         });
         assert_eq!(body(&q.get(WAIT * 2).unwrap()), "late");
         t.join().unwrap();
-    });
+    }
 }

@@ -5,9 +5,8 @@ use dashi::{ConsumerOptions, Message, Queue};
 
 use super::*;
 
-#[test]
-fn queue_figures_and_counters_track_every_step() {
-    each("stats", |url| {
+conformance! {
+    fn queue_figures_and_counters_track_every_step(url: &str) {
         let c = connect(url);
         let stats = c.stats();
         let ch = c.channel().unwrap();
@@ -44,5 +43,5 @@ fn queue_figures_and_counters_track_every_step() {
         );
         assert!(stats.queue("missing").is_none());
         assert!(format!("{stats:?}").contains("memory") || !url.starts_with("memory"));
-    });
+    }
 }

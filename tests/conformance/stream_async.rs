@@ -8,9 +8,8 @@ use futures::StreamExt;
 
 use super::*;
 
-#[test]
-fn stream_yields_in_order_and_wakes_on_publish() {
-    each("stream", |url| {
+conformance! {
+    fn stream_yields_in_order_and_wakes_on_publish(url: &str) {
         let c = connect(url);
         let ch = c.channel().unwrap();
         queue(&ch, "q");
@@ -34,12 +33,9 @@ fn stream_yields_in_order_and_wakes_on_publish() {
         t.join().unwrap();
         assert_eq!(got, ["a", "b"]);
         assert!(s.tag().starts_with("ctag"));
-    });
-}
+    }
 
-#[test]
-fn stream_respects_prefetch_and_ends_when_the_queue_is_deleted() {
-    each("stream-end", |url| {
+    fn stream_respects_prefetch_and_ends_when_the_queue_is_deleted(url: &str) {
         let c = connect(url);
         let ch = c.channel().unwrap();
         queue(&ch, "q");
@@ -61,5 +57,5 @@ fn stream_respects_prefetch_and_ends_when_the_queue_is_deleted() {
         let admin = c.channel().unwrap();
         admin.queue_delete("q", false, false).unwrap();
         assert!(futures::executor::block_on(s.next()).is_none());
-    });
+    }
 }

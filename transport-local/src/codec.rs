@@ -4,6 +4,11 @@
 //! and nesting and sizes are bounded so garbage cannot exhaust memory. The
 //! body is returned as a slice of the input `Bytes` (no copy), so a record read
 //! from a memory mapping stays zero-copy.
+//!
+//! # Invariants
+//! - Decoding never panics and never allocates more than the input's size
+//!   (every count is checked against the bytes left); unknown versions and
+//!   flag bits are refused.
 
 use std::time::Duration;
 

@@ -12,6 +12,11 @@
 //! `~` + a 64-bit FNV-1a hash + `.` + the first 150 encoded bytes, and the
 //! full name is kept in a `name` file inside the directory (the caller's job),
 //! so the mapping stays reversible.
+//!
+//! # Invariants
+//! - An encoded name is exactly one path component, never `.` or `..`, never
+//!   containing `/` or NUL, at most [`MAX_COMPONENT`] bytes; distinct names give
+//!   distinct components.
 
 /// Longest file name the encoding produces (Linux `NAME_MAX` is 255).
 pub(crate) const MAX_COMPONENT: usize = 240;

@@ -4,6 +4,10 @@
 //! field 22 of `/proc/<pid>/stat`). Process ids are recycled; a pid whose
 //! current process started at another time is a different process, so a
 //! claim or reservation of the old one is treated as the dead process's.
+//!
+//! # Invariants
+//! - A claim or reservation is treated as its owner's only while a process with
+//!   that pid *and* that start time runs.
 
 use std::sync::OnceLock;
 

@@ -6,6 +6,10 @@
 //! Tail cutting and hole padding change shared state, so they run only with
 //! exclusive access to the store (`exclusive = true`, no other process has it
 //! open); without it recovery only reports.
+//!
+//! # Invariants
+//! - Nothing committed intact is cut or skipped; a corrupt record is skipped only
+//!   after its bytes were handed to the quarantine callback.
 
 use crate::segment::{Segment, Slot, HEADER_LEN, RECORD_HEADER_LEN};
 

@@ -24,7 +24,7 @@ fn segment_files(dir: &std::path::Path) -> usize {
 
 #[test]
 fn acked_segments_are_deleted_by_idle_consumers() {
-    let dir = std::env::temp_dir().join(format!("dashi-retention-{}", std::process::id()));
+    let dir = dashi_test_support::TestDir::new();
     let url = format!("local://{}?segment_size=64K", dir.display());
     let conn = dashi_transport_local::open(ConnectUrl::parse(&url).unwrap()).unwrap();
     let ch = conn.channel().unwrap();

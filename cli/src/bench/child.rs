@@ -12,7 +12,7 @@ use serde_json::json;
 
 use super::{histogram, latency_us, now_ns};
 use crate::args::BenchConsumerArgs;
-use crate::body::connect;
+use crate::connect::connect;
 
 /// Body of the message that tells a consumer process the run is over (one per
 /// consumer, published after every data message).

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use dashi::{ConsumerOptions, Error, Message, Queue};
 
 use super::{histogram, latency_us, stamped_body, Progress, Report, Workload};
-use crate::body::connect;
+use crate::connect::connect;
 
 pub(crate) fn run(w: &Workload) -> Result<Report, String> {
     let admin = connect(&w.url)?;

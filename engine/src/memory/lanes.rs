@@ -15,9 +15,12 @@
 //! - A queue with one lane (no priorities) bypasses the bitmap and keeps no
 //!   per-lane counts (its owner's totals are its depth).
 //! - Restored items go to a per-lane front list drained before the FIFO, so a
-//!   restore puts a message ahead of everything in its lane. The front list is
-//!   behind a mutex because restore is a slow path; the fast path checks an
-//!   atomic length and never takes it when empty.
+//!   restore puts a message ahead of everything in its lane; the front list is
+//!   kept in the order of the items' keys (their original positions), so
+//!   items come back in their original order whichever order they are
+//!   restored in (AMQP 0-9-1's "original position"). The front list is behind
+//!   a mutex because restore is a slow path; the fast path checks an atomic
+//!   length and never takes it when empty.
 //! - The FIFO is crossbeam's `SegQueue` (in loom builds, a model mutex-backed
 //!   deque with the same linearizable behaviour, so loom checks our protocol
 //!   around it).
@@ -140,14 +143,24 @@ impl<T> Lanes<T> {
         self.mark(lane);
     }
 
-    /// Puts `items` at the front of `lane`, `items[0]` first.
-    pub(crate) fn push_front(&self, lane: usize, items: impl DoubleEndedIterator<Item = T>) {
+    /// Puts `items` back ahead of the FIFO of `lane`, among the items already
+    /// restored there in ascending `key` order (an item's original position):
+    /// whatever order items are restored in, they come back in their original
+    /// order, before everything that was never taken.
+    pub(crate) fn restore(
+        &self,
+        lane: usize,
+        items: impl IntoIterator<Item = T>,
+        key: impl Fn(&T) -> u64,
+    ) {
         let lane = lane.min(self.lanes.len() - 1);
         let l = &self.lanes[lane];
         {
             let mut front = l.front.lock();
-            for item in items.rev() {
-                front.push_front(item);
+            for item in items {
+                let k = key(&item);
+                let at = front.partition_point(|x| key(x) <= k);
+                front.insert(at, item);
                 l.front_len.fetch_add(1, SeqCst);
                 l.pushed.0.fetch_add(1, SeqCst);
             }
@@ -263,14 +276,17 @@ mod tests {
     }
 
     #[test]
-    fn front_restore_goes_first_in_given_order() {
+    fn restores_go_first_in_their_original_order() {
         let l = Lanes::new(0);
-        l.push(0, 1);
-        l.push(0, 2);
-        l.push_front(0, [10, 11].into_iter());
+        l.push(0, 5);
+        l.push(0, 6);
+        // Taken as 1 2 3 4, restored as 4, 1, then 3 2: back as 1 2 3 4.
+        l.restore(0, [4], |x| *x);
+        l.restore(0, [1], |x| *x);
+        l.restore(0, [3, 2], |x| *x);
         assert_eq!(l.len(0), None);
         let order: Vec<_> = std::iter::from_fn(|| l.pop().map(|x| x.1)).collect();
-        assert_eq!(order, vec![10, 11, 1, 2]);
+        assert_eq!(order, vec![1, 2, 3, 4, 5, 6]);
     }
 
     #[test]
@@ -415,7 +431,7 @@ mod loom_tests {
             let l = Arc::new(Lanes::new(0));
             let l2 = l.clone();
             let t = loom::thread::spawn(move || l2.push(0, 2u32));
-            l.push_front(0, [1u32].into_iter());
+            l.restore(0, [1u32], |x| u64::from(*x));
             t.join().unwrap();
             let got: Vec<u32> = std::iter::from_fn(|| l.pop().map(|x| x.1)).collect();
             assert_eq!(got, vec![1, 2]);

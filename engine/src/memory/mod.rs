@@ -33,7 +33,8 @@ use crate::routing::{Binding, Routing, Topology};
 use crate::stats::{Counters, QueueStats, TransportEvent};
 use crate::transport::{
     check_delete, check_redeclare, dead_letter_with, effective_ttl, lane_for, queue_full,
-    validate_declaration, ConnectionId, DeathReason, Envelope, Implements, QueueStore, Transport,
+    route_or_drop, validate_declaration, ConnectionId, DeathReason, Envelope, Implements,
+    QueueStore, Transport,
 };
 
 use queue::{MemQueue, Reserve};
@@ -111,14 +112,8 @@ impl Shared {
     /// maximum instead of refusing it (dead-lettered messages).
     fn publish(&self, env: Envelope, mandatory: bool, clamp: bool) -> Result<(), PublishError> {
         let routing = self.routing.load();
-        let route = match routing.route_publish(&env, mandatory) {
-            Ok(Some(r)) => r,
-            Ok(None) => {
-                self.counters.record(TransportEvent::Published, 1);
-                self.counters.record(TransportEvent::DroppedUnroutable, 1);
-                return Ok(());
-            }
-            Err(refused) => return Err(refused.into_error(env)),
+        let Some((route, env)) = route_or_drop(&routing, env, mandatory, &self.counters)? else {
+            return Ok(());
         };
         let targets = route.as_slice();
         let (priority, mut env) =

@@ -13,22 +13,23 @@
 //!   front-list lock.
 
 use std::sync::{Arc, Weak};
-use std::task::Waker;
 
 use super::lanes::Lanes;
 use crate::clock::{now_ns, NEVER};
 use crate::model::queue::{Overflow, Queue};
-use crate::notify::Notify;
 use crate::stats::{QueueStats, TransportEvent};
-use crate::sync::{AtomicBool, AtomicU64, Ordering::Relaxed, Ordering::SeqCst, Padded};
+use crate::sync::{AtomicU64, Ordering::Relaxed, Ordering::SeqCst, Padded};
 use crate::transport::{
-    limit_reached, ConnectionId, ConsumerCount, DeathReason, Envelope, QueueStore,
+    limit_reached, ConnectionId, DeathReason, Envelope, QueueState, QueueStore,
 };
 
 use super::Shared;
 
 #[derive(Debug, Default)]
 struct Inflow {
+    /// Publish sequence: a message's original position (concurrent publishers
+    /// may push in another order than they drew; they promise no order).
+    seq: AtomicU64,
     count: AtomicU64,
     bytes: AtomicU64,
     /// Never-newer copies of `Outflow::{count, bytes}`.
@@ -50,9 +51,7 @@ pub(crate) struct MemQueue {
     lanes: Lanes<Envelope>,
     inflow: Padded<Inflow>,
     outflow: Padded<Outflow>,
-    consumers: ConsumerCount,
-    deleted: AtomicBool,
-    notify: Notify,
+    state: QueueState,
     shared: Weak<Shared>,
 }
 
@@ -70,9 +69,7 @@ impl MemQueue {
             owner,
             inflow: Padded(Inflow::default()),
             outflow: Padded(Outflow::default()),
-            consumers: ConsumerCount::new(),
-            deleted: AtomicBool::new(false),
-            notify: Notify::new(),
+            state: QueueState::new(),
             shared,
         }
     }
@@ -136,11 +133,13 @@ impl MemQueue {
         self.inflow.bytes.fetch_sub(size, SeqCst);
     }
 
-    /// Appends a reserved envelope and wakes waiters.
+    /// Appends a reserved envelope and wakes waiters. Its token becomes its
+    /// position in the queue's publish order, which a restore puts it back at.
     #[inline]
-    pub(crate) fn push_reserved(&self, env: Envelope) {
+    pub(crate) fn push_reserved(&self, mut env: Envelope) {
+        env.token = self.inflow.seq.fetch_add(1, Relaxed);
         self.lanes.push(env.lane as usize, env);
-        self.notify.notify_all();
+        self.state.notify_all();
     }
 
     #[inline]
@@ -166,9 +165,8 @@ impl MemQueue {
     }
 
     pub(crate) fn mark_deleted(&self) {
-        self.deleted.store(true, SeqCst);
+        self.state.mark_deleted();
         self.purge();
-        self.notify.notify_all();
     }
 
     pub(crate) fn ready(&self) -> u64 {
@@ -182,7 +180,7 @@ impl MemQueue {
     }
 
     pub(crate) fn consumers(&self) -> u64 {
-        self.consumers.get()
+        self.state.consumers()
     }
 
     pub(crate) fn stats(&self) -> QueueStats {
@@ -194,7 +192,7 @@ impl MemQueue {
             messages: self.ready(),
             bytes: self.ready_bytes(),
             unacked: self.outflow.unacked.load(SeqCst),
-            consumers: self.consumers.get(),
+            consumers: self.state.consumers(),
         }
     }
 }
@@ -244,44 +242,26 @@ impl QueueStore for MemQueue {
             return;
         }
         self.outflow.unacked.fetch_sub(envs.len() as u64, Relaxed);
-        if self.deleted.load(SeqCst) {
+        if self.state.is_deleted() {
             return;
         }
         let bytes: u64 = envs.iter().map(|e| e.size() as u64).sum();
         self.inflow.count.fetch_add(envs.len() as u64, SeqCst);
         self.inflow.bytes.fetch_add(bytes, SeqCst);
-        // Group by lane, keeping order within each lane.
-        let mut by_lane: Vec<(u8, Vec<Envelope>)> = Vec::new();
+        // Each goes back to its original position (the publish sequence in its
+        // token), ahead of everything never taken.
         for env in envs {
-            match by_lane.iter_mut().find(|(l, _)| *l == env.lane) {
-                Some((_, v)) => v.push(env),
-                None => by_lane.push((env.lane, vec![env])),
-            }
+            self.lanes.restore(env.lane as usize, [env], |e| e.token);
         }
-        for (lane, v) in by_lane {
-            self.lanes.push_front(lane as usize, v.into_iter());
-        }
-        self.notify.notify_all();
+        self.state.notify_all();
     }
 
-    fn register(&self, waker: &Waker) -> u64 {
-        self.notify.register(waker)
-    }
-
-    fn unregister(&self, id: u64) {
-        self.notify.unregister(id)
-    }
-
-    fn is_deleted(&self) -> bool {
-        self.deleted.load(SeqCst)
-    }
-
-    fn consumer_added(&self) {
-        self.consumers.added();
+    fn state(&self) -> &QueueState {
+        &self.state
     }
 
     fn consumer_removed(&self) {
-        if self.consumers.removed() && self.decl.auto_delete && !self.is_deleted() {
+        if self.state.consumer_removed(&self.decl) {
             if let Some(shared) = self.counters() {
                 shared.remove_queue(&self.decl.name);
             }

@@ -1,4 +1,10 @@
 //! Name rules shared by every transport: AMQP short strings, 1..=255 bytes.
+//!
+//! # Invariants
+//! - Every name that enters a transport was checked here first (1..=255 bytes;
+//!   routing keys 0..=255).
+//! - A [`ShortStr`] of at most 30 bytes is stored inline (no allocation), so
+//!   envelopes with short exchange names and routing keys cost no allocation.
 
 use crate::error::{Error, NameError};
 

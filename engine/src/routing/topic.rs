@@ -2,6 +2,11 @@
 //! word, `#` zero or more; `a.#` matches `a`. Keys and patterns are split on
 //! `.`; the empty key (and the empty pattern) has zero words, as in RabbitMQ, so
 //! `#` matches it and `*` does not.
+//!
+//! # Invariants
+//! - A pattern in the trie was validated ([`validate_pattern`]) when it was
+//!   bound; matching never fails and visits each trie node at most once per
+//!   position of the key.
 
 use std::collections::HashMap;
 

@@ -1,5 +1,12 @@
 //! Connections: one transport instance, its channels, and the push-consumer
 //! dispatcher (`drain_events`).
+//!
+//! # Invariants
+//! - Closing is idempotent and happens once (`closed` swaps): every channel
+//!   closes (restoring its unacked deliveries), then the transport deletes the
+//!   connection's exclusive queues, then waiters on `close_notify` wake.
+//! - A consumer tag is unique per connection (`tags`), released when the
+//!   consumer is cancelled.
 
 use std::collections::HashSet;
 use std::fmt;

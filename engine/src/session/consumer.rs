@@ -1,4 +1,9 @@
 //! Consumers: options, the shared consumer state, and the handle users hold.
+//!
+//! # Invariants
+//! - A consumer takes a message only while its window has room (unless
+//!   `no_ack`), and acquires the window share as it takes it.
+//! - Its queues are served round-robin, one message at a time.
 
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};

@@ -1,5 +1,10 @@
 //! Async consumption: a `futures_core::Stream` of deliveries that works on any
 //! executor (it only uses the task's `Waker`).
+//!
+//! # Invariants
+//! - A stream registers its waker on every queue, its window and the close
+//!   notifier before it re-checks, so a poll that returned `Pending` is always
+//!   woken by the next message, room in the window, or a close.
 
 use std::fmt;
 use std::pin::Pin;

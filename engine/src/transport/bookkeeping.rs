@@ -11,12 +11,16 @@
 //!   queue's `max_priority` it is an error, except for dead-lettered messages,
 //!   which are clamped because there is nobody to hand them back to.
 
+use std::task::Waker;
 use std::time::Duration;
 
 use crate::error::{Error, PublishError};
 use crate::model::names::{check_exchange_ref, check_len, check_name};
 use crate::model::queue::Queue;
-use crate::sync::{AtomicU64, Ordering::SeqCst};
+use crate::notify::Notify;
+use crate::routing::{Route, Routing};
+use crate::stats::{Counters, TransportEvent};
+use crate::sync::{AtomicBool, AtomicU64, Ordering::SeqCst};
 
 use super::Envelope;
 
@@ -124,37 +128,100 @@ pub fn lane_for<'q>(
     Ok((priority, env))
 }
 
-/// Consumers attached to a queue in this process, and the auto-delete rule:
-/// an auto-delete queue goes when its last consumer does.
+/// What every queue handle keeps the same way: the waiters for its next
+/// message, whether it was deleted, and the consumers attached in this
+/// process (with the auto-delete rule: an auto-delete queue goes when its
+/// last consumer does).
 #[derive(Debug, Default)]
-pub struct ConsumerCount(AtomicU64);
+pub struct QueueState {
+    notify: Notify,
+    deleted: AtomicBool,
+    consumers: AtomicU64,
+}
 
-impl ConsumerCount {
-    /// No consumers.
+impl QueueState {
+    /// A live queue with no waiters and no consumers.
     pub fn new() -> Self {
         Self::default()
     }
 
-    /// A consumer started.
-    pub fn added(&self) {
-        self.0.fetch_add(1, SeqCst);
+    /// Wakes every waiter (after a message became ready, or on delete).
+    pub fn notify_all(&self) {
+        self.notify.notify_all();
     }
 
-    /// A consumer stopped; true when it was the last one.
-    pub fn removed(&self) -> bool {
-        let mut cur = self.0.load(SeqCst);
-        loop {
+    /// Registers a waiter (see [`Notify::register`]).
+    pub fn register(&self, waker: &Waker) -> u64 {
+        self.notify.register(waker)
+    }
+
+    /// Removes a registration.
+    pub fn unregister(&self, id: u64) {
+        self.notify.unregister(id)
+    }
+
+    /// Waiters registered now.
+    pub fn waiters(&self) -> usize {
+        self.notify.waiters()
+    }
+
+    /// True once the queue was deleted.
+    pub fn is_deleted(&self) -> bool {
+        self.deleted.load(SeqCst)
+    }
+
+    /// Marks the queue deleted and wakes its waiters (they see it gone);
+    /// true if it was not deleted before.
+    pub fn mark_deleted(&self) -> bool {
+        let first = !self.deleted.swap(true, SeqCst);
+        self.notify.notify_all();
+        first
+    }
+
+    /// A consumer started.
+    pub fn consumer_added(&self) {
+        self.consumers.fetch_add(1, SeqCst);
+    }
+
+    /// A consumer stopped; true when `decl` is auto-delete, this was its last
+    /// consumer and it is not deleted yet: the caller deletes it.
+    pub fn consumer_removed(&self, decl: &Queue) -> bool {
+        let mut cur = self.consumers.load(SeqCst);
+        let left = loop {
             let next = cur.saturating_sub(1);
-            match self.0.compare_exchange(cur, next, SeqCst, SeqCst) {
-                Ok(_) => return next == 0,
+            match self.consumers.compare_exchange(cur, next, SeqCst, SeqCst) {
+                Ok(_) => break next,
                 Err(now) => cur = now,
             }
-        }
+        };
+        left == 0 && decl.auto_delete && !self.is_deleted()
     }
 
     /// Consumers attached now.
-    pub fn get(&self) -> u64 {
-        self.0.load(SeqCst)
+    pub fn consumers(&self) -> u64 {
+        self.consumers.load(SeqCst)
+    }
+}
+
+/// Routes `env` against `routing`: the queues it goes to, with the envelope
+/// back, or `None` when nothing matched and it is not mandatory (then it is
+/// counted as published and dropped as unroutable). A refusal hands the
+/// message back in the error.
+#[allow(clippy::result_large_err)] // The error carries the message back by design.
+pub fn route_or_drop<Q>(
+    routing: &Routing<Q>,
+    env: Envelope,
+    mandatory: bool,
+    counters: &Counters,
+) -> Result<Option<(Route, Envelope)>, PublishError> {
+    match routing.route_publish(&env, mandatory) {
+        Ok(Some(r)) => Ok(Some((r, env))),
+        Ok(None) => {
+            counters.record(TransportEvent::Published, 1);
+            counters.record(TransportEvent::DroppedUnroutable, 1);
+            Ok(None)
+        }
+        Err(refused) => Err(refused.into_error(env)),
     }
 }
 
@@ -225,16 +292,38 @@ mod tests {
     }
 
     #[test]
-    fn the_last_consumer_is_reported_once() {
-        let c = ConsumerCount::new();
-        c.added();
-        c.added();
-        assert!(!c.removed());
-        assert_eq!(c.get(), 1);
-        assert!(c.removed());
-        assert_eq!(c.get(), 0);
+    fn an_auto_delete_queue_goes_with_its_last_consumer_once() {
+        let auto = Queue::new("q").with_auto_delete(true);
+        let s = QueueState::new();
+        s.consumer_added();
+        s.consumer_added();
+        assert!(!s.consumer_removed(&auto));
+        assert_eq!(s.consumers(), 1);
+        assert!(s.consumer_removed(&auto));
+        assert_eq!(s.consumers(), 0);
         // A stray removal does not wrap around.
-        assert!(c.removed());
-        assert_eq!(c.get(), 0);
+        assert!(s.consumer_removed(&auto));
+        assert_eq!(s.consumers(), 0);
+        assert!(s.mark_deleted());
+        assert!(!s.mark_deleted());
+        assert!(!s.consumer_removed(&auto), "already deleted");
+        let plain = QueueState::new();
+        plain.consumer_added();
+        assert!(!plain.consumer_removed(&Queue::new("p")));
+    }
+
+    #[test]
+    fn unroutable_publishes_are_counted_and_dropped() {
+        let counters = Counters::default();
+        let routing: Routing<()> = Routing::default();
+        let env = || Envelope::new(Message::new("m"), "", "nowhere");
+        assert!(route_or_drop(&routing, env(), false, &counters)
+            .unwrap()
+            .is_none());
+        let k = counters.snapshot();
+        assert_eq!((k.published, k.dropped_unroutable), (1, 1));
+        let e = route_or_drop(&routing, env(), true, &counters).unwrap_err();
+        assert!(matches!(e, PublishError::Unroutable { .. }));
+        assert_eq!(&e.into_message().body[..], b"m");
     }
 }

@@ -21,7 +21,7 @@ use crate::stats::{Counters, QueueStats};
 
 pub use bookkeeping::{
     check_delete, check_redeclare, effective_ttl, lane_for, limit_reached, queue_full,
-    validate_declaration, ConsumerCount,
+    route_or_drop, validate_declaration, QueueState,
 };
 pub use dead_letter::{dead_letter, dead_letter_with, DeathReason};
 pub use envelope::Envelope;
@@ -70,15 +70,26 @@ pub trait QueueStore: Send + Sync + fmt::Debug {
     fn lease(&self, env: &Envelope, lease: Duration) {
         let _ = (env, lease);
     }
+    /// The waiters, deleted flag and consumer count of this queue handle;
+    /// the defaults of the methods below use it.
+    fn state(&self) -> &QueueState;
     /// Registers a waker called when a message becomes ready (or the queue is
     /// deleted); returns an id for [`QueueStore::unregister`].
-    fn register(&self, waker: &Waker) -> u64;
+    fn register(&self, waker: &Waker) -> u64 {
+        self.state().register(waker)
+    }
     /// Removes a registration.
-    fn unregister(&self, id: u64);
+    fn unregister(&self, id: u64) {
+        self.state().unregister(id)
+    }
     /// True once the queue was deleted.
-    fn is_deleted(&self) -> bool;
+    fn is_deleted(&self) -> bool {
+        self.state().is_deleted()
+    }
     /// A consumer started consuming.
-    fn consumer_added(&self);
+    fn consumer_added(&self) {
+        self.state().consumer_added()
+    }
     /// A consumer stopped (auto-delete queues go when the last one does).
     fn consumer_removed(&self);
 }

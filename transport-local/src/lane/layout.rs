@@ -1,4 +1,8 @@
 //! The layout of a lane's shared state page and of a record's claim word.
+//!
+//! # Invariants
+//! - Each counter pair of the state page sits on its own 64-byte line and is
+//!   written by one side only (producers, consumers, restorers).
 
 /// Claim-word states (bits 0-1), the redelivered bit (2), and the owner:
 /// process id in bits 32.., low bits of its start time in bits 3..32 (see

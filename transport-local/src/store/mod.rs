@@ -229,7 +229,7 @@ impl Transport for LocalTransport {
         Ok(QueueInfo {
             name: q.name.clone(),
             message_count: n,
-            consumer_count: lq.consumers.get(),
+            consumer_count: lq.state.consumers(),
         })
     }
 
@@ -242,7 +242,7 @@ impl Transport for LocalTransport {
     ) -> Result<u64, Error> {
         let q = self.inner.queue(name, owner)?;
         let (n, _, _, _) = q.counts();
-        check_delete(name, if_unused, if_empty, q.consumers.get(), n)?;
+        check_delete(name, if_unused, if_empty, q.state.consumers(), n)?;
         self.inner.change(|m| {
             m.queues.retain(|(x, _)| x.name != name);
             m.bindings.retain(|b| b.queue != name);
@@ -349,5 +349,5 @@ impl Transport for LocalTransport {
 
 fn stats(q: &LocalQueue) -> QueueStats {
     let (n, b, u, depth) = q.counts();
-    QueueStats::new(q.decl.name.clone(), depth, n, b, u, q.consumers.get())
+    QueueStats::new(q.decl.name.clone(), depth, n, b, u, q.state.consumers())
 }

@@ -11,8 +11,8 @@
 use std::sync::Arc;
 
 use dashi_engine::spi::{
-    dead_letter_with, lane_for, limit_reached, queue_full, DeathReason, Envelope, Routing,
-    TransportEvent,
+    dead_letter_with, lane_for, limit_reached, queue_full, route_or_drop, DeathReason, Envelope,
+    Routing, TransportEvent,
 };
 use dashi_engine::{Overflow, PublishError, Queue};
 
@@ -51,14 +51,8 @@ impl Inner {
             return Err(transport_error(e.to_string(), env));
         }
         let routing = self.routing.load();
-        let route = match routing.route_publish(&env, mandatory) {
-            Ok(Some(r)) => r,
-            Ok(None) => {
-                self.counters.record(TransportEvent::Published, 1);
-                self.counters.record(TransportEvent::DroppedUnroutable, 1);
-                return Ok(());
-            }
-            Err(refused) => return Err(refused.into_error(env)),
+        let Some((route, env)) = route_or_drop(&routing, env, mandatory, &self.counters)? else {
+            return Ok(());
         };
         let targets = route.as_slice();
         let (priority, env) =
@@ -152,7 +146,7 @@ impl Inner {
                     written.push(seg);
                 }
             }
-            q.notify.notify_all();
+            q.state.notify_all();
         }
         Ok(written)
     }

@@ -12,14 +12,12 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{
-    AtomicBool, AtomicU64, Ordering::AcqRel, Ordering::Acquire, Ordering::SeqCst,
-};
+use std::sync::atomic::{AtomicU64, Ordering::AcqRel, Ordering::Acquire, Ordering::SeqCst};
 use std::sync::{Arc, OnceLock, Weak};
 use std::task::Waker;
 
 use dashi_engine::spi::{
-    effective_ttl, now_ns, ConsumerCount, DeathReason, Envelope, Notify, QueueStore, TransportEvent,
+    effective_ttl, now_ns, DeathReason, Envelope, QueueState, QueueStore, TransportEvent,
 };
 use dashi_engine::{Error, Queue};
 use parking_lot::Mutex;
@@ -42,12 +40,10 @@ pub(crate) struct LocalQueue {
     pub(super) lanes: Vec<OnceLock<Arc<Lane>>>,
     pub(super) segment_size: u64,
     pub(super) alloc: Arc<Allocator>,
-    pub(super) notify: Notify,
+    pub(super) state: QueueState,
     /// Deliveries of this process not yet settled, by token (a fast hash:
     /// tokens are positions, not attacker-chosen).
     pub(super) held: Mutex<HashMap<u64, Claimed, foldhash::fast::RandomState>>,
-    pub(super) consumers: ConsumerCount,
-    pub(super) deleted: AtomicBool,
     /// This process as a claim owner (pid and start-time bits).
     pub(super) owner: u64,
     pub(super) transport: Weak<Inner>,
@@ -97,10 +93,8 @@ impl LocalQueue {
             lanes_used,
             segment_size: opts.segment_size,
             alloc,
-            notify: Notify::new(),
+            state: QueueState::new(),
             held: Mutex::new(HashMap::default()),
-            consumers: ConsumerCount::new(),
-            deleted: AtomicBool::new(false),
             owner,
             transport,
             last_reclaim_ns: AtomicU64::new(0),
@@ -344,7 +338,7 @@ impl QueueStore for LocalQueue {
                 }
             }
         }
-        self.notify.notify_all();
+        self.state.notify_all();
     }
 
     fn lease(&self, env: &Envelope, lease: std::time::Duration) {
@@ -357,7 +351,7 @@ impl QueueStore for LocalQueue {
     }
 
     fn register(&self, waker: &Waker) -> u64 {
-        let id = self.notify.register(waker);
+        let id = self.state.register(waker);
         if let Some(t) = self.transport.upgrade() {
             t.ensure_watcher();
             // Read after registering, before the caller's last look at the
@@ -367,20 +361,12 @@ impl QueueStore for LocalQueue {
         id
     }
 
-    fn unregister(&self, id: u64) {
-        self.notify.unregister(id)
-    }
-
-    fn is_deleted(&self) -> bool {
-        self.deleted.load(SeqCst)
-    }
-
-    fn consumer_added(&self) {
-        self.consumers.added();
+    fn state(&self) -> &QueueState {
+        &self.state
     }
 
     fn consumer_removed(&self) {
-        if self.consumers.removed() && self.decl.auto_delete && !self.is_deleted() {
+        if self.state.consumer_removed(&self.decl) {
             if let Some(t) = self.transport.upgrade() {
                 let _ = t.change(|m| {
                     m.queues.retain(|(q, _)| q.name != self.decl.name);

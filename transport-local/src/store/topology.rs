@@ -115,8 +115,7 @@ impl Inner {
         }
         for (name, q) in &topo.queues {
             if !queues.contains_key(name) {
-                q.deleted.store(true, SeqCst);
-                q.notify.notify_all();
+                q.state.mark_deleted();
             }
         }
         let snapshot = topology.snapshot(queues.iter().map(|(n, q)| (n.clone(), q.clone())));

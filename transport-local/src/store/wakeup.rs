@@ -100,7 +100,7 @@ fn watch(weak: Weak<Inner>, arm: Arc<Arm>) {
             .lock()
             .queues
             .values()
-            .filter(|q| q.notify.waiters() > 0)
+            .filter(|q| q.state.waiters() > 0)
             .cloned()
             .collect();
         if !waiting.is_empty() {
@@ -108,7 +108,7 @@ fn watch(weak: Weak<Inner>, arm: Arc<Arm>) {
             arm.arm(word.load(SeqCst));
         }
         for q in &waiting {
-            q.notify.notify_all();
+            q.state.notify_all();
         }
     }
 }
