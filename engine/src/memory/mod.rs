@@ -112,12 +112,21 @@ impl Shared {
     /// maximum instead of refusing it (dead-lettered messages).
     fn publish(&self, env: Envelope, mandatory: bool, clamp: bool) -> Result<(), PublishError> {
         let routing = self.routing.load();
-        let Some((route, env)) = route_or_drop(&routing, env, mandatory, &self.counters)? else {
-            return Ok(());
+        let route = match route_or_drop(&routing, &env, mandatory, &self.counters) {
+            Ok(Some(r)) => r,
+            Ok(None) => return Ok(()),
+            Err(refused) => return Err(refused.into_error(env)),
         };
         let targets = route.as_slice();
-        let (priority, mut env) =
-            lane_for(env, targets.iter().map(|&t| &routing.target(t).decl), clamp)?;
+        let priority = match lane_for(
+            &env,
+            targets.iter().map(|&t| &routing.target(t).decl),
+            clamp,
+        ) {
+            Ok(p) => p,
+            Err(e) => return Err(e.into_error(env)),
+        };
+        let mut env = env;
         let size = env.size() as u64;
         for (i, &t) in targets.iter().enumerate() {
             if let Reserve::Full(which) = routing.target(t).reserve(size) {

@@ -27,9 +27,6 @@ use super::Shared;
 
 #[derive(Debug, Default)]
 struct Inflow {
-    /// Publish sequence: a message's original position (concurrent publishers
-    /// may push in another order than they drew; they promise no order).
-    seq: AtomicU64,
     count: AtomicU64,
     bytes: AtomicU64,
     /// Never-newer copies of `Outflow::{count, bytes}`.
@@ -133,19 +130,19 @@ impl MemQueue {
         self.inflow.bytes.fetch_sub(size, SeqCst);
     }
 
-    /// Appends a reserved envelope and wakes waiters. Its token becomes its
-    /// position in the queue's publish order, which a restore puts it back at.
+    /// Appends a reserved envelope and wakes waiters.
     #[inline]
-    pub(crate) fn push_reserved(&self, mut env: Envelope) {
-        env.token = self.inflow.seq.fetch_add(1, Relaxed);
+    pub(crate) fn push_reserved(&self, env: Envelope) {
         self.lanes.push(env.lane as usize, env);
         self.state.notify_all();
     }
 
+    /// Counts a message leaving the ready set; returns how many left before
+    /// it (its place in the order messages were taken).
     #[inline]
-    fn took(&self, env: &Envelope) {
-        self.outflow.count.fetch_add(1, SeqCst);
+    fn took(&self, env: &Envelope) -> u64 {
         self.outflow.bytes.fetch_add(env.size() as u64, SeqCst);
+        self.outflow.count.fetch_add(1, SeqCst)
     }
 
     fn dead_letter(&self, env: Envelope, reason: DeathReason) {
@@ -209,8 +206,14 @@ impl QueueStore for MemQueue {
     fn pop(&self) -> Option<Envelope> {
         let mut now = 0;
         loop {
-            let (_, env) = self.lanes.pop()?;
-            self.took(&env);
+            let (_, mut env) = self.lanes.pop()?;
+            let taken = self.took(&env);
+            // The first time a message is taken, its token records where it
+            // stood (messages are taken in lane order), so a restore can put
+            // it back at its original position; a restored message keeps it.
+            if env.token == 0 {
+                env.token = taken + 1;
+            }
             if env.expires_at != NEVER {
                 if now == 0 {
                     now = now_ns();
@@ -248,8 +251,8 @@ impl QueueStore for MemQueue {
         let bytes: u64 = envs.iter().map(|e| e.size() as u64).sum();
         self.inflow.count.fetch_add(envs.len() as u64, SeqCst);
         self.inflow.bytes.fetch_add(bytes, SeqCst);
-        // Each goes back to its original position (the publish sequence in its
-        // token), ahead of everything never taken.
+        // Each goes back to its original position (where it was first taken,
+        // in its token), ahead of everything never taken.
         for env in envs {
             self.lanes.restore(env.lane as usize, [env], |e| e.token);
         }

@@ -18,7 +18,7 @@ use crate::error::{Error, PublishError};
 use crate::model::names::{check_exchange_ref, check_len, check_name};
 use crate::model::queue::Queue;
 use crate::notify::Notify;
-use crate::routing::{Route, Routing};
+use crate::routing::{Refused, Route, Routing};
 use crate::stats::{Counters, TransportEvent};
 use crate::sync::{AtomicBool, AtomicU64, Ordering::SeqCst};
 
@@ -101,31 +101,53 @@ pub fn queue_full(q: &Queue, reason: String, env: Envelope) -> PublishError {
     }
 }
 
+/// A priority above a target queue's `max_priority` (see [`lane_for`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PriorityTooHigh {
+    /// The message's priority.
+    pub priority: u8,
+    /// The queue's maximum.
+    pub max: u8,
+    /// The queue.
+    pub queue: String,
+}
+
+impl PriorityTooHigh {
+    /// The publish error, handing `env` back.
+    pub fn into_error(self, env: Envelope) -> PublishError {
+        PublishError::PriorityTooHigh {
+            priority: self.priority,
+            max: self.max,
+            queue: self.queue,
+            message: Box::new(env.into_message()),
+        }
+    }
+}
+
 /// The lane a publish of `env` takes in every one of `targets`: its priority.
-/// A priority above a target's `max_priority` is refused (the error hands the
-/// message back), or lowered to the smallest such maximum when `clamp` is set
-/// (dead-lettered messages).
-#[allow(clippy::result_large_err)] // The error carries the message back by design.
+/// A priority above a target's `max_priority` is refused, or lowered to the
+/// smallest such maximum when `clamp` is set (dead-lettered messages). Takes
+/// the envelope by reference: this is on every publish's path.
+#[inline]
 pub fn lane_for<'q>(
-    env: Envelope,
+    env: &Envelope,
     targets: impl IntoIterator<Item = &'q Queue>,
     clamp: bool,
-) -> Result<(u8, Envelope), PublishError> {
+) -> Result<u8, PriorityTooHigh> {
     let mut priority = env.properties().priority.unwrap_or(0);
     for q in targets {
         if priority > q.max_priority {
             if !clamp {
-                return Err(PublishError::PriorityTooHigh {
+                return Err(PriorityTooHigh {
                     priority,
                     max: q.max_priority,
                     queue: q.name.clone(),
-                    message: Box::new(env.into_message()),
                 });
             }
             priority = q.max_priority;
         }
     }
-    Ok((priority, env))
+    Ok(priority)
 }
 
 /// What every queue handle keeps the same way: the waiters for its next
@@ -203,26 +225,23 @@ impl QueueState {
     }
 }
 
-/// Routes `env` against `routing`: the queues it goes to, with the envelope
-/// back, or `None` when nothing matched and it is not mandatory (then it is
-/// counted as published and dropped as unroutable). A refusal hands the
-/// message back in the error.
-#[allow(clippy::result_large_err)] // The error carries the message back by design.
+/// Routes `env` against `routing`: the queues it goes to, or `None` when
+/// nothing matched and it is not mandatory (then it is counted as published
+/// and dropped as unroutable). A refusal becomes the error that hands the
+/// message back with [`Refused::into_error`].
+#[inline]
 pub fn route_or_drop<Q>(
     routing: &Routing<Q>,
-    env: Envelope,
+    env: &Envelope,
     mandatory: bool,
     counters: &Counters,
-) -> Result<Option<(Route, Envelope)>, PublishError> {
-    match routing.route_publish(&env, mandatory) {
-        Ok(Some(r)) => Ok(Some((r, env))),
-        Ok(None) => {
-            counters.record(TransportEvent::Published, 1);
-            counters.record(TransportEvent::DroppedUnroutable, 1);
-            Ok(None)
-        }
-        Err(refused) => Err(refused.into_error(env)),
+) -> Result<Option<Route>, Refused> {
+    let route = routing.route_publish(env, mandatory)?;
+    if route.is_none() {
+        counters.record(TransportEvent::Published, 1);
+        counters.record(TransportEvent::DroppedUnroutable, 1);
     }
+    Ok(route)
 }
 
 #[cfg(all(test, not(loom)))]
@@ -281,14 +300,16 @@ mod tests {
 
     #[test]
     fn lanes_refuse_or_clamp() {
-        let env = || Envelope::new(Message::new("m").with_priority(7), "", "q");
+        let env = Envelope::new(Message::new("m").with_priority(7), "", "q");
         let (low, high) = (Queue::new("low").with_max_priority(3), Queue::new("high"));
         let high = high.with_max_priority(9);
-        assert_eq!(lane_for(env(), [&high], false).unwrap().0, 7);
-        let e = lane_for(env(), [&high, &low], false).unwrap_err();
+        assert_eq!(lane_for(&env, [&high], false), Ok(7));
+        let e = lane_for(&env, [&high, &low], false).unwrap_err();
+        assert_eq!((e.priority, e.max, e.queue.as_str()), (7, 3, "low"));
+        let e = e.into_error(env.clone());
         assert!(matches!(e, PublishError::PriorityTooHigh { max: 3, .. }));
         assert_eq!(&e.into_message().body[..], b"m");
-        assert_eq!(lane_for(env(), [&high, &low], true).unwrap().0, 3);
+        assert_eq!(lane_for(&env, [&high, &low], true), Ok(3));
     }
 
     #[test]
@@ -316,13 +337,14 @@ mod tests {
     fn unroutable_publishes_are_counted_and_dropped() {
         let counters = Counters::default();
         let routing: Routing<()> = Routing::default();
-        let env = || Envelope::new(Message::new("m"), "", "nowhere");
-        assert!(route_or_drop(&routing, env(), false, &counters)
+        let env = Envelope::new(Message::new("m"), "", "nowhere");
+        assert!(route_or_drop(&routing, &env, false, &counters)
             .unwrap()
             .is_none());
         let k = counters.snapshot();
         assert_eq!((k.published, k.dropped_unroutable), (1, 1));
-        let e = route_or_drop(&routing, env(), true, &counters).unwrap_err();
+        let e = route_or_drop(&routing, &env, true, &counters).unwrap_err();
+        let e = e.into_error(env);
         assert!(matches!(e, PublishError::Unroutable { .. }));
         assert_eq!(&e.into_message().body[..], b"m");
     }

@@ -21,7 +21,7 @@ use crate::stats::{Counters, QueueStats};
 
 pub use bookkeeping::{
     check_delete, check_redeclare, effective_ttl, lane_for, limit_reached, queue_full,
-    route_or_drop, validate_declaration, QueueState,
+    route_or_drop, validate_declaration, PriorityTooHigh, QueueState,
 };
 pub use dead_letter::{dead_letter, dead_letter_with, DeathReason};
 pub use envelope::Envelope;

@@ -51,12 +51,20 @@ impl Inner {
             return Err(transport_error(e.to_string(), env));
         }
         let routing = self.routing.load();
-        let Some((route, env)) = route_or_drop(&routing, env, mandatory, &self.counters)? else {
-            return Ok(());
+        let route = match route_or_drop(&routing, &env, mandatory, &self.counters) {
+            Ok(Some(r)) => r,
+            Ok(None) => return Ok(()),
+            Err(refused) => return Err(refused.into_error(env)),
         };
         let targets = route.as_slice();
-        let (priority, env) =
-            lane_for(env, targets.iter().map(|&t| &routing.target(t).decl), clamp)?;
+        let priority = match lane_for(
+            &env,
+            targets.iter().map(|&t| &routing.target(t).decl),
+            clamp,
+        ) {
+            Ok(p) => p,
+            Err(e) => return Err(e.into_error(env)),
+        };
         let size = env.size() as u64;
         for &t in targets {
             if let Err(reason) = self.make_room(routing.target(t), size) {
