@@ -14,6 +14,32 @@ fn dlx(ch: &Channel) {
 }
 
 conformance! {
+    /// A dead-lettered message whose priority is above its dead-letter
+    /// queue's maximum is clamped (there is nobody to hand it back to), and
+    /// its consumer sees the clamped priority in its properties too.
+    fn dead_lettered_priority_is_clamped_to_the_target(url: &str) {
+        let c = connect(url);
+        let ch = c.channel().unwrap();
+        ch.exchange_declare(&Exchange::fanout("dlx")).unwrap();
+        ch.queue_declare(&Queue::new("low").with_max_priority(3)).unwrap();
+        ch.queue_bind("low", "dlx", "", Headers::new()).unwrap();
+        ch.queue_declare(
+            &Queue::new("src")
+                .with_max_priority(9)
+                .with_dead_letter("dlx", None),
+        )
+        .unwrap();
+        ch.producer()
+            .publish(Message::new("hot").with_priority(9), "src")
+            .unwrap();
+        must_get(&ch, "src").reject(false).unwrap();
+        let d = must_get(&ch, "low");
+        assert_eq!(body(&d), "hot");
+        assert_eq!(d.priority(), 3);
+        assert_eq!(d.properties().priority, Some(3));
+        d.ack().unwrap();
+    }
+
     fn queue_ttl_expires_and_dead_letters(url: &str) {
         let c = connect(url);
         let ch = c.channel().unwrap();

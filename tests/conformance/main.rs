@@ -40,6 +40,7 @@ mod priority_order;
 mod qos_windows;
 mod requeue_position;
 mod routing;
+mod session_races;
 mod simple_queue;
 mod stats;
 mod stream_async;

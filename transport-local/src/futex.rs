@@ -19,5 +19,48 @@ pub(crate) fn wait(word: &AtomicU32, expected: u32, timeout: Duration) {
 
 /// Wakes every process sleeping in [`wait`] on `word`.
 pub(crate) fn wake(word: &AtomicU32) {
-    let _ = futex::wake(word, futex::Flags::empty(), u32::MAX);
+    // The kernel reads the count as a signed int: u32::MAX would be -1 and
+    // wake one waiter only.
+    let _ = futex::wake(word, futex::Flags::empty(), i32::MAX as u32);
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering::SeqCst};
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+
+    /// One wake reaches every sleeper (each process's watcher sleeps on the
+    /// same word), well before their timeout.
+    #[test]
+    fn one_wake_wakes_every_sleeper() {
+        let word = Arc::new(AtomicU32::new(7));
+        let asleep = Arc::new(AtomicUsize::new(0));
+        let sleepers: Vec<_> = (0..3)
+            .map(|_| {
+                let (w, a) = (word.clone(), asleep.clone());
+                std::thread::spawn(move || {
+                    a.fetch_add(1, SeqCst);
+                    let start = Instant::now();
+                    while w.load(SeqCst) == 7 && start.elapsed() < Duration::from_secs(20) {
+                        super::wait(&w, 7, Duration::from_secs(20));
+                    }
+                    start.elapsed()
+                })
+            })
+            .collect();
+        while asleep.load(SeqCst) < 3 {
+            std::thread::yield_now();
+        }
+        std::thread::sleep(Duration::from_millis(200));
+        word.store(8, SeqCst);
+        super::wake(&word);
+        for s in sleepers {
+            let waited = s.join().unwrap();
+            assert!(
+                waited < Duration::from_secs(10),
+                "a sleeper was not woken: {waited:?}"
+            );
+        }
+    }
 }

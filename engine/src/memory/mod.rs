@@ -37,7 +37,8 @@ use crate::transport::{
     QueueStore, Transport,
 };
 
-use queue::{MemQueue, Reserve};
+pub(crate) use queue::MemQueue;
+use queue::Reserve;
 
 #[derive(Debug, Default)]
 struct Topo {
@@ -97,14 +98,24 @@ impl Shared {
         self.routing.store(Arc::new(snap));
     }
 
-    pub(crate) fn remove_queue(&self, name: &str) -> Option<Arc<MemQueue>> {
-        let mut topo = self.topo.lock();
-        let q = topo.queues.remove(name)?;
-        topo.topology.remove_queue(name);
-        self.republish_snapshot(&topo);
-        drop(topo);
-        q.mark_deleted();
-        Some(q)
+    /// Removes `q` from the topology if it is still the queue registered
+    /// under its name (not a newer one declared since), marks it deleted and
+    /// purges it; returns how many ready messages it held.
+    pub(crate) fn remove_queue(&self, q: &MemQueue) -> u64 {
+        {
+            let mut topo = self.topo.lock();
+            let name = &q.decl.name;
+            if topo
+                .queues
+                .get(name)
+                .is_some_and(|x| std::ptr::eq(Arc::as_ptr(x), q))
+            {
+                topo.queues.remove(name);
+                topo.topology.remove_queue(name);
+                self.republish_snapshot(&topo);
+            }
+        }
+        q.mark_deleted()
     }
 
     /// Routes and enqueues. Nothing is enqueued anywhere unless every target
@@ -127,6 +138,9 @@ impl Shared {
             Err(e) => return Err(e.into_error(env)),
         };
         let mut env = env;
+        if clamp && env.properties().priority.is_some_and(|p| p != priority) {
+            env.set_priority(priority);
+        }
         let size = env.size() as u64;
         for (i, &t) in targets.iter().enumerate() {
             if let Reserve::Full(which) = routing.target(t).reserve(size) {
@@ -247,9 +261,7 @@ impl Transport for MemoryTransport {
     ) -> Result<u64, Error> {
         let q = self.shared.queue_for(name, owner)?;
         check_delete(name, if_unused, if_empty, q.consumers(), q.ready())?;
-        let n = q.ready();
-        self.shared.remove_queue(name);
-        Ok(n)
+        Ok(self.shared.remove_queue(&q))
     }
 
     fn purge_queue(&self, name: &str, owner: ConnectionId) -> Result<u64, Error> {
@@ -281,17 +293,17 @@ impl Transport for MemoryTransport {
     }
 
     fn connection_closed(&self, owner: ConnectionId) {
-        let owned: Vec<String> = self
+        let owned: Vec<Arc<MemQueue>> = self
             .shared
             .topo
             .lock()
             .queues
             .values()
             .filter(|q| q.owner == Some(owner))
-            .map(|q| q.decl.name.clone())
+            .cloned()
             .collect();
-        for name in owned {
-            self.shared.remove_queue(&name);
+        for q in owned {
+            self.shared.remove_queue(&q);
         }
     }
 
@@ -365,6 +377,36 @@ mod tests {
         assert_eq!(a.name(), "unit-named-a");
         assert_eq!(a.scheme(), "memory");
         assert!(a.implements().priorities && !a.implements().durable);
+    }
+
+    /// Removing a queue by its handle never removes a newer queue declared
+    /// under the same name since (an auto-delete or delete racing a
+    /// redeclare).
+    #[test]
+    fn removing_an_old_queue_leaves_its_successor() {
+        let t = MemoryTransport::isolated("aba");
+        t.declare_queue(&Queue::new("q"), 1).unwrap();
+        let old = t.shared.queue_for("q", 1).unwrap();
+        t.delete_queue("q", false, false, 1).unwrap();
+        t.declare_queue(&Queue::new("q"), 1).unwrap();
+        t.publish(Envelope::new(Message::new("new"), "", "q"), true)
+            .unwrap();
+        assert_eq!(t.shared.remove_queue(&old), 0);
+        let s = t.queue_stats("q").expect("the successor was removed");
+        assert_eq!(s.messages, 1);
+    }
+
+    /// A publish that lands in a queue being deleted does not linger in it.
+    #[test]
+    fn a_publish_into_a_deleted_queue_is_purged() {
+        let t = MemoryTransport::isolated("late");
+        t.declare_queue(&Queue::new("q"), 1).unwrap();
+        let q = t.shared.queue_for("q", 1).unwrap();
+        t.delete_queue("q", false, false, 1).unwrap();
+        assert!(matches!(q.reserve(4), Reserve::Ok));
+        q.push_reserved(Envelope::new(Message::new("late"), "", "q"));
+        assert_eq!(q.ready(), 0);
+        assert!(q.pop().is_none());
     }
 
     #[test]

@@ -130,10 +130,17 @@ impl MemQueue {
         self.inflow.bytes.fetch_sub(size, SeqCst);
     }
 
-    /// Appends a reserved envelope and wakes waiters.
+    /// Appends a reserved envelope and wakes waiters. A publish that routed
+    /// to this queue just as it was deleted loses its message with the queue
+    /// (as AMQP allows): it is purged here rather than left in a deleted
+    /// queue.
     #[inline]
     pub(crate) fn push_reserved(&self, env: Envelope) {
         self.lanes.push(env.lane as usize, env);
+        if self.state.is_deleted() {
+            self.purge();
+            return;
+        }
         self.state.notify_all();
     }
 
@@ -161,9 +168,15 @@ impl MemQueue {
         n
     }
 
-    pub(crate) fn mark_deleted(&self) {
-        self.state.mark_deleted();
-        self.purge();
+    /// Marks the queue deleted (if not already) and drops its ready
+    /// messages; returns how many there were.
+    pub(crate) fn mark_deleted(&self) -> u64 {
+        self.state.set_deleted();
+        // Emptied before the waiters wake, so they find it gone, not a
+        // message of a deleted queue.
+        let n = self.purge();
+        self.state.notify_all();
+        n
     }
 
     pub(crate) fn ready(&self) -> u64 {
@@ -211,6 +224,8 @@ impl QueueStore for MemQueue {
             // The first time a message is taken, its token records where it
             // stood (messages are taken in lane order), so a restore can put
             // it back at its original position; a restored message keeps it.
+            // Two consumers taking at once may record their two messages the
+            // other way round: they promise no order between themselves.
             if env.token == 0 {
                 env.token = taken + 1;
             }
@@ -266,7 +281,7 @@ impl QueueStore for MemQueue {
     fn consumer_removed(&self) {
         if self.state.consumer_removed(&self.decl) {
             if let Some(shared) = self.counters() {
-                shared.remove_queue(&self.decl.name);
+                shared.remove_queue(self);
             }
         }
     }

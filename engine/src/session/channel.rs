@@ -4,8 +4,12 @@
 //! # Invariants
 //! - Delivery tags are issued under the registry lock, once per delivery batch:
 //!   monotonic per channel, starting at 1, never reused.
-//! - Closing or dropping a channel restores every unacked delivery to the front
-//!   of its lane with `redelivered = true`, in tag order.
+//! - Closing or dropping a channel restores every unacked delivery with
+//!   `redelivered = true`, ahead of everything never delivered, at its
+//!   original position.
+//! - A delivery is tracked in the registry (or refused and put back) under
+//!   the registry lock, where close sets `closed`: no delivery made as the
+//!   channel closes can escape the close's restore.
 //! - Cancelling a consumer never requeues (AMQP).
 
 use std::collections::HashMap;
@@ -116,34 +120,41 @@ impl ChannelShared {
     }
 
     /// Issues tags and tracks the batch; one registry lock for all of it.
-    /// Drains `batch` into `out`.
+    /// Drains `batch` into `out`. If the channel closed before the registry
+    /// lock was taken, nothing is delivered: the batch goes back to its queues
+    /// (in order, with its window shares released) and `out` is unchanged.
+    ///
+    /// A `no_ack` delivery stays unsettled (and outside the registry) until
+    /// it is handed to the application ([`ChannelShared::ack_no_ack`]): one
+    /// that never is goes back to its queue.
     pub(crate) fn deliver(self: &Arc<Self>, batch: &mut Vec<Pending>, out: &mut Vec<Delivery>) {
         let first = out.len();
         let mut shortest: Option<Duration> = None;
-        let (mut redelivered, mut auto_acked) = (0u64, 0u64);
+        let mut redelivered = 0u64;
         {
             let mut reg = self.registry.lock();
+            if reg.is_closed() {
+                drop(reg);
+                put_back(batch.drain(..).map(|p| p.slot).collect(), None);
+                return;
+            }
             reg.compact();
             for mut p in batch.drain(..) {
                 let tag = reg.next_tag();
                 redelivered += p.slot.env.redelivered as u64;
                 let no_ack = p.slot.consumer.as_ref().is_some_and(|c| c.no_ack);
-                let state = if no_ack {
-                    p.slot.queue.ack(&p.slot.env);
-                    auto_acked += 1;
-                    LeaseState::settled(ACKED)
-                } else {
-                    let lease = self.lease_for(p.slot.consumer.as_deref(), &*p.slot.queue);
-                    let deadline_us = match lease {
-                        Some(d) => {
-                            p.slot.queue.lease(&p.slot.env, d);
-                            shortest = Some(shortest.map_or(d, |s: Duration| s.min(d)));
-                            (now_ns() / 1_000).saturating_add(d.as_micros() as u64)
-                        }
-                        None => NO_DEADLINE,
-                    };
-                    LeaseState::new(deadline_us)
+                let deadline_us = match (
+                    no_ack,
+                    self.lease_for(p.slot.consumer.as_deref(), &*p.slot.queue),
+                ) {
+                    (false, Some(d)) => {
+                        p.slot.queue.lease(&p.slot.env, d);
+                        shortest = Some(shortest.map_or(d, |s: Duration| s.min(d)));
+                        (now_ns() / 1_000).saturating_add(d.as_micros() as u64)
+                    }
+                    _ => NO_DEADLINE,
                 };
+                let state = LeaseState::new(deadline_us);
                 let slot = match Arc::get_mut(&mut p.slot) {
                     Some(s) => {
                         s.tag = tag;
@@ -175,21 +186,26 @@ impl ChannelShared {
         if redelivered > 0 {
             Counters::add(&c.consume.redelivered, redelivered);
         }
-        if auto_acked > 0 {
-            Counters::add(&c.consume.acked, auto_acked);
-        }
         if let Some(d) = shortest {
             crate::session::leases::watch(self, d);
         }
     }
 
-    /// Delivers one message (get, streams).
-    pub(crate) fn deliver_one(self: &Arc<Self>, pending: Pending) -> Delivery {
+    /// Delivers one message (get, streams); `None` when the channel closed
+    /// first (the message went back to its queue).
+    pub(crate) fn deliver_one(self: &Arc<Self>, pending: Pending) -> Option<Delivery> {
         let mut out = Vec::with_capacity(1);
         self.deliver(&mut vec![pending], &mut out);
-        // `deliver` turns each pending message into exactly one delivery.
         out.pop()
-            .unwrap_or_else(|| unreachable!("deliver produced no delivery"))
+    }
+
+    /// A `no_ack` delivery is being handed to the application: it counts as
+    /// acked from now on.
+    pub(crate) fn ack_no_ack(&self, slot: &Slot) {
+        if slot.state.settle(ACKED).is_ok() {
+            slot.queue.ack(&slot.env);
+            Counters::add(&self.counters().consume.acked, 1);
+        }
     }
 
     /// Applies an outcome to a slot this caller settled.
@@ -333,6 +349,11 @@ impl ChannelShared {
             q.consumer_removed();
         }
         c.window.notify.notify_all();
+        // Let go of the callback (and what it captured) now, unless it is
+        // running: then the dispatcher drops it when the callback returns.
+        if let Some(mut cb) = c.callback.try_lock() {
+            cb.take();
+        }
         Ok(())
     }
 
@@ -344,7 +365,11 @@ impl ChannelShared {
         for c in &consumers {
             let _ = self.cancel_consumer(c);
         }
-        let slots: Vec<Arc<Slot>> = std::mem::take(&mut self.registry.lock().slots).into();
+        let slots: Vec<Arc<Slot>> = {
+            // Under the registry lock: a delivery batch either got in before
+            // (and is restored here) or sees it closed and puts itself back.
+            self.registry.lock().close().into()
+        };
         let restored: Vec<&Slot> = slots
             .iter()
             .filter(|s| s.state.settle(RESTORED).is_ok())
@@ -404,29 +429,53 @@ impl ChannelShared {
     }
 }
 
-/// Returns settled-as-restored slots to their queues, front of lane, tag order,
-/// `redelivered = true`, and releases their windows.
+/// Returns settled-as-restored slots to their queues (each queue puts them at
+/// their original positions), `redelivered = true`, and releases their
+/// windows.
 fn restore(mut slots: Vec<&Slot>, counters: &Counters) {
     if slots.is_empty() {
         return;
     }
     slots.sort_by_key(|s| s.tag);
     Counters::add(&counters.consume.restored, slots.len() as u64);
+    restore_in_order(slots.into_iter(), true);
+}
+
+/// Gives `slots` (in the order given) back to their queues, one `restore`
+/// call per queue with that queue's slots in order, and releases their
+/// window shares. `redelivered` marks them as delivered before.
+fn restore_in_order<'a>(slots: impl Iterator<Item = &'a Slot>, redelivered: bool) {
     let mut groups: Vec<(&Arc<dyn QueueStore>, Vec<Envelope>)> = Vec::new();
-    for s in &slots {
+    let mut done: Vec<&Slot> = Vec::new();
+    for s in slots {
         let mut env = s.env.clone();
-        env.redelivered = true;
+        env.redelivered |= redelivered;
         match groups.iter_mut().find(|(q, _)| Arc::ptr_eq(q, &s.queue)) {
             Some((_, v)) => v.push(env),
             None => groups.push((&s.queue, vec![env])),
         }
+        done.push(s);
     }
     for (q, envs) in groups {
         q.restore(envs);
     }
-    for s in slots {
+    for s in done {
         s.release_window();
     }
+}
+
+/// Puts back messages that were taken from their queues but never handed to
+/// the application (their channel closed, their consumer was cancelled before
+/// its callback ran), in the order they were taken, as they were: not marked
+/// redelivered, since nobody saw them. `counters` counts them as restored.
+pub(crate) fn put_back(slots: Vec<Arc<Slot>>, counters: Option<&Counters>) {
+    if slots.is_empty() {
+        return;
+    }
+    if let Some(c) = counters {
+        Counters::add(&c.consume.restored, slots.len() as u64);
+    }
+    restore_in_order(slots.iter().map(|s| &**s), false);
 }
 
 /// A session on a connection. Not meant to be shared between threads at once
@@ -482,7 +531,17 @@ impl Channel {
     /// Declares a queue.
     pub fn queue_declare(&self, queue: &Queue) -> Result<QueueInfo, Error> {
         let ch = self.open()?;
-        ch.conn.transport.declare_queue(queue, ch.conn.id)
+        let info = ch.conn.transport.declare_queue(queue, ch.conn.id)?;
+        if queue.exclusive && ch.conn.is_closed() {
+            // The connection closed while we declared: its exclusive queues
+            // go with it, this one included.
+            let _ = ch
+                .conn
+                .transport
+                .delete_queue(&queue.name, false, false, ch.conn.id);
+            return Err(Error::ConnectionClosed);
+        }
+        Ok(info)
     }
 
     /// Binds a queue to an exchange with a binding key (and, for headers
@@ -600,10 +659,22 @@ impl Channel {
             opts.lease,
             callback,
         ));
-        for q in &c.queues {
-            q.consumer_added();
+        for (i, q) in c.queues.iter().enumerate() {
+            if !q.consumer_added() {
+                // Deleted since we looked it up: the consumer does not start.
+                for earlier in &c.queues[..i] {
+                    earlier.consumer_withdrawn();
+                }
+                ch.conn.release_tag(&c.tag);
+                return Err(Error::UnknownQueue(q.name().to_owned()));
+            }
         }
         ch.consumers.lock().push(c.clone());
+        if !ch.is_open() {
+            // Closed while we set up: do not outlive the channel.
+            let _ = ch.cancel_consumer(&c);
+            return Err(self.open().err().unwrap_or(Error::ChannelClosed));
+        }
         Ok(c)
     }
 
@@ -678,17 +749,20 @@ impl Channel {
         let q = ch.queue_handle(queue)?;
         let deadline = Instant::now().checked_add(timeout);
         let waker = ThreadWaker::current();
-        let deliver = |env: Envelope| -> Delivery {
-            let mut d = self.shared.deliver_one(Pending::new(None, env, q.clone()));
+        let deliver = |env: Envelope| -> Result<Option<Delivery>, Error> {
+            let Some(mut d) = self.shared.deliver_one(Pending::new(None, env, q.clone())) else {
+                // The channel closed as the message was taken: it went back.
+                return Err(self.open().err().unwrap_or(Error::ChannelClosed));
+            };
             if no_ack {
                 let _ = self.shared.settle(&d.slot, Outcome::Ack);
                 d.no_ack = true;
             }
-            d
+            Ok(Some(d))
         };
         loop {
             if let Some(env) = q.pop() {
-                return Ok(Some(deliver(env)));
+                return deliver(env);
             }
             if q.is_deleted() {
                 return Err(Error::UnknownQueue(queue.to_owned()));
@@ -705,7 +779,7 @@ impl Channel {
                     usize::from(got.is_some())
                 });
                 if let Some(env) = got {
-                    return Ok(Some(deliver(env)));
+                    return deliver(env);
                 }
             }
             let w = thread_waker(&waker);
@@ -718,7 +792,7 @@ impl Channel {
             q.unregister(id);
             self.shared.conn.close_notify.unregister(close_id);
             if let Some(env) = got {
-                return Ok(Some(deliver(env)));
+                return deliver(env);
             }
         }
     }

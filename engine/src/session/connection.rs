@@ -83,6 +83,9 @@ pub(crate) struct ConnShared {
     tags: Mutex<HashSet<Arc<str>>>,
     pub(crate) drain: Mutex<DrainState>,
     pub(crate) close_notify: Notify,
+    /// Woken when a push consumer is added or cancelled (a drainer asleep
+    /// must look at the new set).
+    pub(crate) changed: Notify,
 }
 
 static NEXT_CONNECTION: AtomicU64 = AtomicU64::new(1);
@@ -100,15 +103,21 @@ impl ConnShared {
         }
     }
 
+    pub(crate) fn release_tag(&self, tag: &Arc<str>) {
+        self.tags.lock().remove(tag);
+    }
+
     pub(crate) fn add_consumer(&self, c: Arc<ConsumerShared>) {
         self.consumers.lock().push(c);
         self.consumers_gen.fetch_add(1, SeqCst);
+        self.changed.notify_all();
     }
 
     pub(crate) fn remove_consumer(&self, c: &Arc<ConsumerShared>) {
         self.consumers.lock().retain(|x| !Arc::ptr_eq(x, c));
         self.tags.lock().remove(&c.tag);
         self.consumers_gen.fetch_add(1, SeqCst);
+        self.changed.notify_all();
     }
 
     pub(crate) fn forget_channel(&self, id: u64) {
@@ -174,6 +183,7 @@ impl Connection {
                 tags: Mutex::new(HashSet::new()),
                 drain: Mutex::new(DrainState::default()),
                 close_notify: Notify::new(),
+                changed: Notify::new(),
             }),
         }
     }

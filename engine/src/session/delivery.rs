@@ -123,7 +123,8 @@ impl Delivery {
         self.channel.settle_tag(self.slot.tag, true, Outcome::Ack)
     }
 
-    /// Rejects it: back to the front of its queue with `redelivered = true` when
+    /// Rejects it: back to its queue ahead of new messages, at its original
+    /// position, with `redelivered = true` when
     /// `requeue`, else dead-lettered (or dropped and counted).
     pub fn reject(&self, requeue: bool) -> Result<(), AckError> {
         self.channel

@@ -15,9 +15,10 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::channel::{ChannelShared, Pending};
+use super::channel::{put_back, ChannelShared, Pending};
 use super::connection::{Connection, DrainState};
 use super::consumer::{Callback, ConsumerShared};
+use super::unacked::{Slot, RESTORED};
 use crate::error::Error;
 use crate::notify::{thread_waker, ThreadWaker};
 use crate::sync::Ordering::SeqCst;
@@ -37,16 +38,23 @@ impl Connection {
     /// delivery that was ready (up to a batch of 256), fairly: consumers take
     /// turns one message at a time. `Err(Timeout)` when nothing came.
     ///
-    /// Calling it from inside one of this connection's callbacks is an error
-    /// ([`Error::InvalidArgument`]), not a deadlock.
+    /// Calling it from inside a callback of a connection this thread is
+    /// already draining (directly, or through another connection's callback)
+    /// is an error ([`Error::InvalidArgument`]), not a deadlock. While another
+    /// thread drains this connection, it waits for that drain to end, at most
+    /// until `timeout`.
     pub fn drain_events(&self, timeout: Option<Duration>) -> Result<usize, Error> {
-        if DRAINING.with(|d| d.get()) == self.shared.id {
+        if DRAINING.with(|d| d.borrow().contains(&self.shared.id)) {
             return Err(Error::InvalidArgument(
-                "drain_events called from inside a callback of the same connection".into(),
+                "drain_events called from inside a callback of a connection this thread is draining"
+                    .into(),
             ));
         }
         let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
-        let mut state = self.shared.drain.lock();
+        let mut state = match deadline {
+            None => self.shared.drain.lock(),
+            Some(d) => self.shared.drain.try_lock_until(d).ok_or(Error::Timeout)?,
+        };
         let _draining = Draining::enter(self.shared.id);
         let waker = ThreadWaker::current();
         loop {
@@ -90,8 +98,24 @@ impl Connection {
             if n > 0 {
                 return Ok(n);
             }
+            // A consumer whose queues were all deleted is cancelled (AMQP's
+            // consumer cancel notification); the user sees `is_cancelled`.
+            for c in &state.consumers {
+                if c.orphaned() && !c.cancelled.load(SeqCst) {
+                    if let Some(ch) = c.channel.upgrade() {
+                        let _ = ch.cancel_consumer(c);
+                    }
+                }
+            }
             // Register everywhere a wake-up can come from, re-check, then park.
+            // Consumers added or cancelled meanwhile wake us too; one added
+            // before we registered shows in the generation we check next.
             let w = thread_waker(&waker);
+            let changed_id = self.shared.changed.register(&w);
+            if self.shared.consumers_gen.load(SeqCst) != state.generation {
+                self.shared.changed.unregister(changed_id);
+                continue;
+            }
             let mut regs = Vec::new();
             for c in &state.consumers {
                 for q in &c.queues {
@@ -111,6 +135,7 @@ impl Connection {
                 }
             }
             self.shared.close_notify.unregister(close_id);
+            self.shared.changed.unregister(changed_id);
             if n > 0 {
                 return Ok(n);
             }
@@ -146,23 +171,30 @@ pub(crate) fn busy_poll(
 }
 
 thread_local! {
-    /// The connection whose callbacks this thread is running (0 = none).
-    static DRAINING: std::cell::Cell<ConnectionId> = const { std::cell::Cell::new(0) };
+    /// The connections this thread is draining, innermost last (a callback
+    /// of one may drain another).
+    static DRAINING: std::cell::RefCell<Vec<ConnectionId>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
-/// Marks this thread as draining a connection; restores the previous mark when
-/// dropped (also on unwind from a panicking callback).
+/// Marks this thread as draining a connection until dropped (also on unwind
+/// from a panicking callback).
 struct Draining(ConnectionId);
 
 impl Draining {
     fn enter(id: ConnectionId) -> Self {
-        Draining(DRAINING.with(|d| d.replace(id)))
+        DRAINING.with(|d| d.borrow_mut().push(id));
+        Draining(id)
     }
 }
 
 impl Drop for Draining {
     fn drop(&mut self) {
-        DRAINING.with(|d| d.set(self.0));
+        DRAINING.with(|d| {
+            let mut d = d.borrow_mut();
+            if let Some(i) = d.iter().rposition(|x| *x == self.0) {
+                d.remove(i);
+            }
+        });
     }
 }
 
@@ -207,8 +239,10 @@ fn dispatch(state: &mut DrainState) -> usize {
     if taken.is_empty() {
         return 0;
     }
-    // Issue tags: one registry lock per run of the same channel.
+    // Issue tags: one registry lock per run of the same channel. A channel
+    // that is gone or closed puts its run back itself (in order).
     let mut run_channel: Option<Arc<ChannelShared>> = None;
+    let mut back: Vec<Arc<Slot>> = Vec::new();
     for p in taken.drain(..) {
         let ch = p.slot.consumer.as_ref().and_then(|c| c.channel.upgrade());
         let same = match (&ch, &run_channel) {
@@ -225,8 +259,7 @@ fn dispatch(state: &mut DrainState) -> usize {
             run.push(p);
         } else {
             // Channel gone between take and delivery: hand the message back.
-            p.slot.release_window();
-            p.slot.queue.restore(vec![p.slot.env.clone()]);
+            back.push(p.slot);
         }
     }
     if let Some(rc) = &run_channel {
@@ -234,31 +267,87 @@ fn dispatch(state: &mut DrainState) -> usize {
     }
     let count = deliveries.len();
     // Run callbacks, holding each consumer's callback lock across its run of
-    // deliveries rather than per message.
+    // deliveries rather than per message. A delivery is handed over (and a
+    // no_ack one counts as acked) only when its callback runs; one whose
+    // consumer was cancelled first goes back, in order, as it was.
     let consumers: &[Arc<ConsumerShared>] = consumers;
     let mut held: Option<(usize, parking_lot::MutexGuard<'_, Option<Callback>>)> = None;
     for d in deliveries.drain(..) {
-        let Some(c) = &d.slot.consumer else { continue };
-        let Some(i) = consumers.iter().position(|x| Arc::ptr_eq(x, c)) else {
-            continue;
-        };
-        if !c.cancelled.load(SeqCst) {
-            if held.as_ref().is_none_or(|(h, _)| *h != i) {
-                held = Some((i, consumers[i].callback.lock()));
-            }
-            if let Some(cb) = held.as_mut().and_then(|(_, g)| g.as_mut()) {
-                cb(d);
-                continue;
+        let found = d
+            .slot
+            .consumer
+            .as_ref()
+            .and_then(|c| consumers.iter().position(|x| Arc::ptr_eq(x, c)));
+        if let Some(i) = found {
+            if !consumers[i].cancelled.load(SeqCst) {
+                if held.as_ref().is_none_or(|(h, _)| *h != i) {
+                    release(consumers, held.take());
+                    held = Some((i, consumers[i].callback.lock()));
+                }
+                if let Some(cb) = held.as_mut().and_then(|(_, g)| g.as_mut()) {
+                    if d.no_ack {
+                        d.channel.ack_no_ack(&d.slot);
+                    }
+                    cb(d);
+                    continue;
+                }
             }
         }
-        // Cancelled before its callback ran: the application never saw it, so
-        // it goes back as it was.
-        let slot = &d.slot;
-        if !d.no_ack && slot.state.settle(crate::session::unacked::RESTORED).is_ok() {
-            slot.queue.restore(vec![slot.env.clone()]);
-            slot.release_window();
+        if d.slot.state.settle(RESTORED).is_ok() {
+            back.push(d.slot.clone());
         }
     }
-    drop(held);
+    release(consumers, held.take());
+    put_back(back, None);
     count
+}
+
+/// Lets go of a consumer's callback lock; a consumer cancelled meanwhile (by
+/// its own callback, which made `cancel` unable to take the callback) drops
+/// its callback now.
+fn release(
+    consumers: &[Arc<ConsumerShared>],
+    held: Option<(usize, parking_lot::MutexGuard<'_, Option<Callback>>)>,
+) {
+    if let Some((i, mut g)) = held {
+        if consumers[i].cancelled.load(SeqCst) {
+            g.take();
+        }
+    }
+}
+
+#[cfg(all(test, loom))]
+mod loom_tests {
+    use crate::notify::{thread_waker, Notify, ThreadWaker};
+    use crate::sync::{Arc, AtomicU64, Ordering::SeqCst};
+
+    /// The drainer's sleep against a consumer added from another thread
+    /// (the connection's `changed` notifier and consumer generation): the
+    /// drainer registers, compares the generation it dispatched with, and
+    /// only then parks; the adder bumps the generation, then notifies. The
+    /// drainer always wakes and sees the new consumer.
+    #[test]
+    fn a_consumer_added_while_the_drainer_sleeps_wakes_it() {
+        loom::model(|| {
+            let changed = Arc::new(Notify::new());
+            let generation = Arc::new(AtomicU64::new(0));
+            let (c2, g2) = (changed.clone(), generation.clone());
+            let adder = loom::thread::spawn(move || {
+                g2.fetch_add(1, SeqCst);
+                c2.notify_all();
+            });
+            let seen = 0;
+            let tw = ThreadWaker::current();
+            loop {
+                let id = changed.register(&thread_waker(&tw));
+                if generation.load(SeqCst) != seen {
+                    changed.unregister(id);
+                    break;
+                }
+                tw.wait(None);
+                changed.unregister(id);
+            }
+            adder.join().unwrap();
+        });
+    }
 }

@@ -9,18 +9,62 @@
 //!   deadline + period.
 //! - No cap per pass: every expired delivery found is restored in that pass.
 
-use std::sync::atomic::{AtomicU64, Ordering::SeqCst};
 use std::sync::{Arc, OnceLock, Weak};
 use std::thread::Thread;
 use std::time::Duration;
 
-use parking_lot::Mutex;
-
 use crate::session::channel::ChannelShared;
+use crate::sync::{AtomicU64, Mutex, Ordering::SeqCst};
+
+/// What the reaper watches and how often it looks: the watched entries and
+/// the period, which follows the shortest lease registered since the list
+/// was last empty.
+#[derive(Debug)]
+pub(crate) struct Watchlist<E> {
+    entries: Mutex<Vec<E>>,
+    period_us: AtomicU64,
+}
+
+impl<E> Watchlist<E> {
+    pub(crate) fn new() -> Self {
+        Watchlist {
+            entries: Mutex::new(Vec::new()),
+            period_us: AtomicU64::new(MAX_PERIOD_US),
+        }
+    }
+
+    /// Adds an entry (through `add`, under the lock) and shortens the period
+    /// to `period_us` if that is shorter; true when it did (the reaper must
+    /// wake and use it).
+    pub(crate) fn watch(&self, add: impl FnOnce(&mut Vec<E>), period_us: u64) -> bool {
+        add(&mut self.entries.lock());
+        self.period_us.fetch_min(period_us, SeqCst) > period_us
+    }
+
+    /// After a pass: drops entries `keep` refuses, and when none is left
+    /// goes back to the longest period. Both under the lock, so a `watch`
+    /// racing the end of a pass is never overwritten: it either lands before
+    /// (the list is not empty) or after (its period comes after the reset).
+    pub(crate) fn end_pass(&self, keep: impl FnMut(&E) -> bool) {
+        let mut entries = self.entries.lock();
+        entries.retain(keep);
+        if entries.is_empty() {
+            self.period_us.store(MAX_PERIOD_US, SeqCst);
+        }
+    }
+
+    pub(crate) fn period_us(&self) -> u64 {
+        self.period_us.load(SeqCst)
+    }
+
+    /// What `f` makes of each entry it accepts (under the lock).
+    pub(crate) fn collect<T>(&self, f: impl FnMut(&E) -> Option<T>) -> Vec<T> {
+        self.entries.lock().iter().filter_map(f).collect()
+    }
+}
 
 struct Reaper {
-    channels: Mutex<Vec<Weak<ChannelShared>>>,
-    period_us: AtomicU64,
+    channels: Watchlist<Weak<ChannelShared>>,
     thread: Thread,
 }
 
@@ -45,8 +89,7 @@ fn reaper() -> Option<&'static Arc<Reaper>> {
             match spawned {
                 Ok(handle) => {
                     let r = Arc::new(Reaper {
-                        channels: Mutex::new(Vec::new()),
-                        period_us: AtomicU64::new(MAX_PERIOD_US),
+                        channels: Watchlist::new(),
                         thread: handle.thread().clone(),
                     });
                     let _ = tx.send(r.clone());
@@ -65,33 +108,50 @@ fn reaper() -> Option<&'static Arc<Reaper>> {
 /// `lease`.
 pub(crate) fn watch(channel: &Arc<ChannelShared>, lease: Duration) {
     let Some(r) = reaper() else { return };
-    let period = (lease.as_micros() as u64 / 4).clamp(MIN_PERIOD_US, MAX_PERIOD_US);
-    {
-        let mut list = r.channels.lock();
+    let period = u64::try_from(lease.as_micros() / 4)
+        .unwrap_or(u64::MAX)
+        .clamp(MIN_PERIOD_US, MAX_PERIOD_US);
+    let add = |list: &mut Vec<Weak<ChannelShared>>| {
         if !list.iter().any(|w| w.as_ptr() == Arc::as_ptr(channel)) {
             list.push(Arc::downgrade(channel));
         }
-    }
-    if r.period_us.fetch_min(period, SeqCst) > period {
+    };
+    if r.channels.watch(add, period) {
         r.thread.unpark();
     }
 }
 
 fn run(r: &Reaper) {
     loop {
-        std::thread::park_timeout(Duration::from_micros(r.period_us.load(SeqCst)));
-        let live: Vec<Arc<ChannelShared>> = {
-            let mut list = r.channels.lock();
-            list.retain(|w| w.strong_count() > 0);
-            list.iter().filter_map(Weak::upgrade).collect()
-        };
+        std::thread::park_timeout(Duration::from_micros(r.channels.period_us()));
+        let live: Vec<Arc<ChannelShared>> = r.channels.collect(Weak::upgrade);
         let now_us = crate::clock::now_ns() / 1_000;
         for ch in &live {
             ch.expire_leases(now_us);
         }
         drop(live);
-        if r.channels.lock().is_empty() {
-            r.period_us.store(MAX_PERIOD_US, SeqCst);
-        }
+        r.channels.end_pass(|w| w.strong_count() > 0);
+    }
+}
+
+#[cfg(all(test, loom))]
+mod loom_tests {
+    use super::*;
+
+    /// A lease registered while the reaper ends a pass over an empty list
+    /// keeps its short period (the reset to the longest period cannot land
+    /// after it).
+    #[test]
+    fn a_watch_racing_the_end_of_a_pass_keeps_its_period() {
+        loom::model(|| {
+            let w = crate::sync::Arc::new(Watchlist::<u32>::new());
+            let w2 = w.clone();
+            let watcher = loom::thread::spawn(move || {
+                w2.watch(|l| l.push(1), 10_000);
+            });
+            w.end_pass(|_| true);
+            watcher.join().unwrap();
+            assert_eq!(w.period_us(), 10_000);
+        });
     }
 }

@@ -65,12 +65,18 @@ impl DeliveryStream {
             || self.consumer.orphaned()
     }
 
+    /// The next delivery, handed to the application (a `no_ack` one counts
+    /// as acked from here). `None` when nothing is ready, or when the channel
+    /// closed as a message was taken (it went back to its queue).
     fn try_take(&self) -> Option<Delivery> {
         let (env, queue) = self.consumer.take()?;
-        Some(
-            self.channel
-                .deliver_one(Pending::new(Some(self.consumer.clone()), env, queue)),
-        )
+        let d = self
+            .channel
+            .deliver_one(Pending::new(Some(self.consumer.clone()), env, queue))?;
+        if d.no_ack {
+            self.channel.ack_no_ack(&d.slot);
+        }
+        Some(d)
     }
 }
 

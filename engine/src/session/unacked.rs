@@ -49,11 +49,6 @@ impl LeaseState {
         LeaseState(AtomicU64::new(pack(deadline_us, UNACKED)))
     }
 
-    /// A state settled from the start (no_ack deliveries).
-    pub(crate) fn settled(state: u64) -> Self {
-        LeaseState(AtomicU64::new(pack(NO_DEADLINE, state)))
-    }
-
     /// Settles to `to` (ACKED, REJECTED, RESTORED) if still unacked.
     pub(crate) fn settle(&self, to: u64) -> Result<(), Settled> {
         let mut cur = self.0.load(SeqCst);
@@ -134,9 +129,24 @@ pub(crate) struct Registry {
     /// Last tag issued (tags start at 1).
     pub(crate) last_tag: u64,
     pub(crate) slots: VecDeque<Arc<Slot>>,
+    /// Set (under the lock) when the channel closes: no delivery is tracked
+    /// after that, so none can escape the close's restore.
+    pub(crate) closed: bool,
 }
 
 impl Registry {
+    /// True once the channel closed: a delivery batch must not be tracked
+    /// (its caller puts it back instead).
+    pub(crate) fn is_closed(&self) -> bool {
+        self.closed
+    }
+
+    /// The channel closes: nothing is tracked from now on; returns what was.
+    pub(crate) fn close(&mut self) -> VecDeque<Arc<Slot>> {
+        self.closed = true;
+        std::mem::take(&mut self.slots)
+    }
+
     pub(crate) fn next_tag(&mut self) -> u64 {
         self.last_tag += 1;
         self.last_tag
@@ -196,6 +206,44 @@ mod tests {
 mod loom_tests {
     use super::*;
     use loom::sync::Arc;
+
+    /// A delivery racing its channel's close is either tracked before the
+    /// close (and handed to the close's restore) or refused (and put back by
+    /// its deliverer): never tracked after the close, never neither.
+    #[test]
+    fn a_delivery_racing_close_is_restored_or_refused() {
+        use crate::memory::MemQueue;
+        use crate::model::message::Message;
+        use crate::model::queue::Queue;
+        loom::model(|| {
+            let reg = Arc::new(crate::sync::Mutex::new(Registry::default()));
+            let queue: std::sync::Arc<dyn QueueStore> =
+                std::sync::Arc::new(MemQueue::new(Queue::new("q"), None, std::sync::Weak::new()));
+            let slot = std::sync::Arc::new(Slot {
+                state: LeaseState::new(NO_DEADLINE),
+                tag: 1,
+                env: Envelope::new(Message::new("m"), "", "q"),
+                queue,
+                consumer: None,
+                windowed: false,
+            });
+            let (r2, s2) = (reg.clone(), slot.clone());
+            let deliverer = loom::thread::spawn(move || {
+                let mut r = r2.lock();
+                if r.is_closed() {
+                    false
+                } else {
+                    r.slots.push_back(s2);
+                    true
+                }
+            });
+            let restored = reg.lock().close();
+            let tracked = deliverer.join().unwrap();
+            let in_restore = restored.iter().any(|s| std::sync::Arc::ptr_eq(s, &slot));
+            assert_eq!(tracked, in_restore);
+            assert!(reg.lock().slots.is_empty(), "nothing tracked after close");
+        });
+    }
 
     /// Ack, lease expiry and extension race: exactly one of ack / expire
     /// settles, and an expiry never wins against an extension that completed

@@ -20,7 +20,7 @@ use crate::model::queue::Queue;
 use crate::notify::Notify;
 use crate::routing::{Refused, Route, Routing};
 use crate::stats::{Counters, TransportEvent};
-use crate::sync::{AtomicBool, AtomicU64, Ordering::SeqCst};
+use crate::sync::{AtomicU64, Ordering::SeqCst};
 
 use super::Envelope;
 
@@ -154,12 +154,19 @@ pub fn lane_for<'q>(
 /// message, whether it was deleted, and the consumers attached in this
 /// process (with the auto-delete rule: an auto-delete queue goes when its
 /// last consumer does).
+///
+/// The deleted flag and the consumer count share one atomic word, so "the
+/// last consumer left, delete it" and "a consumer joins" cannot both win:
+/// either the join comes first (and the queue stays) or the deletion does
+/// (and the join fails).
 #[derive(Debug, Default)]
 pub struct QueueState {
     notify: Notify,
-    deleted: AtomicBool,
-    consumers: AtomicU64,
+    /// Bit 63: deleted; the rest: consumers attached.
+    word: AtomicU64,
 }
+
+const DELETED: u64 = 1 << 63;
 
 impl QueueState {
     /// A live queue with no waiters and no consumers.
@@ -189,39 +196,81 @@ impl QueueState {
 
     /// True once the queue was deleted.
     pub fn is_deleted(&self) -> bool {
-        self.deleted.load(SeqCst)
+        self.word.load(SeqCst) & DELETED != 0
     }
 
     /// Marks the queue deleted and wakes its waiters (they see it gone);
-    /// true if it was not deleted before.
+    /// true if it was not deleted before. A transport that drops the queue's
+    /// messages does so between [`QueueState::set_deleted`] and
+    /// [`QueueState::notify_all`] instead, so a woken waiter finds it empty.
     pub fn mark_deleted(&self) -> bool {
-        let first = !self.deleted.swap(true, SeqCst);
+        let first = self.set_deleted();
         self.notify.notify_all();
         first
     }
 
-    /// A consumer started.
-    pub fn consumer_added(&self) {
-        self.consumers.fetch_add(1, SeqCst);
+    /// Marks the queue deleted without waking anyone; true if it was not
+    /// deleted before.
+    pub fn set_deleted(&self) -> bool {
+        self.word.fetch_or(DELETED, SeqCst) & DELETED == 0
     }
 
-    /// A consumer stopped; true when `decl` is auto-delete, this was its last
-    /// consumer and it is not deleted yet: the caller deletes it.
-    pub fn consumer_removed(&self, decl: &Queue) -> bool {
-        let mut cur = self.consumers.load(SeqCst);
-        let left = loop {
-            let next = cur.saturating_sub(1);
-            match self.consumers.compare_exchange(cur, next, SeqCst, SeqCst) {
-                Ok(_) => break next,
+    /// A consumer starts; false (and nothing counted) if the queue was
+    /// deleted first.
+    pub fn consumer_added(&self) -> bool {
+        let mut cur = self.word.load(SeqCst);
+        loop {
+            if cur & DELETED != 0 {
+                return false;
+            }
+            match self.word.compare_exchange(cur, cur + 1, SeqCst, SeqCst) {
+                Ok(_) => return true,
                 Err(now) => cur = now,
             }
-        };
-        left == 0 && decl.auto_delete && !self.is_deleted()
+        }
+    }
+
+    /// A consumer stopped. True when `decl` is auto-delete and this was its
+    /// last consumer: the queue is then marked deleted in the same atomic
+    /// step (its waiters are woken) and the caller removes it.
+    pub fn consumer_removed(&self, decl: &Queue) -> bool {
+        let mut cur = self.word.load(SeqCst);
+        loop {
+            if cur & !DELETED == 0 {
+                // Nobody to remove (a stray call): nothing changes.
+                return false;
+            }
+            let count = (cur & !DELETED) - 1;
+            let delete = count == 0 && decl.auto_delete && cur & DELETED == 0;
+            let next = (cur & DELETED) | count | if delete { DELETED } else { 0 };
+            match self.word.compare_exchange(cur, next, SeqCst, SeqCst) {
+                Ok(_) => {
+                    if delete {
+                        self.notify.notify_all();
+                    }
+                    return delete;
+                }
+                Err(now) => cur = now,
+            }
+        }
+    }
+
+    /// A consumer just added is taken back (it could not start): counted
+    /// out without the auto-delete rule.
+    pub fn consumer_withdrawn(&self) {
+        let mut cur = self.word.load(SeqCst);
+        loop {
+            let next = (cur & DELETED) | (cur & !DELETED).saturating_sub(1);
+            match self.word.compare_exchange(cur, next, SeqCst, SeqCst) {
+                Ok(_) => return,
+                Err(now) => cur = now,
+            }
+        }
     }
 
     /// Consumers attached now.
     pub fn consumers(&self) -> u64 {
-        self.consumers.load(SeqCst)
+        self.word.load(SeqCst) & !DELETED
     }
 }
 
@@ -316,21 +365,35 @@ mod tests {
     fn an_auto_delete_queue_goes_with_its_last_consumer_once() {
         let auto = Queue::new("q").with_auto_delete(true);
         let s = QueueState::new();
-        s.consumer_added();
-        s.consumer_added();
+        assert!(s.consumer_added());
+        assert!(s.consumer_added());
         assert!(!s.consumer_removed(&auto));
         assert_eq!(s.consumers(), 1);
-        assert!(s.consumer_removed(&auto));
+        assert!(s.consumer_removed(&auto), "the last one deletes it");
+        assert!(s.is_deleted());
         assert_eq!(s.consumers(), 0);
-        // A stray removal does not wrap around.
-        assert!(s.consumer_removed(&auto));
-        assert_eq!(s.consumers(), 0);
-        assert!(s.mark_deleted());
+        // Deleted: a stray removal neither wraps nor deletes twice, and a new
+        // consumer is refused.
+        assert!(!s.consumer_removed(&auto));
+        let stray = QueueState::new();
+        assert!(!stray.consumer_removed(&auto), "no consumer to remove");
+        assert!(!stray.is_deleted());
+        assert!(!s.consumer_added());
         assert!(!s.mark_deleted());
-        assert!(!s.consumer_removed(&auto), "already deleted");
+        let withdrawn = QueueState::new();
+        assert!(withdrawn.consumer_added());
+        withdrawn.consumer_withdrawn();
+        assert_eq!(withdrawn.consumers(), 0);
+        assert!(
+            !withdrawn.is_deleted(),
+            "a withdrawn consumer never consumed"
+        );
         let plain = QueueState::new();
-        plain.consumer_added();
+        assert!(plain.consumer_added());
         assert!(!plain.consumer_removed(&Queue::new("p")));
+        assert!(!plain.is_deleted());
+        assert!(plain.mark_deleted());
+        assert!(!plain.consumer_added());
     }
 
     #[test]

@@ -67,6 +67,11 @@ pub fn dead_letter(
 /// publish mandatory and clamps its priority); what happened is counted
 /// (`dead_lettered`, `dropped_dead_letter`, or `dropped_overflow` for a
 /// drop-head without a dead-letter exchange) and a failed republish is logged.
+///
+/// Dead-lettering can cascade (a republish into a full drop-head queue
+/// dead-letters its oldest message, and so on); past [`MAX_DEAD_LETTER_DEPTH`]
+/// nested dead-letterings on one thread the message is dropped and counted as
+/// `dropped_dead_letter` instead, so a cycle cannot exhaust the stack.
 pub fn dead_letter_with(
     counters: &Counters,
     queue: &Queue,
@@ -80,11 +85,45 @@ pub fn dead_letter_with(
         }
         return;
     };
+    let Some(_depth) = Depth::enter() else {
+        tracing::warn!(queue = %queue.name, "dead-lettered message dropped: dead-letter cycle deeper than {MAX_DEAD_LETTER_DEPTH}");
+        counters.record(TransportEvent::DroppedDeadLetter, 1);
+        return;
+    };
     match publish(Envelope::new(message, &dlx, &rk)) {
         Ok(()) => counters.record(TransportEvent::DeadLettered, 1),
         Err(e) => {
             tracing::warn!(queue = %queue.name, error = %e, "dead-lettered message dropped");
             counters.record(TransportEvent::DroppedDeadLetter, 1)
         }
+    }
+}
+
+/// Most dead-letterings nested inside one another on a thread.
+pub const MAX_DEAD_LETTER_DEPTH: u32 = 16;
+
+thread_local! {
+    static DEPTH: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
+}
+
+/// One level of dead-lettering on this thread, left when dropped.
+struct Depth;
+
+impl Depth {
+    fn enter() -> Option<Depth> {
+        DEPTH.with(|d| {
+            if d.get() >= MAX_DEAD_LETTER_DEPTH {
+                None
+            } else {
+                d.set(d.get() + 1);
+                Some(Depth)
+            }
+        })
+    }
+}
+
+impl Drop for Depth {
+    fn drop(&mut self) {
+        DEPTH.with(|d| d.set(d.get().saturating_sub(1)));
     }
 }

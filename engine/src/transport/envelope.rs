@@ -34,7 +34,8 @@ pub struct Envelope {
     pub expires_at: u64,
     /// The lane (priority) it sits in.
     pub lane: u8,
-    /// Transport-private position (record offset, Redis tag); 0 in memory://.
+    /// Transport-private position: the record in local://, the message's
+    /// original position in memory:// (0 until it is first taken), a Redis tag.
     pub token: u64,
 }
 
@@ -86,5 +87,17 @@ impl Envelope {
     /// Body length.
     pub fn size(&self) -> usize {
         self.body.len()
+    }
+
+    /// Sets the message's priority property (copying shared properties only
+    /// if they change): a dead-lettered message clamped to its new queue's
+    /// maximum says so to its consumer.
+    pub fn set_priority(&mut self, priority: u8) {
+        if self.properties().priority == Some(priority) {
+            return;
+        }
+        let mut p = self.properties().clone();
+        p.priority = Some(priority);
+        self.properties = Some(Arc::new(p));
     }
 }

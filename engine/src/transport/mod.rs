@@ -23,7 +23,7 @@ pub use bookkeeping::{
     check_delete, check_redeclare, effective_ttl, lane_for, limit_reached, queue_full,
     route_or_drop, validate_declaration, PriorityTooHigh, QueueState,
 };
-pub use dead_letter::{dead_letter, dead_letter_with, DeathReason};
+pub use dead_letter::{dead_letter, dead_letter_with, DeathReason, MAX_DEAD_LETTER_DEPTH};
 pub use envelope::Envelope;
 
 /// Identifies a connection to a transport (exclusive-queue ownership).
@@ -59,8 +59,10 @@ pub trait QueueStore: Send + Sync + fmt::Debug {
     fn ack(&self, env: &Envelope);
     /// A delivered message was rejected without requeue: dead-letter or drop.
     fn reject(&self, env: Envelope);
-    /// Delivered messages go back to the front of their lanes, `envs[0]` first.
-    /// The caller has set `redelivered`.
+    /// Delivered messages go back to their lanes ahead of every message never
+    /// delivered, each at its original position among the other returned
+    /// ones (AMQP 0-9-1), whatever order they come back in. The caller has
+    /// set `redelivered` (a message put back unseen keeps its flag).
     fn restore(&self, envs: Vec<Envelope>);
     /// The delivery of `env` is leased until `lease` from now (called when it
     /// is delivered with a lease and on every `extend_lease`). The engine
@@ -86,9 +88,16 @@ pub trait QueueStore: Send + Sync + fmt::Debug {
     fn is_deleted(&self) -> bool {
         self.state().is_deleted()
     }
-    /// A consumer started consuming.
-    fn consumer_added(&self) {
+    /// A consumer starts consuming; false (nothing counted) when the queue
+    /// was deleted first.
+    fn consumer_added(&self) -> bool {
         self.state().consumer_added()
+    }
+    /// A consumer that was just added is taken back because the consumer
+    /// could not start (another of its queues is gone): counted out without
+    /// the auto-delete rule, since it never consumed.
+    fn consumer_withdrawn(&self) {
+        self.state().consumer_withdrawn()
     }
     /// A consumer stopped (auto-delete queues go when the last one does).
     fn consumer_removed(&self);

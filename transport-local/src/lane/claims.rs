@@ -189,7 +189,9 @@ impl Lane {
 
     /// Returns a claimed record to ready, flagged redelivered, ahead of
     /// everything newer. False if `owner` no longer holds it.
-    pub(crate) fn restore(&self, c: &Claimed, owner: u64) -> bool {
+    /// `redelivered` marks it as delivered before (a restore after the
+    /// application saw it); a record put back unseen keeps the mark it had.
+    pub(crate) fn restore(&self, c: &Claimed, owner: u64, redelivered: bool) -> bool {
         let word = c.segment.claim_word(c.pos.off);
         let cur = word.load(Acquire);
         if claim::state(cur) != claim::CLAIMED || claim::owner(cur) != owner {
@@ -198,7 +200,17 @@ impl Lane {
         // A ready record has no lease: the next claimer starts without one.
         c.segment.deadline_word(c.pos.off).store(0, Release);
         if word
-            .compare_exchange(cur, claim::READY | claim::REDELIVERED, AcqRel, Acquire)
+            .compare_exchange(
+                cur,
+                claim::READY
+                    | if redelivered {
+                        claim::REDELIVERED
+                    } else {
+                        cur & claim::REDELIVERED
+                    },
+                AcqRel,
+                Acquire,
+            )
             .is_err()
         {
             return false;

@@ -2,9 +2,10 @@
 //! rewritten whole (temporary file + rename) under the metadata lock.
 //!
 //! # Invariants
-//! - Reading is strict: a missing field, an unknown field or an unknown value
-//!   (an exchange kind, an overflow policy) is an error naming it, never a
-//!   default, so a damaged or foreign file is never half-read.
+//! - Reading is strict: a missing required field, an unknown field or an
+//!   unknown value (an exchange kind, an overflow policy) is an error naming
+//!   it, never a default, so a damaged or foreign file is never half-read.
+//!   Optional values (`null` when unset) may also be left out.
 //! - The layout is version 1; any other version is refused.
 
 use std::collections::BTreeMap;

@@ -65,6 +65,10 @@ impl Inner {
             Ok(p) => p,
             Err(e) => return Err(e.into_error(env)),
         };
+        let mut env = env;
+        if clamp && env.properties().priority.is_some_and(|p| p != priority) {
+            env.set_priority(priority);
+        }
         let size = env.size() as u64;
         for &t in targets {
             if let Err(reason) = self.make_room(routing.target(t), size) {

@@ -334,7 +334,7 @@ impl QueueStore for LocalQueue {
         for env in envs {
             if let Some((p, c)) = self.take(env.token) {
                 if let Ok(l) = self.lane(p) {
-                    l.restore(&c, self.owner);
+                    l.restore(&c, self.owner, env.redelivered);
                 }
             }
         }

@@ -60,9 +60,9 @@ fn claims_in_order_restores_first_and_rolls_over() {
     }
     assert_eq!(got, (0..10).collect::<Vec<_>>());
     // Give back 3 and 5: they come next, in log order, flagged.
-    assert!(lane.restore(&held[5], who(7)));
-    assert!(lane.restore(&held[3], who(7)));
-    assert!(!lane.restore(&held[3], who(7)), "restored twice");
+    assert!(lane.restore(&held[5], who(7), true));
+    assert!(lane.restore(&held[3], who(7), true));
+    assert!(!lane.restore(&held[3], who(7), true), "restored twice");
     let a = lane.claim(who(8)).unwrap().unwrap();
     let b = lane.claim(who(8)).unwrap().unwrap();
     assert_eq!((parse(&a).1, a.redelivered), (3, true));
