@@ -7,8 +7,10 @@
 
 #[cfg(loom)]
 pub(crate) use loom::sync::atomic::fence;
+#[cfg(all(loom, test))]
+pub(crate) use loom::sync::atomic::AtomicBool;
 #[cfg(loom)]
-pub(crate) use loom::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+pub(crate) use loom::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 #[cfg(loom)]
 pub(crate) use loom::sync::Arc;
 

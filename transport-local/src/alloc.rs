@@ -64,15 +64,33 @@ impl Allocator {
 }
 
 /// `fallocate` through the ring of the calling core; a file system without
-/// it gets a sparse file, as with `fallocate(2)`.
+/// it gets its blocks by writing zeros (see [`fill_zeros`]).
 pub(crate) async fn ring_allocate(file: &Arc<File>, len: u64) -> io::Result<()> {
     if i64::try_from(len).is_err() {
         return Err(Errno::FBIG.into());
     }
     match rio::fallocate(file, 0, len, 0).await {
-        Err(e) if e.raw_os_error() == Some(Errno::OPNOTSUPP.raw_os_error()) => file.set_len(len),
+        Err(e) if e.raw_os_error() == Some(Errno::OPNOTSUPP.raw_os_error()) => {
+            fill_zeros(file, len)
+        }
         r => r,
     }
+}
+
+/// Allocates `len` bytes by writing zeros, for file systems without
+/// `fallocate`: a sparse file would turn a full disk into a `SIGBUS` on the
+/// first write to a mapped page; written zeros make it an error here.
+pub(crate) fn fill_zeros(file: &File, len: u64) -> io::Result<()> {
+    use std::os::unix::fs::FileExt;
+    const CHUNK: u64 = 1 << 20;
+    let zeros = vec![0u8; CHUNK as usize];
+    let mut at = 0;
+    while at < len {
+        let n = CHUNK.min(len - at);
+        file.write_all_at(&zeros[..n as usize], at)?;
+        at += n;
+    }
+    Ok(())
 }
 
 /// Allocates `len` bytes of disk for `file` now (`fallocate(2)`), so a full
@@ -86,8 +104,8 @@ pub(crate) fn preallocate(file: &File, len: u64) -> io::Result<()> {
         match fallocate(file, FallocateFlags::empty(), 0, len) {
             Ok(()) => return Ok(()),
             Err(Errno::INTR) => continue,
-            // Filesystems without fallocate: fall back to a sparse file.
-            Err(Errno::OPNOTSUPP) => return file.set_len(len),
+            // Filesystems without fallocate: write the zeros.
+            Err(Errno::OPNOTSUPP) => return fill_zeros(file, len),
             Err(e) => return Err(e.into()),
         }
     }

@@ -1,13 +1,15 @@
 //! Sleeping on a word of a shared mapping until another process changes it
 //! (a shared futex: it keys on the file page, so it works across processes).
 
-use std::sync::atomic::AtomicU32;
 use std::time::Duration;
 
+use crate::mem::AtomicU32;
+#[cfg(not(loom))]
 use rustix::thread::futex;
 
 /// Sleeps while `word` holds `expected`, at most `timeout`. Returns on a
 /// wake-up, a timeout, a changed value or a signal alike: callers re-check.
+#[cfg(not(loom))]
 pub(crate) fn wait(word: &AtomicU32, expected: u32, timeout: Duration) {
     let ts = futex::Timespec {
         tv_sec: timeout.as_secs().try_into().unwrap_or(i64::MAX),
@@ -18,13 +20,22 @@ pub(crate) fn wait(word: &AtomicU32, expected: u32, timeout: Duration) {
 }
 
 /// Wakes every process sleeping in [`wait`] on `word`.
+#[cfg(not(loom))]
 pub(crate) fn wake(word: &AtomicU32) {
     // The kernel reads the count as a signed int: u32::MAX would be -1 and
     // wake one waiter only.
     let _ = futex::wake(word, futex::Flags::empty(), i32::MAX as u32);
 }
 
-#[cfg(test)]
+/// The loom models have no futex words (they model one lane, not the store).
+#[cfg(loom)]
+pub(crate) fn wait(_word: &AtomicU32, _expected: u32, _timeout: Duration) {}
+
+/// See [`wait`].
+#[cfg(loom)]
+pub(crate) fn wake(_word: &AtomicU32) {}
+
+#[cfg(all(test, not(loom)))]
 mod tests {
     use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering::SeqCst};
     use std::sync::Arc;

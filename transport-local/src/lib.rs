@@ -26,6 +26,28 @@
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 
+/// A failpoint (the `fail` crate) where the protocol can be stopped, slowed
+/// or failed from a test: with the `failpoints` feature, the action
+/// `return(<marker>)` prints `failpoint <name> <marker>` on stdout and stops
+/// the thread for good (a test then kills the process there). Nothing
+/// without the feature.
+#[cfg(feature = "failpoints")]
+macro_rules! failpoint {
+    ($name:literal) => {
+        fail::fail_point!($name, |marker: Option<String>| {
+            crate::failpoints::stop_here($name, marker)
+        })
+    };
+}
+
+#[cfg(not(feature = "failpoints"))]
+macro_rules! failpoint {
+    ($name:literal) => {};
+}
+pub(crate) use failpoint;
+#[cfg(feature = "failpoints")]
+mod failpoints;
+
 mod alloc;
 mod clock;
 mod codec;
@@ -33,15 +55,16 @@ mod file_names;
 mod futex;
 mod lane;
 mod lock;
-mod owner;
-mod recovery;
 // Atomics and copies on the shared mapping need `unsafe`; every block has a
-// SAFETY note.
+// SAFETY note. Nothing else in the crate uses `unsafe`.
 #[allow(unsafe_code)]
+mod mem;
+mod procs;
+mod recovery;
 mod segment;
-#[allow(unsafe_code)]
 mod shared_page;
 mod store;
+mod sync;
 #[cfg(any(test, feature = "test-hooks"))]
 pub mod test_hooks;
 #[cfg(test)]

@@ -3,13 +3,15 @@
 //! over holes left by dead writers, so that everything that was committed
 //! intact stays readable.
 //!
-//! Tail cutting and hole padding change shared state, so they run only with
-//! exclusive access to the store (`exclusive = true`, no other process has it
-//! open); without it recovery only reports.
-//!
 //! # Invariants
-//! - Nothing committed intact is cut or skipped; a corrupt record is skipped only
-//!   after its bytes were handed to the quarantine callback.
+//! - Nothing committed intact is cut or skipped; a corrupt record is skipped
+//!   only after its bytes were handed to the quarantine callback.
+//! - Only the lane's last segment can get its tail cut (and appended to
+//!   again); a segment below it is done: whatever follows its last record is
+//!   padded, never reopened for writers.
+//! - Tail cutting and padding change shared state, so they run only with
+//!   exclusive access to the store (`exclusive = true`, no other process has
+//!   it open); without it recovery only reports.
 
 use crate::segment::{Segment, Slot, HEADER_LEN, RECORD_HEADER_LEN};
 
@@ -43,6 +45,8 @@ pub struct Totals {
     pub tails_cut: u64,
     /// Holes of dead writers turned into padding.
     pub holes_padded: u64,
+    /// Claims of processes that had ended, returned to their queues.
+    pub claims_restored: u64,
 }
 
 impl Totals {
@@ -62,25 +66,46 @@ impl Totals {
         self.moved += o.moved;
         self.tails_cut += o.tails_cut;
         self.holes_padded += o.holes_padded;
+        self.claims_restored += o.claims_restored;
     }
 }
 
 /// The reason recorded for a record moved aside by an earlier recovery.
 pub(crate) const MOVED_EARLIER: &str = "moved aside earlier";
 
-/// Recovers `seg`. `quarantine(offset, bytes, reason)` receives the bytes of
+/// Recovers `seg`; `last` says it is its lane's last segment (the one writers
+/// append to). `quarantine(offset, bytes, reason)` receives the bytes of
 /// each corrupt record before it is marked moved; an error from it stops
 /// recovery (nothing is skipped unless its bytes were saved).
 pub(crate) fn recover(
     seg: &Segment,
     exclusive: bool,
+    last: bool,
     mut quarantine: impl FnMut(u64, &[u8], &'static str) -> std::io::Result<()>,
 ) -> std::io::Result<RecoveryReport> {
     let mut r = RecoveryReport::default();
+    let cap = seg.header().capacity;
+    // How far anything may have been reserved: the tail hint, unless a
+    // damaged (lowered) tail hides records the walk finds after it.
+    let reserved = seg.reserved_to();
     let mut off = HEADER_LEN;
     loop {
         match seg.read(off) {
-            Slot::End => break,
+            Slot::End => {
+                // A free word before the tail: a hole whose reservation never
+                // reached the disk (a power loss with fsync=never). Bridge it
+                // if an intact record follows.
+                if off < reserved && exclusive {
+                    let next = seg.next_valid(off);
+                    if next < reserved && next > off {
+                        seg.mark_padding(off, next - off);
+                        r.holes_padded += 1;
+                        off = next;
+                        continue;
+                    }
+                }
+                break;
+            }
             Slot::Record { len, .. } => {
                 r.records += 1;
                 off += len;
@@ -93,46 +118,61 @@ pub(crate) fn recover(
                 r.padding += 1;
                 off += len;
             }
-            Slot::Pending => {
+            Slot::Pending { len } => {
                 if !exclusive {
                     break;
                 }
+                // Every writer is gone: nothing after a pending reservation
+                // in the last segment means a torn tail; anything else is a
+                // dead writer's hole, padded over exactly.
                 let next = seg.next_valid(off);
-                if next >= seg.reserved_to() {
-                    // Nothing intact after it: a torn tail.
-                    seg.cut_tail(off);
-                    r.cut_at = Some(off);
+                if last && next >= reserved.max(off + len) {
                     break;
                 }
-                if seg.pad_over(off) {
+                if seg.pad(off) {
                     r.holes_padded += 1;
                 }
-                off = next;
+                off += len;
             }
             Slot::Corrupt { len, reason } => {
                 let next = seg.next_valid(off);
-                if next >= seg.reserved_to() && exclusive {
-                    seg.cut_tail(off);
-                    r.cut_at = Some(off);
+                if exclusive && last && next >= reserved {
+                    // Nothing intact after it: a torn tail.
                     break;
                 }
                 // Trust the committed length only if it could be a record's.
                 let sane = len >= RECORD_HEADER_LEN && len % 8 == 0 && off + len <= next;
                 let span = if sane { len } else { next - off };
-                if exclusive || sane {
-                    quarantine(off, &seg.raw(off, span), reason)?;
-                    if !sane {
-                        seg.set_len(off, span);
-                    }
-                    seg.mark_moved(off);
-                    r.moved.push((off, reason));
-                    off += span;
-                } else {
+                if !exclusive && !sane {
                     // Without exclusive access a bad length cannot be repaired.
                     r.moved.push((off, reason));
                     break;
                 }
+                if span == 0 {
+                    break;
+                }
+                quarantine(off, &seg.raw(off, span), reason)?;
+                if exclusive || sane {
+                    seg.mark_moved(off, span);
+                }
+                r.moved.push((off, reason));
+                off += span;
             }
+        }
+        if off >= cap {
+            break;
+        }
+    }
+    if exclusive {
+        if last {
+            if off < reserved {
+                seg.cut_tail(off, reserved);
+                r.cut_at = Some(off);
+            } else {
+                seg.set_tail(off);
+            }
+        } else if off < cap {
+            seg.pad_to_end(off);
         }
     }
     r.end = off;

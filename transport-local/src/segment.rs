@@ -2,49 +2,184 @@
 //! that several processes write and read at once (see `FORMAT.md`).
 //!
 //! # Invariants
-//! - Writers in any process reserve space with one `fetch_add` on the shared
-//!   `tail` in the mapped header; a reservation is owned by its writer alone
-//!   until it commits by compare-and-swapping the record's `len` from 0 (the
-//!   release that publishes the record). Readers touch a record's immutable
-//!   bytes only after an acquire load of a non-zero `len`.
-//! - A reservation whose writer died is turned into padding by a compare-and-
-//!   swap of the same `len` word, so exactly one of "commit" and "pad" wins;
-//!   a writer that loses gets `AppendError::Stolen` and publishes again
-//!   elsewhere: nothing is lost.
+//! - Every record starts with one atomic state word (kind and length). A
+//!   writer reserves a record by a compare-and-swap of the free (zero) word
+//!   at the tail to `RESERVED | len`, so every reservation's extent is known
+//!   from the moment it exists; the shared `tail` is a hint every writer
+//!   helps forward past reserved words.
+//! - A reservation is owned by its writer alone until it commits by a
+//!   compare-and-swap `RESERVED | len -> COMMITTED | len` (the release that
+//!   publishes the record). Anyone may turn a reservation whose writer is dead
+//!   or stalled into padding with `RESERVED | len -> PADDING | len` on the same
+//!   word: exactly one of commit and padding wins, the padding covers exactly
+//!   that reservation, and a writer that loses publishes again elsewhere.
+//! - A writer reserves only a free (zero) state word at a tail word that
+//!   passes its check, and steps over anything else that looks like a record,
+//!   so a damaged or hand-edited tail word cannot make it write over
+//!   committed records: it refuses with an error naming the segment.
 //! - Every record says where it is (`offset`) and carries a CRC-32 of its
 //!   immutable header fields and payload, so a scan can tell a record from
 //!   leftover bytes and find the next record after a hole.
-//! - Mutable per-record words (`len`, `flags`, `claim`, `deadline`) are only
-//!   accessed atomically.
+//! - The claim word is self-checking (a CRC-8 byte), so a damaged claim word
+//!   is recognised and set aside rather than read as "acked".
 
 use std::fs::File;
 use std::path::Path;
-use std::sync::atomic::{
-    AtomicU32, AtomicU64, Ordering::AcqRel, Ordering::Acquire, Ordering::Release,
-};
+use std::sync::atomic::Ordering::{AcqRel, Acquire, Release};
 use std::sync::Arc;
 
-use memmap2::MmapRaw;
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
+
+use crate::mem::{AtomicU64, Region};
 
 /// Size of the segment header; records start here.
 pub(crate) const HEADER_LEN: u64 = 4096;
 /// Size of a record header; the payload follows it.
 pub(crate) const RECORD_HEADER_LEN: u64 = 64;
 /// Segment layout version.
-pub(crate) const SEGMENT_VERSION: u32 = 1;
+pub(crate) const SEGMENT_VERSION: u32 = 2;
 /// First bytes of every segment file.
 pub(crate) const SEGMENT_MAGIC: [u8; 8] = *b"DASHISEG";
-/// `magic` of every record header.
-pub(crate) const RECORD_MAGIC: u32 = 0xD45A_12EC;
+/// `magic` of every record header (layout 2).
+pub(crate) const RECORD_MAGIC: u32 = 0xD45A_12ED;
 
-/// Record flag: padding (a full segment's tail, or a dead writer's hole).
-pub(crate) const FLAG_PADDING: u32 = 1;
-/// Record flag: corrupt, copied aside, to be skipped.
-pub(crate) const FLAG_MOVED: u32 = 2;
+const TAIL_AT: u64 = 64;
 
-const TAIL_AT: usize = 64;
-const SEALED_AT: usize = 192;
+/// The tail word: the offset in bits 0..40 and a 24-bit check of it in bits
+/// 40..64, so a damaged or hand-edited tail is recognised instead of
+/// trusted.
+mod tail {
+    fn check(off: u64) -> u64 {
+        (off.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 40) & 0xff_ffff
+    }
+
+    pub(super) fn encode(off: u64) -> u64 {
+        off | (check(off) << 40)
+    }
+
+    pub(super) fn decode(w: u64) -> Option<u64> {
+        let off = w & ((1 << 40) - 1);
+        (w >> 40 == check(off)).then_some(off)
+    }
+}
+
+/// The record state word (offset 0 of a record): kind in bits 56..64,
+/// length in bits 0..40, bits 40..56 zero.
+pub(crate) mod state {
+    /// Never reserved (the whole word is zero).
+    pub(crate) const FREE: u64 = 0;
+    /// Reserved by a writer that has not committed.
+    pub(crate) const RESERVED: u64 = 1;
+    /// A committed record.
+    pub(crate) const COMMITTED: u64 = 2;
+    /// Padding: nothing to read (a full segment's tail, a dead writer's
+    /// reservation).
+    pub(crate) const PADDING: u64 = 3;
+    /// A corrupt record that recovery copied aside; skip it.
+    pub(crate) const MOVED: u64 = 4;
+
+    const LEN_MASK: u64 = (1 << 40) - 1;
+
+    /// The word for `kind` over `len` bytes.
+    pub(crate) fn word(kind: u64, len: u64) -> u64 {
+        (kind << 56) | (len & LEN_MASK)
+    }
+
+    /// `(kind, len)` of a well-formed word: a known kind, a length that is a
+    /// multiple of 8 and at least 8, nothing in the reserved bits.
+    pub(crate) fn decode(w: u64) -> Option<(u64, u64)> {
+        let (kind, len) = (w >> 56, w & LEN_MASK);
+        let well_formed = (RESERVED..=MOVED).contains(&kind)
+            && (w >> 40) & 0xffff == 0
+            && len >= 8
+            && len % 8 == 0;
+        well_formed.then_some((kind, len))
+    }
+}
+
+/// The claim word of a record (offset 8): who has it and in what state,
+/// self-checking.
+///
+/// ```text
+/// bits 0..2   state: 0 ready, 1 claimed, 2 acked, 3 dead
+/// bit  2      redelivered
+/// bits 3..8   zero
+/// bits 8..24  claim generation (+1 on every claim; tags the lease deadline)
+/// bits 24..56 owner: the claiming (or settling) process's id, 0 when ready
+/// bits 56..64 CRC-8 of bits 0..56
+/// ```
+pub(crate) mod claim {
+    /// Not delivered (or restored).
+    pub(crate) const READY: u64 = 0;
+    /// Delivered to its owner; not settled.
+    pub(crate) const CLAIMED: u64 = 1;
+    /// Acknowledged.
+    pub(crate) const ACKED: u64 = 2;
+    /// Rejected, expired, dropped or set aside.
+    pub(crate) const DEAD: u64 = 3;
+
+    /// A decoded claim word.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub(crate) struct Claim {
+        /// One of the states above.
+        pub(crate) state: u64,
+        /// Delivered before and returned.
+        pub(crate) redelivered: bool,
+        /// Claim generation.
+        pub(crate) generation: u16,
+        /// The process holding (or that settled) it; 0 when ready.
+        pub(crate) owner: u32,
+    }
+
+    fn crc8(mut v: u64) -> u64 {
+        // CRC-8 (polynomial 0x07) over the low 7 bytes.
+        let mut crc: u8 = 0;
+        for _ in 0..7 {
+            crc ^= v as u8;
+            for _ in 0..8 {
+                crc = if crc & 0x80 != 0 {
+                    (crc << 1) ^ 0x07
+                } else {
+                    crc << 1
+                };
+            }
+            v >>= 8;
+        }
+        u64::from(crc)
+    }
+
+    impl Claim {
+        /// The word for this claim.
+        pub(crate) fn encode(self) -> u64 {
+            let body = (self.state & 3)
+                | (u64::from(self.redelivered) << 2)
+                | (u64::from(self.generation) << 8)
+                | (u64::from(self.owner) << 24);
+            body | (crc8(body) << 56)
+        }
+
+        /// The claim a word holds, or `None` when it fails its check or
+        /// names an impossible claim (ready with an owner, claimed by none).
+        pub(crate) fn decode(w: u64) -> Option<Claim> {
+            let body = w & ((1 << 56) - 1);
+            if crc8(body) != w >> 56 || body & 0xf8 != 0 {
+                return None;
+            }
+            let c = Claim {
+                state: body & 3,
+                redelivered: body & 4 != 0,
+                generation: (body >> 8) as u16,
+                owner: (body >> 24) as u32,
+            };
+            let consistent = match c.state {
+                READY => c.owner == 0,
+                CLAIMED => c.owner != 0,
+                _ => true,
+            };
+            consistent.then_some(c)
+        }
+    }
+}
 
 /// The immutable start of a segment (offset 0).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable)]
@@ -72,7 +207,7 @@ pub(crate) struct RecordMeta {
     pub(crate) crc: u32,
     /// Where the record starts in its segment.
     pub(crate) offset: u64,
-    /// Writer: process id << 32 | low 32 bits of its start time.
+    /// Writer: the id of the process that appended it.
     pub(crate) writer: u64,
     /// Publish time, nanoseconds since the Unix epoch.
     pub(crate) timestamp_ns: u64,
@@ -136,18 +271,30 @@ pub(crate) enum SegmentError {
 }
 
 /// Why an append did not happen (the payload was not written).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub(crate) enum AppendError {
-    /// No room left: the segment is sealed; append to the next one.
+    /// No room left: the segment is full; append to the next one.
     #[error("segment is full")]
     Full,
     /// The record is larger than a segment can ever hold.
     #[error("a record of {0} bytes does not fit in a segment")]
     TooLarge(u64),
-    /// Another process took this reservation for a dead writer's; append again.
+    /// Another process turned this reservation into padding before it was
+    /// committed (it took the writer for dead); append again.
     #[error("reservation was padded over before commit")]
     Stolen,
+    /// The place the tail names holds something other than free space (a
+    /// damaged tail word or record): nothing was written.
+    #[error("segment {path} is damaged at offset {offset}: {reason}; not appending there")]
+    Damaged {
+        /// The file.
+        path: String,
+        /// Where.
+        offset: u64,
+        /// What was found.
+        reason: &'static str,
+    },
 }
 
 /// What is at an offset.
@@ -171,12 +318,15 @@ pub(crate) enum Slot {
         len: u64,
     },
     /// Reserved but not (yet) committed.
-    Pending,
-    /// Nothing more has been reserved here.
+    Pending {
+        /// Total length of the reservation.
+        len: u64,
+    },
+    /// Nothing has been reserved here (or the segment is full).
     End,
-    /// A committed length whose record does not check out.
+    /// Something that is not a well-formed record.
     Corrupt {
-        /// Its committed length (may itself be garbage).
+        /// Its committed length, when the state word names one.
         len: u64,
         /// What failed.
         reason: &'static str,
@@ -184,29 +334,28 @@ pub(crate) enum Slot {
 }
 
 /// A committed record's payload inside a mapping, owned by a `Bytes`.
+#[cfg(not(loom))]
 struct MappedSlice {
     seg: Arc<Segment>,
-    start: usize,
-    len: usize,
+    start: u64,
+    len: u64,
 }
 
+#[cfg(not(loom))]
 impl AsRef<[u8]> for MappedSlice {
     fn as_ref(&self) -> &[u8] {
-        // SAFETY: the range is inside the mapping (clamped at construction),
-        // which `seg` keeps alive; it is a committed record's payload, which no
-        // process writes after the commit (only the separate atomic header words
-        // change).
-        unsafe { std::slice::from_raw_parts(self.seg.map.as_ptr().add(self.start), self.len) }
+        self.seg.region.slice(self.start, self.len)
     }
 }
 
 /// An open, mapped segment.
 #[derive(Debug)]
 pub(crate) struct Segment {
-    map: MmapRaw,
+    region: Region,
     header: SegmentHeader,
     path: String,
-    file: Arc<File>,
+    /// The file (none for a modelled segment).
+    file: Option<Arc<File>>,
 }
 
 impl Segment {
@@ -232,23 +381,45 @@ impl Segment {
                 reason: format!("size {capacity} is not a multiple of 4096 above 4096"),
             });
         }
-        let map = MmapRaw::map_raw(&file).map_err(Self::io(path))?;
-        let header = SegmentHeader {
-            magic: SEGMENT_MAGIC,
-            version: SEGMENT_VERSION,
-            lane,
-            seq,
-            capacity,
-        };
+        let region = Region::map(&file).map_err(Self::io(path))?;
         let seg = Segment {
-            map,
-            header,
+            region,
+            header: SegmentHeader {
+                magic: SEGMENT_MAGIC,
+                version: SEGMENT_VERSION,
+                lane,
+                seq,
+                capacity,
+            },
             path: path.display().to_string(),
-            file: Arc::new(file),
+            file: Some(Arc::new(file)),
         };
-        seg.write_bytes(0, header.as_bytes());
-        seg.tail().store(HEADER_LEN, Release);
+        seg.init();
         Ok(seg)
+    }
+
+    /// A new, empty segment in modelled memory.
+    #[cfg(all(loom, test))]
+    pub(crate) fn new_model(capacity: u64, lane: u32, seq: u64) -> Segment {
+        let seg = Segment {
+            region: Region::new_model(capacity),
+            header: SegmentHeader {
+                magic: SEGMENT_MAGIC,
+                version: SEGMENT_VERSION,
+                lane,
+                seq,
+                capacity,
+            },
+            path: format!("model-{lane}-{seq}"),
+            file: None,
+        };
+        seg.init();
+        seg
+    }
+
+    fn init(&self) {
+        self.region.write(0, self.header.as_bytes());
+        self.tail().store(tail::encode(HEADER_LEN), Release);
     }
 
     /// Opens and maps an existing segment, checking its header.
@@ -258,12 +429,8 @@ impl Segment {
         if len < HEADER_LEN {
             return Err(SegmentError::BadMagic { path: name });
         }
-        let map = MmapRaw::map_raw(&file).map_err(Self::io(path))?;
-        let mut raw = [0u8; std::mem::size_of::<SegmentHeader>()];
-        // SAFETY: the mapping is at least HEADER_LEN bytes (checked above) and
-        // the header is written once, at format time, before any process opens
-        // the segment.
-        unsafe { std::ptr::copy_nonoverlapping(map.as_ptr(), raw.as_mut_ptr(), raw.len()) };
+        let region = Region::map(&file).map_err(Self::io(path))?;
+        let raw = region.read(0, std::mem::size_of::<SegmentHeader>() as u64);
         let header = SegmentHeader::read_from_bytes(&raw[..])
             .map_err(|_| SegmentError::BadMagic { path: name.clone() })?;
         if header.magic != SEGMENT_MAGIC {
@@ -282,10 +449,10 @@ impl Segment {
             });
         }
         Ok(Segment {
-            map,
+            region,
             header,
             path: name,
-            file: Arc::new(file),
+            file: Some(Arc::new(file)),
         })
     }
 
@@ -294,9 +461,9 @@ impl Segment {
         &self.header
     }
 
-    /// The segment's file (for `fdatasync`).
-    pub(crate) fn file(&self) -> &Arc<File> {
-        &self.file
+    /// The segment's file (for `fdatasync`; none for a modelled segment).
+    pub(crate) fn file(&self) -> Option<&Arc<File>> {
+        self.file.as_ref()
     }
 
     /// The file's path.
@@ -308,102 +475,104 @@ impl Segment {
         self.header.capacity
     }
 
-    fn atomic_u64(&self, at: u64) -> &AtomicU64 {
-        assert!(
-            at % 8 == 0 && at + 8 <= self.capacity(),
-            "atomic word out of bounds"
-        );
-        // SAFETY: in bounds (asserted) and 8-aligned (the mapping is page
-        // aligned and `at` is a multiple of 8); every process accesses this
-        // word only through atomics; the mapping lives as long as `self`.
-        unsafe { &*(self.map.as_mut_ptr().add(at as usize) as *const AtomicU64) }
-    }
-
-    fn atomic_u32(&self, at: u64) -> &AtomicU32 {
-        assert!(
-            at % 4 == 0 && at + 4 <= self.capacity(),
-            "atomic word out of bounds"
-        );
-        // SAFETY: as for `atomic_u64`, with 4-byte alignment.
-        unsafe { &*(self.map.as_mut_ptr().add(at as usize) as *const AtomicU32) }
-    }
-
     fn tail(&self) -> &AtomicU64 {
-        self.atomic_u64(TAIL_AT as u64)
+        self.region.u64_at(TAIL_AT)
     }
 
-    /// Next offset to be reserved.
+    fn state_word(&self, off: u64) -> &AtomicU64 {
+        self.region.u64_at(off)
+    }
+
+    /// Next offset to be reserved, as the shared hint says (the capacity
+    /// when the hint is damaged: scans then go by the records themselves).
     pub(crate) fn reserved_to(&self) -> u64 {
-        self.tail().load(Acquire).min(self.capacity())
+        tail::decode(self.tail().load(Acquire))
+            .unwrap_or(self.capacity())
+            .min(self.capacity())
     }
 
-    /// True once a writer found the segment full.
-    pub(crate) fn is_sealed(&self) -> bool {
-        self.atomic_u32(SEALED_AT as u64).load(Acquire) != 0
-    }
-
-    fn write_bytes(&self, at: u64, bytes: &[u8]) {
-        assert!(
-            at + bytes.len() as u64 <= self.capacity(),
-            "write out of bounds"
-        );
-        // SAFETY: in bounds (asserted); the range belongs to a reservation this
-        // caller owns (or the header at format time, or a cut tail during
-        // recovery with exclusive access), which no other process reads before
-        // the release that commits it.
-        unsafe {
-            std::ptr::copy_nonoverlapping(
-                bytes.as_ptr(),
-                self.map.as_mut_ptr().add(at as usize),
-                bytes.len(),
-            )
+    /// Reserves `total` bytes; returns their offset. Helps the tail past
+    /// reservations made by others; pads the rest and reports `Full` when
+    /// `total` does not fit.
+    fn reserve(&self, total: u64) -> Result<u64, AppendError> {
+        let cap = self.capacity();
+        loop {
+            let tw = self.tail().load(Acquire);
+            let Some(t) = tail::decode(tw) else {
+                return Err(self.damaged(TAIL_AT, "the tail word fails its check"));
+            };
+            if t + 8 > cap {
+                return Err(AppendError::Full);
+            }
+            if t < HEADER_LEN || t % 8 != 0 {
+                return Err(self.damaged(t, "the tail word is not a record boundary"));
+            }
+            let word = self.state_word(t);
+            let w = word.load(Acquire);
+            if w != state::FREE {
+                // Someone reserved here already: help the tail past it.
+                match state::decode(w) {
+                    Some((_, len)) if t + len <= cap => {
+                        let _ = self.tail().compare_exchange(
+                            tw,
+                            tail::encode(t + len),
+                            AcqRel,
+                            Acquire,
+                        );
+                    }
+                    _ => return Err(self.damaged(t, "the record there is corrupt")),
+                }
+                continue;
+            }
+            let fits = t + total <= cap;
+            let (kind, len) = if fits {
+                (state::RESERVED, total)
+            } else {
+                (state::PADDING, cap - t)
+            };
+            if word
+                .compare_exchange(state::FREE, state::word(kind, len), AcqRel, Acquire)
+                .is_err()
+            {
+                continue;
+            }
+            let _ = self
+                .tail()
+                .compare_exchange(tw, tail::encode(t + len), AcqRel, Acquire);
+            if fits {
+                return Ok(t);
+            }
+            return Err(AppendError::Full);
         }
     }
 
-    /// The bytes of a committed record's range, in place.
-    fn committed(&self, at: u64, len: u64) -> &[u8] {
-        let len = len.min(self.capacity().saturating_sub(at));
-        // SAFETY: in bounds (clamped); called only for the immutable part of a
-        // record after an acquire load of its committed length, which no
-        // process writes again; the mapping lives as long as `self`.
-        unsafe { std::slice::from_raw_parts(self.map.as_ptr().add(at as usize), len as usize) }
+    fn damaged(&self, offset: u64, reason: &'static str) -> AppendError {
+        AppendError::Damaged {
+            path: self.path.clone(),
+            offset,
+            reason,
+        }
     }
 
-    fn read_bytes(&self, at: u64, len: u64) -> Vec<u8> {
-        let len = len.min(self.capacity().saturating_sub(at));
-        let mut out = vec![0u8; len as usize];
-        // SAFETY: in bounds (clamped above); callers read a record's immutable
-        // bytes only after an acquire load of its committed length.
-        unsafe {
-            std::ptr::copy_nonoverlapping(
-                self.map.as_ptr().add(at as usize),
-                out.as_mut_ptr(),
-                out.len(),
-            )
-        };
-        out
+    /// Makes the segment full at once (no further append succeeds): pads
+    /// from the tail to the end. Used after its `fdatasync` failed, so that
+    /// new records go to a fresh file.
+    pub(crate) fn seal(&self) {
+        loop {
+            match self.reserve(self.capacity()) {
+                Err(AppendError::Full) | Err(AppendError::Damaged { .. }) => return,
+                Err(_) => continue,
+                // A reservation of the whole capacity never fits.
+                Ok(off) => {
+                    self.pad(off);
+                    return;
+                }
+            }
+        }
     }
 
-    /// The payload of a committed record as `Bytes` that point into the
-    /// mapping (no copy); the mapping stays alive while they do.
-    pub(crate) fn payload_bytes(self: &Arc<Self>, offset: u64, meta: &RecordMeta) -> bytes::Bytes {
-        let start = offset + RECORD_HEADER_LEN;
-        let len = u64::from(meta.payload_len).min(self.capacity().saturating_sub(start));
-        bytes::Bytes::from_owner(MappedSlice {
-            seg: self.clone(),
-            start: start as usize,
-            len: len as usize,
-        })
-    }
-
-    #[cfg(test)]
-    /// The payload bytes of a record found by [`Segment::read`] (copied out).
-    pub(crate) fn payload(&self, offset: u64, meta: &RecordMeta) -> Vec<u8> {
-        self.read_bytes(offset + RECORD_HEADER_LEN, u64::from(meta.payload_len))
-    }
-
-    /// Appends one record; returns its offset. On `Full` the segment is sealed
-    /// and the caller moves on to the next segment.
+    /// Appends one record; returns its offset. On `Full` the caller moves on
+    /// to the next segment.
     pub(crate) fn append(
         &self,
         payload: &[u8],
@@ -412,34 +581,11 @@ impl Segment {
         timestamp_ns: u64,
     ) -> Result<u64, AppendError> {
         let total = record_len(payload.len());
-        if total > self.capacity() - HEADER_LEN {
+        if total > self.capacity() - HEADER_LEN || u32::try_from(payload.len()).is_err() {
             return Err(AppendError::TooLarge(total));
         }
-        let off = self.tail().fetch_add(total, AcqRel);
-        if off + total > self.capacity() {
-            // The first writer to cross the end pads what is left, if a header fits.
-            if off < self.capacity() && off + RECORD_HEADER_LEN <= self.capacity() {
-                let meta = RecordMeta {
-                    magic: RECORD_MAGIC,
-                    crc: 0,
-                    offset: off,
-                    writer,
-                    timestamp_ns,
-                    payload_len: 0,
-                    body_len: 0,
-                };
-                self.write_bytes(off + META_AT, meta.as_bytes());
-                self.atomic_u32(off + 4).store(FLAG_PADDING, Release);
-                let _ = self.atomic_u32(off).compare_exchange(
-                    0,
-                    (self.capacity() - off) as u32,
-                    AcqRel,
-                    Acquire,
-                );
-            }
-            self.atomic_u32(SEALED_AT as u64).store(1, Release);
-            return Err(AppendError::Full);
-        }
+        let off = self.reserve(total)?;
+        crate::failpoint!("segment::reserved");
         let mut meta = RecordMeta {
             magic: RECORD_MAGIC,
             crc: 0,
@@ -450,12 +596,15 @@ impl Segment {
             body_len,
         };
         meta.crc = crc(&meta, payload);
-        self.write_bytes(off + META_AT, meta.as_bytes());
-        self.write_bytes(off + RECORD_HEADER_LEN, payload);
-        match self
-            .atomic_u32(off)
-            .compare_exchange(0, total as u32, AcqRel, Acquire)
-        {
+        self.region.write(off + META_AT, meta.as_bytes());
+        self.region.write(off + RECORD_HEADER_LEN, payload);
+        crate::failpoint!("segment::written");
+        match self.state_word(off).compare_exchange(
+            state::word(state::RESERVED, total),
+            state::word(state::COMMITTED, total),
+            AcqRel,
+            Acquire,
+        ) {
             Ok(_) => Ok(off),
             Err(_) => Err(AppendError::Stolen),
         }
@@ -474,7 +623,8 @@ impl Segment {
     }
 
     fn read_with(&self, off: u64, verify: bool) -> Slot {
-        if off + RECORD_HEADER_LEN > self.capacity() || off >= self.reserved_to() {
+        let cap = self.capacity();
+        if off + 8 > cap {
             return Slot::End;
         }
         if off % 8 != 0 || off < HEADER_LEN {
@@ -483,29 +633,36 @@ impl Segment {
                 reason: "not a record boundary",
             };
         }
-        let len = u64::from(self.atomic_u32(off).load(Acquire));
-        if len == 0 {
-            return Slot::Pending;
+        let w = self.state_word(off).load(Acquire);
+        if w == state::FREE {
+            return Slot::End;
         }
-        let flags = self.atomic_u32(off + 4).load(Acquire);
-        if len % 8 != 0 || len < RECORD_HEADER_LEN || off + len > self.capacity() {
-            if flags & FLAG_MOVED != 0 && len % 8 == 0 && len >= 8 && off + len <= self.capacity() {
-                return Slot::Moved { len };
-            }
+        let Some((kind, len)) = state::decode(w) else {
             return Slot::Corrupt {
-                len,
-                reason: "committed length out of bounds",
+                len: 0,
+                reason: "state word is not well formed",
+            };
+        };
+        if off + len > cap {
+            return Slot::Corrupt {
+                len: 0,
+                reason: "length runs past the segment",
             };
         }
-        if flags & FLAG_PADDING != 0 {
-            return Slot::Padding { len };
+        match kind {
+            state::RESERVED => return Slot::Pending { len },
+            state::PADDING => return Slot::Padding { len },
+            state::MOVED => return Slot::Moved { len },
+            _ => {}
         }
-        if flags & FLAG_MOVED != 0 {
-            // Moved aside by recovery: skip without checking it again.
-            return Slot::Moved { len };
+        if len < RECORD_HEADER_LEN {
+            return Slot::Corrupt {
+                len,
+                reason: "committed length shorter than a header",
+            };
         }
-        let raw = self.committed(off + META_AT, RECORD_HEADER_LEN - META_AT);
-        let Ok(meta) = RecordMeta::read_from_bytes(raw) else {
+        let raw = self.region.read(off + META_AT, RECORD_HEADER_LEN - META_AT);
+        let Ok(meta) = RecordMeta::read_from_bytes(&raw[..]) else {
             return Slot::Corrupt {
                 len,
                 reason: "header unreadable",
@@ -529,104 +686,281 @@ impl Segment {
                 reason: "length disagrees with payload",
             };
         }
-        let payload = self.committed(off + RECORD_HEADER_LEN, u64::from(meta.payload_len));
-        if verify && crc(&meta, payload) != meta.crc {
-            return Slot::Corrupt {
-                len,
-                reason: "checksum mismatch",
-            };
+        if verify {
+            let sum =
+                self.region
+                    .with_bytes(off + RECORD_HEADER_LEN, u64::from(meta.payload_len), |p| {
+                        crc(&meta, p)
+                    });
+            if sum != meta.crc {
+                return Slot::Corrupt {
+                    len,
+                    reason: "checksum mismatch",
+                };
+            }
         }
         Slot::Record { meta, len }
     }
 
-    /// The first offset after `from` (exclusive) where a committed, valid
-    /// record starts, or the reserved end: where a scan resumes after a hole.
+    /// The first offset after `from` (exclusive) where a committed record
+    /// that checks out (its header names its own offset) starts, or the
+    /// reserved end: where a scan resumes after a hole.
     pub(crate) fn next_valid(&self, from: u64) -> u64 {
         let end = self.reserved_to();
         let mut p = (from + 8) & !7;
         while p + RECORD_HEADER_LEN <= end {
-            if matches!(self.read(p), Slot::Record { .. } | Slot::Padding { .. }) {
-                let raw = self.read_bytes(p + META_AT, 16);
-                // Padding and records both name their own offset.
-                if raw.len() == 16
-                    && u64::from_le_bytes(raw[8..16].try_into().unwrap_or([0; 8])) == p
-                {
-                    return p;
-                }
+            if matches!(self.read(p), Slot::Record { .. }) {
+                return p;
             }
             p += 8;
         }
-        end
+        end.max(p.min(self.capacity()))
     }
 
-    /// Turns the uncommitted reservation at `off` (its writer is gone) into
-    /// padding up to the next valid record. Returns false if the writer
-    /// committed first.
-    pub(crate) fn pad_over(&self, off: u64) -> bool {
-        let next = self.next_valid(off);
-        let len = next - off;
-        if len < RECORD_HEADER_LEN {
+    /// Turns the reservation at `off` (its writer is gone or stalled) into
+    /// padding of exactly its own length. False if it was committed (or
+    /// padded) first, or is not a reservation.
+    pub(crate) fn pad(&self, off: u64) -> bool {
+        let w = self.state_word(off).load(Acquire);
+        let Some((state::RESERVED, len)) = state::decode(w) else {
             return false;
-        }
-        self.atomic_u32(off + 4).fetch_or(FLAG_PADDING, AcqRel);
-        let won = self
-            .atomic_u32(off)
-            .compare_exchange(0, len as u32, AcqRel, Acquire)
-            .is_ok();
-        if !won {
-            // The writer committed after all: it is a record, not padding.
-            self.atomic_u32(off + 4).fetch_and(!FLAG_PADDING, AcqRel);
-        }
-        won
+        };
+        self.state_word(off)
+            .compare_exchange(w, state::word(state::PADDING, len), AcqRel, Acquire)
+            .is_ok()
     }
 
-    /// Marks a corrupt record as moved aside (its bytes copied elsewhere by
-    /// the caller) so scans skip it.
-    pub(crate) fn mark_moved(&self, off: u64) {
-        self.atomic_u32(off + 4).fetch_or(FLAG_MOVED, AcqRel);
+    /// The writer named in the header of the reservation at `off`, if its
+    /// header has been written (it names its own offset).
+    pub(crate) fn pending_writer(&self, off: u64) -> Option<u64> {
+        let raw = self.region.read(off + META_AT, RECORD_HEADER_LEN - META_AT);
+        let meta = RecordMeta::read_from_bytes(&raw[..]).ok()?;
+        (meta.magic == RECORD_MAGIC && meta.offset == off && meta.writer != 0)
+            .then_some(meta.writer)
+    }
+
+    /// Makes `[off, off + len)` one padding record (recovery with exclusive
+    /// access only: a hole before an intact record).
+    pub(crate) fn mark_padding(&self, off: u64, len: u64) {
+        self.state_word(off)
+            .store(state::word(state::PADDING, len), Release);
+    }
+
+    /// Marks the corrupt record at `off` (its bytes copied aside by the
+    /// caller) as moved over `len` bytes, so scans skip it (recovery with
+    /// exclusive access only).
+    pub(crate) fn mark_moved(&self, off: u64, len: u64) {
+        self.state_word(off)
+            .store(state::word(state::MOVED, len), Release);
     }
 
     /// The raw bytes of `len` at `off` (to copy a corrupt record aside).
     pub(crate) fn raw(&self, off: u64, len: u64) -> Vec<u8> {
-        self.read_bytes(off, len)
+        self.region.read(off, len)
+    }
+
+    /// The payload of a committed record as `Bytes` that point into the
+    /// mapping (no copy); the mapping stays alive while they do.
+    pub(crate) fn payload_bytes(self: &Arc<Self>, offset: u64, meta: &RecordMeta) -> bytes::Bytes {
+        let start = offset + RECORD_HEADER_LEN;
+        let len = u64::from(meta.payload_len).min(self.capacity().saturating_sub(start));
+        #[cfg(not(loom))]
+        {
+            bytes::Bytes::from_owner(MappedSlice {
+                seg: self.clone(),
+                start,
+                len,
+            })
+        }
+        #[cfg(loom)]
+        {
+            bytes::Bytes::from(self.region.read(start, len))
+        }
+    }
+
+    /// The payload bytes of a record found by [`Segment::read`] (copied out).
+    #[cfg(test)]
+    pub(crate) fn payload(&self, offset: u64, meta: &RecordMeta) -> Vec<u8> {
+        self.region
+            .read(offset + RECORD_HEADER_LEN, u64::from(meta.payload_len))
     }
 
     /// The shared claim word of the record at `off` (consumer state).
     pub(crate) fn claim_word(&self, off: u64) -> &AtomicU64 {
-        self.atomic_u64(off + CLAIM_AT)
+        self.region.u64_at(off + CLAIM_AT)
     }
 
-    /// The shared lease-deadline word of the record at `off`: `CLOCK_MONOTONIC`
-    /// nanoseconds after which another process may restore the claim, 0 = none.
+    /// The shared lease word of the record at `off`: the deadline in
+    /// `CLOCK_MONOTONIC` milliseconds `<< 16`, tagged with the claim
+    /// generation it belongs to; 0 = none.
     pub(crate) fn deadline_word(&self, off: u64) -> &AtomicU64 {
-        self.atomic_u64(off + DEADLINE_AT)
+        self.region.u64_at(off + DEADLINE_AT)
     }
 
-    /// Overwrites the committed length of a record (recovery with exclusive
-    /// access only: bridges a corrupt length to the next valid record).
-    pub(crate) fn set_len(&self, off: u64, len: u64) {
-        self.atomic_u32(off).store(len as u32, Release);
-    }
-
-    #[cfg(test)]
     /// Reserves `payload_len` bytes of payload without writing or committing
     /// them, as a writer that dies right after reserving would (tests).
+    #[cfg(test)]
     pub(crate) fn reserve_only(&self, payload_len: usize) -> u64 {
-        self.tail().fetch_add(record_len(payload_len), AcqRel)
+        self.reserve(record_len(payload_len))
+            .expect("room to reserve")
     }
 
-    /// Cuts the reservation pointer back to `off` (recovery with exclusive
-    /// access only: drops torn records at the tail).
-    pub(crate) fn cut_tail(&self, off: u64) {
-        // Zero what was reserved after the cut: an append there commits by a
-        // compare-and-swap of a zero length, and no stale record may be found
-        // by a later scan.
-        let end = self.reserved_to();
+    /// Reserves and writes a record without committing it, as a live writer
+    /// between its write and its commit (tests); commit with
+    /// [`Segment::commit_reserved`].
+    #[cfg(test)]
+    pub(crate) fn reserve_and_write(
+        &self,
+        payload: &[u8],
+        body_len: u32,
+        writer: u64,
+    ) -> (u64, u64) {
+        let total = record_len(payload.len());
+        let off = self.reserve(total).expect("room to reserve");
+        let mut meta = RecordMeta {
+            magic: RECORD_MAGIC,
+            crc: 0,
+            offset: off,
+            writer,
+            timestamp_ns: 0,
+            payload_len: payload.len() as u32,
+            body_len,
+        };
+        meta.crc = crc(&meta, payload);
+        self.region.write(off + META_AT, meta.as_bytes());
+        self.region.write(off + RECORD_HEADER_LEN, payload);
+        (off, total)
+    }
+
+    /// Commits a reservation made by [`Segment::reserve_and_write`]; false
+    /// if it was padded over first.
+    #[cfg(test)]
+    pub(crate) fn commit_reserved(&self, (off, total): (u64, u64)) -> bool {
+        self.state_word(off)
+            .compare_exchange(
+                state::word(state::RESERVED, total),
+                state::word(state::COMMITTED, total),
+                AcqRel,
+                Acquire,
+            )
+            .is_ok()
+    }
+
+    /// Cuts the segment back to `off` (recovery with exclusive access only):
+    /// zeroes `[off, end)` (what was reserved after it, `end` being the
+    /// furthest the tail or the caller's walk got), so an append there
+    /// reserves the free word as usual and no stale record is found later.
+    pub(crate) fn cut_tail(&self, off: u64, end: u64) {
+        let end = end.max(self.reserved_to()).min(self.capacity());
         if off < end {
-            let zeros = vec![0u8; (end - off) as usize];
-            self.write_bytes(off, &zeros);
+            self.region.write(off, &vec![0u8; (end - off) as usize]);
         }
-        self.tail().store(off, Release);
-        self.atomic_u32(SEALED_AT as u64).store(0, Release);
+        self.tail().store(tail::encode(off), Release);
+    }
+
+    /// Pads everything from `off` to the end with one padding record
+    /// (recovery with exclusive access only, for a segment below the lane's
+    /// last: it is done, whatever was reserved after `off` was never
+    /// committed).
+    pub(crate) fn pad_to_end(&self, off: u64) {
+        let cap = self.capacity();
+        if off + 8 <= cap {
+            self.state_word(off)
+                .store(state::word(state::PADDING, cap - off), Release);
+        }
+        self.tail().store(tail::encode(cap), Release);
+    }
+
+    /// Sets the tail hint (recovery with exclusive access only).
+    pub(crate) fn set_tail(&self, off: u64) {
+        self.tail()
+            .store(tail::encode(off.min(self.capacity())), Release);
+    }
+
+    /// Writes a raw value into the tail word, as a damaged or hand-edited
+    /// file would have (tests).
+    #[cfg(test)]
+    pub(crate) fn set_tail_raw(&self, raw: u64) {
+        self.tail().store(raw, Release);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::claim::{Claim, ACKED, CLAIMED, READY};
+    use super::*;
+
+    #[test]
+    fn tail_words_check_themselves() {
+        for off in [HEADER_LEN, 4104, 1 << 35] {
+            assert_eq!(tail::decode(tail::encode(off)), Some(off));
+            assert_eq!(tail::decode(off), None, "a plain offset is not a tail word");
+            assert_eq!(tail::decode(tail::encode(off) - 8), None);
+        }
+    }
+
+    #[test]
+    fn state_words_round_trip_and_reject_garbage() {
+        for kind in [
+            state::RESERVED,
+            state::COMMITTED,
+            state::PADDING,
+            state::MOVED,
+        ] {
+            assert_eq!(state::decode(state::word(kind, 4096)), Some((kind, 4096)));
+        }
+        assert_eq!(state::decode(0), None);
+        assert_eq!(state::decode(state::word(5, 64)), None, "unknown kind");
+        assert_eq!(
+            state::decode(state::word(state::COMMITTED, 12)),
+            None,
+            "unaligned"
+        );
+        assert_eq!(state::decode(state::word(state::COMMITTED, 0)), None);
+        assert_eq!(
+            state::decode(state::word(state::COMMITTED, 64) | (1 << 45)),
+            None
+        );
+    }
+
+    #[test]
+    fn claim_words_check_themselves() {
+        assert_eq!(
+            Claim::decode(0),
+            Some(Claim {
+                state: READY,
+                redelivered: false,
+                generation: 0,
+                owner: 0
+            }),
+            "a fresh record is ready"
+        );
+        let c = Claim {
+            state: CLAIMED,
+            redelivered: true,
+            generation: 513,
+            owner: 77,
+        };
+        let w = c.encode();
+        assert_eq!(Claim::decode(w), Some(c));
+        // Every single flipped bit is caught.
+        for bit in 0..64 {
+            assert_eq!(Claim::decode(w ^ (1 << bit)), None, "bit {bit}");
+        }
+        // Impossible claims are refused even with a good check byte.
+        let ready_with_owner = Claim {
+            state: READY,
+            owner: 5,
+            ..c
+        };
+        assert_eq!(Claim::decode(ready_with_owner.encode()), None);
+        let claimed_by_none = Claim {
+            state: CLAIMED,
+            owner: 0,
+            ..c
+        };
+        assert_eq!(Claim::decode(claimed_by_none.encode()), None);
+        let acked = Claim { state: ACKED, ..c };
+        assert_eq!(Claim::decode(acked.encode()), Some(acked));
     }
 }

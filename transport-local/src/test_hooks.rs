@@ -49,7 +49,7 @@ pub fn segment_recovery(dir: &Path, data: &[u8]) {
     let n = data.len().min(60 * 1024);
     raw.write_all_at(&data[..n], HEADER_LEN)
         .expect("the record area can be overwritten");
-    let _ = recover(&seg, true, |_, _, _| Ok(()));
+    let _ = recover(&seg, true, true, |_, _, _| Ok(()));
     let mut off = HEADER_LEN;
     let mut steps = 0;
     loop {

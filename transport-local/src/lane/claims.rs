@@ -4,62 +4,101 @@
 //!
 //! # Invariants
 //! - Each record is claimed by exactly one consumer in any process (one CAS
-//!   from ready to claimed-by-owner); `next` only moves forward.
-//! - A restored record goes back to ready in place, flagged redelivered, and
-//!   the shared restore mark (generation + lowest restored position, one
-//!   word) makes consumers look there before `next`. A consumer clears the
-//!   mark only with a compare-and-swap against the generation it scanned
-//!   under, so a restore never slips past unseen.
-//! - Only the owner settles or restores its claim (the owner is checked in
-//!   the word before the CAS); another process reclaims a claim only when its
-//!   owner is dead or its lease deadline passed long ago.
+//!   from a ready word to claimed-by-owner); `next` only moves forward, and
+//!   only past records that are committed or skippable, never past a
+//!   reservation.
+//! - A restore returns a record to ready in place, then counts it in
+//!   `restored`, then lowers the restore mark (`fetch_min`). A consumer that
+//!   walked from the mark to `next` without finding a ready record clears the
+//!   mark with a compare-and-swap against the value it walked from, and then,
+//!   if `restored` moved since it started, lowers the mark again to where it
+//!   started: a restore that raced the walk is either seen by the walk, or
+//!   lowers the mark after the clear, or is covered by the re-mark. Walks
+//!   start at `max(mark, head)` and clear only when they reached `next`.
+//! - Only the owner settles or restores its claim (the owner and the claim
+//!   generation are checked in the word before the CAS); another process
+//!   reclaims a claim only when its owner is dead or its lease (tagged with
+//!   the claim's generation, so a stale deadline never applies to a newer
+//!   claim) passed long ago.
 
-use std::sync::atomic::{Ordering::AcqRel, Ordering::Acquire, Ordering::Release};
+use std::sync::atomic::Ordering::{AcqRel, Acquire, Release};
 use std::sync::Arc;
 
-use crate::segment::{RecordMeta, Segment, Slot, HEADER_LEN};
+use crate::segment::claim::{Claim, ACKED, CLAIMED, DEAD, READY};
+use crate::segment::{RecordMeta, Segment, Slot};
 
-use super::layout::{at, claim};
-use super::position::{NO_POS, OFF_BITS, SEQ_BITS};
-use super::{Claimed, Lane, LaneError, Pos};
+use super::layout::at;
+use super::{Claimed, Lane, LaneError, Pos, NO_POS};
+
+/// How a walk over a range of records ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Walk {
+    /// It reached the end of the range.
+    Done,
+    /// The visitor asked to stop.
+    Stopped,
+    /// A reservation not yet committed stands in the way.
+    Blocked,
+}
 
 impl Lane {
-    pub(super) fn try_claim(
+    fn try_claim(
         &self,
         seg: &Arc<Segment>,
         pos: Pos,
         meta: RecordMeta,
-        owner: u64,
+        owner: u32,
         expect: u64,
+        was: Claim,
     ) -> Option<Claimed> {
-        let word = seg.claim_word(pos.off);
-        let mine = claim::CLAIMED | (expect & claim::REDELIVERED) | claim::owner(owner);
-        word.compare_exchange(expect, mine, AcqRel, Acquire).ok()?;
+        let generation = was.generation.wrapping_add(1);
+        let mine = Claim {
+            state: CLAIMED,
+            redelivered: was.redelivered,
+            generation,
+            owner,
+        };
+        seg.claim_word(pos.off)
+            .compare_exchange(expect, mine.encode(), AcqRel, Acquire)
+            .ok()?;
         self.word(at::TAKEN).fetch_add(1, AcqRel);
         self.word(at::TAKEN_BYTES)
             .fetch_add(u64::from(meta.body_len), AcqRel);
-        self.signed(at::UNACKED).fetch_add(1, AcqRel);
+        self.word(at::UNACKED).fetch_add(1, AcqRel);
         Some(Claimed {
             pos,
             segment: seg.clone(),
             meta,
-            redelivered: expect & claim::REDELIVERED != 0,
+            redelivered: was.redelivered,
+            generation,
         })
     }
 
     /// Walks records from `from` to `until` (exclusive), calling `f` on each
-    /// (stops when `f` returns true); checksums are verified only if `verify`.
-    pub(super) fn walk_with(
+    /// committed one (stops when `f` returns true). Segments retention
+    /// deleted are skipped; a segment missing above them (deleted by hand) is
+    /// skipped with a warning. Checksums are verified only if `verify`.
+    pub(crate) fn walk(
         &self,
         from: Pos,
         until: Pos,
         verify: bool,
-        mut f: impl FnMut(&Arc<Segment>, Pos) -> bool,
-    ) -> Result<(), LaneError> {
+        mut f: impl FnMut(&Arc<Segment>, Pos, &RecordMeta) -> bool,
+    ) -> Result<Walk, LaneError> {
         let mut pos = from;
         while pos < until {
             let Some(seg) = self.segment(pos.seq)? else {
-                return Ok(());
+                let low = self.load(at::LOW_SEG);
+                if pos.seq < low {
+                    pos = Pos::start(low);
+                    continue;
+                }
+                if pos.seq < until.seq {
+                    self.report_gap(pos.seq);
+                    pos = Pos::start(pos.seq + 1);
+                    continue;
+                }
+                return Ok(Walk::Done);
             };
             let slot = if verify {
                 seg.read(pos.off)
@@ -67,78 +106,115 @@ impl Lane {
                 seg.skim(pos.off)
             };
             match slot {
-                Slot::Record { len, .. } => {
-                    if f(&seg, pos) {
-                        return Ok(());
+                Slot::Record { len, meta } => {
+                    if f(&seg, pos, &meta) {
+                        return Ok(Walk::Stopped);
                     }
                     pos.off += len;
                 }
                 Slot::Padding { len } | Slot::Moved { len } => pos.off += len,
                 Slot::Corrupt { .. } => pos.off = seg.next_valid(pos.off),
-                Slot::Pending => return Ok(()),
+                Slot::Pending { .. } => return Ok(Walk::Blocked),
                 Slot::End => {
                     if pos.seq >= until.seq {
-                        return Ok(());
+                        return Ok(Walk::Done);
                     }
-                    pos = Pos {
-                        seq: pos.seq + 1,
-                        off: HEADER_LEN,
-                    };
+                    pos = Pos::start(pos.seq + 1);
                 }
             }
         }
-        Ok(())
+        Ok(Walk::Done)
     }
 
-    /// Claims the oldest ready record for `owner`: restored ones first, then
-    /// the never-delivered ones in log order. `None` when nothing is ready.
-    pub(crate) fn claim(&self, owner: u64) -> Result<Option<Claimed>, LaneError> {
-        // Restored records, below `next`.
+    fn report_gap(&self, seq: u64) {
+        tracing::warn!(lane = %self.name(), seq, "segment missing from its lane (deleted by hand?); its records are skipped");
+    }
+
+    /// Claims the oldest ready record for `owner`: restored ones first (in
+    /// their original order), then the never-delivered ones in log order.
+    /// `None` when nothing is ready.
+    pub(crate) fn claim(&self, owner: u32) -> Result<Option<Claimed>, LaneError> {
+        if let Some(c) = self.claim_restored(owner)? {
+            return Ok(Some(c));
+        }
+        self.claim_next(owner)
+    }
+
+    fn claim_restored(&self, owner: u32) -> Result<Option<Claimed>, LaneError> {
         loop {
-            let mark = self.word(at::RESTORE).load(Acquire);
-            let low = mark & NO_POS;
-            if low == NO_POS {
-                break;
+            let low = self.load(at::RESTORE_LOW);
+            if low == NO_POS || low == 0 {
+                return Ok(None);
             }
-            let next = Pos::unpack(self.word(at::NEXT).load(Acquire));
+            let restores = self.load(at::RESTORED);
+            let from = Pos::unpack(low).max(self.pos(at::HEAD));
+            let next = self.pos(at::NEXT);
             let mut got = None;
-            self.walk_with(Pos::unpack(low), next, false, |seg, pos| {
+            let walk = self.walk(from, next, false, |seg, pos, _| {
                 let w = seg.claim_word(pos.off).load(Acquire);
-                if claim::state(w) == claim::READY {
+                if let Some(c) = Claim::decode(w).filter(|c| c.state == READY) {
+                    // Verified once, when claimed.
                     if let Slot::Record { meta, .. } = seg.read(pos.off) {
-                        got = self.try_claim(seg, pos, meta, owner, w);
+                        got = self.try_claim(seg, pos, meta, owner, w, c);
                     }
                 }
                 got.is_some()
             })?;
-            if got.is_some() {
-                return Ok(got);
+            match walk {
+                Walk::Stopped => return Ok(got),
+                Walk::Blocked => return Ok(None),
+                Walk::Done => {}
             }
-            // Nothing restored is left: clear the mark unless a restore came in.
-            let cleared = (mark & !NO_POS) | NO_POS;
+            // Nothing restored is left: clear the mark, unless it moved.
             if self
-                .word(at::RESTORE)
-                .compare_exchange(mark, cleared, AcqRel, Acquire)
-                .is_ok()
+                .word(at::RESTORE_LOW)
+                .compare_exchange(low, NO_POS, AcqRel, Acquire)
+                .is_err()
             {
-                break;
+                continue;
             }
+            if self.load(at::RESTORED) != restores {
+                // A restore raced the walk: look again from where we began.
+                self.word(at::RESTORE_LOW).fetch_min(from.pack(), AcqRel);
+            }
+            return Ok(None);
         }
-        // Never-delivered records, at `next`.
+    }
+
+    fn claim_next(&self, owner: u32) -> Result<Option<Claimed>, LaneError> {
         loop {
-            let packed = self.word(at::NEXT).load(Acquire);
+            let packed = self.load(at::NEXT);
             let pos = Pos::unpack(packed);
-            let Some(seg) = self.segment(pos.seq)? else {
-                return Ok(None);
-            };
             let advance = |to: Pos| {
                 let _ = self
                     .word(at::NEXT)
                     .compare_exchange(packed, to.pack(), AcqRel, Acquire);
             };
+            let Some(seg) = self.segment(pos.seq)? else {
+                let low = self.load(at::LOW_SEG);
+                if pos.seq < low {
+                    advance(Pos::start(low));
+                    continue;
+                }
+                if pos.seq < self.load(at::WRITE_SEG) {
+                    self.report_gap(pos.seq);
+                    advance(Pos::start(pos.seq + 1));
+                    continue;
+                }
+                // The write segment is not made yet: nothing to read.
+                return Ok(None);
+            };
             match seg.read(pos.off) {
                 Slot::Record { len, meta } => {
-                    let got = self.try_claim(&seg, pos, meta, owner, claim::READY);
+                    let w = seg.claim_word(pos.off).load(Acquire);
+                    let got = match Claim::decode(w) {
+                        Some(c) if c.state == READY => self.try_claim(&seg, pos, meta, owner, w, c),
+                        Some(_) => None,
+                        None => {
+                            self.set_aside(&seg, pos, w);
+                            None
+                        }
+                    };
                     advance(Pos {
                         seq: pos.seq,
                         off: pos.off + len,
@@ -151,19 +227,18 @@ impl Lane {
                     seq: pos.seq,
                     off: pos.off + len,
                 }),
-                Slot::Corrupt { .. } => advance(Pos {
-                    seq: pos.seq,
-                    off: seg.next_valid(pos.off),
-                }),
-                Slot::Pending => return Ok(None),
+                Slot::Corrupt { reason, .. } => {
+                    tracing::warn!(lane = %self.name(), seq = pos.seq, offset = pos.off, reason, "corrupt record skipped");
+                    advance(Pos {
+                        seq: pos.seq,
+                        off: seg.next_valid(pos.off),
+                    })
+                }
+                Slot::Pending { .. } => return Ok(None),
                 Slot::End => {
-                    let done = seg.is_sealed()
-                        || pos.off + crate::segment::RECORD_HEADER_LEN > seg.header().capacity;
-                    if done && self.segment(pos.seq + 1)?.is_some() {
-                        advance(Pos {
-                            seq: pos.seq + 1,
-                            off: HEADER_LEN,
-                        });
+                    // A segment below the write segment is done at its end.
+                    if pos.seq < self.load(at::WRITE_SEG) {
+                        advance(Pos::start(pos.seq + 1));
                     } else {
                         return Ok(None);
                     }
@@ -172,132 +247,164 @@ impl Lane {
         }
     }
 
-    /// Settles a claimed record: `to` is [`claim::ACKED`] or [`claim::DEAD`].
-    /// False if `owner` no longer holds it.
-    pub(crate) fn settle(&self, c: &Claimed, owner: u64, to: u64) -> bool {
-        let word = c.segment.claim_word(c.pos.off);
-        let cur = word.load(Acquire);
-        if claim::state(cur) != claim::CLAIMED || claim::owner(cur) != owner {
-            return false;
+    /// A claim word that fails its check: the record's state is unknown, so
+    /// it is neither delivered nor dropped silently; it is marked dead (set
+    /// aside) and reported.
+    pub(super) fn set_aside(&self, seg: &Segment, pos: Pos, w: u64) {
+        let dead = Claim {
+            state: DEAD,
+            redelivered: false,
+            generation: 0,
+            owner: 0,
+        };
+        if seg
+            .claim_word(pos.off)
+            .compare_exchange(w, dead.encode(), AcqRel, Acquire)
+            .is_ok()
+        {
+            tracing::warn!(lane = %self.name(), seq = pos.seq, offset = pos.off, word = w, "damaged claim word: record set aside");
+            self.damaged_claims.fetch_add(1, AcqRel);
         }
-        let ok = word.compare_exchange(cur, to, AcqRel, Acquire).is_ok();
+    }
+
+    /// The claim word of `c` if `owner` still holds exactly that claim.
+    fn held(&self, c: &Claimed, owner: u32) -> Option<(u64, Claim)> {
+        let w = c.segment.claim_word(c.pos.off).load(Acquire);
+        let k = Claim::decode(w)?;
+        (k.state == CLAIMED && k.owner == owner && k.generation == c.generation).then_some((w, k))
+    }
+
+    /// Settles a claimed record: `to` is [`ACKED`] or [`DEAD`]. False if
+    /// `owner` no longer holds it.
+    pub(crate) fn settle(&self, c: &Claimed, owner: u32, to: u64) -> bool {
+        debug_assert!(to == ACKED || to == DEAD);
+        let Some((w, k)) = self.held(c, owner) else {
+            return false;
+        };
+        let done = Claim { state: to, ..k };
+        let ok = c
+            .segment
+            .claim_word(c.pos.off)
+            .compare_exchange(w, done.encode(), AcqRel, Acquire)
+            .is_ok();
         if ok {
-            self.signed(at::UNACKED).fetch_sub(1, AcqRel);
+            self.word(at::UNACKED).fetch_sub(1, AcqRel);
         }
         ok
     }
 
-    /// Returns a claimed record to ready, flagged redelivered, ahead of
-    /// everything newer. False if `owner` no longer holds it.
+    /// Returns a claimed record to ready in place, ahead of everything newer.
     /// `redelivered` marks it as delivered before (a restore after the
-    /// application saw it); a record put back unseen keeps the mark it had.
-    pub(crate) fn restore(&self, c: &Claimed, owner: u64, redelivered: bool) -> bool {
-        let word = c.segment.claim_word(c.pos.off);
-        let cur = word.load(Acquire);
-        if claim::state(cur) != claim::CLAIMED || claim::owner(cur) != owner {
+    /// application saw it); one put back unseen keeps the mark it had. False
+    /// if `owner` no longer holds it.
+    pub(crate) fn restore(&self, c: &Claimed, owner: u32, redelivered: bool) -> bool {
+        let Some((w, k)) = self.held(c, owner) else {
             return false;
-        }
-        // A ready record has no lease: the next claimer starts without one.
-        c.segment.deadline_word(c.pos.off).store(0, Release);
-        if word
-            .compare_exchange(
-                cur,
-                claim::READY
-                    | if redelivered {
-                        claim::REDELIVERED
-                    } else {
-                        cur & claim::REDELIVERED
-                    },
-                AcqRel,
-                Acquire,
-            )
+        };
+        self.make_ready(
+            &c.segment,
+            c.pos,
+            w,
+            k,
+            redelivered,
+            u64::from(c.meta.body_len),
+        )
+    }
+
+    /// The one way a claim goes back to ready: CAS, count, lower the mark.
+    fn make_ready(
+        &self,
+        seg: &Segment,
+        pos: Pos,
+        w: u64,
+        k: Claim,
+        redelivered: bool,
+        body_len: u64,
+    ) -> bool {
+        let ready = Claim {
+            state: READY,
+            redelivered: redelivered || k.redelivered,
+            generation: k.generation,
+            owner: 0,
+        };
+        if seg
+            .claim_word(pos.off)
+            .compare_exchange(w, ready.encode(), AcqRel, Acquire)
             .is_err()
         {
             return false;
         }
-        self.signed(at::UNACKED).fetch_sub(1, AcqRel);
+        self.word(at::UNACKED).fetch_sub(1, AcqRel);
         self.word(at::RESTORED).fetch_add(1, AcqRel);
-        self.word(at::RESTORED_BYTES)
-            .fetch_add(u64::from(c.meta.body_len), AcqRel);
-        self.mark_restored(c.pos);
+        self.word(at::RESTORED_BYTES).fetch_add(body_len, AcqRel);
+        self.word(at::RESTORE_LOW).fetch_min(pos.pack(), AcqRel);
         true
     }
 
-    pub(super) fn mark_restored(&self, pos: Pos) {
-        let w = self.word(at::RESTORE);
-        let mut cur = w.load(Acquire);
-        loop {
-            let gen = (cur >> (OFF_BITS + SEQ_BITS)).wrapping_add(1) & 0xff;
-            let low = (cur & NO_POS).min(pos.pack());
-            let new = (gen << (OFF_BITS + SEQ_BITS)) | low;
-            match w.compare_exchange(cur, new, AcqRel, Acquire) {
-                Ok(_) => return,
-                Err(now) => cur = now,
-            }
-        }
-    }
-
-    /// Sets the lease deadline of a record `owner` holds (`CLOCK_MONOTONIC`
-    /// ns, see [`crate::clock::shared_now_ns`]; 0 = none). False if `owner`
-    /// no longer holds it.
-    pub(crate) fn set_deadline(&self, c: &Claimed, owner: u64, deadline: u64) -> bool {
-        let cur = c.segment.claim_word(c.pos.off).load(Acquire);
-        if claim::state(cur) != claim::CLAIMED || claim::owner(cur) != owner {
+    /// Sets the lease deadline of a record `owner` holds, in `CLOCK_MONOTONIC`
+    /// nanoseconds (see [`crate::clock::shared_now_ns`]; 0 = none), tagged
+    /// with the claim's generation. False if `owner` no longer holds it.
+    pub(crate) fn set_deadline(&self, c: &Claimed, owner: u32, deadline_ns: u64) -> bool {
+        if self.held(c, owner).is_none() {
             return false;
         }
-        c.segment.deadline_word(c.pos.off).store(deadline, Release);
+        let ms = deadline_ns.div_ceil(1_000_000).min((1 << 48) - 1);
+        let tagged = if deadline_ns == 0 {
+            0
+        } else {
+            (ms << 16) | u64::from(c.generation)
+        };
+        c.segment.deadline_word(c.pos.off).store(tagged, Release);
         true
     }
 
     /// Restores every claimed record whose owner `alive` says is gone, or
-    /// whose lease deadline lies more than `grace` ns before `now` and whose
-    /// owner is not `me` (this process's own leases are its engine's to
+    /// whose lease deadline lies more than `grace_ns` before `now_ns` and
+    /// whose owner is not `me` (this process's own leases are its engine's to
     /// expire; the grace leaves a live owner time to do so). Returns how many
     /// came back. Also moves `head` up to the first unsettled record.
     pub(crate) fn reclaim(
         &self,
-        mut alive: impl FnMut(u64) -> bool,
-        me: u64,
-        now: u64,
-        grace: u64,
+        mut alive: impl FnMut(u32) -> bool,
+        me: u32,
+        now_ns: u64,
+        grace_ns: u64,
     ) -> Result<usize, LaneError> {
-        let head = self.word(at::HEAD).load(Acquire);
+        let head = self.load(at::HEAD);
         let from = Pos::unpack(head);
-        let until = Pos::unpack(self.word(at::NEXT).load(Acquire));
+        let until = self.pos(at::NEXT);
         let mut n = 0;
         // The first record still ready or claimed: `head` can move up to it.
         let mut first_open: Option<Pos> = None;
-        self.walk_with(from, until, false, |seg, pos| {
+        let walk = self.walk(from, until, false, |seg, pos, meta| {
             let word = seg.claim_word(pos.off);
-            let cur = word.load(Acquire);
-            let state = claim::state(cur);
-            if first_open.is_none() && (state == claim::READY || state == claim::CLAIMED) {
+            let w = word.load(Acquire);
+            let Some(k) = Claim::decode(w) else {
+                self.set_aside(seg, pos, w);
+                return false;
+            };
+            if first_open.is_none() && (k.state == READY || k.state == CLAIMED) {
                 first_open = Some(pos);
             }
-            if state != claim::CLAIMED {
+            if k.state != CLAIMED || k.owner == me {
                 return false;
             }
-            let owner = claim::owner(cur);
-            let deadline = seg.deadline_word(pos.off).load(Acquire);
-            let expired = owner != me && deadline != 0 && now > deadline.saturating_add(grace);
-            if !expired && (owner == me || alive(owner)) {
-                return false;
-            }
-            seg.deadline_word(pos.off).store(0, Release);
-            let back = claim::READY | claim::REDELIVERED;
-            if word.compare_exchange(cur, back, AcqRel, Acquire).is_ok() {
-                if let Slot::Record { meta, .. } = seg.skim(pos.off) {
-                    self.signed(at::UNACKED).fetch_sub(1, AcqRel);
-                    self.word(at::RESTORED).fetch_add(1, AcqRel);
-                    self.word(at::RESTORED_BYTES)
-                        .fetch_add(u64::from(meta.body_len), AcqRel);
-                }
-                self.mark_restored(pos);
+            let d = seg.deadline_word(pos.off).load(Acquire);
+            let expired = d != 0
+                && (d & 0xffff) as u16 == k.generation
+                && now_ns > (d >> 16).saturating_mul(1_000_000).saturating_add(grace_ns);
+            if (expired || !alive(k.owner))
+                && self.make_ready(seg, pos, w, k, true, u64::from(meta.body_len))
+            {
                 n += 1;
             }
             false
         })?;
-        let to = first_open.unwrap_or(until);
+        let to = match (first_open, walk) {
+            (Some(p), _) => p,
+            (None, Walk::Done) => until,
+            (None, _) => from,
+        };
         if to > from {
             let _ = self
                 .word(at::HEAD)

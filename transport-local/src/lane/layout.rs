@@ -1,49 +1,37 @@
-//! The layout of a lane's shared state page and of a record's claim word.
+//! The layout of a lane's shared state page (the claim word of each record is
+//! in `segment.rs`).
 //!
 //! # Invariants
-//! - Each counter pair of the state page sits on its own 64-byte line and is
-//!   written by one side only (producers, consumers, restorers).
-
-/// Claim-word states (bits 0-1), the redelivered bit (2), and the owner:
-/// process id in bits 32.., low bits of its start time in bits 3..32 (see
-/// [`crate::owner`]), so a recycled pid is not mistaken for the claimer.
-pub(crate) mod claim {
-    /// Not delivered (or restored).
-    pub(crate) const READY: u64 = 0;
-    /// Delivered to the owner in bits 32..; not settled.
-    pub(crate) const CLAIMED: u64 = 1;
-    /// Acknowledged.
-    pub(crate) const ACKED: u64 = 2;
-    /// Rejected, expired or dropped (dead-lettered elsewhere if configured).
-    pub(crate) const DEAD: u64 = 3;
-    /// Delivered before and returned.
-    pub(crate) const REDELIVERED: u64 = 4;
-
-    /// The state bits.
-    pub(crate) fn state(w: u64) -> u64 {
-        w & 3
-    }
-    /// The owner (process id and start-time bits) of a claimed word.
-    pub(crate) fn owner(w: u64) -> u64 {
-        w & !7
-    }
-}
+//! - Each counter pair sits on its own 64-byte line and is written by one
+//!   side only (producers, consumers, restorers), so a publish and a claim
+//!   never bounce a line between them.
+//! - Positions are packed (`position.rs`); a zero word is "not initialised
+//!   yet" (no record starts at offset 0).
 
 /// Offsets of the shared words in the state page.
-pub(super) mod at {
+pub(crate) mod at {
+    /// The segment producers append to.
     pub(crate) const WRITE_SEG: usize = 0;
+    /// The first record never claimed (packed position).
     pub(crate) const NEXT: usize = 64;
-    pub(crate) const RESTORE: usize = 128;
-    // Ready = appended + restored - taken; each pair on its own cache line,
-    // written by one side only (producers, restorers, consumers), so a
-    // publish and a claim never bounce a counter line between them.
+    /// The lowest position that may hold a restored, ready record below
+    /// `NEXT` (packed; all ones = none).
+    pub(crate) const RESTORE_LOW: usize = 128;
+    /// Records (and body bytes) appended (producers).
     pub(crate) const APPENDED: usize = 192;
     pub(crate) const APPENDED_BYTES: usize = 200;
-    pub(crate) const TAKEN: usize = 512;
-    pub(crate) const TAKEN_BYTES: usize = 520;
-    pub(crate) const RESTORED: usize = 576;
-    pub(crate) const RESTORED_BYTES: usize = 584;
-    pub(crate) const UNACKED: usize = 320;
-    pub(crate) const HEAD: usize = 384;
-    pub(crate) const LOW_SEG: usize = 448;
+    /// Records claimed and not settled (two's complement; for figures only).
+    pub(crate) const UNACKED: usize = 256;
+    /// The first record that may be unsettled (packed).
+    pub(crate) const HEAD: usize = 320;
+    /// The lowest segment not yet deleted by retention.
+    pub(crate) const LOW_SEG: usize = 384;
+    /// Records (and body bytes) claimed (consumers).
+    pub(crate) const TAKEN: usize = 448;
+    pub(crate) const TAKEN_BYTES: usize = 456;
+    /// Records (and body bytes) returned to ready (restorers). `RESTORED`
+    /// also tells a consumer clearing the restore mark whether a restore
+    /// happened during its walk.
+    pub(crate) const RESTORED: usize = 512;
+    pub(crate) const RESTORED_BYTES: usize = 520;
 }

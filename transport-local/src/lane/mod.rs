@@ -2,51 +2,59 @@
 //! small shared state page, used by any number of processes at once.
 //!
 //! Files: `position.rs` (where a record is, and delivery tokens),
-//! `layout.rs` (the state page and the claim word), `chain.rs` (segments
-//! and appends), `claims.rs` (claim, settle, restore, reclaim), `upkeep.rs`
+//! `layout.rs` (the state page), `storage.rs` (segment files, or modelled
+//! memory for the loom models in `model.rs`), `chain.rs` (segments and
+//! appends), `claims.rs` (claim, settle, restore, reclaim), `upkeep.rs`
 //! (unblocking, retention, recovery).
 //!
 //! ```text
-//! <lane dir>/state                 4096 bytes, mapped shared (layout below)
-//! <lane dir>/<seq as 16 hex>.seg   segments 0, 1, 2, ... (see segment.rs)
+//! <lane dir>/state                 4096 bytes, mapped shared (layout.rs)
+//! <lane dir>/<seq as 16 hex>.seg   segments (segment.rs)
+//! <lane dir>/quarantine            corrupt records set aside by recovery
 //! ```
 //!
 //! # Invariants
-//! - Producers append to the segment named by `write_seg`; the first writer to
-//!   find it full creates the next one (formatted under a unique temporary
-//!   name, then hard-linked into place: one file wins) and moves `write_seg` on with a compare-and-swap.
+//! - Producers append to the segment named by `write_seg`; the first writer
+//!   to find it full makes sure the next exists and moves `write_seg` on with
+//!   a compare-and-swap. A segment below `write_seg` is full by construction
+//!   (the writer that moved `write_seg` padded its tail first), so readers
+//!   treat any segment below `write_seg` as done at its end.
+//! - No segment is created below `write_seg` or below `low_seg`: a writer
+//!   whose view is stale re-reads `write_seg` instead of recreating a segment
+//!   retention deleted. Opening a lane creates no segment.
 //! - Consumers claim records through the shared `next` position, oldest
-//!   first: a claim is a compare-and-swap of the record's claim word from ready
-//!   to claimed-by-owner, so each record is claimed by exactly one consumer in
-//!   any process; `next` only moves forward.
+//!   first: a claim is a compare-and-swap of the record's claim word from
+//!   ready to claimed-by-owner, so each record is claimed by exactly one
+//!   consumer in any process; `next` only moves forward.
 //! - A restored record (its claimer let go, closed, died or its lease ran out)
-//!   goes back to ready in place, flagged redelivered, and the shared restore
-//!   mark (generation + lowest restored position, one word) makes consumers
-//!   look there before `next`: restored records come before everything newer.
-//!   A consumer clears the mark only with a compare-and-swap against the
-//!   generation it scanned under, so a restore never slips past unseen.
+//!   goes back to ready in place, and the shared restore mark (the lowest
+//!   such position) makes consumers look there before `next`: restored
+//!   records come before everything newer, in their original order.
 
 mod chain;
 mod claims;
 mod layout;
+#[cfg(all(test, loom))]
+mod loom_model;
 mod position;
+mod storage;
 mod upkeep;
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::AcqRel, Ordering::Acquire};
+use std::sync::atomic::Ordering::{AcqRel, Acquire};
 use std::sync::Arc;
 
-use parking_lot::Mutex;
-
-use crate::alloc::Allocator;
-use crate::segment::{RecordMeta, Segment, SegmentError, HEADER_LEN};
+use crate::mem::AtomicU64;
+use crate::segment::{RecordMeta, Segment, SegmentError};
 use crate::shared_page::SharedPage;
+use crate::sync::Mutex;
 
 use layout::at;
-pub(crate) use layout::claim;
-use position::NO_POS;
-pub(crate) use position::{token, token_lane, Pos};
+pub(crate) use position::{token, Pos, MAX_SEQ, NO_POS};
+pub(crate) use storage::prepare_segment;
+#[cfg(all(test, loom))]
+pub(crate) use storage::ModelDisk;
+pub(crate) use storage::Storage;
 
 /// A record handed to a consumer.
 #[derive(Debug, Clone)]
@@ -59,6 +67,8 @@ pub(crate) struct Claimed {
     pub(crate) meta: RecordMeta,
     /// Delivered before.
     pub(crate) redelivered: bool,
+    /// The claim generation (tags the lease deadline).
+    pub(crate) generation: u16,
 }
 
 /// Why a lane operation failed.
@@ -79,121 +89,127 @@ pub(crate) enum LaneError {
     /// The record is larger than a segment.
     #[error("a record of {0} bytes does not fit in a segment")]
     TooLarge(u64),
+    /// A segment is damaged where a writer would append; nothing was
+    /// written.
+    #[error(transparent)]
+    Damaged(crate::segment::AppendError),
+    /// The lane used up its segment numbers.
+    #[error("lane {dir} used its last segment number ({MAX_SEQ}); purge or recreate the queue")]
+    Exhausted {
+        /// The lane directory.
+        dir: String,
+    },
 }
 
 /// One lane, open in this process.
 #[derive(Debug)]
 pub(crate) struct Lane {
-    dir: PathBuf,
+    storage: Storage,
     lane: u32,
     segment_size: u64,
-    state: SharedPage,
+    state: Arc<SharedPage>,
+    /// Segments this process has mapped.
     segments: Mutex<HashMap<u64, Arc<Segment>>>,
     /// The uncommitted reservation at `next` this process is watching, and
-    /// since when (for writers that died before writing their header).
+    /// since when (to pad a stalled writer's reservation after a while).
     pending_since: Mutex<Option<(Pos, std::time::Instant)>>,
     /// The newest segment looked up (read without a lock).
+    #[cfg(not(loom))]
     hot: arc_swap::ArcSwapOption<Segment>,
-    /// Where segment space comes from.
-    alloc: Arc<Allocator>,
     /// Highest segment this process asked to prepare in the background.
-    prepared: AtomicU64,
+    prepared: std::sync::atomic::AtomicU64,
     /// The consumers' `taken` counters as this process last read them.
-    taken_seen: AtomicU64,
-    taken_bytes_seen: AtomicU64,
-}
-
-pub(super) fn seg_name(seq: u64) -> String {
-    format!("{seq:016x}.seg")
+    taken_seen: std::sync::atomic::AtomicU64,
+    taken_bytes_seen: std::sync::atomic::AtomicU64,
+    /// Records this process found with a damaged claim word and set aside.
+    damaged_claims: std::sync::atomic::AtomicU64,
 }
 
 impl Lane {
-    /// Opens (creating if needed) the lane in `dir`; segments are allocated
-    /// with `fallocate(2)` by the writer that needs one.
-    pub(crate) fn open(dir: &Path, lane: u32, segment_size: u64) -> Result<Lane, LaneError> {
-        Self::open_with(dir, lane, segment_size, Allocator::direct())
-    }
-
-    /// Opens the lane in `dir`, allocating segments through `alloc` (on a
-    /// runtime's io_uring, the next one prepared in the background).
-    pub(crate) fn open_with(
-        dir: &Path,
-        lane: u32,
-        segment_size: u64,
-        alloc: Arc<Allocator>,
-    ) -> Result<Lane, LaneError> {
-        let io = |source| LaneError::Io {
-            dir: dir.display().to_string(),
-            source,
-        };
-        std::fs::create_dir_all(dir).map_err(io)?;
-        let state = SharedPage::open(&dir.join("state")).map_err(io)?;
+    /// Opens the lane stored in `storage` (its state page is created if
+    /// missing; no segment is).
+    pub(crate) fn open(storage: Storage, lane: u32, segment_size: u64) -> Result<Lane, LaneError> {
+        let state = storage.state_page()?;
         let l = Lane {
-            dir: dir.to_owned(),
+            storage,
             lane,
             segment_size,
             state,
             segments: Mutex::new(HashMap::new()),
             pending_since: Mutex::new(None),
+            #[cfg(not(loom))]
             hot: arc_swap::ArcSwapOption::empty(),
-            alloc,
-            prepared: AtomicU64::new(0),
-            taken_seen: AtomicU64::new(0),
-            taken_bytes_seen: AtomicU64::new(0),
+            prepared: std::sync::atomic::AtomicU64::new(0),
+            taken_seen: std::sync::atomic::AtomicU64::new(0),
+            taken_bytes_seen: std::sync::atomic::AtomicU64::new(0),
+            damaged_claims: std::sync::atomic::AtomicU64::new(0),
         };
-        // Make sure segment 0 exists; `next` starts at its first record.
-        l.segment_or_create(0)?;
-        let _ = l.word(at::NEXT).compare_exchange(
-            0,
-            Pos {
-                seq: 0,
-                off: HEADER_LEN,
-            }
-            .pack(),
-            AcqRel,
-            Acquire,
-        );
-        let _ = l.word(at::HEAD).compare_exchange(
-            0,
-            Pos {
-                seq: 0,
-                off: HEADER_LEN,
-            }
-            .pack(),
-            AcqRel,
-            Acquire,
-        );
+        // A fresh page: `next` and `head` at the first record of segment 0,
+        // no restore mark. (Zero means "not set"; whoever comes first sets.)
+        for w in [at::NEXT, at::HEAD] {
+            let _ = l
+                .word(w)
+                .compare_exchange(0, Pos::start(0).pack(), AcqRel, Acquire);
+        }
         let _ = l
-            .word(at::RESTORE)
+            .word(at::RESTORE_LOW)
             .compare_exchange(0, NO_POS, AcqRel, Acquire);
         Ok(l)
     }
 
-    pub(super) fn word(&self, off: usize) -> &AtomicU64 {
+    /// Opens the lane in directory `dir`, allocating segments with
+    /// `fallocate(2)` in the writer (tests; the store passes its allocator).
+    #[cfg(test)]
+    pub(crate) fn open_dir(
+        dir: &std::path::Path,
+        lane: u32,
+        segment_size: u64,
+    ) -> Result<Lane, LaneError> {
+        Self::open(
+            Storage::Files {
+                dir: dir.to_owned(),
+                alloc: crate::alloc::Allocator::direct(),
+            },
+            lane,
+            segment_size,
+        )
+    }
+
+    fn word(&self, off: usize) -> &AtomicU64 {
         self.state.u64_at(off)
     }
 
-    pub(super) fn signed(&self, off: usize) -> &AtomicI64 {
-        self.state.i64_at(off)
+    fn load(&self, off: usize) -> u64 {
+        self.word(off).load(Acquire)
     }
 
-    pub(super) fn path(&self, seq: u64) -> PathBuf {
-        self.dir.join(seg_name(seq))
+    fn pos(&self, off: usize) -> Pos {
+        Pos::unpack(self.load(off))
     }
 
-    /// Ready records, their payload bytes, and claimed-not-settled records,
+    /// Records this process found with a damaged claim word and set aside.
+    pub(crate) fn damaged_claims(&self) -> u64 {
+        self.damaged_claims.load(Acquire)
+    }
+
+    /// The lane's storage name (its directory), for errors.
+    pub(crate) fn name(&self) -> String {
+        self.storage.name()
+    }
+
+    /// Ready records, their body bytes, and claimed-not-settled records,
     /// across all processes.
     pub(crate) fn counts(&self) -> (u64, u64, u64) {
         // Taken last: it only grows, so a late read can only lower the result.
         let (made, made_b) = self.made_ready();
-        let taken = self.word(at::TAKEN).load(Acquire);
-        let taken_b = self.word(at::TAKEN_BYTES).load(Acquire);
+        let taken = self.load(at::TAKEN);
+        let taken_b = self.load(at::TAKEN_BYTES);
         self.taken_seen.fetch_max(taken, AcqRel);
         self.taken_bytes_seen.fetch_max(taken_b, AcqRel);
         (
             made.saturating_sub(taken),
             made_b.saturating_sub(taken_b),
-            self.signed(at::UNACKED).load(Acquire).max(0) as u64,
+            (self.load(at::UNACKED) as i64).max(0) as u64,
         )
     }
 
@@ -212,10 +228,9 @@ impl Lane {
 
     /// Records (and body bytes) ever made ready: appended plus restored.
     fn made_ready(&self) -> (u64, u64) {
-        let w = |o| self.word(o).load(Acquire);
         (
-            w(at::APPENDED) + w(at::RESTORED),
-            w(at::APPENDED_BYTES) + w(at::RESTORED_BYTES),
+            self.load(at::APPENDED) + self.load(at::RESTORED),
+            self.load(at::APPENDED_BYTES) + self.load(at::RESTORED_BYTES),
         )
     }
 }

@@ -1,46 +1,49 @@
 //! Upkeep of a lane, done by whichever process scans it: padding over a dead
-//! writer's reservation, retention (deleting segments wholly settled),
-//! recovery on open, and letting go of mappings of deleted segments.
+//! or stalled writer's reservation, retention (deleting segments wholly
+//! settled), and recovery on open with exclusive access.
 //!
 //! # Invariants
+//! - A reservation is padded over exactly (its own length, from its state
+//!   word), so padding never covers anyone else's record; a writer that was
+//!   only stalled loses the commit race and publishes again.
 //! - Retention deletes only segments wholly before `head` (the first record
 //!   still ready or claimed) and below `write_seg`: it follows the slowest
-//!   consumer and never deletes an unsettled record.
-//! - Recovery changes shared state only with exclusive access to the store.
+//!   consumer and never deletes an unsettled record or the write segment.
+//! - Recovery changes shared state only with exclusive access; it rebuilds
+//!   every shared word of the lane from the segments (positions, counters),
+//!   so a lost or damaged state page cannot strand or invent messages.
 
-use std::fs::{File, OpenOptions};
-use std::sync::atomic::{Ordering::AcqRel, Ordering::Acquire, Ordering::Release};
+use std::sync::atomic::Ordering::{AcqRel, Acquire, Release};
 
+use crate::recovery::Totals;
+use crate::segment::claim::{Claim, CLAIMED, READY};
 use crate::segment::Slot;
 
 use super::layout::at;
-use super::{Lane, LaneError, Pos};
+use super::{Lane, LaneError, Pos, NO_POS};
 
 impl Lane {
     /// A reservation at `next` that never got committed blocks every consumer
-    /// of the lane: turn it into padding when its writer is gone (its pid is
-    /// in the record header and `alive` says no) or, if the writer died before
-    /// even writing its header, when it has been pending longer than `max_age`
-    /// as seen by this process. True if a hole was padded.
+    /// of the lane: turn it into padding when its writer is gone (the writer
+    /// named in its header and `alive` says no) or when it has been pending
+    /// longer than `max_age` as seen by this process (a writer that died
+    /// before writing its header, or one stopped for that long: it will
+    /// publish again). True if a reservation was padded.
     pub(crate) fn unblock(
         &self,
         alive: impl Fn(u64) -> bool,
         max_age: std::time::Duration,
     ) -> Result<bool, LaneError> {
-        let packed = self.word(at::NEXT).load(Acquire);
-        let pos = Pos::unpack(packed);
+        let pos = self.pos(at::NEXT);
         let Some(seg) = self.segment(pos.seq)? else {
             return Ok(false);
         };
-        if seg.read(pos.off) != Slot::Pending {
+        if !matches!(seg.read(pos.off), Slot::Pending { .. }) {
             *self.pending_since.lock() = None;
             return Ok(false);
         }
-        let raw = seg.raw(pos.off + 40, 8);
-        let writer = <[u8; 8]>::try_from(raw.as_slice()).map_or(0, u64::from_le_bytes);
-        let stuck = if writer != 0 {
-            !alive(writer)
-        } else {
+        let gone = seg.pending_writer(pos.off).is_some_and(|w| !alive(w));
+        let stuck = gone || {
             let mut since = self.pending_since.lock();
             match *since {
                 Some((p, t)) if p == pos => t.elapsed() >= max_age,
@@ -50,7 +53,7 @@ impl Lane {
                 }
             }
         };
-        Ok(stuck && seg.pad_over(pos.off))
+        Ok(stuck && seg.pad(pos.off))
     }
 
     /// Retention: moves the head past settled records and deletes the
@@ -60,11 +63,11 @@ impl Lane {
     pub(crate) fn retire(&self) -> Result<usize, LaneError> {
         // Advancing the head is part of the reclaim scan; nobody is dead here.
         self.reclaim(|_| true, 0, 0, 0)?;
-        let head = Pos::unpack(self.word(at::HEAD).load(Acquire));
-        let write = self.word(at::WRITE_SEG).load(Acquire);
+        let head = self.pos(at::HEAD);
+        let write = self.load(at::WRITE_SEG);
         let mut deleted = 0;
         loop {
-            let low = self.word(at::LOW_SEG).load(Acquire);
+            let low = self.load(at::LOW_SEG);
             if low >= head.seq || low >= write {
                 self.unmap_retired();
                 return Ok(deleted);
@@ -75,6 +78,7 @@ impl Lane {
                 .is_ok()
             {
                 self.segments.lock().remove(&low);
+                #[cfg(not(loom))]
                 if self
                     .hot
                     .load()
@@ -83,97 +87,115 @@ impl Lane {
                 {
                     self.hot.store(None);
                 }
-                match std::fs::remove_file(self.path(low)) {
-                    Ok(()) => deleted += 1,
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                    Err(source) => {
-                        return Err(LaneError::Io {
-                            dir: self.dir.display().to_string(),
-                            source,
-                        })
-                    }
-                }
+                self.storage.delete_segment(low)?;
+                deleted += 1;
             }
         }
     }
 
-    /// Recovery of every segment of the lane (the caller has exclusive access
-    /// to the store): torn tails cut, dead writers' holes padded, corrupt
-    /// records appended to `<lane>/quarantine` (offset, reason, length, bytes)
-    /// and skipped from then on. Shared positions past a cut tail are moved
-    /// back to it, so records appended there later are not skipped.
-    pub(crate) fn recover(&self) -> Result<crate::recovery::Totals, LaneError> {
-        use std::io::Write;
-        let io = |source| LaneError::Io {
-            dir: self.dir.display().to_string(),
-            source,
-        };
-        let mut total = crate::recovery::Totals::default();
-        let mut quarantine: Option<File> = None;
-        let mut seq = self.word(at::LOW_SEG).load(Acquire);
-        while let Some(seg) = self.segment(seq)? {
-            let r = crate::recovery::recover(&seg, true, |off, bytes, reason| {
-                let f = match &mut quarantine {
-                    Some(f) => f,
-                    None => quarantine.insert(
-                        OpenOptions::new()
-                            .create(true)
-                            .append(true)
-                            .open(self.dir.join("quarantine"))?,
-                    ),
-                };
-                writeln!(
-                    f,
-                    "segment {seq} offset {off} {reason} {} bytes",
-                    bytes.len()
-                )?;
-                f.write_all(bytes)?;
-                writeln!(f)?;
-                f.sync_all()
+    /// Recovery with exclusive access to the store (no other process has it
+    /// open): every segment is checked (torn tails cut in the last one,
+    /// older ones padded to their end, dead writers' holes padded, corrupt
+    /// records copied to `<lane>/quarantine` and skipped), every claim is
+    /// returned to ready (its owner has ended: all processes have), and every
+    /// shared word of the lane is rebuilt from the segments: the write and
+    /// low segments, `head` and `next` at the first ready record, no restore
+    /// mark, and the counters recounted.
+    pub(crate) fn recover(&self) -> Result<Totals, LaneError> {
+        let mut total = Totals::default();
+        let seqs = self.storage.list_segments()?;
+        for (i, &seq) in seqs.iter().enumerate() {
+            let Some(seg) = self.segment(seq)? else {
+                continue;
+            };
+            let last = i + 1 == seqs.len();
+            let r = crate::recovery::recover(&seg, true, last, |off, bytes, reason| {
+                self.storage.quarantine(seq, off, reason, bytes)
             })
-            .map_err(io)?;
-            if r.cut_at.is_some() {
-                let end = Pos { seq, off: r.end };
-                for w in [at::NEXT, at::HEAD] {
-                    let p = Pos::unpack(self.word(w).load(Acquire));
-                    if p.seq == seq && p.off > end.off {
-                        self.word(w).store(end.pack(), Release);
-                    }
-                }
-            }
+            .map_err(|source| LaneError::Io {
+                dir: self.name(),
+                source,
+            })?;
             total.add(&r);
-            seq += 1;
         }
-        // Have consumers look once from the head for ready records below
-        // `next`: there are none unless the state page and the segments were
-        // written back unevenly before a power loss (a claim lost, `next`
-        // kept); this way such a record is delivered rather than stranded.
-        let head = Pos::unpack(self.word(at::HEAD).load(Acquire));
-        if head < Pos::unpack(self.word(at::NEXT).load(Acquire)) {
-            self.mark_restored(head);
-        }
+        let (Some(&low), Some(&high)) = (seqs.first(), seqs.last()) else {
+            // No segment: an empty lane (its first one was never made, or
+            // retention deleted all of them). Keep the positions consistent.
+            let write = self.load(at::WRITE_SEG).max(self.load(at::LOW_SEG));
+            self.reset(write, write, Pos::start(write), 0, 0);
+            return Ok(total);
+        };
+        // Walk everything: claims back to ready, the first ready record, the
+        // counts.
+        let mut first_ready: Option<Pos> = None;
+        let (mut ready, mut bytes) = (0u64, 0u64);
+        let end = Pos::start(high + 1);
+        self.walk(Pos::start(low), end, false, |seg, pos, meta| {
+            let word = seg.claim_word(pos.off);
+            let w = word.load(Acquire);
+            let k = match Claim::decode(w) {
+                Some(k) => k,
+                None => {
+                    self.set_aside(seg, pos, w);
+                    return false;
+                }
+            };
+            let is_ready = match k.state {
+                READY => true,
+                CLAIMED => {
+                    let back = Claim {
+                        state: READY,
+                        redelivered: true,
+                        generation: k.generation,
+                        owner: 0,
+                    };
+                    word.store(back.encode(), Release);
+                    seg.deadline_word(pos.off).store(0, Release);
+                    total.claims_restored += 1;
+                    true
+                }
+                _ => false,
+            };
+            if is_ready {
+                first_ready.get_or_insert(pos);
+                ready += 1;
+                bytes += u64::from(meta.body_len);
+            }
+            false
+        })?;
+        let start = first_ready.unwrap_or(end);
+        // `end` is past the last segment; park the cursors at the start of
+        // the segment after it only if that one exists, else at the last
+        // segment's end position (its first free offset).
+        let start = if first_ready.is_none() {
+            let seg = self.segment(high)?;
+            Pos {
+                seq: high,
+                off: seg.map_or(crate::segment::HEADER_LEN, |s| s.reserved_to()),
+            }
+        } else {
+            start
+        };
+        self.reset(high, low, start, ready, bytes);
         Ok(total)
     }
 
-    /// Drops this process's mappings of segments that retention deleted (in
-    /// any process): the disk space of a deleted file comes back only once
-    /// every process has unmapped it. Bodies still held keep theirs alive.
-    pub(super) fn unmap_retired(&self) {
-        let low = self.word(at::LOW_SEG).load(Acquire);
-        self.segments.lock().retain(|seq, _| *seq >= low);
-        if self
-            .hot
-            .load()
-            .as_ref()
-            .is_some_and(|h| h.header().seq < low)
-        {
-            self.hot.store(None);
-        }
-    }
-
-    /// Segments this process has mapped (for tests of retention).
-    #[cfg(test)]
-    pub(crate) fn mapped_segments(&self) -> usize {
-        self.segments.lock().len()
+    /// Sets every shared word (recovery with exclusive access only).
+    fn reset(&self, write: u64, low: u64, start: Pos, ready: u64, bytes: u64) {
+        let w = |off, v| self.word(off).store(v, Release);
+        w(at::WRITE_SEG, write);
+        w(at::LOW_SEG, low);
+        w(at::NEXT, start.pack());
+        w(at::HEAD, start.pack());
+        w(at::RESTORE_LOW, NO_POS);
+        w(at::APPENDED, ready);
+        w(at::APPENDED_BYTES, bytes);
+        w(at::TAKEN, 0);
+        w(at::TAKEN_BYTES, 0);
+        w(at::RESTORED, 0);
+        w(at::RESTORED_BYTES, 0);
+        w(at::UNACKED, 0);
+        self.taken_seen.store(0, Release);
+        self.taken_bytes_seen.store(0, Release);
     }
 }

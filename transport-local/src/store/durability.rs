@@ -12,6 +12,11 @@
 //!   highest ticket a started sync covers) keeps a third from starting.
 //! - `fsync=interval`: one task on a core syncs every segment with tickets
 //!   newer than its last sync, once per interval; publishes do not wait.
+//! - A failed `fdatasync` fails every publish waiting on that file and every
+//!   later one (the kernel may have dropped the dirty pages, so nothing after
+//!   it can be confirmed from that file): `done` never moves again, the
+//!   failure is sticky, and the publisher seals the segment so new records
+//!   go to a fresh file.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -39,7 +44,8 @@ struct FileSync {
     started: AtomicU64,
     /// Syncs of this file in flight (at most [`MAX_IN_FLIGHT`]).
     in_flight: AtomicU32,
-    error: Mutex<Option<String>>,
+    /// Set (for good) by the first failed sync.
+    failed: Mutex<Option<String>>,
     wait: std::sync::Mutex<()>,
     cv: Condvar,
     syncs: AtomicU64,
@@ -55,10 +61,17 @@ impl FileSync {
         }
         let r = io::fdatasync(&self.file).await;
         self.syncs.fetch_add(1, AcqRel);
-        if let Err(e) = r {
-            *self.error.lock() = Some(format!("fdatasync: {e}"));
+        match r {
+            Ok(()) if self.failed.lock().is_none() => {
+                self.done.fetch_max(target, AcqRel);
+            }
+            Ok(()) => {}
+            Err(e) => {
+                self.failed
+                    .lock()
+                    .get_or_insert_with(|| format!("fdatasync failed: {e}"));
+            }
         }
-        self.done.fetch_max(target, AcqRel);
         let _g = self.wait.lock();
         self.cv.notify_all();
     }
@@ -101,20 +114,20 @@ impl Durability {
         Ok(Some(d))
     }
 
-    fn state(&self, seg: &Segment) -> Arc<FileSync> {
+    fn state(&self, seg: &Segment, file: &Arc<File>) -> Arc<FileSync> {
         let mut files = self.files.lock();
         let n = files.len();
         files
             .entry(seg.path().to_owned())
             .or_insert_with(|| {
                 Arc::new(FileSync {
-                    file: seg.file().clone(),
+                    file: file.clone(),
                     core: n % self.rt.cores(),
                     requested: AtomicU64::new(0),
                     done: AtomicU64::new(0),
                     started: AtomicU64::new(0),
                     in_flight: AtomicU32::new(0),
-                    error: Mutex::new(None),
+                    failed: Mutex::new(None),
                     wait: std::sync::Mutex::new(()),
                     cv: Condvar::new(),
                     syncs: AtomicU64::new(0),
@@ -171,11 +184,14 @@ impl Durability {
     }
 
     /// Called after records were committed to `segments`: returns once they
-    /// are durable as the mode promises.
+    /// are durable as the mode promises. `Err` when a sync that had to cover
+    /// them failed (they may or may not be on disk).
     pub(crate) fn commit(&self, segments: &[Arc<Segment>]) -> Result<(), String> {
         let mut waits = Vec::with_capacity(segments.len());
         for seg in segments {
-            let st = self.state(seg);
+            // Every segment of a store is a file (only models have none).
+            let Some(file) = seg.file() else { continue };
+            let st = self.state(seg, file);
             let ticket = st.requested.fetch_add(1, SeqCst) + 1;
             if matches!(self.mode, Fsync::Always) {
                 self.ensure_running(&st, ticket);
@@ -185,6 +201,9 @@ impl Durability {
         for (st, ticket) in waits {
             let mut g = st.wait.lock().unwrap_or_else(|p| p.into_inner());
             while st.done.load(Acquire) < ticket {
+                if let Some(e) = st.failed.lock().clone() {
+                    return Err(e);
+                }
                 // The runtime's health is checked on each wake-up, so a dead
                 // core is an error here, never a hang.
                 if let Err(e) = self.rt.health() {
@@ -200,9 +219,6 @@ impl Durability {
                     self.ensure_running(&st, ticket);
                     g = st.wait.lock().unwrap_or_else(|p| p.into_inner());
                 }
-            }
-            if let Some(e) = st.error.lock().take() {
-                return Err(e);
             }
         }
         Ok(())
@@ -233,7 +249,9 @@ async fn interval_loop(weak: Weak<Durability>, every: Duration) {
             .files
             .lock()
             .values()
-            .filter(|f| f.requested.load(Acquire) > f.done.load(Acquire))
+            .filter(|f| {
+                f.requested.load(Acquire) > f.done.load(Acquire) && f.failed.lock().is_none()
+            })
             .cloned()
             .collect();
         drop(d);

@@ -22,18 +22,63 @@ use serde::{Deserialize, Serialize};
 pub(crate) struct Meta {
     /// Declared exchanges.
     pub(crate) exchanges: Vec<Exchange>,
-    /// Declared queues, with the process id owning an exclusive one.
-    pub(crate) queues: Vec<(Queue, Option<u32>)>,
+    /// Declared queues.
+    pub(crate) queues: Vec<QueueEntry>,
     /// Bindings.
     pub(crate) bindings: Vec<Binding>,
+    /// The incarnation number the next queue declared gets.
+    pub(crate) next_id: u64,
 }
 
-const VERSION: u32 = 1;
+/// One declared queue.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct QueueEntry {
+    /// Its declaration.
+    pub(crate) decl: Queue,
+    /// Its incarnation: a number no other queue of the store ever had, so a
+    /// queue deleted and declared again under the same name is another
+    /// queue (another directory) to every process.
+    pub(crate) id: u64,
+    /// The process (its id in the store) owning an exclusive queue.
+    pub(crate) owner: Option<u32>,
+}
+
+impl Meta {
+    /// Adds a queue as a new incarnation; returns its id.
+    pub(crate) fn add_queue(&mut self, decl: Queue, owner: Option<u32>) -> u64 {
+        self.next_id = self.next_id.max(1);
+        let id = self.next_id;
+        self.next_id += 1;
+        self.queues.push(QueueEntry { decl, id, owner });
+        id
+    }
+
+    /// The queue called `name`.
+    pub(crate) fn queue(&self, name: &str) -> Option<&QueueEntry> {
+        self.queues.iter().find(|q| q.decl.name == name)
+    }
+
+    /// Removes queue `name` (only the incarnation `id`, when given) and its
+    /// bindings; true if it was there.
+    pub(crate) fn remove_queue(&mut self, name: &str, id: Option<u64>) -> bool {
+        let before = self.queues.len();
+        self.queues
+            .retain(|q| q.decl.name != name || id.is_some_and(|id| q.id != id));
+        let removed = self.queues.len() != before;
+        if removed {
+            self.bindings.retain(|b| b.queue != name);
+        }
+        removed
+    }
+}
+
+const VERSION: u32 = 2;
 
 #[derive(Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct File {
     version: u32,
+    next_id: u64,
     exchanges: Vec<ExchangeJson>,
     queues: Vec<QueueJson>,
     bindings: Vec<BindingJson>,
@@ -80,7 +125,8 @@ struct QueueJson {
     dlx: Option<String>,
     dlrk: Option<String>,
     lease_ms: Option<u64>,
-    owner_pid: Option<u32>,
+    id: u64,
+    owner: Option<u32>,
 }
 
 #[derive(Serialize, Deserialize, Clone, Copy)]
@@ -192,6 +238,7 @@ impl Meta {
     pub(crate) fn to_json(&self) -> Result<String, String> {
         let file = File {
             version: VERSION,
+            next_id: self.next_id,
             exchanges: self
                 .exchanges
                 .iter()
@@ -208,7 +255,7 @@ impl Meta {
             queues: self
                 .queues
                 .iter()
-                .map(|(q, owner)| QueueJson {
+                .map(|QueueEntry { decl: q, id, owner }| QueueJson {
                     name: q.name.clone(),
                     durable: q.durable,
                     exclusive: q.exclusive,
@@ -224,7 +271,8 @@ impl Meta {
                     dlx: q.dead_letter_exchange.clone(),
                     dlrk: q.dead_letter_routing_key.clone(),
                     lease_ms: ms(q.lease),
-                    owner_pid: *owner,
+                    id: *id,
+                    owner: *owner,
                 })
                 .collect(),
             bindings: self
@@ -250,7 +298,10 @@ impl Meta {
             return Err(format!("meta.json: version {} is not supported", v.version));
         }
         let f: File = serde_json::from_str(text).map_err(|e| format!("meta.json: {e}"))?;
-        let mut m = Meta::default();
+        let mut m = Meta {
+            next_id: f.next_id,
+            ..Meta::default()
+        };
         for e in f.exchanges {
             let mut ex = Exchange::new(e.name, kind(e.kind));
             ex.durable = e.durable;
@@ -274,7 +325,17 @@ impl Meta {
             d.dead_letter_exchange = q.dlx;
             d.dead_letter_routing_key = q.dlrk;
             d.lease = q.lease_ms.map(Duration::from_millis);
-            m.queues.push((d, q.owner_pid));
+            if q.id == 0 || q.id >= f.next_id {
+                return Err(format!(
+                    "meta.json: queue {:?} has id {}, not below next_id {}",
+                    d.name, q.id, f.next_id
+                ));
+            }
+            m.queues.push(QueueEntry {
+                decl: d,
+                id: q.id,
+                owner: q.owner,
+            });
         }
         for b in f.bindings {
             m.bindings.push(Binding {
@@ -320,16 +381,18 @@ mod tests {
         ]
         .into_iter()
         .collect();
-        let m = Meta {
+        let mut m = Meta {
             exchanges: vec![Exchange::topic("t").with_alternate_exchange("ae")],
-            queues: vec![(q, Some(42)), (Queue::new("plain"), None)],
             bindings: vec![Binding {
                 exchange: "t".into(),
                 queue: "q".into(),
                 routing_key: "a.#".into(),
                 arguments: args,
             }],
+            ..Meta::default()
         };
+        assert_eq!(m.add_queue(q, Some(42)), 1);
+        assert_eq!(m.add_queue(Queue::new("plain"), None), 2);
         assert_eq!(Meta::from_json(&m.to_json().unwrap()).unwrap(), m);
     }
 
@@ -339,24 +402,34 @@ mod tests {
         assert!(Meta::from_json(r#"{"version":7}"#)
             .unwrap_err()
             .contains("version 7"));
-        let empty = r#"{"version":1,"exchanges":[],"queues":[],"bindings":[]}"#;
-        assert_eq!(Meta::from_json(empty).unwrap(), Meta::default());
+        let empty = r#"{"version":2,"next_id":1,"exchanges":[],"queues":[],"bindings":[]}"#;
+        assert_eq!(
+            Meta::from_json(empty).unwrap(),
+            Meta {
+                next_id: 1,
+                ..Meta::default()
+            }
+        );
         let e = Meta::from_json(
-            r#"{"version":1,"exchanges":[],"queues":[{"durable":true}],"bindings":[]}"#,
+            r#"{"version":2,"next_id":1,"exchanges":[],"queues":[{"durable":true}],"bindings":[]}"#,
         )
         .unwrap_err();
         assert!(e.contains("missing field `name`"), "{e}");
+        // A layout-1 file (store format 2) is refused by its version.
+        let e = Meta::from_json(r#"{"version":1,"exchanges":[],"queues":[],"bindings":[]}"#)
+            .unwrap_err();
+        assert!(e.contains("version 1"), "{e}");
     }
 
     /// A value the format does not know is an error naming it, never a
     /// default: a damaged or foreign file is not half-read.
     #[test]
     fn unknown_values_and_fields_are_errors() {
-        let m = Meta {
+        let mut m = Meta {
             exchanges: vec![Exchange::direct("d")],
-            queues: vec![(Queue::new("q").with_overflow(Overflow::DropHead), None)],
-            bindings: vec![],
+            ..Meta::default()
         };
+        m.add_queue(Queue::new("q").with_overflow(Overflow::DropHead), None);
         let good = m.to_json().unwrap();
         assert_eq!(Meta::from_json(&good).unwrap(), m);
         let bad_overflow = good.replace("drop-head", "drop-tail");
@@ -371,18 +444,28 @@ mod tests {
         );
         let e = Meta::from_json(&extra).unwrap_err();
         assert!(e.contains("colour"), "{e}");
-        let untagged_number = r#"{"version":1,"exchanges":[],"queues":[],"bindings":[{"exchange":"e","queue":"q","routing_key":"","arguments":{"n":5}}]}"#;
+        let untagged_number = r#"{"version":2,"next_id":1,"exchanges":[],"queues":[],"bindings":[{"exchange":"e","queue":"q","routing_key":"","arguments":{"n":5}}]}"#;
         assert!(Meta::from_json(untagged_number).is_err());
+        let id_not_below_next = good.replace("\"next_id\":2", "\"next_id\":1");
+        let e = Meta::from_json(&id_not_below_next).unwrap_err();
+        assert!(e.contains("not below next_id"), "{e}");
     }
 
-    /// The file written by the layout's first writer (hand-built JSON) still
-    /// reads the same.
+    /// Incarnations: removing by name and id leaves a newer queue of the
+    /// same name alone.
     #[test]
-    fn files_of_the_first_writer_still_read() {
-        let old = r#"{"bindings":[{"arguments":{"x-match":"any","n":{"i":5}},"exchange":"h","queue":"q","routing_key":""}],"exchanges":[{"alternate":null,"auto_delete":false,"durable":true,"kind":"headers","name":"h"}],"queues":[{"auto_delete":false,"dlrk":null,"dlx":null,"durable":true,"exclusive":false,"lease_ms":null,"max_length":16777216,"max_length_bytes":1073741824,"max_priority":0,"message_ttl_ms":1500,"name":"q","overflow":"reject-publish","owner_pid":null}],"version":1}"#;
-        let m = Meta::from_json(old).unwrap();
-        assert_eq!(m.queues[0].0.message_ttl, Some(Duration::from_millis(1500)));
-        assert_eq!(m.bindings[0].arguments["n"], Value::from(5));
-        assert_eq!(m.exchanges[0].kind, ExchangeKind::Headers);
+    fn incarnations_tell_queues_of_one_name_apart() {
+        let mut m = Meta::default();
+        let old = m.add_queue(Queue::new("q"), None);
+        assert!(m.remove_queue("q", Some(old)));
+        let new = m.add_queue(Queue::new("q"), None);
+        assert_ne!(old, new);
+        assert!(
+            !m.remove_queue("q", Some(old)),
+            "the old one is gone already"
+        );
+        assert_eq!(m.queue("q").unwrap().id, new);
+        assert!(m.remove_queue("q", None));
+        assert!(m.queue("q").is_none());
     }
 }

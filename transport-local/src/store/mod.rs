@@ -1,12 +1,13 @@
 //! `local://`: the `Transport` over a store directory shared by processes.
 //!
 //! ```text
-//! <root>/DASHI-LOCAL          "dashi-local 2": format marker, checked on open
-//! <root>/meta.json, meta.lock  topology, rewritten under an exclusive flock
-//! <root>/control              shared words: topology generation
-//! <root>/q/<name>/state       shared words: which lanes were ever used
-//! <root>/q/<name>/name        the queue's name (for hashed directory names)
-//! <root>/q/<name>/lane-<p>/   one lane per priority (see `lane/`)
+//! <root>/DASHI-LOCAL              "dashi-local 3": format marker, checked on open
+//! <root>/meta.json, meta.lock      topology, rewritten under an exclusive flock
+//! <root>/open.lock                presence: shared flock while open (exclusive to recover)
+//! <root>/control                  shared words: generation, wake-ups, process ids
+//! <root>/procs/<id>               one per process using the store, flocked while it runs
+//! <root>/q/<name>/name            the queue's name (for hashed directory names)
+//! <root>/q/<name>/<incarnation>/  one queue incarnation: `state` (lanes used), `lane-<p>/`
 //! ```
 //!
 //! # Invariants
@@ -17,7 +18,10 @@
 //!   queue's lane; a delivered body is a view into the segment mapping.
 //! - Deliveries are claims in the log, settled in place (acked, dead,
 //!   restored), so any process can take over another's work.
-
+//! - A queue's files belong to one incarnation (a number `meta.json` never
+//!   gives twice): a queue deleted and declared again is a new directory, so
+//!   a process that has not seen the change cannot write into the new queue
+//!   thinking it is the old one, nor the reverse.
 //!
 //! Files: `options.rs` (the URL), `opening.rs` (marker, presence lock,
 //! recovery on open), `topology.rs` (`meta.json` and the routing snapshot,
@@ -49,17 +53,17 @@ use dashi_engine::{Error, Exchange, PublishError, Queue, QueueInfo, QueueStats};
 use parking_lot::Mutex;
 
 use crate::alloc::Allocator;
-use crate::lane::claim;
 use crate::lock::FileLock;
-use crate::owner;
+use crate::procs::Registration;
 use crate::recovery::Totals;
+use crate::segment::claim;
 use crate::shared_page::SharedPage;
 
 pub use options::{open, Fsync, LocalOptions};
 use queue::LocalQueue;
 use wakeup::Arm;
 
-const MARKER: &str = "dashi-local 2\n";
+const MARKER: &str = "dashi-local 3\n";
 const GENERATION: usize = 0;
 /// Futex word bumped after every publish (32-bit, own cache line).
 const PUBLISHED: usize = 64;
@@ -93,9 +97,9 @@ struct Inner {
     /// without taking the topology lock).
     loaded_gen: AtomicU64,
     counters: Counters,
-    pid: u32,
-    /// This process (pid and start time), read once at open.
-    me: owner::Me,
+    /// This process's registration with the store (its id, and the lock
+    /// that tells other processes it runs).
+    reg: Registration,
     /// Exclusive queues this process declared: name → connection.
     exclusive_owner: Mutex<HashMap<String, ConnectionId>>,
     /// The thread that turns other processes' publishes into local wake-ups.
@@ -126,6 +130,13 @@ impl std::fmt::Debug for LocalTransport {
     }
 }
 
+impl Inner {
+    /// This process's id in the store (claims and records name it).
+    fn me(&self) -> u32 {
+        self.reg.id()
+    }
+}
+
 impl LocalTransport {
     /// The store directory.
     pub fn root(&self) -> &Path {
@@ -143,6 +154,17 @@ impl LocalTransport {
     /// runtime could not start and `fallocate(2)` is used instead).
     pub fn allocates_on_ring(&self) -> bool {
         self.inner.alloc.uses_ring()
+    }
+
+    /// Records this process found with a damaged claim word and set aside
+    /// (neither delivered nor dropped silently; reported in the log).
+    pub fn set_aside(&self) -> u64 {
+        let queues: Vec<_> = self.inner.topo.lock().queues.values().cloned().collect();
+        queues
+            .iter()
+            .flat_map(|q| q.lanes.iter().filter_map(|l| l.get()))
+            .map(|l| l.damaged_claims())
+            .sum()
     }
 
     /// `fdatasync` calls issued so far (0 with `fsync=never`).
@@ -200,27 +222,31 @@ impl Transport for LocalTransport {
 
     fn declare_queue(&self, q: &Queue, owner: ConnectionId) -> Result<QueueInfo, Error> {
         validate_declaration(q)?;
-        let pid = self.inner.pid;
+        let me = self.inner.me();
+        let root = self.inner.root.clone();
         self.inner.change(|m| {
-            match m.queues.iter().find(|(x, _)| x.name == q.name) {
-                Some((x, o)) => {
-                    if x.exclusive
-                        && (*o != Some(pid)
+            if let Some(x) = m.queue(&q.name).cloned() {
+                // An exclusive queue of a process that ended went with it.
+                let orphan = x
+                    .owner
+                    .is_some_and(|o| o != me && !crate::procs::alive(&root, o));
+                if !orphan {
+                    if x.decl.exclusive
+                        && (x.owner != Some(me)
                             || self.inner.exclusive_owner.lock().get(&q.name) != Some(&owner))
                     {
                         return Err(Error::Exclusive(q.name.clone()));
                     }
-                    check_redeclare(x, q)?;
+                    return check_redeclare(&x.decl, q);
                 }
-                None => {
-                    m.queues.push((q.clone(), q.exclusive.then_some(pid)));
-                    if q.exclusive {
-                        self.inner
-                            .exclusive_owner
-                            .lock()
-                            .insert(q.name.clone(), owner);
-                    }
-                }
+                m.remove_queue(&q.name, Some(x.id));
+            }
+            m.add_queue(q.clone(), q.exclusive.then_some(me));
+            if q.exclusive {
+                self.inner
+                    .exclusive_owner
+                    .lock()
+                    .insert(q.name.clone(), owner);
             }
             Ok(())
         })?;
@@ -243,12 +269,13 @@ impl Transport for LocalTransport {
         let q = self.inner.queue(name, owner)?;
         let (n, _, _, _) = q.counts();
         check_delete(name, if_unused, if_empty, q.state.consumers(), n)?;
+        // Exactly the incarnation checked: a newer one declared meanwhile by
+        // another process stays.
         self.inner.change(|m| {
-            m.queues.retain(|(x, _)| x.name != name);
-            m.bindings.retain(|b| b.queue != name);
+            m.remove_queue(name, Some(q.id));
             Ok(())
         })?;
-        let _ = std::fs::remove_dir_all(&q.dir);
+        q.remove_files();
         Ok(n)
     }
 
@@ -257,7 +284,7 @@ impl Transport for LocalTransport {
         let mut n = 0;
         for p in q.used_lanes() {
             let l = q.lane(p)?;
-            while let Ok(Some(c)) = l.claim(q.owner) {
+            while let Some(c) = l.claim(q.owner).map_err(|e| store_err("purge", e))? {
                 l.settle(&c, q.owner, claim::DEAD);
                 n += 1;
             }
@@ -271,7 +298,7 @@ impl Transport for LocalTransport {
             for e in &m.exchanges {
                 t.declare_exchange(e)?;
             }
-            let names: Vec<String> = m.queues.iter().map(|(q, _)| q.name.clone()).collect();
+            let names: Vec<String> = m.queues.iter().map(|q| q.decl.name.clone()).collect();
             if t.bind(binding.clone(), |q| names.iter().any(|n| n == q))?
                 && !m.bindings.contains(&binding)
             {

@@ -21,60 +21,138 @@ use dashi_rt::{Runtime, RuntimeConfig};
 use parking_lot::Mutex;
 
 use crate::alloc::Allocator;
-use crate::lane::Lane;
+use crate::lane::{Lane, Storage};
 use crate::lock::FileLock;
-use crate::owner;
+use crate::procs::Registration;
 use crate::recovery::Totals;
 use crate::shared_page::SharedPage;
 
 use super::durability::Durability;
+use super::meta_json::Meta;
+use super::queue::queue_root;
 use super::wakeup::Arm;
 use super::{store_err, Fsync, Inner, LocalOptions, LocalTransport, Topo, MARKER};
 
-/// Recovers every lane of the store at `root` (the caller is its only user)
-/// and removes half-made segment files of writers that died creating them.
+/// Recovers every queue of the store at `root` (the caller is its only
+/// user, so every other process that used it has ended): each lane is
+/// checked and rebuilt from its segments (`Lane::recover`), exclusive queues
+/// go (their connections ended with their processes), and the files of
+/// incarnations `meta.json` no longer names (a delete interrupted between
+/// the metadata and the files) are removed.
 fn recover_store(root: &Path, segment_size: u64) -> Result<Totals, Error> {
     let mut total = Totals::default();
+    let meta_path = root.join("meta.json");
+    let mut meta = match std::fs::read_to_string(&meta_path) {
+        Ok(text) => Meta::from_json(&text).map_err(|e| store_err("metadata", e))?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Meta::default(),
+        Err(e) => return Err(store_err("metadata", e)),
+    };
+    let exclusive: Vec<_> = meta
+        .queues
+        .iter()
+        .filter(|q| q.decl.exclusive)
+        .map(|q| (q.decl.name.clone(), q.id))
+        .collect();
+    if !exclusive.is_empty() {
+        for (name, id) in &exclusive {
+            meta.remove_queue(name, Some(*id));
+        }
+        super::topology::write_meta(root, &meta).map_err(|e| store_err("metadata write", e))?;
+    }
+    let live: Vec<(PathBuf, u64)> = meta
+        .queues
+        .iter()
+        .map(|q| Ok((queue_root(root, &q.decl.name)?, q.id)))
+        .collect::<Result<_, Error>>()?;
     let queues = match std::fs::read_dir(root.join("q")) {
         Ok(d) => d,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(total),
         Err(e) => return Err(store_err("recovery", e)),
     };
     for q in queues.flatten() {
-        let Ok(lanes) = std::fs::read_dir(q.path()) else {
+        let Ok(incarnations) = std::fs::read_dir(q.path()) else {
             continue;
         };
-        for l in lanes.flatten() {
-            let name = l.file_name().to_string_lossy().into_owned();
-            let Some(p) = name
-                .strip_prefix("lane-")
-                .and_then(|p| p.parse::<u32>().ok())
-            else {
+        for inc in incarnations.flatten() {
+            let name = inc.file_name().to_string_lossy().into_owned();
+            let Ok(id) = u64::from_str_radix(&name, 16) else {
                 continue;
             };
-            if let Ok(files) = std::fs::read_dir(l.path()) {
-                for f in files.flatten() {
-                    if f.file_name().to_string_lossy().contains(".seg.tmp-") {
-                        let _ = std::fs::remove_file(f.path());
-                    }
+            if !live.iter().any(|(dir, i)| *dir == q.path() && *i == id) {
+                let _ = std::fs::remove_dir_all(inc.path());
+                continue;
+            }
+            let Ok(lanes) = std::fs::read_dir(inc.path()) else {
+                continue;
+            };
+            for l in lanes.flatten() {
+                let lname = l.file_name().to_string_lossy().into_owned();
+                let Some(p) = lname
+                    .strip_prefix("lane-")
+                    .and_then(|p| p.parse::<u32>().ok())
+                else {
+                    continue;
+                };
+                let storage = Storage::Files {
+                    dir: l.path(),
+                    alloc: Allocator::direct(),
+                };
+                let lane =
+                    Lane::open(storage, p, segment_size).map_err(|e| store_err("recovery", e))?;
+                let t = lane.recover().map_err(|e| store_err("recovery", e))?;
+                if t.moved + t.tails_cut + t.holes_padded + t.claims_restored > 0 {
+                    tracing::warn!(
+                        lane = %l.path().display(),
+                        moved_aside = t.moved,
+                        tails_cut = t.tails_cut,
+                        holes_padded = t.holes_padded,
+                        claims_restored = t.claims_restored,
+                        "local store recovered"
+                    );
                 }
+                total.merge(t);
             }
-            let lane =
-                Lane::open(&l.path(), p, segment_size).map_err(|e| store_err("recovery", e))?;
-            let t = lane.recover().map_err(|e| store_err("recovery", e))?;
-            if t.moved + t.tails_cut + t.holes_padded > 0 {
-                tracing::warn!(
-                    lane = %l.path().display(),
-                    moved_aside = t.moved,
-                    tails_cut = t.tails_cut,
-                    holes_padded = t.holes_padded,
-                    "local store recovered"
-                );
-            }
-            total.merge(t);
+        }
+        // A name directory with no incarnation left goes too.
+        let empty = std::fs::read_dir(q.path())
+            .map(|d| d.flatten().all(|e| e.file_name() == "name"))
+            .unwrap_or(false);
+        if empty {
+            let _ = std::fs::remove_dir_all(q.path());
         }
     }
     Ok(total)
+}
+
+/// Checks the format marker, creating it if the store is new. Only the
+/// process holding the presence lock exclusively creates it, and atomically
+/// (written under a temporary name, then renamed), so a process never reads
+/// a marker half written.
+fn check_marker(root: &Path, create: bool) -> Result<(), Error> {
+    let marker = root.join("DASHI-LOCAL");
+    match std::fs::read_to_string(&marker) {
+        Ok(m) if m == MARKER => Ok(()),
+        Ok(m) => Err(store_err(
+            "format",
+            format!(
+                "{} holds a store of format {:?}; this build reads {:?} (open it with the build \
+                 that wrote it, drain it, and start a new store)",
+                root.display(),
+                m.trim(),
+                MARKER.trim()
+            ),
+        )),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && create => {
+            let tmp = root.join(format!("DASHI-LOCAL.tmp-{}", std::process::id()));
+            let write = || -> std::io::Result<()> {
+                std::fs::write(&tmp, MARKER)?;
+                std::fs::rename(&tmp, &marker)?;
+                std::fs::File::open(root)?.sync_all()
+            };
+            write().map_err(|e| store_err("format marker", e))
+        }
+        Err(e) => Err(store_err("format marker", e)),
+    }
 }
 
 /// Stores open in this process, by directory and options.
@@ -99,25 +177,6 @@ impl LocalTransport {
 
     fn open_new(root: &Path, opts: LocalOptions) -> Result<LocalTransport, Error> {
         std::fs::create_dir_all(root.join("q")).map_err(|e| store_err("directory", e))?;
-        let marker = root.join("DASHI-LOCAL");
-        match std::fs::read_to_string(&marker) {
-            Ok(m) if m == MARKER => {}
-            Ok(m) => {
-                return Err(store_err(
-                    "format",
-                    format!(
-                        "{} holds a store of format {:?}; this build reads {:?}",
-                        root.display(),
-                        m.trim(),
-                        MARKER.trim()
-                    ),
-                ))
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                std::fs::write(&marker, MARKER).map_err(|e| store_err("format marker", e))?;
-            }
-            Err(e) => return Err(store_err("format marker", e)),
-        }
         // Presence: every process holds a shared lock on `open.lock` while it
         // has the store open. The first one in (nobody else holds it) gets it
         // exclusively and recovers the store before letting others in.
@@ -137,15 +196,25 @@ impl LocalTransport {
         .map_err(|e| store_err("presence lock", e))?
         {
             Some(alone) => {
+                check_marker(root, true)?;
                 recovered = recover_store(root, opts.segment_size)?;
+                crate::procs::sweep(root, 0);
                 alone
                     .downgrade()
                     .map_err(|e| store_err("presence lock", e))?
             }
-            None => FileLock::shared(lock_file).map_err(|e| store_err("presence lock", e))?,
+            None => {
+                let shared =
+                    FileLock::shared(lock_file).map_err(|e| store_err("presence lock", e))?;
+                // The process that had it exclusively made the marker.
+                check_marker(root, false)?;
+                shared
+            }
         };
         let control =
             SharedPage::open(&root.join("control")).map_err(|e| store_err("control page", e))?;
+        let reg = Registration::register(root, &control)
+            .map_err(|e| store_err("process registration", e))?;
         // One small runtime per store: fallocate of segments (and their
         // background preparation) and, with fsync, the fdatasyncs.
         let cores = match opts.fsync {
@@ -185,8 +254,7 @@ impl LocalTransport {
             routing: ArcSwap::from_pointee(Routing::default()),
             loaded_gen: AtomicU64::new(u64::MAX),
             counters: Counters::default(),
-            pid: std::process::id(),
-            me: owner::Me::get(),
+            reg,
             exclusive_owner: Mutex::new(HashMap::new()),
             watcher: OnceLock::new(),
             arm: Arc::new(Arm::default()),

@@ -90,7 +90,11 @@ impl Inner {
         if let Some(d) = &self.durability {
             if let Err(e) = d.commit(&written) {
                 // The record is in the log (it may be delivered), but its
-                // durability is not confirmed: say so.
+                // durability is not confirmed: say so. Nothing more is
+                // confirmed from those files: new records go to new ones.
+                for seg in &written {
+                    seg.seal();
+                }
                 return Err(transport_error(
                     format!("published but not confirmed durable: {e}"),
                     env,
@@ -144,7 +148,7 @@ impl Inner {
         payload: &[u8],
         size: u64,
     ) -> Result<Vec<Arc<Segment>>, dashi_engine::Error> {
-        let writer = self.me.writer();
+        let writer = u64::from(self.me());
         let ts = wall_ns();
         let mut written = Vec::new();
         for &t in targets {

@@ -12,7 +12,9 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering::AcqRel, Ordering::Acquire, Ordering::SeqCst};
+use std::sync::atomic::{
+    AtomicBool, AtomicU64, Ordering::AcqRel, Ordering::Acquire, Ordering::SeqCst,
+};
 use std::sync::{Arc, OnceLock, Weak};
 use std::task::Waker;
 
@@ -26,8 +28,8 @@ use crate::alloc::Allocator;
 use crate::clock;
 use crate::codec;
 use crate::file_names;
-use crate::lane::{claim, token, token_lane, Claimed, Lane};
-use crate::owner;
+use crate::lane::{token, Claimed, Lane, Storage};
+use crate::segment::claim;
 use crate::shared_page::SharedPage;
 
 use super::{store_err, wall_ns, Inner, LocalOptions, PUBLISHED};
@@ -35,25 +37,37 @@ use super::{store_err, wall_ns, Inner, LocalOptions, PUBLISHED};
 /// One queue of the store, as this process uses it.
 pub(crate) struct LocalQueue {
     pub(super) decl: Queue,
+    /// The queue's incarnation (see `meta_json.rs`).
+    pub(super) id: u64,
+    /// `<root>/q/<encoded name>/<incarnation>`.
     pub(super) dir: PathBuf,
     pub(super) lanes_used: SharedPage,
     pub(super) lanes: Vec<OnceLock<Arc<Lane>>>,
     pub(super) segment_size: u64,
     pub(super) alloc: Arc<Allocator>,
     pub(super) state: QueueState,
-    /// Deliveries of this process not yet settled, by token (a fast hash:
-    /// tokens are positions, not attacker-chosen).
-    pub(super) held: Mutex<HashMap<u64, Claimed, foldhash::fast::RandomState>>,
-    /// This process as a claim owner (pid and start-time bits).
-    pub(super) owner: u64,
+    /// Deliveries of this process not yet settled, by lane and token (a
+    /// fast hash: tokens are positions, not attacker-chosen).
+    pub(super) held: Mutex<HashMap<(u8, u64), Claimed, foldhash::fast::RandomState>>,
+    /// This process's id in the store (claims name it).
+    pub(super) owner: u32,
     pub(super) transport: Weak<Inner>,
-    /// When this process last looked for records held by dead processes.
-    pub(super) last_reclaim_ns: AtomicU64,
+    /// When this process last did the queue's upkeep (coarse clock, ns;
+    /// 0 = never).
+    pub(super) last_upkeep_ns: AtomicU64,
+    /// Whether this process did the queue's upkeep once before its first
+    /// delivery (a dead consumer's records come back before anything newer
+    /// is delivered).
+    pub(super) first_upkeep: AtomicBool,
 }
 
-/// How often an idle consumer looks for records held by dead processes.
-const RECLAIM_EVERY_NS: u64 = 100_000_000;
-/// How long an uncommitted reservation without a writer pid may block a lane.
+/// How often a consumer looks for records held by dead processes (idle or
+/// busy alike).
+const UPKEEP_EVERY_NS: u64 = 100_000_000;
+/// How long an uncommitted reservation may block a lane when its writer
+/// cannot be named as dead (it died before writing its header, or it is
+/// stopped): then it is padded over, and a writer that was only stalled
+/// publishes again.
 const UNBLOCK_AFTER: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// How long past its deadline another process's lease must be before this
@@ -65,30 +79,40 @@ impl std::fmt::Debug for LocalQueue {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("LocalQueue")
             .field("name", &self.decl.name)
+            .field("id", &self.id)
             .finish()
     }
 }
 
+/// The directory of queue `name` (all its incarnations, and its `name`
+/// file).
+pub(super) fn queue_root(root: &Path, name: &str) -> Result<PathBuf, Error> {
+    let comp = file_names::encode(name).ok_or_else(|| store_err("queue name", "empty"))?;
+    Ok(root.join("q").join(comp))
+}
+
 impl LocalQueue {
+    #[allow(clippy::too_many_arguments)] // Each is one piece of the store a queue uses.
     pub(super) fn open(
         root: &Path,
         decl: Queue,
+        id: u64,
         opts: &LocalOptions,
         alloc: Arc<Allocator>,
-        owner: u64,
+        owner: u32,
         transport: Weak<Inner>,
     ) -> Result<LocalQueue, Error> {
-        let comp =
-            file_names::encode(&decl.name).ok_or_else(|| store_err("queue name", "empty"))?;
-        let dir = root.join("q").join(comp);
+        let qdir = queue_root(root, &decl.name)?;
+        let dir = qdir.join(format!("{id:016x}"));
         std::fs::create_dir_all(&dir).map_err(|e| store_err("queue directory", e))?;
-        std::fs::write(dir.join("name"), decl.name.as_bytes())
+        std::fs::write(qdir.join("name"), decl.name.as_bytes())
             .map_err(|e| store_err("queue name file", e))?;
         let lanes_used =
             SharedPage::open(&dir.join("state")).map_err(|e| store_err("queue state", e))?;
         Ok(LocalQueue {
             lanes: (0..=decl.max_priority).map(|_| OnceLock::new()).collect(),
             decl,
+            id,
             dir,
             lanes_used,
             segment_size: opts.segment_size,
@@ -97,43 +121,65 @@ impl LocalQueue {
             held: Mutex::new(HashMap::default()),
             owner,
             transport,
-            last_reclaim_ns: AtomicU64::new(0),
+            last_upkeep_ns: AtomicU64::new(0),
+            first_upkeep: AtomicBool::new(false),
         })
     }
 
-    /// Returns records held by processes that died to their lanes and deletes
-    /// fully settled segments (rate limited); true if any record came back.
-    pub(super) fn reclaim_dead(&self) -> bool {
-        let now = now_ns();
-        let last = self.last_reclaim_ns.load(Acquire);
-        if now.saturating_sub(last) < RECLAIM_EVERY_NS
+    /// Deletes this incarnation's files (the queue was deleted).
+    pub(super) fn remove_files(&self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+        if let Some(parent) = self.dir.parent() {
+            // The name directory goes too once no incarnation is left.
+            let only_name = std::fs::read_dir(parent)
+                .map(|d| d.flatten().all(|e| e.file_name() == "name"))
+                .unwrap_or(false);
+            if only_name {
+                let _ = std::fs::remove_dir_all(parent);
+            }
+        }
+    }
+
+    /// The queue's upkeep, at most every 100 ms unless `now`: records held
+    /// by processes that ended (or whose lease ran out long ago) go back to
+    /// their lanes, reservations of dead or stalled writers are padded over,
+    /// and fully settled segments are deleted. True if any record came back
+    /// or a lane was unblocked.
+    pub(super) fn upkeep(&self, now: bool) -> bool {
+        let t = clock::coarse_now_ns();
+        let last = self.last_upkeep_ns.load(Acquire);
+        let due = last == 0 || t.saturating_sub(last) >= UPKEEP_EVERY_NS;
+        if !(now || due)
             || self
-                .last_reclaim_ns
-                .compare_exchange(last, now, AcqRel, Acquire)
+                .last_upkeep_ns
+                .compare_exchange(last, t.max(1), AcqRel, Acquire)
                 .is_err()
         {
             return false;
         }
-        // One look at /proc per owner per pass.
-        let mut seen: HashMap<u64, bool> = HashMap::new();
-        let mut alive = |owner: u64| {
+        let Some(inner) = self.transport.upgrade() else {
+            return false;
+        };
+        // One look at each owner's lock per pass.
+        let mut seen: HashMap<u32, bool> = HashMap::new();
+        let mut alive = |owner: u32| {
             *seen
                 .entry(owner)
-                .or_insert_with(|| owner::claim_owner_alive(owner))
+                .or_insert_with(|| crate::procs::alive(&inner.root, owner))
         };
-        let now = clock::shared_now_ns();
+        let shared_now = clock::shared_now_ns();
         let mut any = false;
         for p in self.used_lanes() {
             let Ok(l) = self.lane(p) else { continue };
-            if l.counts().2 > 0 {
-                any |= l
-                    .reclaim(&mut alive, self.owner, now, LEASE_GRACE_NS)
-                    .unwrap_or(0)
-                    > 0;
+            match l.reclaim(&mut alive, self.owner, shared_now, LEASE_GRACE_NS) {
+                Ok(n) => any |= n > 0,
+                Err(e) => tracing::warn!(queue = %self.decl.name, error = %e, "reclaiming failed"),
             }
-            // A dead producer's uncommitted reservation must not block the
-            // lane (writers that died before writing their pid get 10 s).
-            match l.unblock(owner::writer_alive, UNBLOCK_AFTER) {
+            // A dead or stalled producer's uncommitted reservation must not
+            // block the lane.
+            let writer_alive =
+                |w: u64| u32::try_from(w).is_ok_and(|id| crate::procs::alive(&inner.root, id));
+            match l.unblock(writer_alive, UNBLOCK_AFTER) {
                 Ok(padded) => any |= padded,
                 Err(e) => tracing::warn!(queue = %self.decl.name, error = %e, "unblocking failed"),
             }
@@ -143,6 +189,10 @@ impl LocalQueue {
                 tracing::warn!(queue = %self.decl.name, error = %e, "retention failed");
             }
         }
+        if any {
+            // Consumers asleep in other processes may take these now.
+            inner.wake_other_processes();
+        }
         any
     }
 
@@ -151,13 +201,12 @@ impl LocalQueue {
         if let Some(l) = cell.get() {
             return Ok(l);
         }
-        let lane = Lane::open_with(
-            &self.dir.join(format!("lane-{p}")),
-            u32::from(p),
-            self.segment_size,
-            self.alloc.clone(),
-        )
-        .map_err(|e| store_err("lane", e))?;
+        let storage = Storage::Files {
+            dir: self.dir.join(format!("lane-{p}")),
+            alloc: self.alloc.clone(),
+        };
+        let lane = Lane::open(storage, u32::from(p), self.segment_size)
+            .map_err(|e| store_err("lane", e))?;
         let _ = cell.set(Arc::new(lane));
         self.lanes_used
             .u64_at(8 * (p as usize / 64))
@@ -215,7 +264,7 @@ impl LocalQueue {
         let mut env = Envelope::new(p.message, &p.exchange, &p.routing_key);
         env.redelivered = c.redelivered;
         env.lane = lane;
-        env.token = token(lane, c.pos);
+        env.token = token(c.pos);
         env.expires_at = match ttl {
             None => u64::MAX,
             Some(ttl) => {
@@ -226,11 +275,12 @@ impl LocalQueue {
         Ok(env)
     }
 
-    pub(super) fn take(&self, token: u64) -> Option<(u8, Claimed)> {
+    /// The claim behind a delivery of this process, no longer held.
+    pub(super) fn take(&self, env: &Envelope) -> Option<(u8, Claimed)> {
         self.held
             .lock()
-            .remove(&token)
-            .map(|c| (token_lane(token), c))
+            .remove(&(env.lane, env.token))
+            .map(|c| (env.lane, c))
     }
 
     pub(super) fn kill(&self, lane: u8, c: &Claimed, env: Envelope, reason: DeathReason) {
@@ -244,8 +294,22 @@ impl LocalQueue {
 
     pub(super) fn pop_ready(&self) -> Option<Envelope> {
         for p in self.used_lanes() {
-            let Ok(l) = self.lane(p) else { continue };
-            while let Ok(Some(c)) = l.claim(self.owner) {
+            let l = match self.lane(p) {
+                Ok(l) => l,
+                Err(e) => {
+                    tracing::warn!(queue = %self.decl.name, lane = p, error = %e, "lane unreadable");
+                    continue;
+                }
+            };
+            loop {
+                let c = match l.claim(self.owner) {
+                    Ok(Some(c)) => c,
+                    Ok(None) => break,
+                    Err(e) => {
+                        tracing::warn!(queue = %self.decl.name, lane = p, error = %e, "lane unreadable");
+                        break;
+                    }
+                };
                 let env = match self.envelope(p, &c) {
                     Ok(env) => env,
                     Err(e) => {
@@ -261,7 +325,7 @@ impl LocalQueue {
                     self.kill(p, &c, env, DeathReason::Expired);
                     continue;
                 }
-                self.held.lock().insert(env.token, c);
+                self.held.lock().insert((p, env.token), c);
                 return Some(env);
             }
         }
@@ -296,28 +360,34 @@ impl QueueStore for LocalQueue {
     }
 
     fn pop(&self) -> Option<Envelope> {
-        let first = self.pop_ready();
-        if first.is_some() {
-            // A consumer that never runs dry still reclaims (dead owners,
-            // expired leases) and retires segments: every 1024 pops it looks
-            // at the clock, and the pass itself runs at most every 100 ms.
-            thread_local!(static POPS: std::cell::Cell<u32> = const { std::cell::Cell::new(0) });
-            if POPS.with(|n| {
-                n.set(n.get().wrapping_add(1));
-                n.get() % 1024 == 0
-            }) {
-                self.reclaim_dead();
+        if let Some(t) = self.transport.upgrade() {
+            // A consumer-only process sees deletes and redeclares too (one
+            // atomic load when nothing changed).
+            if let Err(e) = t.refresh() {
+                tracing::warn!(queue = %self.decl.name, error = %e, "topology reload failed");
             }
-            return first;
         }
-        if !self.reclaim_dead() {
-            return first;
+        if self.state.is_deleted() {
+            return None;
+        }
+        // Before this process's first delivery from the queue, records a
+        // dead consumer held come back (strict priority across a crash);
+        // after that the upkeep runs every 100 ms, busy or idle.
+        if !self.first_upkeep.swap(true, AcqRel) {
+            self.upkeep(true);
+        }
+        if let Some(env) = self.pop_ready() {
+            self.upkeep(false);
+            return Some(env);
+        }
+        if !self.upkeep(false) {
+            return None;
         }
         self.pop_ready()
     }
 
     fn ack(&self, env: &Envelope) {
-        if let Some((p, c)) = self.take(env.token) {
+        if let Some((p, c)) = self.take(env) {
             if let Ok(l) = self.lane(p) {
                 l.settle(&c, self.owner, claim::ACKED);
             }
@@ -325,26 +395,31 @@ impl QueueStore for LocalQueue {
     }
 
     fn reject(&self, env: Envelope) {
-        if let Some((p, c)) = self.take(env.token) {
+        if let Some((p, c)) = self.take(&env) {
             self.kill(p, &c, env, DeathReason::Rejected);
         }
     }
 
     fn restore(&self, envs: Vec<Envelope>) {
+        let mut any = false;
         for env in envs {
-            if let Some((p, c)) = self.take(env.token) {
+            if let Some((p, c)) = self.take(&env) {
                 if let Ok(l) = self.lane(p) {
-                    l.restore(&c, self.owner, env.redelivered);
+                    any |= l.restore(&c, self.owner, env.redelivered);
                 }
             }
         }
         self.state.notify_all();
+        if any {
+            if let Some(t) = self.transport.upgrade() {
+                t.wake_other_processes();
+            }
+        }
     }
 
     fn lease(&self, env: &Envelope, lease: std::time::Duration) {
-        let lane = token_lane(env.token);
-        let held = self.held.lock().get(&env.token).cloned();
-        if let (Some(c), Ok(l)) = (held, self.lane(lane)) {
+        let held = self.held.lock().get(&(env.lane, env.token)).cloned();
+        if let (Some(c), Ok(l)) = (held, self.lane(env.lane)) {
             let deadline = clock::shared_now_ns().saturating_add(lease.as_nanos() as u64);
             l.set_deadline(&c, self.owner, deadline);
         }
@@ -368,11 +443,18 @@ impl QueueStore for LocalQueue {
     fn consumer_removed(&self) {
         if self.state.consumer_removed(&self.decl) {
             if let Some(t) = self.transport.upgrade() {
-                let _ = t.change(|m| {
-                    m.queues.retain(|(q, _)| q.name != self.decl.name);
-                    m.bindings.retain(|b| b.queue != self.decl.name);
+                // This incarnation only: a queue declared again since is
+                // another queue.
+                let removed = t.change(|m| {
+                    m.remove_queue(&self.decl.name, Some(self.id));
                     Ok(())
                 });
+                match removed {
+                    Ok(()) => self.remove_files(),
+                    Err(e) => {
+                        tracing::warn!(queue = %self.decl.name, error = %e, "auto-delete failed")
+                    }
+                }
             }
         }
     }

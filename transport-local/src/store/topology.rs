@@ -25,6 +25,21 @@ use super::meta_json::Meta;
 use super::queue::LocalQueue;
 use super::{store_err, Inner, GENERATION};
 
+/// Writes `meta.json` anew: written under a temporary name, synced, renamed,
+/// and the directory synced, so a topology change that returned survives a
+/// power loss and no reader sees half a file. The caller holds the metadata
+/// lock (or has the store to itself).
+pub(super) fn write_meta(root: &std::path::Path, meta: &Meta) -> std::io::Result<()> {
+    use std::io::Write;
+    let text = meta.to_json().map_err(std::io::Error::other)?;
+    let tmp = root.join(format!("meta.json.tmp-{}", std::process::id()));
+    let mut f = std::fs::File::create(&tmp)?;
+    f.write_all(text.as_bytes())?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, root.join("meta.json"))?;
+    std::fs::File::open(root)?.sync_all()
+}
+
 impl Inner {
     pub(super) fn meta_path(&self) -> PathBuf {
         self.root.join("meta.json")
@@ -59,19 +74,7 @@ impl Inner {
         let before = meta.clone();
         f(&mut meta)?;
         if meta != before {
-            let text = meta.to_json().map_err(|e| store_err("metadata", e))?;
-            let tmp = self.root.join(format!("meta.json.tmp-{}", self.pid));
-            // Written, synced, renamed, and the directory synced: a topology
-            // change that returned survives a power loss.
-            let write = || -> std::io::Result<()> {
-                use std::io::Write;
-                let mut f = std::fs::File::create(&tmp)?;
-                f.write_all(text.as_bytes())?;
-                f.sync_all()?;
-                std::fs::rename(&tmp, self.meta_path())?;
-                std::fs::File::open(&self.root)?.sync_all()
-            };
-            write().map_err(|e| store_err("metadata write", e))?;
+            write_meta(&self.root, &meta).map_err(|e| store_err("metadata write", e))?;
             self.control.u64_at(GENERATION).fetch_add(1, AcqRel);
         }
         self.reload(meta)
@@ -95,26 +98,34 @@ impl Inner {
             topology.declare_exchange(e)?;
         }
         let mut queues = HashMap::new();
-        for (q, _) in &meta.queues {
-            let existing = topo.queues.get(&q.name).filter(|x| x.decl == *q).cloned();
+        for entry in &meta.queues {
+            // The same incarnation is the same queue; anything else (a queue
+            // deleted and declared again, even with the same arguments) is a
+            // new one, in its own directory.
+            let existing = topo
+                .queues
+                .get(&entry.decl.name)
+                .filter(|x| x.id == entry.id && x.decl == entry.decl)
+                .cloned();
             let lq = match existing {
                 Some(x) => x,
                 None => Arc::new(LocalQueue::open(
                     &self.root,
-                    q.clone(),
+                    entry.decl.clone(),
+                    entry.id,
                     &self.opts,
                     self.alloc.clone(),
-                    self.me.claim_owner(),
+                    self.me(),
                     Arc::downgrade(self),
                 )?),
             };
-            queues.insert(q.name.clone(), lq);
+            queues.insert(entry.decl.name.clone(), lq);
         }
         for b in &meta.bindings {
             let _ = topology.bind(b.clone(), |q| queues.contains_key(q));
         }
         for (name, q) in &topo.queues {
-            if !queues.contains_key(name) {
+            if queues.get(name).is_none_or(|n| !Arc::ptr_eq(n, q)) {
                 q.state.mark_deleted();
             }
         }

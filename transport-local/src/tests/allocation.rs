@@ -20,7 +20,7 @@ fn dir(_tag: &str) -> TestDir {
 }
 
 fn lane_dir(root: &Path) -> PathBuf {
-    root.join("q").join("q").join("lane-0")
+    root.join("q/q/0000000000000001/lane-0")
 }
 
 fn seg(root: &Path, seq: u64) -> PathBuf {
@@ -119,9 +119,12 @@ fn a_segment_the_disk_cannot_hold_is_a_clear_error_through_the_ring() {
     let d = dir("nospace");
     let rt = Arc::new(Runtime::start(RuntimeConfig::default().with_cores(1)).unwrap());
     // 2^62 bytes: no filesystem here can allocate it (EFBIG / ENOSPC).
-    let e = Lane::open_with(&d, 0, 1 << 62, Allocator::on_ring(rt))
-        .unwrap_err()
-        .to_string();
+    let storage = crate::lane::Storage::Files {
+        dir: d.to_path_buf(),
+        alloc: Allocator::on_ring(rt),
+    };
+    let lane = Lane::open(storage, 0, 1 << 62).unwrap();
+    let e = lane.append(b"x", 1, 1, 0).unwrap_err().to_string();
     assert!(e.contains("cannot allocate"), "{e}");
     let leftovers = std::fs::read_dir(&d)
         .unwrap()

@@ -9,8 +9,10 @@ use std::process::{Child, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::lane::{claim, Lane};
-use crate::owner::{self, Me};
+use crate::lane::Lane;
+use crate::procs::Registration;
+use crate::segment::claim;
+use crate::shared_page::SharedPage;
 
 const CHILD: &str = "DASHI_LANE_CHILD";
 
@@ -25,9 +27,17 @@ fn payload(writer: u32, i: u32) -> Vec<u8> {
     p
 }
 
-/// A claim owner for tests: pid `n`, start time 1 (never a live process's).
-fn who(n: u32) -> u64 {
-    owner::claim_owner(n, 1)
+/// A claim owner for tests: store process `n` (never registered, so never
+/// a live process to `procs::alive`).
+fn who(n: u32) -> u32 {
+    n
+}
+
+/// Registers the calling process with the "store" at `d` (the lane
+/// directory doubles as one here): its id, alive while the value lives.
+fn register(d: &Path) -> Registration {
+    let control = SharedPage::open(&d.join("control")).unwrap();
+    Registration::register(d, &control).unwrap()
 }
 
 fn parse(c: &crate::lane::Claimed) -> (u32, u32) {
@@ -41,7 +51,7 @@ fn parse(c: &crate::lane::Claimed) -> (u32, u32) {
 #[test]
 fn claims_in_order_restores_first_and_rolls_over() {
     let d = dir("order");
-    let lane = Lane::open(&d, 0, 8192).unwrap();
+    let lane = Lane::open_dir(&d, 0, 8192).unwrap();
     for i in 0..100 {
         lane.append(&payload(0, i), 0, 1, 0).unwrap();
     }
@@ -80,7 +90,7 @@ fn claims_in_order_restores_first_and_rolls_over() {
 #[test]
 fn threads_claim_each_record_once() {
     let d = dir("threads");
-    let lane = Arc::new(Lane::open(&d, 0, 64 * 1024).unwrap());
+    let lane = Arc::new(Lane::open_dir(&d, 0, 64 * 1024).unwrap());
     let producers: Vec<_> = (0..2u32)
         .map(|w| {
             let lane = lane.clone();
@@ -144,20 +154,22 @@ fn threads_claim_each_record_once() {
 fn child_role() {
     let spec = std::env::var(CHILD).expect("run by the tests in this file");
     let parts: Vec<&str> = spec.split(',').collect();
-    let lane = Lane::open(Path::new(parts[0]), 0, 256 * 1024).unwrap();
+    let d = Path::new(parts[0]);
+    let lane = Lane::open_dir(d, 0, 256 * 1024).unwrap();
+    let me = register(d);
     let id: u32 = parts[2].parse().unwrap();
     let count: u32 = parts[3].parse().unwrap();
     match parts[1] {
         "p" => {
             for i in 0..count {
-                lane.append(&payload(id, i), 0, Me::get().writer(), 0)
+                lane.append(&payload(id, i), 0, u64::from(me.id()), 0)
                     .unwrap();
             }
         }
         "h" => {
             let mut held = Vec::new();
             while held.len() < count as usize {
-                if let Some(c) = lane.claim(Me::get().claim_owner()).unwrap() {
+                if let Some(c) = lane.claim(me.id()).unwrap() {
                     held.push(c);
                 }
             }
@@ -190,7 +202,7 @@ fn alive(pid: u32) -> bool {
 fn processes_produce_and_a_killed_consumer_s_records_come_back() {
     let d = dir("procs");
     std::fs::create_dir_all(&d).unwrap();
-    let lane = Lane::open(&d, 0, 256 * 1024).unwrap();
+    let lane = Lane::open_dir(&d, 0, 256 * 1024).unwrap();
     let mut producers: Vec<Child> = (0..2).map(|w| spawn(&d, "p", w, 2000)).collect();
     for p in &mut producers {
         assert!(p.wait().unwrap().success());
@@ -209,10 +221,12 @@ fn processes_produce_and_a_killed_consumer_s_records_come_back() {
     holder.kill().unwrap();
     holder.wait().unwrap();
     assert_eq!(lane.counts().2, 50);
-    let me = Me::get().claim_owner();
+    let reg = register(&d);
+    let me = reg.id();
+    let root = d.to_path_buf();
     assert_eq!(
         lane.reclaim(
-            owner::claim_owner_alive,
+            |id| crate::procs::alive(&root, id),
             me,
             crate::clock::shared_now_ns(),
             0
@@ -245,7 +259,7 @@ fn processes_produce_and_a_killed_consumer_s_records_come_back() {
 #[test]
 fn retention_deletes_settled_segments_and_follows_the_slowest_consumer() {
     let d = dir("retention");
-    let lane = Lane::open(&d, 0, 64 * 1024).unwrap();
+    let lane = Lane::open_dir(&d, 0, 64 * 1024).unwrap();
     for i in 0..3000 {
         lane.append(&payload(0, i), 0, 1, 0).unwrap();
     }
@@ -286,7 +300,7 @@ fn retention_deletes_settled_segments_and_follows_the_slowest_consumer() {
 #[test]
 fn a_dead_producers_reservation_does_not_block_consumers() {
     let d = dir("unblock");
-    let lane = Lane::open(&d, 0, 1 << 20).unwrap();
+    let lane = Lane::open_dir(&d, 0, 1 << 20).unwrap();
     lane.append(&payload(0, 0), 0, 1, 0).unwrap();
     // A producer reserves and dies before writing anything (no pid in the
     // header), then another commits after it.
@@ -302,12 +316,46 @@ fn a_dead_producers_reservation_does_not_block_consumers() {
     assert_eq!(parse(&lane.claim(who(1)).unwrap().unwrap()).1, 2);
 }
 
+/// Defect 3 of the log-protocol review: padding over a dead writer's
+/// reservation covers exactly that reservation, never the uncommitted one of
+/// a live writer right after it, whose commit then succeeds and is read.
+#[test]
+fn padding_a_dead_writers_hole_spares_the_live_writer_after_it() {
+    let d = dir("exactpad");
+    let lane = Lane::open_dir(&d, 0, 1 << 20).unwrap();
+    lane.append(&payload(0, 0), 0, 1, 0).unwrap();
+    let seg = lane.segment(0).unwrap().unwrap();
+    // Dead: reserved, nothing written. Live: reserved and written, not yet
+    // committed. Then a committed record after both.
+    seg.reserve_only(40);
+    let live = seg.reserve_and_write(&payload(0, 2), 0, 7);
+    lane.append(&payload(0, 3), 0, 1, 0).unwrap();
+    assert_eq!(parse(&lane.claim(who(1)).unwrap().unwrap()).1, 0);
+    // The dead writer's hole is padded (it never named itself: age).
+    assert!(lane.unblock(|_| true, Duration::ZERO).unwrap());
+    // The live writer's reservation is next, still pending: not skipped.
+    assert!(
+        lane.claim(who(1)).unwrap().is_none(),
+        "the live reservation was padded over"
+    );
+    assert!(seg.commit_reserved(live), "the live writer's commit");
+    let got: Vec<u32> = std::iter::from_fn(|| lane.claim(who(1)).unwrap())
+        .map(|c| parse(&c).1)
+        .collect();
+    assert_eq!(got, [2, 3]);
+}
+
 #[test]
 fn a_segment_the_disk_cannot_hold_is_a_clear_error() {
     let d = dir("nospace");
     // 2^62 bytes: no filesystem here can allocate it (EFBIG / ENOSPC).
-    let e = Lane::open(&d, 0, 1 << 62).unwrap_err().to_string();
+    // Opening needs no space; the first append says why it cannot.
+    let lane = Lane::open_dir(&d, 0, 1 << 62).unwrap();
+    let e = lane.append(b"x", 1, 1, 0).unwrap_err().to_string();
     assert!(e.contains("cannot allocate"), "{e}");
+    // The lane is still an empty lane.
+    assert!(lane.claim(who(1)).unwrap().is_none());
+    assert_eq!(lane.counts(), (0, 0, 0));
     // Nothing half-made is left behind.
     let leftovers: Vec<_> = std::fs::read_dir(&d)
         .unwrap()
@@ -320,12 +368,13 @@ fn a_segment_the_disk_cannot_hold_is_a_clear_error() {
 #[test]
 fn an_expired_lease_of_another_process_comes_back_after_the_grace() {
     let d = dir("lease");
-    let lane = Lane::open(&d, 0, 1 << 20).unwrap();
+    let lane = Lane::open_dir(&d, 0, 1 << 20).unwrap();
     for i in 0..3 {
         lane.append(&payload(0, i), 0, 1, 0).unwrap();
     }
     // "Another process" that is alive: this one, seen from a second owner.
-    let holder = Me::get().claim_owner();
+    let reg = register(&d);
+    let holder = reg.id();
     let other = who(4);
     let now = crate::clock::shared_now_ns();
     let a = lane.claim(holder).unwrap().unwrap();
@@ -351,35 +400,36 @@ fn an_expired_lease_of_another_process_comes_back_after_the_grace() {
     // The old holder can neither settle nor extend what it lost.
     assert!(!lane.settle(&a, holder, claim::ACKED));
     assert!(!lane.set_deadline(&a, holder, now + 1));
-    // The restore cleared the old deadline: the new claim has no lease.
+    // The old deadline belongs to the old claim (its generation): the new
+    // claim has no lease.
     assert_eq!(lane.reclaim(|_| true, who(5), now, 0).unwrap(), 1, "b only");
     assert!(lane.settle(&c, holder, claim::ACKED));
     assert!(lane.settle(&again, other, claim::ACKED));
 }
 
+/// An owner whose lock nobody holds is gone (a process that ended, or an id
+/// that never registered): its claims come back; a registered owner's stay.
 #[test]
-fn a_recycled_pid_is_not_the_owner() {
-    let d = dir("pidreuse");
-    let lane = Lane::open(&d, 0, 1 << 20).unwrap();
+fn only_owners_that_run_keep_their_claims() {
+    let d = dir("owners");
+    let lane = Lane::open_dir(&d, 0, 1 << 20).unwrap();
     lane.append(&payload(0, 0), 0, 1, 0).unwrap();
     lane.append(&payload(0, 1), 0, 1, 0).unwrap();
-    let me = Me::get();
-    // A claim by "our pid" but a process that started at another time: the
-    // process that made it is gone, even though the pid runs now.
-    let ghost = owner::claim_owner(me.pid, me.start + 7);
-    let mine = me.claim_owner();
+    let reg = register(&d);
+    let ghost = reg.id() + 1000;
     lane.claim(ghost).unwrap().unwrap();
-    lane.claim(mine).unwrap().unwrap();
+    lane.claim(reg.id()).unwrap().unwrap();
+    let root = d.to_path_buf();
     let n = lane
         .reclaim(
-            owner::claim_owner_alive,
+            |id| crate::procs::alive(&root, id),
             who(3),
             crate::clock::shared_now_ns(),
             0,
         )
         .unwrap();
     assert_eq!(n, 1, "only the ghost's claim comes back");
-    let back = lane.claim(mine).unwrap().unwrap();
+    let back = lane.claim(reg.id()).unwrap().unwrap();
     assert!(back.redelivered);
     assert_eq!(parse(&back).1, 0);
 }
@@ -389,14 +439,14 @@ fn a_ready_record_stranded_below_next_is_delivered_after_recovery() {
     // After a power loss the state page can be newer than a segment page: a
     // claim word reads ready again while `next` has moved past it.
     let d = dir("stranded");
-    let lane = Lane::open(&d, 0, 1 << 20).unwrap();
+    let lane = Lane::open_dir(&d, 0, 1 << 20).unwrap();
     for i in 0..3 {
         lane.append(&payload(0, i), 0, 1, 0).unwrap();
     }
     let lost = lane.claim(who(1)).unwrap().unwrap();
     lost.segment
         .claim_word(lost.pos.off)
-        .store(claim::READY, std::sync::atomic::Ordering::SeqCst);
+        .store(0, std::sync::atomic::Ordering::SeqCst);
     let got: Vec<u32> = std::iter::from_fn(|| lane.claim(who(2)).unwrap())
         .map(|c| parse(&c).1)
         .collect();
@@ -407,23 +457,28 @@ fn a_ready_record_stranded_below_next_is_delivered_after_recovery() {
     );
     drop(lane);
     // Reopened by the store's first user, which recovers it.
-    let lane = Lane::open(&d, 0, 1 << 20).unwrap();
+    let lane = Lane::open_dir(&d, 0, 1 << 20).unwrap();
     assert!(
         lane.claim(who(3)).unwrap().is_none(),
         "found without recovery"
     );
-    lane.recover().unwrap();
-    let back = lane.claim(who(3)).unwrap().unwrap();
-    assert_eq!(parse(&back).1, 0);
-    assert!(lane.claim(who(3)).unwrap().is_none());
+    let t = lane.recover().unwrap();
+    // Recovery runs when every other user has ended: their claims (records
+    // 1 and 2 here) come back too, flagged, in log order after record 0.
+    assert_eq!(t.claims_restored, 2);
+    let back: Vec<(u32, bool)> = std::iter::from_fn(|| lane.claim(who(3)).unwrap())
+        .map(|c| (parse(&c).1, c.redelivered))
+        .collect();
+    assert_eq!(back, [(0, false), (1, true), (2, true)]);
+    assert_eq!(lane.counts().0, 0);
 }
 
 #[test]
 fn every_process_lets_go_of_segments_retention_deleted() {
     // Two opens of one lane stand for two processes: each maps on its own.
     let d = dir("unmap");
-    let producer = Lane::open(&d, 0, 64 * 1024).unwrap();
-    let consumer = Lane::open(&d, 0, 64 * 1024).unwrap();
+    let producer = Lane::open_dir(&d, 0, 64 * 1024).unwrap();
+    let consumer = Lane::open_dir(&d, 0, 64 * 1024).unwrap();
     for i in 0..3000 {
         producer.append(&payload(0, i), 0, 1, 0).unwrap();
     }

@@ -59,7 +59,7 @@ fn a_torn_tail_is_cut() {
     let (_dir, seg) = fresh();
     fill(&seg, 10);
     let torn = seg.reserve_only(50);
-    let report = recover(&seg, true, |_, _, _| Ok(())).unwrap();
+    let report = recover(&seg, true, true, |_, _, _| Ok(())).unwrap();
     assert_eq!(report.records, 10);
     assert_eq!(report.cut_at, Some(torn));
     assert_eq!(seg.reserved_to(), torn);
@@ -74,7 +74,7 @@ fn a_corrupt_record_in_the_middle_is_moved_aside() {
     let offs = fill(&seg, 20);
     flip(&dir, offs[7] + 64 + 3); // payload byte of record 7
     let mut saved = Vec::new();
-    let report = recover(&seg, true, |off, bytes, reason| {
+    let report = recover(&seg, true, true, |off, bytes, reason| {
         saved.push((off, bytes.len(), reason));
         Ok(())
     })
@@ -89,7 +89,7 @@ fn a_corrupt_record_in_the_middle_is_moved_aside() {
     assert_eq!(left.len(), 19);
     assert!(!left.contains(&7));
     // A second recovery sees it as moved and changes nothing.
-    let again = recover(&seg, true, |_, _, _| panic!("already saved")).unwrap();
+    let again = recover(&seg, true, true, |_, _, _| panic!("already saved")).unwrap();
     assert_eq!(again.records, 19);
 }
 
@@ -98,7 +98,7 @@ fn a_corrupt_length_is_bridged_to_the_next_record() {
     let (dir, seg) = fresh();
     let offs = fill(&seg, 6);
     flip(&dir, offs[2] + 1); // second byte of record 2's committed length
-    let report = recover(&seg, true, |_, _, _| Ok(())).unwrap();
+    let report = recover(&seg, true, true, |_, _, _| Ok(())).unwrap();
     assert_eq!(report.moved.len(), 1);
     assert_eq!(report.records, 5);
     assert_eq!(ids(&seg), [0, 1, 3, 4, 5].into_iter().collect());
@@ -117,10 +117,10 @@ fn a_length_that_cannot_be_a_record_length_is_bridged() {
         .open(dir.join("0.seg"))
         .unwrap();
     f.write_all_at(b"\n", HEADER_LEN).unwrap();
-    let report = recover(&seg, true, |_, _, _| Ok(())).unwrap();
+    let report = recover(&seg, true, true, |_, _, _| Ok(())).unwrap();
     assert_eq!(
         report.moved,
-        vec![(offs[0], "committed length out of bounds")]
+        vec![(offs[0], "state word is not well formed")]
     );
     assert_eq!(ids(&seg), [1, 2, 3].into_iter().collect());
     assert_eq!(
@@ -152,7 +152,7 @@ fn seeded_random_damage_never_panics_or_loses_untouched_records() {
             let rec = offs.iter().rposition(|o| *o <= at).unwrap_or(0) as u32;
             damaged.insert(rec);
         }
-        let report = recover(&seg, true, |_, _, _| Ok(())).unwrap();
+        let report = recover(&seg, true, true, |_, _, _| Ok(())).unwrap();
         let left = ids(&seg);
         // Damage to the last record is a torn tail (cut); elsewhere it is moved
         // aside. Either way every undamaged record before the first damage

@@ -24,7 +24,7 @@ fn open(root: &Path) -> (LocalTransport, Connection) {
 }
 
 fn seg_path(root: &Path) -> PathBuf {
-    root.join("q/q/lane-0/0000000000000000.seg")
+    root.join("q/q/0000000000000001/lane-0/0000000000000000.seg")
 }
 
 /// Offsets of the records in segment 0, in order.
@@ -95,7 +95,7 @@ fn the_first_opener_moves_corrupt_records_aside_and_cuts_torn_tails() {
     let (t, c) = open(&d);
     let r = t.recovered();
     assert_eq!((r.moved, r.tails_cut, r.records), (1, 1, 9), "{r:?}");
-    let q = std::fs::read(d.join("q/q/lane-0/quarantine")).unwrap();
+    let q = std::fs::read(d.join("q/q/0000000000000001/lane-0/quarantine")).unwrap();
     assert!(
         String::from_utf8_lossy(&q).contains("checksum"),
         "quarantine file"
@@ -163,7 +163,7 @@ fn a_store_of_another_format_version_is_refused_untouched() {
         .unwrap_err()
         .to_string();
     assert!(
-        e.contains("dashi-local 1") && e.contains("dashi-local 2"),
+        e.contains("dashi-local 1") && e.contains("dashi-local 3"),
         "{e}"
     );
     assert_eq!(
@@ -191,7 +191,7 @@ fn a_segment_of_another_layout_version_is_refused() {
     f.write_all_at(&99u32.to_le_bytes(), 8).unwrap();
     let e = Segment::open(&seg_path(&d), f).unwrap_err().to_string();
     assert!(
-        e.contains("version 99") && e.contains("reads version 1"),
+        e.contains("version 99") && e.contains("reads version 2"),
         "{e}"
     );
 }

@@ -1,0 +1,163 @@
+//! The shared memory the log protocol runs on: a file mapped shared by every
+//! process that uses it, seen as 64- and 32-bit atomic words and as byte
+//! ranges. Under `--cfg loom` a region is a vector of loom atomics instead,
+//! so the model checks in `lane/loom_model.rs` run the real protocol code over
+//! memory loom can interleave.
+//!
+//! # Invariants
+//! - Every word that more than one process writes is only accessed through
+//!   the atomics here. Byte ranges are written only by the owner of a
+//!   reservation (or by recovery with exclusive access) and read only after
+//!   an acquire load of the word that publishes them.
+
+#[cfg(not(loom))]
+pub(crate) use std::sync::atomic::{AtomicU32, AtomicU64};
+
+#[cfg(loom)]
+pub(crate) use loom::sync::atomic::{AtomicU32, AtomicU64};
+
+/// A mapped (or, under loom, modelled) region of shared memory.
+#[derive(Debug)]
+pub(crate) struct Region {
+    #[cfg(not(loom))]
+    map: memmap2::MmapRaw,
+    #[cfg(loom)]
+    words: Box<[AtomicU64]>,
+    len: u64,
+}
+
+#[cfg(not(loom))]
+impl Region {
+    /// Maps `file` shared, read-write, for its whole length.
+    pub(crate) fn map(file: &std::fs::File) -> std::io::Result<Region> {
+        let len = file.metadata()?.len();
+        let map = memmap2::MmapRaw::map_raw(file)?;
+        Ok(Region { map, len })
+    }
+
+    /// The 64-bit word at `at`.
+    pub(crate) fn u64_at(&self, at: u64) -> &AtomicU64 {
+        assert!(at % 8 == 0 && at + 8 <= self.len, "word out of bounds");
+        // SAFETY: in bounds and 8-aligned (asserted; the mapping is page
+        // aligned); every process accesses this word only atomically; the
+        // mapping lives as long as `self`.
+        unsafe { &*(self.map.as_mut_ptr().add(at as usize) as *const AtomicU64) }
+    }
+
+    /// The 32-bit word at `at` (futex words).
+    pub(crate) fn u32_at(&self, at: u64) -> &AtomicU32 {
+        assert!(at % 4 == 0 && at + 4 <= self.len, "word out of bounds");
+        // SAFETY: as for `u64_at`, with 4-byte alignment.
+        unsafe { &*(self.map.as_mut_ptr().add(at as usize) as *const AtomicU32) }
+    }
+
+    /// Writes `bytes` at `at`.
+    pub(crate) fn write(&self, at: u64, bytes: &[u8]) {
+        assert!(at + bytes.len() as u64 <= self.len, "write out of bounds");
+        // SAFETY: in bounds (asserted); the caller owns the range (a
+        // reservation it made, a header at format time, a cut tail during
+        // exclusive recovery), which no other process reads before the
+        // release that publishes it.
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                bytes.as_ptr(),
+                self.map.as_mut_ptr().add(at as usize),
+                bytes.len(),
+            )
+        }
+    }
+
+    /// The bytes `[at, at + len)`, in place (clamped to the region).
+    pub(crate) fn slice(&self, at: u64, len: u64) -> &[u8] {
+        let at = at.min(self.len);
+        let len = len.min(self.len - at);
+        // SAFETY: in bounds (clamped); callers read only bytes published by an
+        // acquire load of their record's state word, which no process writes
+        // again; the mapping lives as long as `self`.
+        unsafe { std::slice::from_raw_parts(self.map.as_ptr().add(at as usize), len as usize) }
+    }
+
+    /// The bytes `[at, at + len)`, copied out (clamped to the region).
+    pub(crate) fn read(&self, at: u64, len: u64) -> Vec<u8> {
+        self.slice(at, len).to_vec()
+    }
+
+    /// Runs `f` over the bytes `[at, at + len)` (clamped), in place.
+    pub(crate) fn with_bytes<R>(&self, at: u64, len: u64, f: impl FnOnce(&[u8]) -> R) -> R {
+        f(self.slice(at, len))
+    }
+}
+
+#[cfg(loom)]
+impl Region {
+    /// Files are not modelled: loom models use [`Region::new_model`].
+    pub(crate) fn map(_file: &std::fs::File) -> std::io::Result<Region> {
+        Err(std::io::Error::other("files are not modelled under loom"))
+    }
+
+    /// A zero-filled region of `len` bytes (a multiple of 8).
+    #[cfg(test)]
+    pub(crate) fn new_model(len: u64) -> Region {
+        Region {
+            words: (0..len / 8).map(|_| AtomicU64::new(0)).collect(),
+            len,
+        }
+    }
+
+    pub(crate) fn u64_at(&self, at: u64) -> &AtomicU64 {
+        assert!(at % 8 == 0 && at + 8 <= self.len, "word out of bounds");
+        &self.words[(at / 8) as usize]
+    }
+
+    pub(crate) fn u32_at(&self, _at: u64) -> &AtomicU32 {
+        unreachable!("the loom models use no futex words")
+    }
+
+    /// Word by word (one relaxed store per word: what a writer publishes
+    /// with a later release), so models stay small.
+    pub(crate) fn write(&self, at: u64, bytes: &[u8]) {
+        use loom::sync::atomic::Ordering::Relaxed;
+        let end = at + bytes.len() as u64;
+        let mut w = at & !7;
+        while w < end {
+            let word = &self.words[(w / 8) as usize];
+            let mut v = if w >= at && w + 8 <= end {
+                0
+            } else {
+                word.load(Relaxed)
+            };
+            for i in 0..8 {
+                let p = w + i;
+                if p >= at && p < end {
+                    let shift = i * 8;
+                    v = (v & !(0xff << shift)) | (u64::from(bytes[(p - at) as usize]) << shift);
+                }
+            }
+            word.store(v, Relaxed);
+            w += 8;
+        }
+    }
+
+    pub(crate) fn read(&self, at: u64, len: u64) -> Vec<u8> {
+        use loom::sync::atomic::Ordering::Relaxed;
+        let at = at.min(self.len);
+        let len = len.min(self.len - at);
+        let mut out = Vec::with_capacity(len as usize);
+        let mut w = at & !7;
+        while w < at + len {
+            let v = self.words[(w / 8) as usize].load(Relaxed);
+            for i in 0..8 {
+                let p = w + i;
+                if p >= at && p < at + len {
+                    out.push((v >> (i * 8)) as u8);
+                }
+            }
+            w += 8;
+        }
+        out
+    }
+
+    pub(crate) fn with_bytes<R>(&self, at: u64, len: u64, f: impl FnOnce(&[u8]) -> R) -> R {
+        f(&self.read(at, len))
+    }
+}
