@@ -131,19 +131,32 @@ pub(crate) mod claim {
         pub(crate) owner: u32,
     }
 
-    fn crc8(mut v: u64) -> u64 {
-        // CRC-8 (polynomial 0x07) over the low 7 bytes.
-        let mut crc: u8 = 0;
-        for _ in 0..7 {
-            crc ^= v as u8;
-            for _ in 0..8 {
+    /// CRC-8 (polynomial 0x07) of every byte value, computed at build time.
+    const TABLE: [u8; 256] = {
+        let mut t = [0u8; 256];
+        let mut i = 0;
+        while i < 256 {
+            let mut crc = i as u8;
+            let mut bit = 0;
+            while bit < 8 {
                 crc = if crc & 0x80 != 0 {
                     (crc << 1) ^ 0x07
                 } else {
                     crc << 1
                 };
+                bit += 1;
             }
-            v >>= 8;
+            t[i] = crc;
+            i += 1;
+        }
+        t
+    };
+
+    /// CRC-8 of the low 7 bytes (it catches every single flipped bit).
+    fn crc8(v: u64) -> u64 {
+        let mut crc: u8 = 0;
+        for b in &v.to_le_bytes()[..7] {
+            crc = TABLE[(crc ^ b) as usize];
         }
         u64::from(crc)
     }

@@ -90,7 +90,7 @@ struct Topo {
 struct Inner {
     root: PathBuf,
     opts: LocalOptions,
-    control: SharedPage,
+    control: Arc<SharedPage>,
     topo: Mutex<Topo>,
     routing: ArcSwap<Routing<Arc<LocalQueue>>>,
     /// The generation `routing` was built from (checked on every publish

@@ -211,8 +211,9 @@ impl LocalTransport {
                 shared
             }
         };
-        let control =
-            SharedPage::open(&root.join("control")).map_err(|e| store_err("control page", e))?;
+        let control = Arc::new(
+            SharedPage::open(&root.join("control")).map_err(|e| store_err("control page", e))?,
+        );
         let reg = Registration::register(root, &control)
             .map_err(|e| store_err("process registration", e))?;
         // One small runtime per store: fallocate of segments (and their

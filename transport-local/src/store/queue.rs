@@ -13,7 +13,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{
-    AtomicBool, AtomicU64, Ordering::AcqRel, Ordering::Acquire, Ordering::SeqCst,
+    AtomicBool, AtomicU64, Ordering::AcqRel, Ordering::Acquire, Ordering::Relaxed, Ordering::SeqCst,
 };
 use std::sync::{Arc, OnceLock, Weak};
 use std::task::Waker;
@@ -32,7 +32,7 @@ use crate::lane::{token, Claimed, Lane, Storage};
 use crate::segment::claim;
 use crate::shared_page::SharedPage;
 
-use super::{store_err, wall_ns, Inner, LocalOptions, PUBLISHED};
+use super::{store_err, wall_ns, Inner, LocalOptions, GENERATION, PUBLISHED};
 
 /// One queue of the store, as this process uses it.
 pub(crate) struct LocalQueue {
@@ -59,6 +59,10 @@ pub(crate) struct LocalQueue {
     /// delivery (a dead consumer's records come back before anything newer
     /// is delivered).
     pub(super) first_upkeep: AtomicBool,
+    /// The store's control page (its topology generation).
+    pub(super) control: Arc<SharedPage>,
+    /// The generation this queue last checked the topology at.
+    pub(super) seen_generation: AtomicU64,
 }
 
 /// How often a consumer looks for records held by dead processes (idle or
@@ -100,6 +104,7 @@ impl LocalQueue {
         opts: &LocalOptions,
         alloc: Arc<Allocator>,
         owner: u32,
+        control: Arc<SharedPage>,
         transport: Weak<Inner>,
     ) -> Result<LocalQueue, Error> {
         let qdir = queue_root(root, &decl.name)?;
@@ -123,6 +128,8 @@ impl LocalQueue {
             transport,
             last_upkeep_ns: AtomicU64::new(0),
             first_upkeep: AtomicBool::new(false),
+            seen_generation: AtomicU64::new(control.u64_at(GENERATION).load(Acquire)),
+            control,
         })
     }
 
@@ -360,11 +367,16 @@ impl QueueStore for LocalQueue {
     }
 
     fn pop(&self) -> Option<Envelope> {
-        if let Some(t) = self.transport.upgrade() {
-            // A consumer-only process sees deletes and redeclares too (one
-            // atomic load when nothing changed).
-            if let Err(e) = t.refresh() {
-                tracing::warn!(queue = %self.decl.name, error = %e, "topology reload failed");
+        // A consumer-only process sees deletes and redeclares too: one
+        // atomic load of the shared generation when nothing changed.
+        let gen = self.control.u64_at(GENERATION).load(Acquire);
+        if gen != self.seen_generation.load(Relaxed) {
+            match self.transport.upgrade().map(|t| t.refresh()) {
+                // A failed reload is retried on the next pop.
+                Some(Err(e)) => {
+                    tracing::warn!(queue = %self.decl.name, error = %e, "topology reload failed");
+                }
+                _ => self.seen_generation.store(gen, Relaxed),
             }
         }
         if self.state.is_deleted() {
@@ -373,7 +385,7 @@ impl QueueStore for LocalQueue {
         // Before this process's first delivery from the queue, records a
         // dead consumer held come back (strict priority across a crash);
         // after that the upkeep runs every 100 ms, busy or idle.
-        if !self.first_upkeep.swap(true, AcqRel) {
+        if !self.first_upkeep.load(Relaxed) && !self.first_upkeep.swap(true, AcqRel) {
             self.upkeep(true);
         }
         if let Some(env) = self.pop_ready() {

@@ -116,6 +116,7 @@ impl Inner {
                     &self.opts,
                     self.alloc.clone(),
                     self.me(),
+                    self.control.clone(),
                     Arc::downgrade(self),
                 )?),
             };
