@@ -49,7 +49,7 @@ use crate::segment::{RecordMeta, Segment, SegmentError};
 use crate::shared_page::SharedPage;
 use crate::sync::Mutex;
 
-use layout::at;
+pub(crate) use layout::at;
 pub(crate) use position::{token, Pos, MAX_SEQ, NO_POS};
 pub(crate) use storage::prepare_segment;
 #[cfg(all(test, loom))]
@@ -185,6 +185,12 @@ impl Lane {
 
     fn pos(&self, off: usize) -> Pos {
         Pos::unpack(self.load(off))
+    }
+
+    /// A shared word of the lane's state page (tests force states with it).
+    #[cfg(test)]
+    pub(crate) fn shared_word(&self, off: usize) -> &AtomicU64 {
+        self.word(off)
     }
 
     /// Records this process found with a damaged claim word and set aside.

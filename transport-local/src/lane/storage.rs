@@ -370,4 +370,28 @@ mod tests {
             assert_eq!(seg_seq(other), None, "{other}");
         }
     }
+
+    /// Two containers whose processes both run as pid 1 once made the same
+    /// temporary name and truncated each other's mapped file. Every
+    /// temporary file is a new one: a name already taken is never opened.
+    #[test]
+    fn temporary_segment_files_never_reuse_an_existing_file() {
+        let d = dashi_test_support::TestDir::new();
+        let mut names = std::collections::BTreeSet::new();
+        for i in 0..200u32 {
+            let (p, f) = new_tmp(&d, 7).unwrap();
+            std::io::Write::write_all(&mut &f, &i.to_le_bytes()).unwrap();
+            assert!(names.insert(p), "a name was handed out twice");
+        }
+        for (i, p) in names.iter().enumerate() {
+            assert_eq!(std::fs::read(p).unwrap().len(), 4, "{} was reopened", i);
+        }
+        // Listing the lane removes leftovers (a process died mid-creation).
+        let st = Storage::Files {
+            dir: d.to_path_buf(),
+            alloc: crate::alloc::Allocator::direct(),
+        };
+        assert!(st.list_segments().unwrap().is_empty());
+        assert_eq!(std::fs::read_dir(&d).unwrap().count(), 0);
+    }
 }

@@ -59,7 +59,13 @@ impl FileSync {
         if self.started.fetch_max(target, SeqCst) >= target {
             return;
         }
-        let r = io::fdatasync(&self.file).await;
+        #[cfg_attr(not(feature = "failpoints"), allow(unused_mut))]
+        let mut r = io::fdatasync(&self.file).await;
+        // Tests make the sync fail here, as a disk error would (EIO).
+        #[cfg(feature = "failpoints")]
+        if fail::eval("durability::fdatasync", |_| ()).is_some() {
+            r = Err(std::io::Error::from_raw_os_error(5));
+        }
         self.syncs.fetch_add(1, AcqRel);
         match r {
             Ok(()) if self.failed.lock().is_none() => {

@@ -66,7 +66,7 @@ use wakeup::Arm;
 const MARKER: &str = "dashi-local 3\n";
 const GENERATION: usize = 0;
 /// Futex word bumped after every publish (32-bit, own cache line).
-const PUBLISHED: usize = 64;
+pub(crate) const PUBLISHED: usize = 64;
 /// Set by a watcher about to sleep on [`PUBLISHED`]; the first publish after
 /// that clears it and wakes every watcher, later ones skip the syscall (32-bit).
 const SLEEPERS: usize = 128;

@@ -5,6 +5,7 @@
 mod allocation;
 mod common;
 mod lane_claims;
+mod log_protocol;
 mod segment_append;
 mod segment_processes;
 mod segment_recovery;

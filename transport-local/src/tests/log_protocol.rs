@@ -1,0 +1,250 @@
+//! The log protocol's defects found by review (issue 15), each forced
+//! deterministically on one lane by setting the shared words to the state the
+//! interleaving leaves: restores stranded by retention, a lane wedged behind
+//! a segment a dead writer left unpadded, the last segment numbers, reclaim
+//! gated by a drifted counter, counters recounted by recovery, and restores
+//! waking consumers of other processes.
+
+use std::sync::atomic::Ordering::{Acquire, Release};
+use std::time::Duration;
+
+use dashi_engine::message::Message;
+use dashi_engine::queue::Queue;
+use dashi_engine::spi::ConnectUrl;
+use dashi_test_support::TestDir;
+
+use crate::lane::{at, token, Claimed, Lane, LaneError, Pos, MAX_SEQ};
+use crate::segment::claim::ACKED;
+use crate::shared_page::SharedPage;
+
+const SEG: u64 = 8192;
+
+fn body(i: u32) -> Vec<u8> {
+    i.to_le_bytes().repeat(8)
+}
+
+fn id(c: &Claimed) -> u32 {
+    let p = c.segment.payload(c.pos.off, &c.meta);
+    u32::from_le_bytes(p[..4].try_into().unwrap())
+}
+
+/// Appends records `0..` until `segments` segments are in use; returns how
+/// many records each segment got.
+fn fill(lane: &Lane, segments: u64) -> Vec<u32> {
+    let mut per = vec![0u32; segments as usize + 1];
+    let mut i = 0;
+    loop {
+        let p = lane.append(&body(i), 4, 1, 0).unwrap();
+        if p.seq >= segments {
+            per[p.seq as usize] += 1;
+            per.truncate(segments as usize + 1);
+            return per;
+        }
+        per[p.seq as usize] += 1;
+        i += 1;
+    }
+}
+
+/// Defect 1: the restore mark sat in a segment retention deleted; the next
+/// claim's walk stopped at the missing segment and cleared the mark, so
+/// records restored later (above it, below `next`) were never delivered.
+#[test]
+fn records_restored_after_retention_deleted_the_mark_s_segment_are_delivered() {
+    let d = TestDir::new();
+    let lane = Lane::open_dir(&d, 0, SEG).unwrap();
+    let per = fill(&lane, 3);
+    let (in0, in1) = (per[0], per[1]);
+    // Owner 7 takes everything in segments 0 and 1.
+    let held: Vec<Claimed> = (0..in0 + in1)
+        .map(|_| lane.claim(7).unwrap().unwrap())
+        .collect();
+    // It gives segment 0's back; owner 8 takes and acks them, which leaves
+    // the restore mark in segment 0 (nothing has walked past it yet).
+    for c in &held[..in0 as usize] {
+        assert!(lane.restore(c, 7, true));
+    }
+    for i in 0..in0 {
+        let c = lane.claim(8).unwrap().unwrap();
+        assert_eq!((id(&c), c.redelivered), (i, true));
+        assert!(lane.settle(&c, 8, ACKED));
+    }
+    // Segment 0 is wholly settled: retention deletes it.
+    assert_eq!(lane.retire().unwrap(), 1);
+    assert!(!d.join("0000000000000000.seg").exists());
+    // Now segment 1's records come back: next, in order, flagged, before
+    // anything newer.
+    for c in &held[in0 as usize..] {
+        assert!(lane.restore(c, 7, true));
+    }
+    for i in in0..in0 + in1 {
+        let c = lane.claim(8).unwrap().unwrap();
+        assert_eq!((id(&c), c.redelivered), (i, true), "restored record");
+    }
+    let c = lane.claim(8).unwrap().unwrap();
+    assert_eq!((id(&c), c.redelivered), (in0 + in1, false));
+}
+
+/// Defect 2: a writer moved the lane to segment 1 and died before padding
+/// segment 0's tail. Consumers must go past segment 0's end (it is below the
+/// write segment, so it is done), and recovery must seal it, never reopen it.
+#[test]
+fn a_segment_a_dead_writer_left_unpadded_below_the_write_segment_is_done() {
+    let d = TestDir::new();
+    let lane = Lane::open_dir(&d, 0, SEG).unwrap();
+    for i in 0..5 {
+        assert_eq!(lane.append(&body(i), 4, 1, 0).unwrap().seq, 0);
+    }
+    // The dead writer's last act: segment 1 made and the lane moved to it.
+    lane.shared_word(at::WRITE_SEG).store(1, Release);
+    for i in 5..10 {
+        assert_eq!(lane.append(&body(i), 4, 1, 0).unwrap().seq, 1);
+    }
+    let held: Vec<Claimed> = (0..3).map(|_| lane.claim(7).unwrap().unwrap()).collect();
+    for (i, c) in held.iter().enumerate() {
+        assert_eq!(id(c), i as u32);
+    }
+    // Every process goes; the next opener recovers.
+    drop(held);
+    drop(lane);
+    let lane = Lane::open_dir(&d, 0, SEG).unwrap();
+    lane.recover().unwrap();
+    let zero = lane.segment(0).unwrap().unwrap();
+    assert!(
+        matches!(
+            zero.append(&body(99), 4, 1, 0),
+            Err(crate::segment::AppendError::Full)
+        ),
+        "recovery sealed the segment below the write segment"
+    );
+    for i in 0..10 {
+        let c = lane.claim(8).unwrap().unwrap();
+        assert_eq!((id(&c), c.redelivered), (i, i < 3), "record {i}");
+    }
+    let p = lane.append(&body(10), 4, 1, 0).unwrap();
+    assert_eq!(p.seq, 1, "new records go to the write segment");
+    assert_eq!(id(&lane.claim(8).unwrap().unwrap()), 10);
+}
+
+/// Defect 5: segment numbers ran out at 2^20 and the token's bits spilled
+/// into the lane byte (a panic on ack). Now the last numbers work and the
+/// one after them is a clear error, never a panic.
+#[test]
+fn the_last_segment_numbers_work_and_the_next_is_a_clear_error() {
+    let d = TestDir::new();
+    let lane = Lane::open_dir(&d, 0, SEG).unwrap();
+    let first = MAX_SEQ - 1;
+    lane.shared_word(at::WRITE_SEG).store(first, Release);
+    lane.shared_word(at::LOW_SEG).store(first, Release);
+    lane.shared_word(at::NEXT)
+        .store(Pos::start(first).pack(), Release);
+    lane.shared_word(at::HEAD)
+        .store(Pos::start(first).pack(), Release);
+    let (mut n, mut seqs) = (0, std::collections::BTreeSet::new());
+    let err = loop {
+        match lane.append(&body(n), 4, 1, 0) {
+            Ok(p) => {
+                seqs.insert(p.seq);
+                n += 1;
+            }
+            Err(e) => break e,
+        }
+    };
+    assert_eq!(seqs.into_iter().collect::<Vec<_>>(), [first, MAX_SEQ]);
+    assert!(matches!(err, LaneError::Exhausted { .. }), "{err}");
+    assert!(err.to_string().contains("used its last segment number"));
+    for i in 0..n {
+        let c = lane.claim(7).unwrap().unwrap();
+        assert_eq!(id(&c), i);
+        assert_eq!(Pos::unpack(token(c.pos)), c.pos, "the token names it");
+        assert!(lane.settle(&c, 7, ACKED));
+    }
+    assert!(lane.claim(7).unwrap().is_none());
+    assert!(matches!(
+        lane.append(&body(0), 4, 1, 0),
+        Err(LaneError::Exhausted { .. })
+    ));
+}
+
+/// Defect 6: the unacked counter drifts low (a consumer killed between its
+/// claim and the count, or a power loss); reclaiming must not depend on it.
+#[test]
+fn a_dead_owner_s_claims_come_back_whatever_the_unacked_counter_says() {
+    let d = TestDir::new();
+    let lane = Lane::open_dir(&d, 0, SEG).unwrap();
+    for i in 0..5 {
+        lane.append(&body(i), 4, 1, 0).unwrap();
+    }
+    for _ in 0..5 {
+        lane.claim(9).unwrap().unwrap();
+    }
+    lane.shared_word(at::UNACKED).store(0, Release);
+    assert_eq!(lane.counts(), (0, 0, 0), "the counter drifted");
+    assert_eq!(lane.reclaim(|o| o != 9, 1, 0, 0).unwrap(), 5);
+    for i in 0..5 {
+        let c = lane.claim(1).unwrap().unwrap();
+        assert_eq!((id(&c), c.redelivered), (i, true));
+    }
+}
+
+/// Defect 12: counters that drifted (a kill between a commit and its count,
+/// records cut by recovery, a lost state page) are recounted from the log by
+/// the exclusive opener, and every claim comes back.
+#[test]
+fn recovery_recounts_every_counter_from_the_log() {
+    let d = TestDir::new();
+    let lane = Lane::open_dir(&d, 0, SEG).unwrap();
+    let per = fill(&lane, 2);
+    let total: u32 = per.iter().sum();
+    let held: Vec<Claimed> = (0..10).map(|_| lane.claim(7).unwrap().unwrap()).collect();
+    for c in &held[..4] {
+        assert!(lane.settle(c, 7, ACKED));
+    }
+    for (w, v) in [
+        (at::APPENDED, 3),
+        (at::APPENDED_BYTES, 0),
+        (at::TAKEN, 1_000),
+        (at::RESTORED, 77),
+        (at::UNACKED, u64::MAX),
+    ] {
+        lane.shared_word(w).store(v, Release);
+    }
+    drop(held);
+    drop(lane);
+    let lane = Lane::open_dir(&d, 0, SEG).unwrap();
+    let t = lane.recover().unwrap();
+    assert_eq!(t.claims_restored, 6);
+    let ready = u64::from(total - 4);
+    assert_eq!(lane.counts(), (ready, ready * 4, 0));
+    for i in 4..total {
+        let c = lane.claim(1).unwrap().unwrap();
+        assert_eq!((id(&c), c.redelivered), (i, i < 10));
+    }
+    assert_eq!(lane.counts(), (0, 0, u64::from(total - 4)));
+    assert_eq!(
+        lane.shared_word(at::UNACKED).load(Acquire),
+        u64::from(total - 4)
+    );
+}
+
+/// Defect 13: a restore bumps the store's wake-up word, so consumers asleep
+/// in other processes see it at once instead of at their next timer tick.
+#[test]
+fn a_restore_wakes_consumers_of_other_processes() {
+    let d = TestDir::new();
+    let url = format!("local://{}?segment_size=64K", d.display());
+    let conn = crate::open(ConnectUrl::parse(&url).unwrap()).unwrap();
+    let ch = conn.channel().unwrap();
+    ch.queue_declare(&Queue::new("q")).unwrap();
+    ch.producer().publish(Message::new("m"), "q").unwrap();
+    let got = ch.get("q", Duration::from_secs(5)).unwrap().unwrap();
+    let control = SharedPage::open(&d.join("control")).unwrap();
+    let word = control.u32_at(crate::store::PUBLISHED);
+    let before = word.load(Acquire);
+    got.reject(true).unwrap();
+    assert!(
+        word.load(Acquire) != before,
+        "the restore bumped the wake-up word"
+    );
+    let again = ch.get("q", Duration::from_secs(5)).unwrap().unwrap();
+    assert!(again.redelivered());
+}
