@@ -569,7 +569,8 @@ impl Segment {
 
     /// Makes the segment full at once (no further append succeeds): pads
     /// from the tail to the end. Used after its `fdatasync` failed, so that
-    /// new records go to a fresh file.
+    /// new records go to a fresh file, and by a consumer leaving a segment
+    /// below the write segment, so that nothing lands behind it.
     pub(crate) fn seal(&self) {
         loop {
             match self.reserve(self.capacity()) {

@@ -7,6 +7,11 @@
 //!   `low_seg` as just read; a writer that created a segment and finds
 //!   afterwards that readers had already moved past it (it was a stale view
 //!   of a retired segment) takes its record back and appends again.
+//! - A writer whose view of the write segment is stale cannot append into a
+//!   segment consumers have left: the consumer that moves `next` past the end
+//!   of a segment below the write segment seals it first (and looks again if
+//!   a record got in before the seal), so the writer finds it full and
+//!   re-reads the write segment.
 //! - A segment is fully allocated and its directory entry synced before any
 //!   record in it can be confirmed.
 
@@ -80,6 +85,8 @@ impl Lane {
                 created |= self.create(seq)?;
                 continue;
             };
+            // Tests stall a writer here, holding a view that goes stale.
+            crate::failpoint!("lane::write_segment_mapped");
             match seg.append(payload, body_len, writer, ts) {
                 Ok(off) => {
                     let pos = Pos { seq, off };

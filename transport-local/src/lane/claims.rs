@@ -51,7 +51,9 @@ impl Lane {
         expect: u64,
         was: Claim,
     ) -> Option<Claimed> {
-        let generation = was.generation.wrapping_add(1);
+        // Generation 0 is never a claim's: it tags the "pending since" time
+        // a reservation's deadline word may still hold (see `unblock`).
+        let generation = was.generation.wrapping_add(1).max(1);
         let mine = Claim {
             state: CLAIMED,
             redelivered: was.redelivered,
@@ -237,10 +239,15 @@ impl Lane {
                 Slot::Pending { .. } => return Ok(None),
                 Slot::End => {
                     // A segment below the write segment is done at its end.
-                    if pos.seq < self.load(at::WRITE_SEG) {
-                        advance(Pos::start(pos.seq + 1));
-                    } else {
+                    // Seal it before moving on (a writer with a stale view
+                    // of the write segment cannot append behind `next`),
+                    // and look again if one got in before the seal.
+                    if pos.seq >= self.load(at::WRITE_SEG) {
                         return Ok(None);
+                    }
+                    seg.seal();
+                    if matches!(seg.read(pos.off), Slot::End) {
+                        advance(Pos::start(pos.seq + 1));
                     }
                 }
             }

@@ -110,9 +110,6 @@ pub(crate) struct Lane {
     state: Arc<SharedPage>,
     /// Segments this process has mapped.
     segments: Mutex<HashMap<u64, Arc<Segment>>>,
-    /// The uncommitted reservation at `next` this process is watching, and
-    /// since when (to pad a stalled writer's reservation after a while).
-    pending_since: Mutex<Option<(Pos, std::time::Instant)>>,
     /// The newest segment looked up (read without a lock).
     #[cfg(not(loom))]
     hot: arc_swap::ArcSwapOption<Segment>,
@@ -136,7 +133,6 @@ impl Lane {
             segment_size,
             state,
             segments: Mutex::new(HashMap::new()),
-            pending_since: Mutex::new(None),
             #[cfg(not(loom))]
             hot: arc_swap::ArcSwapOption::empty(),
             prepared: std::sync::atomic::AtomicU64::new(0),

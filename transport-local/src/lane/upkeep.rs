@@ -26,9 +26,14 @@ impl Lane {
     /// A reservation at `next` that never got committed blocks every consumer
     /// of the lane: turn it into padding when its writer is gone (the writer
     /// named in its header and `alive` says no) or when it has been pending
-    /// longer than `max_age` as seen by this process (a writer that died
-    /// before writing its header, or one stopped for that long: it will
+    /// longer than `max_age` since any process first saw it (a writer that
+    /// died before writing its header, or one stopped for that long: it will
     /// publish again). True if a reservation was padded.
+    ///
+    /// When a reservation was first seen pending is kept in its own deadline
+    /// word (milliseconds of the host's monotonic clock, tagged with claim
+    /// generation 0, which no claim has), so the wait does not start again
+    /// with every consumer process that comes and goes.
     pub(crate) fn unblock(
         &self,
         alive: impl Fn(u64) -> bool,
@@ -39,19 +44,20 @@ impl Lane {
             return Ok(false);
         };
         if !matches!(seg.read(pos.off), Slot::Pending { .. }) {
-            *self.pending_since.lock() = None;
             return Ok(false);
         }
         let gone = seg.pending_writer(pos.off).is_some_and(|w| !alive(w));
-        let stuck = gone || {
-            let mut since = self.pending_since.lock();
-            match *since {
-                Some((p, t)) if p == pos => t.elapsed() >= max_age,
-                _ => {
-                    *since = Some((pos, std::time::Instant::now()));
-                    max_age.is_zero()
-                }
-            }
+        let stuck = gone || max_age.is_zero() || {
+            let word = seg.deadline_word(pos.off);
+            let now_ms = crate::clock::shared_now_ns() / 1_000_000;
+            let seen = match word.load(Acquire) {
+                0 => match word.compare_exchange(0, now_ms << 16, AcqRel, Acquire) {
+                    Ok(_) => now_ms << 16,
+                    Err(other) => other,
+                },
+                w => w,
+            };
+            now_ms.saturating_sub(seen >> 16) >= max_age.as_millis() as u64
         };
         Ok(stuck && seg.pad(pos.off))
     }

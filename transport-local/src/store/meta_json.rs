@@ -6,7 +6,8 @@
 //!   unknown value (an exchange kind, an overflow policy) is an error naming
 //!   it, never a default, so a damaged or foreign file is never half-read.
 //!   Optional values (`null` when unset) may also be left out.
-//! - The layout is version 1; any other version is refused.
+//! - The layout is version 2 (queues carry their incarnation `id`); any
+//!   other version is refused.
 
 use std::collections::BTreeMap;
 use std::time::Duration;

@@ -11,7 +11,7 @@
 use std::collections::HashMap;
 use std::fs::OpenOptions;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU64, Ordering::Acquire};
 use std::sync::{Arc, OnceLock, Weak};
 
 use arc_swap::ArcSwap;
@@ -264,8 +264,10 @@ impl LocalTransport {
             recovered,
             _presence: presence,
         });
+        // The generation first: a change after it makes the next look reload.
+        let gen = inner.control.u64_at(super::GENERATION).load(Acquire);
         let meta = inner.read_meta()?;
-        inner.reload(meta)?;
+        inner.reload(meta, gen)?;
         Ok(LocalTransport { inner })
     }
 }

@@ -77,7 +77,9 @@ impl Inner {
             write_meta(&self.root, &meta).map_err(|e| store_err("metadata write", e))?;
             self.control.u64_at(GENERATION).fetch_add(1, AcqRel);
         }
-        self.reload(meta)
+        // Under the lock, nobody else changes it: this is `meta`'s generation.
+        let gen = self.control.u64_at(GENERATION).load(Acquire);
+        self.reload(meta, gen)
     }
 
     /// Reloads the topology if another process changed it.
@@ -86,13 +88,23 @@ impl Inner {
         if self.loaded_gen.load(Acquire) == gen && gen != 0 {
             return Ok(());
         }
+        // Read after the generation: the file is at least that new, so a
+        // change made meanwhile leaves the generation ahead of what is
+        // loaded, and the next look reloads again (never the other way
+        // round: an old file recorded under a new generation).
         let meta = self.read_meta()?;
-        self.reload(meta)
+        self.reload(meta, gen)
     }
 
-    pub(super) fn reload(self: &Arc<Self>, meta: Meta) -> Result<(), Error> {
-        let gen = self.control.u64_at(GENERATION).load(Acquire);
+    /// Makes `meta` (read at or after generation `gen`) this process's
+    /// topology.
+    pub(super) fn reload(self: &Arc<Self>, meta: Meta, gen: u64) -> Result<(), Error> {
         let mut topo = self.topo.lock();
+        // Another thread already loaded a newer file: keep it (an older view
+        // would take the newer incarnations of queues for deleted ones).
+        if topo.generation != u64::MAX && gen < topo.generation {
+            return Ok(());
+        }
         let mut topology = Topology::new();
         for e in &meta.exchanges {
             topology.declare_exchange(e)?;

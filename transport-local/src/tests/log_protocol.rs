@@ -248,3 +248,95 @@ fn a_restore_wakes_consumers_of_other_processes() {
     let again = ch.get("q", Duration::from_secs(5)).unwrap().unwrap();
     assert!(again.redelivered());
 }
+
+/// Defect 7: a producer that mapped the write segment and stalled until that
+/// segment was left by consumers and deleted by retention appended into it
+/// (through its old mapping), was confirmed, and the record was lost. Here
+/// the segment was also never padded (its rolling writer died), the worst
+/// case: the consumer leaving it seals it, so the stalled producer finds it
+/// full and appends to the write segment.
+#[cfg(feature = "failpoints")]
+#[test]
+fn a_producer_stalled_on_a_retired_segment_appends_to_the_write_segment() {
+    use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
+    use std::sync::{mpsc, Arc, Mutex};
+
+    let d = TestDir::new();
+    let lane = Arc::new(Lane::open_dir(&d, 0, SEG).unwrap());
+    for i in 0..3 {
+        lane.append(&body(i), 4, 1, 0).unwrap();
+    }
+    let (stalled_tx, stalled_rx) = mpsc::channel::<()>();
+    let (go_tx, go_rx) = mpsc::channel::<()>();
+    let (stalled_tx, go_rx) = (Mutex::new(stalled_tx), Mutex::new(go_rx));
+    let first = AtomicBool::new(true);
+    fail::cfg_callback("lane::write_segment_mapped", move || {
+        // Only the thread stalled on purpose (other tests append too).
+        let me = std::thread::current();
+        if me.name() == Some("stalled-producer") && first.swap(false, SeqCst) {
+            stalled_tx.lock().unwrap().send(()).unwrap();
+            go_rx.lock().unwrap().recv().unwrap();
+        }
+    })
+    .unwrap();
+    let stalled = {
+        let lane = lane.clone();
+        std::thread::Builder::new()
+            .name("stalled-producer".into())
+            .spawn(move || lane.append(&body(100), 4, 1, 0).unwrap())
+            .unwrap()
+    };
+    stalled_rx.recv().unwrap();
+    // Meanwhile: a writer moves the lane to segment 1 and dies before
+    // padding segment 0; more records go to segment 1; consumers take and
+    // ack everything; retention deletes segment 0.
+    lane.shared_word(at::WRITE_SEG).store(1, Release);
+    for i in 3..5 {
+        assert_eq!(lane.append(&body(i), 4, 1, 0).unwrap().seq, 1);
+    }
+    for i in 0..5 {
+        let c = lane.claim(8).unwrap().unwrap();
+        assert_eq!(id(&c), i);
+        assert!(lane.settle(&c, 8, ACKED));
+    }
+    assert!(lane.claim(8).unwrap().is_none());
+    assert_eq!(lane.retire().unwrap(), 1);
+    go_tx.send(()).unwrap();
+    let pos = stalled.join().unwrap();
+    fail::remove("lane::write_segment_mapped");
+    assert_eq!(pos.seq, 1, "appended to the write segment");
+    let c = lane
+        .claim(8)
+        .unwrap()
+        .expect("the stalled producer's record");
+    assert_eq!(id(&c), 100);
+}
+
+/// Found by the soak test: a producer killed between reserving its record
+/// and naming itself in the header blocked its lane until one process had
+/// watched the reservation for the whole wait (10 s in the store); consumer
+/// processes that came and went each started the wait again, so the lane
+/// stayed blocked. The wait now counts from the first look of any process.
+#[test]
+fn the_wait_for_an_unnamed_reservation_counts_from_the_first_look_of_any_process() {
+    let d = TestDir::new();
+    let first = Lane::open_dir(&d, 0, SEG).unwrap();
+    first.append(&body(0), 4, 1, 0).unwrap();
+    first.segment(0).unwrap().unwrap().reserve_only(40);
+    first.append(&body(2), 4, 1, 0).unwrap();
+    let c = first.claim(1).unwrap().unwrap();
+    assert!(first.settle(&c, 1, ACKED));
+    assert!(first.claim(1).unwrap().is_none(), "blocked by the hole");
+    let wait = Duration::from_millis(300);
+    assert!(!first.unblock(|_| true, wait).unwrap(), "just seen");
+    std::thread::sleep(wait + Duration::from_millis(100));
+    drop(first);
+    // Another process, looking for the first time.
+    let next = Lane::open_dir(&d, 0, SEG).unwrap();
+    assert!(next.claim(1).unwrap().is_none(), "blocked by the hole");
+    assert!(next.unblock(|_| true, wait).unwrap(), "waited long enough");
+    let c = next.claim(1).unwrap().unwrap();
+    assert_eq!(id(&c), 2);
+    // The "seen since" time left in the deadline word is no lease.
+    assert_eq!(next.reclaim(|_| true, 2, u64::MAX / 2, 0).unwrap(), 0);
+}
