@@ -340,3 +340,65 @@ fn the_wait_for_an_unnamed_reservation_counts_from_the_first_look_of_any_process
     // The "seen since" time left in the deadline word is no lease.
     assert_eq!(next.reclaim(|_| true, 2, u64::MAX / 2, 0).unwrap(), 0);
 }
+
+/// Defect 7, first half: opening a lane made segment 0, so after retention
+/// every first open recreated a segment nothing deleted again. Opening
+/// creates nothing; a lane retention emptied stays empty until a publish.
+#[test]
+fn opening_a_lane_creates_no_segment_even_after_retention() {
+    let d = TestDir::new();
+    let seg_files = || {
+        std::fs::read_dir(&*d)
+            .unwrap()
+            .filter(|e| {
+                e.as_ref()
+                    .unwrap()
+                    .file_name()
+                    .to_string_lossy()
+                    .ends_with(".seg")
+            })
+            .count()
+    };
+    drop(Lane::open_dir(&d, 0, SEG).unwrap());
+    assert_eq!(seg_files(), 0);
+    let lane = Lane::open_dir(&d, 0, SEG).unwrap();
+    let per = fill(&lane, 2);
+    for _ in 0..per[0] + per[1] {
+        let c = lane.claim(1).unwrap().unwrap();
+        assert!(lane.settle(&c, 1, ACKED));
+    }
+    assert_eq!(
+        lane.retire().unwrap(),
+        1,
+        "segment 0 (segment 1 holds `next`)"
+    );
+    drop(lane);
+    let before = seg_files();
+    let lane = Lane::open_dir(&d, 0, SEG).unwrap();
+    lane.recover().unwrap();
+    assert_eq!(seg_files(), before, "nothing recreated");
+    assert!(!d.join("0000000000000000.seg").exists());
+    let c = lane.claim(1).unwrap().unwrap();
+    assert_eq!(id(&c), per[0] + per[1]);
+}
+
+/// Defect 13: a restore cleared the deadline word before its compare-and-swap
+/// and could wipe a new claimer's lease; now a deadline is tagged with its
+/// claim's generation and a stale one never applies to a newer claim.
+#[test]
+fn a_stale_lease_deadline_never_applies_to_a_newer_claim() {
+    let d = TestDir::new();
+    let lane = Lane::open_dir(&d, 0, SEG).unwrap();
+    lane.append(&body(0), 4, 1, 0).unwrap();
+    let first = lane.claim(7).unwrap().unwrap();
+    assert!(lane.set_deadline(&first, 7, 1_000_000));
+    assert!(lane.restore(&first, 7, true));
+    let second = lane.claim(8).unwrap().unwrap();
+    assert_ne!(second.generation, first.generation);
+    // Long after the first claim's deadline, with its owner alive: the
+    // second claim (no lease) stays where it is.
+    assert_eq!(lane.reclaim(|_| true, 1, u64::MAX / 2, 0).unwrap(), 0);
+    // Its own deadline does apply.
+    assert!(lane.set_deadline(&second, 8, 1_000_000));
+    assert_eq!(lane.reclaim(|_| true, 1, u64::MAX / 2, 0).unwrap(), 1);
+}
