@@ -8,11 +8,11 @@ use std::sync::Arc;
 use std::task::{Context, Poll, Wake, Waker};
 use std::time::{Duration, Instant};
 
-use dashi::{ConsumerOptions, Delivery, DeliveryStream, Headers};
+use dashi::{ConsumerOptions, Delivery, DeliveryStream};
 
 use crate::args::ConsumeArgs;
-use crate::connect::connect;
-use crate::declare::declare;
+use crate::connect::connect_existing;
+use crate::declare::declare_for_consume;
 use crate::json::delivery_json;
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -40,7 +40,8 @@ fn next(
     timeout: Option<Duration>,
 ) -> Result<Option<Delivery>, String> {
     use dashi::futures_core::Stream;
-    let deadline = timeout.map(|t| Instant::now() + t);
+    // A timeout past the clock's range waits for ever.
+    let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
     let mut cx = Context::from_waker(waker);
     loop {
         match Pin::new(&mut *stream).poll_next(&mut cx) {
@@ -74,16 +75,19 @@ pub(crate) fn run(a: ConsumeArgs) -> Result<(), String> {
     } else {
         Mode::Ack
     };
-    let timeout = match a.timeout {
-        Some(t) if !(t.is_finite() && t >= 0.0) => {
-            return Err(format!("--timeout {t} is not a number of seconds"))
-        }
-        Some(t) => Some(Duration::from_secs_f64(t)),
-        None => None,
-    };
-    let conn = connect(&a.url)?;
+    let timeout =
+        match a.timeout {
+            Some(t) if !(t.is_finite() && t >= 0.0) => {
+                return Err(format!("--timeout {t} is not a number of seconds"))
+            }
+            Some(t) => Some(Duration::try_from_secs_f64(t).map_err(|_| {
+                format!("--timeout {t} is too large (at most {} seconds)", u64::MAX)
+            })?),
+            None => None,
+        };
+    let conn = connect_existing(&a.url)?;
     let ch = conn.channel().map_err(|e| e.to_string())?;
-    declare(&ch, &a.topology, Some(&a.queue), &a.queue, Headers::new())?;
+    declare_for_consume(&ch, &conn, &a.topology, &a.queue)?;
     let mut opts = ConsumerOptions::new(a.queue.clone()).no_ack(mode == Mode::NoAck);
     if let Some(p) = a.prefetch {
         if p == 0 {

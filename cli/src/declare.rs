@@ -14,6 +14,48 @@ pub(crate) fn declare(
     default_key: &str,
     binding_args: Headers,
 ) -> Result<(), String> {
+    declare_with(ch, topo, queue, false, default_key, binding_args)
+}
+
+/// What a consumer needs: an existing queue is used as it is (AMQP's
+/// passive declare), and only a `--max-priority` given explicitly is
+/// checked against it, as one line naming both values; a missing queue is
+/// declared from the flags. The exchange and binding are declared as named.
+pub(crate) fn declare_for_consume(
+    ch: &Channel,
+    conn: &dashi::Connection,
+    topo: &Topology,
+    queue: &str,
+) -> Result<(), String> {
+    let existing = conn
+        .stats()
+        .queue(queue)
+        .map(|s| s.depth_by_lane.len().saturating_sub(1));
+    if let (Some(have), Some(want)) = (existing, topo.max_priority) {
+        if have != usize::from(want) {
+            return Err(format!(
+                "queue {queue:?} has max_priority {have}, not {want}"
+            ));
+        }
+    }
+    declare_with(
+        ch,
+        topo,
+        Some(queue),
+        existing.is_some(),
+        queue,
+        Headers::new(),
+    )
+}
+
+fn declare_with(
+    ch: &Channel,
+    topo: &Topology,
+    queue: Option<&str>,
+    queue_exists: bool,
+    default_key: &str,
+    binding_args: Headers,
+) -> Result<(), String> {
     let exchange = topo.exchange.as_deref().unwrap_or("");
     if !exchange.is_empty() {
         ch.exchange_declare(&Exchange::new(exchange, topo.kind.into()))
@@ -24,8 +66,10 @@ pub(crate) fn declare(
         if let Some(p) = topo.max_priority {
             decl = decl.with_max_priority(p);
         }
-        ch.queue_declare(&decl)
-            .map_err(|e| format!("declaring queue {q:?}: {e}"))?;
+        if !queue_exists {
+            ch.queue_declare(&decl)
+                .map_err(|e| format!("declaring queue {q:?}: {e}"))?;
+        }
         if !exchange.is_empty() {
             let key = match topo.kind {
                 Kind::Fanout | Kind::Headers => topo.binding_key.clone().unwrap_or_default(),

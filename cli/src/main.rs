@@ -67,6 +67,25 @@ fn clap_error(e: clap::Error) -> ExitCode {
     }
 }
 
+/// Longest error line printed; echoed input beyond it is cut.
+const MAX_LINE: usize = 400;
+
+/// One line: whitespace folded, a prefix repeated by nested errors
+/// (`transport error: transport error: ...`) said once, and cut to
+/// [`MAX_LINE`] characters with a note of how much was cut.
 fn one_line(s: &str) -> String {
-    s.split_whitespace().collect::<Vec<_>>().join(" ")
+    let folded = s.split_whitespace().collect::<Vec<_>>().join(" ");
+    let mut parts: Vec<&str> = Vec::new();
+    for part in folded.split(": ") {
+        if parts.last() != Some(&part) {
+            parts.push(part);
+        }
+    }
+    let line = parts.join(": ");
+    let n = line.chars().count();
+    if n <= MAX_LINE {
+        return line;
+    }
+    let kept: String = line.chars().take(MAX_LINE).collect();
+    format!("{kept}... ({} more characters cut)", n - MAX_LINE)
 }

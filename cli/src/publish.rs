@@ -7,10 +7,28 @@ use crate::args::{Kind, PublishArgs};
 use crate::connect::connect;
 use crate::declare::{declare, parse_headers};
 
+/// The largest `--size` accepted (a body is built in memory).
+const MAX_SIZE: usize = 1 << 30;
+
+/// A body of `n` bytes, or a one-line error when `n` is out of range or the
+/// memory is not there (never an abort).
+fn body_of(n: usize) -> Result<Vec<u8>, String> {
+    if n > MAX_SIZE {
+        return Err(format!(
+            "--size {n} is too large (at most {MAX_SIZE} bytes)"
+        ));
+    }
+    let mut v = Vec::new();
+    v.try_reserve_exact(n)
+        .map_err(|_| format!("--size {n}: not enough memory for the body"))?;
+    v.resize(n, b'x');
+    Ok(v)
+}
+
 pub(crate) fn run(a: PublishArgs) -> Result<(), String> {
     let headers = parse_headers(&a.headers)?;
     let body: Bytes = match (&a.size, &a.body, &a.body_file) {
-        (Some(n), _, _) => Bytes::from(vec![b'x'; *n]),
+        (Some(n), _, _) => Bytes::from(body_of(*n)?),
         (_, Some(text), _) => Bytes::from(text.clone()),
         (_, _, Some(path)) => std::fs::read(path)
             .map(Bytes::from)

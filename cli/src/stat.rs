@@ -4,7 +4,7 @@ use dashi::{CounterSnapshot, QueueStats};
 use serde_json::json;
 
 use crate::args::{PurgeArgs, StatArgs};
-use crate::connect::connect;
+use crate::connect::connect_existing;
 
 fn queue_json(q: &QueueStats) -> serde_json::Value {
     json!({
@@ -35,7 +35,7 @@ fn counters_json(c: &CounterSnapshot) -> serde_json::Value {
 }
 
 pub(crate) fn run(a: StatArgs) -> Result<(), String> {
-    let conn = connect(&a.url)?;
+    let conn = connect_existing(&a.url)?;
     let stats = conn.stats();
     let queues = match &a.queue {
         Some(q) => vec![stats
@@ -103,7 +103,7 @@ pub(crate) fn run(a: StatArgs) -> Result<(), String> {
 }
 
 pub(crate) fn purge(a: PurgeArgs) -> Result<(), String> {
-    let conn = connect(&a.url)?;
+    let conn = connect_existing(&a.url)?;
     let ch = conn.channel().map_err(|e| e.to_string())?;
     let n = ch
         .queue_purge(&a.queue)

@@ -29,9 +29,15 @@ fn bad_urls_are_one_line_errors() {
 
 #[test]
 fn passwords_never_reach_the_terminal() {
-    let o = dashi(&["stat", "nope://user:hunter2@host"]);
-    let line = one_line_error(&o);
-    assert!(!line.contains("hunter2"), "{line}");
+    for url in [
+        "nope://user:hunter2@host",
+        "local:///proc/dashi-none/x;redis://user:hunter2@host",
+        "redis://user:hunter2@host;local:///proc/dashi-none/x",
+    ] {
+        let o = dashi(&["stat", url]);
+        let line = one_line_error(&o);
+        assert!(!line.contains("hunter2"), "{line}");
+    }
 }
 
 #[test]
@@ -81,6 +87,26 @@ fn invalid_numbers_are_refused_by_the_command() {
             vec!["publish", "memory://", "--body-file", "/nonexistent/x"],
             "body-file",
         ),
+        (
+            vec!["consume", "memory://", "--queue", "q", "--timeout", "1e20"],
+            "--timeout",
+        ),
+        (
+            vec!["publish", "memory://", "--size", "99999999999999"],
+            "--size",
+        ),
+        (
+            vec!["bench", "memory://", "--size", "1000000000000"],
+            "--size",
+        ),
+        (
+            vec!["bench", "memory://", "--producers", "100000"],
+            "--producers",
+        ),
+        (
+            vec!["bench", "memory://", "--consumers", "100000"],
+            "--consumers",
+        ),
     ] {
         let o = dashi(&cmd);
         let line = one_line_error(&o);
@@ -97,4 +123,42 @@ fn help_and_version_succeed() {
     }
     let o = dashi(&["--version"]);
     assert!(o.status.success() && stdout(&o).starts_with("dashi "));
+}
+
+/// A timeout too long for the clock is a long wait, not a panic: with a
+/// message waiting, the command takes it and ends.
+#[test]
+fn an_enormous_timeout_is_just_a_long_wait() {
+    let dir = dashi_test_support::TestDir::new();
+    let url = format!("local://{}?segment_size=64K", dir.display());
+    let o = dashi(&["publish", &url, "--queue", "q", "--body", "hi"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = dashi(&[
+        "consume",
+        &url,
+        "--queue",
+        "q",
+        "--count",
+        "1",
+        "--timeout",
+        "1e19",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).contains("hi"));
+}
+
+#[test]
+fn long_input_is_cut_and_prefixes_are_said_once() {
+    let long = format!("nope://{}", "x".repeat(100_000));
+    let o = dashi(&["stat", &long]);
+    let line = one_line_error(&o);
+    assert!(line.len() < 600, "{} characters", line.len());
+    assert!(line.contains("more characters cut"), "{line}");
+    let name = "q".repeat(10_000);
+    let o = dashi(&["publish", "memory://", "--queue", &name]);
+    let line = one_line_error(&o);
+    assert!(line.len() < 600, "{} characters", line.len());
+    for w in line.split(": ").collect::<Vec<_>>().windows(2) {
+        assert_ne!(w[0], w[1], "repeated prefix in {line}");
+    }
 }

@@ -178,3 +178,129 @@ fn stat_and_purge_see_other_processes_work_and_bad_local_urls_are_clear() {
         one_line_error(&dashi(&["stat", bad]));
     }
 }
+
+/// Readers create nothing: `stat`, `consume` and `purge` on a directory that
+/// holds no store are an error and leave it as it was, and `stat` on a store
+/// retention emptied recreates no segment.
+#[test]
+fn reading_commands_create_nothing() {
+    let dir = TestDir::new();
+    let fresh = dir.child("fresh");
+    let url = format!("local://{}?segment_size=64K", fresh.display());
+    for cmd in [
+        vec!["stat", &url],
+        vec!["consume", &url, "--queue", "q", "--timeout", "0"],
+        vec!["purge", &url, "--queue", "q"],
+    ] {
+        let line = one_line_error(&dashi(&cmd));
+        assert!(line.contains("no dashi store at"), "{cmd:?}: {line}");
+        assert!(!fresh.exists(), "{cmd:?} created {}", fresh.display());
+    }
+    // A store whose queue rolled over segments and was drained.
+    let o = dashi(&[
+        "publish", &url, "--queue", "q", "--count", "400", "--size", "1000",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = dashi(&[
+        "consume",
+        &url,
+        "--queue",
+        "q",
+        "--count",
+        "400",
+        "--timeout",
+        "10",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let segments = || {
+        let mut n = Vec::new();
+        let mut todo = vec![fresh.clone()];
+        while let Some(d) = todo.pop() {
+            for e in std::fs::read_dir(&d).unwrap().flatten() {
+                if e.path().is_dir() {
+                    todo.push(e.path());
+                } else if e.path().extension().is_some_and(|x| x == "seg") {
+                    n.push(e.path());
+                }
+            }
+        }
+        n.sort();
+        n
+    };
+    let before = segments();
+    let o = dashi(&["stat", &url]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(segments(), before, "stat created a segment");
+}
+
+/// A consumer of an existing queue uses it as it is (AMQP's passive
+/// declare); only a flag given explicitly is checked, in one line naming the
+/// argument and both values.
+#[test]
+fn consume_uses_an_existing_queue_as_it_is() {
+    let (_dir, url) = store("passive");
+    let o = dashi(&[
+        "publish",
+        &url,
+        "--queue",
+        "lq",
+        "--max-priority",
+        "9",
+        "--priority",
+        "7",
+        "--body",
+        "hello",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let line = one_line_error(&dashi(&[
+        "consume",
+        &url,
+        "--queue",
+        "lq",
+        "--max-priority",
+        "0",
+        "--timeout",
+        "0",
+    ]));
+    assert!(
+        line.contains("queue \"lq\" has max_priority 9, not 0"),
+        "{line}"
+    );
+    let o = dashi(&[
+        "consume",
+        &url,
+        "--queue",
+        "lq",
+        "--count",
+        "1",
+        "--timeout",
+        "10",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).contains("hello"));
+}
+
+/// A user without access to a store gets one line naming the file it could
+/// not use (run as `nobody` through `setpriv`; skipped where that is not
+/// possible).
+#[test]
+fn a_permission_error_names_the_file() {
+    let (dir, url) = store("perm");
+    let o = dashi(&["publish", &url, "--queue", "q"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let run = std::process::Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(env!("CARGO_BIN_EXE_dashi"))
+        .args(["stat", &url])
+        .output();
+    let o = match run {
+        Ok(o) if !String::from_utf8_lossy(&o.stderr).contains("setpriv:") => o,
+        other => {
+            eprintln!("skipped: cannot run as another user here ({other:?})");
+            return;
+        }
+    };
+    let line = one_line_error(&o);
+    assert!(line.contains("Permission denied"), "{line}");
+    assert!(line.contains(&*dir.display().to_string()), "{line}");
+}

@@ -142,6 +142,11 @@ impl Drop for Progress {
     }
 }
 
+/// Bounds of the bench's flags: every body is allocated, every producer and
+/// consumer is a thread (or a process).
+const MAX_BENCH_SIZE: usize = 64 << 20;
+const MAX_THREADS: usize = 1024;
+
 pub(crate) fn run(a: BenchArgs) -> Result<(), String> {
     if a.messages == 0 {
         return Err("--messages must be at least 1".into());
@@ -149,8 +154,19 @@ pub(crate) fn run(a: BenchArgs) -> Result<(), String> {
     if a.size < 8 {
         return Err("--size must be at least 8 bytes (the send time rides in the body)".into());
     }
+    if a.size > MAX_BENCH_SIZE {
+        return Err(format!(
+            "--size {} is too large for a bench (at most {MAX_BENCH_SIZE} bytes)",
+            a.size
+        ));
+    }
     if a.producers == 0 || a.consumers == 0 {
         return Err("--producers and --consumers must be at least 1".into());
+    }
+    if a.producers > MAX_THREADS || a.consumers > MAX_THREADS {
+        return Err(format!(
+            "--producers and --consumers must be at most {MAX_THREADS}"
+        ));
     }
     if a.priorities == 0 || a.priorities > 256 {
         return Err("--priorities must be between 1 and 256".into());

@@ -149,9 +149,9 @@ fn check_marker(root: &Path, create: bool) -> Result<(), Error> {
                 std::fs::rename(&tmp, &marker)?;
                 std::fs::File::open(root)?.sync_all()
             };
-            write().map_err(|e| store_err("format marker", e))
+            write().map_err(|e| store_err(&format!("format marker {}", marker.display()), e))
         }
-        Err(e) => Err(store_err("format marker", e)),
+        Err(e) => Err(store_err(&format!("format marker {}", marker.display()), e)),
     }
 }
 
@@ -164,7 +164,17 @@ impl LocalTransport {
     /// The store at `root`, shared with every connection of this process that
     /// opened it with the same options (one set of mappings and wake-ups).
     pub fn open(root: &Path, opts: LocalOptions) -> Result<LocalTransport, Error> {
-        let key = (root.to_owned(), format!("{opts:?}"));
+        // Whether to create is not part of what the store is.
+        let key = (
+            root.to_owned(),
+            format!(
+                "{:?}",
+                LocalOptions {
+                    create: true,
+                    ..opts.clone()
+                }
+            ),
+        );
         let mut open = OPEN.get_or_init(Default::default).lock();
         if let Some(inner) = open.get(&key).and_then(Weak::upgrade) {
             return Ok(LocalTransport { inner });
@@ -176,7 +186,21 @@ impl LocalTransport {
     }
 
     fn open_new(root: &Path, opts: LocalOptions) -> Result<LocalTransport, Error> {
-        std::fs::create_dir_all(root.join("q")).map_err(|e| store_err("directory", e))?;
+        if !opts.create {
+            let marker = root.join("DASHI-LOCAL");
+            match marker.try_exists() {
+                Ok(true) => {}
+                Ok(false) => {
+                    return Err(Error::Transport(format!(
+                        "no dashi store at {}; publish creates one",
+                        root.display()
+                    )))
+                }
+                Err(e) => return Err(store_err(&format!("format marker {}", marker.display()), e)),
+            }
+        }
+        std::fs::create_dir_all(root.join("q"))
+            .map_err(|e| store_err(&format!("directory {}", root.join("q").display()), e))?;
         // Presence: every process holds a shared lock on `open.lock` while it
         // has the store open. The first one in (nobody else holds it) gets it
         // exclusively and recovers the store before letting others in.
@@ -186,36 +210,60 @@ impl LocalTransport {
             .read(true)
             .write(true)
             .open(root.join("open.lock"))
-            .map_err(|e| store_err("presence lock", e))?;
+            .map_err(|e| {
+                store_err(
+                    &format!("presence lock {}", root.join("open.lock").display()),
+                    e,
+                )
+            })?;
         let mut recovered = Totals::default();
-        let presence = match FileLock::try_exclusive(
-            lock_file
-                .try_clone()
-                .map_err(|e| store_err("presence lock", e))?,
-        )
-        .map_err(|e| store_err("presence lock", e))?
-        {
+        let presence = match FileLock::try_exclusive(lock_file.try_clone().map_err(|e| {
+            store_err(
+                &format!("presence lock {}", root.join("open.lock").display()),
+                e,
+            )
+        })?)
+        .map_err(|e| {
+            store_err(
+                &format!("presence lock {}", root.join("open.lock").display()),
+                e,
+            )
+        })? {
             Some(alone) => {
-                check_marker(root, true)?;
+                check_marker(root, opts.create)?;
                 recovered = recover_store(root, opts.segment_size)?;
                 crate::procs::sweep(root, 0);
-                alone
-                    .downgrade()
-                    .map_err(|e| store_err("presence lock", e))?
+                alone.downgrade().map_err(|e| {
+                    store_err(
+                        &format!("presence lock {}", root.join("open.lock").display()),
+                        e,
+                    )
+                })?
             }
             None => {
-                let shared =
-                    FileLock::shared(lock_file).map_err(|e| store_err("presence lock", e))?;
+                let shared = FileLock::shared(lock_file).map_err(|e| {
+                    store_err(
+                        &format!("presence lock {}", root.join("open.lock").display()),
+                        e,
+                    )
+                })?;
                 // The process that had it exclusively made the marker.
                 check_marker(root, false)?;
                 shared
             }
         };
-        let control = Arc::new(
-            SharedPage::open(&root.join("control")).map_err(|e| store_err("control page", e))?,
-        );
-        let reg = Registration::register(root, &control)
-            .map_err(|e| store_err("process registration", e))?;
+        let control = Arc::new(SharedPage::open(&root.join("control")).map_err(|e| {
+            store_err(
+                &format!("control page {}", root.join("control").display()),
+                e,
+            )
+        })?);
+        let reg = Registration::register(root, &control).map_err(|e| {
+            store_err(
+                &format!("process registration in {}", root.join("procs").display()),
+                e,
+            )
+        })?;
         // One small runtime per store: fallocate of segments (and their
         // background preparation) and, with fsync, the fdatasyncs.
         let cores = match opts.fsync {

@@ -34,6 +34,9 @@ pub struct LocalOptions {
     pub segment_size: u64,
     /// Most ready bytes per queue (its disk budget), if limited.
     pub max_queue_bytes: Option<u64>,
+    /// Make the store if the directory holds none (`create=false`: opening
+    /// a directory that is not a store is an error and creates nothing).
+    pub create: bool,
     /// Behave as if io_uring were not permitted (tests of the fallback).
     #[doc(hidden)]
     pub simulate_no_io_uring: bool,
@@ -45,6 +48,7 @@ impl Default for LocalOptions {
             fsync: Fsync::Never,
             segment_size: 64 << 20,
             max_queue_bytes: None,
+            create: true,
             simulate_no_io_uring: false,
         }
     }
@@ -107,6 +111,20 @@ pub fn open(mut url: ConnectUrl) -> Result<Connection, Error> {
     }
     if let Some(v) = url.take_option("max_queue_bytes") {
         opts.max_queue_bytes = Some(parse_size("max_queue_bytes", &v)?);
+    }
+    if let Some(v) = url.take_option("create") {
+        opts.create = match v.as_str() {
+            "true" | "yes" | "1" => true,
+            "false" | "no" | "0" => false,
+            _ => {
+                return Err(UrlError::InvalidOption {
+                    name: "create".into(),
+                    value: v,
+                    reason: "expected true or false".into(),
+                }
+                .into())
+            }
+        };
     }
     url.reject_unknown_options()?;
     let t = LocalTransport::open(Path::new(&url.path), opts)?;
