@@ -60,6 +60,31 @@ conformance! {
         assert_eq!(drain_bodies(&ch, &ok), ["x"]);
     }
 
+    // Issue 11 item 16: every transport validates a declaration the same way
+    // (a dead-letter routing key that could never be published is refused at
+    // declare, not found out when every dead-lettered message is dropped).
+    fn overlong_dead_letter_names_are_refused_at_declare(url: &str) {
+        let c = connect(url);
+        let ch = c.channel().unwrap();
+        for q in [
+            Queue::new("dl").with_dead_letter("dlx", Some(&long())),
+            Queue::new("dl").with_dead_letter(&long(), None),
+        ] {
+            let e = ch.queue_declare(&q).unwrap_err();
+            assert!(
+                matches!(
+                    e,
+                    Error::InvalidName {
+                        reason: NameError::TooLong { len: 256 },
+                        ..
+                    }
+                ),
+                "{e}"
+            );
+        }
+        assert!(c.stats().queue("dl").is_none(), "nothing was declared");
+    }
+
     fn overlong_routing_key_hands_message_back(url: &str) {
         let c = connect(url);
         let ch = c.channel().unwrap();

@@ -47,6 +47,10 @@ pub struct Totals {
     pub holes_padded: u64,
     /// Claims of processes that had ended, returned to their queues.
     pub claims_restored: u64,
+    /// Segment files that could not be opened at all (truncated, not a
+    /// segment), moved to their lane's `damaged/` directory so the rest of
+    /// the store opens.
+    pub segments_set_aside: u64,
 }
 
 impl Totals {
@@ -67,6 +71,7 @@ impl Totals {
         self.tails_cut += o.tails_cut;
         self.holes_padded += o.holes_padded;
         self.claims_restored += o.claims_restored;
+        self.segments_set_aside += o.segments_set_aside;
     }
 }
 

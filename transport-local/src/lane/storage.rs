@@ -171,6 +171,25 @@ impl Storage {
         }
     }
 
+    /// Moves segment file `seq` (damaged beyond reading) to the lane's
+    /// `damaged/` directory; returns where it went.
+    pub(crate) fn set_aside(&self, seq: u64) -> std::io::Result<String> {
+        match self {
+            Storage::Files { dir, .. } => {
+                let to_dir = dir.join("damaged");
+                std::fs::create_dir_all(&to_dir)?;
+                let to = to_dir.join(seg_name(seq));
+                std::fs::rename(dir.join(seg_name(seq)), &to)?;
+                Ok(to.display().to_string())
+            }
+            #[cfg(all(loom, test))]
+            Storage::Model(d) => {
+                d.segments.lock().remove(&seq);
+                Ok(format!("model segment {seq}"))
+            }
+        }
+    }
+
     /// Every segment number present, ascending (half-made temporary files
     /// are removed on the way: the caller has the store to itself).
     pub(crate) fn list_segments(&self) -> Result<Vec<u64>, LaneError> {

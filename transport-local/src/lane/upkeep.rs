@@ -17,7 +17,7 @@ use std::sync::atomic::Ordering::{AcqRel, Acquire, Release};
 
 use crate::recovery::Totals;
 use crate::segment::claim::{Claim, CLAIMED, READY};
-use crate::segment::Slot;
+use crate::segment::{SegmentError, Slot};
 
 use super::layout::at;
 use super::{Lane, LaneError, Pos, NO_POS};
@@ -109,7 +109,22 @@ impl Lane {
     /// mark, and the counters recounted.
     pub(crate) fn recover(&self) -> Result<Totals, LaneError> {
         let mut total = Totals::default();
-        let seqs = self.storage.list_segments()?;
+        let mut seqs = self.storage.list_segments()?;
+        // A file that is not a readable segment at all (truncated, a bad
+        // magic) is set aside whole: the rest of the store must open.
+        seqs.retain(|&seq| match self.segment(seq) {
+            Err(LaneError::Segment(
+                e @ (SegmentError::BadMagic { .. } | SegmentError::Inconsistent { .. }),
+            )) => {
+                match self.storage.set_aside(seq) {
+                    Ok(to) => tracing::error!(lane = %self.name(), seq, error = %e, moved_to = %to, "damaged segment set aside; its records are not delivered"),
+                    Err(io) => tracing::error!(lane = %self.name(), seq, error = %e, move_error = %io, "damaged segment could not be moved aside; it is skipped"),
+                }
+                total.segments_set_aside += 1;
+                false
+            }
+            _ => true,
+        });
         for (i, &seq) in seqs.iter().enumerate() {
             let Some(seg) = self.segment(seq)? else {
                 continue;
