@@ -68,7 +68,7 @@ conformance! {
         let ch = c.channel().unwrap();
         for q in [
             Queue::new("dl").with_dead_letter("dlx", Some(&long())),
-            Queue::new("dl").with_dead_letter(&long(), None),
+            Queue::new("dl").with_dead_letter(long(), None),
         ] {
             let e = ch.queue_declare(&q).unwrap_err();
             assert!(
