@@ -34,6 +34,23 @@ fn counters_json(c: &CounterSnapshot) -> serde_json::Value {
     })
 }
 
+/// Which processes the figures cover, for `--json`.
+fn scope(store_wide: bool) -> &'static str {
+    if store_wide {
+        "store"
+    } else {
+        "process"
+    }
+}
+
+fn scope_text(store_wide: bool) -> &'static str {
+    if store_wide {
+        "store-wide (every process using the store; counters up to 100 ms behind)"
+    } else {
+        "this process only"
+    }
+}
+
 pub(crate) fn run(a: StatArgs) -> Result<(), String> {
     let conn = connect_existing(&a.url)?;
     let stats = conn.stats();
@@ -49,6 +66,7 @@ pub(crate) fn run(a: StatArgs) -> Result<(), String> {
             "transport": conn.transport().scheme(),
             "queues": queues.iter().map(queue_json).collect::<Vec<_>>(),
             "counters": counters_json(&counters),
+            "scope": scope(stats.store_wide()),
         });
         println!("{v}");
         return Ok(());
@@ -82,6 +100,7 @@ pub(crate) fn run(a: StatArgs) -> Result<(), String> {
     if queues.is_empty() {
         println!("(no queues)");
     }
+    println!("figures: {}", scope_text(stats.store_wide()));
     let c = counters;
     println!(
         "counters: published {} routed {} dropped_unroutable {} delivered {} acked {} rejected {} \

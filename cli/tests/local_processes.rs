@@ -147,6 +147,7 @@ fn stat_and_purge_see_other_processes_work_and_bad_local_urls_are_clear() {
     let o = dashi(&["stat", &url, "--json"]);
     let v: serde_json::Value = serde_json::from_str(stdout(&o).trim()).unwrap();
     assert_eq!(v["transport"], "local");
+    assert_eq!(v["scope"], "store");
     let q = &v["queues"][0];
     assert_eq!(
         (

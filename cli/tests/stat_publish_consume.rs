@@ -10,6 +10,7 @@ fn stat_json_shape() {
     assert!(o.status.success(), "{}", stderr(&o));
     let v: serde_json::Value = serde_json::from_str(stdout(&o).trim()).unwrap();
     assert_eq!(v["transport"], "memory");
+    assert_eq!(v["scope"], "process");
     assert!(v["queues"].as_array().unwrap().is_empty());
     for k in [
         "published",

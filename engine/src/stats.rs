@@ -93,6 +93,50 @@ pub struct CounterSnapshot {
     pub dropped_dead_letter: u64,
 }
 
+impl CounterSnapshot {
+    /// How many counters there are.
+    pub const LEN: usize = 12;
+
+    /// The counters in declaration order (for transports that keep them in
+    /// shared memory).
+    pub fn to_array(&self) -> [u64; Self::LEN] {
+        [
+            self.published,
+            self.routed,
+            self.dropped_unroutable,
+            self.delivered,
+            self.acked,
+            self.rejected,
+            self.redelivered,
+            self.restored,
+            self.expired,
+            self.dead_lettered,
+            self.dropped_overflow,
+            self.dropped_dead_letter,
+        ]
+    }
+
+    /// The inverse of [`CounterSnapshot::to_array`].
+    pub fn from_array(a: [u64; Self::LEN]) -> Self {
+        let [published, routed, dropped_unroutable, delivered, acked, rejected, redelivered, restored, expired, dead_lettered, dropped_overflow, dropped_dead_letter] =
+            a;
+        CounterSnapshot {
+            published,
+            routed,
+            dropped_unroutable,
+            delivered,
+            acked,
+            rejected,
+            redelivered,
+            restored,
+            expired,
+            dead_lettered,
+            dropped_overflow,
+            dropped_dead_letter,
+        }
+    }
+}
+
 impl Counters {
     pub(crate) fn add(c: &AtomicU64, n: u64) {
         c.fetch_add(n, Relaxed);
@@ -187,9 +231,25 @@ impl fmt::Debug for Stats {
 }
 
 impl Stats {
-    /// Event counters.
+    /// Event counters: of every process sharing the store when the
+    /// transport has one (local://, see [`Stats::store_wide`]), else of this
+    /// process.
     pub fn counters(&self) -> CounterSnapshot {
+        self.transport
+            .store_counters()
+            .unwrap_or_else(|| self.transport.counters().snapshot())
+    }
+
+    /// This process's event counters only.
+    pub fn process_counters(&self) -> CounterSnapshot {
         self.transport.counters().snapshot()
+    }
+
+    /// True when [`Stats::counters`] and the queue figures cover every
+    /// process sharing the store (local://), false when they are this
+    /// process's (memory://).
+    pub fn store_wide(&self) -> bool {
+        self.transport.store_counters().is_some()
     }
 
     /// Figures of one queue.
@@ -202,5 +262,21 @@ impl Stats {
         let mut v = self.transport.all_queue_stats();
         v.sort_by(|a, b| a.name.cmp(&b.name));
         v
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn snapshots_round_trip_through_arrays_in_order() {
+        let a: [u64; CounterSnapshot::LEN] = std::array::from_fn(|i| i as u64 + 1);
+        let s = CounterSnapshot::from_array(a);
+        assert_eq!(
+            (s.published, s.delivered, s.dropped_dead_letter),
+            (1, 4, 12)
+        );
+        assert_eq!(s.to_array(), a);
     }
 }

@@ -64,6 +64,34 @@ fn child_role() {
                 .unwrap();
             say(format_args!("ok"));
         }
+        "consume" => {
+            let conn = connect(d);
+            let _ch = channel(&conn);
+            let ch = conn.channel().unwrap();
+            let _c = ch
+                .consume(dashi_engine::ConsumerOptions::new("q"), |m| {
+                    m.ack().unwrap();
+                })
+                .unwrap();
+            say(format_args!("consuming"));
+            loop {
+                let _ = conn.drain_events(Some(Duration::from_millis(500)));
+            }
+        }
+        "publish" => {
+            let conn = connect(d);
+            let ch = channel(&conn);
+            let n: usize = parts[2].parse().unwrap();
+            for i in 0..n {
+                ch.producer()
+                    .publish(Message::new(format!("p{i}")), "q")
+                    .unwrap();
+            }
+            // Past one flush of the counters (every 100 ms), then stay.
+            std::thread::sleep(Duration::from_millis(400));
+            say(format_args!("published"));
+            std::thread::sleep(Duration::from_secs(600));
+        }
         other => panic!("unknown role {other}"),
     }
 }
@@ -300,4 +328,40 @@ fn a_full_disk_refuses_publishes_and_everything_else_keeps_working() {
     };
     assert!(published, "publishing never worked again: {last}");
     assert!(ch.producer().publish(Message::new("y"), "new").is_ok());
+}
+
+/// Item 15: `stat` figures are store-wide on local://: consumers of every
+/// live process (a killed one stops counting at once) and the event
+/// counters of every process, including one killed after its last flush.
+#[test]
+fn figures_are_store_wide() {
+    let d = TestDir::new();
+    let conn = connect(&d);
+    let _ch = channel(&conn);
+    let stats = conn.stats();
+    assert!(stats.store_wide());
+    let mut consumers: Vec<Child> = (0..2)
+        .map(|_| {
+            let mut c = child(format!("consume,{},0", d.display())).spawn().unwrap();
+            wait_for(&mut c, "consuming");
+            c
+        })
+        .collect();
+    assert_eq!(stats.queue("q").unwrap().consumers, 2);
+    kill(&mut consumers[0]);
+    assert_eq!(stats.queue("q").unwrap().consumers, 1);
+    let mut publisher = child(format!("publish,{},7", d.display())).spawn().unwrap();
+    wait_for(&mut publisher, "published");
+    kill(&mut publisher);
+    let c = stats.counters();
+    assert_eq!(c.published, 7, "{c:?}");
+    assert_eq!(stats.process_counters().published, 0);
+    // The remaining consumer takes them; its deliveries count store-wide too.
+    let end = Instant::now() + Duration::from_secs(10);
+    while stats.counters().acked < 7 && Instant::now() < end {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(stats.counters().acked, 7);
+    kill(&mut consumers[1]);
+    assert_eq!(stats.queue("q").unwrap().consumers, 0);
 }

@@ -17,7 +17,7 @@ use crate::error::{Error, PublishError};
 use crate::model::exchange::Exchange;
 use crate::model::queue::{Queue, QueueInfo};
 use crate::routing::Binding;
-use crate::stats::{Counters, QueueStats};
+use crate::stats::{CounterSnapshot, Counters, QueueStats};
 
 pub use bookkeeping::{
     check_delete, check_redeclare, effective_ttl, lane_for, limit_reached, queue_full,
@@ -146,8 +146,15 @@ pub trait Transport: Send + Sync + fmt::Debug {
     fn health(&self) -> Result<(), Error> {
         Ok(())
     }
-    /// Event counters.
+    /// Event counters of this process (what it published, delivered, ...).
     fn counters(&self) -> &Counters;
+    /// Event counters of every process sharing this transport's storage,
+    /// when it has storage shared between processes (local://); `None` when
+    /// [`Transport::counters`] is the whole story. Queue figures
+    /// ([`Transport::queue_stats`]) of such a transport are store-wide too.
+    fn store_counters(&self) -> Option<CounterSnapshot> {
+        None
+    }
     /// Figures of one queue.
     fn queue_stats(&self, name: &str) -> Option<QueueStats>;
     /// Figures of every queue.

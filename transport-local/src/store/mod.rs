@@ -35,6 +35,7 @@ mod opening;
 mod options;
 mod publish;
 mod queue;
+mod shared_stats;
 mod topology;
 mod wakeup;
 
@@ -96,7 +97,9 @@ struct Inner {
     /// The generation `routing` was built from (checked on every publish
     /// without taking the topology lock).
     loaded_gen: AtomicU64,
-    counters: Counters,
+    /// This process's event counters, and their flushes into the store-wide
+    /// totals.
+    stats: Arc<shared_stats::CounterFlush>,
     /// This process's registration with the store (its id, and the lock
     /// that tells other processes it runs).
     reg: Registration,
@@ -358,7 +361,11 @@ impl Transport for LocalTransport {
     }
 
     fn counters(&self) -> &Counters {
-        &self.inner.counters
+        &self.inner.stats.counters
+    }
+
+    fn store_counters(&self) -> Option<dashi_engine::CounterSnapshot> {
+        Some(self.inner.stats.totals())
     }
 
     fn queue_stats(&self, name: &str) -> Option<QueueStats> {
@@ -376,5 +383,5 @@ impl Transport for LocalTransport {
 
 fn stats(q: &LocalQueue) -> QueueStats {
     let (n, b, u, depth) = q.counts();
-    QueueStats::new(q.decl.name.clone(), depth, n, b, u, q.state.consumers())
+    QueueStats::new(q.decl.name.clone(), depth, n, b, u, q.store_consumers())
 }

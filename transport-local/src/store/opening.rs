@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicU64, Ordering::Acquire};
 use std::sync::{Arc, OnceLock, Weak};
 
 use arc_swap::ArcSwap;
-use dashi_engine::spi::{Counters, Routing, Topology};
+use dashi_engine::spi::{Routing, Topology};
 use dashi_engine::Error;
 use dashi_rt::{Runtime, RuntimeConfig};
 use parking_lot::Mutex;
@@ -291,6 +291,10 @@ impl LocalTransport {
         };
         let durability =
             Durability::start(opts.fsync, rt).map_err(|e| store_err("durability", e))?;
+        let stats = super::shared_stats::CounterFlush::new(control.clone());
+        if let Some(rt) = alloc.runtime() {
+            stats.start(rt);
+        }
         let inner = Arc::new(Inner {
             root: root.to_owned(),
             opts,
@@ -302,7 +306,7 @@ impl LocalTransport {
             }),
             routing: ArcSwap::from_pointee(Routing::default()),
             loaded_gen: AtomicU64::new(u64::MAX),
-            counters: Counters::default(),
+            stats,
             reg,
             exclusive_owner: Mutex::new(HashMap::new()),
             watcher: OnceLock::new(),

@@ -34,7 +34,7 @@ impl Inner {
     /// Sends a message that left `queue` unacked (rejected, expired, dropped
     /// by overflow) to its dead-letter exchange, or counts it as dropped.
     pub(super) fn dead_letter(self: &Arc<Self>, queue: &Queue, env: Envelope, reason: DeathReason) {
-        dead_letter_with(&self.counters, queue, &env, reason, |dl| {
+        dead_letter_with(&self.stats.counters, queue, &env, reason, |dl| {
             self.publish(dl, true, true)
         });
     }
@@ -51,7 +51,7 @@ impl Inner {
             return Err(transport_error(e.to_string(), env));
         }
         let routing = self.routing.load();
-        let route = match route_or_drop(&routing, &env, mandatory, &self.counters) {
+        let route = match route_or_drop(&routing, &env, mandatory, &self.stats.counters) {
             Ok(Some(r)) => r,
             Ok(None) => return Ok(()),
             Err(refused) => return Err(refused.into_error(env)),
@@ -83,8 +83,9 @@ impl Inner {
             Ok(w) => w,
             Err(e) => return Err(transport_error(e.to_string(), env)),
         };
-        self.counters.record(TransportEvent::Published, 1);
-        self.counters
+        self.stats.counters.record(TransportEvent::Published, 1);
+        self.stats
+            .counters
             .record(TransportEvent::Routed, targets.len() as u64);
         self.wake_other_processes();
         if let Some(d) = &self.durability {

@@ -63,6 +63,8 @@ pub(crate) struct LocalQueue {
     pub(super) control: Arc<SharedPage>,
     /// The generation this queue last checked the topology at.
     pub(super) seen_generation: AtomicU64,
+    /// This process's consumer slot in the queue's state page (0 = none).
+    consumer_slot: parking_lot::Mutex<usize>,
 }
 
 /// How often a consumer looks for records held by dead processes (idle or
@@ -129,6 +131,7 @@ impl LocalQueue {
             last_upkeep_ns: AtomicU64::new(0),
             first_upkeep: AtomicBool::new(false),
             seen_generation: AtomicU64::new(control.u64_at(GENERATION).load(Acquire)),
+            consumer_slot: parking_lot::Mutex::new(0),
             control,
         })
     }
@@ -201,6 +204,30 @@ impl LocalQueue {
             inner.wake_other_processes();
         }
         any
+    }
+
+    /// Counts a consumer of this process in or out of the store-wide figure.
+    fn count_consumer(&self, delta: i64) {
+        let Some(t) = self.transport.upgrade() else {
+            return;
+        };
+        super::shared_stats::add_consumers(
+            &self.lanes_used,
+            &self.consumer_slot,
+            self.owner,
+            delta,
+            |id| crate::procs::alive(&t.root, id),
+        );
+    }
+
+    /// Consumers of this queue in every live process.
+    pub(super) fn store_consumers(&self) -> u64 {
+        match self.transport.upgrade() {
+            Some(t) => super::shared_stats::consumers(&self.lanes_used, self.owner, |id| {
+                crate::procs::alive(&t.root, id)
+            }),
+            None => self.state.consumers(),
+        }
     }
 
     pub(super) fn lane(&self, p: u8) -> Result<&Arc<Lane>, Error> {
@@ -327,7 +354,7 @@ impl LocalQueue {
                 };
                 if env.expires_at != u64::MAX && now_ns() >= env.expires_at {
                     if let Some(t) = self.transport.upgrade() {
-                        t.counters.record(TransportEvent::Expired, 1);
+                        t.stats.counters.record(TransportEvent::Expired, 1);
                     }
                     self.kill(p, &c, env, DeathReason::Expired);
                     continue;
@@ -452,7 +479,21 @@ impl QueueStore for LocalQueue {
         &self.state
     }
 
+    fn consumer_added(&self) -> bool {
+        let added = self.state.consumer_added();
+        if added {
+            self.count_consumer(1);
+        }
+        added
+    }
+
+    fn consumer_withdrawn(&self) {
+        self.state.consumer_withdrawn();
+        self.count_consumer(-1);
+    }
+
     fn consumer_removed(&self) {
+        self.count_consumer(-1);
         if self.state.consumer_removed(&self.decl) {
             if let Some(t) = self.transport.upgrade() {
                 // This incarnation only: a queue declared again since is
