@@ -7,7 +7,7 @@
 
 #[cfg(loom)]
 pub(crate) use loom::sync::atomic::fence;
-#[cfg(all(loom, test))]
+#[cfg(loom)]
 pub(crate) use loom::sync::atomic::AtomicBool;
 #[cfg(loom)]
 pub(crate) use loom::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -20,6 +20,14 @@ pub(crate) use std::sync::atomic::fence;
 pub(crate) use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 #[cfg(not(loom))]
 pub(crate) use std::sync::Arc;
+
+/// Lets other threads run while spinning (a model yield point under loom).
+pub(crate) fn yield_now() {
+    #[cfg(loom)]
+    loom::thread::yield_now();
+    #[cfg(not(loom))]
+    std::thread::yield_now();
+}
 
 /// A mutex for slow paths (declare, bind, waiter registration), with
 /// parking_lot's panic-free `lock()` signature under both configurations.

@@ -40,6 +40,87 @@ conformance! {
         d.ack().unwrap();
     }
 
+    /// The delay-queue idiom: a TTL queue nobody consumes, dead-lettering
+    /// into a work queue. Messages expire on a timer, not only when a
+    /// consumer reaches them; a message with its own expiration in a queue
+    /// without TTL too.
+    fn ttl_expires_in_a_queue_nobody_reads(url: &str) {
+        let c = connect(url);
+        let ch = c.channel().unwrap();
+        queue(&ch, "work");
+        ch.queue_declare(
+            &Queue::new("delay")
+                .with_message_ttl(Duration::from_millis(100))
+                .with_dead_letter("", Some("work")),
+        )
+        .unwrap();
+        ch.queue_declare(&Queue::new("own").with_dead_letter("", Some("work")))
+            .unwrap();
+        let sent = std::time::Instant::now();
+        ch.producer().publish("later", "delay").unwrap();
+        ch.producer()
+            .publish(
+                Message::new("own").with_expiration(Duration::from_millis(100)),
+                "own",
+            )
+            .unwrap();
+        let mut got = Vec::new();
+        while got.len() < 2 {
+            let d = ch
+                .get("work", Duration::from_secs(10))
+                .unwrap()
+                .expect("dead-lettered by the expiry timer");
+            assert_eq!(
+                d.properties().headers.get("x-first-death-reason"),
+                Some(&Value::from("expired"))
+            );
+            got.push(body(&d));
+            d.ack().unwrap();
+        }
+        got.sort();
+        assert_eq!(got, ["later", "own"]);
+        assert!(sent.elapsed() >= Duration::from_millis(100), "expired early");
+        let s = c.stats();
+        assert_eq!(s.queue("delay").unwrap().messages, 0);
+        assert_eq!(s.queue("own").unwrap().messages, 0);
+        assert_eq!(s.counters().expired, 2);
+    }
+
+    /// While the expiry timer looks at heads that have not expired, nothing
+    /// moves: every lane keeps its order.
+    fn the_expiry_timer_never_reorders_what_has_not_expired(url: &str) {
+        let c = connect(url);
+        let ch = c.channel().unwrap();
+        ch.queue_declare(
+            &Queue::new("q")
+                .with_max_priority(2)
+                .with_message_ttl(Duration::from_secs(60)),
+        )
+        .unwrap();
+        for i in 0..30u8 {
+            ch.producer()
+                .publish(Message::new(format!("m{i}")).with_priority(i % 3), "q")
+                .unwrap();
+        }
+        // Several sweeps pass; a consumer takes some meanwhile.
+        let mut got = Vec::new();
+        for _ in 0..6 {
+            std::thread::sleep(Duration::from_millis(60));
+            let d = must_get(&ch, "q");
+            got.push((d.priority(), body(&d)));
+            d.ack().unwrap();
+        }
+        while let Some(d) = ch.get("q", Duration::from_millis(100)).unwrap() {
+            got.push((d.priority(), body(&d)));
+            d.ack().unwrap();
+        }
+        let want: Vec<(u8, String)> = (0..3u8)
+            .rev()
+            .flat_map(|p| (0..30u8).filter(move |i| i % 3 == p).map(move |i| (p, format!("m{i}"))))
+            .collect();
+        assert_eq!(got, want);
+    }
+
     fn queue_ttl_expires_and_dead_letters(url: &str) {
         let c = connect(url);
         let ch = c.channel().unwrap();

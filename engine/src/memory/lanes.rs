@@ -186,6 +186,12 @@ impl<T> Lanes<T> {
         item
     }
 
+    /// Takes the oldest item of `lane` (the expiry sweep looks at each lane's
+    /// head in turn).
+    pub(crate) fn pop_from(&self, lane: usize) -> Option<T> {
+        self.pop_lane(lane.min(self.lanes.len() - 1))
+    }
+
     /// Takes the oldest item of the most urgent non-empty lane, with its lane.
     #[inline]
     pub(crate) fn pop(&self) -> Option<(usize, T)> {

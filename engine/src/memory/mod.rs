@@ -51,7 +51,12 @@ pub(crate) struct Shared {
     topo: Mutex<Topo>,
     routing: ArcSwap<Routing<Arc<MemQueue>>>,
     pub(crate) counters: Counters,
+    /// The thread that expires heads of queues whose messages can expire.
+    sweeper: std::sync::OnceLock<()>,
 }
+
+/// How often the sweeper looks at the heads of queues with expiring messages.
+const SWEEP_EVERY: std::time::Duration = std::time::Duration::from_millis(50);
 
 /// The in-process transport. Cheap to clone; clones share state.
 #[derive(Debug, Clone)]
@@ -80,6 +85,7 @@ impl MemoryTransport {
                 topo: Mutex::new(Topo::default()),
                 routing: ArcSwap::from_pointee(Routing::default()),
                 counters: Counters::default(),
+                sweeper: std::sync::OnceLock::new(),
             }),
         }
     }
@@ -91,6 +97,34 @@ impl MemoryTransport {
 }
 
 impl Shared {
+    /// Starts (once) the thread that expires the heads of queues whose
+    /// messages can expire, every [`SWEEP_EVERY`], so a message in a queue
+    /// nobody reads is dead-lettered on time (the delay-queue idiom).
+    pub(crate) fn ensure_sweeper(self: &Arc<Self>) {
+        self.sweeper.get_or_init(|| {
+            let weak = Arc::downgrade(self);
+            let _ = std::thread::Builder::new()
+                .name("dashi-memory-ttl".into())
+                .spawn(move || loop {
+                    std::thread::sleep(SWEEP_EVERY);
+                    let Some(shared) = weak.upgrade() else { return };
+                    let queues: Vec<Arc<MemQueue>> = shared
+                        .topo
+                        .lock()
+                        .queues
+                        .values()
+                        .filter(|q| q.may_expire())
+                        .cloned()
+                        .collect();
+                    drop(shared);
+                    for q in queues {
+                        let expired = q.expire_heads();
+                        q.expired(expired);
+                    }
+                });
+        });
+    }
+
     fn republish_snapshot(&self, topo: &Topo) {
         let snap = topo
             .topology

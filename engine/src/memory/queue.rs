@@ -18,7 +18,7 @@ use super::lanes::Lanes;
 use crate::clock::{now_ns, NEVER};
 use crate::model::queue::{Overflow, Queue};
 use crate::stats::{QueueStats, TransportEvent};
-use crate::sync::{AtomicU64, Ordering::Relaxed, Ordering::SeqCst, Padded};
+use crate::sync::{AtomicBool, AtomicU64, Ordering::Relaxed, Ordering::SeqCst, Padded};
 use crate::transport::{
     limit_reached, ConnectionId, DeathReason, Envelope, QueueState, QueueStore,
 };
@@ -50,7 +50,15 @@ pub(crate) struct MemQueue {
     outflow: Padded<Outflow>,
     state: QueueState,
     shared: Weak<Shared>,
+    /// Messages of this queue can expire (it has a TTL, or a message with
+    /// its own expiration came): pops then pass the expiry gate.
+    ttl: AtomicBool,
+    /// The expiry gate: poppers in flight (low bits) and [`SWEEPING`].
+    gate: AtomicU64,
 }
+
+/// Set in [`MemQueue::gate`] while the expiry sweep looks at the heads.
+const SWEEPING: u64 = 1 << 63;
 
 /// A place reserved in a queue by [`MemQueue::reserve`].
 pub(crate) enum Reserve {
@@ -68,6 +76,82 @@ impl MemQueue {
             outflow: Padded(Outflow::default()),
             state: QueueState::new(),
             shared,
+            ttl: AtomicBool::new(false),
+            gate: AtomicU64::new(0),
+        }
+    }
+
+    /// Runs `f` (a pop) outside any expiry sweep of this queue, so the sweep,
+    /// which takes a head and puts it back when it has not expired, is never
+    /// seen half done. Queues whose messages cannot expire skip the gate.
+    #[inline]
+    fn gated<R>(&self, f: impl FnOnce() -> R) -> R {
+        if !self.ttl.load(Relaxed) {
+            return f();
+        }
+        loop {
+            if self.gate.fetch_add(1, SeqCst) & SWEEPING == 0 {
+                let r = f();
+                self.gate.fetch_sub(1, SeqCst);
+                return r;
+            }
+            self.gate.fetch_sub(1, SeqCst);
+            while self.gate.load(SeqCst) & SWEEPING != 0 {
+                crate::sync::yield_now();
+            }
+        }
+    }
+
+    /// True when messages of this queue can expire.
+    pub(crate) fn may_expire(&self) -> bool {
+        self.ttl.load(Relaxed)
+    }
+
+    /// Expires the head of each lane whose time ran out (and the heads after
+    /// it while they have run out too): messages of a queue nobody reads
+    /// expire on time. A head not expired goes back to its place before any
+    /// pop can run (the gate), so nothing is reordered. Returns the expired
+    /// messages, for the caller to dead-letter outside the gate (a
+    /// dead-letter route may lead back into this queue).
+    pub(crate) fn expire_heads(&self) -> Vec<Envelope> {
+        let mut expired = Vec::new();
+        if self
+            .gate
+            .compare_exchange(0, SWEEPING, SeqCst, SeqCst)
+            .is_err()
+        {
+            // Pops are running: they expire what they meet; next sweep.
+            return expired;
+        }
+        let now = now_ns();
+        for lane in 0..self.lanes.lane_count() {
+            while let Some(mut env) = self.lanes.pop_from(lane) {
+                let taken = self.took(&env);
+                if env.token == 0 {
+                    env.token = taken + 1;
+                }
+                if env.expires_at != NEVER && now >= env.expires_at {
+                    expired.push(env);
+                    continue;
+                }
+                // Back to its place: nobody popped meanwhile.
+                self.inflow.count.fetch_add(1, SeqCst);
+                self.inflow.bytes.fetch_add(env.size() as u64, SeqCst);
+                self.lanes.restore(lane, [env], |e| e.token);
+                break;
+            }
+        }
+        self.gate.fetch_and(!SWEEPING, SeqCst);
+        expired
+    }
+
+    /// Dead-letters (or drops and counts) messages the sweep expired.
+    pub(crate) fn expired(&self, envs: Vec<Envelope>) {
+        for env in envs {
+            if let Some(shared) = self.counters() {
+                shared.counters.record(TransportEvent::Expired, 1);
+            }
+            self.dead_letter(env, DeathReason::Expired);
         }
     }
 
@@ -110,7 +194,7 @@ impl MemQueue {
             }
             Overflow::DropHead => {
                 while self.over(self.ready(), self.ready_bytes()).is_some() {
-                    match self.lanes.pop_least_urgent() {
+                    match self.gated(|| self.lanes.pop_least_urgent()) {
                         Some((_, env)) => {
                             self.took(&env);
                             self.dead_letter(env, DeathReason::MaxLen);
@@ -136,6 +220,12 @@ impl MemQueue {
     /// queue.
     #[inline]
     pub(crate) fn push_reserved(&self, env: Envelope) {
+        if env.expires_at != NEVER && !self.ttl.load(Relaxed) {
+            self.ttl.store(true, Relaxed);
+            if let Some(shared) = self.counters() {
+                shared.ensure_sweeper();
+            }
+        }
         self.lanes.push(env.lane as usize, env);
         if self.state.is_deleted() {
             self.purge();
@@ -161,7 +251,7 @@ impl MemQueue {
     /// Drops every ready message; returns how many.
     pub(crate) fn purge(&self) -> u64 {
         let mut n = 0;
-        while let Some((_, env)) = self.lanes.pop() {
+        while let Some((_, env)) = self.gated(|| self.lanes.pop()) {
             self.took(&env);
             n += 1;
         }
@@ -219,7 +309,7 @@ impl QueueStore for MemQueue {
     fn pop(&self) -> Option<Envelope> {
         let mut now = 0;
         loop {
-            let (_, mut env) = self.lanes.pop()?;
+            let (_, mut env) = self.gated(|| self.lanes.pop())?;
             let taken = self.took(&env);
             // The first time a message is taken, its token records where it
             // stood (messages are taken in lane order), so a restore can put
@@ -326,6 +416,27 @@ mod loom_tests {
             assert!(q.pop().is_some());
             assert!(q.pop().is_none());
             assert_eq!(q.ready(), 0);
+        });
+    }
+
+    /// The expiry sweep takes a head that has not expired and puts it back;
+    /// a pop racing it gets that head, never the message behind it.
+    #[test]
+    fn a_pop_racing_the_expiry_sweep_gets_the_head() {
+        loom::model(|| {
+            let q = loom::sync::Arc::new(queue(10));
+            for b in ["m0", "m1"] {
+                assert!(matches!(q.reserve(1), Reserve::Ok));
+                let mut e = Envelope::new(Message::new(b), "", "q");
+                e.expires_at = NEVER - 1;
+                q.push_reserved(e);
+            }
+            let q2 = q.clone();
+            let sweeper = loom::thread::spawn(move || q2.expire_heads().len());
+            let first = q.pop().unwrap();
+            assert_eq!(sweeper.join().unwrap(), 0);
+            assert_eq!(&first.to_message().body[..], b"m0");
+            assert_eq!(q.ready(), 1);
         });
     }
 

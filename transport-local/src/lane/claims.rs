@@ -30,6 +30,16 @@ use crate::segment::{RecordMeta, Segment, Slot};
 use super::layout::at;
 use super::{Claimed, Lane, LaneError, Pos, NO_POS};
 
+/// What the restored records at the head of a lane gave a claim.
+enum Head {
+    /// One was claimed.
+    Claimed(Claimed),
+    /// The first ready one was not accepted (or a reservation blocks): stop.
+    Refused,
+    /// None is ready: go on with the never-delivered records.
+    Nothing,
+}
+
 /// How a walk over a range of records ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Walk {
@@ -136,35 +146,57 @@ impl Lane {
     /// their original order), then the never-delivered ones in log order.
     /// `None` when nothing is ready.
     pub(crate) fn claim(&self, owner: u32) -> Result<Option<Claimed>, LaneError> {
-        if let Some(c) = self.claim_restored(owner)? {
-            return Ok(Some(c));
-        }
-        self.claim_next(owner)
+        self.claim_if(owner, |_, _, _| true)
     }
 
-    fn claim_restored(&self, owner: u32) -> Result<Option<Claimed>, LaneError> {
+    /// Claims the record [`Lane::claim`] would, but only if `accept` says
+    /// so; `None` (and nothing claimed, nothing skipped) otherwise. Expiry
+    /// uses it to take a lane's head only when its time ran out.
+    pub(crate) fn claim_if(
+        &self,
+        owner: u32,
+        accept: impl Fn(&Arc<Segment>, Pos, &RecordMeta) -> bool,
+    ) -> Result<Option<Claimed>, LaneError> {
+        match self.claim_restored(owner, &accept)? {
+            Head::Claimed(c) => Ok(Some(c)),
+            Head::Refused => Ok(None),
+            Head::Nothing => self.claim_next(owner, &accept),
+        }
+    }
+
+    fn claim_restored(
+        &self,
+        owner: u32,
+        accept: &impl Fn(&Arc<Segment>, Pos, &RecordMeta) -> bool,
+    ) -> Result<Head, LaneError> {
         loop {
             let low = self.load(at::RESTORE_LOW);
             if low == NO_POS || low == 0 {
-                return Ok(None);
+                return Ok(Head::Nothing);
             }
             let restores = self.load(at::RESTORED);
             let from = Pos::unpack(low).max(self.pos(at::HEAD));
             let next = self.pos(at::NEXT);
             let mut got = None;
+            let mut refused = false;
             let walk = self.walk(from, next, false, |seg, pos, _| {
                 let w = seg.claim_word(pos.off).load(Acquire);
                 if let Some(c) = Claim::decode(w).filter(|c| c.state == READY) {
                     // Verified once, when claimed.
                     if let Slot::Record { meta, .. } = seg.read(pos.off) {
+                        if !accept(seg, pos, &meta) {
+                            refused = true;
+                            return true;
+                        }
                         got = self.try_claim(seg, pos, meta, owner, w, c);
                     }
                 }
                 got.is_some()
             })?;
             match walk {
-                Walk::Stopped => return Ok(got),
-                Walk::Blocked => return Ok(None),
+                Walk::Stopped if refused => return Ok(Head::Refused),
+                Walk::Stopped => return Ok(got.map_or(Head::Nothing, Head::Claimed)),
+                Walk::Blocked => return Ok(Head::Refused),
                 Walk::Done => {}
             }
             // Nothing restored is left: clear the mark, unless it moved.
@@ -179,11 +211,15 @@ impl Lane {
                 // A restore raced the walk: look again from where we began.
                 self.word(at::RESTORE_LOW).fetch_min(from.pack(), AcqRel);
             }
-            return Ok(None);
+            return Ok(Head::Nothing);
         }
     }
 
-    fn claim_next(&self, owner: u32) -> Result<Option<Claimed>, LaneError> {
+    fn claim_next(
+        &self,
+        owner: u32,
+        accept: &impl Fn(&Arc<Segment>, Pos, &RecordMeta) -> bool,
+    ) -> Result<Option<Claimed>, LaneError> {
         loop {
             let packed = self.load(at::NEXT);
             let pos = Pos::unpack(packed);
@@ -210,7 +246,12 @@ impl Lane {
                 Slot::Record { len, meta } => {
                     let w = seg.claim_word(pos.off).load(Acquire);
                     let got = match Claim::decode(w) {
-                        Some(c) if c.state == READY => self.try_claim(&seg, pos, meta, owner, w, c),
+                        Some(c) if c.state == READY => {
+                            if !accept(&seg, pos, &meta) {
+                                return Ok(None);
+                            }
+                            self.try_claim(&seg, pos, meta, owner, w, c)
+                        }
                         Some(_) => None,
                         None => {
                             self.set_aside(&seg, pos, w);

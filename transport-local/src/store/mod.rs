@@ -30,6 +30,7 @@
 //! (fdatasync on the runtime).
 
 mod durability;
+mod expiry;
 mod meta_json;
 mod opening;
 mod options;
@@ -107,6 +108,8 @@ struct Inner {
     exclusive_owner: Mutex<HashMap<String, ConnectionId>>,
     /// The thread that turns other processes' publishes into local wake-ups.
     watcher: OnceLock<()>,
+    /// The thread that expires the heads of queues with a TTL.
+    expiry: OnceLock<()>,
     /// Arms the watcher when a consumer of this process is about to sleep.
     arm: Arc<Arm>,
     /// fdatasync on a runtime core (`fsync=always` / `interval`).

@@ -310,6 +310,7 @@ impl LocalTransport {
             reg,
             exclusive_owner: Mutex::new(HashMap::new()),
             watcher: OnceLock::new(),
+            expiry: OnceLock::new(),
             arm: Arc::new(Arm::default()),
             durability,
             alloc,

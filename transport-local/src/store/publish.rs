@@ -8,6 +8,7 @@
 //! - A publish that returns `Ok` is committed in every target's lane (and,
 //!   with `fsync=always`, covered by a finished `fdatasync`).
 
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 
 use dashi_engine::spi::{
@@ -79,6 +80,13 @@ impl Inner {
             Ok(p) => p,
             Err(e) => return Err(transport_error(format!("encoding the record: {e}"), env)),
         };
+        if env.properties().expiration.is_some() {
+            // This process sweeps the queues its expiring messages went to.
+            for &t in targets {
+                routing.target(t).expiring.store(true, Relaxed);
+            }
+            self.ensure_expiry();
+        }
         let written = match self.append_all(&routing, targets, priority, &payload, size) {
             Ok(w) => w,
             Err(e) => return Err(transport_error(e.to_string(), env)),

@@ -65,6 +65,8 @@ pub(crate) struct LocalQueue {
     pub(super) seen_generation: AtomicU64,
     /// This process's consumer slot in the queue's state page (0 = none).
     consumer_slot: parking_lot::Mutex<usize>,
+    /// This process published a message with its own expiration here.
+    pub(super) expiring: AtomicBool,
 }
 
 /// How often a consumer looks for records held by dead processes (idle or
@@ -132,6 +134,7 @@ impl LocalQueue {
             first_upkeep: AtomicBool::new(false),
             seen_generation: AtomicU64::new(control.u64_at(GENERATION).load(Acquire)),
             consumer_slot: parking_lot::Mutex::new(0),
+            expiring: AtomicBool::new(false),
             control,
         })
     }
@@ -315,6 +318,63 @@ impl LocalQueue {
             .lock()
             .remove(&(env.lane, env.token))
             .map(|c| (env.lane, c))
+    }
+
+    /// True when messages of this queue can expire: it has a TTL, or this
+    /// process published a message with its own expiration to it.
+    pub(super) fn may_expire(&self) -> bool {
+        self.decl.message_ttl.is_some() || self.expiring.load(Relaxed)
+    }
+
+    /// Expires the head of each lane whose time ran out (and the heads after
+    /// it, while they have run out too), dead-lettering them: messages of a
+    /// queue nobody reads expire on time. Only an expired head is claimed;
+    /// nothing is taken and put back. True if any expired.
+    pub(super) fn expire_heads(&self) -> bool {
+        if self.state.is_deleted() {
+            return false;
+        }
+        let mut any = false;
+        for p in self.used_lanes() {
+            let Ok(l) = self.lane(p) else { continue };
+            while let Ok(Some(c)) = l.claim_if(self.owner, |seg, pos, meta| {
+                self.record_expired(seg, pos.off, meta)
+            }) {
+                match self.envelope(p, &c) {
+                    Ok(env) => {
+                        if let Some(t) = self.transport.upgrade() {
+                            t.stats.counters.record(TransportEvent::Expired, 1);
+                        }
+                        self.kill(p, &c, env, DeathReason::Expired);
+                        any = true;
+                    }
+                    // Unreadable: set aside, as a consumer would.
+                    Err(_) => {
+                        l.settle(&c, self.owner, claim::DEAD);
+                    }
+                }
+            }
+        }
+        any
+    }
+
+    /// Whether the record at `off` has outlived its TTL (the queue's or its
+    /// own, whichever is shorter), by the wall clock it was stamped with.
+    fn record_expired(
+        &self,
+        seg: &Arc<crate::segment::Segment>,
+        off: u64,
+        meta: &crate::segment::RecordMeta,
+    ) -> bool {
+        let bytes = seg.payload_bytes(off, meta);
+        // An unreadable record is the consumers' to set aside.
+        let Ok(p) = codec::decode(&bytes) else {
+            return false;
+        };
+        match effective_ttl(self.decl.message_ttl, p.message.properties.expiration) {
+            None => false,
+            Some(ttl) => wall_ns() >= meta.timestamp_ns.saturating_add(ttl.as_nanos() as u64),
+        }
     }
 
     pub(super) fn kill(&self, lane: u8, c: &Claimed, env: Envelope, reason: DeathReason) {

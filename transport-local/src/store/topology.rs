@@ -142,6 +142,9 @@ impl Inner {
                 q.state.mark_deleted();
             }
         }
+        if queues.values().any(|q| q.decl.message_ttl.is_some()) {
+            self.ensure_expiry();
+        }
         let snapshot = topology.snapshot(queues.iter().map(|(n, q)| (n.clone(), q.clone())));
         topo.topology = topology;
         topo.queues = queues;
