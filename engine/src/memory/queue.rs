@@ -32,6 +32,8 @@ struct Inflow {
     /// Never-newer copies of `Outflow::{count, bytes}`.
     seen_out_count: AtomicU64,
     seen_out_bytes: AtomicU64,
+    /// `Outflow::ttl` was set (read here so publishers stay on their line).
+    ttl: AtomicBool,
 }
 
 #[derive(Debug, Default)]
@@ -39,6 +41,12 @@ struct Outflow {
     count: AtomicU64,
     bytes: AtomicU64,
     unacked: AtomicU64,
+    /// Messages of this queue can expire (it has a TTL, or a message with
+    /// its own expiration came): pops then pass the expiry gate. On the
+    /// consumers' line, which every pop touches anyway.
+    ttl: AtomicBool,
+    /// The expiry gate: poppers in flight (low bits) and [`SWEEPING`].
+    gate: AtomicU64,
 }
 
 #[derive(Debug)]
@@ -50,14 +58,9 @@ pub(crate) struct MemQueue {
     outflow: Padded<Outflow>,
     state: QueueState,
     shared: Weak<Shared>,
-    /// Messages of this queue can expire (it has a TTL, or a message with
-    /// its own expiration came): pops then pass the expiry gate.
-    ttl: AtomicBool,
-    /// The expiry gate: poppers in flight (low bits) and [`SWEEPING`].
-    gate: AtomicU64,
 }
 
-/// Set in [`MemQueue::gate`] while the expiry sweep looks at the heads.
+/// Set in the expiry gate while the expiry sweep looks at the heads.
 const SWEEPING: u64 = 1 << 63;
 
 /// A place reserved in a queue by [`MemQueue::reserve`].
@@ -76,8 +79,6 @@ impl MemQueue {
             outflow: Padded(Outflow::default()),
             state: QueueState::new(),
             shared,
-            ttl: AtomicBool::new(false),
-            gate: AtomicU64::new(0),
         }
     }
 
@@ -86,17 +87,17 @@ impl MemQueue {
     /// seen half done. Queues whose messages cannot expire skip the gate.
     #[inline]
     fn gated<R>(&self, f: impl FnOnce() -> R) -> R {
-        if !self.ttl.load(Relaxed) {
+        if !self.outflow.ttl.load(Relaxed) {
             return f();
         }
         loop {
-            if self.gate.fetch_add(1, SeqCst) & SWEEPING == 0 {
+            if self.outflow.gate.fetch_add(1, SeqCst) & SWEEPING == 0 {
                 let r = f();
-                self.gate.fetch_sub(1, SeqCst);
+                self.outflow.gate.fetch_sub(1, SeqCst);
                 return r;
             }
-            self.gate.fetch_sub(1, SeqCst);
-            while self.gate.load(SeqCst) & SWEEPING != 0 {
+            self.outflow.gate.fetch_sub(1, SeqCst);
+            while self.outflow.gate.load(SeqCst) & SWEEPING != 0 {
                 crate::sync::yield_now();
             }
         }
@@ -104,7 +105,7 @@ impl MemQueue {
 
     /// True when messages of this queue can expire.
     pub(crate) fn may_expire(&self) -> bool {
-        self.ttl.load(Relaxed)
+        self.outflow.ttl.load(Relaxed)
     }
 
     /// Expires the head of each lane whose time ran out (and the heads after
@@ -116,6 +117,7 @@ impl MemQueue {
     pub(crate) fn expire_heads(&self) -> Vec<Envelope> {
         let mut expired = Vec::new();
         if self
+            .outflow
             .gate
             .compare_exchange(0, SWEEPING, SeqCst, SeqCst)
             .is_err()
@@ -141,7 +143,7 @@ impl MemQueue {
                 break;
             }
         }
-        self.gate.fetch_and(!SWEEPING, SeqCst);
+        self.outflow.gate.fetch_and(!SWEEPING, SeqCst);
         expired
     }
 
@@ -220,8 +222,9 @@ impl MemQueue {
     /// queue.
     #[inline]
     pub(crate) fn push_reserved(&self, env: Envelope) {
-        if env.expires_at != NEVER && !self.ttl.load(Relaxed) {
-            self.ttl.store(true, Relaxed);
+        if env.expires_at != NEVER && !self.inflow.ttl.load(Relaxed) {
+            self.inflow.ttl.store(true, Relaxed);
+            self.outflow.ttl.store(true, Relaxed);
             if let Some(shared) = self.counters() {
                 shared.ensure_sweeper();
             }
