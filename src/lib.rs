@@ -36,7 +36,9 @@ pub mod memory {
 
 /// The `local://` transport: a memory-mapped store shared by processes.
 pub mod local {
-    pub use dashi_transport_local::{open, Fsync, LocalOptions, LocalTransport, RecoveryTotals};
+    pub use dashi_transport_local::{
+        open, set_aside, Fsync, LocalOptions, LocalTransport, RecoveryTotals, SetAside,
+    };
 }
 
 /// For transport implementers: the seam, the envelope, the shared routing and

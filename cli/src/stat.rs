@@ -51,6 +51,16 @@ fn scope_text(store_wide: bool) -> &'static str {
     }
 }
 
+/// What recovery set aside in a local:// store (`None` for other URLs or
+/// when it cannot be listed).
+fn local_set_aside(url: &str) -> Option<dashi::local::SetAside> {
+    let first = dashi::spi::split_failover(url).ok()?.into_iter().next()?;
+    let parsed = dashi::spi::ConnectUrl::parse(first).ok()?;
+    (parsed.scheme == "local")
+        .then(|| dashi::local::set_aside(std::path::Path::new(&parsed.path)).ok())
+        .flatten()
+}
+
 pub(crate) fn run(a: StatArgs) -> Result<(), String> {
     let conn = connect_existing(&a.url)?;
     let stats = conn.stats();
@@ -61,12 +71,17 @@ pub(crate) fn run(a: StatArgs) -> Result<(), String> {
         None => stats.queues(),
     };
     let counters = stats.counters();
+    let set_aside = local_set_aside(&a.url);
     if a.json {
         let v = json!({
             "transport": conn.transport().scheme(),
             "queues": queues.iter().map(queue_json).collect::<Vec<_>>(),
             "counters": counters_json(&counters),
             "scope": scope(stats.store_wide()),
+            "set_aside": set_aside.as_ref().map(|s| json!({
+                "damaged_segments": s.damaged_segments.iter().map(|p| p.display().to_string()).collect::<Vec<_>>(),
+                "quarantine_files": s.quarantine_files.iter().map(|p| p.display().to_string()).collect::<Vec<_>>(),
+            })),
         });
         println!("{v}");
         return Ok(());
@@ -101,6 +116,21 @@ pub(crate) fn run(a: StatArgs) -> Result<(), String> {
         println!("(no queues)");
     }
     println!("figures: {}", scope_text(stats.store_wide()));
+    if let Some(s) =
+        set_aside.filter(|s| !s.damaged_segments.is_empty() || !s.quarantine_files.is_empty())
+    {
+        println!(
+            "set aside by recovery: {} damaged segment file(s), {} quarantine file(s) of corrupt records: {}",
+            s.damaged_segments.len(),
+            s.quarantine_files.len(),
+            s.damaged_segments
+                .iter()
+                .chain(&s.quarantine_files)
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
     let c = counters;
     println!(
         "counters: published {} routed {} dropped_unroutable {} delivered {} acked {} rejected {} \

@@ -305,3 +305,41 @@ fn a_permission_error_names_the_file() {
     assert!(line.contains("Permission denied"), "{line}");
     assert!(line.contains(&*dir.display().to_string()), "{line}");
 }
+
+/// A segment too damaged to read is set aside by the next opener (the rest
+/// of the store opens) and `stat` says so, naming the file.
+#[test]
+fn stat_reports_what_recovery_set_aside() {
+    let (dir, url) = store("setaside");
+    for q in ["q", "other"] {
+        let o = dashi(&["publish", &url, "--queue", q, "--count", "3"]);
+        assert!(o.status.success(), "{}", stderr(&o));
+    }
+    let seg = dir.child("q/q/0000000000000001/lane-0/0000000000000000.seg");
+    {
+        use std::os::unix::fs::FileExt;
+        let f = std::fs::OpenOptions::new().write(true).open(&seg).unwrap();
+        f.write_all_at(b"XX", 0).unwrap();
+    }
+    let o = dashi(&["stat", &url]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = stdout(&o);
+    assert!(
+        out.contains("set aside by recovery: 1 damaged segment file(s)"),
+        "{out}"
+    );
+    assert!(out.contains("damaged/0000000000000000.seg"), "{out}");
+    let o = dashi(&["stat", &url, "--json"]);
+    let v: serde_json::Value = serde_json::from_str(stdout(&o).trim()).unwrap();
+    assert_eq!(
+        v["set_aside"]["damaged_segments"].as_array().unwrap().len(),
+        1
+    );
+    let other = v["queues"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|q| q["name"] == "other")
+        .unwrap();
+    assert_eq!(other["messages"], 3);
+}

@@ -71,4 +71,4 @@ pub mod test_hooks;
 mod tests;
 
 pub use recovery::Totals as RecoveryTotals;
-pub use store::{open, Fsync, LocalOptions, LocalTransport};
+pub use store::{open, set_aside, Fsync, LocalOptions, LocalTransport, SetAside};

@@ -365,3 +365,48 @@ fn figures_are_store_wide() {
     kill(&mut consumers[1]);
     assert_eq!(stats.queue("q").unwrap().consumers, 0);
 }
+
+/// Item 1, the busy case: a consumer that is busy (a backlog, 5 ms per
+/// message) finds a killed holder's more urgent messages within a bounded
+/// time (the upkeep runs every 100 ms, busy or idle), not after a bounded
+/// count of deliveries (once every 1024, which at this pace is 5 s).
+#[test]
+fn a_busy_consumer_finds_a_dead_holder_s_messages_within_a_bounded_time() {
+    let d = TestDir::new();
+    let conn = connect(&d);
+    let ch = channel(&conn);
+    for (body, p) in [("a9", 9), ("b9", 9)] {
+        ch.producer()
+            .publish(Message::new(body).with_priority(p), "q")
+            .unwrap();
+    }
+    let mut holder = child(format!("hold,{},2", d.display())).spawn().unwrap();
+    wait_for(&mut holder, "held 2");
+    for i in 0..2000 {
+        ch.producer()
+            .publish(Message::new(format!("low{i}")).with_priority(0), "q")
+            .unwrap();
+    }
+    // Busy on the backlog first.
+    for _ in 0..20 {
+        let (body, _, _) = take(&ch, Duration::from_secs(5)).unwrap();
+        assert!(body.starts_with("low"));
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    kill(&mut holder);
+    let killed = Instant::now();
+    let mut lows = 0;
+    loop {
+        let (body, p, redelivered) = take(&ch, Duration::from_secs(5)).unwrap();
+        if p == 9 {
+            assert!(redelivered, "{body}");
+            break;
+        }
+        lows += 1;
+        std::thread::sleep(Duration::from_millis(5));
+        assert!(
+            killed.elapsed() < Duration::from_secs(3),
+            "still not back after {lows} deliveries"
+        );
+    }
+}

@@ -388,3 +388,47 @@ fn stats(q: &LocalQueue) -> QueueStats {
     let (n, b, u, depth) = q.counts();
     QueueStats::new(q.decl.name.clone(), depth, n, b, u, q.store_consumers())
 }
+
+/// What recovery has set aside in a store over its life, found on disk:
+/// segment files too damaged to read (in each lane's `damaged/`) and the
+/// files holding corrupt records' bytes (each lane's `quarantine`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct SetAside {
+    /// Damaged segment files.
+    pub damaged_segments: Vec<PathBuf>,
+    /// Quarantine files of corrupt records.
+    pub quarantine_files: Vec<PathBuf>,
+}
+
+/// Lists what recovery set aside in the store at `root` (for `stat`).
+pub fn set_aside(root: &std::path::Path) -> std::io::Result<SetAside> {
+    let mut out = SetAside::default();
+    let mut todo = vec![root.join("q")];
+    while let Some(dir) = todo.pop() {
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e),
+        };
+        for e in entries {
+            let e = e?;
+            let path = e.path();
+            let name = e.file_name();
+            if e.file_type()?.is_dir() {
+                if name == "damaged" {
+                    for f in std::fs::read_dir(&path)? {
+                        out.damaged_segments.push(f?.path());
+                    }
+                } else {
+                    todo.push(path);
+                }
+            } else if name == "quarantine" {
+                out.quarantine_files.push(path);
+            }
+        }
+    }
+    out.damaged_segments.sort();
+    out.quarantine_files.sort();
+    Ok(out)
+}
