@@ -19,8 +19,8 @@ pub use crate::routing::{Binding, Refused, Route, Routing, Topology};
 pub use crate::stats::{Counters, TransportEvent};
 pub use crate::transport::{
     check_delete, check_redeclare, dead_letter, dead_letter_with, effective_ttl, lane_for,
-    limit_reached, queue_full, route_or_drop, validate_declaration, ConnectionId, DeathReason,
-    Envelope, Implements, PriorityTooHigh, QueueState, QueueStore, Transport,
-    MAX_DEAD_LETTER_DEPTH,
+    limit_reached, queue_full, route_and_lane, route_or_drop, spawn_periodic, validate_declaration,
+    ConnectionId, DeathReason, Envelope, Implements, NotRouted, PriorityTooHigh, QueueState,
+    QueueStore, Transport, MAX_DEAD_LETTER_DEPTH,
 };
 pub use crate::url::{parse_seconds, parse_size, percent_decode, split_failover, ConnectUrl};

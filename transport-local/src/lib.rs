@@ -6,19 +6,20 @@
 //! the workspace's `RELIABILITY.md`.
 //!
 //! The public API is the transport itself ([`LocalTransport`], [`open`],
-//! [`LocalOptions`], [`Fsync`], [`RecoveryTotals`]); everything else is
+//! [`LocalOptions`], [`Fsync`], [`RecoveryTotals`], [`set_aside`]); everything else is
 //! internal, grouped by idea:
 //! - `store/`: the store as a transport: options and URL, opening (marker,
 //!   presence lock, recovery), topology (`meta.json` and the routing
 //!   snapshot), publish, one queue as a `QueueStore`, cross-process
-//!   wake-ups, durability (group commit on the io_uring runtime).
+//!   wake-ups, durability (group commit on the io_uring runtime), TTL
+//!   expiry on a timer, store-wide counters and consumers.
 //! - `lane/`: a chain of segments with shared consumer state: positions and
 //!   tokens, the state-page layout, appends, claims, upkeep.
-//! - `segment.rs` (one mapped segment, records appended with a fetch-add and
-//!   committed with a compare-and-swap), `recovery.rs` (checking one on
+//! - `segment.rs` (one mapped segment, records reserved and committed by
+//!   compare-and-swap of their state word), `recovery.rs` (checking one on
 //!   open), `codec.rs` (the record payload), `file_names.rs` (names to file
 //!   names), `shared_page.rs` (mapped words), `futex.rs`, `alloc.rs`
-//!   (segment space), `owner.rs` (process identities), `clock.rs` (the
+//!   (segment space), `procs.rs` (process identities), `clock.rs` (the
 //!   host's shared clock), `lock.rs` (`flock`).
 //!
 //! With the `test-hooks` feature, `test_hooks` exposes entry points for the

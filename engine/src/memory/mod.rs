@@ -32,8 +32,8 @@ use crate::model::queue::{Queue, QueueInfo};
 use crate::routing::{Binding, Routing, Topology};
 use crate::stats::{Counters, QueueStats, TransportEvent};
 use crate::transport::{
-    check_delete, check_redeclare, dead_letter_with, effective_ttl, lane_for, queue_full,
-    route_or_drop, validate_declaration, ConnectionId, DeathReason, Envelope, Implements,
+    check_delete, check_redeclare, dead_letter_with, effective_ttl, queue_full, route_and_lane,
+    spawn_periodic, validate_declaration, ConnectionId, DeathReason, Envelope, Implements,
     QueueStore, Transport,
 };
 
@@ -102,12 +102,11 @@ impl Shared {
     /// nobody reads is dead-lettered on time (the delay-queue idiom).
     pub(crate) fn ensure_sweeper(self: &Arc<Self>) {
         self.sweeper.get_or_init(|| {
-            let weak = Arc::downgrade(self);
-            let _ = std::thread::Builder::new()
-                .name("dashi-memory-ttl".into())
-                .spawn(move || loop {
-                    std::thread::sleep(SWEEP_EVERY);
-                    let Some(shared) = weak.upgrade() else { return };
+            spawn_periodic(
+                "dashi-memory-ttl",
+                Arc::downgrade(self),
+                SWEEP_EVERY,
+                |shared: &Shared| {
                     let queues: Vec<Arc<MemQueue>> = shared
                         .topo
                         .lock()
@@ -116,12 +115,12 @@ impl Shared {
                         .filter(|q| q.may_expire())
                         .cloned()
                         .collect();
-                    drop(shared);
                     for q in queues {
                         let expired = q.expire_heads();
                         q.expired(expired);
                     }
-                });
+                },
+            );
         });
     }
 
@@ -157,24 +156,16 @@ impl Shared {
     /// maximum instead of refusing it (dead-lettered messages).
     fn publish(&self, env: Envelope, mandatory: bool, clamp: bool) -> Result<(), PublishError> {
         let routing = self.routing.load();
-        let route = match route_or_drop(&routing, &env, mandatory, &self.counters) {
-            Ok(Some(r)) => r,
-            Ok(None) => return Ok(()),
-            Err(refused) => return Err(refused.into_error(env)),
-        };
-        let targets = route.as_slice();
-        let priority = match lane_for(
-            &env,
-            targets.iter().map(|&t| &routing.target(t).decl),
-            clamp,
-        ) {
-            Ok(p) => p,
-            Err(e) => return Err(e.into_error(env)),
-        };
         let mut env = env;
-        if clamp && env.properties().priority.is_some_and(|p| p != priority) {
-            env.set_priority(priority);
-        }
+        let (route, priority) =
+            match route_and_lane(&routing, &mut env, mandatory, clamp, &self.counters, |q| {
+                &q.decl
+            }) {
+                Ok(Some(planned)) => planned,
+                Ok(None) => return Ok(()),
+                Err(e) => return Err(e.into_error(env)),
+            };
+        let targets = route.as_slice();
         let size = env.size() as u64;
         for (i, &t) in targets.iter().enumerate() {
             if let Reserve::Full(which) = routing.target(t).reserve(size) {

@@ -293,6 +293,75 @@ pub fn route_or_drop<Q>(
     Ok(route)
 }
 
+/// Why a publish goes nowhere: refused by routing, or a priority a target
+/// queue cannot take.
+#[derive(Debug)]
+pub enum NotRouted {
+    /// Routing refused it (unknown exchange, mandatory and unroutable).
+    Refused(Refused),
+    /// Its priority is above a target queue's maximum.
+    Priority(PriorityTooHigh),
+}
+
+impl NotRouted {
+    /// The publish error, handing `env` back.
+    pub fn into_error(self, env: Envelope) -> PublishError {
+        match self {
+            NotRouted::Refused(r) => r.into_error(env),
+            NotRouted::Priority(p) => p.into_error(env),
+        }
+    }
+}
+
+/// The first steps of every transport's publish: routes `env`, picks its
+/// lane (clamping its priority to the targets' when `clamp`, for
+/// dead-lettered messages, and writing the clamped priority into `env`).
+/// `Ok(None)`: nothing matched and it is not mandatory (counted and
+/// dropped). `decl` names a target's declaration.
+#[inline]
+pub fn route_and_lane<Q>(
+    routing: &Routing<Q>,
+    env: &mut Envelope,
+    mandatory: bool,
+    clamp: bool,
+    counters: &Counters,
+    decl: impl Fn(&Q) -> &Queue,
+) -> Result<Option<(Route, u8)>, NotRouted> {
+    let Some(route) =
+        route_or_drop(routing, env, mandatory, counters).map_err(NotRouted::Refused)?
+    else {
+        return Ok(None);
+    };
+    let priority = lane_for(
+        env,
+        route.as_slice().iter().map(|&t| decl(routing.target(t))),
+        clamp,
+    )
+    .map_err(NotRouted::Priority)?;
+    if clamp && env.properties().priority.is_some_and(|p| p != priority) {
+        env.set_priority(priority);
+    }
+    Ok(Some((route, priority)))
+}
+
+/// Runs `tick` every `period` on a thread called `name` for as long as
+/// `owner` lives (the thread holds it only during a tick). For transports'
+/// timers (TTL sweeps) that must not keep their transport alive.
+pub fn spawn_periodic<T: Send + Sync + 'static>(
+    name: &str,
+    owner: std::sync::Weak<T>,
+    period: std::time::Duration,
+    tick: impl Fn(&T) + Send + 'static,
+) {
+    let _ = std::thread::Builder::new()
+        .name(name.to_owned())
+        .spawn(move || loop {
+            std::thread::sleep(period);
+            let Some(owner) = owner.upgrade() else { return };
+            tick(&owner);
+        });
+}
+
 #[cfg(all(test, not(loom)))]
 mod tests {
     use super::*;
@@ -410,5 +479,68 @@ mod tests {
         let e = e.into_error(env);
         assert!(matches!(e, PublishError::Unroutable { .. }));
         assert_eq!(&e.into_message().body[..], b"m");
+    }
+
+    #[test]
+    fn route_and_lane_clamps_only_when_asked_and_hands_the_message_back() {
+        let low = Queue::new("low").with_max_priority(2);
+        let routing = crate::routing::Topology::new().snapshot([("low".to_owned(), low)]);
+        let counters = Counters::default();
+        let hot = || Envelope::new(Message::new("m").with_priority(9), "", "low");
+        let mut env = hot();
+        let e =
+            route_and_lane(&routing, &mut env, false, false, &counters, |q: &Queue| q).unwrap_err();
+        assert!(matches!(e, NotRouted::Priority(_)));
+        assert!(matches!(
+            e.into_error(env),
+            PublishError::PriorityTooHigh { max: 2, .. }
+        ));
+        let mut env = hot();
+        let (route, lane) =
+            route_and_lane(&routing, &mut env, false, true, &counters, |q: &Queue| q)
+                .unwrap()
+                .unwrap();
+        assert_eq!((route.as_slice().len(), lane), (1, 2));
+        assert_eq!(
+            env.properties().priority,
+            Some(2),
+            "the clamp is written into the message"
+        );
+        let mut none = Envelope::new(Message::new("m"), "", "nowhere");
+        assert!(
+            route_and_lane(&routing, &mut none, false, false, &counters, |q: &Queue| q)
+                .unwrap()
+                .is_none()
+        );
+        assert_eq!(counters.snapshot().dropped_unroutable, 1);
+    }
+
+    #[test]
+    fn a_periodic_thread_ticks_while_its_owner_lives() {
+        let owner = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        spawn_periodic(
+            "test-periodic",
+            std::sync::Arc::downgrade(&owner),
+            Duration::from_millis(5),
+            |n: &std::sync::atomic::AtomicU64| {
+                n.fetch_add(1, SeqCst);
+            },
+        );
+        let start = std::time::Instant::now();
+        while owner.load(SeqCst) < 3 {
+            assert!(start.elapsed() < Duration::from_secs(10), "no ticks");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        // The thread holds only a weak reference between ticks.
+        let weak = std::sync::Arc::downgrade(&owner);
+        drop(owner);
+        let start = std::time::Instant::now();
+        while weak.upgrade().is_some() {
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "the thread kept its owner"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
     }
 }

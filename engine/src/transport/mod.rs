@@ -21,7 +21,8 @@ use crate::stats::{CounterSnapshot, Counters, QueueStats};
 
 pub use bookkeeping::{
     check_delete, check_redeclare, effective_ttl, lane_for, limit_reached, queue_full,
-    route_or_drop, validate_declaration, PriorityTooHigh, QueueState,
+    route_and_lane, route_or_drop, spawn_periodic, validate_declaration, NotRouted,
+    PriorityTooHigh, QueueState,
 };
 pub use dead_letter::{dead_letter, dead_letter_with, DeathReason, MAX_DEAD_LETTER_DEPTH};
 pub use envelope::Envelope;

@@ -15,6 +15,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use dashi_engine::spi::spawn_periodic;
+
 use super::queue::LocalQueue;
 use super::Inner;
 
@@ -25,14 +27,13 @@ impl Inner {
     /// Starts (once) the thread that expires heads.
     pub(super) fn ensure_expiry(self: &Arc<Self>) {
         self.expiry.get_or_init(|| {
-            let weak = Arc::downgrade(self);
-            let _ = std::thread::Builder::new()
-                .name("dashi-local-ttl".into())
-                .spawn(move || loop {
-                    std::thread::sleep(EXPIRE_EVERY);
-                    // Not a runtime thread: dropping the last reference to
-                    // the store here is fine.
-                    let Some(inner) = weak.upgrade() else { return };
+            // Not a runtime thread: dropping the last reference to the store
+            // there is fine.
+            spawn_periodic(
+                "dashi-local-ttl",
+                Arc::downgrade(self),
+                EXPIRE_EVERY,
+                |inner: &Inner| {
                     let queues: Vec<Arc<LocalQueue>> = inner
                         .topo
                         .lock()
@@ -41,11 +42,11 @@ impl Inner {
                         .filter(|q| q.may_expire())
                         .cloned()
                         .collect();
-                    drop(inner);
                     for q in queues {
                         q.expire_heads();
                     }
-                });
+                },
+            );
         });
     }
 }

@@ -4,7 +4,7 @@
 //! <root>/DASHI-LOCAL              "dashi-local 3": format marker, checked on open
 //! <root>/meta.json, meta.lock      topology, rewritten under an exclusive flock
 //! <root>/open.lock                presence: shared flock while open (exclusive to recover)
-//! <root>/control                  shared words: generation, wake-ups, process ids
+//! <root>/control                  shared words: generation, wake-ups, process ids, counters
 //! <root>/procs/<id>               one per process using the store, flocked while it runs
 //! <root>/q/<name>/name            the queue's name (for hashed directory names)
 //! <root>/q/<name>/<incarnation>/  one queue incarnation: `state` (lanes used), `lane-<p>/`
@@ -27,7 +27,8 @@
 //! recovery on open), `topology.rs` (`meta.json` and the routing snapshot,
 //! `meta_json.rs` its format), `publish.rs`, `queue.rs` (one queue and its
 //! `QueueStore`), `wakeup.rs` (cross-process wake-ups), `durability.rs`
-//! (fdatasync on the runtime).
+//! (fdatasync on the runtime), `expiry.rs` (TTL on a timer),
+//! `shared_stats.rs` (store-wide counters and consumers).
 
 mod durability;
 mod expiry;

@@ -12,8 +12,8 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 
 use dashi_engine::spi::{
-    dead_letter_with, lane_for, limit_reached, queue_full, route_or_drop, DeathReason, Envelope,
-    Routing, TransportEvent,
+    dead_letter_with, limit_reached, queue_full, route_and_lane, DeathReason, Envelope, Routing,
+    TransportEvent,
 };
 use dashi_engine::{Overflow, PublishError, Queue};
 
@@ -52,24 +52,15 @@ impl Inner {
             return Err(transport_error(e.to_string(), env));
         }
         let routing = self.routing.load();
-        let route = match route_or_drop(&routing, &env, mandatory, &self.stats.counters) {
-            Ok(Some(r)) => r,
-            Ok(None) => return Ok(()),
-            Err(refused) => return Err(refused.into_error(env)),
-        };
-        let targets = route.as_slice();
-        let priority = match lane_for(
-            &env,
-            targets.iter().map(|&t| &routing.target(t).decl),
-            clamp,
-        ) {
-            Ok(p) => p,
-            Err(e) => return Err(e.into_error(env)),
-        };
         let mut env = env;
-        if clamp && env.properties().priority.is_some_and(|p| p != priority) {
-            env.set_priority(priority);
-        }
+        let counters = &self.stats.counters;
+        let (route, priority) =
+            match route_and_lane(&routing, &mut env, mandatory, clamp, counters, |q| &q.decl) {
+                Ok(Some(planned)) => planned,
+                Ok(None) => return Ok(()),
+                Err(e) => return Err(e.into_error(env)),
+            };
+        let targets = route.as_slice();
         let size = env.size() as u64;
         for &t in targets {
             if let Err(reason) = self.make_room(routing.target(t), size) {
