@@ -139,6 +139,91 @@ pub enum Error {
     /// The transport failed (I/O, remote server).
     #[error("transport error: {0}")]
     Transport(String),
+    /// The transport's storage failed, with what kind of failure it was (so
+    /// [`Error::is_transient`] can tell a retry from a dead end).
+    #[error(transparent)]
+    Store(StoreFailure),
+}
+
+/// What kind of storage failure a [`StoreFailure`] is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum FailureKind {
+    /// An I/O error; `transient` when the same call may succeed on retry
+    /// (interrupted, would block, timed out).
+    Io {
+        /// Retrying may succeed.
+        transient: bool,
+    },
+    /// The disk (or a budget) is full: retrying succeeds only once space
+    /// comes back.
+    NoSpace,
+    /// Data written by another format or version.
+    Format,
+    /// Metadata that cannot be read (a damaged `meta.json`).
+    CorruptMetadata,
+    /// A record or segment too damaged to use.
+    Damaged,
+    /// A structural limit was reached (e.g. a lane's last segment number).
+    Exhausted,
+    /// The transport's runtime (threads, io_uring) failed.
+    Runtime,
+    /// There is no store where one was expected.
+    NoStore,
+    /// Something a caller asked for that the store cannot do (a record
+    /// larger than a segment).
+    Invalid,
+}
+
+/// A storage failure with its kind, the operation, and the file it concerns.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{what}{}: {detail}", .path.as_ref().map(|p| format!(" {}", p.display())).unwrap_or_default())]
+pub struct StoreFailure {
+    /// The kind.
+    pub kind: FailureKind,
+    /// The operation or object ("presence lock", "append", "metadata").
+    pub what: String,
+    /// The file, when one is concerned.
+    pub path: Option<std::path::PathBuf>,
+    /// What went wrong.
+    pub detail: String,
+}
+
+impl StoreFailure {
+    /// A failure of `kind` while doing `what`.
+    pub fn new(kind: FailureKind, what: impl Into<String>, detail: impl fmt::Display) -> Self {
+        StoreFailure {
+            kind,
+            what: what.into(),
+            path: None,
+            detail: detail.to_string(),
+        }
+    }
+
+    /// The same, about file `path`.
+    pub fn at(mut self, path: impl Into<std::path::PathBuf>) -> Self {
+        self.path = Some(path.into());
+        self
+    }
+
+    /// An I/O error while doing `what`, classified by its kind (a full disk
+    /// is [`FailureKind::NoSpace`]).
+    pub fn io(what: impl Into<String>, e: &std::io::Error) -> Self {
+        use std::io::ErrorKind as K;
+        let kind = match e.kind() {
+            K::StorageFull | K::QuotaExceeded | K::FileTooLarge => FailureKind::NoSpace,
+            K::Interrupted | K::WouldBlock | K::TimedOut => FailureKind::Io { transient: true },
+            _ => FailureKind::Io { transient: false },
+        };
+        StoreFailure::new(kind, what, e)
+    }
+
+    /// True when the same call may succeed later without any change by the
+    /// caller: only transient I/O errors. A full disk, damaged or foreign
+    /// data and a failed runtime need someone to act first.
+    pub fn is_transient(&self) -> bool {
+        matches!(self.kind, FailureKind::Io { transient: true })
+    }
 }
 
 impl Error {
@@ -150,7 +235,10 @@ impl Error {
     /// True when the same call may succeed later without any change by the caller
     /// (timeouts and transport failures).
     pub fn is_transient(&self) -> bool {
-        matches!(self, Error::Timeout | Error::Transport(_))
+        match self {
+            Error::Store(f) => f.is_transient(),
+            _ => matches!(self, Error::Timeout | Error::Transport(_)),
+        }
     }
 
     /// An [`Error::InvalidName`], with an over-long name shortened for display.
@@ -249,6 +337,16 @@ pub enum PublishError {
         /// The message, handed back.
         message: Box<Message>,
     },
+    /// The transport's storage failed to take the message (a full disk, a
+    /// damaged segment, a failed sync); [`PublishError::is_transient`] says
+    /// whether a retry can help.
+    #[error("{failure}")]
+    Store {
+        /// What failed.
+        failure: StoreFailure,
+        /// The message, handed back.
+        message: Box<Message>,
+    },
 }
 
 impl PublishError {
@@ -262,7 +360,8 @@ impl PublishError {
             | PublishError::BodyTooLarge { message, .. }
             | PublishError::QueueFull { message, .. }
             | PublishError::InvalidRoutingKey { message, .. }
-            | PublishError::Transport { message, .. } => message,
+            | PublishError::Transport { message, .. }
+            | PublishError::Store { message, .. } => message,
         }
     }
 
@@ -276,17 +375,21 @@ impl PublishError {
             | PublishError::BodyTooLarge { message, .. }
             | PublishError::QueueFull { message, .. }
             | PublishError::InvalidRoutingKey { message, .. }
-            | PublishError::Transport { message, .. } => message,
+            | PublishError::Transport { message, .. }
+            | PublishError::Store { message, .. } => message,
         }
     }
 
     /// True when retrying the same publish later may succeed (queue full,
     /// transport failure).
     pub fn is_transient(&self) -> bool {
-        matches!(
-            self,
-            PublishError::QueueFull { .. } | PublishError::Transport { .. }
-        )
+        match self {
+            PublishError::Store { failure, .. } => failure.is_transient(),
+            _ => matches!(
+                self,
+                PublishError::QueueFull { .. } | PublishError::Transport { .. }
+            ),
+        }
     }
 }
 
@@ -350,5 +453,45 @@ impl AckError {
                 ..
             } | AckError::ChannelClosed
         )
+    }
+}
+
+#[cfg(test)]
+mod store_failure_tests {
+    use super::*;
+
+    #[test]
+    fn io_errors_are_classified_and_only_transient_ones_retry() {
+        let raw = |n| std::io::Error::from_raw_os_error(n);
+        // ENOSPC, EINTR, EAGAIN, EACCES.
+        let full = StoreFailure::io("append", &raw(28)).at("/s/seg");
+        assert_eq!(full.kind, FailureKind::NoSpace);
+        assert!(!full.is_transient());
+        assert!(full.to_string().starts_with("append /s/seg: "), "{full}");
+        for n in [4, 11] {
+            assert!(StoreFailure::io("x", &raw(n)).is_transient(), "errno {n}");
+        }
+        let denied = StoreFailure::io("x", &raw(13));
+        assert_eq!(denied.kind, FailureKind::Io { transient: false });
+        assert!(!Error::Store(denied.clone()).is_transient());
+        let message = Box::new(Message::new("m"));
+        let e = PublishError::Store {
+            failure: StoreFailure::io("x", &raw(4)),
+            message,
+        };
+        assert!(e.is_transient());
+        assert_eq!(&e.into_message().body[..], b"m");
+        for kind in [
+            FailureKind::Format,
+            FailureKind::CorruptMetadata,
+            FailureKind::Damaged,
+            FailureKind::Runtime,
+            FailureKind::NoStore,
+        ] {
+            assert!(
+                !StoreFailure::new(kind, "x", "y").is_transient(),
+                "{kind:?}"
+            );
+        }
     }
 }

@@ -39,7 +39,9 @@ mod stats;
 mod transport;
 mod url;
 
-pub use error::{AckError, Error, NameError, PublishError, Settled, UrlError};
+pub use error::{
+    AckError, Error, FailureKind, NameError, PublishError, Settled, StoreFailure, UrlError,
+};
 /// The `Stream` trait [`DeliveryStream`] implements, re-exported so users need
 /// not depend on `futures-core` themselves.
 pub use futures_core;

@@ -287,11 +287,27 @@ fn a_full_disk_refuses_publishes_and_everything_else_keeps_working() {
         loop {
             match ch.producer().publish(Message::new(vec![7u8; 1000]), "q") {
                 Ok(()) => confirmed += 1,
-                Err(e) => break e.to_string(),
+                Err(e) => break e,
             }
             assert!(confirmed < 10_000, "the disk never filled");
         }
     };
+    // A full disk is no transient error: retrying at once cannot help.
+    assert!(
+        matches!(
+            &err,
+            dashi_engine::PublishError::Store { failure, .. }
+                if failure.kind == dashi_engine::FailureKind::NoSpace
+        ),
+        "{err:?}"
+    );
+    assert!(!err.is_transient());
+    assert_eq!(
+        &err.message().body[..],
+        &[7u8; 1000][..],
+        "the message came back"
+    );
+    let err = err.to_string();
     assert!(err.contains("cannot allocate"), "{err}");
     assert!(confirmed > 100, "{confirmed}");
     {

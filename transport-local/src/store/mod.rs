@@ -52,7 +52,9 @@ use dashi_engine::spi::{
     check_delete, check_name, check_redeclare, validate_declaration, Binding, ConnectionId,
     Counters, Envelope, Implements, QueueStore, Routing, Topology, Transport,
 };
-use dashi_engine::{Error, Exchange, PublishError, Queue, QueueInfo, QueueStats};
+use dashi_engine::{
+    Error, Exchange, FailureKind, PublishError, Queue, QueueInfo, QueueStats, StoreFailure,
+};
 use parking_lot::Mutex;
 
 use crate::alloc::Allocator;
@@ -74,8 +76,50 @@ pub(crate) const PUBLISHED: usize = 64;
 /// that clears it and wakes every watcher, later ones skip the syscall (32-bit).
 const SLEEPERS: usize = 128;
 
-fn store_err(what: &str, e: impl std::fmt::Display) -> Error {
-    Error::Transport(format!("local store: {what}: {e}"))
+/// An error of the store's pieces, as a typed failure (its kind decides
+/// whether a retry can help).
+pub(crate) trait IntoFailure {
+    /// The failure, while doing `what`.
+    fn failure(self, what: &str) -> StoreFailure;
+}
+
+impl IntoFailure for std::io::Error {
+    fn failure(self, what: &str) -> StoreFailure {
+        StoreFailure::io(what, &self)
+    }
+}
+
+impl IntoFailure for crate::segment::SegmentError {
+    fn failure(self, what: &str) -> StoreFailure {
+        use crate::segment::SegmentError as E;
+        match self {
+            E::Io { path, source } => StoreFailure::io(what, &source).at(path),
+            e @ E::UnknownVersion { .. } => StoreFailure::new(FailureKind::Format, what, e),
+            e => StoreFailure::new(FailureKind::Damaged, what, e),
+        }
+    }
+}
+
+impl IntoFailure for crate::lane::LaneError {
+    fn failure(self, what: &str) -> StoreFailure {
+        use crate::lane::LaneError as E;
+        match self {
+            E::Segment(e) => e.failure(what),
+            E::Io { dir, source } => StoreFailure::io(what, &source).at(dir),
+            e @ E::TooLarge(_) => StoreFailure::new(FailureKind::Invalid, what, e),
+            e @ E::Damaged(_) => StoreFailure::new(FailureKind::Damaged, what, e),
+            e @ E::Exhausted { .. } => StoreFailure::new(FailureKind::Exhausted, what, e),
+        }
+    }
+}
+
+fn store_err(what: &str, e: impl IntoFailure) -> Error {
+    Error::Store(e.failure(what))
+}
+
+/// A failure of a kind the caller knows (no error value to classify).
+fn store_fail(kind: FailureKind, what: &str, detail: impl std::fmt::Display) -> Error {
+    Error::Store(StoreFailure::new(kind, what, detail))
 }
 
 fn wall_ns() -> u64 {
@@ -359,7 +403,9 @@ impl Transport for LocalTransport {
 
     fn health(&self) -> Result<(), Error> {
         match &self.inner.durability {
-            Some(d) => d.health().map_err(|e| store_err("runtime", e)),
+            Some(d) => d
+                .health()
+                .map_err(|e| store_fail(FailureKind::Runtime, "runtime", e)),
             None => Ok(()),
         }
     }

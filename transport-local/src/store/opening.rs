@@ -17,6 +17,7 @@ use std::sync::{Arc, OnceLock, Weak};
 use arc_swap::ArcSwap;
 use dashi_engine::spi::{Routing, Topology};
 use dashi_engine::Error;
+use dashi_engine::{FailureKind, StoreFailure};
 use dashi_rt::{Runtime, RuntimeConfig};
 use parking_lot::Mutex;
 
@@ -31,7 +32,7 @@ use super::durability::Durability;
 use super::meta_json::Meta;
 use super::queue::queue_root;
 use super::wakeup::Arm;
-use super::{store_err, Fsync, Inner, LocalOptions, LocalTransport, Topo, MARKER};
+use super::{store_err, store_fail, Fsync, Inner, LocalOptions, LocalTransport, Topo, MARKER};
 
 /// Recovers every queue of the store at `root` (the caller is its only
 /// user, so every other process that used it has ended): each lane is
@@ -43,7 +44,8 @@ fn recover_store(root: &Path, segment_size: u64) -> Result<Totals, Error> {
     let mut total = Totals::default();
     let meta_path = root.join("meta.json");
     let mut meta = match std::fs::read_to_string(&meta_path) {
-        Ok(text) => Meta::from_json(&text).map_err(|e| store_err("metadata", e))?,
+        Ok(text) => Meta::from_json(&text)
+            .map_err(|e| store_fail(FailureKind::CorruptMetadata, "metadata", e))?,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Meta::default(),
         Err(e) => return Err(store_err("metadata", e)),
     };
@@ -132,7 +134,8 @@ fn check_marker(root: &Path, create: bool) -> Result<(), Error> {
     let marker = root.join("DASHI-LOCAL");
     match std::fs::read_to_string(&marker) {
         Ok(m) if m == MARKER => Ok(()),
-        Ok(m) => Err(store_err(
+        Ok(m) => Err(store_fail(
+            FailureKind::Format,
             "format",
             format!(
                 "{} holds a store of format {:?}; this build reads {:?} (open it with the build \
@@ -191,9 +194,10 @@ impl LocalTransport {
             match marker.try_exists() {
                 Ok(true) => {}
                 Ok(false) => {
-                    return Err(Error::Transport(format!(
-                        "no dashi store at {}; publish creates one",
-                        root.display()
+                    return Err(Error::Store(StoreFailure::new(
+                        FailureKind::NoStore,
+                        format!("no dashi store at {}", root.display()),
+                        "publish creates one",
                     )))
                 }
                 Err(e) => return Err(store_err(&format!("format marker {}", marker.display()), e)),
@@ -289,8 +293,8 @@ impl LocalTransport {
                 Allocator::direct()
             }
         };
-        let durability =
-            Durability::start(opts.fsync, rt).map_err(|e| store_err("durability", e))?;
+        let durability = Durability::start(opts.fsync, rt)
+            .map_err(|e| store_fail(FailureKind::Runtime, "durability", e))?;
         let stats = super::shared_stats::CounterFlush::new(control.clone());
         if let Some(rt) = alloc.runtime() {
             stats.start(rt);

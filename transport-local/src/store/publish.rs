@@ -15,18 +15,23 @@ use dashi_engine::spi::{
     dead_letter_with, limit_reached, queue_full, route_and_lane, DeathReason, Envelope, Routing,
     TransportEvent,
 };
-use dashi_engine::{Overflow, PublishError, Queue};
+use dashi_engine::{Error, FailureKind, Overflow, PublishError, Queue, StoreFailure};
 
 use crate::codec;
 use crate::segment::Segment;
 
 use super::queue::LocalQueue;
-use super::{store_err, wall_ns, Inner};
+use super::{store_err, store_fail, wall_ns, Inner};
 
-/// A publish that failed in the transport, handing the message back.
-fn transport_error(reason: String, env: Envelope) -> PublishError {
-    PublishError::Transport {
-        reason,
+/// A publish that failed in the store, handing the message back, with the
+/// failure's kind (a retry helps only after a transient one).
+fn store_error(e: Error, env: Envelope) -> PublishError {
+    let failure = match e {
+        Error::Store(f) => f,
+        other => StoreFailure::new(FailureKind::Runtime, "publish", other),
+    };
+    PublishError::Store {
+        failure,
         message: Box::new(env.into_message()),
     }
 }
@@ -49,7 +54,7 @@ impl Inner {
         clamp: bool,
     ) -> Result<(), PublishError> {
         if let Err(e) = self.refresh() {
-            return Err(transport_error(e.to_string(), env));
+            return Err(store_error(e, env));
         }
         let routing = self.routing.load();
         let mut env = env;
@@ -69,7 +74,10 @@ impl Inner {
         }
         let payload = match codec::encode(&env.exchange, &env.routing_key, &env.to_message()) {
             Ok(p) => p,
-            Err(e) => return Err(transport_error(format!("encoding the record: {e}"), env)),
+            Err(e) => {
+                let e = store_fail(FailureKind::Invalid, "encoding the record", e);
+                return Err(store_error(e, env));
+            }
         };
         if env.properties().expiration.is_some() {
             // This process sweeps the queues its expiring messages went to.
@@ -80,7 +88,7 @@ impl Inner {
         }
         let written = match self.append_all(&routing, targets, priority, &payload, size) {
             Ok(w) => w,
-            Err(e) => return Err(transport_error(e.to_string(), env)),
+            Err(e) => return Err(store_error(e, env)),
         };
         self.stats.counters.record(TransportEvent::Published, 1);
         self.stats
@@ -95,10 +103,12 @@ impl Inner {
                 for seg in &written {
                     seg.seal();
                 }
-                return Err(transport_error(
-                    format!("published but not confirmed durable: {e}"),
-                    env,
-                ));
+                let e = store_fail(
+                    FailureKind::Io { transient: false },
+                    "published but not confirmed durable",
+                    e,
+                );
+                return Err(store_error(e, env));
             }
         }
         Ok(())

@@ -21,6 +21,7 @@ use std::task::Waker;
 use dashi_engine::spi::{
     effective_ttl, now_ns, DeathReason, Envelope, QueueState, QueueStore, TransportEvent,
 };
+use dashi_engine::FailureKind;
 use dashi_engine::{Error, Queue};
 use parking_lot::Mutex;
 
@@ -32,7 +33,7 @@ use crate::lane::{token, Claimed, Lane, Storage};
 use crate::segment::claim;
 use crate::shared_page::SharedPage;
 
-use super::{store_err, wall_ns, Inner, LocalOptions, GENERATION, PUBLISHED};
+use super::{store_err, store_fail, wall_ns, Inner, LocalOptions, GENERATION, PUBLISHED};
 
 /// One queue of the store, as this process uses it.
 pub(crate) struct LocalQueue {
@@ -95,7 +96,8 @@ impl std::fmt::Debug for LocalQueue {
 /// The directory of queue `name` (all its incarnations, and its `name`
 /// file).
 pub(super) fn queue_root(root: &Path, name: &str) -> Result<PathBuf, Error> {
-    let comp = file_names::encode(name).ok_or_else(|| store_err("queue name", "empty"))?;
+    let comp = file_names::encode(name)
+        .ok_or_else(|| store_fail(FailureKind::Invalid, "queue name", "empty"))?;
     Ok(root.join("q").join(comp))
 }
 
@@ -248,7 +250,8 @@ impl LocalQueue {
         self.lanes_used
             .u64_at(8 * (p as usize / 64))
             .fetch_or(1 << (p % 64), AcqRel);
-        cell.get().ok_or_else(|| store_err("lane", "vanished"))
+        cell.get()
+            .ok_or_else(|| store_fail(FailureKind::Runtime, "lane", "vanished"))
     }
 
     /// Lanes any process ever used, most urgent first.
@@ -296,7 +299,8 @@ impl LocalQueue {
 
     pub(super) fn envelope(&self, lane: u8, c: &Claimed) -> Result<Envelope, Error> {
         let bytes = c.segment.payload_bytes(c.pos.off, &c.meta);
-        let p = codec::decode(&bytes).map_err(|e| store_err("record payload", e))?;
+        let p = codec::decode(&bytes)
+            .map_err(|e| store_fail(FailureKind::Damaged, "record payload", e))?;
         let ttl = effective_ttl(self.decl.message_ttl, p.message.properties.expiration);
         let mut env = Envelope::new(p.message, &p.exchange, &p.routing_key);
         env.redelivered = c.redelivered;

@@ -18,12 +18,13 @@ use std::sync::Arc;
 
 use dashi_engine::spi::{check_name, ConnectionId, Topology};
 use dashi_engine::Error;
+use dashi_engine::FailureKind;
 
 use crate::lock::FileLock;
 
 use super::meta_json::Meta;
 use super::queue::LocalQueue;
-use super::{store_err, Inner, GENERATION};
+use super::{store_err, store_fail, Inner, GENERATION};
 
 /// Writes `meta.json` anew: written under a temporary name, synced, renamed,
 /// and the directory synced, so a topology change that returned survives a
@@ -47,7 +48,8 @@ impl Inner {
 
     pub(super) fn read_meta(&self) -> Result<Meta, Error> {
         match std::fs::read_to_string(self.meta_path()) {
-            Ok(text) => Meta::from_json(&text).map_err(|e| store_err("metadata", e)),
+            Ok(text) => Meta::from_json(&text)
+                .map_err(|e| store_fail(FailureKind::CorruptMetadata, "metadata", e)),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Meta::default()),
             Err(e) => Err(store_err("metadata", e)),
         }

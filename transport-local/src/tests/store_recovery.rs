@@ -159,9 +159,13 @@ fn a_store_of_another_format_version_is_refused_untouched() {
     let d = dir("version");
     std::fs::create_dir_all(&d).unwrap();
     std::fs::write(d.join("DASHI-LOCAL"), "dashi-local 1\n").unwrap();
-    let e = LocalTransport::open(&d, LocalOptions::default())
-        .unwrap_err()
-        .to_string();
+    let e = LocalTransport::open(&d, LocalOptions::default()).unwrap_err();
+    assert!(
+        matches!(&e, dashi_engine::Error::Store(f) if f.kind == dashi_engine::FailureKind::Format),
+        "{e:?}"
+    );
+    assert!(!e.is_transient(), "another format is no retry");
+    let e = e.to_string();
     assert!(
         e.contains("dashi-local 1") && e.contains("dashi-local 3"),
         "{e}"
@@ -308,4 +312,24 @@ fn a_segment_deleted_by_hand_is_skipped_and_nothing_else_is_lost() {
             .collect();
         assert!(lost.is_empty(), "gap {gone}: lost {lost:?}");
     }
+}
+
+/// Issue 10's typed errors: a `meta.json` that cannot be read is corrupt
+/// metadata, not a transient failure to retry, and the store is left as it
+/// was.
+#[test]
+fn corrupt_metadata_is_a_typed_error_that_no_retry_fixes() {
+    let d = dir("badmeta");
+    drop(open(&d));
+    std::fs::write(d.join("meta.json"), "{ not json").unwrap();
+    let e = LocalTransport::open(&d, LocalOptions::default()).unwrap_err();
+    assert!(
+        matches!(&e, dashi_engine::Error::Store(f) if f.kind == dashi_engine::FailureKind::CorruptMetadata),
+        "{e:?}"
+    );
+    assert!(!e.is_transient());
+    assert_eq!(
+        std::fs::read_to_string(d.join("meta.json")).unwrap(),
+        "{ not json"
+    );
 }
