@@ -213,21 +213,8 @@ fn reading_commands_create_nothing() {
         "10",
     ]);
     assert!(o.status.success(), "{}", stderr(&o));
-    let segments = || {
-        let mut n = Vec::new();
-        let mut todo = vec![fresh.clone()];
-        while let Some(d) = todo.pop() {
-            for e in std::fs::read_dir(&d).unwrap().flatten() {
-                if e.path().is_dir() {
-                    todo.push(e.path());
-                } else if e.path().extension().is_some_and(|x| x == "seg") {
-                    n.push(e.path());
-                }
-            }
-        }
-        n.sort();
-        n
-    };
+    let segments =
+        || dashi_test_support::files_under(&fresh, |p| p.extension().is_some_and(|x| x == "seg"));
     let before = segments();
     let o = dashi(&["stat", &url]);
     assert!(o.status.success(), "{}", stderr(&o));

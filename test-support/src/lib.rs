@@ -3,7 +3,11 @@
 //! - [`TestDir`]: a fresh temporary directory, removed when dropped, also
 //!   when the test panics.
 //! - [`child_role`]: runs this test binary again as a child process that
-//!   executes one ignored test, for tests that kill or stop real processes.
+//!   executes one ignored test, for tests that kill or stop real processes;
+//!   [`say`] (a child's line to its parent), [`ChildLines`] (the parent
+//!   reading them) and [`kill`].
+//! - [`files_under`]: the files below a directory that a test looks for
+//!   (segments, state pages).
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
@@ -74,6 +78,82 @@ pub fn child_role(test: &str, var: &str, spec: String) -> Command {
     c
 }
 
+/// Prints one line on stdout and flushes it, so a parent reading the pipe
+/// sees it even if this process is killed right after (one locked write:
+/// lines of several threads never interleave).
+pub fn say(line: impl std::fmt::Display) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{line}").expect("stdout is writable");
+    out.flush().expect("stdout is writable");
+}
+
+/// A child's stdout, read line by line. libtest may print its own text
+/// before the child's first line, so lines are matched by what they contain.
+#[derive(Debug)]
+pub struct ChildLines(std::io::Lines<std::io::BufReader<std::process::ChildStdout>>);
+
+impl ChildLines {
+    /// Takes the child's stdout (spawned with `Stdio::piped()`).
+    pub fn of(child: &mut std::process::Child) -> ChildLines {
+        use std::io::BufRead;
+        let out = child.stdout.take().expect("the child's stdout is piped");
+        ChildLines(std::io::BufReader::new(out).lines())
+    }
+
+    /// Every line up to the first containing `marker` (which is last).
+    pub fn until(&mut self, marker: &str) -> Vec<String> {
+        self.until_any(&[marker])
+    }
+
+    /// Every line up to the first containing one of `markers`; panics if
+    /// the child ends first.
+    pub fn until_any(&mut self, markers: &[&str]) -> Vec<String> {
+        let mut seen = Vec::new();
+        for line in self.0.by_ref().map_while(Result::ok) {
+            let done = markers.iter().any(|m| line.contains(m));
+            seen.push(line);
+            if done {
+                return seen;
+            }
+        }
+        panic!("the child ended before saying one of {markers:?}: {seen:?}");
+    }
+
+    /// Every line left, until the child closes its stdout.
+    pub fn rest(self) -> impl Iterator<Item = String> {
+        self.0.map_while(Result::ok)
+    }
+}
+
+/// Kills a child with SIGKILL and reaps it (already gone is fine).
+pub fn kill(child: &mut std::process::Child) {
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+/// Every file below `root` (recursively) whose path `pick` accepts, sorted;
+/// none when `root` does not exist.
+pub fn files_under(root: &Path, pick: impl Fn(&Path) -> bool) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut todo = vec![root.to_owned()];
+    while let Some(dir) = todo.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let path = e.path();
+            if path.is_dir() {
+                todo.push(path);
+            } else if pick(&path) {
+                out.push(path);
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -100,5 +180,32 @@ mod tests {
         assert!(args.contains(&"--exact".to_string()) && args.contains(&"--ignored".to_string()));
         let env: Vec<_> = c.get_envs().collect();
         assert_eq!(env[0].0, "DASHI_X");
+    }
+
+    #[test]
+    fn files_under_finds_nested_files_sorted_and_nothing_for_a_missing_root() {
+        let d = TestDir::new();
+        std::fs::create_dir_all(d.child("a/b")).unwrap();
+        for f in ["a/b/2.seg", "a/1.seg", "a/state"] {
+            std::fs::write(d.child(f), b"").unwrap();
+        }
+        let segs = files_under(&d, |p| p.extension().is_some_and(|x| x == "seg"));
+        assert_eq!(segs, [d.child("a/1.seg"), d.child("a/b/2.seg")]);
+        assert!(files_under(&d.child("none"), |_| true).is_empty());
+    }
+
+    #[test]
+    fn child_lines_stop_at_a_marker_and_fail_when_the_child_ends() {
+        let mut c = Command::new("printf")
+            .arg("x\\nready 1\\nafter\\n")
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut lines = ChildLines::of(&mut c);
+        assert_eq!(lines.until("ready"), ["x", "ready 1"]);
+        let missing =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| lines.until("never")));
+        assert!(missing.is_err());
+        kill(&mut c);
     }
 }

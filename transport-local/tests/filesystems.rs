@@ -12,7 +12,7 @@ use std::time::Duration;
 use dashi_engine::message::Message;
 use dashi_engine::queue::Queue;
 use dashi_engine::spi::ConnectUrl;
-use dashi_test_support::TestDir;
+use dashi_test_support::{files_under, TestDir};
 
 /// A filesystem image made with `mkfs` and loop-mounted on a fresh
 /// directory; unmounted when dropped.
@@ -63,19 +63,7 @@ fn run(cmd: &mut Command) -> Result<(), String> {
 }
 
 fn segments(root: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    let mut todo = vec![root.to_owned()];
-    while let Some(d) = todo.pop() {
-        for e in std::fs::read_dir(&d).unwrap().map_while(Result::ok) {
-            let p = e.path();
-            if p.is_dir() {
-                todo.push(p);
-            } else if p.extension().is_some_and(|x| x == "seg") {
-                out.push(p);
-            }
-        }
-    }
-    out
+    files_under(root, |p| p.extension().is_some_and(|x| x == "seg"))
 }
 
 #[test]

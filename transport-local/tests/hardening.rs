@@ -4,7 +4,6 @@
 //! Real processes and real filesystems; where a capability is missing (no
 //! `unshare`, not root) the test says why and does nothing.
 
-use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -13,7 +12,7 @@ use dashi_engine::message::Message;
 use dashi_engine::queue::Queue;
 use dashi_engine::spi::ConnectUrl;
 use dashi_engine::{Channel, Connection};
-use dashi_test_support::TestDir;
+use dashi_test_support::{kill, say, ChildLines, TestDir};
 
 const CHILD: &str = "DASHI_HARDENING_CHILD";
 
@@ -27,12 +26,6 @@ fn channel(c: &Connection) -> Channel {
     ch.queue_declare(&Queue::new("q").with_max_priority(9))
         .unwrap();
     ch
-}
-
-fn say(line: std::fmt::Arguments) {
-    let mut out = std::io::stdout();
-    writeln!(out, "{line}").unwrap();
-    out.flush().unwrap();
 }
 
 /// Child roles (`<role>,<dir>[,<n>]`):
@@ -103,18 +96,7 @@ fn child(spec: String) -> Command {
 }
 
 fn wait_for(child: &mut Child, marker: &str) {
-    let out = BufReader::new(child.stdout.take().unwrap());
-    for line in out.lines().map_while(Result::ok) {
-        if line.contains(marker) {
-            return;
-        }
-    }
-    panic!("the child ended before saying {marker:?}");
-}
-
-fn kill(child: &mut Child) {
-    let _ = child.kill();
-    let _ = child.wait();
+    ChildLines::of(child).until(marker);
 }
 
 fn take(ch: &Channel, within: Duration) -> Option<(String, u8, bool)> {

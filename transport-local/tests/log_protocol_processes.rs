@@ -6,7 +6,7 @@
 //! nobody and loses no confirmed message, and a failed `fdatasync` fails every
 //! publish it was to confirm.
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Stdio};
 use std::time::{Duration, Instant};
@@ -15,7 +15,7 @@ use dashi_engine::message::Message;
 use dashi_engine::queue::Queue;
 use dashi_engine::spi::ConnectUrl;
 use dashi_engine::{Channel, Connection};
-use dashi_test_support::TestDir;
+use dashi_test_support::{files_under, kill, say, ChildLines, TestDir};
 
 const CHILD: &str = "DASHI_PROTOCOL_CHILD";
 
@@ -32,12 +32,6 @@ fn channel(c: &Connection) -> Channel {
     let ch = c.channel().unwrap();
     ch.queue_declare(&Queue::new("q")).unwrap();
     ch
-}
-
-fn say(line: impl std::fmt::Display) {
-    let mut out = std::io::stdout();
-    writeln!(out, "{line}").unwrap();
-    out.flush().unwrap();
 }
 
 /// Child roles (`<role>,<dir>[,...]`):
@@ -106,35 +100,7 @@ fn spawn(spec: String, stdin: bool) -> Child {
     cmd.spawn().unwrap()
 }
 
-/// A child's stdout, read line by line (libtest may print its own text before
-/// the child's first line, so lines are matched by what they contain).
-struct Lines(std::io::Lines<BufReader<std::process::ChildStdout>>);
-
-impl Lines {
-    fn of(child: &mut Child) -> Lines {
-        Lines(BufReader::new(child.stdout.take().unwrap()).lines())
-    }
-
-    /// Every line up to the first containing `marker` (which is last).
-    fn until(&mut self, marker: &str) -> Vec<String> {
-        self.until_any(&[marker])
-    }
-
-    /// Every line up to the first containing one of `markers`.
-    fn until_any(&mut self, markers: &[&str]) -> Vec<String> {
-        let mut seen = Vec::new();
-        for line in self.0.by_ref().map_while(Result::ok) {
-            let done = markers.iter().any(|m| line.contains(m));
-            seen.push(line);
-            if done {
-                return seen;
-            }
-        }
-        panic!("the child ended before saying one of {markers:?}: {seen:?}");
-    }
-}
-
-fn ask(stdin: &mut ChildStdin, lines: &mut Lines, cmd: &str) -> String {
+fn ask(stdin: &mut ChildStdin, lines: &mut ChildLines, cmd: &str) -> String {
     writeln!(stdin, "{cmd}").unwrap();
     stdin.flush().unwrap();
     let reply = if cmd == "get" {
@@ -145,26 +111,11 @@ fn ask(stdin: &mut ChildStdin, lines: &mut Lines, cmd: &str) -> String {
     reply.last().unwrap().clone()
 }
 
-fn kill(child: &mut Child) {
-    let _ = child.kill();
-    let _ = child.wait();
-}
-
 /// Every lane state page of the store under `root`.
 fn state_pages(root: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    let mut todo = vec![root.join("q")];
-    while let Some(d) = todo.pop() {
-        for e in std::fs::read_dir(&d).unwrap().map_while(Result::ok) {
-            let p = e.path();
-            if p.is_dir() {
-                todo.push(p);
-            } else if p.file_name().is_some_and(|n| n == "state") {
-                out.push(p);
-            }
-        }
-    }
-    out
+    files_under(&root.join("q"), |p| {
+        p.file_name().is_some_and(|n| n == "state")
+    })
 }
 
 /// Takes messages until `want` of them came or `within` passed.
@@ -193,7 +144,7 @@ fn a_queue_deleted_and_redeclared_elsewhere_is_the_new_queue_in_every_process() 
     let ch = channel(&conn);
     let mut child = spawn(format!("serve,{}", d.display()), true);
     let mut stdin = child.stdin.take().unwrap();
-    let mut lines = Lines::of(&mut child);
+    let mut lines = ChildLines::of(&mut child);
     assert!(ask(&mut stdin, &mut lines, "pub m1").contains("ok"));
     assert_eq!(take(&ch, 1, Duration::from_secs(10))[0].0, "m1");
 
@@ -230,7 +181,7 @@ fn a_killed_consumer_s_deliveries_come_back_when_the_unacked_counter_is_wrong() 
             .unwrap();
     }
     let mut child = spawn(format!("hold,{},5", d.display()), false);
-    Lines::of(&mut child).until("held 5");
+    ChildLines::of(&mut child).until("held 5");
     kill(&mut child);
     for page in state_pages(&d) {
         // The lane's unacked counter (offset 256) reads zero.
@@ -261,7 +212,7 @@ fn a_producer_killed_at_each_step_of_an_append_blocks_nobody_and_loses_nothing_c
         let conn = connect(&d);
         let ch = channel(&conn);
         let mut child = spawn(format!("stop-at,{},{point},3", d.display()), false);
-        let said = Lines::of(&mut child).until(&format!("failpoint {point}"));
+        let said = ChildLines::of(&mut child).until(&format!("failpoint {point}"));
         kill(&mut child);
         let confirmed: std::collections::BTreeSet<String> = said
             .iter()

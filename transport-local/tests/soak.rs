@@ -12,17 +12,16 @@
 //! (`DASHI_SOAK_SEED=<n>` replays a run's schedule of kills).
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
 use std::process::{Child, Stdio};
-use std::sync::{mpsc, Arc, Mutex};
+use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use dashi_engine::message::Message;
 use dashi_engine::queue::Queue;
 use dashi_engine::spi::ConnectUrl;
 use dashi_engine::{Channel, Connection, ConsumerOptions};
-use dashi_test_support::TestDir;
+use dashi_test_support::{kill, say, ChildLines, TestDir};
 
 const CHILD: &str = "DASHI_SOAK_CHILD";
 
@@ -34,12 +33,6 @@ fn connect(d: &Path) -> Connection {
 fn declare(ch: &Channel) {
     ch.queue_declare(&Queue::new("q").with_max_priority(2))
         .unwrap();
-}
-
-fn say(out: &Mutex<std::io::Stdout>, line: std::fmt::Arguments) {
-    let mut o = out.lock().unwrap();
-    writeln!(o, "{line}").unwrap();
-    o.flush().unwrap();
 }
 
 /// Child roles (`<role>,<dir>,<tag>`), all running until killed:
@@ -55,7 +48,6 @@ fn child_role() {
     let spec = std::env::var(CHILD).expect("run by the tests in this file");
     let parts: Vec<&str> = spec.split(',').collect();
     let (role, d, tag) = (parts[0], Path::new(parts[1]), parts[2]);
-    let out = Mutex::new(std::io::stdout());
     let conn = connect(d);
     let ch = conn.channel().unwrap();
     declare(&ch);
@@ -66,7 +58,7 @@ fn child_role() {
                 let body = format!("{tag}-{i}");
                 let m = Message::new(body.clone()).with_priority((i % 3) as u8);
                 p.publish(m, "q").unwrap();
-                say(&out, format_args!("c {body}"));
+                say(format_args!("c {body}"));
                 if i % 4 == 0 {
                     let _ = ch.queue_declare(&Queue::new("scratch"));
                     let _ = p.publish(Message::new(body), "scratch");
@@ -76,7 +68,7 @@ fn child_role() {
         "get" => loop {
             if let Some(m) = ch.get("q", Duration::from_millis(200)).unwrap() {
                 let body = String::from_utf8_lossy(m.body()).into_owned();
-                say(&out, format_args!("d {body} {}", m.redelivered()));
+                say(format_args!("d {body} {}", m.redelivered()));
                 m.ack().unwrap();
             }
             if let Ok(Some(m)) = ch.get("scratch", Duration::from_millis(1)) {
@@ -84,12 +76,10 @@ fn child_role() {
             }
         },
         "push" => {
-            let out = Arc::new(out);
-            let o = out.clone();
             let _c = ch
                 .consume(ConsumerOptions::new("q").prefetch_count(16), move |m| {
                     let body = String::from_utf8_lossy(m.body()).into_owned();
-                    say(&o, format_args!("d {body} {}", m.redelivered()));
+                    say(format_args!("d {body} {}", m.redelivered()));
                     m.ack().unwrap();
                 })
                 .unwrap();
@@ -134,10 +124,10 @@ fn spawn(d: &Path, role: &'static str, tag: String, lines: &mpsc::Sender<String>
     .stdout(Stdio::piped())
     .spawn()
     .unwrap();
-    let out = BufReader::new(child.stdout.take().unwrap());
+    let out = ChildLines::of(&mut child);
     let tx = lines.clone();
     std::thread::spawn(move || {
-        for l in out.lines().map_while(Result::ok) {
+        for l in out.rest() {
             if tx.send(l).is_err() {
                 return;
             }
@@ -225,8 +215,7 @@ fn processes_killed_at_random_with_retention_and_redeclares_strand_nothing() {
             _ => {
                 let i = rng.below(kids.len() as u64) as usize;
                 let role = kids[i].role;
-                let _ = kids[i].child.kill();
-                let _ = kids[i].child.wait();
+                kill(&mut kids[i].child);
                 kids[i] = spawn(&d, role, tag(role), &tx);
                 kills += 1;
             }
@@ -235,13 +224,11 @@ fn processes_killed_at_random_with_retention_and_redeclares_strand_nothing() {
     // Producers stop; consumers take what is left; then everyone is killed
     // (some deliveries unacked) and this process drains the rest.
     for k in kids.iter_mut().filter(|k| k.role == "produce") {
-        let _ = k.child.kill();
-        let _ = k.child.wait();
+        kill(&mut k.child);
     }
     std::thread::sleep(Duration::from_secs(2));
     for k in kids.iter_mut() {
-        let _ = k.child.kill();
-        let _ = k.child.wait();
+        kill(&mut k.child);
     }
     drop(tx);
     for l in rx.iter() {
