@@ -17,12 +17,13 @@
 #![warn(missing_docs)]
 
 pub use dashi_engine::{
-    exchange, futures_core, message, queue, value, AckError, Callback, Channel, Connection,
-    ConnectionConfig, Consumer, ConsumerOptions, CounterSnapshot, Delivery, DeliveryMode,
-    DeliveryStream, Error, Exchange, ExchangeKind, FailureKind, Headers, Implements, Message,
-    NameError, Overflow, Producer, Properties, PublishError, Queue, QueueInfo, QueueStats, Settled,
-    SimpleQueue, Stats, StoreFailure, UrlError, Value, DEFAULT_MAX_BODY_SIZE,
-    DEFAULT_PREFETCH_BYTES, DEFAULT_PREFETCH_COUNT, MAX_NAME_LEN,
+    exchange, futures_core, message, queue, value, AckError, BatchError, Callback, Channel,
+    ChannelOptions, Confirm, ConfirmsError, Connection, ConnectionConfig, Consumer,
+    ConsumerOptions, CounterSnapshot, Delivery, DeliveryMode, DeliveryStream, Error, Exchange,
+    ExchangeKind, FailureKind, Headers, Implements, Message, NameError, Overflow, Producer,
+    Properties, PublishError, Queue, QueueInfo, QueueStats, Settled, SimpleQueue, Stats,
+    StoreFailure, UrlError, Value, DEFAULT_CONFIRM_WINDOW, DEFAULT_CONFIRM_WINDOW_BYTES,
+    DEFAULT_MAX_BODY_SIZE, DEFAULT_PREFETCH_BYTES, DEFAULT_PREFETCH_COUNT, MAX_NAME_LEN,
 };
 
 /// Transport schemes this build can open.

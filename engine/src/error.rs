@@ -338,12 +338,35 @@ pub enum PublishError {
         message: Box<Message>,
     },
     /// The transport's storage failed to take the message (a full disk, a
-    /// damaged segment, a failed sync); [`PublishError::is_transient`] says
-    /// whether a retry can help.
+    /// damaged segment); the message was not stored.
+    /// [`PublishError::is_transient`] says whether a retry can help.
     #[error("{failure}")]
     Store {
         /// What failed.
         failure: StoreFailure,
+        /// The message, handed back.
+        message: Box<Message>,
+    },
+    /// The transport cannot tell whether the message was stored: it was
+    /// written but the sync that was to make it durable failed, or the
+    /// connection was lost with the command in flight. The message may be
+    /// delivered or not; publishing it again may deliver it twice.
+    #[error("unconfirmed, the message may or may not be stored: {failure}")]
+    Unconfirmed {
+        /// What failed.
+        failure: StoreFailure,
+        /// The message, handed back.
+        message: Box<Message>,
+    },
+    /// The channel's window of unconfirmed publishes is full and the channel
+    /// does not block (see [`crate::ChannelOptions`]); wait for confirms
+    /// and try again.
+    #[error("publish window full: {messages} messages and {bytes} bytes awaiting confirms")]
+    Full {
+        /// Publishes awaiting their confirm.
+        messages: usize,
+        /// Their body bytes.
+        bytes: usize,
         /// The message, handed back.
         message: Box<Message>,
     },
@@ -361,7 +384,9 @@ impl PublishError {
             | PublishError::QueueFull { message, .. }
             | PublishError::InvalidRoutingKey { message, .. }
             | PublishError::Transport { message, .. }
-            | PublishError::Store { message, .. } => message,
+            | PublishError::Store { message, .. }
+            | PublishError::Unconfirmed { message, .. }
+            | PublishError::Full { message, .. } => message,
         }
     }
 
@@ -376,21 +401,76 @@ impl PublishError {
             | PublishError::QueueFull { message, .. }
             | PublishError::InvalidRoutingKey { message, .. }
             | PublishError::Transport { message, .. }
-            | PublishError::Store { message, .. } => message,
+            | PublishError::Store { message, .. }
+            | PublishError::Unconfirmed { message, .. }
+            | PublishError::Full { message, .. } => message,
         }
     }
 
     /// True when retrying the same publish later may succeed (queue full,
-    /// transport failure).
+    /// window full, transport failure, a transient storage failure). A retry
+    /// of an [`PublishError::Unconfirmed`] publish may store the message a
+    /// second time.
     pub fn is_transient(&self) -> bool {
         match self {
-            PublishError::Store { failure, .. } => failure.is_transient(),
+            PublishError::Store { failure, .. } | PublishError::Unconfirmed { failure, .. } => {
+                failure.is_transient()
+            }
             _ => matches!(
                 self,
-                PublishError::QueueFull { .. } | PublishError::Transport { .. }
+                PublishError::QueueFull { .. }
+                    | PublishError::Transport { .. }
+                    | PublishError::Full { .. }
             ),
         }
     }
+
+    /// True when the message may have been stored although the publish
+    /// failed ([`PublishError::Unconfirmed`]).
+    pub fn is_unconfirmed(&self) -> bool {
+        matches!(self, PublishError::Unconfirmed { .. })
+    }
+}
+
+/// Why [`crate::Channel::wait_for_confirms`] did not return `Ok`.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfirmsError {
+    /// Some publishes were still awaiting their confirm when the time ran
+    /// out; none of them is lost, call again to keep waiting.
+    #[error("{outstanding} publishes still awaiting their confirm after the timeout")]
+    Timeout {
+        /// Publishes still awaiting their confirm.
+        outstanding: usize,
+    },
+    /// Publishes made since the previous call were not confirmed.
+    #[error(
+        "{} publishes were not confirmed",
+        .failed.len() + .reported_to_confirms
+    )]
+    Failed {
+        /// The failures whose [`crate::Confirm`] was dropped, each with its
+        /// message handed back.
+        failed: Vec<PublishError>,
+        /// Failures whose [`crate::Confirm`] is held (or was waited on): the
+        /// confirm hands the message back.
+        reported_to_confirms: usize,
+    },
+    /// The channel is closed (its outstanding confirms still resolve, each
+    /// through its [`crate::Confirm`]).
+    #[error("channel is closed")]
+    ChannelClosed,
+}
+
+/// Publishes of [`crate::Producer::publish_batch`] that failed, each with its
+/// position in the batch and its message handed back in the error.
+#[derive(Debug, thiserror::Error)]
+#[error("{} of {total} messages of the batch were not published: first: {}", .failed.len(), .failed.first().map(|(i, e)| format!("#{i}: {e}")).unwrap_or_default())]
+pub struct BatchError {
+    /// Messages in the batch.
+    pub total: usize,
+    /// The failed ones: (position in the batch, error with the message).
+    pub failed: Vec<(usize, PublishError)>,
 }
 
 /// Where a delivery stands when an ack, reject or lease extension could not apply.

@@ -40,7 +40,8 @@ mod transport;
 mod url;
 
 pub use error::{
-    AckError, Error, FailureKind, NameError, PublishError, Settled, StoreFailure, UrlError,
+    AckError, BatchError, ConfirmsError, Error, FailureKind, NameError, PublishError, Settled,
+    StoreFailure, UrlError,
 };
 /// The `Stream` trait [`DeliveryStream`] implements, re-exported so users need
 /// not depend on `futures-core` themselves.
@@ -52,6 +53,9 @@ pub use model::queue::{Overflow, Queue, QueueInfo};
 pub use model::value::{Headers, Value};
 pub use model::{exchange, message, queue, value};
 pub use session::channel::Channel;
+pub use session::confirm::{
+    ChannelOptions, Confirm, DEFAULT_CONFIRM_WINDOW, DEFAULT_CONFIRM_WINDOW_BYTES,
+};
 pub use session::connection::{Connection, ConnectionConfig, DEFAULT_MAX_BODY_SIZE};
 pub use session::consumer::{
     Callback, Consumer, ConsumerOptions, DEFAULT_PREFETCH_BYTES, DEFAULT_PREFETCH_COUNT,

@@ -20,7 +20,7 @@ pub use crate::stats::{Counters, TransportEvent};
 pub use crate::transport::{
     check_delete, check_redeclare, dead_letter, dead_letter_with, effective_ttl, lane_for,
     limit_reached, queue_full, route_and_lane, route_or_drop, spawn_periodic, validate_declaration,
-    ConnectionId, DeathReason, Envelope, Implements, NotRouted, PriorityTooHigh, QueueState,
-    QueueStore, Transport, MAX_DEAD_LETTER_DEPTH,
+    Accepted, ConnectionId, DeathReason, Envelope, Implements, NotRouted, PendingConfirm,
+    PriorityTooHigh, QueueState, QueueStore, Transport, MAX_DEAD_LETTER_DEPTH,
 };
 pub use crate::url::{parse_seconds, parse_size, percent_decode, split_failover, ConnectUrl};

@@ -210,7 +210,8 @@ impl ConnectUrl {
     /// Takes the options every transport understands: `max_body_size`,
     /// `prefetch_count`, `prefetch_bytes` (sizes accept K, M, G suffixes,
     /// powers of 1024), `visibility_timeout` and `busy_poll` (seconds,
-    /// fractions allowed).
+    /// fractions allowed), `confirm_window` and `confirm_window_bytes` (the
+    /// default window of pipelined publishes per channel).
     pub fn take_connection_config(&mut self) -> Result<ConnectionConfig, UrlError> {
         let mut c = ConnectionConfig::default();
         if let Some(v) = self.take_option("max_body_size") {
@@ -231,6 +232,18 @@ impl ConnectUrl {
         }
         if let Some(v) = self.take_option("busy_poll") {
             c.busy_poll = parse_seconds("busy_poll", &v)?;
+        }
+        for (name, field) in [
+            ("confirm_window", &mut c.confirm_window),
+            ("confirm_window_bytes", &mut c.confirm_window_bytes),
+        ] {
+            if let Some(v) = self.take_option(name) {
+                *field = parse_size(name, &v)
+                    .ok()
+                    .and_then(|n| usize::try_from(n).ok())
+                    .filter(|n| *n > 0)
+                    .ok_or_else(|| invalid(name, &v, "a size of at least 1"))?;
+            }
         }
         Ok(c)
     }

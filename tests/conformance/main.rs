@@ -31,6 +31,7 @@ macro_rules! conformance {
 mod bad_input;
 mod busy_poll;
 mod close_restores;
+mod confirms;
 mod consumer_cancel;
 mod dead_letter_ttl;
 mod drain_and_fairness;

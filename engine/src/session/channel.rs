@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use parking_lot::Mutex;
 
 use crate::clock::now_ns;
-use crate::error::{AckError, Error, PublishError, Settled};
+use crate::error::{AckError, BatchError, ConfirmsError, Error, PublishError, Settled};
 use crate::model::exchange::Exchange;
 use crate::model::message::Message;
 use crate::model::names::{check_len, check_name};
@@ -29,6 +29,7 @@ use crate::model::queue::{Queue, QueueInfo};
 use crate::model::value::Headers;
 use crate::notify::{thread_waker, ThreadWaker};
 use crate::routing::Binding;
+use crate::session::confirm::{ChannelOptions, Confirm, Confirms};
 use crate::session::connection::ConnShared;
 use crate::session::consumer::{Callback, Consumer, ConsumerOptions, ConsumerShared};
 use crate::session::delivery::{Delivery, Outcome};
@@ -47,6 +48,7 @@ pub(crate) struct ChannelShared {
     consumers: Mutex<Vec<Arc<ConsumerShared>>>,
     queue_cache: Mutex<HashMap<String, Arc<dyn QueueStore>>>,
     next_consumer: AtomicU64,
+    pub(crate) confirms: Confirms,
 }
 
 impl fmt::Debug for ChannelShared {
@@ -87,8 +89,16 @@ impl Pending {
 }
 
 impl ChannelShared {
-    pub(crate) fn new(id: u64, conn: Arc<ConnShared>) -> Self {
+    pub(crate) fn new(id: u64, conn: Arc<ConnShared>, options: &ChannelOptions) -> Self {
+        let confirms = Confirms::new(
+            options.confirm_window.unwrap_or(conn.config.confirm_window),
+            options
+                .confirm_window_bytes
+                .unwrap_or(conn.config.confirm_window_bytes),
+            options.nonblocking,
+        );
         ChannelShared {
+            confirms,
             id,
             conn,
             closed: AtomicBool::new(false),
@@ -399,14 +409,14 @@ impl ChannelShared {
         Ok(q)
     }
 
+    /// The checks every publish makes before the transport sees it.
     #[inline]
-    pub(crate) fn publish(
+    fn envelope(
         &self,
         message: Message,
         exchange: &str,
         routing_key: &str,
-        mandatory: bool,
-    ) -> Result<(), PublishError> {
+    ) -> Result<Envelope, PublishError> {
         if !self.is_open() {
             return Err(PublishError::ChannelClosed(Box::new(message)));
         }
@@ -424,8 +434,131 @@ impl ChannelShared {
                 message: Box::new(message),
             });
         }
-        let env = Envelope::new(message, exchange, routing_key);
+        Ok(Envelope::new(message, exchange, routing_key))
+    }
+
+    #[inline]
+    pub(crate) fn publish(
+        &self,
+        message: Message,
+        exchange: &str,
+        routing_key: &str,
+        mandatory: bool,
+    ) -> Result<(), PublishError> {
+        let env = self.envelope(message, exchange, routing_key)?;
         self.conn.transport.publish(env, mandatory)
+    }
+
+    /// Takes a window share for `message`, waiting (or failing with
+    /// [`PublishError::Full`]) while the window is full.
+    fn admit(&self, message: Message) -> Result<(Message, usize), PublishError> {
+        let size = message.body.len();
+        match self.confirms.admit(size) {
+            Ok(()) => Ok((message, size)),
+            Err((messages, bytes)) => Err(PublishError::Full {
+                messages,
+                bytes,
+                message: Box::new(message),
+            }),
+        }
+    }
+
+    pub(crate) fn publish_async(
+        &self,
+        message: Message,
+        exchange: &str,
+        routing_key: &str,
+        mandatory: bool,
+    ) -> Result<Confirm, PublishError> {
+        let (message, size) = self.admit(message)?;
+        let accepted = self
+            .envelope(message, exchange, routing_key)
+            .and_then(|env| self.conn.transport.publish_async(env, mandatory));
+        match accepted {
+            Ok(a) => Ok(self.confirms.track(a, size)),
+            Err(e) => {
+                self.confirms.unadmit(size);
+                Err(e)
+            }
+        }
+    }
+
+    /// Publishes `batch` pipelined, handing runs that fit the window to the
+    /// transport's batched call, then waits for every confirm.
+    pub(crate) fn publish_batch(
+        &self,
+        batch: impl IntoIterator<Item = (Message, String, String, bool)>,
+    ) -> Result<(), BatchError> {
+        let mut failed: Vec<(usize, PublishError)> = Vec::new();
+        let mut confirms: Vec<(usize, Confirm)> = Vec::new();
+        let mut run: Vec<(usize, usize, Envelope, bool)> = Vec::new();
+        let mut total = 0;
+        let flush = |run: &mut Vec<(usize, usize, Envelope, bool)>,
+                     failed: &mut Vec<(usize, PublishError)>,
+                     confirms: &mut Vec<(usize, Confirm)>| {
+            if run.is_empty() {
+                return;
+            }
+            let mut meta = Vec::with_capacity(run.len());
+            let envs: Vec<(Envelope, bool)> = run
+                .drain(..)
+                .map(|(i, size, env, m)| {
+                    meta.push((i, size));
+                    (env, m)
+                })
+                .collect();
+            let results = self.conn.transport.publish_many(envs);
+            for ((i, size), r) in meta.into_iter().zip(results) {
+                match r {
+                    Ok(a) => confirms.push((i, self.confirms.track(a, size))),
+                    Err(e) => {
+                        self.confirms.unadmit(size);
+                        failed.push((i, e));
+                    }
+                }
+            }
+        };
+        for (i, (message, exchange, routing_key, mandatory)) in batch.into_iter().enumerate() {
+            total = i + 1;
+            let env = match self.envelope(message, &exchange, &routing_key) {
+                Ok(env) => env,
+                Err(e) => {
+                    failed.push((i, e));
+                    continue;
+                }
+            };
+            let size = env.size();
+            if self.confirms.try_admit_now(size) {
+                run.push((i, size, env, mandatory));
+                continue;
+            }
+            // The window is full: send what this batch holds, then wait for
+            // room (the run's own confirms are among those waited for).
+            flush(&mut run, &mut failed, &mut confirms);
+            match self.confirms.admit(size) {
+                Ok(()) => run.push((i, size, env, mandatory)),
+                Err((messages, bytes)) => failed.push((
+                    i,
+                    PublishError::Full {
+                        messages,
+                        bytes,
+                        message: Box::new(env.into_message()),
+                    },
+                )),
+            }
+        }
+        flush(&mut run, &mut failed, &mut confirms);
+        for (i, c) in confirms {
+            if let Err(e) = c.wait() {
+                failed.push((i, e));
+            }
+        }
+        if failed.is_empty() {
+            Ok(())
+        } else {
+            failed.sort_by_key(|(i, _)| *i);
+            Err(BatchError { total, failed })
+        }
     }
 }
 
@@ -596,6 +729,49 @@ impl Channel {
     /// A producer publishing to the default exchange through this channel.
     pub fn producer(&self) -> Producer {
         Producer::new(self.shared.clone())
+    }
+
+    /// Publishes one message pipelined: routes it and hands it to the
+    /// transport, returning its [`Confirm`] before the transport's durability
+    /// point (see [`crate::Producer::publish_async`]).
+    pub fn publish_async(
+        &self,
+        message: Message,
+        exchange: &str,
+        routing_key: &str,
+        mandatory: bool,
+    ) -> Result<Confirm, PublishError> {
+        self.shared
+            .publish_async(message, exchange, routing_key, mandatory)
+    }
+
+    /// Waits until every publish made on this channel so far has its
+    /// confirm (AMQP's `wait_for_confirms`). `Ok` when every publish since
+    /// the previous call was confirmed; [`ConfirmsError::Failed`] lists the
+    /// ones that were not (handing back the messages of dropped
+    /// [`Confirm`]s); [`ConfirmsError::Timeout`] when some are still
+    /// pending after `timeout` (nothing is lost: call again).
+    pub fn wait_for_confirms(&self, timeout: Duration) -> Result<(), ConfirmsError> {
+        if !self.shared.is_open() {
+            // Its confirms still resolve, each through its `Confirm`.
+            return Err(ConfirmsError::ChannelClosed);
+        }
+        self.shared.confirms.wait_all(timeout)
+    }
+
+    /// Publishes every `(message, exchange, routing_key, mandatory)` of
+    /// `batch` pipelined and waits for their confirms (see
+    /// [`crate::Producer::publish_batch`]).
+    pub fn publish_batch(
+        &self,
+        batch: impl IntoIterator<Item = (Message, String, String, bool)>,
+    ) -> Result<(), BatchError> {
+        self.shared.publish_batch(batch)
+    }
+
+    /// Publishes awaiting their confirm on this channel now.
+    pub fn confirms_outstanding(&self) -> usize {
+        self.shared.confirms.outstanding()
     }
 
     /// Publishes one message.

@@ -19,6 +19,9 @@ use parking_lot::Mutex;
 use crate::error::Error;
 use crate::notify::Notify;
 use crate::session::channel::{Channel, ChannelShared, Pending};
+use crate::session::confirm::{
+    ChannelOptions, DEFAULT_CONFIRM_WINDOW, DEFAULT_CONFIRM_WINDOW_BYTES,
+};
 use crate::session::consumer::{ConsumerShared, DEFAULT_PREFETCH_BYTES, DEFAULT_PREFETCH_COUNT};
 use crate::session::delivery::Delivery;
 use crate::stats::Stats;
@@ -45,6 +48,11 @@ pub struct ConnectionConfig {
     /// default) polls only briefly (tens of µs); a longer time trades a busy
     /// core for the lowest wake-up latency.
     pub busy_poll: Duration,
+    /// Default window of a channel's pipelined publishes, in messages
+    /// awaiting their confirm (see [`crate::ChannelOptions`]).
+    pub confirm_window: usize,
+    /// The same window in body bytes.
+    pub confirm_window_bytes: usize,
 }
 
 impl Default for ConnectionConfig {
@@ -55,6 +63,8 @@ impl Default for ConnectionConfig {
             prefetch_bytes: DEFAULT_PREFETCH_BYTES,
             lease: None,
             busy_poll: Duration::ZERO,
+            confirm_window: DEFAULT_CONFIRM_WINDOW,
+            confirm_window_bytes: DEFAULT_CONFIRM_WINDOW_BYTES,
         }
     }
 }
@@ -226,11 +236,18 @@ impl Connection {
 
     /// Opens a channel.
     pub fn channel(&self) -> Result<Channel, Error> {
+        self.channel_with(ChannelOptions::default())
+    }
+
+    /// Opens a channel with its own window of pipelined publishes (see
+    /// [`ChannelOptions`]).
+    pub fn channel_with(&self, options: ChannelOptions) -> Result<Channel, Error> {
+        options.validate()?;
         if self.shared.is_closed() {
             return Err(Error::ConnectionClosed);
         }
         let id = self.shared.next_channel.fetch_add(1, SeqCst);
-        let ch = Arc::new(ChannelShared::new(id, self.shared.clone()));
+        let ch = Arc::new(ChannelShared::new(id, self.shared.clone(), &options));
         self.shared.channels.lock().push((id, Arc::downgrade(&ch)));
         Ok(Channel { shared: ch })
     }

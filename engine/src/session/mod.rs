@@ -5,6 +5,7 @@
 //! reaper that restores deliveries whose lease ran out.
 
 pub(crate) mod channel;
+pub(crate) mod confirm;
 pub(crate) mod connection;
 pub(crate) mod consumer;
 pub(crate) mod delivery;

@@ -5,9 +5,12 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-use crate::error::PublishError;
+use std::time::Duration;
+
+use crate::error::{BatchError, ConfirmsError, PublishError};
 use crate::model::message::Message;
 use crate::session::channel::ChannelShared;
+use crate::session::confirm::Confirm;
 
 impl From<Bytes> for Message {
     fn from(b: Bytes) -> Self {
@@ -105,5 +108,49 @@ impl Producer {
     ) -> Result<(), PublishError> {
         self.channel
             .publish(message.into(), exchange, routing_key, mandatory)
+    }
+
+    /// Publishes pipelined: routes the message and hands it to the
+    /// transport, returning before the transport's durability point. The
+    /// [`Confirm`] resolves `Ok` when the message is as durable as
+    /// [`Producer::publish`] would have made it, or hands the message back
+    /// in [`PublishError::Unconfirmed`]. Errors found before the transport
+    /// took the message (routing, limits, a full window on a non-blocking
+    /// channel) come back here, with the message. At most the channel's
+    /// window of publishes await their confirm at once: past it this call
+    /// waits for the oldest ones.
+    #[inline]
+    pub fn publish_async(
+        &self,
+        message: impl Into<Message>,
+        routing_key: &str,
+    ) -> Result<Confirm, PublishError> {
+        self.channel
+            .publish_async(message.into(), &self.exchange, routing_key, false)
+    }
+
+    /// Publishes every `(message, routing_key)` of `batch` pipelined (each as
+    /// [`Producer::publish_async`], handed to the transport in runs as large
+    /// as the window allows) and waits for all their confirms. `Err` lists
+    /// each message not confirmed with its position and the message itself;
+    /// the others were published.
+    pub fn publish_batch<'k, M: Into<Message>>(
+        &self,
+        batch: impl IntoIterator<Item = (M, &'k str)>,
+    ) -> Result<(), BatchError> {
+        self.channel.publish_batch(
+            batch
+                .into_iter()
+                .map(|(m, rk)| (m.into(), self.exchange.clone(), rk.to_owned(), false)),
+        )
+    }
+
+    /// Waits for every outstanding confirm of this producer's channel (see
+    /// [`crate::Channel::wait_for_confirms`]).
+    pub fn wait_for_confirms(&self, timeout: Duration) -> Result<(), ConfirmsError> {
+        if !self.channel.is_open() {
+            return Err(ConfirmsError::ChannelClosed);
+        }
+        self.channel.confirms.wait_all(timeout)
     }
 }

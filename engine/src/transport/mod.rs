@@ -10,10 +10,10 @@ mod envelope;
 
 use std::fmt;
 use std::sync::Arc;
-use std::task::Waker;
-use std::time::Duration;
+use std::task::{Poll, Waker};
+use std::time::{Duration, Instant};
 
-use crate::error::{Error, PublishError};
+use crate::error::{Error, PublishError, StoreFailure};
 use crate::model::exchange::Exchange;
 use crate::model::queue::{Queue, QueueInfo};
 use crate::routing::Binding;
@@ -44,6 +44,33 @@ pub struct Implements {
     pub durable: bool,
     /// Several processes can share the queues.
     pub multi_process: bool,
+}
+
+/// A publish a transport took but has not yet confirmed: it resolves `Ok`
+/// when the message reached the transport's durability point, or `Err` when
+/// the transport can no longer tell whether it is stored (a sync that failed
+/// after the write, a connection lost with the command in flight).
+pub trait PendingConfirm: Send + Sync + fmt::Debug {
+    /// The outcome if known now; otherwise `waker` is woken when it may be.
+    fn poll_confirm(&self, waker: &Waker) -> Poll<Result<(), StoreFailure>>;
+    /// Blocks until the outcome is known or `deadline` passes (`None` on
+    /// timeout).
+    fn wait_confirm(&self, deadline: Option<Instant>) -> Option<Result<(), StoreFailure>>;
+}
+
+/// What [`Transport::publish_async`] did with a message.
+#[derive(Debug)]
+pub enum Accepted {
+    /// Stored at the transport's durability point already.
+    Confirmed,
+    /// Stored, with the durability point still to come; the envelope comes
+    /// back so the caller can hand it back if the confirm fails.
+    Pending {
+        /// Resolves at the durability point.
+        confirm: Box<dyn PendingConfirm>,
+        /// The message, kept by the caller until the confirm resolves.
+        envelope: Envelope,
+    },
 }
 
 /// One queue as the model layer uses it.
@@ -140,6 +167,24 @@ pub trait Transport: Send + Sync + fmt::Debug {
     /// envelope). Returns once the message is accepted at the transport's
     /// durability level; on error the message is handed back in the error.
     fn publish(&self, envelope: Envelope, mandatory: bool) -> Result<(), PublishError>;
+    /// Routes and stores a message like [`Transport::publish`], but returns
+    /// as soon as it is stored, before its durability point: a pipelining
+    /// transport returns [`Accepted::Pending`] and resolves the confirm
+    /// later, so many publishes share one sync or round trip. The default
+    /// publishes synchronously and returns [`Accepted::Confirmed`].
+    fn publish_async(&self, envelope: Envelope, mandatory: bool) -> Result<Accepted, PublishError> {
+        self.publish(envelope, mandatory)
+            .map(|()| Accepted::Confirmed)
+    }
+    /// [`Transport::publish_async`] of each `(envelope, mandatory)` in order,
+    /// one result per message in the same order; a transport that can send a
+    /// batch in one command overrides it.
+    fn publish_many(&self, batch: Vec<(Envelope, bool)>) -> Vec<Result<Accepted, PublishError>> {
+        batch
+            .into_iter()
+            .map(|(env, mandatory)| self.publish_async(env, mandatory))
+            .collect()
+    }
     /// A connection closed: its exclusive queues go.
     fn connection_closed(&self, owner: ConnectionId);
     /// `Err` when the transport can no longer do its work (a core of its

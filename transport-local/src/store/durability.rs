@@ -11,7 +11,12 @@
 //!   confirm takes about one sync, not one and a half); `started` (the
 //!   highest ticket a started sync covers) keeps a third from starting.
 //! - `fsync=interval`: one task on a core syncs every segment with tickets
-//!   newer than its last sync, once per interval; publishes do not wait.
+//!   newer than its last sync, once per interval; synchronous publishes do
+//!   not wait, pipelined ones are confirmed by the sync that covers them.
+//! - A pipelined publish ([`Tickets`]) takes the same tickets and is
+//!   confirmed by the same syncs; a sync wakes the blocked waiters (condvar)
+//!   and the async ones (wakers registered before they look at `done`, so a
+//!   sync that ends between the look and the registration still wakes them).
 //! - A failed `fdatasync` fails every publish waiting on that file and every
 //!   later one (the kernel may have dropped the dirty pages, so nothing after
 //!   it can be confirmed from that file): `done` never moves again, the
@@ -24,7 +29,8 @@ use std::sync::atomic::{
     AtomicU32, AtomicU64, Ordering::AcqRel, Ordering::Acquire, Ordering::SeqCst,
 };
 use std::sync::{Arc, Condvar, Weak};
-use std::time::Duration;
+use std::task::{Poll, Waker};
+use std::time::{Duration, Instant};
 
 use dashi_rt::{io, Runtime};
 use parking_lot::Mutex;
@@ -48,6 +54,8 @@ struct FileSync {
     failed: Mutex<Option<String>>,
     wait: std::sync::Mutex<()>,
     cv: Condvar,
+    /// Async waiters, woken after each sync.
+    wakers: Mutex<Vec<Waker>>,
     syncs: AtomicU64,
 }
 
@@ -80,6 +88,20 @@ impl FileSync {
         }
         let _g = self.wait.lock();
         self.cv.notify_all();
+        drop(_g);
+        let wakers = std::mem::take(&mut *self.wakers.lock());
+        for w in wakers {
+            w.wake();
+        }
+    }
+
+    /// The outcome for `ticket` if known: `Some(Ok)` once a finished sync
+    /// covers it, `Some(Err)` once a sync failed.
+    fn outcome(&self, ticket: u64) -> Option<Result<(), String>> {
+        if self.done.load(Acquire) >= ticket {
+            return Some(Ok(()));
+        }
+        self.failed.lock().clone().map(Err)
     }
 }
 
@@ -136,6 +158,7 @@ impl Durability {
                     failed: Mutex::new(None),
                     wait: std::sync::Mutex::new(()),
                     cv: Condvar::new(),
+                    wakers: Mutex::new(Vec::new()),
                     syncs: AtomicU64::new(0),
                 })
             })
@@ -189,45 +212,37 @@ impl Durability {
         }));
     }
 
-    /// Called after records were committed to `segments`: returns once they
-    /// are durable as the mode promises. `Err` when a sync that had to cover
-    /// them failed (they may or may not be on disk).
-    pub(crate) fn commit(&self, segments: &[Arc<Segment>]) -> Result<(), String> {
+    /// Takes a ticket on each of `segments` (records were just committed to
+    /// them) and, with `fsync=always`, makes sure a sync covering it runs.
+    pub(crate) fn tickets(self: &Arc<Self>, segments: Vec<Arc<Segment>>) -> Tickets {
         let mut waits = Vec::with_capacity(segments.len());
         for seg in segments {
             // Every segment of a store is a file (only models have none).
             let Some(file) = seg.file() else { continue };
-            let st = self.state(seg, file);
+            let st = self.state(&seg, file);
             let ticket = st.requested.fetch_add(1, SeqCst) + 1;
             if matches!(self.mode, Fsync::Always) {
                 self.ensure_running(&st, ticket);
-                waits.push((st, ticket));
             }
+            waits.push((st, ticket, seg));
         }
-        for (st, ticket) in waits {
-            let mut g = st.wait.lock().unwrap_or_else(|p| p.into_inner());
-            while st.done.load(Acquire) < ticket {
-                if let Some(e) = st.failed.lock().clone() {
-                    return Err(e);
-                }
-                // The runtime's health is checked on each wake-up, so a dead
-                // core is an error here, never a hang.
-                if let Err(e) = self.rt.health() {
-                    return Err(e.to_string());
-                }
-                g = st
-                    .cv
-                    .wait_timeout(g, Duration::from_millis(100))
-                    .unwrap_or_else(|p| p.into_inner())
-                    .0;
-                if st.in_flight.load(SeqCst) == 0 && st.done.load(Acquire) < ticket {
-                    drop(g);
-                    self.ensure_running(&st, ticket);
-                    g = st.wait.lock().unwrap_or_else(|p| p.into_inner());
-                }
-            }
+        Tickets {
+            durability: self.clone(),
+            waits,
         }
-        Ok(())
+    }
+
+    /// Called after records were committed to `segments`: returns once they
+    /// are durable as the mode promises (at once with `fsync=interval`).
+    /// `Err` when a sync that had to cover them failed (they may or may not
+    /// be on disk).
+    pub(crate) fn commit(self: &Arc<Self>, segments: Vec<Arc<Segment>>) -> Result<(), String> {
+        let t = self.tickets(segments);
+        if matches!(self.mode, Fsync::Always) {
+            t.wait(None).unwrap_or(Ok(()))
+        } else {
+            Ok(())
+        }
     }
 
     /// `fdatasync` calls made so far (all segments).
@@ -263,6 +278,112 @@ async fn interval_loop(weak: Weak<Durability>, every: Duration) {
         drop(d);
         for f in dirty {
             f.sync_once().await;
+        }
+    }
+}
+
+/// A publish awaiting the syncs that make it durable: a ticket on each
+/// segment it was written to.
+pub(crate) struct Tickets {
+    durability: Arc<Durability>,
+    waits: Vec<(Arc<FileSync>, u64, Arc<Segment>)>,
+}
+
+impl std::fmt::Debug for Tickets {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tickets")
+            .field("mode", &self.durability.mode)
+            .field(
+                "tickets",
+                &self.waits.iter().map(|(_, t, _)| *t).collect::<Vec<_>>(),
+            )
+            .finish()
+    }
+}
+
+impl Tickets {
+    /// The outcome if known: every ticket covered, or the first failure
+    /// (its segments are sealed: nothing more is confirmed from them).
+    fn outcome(&self) -> Option<Result<(), String>> {
+        for (st, ticket, _) in &self.waits {
+            match st.outcome(*ticket) {
+                Some(Ok(())) => {}
+                Some(Err(e)) => {
+                    self.seal();
+                    return Some(Err(e));
+                }
+                None => {
+                    if let Err(e) = self.durability.rt.health() {
+                        return Some(Err(e.to_string()));
+                    }
+                    return None;
+                }
+            }
+        }
+        Some(Ok(()))
+    }
+
+    fn seal(&self) {
+        for (_, _, seg) in &self.waits {
+            seg.seal();
+        }
+    }
+
+    /// Waits until every ticket is covered by a finished sync, one failed,
+    /// or `deadline` passed (`None`).
+    pub(crate) fn wait(&self, deadline: Option<Instant>) -> Option<Result<(), String>> {
+        let always = matches!(self.durability.mode, Fsync::Always);
+        for (st, ticket, _) in &self.waits {
+            let mut g = st.wait.lock().unwrap_or_else(|p| p.into_inner());
+            while st.done.load(Acquire) < *ticket {
+                if let Some(e) = st.failed.lock().clone() {
+                    drop(g);
+                    self.seal();
+                    return Some(Err(e));
+                }
+                // The runtime's health is checked on each wake-up, so a dead
+                // core is an error here, never a hang.
+                if let Err(e) = self.durability.rt.health() {
+                    return Some(Err(e.to_string()));
+                }
+                let mut nap = Duration::from_millis(100);
+                if let Some(d) = deadline {
+                    let left = d.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        return None;
+                    }
+                    nap = nap.min(left);
+                }
+                g = st
+                    .cv
+                    .wait_timeout(g, nap)
+                    .unwrap_or_else(|p| p.into_inner())
+                    .0;
+                if always && st.in_flight.load(SeqCst) == 0 && st.done.load(Acquire) < *ticket {
+                    drop(g);
+                    self.durability.ensure_running(st, *ticket);
+                    g = st.wait.lock().unwrap_or_else(|p| p.into_inner());
+                }
+            }
+        }
+        Some(Ok(()))
+    }
+
+    /// The outcome if known; otherwise `waker` is woken by the next sync of
+    /// a file this publish waits on.
+    pub(crate) fn poll(&self, waker: &Waker) -> Poll<Result<(), String>> {
+        // Register first, then look: a sync ending in between still wakes us.
+        for (st, ticket, _) in &self.waits {
+            if st.done.load(Acquire) < *ticket {
+                let mut w = st.wakers.lock();
+                if !w.iter().any(|x| x.will_wake(waker)) {
+                    w.push(waker.clone());
+                }
+            }
+        }
+        match self.outcome() {
+            Some(r) => Poll::Ready(r),
+            None => Poll::Pending,
         }
     }
 }

@@ -49,8 +49,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwap;
 use dashi_engine::spi::{
-    check_delete, check_name, check_redeclare, validate_declaration, Binding, ConnectionId,
-    Counters, Envelope, Implements, QueueStore, Routing, Topology, Transport,
+    check_delete, check_name, check_redeclare, validate_declaration, Accepted, Binding,
+    ConnectionId, Counters, Envelope, Implements, QueueStore, Routing, Topology, Transport,
 };
 use dashi_engine::{
     Error, Exchange, FailureKind, PublishError, Queue, QueueInfo, QueueStats, StoreFailure,
@@ -384,6 +384,10 @@ impl Transport for LocalTransport {
 
     fn publish(&self, envelope: Envelope, mandatory: bool) -> Result<(), PublishError> {
         self.inner.publish(envelope, mandatory, false)
+    }
+
+    fn publish_async(&self, envelope: Envelope, mandatory: bool) -> Result<Accepted, PublishError> {
+        self.inner.publish_async(envelope, mandatory)
     }
 
     fn connection_closed(&self, owner: ConnectionId) {

@@ -10,16 +10,19 @@
 
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
+use std::task::{Poll, Waker};
+use std::time::Instant;
 
 use dashi_engine::spi::{
-    dead_letter_with, limit_reached, queue_full, route_and_lane, DeathReason, Envelope, Routing,
-    TransportEvent,
+    dead_letter_with, limit_reached, queue_full, route_and_lane, Accepted, DeathReason, Envelope,
+    PendingConfirm, Routing, TransportEvent,
 };
 use dashi_engine::{Error, FailureKind, Overflow, PublishError, Queue, StoreFailure};
 
 use crate::codec;
 use crate::segment::Segment;
 
+use super::durability::Tickets;
 use super::queue::LocalQueue;
 use super::{store_err, store_fail, wall_ns, Inner};
 
@@ -36,6 +39,38 @@ fn store_error(e: Error, env: Envelope) -> PublishError {
     }
 }
 
+/// The record is in the log (it may be delivered), but a sync that was to
+/// make it durable failed: say so. Nothing more is confirmed from those
+/// files: their segments are sealed, new records go to new ones.
+fn unconfirmed(e: String, env: Envelope) -> PublishError {
+    PublishError::Unconfirmed {
+        failure: not_durable(e),
+        message: Box::new(env.into_message()),
+    }
+}
+
+fn not_durable(e: String) -> StoreFailure {
+    StoreFailure::new(
+        FailureKind::Io { transient: false },
+        "published but not confirmed durable",
+        e,
+    )
+}
+
+/// A pipelined publish's confirm: the syncs of its segments.
+#[derive(Debug)]
+struct LocalConfirm(Tickets);
+
+impl PendingConfirm for LocalConfirm {
+    fn poll_confirm(&self, waker: &Waker) -> Poll<Result<(), StoreFailure>> {
+        self.0.poll(waker).map_err(not_durable)
+    }
+
+    fn wait_confirm(&self, deadline: Option<Instant>) -> Option<Result<(), StoreFailure>> {
+        self.0.wait(deadline).map(|r| r.map_err(not_durable))
+    }
+}
+
 impl Inner {
     /// Sends a message that left `queue` unacked (rejected, expired, dropped
     /// by overflow) to its dead-letter exchange, or counts it as dropped.
@@ -45,14 +80,57 @@ impl Inner {
         });
     }
 
-    /// Routes and appends `env`. `clamp` lowers a priority above a target's
-    /// maximum instead of refusing it (dead-lettered messages).
+    /// Routes and appends `env`, and returns once it is durable as the
+    /// store's `fsync` mode promises. `clamp` lowers a priority above a
+    /// target's maximum instead of refusing it (dead-lettered messages).
     pub(super) fn publish(
         self: &Arc<Self>,
         env: Envelope,
         mandatory: bool,
         clamp: bool,
     ) -> Result<(), PublishError> {
+        let Some((written, env)) = self.append(env, mandatory, clamp)? else {
+            return Ok(());
+        };
+        let Some(d) = &self.durability else {
+            return Ok(());
+        };
+        match d.commit(written) {
+            Ok(()) => Ok(()),
+            Err(e) => Err(unconfirmed(e, env)),
+        }
+    }
+
+    /// Routes and appends `env`, returning before the durability point:
+    /// with `fsync=always` or `interval` the confirm resolves at the sync
+    /// that covers the record.
+    pub(super) fn publish_async(
+        self: &Arc<Self>,
+        env: Envelope,
+        mandatory: bool,
+    ) -> Result<Accepted, PublishError> {
+        let Some((written, envelope)) = self.append(env, mandatory, false)? else {
+            return Ok(Accepted::Confirmed);
+        };
+        match &self.durability {
+            None => Ok(Accepted::Confirmed),
+            Some(d) => Ok(Accepted::Pending {
+                confirm: Box::new(LocalConfirm(d.tickets(written))),
+                envelope,
+            }),
+        }
+    }
+
+    /// Routes `env` and appends it to every target's lane; `None` when no
+    /// queue took it, else the segments written (for the durability wait)
+    /// and the envelope.
+    #[allow(clippy::type_complexity)]
+    fn append(
+        self: &Arc<Self>,
+        env: Envelope,
+        mandatory: bool,
+        clamp: bool,
+    ) -> Result<Option<(Vec<Arc<Segment>>, Envelope)>, PublishError> {
         if let Err(e) = self.refresh() {
             return Err(store_error(e, env));
         }
@@ -62,7 +140,7 @@ impl Inner {
         let (route, priority) =
             match route_and_lane(&routing, &mut env, mandatory, clamp, counters, |q| &q.decl) {
                 Ok(Some(planned)) => planned,
-                Ok(None) => return Ok(()),
+                Ok(None) => return Ok(None),
                 Err(e) => return Err(e.into_error(env)),
             };
         let targets = route.as_slice();
@@ -95,23 +173,7 @@ impl Inner {
             .counters
             .record(TransportEvent::Routed, targets.len() as u64);
         self.wake_other_processes();
-        if let Some(d) = &self.durability {
-            if let Err(e) = d.commit(&written) {
-                // The record is in the log (it may be delivered), but its
-                // durability is not confirmed: say so. Nothing more is
-                // confirmed from those files: new records go to new ones.
-                for seg in &written {
-                    seg.seal();
-                }
-                let e = store_fail(
-                    FailureKind::Io { transient: false },
-                    "published but not confirmed durable",
-                    e,
-                );
-                return Err(store_error(e, env));
-            }
-        }
-        Ok(())
+        Ok(Some((written, env)))
     }
 
     /// Checks that `q` takes one more message of `size` body bytes: within
