@@ -443,7 +443,7 @@ pub enum ConfirmsError {
         /// Publishes still awaiting their confirm.
         outstanding: usize,
     },
-    /// Publishes made since the previous call were not confirmed.
+    /// Publishes were not confirmed.
     #[error(
         "{} publishes were not confirmed",
         .failed.len() + .reported_to_confirms
@@ -452,8 +452,10 @@ pub enum ConfirmsError {
         /// The failures whose [`crate::Confirm`] was dropped, each with its
         /// message handed back.
         failed: Vec<PublishError>,
-        /// Failures whose [`crate::Confirm`] is held (or was waited on): the
-        /// confirm hands the message back.
+        /// Failures whose [`crate::Confirm`] is held and not yet read: that
+        /// confirm hands the message back (or, if it is dropped unread, the
+        /// next call does). Failures already read through their confirm
+        /// are not reported again.
         reported_to_confirms: usize,
     },
     /// The channel is closed (its outstanding confirms still resolve, each

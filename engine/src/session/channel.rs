@@ -746,11 +746,12 @@ impl Channel {
     }
 
     /// Waits until every publish made on this channel so far has its
-    /// confirm (AMQP's `wait_for_confirms`). `Ok` when every publish since
-    /// the previous call was confirmed; [`ConfirmsError::Failed`] lists the
-    /// ones that were not (handing back the messages of dropped
-    /// [`Confirm`]s); [`ConfirmsError::Timeout`] when some are still
-    /// pending after `timeout` (nothing is lost: call again).
+    /// confirm (AMQP's `wait_for_confirms`). `Ok` when none failed, apart
+    /// from failures already read through their [`Confirm`] (or reported by
+    /// an earlier call); [`ConfirmsError::Failed`] hands back the messages
+    /// of failed publishes whose `Confirm` was dropped and counts those a
+    /// held `Confirm` will hand back; [`ConfirmsError::Timeout`] when some
+    /// are still pending after `timeout` (nothing is lost: call again).
     pub fn wait_for_confirms(&self, timeout: Duration) -> Result<(), ConfirmsError> {
         if !self.shared.is_open() {
             // Its confirms still resolve, each through its `Confirm`.

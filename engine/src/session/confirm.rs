@@ -15,8 +15,9 @@
 //!   would go past it waits for the oldest outstanding confirm, or fails
 //!   with [`PublishError::Full`] on a non-blocking channel; a single message
 //!   larger than the byte window goes through when nothing else is in flight.
-//! - Every publish since the previous `wait_for_confirms` that failed is
-//!   reported by the next one (failed confirms stay tracked until then).
+//! - Every failed publish is reported: through its [`Confirm`], or, when
+//!   that was dropped unread, by the next `wait_for_confirms` (failed
+//!   confirms stay tracked until one of them hands the message back).
 
 use std::collections::VecDeque;
 use std::fmt;
@@ -395,11 +396,12 @@ impl Confirms {
                     }),
                 });
                 let mut t = self.tracked.lock();
-                // Forget confirmed ones at the front (failed ones wait for
-                // wait_for_confirms).
+                // Forget those at the front that are confirmed or whose
+                // failure went back through their `Confirm` (other failures
+                // wait for wait_for_confirms).
                 while t.front().is_some_and(|c| {
                     let st = c.state.lock();
-                    matches!(st.outcome, Some(Ok(())))
+                    matches!(st.outcome, Some(Ok(()))) || st.taken
                 }) {
                     t.pop_front();
                 }
@@ -431,22 +433,27 @@ impl Confirms {
         if outstanding > 0 {
             return Err(ConfirmsError::Timeout { outstanding });
         }
-        // Every one of `all` resolved: report and forget them (newer ones,
-        // tracked since, stay).
+        // Every one of `all` resolved. Forget the confirmed ones and the
+        // failures already handed back through their `Confirm`; report the
+        // failures of dropped confirms (with their messages, then forget
+        // them) and count those a held `Confirm` will hand back (kept: if
+        // that confirm is dropped unread, a later call hands it back).
         let mut failed = Vec::new();
         let mut reported_to_confirms = 0;
-        {
-            let mut t = self.tracked.lock();
-            t.retain(|c| !all.iter().any(|a| Arc::ptr_eq(a, c)));
-        }
-        for c in all {
+        let mut keep = Vec::new();
+        for c in &all {
             let mut st = c.state.lock();
             if let Some(Err(f)) = &st.outcome {
-                if st.held || st.taken {
+                if st.taken {
+                    continue;
+                }
+                if st.held {
                     reported_to_confirms += 1;
+                    keep.push(c.clone());
                 } else {
                     let failure = f.clone();
                     let message = st.envelope.take().map(Envelope::into_message);
+                    st.taken = true;
                     failed.push(PublishError::Unconfirmed {
                         failure,
                         message: Box::new(message.unwrap_or_default()),
@@ -454,6 +461,9 @@ impl Confirms {
                 }
             }
         }
+        self.tracked.lock().retain(|c| {
+            !all.iter().any(|a| Arc::ptr_eq(a, c)) || keep.iter().any(|k| Arc::ptr_eq(k, c))
+        });
         if failed.is_empty() && reported_to_confirms == 0 {
             Ok(())
         } else {

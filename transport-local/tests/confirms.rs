@@ -1,0 +1,211 @@
+//! Pipelined publishing on local://: confirms resolve at the group
+//! `fdatasync` (`fsync=always`) or the timer sync (`interval`), one sync
+//! covers many pipelined publishes, a failed sync fails every confirm it was
+//! to give (with the `failpoints` feature), and a publisher killed with
+//! confirms outstanding loses none of the messages it was told were
+//! confirmed.
+
+use std::path::Path;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use dashi_engine::spi::ConnectUrl;
+use dashi_engine::{Channel, ChannelOptions, Confirm, Connection, Message, Queue};
+use dashi_test_support::{kill, say, ChildLines, TestDir};
+use dashi_transport_local::{Fsync, LocalOptions, LocalTransport};
+
+const CHILD: &str = "DASHI_CONFIRMS_CHILD";
+
+/// The failpoint that fails syncs is process-wide: tests that sync in this
+/// process take turns.
+static SYNCS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn turn() -> std::sync::MutexGuard<'static, ()> {
+    SYNCS.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn connect(d: &Path, fsync: &str) -> Connection {
+    let url = format!("local://{}?segment_size=1M&fsync={fsync}", d.display());
+    dashi_transport_local::open(ConnectUrl::parse(&url).unwrap()).unwrap()
+}
+
+fn channel(c: &Connection) -> Channel {
+    let ch = c.channel().unwrap();
+    ch.queue_declare(&Queue::new("q")).unwrap();
+    ch
+}
+
+fn same_store(d: &Path, fsync: Fsync) -> LocalTransport {
+    LocalTransport::open(
+        d,
+        LocalOptions {
+            fsync,
+            segment_size: 1 << 20,
+            ..LocalOptions::default()
+        },
+    )
+    .unwrap()
+}
+
+fn drain(ch: &Channel) -> Vec<String> {
+    let mut out = Vec::new();
+    while let Some(d) = ch.get("q", Duration::from_millis(200)).unwrap() {
+        out.push(String::from_utf8_lossy(d.body()).into_owned());
+        d.ack().unwrap();
+    }
+    out
+}
+
+#[test]
+fn pipelined_publishes_share_syncs_and_confirm_in_order() {
+    let _turn = turn();
+    let d = TestDir::new();
+    let conn = connect(&d, "always");
+    let store = same_store(&d, Fsync::Always);
+    let ch = channel(&conn);
+    let p = ch.producer();
+    let before = store.syncs();
+    let confirms: Vec<Confirm> = (0..1000)
+        .map(|i| p.publish_async(format!("m{i}"), "q").unwrap())
+        .collect();
+    for c in confirms {
+        c.wait().unwrap();
+    }
+    let used = store.syncs() - before;
+    // Synchronous publishes would take 1000 syncs; pipelined ones share them.
+    assert!(
+        used >= 1 && used < 500,
+        "{used} syncs for 1000 pipelined publishes"
+    );
+    eprintln!("pipelined: {used} fdatasync calls for 1000 publishes");
+    let want: Vec<String> = (0..1000).map(|i| format!("m{i}")).collect();
+    assert_eq!(drain(&ch), want);
+}
+
+#[test]
+fn interval_confirms_resolve_at_the_timer_sync() {
+    let _turn = turn();
+    let d = TestDir::new();
+    let conn = connect(&d, "interval:30");
+    let store = same_store(&d, Fsync::Interval(Duration::from_millis(30)));
+    let ch = channel(&conn);
+    let before = store.syncs();
+    let c = ch.producer().publish_async("x", "q").unwrap();
+    c.wait().unwrap();
+    assert!(store.syncs() > before, "confirmed only after a timer sync");
+    let batch: Vec<_> = (0..100).map(|i| (format!("b{i}"), "q")).collect();
+    ch.producer().publish_batch(batch).unwrap();
+    assert_eq!(drain(&ch).len(), 101);
+}
+
+#[test]
+fn never_confirms_at_commit() {
+    let d = TestDir::new();
+    let conn = connect(&d, "never");
+    let ch = channel(&conn);
+    let c = ch.producer().publish_async("x", "q").unwrap();
+    assert!(c.is_resolved());
+    assert_eq!(ch.confirms_outstanding(), 0);
+    c.wait().unwrap();
+}
+
+/// A sync that fails fails every pipelined confirm it covered (the records
+/// are in the log but not known durable: `Unconfirmed`, message handed
+/// back); once syncs work again, new publishes go to a fresh segment and
+/// are confirmed.
+#[cfg(feature = "failpoints")]
+#[test]
+fn a_failed_sync_fails_every_pipelined_confirm_it_covered() {
+    let _turn = turn();
+    let d = TestDir::new();
+    let conn = connect(&d, "always");
+    let ch = channel(&conn);
+    let p = ch.producer();
+    p.publish_async("before", "q").unwrap().wait().unwrap();
+    fail::cfg("durability::fdatasync", "return").unwrap();
+    let during: Vec<Confirm> = (0..50)
+        .map(|i| p.publish_async(format!("during-{i}"), "q").unwrap())
+        .collect();
+    let outcomes: Vec<_> = during.into_iter().map(Confirm::wait).collect();
+    fail::remove("durability::fdatasync");
+    for (i, r) in outcomes.into_iter().enumerate() {
+        let e = r.expect_err("a confirm the failed sync was to give");
+        assert!(e.is_unconfirmed(), "{e}");
+        assert!(e.to_string().contains("fdatasync failed"), "{e}");
+        assert_eq!(e.into_message().body, format!("during-{i}"));
+    }
+    p.publish_async("after", "q").unwrap().wait().unwrap();
+    ch.wait_for_confirms(Duration::from_secs(5)).unwrap();
+    let got = drain(&ch);
+    assert!(got.contains(&"before".to_owned()) && got.contains(&"after".to_owned()));
+}
+
+/// The child publishes pipelined with `fsync=always` (window 64), saying
+/// `confirmed <i>` for each publish whose confirm resolved `Ok`, forever.
+#[test]
+#[ignore = "run as a child process by the tests in this file"]
+fn child_role() {
+    let spec = std::env::var(CHILD).expect("run by the tests in this file");
+    let (start, dir) = spec.split_once(',').unwrap();
+    let start: u64 = start.parse().unwrap();
+    let conn = connect(Path::new(dir), "always");
+    let ch = conn
+        .channel_with(ChannelOptions::new().confirm_window(64))
+        .unwrap();
+    ch.queue_declare(&Queue::new("q")).unwrap();
+    let p = ch.producer();
+    let mut held: std::collections::VecDeque<(u64, Confirm)> = Default::default();
+    for i in start.. {
+        held.push_back((
+            i,
+            p.publish_async(Message::new(i.to_string()), "q").unwrap(),
+        ));
+        while held.front().is_some_and(|(_, c)| c.is_resolved()) || held.len() >= 64 {
+            let (n, c) = held.pop_front().unwrap();
+            c.wait().unwrap();
+            say(format_args!("confirmed {n}"));
+        }
+    }
+}
+
+#[test]
+fn a_publisher_killed_with_confirms_outstanding_loses_no_confirmed_message() {
+    let _turn = turn();
+    let d = TestDir::new();
+    let mut confirmed = std::collections::BTreeSet::new();
+    let mut next = 0u64;
+    for round in 0..4u64 {
+        let mut child =
+            dashi_test_support::child_role("child_role", CHILD, format!("{next},{}", d.display()))
+                .stdout(Stdio::piped())
+                .spawn()
+                .unwrap();
+        let mut lines = ChildLines::of(&mut child);
+        // Kill after a different number of confirms each round.
+        let want = 200 + round * 150;
+        let end = Instant::now() + Duration::from_secs(60);
+        let mut seen = 0;
+        while seen < want && Instant::now() < end {
+            for l in lines.until("confirmed ") {
+                if let Some(n) = l.split("confirmed ").nth(1) {
+                    confirmed.insert(n.trim().parse::<u64>().unwrap());
+                    seen += 1;
+                }
+            }
+        }
+        kill(&mut child);
+        next = confirmed.last().map_or(0, |n| n + 1_000_000);
+    }
+    assert!(confirmed.len() >= 800, "{} confirmed", confirmed.len());
+    let conn = connect(&d, "always");
+    let ch = channel(&conn);
+    let got: std::collections::BTreeSet<u64> =
+        drain(&ch).iter().map(|b| b.parse().unwrap()).collect();
+    let lost: Vec<_> = confirmed.difference(&got).collect();
+    assert!(
+        lost.is_empty(),
+        "{} confirmed messages lost: {:?}",
+        lost.len(),
+        &lost[..lost.len().min(10)]
+    );
+}
