@@ -118,6 +118,10 @@ pub(crate) struct PublishArgs {
     /// Fail when no queue takes the message.
     #[arg(long)]
     pub(crate) mandatory: bool,
+    /// Publishes awaiting their confirm at once (1 = each publish waits for
+    /// its own; more lets many share one sync).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=65536))]
+    pub(crate) pipeline: u32,
 }
 
 #[derive(Debug, Args)]
@@ -207,6 +211,10 @@ pub(crate) struct BenchArgs {
     /// processes, e.g. local://).
     #[arg(long)]
     pub(crate) consumer_processes: bool,
+    /// Publishes each producer keeps awaiting their confirm (1 = the
+    /// synchronous publish, each waiting for its own confirm).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=65536))]
+    pub(crate) pipeline: u32,
     /// Publish at this many messages per second in all (default: as fast as
     /// possible). A paced run measures wake-up latency rather than backlog.
     #[arg(long, value_name = "MSGS_PER_SEC")]

@@ -45,7 +45,9 @@ fn next(
     let mut cx = Context::from_waker(waker);
     loop {
         match Pin::new(&mut *stream).poll_next(&mut cx) {
-            Poll::Ready(Some(d)) => return Ok(Some(d)),
+            Poll::Ready(Some(Ok(d))) => return Ok(Some(d)),
+            // Transient failures were retried by the engine already.
+            Poll::Ready(Some(Err(e))) => return Err(format!("consume failed: {e}")),
             Poll::Ready(None) => {
                 return Err("the consumer ended: queue deleted or connection closed".into())
             }

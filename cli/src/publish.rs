@@ -1,7 +1,9 @@
 //! `dashi publish`.
 
+use std::collections::VecDeque;
+
 use bytes::Bytes;
-use dashi::{Headers, Message};
+use dashi::{ChannelOptions, Confirm, Headers, Message};
 
 use crate::args::{Kind, PublishArgs};
 use crate::connect::connect;
@@ -42,7 +44,9 @@ pub(crate) fn run(a: PublishArgs) -> Result<(), String> {
         _ => String::new(),
     };
     let conn = connect(&a.url)?;
-    let ch = conn.channel().map_err(|e| e.to_string())?;
+    let ch = conn
+        .channel_with(ChannelOptions::new().confirm_window(a.pipeline as usize))
+        .map_err(|e| e.to_string())?;
     let binding_args = if a.topology.kind == Kind::Headers {
         headers.clone()
     } else {
@@ -57,17 +61,35 @@ pub(crate) fn run(a: PublishArgs) -> Result<(), String> {
     )?;
     let dropped_before = conn.stats().counters().dropped_unroutable;
     let producer = ch.producer().with_exchange(exchange.clone());
+    let failed =
+        |i: u64, e: dashi::PublishError| format!("publish {} of {} failed: {e}", i + 1, a.count);
+    // Pipelined: up to `pipeline` publishes await their confirm at once.
+    let mut in_flight: VecDeque<(u64, Confirm)> = VecDeque::new();
     for i in 0..a.count {
         let mut m = Message::new(body.clone());
         m.properties.headers = headers.clone();
         m.properties.content_type = a.content_type.clone();
         m.properties.priority = a.priority;
-        let r = if a.mandatory {
-            producer.publish_mandatory(m, &routing_key)
-        } else {
-            producer.publish(m, &routing_key)
-        };
-        r.map_err(|e| format!("publish {} of {} failed: {e}", i + 1, a.count))?;
+        if a.pipeline == 1 {
+            let r = if a.mandatory {
+                producer.publish_mandatory(m, &routing_key)
+            } else {
+                producer.publish(m, &routing_key)
+            };
+            r.map_err(|e| failed(i, e))?;
+            continue;
+        }
+        if in_flight.len() >= a.pipeline as usize {
+            let (n, c) = in_flight.pop_front().expect("not empty");
+            c.wait().map_err(|e| failed(n, e))?;
+        }
+        let c = ch
+            .publish_async(m, &exchange, &routing_key, a.mandatory)
+            .map_err(|e| failed(i, e))?;
+        in_flight.push_back((i, c));
+    }
+    for (n, c) in in_flight {
+        c.wait().map_err(|e| failed(n, e))?;
     }
     let unroutable = conn.stats().counters().dropped_unroutable - dropped_before;
     println!(

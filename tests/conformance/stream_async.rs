@@ -24,7 +24,7 @@ conformance! {
         let got = futures::executor::block_on(async {
             let mut v = Vec::new();
             for _ in 0..2 {
-                let d = s.next().await.unwrap();
+                let d = s.next().await.unwrap().unwrap();
                 v.push(body(&d));
                 d.ack().unwrap();
             }
@@ -45,13 +45,13 @@ conformance! {
         let mut s = ch
             .stream(ConsumerOptions::new("q").prefetch_count(1))
             .unwrap();
-        let first = futures::executor::block_on(s.next()).unwrap();
+        let first = futures::executor::block_on(s.next()).unwrap().unwrap();
         // Window full: the next poll must not yield until the ack.
         let waker = futures::task::noop_waker();
         let mut cx = std::task::Context::from_waker(&waker);
         assert!(s.poll_next_unpin(&mut cx).is_pending());
         first.ack().unwrap();
-        let second = futures::executor::block_on(s.next()).unwrap();
+        let second = futures::executor::block_on(s.next()).unwrap().unwrap();
         assert_eq!(body(&second), "1");
         second.ack().unwrap();
         let admin = c.channel().unwrap();

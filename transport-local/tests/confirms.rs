@@ -209,3 +209,84 @@ fn a_publisher_killed_with_confirms_outstanding_loses_no_confirmed_message() {
         &lost[..lost.len().min(10)]
     );
 }
+
+/// A lane that cannot be read reaches the consumer as an error value on
+/// `get`, `drain_events` and the `Stream` (never a panic, never a silent
+/// stop), and the consumer goes on once the lane reads again; a transient
+/// failure (EINTR) is retried inside the engine and never seen.
+#[cfg(feature = "failpoints")]
+#[test]
+fn a_lane_that_cannot_be_read_is_an_error_value_and_consumers_continue() {
+    use dashi_engine::futures_core::Stream;
+    use dashi_engine::ConsumerOptions;
+    use std::sync::{Arc, Mutex};
+    let _turn = turn();
+    let d = TestDir::new();
+    let conn = connect(&d, "never");
+    let ch = channel(&conn);
+    for b in ["a", "b", "c", "d"] {
+        ch.producer().publish(b, "q").unwrap();
+    }
+    let assert_eio = |e: &dashi_engine::Error| {
+        assert!(!e.is_transient(), "{e}");
+        assert!(e.to_string().contains("claim"), "{e}");
+    };
+    // get
+    fail::cfg("lane::claim_error", "return(5)").unwrap();
+    let e = ch.get("q", Duration::from_millis(50)).unwrap_err();
+    assert_eio(&e);
+    fail::remove("lane::claim_error");
+    let got = ch.get("q", Duration::from_secs(1)).unwrap().unwrap();
+    assert_eq!(&got.body()[..], b"a");
+    got.ack().unwrap();
+    // A transient failure is retried: the caller gets the message.
+    fail::cfg("lane::claim_error", "2*return(4)").unwrap();
+    let got = ch.get("q", Duration::from_secs(1)).unwrap().unwrap();
+    fail::remove("lane::claim_error");
+    assert_eq!(&got.body()[..], b"b");
+    got.ack().unwrap();
+    // drain_events
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let s = seen.clone();
+    let consumer = ch
+        .consume(ConsumerOptions::new("q"), move |d| {
+            s.lock()
+                .unwrap()
+                .push(String::from_utf8_lossy(d.body()).into_owned());
+            d.ack().unwrap();
+        })
+        .unwrap();
+    fail::cfg("lane::claim_error", "return(5)").unwrap();
+    let e = conn
+        .drain_events(Some(Duration::from_millis(50)))
+        .unwrap_err();
+    assert_eio(&e);
+    fail::remove("lane::claim_error");
+    assert_eq!(conn.drain_events(Some(Duration::from_secs(1))).unwrap(), 2);
+    assert_eq!(*seen.lock().unwrap(), ["c", "d"]);
+    drop(consumer);
+    ch.producer().publish("e", "q").unwrap();
+    // Stream
+    let mut stream = ch.stream(ConsumerOptions::new("q")).unwrap();
+    let waker = futures_noop_waker();
+    let mut cx = std::task::Context::from_waker(&waker);
+    fail::cfg("lane::claim_error", "return(5)").unwrap();
+    match std::pin::Pin::new(&mut stream).poll_next(&mut cx) {
+        std::task::Poll::Ready(Some(Err(e))) => assert_eio(&e),
+        other => panic!("expected an error item, got {other:?}"),
+    }
+    fail::remove("lane::claim_error");
+    match std::pin::Pin::new(&mut stream).poll_next(&mut cx) {
+        std::task::Poll::Ready(Some(Ok(d))) => assert_eq!(&d.body()[..], b"e"),
+        other => panic!("expected the message, got {other:?}"),
+    }
+}
+
+#[cfg(feature = "failpoints")]
+fn futures_noop_waker() -> std::task::Waker {
+    struct Noop;
+    impl std::task::Wake for Noop {
+        fn wake(self: std::sync::Arc<Self>) {}
+    }
+    std::sync::Arc::new(Noop).into()
+}

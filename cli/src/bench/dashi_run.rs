@@ -1,11 +1,12 @@
 //! The dashi side of the bench: every producer and consumer thread opens its
 //! own connection to the URL, as separate services would.
 
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use dashi::{ConsumerOptions, Error, Message, Queue};
+use dashi::{ChannelOptions, Confirm, ConsumerOptions, Error, Message, Queue};
 
 use super::{histogram, latency_us, stamped_body, Progress, Report, Workload};
 use crate::connect::connect;
@@ -197,9 +198,15 @@ fn spawn_producers(w: &Workload, queue: &str) -> Vec<ProducerHandle> {
             let (w, queue) = (w.clone(), queue.to_owned());
             std::thread::spawn(move || -> Result<hdrhistogram::Histogram<u64>, String> {
                 let conn = connect(&w.url)?;
-                let ch = conn.channel().map_err(|e| e.to_string())?;
+                let ch = conn
+                    .channel_with(ChannelOptions::new().confirm_window(w.pipeline))
+                    .map_err(|e| e.to_string())?;
                 let p = ch.producer();
                 let mut confirm = histogram();
+                if w.pipeline > 1 {
+                    publish_pipelined(&w, &p, &queue, i, &mut confirm)?;
+                    return Ok(confirm);
+                }
                 let start = Instant::now();
                 for k in 0..w.share(i) {
                     w.pace(start, k);
@@ -219,6 +226,55 @@ fn spawn_producers(w: &Workload, queue: &str) -> Vec<ProducerHandle> {
             })
         })
         .collect()
+}
+
+/// Producer `i`'s share published with up to `w.pipeline` publishes
+/// awaiting their confirm; each confirm's latency is recorded when it is
+/// seen resolved (oldest first).
+fn publish_pipelined(
+    w: &Workload,
+    p: &dashi::Producer,
+    queue: &str,
+    i: usize,
+    confirm: &mut hdrhistogram::Histogram<u64>,
+) -> Result<(), String> {
+    let mut in_flight: VecDeque<(Instant, Confirm)> = VecDeque::with_capacity(w.pipeline);
+    let settle = |(t, c): (Instant, Confirm), confirm: &mut hdrhistogram::Histogram<u64>| {
+        c.wait().map_err(|e| format!("producer: {e}"))?;
+        confirm.saturating_record((t.elapsed().as_nanos() as u64 / 1000).max(1));
+        Ok::<(), String>(())
+    };
+    let start = Instant::now();
+    for k in 0..w.share(i) {
+        w.pace(start, k);
+        let mut m = Message::new(stamped_body(w.size));
+        m.properties.priority = w.priority(k);
+        let t = Instant::now();
+        let c = loop {
+            match p.publish_async(m, queue) {
+                Ok(c) => break c,
+                Err(e) if e.is_transient() => {
+                    m = e.into_message();
+                    // Room comes back as the consumers take messages.
+                    if let Some(oldest) = in_flight.pop_front() {
+                        settle(oldest, confirm)?;
+                    } else {
+                        std::thread::yield_now();
+                    }
+                }
+                Err(e) => return Err(format!("producer: {e}")),
+            }
+        };
+        in_flight.push_back((t, c));
+        while in_flight.front().is_some_and(|(_, c)| c.is_resolved()) {
+            let oldest = in_flight.pop_front().expect("not empty");
+            settle(oldest, confirm)?;
+        }
+    }
+    for f in in_flight {
+        settle(f, confirm)?;
+    }
+    Ok(())
 }
 
 /// Joins the producers; merges their confirm histograms.

@@ -1,7 +1,10 @@
-//! The durability limit for local://: each producer thread writes `size`
+//! The durability limits for local://: each producer thread writes `size`
 //! bytes and calls `fdatasync` for every message, on a file in the store's own
 //! directory (same disk), with no queue, routing or consumer: what one
-//! synchronous durable write per message costs there.
+//! synchronous durable write per message costs there. And the disk's
+//! bandwidth with large commits: one thread writing the same messages
+//! sequentially and calling `fdatasync` once per [`BATCH_BYTES`], the bound
+//! for pipelined publishing.
 
 use std::fs::OpenOptions;
 use std::os::unix::fs::FileExt;
@@ -64,6 +67,68 @@ pub(crate) fn run(w: &Workload, dir: &std::path::Path, threads: usize) -> Result
     };
     let mut r = Report::from_histogram(label, w, elapsed, &h);
     // A raw write is confirmed when its fdatasync returns.
+    r.confirm_us = Some(r.latency_us);
+    Ok(r)
+}
+
+/// Bytes written between two `fdatasync` calls by [`run_batched`].
+pub(crate) const BATCH_BYTES: usize = 1 << 20;
+
+/// One thread writes the workload's messages back to back (one `write` per
+/// commit of `batch` bytes, rounded to whole messages) and calls
+/// `fdatasync` after each commit.
+pub(crate) fn run_batched(
+    w: &Workload,
+    dir: &std::path::Path,
+    batch: usize,
+) -> Result<Report, String> {
+    std::fs::create_dir_all(dir)
+        .map_err(|e| format!("raw fdatasync peer: {}: {e}", dir.display()))?;
+    let path = dir.join(format!("raw-batched-{}", std::process::id()));
+    let f = OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .read(true)
+        .write(true)
+        .open(&path)
+        .map_err(|e| format!("raw fdatasync peer: {}: {e}", path.display()))?;
+    let per_commit = (batch / w.size).max(1) as u64;
+    let buf = vec![0xA5u8; per_commit as usize * w.size];
+    let done = Arc::new(AtomicU64::new(0));
+    let progress = Progress::start("write+fdatasync 1MiB", w.messages, done.clone());
+    let mut hist = histogram();
+    let start = Instant::now();
+    let mut off = 0u64;
+    let mut left = w.messages;
+    while left > 0 {
+        let n = left.min(per_commit);
+        let t = Instant::now();
+        let r = f
+            .write_all_at(&buf[..n as usize * w.size], off)
+            .and_then(|()| f.sync_data());
+        if let Err(e) = r {
+            let _ = std::fs::remove_file(&path);
+            return Err(format!("raw fdatasync peer: {e}"));
+        }
+        // Every message of the commit is confirmed when its sync returns.
+        hist.saturating_record_n((t.elapsed().as_micros() as u64).max(1), n);
+        off += n * w.size as u64;
+        left -= n;
+        done.fetch_add(n, Ordering::Relaxed);
+    }
+    let elapsed = start.elapsed().max(Duration::from_nanos(1));
+    drop(progress);
+    let _ = std::fs::remove_file(&path);
+    let w1 = Workload {
+        producers: 1,
+        ..w.clone()
+    };
+    let mut r = Report::from_histogram(
+        format!("write+fdatasync ({} KiB commits)", batch >> 10),
+        &w1,
+        elapsed,
+        &hist,
+    );
     r.confirm_us = Some(r.latency_us);
     Ok(r)
 }

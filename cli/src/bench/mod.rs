@@ -33,6 +33,8 @@ pub(crate) struct Workload {
     pub(crate) consumer_processes: bool,
     /// Messages per second in all, if paced.
     pub(crate) rate: Option<f64>,
+    /// Publishes each producer keeps awaiting their confirm (1 = synchronous).
+    pub(crate) pipeline: usize,
 }
 
 impl Workload {
@@ -183,6 +185,7 @@ pub(crate) fn run(a: BenchArgs) -> Result<(), String> {
         priorities: a.priorities,
         consumer_processes: a.consumer_processes,
         rate: a.rate,
+        pipeline: a.pipeline as usize,
     };
     now_ns();
     let scheme = dashi::spi::ConnectUrl::parse(&w.url)
@@ -214,6 +217,9 @@ pub(crate) fn run(a: BenchArgs) -> Result<(), String> {
                     if w.producers > 1 {
                         peers.push(disk_peer::run(&w, dir, w.producers)?);
                     }
+                    // What the disk does with large commits: the bound for
+                    // pipelined publishing (many messages per sync).
+                    peers.push(disk_peer::run_batched(&w, dir, disk_peer::BATCH_BYTES)?);
                 } else {
                     // Without syncing, the limit is moving messages between
                     // threads at all: crossbeam-channel in this process.

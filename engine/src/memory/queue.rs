@@ -300,16 +300,10 @@ impl MemQueue {
     }
 }
 
-impl QueueStore for MemQueue {
-    fn name(&self) -> &str {
-        &self.decl.name
-    }
-
-    fn declaration(&self) -> &Queue {
-        &self.decl
-    }
-
-    fn pop(&self) -> Option<Envelope> {
+impl MemQueue {
+    /// The next ready message (see [`QueueStore::pop`]); memory:// cannot
+    /// fail to read one.
+    fn pop_ready(&self) -> Option<Envelope> {
         let mut now = 0;
         loop {
             let (_, mut env) = self.gated(|| self.lanes.pop())?;
@@ -337,6 +331,20 @@ impl QueueStore for MemQueue {
             self.outflow.unacked.fetch_add(1, Relaxed);
             return Some(env);
         }
+    }
+}
+
+impl QueueStore for MemQueue {
+    fn name(&self) -> &str {
+        &self.decl.name
+    }
+
+    fn declaration(&self) -> &Queue {
+        &self.decl
+    }
+
+    fn pop(&self) -> Result<Option<Envelope>, crate::Error> {
+        Ok(self.pop_ready())
     }
 
     fn ack(&self, _env: &Envelope) {
@@ -416,8 +424,8 @@ mod loom_tests {
             let won = a.join().unwrap() as u32 + b.join().unwrap() as u32;
             assert_eq!(won, 1);
             assert_eq!(q.ready(), 1);
-            assert!(q.pop().is_some());
-            assert!(q.pop().is_none());
+            assert!(q.pop().unwrap().is_some());
+            assert!(q.pop().unwrap().is_none());
             assert_eq!(q.ready(), 0);
         });
     }
@@ -436,7 +444,7 @@ mod loom_tests {
             }
             let q2 = q.clone();
             let sweeper = loom::thread::spawn(move || q2.expire_heads().len());
-            let first = q.pop().unwrap();
+            let first = q.pop().unwrap().unwrap();
             assert_eq!(sweeper.join().unwrap(), 0);
             assert_eq!(&first.to_message().body[..], b"m0");
             assert_eq!(q.ready(), 1);
@@ -454,10 +462,10 @@ mod loom_tests {
                 assert!(matches!(q2.reserve(1), Reserve::Ok));
                 q2.push_reserved(env());
             });
-            let first = q.pop().is_some() as u64;
+            let first = q.pop().unwrap().is_some() as u64;
             publisher.join().unwrap();
             assert_eq!(first + q.ready(), 1);
-            let second = q.pop().is_some() as u64;
+            let second = q.pop().unwrap().is_some() as u64;
             assert_eq!(first + second, 1);
             assert_eq!(q.ready(), 0);
         });

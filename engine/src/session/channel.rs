@@ -31,7 +31,7 @@ use crate::notify::{thread_waker, ThreadWaker};
 use crate::routing::Binding;
 use crate::session::confirm::{ChannelOptions, Confirm, Confirms};
 use crate::session::connection::ConnShared;
-use crate::session::consumer::{Callback, Consumer, ConsumerOptions, ConsumerShared};
+use crate::session::consumer::{pop_retrying, Callback, Consumer, ConsumerOptions, ConsumerShared};
 use crate::session::delivery::{Delivery, Outcome};
 use crate::session::producer::Producer;
 use crate::session::stream::DeliveryStream;
@@ -938,7 +938,7 @@ impl Channel {
             Ok(Some(d))
         };
         loop {
-            if let Some(env) = q.pop() {
+            if let Some(env) = pop_retrying(&*q)? {
                 return deliver(env);
             }
             if q.is_deleted() {
@@ -950,25 +950,25 @@ impl Channel {
             }
             let budget = self.shared.conn.config.busy_poll;
             if !budget.is_zero() {
-                let mut got = None;
+                let mut got = Ok(None);
                 crate::session::drain::busy_poll(budget, deadline, || {
-                    got = q.pop();
-                    usize::from(got.is_some())
+                    got = pop_retrying(&*q);
+                    usize::from(!matches!(got, Ok(None)))
                 });
-                if let Some(env) = got {
+                if let Some(env) = got? {
                     return deliver(env);
                 }
             }
             let w = thread_waker(&waker);
             let id = q.register(&w);
             let close_id = self.shared.conn.close_notify.register(&w);
-            let got = q.pop();
-            if got.is_none() && self.shared.is_open() && !q.is_deleted() {
+            let got = pop_retrying(&*q);
+            if matches!(got, Ok(None)) && self.shared.is_open() && !q.is_deleted() {
                 waker.wait(deadline);
             }
             q.unregister(id);
             self.shared.conn.close_notify.unregister(close_id);
-            if let Some(env) = got {
+            if let Some(env) = got? {
                 return deliver(env);
             }
         }

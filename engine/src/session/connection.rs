@@ -79,6 +79,8 @@ pub(crate) struct DrainState {
     pub(crate) taken: Vec<Pending>,
     pub(crate) run: Vec<Pending>,
     pub(crate) deliveries: Vec<Delivery>,
+    /// A storage failure met by a pass that delivered nothing.
+    pub(crate) error: Option<Error>,
 }
 
 pub(crate) struct ConnShared {

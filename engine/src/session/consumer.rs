@@ -137,24 +137,34 @@ impl ConsumerShared {
     }
 
     /// Takes one message if the window has room, round-robin over the queues.
-    pub(crate) fn take(&self) -> Option<(Envelope, Arc<dyn QueueStore>)> {
+    /// `Err` when no queue had a message and one of them failed (the first
+    /// failure; the others still deliver while it lasts).
+    #[allow(clippy::type_complexity)]
+    pub(crate) fn take(&self) -> Result<Option<(Envelope, Arc<dyn QueueStore>)>, Error> {
         if self.cancelled.load(SeqCst) || (!self.no_ack && !self.window.has_room()) {
-            return None;
+            return Ok(None);
         }
         let n = self.queues.len();
         let start = self.rr.load(SeqCst);
+        let mut failed = None;
         for k in 0..n {
             let i = (start + k) % n;
             let q = &self.queues[i];
-            if let Some(env) = q.pop() {
-                self.rr.store(i + 1, SeqCst);
-                if !self.no_ack {
-                    self.window.acquire(env.size());
+            match pop_retrying(&**q) {
+                Ok(Some(env)) => {
+                    self.rr.store(i + 1, SeqCst);
+                    if !self.no_ack {
+                        self.window.acquire(env.size());
+                    }
+                    return Ok(Some((env, q.clone())));
                 }
-                return Some((env, q.clone()));
+                Ok(None) => {}
+                Err(e) => {
+                    failed.get_or_insert(e);
+                }
             }
         }
-        None
+        failed.map_or(Ok(None), Err)
     }
 
     /// True when every queue it consumes was deleted.
@@ -162,6 +172,24 @@ impl ConsumerShared {
         self.queues.iter().all(|q| q.is_deleted())
     }
 }
+
+/// Tries to take one message from `q`, retrying a transient storage
+/// failure a few times (1 ms apart) before reporting it.
+pub(crate) fn pop_retrying(q: &dyn QueueStore) -> Result<Option<Envelope>, Error> {
+    let mut tries = 0;
+    loop {
+        match q.pop() {
+            Err(e) if e.is_transient() && tries < TRANSIENT_RETRIES => {
+                tries += 1;
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            r => return r,
+        }
+    }
+}
+
+/// How often a transient storage failure is retried before a consumer sees it.
+const TRANSIENT_RETRIES: u32 = 3;
 
 /// A consumer handle. Dropping it cancels the consumer (its unacked deliveries
 /// stay unacked on the channel, as in AMQP).

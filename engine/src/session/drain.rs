@@ -70,6 +70,9 @@ impl Connection {
             if n > 0 {
                 return Ok(n);
             }
+            if let Some(e) = state.error.take() {
+                return Err(e);
+            }
             if deadline.is_some_and(|d| Instant::now() >= d) {
                 return Err(Error::Timeout);
             }
@@ -97,6 +100,9 @@ impl Connection {
             }
             if n > 0 {
                 return Ok(n);
+            }
+            if let Some(e) = state.error.take() {
+                return Err(e);
             }
             // A consumer whose queues were all deleted is cancelled (AMQP's
             // consumer cancel notification); the user sees `is_cancelled`.
@@ -213,6 +219,7 @@ fn dispatch(state: &mut DrainState) -> usize {
         taken,
         run,
         deliveries,
+        error,
         ..
     } = state;
     if consumers.is_empty() {
@@ -223,12 +230,18 @@ fn dispatch(state: &mut DrainState) -> usize {
         let mut any = false;
         for k in 0..n {
             let c = &consumers[(*next + k) % n];
-            if let Some((env, queue)) = c.take() {
-                taken.push(Pending::new(Some(c.clone()), env, queue));
-                any = true;
-                if taken.len() >= DRAIN_BATCH {
-                    *next = (*next + k + 1) % n;
-                    break 'rounds;
+            match c.take() {
+                Ok(Some((env, queue))) => {
+                    taken.push(Pending::new(Some(c.clone()), env, queue));
+                    any = true;
+                    if taken.len() >= DRAIN_BATCH {
+                        *next = (*next + k + 1) % n;
+                        break 'rounds;
+                    }
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    error.get_or_insert(e);
                 }
             }
         }
@@ -238,6 +251,11 @@ fn dispatch(state: &mut DrainState) -> usize {
     }
     if taken.is_empty() {
         return 0;
+    }
+    // Something was delivered: a failure met on the way is not reported
+    // (the failing queue is tried again on the next pass).
+    if error.is_some() {
+        *error = None;
     }
     // Issue tags: one registry lock per run of the same channel. A channel
     // that is gone or closed puts its run back itself (in order).

@@ -5,12 +5,15 @@
 //! - A stream registers its waker on every queue, its window and the close
 //!   notifier before it re-checks, so a poll that returned `Pending` is always
 //!   woken by the next message, room in the window, or a close.
+//! - A storage failure that left nothing to deliver is an item (`Err`), and
+//!   the stream goes on: the next poll tries the queues again.
 
 use std::fmt;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
+use crate::error::Error;
 use crate::session::channel::{ChannelShared, Pending};
 use crate::session::consumer::ConsumerShared;
 use crate::session::delivery::Delivery;
@@ -68,28 +71,36 @@ impl DeliveryStream {
     /// The next delivery, handed to the application (a `no_ack` one counts
     /// as acked from here). `None` when nothing is ready, or when the channel
     /// closed as a message was taken (it went back to its queue).
-    fn try_take(&self) -> Option<Delivery> {
-        let (env, queue) = self.consumer.take()?;
-        let d = self
-            .channel
-            .deliver_one(Pending::new(Some(self.consumer.clone()), env, queue))?;
+    fn try_take(&self) -> Result<Option<Delivery>, Error> {
+        let Some((env, queue)) = self.consumer.take()? else {
+            return Ok(None);
+        };
+        let Some(d) =
+            self.channel
+                .deliver_one(Pending::new(Some(self.consumer.clone()), env, queue))
+        else {
+            return Ok(None);
+        };
         if d.no_ack {
             self.channel.ack_no_ack(&d.slot);
         }
-        Some(d)
+        Ok(Some(d))
     }
 }
 
 impl futures_core::Stream for DeliveryStream {
-    type Item = Delivery;
+    type Item = Result<Delivery, Error>;
 
-    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Delivery>> {
+    fn poll_next(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Delivery, Error>>> {
         self.unregister();
         if self.ended() {
             return Poll::Ready(None);
         }
-        if let Some(d) = self.try_take() {
-            return Poll::Ready(Some(d));
+        if let Some(r) = self.try_take().transpose() {
+            return Poll::Ready(Some(r));
         }
         let w = cx.waker();
         let mut regs = Vec::with_capacity(self.consumer.queues.len() + 2);
@@ -99,9 +110,9 @@ impl futures_core::Stream for DeliveryStream {
         regs.push((WINDOW, self.consumer.window.notify.register(w)));
         regs.push((CLOSE, self.channel.conn.close_notify.register(w)));
         self.regs = regs;
-        if let Some(d) = self.try_take() {
+        if let Some(r) = self.try_take().transpose() {
             self.unregister();
-            return Poll::Ready(Some(d));
+            return Poll::Ready(Some(r));
         }
         if self.ended() {
             self.unregister();

@@ -82,7 +82,27 @@ pub trait QueueStore: Send + Sync + fmt::Debug {
     /// Takes the next ready message: most urgent lane first, FIFO within a lane.
     /// Expired messages are expired (or dead-lettered) on the way, not returned.
     /// The message counts as unacked until `ack`, `reject` or `restore`.
-    fn pop(&self) -> Option<Envelope>;
+    /// `Err` when the queue's storage failed and no message could be taken
+    /// (a transport with several lanes still delivers from the readable
+    /// ones, and reports the failure only when nothing else is ready).
+    fn pop(&self) -> Result<Option<Envelope>, Error>;
+    /// Takes up to `max` ready messages into `out` in delivery order (as
+    /// many `pop`s); returns how many. `Err` only when none was taken and
+    /// the storage failed. A transport that can claim a run of messages in
+    /// one pass overrides it.
+    fn pop_many(&self, max: usize, out: &mut Vec<Envelope>) -> Result<usize, Error> {
+        let mut n = 0;
+        while n < max {
+            match self.pop() {
+                Ok(Some(env)) => out.push(env),
+                Ok(None) => break,
+                Err(e) if n == 0 => return Err(e),
+                Err(_) => break,
+            }
+            n += 1;
+        }
+        Ok(n)
+    }
     /// A delivered message was acked (or delivered with no_ack).
     fn ack(&self, env: &Envelope);
     /// A delivered message was rejected without requeue: dead-letter or drop.

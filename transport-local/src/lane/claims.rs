@@ -157,6 +157,15 @@ impl Lane {
         owner: u32,
         accept: impl Fn(&Arc<Segment>, Pos, &RecordMeta) -> bool,
     ) -> Result<Option<Claimed>, LaneError> {
+        // Tests make the lane unreadable here: `return(<errno>)`.
+        #[cfg(feature = "failpoints")]
+        fail::fail_point!("lane::claim_error", |errno: Option<String>| {
+            let n = errno.and_then(|e| e.parse().ok()).unwrap_or(5);
+            Err(LaneError::Io {
+                dir: "claim failpoint".into(),
+                source: std::io::Error::from_raw_os_error(n),
+            })
+        });
         match self.claim_restored(owner, &accept)? {
             Head::Claimed(c) => Ok(Some(c)),
             Head::Refused => Ok(None),

@@ -390,12 +390,16 @@ impl LocalQueue {
         }
     }
 
-    pub(super) fn pop_ready(&self) -> Option<Envelope> {
+    pub(super) fn pop_ready(&self) -> Result<Option<Envelope>, Error> {
+        // A lane that cannot be read does not stop the others; its failure
+        // is reported when no other lane has a message.
+        let mut failed = None;
         for p in self.used_lanes() {
             let l = match self.lane(p) {
                 Ok(l) => l,
                 Err(e) => {
                     tracing::warn!(queue = %self.decl.name, lane = p, error = %e, "lane unreadable");
+                    failed.get_or_insert(e);
                     continue;
                 }
             };
@@ -405,6 +409,7 @@ impl LocalQueue {
                     Ok(None) => break,
                     Err(e) => {
                         tracing::warn!(queue = %self.decl.name, lane = p, error = %e, "lane unreadable");
+                        failed.get_or_insert(store_err("claim", e));
                         break;
                     }
                 };
@@ -424,10 +429,10 @@ impl LocalQueue {
                     continue;
                 }
                 self.held.lock().insert((p, env.token), c);
-                return Some(env);
+                return Ok(Some(env));
             }
         }
-        None
+        failed.map_or(Ok(None), Err)
     }
 
     /// Claims the oldest message of the least urgent lane (drop-head).
@@ -457,7 +462,7 @@ impl QueueStore for LocalQueue {
         &self.decl
     }
 
-    fn pop(&self) -> Option<Envelope> {
+    fn pop(&self) -> Result<Option<Envelope>, Error> {
         // A consumer-only process sees deletes and redeclares too: one
         // atomic load of the shared generation when nothing changed.
         let gen = self.control.u64_at(GENERATION).load(Acquire);
@@ -471,7 +476,7 @@ impl QueueStore for LocalQueue {
             }
         }
         if self.state.is_deleted() {
-            return None;
+            return Ok(None);
         }
         // Before this process's first delivery from the queue, records a
         // dead consumer held come back (strict priority across a crash);
@@ -479,12 +484,12 @@ impl QueueStore for LocalQueue {
         if !self.first_upkeep.load(Relaxed) && !self.first_upkeep.swap(true, AcqRel) {
             self.upkeep(true);
         }
-        if let Some(env) = self.pop_ready() {
+        if let Some(env) = self.pop_ready()? {
             self.upkeep(false);
-            return Some(env);
+            return Ok(Some(env));
         }
         if !self.upkeep(false) {
-            return None;
+            return Ok(None);
         }
         self.pop_ready()
     }
