@@ -368,7 +368,8 @@ fn publish_batch_reports_failed_confirms_by_position() {
     assert_eq!(failed.len(), 1);
     assert_eq!(failed[0].0, 2);
     assert!(failed[0].1.is_unconfirmed());
-    let _: Confirm = ch.producer().publish_async("e", "q").unwrap();
+    let pending: Confirm = ch.producer().publish_async("e", "q").unwrap();
+    drop(pending);
     t.gate(4).open(Ok(()));
     ch.wait_for_confirms(Duration::from_secs(5)).unwrap();
 }
