@@ -11,6 +11,9 @@
 //! - A failed confirm hands its message back exactly once: to its
 //!   [`Confirm`] while the application holds it, else (the confirm was
 //!   dropped) through `wait_for_confirms`.
+//! - When half the window awaits its confirms, the oldest is asked for (a
+//!   transport that holds back syncs to group publishes starts one), so the
+//!   next group is written while the other half fills.
 //! - The window counts every publish awaiting its confirm. A publish that
 //!   would go past it waits for the oldest outstanding confirm, or fails
 //!   with [`PublishError::Full`] on a non-blocking channel; a single message
@@ -138,6 +141,7 @@ impl Shared {
         self.state.lock().outcome.is_some()
     }
 
+
     /// Waits until resolved or `deadline`; true when resolved.
     fn wait(&self, deadline: Option<Instant>) -> bool {
         if self.is_resolved() {
@@ -214,16 +218,13 @@ impl Confirm {
         }
     }
 
-    /// True once the outcome is known (without waiting).
+    /// True once the outcome is known, without blocking. Asking counts as
+    /// wanting it: a transport that holds back its syncs to group publishes
+    /// starts one now (a loop over `is_resolved` always ends).
     pub fn is_resolved(&self) -> bool {
         match &self.inner {
             None => true,
-            Some(s) => {
-                if s.is_resolved() {
-                    return true;
-                }
-                s.wait(Some(Instant::now()))
-            }
+            Some(s) => s.wait(Some(Instant::now())),
         }
     }
 
@@ -332,9 +333,31 @@ impl Confirms {
         if m == 0 || (m < self.max_messages && b.saturating_add(size) <= self.max_bytes) {
             f.messages.fetch_add(1, SeqCst);
             f.bytes.fetch_add(size, SeqCst);
+            // Half the window awaits its confirms: ask for the oldest now,
+            // so the transport's next sync (or flush) runs while the other
+            // half fills.
+            let half_m = (self.max_messages / 2).max(1);
+            let half_b = self.max_bytes / 2;
+            if m + 1 == half_m || (b < half_b && b + size >= half_b) {
+                self.nudge();
+            }
             Ok(())
         } else {
             Err((m, b))
+        }
+    }
+
+    /// Asks the transport for the oldest unresolved confirm's outcome,
+    /// without waiting.
+    fn nudge(&self) {
+        let oldest = self
+            .tracked
+            .lock()
+            .iter()
+            .find(|c| !c.is_resolved())
+            .cloned();
+        if let Some(c) = oldest {
+            c.wait(Some(Instant::now()));
         }
     }
 

@@ -50,6 +50,10 @@ pub struct Implements {
 /// when the message reached the transport's durability point, or `Err` when
 /// the transport can no longer tell whether it is stored (a sync that failed
 /// after the write, a connection lost with the command in flight).
+///
+/// `poll_confirm` and `wait_confirm` (a zero deadline included) say that
+/// the outcome is wanted now: a transport that holds back its syncs (or
+/// flushes) to group more publishes into one starts it then.
 pub trait PendingConfirm: Send + Sync + fmt::Debug {
     /// The outcome if known now; otherwise `waker` is woken when it may be.
     fn poll_confirm(&self, waker: &Waker) -> Poll<Result<(), StoreFailure>>;

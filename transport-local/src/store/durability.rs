@@ -14,7 +14,12 @@
 //!   newer than its last sync, once per interval; synchronous publishes do
 //!   not wait, pipelined ones are confirmed by the sync that covers them.
 //! - A pipelined publish ([`Tickets`]) takes the same tickets and is
-//!   confirmed by the same syncs; a sync wakes the blocked waiters (condvar)
+//!   confirmed by the same syncs, but starts none by itself: its ticket is
+//!   `wanted` (and a sync started) when its confirm is awaited, and until then
+//!   it rides along with any sync that runs (a sync covers every ticket
+//!   taken before it began). A pipelined publisher thus appends on while a
+//!   sync runs and the next sync covers all of it: fewer, larger syncs.
+//!   Syncs chain while `wanted` is ahead of `started`; a sync wakes the blocked waiters (condvar)
 //!   and the async ones (wakers registered before they look at `done`, so a
 //!   sync that ends between the look and the registration still wakes them).
 //! - A failed `fdatasync` fails every publish waiting on that file and every
@@ -41,10 +46,17 @@ use crate::segment::Segment;
 /// Syncs of one file in flight at once.
 const MAX_IN_FLIGHT: u32 = 2;
 
+
+
 struct FileSync {
     file: Arc<File>,
     core: usize,
     requested: AtomicU64,
+    /// Highest ticket someone waits for: a synchronous publish, or a
+    /// pipelined one whose confirm is awaited. Syncs run while it is ahead
+    /// of `started`; tickets nobody waits for yet ride along with the next
+    /// sync (a pipelined publisher appends on while one runs).
+    wanted: AtomicU64,
     done: AtomicU64,
     /// Highest ticket covered by a sync that has started.
     started: AtomicU64,
@@ -152,6 +164,7 @@ impl Durability {
                     file: file.clone(),
                     core: n % self.rt.cores(),
                     requested: AtomicU64::new(0),
+                    wanted: AtomicU64::new(0),
                     done: AtomicU64::new(0),
                     started: AtomicU64::new(0),
                     in_flight: AtomicU32::new(0),
@@ -165,8 +178,10 @@ impl Durability {
             .clone()
     }
 
-    /// Makes sure a sync covering `ticket` has started or will start.
+    /// Marks `ticket` as awaited and makes sure a sync covering it has
+    /// started or will start.
     fn ensure_running(&self, st: &Arc<FileSync>, ticket: u64) {
+        st.wanted.fetch_max(ticket, SeqCst);
         loop {
             if st.started.load(SeqCst) >= ticket {
                 return;
@@ -189,14 +204,14 @@ impl Durability {
         drop(self.rt.spawn(core, move || async move {
             loop {
                 st.sync_once().await;
-                // Tickets no started sync covers need another.
-                if st.requested.load(SeqCst) > st.started.load(SeqCst) {
+                // Awaited tickets no started sync covers need another.
+                if st.wanted.load(SeqCst) > st.started.load(SeqCst) {
                     continue;
                 }
                 st.in_flight.fetch_sub(1, SeqCst);
                 // A publisher that found every slot taken just now relies
                 // on us: look again after giving the slot back.
-                if st.requested.load(SeqCst) <= st.started.load(SeqCst) {
+                if st.wanted.load(SeqCst) <= st.started.load(SeqCst) {
                     break;
                 }
                 let n = st.in_flight.load(SeqCst);
@@ -213,15 +228,17 @@ impl Durability {
     }
 
     /// Takes a ticket on each of `segments` (records were just committed to
-    /// them) and, with `fsync=always`, makes sure a sync covering it runs.
-    pub(crate) fn tickets(self: &Arc<Self>, segments: Vec<Arc<Segment>>) -> Tickets {
+    /// them). With `fsync=always` and `awaited` (a synchronous publish), a
+    /// sync covering it starts now; a pipelined publish's ticket starts its
+    /// sync when its confirm is awaited (or rides along with one that runs).
+    pub(crate) fn tickets(self: &Arc<Self>, segments: Vec<Arc<Segment>>, awaited: bool) -> Tickets {
         let mut waits = Vec::with_capacity(segments.len());
         for seg in segments {
             // Every segment of a store is a file (only models have none).
             let Some(file) = seg.file() else { continue };
             let st = self.state(&seg, file);
             let ticket = st.requested.fetch_add(1, SeqCst) + 1;
-            if matches!(self.mode, Fsync::Always) {
+            if awaited && matches!(self.mode, Fsync::Always) {
                 self.ensure_running(&st, ticket);
             }
             waits.push((st, ticket, seg));
@@ -237,7 +254,7 @@ impl Durability {
     /// `Err` when a sync that had to cover them failed (they may or may not
     /// be on disk).
     pub(crate) fn commit(self: &Arc<Self>, segments: Vec<Arc<Segment>>) -> Result<(), String> {
-        let t = self.tickets(segments);
+        let t = self.tickets(segments, true);
         if matches!(self.mode, Fsync::Always) {
             t.wait(None).unwrap_or(Ok(()))
         } else {
@@ -333,6 +350,7 @@ impl Tickets {
     /// or `deadline` passed (`None`).
     pub(crate) fn wait(&self, deadline: Option<Instant>) -> Option<Result<(), String>> {
         let always = matches!(self.durability.mode, Fsync::Always);
+        self.want();
         for (st, ticket, _) in &self.waits {
             let mut g = st.wait.lock().unwrap_or_else(|p| p.into_inner());
             while st.done.load(Acquire) < *ticket {
@@ -369,8 +387,20 @@ impl Tickets {
         Some(Ok(()))
     }
 
+    /// Starts the syncs this publish needs (`fsync=always`; the timer does
+    /// it with `interval`).
+    fn want(&self) {
+        if matches!(self.durability.mode, Fsync::Always) {
+            for (st, ticket, _) in &self.waits {
+                if st.started.load(SeqCst) < *ticket {
+                    self.durability.ensure_running(st, *ticket);
+                }
+            }
+        }
+    }
+
     /// The outcome if known; otherwise `waker` is woken by the next sync of
-    /// a file this publish waits on.
+    /// a file this publish waits on (started now if needed).
     pub(crate) fn poll(&self, waker: &Waker) -> Poll<Result<(), String>> {
         // Register first, then look: a sync ending in between still wakes us.
         for (st, ticket, _) in &self.waits {
@@ -383,7 +413,10 @@ impl Tickets {
         }
         match self.outcome() {
             Some(r) => Poll::Ready(r),
-            None => Poll::Pending,
+            None => {
+                self.want();
+                Poll::Pending
+            }
         }
     }
 }

@@ -115,7 +115,7 @@ impl Inner {
         match &self.durability {
             None => Ok(Accepted::Confirmed),
             Some(d) => Ok(Accepted::Pending {
-                confirm: Box::new(LocalConfirm(d.tickets(written))),
+                confirm: Box::new(LocalConfirm(d.tickets(written, false))),
                 envelope,
             }),
         }
