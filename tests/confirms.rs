@@ -1,7 +1,8 @@
 //! Confirms that resolve when the test says so, and confirms that fail: a
 //! transport double that stores every message in a real memory:// instance
 //! but holds each publish's confirm until the test opens its gate (with
-//! `Ok` or a failed sync). The engine side of pipelining (the window, the
+//! `Ok` or a failed sync), and whose queues record the batches of acks they
+//! get and fail them on demand (the settle side of the seam). The engine side of pipelining (the window, the
 //! futures, the hand-back of failed messages, `wait_for_confirms`) is tested
 //! against it deterministically; `tests/conformance/confirms.rs` runs the
 //! same API on every real transport, and local://'s own tests fail real
@@ -69,6 +70,57 @@ impl PendingConfirm for GateConfirm {
 struct Gated {
     inner: Arc<dyn Transport>,
     gates: Mutex<Vec<Arc<Gate>>>,
+    settle: Arc<SettleLog>,
+}
+
+/// What the queues of a [`Gated`] transport were asked to settle.
+#[derive(Debug, Default)]
+struct SettleLog {
+    /// The size of each `ack` batch.
+    acks: Mutex<Vec<usize>>,
+    /// Acks fail (and do not reach memory://) while set.
+    fail_acks: std::sync::atomic::AtomicBool,
+}
+
+#[derive(Debug)]
+struct LoggedQueue {
+    inner: Arc<dyn QueueStore>,
+    log: Arc<SettleLog>,
+}
+
+impl QueueStore for LoggedQueue {
+    fn name(&self) -> &str {
+        self.inner.name()
+    }
+    fn declaration(&self) -> &Queue {
+        self.inner.declaration()
+    }
+    fn pop(&self) -> Result<Option<Envelope>, Error> {
+        self.inner.pop()
+    }
+    fn ack(&self, envs: &[&Envelope]) -> Result<(), Error> {
+        self.log.acks.lock().unwrap().push(envs.len());
+        if self.log.fail_acks.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(Error::Store(StoreFailure::new(
+                FailureKind::Io { transient: false },
+                "ack",
+                "EIO",
+            )));
+        }
+        self.inner.ack(envs)
+    }
+    fn reject(&self, envs: Vec<Envelope>) -> Result<(), Error> {
+        self.inner.reject(envs)
+    }
+    fn restore(&self, envs: Vec<Envelope>) -> Result<(), Error> {
+        self.inner.restore(envs)
+    }
+    fn state(&self) -> &dashi::spi::QueueState {
+        self.inner.state()
+    }
+    fn consumer_removed(&self) {
+        self.inner.consumer_removed()
+    }
 }
 
 impl Gated {
@@ -119,7 +171,10 @@ impl Transport for Gated {
         self.inner.unbind(binding)
     }
     fn queue(&self, name: &str, owner: ConnectionId) -> Result<Arc<dyn QueueStore>, Error> {
-        self.inner.queue(name, owner)
+        Ok(Arc::new(LoggedQueue {
+            inner: self.inner.queue(name, owner)?,
+            log: self.settle.clone(),
+        }))
     }
     fn publish(&self, envelope: Envelope, mandatory: bool) -> Result<(), PublishError> {
         self.inner.publish(envelope, mandatory)
@@ -155,6 +210,7 @@ fn gated() -> (Connection, Arc<Gated>) {
     let t = Arc::new(Gated {
         inner: mem.transport().clone(),
         gates: Mutex::new(Vec::new()),
+        settle: Arc::default(),
     });
     // The memory:// instance lives as long as its transport handle.
     drop(mem);
@@ -372,6 +428,36 @@ fn publish_batch_reports_failed_confirms_by_position() {
     drop(pending);
     t.gate(4).open(Ok(()));
     ch.wait_for_confirms(Duration::from_secs(5)).unwrap();
+}
+
+/// `ack_multiple` settles its deliveries with one store call per queue; a
+/// store that fails to record an ack is an `AckError::Store` naming the tag
+/// (not "already settled", not a panic).
+#[test]
+fn acks_reach_the_store_in_batches_and_a_failed_one_is_an_error() {
+    let (conn, t) = gated();
+    let ch = conn.channel().unwrap();
+    let p = ch.producer();
+    for i in 0..6 {
+        p.publish(i.to_string(), "q").unwrap();
+    }
+    let got: Vec<_> = (0..5)
+        .map(|_| ch.get("q", Duration::from_secs(1)).unwrap().unwrap())
+        .collect();
+    got[4].ack_multiple().unwrap();
+    assert_eq!(*t.settle.acks.lock().unwrap(), [5]);
+    let last = ch.get("q", Duration::from_secs(1)).unwrap().unwrap();
+    t.settle
+        .fail_acks
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    match last.ack() {
+        Err(dashi::AckError::Store { tag, failure }) => {
+            assert_eq!(tag, last.delivery_tag());
+            assert_eq!(failure.what, "ack");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(*t.settle.acks.lock().unwrap(), [5, 1]);
 }
 
 #[derive(Debug, Clone)]

@@ -522,6 +522,16 @@ pub enum AckError {
     /// The channel is closed; its unacked deliveries were restored.
     #[error("channel is closed")]
     ChannelClosed,
+    /// The delivery was settled, but the transport's storage failed to
+    /// record it: the message may be delivered again (marked redelivered),
+    /// as at-least-once allows.
+    #[error("delivery tag {tag} settled but not recorded by the store: {failure}")]
+    Store {
+        /// The tag (the highest one for a `multiple` settle).
+        tag: u64,
+        /// What failed.
+        failure: StoreFailure,
+    },
 }
 
 impl AckError {

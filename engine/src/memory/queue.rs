@@ -347,16 +347,40 @@ impl QueueStore for MemQueue {
         Ok(self.pop_ready())
     }
 
-    fn ack(&self, _env: &Envelope) {
-        self.outflow.unacked.fetch_sub(1, Relaxed);
+    fn ack(&self, envs: &[&Envelope]) -> Result<(), crate::Error> {
+        self.outflow.unacked.fetch_sub(envs.len() as u64, Relaxed);
+        Ok(())
     }
 
-    fn reject(&self, env: Envelope) {
-        self.outflow.unacked.fetch_sub(1, Relaxed);
-        self.dead_letter(env, DeathReason::Rejected);
+    fn reject(&self, envs: Vec<Envelope>) -> Result<(), crate::Error> {
+        self.outflow.unacked.fetch_sub(envs.len() as u64, Relaxed);
+        for env in envs {
+            self.dead_letter(env, DeathReason::Rejected);
+        }
+        Ok(())
     }
 
-    fn restore(&self, envs: Vec<Envelope>) {
+    fn restore(&self, envs: Vec<Envelope>) -> Result<(), crate::Error> {
+        self.restore_all(envs);
+        Ok(())
+    }
+
+    fn state(&self) -> &QueueState {
+        &self.state
+    }
+
+    fn consumer_removed(&self) {
+        if self.state.consumer_removed(&self.decl) {
+            if let Some(shared) = self.counters() {
+                shared.remove_queue(self);
+            }
+        }
+    }
+}
+
+impl MemQueue {
+    /// [`QueueStore::restore`]: memory:// cannot fail.
+    fn restore_all(&self, envs: Vec<Envelope>) {
         if envs.is_empty() {
             return;
         }
@@ -373,18 +397,6 @@ impl QueueStore for MemQueue {
             self.lanes.restore(env.lane as usize, [env], |e| e.token);
         }
         self.state.notify_all();
-    }
-
-    fn state(&self) -> &QueueState {
-        &self.state
-    }
-
-    fn consumer_removed(&self) {
-        if self.state.consumer_removed(&self.decl) {
-            if let Some(shared) = self.counters() {
-                shared.remove_queue(self);
-            }
-        }
     }
 }
 

@@ -21,7 +21,9 @@ use std::time::{Duration, Instant};
 use parking_lot::Mutex;
 
 use crate::clock::now_ns;
-use crate::error::{AckError, BatchError, ConfirmsError, Error, PublishError, Settled};
+use crate::error::{
+    AckError, BatchError, ConfirmsError, Error, FailureKind, PublishError, Settled, StoreFailure,
+};
 use crate::model::exchange::Exchange;
 use crate::model::message::Message;
 use crate::model::names::{check_len, check_name};
@@ -213,31 +215,51 @@ impl ChannelShared {
     /// acked from now on.
     pub(crate) fn ack_no_ack(&self, slot: &Slot) {
         if slot.state.settle(ACKED).is_ok() {
-            slot.queue.ack(&slot.env);
             Counters::add(&self.counters().consume.acked, 1);
+            if let Err(e) = slot.queue.ack(&[&slot.env]) {
+                // Nobody to tell: the message may be delivered again.
+                tracing::warn!(queue = slot.queue.name(), error = %e, "no-ack delivery not acked in the store");
+            }
         }
     }
 
-    /// Applies an outcome to a slot this caller settled.
-    fn apply(&self, slot: &Slot, outcome: Outcome) {
+    /// Applies an outcome to slots this caller settled (one store call per
+    /// queue), releases their window shares, and counts them.
+    fn apply(&self, slots: &[&Slot], outcome: Outcome) -> Result<(), Error> {
+        if slots.is_empty() {
+            return Ok(());
+        }
         let c = self.counters();
+        let n = slots.len() as u64;
+        let mut result = Ok(());
         match outcome {
             Outcome::Ack => {
-                slot.queue.ack(&slot.env);
-                Counters::add(&c.consume.acked, 1);
+                Counters::add(&c.consume.acked, n);
+                for (q, group) in by_queue(slots) {
+                    let envs: Vec<&Envelope> = group.iter().map(|s| &s.env).collect();
+                    if let Err(e) = q.ack(&envs) {
+                        result = result.and(Err(e));
+                    }
+                }
             }
             Outcome::Reject { requeue: false } => {
-                Counters::add(&c.consume.rejected, 1);
-                slot.queue.reject(slot.env.clone());
+                Counters::add(&c.consume.rejected, n);
+                for (q, group) in by_queue(slots) {
+                    if let Err(e) = q.reject(group.iter().map(|s| s.env.clone()).collect()) {
+                        result = result.and(Err(e));
+                    }
+                }
             }
             Outcome::Reject { requeue: true } => {
-                Counters::add(&c.consume.rejected, 1);
-                // `restore` releases the window share itself.
-                restore(vec![slot], c);
-                return;
+                Counters::add(&c.consume.rejected, n);
+                // `restore` releases the window shares itself.
+                return restore(slots.to_vec(), c);
             }
         }
-        slot.release_window();
+        for s in slots {
+            s.release_window();
+        }
+        result
     }
 
     pub(crate) fn settle(&self, slot: &Arc<Slot>, outcome: Outcome) -> Result<(), AckError> {
@@ -247,8 +269,8 @@ impl ChannelShared {
                 tag: slot.tag,
                 state,
             })?;
-        self.apply(slot, outcome);
-        Ok(())
+        self.apply(&[slot], outcome)
+            .map_err(|e| store_ack_error(slot.tag, e))
     }
 
     /// Settles by tag; `multiple` covers every unsettled tag up to `tag`
@@ -287,26 +309,20 @@ impl ChannelShared {
                 }
             }
         };
-        if multiple {
-            let mut restored = Vec::new();
-            for s in &targets {
-                if s.state.settle(outcome.state()).is_ok() {
-                    if outcome == (Outcome::Reject { requeue: true }) {
-                        restored.push(&**s);
-                    } else {
-                        self.apply(s, outcome);
-                    }
-                }
-            }
-            if !restored.is_empty() {
-                Counters::add(&self.counters().consume.rejected, restored.len() as u64);
-                restore(restored, self.counters());
-            }
+        let result = if multiple {
+            // Every slot this call settles, then one store call per queue.
+            let settled: Vec<&Slot> = targets
+                .iter()
+                .filter(|s| s.state.settle(outcome.state()).is_ok())
+                .map(|s| &**s)
+                .collect();
+            self.apply(&settled, outcome)
+                .map_err(|e| store_ack_error(tag, e))
         } else {
-            self.settle(&targets[0], outcome)?;
-        }
+            self.settle(&targets[0], outcome)
+        };
         self.registry.lock().compact();
-        Ok(())
+        result
     }
 
     pub(crate) fn extend_lease(
@@ -345,7 +361,8 @@ impl ChannelShared {
                 n = expired.len(),
                 "leases expired, restoring"
             );
-            restore(expired.iter().map(|s| &**s).collect(), self.counters());
+            let r = restore(expired.iter().map(|s| &**s).collect(), self.counters());
+            warn_unrestored(r);
         }
     }
 
@@ -392,7 +409,7 @@ impl ChannelShared {
                 "channel closed, restoring unacked"
             );
         }
-        restore(restored, self.counters());
+        warn_unrestored(restore(restored, self.counters()));
         self.conn.forget_channel(self.id);
     }
 
@@ -562,39 +579,74 @@ impl ChannelShared {
     }
 }
 
+/// `slots` grouped by queue, each group in the order given.
+fn by_queue<'a>(slots: &[&'a Slot]) -> Vec<(&'a Arc<dyn QueueStore>, Vec<&'a Slot>)> {
+    let mut groups: Vec<(&Arc<dyn QueueStore>, Vec<&Slot>)> = Vec::new();
+    for &s in slots {
+        match groups.iter_mut().find(|(q, _)| Arc::ptr_eq(q, &s.queue)) {
+            Some((_, v)) => v.push(s),
+            None => groups.push((&s.queue, vec![s])),
+        }
+    }
+    groups
+}
+
+/// An ack, reject or requeue the store failed to record.
+fn store_ack_error(tag: u64, e: Error) -> AckError {
+    let failure = match e {
+        Error::Store(f) => f,
+        other => StoreFailure::new(FailureKind::Runtime, "settle", other),
+    };
+    AckError::Store { tag, failure }
+}
+
+/// A restore nobody can be told about failed (a channel closing, a lease
+/// running out): the messages come back when the store reclaims this
+/// process's deliveries, as after a crash.
+fn warn_unrestored(r: Result<(), Error>) {
+    if let Err(e) = r {
+        tracing::warn!(error = %e, "deliveries not restored in the store");
+    }
+}
+
 /// Returns settled-as-restored slots to their queues (each queue puts them at
 /// their original positions), `redelivered = true`, and releases their
 /// windows.
-fn restore(mut slots: Vec<&Slot>, counters: &Counters) {
+fn restore(mut slots: Vec<&Slot>, counters: &Counters) -> Result<(), Error> {
     if slots.is_empty() {
-        return;
+        return Ok(());
     }
     slots.sort_by_key(|s| s.tag);
     Counters::add(&counters.consume.restored, slots.len() as u64);
-    restore_in_order(slots.into_iter(), true);
+    restore_in_order(slots.into_iter(), true)
 }
 
 /// Gives `slots` (in the order given) back to their queues, one `restore`
 /// call per queue with that queue's slots in order, and releases their
 /// window shares. `redelivered` marks them as delivered before.
-fn restore_in_order<'a>(slots: impl Iterator<Item = &'a Slot>, redelivered: bool) {
-    let mut groups: Vec<(&Arc<dyn QueueStore>, Vec<Envelope>)> = Vec::new();
-    let mut done: Vec<&Slot> = Vec::new();
-    for s in slots {
-        let mut env = s.env.clone();
-        env.redelivered |= redelivered;
-        match groups.iter_mut().find(|(q, _)| Arc::ptr_eq(q, &s.queue)) {
-            Some((_, v)) => v.push(env),
-            None => groups.push((&s.queue, vec![env])),
+fn restore_in_order<'a>(
+    slots: impl Iterator<Item = &'a Slot>,
+    redelivered: bool,
+) -> Result<(), Error> {
+    let slots: Vec<&Slot> = slots.collect();
+    let mut result = Ok(());
+    for (q, group) in by_queue(&slots) {
+        let envs = group
+            .iter()
+            .map(|s| {
+                let mut env = s.env.clone();
+                env.redelivered |= redelivered;
+                env
+            })
+            .collect();
+        if let Err(e) = q.restore(envs) {
+            result = result.and(Err(e));
         }
-        done.push(s);
     }
-    for (q, envs) in groups {
-        q.restore(envs);
-    }
-    for s in done {
+    for s in slots {
         s.release_window();
     }
+    result
 }
 
 /// Puts back messages that were taken from their queues but never handed to
@@ -608,7 +660,7 @@ pub(crate) fn put_back(slots: Vec<Arc<Slot>>, counters: Option<&Counters>) {
     if let Some(c) = counters {
         Counters::add(&c.consume.restored, slots.len() as u64);
     }
-    restore_in_order(slots.iter().map(|s| &**s), false);
+    warn_unrestored(restore_in_order(slots.iter().map(|s| &**s), false));
 }
 
 /// A session on a connection. Not meant to be shared between threads at once

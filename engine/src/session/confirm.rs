@@ -141,7 +141,6 @@ impl Shared {
         self.state.lock().outcome.is_some()
     }
 
-
     /// Waits until resolved or `deadline`; true when resolved.
     fn wait(&self, deadline: Option<Instant>) -> bool {
         if self.is_resolved() {

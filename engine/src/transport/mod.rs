@@ -107,15 +107,20 @@ pub trait QueueStore: Send + Sync + fmt::Debug {
         }
         Ok(n)
     }
-    /// A delivered message was acked (or delivered with no_ack).
-    fn ack(&self, env: &Envelope);
-    /// A delivered message was rejected without requeue: dead-letter or drop.
-    fn reject(&self, env: Envelope);
+    /// Delivered messages were acked (or delivered with no_ack), any number
+    /// in one call. `Err` when the storage failed: the messages may stay
+    /// unacked there and be delivered again (marked redelivered), so
+    /// at-least-once holds.
+    fn ack(&self, envs: &[&Envelope]) -> Result<(), Error>;
+    /// Delivered messages were rejected without requeue: dead-letter or drop.
+    fn reject(&self, envs: Vec<Envelope>) -> Result<(), Error>;
     /// Delivered messages go back to their lanes ahead of every message never
     /// delivered, each at its original position among the other returned
     /// ones (AMQP 0-9-1), whatever order they come back in. The caller has
-    /// set `redelivered` (a message put back unseen keeps its flag).
-    fn restore(&self, envs: Vec<Envelope>);
+    /// set `redelivered` (a message put back unseen keeps its flag). `Err`
+    /// when the storage failed (the messages then come back when this
+    /// process's claims are reclaimed, as after a crash).
+    fn restore(&self, envs: Vec<Envelope>) -> Result<(), Error>;
     /// The delivery of `env` is leased until `lease` from now (called when it
     /// is delivered with a lease and on every `extend_lease`). The engine
     /// expires leases itself; a transport shared by processes records the

@@ -46,8 +46,6 @@ use crate::segment::Segment;
 /// Syncs of one file in flight at once.
 const MAX_IN_FLIGHT: u32 = 2;
 
-
-
 struct FileSync {
     file: Arc<File>,
     core: usize,

@@ -494,26 +494,45 @@ impl QueueStore for LocalQueue {
         self.pop_ready()
     }
 
-    fn ack(&self, env: &Envelope) {
-        if let Some((p, c)) = self.take(env) {
-            if let Ok(l) = self.lane(p) {
-                l.settle(&c, self.owner, claim::ACKED);
+    fn ack(&self, envs: &[&Envelope]) -> Result<(), Error> {
+        // A claim this process no longer holds (the queue was deleted, the
+        // lease ran out and another process restored it) has nothing to
+        // settle: its message comes back or is gone, as the protocol says.
+        let mut failed = None;
+        for env in envs {
+            if let Some((p, c)) = self.take(env) {
+                match self.lane(p) {
+                    Ok(l) => {
+                        l.settle(&c, self.owner, claim::ACKED);
+                    }
+                    Err(e) => {
+                        failed.get_or_insert(e);
+                    }
+                }
             }
         }
+        failed.map_or(Ok(()), Err)
     }
 
-    fn reject(&self, env: Envelope) {
-        if let Some((p, c)) = self.take(&env) {
-            self.kill(p, &c, env, DeathReason::Rejected);
-        }
-    }
-
-    fn restore(&self, envs: Vec<Envelope>) {
-        let mut any = false;
+    fn reject(&self, envs: Vec<Envelope>) -> Result<(), Error> {
         for env in envs {
             if let Some((p, c)) = self.take(&env) {
-                if let Ok(l) = self.lane(p) {
-                    any |= l.restore(&c, self.owner, env.redelivered);
+                self.kill(p, &c, env, DeathReason::Rejected);
+            }
+        }
+        Ok(())
+    }
+
+    fn restore(&self, envs: Vec<Envelope>) -> Result<(), Error> {
+        let mut any = false;
+        let mut failed = None;
+        for env in envs {
+            if let Some((p, c)) = self.take(&env) {
+                match self.lane(p) {
+                    Ok(l) => any |= l.restore(&c, self.owner, env.redelivered),
+                    Err(e) => {
+                        failed.get_or_insert(e);
+                    }
                 }
             }
         }
@@ -523,6 +542,7 @@ impl QueueStore for LocalQueue {
                 t.wake_other_processes();
             }
         }
+        failed.map_or(Ok(()), Err)
     }
 
     fn lease(&self, env: &Envelope, lease: std::time::Duration) {
