@@ -11,6 +11,8 @@ fn bad_urls_are_one_line_errors() {
         "memory",
         "memory://a/b/c",
         "memory://x?bogus=1",
+        "memory://?confirm_window=0",
+        "memory://?confirm_window_bytes=1e30",
         "",
     ] {
         for cmd in [
@@ -50,6 +52,16 @@ fn unknown_flags_and_bad_values_exit_2_with_one_line() {
         vec!["consume", "memory://"],
         vec!["consume", "memory://", "--queue", "q", "--ack", "--no-ack"],
         vec!["publish", "memory://", "--body", "a", "--size", "3"],
+        vec!["publish", "memory://", "--queue", "q", "--pipeline", "0"],
+        vec![
+            "publish",
+            "memory://",
+            "--queue",
+            "q",
+            "--pipeline",
+            "99999999999",
+        ],
+        vec!["bench", "memory://", "--pipeline", "0"],
         vec!["no-such-command"],
     ] {
         let o = dashi(&cmd);

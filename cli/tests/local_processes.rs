@@ -330,3 +330,39 @@ fn stat_reports_what_recovery_set_aside() {
         .unwrap();
     assert_eq!(other["messages"], 3);
 }
+
+/// `publish --pipeline N` on a store with `fsync=always`: every message is
+/// confirmed (the command exits 0 only then) and another process reads them
+/// all, in order.
+#[test]
+fn a_pipelined_publish_is_confirmed_and_read_by_another_process() {
+    let (_dir, url) = store("pipeline");
+    let url = format!("{url}&fsync=always");
+    let o = dashi(&[
+        "publish",
+        &url,
+        "--queue",
+        "q",
+        "--count",
+        "300",
+        "--body",
+        "m",
+        "--pipeline",
+        "64",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("published 300 messages"));
+    let o = dashi(&[
+        "consume",
+        &url,
+        "--queue",
+        "q",
+        "--count",
+        "300",
+        "--timeout",
+        "10",
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(String::from_utf8_lossy(&o.stdout).lines().count(), 300);
+}

@@ -386,6 +386,10 @@ mod tests {
         assert_eq!(c.prefetch_bytes, 2048);
         assert_eq!(c.lease, Some(Duration::from_millis(500)));
         assert_eq!(c.busy_poll, Duration::from_millis(2));
+        let mut w =
+            ConnectUrl::parse("memory://?confirm_window=16&confirm_window_bytes=1M").unwrap();
+        let c = w.take_connection_config().unwrap();
+        assert_eq!((c.confirm_window, c.confirm_window_bytes), (16, 1 << 20));
         assert_eq!(
             u.reject_unknown_options(),
             Err(UrlError::UnknownOption {
@@ -402,6 +406,10 @@ mod tests {
             "visibility_timeout=-1",
             "visibility_timeout=inf",
             "busy_poll=x",
+            "confirm_window=0",
+            "confirm_window=18446744073709551616",
+            "confirm_window_bytes=0",
+            "confirm_window_bytes=abc",
             "busy_poll=-0.1",
         ] {
             let mut u = ConnectUrl::parse(&format!("memory://?{bad}")).unwrap();
