@@ -141,6 +141,13 @@ impl Shared {
         self.state.lock().outcome.is_some()
     }
 
+    /// Confirmed, or failed with the failure handed back: nothing left to
+    /// report.
+    fn forgettable(&self) -> bool {
+        let st = self.state.lock();
+        matches!(st.outcome, Some(Ok(()))) || st.taken
+    }
+
     /// Waits until resolved or `deadline`; true when resolved.
     fn wait(&self, deadline: Option<Instant>) -> bool {
         if self.is_resolved() {
@@ -301,6 +308,29 @@ impl futures_core::future::FusedFuture for Confirm {
     }
 }
 
+/// Tracked confirms, oldest first, and the length at which the next sweep
+/// forgets those that no longer need tracking.
+struct Tracked {
+    list: VecDeque<Arc<Shared>>,
+    sweep_at: usize,
+}
+
+impl std::ops::Deref for Tracked {
+    type Target = VecDeque<Arc<Shared>>;
+    fn deref(&self) -> &Self::Target {
+        &self.list
+    }
+}
+
+impl std::ops::DerefMut for Tracked {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.list
+    }
+}
+
+/// Tracked confirms below this many are never swept.
+const SWEEP_MIN: usize = 1024;
+
 /// A channel's publishes awaiting their confirm, and its window.
 pub(crate) struct Confirms {
     max_messages: usize,
@@ -309,7 +339,7 @@ pub(crate) struct Confirms {
     in_flight: Arc<InFlight>,
     /// Oldest first: every pending confirm, and failed ones until
     /// `wait_for_confirms` reports them.
-    tracked: Mutex<VecDeque<Arc<Shared>>>,
+    tracked: Mutex<Tracked>,
 }
 
 impl Confirms {
@@ -319,7 +349,10 @@ impl Confirms {
             max_bytes,
             nonblocking,
             in_flight: Arc::default(),
-            tracked: Mutex::new(VecDeque::new()),
+            tracked: Mutex::new(Tracked {
+                list: VecDeque::new(),
+                sweep_at: SWEEP_MIN,
+            }),
         }
     }
 
@@ -421,11 +454,15 @@ impl Confirms {
                 // Forget those at the front that are confirmed or whose
                 // failure went back through their `Confirm` (other failures
                 // wait for wait_for_confirms).
-                while t.front().is_some_and(|c| {
-                    let st = c.state.lock();
-                    matches!(st.outcome, Some(Ok(()))) || st.taken
-                }) {
+                while t.front().is_some_and(|c| c.forgettable()) {
                     t.pop_front();
+                }
+                // A failure nobody read yet at the front keeps what follows
+                // from being forgotten there: sweep the whole list once it
+                // doubled since the last sweep (amortized O(1) per publish).
+                if t.list.len() >= t.sweep_at {
+                    t.list.retain(|c| !c.forgettable());
+                    t.sweep_at = 2 * t.list.len() + SWEEP_MIN;
                 }
                 t.push_back(s.clone());
                 Confirm {
@@ -494,5 +531,69 @@ impl Confirms {
                 reported_to_confirms,
             })
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::FailureKind;
+    use crate::model::message::Message;
+    use std::task::Waker;
+
+    /// A confirm whose outcome is known from the start.
+    #[derive(Debug)]
+    struct Known(Result<(), StoreFailure>);
+
+    impl PendingConfirm for Known {
+        fn poll_confirm(&self, _: &Waker) -> Poll<Result<(), StoreFailure>> {
+            Poll::Ready(self.0.clone())
+        }
+        fn wait_confirm(&self, _: Option<Instant>) -> Option<Result<(), StoreFailure>> {
+            Some(self.0.clone())
+        }
+    }
+
+    fn publish(c: &Confirms, outcome: Result<(), StoreFailure>) -> Confirm {
+        c.admit(1).unwrap();
+        c.track(
+            Accepted::Pending {
+                confirm: Box::new(Known(outcome)),
+                envelope: Envelope::new(Message::new("m"), "", "q"),
+            },
+            1,
+        )
+    }
+
+    #[test]
+    fn tracking_stays_bounded_behind_a_failure_nobody_read() {
+        let c = Confirms::new(8, 1 << 20, false);
+        let failed = publish(
+            &c,
+            Err(StoreFailure::new(
+                FailureKind::Io { transient: false },
+                "sync",
+                "EIO",
+            )),
+        );
+        assert!(failed.is_resolved());
+        drop(failed);
+        for _ in 0..50_000 {
+            let ok = publish(&c, Ok(()));
+            assert!(ok.is_resolved());
+            drop(ok);
+        }
+        let tracked = c.tracked.lock().len();
+        assert!(tracked < 3 * SWEEP_MIN, "{tracked} confirms tracked");
+        // The failure is still handed back, once.
+        match c.wait_all(Duration::ZERO) {
+            Err(ConfirmsError::Failed {
+                failed,
+                reported_to_confirms: 0,
+            }) => assert_eq!(failed.len(), 1),
+            other => panic!("{other:?}"),
+        }
+        c.wait_all(Duration::ZERO).unwrap();
+        assert_eq!(c.outstanding(), 0);
     }
 }
