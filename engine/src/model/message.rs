@@ -59,13 +59,38 @@ impl Properties {
     };
 }
 
-/// A body with its properties: what a producer publishes.
-#[derive(Debug, Clone, PartialEq, Default)]
+/// A body with its properties: what a producer publishes. Its `Debug` shows
+/// at most the first [`DEBUG_BODY_BYTES`] bytes of the body and its length,
+/// so an error holding a large message prints one short line.
+#[derive(Clone, PartialEq, Default)]
 pub struct Message {
     /// The payload. Shared, never copied by dashi on the way through.
     pub body: Bytes,
     /// Basic properties.
     pub properties: Properties,
+}
+
+/// Body bytes a `Debug` of a [`Message`] shows.
+pub const DEBUG_BODY_BYTES: usize = 64;
+
+impl std::fmt::Debug for Message {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let shown = &self.body[..self.body.len().min(DEBUG_BODY_BYTES)];
+        let mut d = f.debug_struct("Message");
+        if shown.len() < self.body.len() {
+            d.field(
+                "body",
+                &format_args!(
+                    "{:?}… ({} bytes)",
+                    Bytes::copy_from_slice(shown),
+                    self.body.len()
+                ),
+            );
+        } else {
+            d.field("body", &self.body);
+        }
+        d.field("properties", &self.properties).finish()
+    }
 }
 
 impl Message {
@@ -126,5 +151,20 @@ mod tests {
         assert_eq!(m.properties.headers["k"], crate::Value::from("v"));
         assert_eq!(m.properties.expiration, Some(Duration::from_secs(1)));
         assert_eq!(m.properties.delivery_mode, DeliveryMode::Persistent);
+    }
+}
+
+#[cfg(test)]
+mod debug_tests {
+    use super::*;
+
+    #[test]
+    fn debug_cuts_a_large_body_and_keeps_a_small_one() {
+        let big = format!("{:?}", Message::new(vec![7u8; 1 << 20]));
+        assert!(big.len() < 600, "{} chars", big.len());
+        assert!(big.contains("(1048576 bytes)"), "{big}");
+        let small = format!("{:?}", Message::new("hi"));
+        assert!(small.contains("b\"hi\""), "{small}");
+        assert!(!small.contains("bytes)"), "{small}");
     }
 }
