@@ -18,9 +18,13 @@ fn handles_are_send_and_errors_are_errors() {
     send::<dashi::DeliveryStream>();
     send::<dashi::SimpleQueue>();
     send::<dashi::Stats>();
+    send::<dashi::Confirm>();
+    sync::<dashi::Confirm>();
     sync::<dashi::Stats>();
     error::<dashi::Error>();
     error::<dashi::PublishError>();
     error::<dashi::AckError>();
     error::<dashi::UrlError>();
+    error::<dashi::ConfirmsError>();
+    error::<dashi::BatchError>();
 }

@@ -1,0 +1,226 @@
+/* The C ABI from C: run as `abi URL` by ffi/tests/c_programs.rs, on every
+ * transport (and under valgrind). Exits 0 and prints "ok" when every check
+ * holds; otherwise prints the failed check and exits 1. */
+#include "dashi.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define CHECK(expr, want)                                                      \
+  do {                                                                         \
+    dashi_result r_ = (expr);                                                  \
+    if (r_ != (want)) {                                                        \
+      char b_[256];                                                            \
+      dashi_result_message(r_, b_, sizeof b_);                                 \
+      fprintf(stderr, "%s:%d: %s = %u (%s), want %u\n", __FILE__, __LINE__,    \
+              #expr, (unsigned)r_, b_, (unsigned)(want));                      \
+      exit(1);                                                                 \
+    }                                                                          \
+  } while (0)
+#define OK(expr) CHECK(expr, DASHI_OK)
+#define ASSERT(c)                                                              \
+  do {                                                                         \
+    if (!(c)) {                                                                \
+      fprintf(stderr, "%s:%d: assertion failed: %s\n", __FILE__, __LINE__, #c); \
+      exit(1);                                                                 \
+    }                                                                          \
+  } while (0)
+
+static int body_is(const dashi_message *m, const char *want) {
+  const uint8_t *p = NULL;
+  size_t n = 0;
+  dashi_message_body(m, &p, &n);
+  return n == strlen(want) && (n == 0 || memcmp(p, want, n) == 0);
+}
+
+static void publish(dashi_channel *ch, const char *q, const char *body,
+                    uint8_t prio) {
+  OK(dashi_publish(ch, "", q, (const uint8_t *)body, strlen(body), prio));
+}
+
+static void round_trip(dashi_connection *c) {
+  dashi_channel *ch = NULL;
+  OK(dashi_channel_open(c, &ch));
+  OK(dashi_queue_declare(ch, "rt", 0));
+  publish(ch, "rt", "hello", 0);
+  OK(dashi_publish(ch, "", "rt", NULL, 0, 0)); /* an empty body */
+  dashi_message *m = NULL;
+  OK(dashi_get(ch, "rt", 1000, &m));
+  ASSERT(body_is(m, "hello"));
+  ASSERT(!dashi_message_redelivered(m));
+  ASSERT(dashi_message_delivery_tag(m) == 1);
+  OK(dashi_ack(m));
+  CHECK(dashi_ack(m), DASHI_ALREADY_SETTLED);
+  dashi_message_free(m);
+  OK(dashi_get(ch, "rt", 1000, &m));
+  ASSERT(body_is(m, ""));
+  OK(dashi_ack(m));
+  dashi_message_free(m);
+  m = NULL;
+  CHECK(dashi_get(ch, "rt", 0, &m), DASHI_TIMEOUT);
+  ASSERT(m == NULL); /* out-parameters are written only on success */
+  dashi_channel_free(ch);
+}
+
+struct seen {
+  int n;
+  char bodies[16][16];
+};
+
+static void on_message(void *userdata, dashi_message *m) {
+  struct seen *s = userdata;
+  const uint8_t *p;
+  size_t n;
+  dashi_message_body(m, &p, &n);
+  if (s->n < 16 && n < 16) {
+    memcpy(s->bodies[s->n], p, n);
+    s->bodies[s->n][n] = 0;
+  }
+  s->n++;
+  dashi_ack(m);
+  dashi_message_free(m);
+}
+
+static void consume_and_drain(dashi_connection *c) {
+  dashi_channel *ch = NULL;
+  OK(dashi_channel_open(c, &ch));
+  OK(dashi_exchange_declare(ch, "logs", "topic"));
+  OK(dashi_queue_declare(ch, "errors", 0));
+  OK(dashi_queue_bind(ch, "errors", "logs", "*.error"));
+  struct seen s = {0};
+  uint64_t tag = 0;
+  OK(dashi_consume(ch, "errors", 10, on_message, &s, &tag));
+  ASSERT(tag != 0);
+  OK(dashi_publish(ch, "logs", "db.error", (const uint8_t *)"a", 1, 0));
+  OK(dashi_publish(ch, "logs", "db.info", (const uint8_t *)"x", 1, 0));
+  OK(dashi_publish(ch, "logs", "web.error", (const uint8_t *)"b", 1, 0));
+  while (s.n < 2)
+    OK(dashi_drain_events(c, 1000));
+  ASSERT(s.n == 2 && strcmp(s.bodies[0], "a") == 0 &&
+         strcmp(s.bodies[1], "b") == 0);
+  CHECK(dashi_drain_events(c, 20), DASHI_TIMEOUT);
+  OK(dashi_cancel(ch, tag));
+  CHECK(dashi_cancel(ch, tag), DASHI_UNKNOWN_CONSUMER);
+  OK(dashi_publish(ch, "logs", "x.error", (const uint8_t *)"c", 1, 0));
+  CHECK(dashi_drain_events(c, 20), DASHI_TIMEOUT);
+  ASSERT(s.n == 2);
+  dashi_channel_free(ch);
+}
+
+static void priorities(dashi_connection *c) {
+  dashi_channel *ch = NULL;
+  OK(dashi_channel_open(c, &ch));
+  OK(dashi_queue_declare(ch, "prio", 9));
+  publish(ch, "prio", "low", 1);
+  publish(ch, "prio", "high", 9);
+  publish(ch, "prio", "mid", 5);
+  const char *want[] = {"high", "mid", "low"};
+  const uint8_t prio[] = {9, 5, 1};
+  for (int i = 0; i < 3; i++) {
+    dashi_message *m = NULL;
+    OK(dashi_get(ch, "prio", 1000, &m));
+    ASSERT(body_is(m, want[i]));
+    ASSERT(dashi_message_priority(m) == prio[i]);
+    OK(dashi_ack(m));
+    dashi_message_free(m);
+  }
+  CHECK(dashi_publish(ch, "", "prio", (const uint8_t *)"x", 1, 10),
+        DASHI_PRIORITY_TOO_HIGH);
+  dashi_channel_free(ch);
+}
+
+static void reject_and_restore(dashi_connection *c) {
+  dashi_channel *ch = NULL;
+  OK(dashi_channel_open(c, &ch));
+  OK(dashi_queue_declare(ch, "rq", 0));
+  publish(ch, "rq", "once", 0);
+  dashi_message *m = NULL;
+  OK(dashi_get(ch, "rq", 1000, &m));
+  OK(dashi_reject(m, true));
+  dashi_message_free(m);
+  OK(dashi_get(ch, "rq", 1000, &m));
+  ASSERT(body_is(m, "once") && dashi_message_redelivered(m));
+  /* Freed unacked: it goes back when its channel is freed. */
+  dashi_message_free(m);
+  dashi_channel_free(ch);
+  OK(dashi_channel_open(c, &ch));
+  OK(dashi_get(ch, "rq", 1000, &m));
+  ASSERT(body_is(m, "once") && dashi_message_redelivered(m));
+  OK(dashi_reject(m, false)); /* dropped: no dead-letter exchange */
+  dashi_message_free(m);
+  m = NULL;
+  CHECK(dashi_get(ch, "rq", 0, &m), DASHI_TIMEOUT);
+  dashi_channel_free(ch);
+}
+
+static void error_paths(dashi_connection *c) {
+  dashi_connection *none = NULL;
+  CHECK(dashi_connection_open("nope://x", &none), DASHI_INVALID_URL);
+  ASSERT(none == NULL);
+  CHECK(dashi_connection_open(NULL, &none), DASHI_NULL_PARAMETER);
+  CHECK(dashi_connection_open("memory://", NULL), DASHI_NULL_PARAMETER);
+  CHECK(dashi_connection_open("memory://\xff", &none), DASHI_INVALID_ARGUMENT);
+  dashi_channel *ch = NULL;
+  CHECK(dashi_channel_open(NULL, &ch), DASHI_NULL_PARAMETER);
+  CHECK(dashi_channel_open(c, NULL), DASHI_NULL_PARAMETER);
+  OK(dashi_channel_open(c, &ch));
+  CHECK(dashi_queue_declare(NULL, "q", 0), DASHI_NULL_PARAMETER);
+  CHECK(dashi_queue_declare(ch, NULL, 0), DASHI_NULL_PARAMETER);
+  CHECK(dashi_queue_declare(ch, "bad\xc3", 0), DASHI_INVALID_ARGUMENT);
+  char longname[300];
+  memset(longname, 'q', sizeof longname - 1);
+  longname[sizeof longname - 1] = 0;
+  CHECK(dashi_queue_declare(ch, longname, 0), DASHI_INVALID_NAME);
+  CHECK(dashi_exchange_declare(ch, "e", "nonsense"), DASHI_INVALID_ARGUMENT);
+  CHECK(dashi_queue_bind(ch, "missing", "", "k"), DASHI_UNKNOWN_QUEUE);
+  OK(dashi_queue_declare(ch, "eq", 0));
+  CHECK(dashi_queue_declare(ch, "eq", 3), DASHI_PRECONDITION_FAILED);
+  CHECK(dashi_publish(ch, "", "eq", NULL, 5, 0), DASHI_NULL_PARAMETER);
+  CHECK(dashi_publish(ch, "no-such-exchange", "eq", (const uint8_t *)"x", 1, 0),
+        DASHI_UNKNOWN_EXCHANGE);
+  dashi_message *m = NULL;
+  CHECK(dashi_get(ch, "missing", 0, &m), DASHI_UNKNOWN_QUEUE);
+  CHECK(dashi_get(ch, "eq", 0, NULL), DASHI_NULL_PARAMETER);
+  uint64_t tag = 0;
+  CHECK(dashi_consume(ch, "eq", 1, NULL, NULL, &tag), DASHI_NULL_PARAMETER);
+  CHECK(dashi_consume(ch, "eq", 1, on_message, NULL, NULL), DASHI_NULL_PARAMETER);
+  CHECK(dashi_drain_events(NULL, 0), DASHI_NULL_PARAMETER);
+  CHECK(dashi_ack(NULL), DASHI_NULL_PARAMETER);
+  CHECK(dashi_reject(NULL, true), DASHI_NULL_PARAMETER);
+  ASSERT(dashi_message_priority(NULL) == 0);
+  ASSERT(!dashi_message_redelivered(NULL));
+  ASSERT(dashi_message_delivery_tag(NULL) == 0);
+  const uint8_t *p = (const uint8_t *)"untouched";
+  size_t n = 42;
+  dashi_message_body(NULL, &p, &n);
+  ASSERT(n == 42);
+  /* _free of NULL is a no-op. */
+  dashi_message_free(NULL);
+  dashi_channel_free(NULL);
+  dashi_connection_free(NULL);
+  /* Result texts: full length returned, buffer always terminated. */
+  char small[8];
+  size_t len = dashi_result_message(DASHI_UNKNOWN_QUEUE, small, sizeof small);
+  ASSERT(len == strlen("no such queue") && strlen(small) == 7);
+  ASSERT(dashi_result_message(DASHI_OK, NULL, 0) == 2);
+  ASSERT(strcmp(dashi_version(), "0.1.0") == 0);
+  dashi_channel_free(ch);
+}
+
+int main(int argc, char **argv) {
+  if (argc != 2) {
+    fprintf(stderr, "usage: abi URL\n");
+    return 2;
+  }
+  dashi_connection *c = NULL;
+  OK(dashi_connection_open(argv[1], &c));
+  round_trip(c);
+  consume_and_drain(c);
+  priorities(c);
+  reject_and_restore(c);
+  error_paths(c);
+  dashi_connection_free(c);
+  printf("ok\n");
+  return 0;
+}
