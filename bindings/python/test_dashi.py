@@ -1,0 +1,102 @@
+"""Checks of the Python binding, run by ffi/tests/python.rs:
+
+    python3 test_dashi.py check URL        every check on one transport
+    python3 test_dashi.py produce URL N    publishes m-0 .. m-(N-1) to "xq"
+"""
+
+import sys
+
+import dashi
+
+
+def check(url):
+    assert dashi.version() == "0.1.0", dashi.version()
+    with dashi.Connection(url) as conn:
+        ch = conn.channel()
+        # Round trip, priorities, ack.
+        ch.queue_declare("py", max_priority=9)
+        ch.publish(b"low", "py", priority=1)
+        ch.publish("high", "py", priority=9)
+        with ch.get("py", timeout=1.0) as m:
+            assert (m.body, m.priority, m.redelivered) == (b"high", 9, False), m.body
+            m.ack()
+        with ch.get("py", timeout=1.0) as m:
+            assert m.body == b"low"
+            m.reject(requeue=True)
+        with ch.get("py", timeout=1.0) as m:
+            assert m.body == b"low" and m.redelivered
+            m.ack()
+        assert ch.get("py") is None
+        # Consume + drain_events, topic routing.
+        ch.exchange_declare("logs", "topic")
+        ch.queue_declare("errors")
+        ch.queue_bind("errors", "logs", "*.error")
+        seen = []
+
+        def on_message(m):
+            seen.append(m.body)
+            m.ack()
+            m.close()
+
+        tag = ch.consume("errors", on_message, prefetch=10)
+        ch.publish(b"a", "db.error", exchange="logs")
+        ch.publish(b"x", "db.info", exchange="logs")
+        ch.publish(b"b", "web.error", exchange="logs")
+        while len(seen) < 2:
+            assert conn.drain_events(timeout=1.0)
+        assert seen == [b"a", b"b"], seen
+        assert not conn.drain_events(timeout=0.02)
+        ch.cancel(tag)
+        # An exception in a callback comes out of drain_events.
+        def boom(m):
+            m.ack()
+            m.close()
+            raise ValueError("from the callback")
+
+        ch.consume("errors", boom)
+        ch.publish(b"c", "x.error", exchange="logs")
+        try:
+            conn.drain_events(timeout=1.0)
+            raise AssertionError("the callback's exception was lost")
+        except ValueError as e:
+            assert "from the callback" in str(e)
+        # Errors are exceptions with the dashi_result name.
+        for call, name in [
+            (lambda: ch.queue_declare("py", max_priority=3), "DASHI_PRECONDITION_FAILED"),
+            (lambda: ch.get("missing"), "DASHI_UNKNOWN_QUEUE"),
+            (lambda: ch.publish(b"x", "py", priority=10), "DASHI_PRIORITY_TOO_HIGH"),
+            (lambda: ch.exchange_declare("e", "nonsense"), "DASHI_INVALID_ARGUMENT"),
+            (lambda: ch.cancel(999), "DASHI_UNKNOWN_CONSUMER"),
+            (lambda: dashi.Connection("nope://x"), "DASHI_INVALID_URL"),
+        ]:
+            try:
+                call()
+                raise AssertionError(f"no error, wanted {name}")
+            except dashi.DashiError as e:
+                assert e.name == name, (e, name)
+                assert e.text, e
+        ch.close()
+        try:
+            ch.get("py")
+            raise AssertionError("a closed channel was used")
+        except dashi.DashiError as e:
+            assert e.name == "DASHI_CHANNEL_CLOSED"
+    print("ok")
+
+
+def produce(url, n):
+    with dashi.Connection(url) as conn:
+        ch = conn.channel()
+        ch.queue_declare("xq")
+        for i in range(n):
+            ch.publish(f"m-{i}", "xq")
+    print("ok")
+
+
+if __name__ == "__main__":
+    if sys.argv[1] == "check":
+        check(sys.argv[2])
+    elif sys.argv[1] == "produce":
+        produce(sys.argv[2], int(sys.argv[3]))
+    else:
+        sys.exit("usage: test_dashi.py check URL | produce URL N")
