@@ -208,6 +208,24 @@ static void error_paths(dashi_connection *c) {
   dashi_channel_free(ch);
 }
 
+/* A message outlives its channel and its connection: settling it then says
+ * it went back to its queue; reading and freeing it stay valid. */
+static void message_outlives_its_connection(const char *url) {
+  dashi_connection *c = NULL;
+  dashi_channel *ch = NULL;
+  dashi_message *m = NULL;
+  OK(dashi_connection_open(url, &c));
+  OK(dashi_channel_open(c, &ch));
+  OK(dashi_queue_declare(ch, "late", 0));
+  publish(ch, "late", "kept", 0);
+  OK(dashi_get(ch, "late", 1000, &m));
+  dashi_channel_free(ch);
+  dashi_connection_free(c);
+  ASSERT(body_is(m, "kept"));
+  CHECK(dashi_ack(m), DASHI_RESTORED);
+  dashi_message_free(m);
+}
+
 int main(int argc, char **argv) {
   if (argc != 2) {
     fprintf(stderr, "usage: abi URL\n");
@@ -221,6 +239,7 @@ int main(int argc, char **argv) {
   reject_and_restore(c);
   error_paths(c);
   dashi_connection_free(c);
+  message_outlives_its_connection(argv[1]);
   printf("ok\n");
   return 0;
 }
