@@ -13,6 +13,12 @@
 
 
 /*
+ `dashi_publish_with` flag: a message no queue takes is an error
+ (`DASHI_UNROUTABLE`) instead of being dropped.
+ */
+#define DASHI_PUBLISH_MANDATORY 1
+
+/*
  The outcome of a call: `DASHI_OK` or what went wrong.
  */
 enum dashi_result
@@ -40,6 +46,10 @@ enum dashi_result
    Nothing came within the timeout.
    */
   DASHI_TIMEOUT = 7003,
+  /*
+   The property or header asked for is not set on the message.
+   */
+  DASHI_NOT_SET = 7004,
   /*
    The URL is malformed, names an unknown scheme or a bad option.
    */
@@ -191,6 +201,90 @@ typedef struct dashi_message dashi_message;
  */
 typedef void (*dashi_message_callback)(void *userdata, dashi_message *msg);
 
+/*
+ A string-valued message header (both strings NUL-terminated UTF-8).
+ */
+typedef struct {
+  /*
+   The header's name.
+   */
+  const char *key;
+  /*
+   Its value.
+   */
+  const char *value;
+} dashi_header;
+
+/*
+ Message properties for `dashi_publish_with`. A NULL string or a zero
+ number leaves the property unset.
+ */
+typedef struct {
+  /*
+   MIME type of the body, e.g. "application/json".
+   */
+  const char *content_type;
+  /*
+   Encoding of the body, e.g. "utf-8".
+   */
+  const char *content_encoding;
+  /*
+   Correlates a reply with its request.
+   */
+  const char *correlation_id;
+  /*
+   Where replies go.
+   */
+  const char *reply_to;
+  /*
+   The application's id of the message.
+   */
+  const char *message_id;
+  /*
+   The message expires this many milliseconds after it reaches a queue
+   (0: never).
+   */
+  uint64_t expiration_ms;
+  /*
+   Seconds since the epoch (0: unset).
+   */
+  uint64_t timestamp;
+  /*
+   Priority (higher = more urgent).
+   */
+  uint8_t priority;
+  /*
+   `headers_len` string headers at `headers` (NULL when 0).
+   */
+  const dashi_header *headers;
+  /*
+   How many headers.
+   */
+  size_t headers_len;
+} dashi_properties;
+
+/*
+ Figures of one queue (see `dashi_queue_stats`).
+ */
+typedef struct {
+  /*
+   Ready messages, all priorities.
+   */
+  uint64_t messages;
+  /*
+   Their body bytes.
+   */
+  uint64_t bytes;
+  /*
+   Delivered and not yet acked, rejected or restored.
+   */
+  uint64_t unacked;
+  /*
+   Consumers attached.
+   */
+  uint64_t consumers;
+} dashi_queue_figures;
+
 #ifdef __cplusplus
 extern "C" {
 #endif // __cplusplus
@@ -304,6 +398,55 @@ dashi_result dashi_consume(const dashi_channel *ch,
 dashi_result dashi_cancel(const dashi_channel *ch, uint64_t consumer_tag);
 
 /*
+ Publishes with properties and headers (`props` may be NULL: none) and
+ `flags` (`DASHI_PUBLISH_MANDATORY`, or 0). Returns once the transport
+ stored it at its durability level.
+
+ # Safety
+ `ch` is a live channel; the strings are NUL-terminated; `body` is
+ readable for `len` bytes; `props` is NULL or points to a valid
+ `dashi_properties` whose strings and headers are valid for the call.
+ */
+dashi_result dashi_publish_with(const dashi_channel *ch,
+                                const char *exchange,
+                                const char *routing_key,
+                                const uint8_t *body,
+                                size_t len,
+                                const dashi_properties *props,
+                                uint32_t flags);
+
+/*
+ Publishes pipelined: hands the message to the transport and returns
+ before its durability point (many publishes then share one sync); a full
+ window of unconfirmed publishes waits for room. `dashi_wait_for_confirms`
+ says whether they were all confirmed.
+
+ # Safety
+ As `dashi_publish`.
+ */
+dashi_result dashi_publish_async(const dashi_channel *ch,
+                                 const char *exchange,
+                                 const char *routing_key,
+                                 const uint8_t *body,
+                                 size_t len,
+                                 uint8_t priority);
+
+/*
+ Waits up to `timeout_ms` until every `dashi_publish_async` of this
+ channel so far has its confirm. `DASHI_OK` when all were confirmed;
+ `DASHI_TIMEOUT` when some are still pending (call again);
+ `DASHI_UNCONFIRMED` when some were not confirmed: `*failed_out` (if not
+ NULL) is how many; they may or may not be delivered, and their messages
+ are not handed back through C.
+
+ # Safety
+ `ch` is a live channel; `failed_out` is NULL or writable.
+ */
+dashi_result dashi_wait_for_confirms(const dashi_channel *ch,
+                                     uint32_t timeout_ms,
+                                     size_t *failed_out);
+
+/*
  Opens a connection from a URL (several separated by `;` are tried in
  order). On success `*out` owns a connection the caller frees with
  `dashi_connection_free`; on failure `*out` is not written.
@@ -333,6 +476,17 @@ void dashi_connection_free(dashi_connection *c);
  `c` is a live connection.
  */
 dashi_result dashi_drain_events(const dashi_connection *c, uint32_t timeout_ms);
+
+/*
+ Writes the figures of `queue` to `*out` (on local://, of every process
+ sharing the store). `DASHI_UNKNOWN_QUEUE` when there is no such queue.
+
+ # Safety
+ `c` is a live connection; `queue` is NUL-terminated; `out` is writable.
+ */
+dashi_result dashi_queue_stats(const dashi_connection *c,
+                               const char *queue,
+                               dashi_queue_figures *out);
 
 /*
  Points `*ptr` and `*len` at the body (no copy), valid until the message
@@ -391,6 +545,46 @@ dashi_result dashi_reject(const dashi_message *m, bool requeue);
  `m` is NULL or a message from dashi not freed before.
  */
 void dashi_message_free(dashi_message *m);
+
+/*
+ Points `*ptr` and `*len` (not NUL-terminated, valid until the message is
+ freed) at a property: `name` is "content_type", "content_encoding",
+ "correlation_id", "reply_to", "message_id", "exchange", "routing_key" or
+ "queue". `DASHI_NOT_SET` when the message has none;
+ `DASHI_INVALID_ARGUMENT` for another name.
+
+ # Safety
+ `m` is a live message; `name` is NUL-terminated; `ptr` and `len` are
+ writable.
+ */
+dashi_result dashi_message_property(const dashi_message *m,
+                                    const char *name,
+                                    const uint8_t **ptr,
+                                    size_t *len);
+
+/*
+ Points `*ptr` and `*len` (not NUL-terminated, valid until the message is
+ freed) at the value of header `key` when it is a string or bytes.
+ `DASHI_NOT_SET` when there is no such header; `DASHI_INVALID_ARGUMENT`
+ when its value is of another type (a number, a list, ...).
+
+ # Safety
+ `m` is a live message; `key` is NUL-terminated; `ptr` and `len` are
+ writable.
+ */
+dashi_result dashi_message_header(const dashi_message *m,
+                                  const char *key,
+                                  const uint8_t **ptr,
+                                  size_t *len);
+
+/*
+ Extends the delivery's lease: it stays with this consumer `ms`
+ milliseconds from now before going back to its queue.
+
+ # Safety
+ `m` is a live message.
+ */
+dashi_result dashi_message_extend_lease(const dashi_message *m, uint32_t ms);
 
 /*
  Writes the text of `r` into `buf` (at most `len` bytes, always

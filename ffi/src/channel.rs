@@ -290,3 +290,224 @@ pub unsafe extern "C" fn dashi_cancel(ch: *const dashi_channel, consumer_tag: u6
         consumer.cancel().map_err(|e| dashi_result::from(&e))
     })
 }
+
+/// A string-valued message header (both strings NUL-terminated UTF-8).
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct dashi_header {
+    /// The header's name.
+    pub key: *const c_char,
+    /// Its value.
+    pub value: *const c_char,
+}
+
+/// Message properties for `dashi_publish_with`. A NULL string or a zero
+/// number leaves the property unset.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct dashi_properties {
+    /// MIME type of the body, e.g. "application/json".
+    pub content_type: *const c_char,
+    /// Encoding of the body, e.g. "utf-8".
+    pub content_encoding: *const c_char,
+    /// Correlates a reply with its request.
+    pub correlation_id: *const c_char,
+    /// Where replies go.
+    pub reply_to: *const c_char,
+    /// The application's id of the message.
+    pub message_id: *const c_char,
+    /// The message expires this many milliseconds after it reaches a queue
+    /// (0: never).
+    pub expiration_ms: u64,
+    /// Seconds since the epoch (0: unset).
+    pub timestamp: u64,
+    /// Priority (higher = more urgent).
+    pub priority: u8,
+    /// `headers_len` string headers at `headers` (NULL when 0).
+    pub headers: *const dashi_header,
+    /// How many headers.
+    pub headers_len: usize,
+}
+
+/// `dashi_publish_with` flag: a message no queue takes is an error
+/// (`DASHI_UNROUTABLE`) instead of being dropped.
+pub const DASHI_PUBLISH_MANDATORY: u32 = 1;
+
+/// A NUL-terminated UTF-8 string that may be NULL (unset).
+///
+/// # Safety
+/// `p` is NULL or a NUL-terminated string.
+unsafe fn opt_str(p: *const c_char) -> Result<Option<String>, dashi_result> {
+    if p.is_null() {
+        Ok(None)
+    } else {
+        // SAFETY: the caller's contract.
+        unsafe { try_str(p) }.map(|s| Some(s.to_owned()))
+    }
+}
+
+/// The body and properties of a publish.
+///
+/// # Safety
+/// As `dashi_publish_with`.
+unsafe fn message_from(
+    body: *const u8,
+    len: usize,
+    props: *const dashi_properties,
+) -> Result<Message, dashi_result> {
+    let bytes = if len == 0 {
+        Vec::new()
+    } else if body.is_null() {
+        return Err(dashi_result::DASHI_NULL_PARAMETER);
+    } else {
+        // SAFETY: readable for `len` bytes by the caller's contract.
+        unsafe { std::slice::from_raw_parts(body, len) }.to_vec()
+    };
+    let mut m = Message::new(bytes);
+    // SAFETY: NULL or a valid `dashi_properties` by the caller's contract.
+    let Some(p) = (unsafe { props.as_ref() }) else {
+        return Ok(m);
+    };
+    let pr = &mut m.properties;
+    // SAFETY: each is NULL or NUL-terminated, by the caller's contract.
+    unsafe {
+        pr.content_type = opt_str(p.content_type)?;
+        pr.content_encoding = opt_str(p.content_encoding)?;
+        pr.correlation_id = opt_str(p.correlation_id)?;
+        pr.reply_to = opt_str(p.reply_to)?;
+        pr.message_id = opt_str(p.message_id)?;
+    }
+    if p.expiration_ms > 0 {
+        pr.expiration = Some(Duration::from_millis(p.expiration_ms));
+    }
+    if p.timestamp > 0 {
+        pr.timestamp = Some(p.timestamp);
+    }
+    pr.priority = Some(p.priority);
+    if p.headers_len > 0 {
+        if p.headers.is_null() {
+            return Err(dashi_result::DASHI_NULL_PARAMETER);
+        }
+        // SAFETY: `headers_len` readable entries by the caller's contract.
+        let hs = unsafe { std::slice::from_raw_parts(p.headers, p.headers_len) };
+        for h in hs {
+            // SAFETY: NUL-terminated strings by the caller's contract.
+            let (k, v) = unsafe { (try_str(h.key)?, try_str(h.value)?) };
+            pr.headers
+                .insert(k.to_owned(), dashi::Value::Str(v.to_owned()));
+        }
+    }
+    Ok(m)
+}
+
+/// Publishes with properties and headers (`props` may be NULL: none) and
+/// `flags` (`DASHI_PUBLISH_MANDATORY`, or 0). Returns once the transport
+/// stored it at its durability level.
+///
+/// # Safety
+/// `ch` is a live channel; the strings are NUL-terminated; `body` is
+/// readable for `len` bytes; `props` is NULL or points to a valid
+/// `dashi_properties` whose strings and headers are valid for the call.
+#[no_mangle]
+pub unsafe extern "C" fn dashi_publish_with(
+    ch: *const dashi_channel,
+    exchange: *const c_char,
+    routing_key: *const c_char,
+    body: *const u8,
+    len: usize,
+    props: *const dashi_properties,
+    flags: u32,
+) -> dashi_result {
+    ffi_guard(|| {
+        // SAFETY: the caller's contract.
+        let (ch, exchange, routing_key, message) = unsafe {
+            (
+                try_ref(ch)?,
+                try_str(exchange)?,
+                try_str(routing_key)?,
+                message_from(body, len, props)?,
+            )
+        };
+        if flags & !DASHI_PUBLISH_MANDATORY != 0 {
+            return Err(dashi_result::DASHI_INVALID_ARGUMENT);
+        }
+        let mandatory = flags & DASHI_PUBLISH_MANDATORY != 0;
+        ch.ch
+            .basic_publish(message, exchange, routing_key, mandatory)
+            .map_err(|e| dashi_result::from(&e))
+    })
+}
+
+/// Publishes pipelined: hands the message to the transport and returns
+/// before its durability point (many publishes then share one sync); a full
+/// window of unconfirmed publishes waits for room. `dashi_wait_for_confirms`
+/// says whether they were all confirmed.
+///
+/// # Safety
+/// As `dashi_publish`.
+#[no_mangle]
+pub unsafe extern "C" fn dashi_publish_async(
+    ch: *const dashi_channel,
+    exchange: *const c_char,
+    routing_key: *const c_char,
+    body: *const u8,
+    len: usize,
+    priority: u8,
+) -> dashi_result {
+    ffi_guard(|| {
+        // SAFETY: the caller's contract.
+        let (ch, exchange, routing_key, message) = unsafe {
+            (
+                try_ref(ch)?,
+                try_str(exchange)?,
+                try_str(routing_key)?,
+                message_from(body, len, std::ptr::null())?,
+            )
+        };
+        let message = message.with_priority(priority);
+        // The channel tracks the confirm; `dashi_wait_for_confirms` reads it.
+        ch.ch
+            .publish_async(message, exchange, routing_key, false)
+            .map(drop)
+            .map_err(|e| dashi_result::from(&e))
+    })
+}
+
+/// Waits up to `timeout_ms` until every `dashi_publish_async` of this
+/// channel so far has its confirm. `DASHI_OK` when all were confirmed;
+/// `DASHI_TIMEOUT` when some are still pending (call again);
+/// `DASHI_UNCONFIRMED` when some were not confirmed: `*failed_out` (if not
+/// NULL) is how many; they may or may not be delivered, and their messages
+/// are not handed back through C.
+///
+/// # Safety
+/// `ch` is a live channel; `failed_out` is NULL or writable.
+#[no_mangle]
+pub unsafe extern "C" fn dashi_wait_for_confirms(
+    ch: *const dashi_channel,
+    timeout_ms: u32,
+    failed_out: *mut usize,
+) -> dashi_result {
+    ffi_guard(|| {
+        // SAFETY: the caller's contract.
+        let ch = unsafe { try_ref(ch) }?;
+        match ch
+            .ch
+            .wait_for_confirms(Duration::from_millis(u64::from(timeout_ms)))
+        {
+            Ok(()) => Ok(()),
+            Err(dashi::ConfirmsError::Timeout { .. }) => Err(dashi_result::DASHI_TIMEOUT),
+            Err(dashi::ConfirmsError::Failed {
+                failed,
+                reported_to_confirms,
+            }) => {
+                if !failed_out.is_null() {
+                    // SAFETY: non-NULL and writable by the caller's contract.
+                    unsafe { write_out(failed_out, failed.len() + reported_to_confirms) };
+                }
+                Err(dashi_result::DASHI_UNCONFIRMED)
+            }
+            Err(_) => Err(dashi_result::DASHI_CHANNEL_CLOSED),
+        }
+    })
+}

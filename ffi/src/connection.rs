@@ -83,3 +83,49 @@ pub unsafe extern "C" fn dashi_drain_events(
         }
     })
 }
+
+/// Figures of one queue (see `dashi_queue_stats`).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default)]
+pub struct dashi_queue_figures {
+    /// Ready messages, all priorities.
+    pub messages: u64,
+    /// Their body bytes.
+    pub bytes: u64,
+    /// Delivered and not yet acked, rejected or restored.
+    pub unacked: u64,
+    /// Consumers attached.
+    pub consumers: u64,
+}
+
+/// Writes the figures of `queue` to `*out` (on local://, of every process
+/// sharing the store). `DASHI_UNKNOWN_QUEUE` when there is no such queue.
+///
+/// # Safety
+/// `c` is a live connection; `queue` is NUL-terminated; `out` is writable.
+#[no_mangle]
+pub unsafe extern "C" fn dashi_queue_stats(
+    c: *const dashi_connection,
+    queue: *const c_char,
+    out: *mut dashi_queue_figures,
+) -> dashi_result {
+    ffi_guard(|| {
+        check_out(out)?;
+        // SAFETY: the caller's contract.
+        let (c, queue) = unsafe { (try_ref(c)?, try_str(queue)?) };
+        let s = c
+            .conn
+            .stats()
+            .queue(queue)
+            .ok_or(dashi_result::DASHI_UNKNOWN_QUEUE)?;
+        let figures = dashi_queue_figures {
+            messages: s.messages,
+            bytes: s.bytes,
+            unacked: s.unacked,
+            consumers: s.consumers,
+        };
+        // SAFETY: checked above.
+        unsafe { write_out(out, figures) };
+        Ok(())
+    })
+}

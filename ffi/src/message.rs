@@ -1,8 +1,11 @@
 //! Deliveries.
 
-use dashi::Delivery;
+use std::ffi::c_char;
+use std::time::Duration;
 
-use crate::boundary::{ffi_guard, ffi_guard_value, try_ref};
+use dashi::{Delivery, Value};
+
+use crate::boundary::{check_out, ffi_guard, ffi_guard_value, try_ref, try_str};
 use crate::result::dashi_result;
 
 /// One delivery. Unacked until `dashi_ack` or `dashi_reject`; a message
@@ -125,4 +128,106 @@ pub unsafe extern "C" fn dashi_message_free(m: *mut dashi_message) {
         }
         Ok(())
     });
+}
+
+/// Points `*ptr` and `*len` at bytes that live as long as the message.
+///
+/// # Safety
+/// `ptr` and `len` are writable.
+unsafe fn view(bytes: &[u8], ptr: *mut *const u8, len: *mut usize) {
+    // SAFETY: the caller's contract.
+    unsafe {
+        ptr.write(bytes.as_ptr());
+        len.write(bytes.len());
+    }
+}
+
+/// Points `*ptr` and `*len` (not NUL-terminated, valid until the message is
+/// freed) at a property: `name` is "content_type", "content_encoding",
+/// "correlation_id", "reply_to", "message_id", "exchange", "routing_key" or
+/// "queue". `DASHI_NOT_SET` when the message has none;
+/// `DASHI_INVALID_ARGUMENT` for another name.
+///
+/// # Safety
+/// `m` is a live message; `name` is NUL-terminated; `ptr` and `len` are
+/// writable.
+#[no_mangle]
+pub unsafe extern "C" fn dashi_message_property(
+    m: *const dashi_message,
+    name: *const c_char,
+    ptr: *mut *const u8,
+    len: *mut usize,
+) -> dashi_result {
+    ffi_guard(|| {
+        check_out(ptr)?;
+        check_out(len)?;
+        // SAFETY: the caller's contract.
+        let (m, name) = unsafe { (try_ref(m)?, try_str(name)?) };
+        let p = m.d.properties();
+        let value: Option<&str> = match name {
+            "content_type" => p.content_type.as_deref(),
+            "content_encoding" => p.content_encoding.as_deref(),
+            "correlation_id" => p.correlation_id.as_deref(),
+            "reply_to" => p.reply_to.as_deref(),
+            "message_id" => p.message_id.as_deref(),
+            "exchange" => Some(m.d.exchange()),
+            "routing_key" => Some(m.d.routing_key()),
+            "queue" => Some(m.d.queue()),
+            _ => return Err(dashi_result::DASHI_INVALID_ARGUMENT),
+        };
+        let value = value.ok_or(dashi_result::DASHI_NOT_SET)?;
+        // SAFETY: checked writable above.
+        unsafe { view(value.as_bytes(), ptr, len) };
+        Ok(())
+    })
+}
+
+/// Points `*ptr` and `*len` (not NUL-terminated, valid until the message is
+/// freed) at the value of header `key` when it is a string or bytes.
+/// `DASHI_NOT_SET` when there is no such header; `DASHI_INVALID_ARGUMENT`
+/// when its value is of another type (a number, a list, ...).
+///
+/// # Safety
+/// `m` is a live message; `key` is NUL-terminated; `ptr` and `len` are
+/// writable.
+#[no_mangle]
+pub unsafe extern "C" fn dashi_message_header(
+    m: *const dashi_message,
+    key: *const c_char,
+    ptr: *mut *const u8,
+    len: *mut usize,
+) -> dashi_result {
+    ffi_guard(|| {
+        check_out(ptr)?;
+        check_out(len)?;
+        // SAFETY: the caller's contract.
+        let (m, key) = unsafe { (try_ref(m)?, try_str(key)?) };
+        let bytes: &[u8] = match m.d.properties().headers.get(key) {
+            None => return Err(dashi_result::DASHI_NOT_SET),
+            Some(Value::Str(s)) => s.as_bytes(),
+            Some(Value::Bytes(b)) => b,
+            Some(_) => return Err(dashi_result::DASHI_INVALID_ARGUMENT),
+        };
+        // SAFETY: checked writable above.
+        unsafe { view(bytes, ptr, len) };
+        Ok(())
+    })
+}
+
+/// Extends the delivery's lease: it stays with this consumer `ms`
+/// milliseconds from now before going back to its queue.
+///
+/// # Safety
+/// `m` is a live message.
+#[no_mangle]
+pub unsafe extern "C" fn dashi_message_extend_lease(
+    m: *const dashi_message,
+    ms: u32,
+) -> dashi_result {
+    ffi_guard(|| {
+        // SAFETY: the caller's contract.
+        let m = unsafe { try_ref(m) }?;
+        m.d.extend_lease(Duration::from_millis(u64::from(ms)))
+            .map_err(|e| dashi_result::from(&e))
+    })
 }

@@ -22,6 +22,8 @@ pub enum dashi_result {
     DASHI_PANIC = 7002,
     /// Nothing came within the timeout.
     DASHI_TIMEOUT = 7003,
+    /// The property or header asked for is not set on the message.
+    DASHI_NOT_SET = 7004,
     // 7100: connection, channel, topology.
     /// The URL is malformed, names an unknown scheme or a bad option.
     DASHI_INVALID_URL = 7100,
@@ -92,6 +94,7 @@ impl dashi_result {
             DASHI_INVALID_ARGUMENT => "an argument is not valid (bad value or not UTF-8)",
             DASHI_PANIC => "dashi panicked inside the call",
             DASHI_TIMEOUT => "nothing came within the timeout",
+            DASHI_NOT_SET => "the property or header is not set",
             DASHI_INVALID_URL => "the URL is malformed or names an unknown scheme or option",
             DASHI_CONNECTION_CLOSED => "the connection is closed",
             DASHI_CHANNEL_CLOSED => "the channel is closed",

@@ -10,27 +10,23 @@ use std::process::Command;
 
 use dashi_test_support::TestDir;
 
-/// Where cargo put this crate's `libdashi_ffi.so` (next to `deps/`).
+mod common;
+
+/// The directory holding `libdashi_ffi.so`.
 fn lib_dir() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let dir = exe.parent().unwrap().parent().unwrap().to_path_buf();
-    assert!(
-        dir.join("libdashi_ffi.so").exists(),
-        "libdashi_ffi.so not found in {}",
-        dir.display()
-    );
-    dir
+    common::library().parent().unwrap().to_path_buf()
 }
 
-/// Compiles `tests/c/<name>.c` into `out` and returns the binary.
-fn compile(name: &str, out: &Path) -> PathBuf {
+/// Compiles `<dir>/<name>.c` (relative to this crate) into `out` and
+/// returns the binary.
+fn compile(dir: &str, name: &str, out: &Path) -> PathBuf {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let bin = out.join(name);
     let lib = lib_dir();
     let o = Command::new(std::env::var("CC").unwrap_or_else(|_| "cc".into()))
         .args(["-std=c11", "-Wall", "-Wextra", "-Werror", "-g", "-I"])
         .arg(root.join("../include"))
-        .arg(root.join(format!("tests/c/{name}.c")))
+        .arg(root.join(format!("{dir}/{name}.c")))
         .arg("-o")
         .arg(&bin)
         .arg("-L")
@@ -48,7 +44,8 @@ fn compile(name: &str, out: &Path) -> PathBuf {
 }
 
 fn run(cmd: &mut Command, what: &str) {
-    let o = cmd.output().unwrap();
+    // cargo's LD_LIBRARY_PATH would win over the binary's run path.
+    let o = cmd.env_remove("LD_LIBRARY_PATH").output().unwrap();
     let stdout = String::from_utf8_lossy(&o.stdout);
     assert!(
         o.status.success() && stdout.contains("ok"),
@@ -76,7 +73,7 @@ fn valgrind() -> Option<Command> {
 #[test]
 fn the_abi_program_passes_on_every_transport() {
     let build = TestDir::new();
-    let bin = compile("abi", &build);
+    let bin = compile("tests/c", "abi", &build);
     let store = TestDir::new();
     let urls = [
         "memory://c-abi".to_owned(),
@@ -95,6 +92,29 @@ fn the_abi_program_is_clean_under_valgrind() {
         return;
     };
     let build = TestDir::new();
-    let bin = compile("abi", &build);
+    let bin = compile("tests/c", "abi", &build);
     run(vg.arg(&bin).arg("memory://c-abi"), "abi under valgrind");
+}
+
+/// `examples/c/tasks.c` builds as its README says and runs.
+#[test]
+fn the_c_example_runs() {
+    let build = TestDir::new();
+    let bin = compile("../examples/c", "tasks", &build);
+    let o = Command::new(&bin)
+        .arg("memory://")
+        .env_remove("LD_LIBRARY_PATH")
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let order: Vec<&str> = out.lines().collect();
+    assert_eq!(
+        order,
+        [
+            "task invoice (priority 9)",
+            "task email (priority 5)",
+            "task resize (priority 1)"
+        ]
+    );
 }

@@ -9,20 +9,15 @@ use std::time::Duration;
 
 use dashi_test_support::TestDir;
 
+mod common;
+
 fn python(args: &[&str]) {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let exe = std::env::current_exe().unwrap();
-    let lib = exe
-        .parent()
-        .unwrap()
-        .parent()
-        .unwrap()
-        .join("libdashi_ffi.so");
-    assert!(lib.exists(), "{} not built", lib.display());
+    let lib = common::library();
     let o = Command::new("python3")
         .arg(root.join("bindings/python/test_dashi.py"))
         .args(args)
-        .env("DASHI_LIB", &lib)
+        .env("DASHI_LIB", lib)
         .output()
         .expect("python3 is installed");
     let stdout = String::from_utf8_lossy(&o.stdout);

@@ -208,6 +208,92 @@ static void error_paths(dashi_connection *c) {
   dashi_channel_free(ch);
 }
 
+static int view_is(const uint8_t *p, size_t n, const char *want) {
+  return n == strlen(want) && memcmp(p, want, n) == 0;
+}
+
+static void properties_headers_and_stats(dashi_connection *c) {
+  dashi_channel *ch = NULL;
+  OK(dashi_channel_open(c, &ch));
+  OK(dashi_queue_declare(ch, "props", 5));
+  dashi_header hs[] = {{"tenant", "acme"}, {"trace", "t-1"}};
+  dashi_properties props;
+  memset(&props, 0, sizeof props);
+  props.content_type = "application/json";
+  props.correlation_id = "req-7";
+  props.priority = 3;
+  props.headers = hs;
+  props.headers_len = 2;
+  OK(dashi_publish_with(ch, "", "props", (const uint8_t *)"{}", 2, &props, 0));
+  OK(dashi_publish_with(ch, "", "props", (const uint8_t *)"plain", 5, NULL, 0));
+  CHECK(dashi_publish_with(ch, "", "nobody", (const uint8_t *)"x", 1, NULL,
+                           DASHI_PUBLISH_MANDATORY),
+        DASHI_UNROUTABLE);
+  CHECK(dashi_publish_with(ch, "", "props", (const uint8_t *)"x", 1, NULL, 0x80),
+        DASHI_INVALID_ARGUMENT);
+  props.headers = NULL;
+  CHECK(dashi_publish_with(ch, "", "props", (const uint8_t *)"x", 1, &props, 0),
+        DASHI_NULL_PARAMETER);
+  dashi_queue_figures st;
+  OK(dashi_queue_stats(c, "props", &st));
+  ASSERT(st.messages == 2 && st.bytes == 7 && st.unacked == 0);
+  CHECK(dashi_queue_stats(c, "missing", &st), DASHI_UNKNOWN_QUEUE);
+  CHECK(dashi_queue_stats(c, "props", NULL), DASHI_NULL_PARAMETER);
+  dashi_message *m = NULL;
+  OK(dashi_get(ch, "props", 1000, &m));
+  const uint8_t *p;
+  size_t n;
+  OK(dashi_message_property(m, "content_type", &p, &n));
+  ASSERT(view_is(p, n, "application/json"));
+  OK(dashi_message_property(m, "correlation_id", &p, &n));
+  ASSERT(view_is(p, n, "req-7"));
+  OK(dashi_message_property(m, "queue", &p, &n));
+  ASSERT(view_is(p, n, "props"));
+  CHECK(dashi_message_property(m, "reply_to", &p, &n), DASHI_NOT_SET);
+  CHECK(dashi_message_property(m, "colour", &p, &n), DASHI_INVALID_ARGUMENT);
+  OK(dashi_message_header(m, "tenant", &p, &n));
+  ASSERT(view_is(p, n, "acme"));
+  CHECK(dashi_message_header(m, "missing", &p, &n), DASHI_NOT_SET);
+  CHECK(dashi_message_header(m, "tenant", NULL, &n), DASHI_NULL_PARAMETER);
+  ASSERT(dashi_message_priority(m) == 3);
+  OK(dashi_queue_stats(c, "props", &st));
+  ASSERT(st.messages == 1 && st.unacked == 1);
+  OK(dashi_message_extend_lease(m, 60000));
+  OK(dashi_ack(m));
+  CHECK(dashi_message_extend_lease(m, 1000), DASHI_ALREADY_SETTLED);
+  dashi_message_free(m);
+  OK(dashi_get(ch, "props", 1000, &m));
+  CHECK(dashi_message_property(m, "content_type", &p, &n), DASHI_NOT_SET);
+  OK(dashi_ack(m));
+  dashi_message_free(m);
+  dashi_channel_free(ch);
+}
+
+static void pipelined(dashi_connection *c) {
+  dashi_channel *ch = NULL;
+  OK(dashi_channel_open(c, &ch));
+  OK(dashi_queue_declare(ch, "pipe", 0));
+  char body[16];
+  for (int i = 0; i < 500; i++) {
+    int n = snprintf(body, sizeof body, "p-%d", i);
+    OK(dashi_publish_async(ch, "", "pipe", (const uint8_t *)body, (size_t)n, 0));
+  }
+  size_t failed = 99;
+  OK(dashi_wait_for_confirms(ch, 10000, &failed));
+  ASSERT(failed == 99); /* written only when some failed */
+  for (int i = 0; i < 500; i++) {
+    dashi_message *m = NULL;
+    OK(dashi_get(ch, "pipe", 1000, &m));
+    snprintf(body, sizeof body, "p-%d", i);
+    ASSERT(body_is(m, body));
+    OK(dashi_ack(m));
+    dashi_message_free(m);
+  }
+  CHECK(dashi_publish_async(ch, "", "pipe", NULL, 3, 0), DASHI_NULL_PARAMETER);
+  CHECK(dashi_wait_for_confirms(NULL, 0, NULL), DASHI_NULL_PARAMETER);
+  dashi_channel_free(ch);
+}
+
 /* A message outlives its channel and its connection: settling it then says
  * it went back to its queue; reading and freeing it stay valid. */
 static void message_outlives_its_connection(const char *url) {
@@ -238,6 +324,8 @@ int main(int argc, char **argv) {
   priorities(c);
   reject_and_restore(c);
   error_paths(c);
+  properties_headers_and_stats(c);
+  pipelined(c);
   dashi_connection_free(c);
   message_outlives_its_connection(argv[1]);
   printf("ok\n");
