@@ -30,6 +30,7 @@ _NAMES = {
     7001: "DASHI_INVALID_ARGUMENT",
     7002: "DASHI_PANIC",
     7003: "DASHI_TIMEOUT",
+    7004: "DASHI_NOT_SET",
     7100: "DASHI_INVALID_URL",
     7101: "DASHI_CONNECTION_CLOSED",
     7102: "DASHI_CHANNEL_CLOSED",
@@ -58,6 +59,32 @@ _NAMES = {
 }
 OK = 0
 TIMEOUT = 7003
+NOT_SET = 7004
+UNCONFIRMED = 7304
+PUBLISH_MANDATORY = 1
+
+
+class _Header(ctypes.Structure):
+    _fields_ = [("key", ctypes.c_char_p), ("value", ctypes.c_char_p)]
+
+
+class _Properties(ctypes.Structure):
+    _fields_ = [
+        ("content_type", ctypes.c_char_p),
+        ("content_encoding", ctypes.c_char_p),
+        ("correlation_id", ctypes.c_char_p),
+        ("reply_to", ctypes.c_char_p),
+        ("message_id", ctypes.c_char_p),
+        ("expiration_ms", ctypes.c_uint64),
+        ("timestamp", ctypes.c_uint64),
+        ("priority", ctypes.c_uint8),
+        ("headers", ctypes.POINTER(_Header)),
+        ("headers_len", ctypes.c_size_t),
+    ]
+
+
+class _Figures(ctypes.Structure):
+    _fields_ = [(n, ctypes.c_uint64) for n in ("messages", "bytes", "unacked", "consumers")]
 
 
 class DashiError(Exception):
@@ -118,6 +145,16 @@ def _lib():
         "dashi_ack": (R, [P]),
         "dashi_reject": (R, [P, ctypes.c_bool]),
         "dashi_message_free": (None, [P]),
+        "dashi_publish_with": (R, [P, S, S, ctypes.c_char_p, ctypes.c_size_t,
+                                   ctypes.POINTER(_Properties), U32]),
+        "dashi_publish_async": (R, [P, S, S, ctypes.c_char_p, ctypes.c_size_t, U8]),
+        "dashi_wait_for_confirms": (R, [P, U32, ctypes.POINTER(ctypes.c_size_t)]),
+        "dashi_queue_stats": (R, [P, S, ctypes.POINTER(_Figures)]),
+        "dashi_message_property": (R, [P, S, ctypes.POINTER(ctypes.POINTER(ctypes.c_uint8)),
+                                       ctypes.POINTER(ctypes.c_size_t)]),
+        "dashi_message_header": (R, [P, S, ctypes.POINTER(ctypes.POINTER(ctypes.c_uint8)),
+                                     ctypes.POINTER(ctypes.c_size_t)]),
+        "dashi_message_extend_lease": (R, [P, U32]),
     }
     for name, (res, args) in sigs.items():
         f = getattr(lib, name)
@@ -177,6 +214,28 @@ class Message:
     def delivery_tag(self):
         return _lib().dashi_message_delivery_tag(self._ptr())
 
+    def _view(self, fn, name, call):
+        data = ctypes.POINTER(ctypes.c_uint8)()
+        n = ctypes.c_size_t()
+        code = fn(self._ptr(), _text(name), ctypes.byref(data), ctypes.byref(n))
+        if code == NOT_SET:
+            return None
+        _check(code, call)
+        return ctypes.string_at(data, n.value).decode() if n.value else ""
+
+    def property(self, name):
+        """A property ("content_type", "correlation_id", "reply_to",
+        "message_id", "content_encoding", "exchange", "routing_key",
+        "queue") as a str, or None when unset."""
+        return self._view(_lib().dashi_message_property, name, "message_property")
+
+    def header(self, key):
+        """A string header as a str, or None when absent."""
+        return self._view(_lib().dashi_message_header, key, "message_header")
+
+    def extend_lease(self, seconds):
+        _check(_lib().dashi_message_extend_lease(self._ptr(), _ms(seconds)), "extend_lease")
+
     def ack(self):
         _check(_lib().dashi_ack(self._ptr()), "ack")
 
@@ -227,10 +286,52 @@ class Channel:
         _check(_lib().dashi_queue_bind(self._ptr(), _text(queue), _text(exchange),
                                        _text(binding_key)), "queue_bind")
 
-    def publish(self, body, routing_key, exchange="", priority=0):
+    def publish(self, body, routing_key, exchange="", priority=0, mandatory=False,
+                content_type=None, correlation_id=None, reply_to=None, message_id=None,
+                headers=None, expiration=None):
+        """Publishes and returns once the transport stored the message at its
+        durability level. `headers` maps str to str; `expiration` is in
+        seconds."""
         body = _text(body)
-        _check(_lib().dashi_publish(self._ptr(), _text(exchange), _text(routing_key),
-                                    body, len(body), priority), "publish")
+        props = _Properties()
+        props.content_type = content_type and _text(content_type)
+        props.correlation_id = correlation_id and _text(correlation_id)
+        props.reply_to = reply_to and _text(reply_to)
+        props.message_id = message_id and _text(message_id)
+        props.priority = priority
+        if expiration:
+            props.expiration_ms = max(1, int(expiration * 1000))
+        if headers:
+            arr = (_Header * len(headers))(*[_Header(_text(k), _text(v))
+                                             for k, v in headers.items()])
+            props.headers = arr
+            props.headers_len = len(headers)
+        flags = PUBLISH_MANDATORY if mandatory else 0
+        _check(_lib().dashi_publish_with(self._ptr(), _text(exchange), _text(routing_key),
+                                         body, len(body), ctypes.byref(props), flags),
+               "publish")
+
+    def publish_async(self, body, routing_key, exchange="", priority=0):
+        """Publishes pipelined: returns before the durability point; see
+        wait_for_confirms."""
+        body = _text(body)
+        _check(_lib().dashi_publish_async(self._ptr(), _text(exchange), _text(routing_key),
+                                          body, len(body), priority), "publish_async")
+
+    def wait_for_confirms(self, timeout=5.0):
+        """Waits for every publish_async so far: True when all were
+        confirmed, False on timeout; raises DashiError (DASHI_UNCONFIRMED,
+        with `.failed` set) when some were not."""
+        failed = ctypes.c_size_t(0)
+        code = _lib().dashi_wait_for_confirms(self._ptr(), _ms(timeout), ctypes.byref(failed))
+        if code == TIMEOUT:
+            return False
+        if code == UNCONFIRMED:
+            e = DashiError(code, "wait_for_confirms")
+            e.failed = failed.value
+            raise e
+        _check(code, "wait_for_confirms")
+        return True
 
     def get(self, queue, timeout=0.0):
         """The next message of `queue` (waiting up to `timeout` seconds), or None."""
@@ -292,6 +393,13 @@ class Connection:
         if not self._p:
             raise DashiError(7101, "connection used after close")
         return self._p
+
+    def queue_stats(self, queue):
+        """{"messages", "bytes", "unacked", "consumers"} of `queue`."""
+        f = _Figures()
+        _check(_lib().dashi_queue_stats(self._ptr(), _text(queue), ctypes.byref(f)),
+               "queue_stats")
+        return {n: getattr(f, n) for n, _ in _Figures._fields_}
 
     def channel(self):
         ch = Channel(self)

@@ -75,6 +75,38 @@ def check(url):
             except dashi.DashiError as e:
                 assert e.name == name, (e, name)
                 assert e.text, e
+        # Properties, headers, stats, pipelining.
+        ch.queue_declare("props")
+        ch.publish(b"{}", "props", content_type="application/json",
+                   correlation_id="req-7", headers={"tenant": "acme"})
+        assert conn.queue_stats("props") == {"messages": 1, "bytes": 2, "unacked": 0,
+                                             "consumers": 0}
+        with ch.get("props", timeout=1.0) as m:
+            assert m.property("content_type") == "application/json"
+            assert m.property("correlation_id") == "req-7"
+            assert m.property("reply_to") is None
+            assert m.property("queue") == "props"
+            assert m.header("tenant") == "acme" and m.header("nope") is None
+            assert conn.queue_stats("props")["unacked"] == 1
+            m.extend_lease(30)
+            m.ack()
+        try:
+            ch.publish(b"x", "nobody", mandatory=True)
+            raise AssertionError("an unroutable mandatory publish went through")
+        except dashi.DashiError as e:
+            assert e.name == "DASHI_UNROUTABLE"
+        for i in range(200):
+            ch.publish_async(f"a-{i}", "props")
+        assert ch.wait_for_confirms(timeout=10)
+        got = []
+        while True:
+            m = ch.get("props")
+            if m is None:
+                break
+            got.append(m.body.decode())
+            m.ack()
+            m.close()
+        assert got == [f"a-{i}" for i in range(200)], got[:3]
         ch.close()
         try:
             ch.get("py")
