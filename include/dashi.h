@@ -489,6 +489,22 @@ dashi_result dashi_queue_stats(const dashi_connection *c,
                                dashi_queue_figures *out);
 
 /*
+ A file descriptor (an eventfd) that becomes readable when
+ `dashi_drain_events` may have work: a message for a consumer, room in a
+ consumer's window, a consumer added or cancelled, the connection closed.
+ For event loops (epoll, poll, libuv, asyncio): wait for it to be
+ readable, then call `dashi_drain_events` with a zero timeout (which
+ clears it); it is readable at first, so the first wait drains. A wake may
+ be spurious (`DASHI_TIMEOUT`); none is lost. The descriptor belongs to
+ the connection (closed by `dashi_connection_free`): do not close or read
+ it. The same descriptor is returned on every call.
+
+ # Safety
+ `c` is a live connection; `fd_out` is writable.
+ */
+dashi_result dashi_connection_event_fd(const dashi_connection *c, int *fd_out);
+
+/*
  Points `*ptr` and `*len` at the body (no copy), valid until the message
  is freed. Does nothing when any argument is NULL.
 

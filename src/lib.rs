@@ -17,7 +17,7 @@
 #![warn(missing_docs)]
 
 pub use dashi_engine::{
-    exchange, futures_core, message, queue, value, AckError, BatchError, Callback, Channel,
+    exchange, futures_core, message, queue, value, AckError, Armed, BatchError, Callback, Channel,
     ChannelOptions, Confirm, ConfirmsError, Connection, ConnectionConfig, Consumer,
     ConsumerOptions, CounterSnapshot, Delivery, DeliveryMode, DeliveryStream, Error, Exchange,
     ExchangeKind, FailureKind, Headers, Implements, Message, NameError, Overflow, Producer,

@@ -155,6 +155,7 @@ def _lib():
         "dashi_message_header": (R, [P, S, ctypes.POINTER(ctypes.POINTER(ctypes.c_uint8)),
                                      ctypes.POINTER(ctypes.c_size_t)]),
         "dashi_message_extend_lease": (R, [P, U32]),
+        "dashi_connection_event_fd": (R, [P, ctypes.POINTER(ctypes.c_int)]),
     }
     for name, (res, args) in sigs.items():
         f = getattr(lib, name)
@@ -393,6 +394,14 @@ class Connection:
         if not self._p:
             raise DashiError(7101, "connection used after close")
         return self._p
+
+    def fileno(self):
+        """A descriptor that becomes readable when drain_events(0) may have
+        work, for select/poll/asyncio (`loop.add_reader(conn.fileno(),
+        lambda: conn.drain_events(0))`). Owned by the connection."""
+        fd = ctypes.c_int(-1)
+        _check(_lib().dashi_connection_event_fd(self._ptr(), ctypes.byref(fd)), "event_fd")
+        return fd.value
 
     def queue_stats(self, queue):
         """{"messages", "bytes", "unacked", "consumers"} of `queue`."""

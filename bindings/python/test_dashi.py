@@ -4,6 +4,7 @@
     python3 test_dashi.py produce URL N    publishes m-0 .. m-(N-1) to "xq"
 """
 
+import select
 import sys
 
 import dashi
@@ -107,6 +108,25 @@ def check(url):
             m.ack()
             m.close()
         assert got == [f"a-{i}" for i in range(200)], got[:3]
+        # An event loop: the descriptor says when to drain.
+        ch.queue_declare("ev")
+        events = []
+
+        def on_event(m):
+            events.append(m.body)
+            m.ack()
+            m.close()
+
+        ch.consume("ev", on_event)
+        poller = select.poll()
+        poller.register(conn.fileno(), select.POLLIN)
+        while conn.drain_events(timeout=0):
+            pass
+        assert poller.poll(0) == []
+        ch.publish(b"tick", "ev")
+        assert poller.poll(2000), "the descriptor did not become readable"
+        assert conn.drain_events(timeout=0)
+        assert events == [b"tick"], events
         ch.close()
         try:
             ch.get("py")

@@ -61,6 +61,7 @@ pub use session::consumer::{
     Callback, Consumer, ConsumerOptions, DEFAULT_PREFETCH_BYTES, DEFAULT_PREFETCH_COUNT,
 };
 pub use session::delivery::Delivery;
+pub use session::drain::Armed;
 pub use session::producer::Producer;
 pub use session::simple::SimpleQueue;
 pub use session::stream::DeliveryStream;

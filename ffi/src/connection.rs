@@ -1,9 +1,12 @@
 //! Connections.
 
-use std::ffi::c_char;
+use std::ffi::{c_char, c_int};
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::sync::{Arc, Mutex};
+use std::task::{Wake, Waker};
 use std::time::Duration;
 
-use dashi::{Connection, Error};
+use dashi::{Armed, Connection, Error};
 
 use crate::boundary::{check_out, ffi_guard, try_ref, try_str, write_out};
 use crate::result::dashi_result;
@@ -16,6 +19,51 @@ use crate::result::dashi_result;
 #[derive(Debug)]
 pub struct dashi_connection {
     pub(crate) conn: Connection,
+    /// The event descriptor, once asked for.
+    events: Mutex<Option<Events>>,
+}
+
+/// An eventfd signalled when `dashi_drain_events` may have work, and the
+/// registrations that signal it.
+#[derive(Debug)]
+struct Events {
+    fd: Arc<EventFd>,
+    armed: Option<Armed>,
+}
+
+#[derive(Debug)]
+struct EventFd(OwnedFd);
+
+impl EventFd {
+    fn signal(&self) {
+        // A full counter (never in practice) is still readable: ignore it.
+        let _ = rustix::io::write(&self.0, &1u64.to_ne_bytes());
+    }
+
+    fn clear(&self) {
+        let mut b = [0u8; 8];
+        // Non-blocking: EAGAIN when nothing was signalled.
+        let _ = rustix::io::read(&self.0, &mut b);
+    }
+}
+
+impl Wake for EventFd {
+    fn wake(self: Arc<Self>) {
+        self.signal();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.signal();
+    }
+}
+
+impl Events {
+    /// Takes the old registrations back and registers anew.
+    fn rearm(&mut self, conn: &Connection) {
+        self.armed = None;
+        let waker = Waker::from(self.fd.clone());
+        self.armed = Some(conn.arm(&waker));
+    }
 }
 
 /// Opens a connection from a URL (several separated by `;` are tried in
@@ -34,7 +82,10 @@ pub unsafe extern "C" fn dashi_connection_open(
         // SAFETY: the caller's contract.
         let url = unsafe { try_str(url) }?;
         let conn = dashi::connect(url).map_err(|e| dashi_result::from(&e))?;
-        let handle = Box::into_raw(Box::new(dashi_connection { conn }));
+        let handle = Box::into_raw(Box::new(dashi_connection {
+            conn,
+            events: Mutex::new(None),
+        }));
         // SAFETY: checked above.
         unsafe { write_out(out, handle) };
         Ok(())
@@ -73,10 +124,24 @@ pub unsafe extern "C" fn dashi_drain_events(
     ffi_guard(|| {
         // SAFETY: the caller's contract.
         let c = unsafe { try_ref(c) }?;
-        match c
+        // With an event descriptor: clear it and register anew before
+        // draining, so anything after the drain's last look signals it.
+        let fd = {
+            let mut events = c.events.lock().map_err(|_| dashi_result::DASHI_PANIC)?;
+            events.as_mut().map(|e| {
+                e.fd.clear();
+                e.rearm(&c.conn);
+                e.fd.clone()
+            })
+        };
+        let r = c
             .conn
-            .drain_events(Some(Duration::from_millis(u64::from(timeout_ms))))
-        {
+            .drain_events(Some(Duration::from_millis(u64::from(timeout_ms))));
+        if let (Ok(_), Some(fd)) = (&r, &fd) {
+            // More may be ready than one drain dispatches.
+            fd.signal();
+        }
+        match r {
             Ok(_) => Ok(()),
             Err(Error::Timeout) => Err(dashi_result::DASHI_TIMEOUT),
             Err(e) => Err(dashi_result::from(&e)),
@@ -126,6 +191,49 @@ pub unsafe extern "C" fn dashi_queue_stats(
         };
         // SAFETY: checked above.
         unsafe { write_out(out, figures) };
+        Ok(())
+    })
+}
+
+/// A file descriptor (an eventfd) that becomes readable when
+/// `dashi_drain_events` may have work: a message for a consumer, room in a
+/// consumer's window, a consumer added or cancelled, the connection closed.
+/// For event loops (epoll, poll, libuv, asyncio): wait for it to be
+/// readable, then call `dashi_drain_events` with a zero timeout (which
+/// clears it); it is readable at first, so the first wait drains. A wake may
+/// be spurious (`DASHI_TIMEOUT`); none is lost. The descriptor belongs to
+/// the connection (closed by `dashi_connection_free`): do not close or read
+/// it. The same descriptor is returned on every call.
+///
+/// # Safety
+/// `c` is a live connection; `fd_out` is writable.
+#[no_mangle]
+pub unsafe extern "C" fn dashi_connection_event_fd(
+    c: *const dashi_connection,
+    fd_out: *mut c_int,
+) -> dashi_result {
+    ffi_guard(|| {
+        check_out(fd_out)?;
+        // SAFETY: the caller's contract.
+        let c = unsafe { try_ref(c) }?;
+        let mut events = c.events.lock().map_err(|_| dashi_result::DASHI_PANIC)?;
+        if events.is_none() {
+            let fd = rustix::event::eventfd(
+                0,
+                rustix::event::EventfdFlags::CLOEXEC | rustix::event::EventfdFlags::NONBLOCK,
+            )
+            .map_err(|_| dashi_result::DASHI_STORE_FAILED)?;
+            let mut e = Events {
+                fd: Arc::new(EventFd(fd)),
+                armed: None,
+            };
+            e.rearm(&c.conn);
+            e.fd.signal();
+            *events = Some(e);
+        }
+        let fd = events.as_ref().map_or(-1, |e| e.fd.0.as_raw_fd());
+        // SAFETY: checked above.
+        unsafe { write_out(fd_out, fd) };
         Ok(())
     })
 }

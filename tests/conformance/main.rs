@@ -35,6 +35,7 @@ mod confirms;
 mod consumer_cancel;
 mod dead_letter_ttl;
 mod drain_and_fairness;
+mod event_loop;
 mod leases;
 mod max_length;
 mod priority_order;

@@ -13,10 +13,11 @@
 //!   waits for and on the connection's close, re-checks, then parks.
 
 use std::sync::Arc;
+use std::task::Waker;
 use std::time::{Duration, Instant};
 
 use super::channel::{put_back, ChannelShared, Pending};
-use super::connection::{Connection, DrainState};
+use super::connection::{ConnShared, Connection, DrainState};
 use super::consumer::{Callback, ConsumerShared};
 use super::unacked::{Slot, RESTORED};
 use crate::error::Error;
@@ -146,6 +147,63 @@ impl Connection {
                 return Ok(n);
             }
         }
+    }
+}
+
+impl Connection {
+    /// Arms `waker` to be woken once when `drain_events` may have work: a
+    /// message for one of this connection's push consumers, room in a
+    /// consumer's window, a consumer added or cancelled, or the connection
+    /// closed. For event loops (epoll, libuv, asyncio): arm, wait for the
+    /// wake, call `drain_events` with a zero timeout, arm again. Arm before
+    /// draining, so a change after the drain's last look still wakes. A wake
+    /// may be spurious (the drain found nothing); none is lost. Dropping the
+    /// [`Armed`] guard takes the registrations back.
+    pub fn arm(&self, waker: &Waker) -> Armed {
+        let consumers = self.shared.consumers.lock().clone();
+        let mut regs = Vec::with_capacity(consumers.len() * 2);
+        for c in &consumers {
+            for q in &c.queues {
+                regs.push((Reg::Queue(q.clone()), q.register(waker)));
+            }
+            regs.push((Reg::Window(c.clone()), c.window.notify.register(waker)));
+        }
+        Armed {
+            changed: self.shared.changed.register(waker),
+            close: self.shared.close_notify.register(waker),
+            conn: self.shared.clone(),
+            regs,
+        }
+    }
+}
+
+/// The registrations of [`Connection::arm`]; dropping it removes them.
+pub struct Armed {
+    conn: Arc<ConnShared>,
+    regs: Vec<(Reg, u64)>,
+    changed: u64,
+    close: u64,
+}
+
+impl std::fmt::Debug for Armed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Armed")
+            .field("connection", &self.conn.id)
+            .field("registrations", &(self.regs.len() + 2))
+            .finish()
+    }
+}
+
+impl Drop for Armed {
+    fn drop(&mut self) {
+        for (r, id) in self.regs.drain(..) {
+            match r {
+                Reg::Queue(q) => q.unregister(id),
+                Reg::Window(c) => c.window.notify.unregister(id),
+            }
+        }
+        self.conn.changed.unregister(self.changed);
+        self.conn.close_notify.unregister(self.close);
     }
 }
 

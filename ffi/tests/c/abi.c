@@ -3,6 +3,7 @@
  * holds; otherwise prints the failed check and exits 1. */
 #include "dashi.h"
 
+#include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -294,6 +295,43 @@ static void pipelined(dashi_connection *c) {
   dashi_channel_free(ch);
 }
 
+static int readable(int fd, int ms) {
+  struct pollfd p = {.fd = fd, .events = POLLIN};
+  int n = poll(&p, 1, ms);
+  ASSERT(n >= 0);
+  return n == 1 && (p.revents & POLLIN);
+}
+
+/* An event loop around poll(2): the descriptor says when to drain. */
+static void event_loop(dashi_connection *c) {
+  dashi_channel *ch = NULL;
+  OK(dashi_channel_open(c, &ch));
+  OK(dashi_queue_declare(ch, "ev", 0));
+  struct seen s = {0};
+  uint64_t tag = 0;
+  OK(dashi_consume(ch, "ev", 10, on_message, &s, &tag));
+  int fd = -1, again = -2;
+  OK(dashi_connection_event_fd(c, &fd));
+  OK(dashi_connection_event_fd(c, &again));
+  ASSERT(fd >= 0 && fd == again);
+  CHECK(dashi_connection_event_fd(c, NULL), DASHI_NULL_PARAMETER);
+  ASSERT(readable(fd, 0)); /* readable at first */
+  CHECK(dashi_drain_events(c, 0), DASHI_TIMEOUT);
+  ASSERT(!readable(fd, 0)); /* nothing to do: not readable */
+  publish(ch, "ev", "e1", 0);
+  ASSERT(readable(fd, 1000));
+  OK(dashi_drain_events(c, 0));
+  ASSERT(s.n == 1 && strcmp(s.bodies[0], "e1") == 0);
+  /* A drain that dispatched leaves it readable (there may be more). */
+  ASSERT(readable(fd, 0));
+  CHECK(dashi_drain_events(c, 0), DASHI_TIMEOUT);
+  ASSERT(!readable(fd, 0));
+  OK(dashi_cancel(ch, tag)); /* a consumer cancelled also signals */
+  ASSERT(readable(fd, 1000));
+  CHECK(dashi_drain_events(c, 0), DASHI_TIMEOUT);
+  dashi_channel_free(ch);
+}
+
 /* A message outlives its channel and its connection: settling it then says
  * it went back to its queue; reading and freeing it stay valid. */
 static void message_outlives_its_connection(const char *url) {
@@ -326,6 +364,7 @@ int main(int argc, char **argv) {
   error_paths(c);
   properties_headers_and_stats(c);
   pipelined(c);
+  event_loop(c);
   dashi_connection_free(c);
   message_outlives_its_connection(argv[1]);
   printf("ok\n");
