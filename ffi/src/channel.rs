@@ -148,6 +148,16 @@ pub unsafe extern "C" fn dashi_queue_bind(
     })
 }
 
+/// Priority 0 is no priority property at all (the same lane): a message
+/// with default properties costs no allocation for them.
+fn with_priority(m: Message, priority: u8) -> Message {
+    if priority == 0 {
+        m
+    } else {
+        m.with_priority(priority)
+    }
+}
+
 /// Publishes `len` bytes at `body` (copied; NULL is allowed when `len` is 0)
 /// to `exchange` ("" = the default exchange, routing by queue name) with
 /// `routing_key` and `priority`. Returns once the transport stored it at its
@@ -177,7 +187,7 @@ pub unsafe extern "C" fn dashi_publish(
             // SAFETY: readable for `len` bytes by the caller's contract.
             unsafe { std::slice::from_raw_parts(body, len) }.to_vec()
         };
-        let message = Message::new(bytes).with_priority(priority);
+        let message = with_priority(Message::new(bytes), priority);
         ch.ch
             .basic_publish(message, exchange, routing_key, false)
             .map_err(|e| dashi_result::from(&e))
@@ -383,7 +393,7 @@ unsafe fn message_from(
     if p.timestamp > 0 {
         pr.timestamp = Some(p.timestamp);
     }
-    pr.priority = Some(p.priority);
+    pr.priority = (p.priority > 0).then_some(p.priority);
     if p.headers_len > 0 {
         if p.headers.is_null() {
             return Err(dashi_result::DASHI_NULL_PARAMETER);
@@ -464,7 +474,7 @@ pub unsafe extern "C" fn dashi_publish_async(
                 message_from(body, len, std::ptr::null())?,
             )
         };
-        let message = message.with_priority(priority);
+        let message = with_priority(message, priority);
         // The channel tracks the confirm; `dashi_wait_for_confirms` reads it.
         ch.ch
             .publish_async(message, exchange, routing_key, false)
