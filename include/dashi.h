@@ -164,6 +164,43 @@ typedef uint32_t dashi_result;
 #endif // __cplusplus
 
 /*
+ Severity of a log line (lower = more severe).
+ */
+enum dashi_log_level
+#if defined(__cplusplus) || __STDC_VERSION__ >= 202311L
+  : uint32_t
+#endif // defined(__cplusplus) || __STDC_VERSION__ >= 202311L
+ {
+  /*
+   Something failed.
+   */
+  DASHI_LOG_ERROR = 1,
+  /*
+   Something went wrong and was handled (a message may come again).
+   */
+  DASHI_LOG_WARN = 2,
+  /*
+   What happened, rarely.
+   */
+  DASHI_LOG_INFO = 3,
+  /*
+   Connections, channels and restores as they happen.
+   */
+  DASHI_LOG_DEBUG = 4,
+  /*
+   Everything.
+   */
+  DASHI_LOG_TRACE = 5,
+};
+#ifndef __cplusplus
+#if __STDC_VERSION__ >= 202311L
+typedef enum dashi_log_level dashi_log_level;
+#else
+typedef uint32_t dashi_log_level;
+#endif // __STDC_VERSION__ >= 202311L
+#endif // __cplusplus
+
+/*
  A channel on a connection, with its own consumers and unacked
  deliveries.
 
@@ -284,6 +321,16 @@ typedef struct {
    */
   uint64_t consumers;
 } dashi_queue_figures;
+
+/*
+ Receives one log line: `message` is `len` bytes (not NUL-terminated),
+ valid only during the call. Called on whichever dashi thread logs,
+ possibly several at once: it must be thread-safe and must not unwind.
+ */
+typedef void (*dashi_log_callback)(void *userdata,
+                                   dashi_log_level level,
+                                   const char *message,
+                                   size_t len);
 
 #ifdef __cplusplus
 extern "C" {
@@ -503,6 +550,20 @@ dashi_result dashi_queue_stats(const dashi_connection *c,
  `c` is a live connection; `fd_out` is writable.
  */
 dashi_result dashi_connection_event_fd(const dashi_connection *c, int *fd_out);
+
+/*
+ Sends dashi's log lines up to `max_level` to `cb` (NULL: stop logging).
+ Process-wide; replaces an earlier callback. If the process already set
+ another `tracing` subscriber (a Rust host), lines go there instead and
+ this returns `DASHI_INVALID_ARGUMENT`.
+
+ # Safety
+ `cb` (if not NULL) may be called with `userdata` from any thread, at
+ once from several, until it is replaced.
+ */
+dashi_result dashi_set_log_callback(dashi_log_callback cb,
+                                    void *userdata,
+                                    dashi_log_level max_level);
 
 /*
  Points `*ptr` and `*len` at the body (no copy), valid until the message

@@ -17,11 +17,13 @@
 mod boundary;
 mod channel;
 mod connection;
+mod log;
 mod message;
 mod result;
 
 pub use channel::*;
 pub use connection::*;
+pub use log::*;
 pub use message::*;
 pub use result::*;
 

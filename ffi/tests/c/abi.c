@@ -1,6 +1,7 @@
 /* The C ABI from C: run as `abi URL` by ffi/tests/c_programs.rs, on every
  * transport (and under valgrind). Exits 0 and prints "ok" when every check
  * holds; otherwise prints the failed check and exits 1. */
+#define _GNU_SOURCE /* memmem */
 #include "dashi.h"
 
 #include <poll.h>
@@ -350,11 +351,28 @@ static void message_outlives_its_connection(const char *url) {
   dashi_message_free(m);
 }
 
+struct logs {
+  int lines, connected, closed;
+};
+
+static void on_log(void *userdata, dashi_log_level level, const char *msg,
+                   size_t len) {
+  struct logs *l = userdata;
+  ASSERT(level >= DASHI_LOG_ERROR && level <= DASHI_LOG_DEBUG);
+  l->lines++;
+  if (len >= 9 && memmem(msg, len, "connected", 9))
+    l->connected++;
+  if (len >= 17 && memmem(msg, len, "connection closed", 17))
+    l->closed++;
+}
+
 int main(int argc, char **argv) {
   if (argc != 2) {
     fprintf(stderr, "usage: abi URL\n");
     return 2;
   }
+  static struct logs logs;
+  OK(dashi_set_log_callback(on_log, &logs, DASHI_LOG_DEBUG));
   dashi_connection *c = NULL;
   OK(dashi_connection_open(argv[1], &c));
   round_trip(c);
@@ -367,6 +385,14 @@ int main(int argc, char **argv) {
   event_loop(c);
   dashi_connection_free(c);
   message_outlives_its_connection(argv[1]);
+  /* Connections were logged; with no callback nothing more arrives. */
+  ASSERT(logs.connected >= 2 && logs.closed >= 2);
+  OK(dashi_set_log_callback(NULL, NULL, DASHI_LOG_DEBUG));
+  int before = logs.lines;
+  dashi_connection *c2 = NULL;
+  OK(dashi_connection_open(argv[1], &c2));
+  dashi_connection_free(c2);
+  ASSERT(logs.lines == before);
   printf("ok\n");
   return 0;
 }
