@@ -1,7 +1,8 @@
 //! The Python binding (`bindings/python/dashi.py`, ctypes over this crate's
 //! shared library) run by python3: every check on memory://, local:// and
-//! local:// with fsync=always, and a Python producer whose messages a Rust
-//! consumer in this process reads from the same local:// store.
+//! local:// with fsync=always, and a Python producer whose messages the
+//! `dashi` command-line tool (Rust, another process) and a Rust consumer in
+//! this process read from the same local:// store.
 
 use std::path::Path;
 use std::process::Command;
@@ -53,4 +54,35 @@ fn a_python_producer_feeds_a_rust_consumer_through_one_store() {
     }
     let want: Vec<String> = (0..50).map(|i| format!("m-{i}")).collect();
     assert_eq!(got, want);
+}
+
+#[test]
+fn a_python_producer_feeds_the_dashi_cli_through_one_store() {
+    let store = TestDir::new();
+    let url = format!("local://{}", store.display());
+    python(&["produce", &url, "30"]);
+    let o = Command::new(common::cli())
+        .args([
+            "consume",
+            &url,
+            "--queue",
+            "xq",
+            "--count",
+            "30",
+            "--timeout",
+            "10",
+            "--json",
+        ])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let bodies: Vec<String> = String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .map(|l| {
+            let start = l.find("\"body\":\"").expect("a body field") + 8;
+            l[start..].split('"').next().unwrap().to_owned()
+        })
+        .collect();
+    let want: Vec<String> = (0..30).map(|i| format!("m-{i}")).collect();
+    assert_eq!(bodies, want);
 }
