@@ -183,7 +183,17 @@ def _ms(timeout):
     return max(0, min(int(timeout * 1000), 2**32 - 1))
 
 
-class Message:
+class _Closing:
+    """`with` closes it."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+class Message(_Closing):
     """One delivery: ack() or reject() it; it is freed when closed (or
     collected). Unacked messages go back to their queue when their channel
     closes."""
@@ -248,17 +258,12 @@ class Message:
             _lib().dashi_message_free(self._p)
             self._p = ctypes.c_void_p()
 
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
 
     def __del__(self):
         self.close()
 
 
-class Channel:
+class Channel(_Closing):
     """A channel: topology, publish, get, consumers. Closing it stops its
     consumers and restores its unacked messages."""
 
@@ -371,14 +376,9 @@ class Channel:
             self._p = ctypes.c_void_p()
             self._callbacks.clear()
 
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
 
 
-class Connection:
+class Connection(_Closing):
     """A connection to one transport URL (memory://, local:///dir, ...)."""
 
     def __init__(self, url):
@@ -436,11 +436,6 @@ class Connection:
             _lib().dashi_connection_free(self._p)
             self._p = ctypes.c_void_p()
 
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
 
     def __del__(self):
         self.close()

@@ -177,19 +177,15 @@ pub unsafe extern "C" fn dashi_publish(
 ) -> dashi_result {
     ffi_guard(|| {
         // SAFETY: the caller's contract.
-        let (ch, exchange, routing_key) =
-            unsafe { (try_ref(ch)?, try_str(exchange)?, try_str(routing_key)?) };
-        let bytes = if len == 0 {
-            Vec::new()
-        } else if body.is_null() {
-            return Err(dashi_result::DASHI_NULL_PARAMETER);
-        } else {
-            // SAFETY: readable for `len` bytes by the caller's contract.
-            unsafe { std::slice::from_raw_parts(body, len) }.to_vec()
-        };
-        let message = with_priority(Message::new(bytes), priority);
+        let (ch, exchange, routing_key, message) =
+            unsafe { publish_args(ch, exchange, routing_key, body, len, std::ptr::null()) }?;
         ch.ch
-            .basic_publish(message, exchange, routing_key, false)
+            .basic_publish(
+                with_priority(message, priority),
+                exchange,
+                routing_key,
+                false,
+            )
             .map_err(|e| dashi_result::from(&e))
     })
 }
@@ -410,6 +406,29 @@ unsafe fn message_from(
     Ok(m)
 }
 
+/// The checked arguments every publish call takes.
+///
+/// # Safety
+/// As `dashi_publish_with`.
+unsafe fn publish_args<'a>(
+    ch: *const dashi_channel,
+    exchange: *const c_char,
+    routing_key: *const c_char,
+    body: *const u8,
+    len: usize,
+    props: *const dashi_properties,
+) -> Result<(&'a dashi_channel, &'a str, &'a str, Message), dashi_result> {
+    // SAFETY: the caller's contract.
+    unsafe {
+        Ok((
+            try_ref(ch)?,
+            try_str(exchange)?,
+            try_str(routing_key)?,
+            message_from(body, len, props)?,
+        ))
+    }
+}
+
 /// Publishes with properties and headers (`props` may be NULL: none) and
 /// `flags` (`DASHI_PUBLISH_MANDATORY`, or 0). Returns once the transport
 /// stored it at its durability level.
@@ -430,14 +449,8 @@ pub unsafe extern "C" fn dashi_publish_with(
 ) -> dashi_result {
     ffi_guard(|| {
         // SAFETY: the caller's contract.
-        let (ch, exchange, routing_key, message) = unsafe {
-            (
-                try_ref(ch)?,
-                try_str(exchange)?,
-                try_str(routing_key)?,
-                message_from(body, len, props)?,
-            )
-        };
+        let (ch, exchange, routing_key, message) =
+            unsafe { publish_args(ch, exchange, routing_key, body, len, props) }?;
         if flags & !DASHI_PUBLISH_MANDATORY != 0 {
             return Err(dashi_result::DASHI_INVALID_ARGUMENT);
         }
@@ -466,14 +479,8 @@ pub unsafe extern "C" fn dashi_publish_async(
 ) -> dashi_result {
     ffi_guard(|| {
         // SAFETY: the caller's contract.
-        let (ch, exchange, routing_key, message) = unsafe {
-            (
-                try_ref(ch)?,
-                try_str(exchange)?,
-                try_str(routing_key)?,
-                message_from(body, len, std::ptr::null())?,
-            )
-        };
+        let (ch, exchange, routing_key, message) =
+            unsafe { publish_args(ch, exchange, routing_key, body, len, std::ptr::null()) }?;
         let message = with_priority(message, priority);
         // The channel tracks the confirm; `dashi_wait_for_confirms` reads it.
         ch.ch

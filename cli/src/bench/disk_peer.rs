@@ -31,13 +31,7 @@ pub(crate) fn run(w: &Workload, dir: &std::path::Path, threads: usize) -> Result
             let (w, done, hist) = (w.clone(), done.clone(), hist.clone());
             let path = dir.join(format!("raw-fdatasync-{}-{i}", std::process::id()));
             std::thread::spawn(move || -> Result<(), String> {
-                let f = OpenOptions::new()
-                    .create(true)
-                    .truncate(true)
-                    .read(true)
-                    .write(true)
-                    .open(&path)
-                    .map_err(|e| format!("raw fdatasync peer: {}: {e}", path.display()))?;
+                let f = scratch_file(&path)?;
                 let buf = vec![0xA5u8; w.size];
                 let mut local = histogram();
                 for k in 0..w.share(i) {
@@ -85,13 +79,7 @@ pub(crate) fn run_batched(
     std::fs::create_dir_all(dir)
         .map_err(|e| format!("raw fdatasync peer: {}: {e}", dir.display()))?;
     let path = dir.join(format!("raw-batched-{}", std::process::id()));
-    let f = OpenOptions::new()
-        .create(true)
-        .truncate(true)
-        .read(true)
-        .write(true)
-        .open(&path)
-        .map_err(|e| format!("raw fdatasync peer: {}: {e}", path.display()))?;
+    let f = scratch_file(&path)?;
     let per_commit = (batch / w.size).max(1) as u64;
     let buf = vec![0xA5u8; per_commit as usize * w.size];
     let done = Arc::new(AtomicU64::new(0));
@@ -131,4 +119,15 @@ pub(crate) fn run_batched(
     );
     r.confirm_us = Some(r.latency_us);
     Ok(r)
+}
+
+/// A fresh file for a raw peer to write.
+fn scratch_file(path: &std::path::Path) -> Result<std::fs::File, String> {
+    OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .read(true)
+        .write(true)
+        .open(path)
+        .map_err(|e| format!("raw fdatasync peer: {}: {e}", path.display()))
 }

@@ -11,6 +11,13 @@
 //!   its callback ran, or its channel went away) goes back to its queue.
 //! - No lost wake-up: the drainer registers on every queue and window it
 //!   waits for and on the connection's close, re-checks, then parks.
+//! - `Connection::arm` registers an outside waker on the same places (plus
+//!   consumer changes) for event loops; a caller that arms before it drains
+//!   loses no wake-up, and dropping the `Armed` guard takes every
+//!   registration back.
+//! - A storage failure met by a pass that dispatched nothing is returned;
+//!   one met by a pass that dispatched something is dropped (the queue is
+//!   tried again on the next pass).
 
 use std::sync::Arc;
 use std::task::Waker;
