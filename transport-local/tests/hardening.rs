@@ -408,3 +408,43 @@ fn a_busy_consumer_finds_a_dead_holder_s_messages_within_a_bounded_time() {
         );
     }
 }
+
+/// A full disk under pipelined publishing with `fsync=always`: the publish
+/// that finds no space fails at once with the message handed back, and
+/// every publish taken before it is confirmed and delivered.
+#[test]
+fn a_full_disk_under_a_pipeline_confirms_everything_it_took() {
+    let Some(fs) = Tmpfs::make(512) else {
+        eprintln!("skipped: cannot mount a small tmpfs here (needs root)");
+        return;
+    };
+    let root = fs.mount.join("store");
+    let url = format!("local://{}?segment_size=64K&fsync=always", root.display());
+    let conn = dashi_transport_local::open(ConnectUrl::parse(&url).unwrap()).unwrap();
+    let ch = channel(&conn);
+    let p = ch.producer();
+    let mut held = Vec::new();
+    let err = loop {
+        match p.publish_async(Message::new(vec![9u8; 1000]), "q") {
+            Ok(c) => held.push(c),
+            Err(e) => break e,
+        }
+        assert!(held.len() < 10_000, "the disk never filled");
+    };
+    assert!(
+        matches!(
+            &err,
+            dashi_engine::PublishError::Store { failure, .. }
+                if failure.kind == dashi_engine::FailureKind::NoSpace
+        ),
+        "{err:?}"
+    );
+    assert_eq!(&err.message().body[..], &[9u8; 1000][..]);
+    let taken = held.len() as u64;
+    assert!(taken > 100, "{taken}");
+    for c in held {
+        c.wait().expect("taken before the disk filled: confirmed");
+    }
+    ch.wait_for_confirms(Duration::from_secs(10)).unwrap();
+    assert_eq!(conn.stats().queue("q").unwrap().messages, taken);
+}
