@@ -27,7 +27,7 @@ pub use dashi_engine::{
 };
 
 /// Transport schemes this build can open.
-pub const SCHEMES: &[&str] = &["memory", "local"];
+pub const SCHEMES: &[&str] = &["memory", "local", "redis", "redis+socket"];
 
 /// The `memory://` transport: in-process, lock-free, the reference
 /// implementation of dashi's semantics.
@@ -42,6 +42,12 @@ pub mod local {
     };
 }
 
+/// The `redis://` transport: kombu's key layout and envelope on Redis, so
+/// dashi and kombu/Celery processes share queues.
+pub mod redis {
+    pub use dashi_transport_redis::{open, ConfirmLevel, RedisTransport};
+}
+
 /// For transport implementers: the seam, the envelope, the shared routing and
 /// bookkeeping (see [`dashi_engine::spi`]), and the thread-per-core runtime
 /// ([`spi::rt`]) the I/O transports run on.
@@ -52,10 +58,21 @@ pub mod spi {
 }
 
 /// Opens a connection from a URL, dispatching on its scheme:
-/// `memory://[NAME]`, `local:///abs/dir`. Several URLs separated by `;` are tried in order and the
-/// first that opens is used (failover); the error of the last is returned when
-/// none does.
+/// `memory://[NAME]`, `local:///abs/dir`, `redis://[[user]:password@]host[:port][/db]`,
+/// `redis+socket:///path.sock`. Several URLs separated by `;` are tried in
+/// order and the first that opens is used (failover); the error of the last
+/// is returned when none does. A `redis://` list stays one connection that
+/// walks the list again on every reconnect.
 pub fn connect(url: &str) -> Result<Connection, Error> {
+    let first = spi::split_failover(url)?[0];
+    if let Some((scheme, _)) = first.split_once("://") {
+        if matches!(
+            scheme.to_ascii_lowercase().as_str(),
+            "redis" | "rediss" | "redis+socket" | "unix"
+        ) {
+            return dashi_transport_redis::open(url);
+        }
+    }
     let mut last = Error::Url(UrlError::Empty);
     for one in spi::split_failover(url)? {
         match open_one(one) {

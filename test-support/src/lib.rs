@@ -6,10 +6,15 @@
 //!   executes one ignored test, for tests that kill or stop real processes;
 //!   [`say`] (a child's line to its parent), [`ChildLines`] (the parent
 //!   reading them) and [`kill`].
+//! - [`RedisServer`]: a real `redis-server` on a free port.
 //! - [`files_under`]: the files below a directory that a test looks for
 //!   (segments, state pages).
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
+
+mod redis;
+
+pub use redis::RedisServer;
 
 use std::ops::Deref;
 use std::path::{Path, PathBuf};

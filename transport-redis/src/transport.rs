@@ -1,0 +1,1562 @@
+//! [`RedisTransport`]: the seam implemented over kombu's key layout.
+//!
+//! - Topology: exchanges (their types) live in this process, as in kombu;
+//!   bindings live in Redis (`_kombu.binding.<ex>`), cached here and read
+//!   again on every bind and on a timer, so queues bound by other
+//!   processes (dashi or kombu) receive this process's publishes.
+//! - Publish: one envelope per message, one `LPUSH` per target list; a
+//!   batch is one variadic `LPUSH` per list. The confirm is the reply.
+//! - Consume: the pop script takes up to `batch` envelopes and records
+//!   them as unacked in one atomic step.
+//! - Ack: `HDEL` + `ZREM` in one `MULTI`. Restore: compare-and-restore
+//!   script, `RPUSH` (the message is the next one popped).
+//!
+//! # Invariants
+//! - No reply is the delivery: a message leaves its list only inside the
+//!   pop script, which records it as unacked in the same atomic step.
+//! - A held delivery is known by its `unacked` field and the exact value
+//!   written there; a restore or garbage move happens only while that value
+//!   is unchanged (compare-and-restore), so a message acked or restored by
+//!   someone else is never pushed back twice.
+//! - Every delivery this process holds is re-scored in `unacked_index`
+//!   more often than the visibility timeout, so no restorer (kombu's or
+//!   dashi's) takes a message whose holder is alive.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::SeqCst};
+use std::sync::{Arc, Weak};
+use std::task::{Poll, Waker};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use arc_swap::ArcSwap;
+use bytes::Bytes;
+use dashi_engine::exchange::{Exchange, ExchangeKind};
+use dashi_engine::queue::{Queue, QueueInfo};
+use dashi_engine::spi::{
+    check_delete, check_redeclare, route_and_lane, spawn_periodic, validate_declaration, Accepted,
+    Binding, ConnectionId, Counters, Envelope, Implements, PendingConfirm, QueueState, QueueStore,
+    Routing, Topology, Transport, TransportEvent,
+};
+use dashi_engine::{Error, PublishError, QueueStats, StoreFailure};
+use dashi_rt::{JoinHandle, Runtime, RuntimeConfig};
+use parking_lot::Mutex;
+
+use crate::conn::{link_error, reply_error, reply_failure, store_failure, Conn};
+use crate::link::LinkError;
+use crate::options::RedisOptions;
+use crate::resp::{self, Cmd, Frame};
+use crate::scripts::{Script, Scripts};
+use crate::wire::{self, Keys};
+
+/// The `redis://` transport. Cheap to clone; clones share state.
+#[derive(Debug, Clone)]
+pub struct RedisTransport {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+pub(crate) struct Inner {
+    /// This transport, for the queue handles it makes.
+    me: Weak<Inner>,
+    pub(crate) opts: RedisOptions,
+    pub(crate) keys: Keys,
+    _rt: Arc<Runtime>,
+    pub(crate) conn: Conn,
+    scripts: Scripts,
+    topo: Mutex<Topo>,
+    routing: ArcSwap<Routing<Arc<RedisQueue>>>,
+    counters: Counters,
+    /// Unique in this process: suffixes of colliding `unacked` fields.
+    nonce: String,
+    /// Logged once: envelopes set aside as garbage.
+    garbage_logged: AtomicBool,
+    pub(crate) garbage: AtomicU64,
+}
+
+#[derive(Debug, Default)]
+struct Topo {
+    topology: Topology,
+    /// Queues declared here or seen in a binding set.
+    queues: HashMap<String, Arc<RedisQueue>>,
+    /// Bindings made by this process (kept when the sets are read again).
+    local: Vec<Binding>,
+    /// Exclusive queues and their connection.
+    exclusive: HashMap<String, ConnectionId>,
+}
+
+/// Process-wide source of delivery tokens.
+static NEXT_TOKEN: AtomicU64 = AtomicU64::new(1);
+
+fn now_secs() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
+}
+
+/// Seconds as kombu writes a score (Python's float repr).
+fn score(s: f64) -> String {
+    format!("{s:.7}")
+}
+
+/// Opens a connection from a parsed (single or failover) `redis://` URL.
+pub fn open(urls: &str) -> Result<dashi_engine::Connection, Error> {
+    let opts = crate::options::parse(urls)?;
+    let config = opts.config.clone();
+    let t = RedisTransport::open(opts)?;
+    Ok(dashi_engine::Connection::with_transport(
+        Arc::new(t),
+        config,
+    ))
+}
+
+impl RedisTransport {
+    pub(crate) fn open(opts: RedisOptions) -> Result<RedisTransport, Error> {
+        let cfg = RuntimeConfig::default()
+            .with_cores(1)
+            .with_shutdown_timeout(Duration::from_millis(500));
+        let rt = Runtime::start(cfg).map(Arc::new).map_err(|e| {
+            Error::Store(StoreFailure::new(
+                dashi_engine::FailureKind::Runtime,
+                "redis transport runtime",
+                e,
+            ))
+        })?;
+        let conn = Conn::new(rt.clone(), 0, opts.servers.clone(), opts.timeout, None);
+        // Connect now: a wrong address or password is an error of
+        // `connect`, not of the first publish.
+        conn.link().map_err(|e| link_error("connect", &e))?;
+        let inner = Arc::new_cyclic(|me| Inner {
+            me: me.clone(),
+            keys: opts.keys.clone(),
+            opts,
+            _rt: rt,
+            conn,
+            scripts: Scripts::default(),
+            topo: Mutex::new(Topo::default()),
+            routing: ArcSwap::from_pointee(Routing::default()),
+            counters: Counters::default(),
+            nonce: format!("{}-{}", std::process::id(), NEXT_TOKEN.fetch_add(1, SeqCst)),
+            garbage_logged: AtomicBool::new(false),
+            garbage: AtomicU64::new(0),
+        });
+        inner.start_upkeep();
+        Ok(RedisTransport { inner })
+    }
+}
+
+impl Inner {
+    /// Runs `script` with `EVALSHA`, loading it first when this server does
+    /// not have it.
+    fn eval(&self, script: &Script, keys: &[String], args: Vec<Bytes>) -> Result<Frame, Error> {
+        for _ in 0..2 {
+            let sha = self.script_sha(script)?;
+            let cmd = eval_cmd(&sha, keys, &args);
+            let reply = self
+                .conn
+                .call(vec![cmd])
+                .map_err(|e| link_error("script", &e))?;
+            match reply.into_iter().next() {
+                Some(Frame::Error(e)) if e.starts_with("NOSCRIPT") => {
+                    *script.sha.lock() = None;
+                }
+                Some(Frame::Error(e)) => return Err(reply_error("script", &e)),
+                Some(f) => return Ok(f),
+                None => return Err(reply_error("script", "no reply")),
+            }
+        }
+        Err(reply_error("script", "NOSCRIPT twice in a row"))
+    }
+
+    fn script_sha(&self, script: &Script) -> Result<String, Error> {
+        if let Some(s) = script.sha.lock().clone() {
+            return Ok(s);
+        }
+        let reply = self
+            .conn
+            .call(vec![Cmd::new("SCRIPT").arg("LOAD").arg(script.text)])
+            .map_err(|e| link_error("script load", &e))?;
+        let sha = match reply.first() {
+            Some(Frame::Error(e)) => return Err(reply_error("script load", e)),
+            Some(f) => resp::bytes(f)
+                .and_then(|b| std::str::from_utf8(b).ok())
+                .map(str::to_owned)
+                .ok_or_else(|| reply_error("script load", "unexpected reply"))?,
+            None => return Err(reply_error("script load", "no reply")),
+        };
+        *script.sha.lock() = Some(sha.clone());
+        Ok(sha)
+    }
+
+    /// Runs commands that must all succeed; their replies.
+    fn call_ok(&self, what: &str, cmds: Vec<Cmd>) -> Result<Vec<Frame>, Error> {
+        let reply = self.conn.call(cmds).map_err(|e| link_error(what, &e))?;
+        for f in &reply {
+            if let Frame::Error(e) = f {
+                return Err(reply_error(what, e));
+            }
+        }
+        Ok(reply)
+    }
+
+    /// The handle of queue `name`, made when it is first named.
+    fn handle(&self, topo: &mut Topo, name: &str) -> Arc<RedisQueue> {
+        topo.queues
+            .entry(name.to_owned())
+            .or_insert_with(|| {
+                Arc::new(RedisQueue::new(
+                    self.me.clone(),
+                    &self.keys,
+                    // A queue only seen in a binding: any priority goes.
+                    Queue::new(name).with_max_priority(255),
+                    false,
+                ))
+            })
+            .clone()
+    }
+
+    fn republish(&self, topo: &Topo) {
+        let snap = topo
+            .topology
+            .snapshot(topo.queues.iter().map(|(n, q)| (n.clone(), q.clone())));
+        self.routing.store(Arc::new(snap));
+    }
+
+    /// Reads the binding sets of every exchange declared here and rebuilds
+    /// the routing table from them and this process's own bindings.
+    fn refresh_bindings(&self) -> Result<(), Error> {
+        let exchanges: Vec<String> = {
+            let topo = self.topo.lock();
+            topo.topology
+                .exchanges()
+                .filter(|e| e.kind != ExchangeKind::Headers)
+                .map(|e| e.name.clone())
+                .collect()
+        };
+        if exchanges.is_empty() {
+            return Ok(());
+        }
+        let cmds = exchanges
+            .iter()
+            .map(|e| Cmd::new("SMEMBERS").arg(self.keys.binding(e)))
+            .collect();
+        let replies = self.call_ok("binding table read", cmds)?;
+        let mut remote = Vec::new();
+        for (ex, reply) in exchanges.iter().zip(replies) {
+            let Frame::Array(members) = reply else {
+                continue;
+            };
+            for m in members {
+                let Some(m) = resp::bytes(&m).and_then(|b| std::str::from_utf8(b).ok()) else {
+                    continue;
+                };
+                if let Some((rk, _pattern, queue)) = self.keys.split_member(m) {
+                    remote.push(Binding {
+                        exchange: ex.clone(),
+                        queue: queue.to_owned(),
+                        routing_key: rk.to_owned(),
+                        arguments: Default::default(),
+                    });
+                }
+            }
+        }
+        let mut topo = self.topo.lock();
+        let mut fresh = Topology::new();
+        for ex in topo.topology.exchanges() {
+            let _ = fresh.declare_exchange(ex);
+        }
+        for b in topo.local.clone().into_iter().chain(remote) {
+            if dashi_engine::spi::check_name("queue", &b.queue).is_err() {
+                continue;
+            }
+            self.handle(&mut topo, &b.queue);
+            // A binding another process wrote that this process's rules
+            // refuse (a topic key that is not a valid pattern) is skipped.
+            let _ = fresh.bind(b, |_| true);
+        }
+        topo.topology = fresh;
+        self.republish(&topo);
+        Ok(())
+    }
+
+    /// The periodic work: binding refresh, re-scoring held deliveries, the
+    /// visibility-timeout restore scan, and waking waiting consumers.
+    fn start_upkeep(&self) {
+        let vt = self.opts.visibility_timeout;
+        let keep = (vt / 3).clamp(Duration::from_millis(50), Duration::from_secs(60));
+        let scan = (vt / 4).clamp(Duration::from_millis(50), Duration::from_secs(30));
+        let tick = self
+            .opts
+            .poll_interval
+            .min(keep)
+            .min(scan)
+            .max(Duration::from_millis(10));
+        let last = Mutex::new((Instant::now(), Instant::now(), Instant::now()));
+        let poll = self.opts.poll_interval;
+        spawn_periodic(
+            "dashi-redis-upkeep",
+            self.me.clone(),
+            tick,
+            move |inner: &Inner| {
+                let me = inner;
+                let now = Instant::now();
+                let (due_poll, due_keep, due_scan) = {
+                    let mut l = last.lock();
+                    let d = (now >= l.0 + poll, now >= l.1 + keep, now >= l.2 + scan);
+                    if d.0 {
+                        l.0 = now;
+                    }
+                    if d.1 {
+                        l.1 = now;
+                    }
+                    if d.2 {
+                        l.2 = now;
+                    }
+                    d
+                };
+                if due_poll {
+                    let _ = me.refresh_bindings();
+                    me.wake_waiters();
+                }
+                if due_keep {
+                    let _ = me.rescore_held();
+                }
+                if due_scan {
+                    if let Err(e) = me.restore_visible() {
+                        tracing::debug!(error = %e, "redis restore scan failed");
+                    }
+                }
+            },
+        );
+    }
+
+    /// Wakes every consumer waiting on a queue of this process: each looks
+    /// at its lists again (the fallback when no notification came).
+    fn wake_waiters(&self) {
+        let queues: Vec<Arc<RedisQueue>> = self.topo.lock().queues.values().cloned().collect();
+        for q in queues {
+            if q.state.waiters() > 0 {
+                q.state.notify_all();
+            }
+        }
+    }
+
+    /// Re-scores every delivery this process holds without a lease of its
+    /// own, so that no restorer takes it while this process is alive.
+    fn rescore_held(&self) -> Result<(), Error> {
+        let now = score(now_secs());
+        let mut cmd = Cmd::new("ZADD").arg(self.keys.unacked_index()).arg("XX");
+        let mut n = 0;
+        let queues: Vec<Arc<RedisQueue>> = self.topo.lock().queues.values().cloned().collect();
+        for q in queues {
+            for h in q.held.lock().values() {
+                if h.leased {
+                    continue;
+                }
+                cmd.push(now.clone());
+                cmd.push(h.field.clone());
+                n += 1;
+            }
+        }
+        if n == 0 {
+            return Ok(());
+        }
+        self.call_ok("unacked re-score", vec![cmd]).map(|_| ())
+    }
+
+    /// kombu's `restore_visible`: under `unacked_mutex`, every unacked
+    /// entry older than the visibility timeout goes back to its queue (no
+    /// cap per pass), marked redelivered.
+    pub(crate) fn restore_visible(&self) -> Result<usize, Error> {
+        let token = wire::new_tag().replace('-', "");
+        let px = self.opts.unacked_mutex_expire.as_millis().max(1) as i64;
+        let got = self.call_ok(
+            "restore lock",
+            vec![Cmd::new("SET")
+                .arg(self.keys.unacked_mutex())
+                .arg(token.clone())
+                .arg("NX")
+                .arg("PX")
+                .int(px)],
+        )?;
+        if got.first() == Some(&Frame::Null) {
+            return Ok(0);
+        }
+        let result = self.restore_visible_locked();
+        let _ = self.eval(
+            &self.scripts.unlock,
+            &[self.keys.unacked_mutex()],
+            vec![Bytes::from(token)],
+        );
+        result
+    }
+
+    fn restore_visible_locked(&self) -> Result<usize, Error> {
+        let ceil = now_secs() - self.opts.visibility_timeout.as_secs_f64();
+        let reply = self.call_ok(
+            "restore scan",
+            vec![Cmd::new("ZRANGEBYSCORE")
+                .arg(self.keys.unacked_index())
+                .arg("0")
+                .arg(score(ceil))],
+        )?;
+        let Some(Frame::Array(fields)) = reply.into_iter().next() else {
+            return Ok(0);
+        };
+        let held: std::collections::HashSet<String> = {
+            let queues: Vec<Arc<RedisQueue>> = self.topo.lock().queues.values().cloned().collect();
+            queues
+                .iter()
+                .flat_map(|q| {
+                    q.held
+                        .lock()
+                        .values()
+                        .map(|h| h.field.clone())
+                        .collect::<Vec<_>>()
+                })
+                .collect()
+        };
+        let fields: Vec<Bytes> = fields
+            .iter()
+            .filter_map(|f| resp::bytes(f).cloned())
+            .filter(|f| !held.contains(&*String::from_utf8_lossy(f)))
+            .collect();
+        let mut restored = 0;
+        for chunk in fields.chunks(256) {
+            let values = self.call_ok(
+                "restore read",
+                chunk
+                    .iter()
+                    .map(|f| Cmd::new("HGET").arg(self.keys.unacked()).arg(f.clone()))
+                    .collect(),
+            )?;
+            for (field, value) in chunk.iter().zip(values) {
+                let Some(value) = resp::bytes(&value) else {
+                    // Acked meanwhile, or a zset entry without its hash
+                    // entry: drop the index entry only.
+                    let _ = self.call_ok(
+                        "restore cleanup",
+                        vec![Cmd::new("ZREM")
+                            .arg(self.keys.unacked_index())
+                            .arg(field.clone())],
+                    );
+                    continue;
+                };
+                if self.restore_entry(field, value)? {
+                    restored += 1;
+                }
+            }
+        }
+        if restored > 0 {
+            tracing::info!(
+                restored,
+                "redis: unacked messages past the visibility timeout restored"
+            );
+            self.wake_waiters();
+        }
+        Ok(restored)
+    }
+
+    /// Puts back one `unacked` entry written by anyone: `[env, ex, rk]`
+    /// routed as kombu would (exchange `""` = the queue named `rk`).
+    fn restore_entry(&self, field: &Bytes, value: &Bytes) -> Result<bool, Error> {
+        let text = String::from_utf8_lossy(value);
+        let Some((env, ex, rk)) = wire::split_unacked(&text) else {
+            return self.set_aside_entry(
+                field,
+                value,
+                "an unacked entry that is not [envelope, exchange, routing_key]",
+            );
+        };
+        let queues: Vec<String> = if ex.is_empty() {
+            vec![rk.clone()]
+        } else {
+            let routing = self.routing.load();
+            match routing.route(&ex, &rk, &Default::default()) {
+                Ok(r) => r
+                    .as_slice()
+                    .iter()
+                    .map(|&i| routing.target(i).name.clone())
+                    .collect(),
+                // An exchange this process does not know: direct, as
+                // kombu treats it, from the binding table.
+                Err(_) => self.direct_lookup(&ex, &rk)?,
+            }
+        };
+        let Some(first) = queues.first() else {
+            return self.set_aside_entry(
+                field,
+                value,
+                "an unacked message whose exchange routes it nowhere",
+            );
+        };
+        let Some(marked) = wire::mark_redelivered(env.get(), first) else {
+            return self.set_aside_entry(field, value, "an unacked envelope kombu cannot restore");
+        };
+        let step = self.keys.step_for(wire::kombu_priority_of(env.get()));
+        let mut keys = vec![self.keys.unacked(), self.keys.unacked_index()];
+        keys.extend(queues.iter().map(|q| self.keys.list(q, step)));
+        let done = self.eval(
+            &self.scripts.restore,
+            &keys,
+            vec![
+                field.clone(),
+                value.clone(),
+                Bytes::from(marked),
+                Bytes::from_static(b"RPUSH"),
+            ],
+        )?;
+        Ok(resp::int(&done) == Some(1))
+    }
+
+    fn direct_lookup(&self, ex: &str, rk: &str) -> Result<Vec<String>, Error> {
+        let reply = self.call_ok(
+            "binding table read",
+            vec![Cmd::new("SMEMBERS").arg(self.keys.binding(ex))],
+        )?;
+        let mut out = Vec::new();
+        if let Some(Frame::Array(members)) = reply.into_iter().next() {
+            for m in members {
+                let Some(m) = resp::bytes(&m).and_then(|b| std::str::from_utf8(b).ok()) else {
+                    continue;
+                };
+                if let Some((mrk, _, q)) = self.keys.split_member(m) {
+                    if mrk == rk && !out.iter().any(|x| x == q) {
+                        out.push(q.to_owned());
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Moves an `unacked` entry nobody can restore to the garbage list of
+    /// the queue it names (or of `""`), if it is still `value`.
+    fn set_aside_entry(&self, field: &Bytes, value: &Bytes, why: &str) -> Result<bool, Error> {
+        let queue = wire::split_unacked(&String::from_utf8_lossy(value))
+            .map(|(_, _, rk)| rk)
+            .unwrap_or_default();
+        self.note_garbage(&queue, why);
+        let keys = vec![
+            self.keys.unacked(),
+            self.keys.unacked_index(),
+            self.keys.garbage(&queue),
+        ];
+        self.eval(
+            &self.scripts.restore,
+            &keys,
+            vec![
+                field.clone(),
+                value.clone(),
+                value.clone(),
+                Bytes::from_static(b"LPUSH"),
+            ],
+        )?;
+        Ok(false)
+    }
+
+    fn note_garbage(&self, queue: &str, why: &str) {
+        self.garbage.fetch_add(1, SeqCst);
+        if !self.garbage_logged.swap(true, SeqCst) {
+            tracing::warn!(
+                queue,
+                reason = why,
+                list = %self.keys.garbage(queue),
+                "redis: an envelope that cannot be delivered was set aside (logged once; \
+                 later ones are counted in stats)"
+            );
+        }
+    }
+
+    /// Publishes: routes, encodes, and sends one `LPUSH` per target list
+    /// (variadic per list across the batch). Returns per message its
+    /// outcome: the commands' handle to wait for, or its error.
+    fn publish_batch(&self, batch: Vec<(Envelope, bool)>) -> Vec<Result<Planned, PublishError>> {
+        let routing = self.routing.load();
+        let mut out = Vec::with_capacity(batch.len());
+        // (list key, queue) → encoded envelopes, in publish order.
+        let mut lists: Vec<(String, Arc<RedisQueue>, Vec<Bytes>)> = Vec::new();
+        for (mut env, mandatory) in batch {
+            let targets: Vec<Arc<RedisQueue>> = if env.exchange.is_empty() {
+                match self.default_target(&routing, &env.routing_key, mandatory) {
+                    Ok(Some(q)) => vec![q],
+                    Ok(None) => {
+                        self.counters.record(TransportEvent::Published, 1);
+                        self.counters.record(TransportEvent::DroppedUnroutable, 1);
+                        out.push(Ok(Planned::Dropped(env)));
+                        continue;
+                    }
+                    Err(e) => {
+                        out.push(Err(e.into_error(env)));
+                        continue;
+                    }
+                }
+            } else {
+                match route_and_lane(&routing, &mut env, mandatory, false, &self.counters, |q| {
+                    &q.decl
+                }) {
+                    Ok(Some((route, _))) => route
+                        .as_slice()
+                        .iter()
+                        .map(|&i| routing.target(i).clone())
+                        .collect(),
+                    Ok(None) => {
+                        out.push(Ok(Planned::Dropped(env)));
+                        continue;
+                    }
+                    Err(e) => {
+                        out.push(Err(e.into_error(env)));
+                        continue;
+                    }
+                }
+            };
+            if let Some(q) = targets
+                .iter()
+                .find(|q| env.properties().priority.unwrap_or(0) > q.decl.max_priority)
+            {
+                let e = dashi_engine::spi::PriorityTooHigh {
+                    priority: env.properties().priority.unwrap_or(0),
+                    max: q.decl.max_priority,
+                    queue: q.name.clone(),
+                };
+                out.push(Err(e.into_error(env)));
+                continue;
+            }
+            let tag = wire::new_tag();
+            let encoded = Bytes::from(wire::encode(&env, &tag));
+            let step = self.keys.step_for(wire::to_kombu_priority(
+                env.properties().priority.unwrap_or(0),
+            ));
+            for q in &targets {
+                let key = self.keys.list(&q.name, step);
+                match lists.iter_mut().find(|(k, _, _)| *k == key) {
+                    Some((_, _, v)) => v.push(encoded.clone()),
+                    None => lists.push((key, q.clone(), vec![encoded.clone()])),
+                }
+            }
+            self.counters.record(TransportEvent::Published, 1);
+            self.counters
+                .record(TransportEvent::Routed, targets.len() as u64);
+            out.push(Ok(Planned::Sent(env)));
+        }
+        if lists.is_empty() {
+            return out;
+        }
+        let mut cmds: Vec<Cmd> = lists
+            .iter()
+            .map(|(key, _, msgs)| {
+                let mut c = Cmd::new("LPUSH").arg(key.clone());
+                for m in msgs {
+                    c.push(m.clone());
+                }
+                c
+            })
+            .collect();
+        if let crate::options::ConfirmLevel::Replicated(n) = self.opts.confirm {
+            cmds.push(
+                Cmd::new("WAIT")
+                    .int(i64::from(n))
+                    .int(self.opts.timeout.as_millis() as i64),
+            );
+        }
+        let woken: Vec<Arc<RedisQueue>> = lists.into_iter().map(|(_, q, _)| q).collect();
+        let sent = self.conn.start(cmds);
+        let shared = match sent {
+            Ok((_, h)) => Ok(Arc::new(SharedReply::new(h, woken, self.opts.confirm))),
+            Err(e) => Err(e),
+        };
+        out.into_iter()
+            .map(|r| match r {
+                Ok(Planned::Sent(env)) => match &shared {
+                    Ok(s) => Ok(Planned::Pending(env, s.clone())),
+                    // Nothing was sent: the message was not stored.
+                    Err(e) => Err(PublishError::Store {
+                        failure: store_failure("publish", e),
+                        message: Box::new(env.into_message()),
+                    }),
+                },
+                other => other,
+            })
+            .collect()
+    }
+
+    /// The default exchange routes to the queue named by the routing key:
+    /// a queue known here, or (as kombu does) any valid queue name unless
+    /// the publish is mandatory.
+    fn default_target(
+        &self,
+        routing: &Routing<Arc<RedisQueue>>,
+        key: &str,
+        mandatory: bool,
+    ) -> Result<Option<Arc<RedisQueue>>, dashi_engine::spi::Refused> {
+        if let Some(q) = routing.queue(key) {
+            return Ok(Some(q.clone()));
+        }
+        if mandatory || dashi_engine::spi::check_name("queue", key).is_err() {
+            return if mandatory {
+                Err(dashi_engine::spi::Refused::Unroutable)
+            } else {
+                Ok(None)
+            };
+        }
+        let mut topo = self.topo.lock();
+        let q = self.handle(&mut topo, key);
+        self.republish(&topo);
+        Ok(Some(q))
+    }
+}
+
+/// What became of one message of a publish batch.
+enum Planned {
+    /// Routed nowhere and not mandatory (counted as unroutable).
+    Dropped(Envelope),
+    /// Handed to the link; not yet answered.
+    Sent(Envelope),
+    /// Waiting for the batch's replies.
+    Pending(Envelope, Arc<SharedReply>),
+}
+
+/// The replies of one publish batch, shared by its messages' confirms.
+struct SharedReply {
+    handle: Mutex<Option<JoinHandle<Result<Vec<Frame>, LinkError>>>>,
+    outcome: Mutex<Option<Result<(), StoreFailure>>>,
+    wakers: Mutex<Vec<Waker>>,
+    woken: Vec<Arc<RedisQueue>>,
+    confirm: crate::options::ConfirmLevel,
+}
+
+impl std::fmt::Debug for SharedReply {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SharedReply")
+            .field("outcome", &*self.outcome.lock())
+            .finish()
+    }
+}
+
+impl SharedReply {
+    fn new(
+        h: JoinHandle<Result<Vec<Frame>, LinkError>>,
+        woken: Vec<Arc<RedisQueue>>,
+        confirm: crate::options::ConfirmLevel,
+    ) -> SharedReply {
+        SharedReply {
+            handle: Mutex::new(Some(h)),
+            outcome: Mutex::new(None),
+            wakers: Mutex::new(Vec::new()),
+            woken,
+            confirm,
+        }
+    }
+
+    /// Judges the replies: every `LPUSH` answered with a length, and with
+    /// `confirm=replicated:N`, `WAIT` reached N replicas.
+    fn judge(
+        &self,
+        r: Result<Result<Vec<Frame>, LinkError>, dashi_rt::RtError>,
+    ) -> Result<(), StoreFailure> {
+        let replies = match r {
+            Ok(Ok(replies)) => replies,
+            Ok(Err(e)) => return Err(store_failure("publish", &e)),
+            Err(e) => return Err(store_failure("publish", &crate::link::rt_lost(e))),
+        };
+        for f in &replies {
+            if let Frame::Error(e) = f {
+                return Err(reply_failure("publish", e));
+            }
+        }
+        if let crate::options::ConfirmLevel::Replicated(n) = self.confirm {
+            let acked = replies.last().and_then(resp::int).unwrap_or(0);
+            if acked < i64::from(n) {
+                return Err(StoreFailure::new(
+                    dashi_engine::FailureKind::Io { transient: true },
+                    "redis publish",
+                    format!("WAIT: {acked} of {n} replicas acknowledged the write in time"),
+                ));
+            }
+        }
+        for q in &self.woken {
+            if q.state.waiters() > 0 {
+                q.state.notify_all();
+            }
+        }
+        Ok(())
+    }
+
+    fn settle(
+        &self,
+        r: Result<Result<Vec<Frame>, LinkError>, dashi_rt::RtError>,
+    ) -> Result<(), StoreFailure> {
+        let v = self.judge(r);
+        *self.outcome.lock() = Some(v.clone());
+        for w in self.wakers.lock().drain(..) {
+            w.wake();
+        }
+        v
+    }
+}
+
+#[derive(Debug)]
+struct RedisConfirm(Arc<SharedReply>);
+
+impl PendingConfirm for RedisConfirm {
+    fn poll_confirm(&self, waker: &Waker) -> Poll<Result<(), StoreFailure>> {
+        if let Some(o) = self.0.outcome.lock().clone() {
+            return Poll::Ready(o);
+        }
+        let mut guard = self.0.handle.lock();
+        let Some(h) = guard.as_mut() else {
+            // Another confirm of the batch is settling it.
+            self.0.wakers.lock().push(waker.clone());
+            return match self.0.outcome.lock().clone() {
+                Some(o) => Poll::Ready(o),
+                None => Poll::Pending,
+            };
+        };
+        let mut cx = std::task::Context::from_waker(waker);
+        match std::pin::Pin::new(h).poll(&mut cx) {
+            Poll::Ready(r) => {
+                guard.take();
+                drop(guard);
+                Poll::Ready(self.0.settle(r))
+            }
+            Poll::Pending => {
+                self.0.wakers.lock().push(waker.clone());
+                Poll::Pending
+            }
+        }
+    }
+
+    fn wait_confirm(&self, deadline: Option<Instant>) -> Option<Result<(), StoreFailure>> {
+        loop {
+            if let Some(o) = self.0.outcome.lock().clone() {
+                return Some(o);
+            }
+            let mut guard = self.0.handle.lock();
+            if let Some(h) = guard.as_mut() {
+                let r = match deadline {
+                    None => h.wait_timeout(Duration::from_secs(3600)),
+                    Some(d) => h.wait_timeout(d.saturating_duration_since(Instant::now())),
+                };
+                match r {
+                    Some(r) => {
+                        guard.take();
+                        drop(guard);
+                        return Some(self.0.settle(r));
+                    }
+                    None if deadline.is_some_and(|d| Instant::now() >= d) => return None,
+                    None => continue,
+                }
+            }
+            drop(guard);
+            if deadline.is_some_and(|d| Instant::now() >= d) {
+                return self.0.outcome.lock().clone();
+            }
+            std::thread::sleep(Duration::from_micros(50));
+        }
+    }
+}
+
+use std::future::Future as _;
+
+fn eval_cmd(sha: &str, keys: &[String], args: &[Bytes]) -> Cmd {
+    let mut c = Cmd::new("EVALSHA")
+        .arg(sha.to_owned())
+        .int(keys.len() as i64);
+    for k in keys {
+        c.push(k.clone());
+    }
+    for a in args {
+        c.push(a.clone());
+    }
+    c
+}
+
+/// One delivery held by this process.
+#[derive(Debug, Clone)]
+struct Held {
+    /// Its `unacked` field.
+    field: String,
+    /// The envelope exactly as popped.
+    raw: Bytes,
+    /// A lease was set on it (`extend_lease`): its score is the lease's.
+    leased: bool,
+}
+
+/// One queue of a [`RedisTransport`].
+#[derive(Debug)]
+pub(crate) struct RedisQueue {
+    inner: Weak<Inner>,
+    pub(crate) name: String,
+    pub(crate) decl: Queue,
+    lists: Vec<String>,
+    queue_json: Bytes,
+    pub(crate) state: QueueState,
+    held: Mutex<HashMap<u64, Held>>,
+    declared: AtomicBool,
+}
+
+impl RedisQueue {
+    fn new(inner: Weak<Inner>, keys: &Keys, decl: Queue, declared: bool) -> RedisQueue {
+        let mut json = String::new();
+        wire::json_str(&mut json, &decl.name);
+        RedisQueue {
+            inner,
+            name: decl.name.clone(),
+            lists: keys.lists(&decl.name),
+            queue_json: Bytes::from(json),
+            decl,
+            state: QueueState::new(),
+            held: Mutex::new(HashMap::new()),
+            declared: AtomicBool::new(declared),
+        }
+    }
+
+    fn inner(&self) -> Result<Arc<Inner>, Error> {
+        self.inner.upgrade().ok_or(Error::ConnectionClosed)
+    }
+
+    /// Ready messages in each list, kombu's step order.
+    fn depths(&self, inner: &Inner) -> Result<Vec<u64>, Error> {
+        let replies = inner.call_ok(
+            "queue depth",
+            self.lists
+                .iter()
+                .map(|l| Cmd::new("LLEN").arg(l.clone()))
+                .collect(),
+        )?;
+        Ok(replies
+            .iter()
+            .map(|f| resp::int(f).unwrap_or(0).max(0) as u64)
+            .collect())
+    }
+
+    fn settle_fields(&self, envs: &[&Envelope]) -> Vec<Held> {
+        let mut held = self.held.lock();
+        envs.iter().filter_map(|e| held.remove(&e.token)).collect()
+    }
+
+    /// Removes delivered entries from `unacked` (ack, or reject without
+    /// requeue: kombu has no dead-lettering on Redis).
+    fn forget(&self, gone: &[Held]) -> Result<(), Error> {
+        if gone.is_empty() {
+            return Ok(());
+        }
+        let inner = self.inner()?;
+        let mut hdel = Cmd::new("HDEL").arg(inner.keys.unacked());
+        let mut zrem = Cmd::new("ZREM").arg(inner.keys.unacked_index());
+        for h in gone {
+            hdel.push(h.field.clone());
+            zrem.push(h.field.clone());
+        }
+        inner
+            .call_ok("ack", vec![Cmd::new("MULTI"), hdel, zrem, Cmd::new("EXEC")])
+            .map(|_| ())
+    }
+
+    /// Puts a popped envelope that cannot be delivered in the garbage list.
+    fn set_aside(&self, inner: &Inner, held: &Held, why: &str) {
+        inner.note_garbage(&self.name, why);
+        let value = wire::unacked_value(&String::from_utf8_lossy(&held.raw), &self.name);
+        let keys = vec![
+            inner.keys.unacked(),
+            inner.keys.unacked_index(),
+            inner.keys.garbage(&self.name),
+        ];
+        if let Err(e) = inner.eval(
+            &inner.scripts.restore,
+            &keys,
+            vec![
+                Bytes::from(held.field.clone()),
+                Bytes::from(value),
+                held.raw.clone(),
+                Bytes::from_static(b"LPUSH"),
+            ],
+        ) {
+            // It stays unacked and comes back after the visibility timeout.
+            tracing::warn!(queue = %self.name, error = %e, "redis: setting a bad envelope aside failed");
+        }
+    }
+}
+
+impl QueueStore for RedisQueue {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn declaration(&self) -> &Queue {
+        &self.decl
+    }
+
+    fn pop(&self) -> Result<Option<Envelope>, Error> {
+        let mut out = Vec::with_capacity(1);
+        self.pop_many(1, &mut out)?;
+        Ok(out.pop())
+    }
+
+    fn pop_many(&self, max: usize, out: &mut Vec<Envelope>) -> Result<usize, Error> {
+        if max == 0 || self.state.is_deleted() {
+            return Ok(0);
+        }
+        let inner = self.inner()?;
+        let max = max.min(inner.opts.batch);
+        let mut keys = self.lists.clone();
+        keys.push(inner.keys.unacked());
+        keys.push(inner.keys.unacked_index());
+        keys.push(inner.keys.garbage(&self.name));
+        let reply = inner.eval(
+            &inner.scripts.pop,
+            &keys,
+            vec![
+                Bytes::from(max.to_string()),
+                Bytes::from(score(now_secs())),
+                self.queue_json.clone(),
+                Bytes::from(inner.nonce.clone()),
+            ],
+        )?;
+        let Frame::Array(items) = reply else {
+            return Err(reply_error("pop", "the pop script answered with no list"));
+        };
+        let mut it = items.into_iter();
+        if let Some(g) = it.next().as_ref().and_then(resp::int) {
+            for _ in 0..g.max(0) {
+                inner.note_garbage(&self.name, "not a kombu envelope (invalid JSON, no properties, no delivery_tag or null headers)");
+            }
+        }
+        let mut n = 0;
+        while let (Some(_i), Some(field), Some(raw)) = (it.next(), it.next(), it.next()) {
+            let (Some(field), Some(raw)) = (resp::bytes(&field), resp::bytes(&raw)) else {
+                continue;
+            };
+            let held = Held {
+                field: String::from_utf8_lossy(field).into_owned(),
+                raw: raw.clone(),
+                leased: false,
+            };
+            match wire::decode(raw) {
+                Ok(d) => {
+                    let mut env = d.envelope;
+                    env.token = NEXT_TOKEN.fetch_add(1, SeqCst);
+                    self.held.lock().insert(env.token, held);
+                    out.push(env);
+                    n += 1;
+                }
+                Err(why) => self.set_aside(&inner, &held, &why.0),
+            }
+        }
+        Ok(n)
+    }
+
+    fn ack(&self, envs: &[&Envelope]) -> Result<(), Error> {
+        let gone = self.settle_fields(envs);
+        self.forget(&gone)
+    }
+
+    fn reject(&self, envs: Vec<Envelope>) -> Result<(), Error> {
+        let refs: Vec<&Envelope> = envs.iter().collect();
+        let gone = self.settle_fields(&refs);
+        self.forget(&gone)
+    }
+
+    fn restore(&self, envs: Vec<Envelope>) -> Result<(), Error> {
+        if envs.is_empty() {
+            return Ok(());
+        }
+        let inner = self.inner()?;
+        let mut back: Vec<(u64, Held)> = {
+            let mut held = self.held.lock();
+            envs.iter()
+                .filter_map(|e| held.remove(&e.token).map(|h| (e.token, h)))
+                .collect()
+        };
+        // Newest delivery first, each RPUSHed: the oldest ends at the head,
+        // so they come back in their original order, ahead of the rest.
+        back.sort_by(|a, b| b.0.cmp(&a.0));
+        let sha = inner.script_sha(&inner.scripts.restore)?;
+        let mut cmds = Vec::with_capacity(back.len());
+        for (_, h) in &back {
+            let raw = String::from_utf8_lossy(&h.raw);
+            let value = wire::unacked_value(&raw, &self.name);
+            let marked =
+                wire::mark_redelivered(&raw, &self.name).unwrap_or_else(|| raw.to_string());
+            let step = inner.keys.step_for(wire::kombu_priority_of(&raw));
+            let keys = vec![
+                inner.keys.unacked(),
+                inner.keys.unacked_index(),
+                inner.keys.list(&self.name, step),
+            ];
+            cmds.push(eval_cmd(
+                &sha,
+                &keys,
+                &[
+                    Bytes::from(h.field.clone()),
+                    Bytes::from(value),
+                    Bytes::from(marked),
+                    Bytes::from_static(b"RPUSH"),
+                ],
+            ));
+        }
+        let replies = inner.conn.call(cmds).map_err(|e| {
+            // Not known whether they went back: they stay unacked in
+            // Redis (the scan restores them) and are no longer held.
+            link_error("restore", &e)
+        })?;
+        if replies
+            .iter()
+            .any(|f| matches!(f, Frame::Error(e) if e.starts_with("NOSCRIPT")))
+        {
+            *inner.scripts.restore.sha.lock() = None;
+            // Put the still-held ones back and try once more.
+            {
+                let mut held = self.held.lock();
+                for (t, h) in back {
+                    held.insert(t, h);
+                }
+            }
+            return self.restore(envs);
+        }
+        if let Some(Frame::Error(e)) = replies.iter().find(|f| matches!(f, Frame::Error(_))) {
+            return Err(reply_error("restore", e));
+        }
+        if self.state.waiters() > 0 {
+            self.state.notify_all();
+        }
+        Ok(())
+    }
+
+    fn lease(&self, env: &Envelope, lease: Duration) {
+        let Ok(inner) = self.inner() else { return };
+        let field = {
+            let mut held = self.held.lock();
+            let Some(h) = held.get_mut(&env.token) else {
+                return;
+            };
+            h.leased = true;
+            h.field.clone()
+        };
+        let at = now_secs() + lease.as_secs_f64() - inner.opts.visibility_timeout.as_secs_f64();
+        let _ = inner.call_ok(
+            "lease",
+            vec![Cmd::new("ZADD")
+                .arg(inner.keys.unacked_index())
+                .arg("XX")
+                .arg(score(at))
+                .arg(field)],
+        );
+    }
+
+    fn state(&self) -> &QueueState {
+        &self.state
+    }
+
+    fn consumer_removed(&self) {
+        if self.state.consumer_removed(&self.decl) {
+            if let Some(inner) = self.inner.upgrade() {
+                let _ = inner.delete(&self.name);
+            }
+        }
+    }
+}
+
+impl Inner {
+    /// Deletes a queue's lists and this process's bindings of it; returns
+    /// how many ready messages it held.
+    fn delete(&self, name: &str) -> Result<u64, Error> {
+        let (q, bindings) = {
+            let topo = self.topo.lock();
+            let bindings: Vec<Binding> = topo
+                .topology
+                .bindings()
+                .iter()
+                .filter(|b| b.queue == name)
+                .cloned()
+                .collect();
+            (topo.queues.get(name).cloned(), bindings)
+        };
+        let lists = self.keys.lists(name);
+        let mut cmds = vec![Cmd::new("MULTI")];
+        for l in &lists {
+            cmds.push(Cmd::new("LLEN").arg(l.clone()));
+        }
+        for b in &bindings {
+            let member = self.member_of(b);
+            cmds.push(
+                Cmd::new("SREM")
+                    .arg(self.keys.binding(&b.exchange))
+                    .arg(member.clone()),
+            );
+            cmds.push(
+                Cmd::new("SREM")
+                    .arg(self.keys.binding_permanent(&b.exchange))
+                    .arg(member),
+            );
+        }
+        let mut del = Cmd::new("DEL");
+        for l in &lists {
+            del.push(l.clone());
+        }
+        cmds.push(del);
+        cmds.push(Cmd::new("EXEC"));
+        let replies = self.call_ok("queue delete", cmds)?;
+        let ready = match replies.last() {
+            Some(Frame::Array(r)) => r
+                .iter()
+                .take(lists.len())
+                .map(|f| resp::int(f).unwrap_or(0).max(0) as u64)
+                .sum(),
+            _ => 0,
+        };
+        {
+            let mut topo = self.topo.lock();
+            topo.queues.remove(name);
+            topo.topology.remove_queue(name);
+            topo.local.retain(|b| b.queue != name);
+            topo.exclusive.remove(name);
+            self.republish(&topo);
+        }
+        if let Some(q) = q {
+            q.state.mark_deleted();
+        }
+        Ok(ready)
+    }
+
+    /// The binding member kombu writes for `b`.
+    fn member_of(&self, b: &Binding) -> String {
+        let kind = self
+            .topo
+            .lock()
+            .topology
+            .exchange(&b.exchange)
+            .map(|e| e.kind);
+        let pattern = match kind {
+            Some(ExchangeKind::Topic) => wire::topic_pattern(&b.routing_key),
+            _ => String::new(),
+        };
+        self.keys.member(&b.routing_key, &pattern, &b.queue)
+    }
+}
+
+impl Transport for RedisTransport {
+    fn scheme(&self) -> &'static str {
+        "redis"
+    }
+
+    fn implements(&self) -> Implements {
+        let mut i = Implements::default();
+        i.priorities = true;
+        i.fanout = true;
+        i.native_leases = true;
+        i.durable = true;
+        i.multi_process = true;
+        i
+    }
+
+    fn declare_exchange(&self, ex: &Exchange) -> Result<(), Error> {
+        if ex.kind == ExchangeKind::Headers {
+            return Err(Error::InvalidArgument(format!(
+                "exchange {:?}: headers exchanges are not available on redis://: kombu's \
+                 binding table has no place for binding arguments",
+                ex.name
+            )));
+        }
+        let changed = self.inner.topo.lock().topology.declare_exchange(ex)?;
+        if changed {
+            self.inner.refresh_bindings()?;
+        }
+        Ok(())
+    }
+
+    fn delete_exchange(&self, name: &str, if_unused: bool) -> Result<(), Error> {
+        {
+            let mut topo = self.inner.topo.lock();
+            topo.topology.delete_exchange(name, if_unused)?;
+            topo.local.retain(|b| b.exchange != name);
+            self.inner.republish(&topo);
+        }
+        self.inner
+            .call_ok(
+                "exchange delete",
+                vec![Cmd::new("DEL")
+                    .arg(self.inner.keys.binding(name))
+                    .arg(self.inner.keys.binding_permanent(name))],
+            )
+            .map(|_| ())
+    }
+
+    fn declare_queue(&self, q: &Queue, owner: ConnectionId) -> Result<QueueInfo, Error> {
+        validate_declaration(q)?;
+        if q.message_ttl.is_some()
+            || q.dead_letter_exchange.is_some()
+            || q.max_length != Queue::new("x").max_length
+            || q.max_length_bytes != Queue::new("x").max_length_bytes
+        {
+            return Err(Error::InvalidArgument(format!(
+                "queue {:?}: message_ttl, dead-lettering and length limits are not available \
+                 on redis:// yet (kombu's layout has no place for them)",
+                q.name
+            )));
+        }
+        let inner = &self.inner;
+        let handle = {
+            let mut topo = inner.topo.lock();
+            if let Some(&o) = topo.exclusive.get(&q.name) {
+                if o != owner {
+                    return Err(Error::Exclusive(q.name.clone()));
+                }
+            }
+            let existing = topo.queues.get(&q.name).cloned();
+            let handle = match existing {
+                Some(h) if h.declared.load(SeqCst) => {
+                    check_redeclare(&h.decl, q)?;
+                    h
+                }
+                _ => {
+                    let h = Arc::new(RedisQueue::new(
+                        inner.me.clone(),
+                        &inner.keys,
+                        q.clone(),
+                        true,
+                    ));
+                    topo.queues.insert(q.name.clone(), h.clone());
+                    inner.republish(&topo);
+                    h
+                }
+            };
+            if q.exclusive {
+                topo.exclusive.insert(q.name.clone(), owner);
+            }
+            handle
+        };
+        let depths = handle.depths(inner)?;
+        Ok(QueueInfo {
+            name: q.name.clone(),
+            message_count: depths.iter().sum(),
+            consumer_count: handle.state.consumers(),
+        })
+    }
+
+    fn delete_queue(
+        &self,
+        name: &str,
+        if_unused: bool,
+        if_empty: bool,
+        owner: ConnectionId,
+    ) -> Result<u64, Error> {
+        let inner = &self.inner;
+        let handle = {
+            let topo = inner.topo.lock();
+            if let Some(&o) = topo.exclusive.get(name) {
+                if o != owner {
+                    return Err(Error::Exclusive(name.to_owned()));
+                }
+            }
+            topo.queues.get(name).cloned()
+        };
+        let Some(handle) = handle.filter(|h| h.declared.load(SeqCst)) else {
+            return Err(Error::UnknownQueue(name.to_owned()));
+        };
+        let ready = handle.depths(inner)?.iter().sum();
+        check_delete(name, if_unused, if_empty, handle.state.consumers(), ready)?;
+        inner.delete(name)
+    }
+
+    fn purge_queue(&self, name: &str, owner: ConnectionId) -> Result<u64, Error> {
+        let inner = &self.inner;
+        {
+            let topo = inner.topo.lock();
+            if let Some(&o) = topo.exclusive.get(name) {
+                if o != owner {
+                    return Err(Error::Exclusive(name.to_owned()));
+                }
+            }
+            if !topo
+                .queues
+                .get(name)
+                .is_some_and(|h| h.declared.load(SeqCst))
+            {
+                return Err(Error::UnknownQueue(name.to_owned()));
+            }
+        }
+        let lists = inner.keys.lists(name);
+        let mut cmds = vec![Cmd::new("MULTI")];
+        for l in &lists {
+            cmds.push(Cmd::new("LLEN").arg(l.clone()));
+        }
+        let mut del = Cmd::new("DEL");
+        for l in &lists {
+            del.push(l.clone());
+        }
+        cmds.push(del);
+        cmds.push(Cmd::new("EXEC"));
+        let replies = inner.call_ok("queue purge", cmds)?;
+        Ok(match replies.last() {
+            Some(Frame::Array(r)) => r
+                .iter()
+                .take(lists.len())
+                .map(|f| resp::int(f).unwrap_or(0).max(0) as u64)
+                .sum(),
+            _ => 0,
+        })
+    }
+
+    fn bind(&self, binding: Binding) -> Result<(), Error> {
+        let inner = &self.inner;
+        {
+            let mut topo = inner.topo.lock();
+            let declared = |n: &str| topo.queues.get(n).is_some_and(|h| h.declared.load(SeqCst));
+            let exists = declared(&binding.queue);
+            let mut scratch = topo.topology.clone();
+            scratch.bind(binding.clone(), |_| exists)?;
+            if !topo.local.contains(&binding) {
+                topo.local.push(binding.clone());
+            }
+        }
+        let member = inner.member_of(&binding);
+        inner.call_ok(
+            "bind",
+            vec![
+                Cmd::new("SADD")
+                    .arg(inner.keys.binding(&binding.exchange))
+                    .arg(member.clone()),
+                Cmd::new("SADD")
+                    .arg(inner.keys.binding_permanent(&binding.exchange))
+                    .arg(member),
+            ],
+        )?;
+        inner.refresh_bindings()
+    }
+
+    fn unbind(&self, binding: &Binding) -> Result<(), Error> {
+        let inner = &self.inner;
+        {
+            let mut topo = inner.topo.lock();
+            topo.topology.unbind(binding)?;
+            topo.local.retain(|b| b != binding);
+        }
+        let member = inner.member_of(binding);
+        inner.call_ok(
+            "unbind",
+            vec![
+                Cmd::new("SREM")
+                    .arg(inner.keys.binding(&binding.exchange))
+                    .arg(member.clone()),
+                Cmd::new("SREM")
+                    .arg(inner.keys.binding_permanent(&binding.exchange))
+                    .arg(member),
+            ],
+        )?;
+        inner.refresh_bindings()
+    }
+
+    fn queue(&self, name: &str, owner: ConnectionId) -> Result<Arc<dyn QueueStore>, Error> {
+        let topo = self.inner.topo.lock();
+        if let Some(&o) = topo.exclusive.get(name) {
+            if o != owner {
+                return Err(Error::Exclusive(name.to_owned()));
+            }
+        }
+        match topo.queues.get(name) {
+            Some(h) if h.declared.load(SeqCst) => Ok(h.clone()),
+            _ => Err(Error::UnknownQueue(name.to_owned())),
+        }
+    }
+
+    fn publish(&self, envelope: Envelope, mandatory: bool) -> Result<(), PublishError> {
+        match self.publish_async(envelope, mandatory)? {
+            Accepted::Confirmed => Ok(()),
+            Accepted::Pending { confirm, envelope } => {
+                let failure = match confirm.wait_confirm(None) {
+                    Some(Ok(())) => return Ok(()),
+                    Some(Err(f)) => f,
+                    None => StoreFailure::new(
+                        dashi_engine::FailureKind::Io { transient: true },
+                        "redis publish",
+                        "no outcome",
+                    ),
+                };
+                Err(PublishError::Unconfirmed {
+                    failure,
+                    message: Box::new(envelope.into_message()),
+                })
+            }
+        }
+    }
+
+    fn publish_async(&self, envelope: Envelope, mandatory: bool) -> Result<Accepted, PublishError> {
+        self.publish_many(vec![(envelope, mandatory)])
+            .pop()
+            .expect("one result per message")
+    }
+
+    fn publish_many(&self, batch: Vec<(Envelope, bool)>) -> Vec<Result<Accepted, PublishError>> {
+        self.inner
+            .publish_batch(batch)
+            .into_iter()
+            .map(|r| {
+                r.map(|p| match p {
+                    Planned::Dropped(_) => Accepted::Confirmed,
+                    Planned::Sent(_) => unreachable!("every sent message waits for its batch"),
+                    Planned::Pending(envelope, reply) => Accepted::Pending {
+                        confirm: Box::new(RedisConfirm(reply)),
+                        envelope,
+                    },
+                })
+            })
+            .collect()
+    }
+
+    fn connection_closed(&self, owner: ConnectionId) {
+        let gone: Vec<String> = {
+            let topo = self.inner.topo.lock();
+            topo.exclusive
+                .iter()
+                .filter(|(_, &o)| o == owner)
+                .map(|(n, _)| n.clone())
+                .collect()
+        };
+        for name in gone {
+            let _ = self.inner.delete(&name);
+        }
+    }
+
+    fn health(&self) -> Result<(), Error> {
+        match self.inner.conn.last_error() {
+            Some(e) => Err(link_error("connection", &e)),
+            None => Ok(()),
+        }
+    }
+
+    fn counters(&self) -> &Counters {
+        &self.inner.counters
+    }
+
+    fn queue_stats(&self, name: &str) -> Option<QueueStats> {
+        let h = self.inner.topo.lock().queues.get(name).cloned()?;
+        let depths = h.depths(&self.inner).ok()?;
+        // Lanes by dashi priority: kombu step s holds dashi 9 - s.
+        let mut by_lane = vec![0u64; 10];
+        for (step, d) in self.inner.keys.steps.iter().zip(&depths) {
+            by_lane[usize::from(wire::from_kombu_priority(*step))] += d;
+        }
+        let held = h.held.lock().len() as u64;
+        Some(QueueStats::new(
+            name.to_owned(),
+            by_lane,
+            depths.iter().sum(),
+            0,
+            held,
+            h.state.consumers(),
+        ))
+    }
+
+    fn all_queue_stats(&self) -> Vec<QueueStats> {
+        let names: Vec<String> = {
+            let topo = self.inner.topo.lock();
+            topo.queues
+                .values()
+                .filter(|q| q.declared.load(SeqCst))
+                .map(|q| q.name.clone())
+                .collect()
+        };
+        names.iter().filter_map(|n| self.queue_stats(n)).collect()
+    }
+}

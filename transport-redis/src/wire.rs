@@ -1,0 +1,846 @@
+//! Kombu's wire format on Redis (kombu 5.x, see the README's Redis section):
+//! the key names, the JSON envelope a message is stored as, the priority
+//! mapping, and the topic pattern kombu stores with a binding.
+//!
+//! # Invariants
+//! - What dashi writes, kombu 5.x reads: the envelope has kombu's key order
+//!   and separators (`", "`, `": "`), ASCII-only `\uXXXX` escapes, a base64
+//!   body, a uuid4 `delivery_tag` and `delivery_info`.
+//! - Priority maps at this boundary only: dashi's most urgent (9 and above)
+//!   is kombu's 0, which lands in the list kombu drains first.
+//! - Decoding never panics: an envelope that cannot be read is an error
+//!   naming what is wrong.
+
+use std::fmt::Write as _;
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::Engine as _;
+use bytes::Bytes;
+use dashi_engine::spi::Envelope;
+use dashi_engine::{DeliveryMode, Headers, Properties, Value};
+use serde_json::value::RawValue;
+
+/// Kombu's default separator between a queue name and its priority step,
+/// and between the fields of a binding member.
+pub(crate) const DEFAULT_SEP: &str = "\x06\x16";
+/// Kombu's default priority steps.
+pub(crate) const DEFAULT_STEPS: [u8; 4] = [0, 3, 6, 9];
+
+/// The key layout of one deployment (options shared by every participant).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Keys {
+    pub(crate) prefix: String,
+    pub(crate) sep: String,
+    /// Ascending, first 0 unless configured otherwise.
+    pub(crate) steps: Vec<u8>,
+    pub(crate) unacked: String,
+    pub(crate) unacked_index: String,
+    pub(crate) unacked_mutex: String,
+}
+
+impl Default for Keys {
+    fn default() -> Self {
+        Keys {
+            prefix: String::new(),
+            sep: DEFAULT_SEP.into(),
+            steps: DEFAULT_STEPS.to_vec(),
+            unacked: "unacked".into(),
+            unacked_index: "unacked_index".into(),
+            unacked_mutex: "unacked_mutex".into(),
+        }
+    }
+}
+
+impl Keys {
+    /// The list of `queue` for priority step `step`.
+    pub(crate) fn list(&self, queue: &str, step: u8) -> String {
+        if step == 0 {
+            format!("{}{queue}", self.prefix)
+        } else {
+            format!("{}{queue}{}{step}", self.prefix, self.sep)
+        }
+    }
+
+    /// Every list of `queue`, in the order they are drained (kombu's
+    /// ascending steps: its most urgent first).
+    pub(crate) fn lists(&self, queue: &str) -> Vec<String> {
+        self.steps.iter().map(|&s| self.list(queue, s)).collect()
+    }
+
+    /// The binding set of `exchange`.
+    pub(crate) fn binding(&self, exchange: &str) -> String {
+        format!("{}_kombu.binding.{exchange}", self.prefix)
+    }
+
+    /// The set that protects `exchange`'s bindings from kombu 5.7's sweep.
+    pub(crate) fn binding_permanent(&self, exchange: &str) -> String {
+        format!("{}_kombu.binding_permanent.{exchange}", self.prefix)
+    }
+
+    /// The hash of unacked deliveries.
+    pub(crate) fn unacked(&self) -> String {
+        format!("{}{}", self.prefix, self.unacked)
+    }
+
+    /// The zset of delivery times.
+    pub(crate) fn unacked_index(&self) -> String {
+        format!("{}{}", self.prefix, self.unacked_index)
+    }
+
+    /// The restore lock.
+    pub(crate) fn unacked_mutex(&self) -> String {
+        format!("{}{}", self.prefix, self.unacked_mutex)
+    }
+
+    /// Where envelopes that cannot be read are kept (dashi's own key).
+    pub(crate) fn garbage(&self, queue: &str) -> String {
+        format!("{}_dashi.garbage.{queue}", self.prefix)
+    }
+
+    /// The step a kombu priority (0 = most urgent) lands in: the largest
+    /// step not above it; a value below the first step wraps to the last
+    /// (kombu's `bisect` quirk).
+    pub(crate) fn step_for(&self, kombu_priority: u8) -> u8 {
+        let p = kombu_priority.min(9);
+        match self.steps.iter().rev().find(|&&s| s <= p) {
+            Some(&s) => s,
+            None => *self.steps.last().unwrap_or(&0),
+        }
+    }
+
+    /// A binding member: `routing_key SEP pattern SEP queue`.
+    pub(crate) fn member(&self, routing_key: &str, pattern: &str, queue: &str) -> String {
+        format!("{routing_key}{0}{pattern}{0}{queue}", self.sep)
+    }
+
+    /// A member's fields (routing key, pattern, queue), or `None` when it
+    /// does not have three.
+    pub(crate) fn split_member<'a>(&self, member: &'a str) -> Option<(&'a str, &'a str, &'a str)> {
+        let mut it = member.split(self.sep.as_str());
+        let (rk, pat, q) = (it.next()?, it.next()?, it.next()?);
+        it.next().is_none().then_some((rk, pat, q))
+    }
+}
+
+/// dashi priority (higher = more urgent) → kombu's (0 = most urgent).
+pub(crate) fn to_kombu_priority(dashi: u8) -> u8 {
+    9 - dashi.min(9)
+}
+
+/// kombu priority → dashi's.
+pub(crate) fn from_kombu_priority(kombu: u8) -> u8 {
+    9 - kombu.min(9)
+}
+
+/// The regex kombu 5.7 stores for a topic binding key
+/// (`TopicExchange.key_to_pattern`): punctuation other than `. # *`
+/// escaped, `*` → `[^\.]+`, `#` → `.*?`, joined by `\.`, anchored.
+pub(crate) fn topic_pattern(key: &str) -> String {
+    let mut escaped = String::with_capacity(key.len() * 2);
+    for c in key.chars() {
+        if c == '\0' {
+            escaped.push_str("\\000");
+        } else if c.is_alphanumeric() || matches!(c, '.' | '#' | '*') {
+            escaped.push(c);
+        } else {
+            escaped.push('\\');
+            escaped.push(c);
+        }
+    }
+    let words: Vec<&str> = escaped
+        .split('.')
+        .map(|w| match w {
+            "*" => "[^\\.]+",
+            "#" => ".*?",
+            w => w,
+        })
+        .collect();
+    format!("^{}$", words.join("\\."))
+}
+
+/// Appends `s` as a JSON string the way Python's `json.dumps` writes it:
+/// ASCII only, `\uXXXX` (lower-case hex, surrogate pairs) for the rest,
+/// `/` not escaped.
+pub(crate) fn json_str(out: &mut String, s: &str) {
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            '\u{8}' => out.push_str("\\b"),
+            '\u{c}' => out.push_str("\\f"),
+            c if (c as u32) < 0x20 || (c as u32) > 0x7e => {
+                let mut units = [0u16; 2];
+                for u in c.encode_utf16(&mut units) {
+                    let _ = write!(out, "\\u{u:04x}");
+                }
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+}
+
+fn json_value(out: &mut String, v: &Value) {
+    match v {
+        Value::Null => out.push_str("null"),
+        Value::Bool(b) => out.push_str(if *b { "true" } else { "false" }),
+        Value::Int(i) => {
+            let _ = write!(out, "{i}");
+        }
+        Value::Float(f) if f.is_finite() => {
+            // Python's repr: shortest round trip, with a ".0" on integers.
+            let s = serde_json::to_string(f).unwrap_or_else(|_| "0.0".into());
+            out.push_str(&s);
+        }
+        // JSON has no NaN or infinity; Python writes them as these names.
+        Value::Float(f) if f.is_nan() => out.push_str("NaN"),
+        Value::Float(f) if *f > 0.0 => out.push_str("Infinity"),
+        Value::Float(_) => out.push_str("-Infinity"),
+        Value::Str(s) => json_str(out, s),
+        Value::Bytes(b) => match std::str::from_utf8(b) {
+            // kombu's tagged types: bytes as text, or base64 when not UTF-8.
+            Ok(s) => {
+                out.push_str("{\"__type__\": \"bytes\", \"__value__\": ");
+                json_str(out, s);
+                out.push('}');
+            }
+            Err(_) => {
+                out.push_str("{\"__type__\": \"base64\", \"__value__\": \"");
+                out.push_str(&base64::engine::general_purpose::STANDARD.encode(b));
+                out.push_str("\"}");
+            }
+        },
+        Value::List(items) => {
+            out.push('[');
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push_str(", ");
+                }
+                json_value(out, item);
+            }
+            out.push(']');
+        }
+        Value::Table(t) => json_table(out, t),
+        // A value kind added later: written as null rather than guessed.
+        #[allow(unreachable_patterns)]
+        _ => out.push_str("null"),
+    }
+}
+
+fn json_table(out: &mut String, t: &Headers) {
+    out.push('{');
+    for (i, (k, v)) in t.iter().enumerate() {
+        if i > 0 {
+            out.push_str(", ");
+        }
+        json_str(out, k);
+        out.push_str(": ");
+        json_value(out, v);
+    }
+    out.push('}');
+}
+
+/// A new kombu delivery tag (a uuid4 string).
+pub(crate) fn new_tag() -> String {
+    uuid::Uuid::new_v4().to_string()
+}
+
+/// The envelope kombu stores for `env` under delivery tag `tag`, byte for
+/// byte as kombu 5.7 writes it (its §3.3 order and separators). The
+/// priority is kombu's (see [`to_kombu_priority`]).
+pub(crate) fn encode(env: &Envelope, tag: &str) -> String {
+    let p = env.properties();
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let mut out = String::with_capacity(env.body.len() * 4 / 3 + 320);
+    out.push_str("{\"body\": \"");
+    b64.encode_string(&env.body, &mut out);
+    out.push_str("\", \"content-encoding\": ");
+    opt_str(&mut out, p.content_encoding.as_deref());
+    out.push_str(", \"content-type\": ");
+    opt_str(&mut out, p.content_type.as_deref());
+    out.push_str(", \"headers\": ");
+    json_table(&mut out, &p.headers);
+    out.push_str(", \"properties\": {");
+    // The caller's properties first (as kombu writes `**properties`).
+    if let Some(c) = &p.correlation_id {
+        out.push_str("\"correlation_id\": ");
+        json_str(&mut out, c);
+        out.push_str(", ");
+    }
+    if let Some(r) = &p.reply_to {
+        out.push_str("\"reply_to\": ");
+        json_str(&mut out, r);
+        out.push_str(", ");
+    }
+    if let Some(m) = &p.message_id {
+        out.push_str("\"message_id\": ");
+        json_str(&mut out, m);
+        out.push_str(", ");
+    }
+    if let Some(t) = p.timestamp {
+        let _ = write!(out, "\"timestamp\": {t}, ");
+    }
+    let mode = match p.delivery_mode {
+        DeliveryMode::Transient => 1,
+        _ => 2,
+    };
+    let _ = write!(out, "\"delivery_mode\": {mode}, ");
+    if let Some(e) = p.expiration {
+        let _ = write!(out, "\"expiration\": \"{}\", ", e.as_millis());
+    }
+    out.push_str("\"delivery_info\": {\"exchange\": ");
+    json_str(&mut out, &env.exchange);
+    out.push_str(", \"routing_key\": ");
+    json_str(&mut out, &env.routing_key);
+    let _ = write!(
+        out,
+        "}}, \"priority\": {}, \"body_encoding\": \"base64\", \"delivery_tag\": ",
+        to_kombu_priority(p.priority.unwrap_or(0))
+    );
+    json_str(&mut out, tag);
+    out.push_str("}}");
+    out
+}
+
+fn opt_str(out: &mut String, s: Option<&str>) {
+    match s {
+        Some(s) => json_str(out, s),
+        None => out.push_str("null"),
+    }
+}
+
+/// A kombu envelope as read: the message and where kombu says it went.
+#[derive(Debug)]
+pub(crate) struct Decoded {
+    pub(crate) envelope: Envelope,
+    pub(crate) tag: String,
+}
+
+/// Why an envelope cannot be delivered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Garbage(pub(crate) String);
+
+impl std::fmt::Display for Garbage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+#[derive(serde::Deserialize)]
+struct RawEnvelope<'a> {
+    #[serde(default, borrow)]
+    body: Option<std::borrow::Cow<'a, str>>,
+    #[serde(default, rename = "content-type")]
+    content_type: Option<String>,
+    #[serde(default, rename = "content-encoding")]
+    content_encoding: Option<String>,
+    #[serde(default)]
+    headers: Option<serde_json::Map<String, serde_json::Value>>,
+    properties: Option<RawProperties>,
+}
+
+#[derive(serde::Deserialize)]
+struct RawProperties {
+    #[serde(default)]
+    body_encoding: Option<String>,
+    #[serde(default)]
+    delivery_tag: Option<serde_json::Value>,
+    #[serde(default)]
+    delivery_info: Option<RawDeliveryInfo>,
+    #[serde(default)]
+    priority: Option<serde_json::Value>,
+    #[serde(default)]
+    delivery_mode: Option<serde_json::Value>,
+    #[serde(default)]
+    correlation_id: Option<serde_json::Value>,
+    #[serde(default)]
+    reply_to: Option<serde_json::Value>,
+    #[serde(default)]
+    message_id: Option<serde_json::Value>,
+    #[serde(default)]
+    timestamp: Option<serde_json::Value>,
+    #[serde(default)]
+    expiration: Option<serde_json::Value>,
+}
+
+#[derive(serde::Deserialize)]
+struct RawDeliveryInfo {
+    #[serde(default)]
+    exchange: Option<String>,
+    #[serde(default)]
+    routing_key: Option<String>,
+    #[serde(default)]
+    redelivered: Option<serde_json::Value>,
+}
+
+/// A kombu delivery tag as the text kombu uses for the `unacked` field.
+pub(crate) fn tag_text(v: &serde_json::Value) -> Option<String> {
+    match v {
+        serde_json::Value::String(s) => Some(s.clone()),
+        serde_json::Value::Number(n) => Some(n.to_string()),
+        _ => None,
+    }
+}
+
+fn text(v: &Option<serde_json::Value>) -> Option<String> {
+    match v {
+        Some(serde_json::Value::String(s)) => Some(s.clone()),
+        Some(serde_json::Value::Number(n)) => Some(n.to_string()),
+        _ => None,
+    }
+}
+
+/// kombu's `int()` of a priority: ints, floats (truncated) and numeric
+/// strings; anything else is its default, 0.
+fn kombu_int(v: &Option<serde_json::Value>) -> Option<i64> {
+    match v {
+        Some(serde_json::Value::Number(n)) => n.as_i64().or_else(|| n.as_f64().map(|f| f as i64)),
+        Some(serde_json::Value::String(s)) => s.trim().parse().ok(),
+        Some(serde_json::Value::Bool(b)) => Some(i64::from(*b)),
+        _ => None,
+    }
+}
+
+/// A JSON header value as a dashi [`Value`], kombu's `__type__` tags
+/// decoded (`bytes`, `base64` → bytes; dates, times, decimals and uuids →
+/// their text).
+fn value(v: serde_json::Value) -> Value {
+    use serde_json::Value as J;
+    match v {
+        J::Null => Value::Null,
+        J::Bool(b) => Value::Bool(b),
+        J::Number(n) => match n.as_i64() {
+            Some(i) => Value::Int(i),
+            None => Value::Float(n.as_f64().unwrap_or(0.0)),
+        },
+        J::String(s) => Value::Str(s),
+        J::Array(a) => Value::List(a.into_iter().map(value).collect()),
+        J::Object(mut m) => {
+            if m.len() == 2 && m.contains_key("__type__") && m.contains_key("__value__") {
+                let kind = m
+                    .get("__type__")
+                    .and_then(J::as_str)
+                    .unwrap_or("")
+                    .to_owned();
+                let inner = m.remove("__value__").unwrap_or(J::Null);
+                return match (kind.as_str(), inner) {
+                    ("bytes", J::String(s)) => Value::Bytes(Bytes::from(s.into_bytes())),
+                    ("base64", J::String(s)) => {
+                        match base64::engine::general_purpose::STANDARD.decode(s.as_bytes()) {
+                            Ok(b) => Value::Bytes(Bytes::from(b)),
+                            Err(_) => Value::Str(s),
+                        }
+                    }
+                    ("uuid", J::Object(u)) => match u.get("hex") {
+                        Some(J::String(h)) => Value::Str(h.clone()),
+                        _ => Value::Table(Default::default()),
+                    },
+                    (_, J::String(s)) => Value::Str(s),
+                    (_, other) => value(other),
+                };
+            }
+            Value::Table(m.into_iter().map(|(k, v)| (k, value(v))).collect())
+        }
+    }
+}
+
+/// Reads a kombu envelope. `Err` names why it cannot be delivered (it is
+/// then set aside, never dropped).
+pub(crate) fn decode(raw: &[u8]) -> Result<Decoded, Garbage> {
+    let env: RawEnvelope<'_> =
+        serde_json::from_slice(raw).map_err(|e| Garbage(format!("not a JSON envelope: {e}")))?;
+    let props = env
+        .properties
+        .ok_or_else(|| Garbage("the envelope has no \"properties\" object".into()))?;
+    let tag = props
+        .delivery_tag
+        .as_ref()
+        .and_then(tag_text)
+        .ok_or_else(|| Garbage("the envelope has no properties.delivery_tag".into()))?;
+    let body_text = env.body.unwrap_or_default();
+    let body = match props.body_encoding.as_deref() {
+        Some(e) if e.eq_ignore_ascii_case("base64") => base64::engine::general_purpose::STANDARD
+            .decode(body_text.as_bytes())
+            .map(Bytes::from)
+            .map_err(|e| Garbage(format!("the base64 body cannot be decoded: {e}")))?,
+        None => Bytes::copy_from_slice(body_text.as_bytes()),
+        Some(e) if e.eq_ignore_ascii_case("utf-8") || e.eq_ignore_ascii_case("utf8") => {
+            Bytes::copy_from_slice(body_text.as_bytes())
+        }
+        Some(other) => {
+            return Err(Garbage(format!("unknown body encoding {other:?}")));
+        }
+    };
+    let mut headers: Headers = Default::default();
+    let mut redelivered = false;
+    for (k, v) in env.headers.unwrap_or_default() {
+        if k == "redelivered" {
+            redelivered |= v == serde_json::Value::Bool(true);
+            continue;
+        }
+        headers.insert(k, value(v));
+    }
+    let (exchange, routing_key) = match &props.delivery_info {
+        Some(di) => {
+            redelivered |= di.redelivered == Some(serde_json::Value::Bool(true));
+            (
+                di.exchange.clone().unwrap_or_default(),
+                di.routing_key.clone().unwrap_or_default(),
+            )
+        }
+        None => (String::new(), String::new()),
+    };
+    let kombu_priority = kombu_int(&props.priority).unwrap_or(0).clamp(0, 9) as u8;
+    let properties = Properties {
+        content_type: env.content_type,
+        content_encoding: env.content_encoding,
+        headers,
+        delivery_mode: match kombu_int(&props.delivery_mode) {
+            Some(1) => DeliveryMode::Transient,
+            _ => DeliveryMode::Persistent,
+        },
+        priority: Some(from_kombu_priority(kombu_priority)),
+        correlation_id: text(&props.correlation_id),
+        reply_to: text(&props.reply_to),
+        expiration: text(&props.expiration)
+            .and_then(|s| s.parse::<u64>().ok())
+            .map(Duration::from_millis),
+        message_id: text(&props.message_id),
+        timestamp: kombu_int(&props.timestamp).and_then(|t| u64::try_from(t).ok()),
+    };
+    let mut envelope = Envelope::new(
+        dashi_engine::Message {
+            body,
+            properties: Properties::DEFAULT,
+        },
+        &exchange,
+        &routing_key,
+    );
+    envelope.properties = Some(Arc::new(properties));
+    envelope.redelivered = redelivered;
+    envelope.lane = from_kombu_priority(kombu_priority);
+    Ok(Decoded { envelope, tag })
+}
+
+/// The envelope `raw` with kombu's restore marks: `"redelivered": true` as
+/// the last key of `headers` and of `properties.delivery_info` (replacing
+/// an existing one), every other byte kept as it was. A missing `headers`
+/// or `delivery_info` is added (the latter naming `queue`), so that kombu
+/// can consume and restore the result. `None` when `raw` is not an object
+/// with an object `properties`, or its `headers` is not an object.
+pub(crate) fn mark_redelivered(raw: &str, queue: &str) -> Option<String> {
+    let top = object(raw)?;
+    let mut out = String::with_capacity(raw.len() + 64);
+    out.push('{');
+    let mut saw_headers = false;
+    let mut saw_properties = false;
+    for (i, (k, v)) in top.iter().enumerate() {
+        if i > 0 {
+            out.push_str(", ");
+        }
+        json_str(&mut out, k);
+        out.push_str(": ");
+        match k.as_str() {
+            "headers" => {
+                saw_headers = true;
+                out.push_str(&with_flag(v.get())?);
+            }
+            "properties" => {
+                saw_properties = true;
+                let props = object(v.get())?;
+                out.push('{');
+                let mut saw_info = false;
+                for (j, (pk, pv)) in props.iter().enumerate() {
+                    if j > 0 {
+                        out.push_str(", ");
+                    }
+                    json_str(&mut out, pk);
+                    out.push_str(": ");
+                    if pk == "delivery_info" {
+                        saw_info = true;
+                        out.push_str(&with_flag(pv.get())?);
+                    } else {
+                        out.push_str(pv.get());
+                    }
+                }
+                if !saw_info {
+                    if !props.is_empty() {
+                        out.push_str(", ");
+                    }
+                    out.push_str("\"delivery_info\": {\"exchange\": \"\", \"routing_key\": ");
+                    json_str(&mut out, queue);
+                    out.push_str(", \"redelivered\": true}");
+                }
+                out.push('}');
+            }
+            _ => out.push_str(v.get()),
+        }
+    }
+    if !saw_properties {
+        return None;
+    }
+    if !saw_headers {
+        out.push_str(", \"headers\": {\"redelivered\": true}");
+    }
+    out.push('}');
+    Some(out)
+}
+
+/// The members of a JSON object in their order, values left as raw text.
+fn object(raw: &str) -> Option<Vec<(String, Box<RawValue>)>> {
+    struct Ordered(Vec<(String, Box<RawValue>)>);
+    impl<'de> serde::Deserialize<'de> for Ordered {
+        fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            struct V;
+            impl<'de> serde::de::Visitor<'de> for V {
+                type Value = Ordered;
+                fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                    f.write_str("a JSON object")
+                }
+                fn visit_map<A: serde::de::MapAccess<'de>>(
+                    self,
+                    mut map: A,
+                ) -> Result<Ordered, A::Error> {
+                    let mut v = Vec::new();
+                    while let Some((k, val)) = map.next_entry::<String, Box<RawValue>>()? {
+                        v.push((k, val));
+                    }
+                    Ok(Ordered(v))
+                }
+            }
+            d.deserialize_map(V)
+        }
+    }
+    serde_json::from_str::<Ordered>(raw).ok().map(|o| o.0)
+}
+
+/// An object with `"redelivered": true` as its last member.
+fn with_flag(raw: &str) -> Option<String> {
+    let members = object(raw)?;
+    let mut out = String::from("{");
+    for (k, v) in members.iter().filter(|(k, _)| k != "redelivered") {
+        json_str(&mut out, k);
+        out.push_str(": ");
+        out.push_str(v.get());
+        out.push_str(", ");
+    }
+    out.push_str("\"redelivered\": true}");
+    Some(out)
+}
+
+/// The `unacked` hash value kombu expects: `[envelope, exchange,
+/// routing_key]`. dashi writes exchange `""` and the queue it popped from,
+/// so any restorer puts the message back into exactly that queue.
+pub(crate) fn unacked_value(raw: &str, queue: &str) -> String {
+    let mut out = String::with_capacity(raw.len() + queue.len() + 16);
+    out.push('[');
+    out.push_str(raw);
+    out.push_str(", \"\", ");
+    json_str(&mut out, queue);
+    out.push(']');
+    out
+}
+
+/// An `unacked` hash value split into its envelope (raw text), exchange
+/// and routing key.
+pub(crate) fn split_unacked(value: &str) -> Option<(Box<RawValue>, String, String)> {
+    let (env, ex, rk): (Box<RawValue>, String, String) = serde_json::from_str(value).ok()?;
+    Some((env, ex, rk))
+}
+
+/// The kombu priority recorded in a raw envelope (0 when missing or not a
+/// number, as kombu reads it).
+pub(crate) fn kombu_priority_of(raw: &str) -> u8 {
+    #[derive(serde::Deserialize)]
+    struct P {
+        properties: Option<PP>,
+    }
+    #[derive(serde::Deserialize)]
+    struct PP {
+        #[serde(default)]
+        priority: Option<serde_json::Value>,
+    }
+    serde_json::from_str::<P>(raw)
+        .ok()
+        .and_then(|p| p.properties)
+        .and_then(|pp| kombu_int(&pp.priority))
+        .unwrap_or(0)
+        .clamp(0, 9) as u8
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use dashi_engine::Message;
+
+    fn sample() -> Envelope {
+        let mut m =
+            Message::new(&b"{\"hello\": \"world\", \"n\": 0, \"sent_at\": 1795266596.4296215}"[..]);
+        m.properties.content_type = Some("application/json".into());
+        m.properties.content_encoding = Some("utf-8".into());
+        m.properties
+            .headers
+            .insert("x-trace".into(), Value::Str("abc".into()));
+        m.properties.priority = Some(4);
+        Envelope::new(m, "ex1", "rk1")
+    }
+
+    #[test]
+    fn encodes_kombus_exact_bytes() {
+        // kombu-redis-wire.md §9.A, with dashi priority 4 = kombu 5.
+        let got = encode(&sample(), "e03cdaa1-5dd9-4b15-a4af-9187744e8522");
+        assert_eq!(
+            got,
+            "{\"body\": \"eyJoZWxsbyI6ICJ3b3JsZCIsICJuIjogMCwgInNlbnRfYXQiOiAxNzk1MjY2NTk2LjQyOTYyMTV9\", \"content-encoding\": \"utf-8\", \"content-type\": \"application/json\", \"headers\": {\"x-trace\": \"abc\"}, \"properties\": {\"delivery_mode\": 2, \"delivery_info\": {\"exchange\": \"ex1\", \"routing_key\": \"rk1\"}, \"priority\": 5, \"body_encoding\": \"base64\", \"delivery_tag\": \"e03cdaa1-5dd9-4b15-a4af-9187744e8522\"}}"
+        );
+    }
+
+    #[test]
+    fn decodes_what_it_encodes() {
+        let env = sample();
+        let d = decode(encode(&env, "t1").as_bytes()).unwrap();
+        assert_eq!(d.tag, "t1");
+        assert_eq!(d.envelope.body, env.body);
+        assert_eq!(d.envelope.properties(), env.properties());
+        assert_eq!(&*d.envelope.exchange, "ex1");
+        assert_eq!(&*d.envelope.routing_key, "rk1");
+        assert!(!d.envelope.redelivered);
+        assert_eq!(d.envelope.lane, 4);
+    }
+
+    #[test]
+    fn priorities_map_both_ways() {
+        // dashi 9 (and above) is kombu's most urgent, 0; kombu 9 is dashi 0.
+        for (dashi, kombu) in [(0, 9), (1, 8), (4, 5), (9, 0), (200, 0)] {
+            assert_eq!(to_kombu_priority(dashi), kombu);
+        }
+        for (kombu, dashi) in [(0, 9), (9, 0), (5, 4)] {
+            assert_eq!(from_kombu_priority(kombu), dashi);
+        }
+        let k = Keys::default();
+        assert_eq!(
+            (0..=9).map(|p| k.step_for(p)).collect::<Vec<_>>(),
+            [0, 0, 0, 3, 3, 3, 6, 6, 6, 9]
+        );
+        let odd = Keys {
+            steps: vec![2, 5],
+            ..Keys::default()
+        };
+        assert_eq!(
+            odd.step_for(1),
+            5,
+            "kombu's wrap-around below the first step"
+        );
+        assert_eq!(k.list("q1", 3), "q1\x06\x163");
+        assert_eq!(k.list("q1", 0), "q1");
+    }
+
+    #[test]
+    fn reads_what_kombu_accepts() {
+        let minimal = br#"{"body": "hi", "content-type": null, "properties": {"delivery_tag": 7, "delivery_info": {"exchange": "", "routing_key": "q"}, "priority": "2"}}"#;
+        let d = decode(minimal).unwrap();
+        assert_eq!(d.tag, "7");
+        assert_eq!(&d.envelope.body[..], b"hi");
+        assert_eq!(d.envelope.properties().priority, Some(7));
+        let null_headers = br#"{"body": "aGk=", "headers": null, "properties": {"delivery_tag": "x", "body_encoding": "base64", "priority": "high"}}"#;
+        let d = decode(null_headers).unwrap();
+        assert_eq!(&d.envelope.body[..], b"hi");
+        assert_eq!(
+            d.envelope.properties().priority,
+            Some(9),
+            "kombu's default 0"
+        );
+        let tagged = br#"{"body": "", "headers": {"b": {"__type__": "bytes", "__value__": "raw"}, "d": {"__type__": "datetime", "__value__": "2024-01-02T03:04:05"}, "redelivered": true}, "properties": {"delivery_tag": "y"}}"#;
+        let d = decode(tagged).unwrap();
+        let h = &d.envelope.properties().headers;
+        assert_eq!(h["b"], Value::Bytes(Bytes::from_static(b"raw")));
+        assert_eq!(h["d"], Value::Str("2024-01-02T03:04:05".into()));
+        assert!(d.envelope.redelivered);
+        assert!(!h.contains_key("redelivered"));
+    }
+
+    #[test]
+    fn names_what_is_wrong_with_garbage() {
+        for (raw, why) in [
+            (&b"not json"[..], "not a JSON envelope"),
+            (br#"{"body": "x"}"#, "no \"properties\""),
+            (br#"{"properties": {}}"#, "delivery_tag"),
+            (
+                br#"{"body": "x", "properties": {"delivery_tag": "t", "body_encoding": "rot13"}}"#,
+                "unknown body encoding",
+            ),
+            (
+                br#"{"body": "!!", "properties": {"delivery_tag": "t", "body_encoding": "base64"}}"#,
+                "base64",
+            ),
+        ] {
+            let e = decode(raw).unwrap_err();
+            assert!(e.0.contains(why), "{e} should say {why}");
+        }
+    }
+
+    #[test]
+    fn restore_marks_keep_every_other_byte() {
+        // kombu-redis-wire.md §9.B → §9.C.
+        let raw = "{\"body\": \"eyJ9\", \"content-encoding\": \"utf-8\", \"content-type\": \"application/json\", \"headers\": {\"x-trace\": \"abc\"}, \"properties\": {\"delivery_mode\": 2, \"delivery_info\": {\"exchange\": \"ex1\", \"routing_key\": \"rk1\"}, \"priority\": 5, \"body_encoding\": \"base64\", \"delivery_tag\": \"e0\"}}";
+        let want = "{\"body\": \"eyJ9\", \"content-encoding\": \"utf-8\", \"content-type\": \"application/json\", \"headers\": {\"x-trace\": \"abc\", \"redelivered\": true}, \"properties\": {\"delivery_mode\": 2, \"delivery_info\": {\"exchange\": \"ex1\", \"routing_key\": \"rk1\", \"redelivered\": true}, \"priority\": 5, \"body_encoding\": \"base64\", \"delivery_tag\": \"e0\"}}";
+        assert_eq!(mark_redelivered(raw, "q").unwrap(), want);
+        assert_eq!(
+            mark_redelivered(want, "q").unwrap(),
+            want,
+            "marking twice changes nothing"
+        );
+        assert_eq!(
+            mark_redelivered("{\"headers\": null, \"properties\": {}}", "q"),
+            None
+        );
+        assert_eq!(mark_redelivered("{\"body\": \"\"}", "q"), None);
+        assert_eq!(
+            mark_redelivered("{\"properties\": {\"delivery_tag\": 1}}", "q/1").unwrap(),
+            "{\"properties\": {\"delivery_tag\": 1, \"delivery_info\": {\"exchange\": \"\", \"routing_key\": \"q/1\", \"redelivered\": true}}, \"headers\": {\"redelivered\": true}}"
+        );
+    }
+
+    #[test]
+    fn unacked_values_round_trip() {
+        let v = unacked_value("{\"a\": 1}", "q/1");
+        assert_eq!(v, "[{\"a\": 1}, \"\", \"q/1\"]");
+        let (env, ex, rk) = split_unacked(&v).unwrap();
+        assert_eq!(
+            (env.get(), ex.as_str(), rk.as_str()),
+            ("{\"a\": 1}", "", "q/1")
+        );
+        assert_eq!(kombu_priority_of("{\"properties\": {\"priority\": 6}}"), 6);
+        assert_eq!(kombu_priority_of("{}"), 0);
+    }
+
+    #[test]
+    fn topic_patterns_are_kombu_57s() {
+        // kombu-redis-wire.md §9.D.
+        assert_eq!(topic_pattern("a.#"), "^a\\..*?$");
+        assert_eq!(topic_pattern("a.*.c"), "^a\\.[^\\.]+\\.c$");
+        assert_eq!(topic_pattern("x_y-z$"), "^x\\_y\\-z\\$$");
+        assert_eq!(topic_pattern("#"), "^.*?$");
+    }
+
+    #[test]
+    fn json_strings_are_pythons() {
+        let mut s = String::new();
+        json_str(&mut s, "a/b\"é😀\u{1}");
+        assert_eq!(s, "\"a/b\\\"\\u00e9\\ud83d\\ude00\\u0001\"");
+    }
+
+    #[test]
+    fn members_split_in_three() {
+        let k = Keys::default();
+        let m = k.member("rk1", "", "q1");
+        assert_eq!(m, "rk1\x06\x16\x06\x16q1");
+        assert_eq!(k.split_member(&m), Some(("rk1", "", "q1")));
+        assert_eq!(k.split_member("a\x06\x16b"), None);
+    }
+}
