@@ -342,7 +342,12 @@ where
             }
             Some(_) => answered += 1,
             None => {
-                let n = s.read(&mut chunk).map_err(lost)?;
+                let n = loop {
+                    match s.read(&mut chunk) {
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                        r => break r.map_err(lost)?,
+                    }
+                };
                 if n == 0 {
                     return Err(LinkError::Connect(format!(
                         "{addr}: the server closed the connection during login"

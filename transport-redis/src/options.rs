@@ -113,10 +113,17 @@ pub(crate) fn parse(urls: &str) -> Result<RedisOptions, UrlError> {
     };
     // kombu's visibility timeout is Redis-wide crash recovery here, not
     // the engine's per-delivery lease: taken before the common options.
-    if let Some(v) = url.take_option("visibility_timeout") {
-        o.visibility_timeout = parse_seconds("visibility_timeout", &v)?;
+    let vt = url.take_option("visibility_timeout");
+    if let Some(v) = &vt {
+        o.visibility_timeout = parse_seconds("visibility_timeout", v)?;
     }
     o.config = url.take_connection_config()?;
+    if vt.is_some() {
+        // Given explicitly, it is also every delivery's lease, as on the
+        // other transports: a delivery held past it comes back (marked
+        // redelivered) unless its lease is extended.
+        o.config.lease = Some(o.visibility_timeout);
+    }
     if let Some(v) = url.take_option("sep") {
         if v.is_empty() {
             return Err(invalid("sep", &v, "the separator cannot be empty"));
@@ -315,7 +322,8 @@ mod tests {
         assert_eq!(o.keys.prefix, "pfx:");
         assert_eq!(o.keys.unacked(), "pfx:ua");
         assert_eq!(o.visibility_timeout, Duration::from_millis(2500));
-        assert_eq!(o.config.lease, None, "not the engine's lease");
+        assert_eq!(o.config.lease, Some(Duration::from_millis(2500)));
+        assert_eq!(parse("redis://h").unwrap().config.lease, None);
         assert_eq!(o.confirm, ConfirmLevel::Replicated(1));
         assert_eq!(o.batch, 8);
         let shown = format!("{o:?}");

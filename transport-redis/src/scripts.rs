@@ -64,15 +64,39 @@ return out
 /// Compare-and-restore: if `unacked[ARGV[1]]` still equals `ARGV[2]`, the
 /// entry is removed from `unacked` (`KEYS[1]`) and `unacked_index`
 /// (`KEYS[2]`) and `ARGV[3]` is pushed with `ARGV[4]` (`RPUSH`: next to be
-/// popped; `LPUSH`: last) onto every list `KEYS[3..]`. Returns 1 when it
-/// did, 0 when someone acked or restored it first.
+/// popped; `LPUSH`: last) onto every list `KEYS[3..]`. With `ARGV[5]` and
+/// `ARGV[6]` (when it was popped, and its place in that pop) and `RPUSH`,
+/// it goes behind the restored messages at the head of the list that were
+/// popped before it (their `properties["x-dashi-order"]`), so restored
+/// messages keep their original order whatever order they come back in.
+/// Returns 1 when it did, 0 when someone acked or restored it first.
 pub(crate) const RESTORE: &str = r#"
 local v = redis.call('HGET', KEYS[1], ARGV[1])
 if v ~= ARGV[2] then return 0 end
 redis.call('HDEL', KEYS[1], ARGV[1])
 redis.call('ZREM', KEYS[2], ARGV[1])
-for i = 3, #KEYS do
-  redis.call(ARGV[4], KEYS[i], ARGV[3])
+local t, i = tonumber(ARGV[5]), tonumber(ARGV[6])
+for k = 3, #KEYS do
+  local moved = {}
+  if t and i and ARGV[4] == 'RPUSH' then
+    while true do
+      local head = redis.call('LINDEX', KEYS[k], -1)
+      if not head then break end
+      local ok, e = pcall(cjson.decode, head)
+      local o = ok and type(e) == 'table' and type(e.properties) == 'table'
+        and e.properties['x-dashi-order']
+      if type(o) == 'table' and type(o[1]) == 'number' and type(o[2]) == 'number'
+          and (o[1] < t or (o[1] == t and o[2] < i)) then
+        moved[#moved + 1] = redis.call('RPOP', KEYS[k])
+      else
+        break
+      end
+    end
+  end
+  redis.call(ARGV[4], KEYS[k], ARGV[3])
+  for j = #moved, 1, -1 do
+    redis.call('RPUSH', KEYS[k], moved[j])
+  end
 end
 return 1
 "#;

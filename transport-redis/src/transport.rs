@@ -99,11 +99,31 @@ fn score(s: f64) -> String {
     format!("{s:.7}")
 }
 
-/// Opens a connection from a parsed (single or failover) `redis://` URL.
+/// Transports open in this process, by URL: connections to the same URL
+/// share one (its topology, exclusive queues and links), as connections to
+/// one broker would.
+static OPEN: Mutex<Vec<(String, Weak<Inner>)>> = Mutex::new(Vec::new());
+
+/// Opens a connection from a (single or failover) `redis://` URL.
 pub fn open(urls: &str) -> Result<dashi_engine::Connection, Error> {
     let opts = crate::options::parse(urls)?;
     let config = opts.config.clone();
-    let t = RedisTransport::open(opts)?;
+    let t = {
+        let mut open = OPEN.lock();
+        open.retain(|(_, w)| w.strong_count() > 0);
+        match open
+            .iter()
+            .find(|(u, _)| u == urls)
+            .and_then(|(_, w)| w.upgrade())
+        {
+            Some(inner) => RedisTransport { inner },
+            None => {
+                let t = RedisTransport::open(opts)?;
+                open.push((urls.to_owned(), Arc::downgrade(&t.inner)));
+                t
+            }
+        }
+    };
     Ok(dashi_engine::Connection::with_transport(
         Arc::new(t),
         config,
@@ -680,29 +700,21 @@ impl Inner {
             .collect()
     }
 
-    /// The default exchange routes to the queue named by the routing key:
-    /// a queue known here, or (as kombu does) any valid queue name unless
-    /// the publish is mandatory.
+    /// The default exchange routes to the queue named by the routing key,
+    /// when this process knows it (declared here or bound in Redis), as in
+    /// AMQP: a publish to a queue nobody declared is unroutable (counted,
+    /// or refused when mandatory), not pushed into a list nobody reads.
     fn default_target(
         &self,
         routing: &Routing<Arc<RedisQueue>>,
         key: &str,
         mandatory: bool,
     ) -> Result<Option<Arc<RedisQueue>>, dashi_engine::spi::Refused> {
-        if let Some(q) = routing.queue(key) {
-            return Ok(Some(q.clone()));
+        match routing.queue(key) {
+            Some(q) => Ok(Some(q.clone())),
+            None if mandatory => Err(dashi_engine::spi::Refused::Unroutable),
+            None => Ok(None),
         }
-        if mandatory || dashi_engine::spi::check_name("queue", key).is_err() {
-            return if mandatory {
-                Err(dashi_engine::spi::Refused::Unroutable)
-            } else {
-                Ok(None)
-            };
-        }
-        let mut topo = self.topo.lock();
-        let q = self.handle(&mut topo, key);
-        self.republish(&topo);
-        Ok(Some(q))
     }
 }
 
@@ -880,6 +892,9 @@ struct Held {
     raw: Bytes,
     /// A lease was set on it (`extend_lease`): its score is the lease's.
     leased: bool,
+    /// When it was popped (its first score) and its place in that pop.
+    popped_at: Bytes,
+    index: u32,
 }
 
 /// One queue of a [`RedisTransport`].
@@ -1003,12 +1018,13 @@ impl QueueStore for RedisQueue {
         keys.push(inner.keys.unacked());
         keys.push(inner.keys.unacked_index());
         keys.push(inner.keys.garbage(&self.name));
+        let popped_at = Bytes::from(score(now_secs()));
         let reply = inner.eval(
             &inner.scripts.pop,
             &keys,
             vec![
                 Bytes::from(max.to_string()),
-                Bytes::from(score(now_secs())),
+                popped_at.clone(),
                 self.queue_json.clone(),
                 Bytes::from(inner.nonce.clone()),
             ],
@@ -1031,6 +1047,8 @@ impl QueueStore for RedisQueue {
                 field: String::from_utf8_lossy(field).into_owned(),
                 raw: raw.clone(),
                 leased: false,
+                popped_at: popped_at.clone(),
+                index: n as u32,
             };
             match wire::decode(raw) {
                 Ok(d) => {
@@ -1044,6 +1062,10 @@ impl QueueStore for RedisQueue {
             }
         }
         Ok(n)
+    }
+
+    fn batch_hint(&self) -> usize {
+        self.inner.upgrade().map_or(1, |i| i.opts.batch)
     }
 
     fn ack(&self, envs: &[&Envelope]) -> Result<(), Error> {
@@ -1073,11 +1095,24 @@ impl QueueStore for RedisQueue {
         back.sort_by(|a, b| b.0.cmp(&a.0));
         let sha = inner.script_sha(&inner.scripts.restore)?;
         let mut cmds = Vec::with_capacity(back.len());
-        for (_, h) in &back {
+        let redelivered: std::collections::HashSet<u64> = envs
+            .iter()
+            .filter(|e| e.redelivered)
+            .map(|e| e.token)
+            .collect();
+        for (token, h) in &back {
             let raw = String::from_utf8_lossy(&h.raw);
             let value = wire::unacked_value(&raw, &self.name);
-            let marked =
-                wire::mark_redelivered(&raw, &self.name).unwrap_or_else(|| raw.to_string());
+            // A message put back unseen (never handed to the application)
+            // keeps its flag: its envelope goes back as it was.
+            let at = String::from_utf8_lossy(&h.popped_at);
+            let marked = wire::restored(
+                &raw,
+                &self.name,
+                redelivered.contains(token),
+                Some((&at, h.index)),
+            )
+            .unwrap_or_else(|| raw.to_string());
             let step = inner.keys.step_for(wire::kombu_priority_of(&raw));
             let keys = vec![
                 inner.keys.unacked(),
@@ -1092,6 +1127,8 @@ impl QueueStore for RedisQueue {
                     Bytes::from(value),
                     Bytes::from(marked),
                     Bytes::from_static(b"RPUSH"),
+                    h.popped_at.clone(),
+                    Bytes::from(h.index.to_string()),
                 ],
             ));
         }
@@ -1134,14 +1171,14 @@ impl QueueStore for RedisQueue {
             h.field.clone()
         };
         let at = now_secs() + lease.as_secs_f64() - inner.opts.visibility_timeout.as_secs_f64();
-        let _ = inner.call_ok(
-            "lease",
-            vec![Cmd::new("ZADD")
-                .arg(inner.keys.unacked_index())
-                .arg("XX")
-                .arg(score(at))
-                .arg(field)],
-        );
+        // Not waited for: `XX` makes a re-score that lands after the ack a
+        // no-op, and a lost one leaves the delivery's earlier score (the
+        // engine restores an expired lease itself while this process runs).
+        let _ = inner.conn.start(vec![Cmd::new("ZADD")
+            .arg(inner.keys.unacked_index())
+            .arg("XX")
+            .arg(score(at))
+            .arg(field)]);
     }
 
     fn state(&self) -> &QueueState {
@@ -1532,10 +1569,20 @@ impl Transport for RedisTransport {
     fn queue_stats(&self, name: &str) -> Option<QueueStats> {
         let h = self.inner.topo.lock().queues.get(name).cloned()?;
         let depths = h.depths(&self.inner).ok()?;
-        // Lanes by dashi priority: kombu step s holds dashi 9 - s.
-        let mut by_lane = vec![0u64; 10];
-        for (step, d) in self.inner.keys.steps.iter().zip(&depths) {
-            by_lane[usize::from(wire::from_kombu_priority(*step))] += d;
+        // Lanes by dashi priority: each step's depth is shown in the most
+        // urgent lane (up to the queue's maximum) that maps to it.
+        let max = h.decl.max_priority.min(9);
+        let mut by_lane = vec![0u64; usize::from(h.decl.max_priority) + 1];
+        for (&step, d) in self.inner.keys.steps.iter().zip(&depths) {
+            let lane = (0..=max)
+                .rev()
+                .find(|&p| self.inner.keys.step_for(wire::to_kombu_priority(p)) == step)
+                .map(|p| if p == max { h.decl.max_priority } else { p });
+            if let Some(lane) = lane {
+                by_lane[usize::from(lane)] += d;
+            } else if let Some(last) = by_lane.last_mut() {
+                *last += d;
+            }
         }
         let held = h.held.lock().len() as u64;
         Some(QueueStats::new(

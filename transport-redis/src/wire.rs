@@ -285,6 +285,15 @@ pub(crate) fn encode(env: &Envelope, tag: &str) -> String {
     if let Some(t) = p.timestamp {
         let _ = write!(out, "\"timestamp\": {t}, ");
     }
+    // dashi's own priority when kombu's 0-9 cannot say it: none (dashi's
+    // lowest lane) or above 9.
+    match p.priority {
+        None => out.push_str("\"x-dashi-priority\": null, "),
+        Some(n) if n > 9 => {
+            let _ = write!(out, "\"x-dashi-priority\": {n}, ");
+        }
+        Some(_) => {}
+    }
     let mode = match p.delivery_mode {
         DeliveryMode::Transient => 1,
         _ => 2,
@@ -366,6 +375,15 @@ struct RawProperties {
     timestamp: Option<serde_json::Value>,
     #[serde(default)]
     expiration: Option<serde_json::Value>,
+    /// Present (possibly null) only in envelopes dashi wrote.
+    #[serde(default, rename = "x-dashi-priority", deserialize_with = "present")]
+    dashi_priority: Option<serde_json::Value>,
+}
+
+/// Deserializes a field that may be `null` as `Some(Null)`, so "present
+/// and null" differs from "absent" (`None`, the default).
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<serde_json::Value>, D::Error> {
+    <serde_json::Value as serde::Deserialize>::deserialize(d).map(Some)
 }
 
 #[derive(serde::Deserialize)]
@@ -496,6 +514,16 @@ pub(crate) fn decode(raw: &[u8]) -> Result<Decoded, Garbage> {
         None => (String::new(), String::new()),
     };
     let kombu_priority = kombu_int(&props.priority).unwrap_or(0).clamp(0, 9) as u8;
+    // dashi's exact priority, when dashi wrote one that agrees with kombu's.
+    let priority = match &props.dashi_priority {
+        Some(serde_json::Value::Null) if kombu_priority == 9 => None,
+        Some(serde_json::Value::Number(n)) => n
+            .as_u64()
+            .and_then(|n| u8::try_from(n).ok())
+            .filter(|&n| to_kombu_priority(n) == kombu_priority)
+            .or(Some(from_kombu_priority(kombu_priority))),
+        _ => Some(from_kombu_priority(kombu_priority)),
+    };
     let properties = Properties {
         content_type: env.content_type,
         content_encoding: env.content_encoding,
@@ -504,7 +532,7 @@ pub(crate) fn decode(raw: &[u8]) -> Result<Decoded, Garbage> {
             Some(1) => DeliveryMode::Transient,
             _ => DeliveryMode::Persistent,
         },
-        priority: Some(from_kombu_priority(kombu_priority)),
+        priority,
         correlation_id: text(&props.correlation_id),
         reply_to: text(&props.reply_to),
         expiration: text(&props.expiration)
@@ -523,7 +551,7 @@ pub(crate) fn decode(raw: &[u8]) -> Result<Decoded, Garbage> {
     );
     envelope.properties = Some(Arc::new(properties));
     envelope.redelivered = redelivered;
-    envelope.lane = from_kombu_priority(kombu_priority);
+    envelope.lane = priority.unwrap_or(0);
     Ok(Decoded { envelope, tag })
 }
 
@@ -534,8 +562,26 @@ pub(crate) fn decode(raw: &[u8]) -> Result<Decoded, Garbage> {
 /// can consume and restore the result. `None` when `raw` is not an object
 /// with an object `properties`, or its `headers` is not an object.
 pub(crate) fn mark_redelivered(raw: &str, queue: &str) -> Option<String> {
+    restored(raw, queue, true, None)
+}
+
+/// dashi's note of where a restored message stood: when it was popped
+/// (the score written with it) and its place in that pop. The restore
+/// script puts a message behind restored messages that stood before it.
+pub(crate) const ORDER_KEY: &str = "x-dashi-order";
+
+/// The envelope `raw` as it goes back to its list: marked redelivered when
+/// `flag` (see [`mark_redelivered`]), with `properties["x-dashi-order"]`
+/// set to `[popped_at, index]` when `order` is given. `None` as
+/// [`mark_redelivered`].
+pub(crate) fn restored(
+    raw: &str,
+    queue: &str,
+    flag: bool,
+    order: Option<(&str, u32)>,
+) -> Option<String> {
     let top = object(raw)?;
-    let mut out = String::with_capacity(raw.len() + 64);
+    let mut out = String::with_capacity(raw.len() + 96);
     out.push('{');
     let mut saw_headers = false;
     let mut saw_properties = false;
@@ -548,33 +594,50 @@ pub(crate) fn mark_redelivered(raw: &str, queue: &str) -> Option<String> {
         match k.as_str() {
             "headers" => {
                 saw_headers = true;
-                out.push_str(&with_flag(v.get())?);
+                if flag {
+                    out.push_str(&with_flag(v.get())?);
+                } else {
+                    out.push_str(v.get());
+                }
             }
             "properties" => {
                 saw_properties = true;
                 let props = object(v.get())?;
                 out.push('{');
                 let mut saw_info = false;
-                for (j, (pk, pv)) in props.iter().enumerate() {
-                    if j > 0 {
+                let mut first = true;
+                for (pk, pv) in props.iter().filter(|(pk, _)| pk != ORDER_KEY) {
+                    if !first {
                         out.push_str(", ");
                     }
+                    first = false;
                     json_str(&mut out, pk);
                     out.push_str(": ");
                     if pk == "delivery_info" {
                         saw_info = true;
-                        out.push_str(&with_flag(pv.get())?);
+                        if flag {
+                            out.push_str(&with_flag(pv.get())?);
+                        } else {
+                            out.push_str(pv.get());
+                        }
                     } else {
                         out.push_str(pv.get());
                     }
                 }
-                if !saw_info {
-                    if !props.is_empty() {
+                if !saw_info && flag {
+                    if !first {
                         out.push_str(", ");
                     }
+                    first = false;
                     out.push_str("\"delivery_info\": {\"exchange\": \"\", \"routing_key\": ");
                     json_str(&mut out, queue);
                     out.push_str(", \"redelivered\": true}");
+                }
+                if let Some((at, index)) = order {
+                    if !first {
+                        out.push_str(", ");
+                    }
+                    let _ = write!(out, "\"{ORDER_KEY}\": [{at}, {index}]");
                 }
                 out.push('}');
             }
@@ -584,7 +647,7 @@ pub(crate) fn mark_redelivered(raw: &str, queue: &str) -> Option<String> {
     if !saw_properties {
         return None;
     }
-    if !saw_headers {
+    if !saw_headers && flag {
         out.push_str(", \"headers\": {\"redelivered\": true}");
     }
     out.push('}');
@@ -711,6 +774,19 @@ mod tests {
         assert_eq!(&*d.envelope.routing_key, "rk1");
         assert!(!d.envelope.redelivered);
         assert_eq!(d.envelope.lane, 4);
+        // dashi's priorities kombu cannot say survive the round trip.
+        for (p, kombu) in [(None, "9"), (Some(255), "0"), (Some(10), "0")] {
+            let mut m = Message::new("x");
+            m.properties.priority = p;
+            let raw = encode(&Envelope::new(m, "", "q"), "t");
+            assert!(raw.contains(&format!("\"priority\": {kombu}")), "{raw}");
+            let d = decode(raw.as_bytes()).unwrap();
+            assert_eq!(d.envelope.properties().priority, p);
+            assert_eq!(d.envelope.lane, p.unwrap_or(0));
+        }
+        // A note that disagrees with kombu's priority is not believed.
+        let odd = br#"{"body": "", "properties": {"delivery_tag": "t", "priority": 0, "x-dashi-priority": null}}"#;
+        assert_eq!(decode(odd).unwrap().envelope.properties().priority, Some(9));
     }
 
     #[test]
@@ -804,6 +880,26 @@ mod tests {
             mark_redelivered("{\"properties\": {\"delivery_tag\": 1}}", "q/1").unwrap(),
             "{\"properties\": {\"delivery_tag\": 1, \"delivery_info\": {\"exchange\": \"\", \"routing_key\": \"q/1\", \"redelivered\": true}}, \"headers\": {\"redelivered\": true}}"
         );
+    }
+
+    #[test]
+    fn restored_envelopes_carry_their_order() {
+        let raw = "{\"headers\": {}, \"properties\": {\"delivery_tag\": \"t\", \"x-dashi-order\": [1.5, 0]}}";
+        assert_eq!(
+            restored(raw, "q", false, Some(("17.25", 3))).unwrap(),
+            "{\"headers\": {}, \"properties\": {\"delivery_tag\": \"t\", \"x-dashi-order\": [17.25, 3]}}"
+        );
+        assert_eq!(
+            restored(raw, "q", true, None).unwrap(),
+            "{\"headers\": {\"redelivered\": true}, \"properties\": {\"delivery_tag\": \"t\", \"delivery_info\": {\"exchange\": \"\", \"routing_key\": \"q\", \"redelivered\": true}}}"
+        );
+        let d = decode(
+            restored(raw, "q", true, Some(("2.0", 1)))
+                .unwrap()
+                .as_bytes(),
+        )
+        .unwrap();
+        assert!(d.envelope.redelivered);
     }
 
     #[test]

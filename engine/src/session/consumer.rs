@@ -167,6 +167,73 @@ impl ConsumerShared {
         failed.map_or(Ok(None), Err)
     }
 
+    /// Takes up to `max` messages (at least one when any is ready) from the
+    /// next queue in round-robin order that has some: as many as that
+    /// queue's [`QueueStore::batch_hint`] and the window's room by count
+    /// allow, so a transport with a round trip per pop (redis://) takes a
+    /// run of messages in one. Only a consumer alone on its single queue
+    /// batches (others keep one message per turn, AMQP's fairness);
+    /// messages a batch took past the window's byte budget go back to the
+    /// queue unseen. Errors as [`ConsumerShared::take`].
+    pub(crate) fn take_many(
+        &self,
+        max: usize,
+        out: &mut Vec<(Envelope, Arc<dyn QueueStore>)>,
+    ) -> Result<usize, Error> {
+        if self.cancelled.load(SeqCst) || (!self.no_ack && !self.window.has_room()) || max == 0 {
+            return Ok(0);
+        }
+        let n = self.queues.len();
+        let start = self.rr.load(SeqCst);
+        let mut failed = None;
+        let mut envs = Vec::new();
+        for k in 0..n {
+            let i = (start + k) % n;
+            let q = &self.queues[i];
+            // Batches keep AMQP's turns: only a consumer alone on its one
+            // queue takes more than one message per turn.
+            let alone = n == 1 && q.state().consumers() <= 1;
+            let room = if self.no_ack { max } else { self.window.room() };
+            let want = if alone {
+                max.min(q.batch_hint().max(1)).min(room.max(1))
+            } else {
+                1
+            };
+            match pop_many_retrying(&**q, want, &mut envs) {
+                Ok(0) => {}
+                Ok(_) => {
+                    self.rr.store(i + 1, SeqCst);
+                    let mut got = 0;
+                    let mut over = Vec::new();
+                    for env in envs.drain(..) {
+                        // The byte budget holds exactly: what does not fit
+                        // goes back unseen, in order (one message always
+                        // fits an empty window).
+                        if !self.no_ack && got > 0 && !self.window.has_room() {
+                            over.push(env);
+                            continue;
+                        }
+                        if !self.no_ack {
+                            self.window.acquire(env.size());
+                        }
+                        out.push((env, q.clone()));
+                        got += 1;
+                    }
+                    if !over.is_empty() {
+                        if let Err(e) = q.restore(over) {
+                            tracing::warn!(queue = q.name(), error = %e, "messages over the prefetch window not put back in the store");
+                        }
+                    }
+                    return Ok(got);
+                }
+                Err(e) => {
+                    failed.get_or_insert(e);
+                }
+            }
+        }
+        failed.map_or(Ok(0), Err)
+    }
+
     /// True when every queue it consumes was deleted.
     pub(crate) fn orphaned(&self) -> bool {
         self.queues.iter().all(|q| q.is_deleted())
@@ -179,6 +246,34 @@ pub(crate) fn pop_retrying(q: &dyn QueueStore) -> Result<Option<Envelope>, Error
     let mut tries = 0;
     loop {
         match q.pop() {
+            Err(e) if e.is_transient() && tries < TRANSIENT_RETRIES => {
+                tries += 1;
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            r => return r,
+        }
+    }
+}
+
+/// [`pop_retrying`] for up to `max` messages: one `pop` when `max` is 1,
+/// else one [`QueueStore::pop_many`].
+fn pop_many_retrying(
+    q: &dyn QueueStore,
+    max: usize,
+    out: &mut Vec<Envelope>,
+) -> Result<usize, Error> {
+    if max <= 1 {
+        return pop_retrying(q).map(|e| match e {
+            Some(env) => {
+                out.push(env);
+                1
+            }
+            None => 0,
+        });
+    }
+    let mut tries = 0;
+    loop {
+        match q.pop_many(max, out) {
             Err(e) if e.is_transient() && tries < TRANSIENT_RETRIES => {
                 tries += 1;
                 std::thread::sleep(Duration::from_millis(1));

@@ -295,16 +295,19 @@ fn dispatch(state: &mut DrainState) -> usize {
         let mut any = false;
         for k in 0..n {
             let c = &consumers[(*next + k) % n];
-            match c.take() {
-                Ok(Some((env, queue))) => {
-                    taken.push(Pending::new(Some(c.clone()), env, queue));
+            let mut got = Vec::new();
+            match c.take_many(DRAIN_BATCH - taken.len(), &mut got) {
+                Ok(0) => {}
+                Ok(_) => {
+                    for (env, queue) in got {
+                        taken.push(Pending::new(Some(c.clone()), env, queue));
+                    }
                     any = true;
                     if taken.len() >= DRAIN_BATCH {
                         *next = (*next + k + 1) % n;
                         break 'rounds;
                     }
                 }
-                Ok(None) => {}
                 Err(e) => {
                     error.get_or_insert(e);
                 }

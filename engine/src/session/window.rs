@@ -40,6 +40,14 @@ impl Window {
         self.count.load(SeqCst) < self.max_count && self.bytes.load(SeqCst) < self.max_bytes
     }
 
+    /// How many more deliveries fit by count (0 when the bytes are full).
+    pub(crate) fn room(&self) -> usize {
+        if self.bytes.load(SeqCst) >= self.max_bytes {
+            return 0;
+        }
+        self.max_count.saturating_sub(self.count.load(SeqCst))
+    }
+
     pub(crate) fn acquire(&self, size: usize) {
         self.count.fetch_add(1, SeqCst);
         self.bytes.fetch_add(size, SeqCst);

@@ -107,6 +107,13 @@ pub trait QueueStore: Send + Sync + fmt::Debug {
         }
         Ok(n)
     }
+    /// How many messages a consumer's dispatch asks [`QueueStore::pop_many`]
+    /// for at once (bounded by its window). 1 (the default) keeps one
+    /// `pop` per message, right for a transport whose pop is a local
+    /// operation; a transport with a round trip per pop says more.
+    fn batch_hint(&self) -> usize {
+        1
+    }
     /// Delivered messages were acked (or delivered with no_ack), any number
     /// in one call. `Err` when the storage failed: the messages may stay
     /// unacked there and be delivered again (marked redelivered), so
