@@ -86,7 +86,11 @@ impl RedisServer {
             if let Some(Ok(Some(_))) = self.child.as_mut().map(Child::try_wait) {
                 return false;
             }
-            if self.command(&["PING"]).is_ok_and(|r| r == "+PONG") {
+            // A server with a password answers NOAUTH: it is up.
+            if self
+                .command(&["PING"])
+                .is_ok_and(|r| r == "+PONG" || r.starts_with("-NOAUTH"))
+            {
                 return true;
             }
             std::thread::sleep(Duration::from_millis(10));
@@ -174,7 +178,17 @@ impl RedisServer {
 
     /// [`RedisServer::command`] with binary arguments.
     pub fn command_bytes(&self, args: &[&[u8]]) -> std::io::Result<String> {
-        let mut s = TcpStream::connect(("127.0.0.1", self.port))?;
+        Self::command_bytes_on(self.port, args)
+    }
+
+    /// [`RedisServer::command`] on the server at `port` (from a thread that
+    /// does not hold the server).
+    pub fn command_on(port: u16, args: &[&str]) -> std::io::Result<String> {
+        Self::command_bytes_on(port, &args.iter().map(|a| a.as_bytes()).collect::<Vec<_>>())
+    }
+
+    fn command_bytes_on(port: u16, args: &[&[u8]]) -> std::io::Result<String> {
+        let mut s = TcpStream::connect(("127.0.0.1", port))?;
         s.set_read_timeout(Some(Duration::from_secs(10)))?;
         let mut out = format!("*{}\r\n", args.len()).into_bytes();
         for a in args {

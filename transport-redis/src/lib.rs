@@ -8,6 +8,7 @@ mod options;
 mod resp;
 mod scripts;
 mod transport;
+mod watch;
 mod wire;
 
 pub use options::ConfirmLevel;

@@ -62,6 +62,7 @@ pub(crate) struct Inner {
     pub(crate) keys: Keys,
     _rt: Arc<Runtime>,
     pub(crate) conn: Conn,
+    watch: crate::watch::Watch,
     scripts: Scripts,
     topo: Mutex<Topo>,
     routing: ArcSwap<Routing<Arc<RedisQueue>>>,
@@ -146,7 +147,24 @@ impl RedisTransport {
         // Connect now: a wrong address or password is an error of
         // `connect`, not of the first publish.
         conn.link().map_err(|e| link_error("connect", &e))?;
+        let sub_conn = {
+            let rt = rt.clone();
+            let servers = opts.servers.clone();
+            let timeout = opts.timeout;
+            move |me: &Weak<Inner>| {
+                let me = me.clone();
+                Conn::new(
+                    rt,
+                    0,
+                    servers,
+                    timeout,
+                    Some(Box::new(move || crate::watch::handler(me.clone()))),
+                )
+            }
+        };
+        let track_conn = Conn::new(rt.clone(), 0, opts.servers.clone(), opts.timeout, None);
         let inner = Arc::new_cyclic(|me| Inner {
+            watch: crate::watch::Watch::new(sub_conn(me), track_conn),
             me: me.clone(),
             keys: opts.keys.clone(),
             opts,
@@ -334,9 +352,11 @@ impl Inner {
                     }
                     d
                 };
+                if me.ensure_watch() || due_poll {
+                    me.wake_waiters();
+                }
                 if due_poll {
                     let _ = me.refresh_bindings();
-                    me.wake_waiters();
                 }
                 if due_keep {
                     let _ = me.rescore_held();
@@ -348,6 +368,47 @@ impl Inner {
                 }
             },
         );
+    }
+
+    /// Keeps key-space notifications on for every queue this process
+    /// consumes; true when they were (re)established.
+    fn ensure_watch(&self) -> bool {
+        let prefixes = self
+            .topo
+            .lock()
+            .queues
+            .values()
+            .filter(|q| q.declared.load(SeqCst))
+            .map(|q| format!("{}{}", self.keys.prefix, q.name))
+            .collect();
+        self.watch.ensure(prefixes)
+    }
+
+    /// A list was written (a key-space notification): the queue it belongs
+    /// to wakes its waiting consumers.
+    pub(crate) fn key_written(&self, key: &[u8]) {
+        let Ok(key) = std::str::from_utf8(key) else {
+            return;
+        };
+        let Some(key) = key.strip_prefix(self.keys.prefix.as_str()) else {
+            return;
+        };
+        let name = match key.rsplit_once(self.keys.sep.as_str()) {
+            Some((q, step))
+                if step
+                    .parse::<u8>()
+                    .is_ok_and(|s| self.keys.steps.contains(&s)) =>
+            {
+                q
+            }
+            _ => key,
+        };
+        let q = self.topo.lock().queues.get(name).cloned();
+        if let Some(q) = q {
+            if q.state.waiters() > 0 {
+                q.state.notify_all();
+            }
+        }
     }
 
     /// Wakes every consumer waiting on a queue of this process: each looks
@@ -515,7 +576,17 @@ impl Inner {
         };
         let step = self.keys.step_for(wire::kombu_priority_of(env.get()));
         let mut keys = vec![self.keys.unacked(), self.keys.unacked_index()];
-        keys.extend(queues.iter().map(|q| self.keys.list(q, step)));
+        {
+            let topo = self.topo.lock();
+            keys.extend(queues.iter().map(|q| {
+                // A queue declared here without priorities reads one list.
+                let one_lane = topo
+                    .queues
+                    .get(q)
+                    .is_some_and(|h| h.declared.load(SeqCst) && h.decl.max_priority == 0);
+                self.keys.list(q, if one_lane { 0 } else { step })
+            }));
+        }
         let done = self.eval(
             &self.scripts.restore,
             &keys,
@@ -648,6 +719,9 @@ impl Inner {
                 env.properties().priority.unwrap_or(0),
             ));
             for q in &targets {
+                // A queue without priorities has one lane: kombu's bare
+                // list, where kombu and Celery put their messages too.
+                let step = if q.decl.max_priority == 0 { 0 } else { step };
                 let key = self.keys.list(&q.name, step);
                 match lists.iter_mut().find(|(k, _, _)| *k == key) {
                     Some((_, _, v)) => v.push(encoded.clone()),
@@ -1113,7 +1187,11 @@ impl QueueStore for RedisQueue {
                 Some((&at, h.index)),
             )
             .unwrap_or_else(|| raw.to_string());
-            let step = inner.keys.step_for(wire::kombu_priority_of(&raw));
+            let step = if self.decl.max_priority == 0 {
+                0
+            } else {
+                inner.keys.step_for(wire::kombu_priority_of(&raw))
+            };
             let keys = vec![
                 inner.keys.unacked(),
                 inner.keys.unacked_index(),
@@ -1363,6 +1441,10 @@ impl Transport for RedisTransport {
             }
             handle
         };
+        // Notifications for its lists before anyone waits on it.
+        if inner.ensure_watch() {
+            inner.wake_waiters();
+        }
         let depths = handle.depths(inner)?;
         Ok(QueueInfo {
             name: q.name.clone(),

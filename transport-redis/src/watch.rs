@@ -1,0 +1,193 @@
+//! Waking consumers when a message arrives, without popping it: Redis
+//! client-side caching in broadcast mode. One link holds
+//! `CLIENT TRACKING on BCAST PREFIX <queue>...` redirected to a second link
+//! subscribed to `__redis__:invalidate`; every write to a list of a
+//! watched queue (an `LPUSH` by kombu, Celery or dashi, a restore) arrives
+//! there as the key's name, and the queue's waiting consumers look at it.
+//! Nothing is taken from the list by waiting, so a kombu consumer blocked in
+//! `BRPOP` on the same lists is served exactly as before, and a crash while
+//! waiting loses nothing. A timer (`poll_interval`) wakes waiting consumers
+//! too, for a notification lost with a connection or a server without
+//! tracking (Redis < 6).
+//!
+//! # Invariants
+//! - After the tracking set changes or either link is new, every waiting
+//!   consumer is woken once: a message pushed while tracking was being set
+//!   up is not left waiting for the timer.
+//! - Overlapping prefixes (Redis refuses them) are reduced to the shorter
+//!   one; a wake-up for a queue that merely shares a prefix costs one empty
+//!   pop, never a missed message.
+
+use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
+use std::sync::Weak;
+
+use parking_lot::Mutex;
+
+use crate::conn::Conn;
+use crate::link::PushHandler;
+use crate::resp::{self, Cmd, Frame};
+use crate::transport::Inner;
+
+/// The two links and what they were last set up with.
+#[derive(Debug)]
+pub(crate) struct Watch {
+    sub: Conn,
+    track: Conn,
+    state: Mutex<Setup>,
+    /// Logged once: tracking is not available.
+    warned: AtomicBool,
+}
+
+#[derive(Debug, Default, PartialEq, Eq, Clone)]
+struct Setup {
+    /// The subscribed link's client id (the redirect target).
+    sub_id: i64,
+    sub_generation: u64,
+    track_generation: u64,
+    prefixes: BTreeSet<String>,
+}
+
+/// The push handler of the subscribed link: wakes the queues whose lists
+/// were written.
+pub(crate) fn handler(inner: Weak<Inner>) -> PushHandler {
+    Box::new(move |frame: Frame| {
+        let Some(inner) = inner.upgrade() else { return };
+        let Frame::Array(parts) = frame else { return };
+        // ["message", "__redis__:invalidate", [key, ...]]
+        let Some(Frame::Array(keys)) = parts.get(2) else {
+            return;
+        };
+        for k in keys {
+            if let Some(k) = resp::bytes(k) {
+                inner.key_written(k);
+            }
+        }
+    })
+}
+
+impl Watch {
+    pub(crate) fn new(sub: Conn, track: Conn) -> Watch {
+        Watch {
+            sub,
+            track,
+            state: Mutex::new(Setup::default()),
+            warned: AtomicBool::new(false),
+        }
+    }
+
+    /// Sets tracking up again when a link is new or the watched queues
+    /// changed; true when it did (the caller then wakes every waiter).
+    pub(crate) fn ensure(&self, prefixes: BTreeSet<String>) -> bool {
+        let prefixes = reduce(prefixes);
+        let mut st = self.state.lock();
+        let Ok((sub, sub_gen)) = self.sub.link() else {
+            return false;
+        };
+        let Ok((_, track_gen)) = self.track.link() else {
+            return false;
+        };
+        let mut wanted = Setup {
+            sub_id: st.sub_id,
+            sub_generation: sub_gen,
+            track_generation: track_gen,
+            prefixes,
+        };
+        if *st == wanted {
+            return false;
+        }
+        if st.sub_generation != sub_gen {
+            // A new subscribed link: learn its id, then subscribe.
+            let reply = sub.call_wait(vec![
+                Cmd::new("CLIENT").arg("ID"),
+                Cmd::new("SUBSCRIBE").arg("__redis__:invalidate"),
+            ]);
+            match reply.as_deref() {
+                Ok([id, Frame::Array(_)]) if resp::int(id).is_some() => {
+                    st.sub_generation = sub_gen;
+                    // The id changed: tracking must be redirected anew.
+                    st.track_generation = 0;
+                    st.prefixes.clear();
+                    st.sub_id = resp::int(id).unwrap_or(0);
+                    wanted.sub_id = st.sub_id;
+                }
+                other => {
+                    self.warn(&format!("subscribing failed: {other:?}"));
+                    sub.kill();
+                    return false;
+                }
+            }
+        }
+        let id = st.sub_id;
+        let mut on = Cmd::new("CLIENT")
+            .arg("TRACKING")
+            .arg("on")
+            .arg("REDIRECT")
+            .int(id)
+            .arg("BCAST");
+        for p in &wanted.prefixes {
+            on.push("PREFIX");
+            on.push(p.clone());
+        }
+        let cmds = vec![Cmd::new("CLIENT").arg("TRACKING").arg("off"), on];
+        match self.track.call(cmds) {
+            Ok(r) if r.iter().all(|f| !matches!(f, Frame::Error(_))) => {
+                *st = wanted;
+                true
+            }
+            Ok(r) => {
+                self.warn(&format!("CLIENT TRACKING refused: {r:?}"));
+                // Remember the attempt, so the timer does not resend it.
+                *st = wanted;
+                false
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "redis tracking setup failed");
+                false
+            }
+        }
+    }
+
+    fn warn(&self, what: &str) {
+        if !self.warned.swap(true, SeqCst) {
+            tracing::warn!(
+                detail = what,
+                "redis: key-space notifications unavailable; consumers poll every poll_interval"
+            );
+        }
+    }
+}
+
+/// Drops every prefix that another prefix in the set already covers.
+fn reduce(prefixes: BTreeSet<String>) -> BTreeSet<String> {
+    let mut out: BTreeSet<String> = BTreeSet::new();
+    for p in prefixes {
+        // In sorted order a covering prefix comes first.
+        if !out.iter().any(|q| p.starts_with(q.as_str())) {
+            out.insert(p);
+        }
+    }
+    out
+}
+
+impl Drop for Watch {
+    fn drop(&mut self) {
+        self.sub.reset();
+        self.track.reset();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn overlapping_prefixes_reduce_to_the_shorter() {
+        let set: BTreeSet<String> = ["q", "q1", "a:b", "a", "zz"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        let got: Vec<String> = reduce(set).into_iter().collect();
+        assert_eq!(got, ["a", "q", "zz"]);
+    }
+}
