@@ -13,10 +13,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use dashi_engine::{Error, FailureKind, StoreFailure};
-use dashi_rt::{JoinHandle, Runtime};
+use dashi_rt::Runtime;
 use parking_lot::Mutex;
 
-use crate::link::{Link, LinkError, PushHandler};
+use crate::link::{Link, LinkError, Outcome, PushHandler};
 use crate::options::Server;
 use crate::resp::{Cmd, Frame};
 
@@ -164,13 +164,26 @@ impl Conn {
 
     /// Sends a batch without waiting: the link it went on and the handle
     /// of its replies.
-    pub(crate) fn start(
-        &self,
-        cmds: Vec<Cmd>,
-    ) -> Result<(Arc<Link>, JoinHandle<Result<Vec<Frame>, LinkError>>), LinkError> {
+    pub(crate) fn start(&self, cmds: Vec<Cmd>) -> Result<(Arc<Link>, Arc<Outcome>), LinkError> {
         let (link, _) = self.link()?;
         let h = link.call(cmds);
         Ok((link, h))
+    }
+}
+
+impl Conn {
+    /// Sends commands whose replies nobody reads (see
+    /// [`Link::send_oneway`]); `Err` when no link could take them.
+    pub(crate) fn send_oneway(&self, cmds: Vec<Cmd>) -> Result<(), LinkError> {
+        let (link, _) = self.link()?;
+        if link.send_oneway(cmds) {
+            Ok(())
+        } else {
+            Err(LinkError::Lost {
+                detail: "the connection is closed".into(),
+                sent: false,
+            })
+        }
     }
 }
 

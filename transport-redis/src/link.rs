@@ -1,8 +1,10 @@
 //! One Redis connection, owned by one runtime core and driven through its
-//! io_uring. Any thread sends a batch of commands with [`Link::call`]; the
-//! batch is appended to the link's output buffer on the core and everything
-//! appended during one turn of the core goes out in one `send`. Replies are
-//! matched FIFO and handed back per batch.
+//! io_uring. Any thread sends a batch of commands with [`Link::call`]: the
+//! batch goes into the link's inbox (a lock and a push) and, when no flush
+//! is pending, one task is sent to the core to move the inbox into the
+//! output buffer; everything moved during one turn of the core goes out in
+//! one `send`. Replies are matched FIFO and handed back per batch through an
+//! [`Outcome`] any thread can wait on or poll.
 //!
 //! # Invariants
 //! - Replies match commands in order: the output buffer only ever holds
@@ -14,6 +16,9 @@
 //!   nothing is sent on it again. The owner connects a new one.
 //! - The socket is shut down when the link dies, so no reply can reach a
 //!   later batch.
+//! - A batch in the inbox is either flushed to the core or failed as not
+//!   sent: the inbox is drained after `scheduled` is cleared, and a caller
+//!   that finds the link dead after pushing drains it itself.
 
 use std::cell::RefCell;
 use std::collections::{HashMap, VecDeque};
@@ -26,11 +31,12 @@ use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::SeqCst};
 use std::sync::Arc;
-use std::task::{Context, Poll, Waker};
-use std::time::Duration;
+use std::task::{Poll, Waker};
+use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
-use dashi_rt::{io as rio, JoinHandle, RtError, Runtime};
+use dashi_rt::{io as rio, Runtime};
+use parking_lot::{Condvar, Mutex};
 
 use crate::resp::{self, Cmd, Frame};
 
@@ -108,7 +114,109 @@ impl LinkError {
     }
 }
 
-type Reply = Result<Vec<Frame>, LinkError>;
+pub(crate) type Reply = Result<Vec<Frame>, LinkError>;
+
+/// The replies of one batch, once they are known: any thread waits for
+/// them ([`Outcome::wait`]) or polls them ([`Outcome::poll`]).
+#[derive(Default)]
+pub(crate) struct Outcome {
+    state: Mutex<OutcomeState>,
+    cv: Condvar,
+}
+
+#[derive(Default)]
+struct OutcomeState {
+    reply: Option<Reply>,
+    waker: Option<Waker>,
+}
+
+impl std::fmt::Debug for Outcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Outcome")
+            .field("known", &self.state.lock().reply.is_some())
+            .finish()
+    }
+}
+
+impl Outcome {
+    fn done(r: Reply) -> Arc<Outcome> {
+        let o = Arc::new(Outcome::default());
+        o.complete(r);
+        o
+    }
+
+    /// Sets the replies (the first completion wins) and wakes the waiter.
+    fn complete(&self, r: Reply) {
+        let waker = {
+            let mut st = self.state.lock();
+            if st.reply.is_some() {
+                return;
+            }
+            st.reply = Some(r);
+            st.waker.take()
+        };
+        self.cv.notify_all();
+        if let Some(w) = waker {
+            w.wake();
+        }
+    }
+
+    /// The replies (taken: a second call sees `None`), waiting until
+    /// `deadline` at most.
+    pub(crate) fn wait(&self, deadline: Option<Instant>) -> Option<Reply> {
+        let mut st = self.state.lock();
+        loop {
+            if let Some(r) = st.reply.take() {
+                return Some(r);
+            }
+            match deadline {
+                None => self.cv.wait(&mut st),
+                Some(d) => {
+                    if self.cv.wait_until(&mut st, d).timed_out() {
+                        return st.reply.take();
+                    }
+                }
+            }
+        }
+    }
+
+    /// The replies if known (taken), else `waker` is woken when they are.
+    pub(crate) fn poll(&self, waker: &Waker) -> Poll<Reply> {
+        let mut st = self.state.lock();
+        match st.reply.take() {
+            Some(r) => Poll::Ready(r),
+            None => {
+                st.waker = Some(waker.clone());
+                Poll::Pending
+            }
+        }
+    }
+}
+
+/// What any thread shares with the core about one link.
+struct Shared {
+    /// Batches not yet moved to the core; `None`: one-way commands, whose
+    /// replies nobody reads.
+    inbox: Mutex<Vec<(Vec<Cmd>, Option<Arc<Outcome>>)>>,
+    /// A flush task is on its way to the core.
+    scheduled: AtomicBool,
+    dead: AtomicBool,
+}
+
+impl Shared {
+    /// Fails every batch still in the inbox (they were never sent).
+    fn fail_inbox(&self, why: &str) {
+        let batches = std::mem::take(&mut *self.inbox.lock());
+        for (_, o) in batches {
+            if let Some(o) = o {
+                o.complete(Err(LinkError::Lost {
+                    detail: why.to_owned(),
+                    sent: false,
+                }));
+            }
+        }
+    }
+}
 
 /// Called on the core with every frame that answers no command (pub/sub
 /// messages on a subscribed link).
@@ -119,7 +227,7 @@ pub(crate) struct Link {
     rt: Arc<Runtime>,
     core: usize,
     id: u64,
-    dead: Arc<AtomicBool>,
+    shared: Arc<Shared>,
     shut: Shut,
     pub(crate) addr: Addr,
     timeout: Duration,
@@ -202,9 +310,13 @@ impl Link {
             }
         };
         let id = NEXT_LINK.fetch_add(1, SeqCst);
-        let dead = Arc::new(AtomicBool::new(false));
+        let shared = Arc::new(Shared {
+            inbox: Mutex::new(Vec::new()),
+            scheduled: AtomicBool::new(false),
+            dead: AtomicBool::new(false),
+        });
         let fd = Arc::new(fd);
-        let core_dead = dead.clone();
+        let core_shared = shared.clone();
         // The driver runs for the link's life; its handle is not kept: a
         // link ends when its socket does.
         let started = rt.spawn(core, move || {
@@ -215,18 +327,21 @@ impl Link {
                 waiting: RefCell::new(VecDeque::new()),
                 driver: RefCell::new(None),
                 failed: RefCell::new(None),
-                dead: core_dead,
+                shared: core_shared,
                 push,
             });
             LINKS.with(|l| l.borrow_mut().insert(id, link.clone()));
             drive(link, id)
         });
         drop(started);
+        // The watchdog: a batch unanswered for `timeout` ends the link.
+        let watched = rt.spawn(core, move || watchdog(id, timeout));
+        drop(watched);
         Ok(Link {
             rt: rt.clone(),
             core,
             id,
-            dead,
+            shared,
             shut,
             addr: addr.clone(),
             timeout,
@@ -235,44 +350,68 @@ impl Link {
 
     /// True once the link failed; a new one must be connected.
     pub(crate) fn is_dead(&self) -> bool {
-        self.dead.load(SeqCst)
+        self.shared.dead.load(SeqCst)
     }
 
     /// Ends the link: waiting batches fail as lost.
     pub(crate) fn kill(&self) {
-        self.dead.store(true, SeqCst);
+        self.shared.dead.store(true, SeqCst);
         self.shut.shutdown();
+        self.shared.fail_inbox("the connection was closed");
     }
 
-    /// Sends `cmds` as one batch; the handle resolves with one reply per
-    /// command (error replies included, as frames).
-    pub(crate) fn call(&self, cmds: Vec<Cmd>) -> JoinHandle<Reply> {
-        let id = self.id;
-        let timeout = self.timeout;
-        self.rt.spawn(self.core, move || submit(id, cmds, timeout))
+    /// Sends `cmds` as one batch; the outcome is one reply per command
+    /// (error replies included, as frames).
+    pub(crate) fn call(&self, cmds: Vec<Cmd>) -> Arc<Outcome> {
+        if cmds.is_empty() {
+            return Outcome::done(Ok(Vec::new()));
+        }
+        let outcome = Arc::new(Outcome::default());
+        self.push(cmds, Some(outcome.clone()));
+        outcome
+    }
+
+    /// Sends commands whose replies nobody reads (acks, re-scores): the
+    /// one-way commands of one flush with the same name and key are merged
+    /// into one variadic command (`HDEL unacked f1 f2 ...`), sent after the
+    /// flush's other batches. `false` when the link is already dead (they
+    /// were not sent).
+    pub(crate) fn send_oneway(&self, cmds: Vec<Cmd>) -> bool {
+        if self.is_dead() {
+            return false;
+        }
+        self.push(cmds, None);
+        true
+    }
+
+    fn push(&self, cmds: Vec<Cmd>, outcome: Option<Arc<Outcome>>) {
+        self.shared.inbox.lock().push((cmds, outcome));
+        if self.is_dead() {
+            self.shared.fail_inbox("the connection is closed");
+        } else if !self.shared.scheduled.swap(true, SeqCst) {
+            let id = self.id;
+            drop(self.rt.spawn(self.core, move || flush(id)));
+        }
     }
 
     /// [`Link::call`] and waits for the replies, at most the link's timeout
     /// (then the link is killed: a late reply must not reach a later batch).
     pub(crate) fn call_wait(&self, cmds: Vec<Cmd>) -> Reply {
-        let mut h = self.call(cmds);
-        self.finish(&mut h)
+        let o = self.call(cmds);
+        self.finish(&o)
     }
 
-    /// Waits for a handle from [`Link::call`] (see [`Link::call_wait`]).
-    pub(crate) fn finish(&self, h: &mut JoinHandle<Reply>) -> Reply {
-        // The core enforces the timeout too; this bound covers a core that
-        // stopped.
-        match h.wait_timeout(self.timeout + Duration::from_secs(1)) {
-            Some(Ok(r)) => {
+    /// Waits for an outcome from [`Link::call`] (see [`Link::call_wait`]).
+    pub(crate) fn finish(&self, o: &Outcome) -> Reply {
+        // The core's watchdog enforces the timeout; this bound covers a
+        // core that stopped.
+        let deadline = Instant::now() + self.timeout * 2 + Duration::from_secs(1);
+        match o.wait(Some(deadline)) {
+            Some(r) => {
                 if r.is_err() {
                     self.kill();
                 }
                 r
-            }
-            Some(Err(e)) => {
-                self.kill();
-                Err(rt_lost(e))
             }
             None => {
                 self.kill();
@@ -288,14 +427,6 @@ impl Link {
 impl Drop for Link {
     fn drop(&mut self) {
         self.kill();
-    }
-}
-
-/// A runtime failure seen by a caller: the batch may have been sent.
-pub(crate) fn rt_lost(e: RtError) -> LinkError {
-    LinkError::Lost {
-        detail: format!("the transport's runtime failed: {e}"),
-        sent: true,
     }
 }
 
@@ -395,31 +526,16 @@ struct CoreLink {
     driver: RefCell<Option<Waker>>,
     /// Why the link died, once it did.
     failed: RefCell<Option<String>>,
-    dead: Arc<AtomicBool>,
+    shared: Arc<Shared>,
     push: Option<PushHandler>,
 }
 
 struct Waiting {
     want: usize,
     got: Vec<Frame>,
-    /// True once the batch's bytes went to the socket.
-    sent: bool,
-    slot: Rc<Slot>,
-}
-
-#[derive(Default)]
-struct Slot {
-    result: RefCell<Option<Reply>>,
-    waker: RefCell<Option<Waker>>,
-}
-
-impl Slot {
-    fn complete(&self, r: Reply) {
-        *self.result.borrow_mut() = Some(r);
-        if let Some(w) = self.waker.borrow_mut().take() {
-            w.wake();
-        }
-    }
+    /// When the batch's bytes went to the socket.
+    sent: Option<Instant>,
+    slot: Arc<Outcome>,
 }
 
 impl CoreLink {
@@ -429,15 +545,16 @@ impl CoreLink {
             tracing::debug!(reason = %why, "redis link closed");
             *self.failed.borrow_mut() = Some(why.clone());
         }
-        self.dead.store(true, SeqCst);
+        self.shared.dead.store(true, SeqCst);
         self.shut.shutdown();
         let waiting: Vec<Waiting> = self.waiting.borrow_mut().drain(..).collect();
         for w in waiting {
             w.slot.complete(Err(LinkError::Lost {
                 detail: why.clone(),
-                sent: w.sent,
+                sent: w.sent.is_some(),
             }));
         }
+        self.shared.fail_inbox(&why);
         self.out.borrow_mut().clear();
         if let Some(w) = self.driver.borrow_mut().take() {
             w.wake();
@@ -466,88 +583,92 @@ impl CoreLink {
     }
 }
 
-/// Appends a batch and waits for its replies (on the link's core).
-async fn submit(id: u64, cmds: Vec<Cmd>, timeout: Duration) -> Reply {
+/// Moves the inbox of link `id` into its output buffer (on its core).
+async fn flush(id: u64) {
     let Some(link) = LINKS.with(|l| l.borrow().get(&id).cloned()) else {
-        return Err(LinkError::Lost {
-            detail: "the connection is closed".into(),
-            sent: false,
-        });
+        return;
     };
+    // Cleared before draining: a batch pushed after the drain schedules
+    // the next flush.
+    link.shared.scheduled.store(false, SeqCst);
+    let batches = std::mem::take(&mut *link.shared.inbox.lock());
     if let Some(why) = link.failed.borrow().clone() {
-        return Err(LinkError::Lost {
-            detail: why,
-            sent: false,
-        });
+        for (_, o) in batches {
+            if let Some(o) = o {
+                o.complete(Err(LinkError::Lost {
+                    detail: why.clone(),
+                    sent: false,
+                }));
+            }
+        }
+        return;
     }
-    if cmds.is_empty() {
-        return Ok(Vec::new());
-    }
-    let slot = Rc::new(Slot::default());
     {
         let mut out = link.out.borrow_mut();
-        for c in &cmds {
-            c.encode(&mut out);
+        let mut waiting = link.waiting.borrow_mut();
+        let mut oneway: Vec<Cmd> = Vec::new();
+        for (cmds, slot) in batches {
+            let Some(slot) = slot else {
+                for c in cmds {
+                    match oneway.iter_mut().find(|o| o.merges_with(&c)) {
+                        Some(o) => o.absorb(c),
+                        None => oneway.push(c),
+                    }
+                }
+                continue;
+            };
+            for c in &cmds {
+                c.encode(&mut out);
+            }
+            waiting.push_back(Waiting {
+                want: cmds.len(),
+                got: Vec::with_capacity(cmds.len()),
+                sent: None,
+                slot,
+            });
+        }
+        if !oneway.is_empty() {
+            for c in &oneway {
+                c.encode(&mut out);
+            }
+            waiting.push_back(Waiting {
+                want: oneway.len(),
+                got: Vec::with_capacity(oneway.len()),
+                sent: None,
+                slot: Arc::new(Outcome::default()),
+            });
         }
     }
-    link.waiting.borrow_mut().push_back(Waiting {
-        want: cmds.len(),
-        got: Vec::with_capacity(cmds.len()),
-        sent: false,
-        slot: slot.clone(),
-    });
-    if let Some(w) = link.driver.borrow().as_ref() {
-        w.wake_by_ref();
-    }
-    let wait = SlotWait { slot: &slot };
-    let timer = rio::sleep(timeout);
-    let r = select_first(wait, timer).await;
-    match r {
-        Some(reply) => reply,
-        None => {
-            let why = format!("no reply within {timeout:?}");
-            link.fail(why.clone());
-            slot.result
-                .borrow_mut()
-                .take()
-                .unwrap_or(Err(LinkError::Lost {
-                    detail: why,
-                    sent: true,
-                }))
-        }
-    }
-}
-
-struct SlotWait<'a> {
-    slot: &'a Rc<Slot>,
-}
-
-impl Future for SlotWait<'_> {
-    type Output = Reply;
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Reply> {
-        if let Some(r) = self.slot.result.borrow_mut().take() {
-            return Poll::Ready(r);
-        }
-        *self.slot.waker.borrow_mut() = Some(cx.waker().clone());
-        Poll::Pending
+    let driver = link.driver.borrow().clone();
+    if let Some(w) = driver {
+        w.wake();
     }
 }
 
-/// Polls `a` and `b`; `Some` with `a`'s output if it finishes first, `None`
-/// if `b` does.
-async fn select_first<A: Future, B: Future>(a: A, b: B) -> Option<A::Output> {
-    let mut a = std::pin::pin!(a);
-    let mut b = std::pin::pin!(b);
-    std::future::poll_fn(move |cx| {
-        if let Poll::Ready(v) = a.as_mut().poll(cx) {
-            return Poll::Ready(Some(v));
+/// Ends link `id` when its oldest batch has waited `timeout` for replies.
+async fn watchdog(id: u64, timeout: Duration) {
+    let tick = (timeout / 4).max(Duration::from_millis(1));
+    loop {
+        if rio::sleep(tick).await.is_err() {
+            return;
         }
-        if b.as_mut().poll(cx).is_ready() {
-            return Poll::Ready(None);
+        let Some(link) = LINKS.with(|l| l.borrow().get(&id).cloned()) else {
+            return;
+        };
+        if link.failed.borrow().is_some() {
+            return;
         }
-        Poll::Pending
-    })
-    .await
+        let late = link
+            .waiting
+            .borrow()
+            .front()
+            .and_then(|w| w.sent)
+            .is_some_and(|at| at.elapsed() >= timeout);
+        if late {
+            link.fail(format!("no reply within {timeout:?}"));
+            return;
+        }
+    }
 }
 
 type IoFuture = Pin<Box<dyn Future<Output = (io::Result<usize>, Vec<u8>)>>>;
@@ -574,8 +695,9 @@ async fn drive(link: Rc<CoreLink>, id: u64) {
                     let mut buf = std::mem::take(&mut spare);
                     std::mem::swap(&mut buf, &mut out);
                     drop(out);
+                    let now = Instant::now();
                     for w in link.waiting.borrow_mut().iter_mut() {
-                        w.sent = true;
+                        w.sent.get_or_insert(now);
                     }
                     let fd = link.fd.clone();
                     send = Some(Box::pin(async move { rio::send(&fd, buf).await }));

@@ -55,6 +55,21 @@ impl Cmd {
         self.arg(n.to_string())
     }
 
+    /// True when `other` is the same variadic command on the same key
+    /// (`HDEL`, `ZREM`, `ZADD`), so both can be sent as one.
+    pub(crate) fn merges_with(&self, other: &Cmd) -> bool {
+        let variadic = matches!(self.args.first().map(|a| &a[..]), Some(b"HDEL" | b"ZREM"));
+        variadic
+            && self.args.len() >= 2
+            && other.args.len() >= 2
+            && self.args[..2] == other.args[..2]
+    }
+
+    /// Takes `other`'s members (see [`Cmd::merges_with`]).
+    pub(crate) fn absorb(&mut self, other: Cmd) {
+        self.args.extend(other.args.into_iter().skip(2));
+    }
+
     /// Appends the RESP encoding to `out`.
     pub(crate) fn encode(&self, out: &mut Vec<u8>) {
         let total: usize = self.args.iter().map(|a| a.len() + 16).sum();
@@ -93,14 +108,6 @@ pub(crate) fn decode(buf: &mut BytesMut) -> Result<Option<Frame>, String> {
         Ok(Some((frame, _, _))) => Ok(Some(frame)),
         Ok(None) => Ok(None),
         Err(e) => Err(format!("malformed reply from the server: {e}")),
-    }
-}
-
-/// A reply seen as a result: an error reply becomes `Err(text)`.
-pub(crate) fn ok(frame: Frame) -> Result<Frame, String> {
-    match frame {
-        Frame::Error(e) => Err(e.to_string()),
-        f => Ok(f),
     }
 }
 
@@ -156,9 +163,29 @@ mod tests {
         let arr = decode(&mut buf).unwrap().unwrap();
         let Frame::Array(items) = arr else { panic!() };
         assert_eq!(items[0], Frame::Null);
-        assert_eq!(ok(items[1].clone()).unwrap_err(), "ERR x");
+        assert!(matches!(&items[1], Frame::Error(e) if &**e == "ERR x"));
         let mut bad = BytesMut::from(&b"?what\r\n"[..]);
         assert!(decode(&mut bad).is_err());
+    }
+
+    #[test]
+    fn one_way_commands_merge_by_name_and_key() {
+        let mut a = Cmd::new("HDEL").arg("unacked").arg("f1");
+        let b = Cmd::new("HDEL").arg("unacked").arg("f2").arg("f3");
+        assert!(a.merges_with(&b));
+        a.absorb(b);
+        let mut out = Vec::new();
+        a.encode(&mut out);
+        assert_eq!(
+            out,
+            b"*5\r\n$4\r\nHDEL\r\n$7\r\nunacked\r\n$2\r\nf1\r\n$2\r\nf2\r\n$2\r\nf3\r\n"
+        );
+        assert!(!a.merges_with(&Cmd::new("HDEL").arg("other").arg("f")));
+        assert!(!a.merges_with(&Cmd::new("ZREM").arg("unacked").arg("f")));
+        assert!(!Cmd::new("LPUSH")
+            .arg("q")
+            .arg("x")
+            .merges_with(&Cmd::new("LPUSH").arg("q").arg("y")));
     }
 
     #[test]

@@ -7,8 +7,9 @@
 use parking_lot::Mutex;
 
 /// Pops up to `ARGV[1]` envelopes from the lists `KEYS[1..n]` in order
-/// (kombu's most urgent step first) and records each as unacked in the
-/// same step: `unacked_index` gets the float seconds `ARGV[2]`, `unacked`
+/// (kombu's most urgent step first; `RPOP` with a count, Redis ≥ 6.2) and
+/// records each as unacked in the same step, with one `ZADD` and one `HSET`
+/// for the whole batch: `unacked_index` gets the float seconds `ARGV[2]`, `unacked`
 /// gets `[envelope, "", <queue>]` (`ARGV[3]` is the queue as a JSON
 /// string) built by concatenation, so the envelope's bytes are kept. A
 /// field already in `unacked` (kombu gives every queue copy of a publish
@@ -23,41 +24,78 @@ local n = #KEYS - 3
 local h, z, g = KEYS[n + 1], KEYS[n + 2], KEYS[n + 3]
 local max = tonumber(ARGV[1])
 local out = {0}
-local taken, seq = 0, 0
+local idx, fields, envs = {}, {}, {}
+local garbage = {}
 for i = 1, n do
-  while taken < max do
-    local m = redis.call('RPOP', KEYS[i])
-    if not m then break end
-    local ok, env = pcall(cjson.decode, m)
-    local tag = nil
-    if ok and type(env) == 'table' and type(env.properties) == 'table'
-        and type(env.headers) ~= 'userdata' then
-      local t = env.properties.delivery_tag
-      if type(t) == 'string' then
-        tag = t
-      elseif type(t) == 'number' and t == math.floor(t) then
-        tag = string.format('%d', t)
+  local want = max - #envs
+  if want <= 0 then break end
+  local got = redis.call('RPOP', KEYS[i], want)
+  if got then
+    for _, m in ipairs(got) do
+      -- kombu and dashi end every envelope with the tag: read it there
+      -- without decoding the whole envelope; anything else is decoded.
+      local tag = nil
+      if not string.find(m, '"headers": null', 1, true) then
+        local from = #m - 96
+        if from < 1 then from = 1 end
+        local at = string.find(m, '"delivery_tag": ', from, true)
+        if at then
+          local rest = string.sub(m, at + 16)
+          tag = string.match(rest, '^"([^"\\]*)"}}$') or string.match(rest, '^(%d+)}}$')
+        end
       end
-    end
-    if tag then
-      local field = tag
-      while redis.call('HEXISTS', h, field) == 1 do
-        seq = seq + 1
-        field = tag .. '.' .. ARGV[4] .. '.' .. seq
+      if not tag then
+        local ok, env = pcall(cjson.decode, m)
+        if ok and type(env) == 'table' and type(env.properties) == 'table'
+            and type(env.headers) ~= 'userdata' then
+          local t = env.properties.delivery_tag
+          if type(t) == 'string' then
+            tag = t
+          elseif type(t) == 'number' and t == math.floor(t) then
+            tag = string.format('%d', t)
+          end
+        end
       end
-      redis.call('ZADD', z, ARGV[2], field)
-      redis.call('HSET', h, field, '[' .. m .. ', "", ' .. ARGV[3] .. ']')
-      out[#out + 1] = i
-      out[#out + 1] = field
-      out[#out + 1] = m
-      taken = taken + 1
-    else
-      redis.call('LPUSH', g, m)
-      out[1] = out[1] + 1
+      if tag then
+        idx[#idx + 1] = i
+        fields[#fields + 1] = tag
+        envs[#envs + 1] = m
+      else
+        garbage[#garbage + 1] = m
+      end
     end
   end
-  if taken >= max then break end
 end
+if #garbage > 0 then
+  redis.call('LPUSH', g, unpack(garbage))
+  out[1] = #garbage
+end
+if #envs == 0 then return out end
+-- A field already in unacked (or twice in this pop) gets a unique suffix.
+local taken = redis.call('HMGET', h, unpack(fields))
+local seen, seq = {}, 0
+for k = 1, #fields do
+  local f = fields[k]
+  while taken[k] or seen[f] do
+    seq = seq + 1
+    f = fields[k] .. '.' .. ARGV[4] .. '.' .. seq
+    taken[k] = redis.call('HEXISTS', h, f) == 1 and true or false
+  end
+  seen[f] = true
+  fields[k] = f
+end
+local zargs, hargs = {}, {}
+for k = 1, #envs do
+  zargs[#zargs + 1] = ARGV[2]
+  zargs[#zargs + 1] = fields[k]
+  hargs[#hargs + 1] = fields[k]
+  hargs[#hargs + 1] = '[' .. envs[k] .. ', "", ' .. ARGV[3] .. ']'
+  out[#out + 1] = idx[k]
+  out[#out + 1] = fields[k]
+  out[#out + 1] = envs[k]
+end
+redis.call('ZADD', z, unpack(zargs))
+redis.call('HSET', h, unpack(hargs))
 return out
 "#;
 

@@ -38,11 +38,11 @@ use dashi_engine::spi::{
     Routing, Topology, Transport, TransportEvent,
 };
 use dashi_engine::{Error, PublishError, QueueStats, StoreFailure};
-use dashi_rt::{JoinHandle, Runtime, RuntimeConfig};
+use dashi_rt::{Runtime, RuntimeConfig};
 use parking_lot::Mutex;
 
 use crate::conn::{link_error, reply_error, reply_failure, store_failure, Conn};
-use crate::link::LinkError;
+use crate::link::{Outcome, Reply};
 use crate::options::RedisOptions;
 use crate::resp::{self, Cmd, Frame};
 use crate::scripts::{Script, Scripts};
@@ -674,7 +674,7 @@ impl Inner {
                     Ok(None) => {
                         self.counters.record(TransportEvent::Published, 1);
                         self.counters.record(TransportEvent::DroppedUnroutable, 1);
-                        out.push(Ok(Planned::Dropped(env)));
+                        out.push(Ok(Planned::Dropped));
                         continue;
                     }
                     Err(e) => {
@@ -692,7 +692,7 @@ impl Inner {
                         .map(|&i| routing.target(i).clone())
                         .collect(),
                     Ok(None) => {
-                        out.push(Ok(Planned::Dropped(env)));
+                        out.push(Ok(Planned::Dropped));
                         continue;
                     }
                     Err(e) => {
@@ -756,7 +756,7 @@ impl Inner {
         let woken: Vec<Arc<RedisQueue>> = lists.into_iter().map(|(_, q, _)| q).collect();
         let sent = self.conn.start(cmds);
         let shared = match sent {
-            Ok((_, h)) => Ok(Arc::new(SharedReply::new(h, woken, self.opts.confirm))),
+            Ok((_, h)) => Ok(SharedReply::new(h, woken, self.opts.confirm)),
             Err(e) => Err(e),
         };
         out.into_iter()
@@ -795,17 +795,20 @@ impl Inner {
 /// What became of one message of a publish batch.
 enum Planned {
     /// Routed nowhere and not mandatory (counted as unroutable).
-    Dropped(Envelope),
+    Dropped,
     /// Handed to the link; not yet answered.
     Sent(Envelope),
     /// Waiting for the batch's replies.
     Pending(Envelope, Arc<SharedReply>),
 }
 
-/// The replies of one publish batch, shared by its messages' confirms.
+/// The replies of one publish batch, shared by its messages' confirms. The
+/// link's outcome wakes a settler that judges the replies once, on whatever
+/// thread completes them; confirms read the judgement.
 struct SharedReply {
-    handle: Mutex<Option<JoinHandle<Result<Vec<Frame>, LinkError>>>>,
+    handle: Mutex<Option<Arc<Outcome>>>,
     outcome: Mutex<Option<Result<(), StoreFailure>>>,
+    judged: parking_lot::Condvar,
     wakers: Mutex<Vec<Waker>>,
     woken: Vec<Arc<RedisQueue>>,
     confirm: crate::options::ConfirmLevel,
@@ -819,31 +822,64 @@ impl std::fmt::Debug for SharedReply {
     }
 }
 
+/// Wakes when a batch's replies arrive, and settles the batch.
+struct Settler(Weak<SharedReply>);
+
+impl std::task::Wake for Settler {
+    fn wake(self: Arc<Self>) {
+        if let Some(s) = self.0.upgrade() {
+            s.try_settle(&Waker::from(self.clone()));
+        }
+    }
+}
+
 impl SharedReply {
     fn new(
-        h: JoinHandle<Result<Vec<Frame>, LinkError>>,
+        h: Arc<Outcome>,
         woken: Vec<Arc<RedisQueue>>,
         confirm: crate::options::ConfirmLevel,
-    ) -> SharedReply {
-        SharedReply {
+    ) -> Arc<SharedReply> {
+        let s = Arc::new(SharedReply {
             handle: Mutex::new(Some(h)),
             outcome: Mutex::new(None),
+            judged: parking_lot::Condvar::new(),
             wakers: Mutex::new(Vec::new()),
             woken,
             confirm,
+        });
+        let settler = Waker::from(Arc::new(Settler(Arc::downgrade(&s))));
+        s.try_settle(&settler);
+        s
+    }
+
+    /// Judges the replies if they arrived (else `settler` is woken when they
+    /// do).
+    fn try_settle(&self, settler: &Waker) {
+        let reply = {
+            let mut h = self.handle.lock();
+            let Some(o) = h.as_ref() else { return };
+            match o.poll(settler) {
+                Poll::Ready(r) => {
+                    h.take();
+                    r
+                }
+                Poll::Pending => return,
+            }
+        };
+        let v = self.judge(reply);
+        *self.outcome.lock() = Some(v);
+        self.judged.notify_all();
+        for w in self.wakers.lock().drain(..) {
+            w.wake();
         }
     }
 
     /// Judges the replies: every `LPUSH` answered with a length, and with
     /// `confirm=replicated:N`, `WAIT` reached N replicas.
-    fn judge(
-        &self,
-        r: Result<Result<Vec<Frame>, LinkError>, dashi_rt::RtError>,
-    ) -> Result<(), StoreFailure> {
+    fn judge(&self, r: Reply) -> Result<(), StoreFailure> {
         let replies = match r {
-            Ok(Ok(replies)) => replies,
-            Ok(Err(e)) => return Err(store_failure("publish", &e)),
-            Err(e) => return Err(store_failure("publish", &crate::link::rt_lost(e))),
+            Ok(replies) => replies,
+            Err(e) => return Err(store_failure("publish", &e)),
         };
         for f in &replies {
             if let Frame::Error(e) = f {
@@ -867,18 +903,6 @@ impl SharedReply {
         }
         Ok(())
     }
-
-    fn settle(
-        &self,
-        r: Result<Result<Vec<Frame>, LinkError>, dashi_rt::RtError>,
-    ) -> Result<(), StoreFailure> {
-        let v = self.judge(r);
-        *self.outcome.lock() = Some(v.clone());
-        for w in self.wakers.lock().drain(..) {
-            w.wake();
-        }
-        v
-    }
 }
 
 #[derive(Debug)]
@@ -889,60 +913,31 @@ impl PendingConfirm for RedisConfirm {
         if let Some(o) = self.0.outcome.lock().clone() {
             return Poll::Ready(o);
         }
-        let mut guard = self.0.handle.lock();
-        let Some(h) = guard.as_mut() else {
-            // Another confirm of the batch is settling it.
-            self.0.wakers.lock().push(waker.clone());
-            return match self.0.outcome.lock().clone() {
-                Some(o) => Poll::Ready(o),
-                None => Poll::Pending,
-            };
-        };
-        let mut cx = std::task::Context::from_waker(waker);
-        match std::pin::Pin::new(h).poll(&mut cx) {
-            Poll::Ready(r) => {
-                guard.take();
-                drop(guard);
-                Poll::Ready(self.0.settle(r))
-            }
-            Poll::Pending => {
-                self.0.wakers.lock().push(waker.clone());
-                Poll::Pending
-            }
+        self.0.wakers.lock().push(waker.clone());
+        // Judged between the two looks: not left waiting.
+        match self.0.outcome.lock().clone() {
+            Some(o) => Poll::Ready(o),
+            None => Poll::Pending,
         }
     }
 
     fn wait_confirm(&self, deadline: Option<Instant>) -> Option<Result<(), StoreFailure>> {
+        let mut o = self.0.outcome.lock();
         loop {
-            if let Some(o) = self.0.outcome.lock().clone() {
-                return Some(o);
+            if let Some(v) = o.clone() {
+                return Some(v);
             }
-            let mut guard = self.0.handle.lock();
-            if let Some(h) = guard.as_mut() {
-                let r = match deadline {
-                    None => h.wait_timeout(Duration::from_secs(3600)),
-                    Some(d) => h.wait_timeout(d.saturating_duration_since(Instant::now())),
-                };
-                match r {
-                    Some(r) => {
-                        guard.take();
-                        drop(guard);
-                        return Some(self.0.settle(r));
+            match deadline {
+                None => self.0.judged.wait(&mut o),
+                Some(d) => {
+                    if self.0.judged.wait_until(&mut o, d).timed_out() {
+                        return o.clone();
                     }
-                    None if deadline.is_some_and(|d| Instant::now() >= d) => return None,
-                    None => continue,
                 }
             }
-            drop(guard);
-            if deadline.is_some_and(|d| Instant::now() >= d) {
-                return self.0.outcome.lock().clone();
-            }
-            std::thread::sleep(Duration::from_micros(50));
         }
     }
 }
-
-use std::future::Future as _;
 
 fn eval_cmd(sha: &str, keys: &[String], args: &[Bytes]) -> Cmd {
     let mut c = Cmd::new("EVALSHA")
@@ -1025,7 +1020,7 @@ impl RedisQueue {
     }
 
     /// Removes delivered entries from `unacked` (ack, or reject without
-    /// requeue: kombu has no dead-lettering on Redis).
+    /// requeue: kombu has no dead-lettering on Redis), pipelined.
     fn forget(&self, gone: &[Held]) -> Result<(), Error> {
         if gone.is_empty() {
             return Ok(());
@@ -1037,9 +1032,15 @@ impl RedisQueue {
             hdel.push(h.field.clone());
             zrem.push(h.field.clone());
         }
+        // Sent, not waited for (as AMQP's basic.ack): the link runs it
+        // before anything sent after it, and if the link fails first the
+        // entries stay in `unacked` and the messages come back after the
+        // visibility timeout, marked redelivered. Not sent at all (no
+        // connection) is an error the caller sees.
         inner
-            .call_ok("ack", vec![Cmd::new("MULTI"), hdel, zrem, Cmd::new("EXEC")])
-            .map(|_| ())
+            .conn
+            .send_oneway(vec![hdel, zrem])
+            .map_err(|e| link_error("ack", &e))
     }
 
     /// Puts a popped envelope that cannot be delivered in the garbage list.
@@ -1612,7 +1613,7 @@ impl Transport for RedisTransport {
             .into_iter()
             .map(|r| {
                 r.map(|p| match p {
-                    Planned::Dropped(_) => Accepted::Confirmed,
+                    Planned::Dropped => Accepted::Confirmed,
                     Planned::Sent(_) => unreachable!("every sent message waits for its batch"),
                     Planned::Pending(envelope, reply) => Accepted::Pending {
                         confirm: Box::new(RedisConfirm(reply)),

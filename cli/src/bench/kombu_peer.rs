@@ -16,9 +16,17 @@ fn skipped(peer: &str, reason: impl Into<String>) -> Skipped {
     }
 }
 
+/// `url` without its credentials, for reports.
+fn shown(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => format!("{}{}", &url[..s + 3], &url[at + 1..]),
+        _ => url.to_owned(),
+    }
+}
+
 /// Runs the Kombu peer on `kombu_url`; `Err` says why it was skipped.
 pub(crate) fn run(w: &Workload, kombu_url: &str) -> Result<Report, Skipped> {
-    let peer = format!("kombu {kombu_url}");
+    let peer = format!("kombu {}", shown(kombu_url));
     let probe = Command::new("python3")
         .args(["-c", "import kombu"])
         .stdout(Stdio::null())
@@ -91,7 +99,7 @@ pub(crate) fn run(w: &Workload, kombu_url: &str) -> Result<Report, Skipped> {
         .ok_or_else(|| skipped(&peer, "kombu reported no elapsed time"))?;
     let version = v["kombu_version"].as_str().unwrap_or("?");
     Ok(Report {
-        transport: format!("kombu {version} {kombu_url}"),
+        transport: format!("kombu {version} {}", shown(kombu_url)),
         messages: w.messages,
         size: w.size,
         producers: w.producers,

@@ -9,6 +9,7 @@ mod dashi_run;
 mod disk_peer;
 mod kombu_peer;
 mod plot;
+mod redis_peer;
 mod report;
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -229,6 +230,31 @@ pub(crate) fn run(a: BenchArgs) -> Result<(), String> {
                         reason: "the durability limit applies with fsync=always or interval; this run uses fsync=never"
                             .into(),
                     });
+                }
+            }
+            "redis" => {
+                let url = dashi::spi::ConnectUrl::parse(
+                    dashi::spi::split_failover(&w.url).map_err(|e| e.to_string())?[0],
+                )
+                .map_err(|e| e.to_string())?;
+                let port = url.port.unwrap_or(6379);
+                let db: u32 = url.path.trim_start_matches('/').parse().unwrap_or(0);
+                let addr = format!("{}:{port}", url.host);
+                match redis_peer::run(&w, &addr, db) {
+                    Ok(r) => peers.push(r),
+                    Err(e) => skipped.push(Skipped {
+                        peer: "raw LPUSH/RPOP pipelined".into(),
+                        reason: e,
+                    }),
+                }
+                let auth = match (&url.user, &url.password) {
+                    (_, None) => String::new(),
+                    (u, Some(p)) => format!("{}:{p}@", u.as_deref().unwrap_or("")),
+                };
+                let kombu_url = format!("redis://{auth}{addr}/{db}");
+                match kombu_peer::run(&w, &kombu_url) {
+                    Ok(r) => peers.push(r),
+                    Err(s) => skipped.push(s),
                 }
             }
             other => skipped.push(Skipped {
