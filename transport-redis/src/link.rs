@@ -562,6 +562,14 @@ impl CoreLink {
     }
 
     fn on_frame(&self, frame: Frame) {
+        // On a subscribed link, messages interleave with command replies:
+        // they are told apart by their kind, not by their order.
+        if let Some(p) = &self.push {
+            if is_message(&frame) {
+                p(frame);
+                return;
+            }
+        }
         let mut waiting = self.waiting.borrow_mut();
         match waiting.front_mut() {
             Some(w) => {
@@ -581,6 +589,17 @@ impl CoreLink {
             }
         }
     }
+}
+
+/// A pub/sub message (`message`, `pmessage`), as opposed to a reply.
+fn is_message(frame: &Frame) -> bool {
+    let Frame::Array(parts) = frame else {
+        return false;
+    };
+    matches!(
+        parts.first().and_then(resp::bytes).map(|b| &b[..]),
+        Some(b"message" | b"pmessage")
+    )
 }
 
 /// Moves the inbox of link `id` into its output buffer (on its core).

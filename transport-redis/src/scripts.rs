@@ -139,6 +139,43 @@ end
 return 1
 "#;
 
+/// Counts the entries of `unacked` (`KEYS[1]`) by the exchange and routing
+/// key they name (`[envelope, exchange, routing_key]`, read at the value's
+/// end). Returns `{exchange, routing_key, count, ...}`.
+pub(crate) const UNACKED_COUNTS: &str = r#"
+local counts, order = {}, {}
+for _, v in ipairs(redis.call('HVALS', KEYS[1])) do
+  local ex, rk = string.match(v, ', "([^"\\]*)", "([^"\\]*)"%]$')
+  if ex then
+    local k = ex .. '\0' .. rk
+    if not counts[k] then
+      counts[k] = {ex, rk, 0}
+      order[#order + 1] = k
+    end
+    counts[k][3] = counts[k][3] + 1
+  end
+end
+local out = {}
+for _, k in ipairs(order) do
+  out[#out + 1] = counts[k][1]
+  out[#out + 1] = counts[k][2]
+  out[#out + 1] = counts[k][3]
+end
+return out
+"#;
+
+/// A kombu fanout message (`PUBLISH`) into a dashi queue, once: if the
+/// marker `KEYS[1]` did not exist (set for 10 minutes), `ARGV[1]` is pushed
+/// onto `KEYS[2]`. Sent with `EVAL` from the subscribed link's handler,
+/// which must not wait for a script load.
+pub(crate) const FANOUT_IN: &str = r#"
+if redis.call('SET', KEYS[1], '1', 'NX', 'PX', 600000) then
+  redis.call('LPUSH', KEYS[2], ARGV[1])
+  return 1
+end
+return 0
+"#;
+
 /// Releases the restore lock `KEYS[1]` if it still holds token `ARGV[1]`.
 pub(crate) const UNLOCK: &str = r#"
 if redis.call('GET', KEYS[1]) == ARGV[1] then
@@ -169,6 +206,7 @@ pub(crate) struct Scripts {
     pub(crate) pop: Script,
     pub(crate) restore: Script,
     pub(crate) unlock: Script,
+    pub(crate) unacked_counts: Script,
 }
 
 impl Default for Scripts {
@@ -177,6 +215,7 @@ impl Default for Scripts {
             pop: Script::new(POP),
             restore: Script::new(RESTORE),
             unlock: Script::new(UNLOCK),
+            unacked_counts: Script::new(UNACKED_COUNTS),
         }
     }
 }

@@ -83,6 +83,9 @@ struct Topo {
     local: Vec<Binding>,
     /// Exclusive queues and their connection.
     exclusive: HashMap<String, ConnectionId>,
+    /// kombu fanout channel patterns this process listens on, and the
+    /// queues each feeds.
+    fanout_in: HashMap<String, Vec<String>>,
 }
 
 /// Process-wide source of delivery tokens.
@@ -274,21 +277,50 @@ impl Inner {
         if exchanges.is_empty() {
             return Ok(());
         }
-        let cmds = exchanges
+        let fanout: Vec<bool> = {
+            let topo = self.topo.lock();
+            exchanges
+                .iter()
+                .map(|e| {
+                    topo.topology
+                        .exchange(e)
+                        .is_some_and(|x| x.kind == ExchangeKind::Fanout)
+                })
+                .collect()
+        };
+        let mut cmds: Vec<Cmd> = exchanges
             .iter()
             .map(|e| Cmd::new("SMEMBERS").arg(self.keys.binding(e)))
             .collect();
-        let replies = self.call_ok("binding table read", cmds)?;
+        cmds.extend(
+            exchanges
+                .iter()
+                .map(|e| Cmd::new("SMEMBERS").arg(self.keys.fanout_queues(e))),
+        );
+        let mut replies = self.call_ok("binding table read", cmds)?;
+        let dashi_fanout = replies.split_off(exchanges.len());
         let mut remote = Vec::new();
-        for (ex, reply) in exchanges.iter().zip(replies) {
+        for (i, (ex, reply)) in exchanges.iter().zip(replies).enumerate() {
             let Frame::Array(members) = reply else {
                 continue;
             };
+            // A fanout exchange copies into the queues dashi bound to it;
+            // kombu's fanout queues take its PUBLISH instead.
+            let durable: Option<Vec<Bytes>> = fanout[i].then(|| match &dashi_fanout[i] {
+                Frame::Array(qs) => qs.iter().filter_map(resp::bytes).cloned().collect(),
+                _ => Vec::new(),
+            });
             for m in members {
                 let Some(m) = resp::bytes(&m).and_then(|b| std::str::from_utf8(b).ok()) else {
                     continue;
                 };
                 if let Some((rk, _pattern, queue)) = self.keys.split_member(m) {
+                    if durable
+                        .as_ref()
+                        .is_some_and(|qs| !qs.iter().any(|q| &q[..] == queue.as_bytes()))
+                    {
+                        continue;
+                    }
                     remote.push(Binding {
                         exchange: ex.clone(),
                         queue: queue.to_owned(),
@@ -329,41 +361,50 @@ impl Inner {
             .min(keep)
             .min(scan)
             .max(Duration::from_millis(10));
-        let last = Mutex::new((Instant::now(), Instant::now(), Instant::now()));
         let poll = self.opts.poll_interval;
+        let health = self.opts.health_check_interval;
+        // When each job last ran: poll, keep, scan, health.
+        let last = Mutex::new([Instant::now(); 4]);
         spawn_periodic(
             "dashi-redis-upkeep",
             self.me.clone(),
-            tick,
-            move |inner: &Inner| {
-                let me = inner;
+            tick.min(health),
+            move |me: &Inner| {
                 let now = Instant::now();
-                let (due_poll, due_keep, due_scan) = {
+                let due: Vec<bool> = {
                     let mut l = last.lock();
-                    let d = (now >= l.0 + poll, now >= l.1 + keep, now >= l.2 + scan);
-                    if d.0 {
-                        l.0 = now;
-                    }
-                    if d.1 {
-                        l.1 = now;
-                    }
-                    if d.2 {
-                        l.2 = now;
-                    }
-                    d
+                    [poll, keep, scan, health]
+                        .iter()
+                        .zip(l.iter_mut())
+                        .map(|(&every, at)| {
+                            let due = now >= *at + every;
+                            if due {
+                                *at = now;
+                            }
+                            due
+                        })
+                        .collect()
                 };
-                if me.ensure_watch() || due_poll {
+                if me.ensure_watch() || due[0] {
                     me.wake_waiters();
                 }
-                if due_poll {
+                if due[0] {
                     let _ = me.refresh_bindings();
                 }
-                if due_keep {
+                if due[1] {
                     let _ = me.rescore_held();
                 }
-                if due_scan {
+                if due[2] {
                     if let Err(e) = me.restore_visible() {
                         tracing::debug!(error = %e, "redis restore scan failed");
+                    }
+                }
+                if due[3] {
+                    // A link that stopped answering is found here, not by
+                    // the next caller: the PING fails, the link is dropped
+                    // and the next call connects anew.
+                    for conn in [&me.conn, me.watch.track_conn()] {
+                        let _ = conn.call(vec![Cmd::new("PING")]);
                     }
                 }
             },
@@ -373,15 +414,100 @@ impl Inner {
     /// Keeps key-space notifications on for every queue this process
     /// consumes; true when they were (re)established.
     fn ensure_watch(&self) -> bool {
-        let prefixes = self
-            .topo
-            .lock()
-            .queues
-            .values()
-            .filter(|q| q.declared.load(SeqCst))
-            .map(|q| format!("{}{}", self.keys.prefix, q.name))
+        let (prefixes, patterns) = {
+            let mut topo = self.topo.lock();
+            let prefixes = topo
+                .queues
+                .values()
+                .filter(|q| q.declared.load(SeqCst))
+                .map(|q| format!("{}{}", self.keys.prefix, q.name))
+                .collect();
+            // kombu's fanout publishes reach this process's queues bound to
+            // fanout exchanges through these subscriptions.
+            let mut fanout_in: HashMap<String, Vec<String>> = HashMap::new();
+            for b in &topo.local {
+                let fanout = topo
+                    .topology
+                    .exchange(&b.exchange)
+                    .is_some_and(|e| e.kind == ExchangeKind::Fanout);
+                if fanout {
+                    let pattern =
+                        self.fanout_channel(&b.exchange, &b.routing_key.replace('#', "*"));
+                    let qs = fanout_in.entry(pattern).or_default();
+                    if !qs.contains(&b.queue) {
+                        qs.push(b.queue.clone());
+                    }
+                }
+            }
+            let patterns = fanout_in.keys().cloned().collect();
+            topo.fanout_in = fanout_in;
+            (prefixes, patterns)
+        };
+        self.watch.ensure(prefixes, patterns)
+    }
+
+    /// kombu's pub/sub channel of fanout exchange `exchange` for `key`:
+    /// `[global_keyprefix]/<db>.<exchange>[/<key>]` (§2.4 of the wire spec).
+    fn fanout_channel(&self, exchange: &str, key: &str) -> String {
+        let db = self.opts.servers.first().map_or(0, |s| s.login.db);
+        let prefix = self
+            .opts
+            .fanout_prefix
+            .as_deref()
+            .map(|p| p.replace("{db}", &db.to_string()))
+            .unwrap_or_default();
+        let mut c = format!("{}{prefix}{exchange}", self.keys.prefix);
+        if self.opts.fanout_patterns && !key.is_empty() {
+            c.push('/');
+            c.push_str(key);
+        }
+        c
+    }
+
+    /// A kombu fanout message arrived on a subscribed pattern: each queue
+    /// of this process bound to it gets it once (whichever dashi process
+    /// sees it first), unless a dashi process published it (its queues got
+    /// their copy then). Runs on the link's core: nothing here waits.
+    pub(crate) fn fanout_received(&self, pattern: &[u8], data: Bytes) {
+        let text = String::from_utf8_lossy(&data);
+        if text.contains(wire::FANOUT_MARK) {
+            return;
+        }
+        let queues: Vec<(String, u8)> = {
+            let topo = self.topo.lock();
+            let Some(qs) = topo.fanout_in.get(&*String::from_utf8_lossy(pattern)) else {
+                return;
+            };
+            qs.iter()
+                .map(|q| {
+                    let one_lane = topo.queues.get(q).is_none_or(|h| h.decl.max_priority == 0);
+                    let step = if one_lane {
+                        0
+                    } else {
+                        self.keys.step_for(wire::kombu_priority_of(&text))
+                    };
+                    (q.clone(), step)
+                })
+                .collect()
+        };
+        let Some(tag) = wire::tag_of(&data) else {
+            self.note_garbage("", "a fanout message with no delivery_tag");
+            return;
+        };
+        let cmds = queues
+            .iter()
+            .map(|(q, step)| {
+                Cmd::new("EVAL")
+                    .arg(crate::scripts::FANOUT_IN)
+                    .arg("2")
+                    .arg(self.keys.fanout_seen(q, &tag))
+                    .arg(self.keys.list(q, *step))
+                    .arg(data.clone())
+            })
             .collect();
-        self.watch.ensure(prefixes)
+        if let Err(e) = self.conn.send_oneway(cmds) {
+            tracing::warn!(error = %e, "redis: a kombu fanout message could not be stored");
+        }
     }
 
     /// A list was written (a key-space notification): the queue it belongs
@@ -664,11 +790,37 @@ impl Inner {
     /// outcome: the commands' handle to wait for, or its error.
     fn publish_batch(&self, batch: Vec<(Envelope, bool)>) -> Vec<Result<Planned, PublishError>> {
         let routing = self.routing.load();
+        let fanouts: Vec<String> = {
+            let topo = self.topo.lock();
+            topo.topology
+                .exchanges()
+                .filter(|e| e.kind == ExchangeKind::Fanout)
+                .map(|e| e.name.clone())
+                .collect()
+        };
         let mut out = Vec::with_capacity(batch.len());
         // (list key, queue) → encoded envelopes, in publish order.
         let mut lists: Vec<(String, Arc<RedisQueue>, Vec<Bytes>)> = Vec::new();
+        // kombu's fanout: (channel, envelope) sent with PUBLISH.
+        let mut broadcasts: Vec<(String, Bytes)> = Vec::new();
         for (mut env, mandatory) in batch {
-            let targets: Vec<Arc<RedisQueue>> = if env.exchange.is_empty() {
+            let fanout = fanouts.iter().any(|f| **f == *env.exchange);
+            let targets: Vec<Arc<RedisQueue>> = if fanout {
+                // Never unroutable: kombu's subscribers are not known here.
+                match routing.route(&env.exchange, &env.routing_key, &env.properties().headers) {
+                    Ok(r) => r
+                        .as_slice()
+                        .iter()
+                        .map(|&i| routing.target(i).clone())
+                        .collect(),
+                    Err(missing) => {
+                        out.push(Err(
+                            dashi_engine::spi::Refused::UnknownExchange(missing).into_error(env)
+                        ));
+                        continue;
+                    }
+                }
+            } else if env.exchange.is_empty() {
                 match self.default_target(&routing, &env.routing_key, mandatory) {
                     Ok(Some(q)) => vec![q],
                     Ok(None) => {
@@ -714,7 +866,14 @@ impl Inner {
                 continue;
             }
             let tag = wire::new_tag();
-            let encoded = Bytes::from(wire::encode(&env, &tag));
+            let text = wire::encode(&env, &tag);
+            if fanout {
+                broadcasts.push((
+                    self.fanout_channel(&env.exchange, &env.routing_key),
+                    Bytes::from(wire::with_fanout_mark(&text)),
+                ));
+            }
+            let encoded = Bytes::from(text);
             let step = self.keys.step_for(wire::to_kombu_priority(
                 env.properties().priority.unwrap_or(0),
             ));
@@ -733,7 +892,7 @@ impl Inner {
                 .record(TransportEvent::Routed, targets.len() as u64);
             out.push(Ok(Planned::Sent(env)));
         }
-        if lists.is_empty() {
+        if lists.is_empty() && broadcasts.is_empty() {
             return out;
         }
         let mut cmds: Vec<Cmd> = lists
@@ -746,6 +905,11 @@ impl Inner {
                 c
             })
             .collect();
+        cmds.extend(
+            broadcasts
+                .into_iter()
+                .map(|(channel, env)| Cmd::new("PUBLISH").arg(channel).arg(env)),
+        );
         if let crate::options::ConfirmLevel::Replicated(n) = self.opts.confirm {
             cmds.push(
                 Cmd::new("WAIT")
@@ -790,6 +954,18 @@ impl Inner {
             None => Ok(None),
         }
     }
+}
+
+/// `s` with Redis glob characters escaped (a key prefix inside a `MATCH`).
+fn glob_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
 }
 
 /// What became of one message of a publish batch.
@@ -1274,6 +1450,179 @@ impl QueueStore for RedisQueue {
 }
 
 impl Inner {
+    /// Figures of queue `name`: depth per priority step from its lists,
+    /// unacked from `unacked` (every process's), consumers attached here.
+    fn stats_of(&self, name: &str, unacked: &HashMap<String, u64>) -> Option<QueueStats> {
+        let handle = self.topo.lock().queues.get(name).cloned();
+        let lists = self.keys.lists(name);
+        let replies = self
+            .call_ok(
+                "queue depth",
+                lists
+                    .iter()
+                    .map(|l| Cmd::new("LLEN").arg(l.clone()))
+                    .collect(),
+            )
+            .ok()?;
+        let depths: Vec<u64> = replies
+            .iter()
+            .map(|f| resp::int(f).unwrap_or(0).max(0) as u64)
+            .collect();
+        let top = handle.as_ref().map_or(9, |h| h.decl.max_priority);
+        // Lanes by dashi priority: each step's depth is shown in the most
+        // urgent lane (up to the queue's maximum) that maps to it.
+        let max = top.min(9);
+        let mut by_lane = vec![0u64; usize::from(top) + 1];
+        for (&step, d) in self.keys.steps.iter().zip(&depths) {
+            let lane = (0..=max)
+                .rev()
+                .find(|&p| self.keys.step_for(wire::to_kombu_priority(p)) == step)
+                .map(|p| if p == max { top } else { p });
+            match lane {
+                Some(lane) => by_lane[usize::from(lane)] += d,
+                None => by_lane[0] += d,
+            }
+        }
+        Some(QueueStats::new(
+            name.to_owned(),
+            by_lane,
+            depths.iter().sum(),
+            0,
+            unacked.get(name).copied().unwrap_or(0),
+            handle.map_or(0, |h| h.state.consumers()),
+        ))
+    }
+
+    /// Unacked deliveries per queue, every process's: dashi's entries name
+    /// their queue; kombu's name an exchange and key, routed as direct
+    /// through the binding table (as kombu restores them).
+    fn unacked_by_queue(&self) -> Result<HashMap<String, u64>, Error> {
+        let reply = self.eval(&self.scripts.unacked_counts, &[self.keys.unacked()], vec![])?;
+        let mut out: HashMap<String, u64> = HashMap::new();
+        let Frame::Array(items) = reply else {
+            return Ok(out);
+        };
+        let text = |f: &Frame| resp::bytes(f).map(|b| String::from_utf8_lossy(b).into_owned());
+        for c in items.chunks(3) {
+            let [ex, rk, n] = c else { continue };
+            let (Some(ex), Some(rk), Some(n)) = (text(ex), text(rk), resp::int(n)) else {
+                continue;
+            };
+            let queues = if ex.is_empty() {
+                vec![rk]
+            } else {
+                self.direct_lookup(&ex, &rk)?
+            };
+            for q in queues {
+                *out.entry(q).or_default() += n.max(0) as u64;
+            }
+        }
+        Ok(out)
+    }
+
+    /// Queue names: known here, or named in a binding table on the server.
+    fn discover(&self) -> Result<Vec<String>, Error> {
+        let mut names: std::collections::BTreeSet<String> = self
+            .topo
+            .lock()
+            .queues
+            .values()
+            .filter(|q| q.declared.load(SeqCst))
+            .map(|q| q.name.clone())
+            .collect();
+        let pattern = format!("{}_kombu.binding.*", glob_escape(&self.keys.prefix));
+        let mut cursor = String::from("0");
+        loop {
+            let reply = self.call_ok(
+                "queue discovery",
+                vec![Cmd::new("SCAN")
+                    .arg(cursor.clone())
+                    .arg("MATCH")
+                    .arg(pattern.clone())
+                    .arg("COUNT")
+                    .arg("1000")],
+            )?;
+            let Some(Frame::Array(parts)) = reply.into_iter().next() else {
+                break;
+            };
+            let [next, Frame::Array(keys)] = &parts[..] else {
+                break;
+            };
+            let members: Vec<Cmd> = keys
+                .iter()
+                .filter_map(resp::bytes)
+                .map(|k| Cmd::new("SMEMBERS").arg(k.clone()))
+                .collect();
+            for set in self.call_ok("queue discovery", members)? {
+                if let Frame::Array(ms) = set {
+                    for m in ms.iter().filter_map(resp::bytes) {
+                        let m = String::from_utf8_lossy(m);
+                        if let Some((_, _, q)) = self.keys.split_member(&m) {
+                            names.insert(q.to_owned());
+                        }
+                    }
+                }
+            }
+            cursor = resp::bytes(next)
+                .map(|b| String::from_utf8_lossy(b).into_owned())
+                .unwrap_or_else(|| "0".into());
+            if cursor == "0" {
+                break;
+            }
+        }
+        // Queues with messages but no binding: every list under the prefix
+        // (a step list names its queue before the separator).
+        let mut cursor = String::from("0");
+        let pattern = format!("{}*", glob_escape(&self.keys.prefix));
+        let garbage = self.keys.garbage("");
+        loop {
+            let reply = self.call_ok(
+                "queue discovery",
+                vec![Cmd::new("SCAN")
+                    .arg(cursor.clone())
+                    .arg("MATCH")
+                    .arg(pattern.clone())
+                    .arg("COUNT")
+                    .arg("1000")
+                    .arg("TYPE")
+                    .arg("list")],
+            )?;
+            let Some(Frame::Array(parts)) = reply.into_iter().next() else {
+                break;
+            };
+            let [next, Frame::Array(keys)] = &parts[..] else {
+                break;
+            };
+            for k in keys.iter().filter_map(resp::bytes) {
+                let k = String::from_utf8_lossy(k);
+                if k.starts_with(&garbage) {
+                    continue;
+                }
+                let Some(k) = k.strip_prefix(self.keys.prefix.as_str()) else {
+                    continue;
+                };
+                let name = match k.rsplit_once(self.keys.sep.as_str()) {
+                    Some((q, step))
+                        if step
+                            .parse::<u8>()
+                            .is_ok_and(|s| self.keys.steps.contains(&s)) =>
+                    {
+                        q
+                    }
+                    _ => k,
+                };
+                names.insert(name.to_owned());
+            }
+            cursor = resp::bytes(next)
+                .map(|b| String::from_utf8_lossy(b).into_owned())
+                .unwrap_or_else(|| "0".into());
+            if cursor == "0" {
+                break;
+            }
+        }
+        Ok(names.into_iter().collect())
+    }
+
     /// Deletes a queue's lists and this process's bindings of it; returns
     /// how many ready messages it held.
     fn delete(&self, name: &str) -> Result<u64, Error> {
@@ -1295,6 +1644,13 @@ impl Inner {
         }
         for b in &bindings {
             let member = self.member_of(b);
+            if self.is_fanout(&b.exchange) {
+                cmds.push(
+                    Cmd::new("SREM")
+                        .arg(self.keys.fanout_queues(&b.exchange))
+                        .arg(name.to_owned()),
+                );
+            }
             cmds.push(
                 Cmd::new("SREM")
                     .arg(self.keys.binding(&b.exchange))
@@ -1333,6 +1689,15 @@ impl Inner {
             q.state.mark_deleted();
         }
         Ok(ready)
+    }
+
+    /// True when `exchange` is declared here as a fanout exchange.
+    fn is_fanout(&self, exchange: &str) -> bool {
+        self.topo
+            .lock()
+            .topology
+            .exchange(exchange)
+            .is_some_and(|e| e.kind == ExchangeKind::Fanout)
     }
 
     /// The binding member kombu writes for `b`.
@@ -1393,7 +1758,8 @@ impl Transport for RedisTransport {
                 "exchange delete",
                 vec![Cmd::new("DEL")
                     .arg(self.inner.keys.binding(name))
-                    .arg(self.inner.keys.binding_permanent(name))],
+                    .arg(self.inner.keys.binding_permanent(name))
+                    .arg(self.inner.keys.fanout_queues(name))],
             )
             .map(|_| ())
     }
@@ -1531,18 +1897,27 @@ impl Transport for RedisTransport {
             }
         }
         let member = inner.member_of(&binding);
-        inner.call_ok(
-            "bind",
-            vec![
+        let mut cmds = vec![
+            Cmd::new("SADD")
+                .arg(inner.keys.binding(&binding.exchange))
+                .arg(member.clone()),
+            Cmd::new("SADD")
+                .arg(inner.keys.binding_permanent(&binding.exchange))
+                .arg(member),
+        ];
+        if inner.is_fanout(&binding.exchange) {
+            cmds.push(
                 Cmd::new("SADD")
-                    .arg(inner.keys.binding(&binding.exchange))
-                    .arg(member.clone()),
-                Cmd::new("SADD")
-                    .arg(inner.keys.binding_permanent(&binding.exchange))
-                    .arg(member),
-            ],
-        )?;
-        inner.refresh_bindings()
+                    .arg(inner.keys.fanout_queues(&binding.exchange))
+                    .arg(binding.queue.clone()),
+            );
+        }
+        inner.call_ok("bind", cmds)?;
+        inner.refresh_bindings()?;
+        if inner.ensure_watch() {
+            inner.wake_waiters();
+        }
+        Ok(())
     }
 
     fn unbind(&self, binding: &Binding) -> Result<(), Error> {
@@ -1553,18 +1928,31 @@ impl Transport for RedisTransport {
             topo.local.retain(|b| b != binding);
         }
         let member = inner.member_of(binding);
-        inner.call_ok(
-            "unbind",
-            vec![
+        let mut cmds = vec![
+            Cmd::new("SREM")
+                .arg(inner.keys.binding(&binding.exchange))
+                .arg(member.clone()),
+            Cmd::new("SREM")
+                .arg(inner.keys.binding_permanent(&binding.exchange))
+                .arg(member),
+        ];
+        let still_bound = inner
+            .topo
+            .lock()
+            .local
+            .iter()
+            .any(|b| b.exchange == binding.exchange && b.queue == binding.queue);
+        if inner.is_fanout(&binding.exchange) && !still_bound {
+            cmds.push(
                 Cmd::new("SREM")
-                    .arg(inner.keys.binding(&binding.exchange))
-                    .arg(member.clone()),
-                Cmd::new("SREM")
-                    .arg(inner.keys.binding_permanent(&binding.exchange))
-                    .arg(member),
-            ],
-        )?;
-        inner.refresh_bindings()
+                    .arg(inner.keys.fanout_queues(&binding.exchange))
+                    .arg(binding.queue.clone()),
+            );
+        }
+        inner.call_ok("unbind", cmds)?;
+        inner.refresh_bindings()?;
+        inner.ensure_watch();
+        Ok(())
     }
 
     fn queue(&self, name: &str, owner: ConnectionId) -> Result<Arc<dyn QueueStore>, Error> {
@@ -1650,43 +2038,27 @@ impl Transport for RedisTransport {
     }
 
     fn queue_stats(&self, name: &str) -> Option<QueueStats> {
-        let h = self.inner.topo.lock().queues.get(name).cloned()?;
-        let depths = h.depths(&self.inner).ok()?;
-        // Lanes by dashi priority: each step's depth is shown in the most
-        // urgent lane (up to the queue's maximum) that maps to it.
-        let max = h.decl.max_priority.min(9);
-        let mut by_lane = vec![0u64; usize::from(h.decl.max_priority) + 1];
-        for (&step, d) in self.inner.keys.steps.iter().zip(&depths) {
-            let lane = (0..=max)
-                .rev()
-                .find(|&p| self.inner.keys.step_for(wire::to_kombu_priority(p)) == step)
-                .map(|p| if p == max { h.decl.max_priority } else { p });
-            if let Some(lane) = lane {
-                by_lane[usize::from(lane)] += d;
-            } else if let Some(last) = by_lane.last_mut() {
-                *last += d;
-            }
+        let unacked = self.inner.unacked_by_queue().ok()?;
+        let known = self.inner.topo.lock().queues.contains_key(name);
+        if !known
+            && !unacked.contains_key(name)
+            && !self.inner.discover().ok()?.iter().any(|n| n == name)
+        {
+            return None;
         }
-        let held = h.held.lock().len() as u64;
-        Some(QueueStats::new(
-            name.to_owned(),
-            by_lane,
-            depths.iter().sum(),
-            0,
-            held,
-            h.state.consumers(),
-        ))
+        self.inner.stats_of(name, &unacked)
     }
 
+    /// Every queue this process knows and every queue named in a binding
+    /// table on the server (kombu's and Celery's included).
     fn all_queue_stats(&self) -> Vec<QueueStats> {
-        let names: Vec<String> = {
-            let topo = self.inner.topo.lock();
-            topo.queues
-                .values()
-                .filter(|q| q.declared.load(SeqCst))
-                .map(|q| q.name.clone())
-                .collect()
+        let (Ok(unacked), Ok(names)) = (self.inner.unacked_by_queue(), self.inner.discover())
+        else {
+            return Vec::new();
         };
-        names.iter().filter_map(|n| self.queue_stats(n)).collect()
+        names
+            .iter()
+            .filter_map(|n| self.inner.stats_of(n, &unacked))
+            .collect()
     }
 }

@@ -46,6 +46,8 @@ struct Setup {
     sub_generation: u64,
     track_generation: u64,
     prefixes: BTreeSet<String>,
+    /// kombu fanout channels subscribed with `PSUBSCRIBE`.
+    patterns: BTreeSet<String>,
 }
 
 /// The push handler of the subscribed link: wakes the queues whose lists
@@ -54,14 +56,28 @@ pub(crate) fn handler(inner: Weak<Inner>) -> PushHandler {
     Box::new(move |frame: Frame| {
         let Some(inner) = inner.upgrade() else { return };
         let Frame::Array(parts) = frame else { return };
-        // ["message", "__redis__:invalidate", [key, ...]]
-        let Some(Frame::Array(keys)) = parts.get(2) else {
-            return;
-        };
-        for k in keys {
-            if let Some(k) = resp::bytes(k) {
-                inner.key_written(k);
+        match parts.first().and_then(resp::bytes).map(|b| &b[..]) {
+            // ["message", "__redis__:invalidate", [key, ...]]
+            Some(b"message") => {
+                let Some(Frame::Array(keys)) = parts.get(2) else {
+                    return;
+                };
+                for k in keys {
+                    if let Some(k) = resp::bytes(k) {
+                        inner.key_written(k);
+                    }
+                }
             }
+            // ["pmessage", pattern, channel, envelope]: kombu's fanout.
+            Some(b"pmessage") => {
+                if let (Some(pattern), Some(data)) = (
+                    parts.get(1).and_then(resp::bytes),
+                    parts.get(3).and_then(resp::bytes),
+                ) {
+                    inner.fanout_received(pattern, data.clone());
+                }
+            }
+            _ => {}
         }
     })
 }
@@ -76,9 +92,16 @@ impl Watch {
         }
     }
 
+    /// The link that holds the tracking state (health-checked with the
+    /// others; the subscribed link is not: its replies interleave with
+    /// notifications).
+    pub(crate) fn track_conn(&self) -> &Conn {
+        &self.track
+    }
+
     /// Sets tracking up again when a link is new or the watched queues
     /// changed; true when it did (the caller then wakes every waiter).
-    pub(crate) fn ensure(&self, prefixes: BTreeSet<String>) -> bool {
+    pub(crate) fn ensure(&self, prefixes: BTreeSet<String>, patterns: BTreeSet<String>) -> bool {
         let prefixes = reduce(prefixes);
         let mut st = self.state.lock();
         let Ok((sub, sub_gen)) = self.sub.link() else {
@@ -87,13 +110,11 @@ impl Watch {
         let Ok((_, track_gen)) = self.track.link() else {
             return false;
         };
-        let mut wanted = Setup {
-            sub_id: st.sub_id,
-            sub_generation: sub_gen,
-            track_generation: track_gen,
-            prefixes,
-        };
-        if *st == wanted {
+        if st.sub_generation == sub_gen
+            && st.track_generation == track_gen
+            && st.prefixes == prefixes
+            && st.patterns == patterns
+        {
             return false;
         }
         if st.sub_generation != sub_gen {
@@ -104,12 +125,12 @@ impl Watch {
             ]);
             match reply.as_deref() {
                 Ok([id, Frame::Array(_)]) if resp::int(id).is_some() => {
+                    st.sub_id = resp::int(id).unwrap_or(0);
                     st.sub_generation = sub_gen;
-                    // The id changed: tracking must be redirected anew.
+                    // Everything the old link held is gone with it.
                     st.track_generation = 0;
                     st.prefixes.clear();
-                    st.sub_id = resp::int(id).unwrap_or(0);
-                    wanted.sub_id = st.sub_id;
+                    st.patterns.clear();
                 }
                 other => {
                     self.warn(&format!("subscribing failed: {other:?}"));
@@ -118,32 +139,51 @@ impl Watch {
                 }
             }
         }
-        let id = st.sub_id;
+        let mut changed = false;
+        if st.patterns != patterns {
+            let gone: Vec<&String> = st.patterns.difference(&patterns).collect();
+            let new: Vec<&String> = patterns.difference(&st.patterns).collect();
+            match sub.call_wait(pattern_cmds(&gone, &new)) {
+                Ok(_) => {
+                    st.patterns = patterns;
+                    changed = true;
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "redis fanout subscription failed");
+                    return false;
+                }
+            }
+        }
+        if st.track_generation == track_gen && st.prefixes == prefixes {
+            return changed;
+        }
         let mut on = Cmd::new("CLIENT")
             .arg("TRACKING")
             .arg("on")
             .arg("REDIRECT")
-            .int(id)
+            .int(st.sub_id)
             .arg("BCAST");
-        for p in &wanted.prefixes {
+        for p in &prefixes {
             on.push("PREFIX");
             on.push(p.clone());
         }
         let cmds = vec![Cmd::new("CLIENT").arg("TRACKING").arg("off"), on];
         match self.track.call(cmds) {
             Ok(r) if r.iter().all(|f| !matches!(f, Frame::Error(_))) => {
-                *st = wanted;
+                st.track_generation = track_gen;
+                st.prefixes = prefixes;
                 true
             }
             Ok(r) => {
                 self.warn(&format!("CLIENT TRACKING refused: {r:?}"));
                 // Remember the attempt, so the timer does not resend it.
-                *st = wanted;
-                false
+                st.track_generation = track_gen;
+                st.prefixes = prefixes;
+                changed
             }
             Err(e) => {
                 tracing::debug!(error = %e, "redis tracking setup failed");
-                false
+                changed
             }
         }
     }
@@ -156,6 +196,19 @@ impl Watch {
             );
         }
     }
+}
+
+/// One command per pattern (each answers with one reply, so the replies
+/// match the batch one for one).
+fn pattern_cmds(gone: &[&String], new: &[&String]) -> Vec<Cmd> {
+    let mut cmds = Vec::new();
+    for p in gone {
+        cmds.push(Cmd::new("PUNSUBSCRIBE").arg((*p).clone()));
+    }
+    for p in new {
+        cmds.push(Cmd::new("PSUBSCRIBE").arg((*p).clone()));
+    }
+    cmds
 }
 
 /// Drops every prefix that another prefix in the set already covers.

@@ -93,6 +93,21 @@ impl Keys {
         format!("{}{}", self.prefix, self.unacked_mutex)
     }
 
+    /// The queues dashi processes bound to fanout exchange `exchange`
+    /// (dashi's own key): they get a durable copy of every fanout publish
+    /// by a dashi process. kombu's fanout queues, bound in the same
+    /// binding table, are served by `PUBLISH` only, as kombu expects.
+    pub(crate) fn fanout_queues(&self, exchange: &str) -> String {
+        format!("{}_dashi.fanout.{exchange}", self.prefix)
+    }
+
+    /// The marker that a fanout message was already copied into `queue`
+    /// (its tag), so a kombu `PUBLISH` seen by several dashi processes is
+    /// stored once.
+    pub(crate) fn fanout_seen(&self, queue: &str, tag: &str) -> String {
+        format!("{}_dashi.fanout_seen.{queue}.{tag}", self.prefix)
+    }
+
     /// Where envelopes that cannot be read are kept (dashi's own key).
     pub(crate) fn garbage(&self, queue: &str) -> String {
         format!("{}_dashi.garbage.{queue}", self.prefix)
@@ -394,6 +409,37 @@ struct RawDeliveryInfo {
     routing_key: Option<String>,
     #[serde(default)]
     redelivered: Option<serde_json::Value>,
+}
+
+/// The property dashi adds to the copy of a fanout publish it sends with
+/// `PUBLISH`: dashi's own queues already got a durable copy.
+pub(crate) const FANOUT_MARK: &str = "\"x-dashi-fanout\": true, ";
+
+/// `raw` (as [`encode`] writes it) with [`FANOUT_MARK`] before its tag.
+pub(crate) fn with_fanout_mark(raw: &str) -> String {
+    match raw.rfind("\"delivery_tag\": ") {
+        Some(at) => format!("{}{FANOUT_MARK}{}", &raw[..at], &raw[at..]),
+        None => raw.to_owned(),
+    }
+}
+
+/// The delivery tag of a raw envelope (kombu's field), if it has one.
+pub(crate) fn tag_of(raw: &[u8]) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct P {
+        properties: Option<PP>,
+    }
+    #[derive(serde::Deserialize)]
+    struct PP {
+        #[serde(default)]
+        delivery_tag: Option<serde_json::Value>,
+    }
+    serde_json::from_slice::<P>(raw)
+        .ok()?
+        .properties?
+        .delivery_tag
+        .as_ref()
+        .and_then(tag_text)
 }
 
 /// A kombu delivery tag as the text kombu uses for the `unacked` field.
@@ -929,6 +975,19 @@ mod tests {
         let mut s = String::new();
         json_str(&mut s, "a/b\"é😀\u{1}");
         assert_eq!(s, "\"a/b\\\"\\u00e9\\ud83d\\ude00\\u0001\"");
+    }
+
+    #[test]
+    fn the_fanout_mark_goes_before_the_tag() {
+        let raw = encode(&Envelope::new(Message::new("x"), "bcast", ""), "t9");
+        let marked = with_fanout_mark(&raw);
+        assert!(
+            marked.ends_with("\"x-dashi-fanout\": true, \"delivery_tag\": \"t9\"}}"),
+            "{marked}"
+        );
+        assert_eq!(tag_of(marked.as_bytes()).as_deref(), Some("t9"));
+        assert!(decode(marked.as_bytes()).is_ok());
+        assert_eq!(tag_of(b"nope"), None);
     }
 
     #[test]

@@ -376,3 +376,93 @@ fn celery_runs_a_task_dashi_published_and_dashi_reads_a_task_celery_sent() {
     );
     d.ack().unwrap();
 }
+
+#[test]
+fn fanout_reaches_kombu_subscribers_and_dashi_queues_durably_both_ways() {
+    let r = RedisServer::start();
+    // Two dashi processes bind their own queues to "bcast" before any
+    // consumer runs: each gets a durable copy of a dashi publish.
+    let a = connect(&r.url());
+    let b = connect(&format!("{}?timeout=5", r.url()));
+    // A third process binds "fa" as well: kombu's PUBLISH reaches "fa"
+    // through two subscribers and must still be stored once.
+    let a2 = connect(&format!("{}?timeout=7", r.url()));
+    for (c, q) in [(&a, "fa"), (&b, "fb"), (&a2, "fa")] {
+        let ch = c.channel().unwrap();
+        ch.exchange_declare(&Exchange::new("bcast", ExchangeKind::Fanout))
+            .unwrap();
+        ch.queue_declare(&Queue::new(q)).unwrap();
+        ch.queue_bind(q, "bcast", "", Default::default()).unwrap();
+    }
+    // A kombu fanout consumer, subscribed (kombu's lossy fanout).
+    let mut kombu = python()
+        .args([
+            "peer.py",
+            "fanout-consume",
+            &kombu_url(&r),
+            "bcast",
+            "",
+            "kq",
+            "3",
+        ])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = ChildLines::of(&mut kombu);
+    lines.until("ready");
+    let pub_conn = connect(&format!("{}?timeout=6", r.url()));
+    let pch = pub_conn.channel().unwrap();
+    pch.exchange_declare(&Exchange::new("bcast", ExchangeKind::Fanout))
+        .unwrap();
+    let mut m = Message::new("from-dashi");
+    m.properties.content_type = Some("text/plain".into());
+    pch.producer().publish_to(m, "bcast", "", false).unwrap();
+    // kombu publishes too: its PUBLISH reaches dashi's queues once each,
+    // though both dashi processes are subscribed.
+    peer(&[
+        "publish",
+        &kombu_url(&r),
+        "bcast",
+        "fanout",
+        "",
+        "from-kombu",
+        "0",
+    ]);
+    let out = kombu.wait_with_output().unwrap();
+    assert!(out.status.success());
+    let kombu_got: Vec<String> = lines
+        .rest()
+        .filter_map(|l| serde_json::from_str::<J>(&l).ok())
+        .find_map(|j| j.get("bodies").cloned())
+        .and_then(|b| serde_json::from_value(b).ok())
+        .unwrap_or_default();
+    assert!(
+        kombu_got.contains(&"from-dashi".to_owned()),
+        "{kombu_got:?}"
+    );
+    for (c, q) in [(&a, "fa"), (&b, "fb")] {
+        let ch = c.channel().unwrap();
+        let mut bodies = Vec::new();
+        let until = Instant::now() + WAIT;
+        while bodies.len() < 2 && Instant::now() < until {
+            if let Some(d) = ch.get(q, Duration::from_millis(200)).unwrap() {
+                let raw = String::from_utf8_lossy(d.body()).into_owned();
+                bodies.push(if raw.contains("from-kombu") {
+                    "from-kombu".into()
+                } else {
+                    raw
+                });
+                d.ack().unwrap();
+            }
+        }
+        bodies.sort();
+        assert_eq!(bodies, ["from-dashi", "from-kombu"], "queue {q}");
+        assert!(
+            ch.get(q, Duration::from_millis(300)).unwrap().is_none(),
+            "no second copy in {q}"
+        );
+    }
+    // kombu's fanout queue is not in dashi's fanout set: no list was
+    // filled for it behind kombu's back.
+    assert_eq!(r.command(&["EXISTS", "kq"]).unwrap(), ":0");
+}

@@ -173,6 +173,59 @@ fn priorities_map_to_kombus_steps_in_both_directions() {
 }
 
 #[test]
+fn stats_from_another_process_see_every_queue_and_its_unacked() {
+    let r = RedisServer::start();
+    let a = connect(&r.url());
+    let ch = a.channel().unwrap();
+    ch.queue_declare(&Queue::new("s").with_max_priority(9))
+        .unwrap();
+    let p = ch.producer();
+    p.publish(Message::new("urgent").with_priority(9), "s")
+        .unwrap();
+    p.publish("plain", "s").unwrap();
+    p.publish("plain", "s").unwrap();
+    let held = ch.get("s", WAIT).unwrap().unwrap();
+    assert_eq!(&held.body()[..], b"urgent");
+    // A kombu queue: bound by kombu, one message, one unacked entry of its own.
+    r.command_bytes(&[
+        b"SADD",
+        b"_kombu.binding.celery",
+        b"celery\x06\x16\x06\x16celery",
+    ])
+    .unwrap();
+    cmd(
+        &r,
+        &[
+            "LPUSH",
+            "celery",
+            r#"{"body": "", "properties": {"delivery_tag": "c1"}}"#,
+        ],
+    );
+    cmd(
+        &r,
+        &[
+            "HSET",
+            "unacked",
+            "k1",
+            r#"[{"body": "", "properties": {"delivery_tag": "k1"}}, "celery", "celery"]"#,
+        ],
+    );
+    // Another process (another transport) that declared nothing.
+    let b = connect(&format!("{}?timeout=5", r.url()));
+    let all = b.stats().queues();
+    let s = all.iter().find(|q| q.name == "s").expect("s is listed");
+    assert_eq!((s.messages, s.unacked, s.consumers), (2, 1, 0));
+    assert_eq!(
+        s.depth_by_lane[0], 2,
+        "priority-less messages are dashi's lane 0"
+    );
+    let celery = b.stats().queue("celery").expect("kombu's queue is listed");
+    assert_eq!((celery.messages, celery.unacked), (1, 1));
+    assert!(b.stats().queue("nothing-here").is_none());
+    held.ack().unwrap();
+}
+
+#[test]
 fn garbage_is_set_aside_and_consumption_continues() {
     let r = RedisServer::start();
     let c = connect(&r.url());
@@ -330,6 +383,49 @@ fn passwords_are_never_printed() {
     );
     let e = dashi::connect(&list).unwrap_err();
     assert!(!format!("{e:?}").contains("-pw"), "{e:?}");
+}
+
+#[test]
+fn a_unix_socket_url_reaches_the_server() {
+    let dir = dashi_test_support::TestDir::new();
+    let sock = dir.child("redis.sock");
+    let sock = sock.to_str().unwrap();
+    let r = RedisServer::start_with(&["--unixsocket", sock, "--unixsocketperm", "700"]);
+    let c = connect(&format!("redis+socket://{sock}?db=3"));
+    let ch = c.channel().unwrap();
+    ch.queue_declare(&Queue::new("u")).unwrap();
+    ch.producer().publish("over a unix socket", "u").unwrap();
+    assert_eq!(
+        r.command(&[
+            "EVAL",
+            "redis.call('SELECT', 3) return redis.call('LLEN', 'u')",
+            "0"
+        ])
+        .unwrap(),
+        ":1"
+    );
+    let d = ch.get("u", WAIT).unwrap().unwrap();
+    assert_eq!(&d.body()[..], b"over a unix socket");
+    d.ack().unwrap();
+}
+
+#[test]
+fn a_health_check_finds_a_dead_link_before_a_caller_does() {
+    let r = RedisServer::start();
+    let c = connect(&format!("{}?health_check_interval=0.05", r.url()));
+    let ch = c.channel().unwrap();
+    ch.queue_declare(&Queue::new("h")).unwrap();
+    let clients = |r: &RedisServer| cmd(r, &["CLIENT", "LIST"]).matches("name=dashi").count();
+    let before = clients(&r);
+    assert!(before >= 1);
+    cmd(&r, &["CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes"]);
+    // Without any call from the application, the links come back.
+    let until = Instant::now() + WAIT;
+    while clients(&r) < before && Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(clients(&r) >= before, "reconnected by the health check");
+    assert!(c.health().is_ok());
 }
 
 #[test]

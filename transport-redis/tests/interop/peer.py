@@ -9,6 +9,7 @@ from PyPI. Every command prints one JSON object per line on stdout.
   peer.py restore URL                                kombu's restore_visible, vt=1
   peer.py bind URL EXCHANGE TYPE KEY QUEUE           declare and bind (kombu's layout)
   peer.py brpop-consume URL QUEUE SECONDS            consume (BRPOP) for SECONDS, ack all
+  peer.py fanout-consume URL EXCHANGE KEY QUEUE SECONDS   subscribe, say ready, collect
 """
 import json
 import os
@@ -75,6 +76,8 @@ def consume(url, queue, n, exchange=None, kind=None, key=None):
 def publish(url, exchange, kind, key, body, priority, queue=None):
     with conn(url) as c:
         ex = Exchange(exchange, kind) if exchange else Exchange("", "direct")
+        if exchange:
+            ex(c.default_channel).declare()
         declare = [Queue(queue, ex, key)] if queue else []
         Producer(c).publish(
             {"body": body},
@@ -130,6 +133,30 @@ def brpop_consume(url, queue, seconds):
     out(bodies=got)
 
 
+def fanout_consume(url, exchange, key, queue, seconds):
+    got = []
+    with conn(url) as c:
+        q = Queue(queue, Exchange(exchange, "fanout"), key, auto_delete=True)
+
+        def on(body, message):
+            got.append(describe(body, message)["body"])
+            message.ack()
+
+        with Consumer(c, [q], callbacks=[on], accept=["json", "text/plain", "application/data"]):
+            try:
+                c.drain_events(timeout=0.5)  # subscribes
+            except Exception:
+                pass
+            out(ready=True)
+            deadline = time.time() + float(seconds)
+            while time.time() < deadline:
+                try:
+                    c.drain_events(timeout=0.5)
+                except Exception:
+                    pass
+    out(bodies=got)
+
+
 if __name__ == "__main__":
     cmd, args = sys.argv[1], sys.argv[2:]
     {
@@ -139,4 +166,5 @@ if __name__ == "__main__":
         "restore": restore,
         "bind": bind,
         "brpop-consume": brpop_consume,
+        "fanout-consume": fanout_consume,
     }[cmd](*args)
