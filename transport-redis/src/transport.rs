@@ -602,14 +602,29 @@ impl Inner {
         let ceil = now_secs() - self.opts.visibility_timeout.as_secs_f64();
         let reply = self.call_ok(
             "restore scan",
+            // Oldest first: each goes back behind the restored messages
+            // that stood before it (the restore script's order walk), so a
+            // consumer taking messages while the scan runs takes them in
+            // their original order too.
             vec![Cmd::new("ZRANGEBYSCORE")
                 .arg(self.keys.unacked_index())
                 .arg("0")
-                .arg(score(ceil))],
+                .arg(score(ceil))
+                .arg("WITHSCORES")],
         )?;
-        let Some(Frame::Array(fields)) = reply.into_iter().next() else {
+        let Some(Frame::Array(pairs)) = reply.into_iter().next() else {
             return Ok(0);
         };
+        let scores: HashMap<Bytes, Bytes> = pairs
+            .chunks(2)
+            .filter_map(|p| {
+                Some((
+                    resp::bytes(p.first()?)?.clone(),
+                    resp::bytes(p.get(1)?)?.clone(),
+                ))
+            })
+            .collect();
+        let fields: Vec<Frame> = pairs.into_iter().step_by(2).collect();
         let held: std::collections::HashSet<String> = {
             let queues: Vec<Arc<RedisQueue>> = self.topo.lock().queues.values().cloned().collect();
             queues
@@ -649,7 +664,11 @@ impl Inner {
                     );
                     continue;
                 };
-                if self.restore_entry(field, value)? {
+                let at = scores
+                    .get(field)
+                    .cloned()
+                    .unwrap_or_else(|| Bytes::from_static(b"0"));
+                if self.restore_entry(field, value, at)? {
                     restored += 1;
                 }
             }
@@ -666,7 +685,7 @@ impl Inner {
 
     /// Puts back one `unacked` entry written by anyone: `[env, ex, rk]`
     /// routed as kombu would (exchange `""` = the queue named `rk`).
-    fn restore_entry(&self, field: &Bytes, value: &Bytes) -> Result<bool, Error> {
+    fn restore_entry(&self, field: &Bytes, value: &Bytes, popped_at: Bytes) -> Result<bool, Error> {
         let text = String::from_utf8_lossy(value);
         let Some((env, ex, rk)) = wire::split_unacked(&text) else {
             return self.set_aside_entry(
@@ -697,7 +716,8 @@ impl Inner {
                 "an unacked message whose exchange routes it nowhere",
             );
         };
-        let Some(marked) = wire::mark_redelivered(env.get(), first) else {
+        let at = String::from_utf8_lossy(&popped_at).into_owned();
+        let Some(marked) = wire::restored(env.get(), first, true, Some((&at, 0))) else {
             return self.set_aside_entry(field, value, "an unacked envelope kombu cannot restore");
         };
         let step = self.keys.step_for(wire::kombu_priority_of(env.get()));
@@ -721,6 +741,8 @@ impl Inner {
                 value.clone(),
                 Bytes::from(marked),
                 Bytes::from_static(b"RPUSH"),
+                popped_at,
+                Bytes::from_static(b"0"),
             ],
         )?;
         Ok(resp::int(&done) == Some(1))
@@ -1341,9 +1363,11 @@ impl QueueStore for RedisQueue {
                 .filter_map(|e| held.remove(&e.token).map(|h| (e.token, h)))
                 .collect()
         };
-        // Newest delivery first, each RPUSHed: the oldest ends at the head,
-        // so they come back in their original order, ahead of the rest.
-        back.sort_by(|a, b| b.0.cmp(&a.0));
+        // Oldest delivery first: each goes back behind the restored ones
+        // that stood before it (the restore script's order walk), ahead of
+        // the rest, so a consumer taking messages meanwhile still takes
+        // them in their original order.
+        back.sort_by_key(|(token, _)| *token);
         let sha = inner.script_sha(&inner.scripts.restore)?;
         let mut cmds = Vec::with_capacity(back.len());
         let redelivered: std::collections::HashSet<u64> = envs

@@ -601,25 +601,19 @@ pub(crate) fn decode(raw: &[u8]) -> Result<Decoded, Garbage> {
     Ok(Decoded { envelope })
 }
 
-/// The envelope `raw` with kombu's restore marks: `"redelivered": true` as
-/// the last key of `headers` and of `properties.delivery_info` (replacing
-/// an existing one), every other byte kept as it was. A missing `headers`
-/// or `delivery_info` is added (the latter naming `queue`), so that kombu
-/// can consume and restore the result. `None` when `raw` is not an object
-/// with an object `properties`, or its `headers` is not an object.
-pub(crate) fn mark_redelivered(raw: &str, queue: &str) -> Option<String> {
-    restored(raw, queue, true, None)
-}
-
 /// dashi's note of where a restored message stood: when it was popped
 /// (the score written with it) and its place in that pop. The restore
 /// script puts a message behind restored messages that stood before it.
 pub(crate) const ORDER_KEY: &str = "x-dashi-order";
 
-/// The envelope `raw` as it goes back to its list: marked redelivered when
-/// `flag` (see [`mark_redelivered`]), with `properties["x-dashi-order"]`
-/// set to `[popped_at, index]` when `order` is given. `None` as
-/// [`mark_redelivered`].
+/// The envelope `raw` as it goes back to its list. With `flag`, kombu's
+/// restore marks: `"redelivered": true` as the last key of `headers` and of
+/// `properties.delivery_info` (replacing an existing one); a missing
+/// `headers` or `delivery_info` is added (the latter naming `queue`), so
+/// that kombu can consume and restore the result. With `order`,
+/// `properties["x-dashi-order"]` is set to `[popped_at, index]`. Every
+/// other byte is kept as it was. `None` when `raw` is not an object with
+/// an object `properties`, or its `headers` is not an object.
 pub(crate) fn restored(
     raw: &str,
     queue: &str,
@@ -911,19 +905,19 @@ mod tests {
         // kombu-redis-wire.md §9.B → §9.C.
         let raw = "{\"body\": \"eyJ9\", \"content-encoding\": \"utf-8\", \"content-type\": \"application/json\", \"headers\": {\"x-trace\": \"abc\"}, \"properties\": {\"delivery_mode\": 2, \"delivery_info\": {\"exchange\": \"ex1\", \"routing_key\": \"rk1\"}, \"priority\": 5, \"body_encoding\": \"base64\", \"delivery_tag\": \"e0\"}}";
         let want = "{\"body\": \"eyJ9\", \"content-encoding\": \"utf-8\", \"content-type\": \"application/json\", \"headers\": {\"x-trace\": \"abc\", \"redelivered\": true}, \"properties\": {\"delivery_mode\": 2, \"delivery_info\": {\"exchange\": \"ex1\", \"routing_key\": \"rk1\", \"redelivered\": true}, \"priority\": 5, \"body_encoding\": \"base64\", \"delivery_tag\": \"e0\"}}";
-        assert_eq!(mark_redelivered(raw, "q").unwrap(), want);
+        assert_eq!(restored(raw, "q", true, None).unwrap(), want);
         assert_eq!(
-            mark_redelivered(want, "q").unwrap(),
+            restored(want, "q", true, None).unwrap(),
             want,
             "marking twice changes nothing"
         );
         assert_eq!(
-            mark_redelivered("{\"headers\": null, \"properties\": {}}", "q"),
+            restored("{\"headers\": null, \"properties\": {}}", "q", true, None),
             None
         );
-        assert_eq!(mark_redelivered("{\"body\": \"\"}", "q"), None);
+        assert_eq!(restored("{\"body\": \"\"}", "q", true, None), None);
         assert_eq!(
-            mark_redelivered("{\"properties\": {\"delivery_tag\": 1}}", "q/1").unwrap(),
+            restored("{\"properties\": {\"delivery_tag\": 1}}", "q/1", true, None).unwrap(),
             "{\"properties\": {\"delivery_tag\": 1, \"delivery_info\": {\"exchange\": \"\", \"routing_key\": \"q/1\", \"redelivered\": true}}, \"headers\": {\"redelivered\": true}}"
         );
     }
