@@ -934,9 +934,11 @@ impl Inner {
         );
         if let crate::options::ConfirmLevel::Replicated(n) = self.opts.confirm {
             cmds.push(
+                // Half the link's timeout: WAIT's own answer (too few
+                // replicas) arrives before the link gives up on it.
                 Cmd::new("WAIT")
                     .int(i64::from(n))
-                    .int(self.opts.timeout.as_millis() as i64),
+                    .int((self.opts.timeout.as_millis() as i64 / 2).max(1)),
             );
         }
         let woken: Vec<Arc<RedisQueue>> = lists.into_iter().map(|(_, q, _)| q).collect();

@@ -3,6 +3,7 @@
 //! goes wrong with a real server (killed connections, a paused or restarted
 //! server, a crashed consumer). Every test starts its own `redis-server`.
 
+use std::collections::HashMap;
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
@@ -360,6 +361,36 @@ fn a_restarted_server_keeps_every_confirmed_message_and_consumers_resume() {
 }
 
 #[test]
+fn replicated_confirms_wait_for_a_replica_and_say_when_none_answers() {
+    let primary = RedisServer::start();
+    let mut replica =
+        RedisServer::start_with(&["--replicaof", "127.0.0.1", &primary.port().to_string()]);
+    let until = Instant::now() + WAIT;
+    while !cmd(&primary, &["INFO", "replication"]).contains("state=online")
+        && Instant::now() < until
+    {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let c = connect(&format!("{}?confirm=replicated:1&timeout=1", primary.url()));
+    let ch = c.channel().unwrap();
+    ch.queue_declare(&Queue::new("rep")).unwrap();
+    let p = ch.producer();
+    for i in 0..50 {
+        p.publish(i.to_string(), "rep").unwrap();
+    }
+    // Confirmed means on the replica too.
+    assert_eq!(llen(&replica, "rep"), 50);
+    replica.kill();
+    match p.publish("alone", "rep") {
+        Err(e) => {
+            assert!(e.is_unconfirmed(), "{e}");
+            assert!(e.to_string().contains("0 of 1 replicas"), "{e}");
+        }
+        Ok(()) => panic!("confirmed without a replica"),
+    }
+}
+
+#[test]
 fn passwords_are_never_printed() {
     let r = RedisServer::start_with(&["--requirepass", "s3cr3t-pw"]);
     let good = format!("redis://:s3cr3t-pw@127.0.0.1:{}", r.port());
@@ -503,5 +534,113 @@ fn a_killed_consumers_messages_come_back_marked_redelivered() {
         "{got:?}"
     );
     assert!(got.contains(&("c".to_owned(), false)), "{got:?}");
+    eventually(&r, &["EXISTS", "unacked"], ":0");
+}
+
+// ---- consumers killed at seeded points ------------------------------------
+
+const WORKER: &str = "DASHI_REDIS_WORKER";
+
+/// Run as a child: consumes "work", saying what it got before acking and
+/// what it acked after, until killed.
+#[test]
+#[ignore = "run by consumers_killed_at_seeded_points_lose_nothing_and_flag_every_redelivery"]
+fn worker_role() {
+    let url = std::env::var(WORKER).expect("run by the tests in this file");
+    let c = connect(&url);
+    let ch = c.channel().unwrap();
+    ch.queue_declare(&Queue::new("work")).unwrap();
+    let _consumer = ch
+        .consume(ConsumerOptions::new("work").prefetch_count(16), |d| {
+            let body = String::from_utf8_lossy(d.body()).into_owned();
+            dashi_test_support::say(format!("got {body} {}", d.redelivered()));
+            // Work: widens the window between delivery and ack.
+            std::thread::sleep(Duration::from_millis(2));
+            d.ack().unwrap();
+            dashi_test_support::say(format!("acked {body}"));
+        })
+        .unwrap();
+    loop {
+        let _ = c.drain_events(Some(Duration::from_secs(1)));
+    }
+}
+
+/// A small deterministic generator (the seed is printed on failure).
+fn next(seed: &mut u64) -> u64 {
+    *seed ^= *seed << 13;
+    *seed ^= *seed >> 7;
+    *seed ^= *seed << 17;
+    *seed
+}
+
+#[test]
+fn consumers_killed_at_seeded_points_lose_nothing_and_flag_every_redelivery() {
+    let seed0: u64 = std::env::var("DASHI_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0x5eed_da51);
+    let mut seed = seed0 | 1;
+    let r = RedisServer::start();
+    let url = format!("{}?visibility_timeout=1", r.url());
+    let c = connect(&url);
+    let ch = c.channel().unwrap();
+    ch.queue_declare(&Queue::new("work")).unwrap();
+    let n = 400;
+    for i in 0..n {
+        ch.producer().publish(format!("m{i}"), "work").unwrap();
+    }
+    // Every delivery seen by the application, in order: (body, redelivered).
+    let mut deliveries: Vec<(String, bool)> = Vec::new();
+    let mut acked: std::collections::HashSet<String> = Default::default();
+    for _ in 0..8 {
+        let mut child = dashi_test_support::child_role("worker_role", WORKER, url.clone())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let lines = ChildLines::of(&mut child);
+        let reader = std::thread::spawn(move || lines.rest().collect::<Vec<String>>());
+        std::thread::sleep(Duration::from_millis(50 + next(&mut seed) % 400));
+        dashi_test_support::kill(&mut child);
+        for l in reader.join().unwrap() {
+            let parts: Vec<&str> = l.split_whitespace().collect();
+            match parts[..] {
+                ["got", body, flag] => deliveries.push((body.to_owned(), flag == "true")),
+                ["acked", body] => {
+                    acked.insert(body.to_owned());
+                }
+                _ => {}
+            }
+        }
+    }
+    // What the killed workers left unacked comes back after the
+    // visibility timeout; the survivor takes the rest.
+    let until = Instant::now() + Duration::from_secs(30);
+    while acked.len() < n && Instant::now() < until {
+        if let Some(d) = ch.get("work", Duration::from_millis(200)).unwrap() {
+            let body = String::from_utf8_lossy(d.body()).into_owned();
+            deliveries.push((body.clone(), d.redelivered()));
+            d.ack().unwrap();
+            acked.insert(body);
+        }
+    }
+    let missing: Vec<String> = (0..n)
+        .map(|i| format!("m{i}"))
+        .filter(|m| !acked.contains(m))
+        .collect();
+    assert!(missing.is_empty(), "seed {seed0}: lost {missing:?}");
+    let mut seen: HashMap<&str, usize> = HashMap::new();
+    for (body, redelivered) in &deliveries {
+        let k = seen.entry(body).or_default();
+        assert!(
+            *k == 0 || *redelivered,
+            "seed {seed0}: {body} delivered again without the redelivered mark"
+        );
+        *k += 1;
+    }
+    let again = deliveries.iter().filter(|(_, r)| *r).count();
+    assert!(
+        again > 0,
+        "seed {seed0}: no kill landed between a delivery and its ack"
+    );
     eventually(&r, &["EXISTS", "unacked"], ":0");
 }
