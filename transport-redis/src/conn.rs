@@ -162,6 +162,13 @@ impl Conn {
         unreachable!("the loop returns on its second attempt")
     }
 
+    /// [`Conn::call`] on the current link only, if it is alive (never
+    /// connects): `None` without one.
+    pub(crate) fn call_if_live(&self, cmds: Vec<Cmd>) -> Option<Result<Vec<Frame>, LinkError>> {
+        let link = self.state.lock().link.clone().filter(|l| !l.is_dead())?;
+        Some(link.call_wait(cmds))
+    }
+
     /// Sends a batch without waiting: the link it went on and the handle
     /// of its replies.
     pub(crate) fn start(&self, cmds: Vec<Cmd>) -> Result<(Arc<Link>, Arc<Outcome>), LinkError> {

@@ -7,6 +7,8 @@ mod link;
 mod options;
 mod resp;
 mod scripts;
+#[cfg(any(test, feature = "test-hooks"))]
+pub mod test_hooks;
 mod transport;
 mod watch;
 mod wire;

@@ -88,6 +88,13 @@ struct Topo {
     fanout_in: HashMap<String, Vec<String>>,
 }
 
+impl Drop for Inner {
+    fn drop(&mut self) {
+        // Acks still in the inbox reach Redis before the links close.
+        self.flush_one_way();
+    }
+}
+
 /// Process-wide source of delivery tokens.
 static NEXT_TOKEN: AtomicU64 = AtomicU64::new(1);
 
@@ -419,7 +426,7 @@ impl Inner {
             let prefixes = topo
                 .queues
                 .values()
-                .filter(|q| q.declared.load(SeqCst))
+                .filter(|q| q.declared.load(SeqCst) || q.adopted.load(SeqCst))
                 .map(|q| format!("{}{}", self.keys.prefix, q.name))
                 .collect();
             // kombu's fanout publishes reach this process's queues bound to
@@ -1177,6 +1184,9 @@ pub(crate) struct RedisQueue {
     pub(crate) state: QueueState,
     held: Mutex<HashMap<u64, Held>>,
     declared: AtomicBool,
+    /// Consumed here without a declaration of its own (it exists on the
+    /// server).
+    adopted: AtomicBool,
 }
 
 impl RedisQueue {
@@ -1192,6 +1202,7 @@ impl RedisQueue {
             state: QueueState::new(),
             held: Mutex::new(HashMap::new()),
             declared: AtomicBool::new(declared),
+            adopted: AtomicBool::new(false),
         }
     }
 
@@ -1494,7 +1505,11 @@ impl Inner {
             .iter()
             .map(|f| resp::int(f).unwrap_or(0).max(0) as u64)
             .collect();
-        let top = handle.as_ref().map_or(9, |h| h.decl.max_priority);
+        // A queue declared here shows its own lanes; any other, Kombu's ten.
+        let top = handle
+            .as_ref()
+            .filter(|h| h.declared.load(SeqCst))
+            .map_or(9, |h| h.decl.max_priority);
         // Lanes by dashi priority: each step's depth is shown in the most
         // urgent lane (up to the queue's maximum) that maps to it.
         let max = top.min(9);
@@ -1544,6 +1559,19 @@ impl Inner {
             }
         }
         Ok(out)
+    }
+
+    /// True when queue `name` has messages or a binding on the server.
+    fn exists_on_server(&self, name: &str) -> Result<bool, Error> {
+        let mut exists = Cmd::new("EXISTS");
+        for l in self.keys.lists(name) {
+            exists.push(l);
+        }
+        let reply = self.call_ok("queue lookup", vec![exists])?;
+        if reply.first().and_then(resp::int).unwrap_or(0) > 0 {
+            return Ok(true);
+        }
+        Ok(self.discover()?.iter().any(|n| n == name))
     }
 
     /// Queue names: known here, or named in a binding table on the server.
@@ -1715,6 +1743,14 @@ impl Inner {
             q.state.mark_deleted();
         }
         Ok(ready)
+    }
+
+    /// Waits until every one-way command sent so far (acks, re-scores) has
+    /// run: a `PING` after them on the same link answers after they did.
+    /// Best effort, bounded by the link timeout; nothing to do without a
+    /// live link.
+    fn flush_one_way(&self) {
+        let _ = self.conn.call_if_live(vec![Cmd::new("PING")]);
     }
 
     /// True when `exchange` is declared here as a fanout exchange.
@@ -1981,17 +2017,39 @@ impl Transport for RedisTransport {
         Ok(())
     }
 
+    /// A queue declared here, or one that exists on the server (it has
+    /// messages, or a binding names it): as in kombu, consuming a queue
+    /// another process declared needs no declaration of one's own.
     fn queue(&self, name: &str, owner: ConnectionId) -> Result<Arc<dyn QueueStore>, Error> {
-        let topo = self.inner.topo.lock();
-        if let Some(&o) = topo.exclusive.get(name) {
-            if o != owner {
-                return Err(Error::Exclusive(name.to_owned()));
+        {
+            let topo = self.inner.topo.lock();
+            if let Some(&o) = topo.exclusive.get(name) {
+                if o != owner {
+                    return Err(Error::Exclusive(name.to_owned()));
+                }
+            }
+            match topo.queues.get(name) {
+                Some(h) if h.declared.load(SeqCst) || h.adopted.load(SeqCst) => {
+                    return Ok(h.clone())
+                }
+                _ => {}
             }
         }
-        match topo.queues.get(name) {
-            Some(h) if h.declared.load(SeqCst) => Ok(h.clone()),
-            _ => Err(Error::UnknownQueue(name.to_owned())),
+        dashi_engine::spi::check_name("queue", name)?;
+        if !self.inner.exists_on_server(name)? {
+            return Err(Error::UnknownQueue(name.to_owned()));
         }
+        let h = {
+            let mut topo = self.inner.topo.lock();
+            let h = self.inner.handle(&mut topo, name);
+            h.adopted.store(true, SeqCst);
+            self.inner.republish(&topo);
+            h
+        };
+        if self.inner.ensure_watch() {
+            self.inner.wake_waiters();
+        }
+        Ok(h)
     }
 
     fn publish(&self, envelope: Envelope, mandatory: bool) -> Result<(), PublishError> {
@@ -2039,6 +2097,7 @@ impl Transport for RedisTransport {
     }
 
     fn connection_closed(&self, owner: ConnectionId) {
+        self.inner.flush_one_way();
         let gone: Vec<String> = {
             let topo = self.inner.topo.lock();
             topo.exclusive

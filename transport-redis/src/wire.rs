@@ -542,9 +542,17 @@ pub(crate) fn decode(raw: &[u8]) -> Result<Decoded, Garbage> {
     };
     let mut headers: Headers = Default::default();
     let mut redelivered = false;
+    let mut body = body;
     for (k, v) in env.headers.unwrap_or_default() {
         if k == "redelivered" {
             redelivered |= v == serde_json::Value::Bool(true);
+            continue;
+        }
+        // kombu's zlib compression ("application/x-gzip" is zlib format):
+        // the body is delivered decompressed, without the header. Other
+        // codecs stay as they are, header included, for the application.
+        if k == "compression" && v.as_str() == Some("application/x-gzip") {
+            body = inflate(&body)?;
             continue;
         }
         headers.insert(k, value(v));
@@ -605,6 +613,25 @@ pub(crate) fn decode(raw: &[u8]) -> Result<Decoded, Garbage> {
 /// (the score written with it) and its place in that pop. The restore
 /// script puts a message behind restored messages that stood before it.
 pub(crate) const ORDER_KEY: &str = "x-dashi-order";
+
+/// The most a compressed body may inflate to (a bomb is garbage, not an
+/// out-of-memory).
+const MAX_INFLATED: u64 = 256 << 20;
+
+/// Inflates a zlib stream (kombu's `zlib.compress`).
+fn inflate(b: &[u8]) -> Result<Bytes, Garbage> {
+    use std::io::Read;
+    let mut out = Vec::with_capacity(b.len() * 4);
+    let mut z = flate2::read::ZlibDecoder::new(b).take(MAX_INFLATED + 1);
+    z.read_to_end(&mut out)
+        .map_err(|e| Garbage(format!("the zlib-compressed body cannot be inflated: {e}")))?;
+    if out.len() as u64 > MAX_INFLATED {
+        return Err(Garbage(format!(
+            "the compressed body inflates past {MAX_INFLATED} bytes"
+        )));
+    }
+    Ok(Bytes::from(out))
+}
 
 /// The envelope `raw` as it goes back to its list. With `flag`, kombu's
 /// restore marks: `"redelivered": true` as the last key of `headers` and of
@@ -878,6 +905,31 @@ mod tests {
         assert_eq!(h["d"], Value::Str("2024-01-02T03:04:05".into()));
         assert!(d.envelope.redelivered);
         assert!(!h.contains_key("redelivered"));
+    }
+
+    #[test]
+    fn reads_kombus_zlib_compression() {
+        use std::io::Write;
+        let mut z = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::default());
+        z.write_all(b"{\"x\": 1}").unwrap();
+        let packed = base64::engine::general_purpose::STANDARD.encode(z.finish().unwrap());
+        let raw = format!(
+            r#"{{"body": "{packed}", "content-type": "application/json", "headers": {{"compression": "application/x-gzip", "k": 1}}, "properties": {{"delivery_tag": "z", "body_encoding": "base64"}}}}"#
+        );
+        let d = decode(raw.as_bytes()).unwrap();
+        assert_eq!(&d.envelope.body[..], b"{\"x\": 1}");
+        assert!(!d.envelope.properties().headers.contains_key("compression"));
+        assert_eq!(d.envelope.properties().headers["k"], Value::Int(1));
+        let bad = r#"{"body": "aGk=", "headers": {"compression": "application/x-gzip"}, "properties": {"delivery_tag": "z", "body_encoding": "base64"}}"#;
+        assert!(decode(bad.as_bytes()).unwrap_err().0.contains("inflated"));
+        let bz = r#"{"body": "aGk=", "headers": {"compression": "application/x-bz2"}, "properties": {"delivery_tag": "z", "body_encoding": "base64"}}"#;
+        let d = decode(bz.as_bytes()).unwrap();
+        assert_eq!(
+            &d.envelope.body[..],
+            b"hi",
+            "other codecs are left to the application"
+        );
+        assert!(d.envelope.properties().headers.contains_key("compression"));
     }
 
     #[test]

@@ -1,0 +1,116 @@
+//! The `dashi` command on redis://: publish, stat from another process,
+//! consume, and the bench with its Redis peers.
+
+mod common;
+use common::*;
+
+use dashi_test_support::RedisServer;
+
+#[test]
+fn publish_stat_consume_across_processes() {
+    let r = RedisServer::start();
+    let url = r.url();
+    let o = dashi(&[
+        "publish",
+        &url,
+        "--queue",
+        "jobs",
+        "--max-priority",
+        "9",
+        "--priority",
+        "7",
+        "--count",
+        "3",
+        "--body",
+        "hi",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    // Another process sees the queue on the server, with no declaration.
+    let o = dashi(&["stat", &url, "--queue", "jobs", "--json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_str(stdout(&o).trim()).unwrap();
+    assert_eq!(v["transport"], "redis");
+    assert_eq!(v["queues"][0]["messages"], 3);
+    // dashi 7 is kombu 2, kept in kombu's most urgent list (shown at lane 9).
+    assert_eq!(v["queues"][0]["depth_by_lane"][9], 3);
+    let o = dashi(&[
+        "consume",
+        &url,
+        "--queue",
+        "jobs",
+        "--max-priority",
+        "9",
+        "--count",
+        "3",
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let lines: Vec<serde_json::Value> = stdout(&o)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 3);
+    for l in &lines {
+        assert_eq!(
+            (l["body"].as_str(), l["priority"].as_u64()),
+            (Some("hi"), Some(7))
+        );
+    }
+    let o = dashi(&["stat", &url, "--json"]);
+    let v: serde_json::Value = serde_json::from_str(stdout(&o).trim()).unwrap();
+    let jobs = v["queues"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|q| q["name"] == "jobs");
+    assert!(jobs.is_none_or(|q| q["messages"] == 0), "{v}");
+    let line = one_line_error(&dashi(&["stat", "redis://127.0.0.1:1", "--json"]));
+    assert!(line.contains("127.0.0.1:1"), "{line}");
+    let line = one_line_error(&dashi(&["stat", "rediss://127.0.0.1:1"]));
+    assert!(line.contains("not supported yet"), "{line}");
+}
+
+#[test]
+fn bench_runs_with_the_raw_redis_limit_and_kombu() {
+    let r = RedisServer::start();
+    let o = dashi(&[
+        "bench",
+        &r.url(),
+        "--messages",
+        "600",
+        "--size",
+        "100",
+        "--pipeline",
+        "64",
+        "--compare",
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_str(stdout(&o).trim()).unwrap();
+    assert_eq!(v["messages"], 600);
+    let peers = v["peers"].as_array().unwrap();
+    assert!(
+        peers
+            .iter()
+            .any(|p| p["transport"] == "raw LPUSH/RPOP pipelined"),
+        "{v}"
+    );
+    let kombu_importable = std::process::Command::new("python3")
+        .args(["-c", "import kombu, redis"])
+        .status()
+        .is_ok_and(|s| s.success());
+    if kombu_importable {
+        let k = peers
+            .iter()
+            .find(|p| {
+                p["transport"]
+                    .as_str()
+                    .is_some_and(|t| t.starts_with("kombu "))
+            })
+            .unwrap_or_else(|| panic!("a kombu peer: {v}"));
+        assert_eq!(k["messages"], 600);
+    }
+    // Every delivery acked before the processes ended: dashi's one-way
+    // acks were flushed when its connection closed.
+    assert_eq!(r.command(&["EXISTS", "unacked"]).unwrap(), ":0");
+}
