@@ -193,11 +193,14 @@ impl Outcome {
     }
 }
 
+/// A batch of commands and where its replies go (`None`: nobody reads them).
+type Batch = (Vec<Cmd>, Option<Arc<Outcome>>);
+
 /// What any thread shares with the core about one link.
 struct Shared {
     /// Batches not yet moved to the core; `None`: one-way commands, whose
     /// replies nobody reads.
-    inbox: Mutex<Vec<(Vec<Cmd>, Option<Arc<Outcome>>)>>,
+    inbox: Mutex<Vec<Batch>>,
     /// A flush task is on its way to the core.
     scheduled: AtomicBool,
     dead: AtomicBool,
@@ -432,15 +435,12 @@ impl Drop for Link {
 
 /// Logs in with blocking calls: `AUTH` (when a password is set), `SELECT`
 /// (when the db is not 0) and `CLIENT SETNAME`.
-fn handshake<S: Read + Write>(
+fn handshake<S: Read + Write + SetTimeouts>(
     s: &mut S,
     login: &Login,
     timeout: Duration,
     addr: &Addr,
-) -> Result<(), LinkError>
-where
-    S: SetTimeouts,
-{
+) -> Result<(), LinkError> {
     let lost = |e: io::Error| LinkError::Connect(format!("{addr}: {e}"));
     s.set_timeouts(Some(timeout)).map_err(lost)?;
     let mut cmds = Vec::new();

@@ -582,7 +582,8 @@ impl Inner {
     /// entry older than the visibility timeout goes back to its queue (no
     /// cap per pass), marked redelivered.
     pub(crate) fn restore_visible(&self) -> Result<usize, Error> {
-        let token = wire::new_tag().replace('-', "");
+        // A lock token unique to this pass (kombu uses a uuid1 hex).
+        let token = uuid::Uuid::new_v4().simple().to_string();
         let px = self.opts.unacked_mutex_expire.as_millis().max(1) as i64;
         let got = self.call_ok(
             "restore lock",
