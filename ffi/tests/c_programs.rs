@@ -1,6 +1,6 @@
 //! The C programs in `tests/c/`, compiled with the system C compiler
 //! against `include/dashi.h` and this crate's shared library, run on every
-//! transport; on memory:// also under valgrind (any invalid access or
+//! transport (memory://, local://, redis:// on a redis-server of its own); on memory:// also under valgrind (any invalid access or
 //! definite leak fails the run) when valgrind is installed. local:// is not
 //! run under valgrind: valgrind does not emulate io_uring, which the store's
 //! runtime uses, and the program would wait for ever.
@@ -75,10 +75,12 @@ fn the_abi_program_passes_on_every_transport() {
     let build = TestDir::new();
     let bin = compile("tests/c", "abi", &build);
     let store = TestDir::new();
+    let redis = dashi_test_support::RedisServer::start();
     let urls = [
         "memory://c-abi".to_owned(),
         format!("local://{}", store.join("plain").display()),
         format!("local://{}?fsync=always", store.join("synced").display()),
+        redis.url(),
     ];
     for url in &urls {
         run(Command::new(&bin).arg(url), &format!("abi {url}"));

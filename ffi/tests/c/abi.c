@@ -29,6 +29,9 @@
     }                                                                          \
   } while (0)
 
+/* False on transports that keep no ready-byte figure (redis://). */
+static int bytes_kept = 1;
+
 static int body_is(const dashi_message *m, const char *want) {
   const uint8_t *p = NULL;
   size_t n = 0;
@@ -238,7 +241,8 @@ static void properties_headers_and_stats(dashi_connection *c) {
         DASHI_NULL_PARAMETER);
   dashi_queue_figures st;
   OK(dashi_queue_stats(c, "props", &st));
-  ASSERT(st.messages == 2 && st.bytes == 7 && st.unacked == 0);
+  /* redis:// keeps no ready-byte figure (Kombu's lists have none). */
+  ASSERT(st.messages == 2 && (!bytes_kept || st.bytes == 7) && st.unacked == 0);
   CHECK(dashi_queue_stats(c, "missing", &st), DASHI_UNKNOWN_QUEUE);
   CHECK(dashi_queue_stats(c, "props", NULL), DASHI_NULL_PARAMETER);
   dashi_message *m = NULL;
@@ -371,6 +375,7 @@ int main(int argc, char **argv) {
     fprintf(stderr, "usage: abi URL\n");
     return 2;
   }
+  bytes_kept = strncmp(argv[1], "redis", 5) != 0;
   static struct logs logs;
   OK(dashi_set_log_callback(on_log, &logs, DASHI_LOG_DEBUG));
   dashi_connection *c = NULL;
