@@ -169,6 +169,15 @@ impl Conn {
         Some(link.call_wait(cmds))
     }
 
+    /// [`Link::call_deferred`] on the current link (connecting one if needed).
+    pub(crate) fn start_deferred(
+        &self,
+        make: crate::link::Deferred,
+    ) -> Result<Arc<Outcome>, LinkError> {
+        let (link, _) = self.link()?;
+        Ok(link.call_deferred(make))
+    }
+
     /// Sends a batch without waiting: the link it went on and the handle
     /// of its replies.
     pub(crate) fn start(&self, cmds: Vec<Cmd>) -> Result<(Arc<Link>, Arc<Outcome>), LinkError> {

@@ -193,8 +193,17 @@ impl Outcome {
     }
 }
 
-/// A batch of commands and where its replies go (`None`: nobody reads them).
-type Batch = (Vec<Cmd>, Option<Arc<Outcome>>);
+/// Commands made on the core when their batch is flushed (see
+/// [`Link::call_deferred`]).
+pub(crate) type Deferred = Box<dyn FnOnce() -> Vec<Cmd> + Send>;
+
+/// One entry of the inbox.
+enum Batch {
+    /// Commands and where their replies go (`None`: nobody reads them).
+    Now(Vec<Cmd>, Option<Arc<Outcome>>),
+    /// Commands made at flush time.
+    Later(Deferred, Arc<Outcome>),
+}
 
 /// What any thread shares with the core about one link.
 struct Shared {
@@ -210,7 +219,11 @@ impl Shared {
     /// Fails every batch still in the inbox (they were never sent).
     fn fail_inbox(&self, why: &str) {
         let batches = std::mem::take(&mut *self.inbox.lock());
-        for (_, o) in batches {
+        for b in batches {
+            let o = match b {
+                Batch::Now(_, o) => o,
+                Batch::Later(_, o) => Some(o),
+            };
             if let Some(o) = o {
                 o.complete(Err(LinkError::Lost {
                     detail: why.to_owned(),
@@ -370,7 +383,17 @@ impl Link {
             return Outcome::done(Ok(Vec::new()));
         }
         let outcome = Arc::new(Outcome::default());
-        self.push(cmds, Some(outcome.clone()));
+        self.push(Batch::Now(cmds, Some(outcome.clone())));
+        outcome
+    }
+
+    /// A batch whose commands `make` builds on the core when the batch is
+    /// flushed, so that whatever joins it until then goes out with it (one
+    /// outcome for many publishes). `make` is dropped unrun when the link
+    /// dies first; the outcome then fails as not sent.
+    pub(crate) fn call_deferred(&self, make: Deferred) -> Arc<Outcome> {
+        let outcome = Arc::new(Outcome::default());
+        self.push(Batch::Later(make, outcome.clone()));
         outcome
     }
 
@@ -383,12 +406,12 @@ impl Link {
         if self.is_dead() {
             return false;
         }
-        self.push(cmds, None);
+        self.push(Batch::Now(cmds, None));
         true
     }
 
-    fn push(&self, cmds: Vec<Cmd>, outcome: Option<Arc<Outcome>>) {
-        self.shared.inbox.lock().push((cmds, outcome));
+    fn push(&self, batch: Batch) {
+        self.shared.inbox.lock().push(batch);
         if self.is_dead() {
             self.shared.fail_inbox("the connection is closed");
         } else if !self.shared.scheduled.swap(true, SeqCst) {
@@ -612,7 +635,11 @@ async fn flush(id: u64) {
     link.shared.scheduled.store(false, SeqCst);
     let batches = std::mem::take(&mut *link.shared.inbox.lock());
     if let Some(why) = link.failed.borrow().clone() {
-        for (_, o) in batches {
+        for b in batches {
+            let o = match b {
+                Batch::Now(_, o) => o,
+                Batch::Later(_, o) => Some(o),
+            };
             if let Some(o) = o {
                 o.complete(Err(LinkError::Lost {
                     detail: why.clone(),
@@ -626,15 +653,26 @@ async fn flush(id: u64) {
         let mut out = link.out.borrow_mut();
         let mut waiting = link.waiting.borrow_mut();
         let mut oneway: Vec<Cmd> = Vec::new();
-        for (cmds, slot) in batches {
-            let Some(slot) = slot else {
-                for c in cmds {
-                    match oneway.iter_mut().find(|o| o.merges_with(&c)) {
-                        Some(o) => o.absorb(c),
-                        None => oneway.push(c),
+        for b in batches {
+            let (cmds, slot) = match b {
+                Batch::Now(cmds, Some(slot)) => (cmds, slot),
+                Batch::Now(cmds, None) => {
+                    for c in cmds {
+                        match oneway.iter_mut().find(|o| o.merges_with(&c)) {
+                            Some(o) => o.absorb(c),
+                            None => oneway.push(c),
+                        }
                     }
+                    continue;
                 }
-                continue;
+                Batch::Later(make, slot) => {
+                    let cmds = make();
+                    if cmds.is_empty() {
+                        slot.complete(Ok(Vec::new()));
+                        continue;
+                    }
+                    (cmds, slot)
+                }
             };
             for c in &cmds {
                 c.encode(&mut out);

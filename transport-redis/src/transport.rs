@@ -42,7 +42,7 @@ use dashi_rt::{Runtime, RuntimeConfig};
 use parking_lot::Mutex;
 
 use crate::conn::{link_error, reply_error, reply_failure, store_failure, Conn};
-use crate::link::{Outcome, Reply};
+use crate::link::{LinkError, Outcome, Reply};
 use crate::options::RedisOptions;
 use crate::resp::{self, Cmd, Frame};
 use crate::scripts::{Script, Scripts};
@@ -62,6 +62,8 @@ pub(crate) struct Inner {
     pub(crate) keys: Keys,
     _rt: Arc<Runtime>,
     pub(crate) conn: Conn,
+    /// The publishes the command link's next flush sends.
+    open_publish: Mutex<Option<Arc<PublishCell>>>,
     watch: crate::watch::Watch,
     scripts: Scripts,
     topo: Mutex<Topo>,
@@ -175,6 +177,7 @@ impl RedisTransport {
         let track_conn = Conn::new(rt.clone(), 0, opts.servers.clone(), opts.timeout, None);
         let inner = Arc::new_cyclic(|me| Inner {
             watch: crate::watch::Watch::new(sub_conn(me), track_conn),
+            open_publish: Mutex::new(None),
             me: me.clone(),
             keys: opts.keys.clone(),
             opts,
@@ -925,36 +928,10 @@ impl Inner {
         if lists.is_empty() && broadcasts.is_empty() {
             return out;
         }
-        let mut cmds: Vec<Cmd> = lists
-            .iter()
-            .map(|(key, _, msgs)| {
-                let mut c = Cmd::new("LPUSH").arg(key.clone());
-                for m in msgs {
-                    c.push(m.clone());
-                }
-                c
-            })
-            .collect();
-        cmds.extend(
-            broadcasts
-                .into_iter()
-                .map(|(channel, env)| Cmd::new("PUBLISH").arg(channel).arg(env)),
-        );
-        if let crate::options::ConfirmLevel::Replicated(n) = self.opts.confirm {
-            cmds.push(
-                // Half the link's timeout: WAIT's own answer (too few
-                // replicas) arrives before the link gives up on it.
-                Cmd::new("WAIT")
-                    .int(i64::from(n))
-                    .int((self.opts.timeout.as_millis() as i64 / 2).max(1)),
-            );
-        }
-        let woken: Vec<Arc<RedisQueue>> = lists.into_iter().map(|(_, q, _)| q).collect();
-        let sent = self.conn.start(cmds);
-        let shared = match sent {
-            Ok((_, h)) => Ok(SharedReply::new(h, woken, self.opts.confirm)),
-            Err(e) => Err(e),
-        };
+        let woken: Vec<Arc<RedisQueue>> = lists.iter().map(|(_, q, _)| q.clone()).collect();
+        let lists: Vec<(String, Vec<Bytes>)> =
+            lists.into_iter().map(|(k, _, msgs)| (k, msgs)).collect();
+        let shared = self.join_publish(lists, broadcasts, woken);
         out.into_iter()
             .map(|r| match r {
                 Ok(Planned::Sent(env)) => match &shared {
@@ -968,6 +945,54 @@ impl Inner {
                 other => other,
             })
             .collect()
+    }
+
+    /// Adds commands to the publish cell that the link's next flush sends
+    /// (opening one when none is open): every publish of one turn of the
+    /// core shares one outcome and one variadic `LPUSH` per list, and its
+    /// confirms resolve together, so a pipelining producer is woken once per
+    /// flush rather than once per message.
+    fn join_publish(
+        &self,
+        lists: Vec<(String, Vec<Bytes>)>,
+        broadcasts: Vec<(String, Bytes)>,
+        woken: Vec<Arc<RedisQueue>>,
+    ) -> Result<Arc<SharedReply>, LinkError> {
+        let mut open = self.open_publish.lock();
+        if let Some(cell) = open.as_ref() {
+            let mut st = cell.state.lock();
+            // The reply is set before the cell is shared (under `open`).
+            if let (false, Some(reply)) = (st.closed, cell.reply.get()) {
+                st.add(lists, broadcasts);
+                reply.woken.lock().extend(woken);
+                return Ok(reply.clone());
+            }
+        }
+        let cell = Arc::new(PublishCell {
+            state: Mutex::new(OpenPublish::default()),
+            reply: std::sync::OnceLock::new(),
+        });
+        cell.state.lock().add(lists, broadcasts);
+        let wait = match self.opts.confirm {
+            // Half the link's timeout: WAIT's own answer (too few
+            // replicas) arrives before the link gives up on it.
+            crate::options::ConfirmLevel::Replicated(n) => Some(
+                Cmd::new("WAIT")
+                    .int(i64::from(n))
+                    .int((self.opts.timeout.as_millis() as i64 / 2).max(1)),
+            ),
+            crate::options::ConfirmLevel::Server => None,
+        };
+        let guard = CloseOnDrop(cell.clone());
+        let outcome = self.conn.start_deferred(Box::new(move || {
+            let cmds = guard.0.state.lock().close(wait);
+            drop(guard);
+            cmds
+        }))?;
+        let reply = SharedReply::new(outcome, woken, self.opts.confirm);
+        let _ = cell.reply.set(reply.clone());
+        *open = Some(cell);
+        Ok(reply)
     }
 
     /// The default exchange routes to the queue named by the routing key,
@@ -1010,6 +1035,78 @@ enum Planned {
     Pending(Envelope, Arc<SharedReply>),
 }
 
+/// Publishes waiting for the link's next flush.
+#[derive(Default)]
+struct OpenPublish {
+    /// Taken by the flush: later publishes open a new cell.
+    closed: bool,
+    /// (list, envelopes in publish order).
+    lists: Vec<(String, Vec<Bytes>)>,
+    /// kombu fanout: (channel, envelope).
+    broadcasts: Vec<(String, Bytes)>,
+}
+
+impl OpenPublish {
+    fn add(&mut self, lists: Vec<(String, Vec<Bytes>)>, broadcasts: Vec<(String, Bytes)>) {
+        for (key, msgs) in lists {
+            match self.lists.iter_mut().find(|(k, _)| *k == key) {
+                Some((_, v)) => v.extend(msgs),
+                None => self.lists.push((key, msgs)),
+            }
+        }
+        self.broadcasts.extend(broadcasts);
+    }
+
+    /// Closes the cell and makes its commands: one `LPUSH` per list, the
+    /// `PUBLISH`es, and `wait` last.
+    fn close(&mut self, wait: Option<Cmd>) -> Vec<Cmd> {
+        self.closed = true;
+        let mut cmds: Vec<Cmd> = std::mem::take(&mut self.lists)
+            .into_iter()
+            .map(|(key, msgs)| {
+                let mut c = Cmd::new("LPUSH").arg(key);
+                for m in msgs {
+                    c.push(m);
+                }
+                c
+            })
+            .collect();
+        cmds.extend(
+            std::mem::take(&mut self.broadcasts)
+                .into_iter()
+                .map(|(channel, env)| Cmd::new("PUBLISH").arg(channel).arg(env)),
+        );
+        if !cmds.is_empty() {
+            cmds.extend(wait);
+        }
+        cmds
+    }
+}
+
+/// One flush's publishes and their shared replies.
+struct PublishCell {
+    state: Mutex<OpenPublish>,
+    reply: std::sync::OnceLock<Arc<SharedReply>>,
+}
+
+impl std::fmt::Debug for PublishCell {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PublishCell")
+            .field("closed", &self.state.lock().closed)
+            .finish()
+    }
+}
+
+/// Closes a cell whose flush never ran (its link died): its publishes
+/// fail with the link's outcome and later ones open a new cell.
+struct CloseOnDrop(Arc<PublishCell>);
+
+impl Drop for CloseOnDrop {
+    fn drop(&mut self) {
+        self.0.state.lock().closed = true;
+    }
+}
+
 /// The replies of one publish batch, shared by its messages' confirms. The
 /// link's outcome wakes a settler that judges the replies once, on whatever
 /// thread completes them; confirms read the judgement.
@@ -1018,7 +1115,7 @@ struct SharedReply {
     outcome: Mutex<Option<Result<(), StoreFailure>>>,
     judged: parking_lot::Condvar,
     wakers: Mutex<Vec<Waker>>,
-    woken: Vec<Arc<RedisQueue>>,
+    woken: Mutex<Vec<Arc<RedisQueue>>>,
     confirm: crate::options::ConfirmLevel,
 }
 
@@ -1052,7 +1149,7 @@ impl SharedReply {
             outcome: Mutex::new(None),
             judged: parking_lot::Condvar::new(),
             wakers: Mutex::new(Vec::new()),
-            woken,
+            woken: Mutex::new(woken),
             confirm,
         });
         let settler = Waker::from(Arc::new(Settler(Arc::downgrade(&s))));
@@ -1104,7 +1201,7 @@ impl SharedReply {
                 ));
             }
         }
-        for q in &self.woken {
+        for q in self.woken.lock().iter() {
             if q.state.waiters() > 0 {
                 q.state.notify_all();
             }
