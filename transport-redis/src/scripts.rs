@@ -139,31 +139,6 @@ end
 return 1
 "#;
 
-/// Counts the entries of `unacked` (`KEYS[1]`) by the exchange and routing
-/// key they name (`[envelope, exchange, routing_key]`, read at the value's
-/// end). Returns `{exchange, routing_key, count, ...}`.
-pub(crate) const UNACKED_COUNTS: &str = r#"
-local counts, order = {}, {}
-for _, v in ipairs(redis.call('HVALS', KEYS[1])) do
-  local ex, rk = string.match(v, ', "([^"\\]*)", "([^"\\]*)"%]$')
-  if ex then
-    local k = ex .. '\0' .. rk
-    if not counts[k] then
-      counts[k] = {ex, rk, 0}
-      order[#order + 1] = k
-    end
-    counts[k][3] = counts[k][3] + 1
-  end
-end
-local out = {}
-for _, k in ipairs(order) do
-  out[#out + 1] = counts[k][1]
-  out[#out + 1] = counts[k][2]
-  out[#out + 1] = counts[k][3]
-end
-return out
-"#;
-
 /// A kombu fanout message (`PUBLISH`) into a dashi queue, once: if the
 /// marker `KEYS[1]` did not exist (set for 10 minutes), `ARGV[1]` is pushed
 /// onto `KEYS[2]`. Sent with `EVAL` from the subscribed link's handler,
@@ -206,7 +181,6 @@ pub(crate) struct Scripts {
     pub(crate) pop: Script,
     pub(crate) restore: Script,
     pub(crate) unlock: Script,
-    pub(crate) unacked_counts: Script,
 }
 
 impl Default for Scripts {
@@ -215,7 +189,6 @@ impl Default for Scripts {
             pop: Script::new(POP),
             restore: Script::new(RESTORE),
             unlock: Script::new(UNLOCK),
-            unacked_counts: Script::new(UNACKED_COUNTS),
         }
     }
 }

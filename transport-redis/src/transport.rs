@@ -1636,24 +1636,28 @@ impl Inner {
     /// their queue; kombu's name an exchange and key, routed as direct
     /// through the binding table (as kombu restores them).
     fn unacked_by_queue(&self) -> Result<HashMap<String, u64>, Error> {
-        let reply = self.eval(&self.scripts.unacked_counts, &[self.keys.unacked()], vec![])?;
+        // HVALS, a read: figures still answer while writes are paused.
+        let reply = self.call_ok(
+            "unacked figures",
+            vec![Cmd::new("HVALS").arg(self.keys.unacked())],
+        )?;
+        let mut pairs: HashMap<(String, String), u64> = HashMap::new();
+        if let Some(Frame::Array(values)) = reply.into_iter().next() {
+            for v in values.iter().filter_map(resp::bytes) {
+                if let Some((_, ex, rk)) = wire::split_unacked(&String::from_utf8_lossy(v)) {
+                    *pairs.entry((ex, rk)).or_default() += 1;
+                }
+            }
+        }
         let mut out: HashMap<String, u64> = HashMap::new();
-        let Frame::Array(items) = reply else {
-            return Ok(out);
-        };
-        let text = |f: &Frame| resp::bytes(f).map(|b| String::from_utf8_lossy(b).into_owned());
-        for c in items.chunks(3) {
-            let [ex, rk, n] = c else { continue };
-            let (Some(ex), Some(rk), Some(n)) = (text(ex), text(rk), resp::int(n)) else {
-                continue;
-            };
+        for ((ex, rk), n) in pairs {
             let queues = if ex.is_empty() {
                 vec![rk]
             } else {
                 self.direct_lookup(&ex, &rk)?
             };
             for q in queues {
-                *out.entry(q).or_default() += n.max(0) as u64;
+                *out.entry(q).or_default() += n;
             }
         }
         Ok(out)

@@ -333,6 +333,42 @@ fn a_paused_server_times_calls_out_and_they_work_again_after() {
 }
 
 #[test]
+fn writes_paused_past_the_timeout_are_unconfirmed_and_nothing_confirmed_is_lost() {
+    let r = RedisServer::start();
+    let c = connect(&format!("{}?timeout=0.3", r.url()));
+    let ch = c.channel().unwrap();
+    ch.queue_declare(&Queue::new("pw")).unwrap();
+    ch.producer().publish("before", "pw").unwrap();
+    assert_eq!(cmd(&r, &["CLIENT", "PAUSE", "1500", "WRITE"]), "+OK");
+    let during = ch.producer().publish("during", "pw");
+    if let Err(e) = &during {
+        // Sent, never answered in time: it may be stored.
+        assert!(e.is_unconfirmed() && e.is_transient(), "{e}");
+    }
+    // Reads go on while writes are paused: the figures answer.
+    assert!(c.stats().queue("pw").is_some());
+    // Past the pause (1.5 s), everything stored has been taken.
+    let until = Instant::now() + Duration::from_secs(3);
+    let mut bodies = Vec::new();
+    while Instant::now() < until {
+        match ch.get("pw", Duration::from_millis(200)) {
+            Ok(Some(d)) => {
+                bodies.push(String::from_utf8_lossy(d.body()).into_owned());
+                d.ack().unwrap();
+            }
+            Ok(None) => {}
+            Err(e) => assert!(e.is_transient(), "{e}"),
+        }
+    }
+    assert!(bodies.contains(&"before".to_owned()), "{bodies:?}");
+    if during.is_ok() {
+        assert!(bodies.contains(&"during".to_owned()), "{bodies:?}");
+    }
+    ch.producer().publish("after", "pw").unwrap();
+    assert!(ch.get("pw", WAIT).unwrap().is_some());
+}
+
+#[test]
 fn a_restarted_server_keeps_every_confirmed_message_and_consumers_resume() {
     let mut r = RedisServer::start_with(&["--appendonly", "yes", "--appendfsync", "always"]);
     let c = connect(&r.url());
