@@ -426,6 +426,48 @@ fn replicated_confirms_wait_for_a_replica_and_say_when_none_answers() {
 }
 
 #[test]
+fn a_promoted_replica_has_every_replicated_confirm_and_the_failover_list_finds_it() {
+    let mut primary = RedisServer::start();
+    let replica =
+        RedisServer::start_with(&["--replicaof", "127.0.0.1", &primary.port().to_string()]);
+    let until = Instant::now() + WAIT;
+    while !cmd(&primary, &["INFO", "replication"]).contains("state=online")
+        && Instant::now() < until
+    {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Options are the first URL's; the second is where the list goes next.
+    let url = format!(
+        "{}?confirm=replicated:1&timeout=1;{}",
+        primary.url(),
+        replica.url()
+    );
+    let c = connect(&url);
+    let ch = c.channel().unwrap();
+    ch.queue_declare(&Queue::new("ha")).unwrap();
+    for i in 0..100 {
+        ch.producer().publish(i.to_string(), "ha").unwrap();
+    }
+    primary.kill();
+    assert_eq!(cmd(&replica, &["REPLICAOF", "NO", "ONE"]), "+OK");
+    // The connection walks its list to the promoted replica: every
+    // confirmed message is there.
+    let mut got = 0;
+    let until = Instant::now() + WAIT;
+    while got < 100 && Instant::now() < until {
+        match ch.get("ha", Duration::from_millis(200)) {
+            Ok(Some(d)) => {
+                d.ack().unwrap();
+                got += 1;
+            }
+            Ok(None) => {}
+            Err(e) => assert!(e.is_transient(), "{e}"),
+        }
+    }
+    assert_eq!(got, 100);
+}
+
+#[test]
 fn passwords_are_never_printed() {
     let r = RedisServer::start_with(&["--requirepass", "s3cr3t-pw"]);
     let good = format!("redis://:s3cr3t-pw@127.0.0.1:{}", r.port());
