@@ -399,8 +399,8 @@ impl Link {
 
     /// Sends commands whose replies nobody reads (acks, re-scores): the
     /// one-way commands of one flush with the same name and key are merged
-    /// into one variadic command (`HDEL unacked f1 f2 ...`), sent after the
-    /// flush's other batches. `false` when the link is already dead (they
+    /// into one variadic command (`HDEL unacked f1 f2 ...`), sent where the
+    /// first of them stood, so any batch sent after one of them sees it run. `false` when the link is already dead (they
     /// were not sent).
     pub(crate) fn send_oneway(&self, cmds: Vec<Cmd>) -> bool {
         if self.is_dead() {
@@ -649,32 +649,43 @@ async fn flush(id: u64) {
         }
         return;
     }
+    // One-way commands are merged and sent where the first of them stood:
+    // every batch sent after any of them sees them run.
+    let mut oneway: Vec<Cmd> = Vec::new();
+    let mut first_oneway = None;
+    let mut rest: Vec<(Vec<Cmd>, Arc<Outcome>)> = Vec::new();
+    for b in batches {
+        match b {
+            Batch::Now(cmds, Some(slot)) => rest.push((cmds, slot)),
+            Batch::Now(cmds, None) => {
+                first_oneway.get_or_insert(rest.len());
+                for c in cmds {
+                    match oneway.iter_mut().find(|o| o.merges_with(&c)) {
+                        Some(o) => o.absorb(c),
+                        None => oneway.push(c),
+                    }
+                }
+            }
+            Batch::Later(make, slot) => {
+                let cmds = make();
+                if cmds.is_empty() {
+                    slot.complete(Ok(Vec::new()));
+                } else {
+                    rest.push((cmds, slot));
+                }
+            }
+        }
+    }
     {
         let mut out = link.out.borrow_mut();
         let mut waiting = link.waiting.borrow_mut();
-        let mut oneway: Vec<Cmd> = Vec::new();
-        for b in batches {
-            let (cmds, slot) = match b {
-                Batch::Now(cmds, Some(slot)) => (cmds, slot),
-                Batch::Now(cmds, None) => {
-                    for c in cmds {
-                        match oneway.iter_mut().find(|o| o.merges_with(&c)) {
-                            Some(o) => o.absorb(c),
-                            None => oneway.push(c),
-                        }
-                    }
-                    continue;
-                }
-                Batch::Later(make, slot) => {
-                    let cmds = make();
-                    if cmds.is_empty() {
-                        slot.complete(Ok(Vec::new()));
-                        continue;
-                    }
-                    (cmds, slot)
-                }
-            };
-            for c in &cmds {
+        let mut send = |cmds: &[Cmd], slot: Arc<Outcome>| {
+            // A batch of nothing waits for no reply (it would hold the FIFO).
+            if cmds.is_empty() {
+                slot.complete(Ok(Vec::new()));
+                return;
+            }
+            for c in cmds {
                 c.encode(&mut out);
             }
             waiting.push_back(Waiting {
@@ -683,17 +694,15 @@ async fn flush(id: u64) {
                 sent: None,
                 slot,
             });
+        };
+        for (i, (cmds, slot)) in rest.into_iter().enumerate() {
+            if first_oneway == Some(i) {
+                send(&std::mem::take(&mut oneway), Arc::new(Outcome::default()));
+            }
+            send(&cmds, slot);
         }
         if !oneway.is_empty() {
-            for c in &oneway {
-                c.encode(&mut out);
-            }
-            waiting.push_back(Waiting {
-                want: oneway.len(),
-                got: Vec::with_capacity(oneway.len()),
-                sent: None,
-                slot: Arc::new(Outcome::default()),
-            });
+            send(&oneway, Arc::new(Outcome::default()));
         }
     }
     let driver = link.driver.borrow().clone();

@@ -42,7 +42,7 @@ use dashi_rt::{Runtime, RuntimeConfig};
 use parking_lot::Mutex;
 
 use crate::conn::{link_error, reply_error, reply_failure, store_failure, Conn};
-use crate::link::{LinkError, Outcome, Reply};
+use crate::link::{LinkError, Outcome};
 use crate::options::RedisOptions;
 use crate::resp::{self, Cmd, Frame};
 use crate::scripts::{Script, Scripts};
@@ -900,7 +900,10 @@ impl Inner {
             }
             let tag = wire::new_tag();
             let text = wire::encode(&env, &tag);
+            // Which of this batch's commands carry this message.
+            let mut mine: Vec<Target> = Vec::with_capacity(targets.len() + 1);
             if fanout {
+                mine.push(Target::Broadcast(broadcasts.len()));
                 broadcasts.push((
                     self.fanout_channel(&env.exchange, &env.routing_key),
                     Bytes::from(wire::with_fanout_mark(&text)),
@@ -915,15 +918,21 @@ impl Inner {
                 // list, where kombu and Celery put their messages too.
                 let step = if q.decl.max_priority == 0 { 0 } else { step };
                 let key = self.keys.list(&q.name, step);
-                match lists.iter_mut().find(|(k, _, _)| *k == key) {
-                    Some((_, _, v)) => v.push(encoded.clone()),
-                    None => lists.push((key, q.clone(), vec![encoded.clone()])),
+                match lists.iter().position(|(k, _, _)| *k == key) {
+                    Some(i) => {
+                        lists[i].2.push(encoded.clone());
+                        mine.push(Target::List(i));
+                    }
+                    None => {
+                        mine.push(Target::List(lists.len()));
+                        lists.push((key, q.clone(), vec![encoded.clone()]));
+                    }
                 }
             }
             self.counters.record(TransportEvent::Published, 1);
             self.counters
                 .record(TransportEvent::Routed, targets.len() as u64);
-            out.push(Ok(Planned::Sent(env)));
+            out.push(Ok(Planned::Sent(env, mine)));
         }
         if lists.is_empty() && broadcasts.is_empty() {
             return out;
@@ -934,8 +943,18 @@ impl Inner {
         let shared = self.join_publish(lists, broadcasts, woken);
         out.into_iter()
             .map(|r| match r {
-                Ok(Planned::Sent(env)) => match &shared {
-                    Ok(s) => Ok(Planned::Pending(env, s.clone())),
+                Ok(Planned::Sent(env, mine)) => match &shared {
+                    Ok((s, list_at, bcast_at)) => {
+                        // Positions in this batch → commands of the cell.
+                        let targets = mine
+                            .into_iter()
+                            .map(|t| match t {
+                                Target::List(i) => Target::List(list_at[i]),
+                                Target::Broadcast(i) => Target::Broadcast(bcast_at + i),
+                            })
+                            .collect();
+                        Ok(Planned::Pending(env, s.clone(), targets))
+                    }
                     // Nothing was sent: the message was not stored.
                     Err(e) => Err(PublishError::Store {
                         failure: store_failure("publish", e),
@@ -957,22 +976,23 @@ impl Inner {
         lists: Vec<(String, Vec<Bytes>)>,
         broadcasts: Vec<(String, Bytes)>,
         woken: Vec<Arc<RedisQueue>>,
-    ) -> Result<Arc<SharedReply>, LinkError> {
+    ) -> Result<(Arc<SharedReply>, Vec<usize>, usize), LinkError> {
         let mut open = self.open_publish.lock();
         if let Some(cell) = open.as_ref() {
             let mut st = cell.state.lock();
             // The reply is set before the cell is shared (under `open`).
             if let (false, Some(reply)) = (st.closed, cell.reply.get()) {
-                st.add(lists, broadcasts);
+                let (list_at, bcast_at) = st.add(lists, broadcasts);
                 reply.woken.lock().extend(woken);
-                return Ok(reply.clone());
+                return Ok((reply.clone(), list_at, bcast_at));
             }
         }
         let cell = Arc::new(PublishCell {
             state: Mutex::new(OpenPublish::default()),
             reply: std::sync::OnceLock::new(),
+            pushes: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
         });
-        cell.state.lock().add(lists, broadcasts);
+        let (list_at, bcast_at) = cell.state.lock().add(lists, broadcasts);
         let wait = match self.opts.confirm {
             // Half the link's timeout: WAIT's own answer (too few
             // replicas) arrives before the link gives up on it.
@@ -985,14 +1005,17 @@ impl Inner {
         };
         let guard = CloseOnDrop(cell.clone());
         let outcome = self.conn.start_deferred(Box::new(move || {
-            let cmds = guard.0.state.lock().close(wait);
+            let mut st = guard.0.state.lock();
+            let cmds = st.close(wait);
+            guard.0.pushes.store(st.pushes, SeqCst);
+            drop(st);
             drop(guard);
             cmds
         }))?;
-        let reply = SharedReply::new(outcome, woken, self.opts.confirm);
+        let reply = SharedReply::new(outcome, woken, self.opts.confirm, cell.pushes.clone());
         let _ = cell.reply.set(reply.clone());
         *open = Some(cell);
-        Ok(reply)
+        Ok((reply, list_at, bcast_at))
     }
 
     /// The default exchange routes to the queue named by the routing key,
@@ -1029,10 +1052,19 @@ fn glob_escape(s: &str) -> String {
 enum Planned {
     /// Routed nowhere and not mandatory (counted as unroutable).
     Dropped,
-    /// Handed to the link; not yet answered.
-    Sent(Envelope),
-    /// Waiting for the batch's replies.
-    Pending(Envelope, Arc<SharedReply>),
+    /// Routed; carried by these commands of the batch.
+    Sent(Envelope, Vec<Target>),
+    /// Waiting for the cell's replies to these of its commands.
+    Pending(Envelope, Arc<SharedReply>, Vec<Target>),
+}
+
+/// A command of a publish cell that carries a message.
+#[derive(Debug, Clone, Copy)]
+enum Target {
+    /// The cell's `LPUSH` number `i`.
+    List(usize),
+    /// The cell's `PUBLISH` number `i` (after every `LPUSH`).
+    Broadcast(usize),
 }
 
 /// Publishes waiting for the link's next flush.
@@ -1044,23 +1076,41 @@ struct OpenPublish {
     lists: Vec<(String, Vec<Bytes>)>,
     /// kombu fanout: (channel, envelope).
     broadcasts: Vec<(String, Bytes)>,
+    /// `LPUSH` commands sent (set at close): the `PUBLISH`es follow them.
+    pushes: usize,
 }
 
 impl OpenPublish {
-    fn add(&mut self, lists: Vec<(String, Vec<Bytes>)>, broadcasts: Vec<(String, Bytes)>) {
+    /// Adds a batch; returns where each of its lists is among the cell's
+    /// `LPUSH`es and where its broadcasts start among the `PUBLISH`es.
+    fn add(
+        &mut self,
+        lists: Vec<(String, Vec<Bytes>)>,
+        broadcasts: Vec<(String, Bytes)>,
+    ) -> (Vec<usize>, usize) {
+        let mut at = Vec::with_capacity(lists.len());
         for (key, msgs) in lists {
-            match self.lists.iter_mut().find(|(k, _)| *k == key) {
-                Some((_, v)) => v.extend(msgs),
-                None => self.lists.push((key, msgs)),
+            match self.lists.iter().position(|(k, _)| *k == key) {
+                Some(i) => {
+                    self.lists[i].1.extend(msgs);
+                    at.push(i);
+                }
+                None => {
+                    at.push(self.lists.len());
+                    self.lists.push((key, msgs));
+                }
             }
         }
+        let bcast_at = self.broadcasts.len();
         self.broadcasts.extend(broadcasts);
+        (at, bcast_at)
     }
 
     /// Closes the cell and makes its commands: one `LPUSH` per list, the
     /// `PUBLISH`es, and `wait` last.
     fn close(&mut self, wait: Option<Cmd>) -> Vec<Cmd> {
         self.closed = true;
+        self.pushes = self.lists.len();
         let mut cmds: Vec<Cmd> = std::mem::take(&mut self.lists)
             .into_iter()
             .map(|(key, msgs)| {
@@ -1087,6 +1137,8 @@ impl OpenPublish {
 struct PublishCell {
     state: Mutex<OpenPublish>,
     reply: std::sync::OnceLock<Arc<SharedReply>>,
+    /// `LPUSH` commands it sent (set when it closes; read by the confirms).
+    pushes: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl std::fmt::Debug for PublishCell {
@@ -1107,27 +1159,30 @@ impl Drop for CloseOnDrop {
     }
 }
 
-/// The replies of one publish batch, shared by its messages' confirms. The
-/// link's outcome wakes a settler that judges the replies once, on whatever
-/// thread completes them; confirms read the judgement.
+/// The replies of one publish cell, shared by its messages' confirms. The
+/// link's outcome wakes a settler that stores the replies once, on whatever
+/// thread completes them; each confirm judges the commands that carried
+/// its own message.
 struct SharedReply {
     handle: Mutex<Option<Arc<Outcome>>>,
-    outcome: Mutex<Option<Result<(), StoreFailure>>>,
+    replies: Mutex<Option<Result<Arc<Vec<Frame>>, StoreFailure>>>,
     judged: parking_lot::Condvar,
     wakers: Mutex<Vec<Waker>>,
     woken: Mutex<Vec<Arc<RedisQueue>>>,
     confirm: crate::options::ConfirmLevel,
+    /// `LPUSH` commands in the cell (set when it closes).
+    pushes: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl std::fmt::Debug for SharedReply {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SharedReply")
-            .field("outcome", &*self.outcome.lock())
+            .field("known", &self.replies.lock().is_some())
             .finish()
     }
 }
 
-/// Wakes when a batch's replies arrive, and settles the batch.
+/// Wakes when a cell's replies arrive, and settles the cell.
 struct Settler(Weak<SharedReply>);
 
 impl std::task::Wake for Settler {
@@ -1143,22 +1198,24 @@ impl SharedReply {
         h: Arc<Outcome>,
         woken: Vec<Arc<RedisQueue>>,
         confirm: crate::options::ConfirmLevel,
+        pushes: Arc<std::sync::atomic::AtomicUsize>,
     ) -> Arc<SharedReply> {
         let s = Arc::new(SharedReply {
             handle: Mutex::new(Some(h)),
-            outcome: Mutex::new(None),
+            replies: Mutex::new(None),
             judged: parking_lot::Condvar::new(),
             wakers: Mutex::new(Vec::new()),
             woken: Mutex::new(woken),
             confirm,
+            pushes,
         });
         let settler = Waker::from(Arc::new(Settler(Arc::downgrade(&s))));
         s.try_settle(&settler);
         s
     }
 
-    /// Judges the replies if they arrived (else `settler` is woken when they
-    /// do).
+    /// Stores the replies if they arrived (else `settler` is woken when they
+    /// do), and wakes the consumers of this process waiting on the lists.
     fn try_settle(&self, settler: &Waker) {
         let reply = {
             let mut h = self.handle.lock();
@@ -1171,76 +1228,88 @@ impl SharedReply {
                 Poll::Pending => return,
             }
         };
-        let v = self.judge(reply);
-        *self.outcome.lock() = Some(v);
+        let stored = reply
+            .map(Arc::new)
+            .map_err(|e| store_failure("publish", &e));
+        if stored.is_ok() {
+            for q in self.woken.lock().iter() {
+                if q.state.waiters() > 0 {
+                    q.state.notify_all();
+                }
+            }
+        }
+        *self.replies.lock() = Some(stored);
         self.judged.notify_all();
         for w in self.wakers.lock().drain(..) {
             w.wake();
         }
     }
 
-    /// Judges the replies: every `LPUSH` answered with a length, and with
+    /// The outcome for a message carried by `targets`, once the replies
+    /// are in: each of its commands answered without an error, and with
     /// `confirm=replicated:N`, `WAIT` reached N replicas.
-    fn judge(&self, r: Reply) -> Result<(), StoreFailure> {
-        let replies = match r {
-            Ok(replies) => replies,
-            Err(e) => return Err(store_failure("publish", &e)),
+    fn judge(&self, targets: &[Target]) -> Option<Result<(), StoreFailure>> {
+        let replies = match self.replies.lock().as_ref()? {
+            Ok(r) => r.clone(),
+            Err(f) => return Some(Err(f.clone())),
         };
-        for f in &replies {
-            if let Frame::Error(e) = f {
-                return Err(reply_failure("publish", e));
+        let pushes = self.pushes.load(SeqCst);
+        for t in targets {
+            let i = match *t {
+                Target::List(i) => i,
+                Target::Broadcast(i) => pushes + i,
+            };
+            match replies.get(i) {
+                Some(Frame::Error(e)) => return Some(Err(reply_failure("publish", e))),
+                Some(_) => {}
+                None => return Some(Err(reply_failure("publish", "a reply is missing"))),
             }
         }
         if let crate::options::ConfirmLevel::Replicated(n) = self.confirm {
             let acked = replies.last().and_then(resp::int).unwrap_or(0);
             if acked < i64::from(n) {
-                return Err(StoreFailure::new(
+                return Some(Err(StoreFailure::new(
                     dashi_engine::FailureKind::Io { transient: true },
                     "redis publish",
                     format!("WAIT: {acked} of {n} replicas acknowledged the write in time"),
-                ));
+                )));
             }
         }
-        for q in self.woken.lock().iter() {
-            if q.state.waiters() > 0 {
-                q.state.notify_all();
-            }
-        }
-        Ok(())
+        Some(Ok(()))
     }
 }
 
 #[derive(Debug)]
-struct RedisConfirm(Arc<SharedReply>);
+struct RedisConfirm(Arc<SharedReply>, Vec<Target>);
 
 impl PendingConfirm for RedisConfirm {
     fn poll_confirm(&self, waker: &Waker) -> Poll<Result<(), StoreFailure>> {
-        if let Some(o) = self.0.outcome.lock().clone() {
+        if let Some(o) = self.0.judge(&self.1) {
             return Poll::Ready(o);
         }
         self.0.wakers.lock().push(waker.clone());
-        // Judged between the two looks: not left waiting.
-        match self.0.outcome.lock().clone() {
+        // Settled between the two looks: not left waiting.
+        match self.0.judge(&self.1) {
             Some(o) => Poll::Ready(o),
             None => Poll::Pending,
         }
     }
 
     fn wait_confirm(&self, deadline: Option<Instant>) -> Option<Result<(), StoreFailure>> {
-        let mut o = self.0.outcome.lock();
-        loop {
-            if let Some(v) = o.clone() {
-                return Some(v);
-            }
-            match deadline {
-                None => self.0.judged.wait(&mut o),
-                Some(d) => {
-                    if self.0.judged.wait_until(&mut o, d).timed_out() {
-                        return o.clone();
+        {
+            let mut r = self.0.replies.lock();
+            while r.is_none() {
+                match deadline {
+                    None => self.0.judged.wait(&mut r),
+                    Some(d) => {
+                        if self.0.judged.wait_until(&mut r, d).timed_out() {
+                            break;
+                        }
                     }
                 }
             }
         }
+        self.0.judge(&self.1)
     }
 }
 
@@ -2167,6 +2236,13 @@ impl Transport for RedisTransport {
                         "no outcome",
                     ),
                 };
+                // Refused for lack of memory (OOM): certainly not stored.
+                if failure.kind == dashi_engine::FailureKind::NoSpace {
+                    return Err(PublishError::Store {
+                        failure,
+                        message: Box::new(envelope.into_message()),
+                    });
+                }
                 Err(PublishError::Unconfirmed {
                     failure,
                     message: Box::new(envelope.into_message()),
@@ -2188,9 +2264,9 @@ impl Transport for RedisTransport {
             .map(|r| {
                 r.map(|p| match p {
                     Planned::Dropped => Accepted::Confirmed,
-                    Planned::Sent(_) => unreachable!("every sent message waits for its batch"),
-                    Planned::Pending(envelope, reply) => Accepted::Pending {
-                        confirm: Box::new(RedisConfirm(reply)),
+                    Planned::Sent(..) => unreachable!("every sent message waits for its batch"),
+                    Planned::Pending(envelope, reply, targets) => Accepted::Pending {
+                        confirm: Box::new(RedisConfirm(reply, targets)),
                         envelope,
                     },
                 })

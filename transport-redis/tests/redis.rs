@@ -468,6 +468,38 @@ fn a_promoted_replica_has_every_replicated_confirm_and_the_failover_list_finds_i
 }
 
 #[test]
+fn a_full_redis_refuses_publishes_and_consumers_still_drain_it() {
+    let r = RedisServer::start_with(&["--maxmemory", "3mb", "--maxmemory-policy", "noeviction"]);
+    let c = connect(&r.url());
+    let ch = c.channel().unwrap();
+    ch.queue_declare(&Queue::new("full")).unwrap();
+    let body = vec![b'x'; 2000];
+    let mut confirmed = 0;
+    let refused = loop {
+        match ch.producer().publish(body.clone(), "full") {
+            Ok(()) => confirmed += 1,
+            Err(e) => break e,
+        }
+        assert!(confirmed < 100_000, "never full");
+    };
+    // Refused, not unconfirmed: Redis said OOM before storing it.
+    assert!(
+        matches!(&refused, PublishError::Store { failure, .. } if failure.kind == dashi::FailureKind::NoSpace),
+        "{refused}"
+    );
+    assert!(!refused.is_transient());
+    assert_eq!(refused.into_message().body.len(), 2000, "handed back");
+    // The pop script takes before it records, so it runs on a full server.
+    let mut got = 0;
+    while let Some(d) = ch.get("full", Duration::from_millis(200)).unwrap() {
+        d.ack().unwrap();
+        got += 1;
+    }
+    assert_eq!(got, confirmed, "every confirmed publish consumed");
+    ch.producer().publish(body, "full").unwrap();
+}
+
+#[test]
 fn passwords_are_never_printed() {
     let r = RedisServer::start_with(&["--requirepass", "s3cr3t-pw"]);
     let good = format!("redis://:s3cr3t-pw@127.0.0.1:{}", r.port());
