@@ -466,3 +466,51 @@ fn fanout_reaches_kombu_subscribers_and_dashi_queues_durably_both_ways() {
     // filled for it behind kombu's back.
     assert_eq!(r.command(&["EXISTS", "kq"]).unwrap(), ":0");
 }
+
+#[test]
+fn a_held_delivery_is_not_restored_by_kombu_while_dashi_keeps_it() {
+    // kombu#337: Kombu restores any entry older than its visibility
+    // timeout, holder alive or not. dashi re-scores what it holds.
+    let r = RedisServer::start();
+    let c = connect(&format!("{}?visibility_timeout=1", r.url()));
+    let ch = c.channel().unwrap();
+    ch.queue_declare(&Queue::new("held")).unwrap();
+    ch.producer().publish("long job", "held").unwrap();
+    let d = ch.get("held", WAIT).unwrap().unwrap();
+    d.extend_lease(Duration::from_secs(30)).unwrap();
+    // Past Kombu's visibility timeout (1 s, peer.py), its restore runs.
+    std::thread::sleep(Duration::from_millis(2500));
+    peer(&["restore", &kombu_url(&r)]);
+    assert_eq!(r.command(&["LLEN", "held"]).unwrap(), ":0", "not restored");
+    assert_eq!(r.command(&["HLEN", "unacked"]).unwrap(), ":1");
+    d.ack().unwrap();
+    eventually(&r, &["EXISTS", "unacked"], ":0");
+}
+
+#[test]
+fn a_dashi_consumer_takes_no_more_than_its_window_beside_a_kombu_consumer() {
+    let r = RedisServer::start();
+    let c = connect(&r.url());
+    let ch = c.channel().unwrap();
+    ch.queue_declare(&Queue::new("shared2")).unwrap();
+    for i in 0..20 {
+        let mut m = Message::new(format!("m{i}"));
+        m.properties.content_type = Some("text/plain".into());
+        ch.producer().publish(m, "shared2").unwrap();
+    }
+    let held = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let h = held.clone();
+    // Never acks: its window of 2 stays full.
+    let _consumer = ch
+        .consume(
+            ConsumerOptions::new("shared2").prefetch_count(2),
+            move |d| h.lock().unwrap().push(d),
+        )
+        .unwrap();
+    let _ = c.drain_events(Some(Duration::from_millis(500)));
+    assert_eq!(held.lock().unwrap().len(), 2);
+    // Everything else is still in the list for Kombu.
+    let got = peer(&["consume", &kombu_url(&r), "shared2", "18"]);
+    assert_eq!(got.last().unwrap()["done"], 18, "{got:?}");
+    assert_eq!(r.command(&["HLEN", "unacked"]).unwrap(), ":2");
+}
