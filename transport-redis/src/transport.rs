@@ -1921,6 +1921,11 @@ impl Inner {
     /// Best effort, bounded by the link timeout; nothing to do without a
     /// live link.
     fn flush_one_way(&self) {
+        // Never from the link's own core (a notification handler holding
+        // the last reference): it would wait for itself.
+        if dashi_rt::io::current_core().is_some() {
+            return;
+        }
         let _ = self.conn.call_if_live(vec![Cmd::new("PING")]);
     }
 

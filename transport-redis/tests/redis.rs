@@ -406,7 +406,7 @@ fn replicated_confirms_wait_for_a_replica_and_say_when_none_answers() {
     {
         std::thread::sleep(Duration::from_millis(20));
     }
-    let c = connect(&format!("{}?confirm=replicated:1&timeout=1", primary.url()));
+    let c = connect(&format!("{}?confirm=replicated:1&timeout=5", primary.url()));
     let ch = c.channel().unwrap();
     ch.queue_declare(&Queue::new("rep")).unwrap();
     let p = ch.producer();
@@ -438,7 +438,7 @@ fn a_promoted_replica_has_every_replicated_confirm_and_the_failover_list_finds_i
     }
     // Options are the first URL's; the second is where the list goes next.
     let url = format!(
-        "{}?confirm=replicated:1&timeout=1;{}",
+        "{}?confirm=replicated:1&timeout=5;{}",
         primary.url(),
         replica.url()
     );
