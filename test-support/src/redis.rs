@@ -61,23 +61,29 @@ impl RedisServer {
     fn launch(&mut self, port: u16) {
         for attempt in 0..20 {
             let port = if attempt == 0 { port } else { free_port() };
-            let child = Command::new("redis-server")
-                .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-                .arg("--dir")
-                .arg(self.dir.path())
-                .args(&self.args)
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("redis-server is installed (.ci/run installs it)");
-            self.child = Some(child);
-            self.port = port;
+            self.spawn(port);
             if self.wait_ready(Duration::from_secs(10)) {
                 return;
             }
             self.kill();
         }
         panic!("redis-server did not start");
+    }
+
+    /// Starts `redis-server` on `port` with this server's directory and
+    /// arguments.
+    fn spawn(&mut self, port: u16) {
+        let child = Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .arg("--dir")
+            .arg(self.dir.path())
+            .args(&self.args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server is installed (.ci/run installs it)");
+        self.child = Some(child);
+        self.port = port;
     }
 
     fn wait_ready(&mut self, within: Duration) -> bool {
@@ -154,16 +160,7 @@ impl RedisServer {
     pub fn restart(&mut self) {
         self.kill();
         let port = self.port;
-        let child = Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .arg("--dir")
-            .arg(self.dir.path())
-            .args(&self.args)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server is installed");
-        self.child = Some(child);
+        self.spawn(port);
         assert!(
             self.wait_ready(Duration::from_secs(20)),
             "redis-server restarted on port {port}"

@@ -218,18 +218,22 @@ struct Shared {
 impl Shared {
     /// Fails every batch still in the inbox (they were never sent).
     fn fail_inbox(&self, why: &str) {
-        let batches = std::mem::take(&mut *self.inbox.lock());
-        for b in batches {
-            let o = match b {
-                Batch::Now(_, o) => o,
-                Batch::Later(_, o) => Some(o),
-            };
-            if let Some(o) = o {
-                o.complete(Err(LinkError::Lost {
-                    detail: why.to_owned(),
-                    sent: false,
-                }));
-            }
+        fail_unsent(std::mem::take(&mut *self.inbox.lock()), why);
+    }
+}
+
+/// Fails batches that never reached the socket.
+fn fail_unsent(batches: Vec<Batch>, why: &str) {
+    for b in batches {
+        let o = match b {
+            Batch::Now(_, o) => o,
+            Batch::Later(_, o) => Some(o),
+        };
+        if let Some(o) = o {
+            o.complete(Err(LinkError::Lost {
+                detail: why.to_owned(),
+                sent: false,
+            }));
         }
     }
 }
@@ -635,18 +639,7 @@ async fn flush(id: u64) {
     link.shared.scheduled.store(false, SeqCst);
     let batches = std::mem::take(&mut *link.shared.inbox.lock());
     if let Some(why) = link.failed.borrow().clone() {
-        for b in batches {
-            let o = match b {
-                Batch::Now(_, o) => o,
-                Batch::Later(_, o) => Some(o),
-            };
-            if let Some(o) = o {
-                o.complete(Err(LinkError::Lost {
-                    detail: why.clone(),
-                    sent: false,
-                }));
-            }
-        }
+        fail_unsent(batches, &why);
         return;
     }
     // One-way commands are merged and sent where the first of them stood:

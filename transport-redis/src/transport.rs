@@ -73,7 +73,6 @@ pub(crate) struct Inner {
     nonce: String,
     /// Logged once: envelopes set aside as garbage.
     garbage_logged: AtomicBool,
-    pub(crate) garbage: AtomicU64,
 }
 
 #[derive(Debug, Default)]
@@ -189,7 +188,6 @@ impl RedisTransport {
             counters: Counters::default(),
             nonce: format!("{}-{}", std::process::id(), NEXT_TOKEN.fetch_add(1, SeqCst)),
             garbage_logged: AtomicBool::new(false),
-            garbage: AtomicU64::new(0),
         });
         inner.start_upkeep();
         Ok(RedisTransport { inner })
@@ -526,18 +524,8 @@ impl Inner {
         let Ok(key) = std::str::from_utf8(key) else {
             return;
         };
-        let Some(key) = key.strip_prefix(self.keys.prefix.as_str()) else {
+        let Some(name) = self.keys.queue_of(key) else {
             return;
-        };
-        let name = match key.rsplit_once(self.keys.sep.as_str()) {
-            Some((q, step))
-                if step
-                    .parse::<u8>()
-                    .is_ok_and(|s| self.keys.steps.contains(&s)) =>
-            {
-                q
-            }
-            _ => key,
         };
         let q = self.topo.lock().queues.get(name).cloned();
         if let Some(q) = q {
@@ -786,27 +774,35 @@ impl Inner {
         let queue = wire::split_unacked(&String::from_utf8_lossy(value))
             .map(|(_, _, rk)| rk)
             .unwrap_or_default();
-        self.note_garbage(&queue, why);
+        self.move_to_garbage(&queue, field.clone(), value.clone(), value.clone(), why)?;
+        Ok(false)
+    }
+
+    /// Moves the `unacked` entry `field` (if it still holds `value`) to the
+    /// garbage list of `queue`, as `kept`; logged once.
+    fn move_to_garbage(
+        &self,
+        queue: &str,
+        field: Bytes,
+        value: Bytes,
+        kept: Bytes,
+        why: &str,
+    ) -> Result<(), Error> {
+        self.note_garbage(queue, why);
         let keys = vec![
             self.keys.unacked(),
             self.keys.unacked_index(),
-            self.keys.garbage(&queue),
+            self.keys.garbage(queue),
         ];
         self.eval(
             &self.scripts.restore,
             &keys,
-            vec![
-                field.clone(),
-                value.clone(),
-                value.clone(),
-                Bytes::from_static(b"LPUSH"),
-            ],
-        )?;
-        Ok(false)
+            vec![field, value, kept, Bytes::from_static(b"LPUSH")],
+        )
+        .map(|_| ())
     }
 
     fn note_garbage(&self, queue: &str, why: &str) {
-        self.garbage.fetch_add(1, SeqCst);
         if !self.garbage_logged.swap(true, SeqCst) {
             tracing::warn!(
                 queue,
@@ -1423,22 +1419,13 @@ impl RedisQueue {
 
     /// Puts a popped envelope that cannot be delivered in the garbage list.
     fn set_aside(&self, inner: &Inner, held: &Held, why: &str) {
-        inner.note_garbage(&self.name, why);
         let value = wire::unacked_value(&String::from_utf8_lossy(&held.raw), &self.name);
-        let keys = vec![
-            inner.keys.unacked(),
-            inner.keys.unacked_index(),
-            inner.keys.garbage(&self.name),
-        ];
-        if let Err(e) = inner.eval(
-            &inner.scripts.restore,
-            &keys,
-            vec![
-                Bytes::from(held.field.clone()),
-                Bytes::from(value),
-                held.raw.clone(),
-                Bytes::from_static(b"LPUSH"),
-            ],
+        if let Err(e) = inner.move_to_garbage(
+            &self.name,
+            Bytes::from(held.field.clone()),
+            Bytes::from(value),
+            held.raw.clone(),
+            why,
         ) {
             // It stays unacked and comes back after the visibility timeout.
             tracing::warn!(queue = %self.name, error = %e, "redis: setting a bad envelope aside failed");
@@ -1745,6 +1732,38 @@ impl Inner {
         Ok(self.discover()?.iter().any(|n| n == name))
     }
 
+    /// Every key matching `pattern` (of `kind`, when given), by `SCAN`.
+    fn scan(&self, pattern: &str, kind: Option<&str>) -> Result<Vec<Bytes>, Error> {
+        let mut out = Vec::new();
+        let mut cursor = String::from("0");
+        loop {
+            let mut c = Cmd::new("SCAN")
+                .arg(cursor.clone())
+                .arg("MATCH")
+                .arg(pattern.to_owned())
+                .arg("COUNT")
+                .arg("1000");
+            if let Some(k) = kind {
+                c = c.arg("TYPE").arg(k.to_owned());
+            }
+            let reply = self.call_ok("queue discovery", vec![c])?;
+            let Some(Frame::Array(parts)) = reply.into_iter().next() else {
+                break;
+            };
+            let [next, Frame::Array(keys)] = &parts[..] else {
+                break;
+            };
+            out.extend(keys.iter().filter_map(resp::bytes).cloned());
+            cursor = resp::bytes(next)
+                .map(|b| String::from_utf8_lossy(b).into_owned())
+                .unwrap_or_else(|| "0".into());
+            if cursor == "0" {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
     /// Queue names: known here, or named in a binding table on the server.
     fn discover(&self) -> Result<Vec<String>, Error> {
         let mut names: std::collections::BTreeSet<String> = self
@@ -1755,94 +1774,39 @@ impl Inner {
             .filter(|q| q.declared.load(SeqCst))
             .map(|q| q.name.clone())
             .collect();
-        let pattern = format!("{}_kombu.binding.*", glob_escape(&self.keys.prefix));
-        let mut cursor = String::from("0");
-        loop {
-            let reply = self.call_ok(
-                "queue discovery",
-                vec![Cmd::new("SCAN")
-                    .arg(cursor.clone())
-                    .arg("MATCH")
-                    .arg(pattern.clone())
-                    .arg("COUNT")
-                    .arg("1000")],
-            )?;
-            let Some(Frame::Array(parts)) = reply.into_iter().next() else {
-                break;
-            };
-            let [next, Frame::Array(keys)] = &parts[..] else {
-                break;
-            };
-            let members: Vec<Cmd> = keys
+        let tables = self.scan(
+            &format!("{}_kombu.binding.*", glob_escape(&self.keys.prefix)),
+            None,
+        )?;
+        for chunk in tables.chunks(256) {
+            let members = chunk
                 .iter()
-                .filter_map(resp::bytes)
                 .map(|k| Cmd::new("SMEMBERS").arg(k.clone()))
                 .collect();
             for set in self.call_ok("queue discovery", members)? {
                 if let Frame::Array(ms) = set {
                     for m in ms.iter().filter_map(resp::bytes) {
-                        let m = String::from_utf8_lossy(m);
-                        if let Some((_, _, q)) = self.keys.split_member(&m) {
+                        if let Some((_, _, q)) = self.keys.split_member(&String::from_utf8_lossy(m))
+                        {
                             names.insert(q.to_owned());
                         }
                     }
                 }
             }
-            cursor = resp::bytes(next)
-                .map(|b| String::from_utf8_lossy(b).into_owned())
-                .unwrap_or_else(|| "0".into());
-            if cursor == "0" {
-                break;
-            }
         }
         // Queues with messages but no binding: every list under the prefix
         // (a step list names its queue before the separator).
-        let mut cursor = String::from("0");
-        let pattern = format!("{}*", glob_escape(&self.keys.prefix));
         let garbage = self.keys.garbage("");
-        loop {
-            let reply = self.call_ok(
-                "queue discovery",
-                vec![Cmd::new("SCAN")
-                    .arg(cursor.clone())
-                    .arg("MATCH")
-                    .arg(pattern.clone())
-                    .arg("COUNT")
-                    .arg("1000")
-                    .arg("TYPE")
-                    .arg("list")],
-            )?;
-            let Some(Frame::Array(parts)) = reply.into_iter().next() else {
-                break;
-            };
-            let [next, Frame::Array(keys)] = &parts[..] else {
-                break;
-            };
-            for k in keys.iter().filter_map(resp::bytes) {
-                let k = String::from_utf8_lossy(k);
-                if k.starts_with(&garbage) {
-                    continue;
-                }
-                let Some(k) = k.strip_prefix(self.keys.prefix.as_str()) else {
-                    continue;
-                };
-                let name = match k.rsplit_once(self.keys.sep.as_str()) {
-                    Some((q, step))
-                        if step
-                            .parse::<u8>()
-                            .is_ok_and(|s| self.keys.steps.contains(&s)) =>
-                    {
-                        q
-                    }
-                    _ => k,
-                };
-                names.insert(name.to_owned());
+        for k in self.scan(
+            &format!("{}*", glob_escape(&self.keys.prefix)),
+            Some("list"),
+        )? {
+            let k = String::from_utf8_lossy(&k);
+            if k.starts_with(&garbage) {
+                continue;
             }
-            cursor = resp::bytes(next)
-                .map(|b| String::from_utf8_lossy(b).into_owned())
-                .unwrap_or_else(|| "0".into());
-            if cursor == "0" {
-                break;
+            if let Some(name) = self.keys.queue_of(&k) {
+                names.insert(name.to_owned());
             }
         }
         Ok(names.into_iter().collect())

@@ -124,6 +124,17 @@ impl Keys {
         }
     }
 
+    /// The queue a list key (with the global prefix) belongs to: the bare
+    /// queue name, or the part before the separator of a step list.
+    /// `None` for a key outside the prefix.
+    pub(crate) fn queue_of<'a>(&self, key: &'a str) -> Option<&'a str> {
+        let key = key.strip_prefix(self.prefix.as_str())?;
+        Some(match key.rsplit_once(self.sep.as_str()) {
+            Some((q, step)) if step.parse::<u8>().is_ok_and(|s| self.steps.contains(&s)) => q,
+            _ => key,
+        })
+    }
+
     /// A binding member: `routing_key SEP pattern SEP queue`.
     pub(crate) fn member(&self, routing_key: &str, pattern: &str, queue: &str) -> String {
         format!("{routing_key}{0}{pattern}{0}{queue}", self.sep)
@@ -434,23 +445,27 @@ pub(crate) fn with_fanout_mark(raw: &str) -> String {
     }
 }
 
+/// The two fields dashi reads from a raw envelope without decoding it all.
+#[derive(serde::Deserialize)]
+struct Peek {
+    properties: Option<PeekProperties>,
+}
+
+#[derive(serde::Deserialize)]
+struct PeekProperties {
+    #[serde(default)]
+    delivery_tag: Option<serde_json::Value>,
+    #[serde(default)]
+    priority: Option<serde_json::Value>,
+}
+
+fn peek(raw: &[u8]) -> Option<PeekProperties> {
+    serde_json::from_slice::<Peek>(raw).ok()?.properties
+}
+
 /// The delivery tag of a raw envelope (kombu's field), if it has one.
 pub(crate) fn tag_of(raw: &[u8]) -> Option<String> {
-    #[derive(serde::Deserialize)]
-    struct P {
-        properties: Option<PP>,
-    }
-    #[derive(serde::Deserialize)]
-    struct PP {
-        #[serde(default)]
-        delivery_tag: Option<serde_json::Value>,
-    }
-    serde_json::from_slice::<P>(raw)
-        .ok()?
-        .properties?
-        .delivery_tag
-        .as_ref()
-        .and_then(tag_text)
+    peek(raw)?.delivery_tag.as_ref().and_then(tag_text)
 }
 
 /// A kombu delivery tag as the text kombu uses for the `unacked` field.
@@ -797,19 +812,8 @@ pub(crate) fn split_unacked(value: &str) -> Option<(Box<RawValue>, String, Strin
 /// The kombu priority recorded in a raw envelope (0 when missing or not a
 /// number, as kombu reads it).
 pub(crate) fn kombu_priority_of(raw: &str) -> u8 {
-    #[derive(serde::Deserialize)]
-    struct P {
-        properties: Option<PP>,
-    }
-    #[derive(serde::Deserialize)]
-    struct PP {
-        #[serde(default)]
-        priority: Option<serde_json::Value>,
-    }
-    serde_json::from_str::<P>(raw)
-        .ok()
-        .and_then(|p| p.properties)
-        .and_then(|pp| kombu_int(&pp.priority))
+    peek(raw.as_bytes())
+        .and_then(|p| kombu_int(&p.priority))
         .unwrap_or(0)
         .clamp(0, 9) as u8
 }
@@ -1057,6 +1061,27 @@ mod tests {
             assert_eq!(u.get_version_num(), 4, "{t}");
             assert_eq!(u.get_variant(), uuid::Variant::RFC4122, "{t}");
         }
+    }
+
+    #[test]
+    fn list_keys_name_their_queue() {
+        let k = Keys {
+            prefix: "p:".into(),
+            ..Keys::default()
+        };
+        assert_eq!(k.queue_of("p:q1\x06\x163"), Some("q1"));
+        assert_eq!(k.queue_of("p:q1"), Some("q1"));
+        assert_eq!(
+            k.queue_of("p:q1\x06\x16x"),
+            Some("q1\x06\x16x"),
+            "not a step"
+        );
+        assert_eq!(
+            k.queue_of("p:q1\x06\x164"),
+            Some("q1\x06\x164"),
+            "not one of the steps"
+        );
+        assert_eq!(k.queue_of("other"), None);
     }
 
     #[test]

@@ -395,17 +395,22 @@ fn a_restarted_server_keeps_every_confirmed_message_and_consumers_resume() {
     assert_eq!(got, 100);
 }
 
-#[test]
-fn replicated_confirms_wait_for_a_replica_and_say_when_none_answers() {
-    let primary = RedisServer::start();
-    let mut replica =
+/// A replica of `primary`, once it is in sync.
+fn replica_of(primary: &RedisServer) -> RedisServer {
+    let replica =
         RedisServer::start_with(&["--replicaof", "127.0.0.1", &primary.port().to_string()]);
     let until = Instant::now() + WAIT;
-    while !cmd(&primary, &["INFO", "replication"]).contains("state=online")
-        && Instant::now() < until
+    while !cmd(primary, &["INFO", "replication"]).contains("state=online") && Instant::now() < until
     {
         std::thread::sleep(Duration::from_millis(20));
     }
+    replica
+}
+
+#[test]
+fn replicated_confirms_wait_for_a_replica_and_say_when_none_answers() {
+    let primary = RedisServer::start();
+    let mut replica = replica_of(&primary);
     let c = connect(&format!("{}?confirm=replicated:1&timeout=5", primary.url()));
     let ch = c.channel().unwrap();
     ch.queue_declare(&Queue::new("rep")).unwrap();
@@ -428,14 +433,7 @@ fn replicated_confirms_wait_for_a_replica_and_say_when_none_answers() {
 #[test]
 fn a_promoted_replica_has_every_replicated_confirm_and_the_failover_list_finds_it() {
     let mut primary = RedisServer::start();
-    let replica =
-        RedisServer::start_with(&["--replicaof", "127.0.0.1", &primary.port().to_string()]);
-    let until = Instant::now() + WAIT;
-    while !cmd(&primary, &["INFO", "replication"]).contains("state=online")
-        && Instant::now() < until
-    {
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let replica = replica_of(&primary);
     // Options are the first URL's; the second is where the list goes next.
     let url = format!(
         "{}?confirm=replicated:1&timeout=5;{}",

@@ -113,16 +113,21 @@ def bind(url, exchange, kind, key, queue):
     out(bound=queue)
 
 
-def brpop_consume(url, queue, seconds):
+def collect(url, queue, seconds, subscribe_first=False):
+    """Consumes `queue` for `seconds`, acking; says ready once waiting."""
     got = []
     with conn(url) as c:
-        q = queue_of(queue)
 
         def on(body, message):
             got.append(describe(body, message)["body"])
             message.ack()
 
-        with Consumer(c, [q], callbacks=[on], accept=["json", "text/plain", "application/data"]):
+        with Consumer(c, [queue], callbacks=[on], accept=["json", "text/plain", "application/data"]):
+            if subscribe_first:
+                try:
+                    c.drain_events(timeout=0.5)  # subscribes
+                except Exception:
+                    pass
             out(ready=True)
             deadline = time.time() + float(seconds)
             while time.time() < deadline:
@@ -131,30 +136,15 @@ def brpop_consume(url, queue, seconds):
                 except Exception:
                     pass
     out(bodies=got)
+
+
+def brpop_consume(url, queue, seconds):
+    collect(url, queue_of(queue), seconds)
 
 
 def fanout_consume(url, exchange, key, queue, seconds):
-    got = []
-    with conn(url) as c:
-        q = Queue(queue, Exchange(exchange, "fanout"), key, auto_delete=True)
-
-        def on(body, message):
-            got.append(describe(body, message)["body"])
-            message.ack()
-
-        with Consumer(c, [q], callbacks=[on], accept=["json", "text/plain", "application/data"]):
-            try:
-                c.drain_events(timeout=0.5)  # subscribes
-            except Exception:
-                pass
-            out(ready=True)
-            deadline = time.time() + float(seconds)
-            while time.time() < deadline:
-                try:
-                    c.drain_events(timeout=0.5)
-                except Exception:
-                    pass
-    out(bodies=got)
+    q = Queue(queue, Exchange(exchange, "fanout"), key, auto_delete=True)
+    collect(url, q, seconds, subscribe_first=True)
 
 
 if __name__ == "__main__":
