@@ -201,6 +201,61 @@ typedef uint32_t dashi_log_level;
 #endif // __cplusplus
 
 /*
+ The type of a header's value: what `dashi_message_header_type` reads,
+ and what a `dashi_header` on publish carries (0, a string, is the
+ default, so `{ .key = "k", .value = "v" }` is a string header).
+ */
+enum dashi_value_type
+#if defined(__cplusplus) || __STDC_VERSION__ >= 202311L
+  : uint32_t
+#endif // defined(__cplusplus) || __STDC_VERSION__ >= 202311L
+ {
+  /*
+   UTF-8 text: `dashi_message_header`.
+   */
+  DASHI_VALUE_STRING = 0,
+  /*
+   No value (JSON null).
+   */
+  DASHI_VALUE_NULL = 1,
+  /*
+   A boolean: `dashi_message_header_bool`.
+   */
+  DASHI_VALUE_BOOL = 2,
+  /*
+   A signed 64-bit integer: `dashi_message_header_i64`.
+   */
+  DASHI_VALUE_INT = 3,
+  /*
+   A double: `dashi_message_header_f64`.
+   */
+  DASHI_VALUE_FLOAT = 4,
+  /*
+   Raw bytes: `dashi_message_header` (read only).
+   */
+  DASHI_VALUE_BYTES = 5,
+  /*
+   A list (not readable or writable through C yet).
+   */
+  DASHI_VALUE_LIST = 6,
+  /*
+   A nested table (not readable or writable through C yet).
+   */
+  DASHI_VALUE_TABLE = 7,
+  /*
+   A type this version of the C ABI does not know.
+   */
+  DASHI_VALUE_OTHER = 255,
+};
+#ifndef __cplusplus
+#if __STDC_VERSION__ >= 202311L
+typedef enum dashi_value_type dashi_value_type;
+#else
+typedef uint32_t dashi_value_type;
+#endif // __STDC_VERSION__ >= 202311L
+#endif // __cplusplus
+
+/*
  A channel on a connection, with its own consumers and unacked
  deliveries.
 
@@ -230,6 +285,15 @@ typedef struct dashi_connection dashi_connection;
 typedef struct dashi_message dashi_message;
 
 /*
+ A pipelined publish whose confirm failed, handed back with its message
+ (body, properties, headers), its exchange and routing key, and why.
+
+ Thread rules: it belongs to no channel; read, republish and free it from
+ any thread, one at a time.
+ */
+typedef struct dashi_returned dashi_returned;
+
+/*
  Called for each delivery to a consumer, on the thread that runs
  `dashi_drain_events`, with the `userdata` given to `dashi_consume`. The
  callee owns `msg` (free it with `dashi_message_free`, after `dashi_ack`
@@ -239,17 +303,40 @@ typedef struct dashi_message dashi_message;
 typedef void (*dashi_message_callback)(void *userdata, dashi_message *msg);
 
 /*
- A string-valued message header (both strings NUL-terminated UTF-8).
+ A message header for `dashi_properties`: a name and a value of
+ `value_type` (0, the default, is a string in `value`), e.g.
+ `{ .key = "tenant", .value = "acme" }` or
+ `{ .key = "retries", .value_type = DASHI_VALUE_INT, .int_value = 3 }`.
  */
 typedef struct {
   /*
-   The header's name.
+   The header's name (NUL-terminated UTF-8).
    */
   const char *key;
   /*
-   Its value.
+   The value of a `DASHI_VALUE_STRING` header (NUL-terminated UTF-8).
    */
   const char *value;
+  /*
+   A `dashi_value_type` saying which of the value fields holds the
+   value: `DASHI_VALUE_STRING`, `_NULL`, `_BOOL`, `_INT` or `_FLOAT`
+   (any other number is `DASHI_INVALID_ARGUMENT` on publish). An
+   integer, not the enum type, so that no value C can store is
+   undefined behaviour here.
+   */
+  uint32_t value_type;
+  /*
+   The value of a `DASHI_VALUE_INT` header.
+   */
+  int64_t int_value;
+  /*
+   The value of a `DASHI_VALUE_FLOAT` header.
+   */
+  double float_value;
+  /*
+   The value of a `DASHI_VALUE_BOOL` header.
+   */
+  bool bool_value;
 } dashi_header;
 
 /*
@@ -291,7 +378,7 @@ typedef struct {
    */
   uint8_t priority;
   /*
-   `headers_len` string headers at `headers` (NULL when 0).
+   `headers_len` headers at `headers` (NULL when 0).
    */
   const dashi_header *headers;
   /*
@@ -331,6 +418,13 @@ typedef void (*dashi_log_callback)(void *userdata,
                                    dashi_log_level level,
                                    const char *message,
                                    size_t len);
+
+/*
+ Called by `dashi_wait_for_confirms_returned` for each publish handed
+ back, on the calling thread, with the `userdata` given to it. The callee
+ owns `r` (free it with `dashi_returned_free`). It must not unwind.
+ */
+typedef void (*dashi_returned_callback)(void *userdata, dashi_returned *r);
 
 #ifdef __cplusplus
 extern "C" {
@@ -479,12 +573,27 @@ dashi_result dashi_publish_async(const dashi_channel *ch,
                                  uint8_t priority);
 
 /*
+ Publishes pipelined (as `dashi_publish_async`) with properties and
+ headers (`props` may be NULL) and `flags` (as `dashi_publish_with`).
+
+ # Safety
+ As `dashi_publish_with`.
+ */
+dashi_result dashi_publish_async_with(const dashi_channel *ch,
+                                      const char *exchange,
+                                      const char *routing_key,
+                                      const uint8_t *body,
+                                      size_t len,
+                                      const dashi_properties *props,
+                                      uint32_t flags);
+
+/*
  Waits up to `timeout_ms` until every `dashi_publish_async` of this
  channel so far has its confirm. `DASHI_OK` when all were confirmed;
  `DASHI_TIMEOUT` when some are still pending (call again);
  `DASHI_UNCONFIRMED` when some were not confirmed: `*failed_out` (if not
  NULL) is how many; they may or may not be delivered, and their messages
- are not handed back through C.
+ are dropped (`dashi_wait_for_confirms_returned` hands them back).
 
  # Safety
  `ch` is a live channel; `failed_out` is NULL or writable.
@@ -552,7 +661,9 @@ dashi_result dashi_queue_stats(const dashi_connection *c,
 dashi_result dashi_connection_event_fd(const dashi_connection *c, int *fd_out);
 
 /*
- Sends dashi's log lines up to `max_level` to `cb` (NULL: stop logging).
+ Sends dashi's log lines up to `max_level` to `cb` (NULL: stop logging;
+ a `max_level` that is not a `dashi_log_level` is
+ `DASHI_INVALID_ARGUMENT`).
  Process-wide; replaces an earlier callback. If the process already set
  another `tracing` subscriber (a Rust host), lines go there instead and
  this returns `DASHI_INVALID_ARGUMENT`.
@@ -643,7 +754,8 @@ dashi_result dashi_message_property(const dashi_message *m,
  Points `*ptr` and `*len` (not NUL-terminated, valid until the message is
  freed) at the value of header `key` when it is a string or bytes.
  `DASHI_NOT_SET` when there is no such header; `DASHI_INVALID_ARGUMENT`
- when its value is of another type (a number, a list, ...).
+ when its value is of another type (`dashi_message_header_type` says
+ which; numbers and booleans have their own getters).
 
  # Safety
  `m` is a live message; `key` is NUL-terminated; `ptr` and `len` are
@@ -653,6 +765,47 @@ dashi_result dashi_message_header(const dashi_message *m,
                                   const char *key,
                                   const uint8_t **ptr,
                                   size_t *len);
+
+/*
+ Writes the type of header `key`'s value to `*out`. `DASHI_NOT_SET` when
+ the message has no such header.
+
+ # Safety
+ `m` is a live message; `key` is NUL-terminated; `out` is writable.
+ */
+dashi_result dashi_message_header_type(const dashi_message *m,
+                                       const char *key,
+                                       dashi_value_type *out);
+
+/*
+ Writes the integer value of header `key` to `*out`. `DASHI_NOT_SET`
+ when there is no such header; `DASHI_INVALID_ARGUMENT` when its value is
+ not an integer.
+
+ # Safety
+ `m` is a live message; `key` is NUL-terminated; `out` is writable.
+ */
+dashi_result dashi_message_header_i64(const dashi_message *m, const char *key, int64_t *out);
+
+/*
+ Writes the number in header `key` to `*out`: a float, or an integer
+ converted to the nearest double. `DASHI_NOT_SET` when there is no such
+ header; `DASHI_INVALID_ARGUMENT` when its value is not a number.
+
+ # Safety
+ `m` is a live message; `key` is NUL-terminated; `out` is writable.
+ */
+dashi_result dashi_message_header_f64(const dashi_message *m, const char *key, double *out);
+
+/*
+ Writes the boolean value of header `key` to `*out`. `DASHI_NOT_SET`
+ when there is no such header; `DASHI_INVALID_ARGUMENT` when its value is
+ not a boolean.
+
+ # Safety
+ `m` is a live message; `key` is NUL-terminated; `out` is writable.
+ */
+dashi_result dashi_message_header_bool(const dashi_message *m, const char *key, bool *out);
 
 /*
  Extends the delivery's lease: it stays with this consumer `ms`
@@ -673,6 +826,77 @@ dashi_result dashi_message_extend_lease(const dashi_message *m, uint32_t ms);
  `buf` is writable for `len` bytes, or `len` is 0.
  */
 size_t dashi_result_message(dashi_result r, char *buf, size_t len);
+
+/*
+ As `dashi_wait_for_confirms`, and hands each publish that was not
+ confirmed to `cb` (before returning `DASHI_UNCONFIRMED`), so that
+ nothing published is lost to the caller: read it with the
+ `dashi_returned_*` calls, publish it again with `dashi_republish` (which
+ may deliver it twice: it may have been stored), or free it.
+
+ # Safety
+ `ch` is a live channel; `cb` may be called with `userdata` on this
+ thread during the call; `failed_out` is NULL or writable.
+ */
+dashi_result dashi_wait_for_confirms_returned(const dashi_channel *ch,
+                                              uint32_t timeout_ms,
+                                              dashi_returned_callback cb,
+                                              void *userdata,
+                                              size_t *failed_out);
+
+/*
+ Why the publish was handed back (`DASHI_UNCONFIRMED`: it may or may not
+ be stored). `DASHI_NULL_PARAMETER` when `r` is NULL.
+
+ # Safety
+ `r` is NULL or a live returned publish.
+ */
+dashi_result dashi_returned_result(const dashi_returned *r);
+
+/*
+ Points `*ptr` and `*len` at the body (no copy), valid until `r` is
+ freed. Does nothing when any argument is NULL.
+
+ # Safety
+ `r` is NULL or a live returned publish; `ptr` and `len` are NULL or
+ writable.
+ */
+void dashi_returned_body(const dashi_returned *r, const uint8_t **ptr, size_t *len);
+
+/*
+ Points `*ptr` and `*len` (not NUL-terminated, valid until `r` is freed)
+ at a property: `name` is "content_type", "content_encoding",
+ "correlation_id", "reply_to", "message_id", "exchange" or "routing_key".
+ `DASHI_NOT_SET` when the message has none; `DASHI_INVALID_ARGUMENT` for
+ another name.
+
+ # Safety
+ `r` is a live returned publish; `name` is NUL-terminated; `ptr` and
+ `len` are writable.
+ */
+dashi_result dashi_returned_property(const dashi_returned *r,
+                                     const char *name,
+                                     const uint8_t **ptr,
+                                     size_t *len);
+
+/*
+ Publishes the handed-back message again on `ch`, with its properties and
+ headers, to its exchange and routing key, and returns once it is stored
+ (as `dashi_publish_with`, `flags` likewise). It may be delivered twice:
+ the first publish may have been stored. Does not free `r`.
+
+ # Safety
+ `ch` is a live channel; `r` is a live returned publish.
+ */
+dashi_result dashi_republish(const dashi_channel *ch, const dashi_returned *r, uint32_t flags);
+
+/*
+ Frees a returned publish. NULL is a no-op.
+
+ # Safety
+ `r` is NULL or a returned publish not freed before.
+ */
+void dashi_returned_free(dashi_returned *r);
 
 #ifdef __cplusplus
 }  // extern "C"

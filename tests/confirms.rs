@@ -247,6 +247,15 @@ fn a_failed_confirm_hands_the_message_back_as_unconfirmed() {
     let e = bad.wait().unwrap_err();
     assert!(e.is_unconfirmed() && !e.is_transient(), "{e}");
     assert!(e.to_string().contains("may or may not be stored"), "{e}");
+    // Handed back with where it went, to publish again.
+    match &e {
+        PublishError::Unconfirmed {
+            exchange,
+            routing_key,
+            ..
+        } => assert_eq!((&**exchange, &**routing_key), ("", "q")),
+        other => panic!("{other:?}"),
+    }
     assert_eq!(&e.into_message().body[..], b"lost?");
     assert_eq!(ch.confirms_outstanding(), 0);
     // Read through its confirm: not reported again.
@@ -270,7 +279,17 @@ fn a_failed_confirm_hands_the_message_back_as_unconfirmed() {
         Err(ConfirmsError::Failed {
             failed,
             reported_to_confirms: 0,
-        }) => assert_eq!(&failed[0].message().body[..], b"held"),
+        }) => match &failed[..] {
+            [PublishError::Unconfirmed {
+                message,
+                routing_key,
+                ..
+            }] => assert_eq!(
+                (&message.body[..], &**routing_key),
+                (&b"held"[..], "q")
+            ),
+            other => panic!("{other:?}"),
+        },
         other => panic!("{other:?}"),
     }
     ch.wait_for_confirms(Duration::ZERO).unwrap();

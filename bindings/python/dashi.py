@@ -64,8 +64,38 @@ UNCONFIRMED = 7304
 PUBLISH_MANDATORY = 1
 
 
+# dashi_value_type
+_STRING, _NULL, _BOOL, _INT, _FLOAT, _BYTES = 0, 1, 2, 3, 4, 5
+
+
 class _Header(ctypes.Structure):
-    _fields_ = [("key", ctypes.c_char_p), ("value", ctypes.c_char_p)]
+    _fields_ = [
+        ("key", ctypes.c_char_p),
+        ("value", ctypes.c_char_p),
+        ("value_type", ctypes.c_uint32),
+        ("int_value", ctypes.c_int64),
+        ("float_value", ctypes.c_double),
+        ("bool_value", ctypes.c_bool),
+    ]
+
+
+def _header(key, value):
+    """A dashi_header for a str, int, float, bool or None value."""
+    h = _Header(key=_text(key))
+    if value is None:
+        h.value_type = _NULL
+    elif isinstance(value, bool):
+        h.value_type, h.bool_value = _BOOL, value
+    elif isinstance(value, int):
+        h.value_type, h.int_value = _INT, value
+    elif isinstance(value, float):
+        h.value_type, h.float_value = _FLOAT, value
+    elif isinstance(value, (str, bytes)):
+        h.value_type, h.value = _STRING, _text(value)
+    else:
+        raise TypeError(f"header {key!r}: a {type(value).__name__} cannot be sent "
+                        "(str, int, float, bool or None)")
+    return h
 
 
 class _Properties(ctypes.Structure):
@@ -154,6 +184,10 @@ def _lib():
                                        ctypes.POINTER(ctypes.c_size_t)]),
         "dashi_message_header": (R, [P, S, ctypes.POINTER(ctypes.POINTER(ctypes.c_uint8)),
                                      ctypes.POINTER(ctypes.c_size_t)]),
+        "dashi_message_header_type": (R, [P, S, ctypes.POINTER(ctypes.c_uint32)]),
+        "dashi_message_header_i64": (R, [P, S, ctypes.POINTER(ctypes.c_int64)]),
+        "dashi_message_header_f64": (R, [P, S, ctypes.POINTER(ctypes.c_double)]),
+        "dashi_message_header_bool": (R, [P, S, ctypes.POINTER(ctypes.c_bool)]),
         "dashi_message_extend_lease": (R, [P, U32]),
         "dashi_connection_event_fd": (R, [P, ctypes.POINTER(ctypes.c_int)]),
     }
@@ -240,9 +274,34 @@ class Message(_Closing):
         "queue") as a str, or None when unset."""
         return self._view(_lib().dashi_message_property, name, "message_property")
 
-    def header(self, key):
-        """A string header as a str, or None when absent."""
-        return self._view(_lib().dashi_message_header, key, "message_header")
+    def header(self, key, default=None):
+        """A header's value as str, bytes, int, float, bool or None (a null
+        header); `default` when absent. Lists and tables raise DashiError
+        (DASHI_INVALID_ARGUMENT): the C ABI does not read them yet."""
+        lib, ptr, k = _lib(), self._ptr(), _text(key)
+        t = ctypes.c_uint32()
+        code = lib.dashi_message_header_type(ptr, k, ctypes.byref(t))
+        if code == NOT_SET:
+            return default
+        _check(code, "message_header_type")
+        if t.value == _NULL:
+            return None
+        if t.value in (_STRING, _BYTES):
+            data = ctypes.POINTER(ctypes.c_uint8)()
+            n = ctypes.c_size_t()
+            _check(lib.dashi_message_header(ptr, k, ctypes.byref(data), ctypes.byref(n)),
+                   "message_header")
+            raw = ctypes.string_at(data, n.value) if n.value else b""
+            return raw.decode() if t.value == _STRING else raw
+        getter = {_BOOL: (lib.dashi_message_header_bool, ctypes.c_bool),
+                  _INT: (lib.dashi_message_header_i64, ctypes.c_int64),
+                  _FLOAT: (lib.dashi_message_header_f64, ctypes.c_double)}.get(t.value)
+        if getter is None:
+            raise DashiError(7001, f"header {key!r} is a list or table")
+        fn, ctype = getter
+        out = ctype()
+        _check(fn(ptr, k, ctypes.byref(out)), "message_header")
+        return out.value
 
     def extend_lease(self, seconds):
         _check(_lib().dashi_message_extend_lease(self._ptr(), _ms(seconds)), "extend_lease")
@@ -296,8 +355,8 @@ class Channel(_Closing):
                 content_type=None, correlation_id=None, reply_to=None, message_id=None,
                 headers=None, expiration=None):
         """Publishes and returns once the transport stored the message at its
-        durability level. `headers` maps str to str; `expiration` is in
-        seconds."""
+        durability level. `headers` maps str to str, int, float, bool or
+        None; `expiration` is in seconds."""
         body = _text(body)
         props = _Properties()
         props.content_type = content_type and _text(content_type)
@@ -308,8 +367,7 @@ class Channel(_Closing):
         if expiration:
             props.expiration_ms = max(1, int(expiration * 1000))
         if headers:
-            arr = (_Header * len(headers))(*[_Header(_text(k), _text(v))
-                                             for k, v in headers.items()])
+            arr = (_Header * len(headers))(*[_header(k, v) for k, v in headers.items()])
             props.headers = arr
             props.headers_len = len(headers)
         flags = PUBLISH_MANDATORY if mandatory else 0

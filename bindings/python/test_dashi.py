@@ -79,7 +79,9 @@ def check(url):
         # Properties, headers, stats, pipelining.
         ch.queue_declare("props")
         ch.publish(b"{}", "props", content_type="application/json",
-                   correlation_id="req-7", headers={"tenant": "acme"})
+                   correlation_id="req-7",
+                   headers={"tenant": "acme", "retries": 3, "ratio": 0.5, "urgent": True,
+                            "eta": None})
         assert conn.queue_stats("props") == {"messages": 1, "bytes": 2, "unacked": 0,
                                              "consumers": 0}
         with ch.get("props", timeout=1.0) as m:
@@ -88,9 +90,17 @@ def check(url):
             assert m.property("reply_to") is None
             assert m.property("queue") == "props"
             assert m.header("tenant") == "acme" and m.header("nope") is None
+            assert m.header("nope", default=7) == 7
+            assert m.header("retries") == 3 and m.header("ratio") == 0.5
+            assert m.header("urgent") is True and m.header("eta", default=7) is None
             assert conn.queue_stats("props")["unacked"] == 1
             m.extend_lease(30)
             m.ack()
+        try:
+            ch.publish(b"x", "props", headers={"list": [1]})
+            raise AssertionError("a list header went out")
+        except TypeError as e:
+            assert "list" in str(e)
         try:
             ch.publish(b"x", "nobody", mandatory=True)
             raise AssertionError("an unroutable mandatory publish went through")

@@ -357,6 +357,10 @@ pub enum PublishError {
         failure: StoreFailure,
         /// The message, handed back.
         message: Box<Message>,
+        /// The exchange it was published to (to publish it again).
+        exchange: Box<str>,
+        /// The routing key it was published with.
+        routing_key: Box<str>,
     },
     /// The channel's window of unconfirmed publishes is full and the channel
     /// does not block (see [`crate::ChannelOptions`]); wait for confirms
@@ -373,6 +377,19 @@ pub enum PublishError {
 }
 
 impl PublishError {
+    /// An [`PublishError::Unconfirmed`] publish of `envelope`: its message,
+    /// exchange and routing key handed back.
+    pub fn unconfirmed(failure: StoreFailure, envelope: crate::transport::Envelope) -> Self {
+        let exchange = envelope.exchange.as_str().into();
+        let routing_key = envelope.routing_key.as_str().into();
+        PublishError::Unconfirmed {
+            failure,
+            message: Box::new(envelope.into_message()),
+            exchange,
+            routing_key,
+        }
+    }
+
     /// The message that was not published.
     pub fn into_message(self) -> Message {
         *match self {

@@ -5,11 +5,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
-use dashi::{Channel, Consumer, ConsumerOptions, Exchange, ExchangeKind, Headers, Message, Queue};
+use dashi::{
+    Channel, Consumer, ConsumerOptions, Exchange, ExchangeKind, Headers, Message, Queue, Value,
+};
 
 use crate::boundary::{check_out, ffi_guard, try_ref, try_str, write_out};
 use crate::connection::dashi_connection;
-use crate::message::dashi_message;
+use crate::message::{dashi_message, dashi_value_type};
 use crate::result::dashi_result;
 
 /// A channel on a connection, with its own consumers and unacked
@@ -23,6 +25,12 @@ pub struct dashi_channel {
     ch: Channel,
     consumers: Mutex<Vec<(u64, Consumer)>>,
     next_tag: AtomicU64,
+}
+
+impl dashi_channel {
+    pub(crate) fn channel(&self) -> &Channel {
+        &self.ch
+    }
 }
 
 /// Called for each delivery to a consumer, on the thread that runs
@@ -297,14 +305,53 @@ pub unsafe extern "C" fn dashi_cancel(ch: *const dashi_channel, consumer_tag: u6
     })
 }
 
-/// A string-valued message header (both strings NUL-terminated UTF-8).
+/// A message header for `dashi_properties`: a name and a value of
+/// `value_type` (0, the default, is a string in `value`), e.g.
+/// `{ .key = "tenant", .value = "acme" }` or
+/// `{ .key = "retries", .value_type = DASHI_VALUE_INT, .int_value = 3 }`.
 #[repr(C)]
 #[derive(Debug, Clone, Copy)]
 pub struct dashi_header {
-    /// The header's name.
+    /// The header's name (NUL-terminated UTF-8).
     pub key: *const c_char,
-    /// Its value.
+    /// The value of a `DASHI_VALUE_STRING` header (NUL-terminated UTF-8).
     pub value: *const c_char,
+    /// A `dashi_value_type` saying which of the value fields holds the
+    /// value: `DASHI_VALUE_STRING`, `_NULL`, `_BOOL`, `_INT` or `_FLOAT`
+    /// (any other number is `DASHI_INVALID_ARGUMENT` on publish). An
+    /// integer, not the enum type, so that no value C can store is
+    /// undefined behaviour here.
+    pub value_type: u32,
+    /// The value of a `DASHI_VALUE_INT` header.
+    pub int_value: i64,
+    /// The value of a `DASHI_VALUE_FLOAT` header.
+    pub float_value: f64,
+    /// The value of a `DASHI_VALUE_BOOL` header.
+    pub bool_value: bool,
+}
+
+impl dashi_header {
+    /// The header's name and value.
+    ///
+    /// # Safety
+    /// `key` (and `value` for a string) are NUL-terminated strings.
+    unsafe fn read(&self) -> Result<(String, Value), dashi_result> {
+        use dashi_value_type::*;
+        // SAFETY: the caller's contract.
+        let key = unsafe { try_str(self.key) }?.to_owned();
+        let value = match self.value_type {
+            t if t == DASHI_VALUE_STRING as u32 => {
+                // SAFETY: the caller's contract.
+                Value::Str(unsafe { try_str(self.value) }?.to_owned())
+            }
+            t if t == DASHI_VALUE_NULL as u32 => Value::Null,
+            t if t == DASHI_VALUE_BOOL as u32 => Value::Bool(self.bool_value),
+            t if t == DASHI_VALUE_INT as u32 => Value::Int(self.int_value),
+            t if t == DASHI_VALUE_FLOAT as u32 => Value::Float(self.float_value),
+            _ => return Err(dashi_result::DASHI_INVALID_ARGUMENT),
+        };
+        Ok((key, value))
+    }
 }
 
 /// Message properties for `dashi_publish_with`. A NULL string or a zero
@@ -329,7 +376,7 @@ pub struct dashi_properties {
     pub timestamp: u64,
     /// Priority (higher = more urgent).
     pub priority: u8,
-    /// `headers_len` string headers at `headers` (NULL when 0).
+    /// `headers_len` headers at `headers` (NULL when 0).
     pub headers: *const dashi_header,
     /// How many headers.
     pub headers_len: usize,
@@ -338,6 +385,15 @@ pub struct dashi_properties {
 /// `dashi_publish_with` flag: a message no queue takes is an error
 /// (`DASHI_UNROUTABLE`) instead of being dropped.
 pub const DASHI_PUBLISH_MANDATORY: u32 = 1;
+
+/// Whether publish `flags` ask for a mandatory publish;
+/// `DASHI_INVALID_ARGUMENT` for an unknown flag.
+pub(crate) fn mandatory(flags: u32) -> Result<bool, dashi_result> {
+    if flags & !DASHI_PUBLISH_MANDATORY != 0 {
+        return Err(dashi_result::DASHI_INVALID_ARGUMENT);
+    }
+    Ok(flags & DASHI_PUBLISH_MANDATORY != 0)
+}
 
 /// A NUL-terminated UTF-8 string that may be NULL (unset).
 ///
@@ -398,9 +454,8 @@ unsafe fn message_from(
         let hs = unsafe { std::slice::from_raw_parts(p.headers, p.headers_len) };
         for h in hs {
             // SAFETY: NUL-terminated strings by the caller's contract.
-            let (k, v) = unsafe { (try_str(h.key)?, try_str(h.value)?) };
-            pr.headers
-                .insert(k.to_owned(), dashi::Value::Str(v.to_owned()));
+            let (k, v) = unsafe { h.read() }?;
+            pr.headers.insert(k, v);
         }
     }
     Ok(m)
@@ -451,10 +506,7 @@ pub unsafe extern "C" fn dashi_publish_with(
         // SAFETY: the caller's contract.
         let (ch, exchange, routing_key, message) =
             unsafe { publish_args(ch, exchange, routing_key, body, len, props) }?;
-        if flags & !DASHI_PUBLISH_MANDATORY != 0 {
-            return Err(dashi_result::DASHI_INVALID_ARGUMENT);
-        }
-        let mandatory = flags & DASHI_PUBLISH_MANDATORY != 0;
+        let mandatory = mandatory(flags)?;
         ch.ch
             .basic_publish(message, exchange, routing_key, mandatory)
             .map_err(|e| dashi_result::from(&e))
@@ -490,12 +542,39 @@ pub unsafe extern "C" fn dashi_publish_async(
     })
 }
 
+/// Publishes pipelined (as `dashi_publish_async`) with properties and
+/// headers (`props` may be NULL) and `flags` (as `dashi_publish_with`).
+///
+/// # Safety
+/// As `dashi_publish_with`.
+#[no_mangle]
+pub unsafe extern "C" fn dashi_publish_async_with(
+    ch: *const dashi_channel,
+    exchange: *const c_char,
+    routing_key: *const c_char,
+    body: *const u8,
+    len: usize,
+    props: *const dashi_properties,
+    flags: u32,
+) -> dashi_result {
+    ffi_guard(|| {
+        // SAFETY: the caller's contract.
+        let (ch, exchange, routing_key, message) =
+            unsafe { publish_args(ch, exchange, routing_key, body, len, props) }?;
+        let mandatory = mandatory(flags)?;
+        ch.ch
+            .publish_async(message, exchange, routing_key, mandatory)
+            .map(drop)
+            .map_err(|e| dashi_result::from(&e))
+    })
+}
+
 /// Waits up to `timeout_ms` until every `dashi_publish_async` of this
 /// channel so far has its confirm. `DASHI_OK` when all were confirmed;
 /// `DASHI_TIMEOUT` when some are still pending (call again);
 /// `DASHI_UNCONFIRMED` when some were not confirmed: `*failed_out` (if not
 /// NULL) is how many; they may or may not be delivered, and their messages
-/// are not handed back through C.
+/// are dropped (`dashi_wait_for_confirms_returned` hands them back).
 ///
 /// # Safety
 /// `ch` is a live channel; `failed_out` is NULL or writable.

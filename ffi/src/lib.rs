@@ -20,12 +20,14 @@ mod connection;
 mod log;
 mod message;
 mod result;
+mod returned;
 
 pub use channel::*;
 pub use connection::*;
 pub use log::*;
 pub use message::*;
 pub use result::*;
+pub use returned::*;
 
 use std::ffi::c_char;
 

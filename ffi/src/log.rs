@@ -7,6 +7,7 @@
 
 use std::ffi::{c_char, c_void};
 use std::fmt::Write as _;
+use std::mem::MaybeUninit;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Once, RwLock};
 
@@ -31,6 +32,22 @@ pub enum dashi_log_level {
     DASHI_LOG_DEBUG = 4,
     /// Everything.
     DASHI_LOG_TRACE = 5,
+}
+
+impl dashi_log_level {
+    /// The level with number `code` (in C any `uint32_t` can be passed).
+    fn from_code(code: u32) -> Option<Self> {
+        use dashi_log_level::*;
+        [
+            DASHI_LOG_ERROR,
+            DASHI_LOG_WARN,
+            DASHI_LOG_INFO,
+            DASHI_LOG_DEBUG,
+            DASHI_LOG_TRACE,
+        ]
+        .into_iter()
+        .find(|l| *l as u32 == code)
+    }
 }
 
 /// Receives one log line: `message` is `len` bytes (not NUL-terminated),
@@ -119,7 +136,9 @@ impl<S: Subscriber> Layer<S> for ToCallback {
     }
 }
 
-/// Sends dashi's log lines up to `max_level` to `cb` (NULL: stop logging).
+/// Sends dashi's log lines up to `max_level` to `cb` (NULL: stop logging;
+/// a `max_level` that is not a `dashi_log_level` is
+/// `DASHI_INVALID_ARGUMENT`).
 /// Process-wide; replaces an earlier callback. If the process already set
 /// another `tracing` subscriber (a Rust host), lines go there instead and
 /// this returns `DASHI_INVALID_ARGUMENT`.
@@ -131,9 +150,14 @@ impl<S: Subscriber> Layer<S> for ToCallback {
 pub unsafe extern "C" fn dashi_set_log_callback(
     cb: dashi_log_callback,
     userdata: *mut c_void,
-    max_level: dashi_log_level,
+    max_level: MaybeUninit<dashi_log_level>,
 ) -> dashi_result {
     ffi_guard(|| {
+        // SAFETY: `dashi_log_level` is `repr(u32)`, so the argument is four
+        // initialized bytes of a `u32` whatever C passed.
+        let code = unsafe { max_level.as_ptr().cast::<u32>().read() };
+        let max_level =
+            dashi_log_level::from_code(code).ok_or(dashi_result::DASHI_INVALID_ARGUMENT)?;
         INSTALL.call_once(|| {
             let subscriber = tracing_subscriber::registry().with(ToCallback);
             let ours = tracing::subscriber::set_global_default(subscriber).is_ok();

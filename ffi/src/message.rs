@@ -3,9 +3,9 @@
 use std::ffi::c_char;
 use std::time::Duration;
 
-use dashi::{Delivery, Value};
+use dashi::{Delivery, Properties, Value};
 
-use crate::boundary::{check_out, ffi_guard, ffi_guard_value, try_ref, try_str};
+use crate::boundary::{check_out, ffi_guard, ffi_guard_value, try_ref, try_str, write_out};
 use crate::result::dashi_result;
 
 /// One delivery. Unacked until `dashi_ack` or `dashi_reject`; a message
@@ -134,12 +134,37 @@ pub unsafe extern "C" fn dashi_message_free(m: *mut dashi_message) {
 ///
 /// # Safety
 /// `ptr` and `len` are writable.
-unsafe fn view(bytes: &[u8], ptr: *mut *const u8, len: *mut usize) {
+pub(crate) unsafe fn view(bytes: &[u8], ptr: *mut *const u8, len: *mut usize) {
     // SAFETY: the caller's contract.
     unsafe {
         ptr.write(bytes.as_ptr());
         len.write(bytes.len());
     }
+}
+
+/// A named property of a message or of a publish handed back: the
+/// message's own ("content_type", "content_encoding", "correlation_id",
+/// "reply_to", "message_id") or where it went ("exchange", "routing_key",
+/// and for a delivery "queue"). `Ok(None)` when unset;
+/// `DASHI_INVALID_ARGUMENT` for another name.
+pub(crate) fn named_property<'a>(
+    p: &'a Properties,
+    name: &str,
+    exchange: &'a str,
+    routing_key: &'a str,
+    queue: Option<&'a str>,
+) -> Result<Option<&'a str>, dashi_result> {
+    Ok(match name {
+        "content_type" => p.content_type.as_deref(),
+        "content_encoding" => p.content_encoding.as_deref(),
+        "correlation_id" => p.correlation_id.as_deref(),
+        "reply_to" => p.reply_to.as_deref(),
+        "message_id" => p.message_id.as_deref(),
+        "exchange" => Some(exchange),
+        "routing_key" => Some(routing_key),
+        "queue" => Some(queue.ok_or(dashi_result::DASHI_INVALID_ARGUMENT)?),
+        _ => return Err(dashi_result::DASHI_INVALID_ARGUMENT),
+    })
 }
 
 /// Points `*ptr` and `*len` (not NUL-terminated, valid until the message is
@@ -163,19 +188,15 @@ pub unsafe extern "C" fn dashi_message_property(
         check_out(len)?;
         // SAFETY: the caller's contract.
         let (m, name) = unsafe { (try_ref(m)?, try_str(name)?) };
-        let p = m.d.properties();
-        let value: Option<&str> = match name {
-            "content_type" => p.content_type.as_deref(),
-            "content_encoding" => p.content_encoding.as_deref(),
-            "correlation_id" => p.correlation_id.as_deref(),
-            "reply_to" => p.reply_to.as_deref(),
-            "message_id" => p.message_id.as_deref(),
-            "exchange" => Some(m.d.exchange()),
-            "routing_key" => Some(m.d.routing_key()),
-            "queue" => Some(m.d.queue()),
-            _ => return Err(dashi_result::DASHI_INVALID_ARGUMENT),
-        };
-        let value = value.ok_or(dashi_result::DASHI_NOT_SET)?;
+        let d = &m.d;
+        let value = named_property(
+            d.properties(),
+            name,
+            d.exchange(),
+            d.routing_key(),
+            Some(d.queue()),
+        )?
+        .ok_or(dashi_result::DASHI_NOT_SET)?;
         // SAFETY: checked writable above.
         unsafe { view(value.as_bytes(), ptr, len) };
         Ok(())
@@ -185,7 +206,8 @@ pub unsafe extern "C" fn dashi_message_property(
 /// Points `*ptr` and `*len` (not NUL-terminated, valid until the message is
 /// freed) at the value of header `key` when it is a string or bytes.
 /// `DASHI_NOT_SET` when there is no such header; `DASHI_INVALID_ARGUMENT`
-/// when its value is of another type (a number, a list, ...).
+/// when its value is of another type (`dashi_message_header_type` says
+/// which; numbers and booleans have their own getters).
 ///
 /// # Safety
 /// `m` is a live message; `key` is NUL-terminated; `ptr` and `len` are
@@ -201,15 +223,162 @@ pub unsafe extern "C" fn dashi_message_header(
         check_out(ptr)?;
         check_out(len)?;
         // SAFETY: the caller's contract.
-        let (m, key) = unsafe { (try_ref(m)?, try_str(key)?) };
-        let bytes: &[u8] = match m.d.properties().headers.get(key) {
-            None => return Err(dashi_result::DASHI_NOT_SET),
-            Some(Value::Str(s)) => s.as_bytes(),
-            Some(Value::Bytes(b)) => b,
-            Some(_) => return Err(dashi_result::DASHI_INVALID_ARGUMENT),
+        let bytes: &[u8] = match unsafe { header(m, key) }? {
+            Value::Str(s) => s.as_bytes(),
+            Value::Bytes(b) => b,
+            _ => return Err(dashi_result::DASHI_INVALID_ARGUMENT),
         };
         // SAFETY: checked writable above.
         unsafe { view(bytes, ptr, len) };
+        Ok(())
+    })
+}
+
+/// The type of a header's value: what `dashi_message_header_type` reads,
+/// and what a `dashi_header` on publish carries (0, a string, is the
+/// default, so `{ .key = "k", .value = "v" }` is a string header).
+#[repr(u32)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum dashi_value_type {
+    /// UTF-8 text: `dashi_message_header`.
+    DASHI_VALUE_STRING = 0,
+    /// No value (JSON null).
+    DASHI_VALUE_NULL = 1,
+    /// A boolean: `dashi_message_header_bool`.
+    DASHI_VALUE_BOOL = 2,
+    /// A signed 64-bit integer: `dashi_message_header_i64`.
+    DASHI_VALUE_INT = 3,
+    /// A double: `dashi_message_header_f64`.
+    DASHI_VALUE_FLOAT = 4,
+    /// Raw bytes: `dashi_message_header` (read only).
+    DASHI_VALUE_BYTES = 5,
+    /// A list (not readable or writable through C yet).
+    DASHI_VALUE_LIST = 6,
+    /// A nested table (not readable or writable through C yet).
+    DASHI_VALUE_TABLE = 7,
+    /// A type this version of the C ABI does not know.
+    DASHI_VALUE_OTHER = 255,
+}
+
+/// Header `key` of a live message: `DASHI_NOT_SET` when absent.
+///
+/// # Safety
+/// `m` is a live message; `key` is NUL-terminated.
+unsafe fn header<'a>(
+    m: *const dashi_message,
+    key: *const c_char,
+) -> Result<&'a Value, dashi_result> {
+    // SAFETY: the caller's contract.
+    let (m, key) = unsafe { (try_ref(m)?, try_str(key)?) };
+    m.d.properties()
+        .headers
+        .get(key)
+        .ok_or(dashi_result::DASHI_NOT_SET)
+}
+
+/// Writes the type of header `key`'s value to `*out`. `DASHI_NOT_SET` when
+/// the message has no such header.
+///
+/// # Safety
+/// `m` is a live message; `key` is NUL-terminated; `out` is writable.
+#[no_mangle]
+pub unsafe extern "C" fn dashi_message_header_type(
+    m: *const dashi_message,
+    key: *const c_char,
+    out: *mut dashi_value_type,
+) -> dashi_result {
+    ffi_guard(|| {
+        check_out(out)?;
+        use dashi_value_type::*;
+        // SAFETY: the caller's contract.
+        let t = match unsafe { header(m, key) }? {
+            Value::Null => DASHI_VALUE_NULL,
+            Value::Bool(_) => DASHI_VALUE_BOOL,
+            Value::Int(_) => DASHI_VALUE_INT,
+            Value::Float(_) => DASHI_VALUE_FLOAT,
+            Value::Str(_) => DASHI_VALUE_STRING,
+            Value::Bytes(_) => DASHI_VALUE_BYTES,
+            Value::List(_) => DASHI_VALUE_LIST,
+            Value::Table(_) => DASHI_VALUE_TABLE,
+            _ => DASHI_VALUE_OTHER,
+        };
+        // SAFETY: checked above.
+        unsafe { write_out(out, t) };
+        Ok(())
+    })
+}
+
+/// Writes the integer value of header `key` to `*out`. `DASHI_NOT_SET`
+/// when there is no such header; `DASHI_INVALID_ARGUMENT` when its value is
+/// not an integer.
+///
+/// # Safety
+/// `m` is a live message; `key` is NUL-terminated; `out` is writable.
+#[no_mangle]
+pub unsafe extern "C" fn dashi_message_header_i64(
+    m: *const dashi_message,
+    key: *const c_char,
+    out: *mut i64,
+) -> dashi_result {
+    ffi_guard(|| {
+        check_out(out)?;
+        // SAFETY: the caller's contract.
+        let Value::Int(v) = unsafe { header(m, key) }? else {
+            return Err(dashi_result::DASHI_INVALID_ARGUMENT);
+        };
+        // SAFETY: checked above.
+        unsafe { write_out(out, *v) };
+        Ok(())
+    })
+}
+
+/// Writes the number in header `key` to `*out`: a float, or an integer
+/// converted to the nearest double. `DASHI_NOT_SET` when there is no such
+/// header; `DASHI_INVALID_ARGUMENT` when its value is not a number.
+///
+/// # Safety
+/// `m` is a live message; `key` is NUL-terminated; `out` is writable.
+#[no_mangle]
+pub unsafe extern "C" fn dashi_message_header_f64(
+    m: *const dashi_message,
+    key: *const c_char,
+    out: *mut f64,
+) -> dashi_result {
+    ffi_guard(|| {
+        check_out(out)?;
+        // SAFETY: the caller's contract.
+        let v = match unsafe { header(m, key) }? {
+            Value::Float(f) => *f,
+            #[allow(clippy::cast_precision_loss)] // documented: the nearest double
+            Value::Int(i) => *i as f64,
+            _ => return Err(dashi_result::DASHI_INVALID_ARGUMENT),
+        };
+        // SAFETY: checked above.
+        unsafe { write_out(out, v) };
+        Ok(())
+    })
+}
+
+/// Writes the boolean value of header `key` to `*out`. `DASHI_NOT_SET`
+/// when there is no such header; `DASHI_INVALID_ARGUMENT` when its value is
+/// not a boolean.
+///
+/// # Safety
+/// `m` is a live message; `key` is NUL-terminated; `out` is writable.
+#[no_mangle]
+pub unsafe extern "C" fn dashi_message_header_bool(
+    m: *const dashi_message,
+    key: *const c_char,
+    out: *mut bool,
+) -> dashi_result {
+    ffi_guard(|| {
+        check_out(out)?;
+        // SAFETY: the caller's contract.
+        let Value::Bool(v) = unsafe { header(m, key) }? else {
+            return Err(dashi_result::DASHI_INVALID_ARGUMENT);
+        };
+        // SAFETY: checked above.
+        unsafe { write_out(out, *v) };
         Ok(())
     })
 }

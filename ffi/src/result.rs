@@ -2,6 +2,7 @@
 //! of the ABI: never renumber, only add).
 
 use std::ffi::c_char;
+use std::mem::MaybeUninit;
 
 use dashi::{AckError, Error, FailureKind, PublishError};
 
@@ -87,6 +88,46 @@ pub enum dashi_result {
 use dashi_result::*;
 
 impl dashi_result {
+    /// Every code, for [`dashi_result::from_code`].
+    const ALL: [dashi_result; 31] = [
+        DASHI_OK,
+        DASHI_NULL_PARAMETER,
+        DASHI_INVALID_ARGUMENT,
+        DASHI_PANIC,
+        DASHI_TIMEOUT,
+        DASHI_NOT_SET,
+        DASHI_INVALID_URL,
+        DASHI_CONNECTION_CLOSED,
+        DASHI_CHANNEL_CLOSED,
+        DASHI_UNKNOWN_EXCHANGE,
+        DASHI_UNKNOWN_QUEUE,
+        DASHI_PRECONDITION_FAILED,
+        DASHI_IN_USE,
+        DASHI_NOT_EMPTY,
+        DASHI_EXCLUSIVE,
+        DASHI_UNKNOWN_CONSUMER,
+        DASHI_INVALID_NAME,
+        DASHI_STORE_TRANSIENT,
+        DASHI_STORE_FAILED,
+        DASHI_NO_SPACE,
+        DASHI_UNROUTABLE,
+        DASHI_PRIORITY_TOO_HIGH,
+        DASHI_BODY_TOO_LARGE,
+        DASHI_QUEUE_FULL,
+        DASHI_UNCONFIRMED,
+        DASHI_WINDOW_FULL,
+        DASHI_UNKNOWN_TAG,
+        DASHI_ALREADY_SETTLED,
+        DASHI_RESTORED,
+        DASHI_NO_ACK,
+        DASHI_NOT_RECORDED,
+    ];
+
+    /// The result with number `code`, if there is one.
+    pub fn from_code(code: u32) -> Option<dashi_result> {
+        Self::ALL.into_iter().find(|r| *r as u32 == code)
+    }
+
     fn text(self) -> &'static str {
         match self {
             DASHI_OK => "ok",
@@ -135,12 +176,18 @@ impl dashi_result {
 /// `buf` is writable for `len` bytes, or `len` is 0.
 #[no_mangle]
 pub unsafe extern "C" fn dashi_result_message(
-    r: dashi_result,
+    r: MaybeUninit<dashi_result>,
     buf: *mut c_char,
     len: usize,
 ) -> usize {
     ffi_guard_value(0, || {
-        let text = r.text();
+        // In C a `dashi_result` is any `uint32_t`: read the number, never
+        // assume it is one of ours.
+        // SAFETY: `dashi_result` is `repr(u32)`, so the argument is four
+        // initialized bytes of a `u32` whatever C passed.
+        let code = unsafe { r.as_ptr().cast::<u32>().read() };
+        let text =
+            dashi_result::from_code(code).map_or("unknown dashi_result code", dashi_result::text);
         // SAFETY: the caller passes a writable buffer of `len` bytes (or
         // NULL with `len == 0`), as the header says.
         unsafe { write_text(text, buf, len) };
@@ -210,5 +257,41 @@ impl From<&AckError> for dashi_result {
             AckError::Store { .. } => DASHI_NOT_RECORDED,
             _ => DASHI_STORE_FAILED,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `ALL` lists every code once: a code added to the enum and not to
+    /// `ALL` would read as unknown.
+    #[test]
+    fn every_code_is_known_by_its_number() {
+        for r in dashi_result::ALL {
+            assert_eq!(dashi_result::from_code(r as u32), Some(r));
+            assert_ne!(r.text(), "");
+        }
+        let mut codes: Vec<u32> = dashi_result::ALL.iter().map(|r| *r as u32).collect();
+        codes.dedup();
+        assert_eq!(codes.len(), dashi_result::ALL.len());
+        // Every code the header declares is in `ALL`.
+        let header = include_str!("../../include/dashi.h");
+        let start = header.find("enum dashi_result").expect("the enum");
+        let end = start + header[start..].find("};").expect("its end");
+        let mut declared = 0;
+        for line in header[start..end].lines() {
+            let Some((name, value)) = line.trim().trim_end_matches(',').split_once(" = ") else {
+                continue;
+            };
+            let code: u32 = value.parse().expect("a number");
+            let r = dashi_result::from_code(code).unwrap_or_else(|| panic!("{name} not in ALL"));
+            assert_eq!(format!("{r:?}"), name);
+            declared += 1;
+        }
+        assert_eq!(declared, dashi_result::ALL.len());
+        assert_eq!(dashi_result::from_code(7405), None);
+        assert_eq!(dashi_result::from_code(1), None);
+        assert_eq!(dashi_result::from_code(u32::MAX), None);
     }
 }

@@ -2212,10 +2212,7 @@ impl Transport for RedisTransport {
                         message: Box::new(envelope.into_message()),
                     });
                 }
-                Err(PublishError::Unconfirmed {
-                    failure,
-                    message: Box::new(envelope.into_message()),
-                })
+                Err(PublishError::unconfirmed(failure, envelope))
             }
         }
     }

@@ -169,15 +169,18 @@ impl Shared {
             Some(Err(f)) if !st.taken => {
                 let failure = f.clone();
                 st.taken = true;
-                let message = st.envelope.take().map(Envelope::into_message);
-                Err(PublishError::Unconfirmed {
-                    failure,
-                    message: Box::new(message.unwrap_or_default()),
-                })
+                Err(hand_back(failure, st.envelope.take()))
             }
             _ => Ok(()),
         }
     }
+}
+
+/// A failed confirm's error, its message handed back (a failed confirm
+/// keeps its envelope until this takes it, once).
+fn hand_back(failure: StoreFailure, envelope: Option<Envelope>) -> PublishError {
+    let envelope = envelope.unwrap_or_else(|| Envelope::new(Default::default(), "", ""));
+    PublishError::unconfirmed(failure, envelope)
 }
 
 impl fmt::Debug for Shared {
@@ -511,12 +514,8 @@ impl Confirms {
                     keep.push(c.clone());
                 } else {
                     let failure = f.clone();
-                    let message = st.envelope.take().map(Envelope::into_message);
                     st.taken = true;
-                    failed.push(PublishError::Unconfirmed {
-                        failure,
-                        message: Box::new(message.unwrap_or_default()),
-                    });
+                    failed.push(hand_back(failure, st.envelope.take()));
                 }
             }
         }

@@ -221,15 +221,35 @@ static void properties_headers_and_stats(dashi_connection *c) {
   dashi_channel *ch = NULL;
   OK(dashi_channel_open(c, &ch));
   OK(dashi_queue_declare(ch, "props", 5));
-  dashi_header hs[] = {{"tenant", "acme"}, {"trace", "t-1"}};
+  dashi_header hs[] = {
+      {.key = "tenant", .value = "acme"},
+      {.key = "trace", .value = "t-1"},
+      {.key = "retries", .value_type = DASHI_VALUE_INT, .int_value = -3},
+      {.key = "ratio", .value_type = DASHI_VALUE_FLOAT, .float_value = 0.25},
+      {.key = "urgent", .value_type = DASHI_VALUE_BOOL, .bool_value = true},
+      {.key = "eta", .value_type = DASHI_VALUE_NULL},
+  };
   dashi_properties props;
   memset(&props, 0, sizeof props);
   props.content_type = "application/json";
   props.correlation_id = "req-7";
   props.priority = 3;
   props.headers = hs;
-  props.headers_len = 2;
+  props.headers_len = 6;
   OK(dashi_publish_with(ch, "", "props", (const uint8_t *)"{}", 2, &props, 0));
+  /* A type that cannot be written, or a number that is no type at all. */
+  dashi_header bad[] = {{.key = "k", .value_type = DASHI_VALUE_LIST}};
+  props.headers = bad;
+  props.headers_len = 1;
+  CHECK(dashi_publish_with(ch, "", "props", (const uint8_t *)"x", 1, &props, 0),
+        DASHI_INVALID_ARGUMENT);
+  bad[0].value_type = 42;
+  CHECK(dashi_publish_with(ch, "", "props", (const uint8_t *)"x", 1, &props, 0),
+        DASHI_INVALID_ARGUMENT);
+  bad[0].value_type = DASHI_VALUE_STRING; /* with a NULL string */
+  CHECK(dashi_publish_with(ch, "", "props", (const uint8_t *)"x", 1, &props, 0),
+        DASHI_NULL_PARAMETER);
+  props.headers_len = 2;
   OK(dashi_publish_with(ch, "", "props", (const uint8_t *)"plain", 5, NULL, 0));
   CHECK(dashi_publish_with(ch, "", "nobody", (const uint8_t *)"x", 1, NULL,
                            DASHI_PUBLISH_MANDATORY),
@@ -261,6 +281,33 @@ static void properties_headers_and_stats(dashi_connection *c) {
   ASSERT(view_is(p, n, "acme"));
   CHECK(dashi_message_header(m, "missing", &p, &n), DASHI_NOT_SET);
   CHECK(dashi_message_header(m, "tenant", NULL, &n), DASHI_NULL_PARAMETER);
+  /* Typed headers: each read by its type, and only by it. */
+  dashi_value_type t;
+  OK(dashi_message_header_type(m, "tenant", &t));
+  ASSERT(t == DASHI_VALUE_STRING);
+  OK(dashi_message_header_type(m, "retries", &t));
+  ASSERT(t == DASHI_VALUE_INT);
+  OK(dashi_message_header_type(m, "eta", &t));
+  ASSERT(t == DASHI_VALUE_NULL);
+  CHECK(dashi_message_header_type(m, "missing", &t), DASHI_NOT_SET);
+  CHECK(dashi_message_header_type(m, "eta", NULL), DASHI_NULL_PARAMETER);
+  int64_t i = 0;
+  OK(dashi_message_header_i64(m, "retries", &i));
+  ASSERT(i == -3);
+  CHECK(dashi_message_header_i64(m, "ratio", &i), DASHI_INVALID_ARGUMENT);
+  CHECK(dashi_message_header_i64(m, "missing", &i), DASHI_NOT_SET);
+  double f = 0;
+  OK(dashi_message_header_f64(m, "ratio", &f));
+  ASSERT(f == 0.25);
+  OK(dashi_message_header_f64(m, "retries", &f)); /* an integer reads as a double */
+  ASSERT(f == -3.0);
+  CHECK(dashi_message_header_f64(m, "tenant", &f), DASHI_INVALID_ARGUMENT);
+  bool yes = false;
+  OK(dashi_message_header_bool(m, "urgent", &yes));
+  ASSERT(yes);
+  CHECK(dashi_message_header_bool(m, "retries", &yes), DASHI_INVALID_ARGUMENT);
+  CHECK(dashi_message_header_bool(m, "urgent", NULL), DASHI_NULL_PARAMETER);
+  CHECK(dashi_message_header(m, "retries", &p, &n), DASHI_INVALID_ARGUMENT);
   ASSERT(dashi_message_priority(m) == 3);
   OK(dashi_queue_stats(c, "props", &st));
   ASSERT(st.messages == 1 && st.unacked == 1);
@@ -370,11 +417,111 @@ static void on_log(void *userdata, dashi_log_level level, const char *msg,
     l->closed++;
 }
 
+struct returned {
+  int count;
+  dashi_returned *kept[64];
+};
+
+static void on_returned(void *userdata, dashi_returned *r) {
+  struct returned *got = userdata;
+  ASSERT(dashi_returned_result(r) == DASHI_UNCONFIRMED);
+  const uint8_t *p;
+  size_t n;
+  dashi_returned_body(r, &p, &n);
+  ASSERT(n == 2000 && p[0] == 'x');
+  OK(dashi_returned_property(r, "routing_key", &p, &n));
+  ASSERT(view_is(p, n, "full"));
+  OK(dashi_returned_property(r, "exchange", &p, &n));
+  ASSERT(n == 0);
+  OK(dashi_returned_property(r, "content_type", &p, &n));
+  ASSERT(view_is(p, n, "application/octet-stream"));
+  CHECK(dashi_returned_property(r, "queue", &p, &n), DASHI_INVALID_ARGUMENT);
+  CHECK(dashi_returned_property(r, "reply_to", &p, &n), DASHI_NOT_SET);
+  if (got->count < 64)
+    got->kept[got->count] = r;
+  else
+    dashi_returned_free(r);
+  got->count++;
+}
+
+/* `abi URL full`: URL is a store that fills up (a Redis with a small
+ * maxmemory). Pipelined publishes that are refused come back through
+ * dashi_wait_for_confirms_returned with their message, and go out again
+ * with dashi_republish once there is room. */
+static int returned_publishes(const char *url) {
+  dashi_connection *c = NULL;
+  OK(dashi_connection_open(url, &c));
+  dashi_channel *ch = NULL;
+  OK(dashi_channel_open(c, &ch));
+  OK(dashi_queue_declare(ch, "full", 0));
+  uint8_t body[2000];
+  memset(body, 'x', sizeof body);
+  dashi_properties props;
+  memset(&props, 0, sizeof props);
+  props.content_type = "application/octet-stream";
+  struct returned got = {0};
+  size_t stored = 0;
+  for (int round = 0; got.count == 0; round++) {
+    ASSERT(round < 1000); /* it never filled up */
+    for (int i = 0; i < 64; i++)
+      OK(dashi_publish_async_with(ch, "", "full", body, sizeof body, &props, 0));
+    size_t failed = 0;
+    dashi_result r =
+        dashi_wait_for_confirms_returned(ch, 10000, on_returned, &got, &failed);
+    if (r == DASHI_OK) {
+      stored += 64;
+      continue;
+    }
+    CHECK(r, DASHI_UNCONFIRMED);
+    ASSERT((int)failed == got.count && failed <= 64);
+    stored += 64 - failed;
+  }
+  CHECK(dashi_wait_for_confirms_returned(ch, 0, NULL, NULL, NULL),
+        DASHI_NULL_PARAMETER);
+  /* Make room, then publish the returned ones again. */
+  for (size_t i = 0; i < stored; i++) {
+    dashi_message *m = NULL;
+    OK(dashi_get(ch, "full", 1000, &m));
+    OK(dashi_ack(m));
+    dashi_message_free(m);
+  }
+  int kept = got.count < 64 ? got.count : 64;
+  for (int i = 0; i < kept; i++) {
+    CHECK(dashi_republish(ch, got.kept[i], 0x40), DASHI_INVALID_ARGUMENT);
+    CHECK(dashi_republish(NULL, got.kept[i], 0), DASHI_NULL_PARAMETER);
+    OK(dashi_republish(ch, got.kept[i], DASHI_PUBLISH_MANDATORY));
+    dashi_returned_free(got.kept[i]);
+  }
+  dashi_returned_free(NULL);
+  for (int i = 0; i < kept; i++) {
+    dashi_message *m = NULL;
+    OK(dashi_get(ch, "full", 1000, &m));
+    const uint8_t *p;
+    size_t n;
+    OK(dashi_message_property(m, "content_type", &p, &n));
+    ASSERT(view_is(p, n, "application/octet-stream"));
+    OK(dashi_ack(m));
+    dashi_message_free(m);
+  }
+  dashi_channel_free(ch);
+  dashi_connection_free(c);
+  printf("ok: %zu stored, %d returned\n", stored, got.count);
+  return 0;
+}
+
 int main(int argc, char **argv) {
+  if (argc == 3 && strcmp(argv[2], "full") == 0)
+    return returned_publishes(argv[1]);
   if (argc != 2) {
-    fprintf(stderr, "usage: abi URL\n");
+    fprintf(stderr, "usage: abi URL [full]\n");
     return 2;
   }
+  /* Numbers that are no code or level are handled, not trusted. */
+  char text[64];
+  ASSERT(dashi_result_message((dashi_result)9999, text, sizeof text) > 0);
+  ASSERT(strstr(text, "unknown") != NULL);
+  CHECK(dashi_set_log_callback(NULL, NULL, (dashi_log_level)77),
+        DASHI_INVALID_ARGUMENT);
   bytes_kept = strncmp(argv[1], "redis", 5) != 0;
   static struct logs logs;
   OK(dashi_set_log_callback(on_log, &logs, DASHI_LOG_DEBUG));

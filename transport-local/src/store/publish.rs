@@ -43,10 +43,7 @@ fn store_error(e: Error, env: Envelope) -> PublishError {
 /// make it durable failed: say so. Nothing more is confirmed from those
 /// files: their segments are sealed, new records go to new ones.
 fn unconfirmed(e: String, env: Envelope) -> PublishError {
-    PublishError::Unconfirmed {
-        failure: not_durable(e),
-        message: Box::new(env.into_message()),
-    }
+    PublishError::unconfirmed(not_durable(e), env)
 }
 
 fn not_durable(e: String) -> StoreFailure {
