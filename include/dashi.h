@@ -13,6 +13,30 @@
 
 
 /*
+ `dashi_queue_options` flag: the queue belongs to the declaring
+ connection and goes when it closes.
+ */
+#define DASHI_QUEUE_EXCLUSIVE 1
+
+/*
+ `dashi_queue_options` flag: the queue goes when its last consumer is
+ cancelled.
+ */
+#define DASHI_QUEUE_AUTO_DELETE 2
+
+/*
+ `dashi_queue_options` flag: not durable (memory only where the transport
+ distinguishes).
+ */
+#define DASHI_QUEUE_TRANSIENT 4
+
+/*
+ `dashi_queue_options` flag: a full queue drops (or dead-letters) its
+ oldest message instead of refusing the publish.
+ */
+#define DASHI_QUEUE_DROP_HEAD 8
+
+/*
  `dashi_publish_with` flag: a message no queue takes is an error
  (`DASHI_UNROUTABLE`) instead of being dropped.
  */
@@ -294,6 +318,48 @@ typedef struct dashi_message dashi_message;
 typedef struct dashi_returned dashi_returned;
 
 /*
+ The arguments of `dashi_queue_declare_with`. All zero (`memset`, or
+ `= {0}`) is a durable queue with the default limits; a NULL string or a
+ zero number leaves that argument at its default.
+ */
+typedef struct {
+  /*
+   `DASHI_QUEUE_*` flags, or 0.
+   */
+  uint32_t flags;
+  /*
+   Priorities 0..=max_priority (0: one lane).
+   */
+  uint8_t max_priority;
+  /*
+   Most ready messages (0: the default, 16 Mi).
+   */
+  uint64_t max_length;
+  /*
+   Most ready body bytes (0: the default, 1 GiB).
+   */
+  uint64_t max_length_bytes;
+  /*
+   Every message expires this many milliseconds after it is queued (0:
+   never).
+   */
+  uint64_t message_ttl_ms;
+  /*
+   Where rejected, expired and dropped messages go (NULL: dropped).
+   */
+  const char *dead_letter_exchange;
+  /*
+   Their routing key there (NULL: their own).
+   */
+  const char *dead_letter_routing_key;
+  /*
+   Default lease of a delivery, in milliseconds, before it goes back to
+   the queue unacked (0: held until ack or channel close).
+   */
+  uint64_t lease_ms;
+} dashi_queue_options;
+
+/*
  Called for each delivery to a consumer, on the thread that runs
  `dashi_drain_events`, with the `userdata` given to `dashi_consume`. The
  callee owns `msg` (free it with `dashi_message_free`, after `dashi_ack`
@@ -479,6 +545,67 @@ dashi_result dashi_queue_bind(const dashi_channel *ch,
                               const char *queue,
                               const char *exchange,
                               const char *binding_key);
+
+/*
+ Declares a queue with its arguments (`opts` may be NULL: the defaults).
+ `*ready_out`, when not NULL, is written with its ready messages. Declaring
+ an existing queue with other arguments is `DASHI_PRECONDITION_FAILED`.
+
+ # Safety
+ `ch` is a live channel; `name` is NUL-terminated; `opts` is NULL or a
+ valid `dashi_queue_options` whose strings are NULL or NUL-terminated;
+ `ready_out` is NULL or writable.
+ */
+dashi_result dashi_queue_declare_with(const dashi_channel *ch,
+                                      const char *name,
+                                      const dashi_queue_options *opts,
+                                      uint64_t *ready_out);
+
+/*
+ Removes a binding made by `dashi_queue_bind`.
+
+ # Safety
+ `ch` is a live channel; the strings are NUL-terminated.
+ */
+dashi_result dashi_queue_unbind(const dashi_channel *ch,
+                                const char *queue,
+                                const char *exchange,
+                                const char *binding_key);
+
+/*
+ Deletes a queue and its messages: only when it has no consumers with
+ `if_unused` (else `DASHI_IN_USE`), only when empty with `if_empty` (else
+ `DASHI_NOT_EMPTY`). `*count_out`, when not NULL, is written with how many
+ messages went with it.
+
+ # Safety
+ `ch` is a live channel; `name` is NUL-terminated; `count_out` is NULL or
+ writable.
+ */
+dashi_result dashi_queue_delete(const dashi_channel *ch,
+                                const char *name,
+                                bool if_unused,
+                                bool if_empty,
+                                uint64_t *count_out);
+
+/*
+ Drops every ready message of a queue (unacked ones stay).
+ `*count_out`, when not NULL, is written with how many went.
+
+ # Safety
+ `ch` is a live channel; `name` is NUL-terminated; `count_out` is NULL or
+ writable.
+ */
+dashi_result dashi_queue_purge(const dashi_channel *ch, const char *name, uint64_t *count_out);
+
+/*
+ Deletes an exchange (only when no queue is bound to it, with
+ `if_unused`: else `DASHI_IN_USE`).
+
+ # Safety
+ `ch` is a live channel; `name` is NUL-terminated.
+ */
+dashi_result dashi_exchange_delete(const dashi_channel *ch, const char *name, bool if_unused);
 
 /*
  Publishes `len` bytes at `body` (copied; NULL is allowed when `len` is 0)

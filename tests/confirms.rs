@@ -284,10 +284,7 @@ fn a_failed_confirm_hands_the_message_back_as_unconfirmed() {
                 message,
                 routing_key,
                 ..
-            }] => assert_eq!(
-                (&message.body[..], &**routing_key),
-                (&b"held"[..], "q")
-            ),
+            }] => assert_eq!((&message.body[..], &**routing_key), (&b"held"[..], "q")),
             other => panic!("{other:?}"),
         },
         other => panic!("{other:?}"),

@@ -156,6 +156,210 @@ pub unsafe extern "C" fn dashi_queue_bind(
     })
 }
 
+/// `dashi_queue_options` flag: the queue belongs to the declaring
+/// connection and goes when it closes.
+pub const DASHI_QUEUE_EXCLUSIVE: u32 = 1;
+/// `dashi_queue_options` flag: the queue goes when its last consumer is
+/// cancelled.
+pub const DASHI_QUEUE_AUTO_DELETE: u32 = 2;
+/// `dashi_queue_options` flag: not durable (memory only where the transport
+/// distinguishes).
+pub const DASHI_QUEUE_TRANSIENT: u32 = 4;
+/// `dashi_queue_options` flag: a full queue drops (or dead-letters) its
+/// oldest message instead of refusing the publish.
+pub const DASHI_QUEUE_DROP_HEAD: u32 = 8;
+
+/// The arguments of `dashi_queue_declare_with`. All zero (`memset`, or
+/// `= {0}`) is a durable queue with the default limits; a NULL string or a
+/// zero number leaves that argument at its default.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct dashi_queue_options {
+    /// `DASHI_QUEUE_*` flags, or 0.
+    pub flags: u32,
+    /// Priorities 0..=max_priority (0: one lane).
+    pub max_priority: u8,
+    /// Most ready messages (0: the default, 16 Mi).
+    pub max_length: u64,
+    /// Most ready body bytes (0: the default, 1 GiB).
+    pub max_length_bytes: u64,
+    /// Every message expires this many milliseconds after it is queued (0:
+    /// never).
+    pub message_ttl_ms: u64,
+    /// Where rejected, expired and dropped messages go (NULL: dropped).
+    pub dead_letter_exchange: *const c_char,
+    /// Their routing key there (NULL: their own).
+    pub dead_letter_routing_key: *const c_char,
+    /// Default lease of a delivery, in milliseconds, before it goes back to
+    /// the queue unacked (0: held until ack or channel close).
+    pub lease_ms: u64,
+}
+
+const QUEUE_FLAGS: u32 =
+    DASHI_QUEUE_EXCLUSIVE | DASHI_QUEUE_AUTO_DELETE | DASHI_QUEUE_TRANSIENT | DASHI_QUEUE_DROP_HEAD;
+
+/// Declares a queue with its arguments (`opts` may be NULL: the defaults).
+/// `*ready_out`, when not NULL, is written with its ready messages. Declaring
+/// an existing queue with other arguments is `DASHI_PRECONDITION_FAILED`.
+///
+/// # Safety
+/// `ch` is a live channel; `name` is NUL-terminated; `opts` is NULL or a
+/// valid `dashi_queue_options` whose strings are NULL or NUL-terminated;
+/// `ready_out` is NULL or writable.
+#[no_mangle]
+pub unsafe extern "C" fn dashi_queue_declare_with(
+    ch: *const dashi_channel,
+    name: *const c_char,
+    opts: *const dashi_queue_options,
+    ready_out: *mut u64,
+) -> dashi_result {
+    ffi_guard(|| {
+        // SAFETY: the caller's contract.
+        let (ch, name) = unsafe { (try_ref(ch)?, try_str(name)?) };
+        let mut q = Queue::new(name);
+        // SAFETY: NULL or valid by the caller's contract.
+        if let Some(o) = unsafe { opts.as_ref() } {
+            if o.flags & !QUEUE_FLAGS != 0 {
+                return Err(dashi_result::DASHI_INVALID_ARGUMENT);
+            }
+            q.exclusive = o.flags & DASHI_QUEUE_EXCLUSIVE != 0;
+            q.auto_delete = o.flags & DASHI_QUEUE_AUTO_DELETE != 0;
+            q.durable = o.flags & DASHI_QUEUE_TRANSIENT == 0;
+            if o.flags & DASHI_QUEUE_DROP_HEAD != 0 {
+                q.overflow = dashi::Overflow::DropHead;
+            }
+            q.max_priority = o.max_priority;
+            if o.max_length > 0 {
+                q.max_length = o.max_length;
+            }
+            if o.max_length_bytes > 0 {
+                q.max_length_bytes = o.max_length_bytes;
+            }
+            q.message_ttl = (o.message_ttl_ms > 0).then(|| Duration::from_millis(o.message_ttl_ms));
+            q.lease = (o.lease_ms > 0).then(|| Duration::from_millis(o.lease_ms));
+            // SAFETY: NULL or NUL-terminated by the caller's contract.
+            unsafe {
+                q.dead_letter_exchange = opt_str(o.dead_letter_exchange)?;
+                q.dead_letter_routing_key = opt_str(o.dead_letter_routing_key)?;
+            }
+        }
+        let info = ch
+            .ch
+            .queue_declare(&q)
+            .map_err(|e| dashi_result::from(&e))?;
+        if !ready_out.is_null() {
+            // SAFETY: non-NULL and writable by the caller's contract.
+            unsafe { write_out(ready_out, info.message_count) };
+        }
+        Ok(())
+    })
+}
+
+/// Removes a binding made by `dashi_queue_bind`.
+///
+/// # Safety
+/// `ch` is a live channel; the strings are NUL-terminated.
+#[no_mangle]
+pub unsafe extern "C" fn dashi_queue_unbind(
+    ch: *const dashi_channel,
+    queue: *const c_char,
+    exchange: *const c_char,
+    binding_key: *const c_char,
+) -> dashi_result {
+    ffi_guard(|| {
+        // SAFETY: the caller's contract.
+        let (ch, queue, exchange, key) = unsafe {
+            (
+                try_ref(ch)?,
+                try_str(queue)?,
+                try_str(exchange)?,
+                try_str(binding_key)?,
+            )
+        };
+        ch.ch
+            .queue_unbind(queue, exchange, key, Headers::new())
+            .map_err(|e| dashi_result::from(&e))
+    })
+}
+
+/// Deletes a queue and its messages: only when it has no consumers with
+/// `if_unused` (else `DASHI_IN_USE`), only when empty with `if_empty` (else
+/// `DASHI_NOT_EMPTY`). `*count_out`, when not NULL, is written with how many
+/// messages went with it.
+///
+/// # Safety
+/// `ch` is a live channel; `name` is NUL-terminated; `count_out` is NULL or
+/// writable.
+#[no_mangle]
+pub unsafe extern "C" fn dashi_queue_delete(
+    ch: *const dashi_channel,
+    name: *const c_char,
+    if_unused: bool,
+    if_empty: bool,
+    count_out: *mut u64,
+) -> dashi_result {
+    ffi_guard(|| {
+        // SAFETY: the caller's contract.
+        let (ch, name) = unsafe { (try_ref(ch)?, try_str(name)?) };
+        let n = ch
+            .ch
+            .queue_delete(name, if_unused, if_empty)
+            .map_err(|e| dashi_result::from(&e))?;
+        if !count_out.is_null() {
+            // SAFETY: non-NULL and writable by the caller's contract.
+            unsafe { write_out(count_out, n) };
+        }
+        Ok(())
+    })
+}
+
+/// Drops every ready message of a queue (unacked ones stay).
+/// `*count_out`, when not NULL, is written with how many went.
+///
+/// # Safety
+/// `ch` is a live channel; `name` is NUL-terminated; `count_out` is NULL or
+/// writable.
+#[no_mangle]
+pub unsafe extern "C" fn dashi_queue_purge(
+    ch: *const dashi_channel,
+    name: *const c_char,
+    count_out: *mut u64,
+) -> dashi_result {
+    ffi_guard(|| {
+        // SAFETY: the caller's contract.
+        let (ch, name) = unsafe { (try_ref(ch)?, try_str(name)?) };
+        let n = ch
+            .ch
+            .queue_purge(name)
+            .map_err(|e| dashi_result::from(&e))?;
+        if !count_out.is_null() {
+            // SAFETY: non-NULL and writable by the caller's contract.
+            unsafe { write_out(count_out, n) };
+        }
+        Ok(())
+    })
+}
+
+/// Deletes an exchange (only when no queue is bound to it, with
+/// `if_unused`: else `DASHI_IN_USE`).
+///
+/// # Safety
+/// `ch` is a live channel; `name` is NUL-terminated.
+#[no_mangle]
+pub unsafe extern "C" fn dashi_exchange_delete(
+    ch: *const dashi_channel,
+    name: *const c_char,
+    if_unused: bool,
+) -> dashi_result {
+    ffi_guard(|| {
+        // SAFETY: the caller's contract.
+        let (ch, name) = unsafe { (try_ref(ch)?, try_str(name)?) };
+        ch.ch
+            .exchange_delete(name, if_unused)
+            .map_err(|e| dashi_result::from(&e))
+    })
+}
+
 /// Priority 0 is no priority property at all (the same lane): a message
 /// with default properties costs no allocation for them.
 fn with_priority(m: Message, priority: u8) -> Message {

@@ -503,7 +503,10 @@ impl World {
         for q in QUEUES {
             let queue = c(q);
             // SAFETY: a live channel, a valid string.
-            assert_eq!(unsafe { dashi_queue_declare(ch, queue.as_ptr(), 3) }, DASHI_OK);
+            assert_eq!(
+                unsafe { dashi_queue_declare(ch, queue.as_ptr(), 3) },
+                DASHI_OK
+            );
             loop {
                 let mut m = null_mut();
                 // SAFETY: a live channel and out-pointer.
@@ -551,6 +554,14 @@ impl World {
     }
 }
 
+/// `PROPTEST_CASES` when set (a longer run), else `default`.
+fn cases(default: u32) -> u32 {
+    std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
 fn run(url: String, ops: &[Op]) {
     let mut w = World::new(url);
     w.open_connection();
@@ -561,7 +572,7 @@ fn run(url: String, ops: &[Op]) {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig::with_cases(cases(64)))]
 
     #[test]
     fn random_call_sequences_on_memory(ops in prop::collection::vec(op(), 1..60)) {
@@ -572,7 +583,7 @@ proptest! {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 16, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig::with_cases(cases(16)))]
 
     #[test]
     fn random_call_sequences_on_local(ops in prop::collection::vec(op(), 1..60)) {
