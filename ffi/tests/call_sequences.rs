@@ -503,10 +503,8 @@ impl World {
         for q in QUEUES {
             let queue = c(q);
             // SAFETY: a live channel, a valid string.
-            assert_eq!(
-                unsafe { dashi_queue_declare(ch, queue.as_ptr(), 3) },
-                DASHI_OK
-            );
+            let r = unsafe { dashi_queue_declare(ch, queue.as_ptr(), 3) };
+            assert_eq!(r, DASHI_OK);
             loop {
                 let mut m = null_mut();
                 // SAFETY: a live channel and out-pointer.
