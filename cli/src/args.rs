@@ -31,6 +31,77 @@ pub(crate) enum Command {
     /// A bench consumer in its own process (run by `bench --consumer-processes`).
     #[command(hide = true)]
     BenchConsumer(BenchConsumerArgs),
+    /// Run producers and consumers under seeded faults (processes killed,
+    /// connections cut) and audit that nothing confirmed was lost or
+    /// delivered twice unmarked.
+    Torture(TortureArgs),
+    /// A torture producer or consumer in its own process (run by `torture`).
+    #[command(hide = true)]
+    TortureChild(TortureChildArgs),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct TortureArgs {
+    /// Transport URL (memory:// runs its producers and consumers as threads
+    /// of this process; the others as child processes).
+    pub(crate) url: String,
+    /// How long faults are injected; then the queue is drained and audited.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=604_800))]
+    pub(crate) seconds: u64,
+    /// Seed of the fault schedule and of every worker's choices (default:
+    /// from the clock; printed either way).
+    #[arg(long)]
+    pub(crate) seed: Option<u64>,
+    /// Producers at once.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=64))]
+    pub(crate) producers: u32,
+    /// Consumers at once.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=64))]
+    pub(crate) consumers: u32,
+    /// Faults to inject, comma-separated: kill (SIGKILL a worker process and
+    /// start another; on memory:// a worker drops its connection mid-work),
+    /// and on redis:// also client-kill (CLIENT KILL every client), pause
+    /// (CLIENT PAUSE WRITE past the timeouts), script-flush (SCRIPT FLUSH).
+    #[arg(long, default_value = "kill")]
+    pub(crate) faults: String,
+    /// Mean time between two faults, in milliseconds.
+    #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u64).range(1..=3_600_000))]
+    pub(crate) fault_interval_ms: u64,
+    /// Body size in bytes (at least 32: the body carries its id and a
+    /// pattern the consumer checks).
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(32..=16_777_216))]
+    pub(crate) size: u32,
+    /// Publishes in flight per producer (confirms waited for together).
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=65536))]
+    pub(crate) pipeline: u32,
+    /// Queue to use (declared with priorities 0..=2).
+    #[arg(long, default_value = "dashi-torture")]
+    pub(crate) queue: String,
+    /// Longest wait, after the faults stop, for every confirmed message to
+    /// be delivered (redis:// restores a dead consumer's deliveries after
+    /// its visibility_timeout).
+    #[arg(long, default_value_t = 120, value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    pub(crate) drain_seconds: u64,
+    /// Print the figures as one JSON object.
+    #[arg(long)]
+    pub(crate) json: bool,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct TortureChildArgs {
+    pub(crate) url: String,
+    #[arg(long)]
+    pub(crate) role: String,
+    #[arg(long)]
+    pub(crate) tag: String,
+    #[arg(long)]
+    pub(crate) seed: u64,
+    #[arg(long)]
+    pub(crate) queue: String,
+    #[arg(long)]
+    pub(crate) size: u32,
+    #[arg(long)]
+    pub(crate) pipeline: u32,
 }
 
 #[derive(Debug, Args)]

@@ -12,6 +12,7 @@ mod declare;
 mod json;
 mod publish;
 mod stat;
+mod torture;
 
 use std::process::ExitCode;
 
@@ -31,6 +32,8 @@ fn main() -> ExitCode {
         Command::Purge(a) => stat::purge(a),
         Command::Bench(a) => bench::run(a),
         Command::BenchConsumer(a) => bench::child::run(a),
+        Command::Torture(a) => torture::run(a),
+        Command::TortureChild(a) => torture::worker::child(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

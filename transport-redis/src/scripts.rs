@@ -159,6 +159,15 @@ end
 return 0
 "#;
 
+/// Extends the restore lock `KEYS[1]` to `ARGV[2]` ms from now if it still
+/// holds token `ARGV[1]`; 0 when it does not (the lock was lost).
+pub(crate) const RENEW: &str = r#"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+return 0
+"#;
+
 /// One script and its digest once loaded.
 #[derive(Debug)]
 pub(crate) struct Script {
@@ -181,6 +190,7 @@ pub(crate) struct Scripts {
     pub(crate) pop: Script,
     pub(crate) restore: Script,
     pub(crate) unlock: Script,
+    pub(crate) renew: Script,
 }
 
 impl Default for Scripts {
@@ -189,6 +199,7 @@ impl Default for Scripts {
             pop: Script::new(POP),
             restore: Script::new(RESTORE),
             unlock: Script::new(UNLOCK),
+            renew: Script::new(RENEW),
         }
     }
 }

@@ -54,6 +54,10 @@ pub struct RedisTransport {
     inner: Arc<Inner>,
 }
 
+/// Longest hold of the restore lock before it is renewed (see
+/// `Inner::lock_lease`).
+const LOCK_LEASE: Duration = Duration::from_secs(10);
+
 #[derive(Debug)]
 pub(crate) struct Inner {
     /// This transport, for the queue handles it makes.
@@ -73,6 +77,14 @@ pub(crate) struct Inner {
     nonce: String,
     /// Logged once: envelopes set aside as garbage.
     garbage_logged: AtomicBool,
+    /// Tokens of `unacked_mutex` locks this process may still hold: taken
+    /// (or sent, with no reply) on a connection that died before the
+    /// unlock went through. Each restore pass releases them first, so a
+    /// server restart or a cut connection mid-pass does not leave the mutex
+    /// standing for its lease.
+    /// Each with when it was taken: past the lock's lease the key is
+    /// gone by itself and the token is forgotten.
+    stale_locks: Mutex<Vec<(String, Instant)>>,
 }
 
 #[derive(Debug, Default)]
@@ -188,6 +200,7 @@ impl RedisTransport {
             counters: Counters::default(),
             nonce: format!("{}-{}", std::process::id(), NEXT_TOKEN.fetch_add(1, SeqCst)),
             garbage_logged: AtomicBool::new(false),
+            stale_locks: Mutex::new(Vec::new()),
         });
         inner.start_upkeep();
         Ok(RedisTransport { inner })
@@ -573,10 +586,18 @@ impl Inner {
     /// entry older than the visibility timeout goes back to its queue (no
     /// cap per pass), marked redelivered.
     pub(crate) fn restore_visible(&self) -> Result<usize, Error> {
+        // Locks of earlier passes whose unlock did not go through.
+        let stale = std::mem::take(&mut *self.stale_locks.lock());
+        for (token, taken) in stale {
+            if taken.elapsed() < self.lock_lease() {
+                self.unlock(token, taken);
+            }
+        }
         // A lock token unique to this pass (kombu uses a uuid1 hex).
         let token = uuid::Uuid::new_v4().simple().to_string();
-        let px = self.opts.unacked_mutex_expire.as_millis().max(1) as i64;
-        let got = self.call_ok(
+        let taken = Instant::now();
+        let px = self.lock_lease().as_millis().max(1) as i64;
+        let got = match self.call_ok(
             "restore lock",
             vec![Cmd::new("SET")
                 .arg(self.keys.unacked_mutex())
@@ -584,20 +605,58 @@ impl Inner {
                 .arg("NX")
                 .arg("PX")
                 .int(px)],
-        )?;
+        ) {
+            Ok(got) => got,
+            Err(e) => {
+                // The SET may have run with its reply lost.
+                self.stale_locks.lock().push((token, taken));
+                return Err(e);
+            }
+        };
         if got.first() == Some(&Frame::Null) {
             return Ok(0);
         }
-        let result = self.restore_visible_locked();
-        let _ = self.eval(
-            &self.scripts.unlock,
-            &[self.keys.unacked_mutex()],
-            vec![Bytes::from(token)],
-        );
+        let result = self.restore_visible_locked(&token);
+        self.unlock(token, taken);
         result
     }
 
-    fn restore_visible_locked(&self) -> Result<usize, Error> {
+    /// How long the restore lock is taken for: kombu's
+    /// `unacked_mutex_expire`, but at most [`LOCK_LEASE`], renewed while a
+    /// pass runs. A restorer killed mid-pass blocks the others for that
+    /// long, not for kombu's 300 s.
+    fn lock_lease(&self) -> Duration {
+        self.opts.unacked_mutex_expire.min(LOCK_LEASE)
+    }
+
+    /// Extends the restore lock by another lease; false when it is no
+    /// longer ours (it ran out: another restorer may be at work).
+    fn renew_lock(&self, token: &str) -> Result<bool, Error> {
+        let r = self.eval(
+            &self.scripts.renew,
+            &[self.keys.unacked_mutex()],
+            vec![
+                Bytes::from(token.to_owned()),
+                Bytes::from(self.lock_lease().as_millis().max(1).to_string()),
+            ],
+        )?;
+        Ok(matches!(r, Frame::Integer(1)))
+    }
+
+    /// Releases `unacked_mutex` if it still holds `token` (compare and
+    /// delete); kept for the next pass when the server cannot be told.
+    fn unlock(&self, token: String, taken: Instant) {
+        let r = self.eval(
+            &self.scripts.unlock,
+            &[self.keys.unacked_mutex()],
+            vec![Bytes::from(token.clone())],
+        );
+        if r.is_err() {
+            self.stale_locks.lock().push((token, taken));
+        }
+    }
+
+    fn restore_visible_locked(&self, token: &str) -> Result<usize, Error> {
         let ceil = now_secs() - self.opts.visibility_timeout.as_secs_f64();
         let reply = self.call_ok(
             "restore scan",
@@ -643,7 +702,11 @@ impl Inner {
             .filter(|f| !held.contains(&*String::from_utf8_lossy(f)))
             .collect();
         let mut restored = 0;
-        for chunk in fields.chunks(256) {
+        for (k, chunk) in fields.chunks(256).enumerate() {
+            if k > 0 && !self.renew_lock(token)? {
+                // Past the lease: another restorer may be at work now.
+                break;
+            }
             let values = self.call_ok(
                 "restore read",
                 chunk

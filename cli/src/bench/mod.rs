@@ -9,7 +9,7 @@ mod dashi_run;
 mod disk_peer;
 mod kombu_peer;
 mod plot;
-mod redis_peer;
+pub(crate) mod redis_peer;
 mod report;
 
 use std::sync::atomic::{AtomicU64, Ordering};

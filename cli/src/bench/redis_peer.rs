@@ -14,7 +14,7 @@ use super::{histogram, latency_us, stamped_body, Progress, Report, Workload};
 /// Commands in flight per connection.
 const PIPELINE: usize = 256;
 
-fn command(out: &mut Vec<u8>, args: &[&[u8]]) {
+pub(crate) fn command(out: &mut Vec<u8>, args: &[&[u8]]) {
     out.extend_from_slice(format!("*{}\r\n", args.len()).as_bytes());
     for a in args {
         out.extend_from_slice(format!("${}\r\n", a.len()).as_bytes());
@@ -25,7 +25,7 @@ fn command(out: &mut Vec<u8>, args: &[&[u8]]) {
 
 /// Reads one reply: `Some(bytes)` for a bulk string, `None` for anything
 /// else (an integer, a nil); `Err` on an error reply or a broken socket.
-fn reply(r: &mut BufReader<TcpStream>) -> Result<Option<Vec<u8>>, String> {
+pub(crate) fn reply(r: &mut BufReader<TcpStream>) -> Result<Option<Vec<u8>>, String> {
     let mut line = String::new();
     r.read_line(&mut line).map_err(|e| e.to_string())?;
     match line.as_bytes().first() {

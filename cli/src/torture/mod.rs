@@ -1,0 +1,736 @@
+//! `dashi torture`: producers and consumers under seeded faults, then an
+//! audit. Workers say what happened as it happens (see [`worker`]); faults
+//! land at seeded random times on seeded random targets; when the time is
+//! up the producers stop, the consumers drain what is left, and then this
+//! process drains the rest itself and checks:
+//!
+//! - `lost`: confirmed messages never delivered (must be 0);
+//! - `unmarked_duplicates`: deliveries of a message beyond its first that
+//!   did not say `redelivered` (must be 0);
+//! - `corrupt`: bodies no producer wrote (must be 0);
+//! - `phantom`: deliveries of messages no producer of this run published
+//!   (must be 0);
+//! - the queue is empty at the end, nothing ready and nothing unacked.
+//!
+//! The seed fixes the schedule of faults and every worker's choices; the
+//! interleaving with the machine's timing does not repeat exactly, so a
+//! failure's seed reproduces its schedule, not its every step.
+
+pub(crate) mod worker;
+
+use std::collections::{HashMap, HashSet};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+
+use crate::args::TortureArgs;
+use crate::bench::redis_peer::{command, reply};
+use crate::connect::{connect, redact};
+use worker::{parse_body, Out, Rng, Role, Spec};
+
+/// A kind of fault.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Fault {
+    /// SIGKILL a worker process (memory://: a worker drops its connection
+    /// where it stands) and start another in its place.
+    Kill,
+    /// `CLIENT KILL` every client of the Redis server.
+    ClientKill,
+    /// `CLIENT PAUSE <ms> WRITE`, past dashi's timeouts.
+    Pause,
+    /// `SCRIPT FLUSH`: the pop script must be loaded again.
+    ScriptFlush,
+}
+
+impl Fault {
+    fn name(self) -> &'static str {
+        match self {
+            Fault::Kill => "kill",
+            Fault::ClientKill => "client-kill",
+            Fault::Pause => "pause",
+            Fault::ScriptFlush => "script-flush",
+        }
+    }
+
+    fn parse_list(s: &str, redis: bool) -> Result<Vec<Fault>, String> {
+        let mut out = Vec::new();
+        for f in s.split(',').map(str::trim).filter(|f| !f.is_empty()) {
+            let fault = match f {
+                "kill" => Fault::Kill,
+                "client-kill" => Fault::ClientKill,
+                "pause" => Fault::Pause,
+                "script-flush" => Fault::ScriptFlush,
+                other => {
+                    return Err(format!(
+                        "unknown fault {other:?} (kill, client-kill, pause, script-flush)"
+                    ))
+                }
+            };
+            if fault != Fault::Kill && !redis {
+                return Err(format!("fault {f} needs a redis:// URL"));
+            }
+            if !out.contains(&fault) {
+                out.push(fault);
+            }
+        }
+        if out.is_empty() {
+            return Err("--faults names no fault".into());
+        }
+        Ok(out)
+    }
+}
+
+/// A line from a worker.
+struct Said {
+    worker: usize,
+    line: String,
+}
+
+/// A running worker.
+enum Running {
+    Process {
+        child: Child,
+        stderr: Arc<Mutex<String>>,
+    },
+    Thread {
+        killed: Arc<AtomicBool>,
+        join: std::thread::JoinHandle<Result<(), String>>,
+    },
+}
+
+struct Worker {
+    role: Role,
+    tag: String,
+    running: Running,
+}
+
+/// A thread worker's out: lines go to the auditor; a flag kills it.
+struct ThreadOut {
+    worker: usize,
+    tx: Sender<Said>,
+    killed: Arc<AtomicBool>,
+}
+
+impl Out for ThreadOut {
+    fn say(&self, line: &str) {
+        let _ = self.tx.send(Said {
+            worker: self.worker,
+            line: line.to_owned(),
+        });
+    }
+
+    fn killed(&self) -> bool {
+        self.killed.load(Ordering::Relaxed)
+    }
+}
+
+/// What the auditor learned.
+#[derive(Default)]
+struct Audit {
+    /// Producer tags started in this run.
+    tags: HashSet<String>,
+    confirmed: HashSet<(String, u64)>,
+    /// Per message: deliveries without and with `redelivered`.
+    delivered: HashMap<(String, u64), (u32, u32)>,
+    corrupt: Vec<String>,
+    transient_errors: u64,
+    worker_errors: Vec<String>,
+}
+
+impl Audit {
+    fn take(&mut self, line: &str) {
+        let mut parts = line.split(' ');
+        match parts.next() {
+            Some("c") => {
+                let Some(tag) = parts.next() else { return };
+                for i in parts.filter_map(|i| i.parse().ok()) {
+                    self.confirmed.insert((tag.to_owned(), i));
+                }
+            }
+            Some("d") => {
+                let (Some(tag), Some(Ok(i)), Some(r)) =
+                    (parts.next(), parts.next().map(str::parse), parts.next())
+                else {
+                    self.corrupt.push(format!("a delivery line {line:?}"));
+                    return;
+                };
+                self.delivery(tag, i, r == "1");
+            }
+            Some("x") => self.corrupt.push(line[2.min(line.len())..].to_owned()),
+            Some("e") => self.transient_errors += 1,
+            _ => self.corrupt.push(format!("a worker said {line:?}")),
+        }
+    }
+
+    fn delivery(&mut self, tag: &str, i: u64, redelivered: bool) {
+        let e = self.delivered.entry((tag.to_owned(), i)).or_default();
+        if redelivered {
+            e.1 += 1;
+        } else {
+            e.0 += 1;
+        }
+    }
+
+    fn lost(&self) -> Vec<&(String, u64)> {
+        let mut v: Vec<_> = self
+            .confirmed
+            .iter()
+            .filter(|k| !self.delivered.contains_key(*k))
+            .collect();
+        v.sort();
+        v
+    }
+
+    fn unmarked_duplicates(&self) -> u64 {
+        self.delivered
+            .values()
+            .map(|&(plain, _)| u64::from(plain.saturating_sub(1)))
+            .sum()
+    }
+
+    fn redeliveries(&self) -> u64 {
+        self.delivered.values().map(|&(_, r)| u64::from(r)).sum()
+    }
+
+    fn phantom(&self) -> u64 {
+        self.delivered
+            .keys()
+            .filter(|(tag, _)| !self.tags.contains(tag))
+            .count() as u64
+    }
+}
+
+/// The Redis server behind a redis:// URL, for the faults: one plain
+/// connection of this process's own.
+struct RedisControl {
+    stream: TcpStream,
+    reader: BufReader<TcpStream>,
+}
+
+impl RedisControl {
+    fn open(url: &str) -> Result<Self, String> {
+        let first = dashi::spi::split_failover(url).map_err(|e| e.to_string())?[0];
+        let u = dashi::spi::ConnectUrl::parse(first).map_err(|e| e.to_string())?;
+        if u.scheme != "redis" {
+            return Err("redis faults need a redis://host:port URL".into());
+        }
+        let addr = format!("{}:{}", u.host, u.port.unwrap_or(6379));
+        let stream = TcpStream::connect(&addr)
+            .map_err(|e| format!("redis faults: connecting to {addr}: {e}"))?;
+        let reader = BufReader::new(stream.try_clone().map_err(|e| e.to_string())?);
+        let mut c = RedisControl { stream, reader };
+        if let Some(p) = &u.password {
+            match &u.user {
+                Some(user) => c.call(&["AUTH", user, p])?,
+                None => c.call(&["AUTH", p])?,
+            }
+        }
+        c.call(&["CLIENT", "SETNAME", "dashi-torture-faults"])?;
+        Ok(c)
+    }
+
+    fn call(&mut self, args: &[&str]) -> Result<(), String> {
+        let mut buf = Vec::new();
+        let args: Vec<&[u8]> = args.iter().map(|a| a.as_bytes()).collect();
+        command(&mut buf, &args);
+        self.stream.write_all(&buf).map_err(|e| e.to_string())?;
+        reply(&mut self.reader).map(drop)
+    }
+
+    fn inject(&mut self, f: Fault, rng: &Rng) -> Result<(), String> {
+        match f {
+            Fault::ClientKill => {
+                self.call(&["CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes"])?;
+                self.call(&["CLIENT", "KILL", "TYPE", "pubsub", "SKIPME", "yes"])
+            }
+            Fault::Pause => {
+                let ms = (200 + rng.below(1300)).to_string();
+                self.call(&["CLIENT", "PAUSE", &ms, "WRITE"])
+            }
+            Fault::ScriptFlush => self.call(&["SCRIPT", "FLUSH"]),
+            Fault::Kill => unreachable!("kills are not sent to Redis"),
+        }
+    }
+}
+
+struct Torture {
+    a: TortureArgs,
+    seed: u64,
+    threads: bool,
+    tx: Sender<Said>,
+    workers: Vec<Option<Worker>>,
+    next_tag: u64,
+    audit: Audit,
+}
+
+impl Torture {
+    fn spawn(&mut self, role: Role) -> Result<(), String> {
+        let id = self.workers.len();
+        let n = self.next_tag;
+        self.next_tag += 1;
+        let tag = match role {
+            Role::Produce => format!("p{n}"),
+            _ => format!("c{n}"),
+        };
+        if role == Role::Produce {
+            self.audit.tags.insert(tag.clone());
+        }
+        let spec = Spec {
+            url: self.a.url.clone(),
+            role,
+            tag: tag.clone(),
+            seed: self.seed ^ n.wrapping_mul(0x2545_f491_4f6c_dd1d),
+            queue: self.a.queue.clone(),
+            size: self.a.size as usize,
+            pipeline: self.a.pipeline as usize,
+        };
+        let running = if self.threads {
+            let killed = Arc::new(AtomicBool::new(false));
+            let out = Arc::new(ThreadOut {
+                worker: id,
+                tx: self.tx.clone(),
+                killed: killed.clone(),
+            });
+            let join = std::thread::Builder::new()
+                .name(format!("torture-{tag}"))
+                .spawn(move || worker::run(&spec, out))
+                .map_err(|e| format!("starting a worker thread: {e}"))?;
+            Running::Thread { killed, join }
+        } else {
+            let exe = std::env::current_exe().map_err(|e| format!("finding dashi: {e}"))?;
+            let mut child = Command::new(exe)
+                .arg("torture-child")
+                .arg(&spec.url)
+                .args(["--role", role.name(), "--tag", &tag])
+                .args(["--seed", &spec.seed.to_string()])
+                .args(["--queue", &spec.queue])
+                .args(["--size", &self.a.size.to_string()])
+                .args(["--pipeline", &self.a.pipeline.to_string()])
+                .stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .map_err(|e| format!("starting a worker process: {e}"))?;
+            let stdout = child.stdout.take().expect("piped");
+            let mut err_pipe = child.stderr.take().expect("piped");
+            let tx = self.tx.clone();
+            std::thread::spawn(move || {
+                // A line cut by a kill has no newline: dropped.
+                let mut r = BufReader::new(stdout);
+                let mut line = String::new();
+                while matches!(r.read_line(&mut line), Ok(n) if n > 0) {
+                    if line.ends_with('\n') {
+                        line.pop();
+                        let said = Said {
+                            worker: id,
+                            line: std::mem::take(&mut line),
+                        };
+                        if tx.send(said).is_err() {
+                            return;
+                        }
+                    }
+                    line.clear();
+                }
+            });
+            let stderr = Arc::new(Mutex::new(String::new()));
+            let keep = stderr.clone();
+            std::thread::spawn(move || {
+                let mut s = String::new();
+                let _ = err_pipe.read_to_string(&mut s);
+                if let Ok(mut k) = keep.lock() {
+                    *k = s;
+                }
+            });
+            Running::Process { child, stderr }
+        };
+        self.workers.push(Some(Worker { role, tag, running }));
+        Ok(())
+    }
+
+    /// Kills worker `k` where it stands; false if it was already gone.
+    fn kill(&mut self, k: usize) -> bool {
+        let Some(w) = self.workers[k].take() else {
+            return false;
+        };
+        match w.running {
+            Running::Process { mut child, stderr } => {
+                // Exited by itself before the kill: a worker error.
+                if let Ok(Some(status)) = child.try_wait() {
+                    let _ = stderr;
+                    self.audit.worker_errors.push(format!(
+                        "{} {} exited ({status})",
+                        w.role.name(),
+                        w.tag
+                    ));
+                }
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+            Running::Thread { killed, join } => {
+                killed.store(true, Ordering::Relaxed);
+                match join.join() {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => {
+                        self.audit
+                            .worker_errors
+                            .push(format!("{} {}: {e}", w.role.name(), w.tag))
+                    }
+                    Err(_) => self.audit.worker_errors.push(format!(
+                        "{} {} panicked",
+                        w.role.name(),
+                        w.tag
+                    )),
+                }
+            }
+        }
+        true
+    }
+
+    /// Workers that stopped by themselves (an error): recorded, replaced.
+    fn reap(&mut self) -> Result<(), String> {
+        for k in 0..self.workers.len() {
+            let ended = match &mut self.workers[k] {
+                Some(Worker {
+                    running: Running::Process { child, .. },
+                    ..
+                }) => matches!(child.try_wait(), Ok(Some(_))),
+                Some(Worker {
+                    running: Running::Thread { join, .. },
+                    ..
+                }) => join.is_finished(),
+                None => false,
+            };
+            if ended {
+                let w = self.workers[k].take().expect("checked");
+                let why = match w.running {
+                    Running::Process { mut child, stderr } => {
+                        let status = child.wait().map(|s| s.to_string()).unwrap_or_default();
+                        // Give the stderr reader a moment to finish.
+                        std::thread::sleep(Duration::from_millis(50));
+                        let text = stderr
+                            .lock()
+                            .map(|s| s.trim().to_owned())
+                            .unwrap_or_default();
+                        format!("exited ({status}): {text}")
+                    }
+                    Running::Thread { join, .. } => match join.join() {
+                        Ok(Ok(())) => "stopped".into(),
+                        Ok(Err(e)) => e,
+                        Err(_) => "panicked".into(),
+                    },
+                };
+                self.audit
+                    .worker_errors
+                    .push(format!("{} {} {why}", w.role.name(), w.tag));
+                self.spawn(w.role)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn live(&self, role: impl Fn(Role) -> bool) -> Vec<usize> {
+        (0..self.workers.len())
+            .filter(|&k| self.workers[k].as_ref().is_some_and(|w| role(w.role)))
+            .collect()
+    }
+
+    /// Reads what the workers said until `until`.
+    fn listen(&mut self, rx: &Receiver<Said>, until: Instant) {
+        loop {
+            let now = Instant::now();
+            if now >= until {
+                return;
+            }
+            match rx.recv_timeout(until - now) {
+                Ok(s) => {
+                    let _ = s.worker;
+                    self.audit.take(&s.line);
+                }
+                Err(RecvTimeoutError::Timeout) => return,
+                Err(RecvTimeoutError::Disconnected) => {
+                    std::thread::sleep(until.saturating_duration_since(Instant::now()));
+                    return;
+                }
+            }
+        }
+    }
+}
+
+pub(crate) fn run(a: TortureArgs) -> Result<(), String> {
+    let scheme = a
+        .url
+        .split_once("://")
+        .map(|(s, _)| s.to_ascii_lowercase())
+        .unwrap_or_default();
+    let redis = scheme.starts_with("redis");
+    let faults = Fault::parse_list(&a.faults, redis)?;
+    let seed = a.seed.unwrap_or_else(|| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(1, |d| d.as_nanos() as u64)
+    });
+    // This process's own connection: it declares the queue, keeps a
+    // memory:// instance alive, and drains at the end.
+    let conn = connect(&a.url)?;
+    let ch = conn.channel().map_err(|e| e.to_string())?;
+    ch.queue_declare(&dashi::Queue::new(a.queue.as_str()).with_max_priority(2))
+        .map_err(|e| format!("declaring {}: {e}", a.queue))?;
+    let mut control = if faults.iter().any(|f| *f != Fault::Kill) {
+        Some(RedisControl::open(&a.url)?)
+    } else {
+        None
+    };
+    let (tx, rx) = mpsc::channel();
+    let rng = Rng::new(seed);
+    let started = Instant::now();
+    let mut t = Torture {
+        threads: scheme == "memory",
+        a,
+        seed,
+        tx,
+        workers: Vec::new(),
+        next_tag: 0,
+        audit: Audit::default(),
+    };
+    for _ in 0..t.a.producers {
+        t.spawn(Role::Produce)?;
+    }
+    for k in 0..t.a.consumers {
+        t.spawn(if k % 2 == 0 { Role::Consume } else { Role::Get })?;
+    }
+    let mut counts: HashMap<Fault, u64> = HashMap::new();
+    let end = started + Duration::from_secs(t.a.seconds);
+    let mean = t.a.fault_interval_ms;
+    loop {
+        let gap = Duration::from_millis(mean / 2 + rng.below(mean.max(1)));
+        let at = (Instant::now() + gap).min(end);
+        t.listen(&rx, at);
+        t.reap()?;
+        if Instant::now() >= end {
+            break;
+        }
+        let f = faults[rng.below(faults.len() as u64) as usize];
+        match f {
+            Fault::Kill => {
+                let live = t.live(|_| true);
+                let k = live[rng.below(live.len() as u64) as usize];
+                let role = t.workers[k].as_ref().expect("live").role;
+                if t.kill(k) {
+                    t.spawn(role)?;
+                }
+            }
+            other => control
+                .as_mut()
+                .expect("opened for redis faults")
+                .inject(other, &rng)?,
+        }
+        *counts.entry(f).or_default() += 1;
+    }
+    // The producers stop; the consumers drain what they can.
+    for k in t.live(|r| r == Role::Produce) {
+        t.kill(k);
+    }
+    let drain_end = Instant::now() + Duration::from_secs(t.a.drain_seconds);
+    while Instant::now() < drain_end && !t.audit.lost().is_empty() {
+        let until = (Instant::now() + Duration::from_millis(200)).min(drain_end);
+        t.listen(&rx, until);
+        t.reap()?;
+    }
+    for k in t.live(|_| true) {
+        t.kill(k);
+    }
+    // Whatever the workers said last.
+    t.listen(&rx, Instant::now() + Duration::from_millis(200));
+    // Then this process takes the rest (a dead consumer's deliveries come
+    // back to it), until the queue is empty and nothing is unacked.
+    let stats = conn.stats();
+    let mut empty = false;
+    while Instant::now() < drain_end + Duration::from_secs(5) {
+        match ch.get(&t.a.queue, Duration::from_millis(200)) {
+            Ok(Some(d)) => {
+                match parse_body(d.body()) {
+                    Ok((tag, i)) => t.audit.delivery(tag, i, d.redelivered()),
+                    Err(e) => t.audit.corrupt.push(e),
+                }
+                d.ack().map_err(|e| format!("final drain: ack: {e}"))?;
+            }
+            Ok(None) => {
+                let q = stats.queue(&t.a.queue);
+                if q.as_ref()
+                    .is_some_and(|q| q.messages == 0 && q.unacked == 0)
+                    && t.audit.lost().is_empty()
+                {
+                    empty = true;
+                    break;
+                }
+            }
+            Err(e) if e.is_transient() => std::thread::sleep(Duration::from_millis(20)),
+            Err(e) => return Err(format!("final drain: {e}")),
+        }
+    }
+    report(&t, &counts, started.elapsed(), empty)
+}
+
+fn report(
+    t: &Torture,
+    counts: &HashMap<Fault, u64>,
+    took: Duration,
+    empty: bool,
+) -> Result<(), String> {
+    let au = &t.audit;
+    let lost = au.lost();
+    let faults: u64 = counts.values().sum();
+    let mut by_kind: Vec<(&str, u64)> = counts.iter().map(|(f, n)| (f.name(), *n)).collect();
+    by_kind.sort();
+    let deliveries: u64 = au
+        .delivered
+        .values()
+        .map(|&(a, b)| u64::from(a) + u64::from(b))
+        .sum();
+    let messages = au
+        .confirmed
+        .iter()
+        .chain(au.delivered.keys())
+        .collect::<HashSet<_>>()
+        .len();
+    let unmarked = au.unmarked_duplicates();
+    let phantom = au.phantom();
+    let url = redact(&t.a.url);
+    let command = format!(
+        "dashi torture '{url}' --seed {} --seconds {} --producers {} --consumers {} --faults {} --fault-interval-ms {} --size {} --pipeline {}",
+        t.seed,
+        t.a.seconds,
+        t.a.producers,
+        t.a.consumers,
+        t.a.faults,
+        t.a.fault_interval_ms,
+        t.a.size,
+        t.a.pipeline
+    );
+    let ok = lost.is_empty()
+        && unmarked == 0
+        && au.corrupt.is_empty()
+        && phantom == 0
+        && empty
+        && au.worker_errors.is_empty();
+    if t.a.json {
+        let v = json!({
+            "url": url,
+            "seed": t.seed,
+            "seconds": took.as_secs_f64(),
+            "messages": messages,
+            "confirmed": au.confirmed.len(),
+            "deliveries": deliveries,
+            "faults": faults,
+            "faults_by_kind": by_kind.iter().map(|(k, n)| (k.to_string(), json!(n))).collect::<serde_json::Map<_, _>>(),
+            "lost": lost.len(),
+            "unmarked_duplicates": unmarked,
+            "redeliveries": au.redeliveries(),
+            "corrupt": au.corrupt.len(),
+            "phantom": phantom,
+            "transient_errors": au.transient_errors,
+            "worker_errors": au.worker_errors,
+            "drained": empty,
+            "passed": ok,
+            "command": command,
+        });
+        println!("{v}");
+    } else {
+        println!("url                  {url}");
+        println!("seed                 {}", t.seed);
+        println!("seconds              {:.1}", took.as_secs_f64());
+        println!("messages             {messages}");
+        println!("confirmed            {}", au.confirmed.len());
+        println!("deliveries           {deliveries}");
+        let kinds: Vec<String> = by_kind.iter().map(|(k, n)| format!("{k} {n}")).collect();
+        println!("faults               {faults} ({})", kinds.join(", "));
+        println!("lost                 {}", lost.len());
+        println!("unmarked_duplicates  {unmarked}");
+        println!("redeliveries         {}", au.redeliveries());
+        println!("corrupt              {}", au.corrupt.len());
+        println!("phantom              {phantom}");
+        println!("transient_errors     {}", au.transient_errors);
+        println!("drained              {empty}");
+    }
+    if ok {
+        return Ok(());
+    }
+    let mut why = Vec::new();
+    if !lost.is_empty() {
+        let some: Vec<String> = lost
+            .iter()
+            .take(5)
+            .map(|(t, i)| format!("{t}-{i}"))
+            .collect();
+        why.push(format!("{} lost (e.g. {})", lost.len(), some.join(", ")));
+    }
+    if unmarked > 0 {
+        why.push(format!("{unmarked} unmarked duplicates"));
+    }
+    if let Some(c) = au.corrupt.first() {
+        why.push(format!("{} corrupt ({c})", au.corrupt.len()));
+    }
+    if phantom > 0 {
+        why.push(format!("{phantom} phantom deliveries"));
+    }
+    if !empty {
+        why.push("the queue did not drain".into());
+    }
+    if let Some(e) = au.worker_errors.first() {
+        why.push(format!("{} worker errors ({e})", au.worker_errors.len()));
+    }
+    Err(format!(
+        "torture failed: {} (seed {}); reproduce with: {command}",
+        why.join("; "),
+        t.seed
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_audit_counts_what_it_must() {
+        let mut a = Audit::default();
+        a.tags.insert("p0".into());
+        a.take("c p0 1 2 3");
+        a.take("d p0 1 0");
+        a.take("d p0 1 1"); // redelivered, marked
+        a.take("d p0 2 0");
+        a.take("d p0 2 0"); // unmarked duplicate
+        a.take("d p9 1 0"); // never published here
+        a.take("x a damaged body");
+        a.take("e publish: reset");
+        a.take("d p0");
+        assert_eq!(a.lost(), vec![&("p0".to_owned(), 3)]);
+        assert_eq!(a.unmarked_duplicates(), 1);
+        assert_eq!(a.redeliveries(), 1);
+        assert_eq!(a.phantom(), 1);
+        assert_eq!(a.corrupt.len(), 2);
+        assert_eq!(a.transient_errors, 1);
+    }
+
+    #[test]
+    fn faults_are_parsed_and_checked_against_the_transport() {
+        assert_eq!(
+            Fault::parse_list("kill,pause,kill", true).unwrap(),
+            [Fault::Kill, Fault::Pause]
+        );
+        assert!(Fault::parse_list("pause", false)
+            .unwrap_err()
+            .contains("needs a redis"));
+        assert!(Fault::parse_list("melt", true)
+            .unwrap_err()
+            .contains("unknown fault"));
+        assert!(Fault::parse_list(",", true)
+            .unwrap_err()
+            .contains("no fault"));
+    }
+}

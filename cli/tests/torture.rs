@@ -1,0 +1,159 @@
+//! `dashi torture` with a short budget on every transport: memory://
+//! (workers as threads that drop their connections mid-work), local:// with
+//! `fsync=never` (64 KiB segments, so kills land during segment rotation)
+//! and `fsync=always` (kills during group commits), and redis:// with every
+//! fault (processes killed, connections cut, writes paused, scripts
+//! flushed), plus a Redis server killed and restarted with `appendonly` in
+//! the middle of a run. Each run must report zero lost and zero unmarked
+//! duplicates; a run that loses messages on purpose must fail and print the
+//! seed and the command that reproduces it.
+//!
+//! Longer runs: `dashi torture URL --seconds 600` (RELIABILITY.md has the
+//! figures and commands).
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use dashi_test_support::{RedisServer, TestDir};
+use serde_json::Value;
+
+mod common;
+use common::{dashi, one_line_error, stdout};
+
+fn torture(url: &str, extra: &[&str]) -> Value {
+    let mut args = vec!["torture", url, "--json"];
+    if !extra.contains(&"--seconds") {
+        args.extend_from_slice(&["--seconds", "3"]);
+    }
+    args.extend_from_slice(extra);
+    let o = dashi(&args);
+    let out = stdout(&o);
+    assert!(o.status.success(), "{url}: {}\n{out}", common::stderr(&o));
+    let v: Value = serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("{e}: {out}"));
+    assert_eq!(v["lost"], 0, "{v}");
+    assert_eq!(v["unmarked_duplicates"], 0, "{v}");
+    assert_eq!(v["corrupt"], 0, "{v}");
+    assert_eq!(v["phantom"], 0, "{v}");
+    assert_eq!(v["drained"], true, "{v}");
+    assert_eq!(v["passed"], true, "{v}");
+    assert!(v["confirmed"].as_u64().unwrap() > 0, "{v}");
+    assert!(v["faults"].as_u64().unwrap() > 0, "{v}");
+    v
+}
+
+#[test]
+fn memory_survives_workers_dropping_their_connections() {
+    let v = torture("memory://torture", &["--seed", "11"]);
+    assert_eq!(v["seed"], 11);
+    assert!(v["faults_by_kind"]["kill"].as_u64().unwrap() > 0, "{v}");
+}
+
+#[test]
+fn local_survives_kills_during_rotation() {
+    let d = TestDir::new();
+    let url = format!("local://{}?segment_size=64K", d.join("s").display());
+    torture(&url, &["--fault-interval-ms", "100"]);
+}
+
+#[test]
+fn local_fsync_always_survives_kills_during_group_commits() {
+    let d = TestDir::new();
+    let url = format!("local://{}?fsync=always", d.join("s").display());
+    torture(&url, &["--fault-interval-ms", "100", "--pipeline", "64"]);
+}
+
+#[test]
+fn redis_survives_every_fault() {
+    let r = RedisServer::start();
+    let url = format!("{}/0?visibility_timeout=2", r.url());
+    let v = torture(
+        &url,
+        &[
+            "--faults",
+            "kill,client-kill,pause,script-flush",
+            "--seconds",
+            "4",
+        ],
+    );
+    for f in ["kill", "client-kill", "pause", "script-flush"] {
+        assert!(v["faults_by_kind"][f].as_u64().is_some(), "{f}: {v}");
+    }
+}
+
+/// A Redis server killed with SIGKILL and restarted (`appendonly yes`,
+/// `appendfsync always`) mid-run: the workers reconnect and every confirmed
+/// message is there.
+#[test]
+fn redis_survives_a_server_killed_and_restarted() {
+    let mut r = RedisServer::start_with(&["--appendonly", "yes", "--appendfsync", "always"]);
+    let url = format!("{}/0?visibility_timeout=2", r.url());
+    let child = Command::new(env!("CARGO_BIN_EXE_dashi"))
+        .args(["torture", &url, "--json", "--seconds", "6", "--seed", "5"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    r.restart();
+    let o = child.wait_with_output().unwrap();
+    let out = stdout(&o);
+    assert!(o.status.success(), "{}\n{out}", common::stderr(&o));
+    let v: Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(v["lost"], 0, "{v}");
+    assert_eq!(v["unmarked_duplicates"], 0, "{v}");
+    assert!(
+        v["transient_errors"].as_u64().unwrap() > 0,
+        "the restart was felt: {v}"
+    );
+}
+
+/// The audit can fail: a queue purged behind the run's back loses
+/// confirmed messages, and the run says so with its seed and the command
+/// that reproduces it.
+#[test]
+fn a_run_that_loses_messages_fails_with_its_seed() {
+    let d = TestDir::new();
+    let url = format!("local://{}", d.join("s").display());
+    let purger = {
+        let url = url.clone();
+        std::thread::spawn(move || {
+            let end = Instant::now() + Duration::from_secs(3);
+            while Instant::now() < end {
+                let _ = dashi(&["purge", &url, "--queue", "dashi-torture"]);
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        })
+    };
+    let o = dashi(&[
+        "torture",
+        &url,
+        "--seconds",
+        "3",
+        "--seed",
+        "42",
+        "--drain-seconds",
+        "5",
+    ]);
+    purger.join().unwrap();
+    let err = one_line_error(&o);
+    assert!(err.contains("lost") && err.contains("seed 42"), "{err}");
+    assert!(
+        err.contains("dashi torture '") && err.contains("--seed 42"),
+        "{err}"
+    );
+    assert!(stdout(&o).contains("lost"), "the figures are printed too");
+}
+
+#[test]
+fn bad_arguments_get_one_line() {
+    let e = one_line_error(&dashi(&["torture", "memory://x", "--faults", "pause"]));
+    assert!(e.contains("needs a redis"), "{e}");
+    let e = one_line_error(&dashi(&["torture", "memory://x", "--faults", "melt"]));
+    assert!(e.contains("unknown fault"), "{e}");
+    let e = one_line_error(&dashi(&["torture", "memory://x", "--size", "8"]));
+    assert!(e.contains("size"), "{e}");
+    let e = one_line_error(&dashi(&["torture", "nope://x"]));
+    assert!(e.contains("nope"), "{e}");
+    let e = one_line_error(&dashi(&["torture", "memory://x", "--seconds", "0"]));
+    assert!(e.contains("seconds"), "{e}");
+}
