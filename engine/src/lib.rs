@@ -36,6 +36,8 @@ mod routing;
 mod session;
 pub mod spi;
 mod stats;
+#[cfg(any(test, feature = "test-hooks"))]
+pub mod test_hooks;
 mod transport;
 mod url;
 

@@ -62,6 +62,21 @@ pub fn segment_recovery(dir: &Path, data: &[u8]) {
     }
 }
 
+/// Any text read as `meta.json` is a topology or an error naming what is
+/// wrong, never a panic; a topology that reads writes back to JSON that
+/// reads to the same topology.
+pub fn meta_json(data: &[u8]) {
+    use crate::store::meta_json::Meta;
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    if let Ok(m) = Meta::from_json(text) {
+        let again = m.to_json().expect("a topology that was read writes");
+        let back = Meta::from_json(&again).expect("what was written reads");
+        assert_eq!(back.to_json().expect("and writes again"), again);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     /// The fuzz targets' checks on a few fixed inputs, so they keep compiling
@@ -89,6 +104,28 @@ mod tests {
         }
         for seed in [&[][..], &[0u8; 512], &noise[..], &[0xffu8; 100]] {
             super::segment_recovery(&dir, seed);
+        }
+        let mut m = crate::store::meta_json::Meta::default();
+        let mut q = dashi_engine::Queue::new("q").with_max_priority(3);
+        q.dead_letter_exchange = Some("dlx".into());
+        q.message_ttl = Some(std::time::Duration::from_millis(1500));
+        m.add_queue(q, Some(2));
+        m.exchanges.push(dashi_engine::Exchange::new(
+            "t",
+            dashi_engine::ExchangeKind::Topic,
+        ));
+        let good = m.to_json().unwrap();
+        assert_eq!(crate::store::meta_json::Meta::from_json(&good).unwrap(), m);
+        for seed in [
+            good.as_bytes(),
+            &good.as_bytes()[..good.len() / 2],
+            good.replace("\"version\":1", "\"version\":9").as_bytes(),
+            good.replace("\"id\":1", "\"id\":0").as_bytes(),
+            b"{}",
+            b"null",
+            &noise[..],
+        ] {
+            super::meta_json(seed);
         }
     }
 }

@@ -210,10 +210,13 @@ impl RedisTransport {
 impl Inner {
     /// Runs `script` with `EVALSHA`, loading it first when this server does
     /// not have it.
+    /// After a `NOSCRIPT` (the script cache was flushed: `SCRIPT FLUSH`, a
+    /// restart, a failover) it runs as `EVAL` with the script's text, which
+    /// no flush can make fail, and the next call loads it again.
     fn eval(&self, script: &Script, keys: &[String], args: Vec<Bytes>) -> Result<Frame, Error> {
+        let sha = self.script_sha(script)?;
+        let mut cmd = eval_cmd(&sha, keys, &args);
         for _ in 0..2 {
-            let sha = self.script_sha(script)?;
-            let cmd = eval_cmd(&sha, keys, &args);
             let reply = self
                 .conn
                 .call(vec![cmd])
@@ -221,13 +224,14 @@ impl Inner {
             match reply.into_iter().next() {
                 Some(Frame::Error(e)) if e.starts_with("NOSCRIPT") => {
                     *script.sha.lock() = None;
+                    cmd = eval_text_cmd(script.text, keys, &args);
                 }
                 Some(Frame::Error(e)) => return Err(reply_error("script", &e)),
                 Some(f) => return Ok(f),
                 None => return Err(reply_error("script", "no reply")),
             }
         }
-        Err(reply_error("script", "NOSCRIPT twice in a row"))
+        Err(reply_error("script", "NOSCRIPT for EVAL"))
     }
 
     fn script_sha(&self, script: &Script) -> Result<String, Error> {
@@ -1373,9 +1377,16 @@ impl PendingConfirm for RedisConfirm {
 }
 
 fn eval_cmd(sha: &str, keys: &[String], args: &[Bytes]) -> Cmd {
-    let mut c = Cmd::new("EVALSHA")
-        .arg(sha.to_owned())
-        .int(keys.len() as i64);
+    script_cmd(Cmd::new("EVALSHA").arg(sha.to_owned()), keys, args)
+}
+
+/// `EVAL` with the script's text: what a `NOSCRIPT` falls back to.
+fn eval_text_cmd(text: &'static str, keys: &[String], args: &[Bytes]) -> Cmd {
+    script_cmd(Cmd::new("EVAL").arg(text), keys, args)
+}
+
+fn script_cmd(c: Cmd, keys: &[String], args: &[Bytes]) -> Cmd {
+    let mut c = c.int(keys.len() as i64);
     for k in keys {
         c.push(k.clone());
     }
@@ -1416,6 +1427,101 @@ pub(crate) struct RedisQueue {
 }
 
 impl RedisQueue {
+    /// [`RedisQueue::restore`], by `EVALSHA` or (`by_text`, after a
+    /// `NOSCRIPT`) by `EVAL` with the script's text.
+    fn restore_via(&self, envs: Vec<Envelope>, by_text: bool) -> Result<(), Error> {
+        if envs.is_empty() {
+            return Ok(());
+        }
+        let inner = self.inner()?;
+        let mut back: Vec<(u64, Held)> = {
+            let mut held = self.held.lock();
+            envs.iter()
+                .filter_map(|e| held.remove(&e.token).map(|h| (e.token, h)))
+                .collect()
+        };
+        // Oldest delivery first: each goes back behind the restored ones
+        // that stood before it (the restore script's order walk), ahead of
+        // the rest, so a consumer taking messages meanwhile still takes
+        // them in their original order.
+        back.sort_by_key(|(token, _)| *token);
+        let sha = if by_text {
+            None
+        } else {
+            Some(inner.script_sha(&inner.scripts.restore)?)
+        };
+        let mut cmds = Vec::with_capacity(back.len());
+        let redelivered: std::collections::HashSet<u64> = envs
+            .iter()
+            .filter(|e| e.redelivered)
+            .map(|e| e.token)
+            .collect();
+        for (token, h) in &back {
+            let raw = String::from_utf8_lossy(&h.raw);
+            let value = wire::unacked_value(&raw, &self.name);
+            // A message put back unseen (never handed to the application)
+            // keeps its flag: its envelope goes back as it was.
+            let at = String::from_utf8_lossy(&h.popped_at);
+            let marked = wire::restored(
+                &raw,
+                &self.name,
+                redelivered.contains(token),
+                Some((&at, h.index)),
+            )
+            .unwrap_or_else(|| raw.to_string());
+            let step = if self.decl.max_priority == 0 {
+                0
+            } else {
+                inner.keys.step_for(wire::kombu_priority_of(&raw))
+            };
+            let keys = vec![
+                inner.keys.unacked(),
+                inner.keys.unacked_index(),
+                inner.keys.list(&self.name, step),
+            ];
+            let args = [
+                Bytes::from(h.field.clone()),
+                Bytes::from(value),
+                Bytes::from(marked),
+                Bytes::from_static(b"RPUSH"),
+                h.popped_at.clone(),
+                Bytes::from(h.index.to_string()),
+            ];
+            cmds.push(match &sha {
+                Some(sha) => eval_cmd(sha, &keys, &args),
+                None => eval_text_cmd(inner.scripts.restore.text, &keys, &args),
+            });
+        }
+        let replies = inner.conn.call(cmds).map_err(|e| {
+            // Not known whether they went back: they stay unacked in
+            // Redis (the scan restores them) and are no longer held.
+            link_error("restore", &e)
+        })?;
+        if !by_text
+            && replies
+                .iter()
+                .any(|f| matches!(f, Frame::Error(e) if e.starts_with("NOSCRIPT")))
+        {
+            *inner.scripts.restore.sha.lock() = None;
+            // Put the still-held ones back and run them all again by text:
+            // one that did run finds its entry gone and does nothing.
+            {
+                let mut held = self.held.lock();
+                for (t, h) in back {
+                    held.insert(t, h);
+                }
+            }
+            return self.restore_via(envs, true);
+        }
+        if let Some(Frame::Error(e)) = replies.iter().find(|f| matches!(f, Frame::Error(_))) {
+            return Err(reply_error("restore", e));
+        }
+        if self.state.waiters() > 0 {
+            self.state.notify_all();
+        }
+        Ok(())
+    }
+
     fn new(inner: Weak<Inner>, keys: &Keys, decl: Queue, declared: bool) -> RedisQueue {
         let mut json = String::new();
         wire::json_str(&mut json, &decl.name);
@@ -1583,90 +1689,7 @@ impl QueueStore for RedisQueue {
     }
 
     fn restore(&self, envs: Vec<Envelope>) -> Result<(), Error> {
-        if envs.is_empty() {
-            return Ok(());
-        }
-        let inner = self.inner()?;
-        let mut back: Vec<(u64, Held)> = {
-            let mut held = self.held.lock();
-            envs.iter()
-                .filter_map(|e| held.remove(&e.token).map(|h| (e.token, h)))
-                .collect()
-        };
-        // Oldest delivery first: each goes back behind the restored ones
-        // that stood before it (the restore script's order walk), ahead of
-        // the rest, so a consumer taking messages meanwhile still takes
-        // them in their original order.
-        back.sort_by_key(|(token, _)| *token);
-        let sha = inner.script_sha(&inner.scripts.restore)?;
-        let mut cmds = Vec::with_capacity(back.len());
-        let redelivered: std::collections::HashSet<u64> = envs
-            .iter()
-            .filter(|e| e.redelivered)
-            .map(|e| e.token)
-            .collect();
-        for (token, h) in &back {
-            let raw = String::from_utf8_lossy(&h.raw);
-            let value = wire::unacked_value(&raw, &self.name);
-            // A message put back unseen (never handed to the application)
-            // keeps its flag: its envelope goes back as it was.
-            let at = String::from_utf8_lossy(&h.popped_at);
-            let marked = wire::restored(
-                &raw,
-                &self.name,
-                redelivered.contains(token),
-                Some((&at, h.index)),
-            )
-            .unwrap_or_else(|| raw.to_string());
-            let step = if self.decl.max_priority == 0 {
-                0
-            } else {
-                inner.keys.step_for(wire::kombu_priority_of(&raw))
-            };
-            let keys = vec![
-                inner.keys.unacked(),
-                inner.keys.unacked_index(),
-                inner.keys.list(&self.name, step),
-            ];
-            cmds.push(eval_cmd(
-                &sha,
-                &keys,
-                &[
-                    Bytes::from(h.field.clone()),
-                    Bytes::from(value),
-                    Bytes::from(marked),
-                    Bytes::from_static(b"RPUSH"),
-                    h.popped_at.clone(),
-                    Bytes::from(h.index.to_string()),
-                ],
-            ));
-        }
-        let replies = inner.conn.call(cmds).map_err(|e| {
-            // Not known whether they went back: they stay unacked in
-            // Redis (the scan restores them) and are no longer held.
-            link_error("restore", &e)
-        })?;
-        if replies
-            .iter()
-            .any(|f| matches!(f, Frame::Error(e) if e.starts_with("NOSCRIPT")))
-        {
-            *inner.scripts.restore.sha.lock() = None;
-            // Put the still-held ones back and try once more.
-            {
-                let mut held = self.held.lock();
-                for (t, h) in back {
-                    held.insert(t, h);
-                }
-            }
-            return self.restore(envs);
-        }
-        if let Some(Frame::Error(e)) = replies.iter().find(|f| matches!(f, Frame::Error(_))) {
-            return Err(reply_error("restore", e));
-        }
-        if self.state.waiters() > 0 {
-            self.state.notify_all();
-        }
-        Ok(())
+        self.restore_via(envs, false)
     }
 
     fn lease(&self, env: &Envelope, lease: Duration) {

@@ -644,6 +644,54 @@ fn a_killed_consumers_messages_come_back_marked_redelivered() {
     eventually(&r, &["EXISTS", "unacked"], ":0");
 }
 
+/// The restore lock is a short lease (at most 10 s, renewed while a pass
+/// runs), not kombu's 300 s: a restorer killed while holding it holds the
+/// others up for seconds. Here a dead holder's lease stands when a
+/// consumer dies; its messages come back once the lease ran out, and the
+/// lock dashi itself takes is `PX` 10000 with kombu's default
+/// `unacked_mutex_expire` of 300 s.
+#[test]
+fn a_restore_lock_left_by_a_dead_restorer_runs_out_in_seconds() {
+    let r = RedisServer::start();
+    let url = format!("{}?visibility_timeout=1", r.url());
+    let mut monitor = std::process::Command::new("redis-cli")
+        .args(["-p", &r.port().to_string(), "monitor"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("redis-cli runs");
+    let mut seen = ChildLines::of(&mut monitor);
+    let c = connect(&url);
+    let ch = c.channel().unwrap();
+    ch.queue_declare(&Queue::new("crash")).unwrap();
+    for b in ["a", "b", "c"] {
+        ch.producer().publish(b, "crash").unwrap();
+    }
+    let (mut child, _lines) = holder(&url);
+    // A restorer that died holding the lock, as dashi takes it.
+    assert_eq!(
+        cmd(&r, &["SET", "unacked_mutex", "dead", "PX", "3000"]),
+        "+OK"
+    );
+    dashi_test_support::kill(&mut child);
+    let started = Instant::now();
+    let mut got = Vec::new();
+    while got.len() < 3 && started.elapsed() < 2 * WAIT {
+        if let Some(d) = ch.get("crash", Duration::from_millis(200)).unwrap() {
+            got.push(String::from_utf8_lossy(d.body()).into_owned());
+            d.ack().unwrap();
+        }
+    }
+    got.sort();
+    assert_eq!(got, ["a", "b", "c"]);
+    let lock = seen.until("\"NX\"").pop().unwrap();
+    assert!(
+        lock.contains("\"SET\" \"unacked_mutex\"") && lock.contains("\"NX\" \"PX\" \"10000\""),
+        "dashi's lock: {lock}"
+    );
+    let _ = monitor.kill();
+    let _ = monitor.wait();
+}
+
 // ---- consumers killed at seeded points ------------------------------------
 
 const WORKER: &str = "DASHI_REDIS_WORKER";

@@ -32,7 +32,7 @@
 
 mod durability;
 mod expiry;
-mod meta_json;
+pub(crate) mod meta_json;
 mod opening;
 mod options;
 mod publish;
