@@ -58,37 +58,40 @@ fn reference(p: &[String], k: &[String]) -> bool {
 }
 
 /// Any text parses to a URL or an error, never a panic; a parsed URL's
-/// connection options are read or refused without a panic; and a password
-/// never shows in the URL's `Display` or `Debug`, nor in any error about it.
+/// connection options are read or refused without a panic; and nothing
+/// shown depends on the password: the URL's `Display` and `Debug` and every
+/// error about it read the same with another password in its place.
 pub fn connect_url(data: &[u8]) {
     let Ok(text) = std::str::from_utf8(data) else {
         return;
     };
     for one in crate::url::split_failover(text).unwrap_or_default() {
-        let Ok(mut url) = ConnectUrl::parse(one) else {
+        let Ok(url) = ConnectUrl::parse(one) else {
             continue;
         };
-        let shown = format!("{url} {url:?}");
-        let secret = url.password.clone().filter(|p| {
-            // Only a password that cannot appear in the output for another
-            // reason (as part of the host, a user name, an option) is checked.
-            p.len() >= 4
-                && !format!("{}{:?}{}{:?}", url.host, url.user, url.path, url.options)
-                    .contains(p.as_str())
+        let mut other = url.clone();
+        other.password = Some(match &url.password {
+            Some(p) => format!("{p}-another"),
+            None => "another".to_owned(),
         });
-        if let Some(p) = &secret {
-            assert!(!shown.contains(p.as_str()), "password shown: {shown}");
-        }
-        let errors = [
-            url.reject_unknown_options().err().map(|e| e.to_string()),
-            url.take_connection_config().err().map(|e| e.to_string()),
-        ];
-        if let Some(p) = &secret {
-            for e in errors.iter().flatten() {
-                assert!(!e.contains(p.as_str()), "password in an error: {e}");
-            }
+        let (a, b) = (shown(url), shown(other));
+        if a.0 {
+            assert_eq!(a.1, b.1, "what is shown depends on the password");
         }
     }
+}
+
+/// Whether the URL has a password, and everything it shows: `Display`,
+/// `Debug`, and the errors of reading its options.
+fn shown(mut url: ConnectUrl) -> (bool, String) {
+    let mut out = format!("{url} {url:?}");
+    if let Err(e) = url.reject_unknown_options() {
+        out.push_str(&e.to_string());
+    }
+    if let Err(e) = url.take_connection_config() {
+        out.push_str(&e.to_string());
+    }
+    (url.password.is_some(), out)
 }
 
 #[cfg(test)]
@@ -112,6 +115,11 @@ mod tests {
             b"memory://x?max_body_size=-1",
             b"local:///tmp/x?fsync=always;redis://:s3cretpw@h?bad%zz=1",
             b"redis://:pass%2Fword@h?timeout=abc",
+            // Found by the fuzzer: passwords whose characters the user name
+            // shows next to them (false alarms of a first version that
+            // searched the output for the password).
+            b" 8://yy\x01\0\0\0\0\0\0+\x03\x0ey\0\x0e\0\0\0\x0e\0\0\x02\x0e :+\x03\x0ey\0\x0e@",
+            b" 8://\0\0@\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0:\0\0\0\0:@;@\0\0\0\0\0\0",
             b"::",
             b"\xff",
         ] {
