@@ -28,13 +28,6 @@ pub fn topic_routing(data: &[u8]) {
     trie.matches(key, &mut got);
     got.sort_unstable();
     got.dedup();
-    let split = |s: &str| -> Vec<String> {
-        if s.is_empty() {
-            Vec::new()
-        } else {
-            s.split('.').map(str::to_owned).collect()
-        }
-    };
     let k = split(key);
     let mut want: Vec<usize> = valid
         .iter()
@@ -43,6 +36,15 @@ pub fn topic_routing(data: &[u8]) {
         .collect();
     want.sort_unstable();
     assert_eq!(got, want, "patterns {lines:?}, key {key:?}");
+}
+
+/// The words of a key or pattern (none for the empty one, as in RabbitMQ).
+fn split(s: &str) -> Vec<String> {
+    if s.is_empty() {
+        Vec::new()
+    } else {
+        s.split('.').map(str::to_owned).collect()
+    }
 }
 
 /// AMQP topic matching, the obvious way: `*` is one word, `#` zero or more.
@@ -129,13 +131,7 @@ mod tests {
 
     #[test]
     fn the_reference_matcher_follows_amqp() {
-        let s = |v: &str| -> Vec<String> {
-            if v.is_empty() {
-                Vec::new()
-            } else {
-                v.split('.').map(str::to_owned).collect()
-            }
-        };
+        let s = split;
         assert!(reference(&s("a.#"), &s("a")));
         assert!(reference(&s("#"), &s("")));
         assert!(!reference(&s("*"), &s("")));

@@ -129,6 +129,27 @@ pub unsafe extern "C" fn dashi_queue_declare(
     })
 }
 
+/// The checked arguments of a bind or unbind.
+///
+/// # Safety
+/// As `dashi_queue_bind`.
+unsafe fn binding_args<'a>(
+    ch: *const dashi_channel,
+    queue: *const c_char,
+    exchange: *const c_char,
+    binding_key: *const c_char,
+) -> Result<(&'a dashi_channel, &'a str, &'a str, &'a str), dashi_result> {
+    // SAFETY: the caller's contract.
+    unsafe {
+        Ok((
+            try_ref(ch)?,
+            try_str(queue)?,
+            try_str(exchange)?,
+            try_str(binding_key)?,
+        ))
+    }
+}
+
 /// Binds `queue` to `exchange` with `binding_key`.
 ///
 /// # Safety
@@ -142,14 +163,7 @@ pub unsafe extern "C" fn dashi_queue_bind(
 ) -> dashi_result {
     ffi_guard(|| {
         // SAFETY: the caller's contract.
-        let (ch, queue, exchange, key) = unsafe {
-            (
-                try_ref(ch)?,
-                try_str(queue)?,
-                try_str(exchange)?,
-                try_str(binding_key)?,
-            )
-        };
+        let (ch, queue, exchange, key) = unsafe { binding_args(ch, queue, exchange, binding_key) }?;
         ch.ch
             .queue_bind(queue, exchange, key, Headers::new())
             .map_err(|e| dashi_result::from(&e))
@@ -268,14 +282,7 @@ pub unsafe extern "C" fn dashi_queue_unbind(
 ) -> dashi_result {
     ffi_guard(|| {
         // SAFETY: the caller's contract.
-        let (ch, queue, exchange, key) = unsafe {
-            (
-                try_ref(ch)?,
-                try_str(queue)?,
-                try_str(exchange)?,
-                try_str(binding_key)?,
-            )
-        };
+        let (ch, queue, exchange, key) = unsafe { binding_args(ch, queue, exchange, binding_key) }?;
         ch.ch
             .queue_unbind(queue, exchange, key, Headers::new())
             .map_err(|e| dashi_result::from(&e))

@@ -80,18 +80,24 @@ fn valgrind() -> Option<Command> {
     })
 }
 
+/// memory://, local:// (plain and `fsync=always`, in `store`) and
+/// redis:// on `redis`.
+fn every_transport(store: &TestDir, redis: &dashi_test_support::RedisServer) -> [String; 4] {
+    [
+        "memory://c-abi".to_owned(),
+        format!("local://{}", store.join("plain").display()),
+        format!("local://{}?fsync=always", store.join("synced").display()),
+        redis.url(),
+    ]
+}
+
 #[test]
 fn the_abi_program_passes_on_every_transport() {
     let build = TestDir::new();
     let bin = compile("tests/c", "abi", &build);
     let store = TestDir::new();
     let redis = dashi_test_support::RedisServer::start();
-    let urls = [
-        "memory://c-abi".to_owned(),
-        format!("local://{}", store.join("plain").display()),
-        format!("local://{}?fsync=always", store.join("synced").display()),
-        redis.url(),
-    ];
+    let urls = every_transport(&store, &redis);
     for url in &urls {
         run(Command::new(&bin).arg(url), &format!("abi {url}"));
     }
@@ -143,12 +149,7 @@ fn the_abi_program_is_clean_under_asan_on_every_transport() {
     };
     let store = TestDir::new();
     let redis = dashi_test_support::RedisServer::start();
-    let urls = [
-        "memory://c-abi".to_owned(),
-        format!("local://{}", store.join("plain").display()),
-        format!("local://{}?fsync=always", store.join("synced").display()),
-        redis.url(),
-    ];
+    let urls = every_transport(&store, &redis);
     for url in &urls {
         run(asan(&bin).arg(url), &format!("abi under ASan on {url}"));
     }
