@@ -45,6 +45,13 @@ fn torture(url: &str, extra: &[&str]) -> Value {
 fn memory_survives_workers_dropping_their_connections() {
     let v = torture("memory://torture", &["--seed", "11"]);
     assert_eq!(v["seed"], 11);
+    // The soak figures: this process hosts every memory:// worker.
+    assert!(v["rss_kib"]["max"].as_u64().unwrap() > 0, "{v}");
+    assert!(v["open_fds"]["max"].as_u64().unwrap() > 0, "{v}");
+    assert!(
+        v["deliveries_per_sec"]["first_tenth"].as_f64().unwrap() > 0.0,
+        "{v}"
+    );
     assert!(v["faults_by_kind"]["kill"].as_u64().unwrap() > 0, "{v}");
 }
 

@@ -506,12 +506,19 @@ pub(crate) fn run(a: TortureArgs) -> Result<(), String> {
     }
     let mut counts: HashMap<Fault, u64> = HashMap::new();
     let end = started + Duration::from_secs(t.a.seconds);
+    let mut samples = vec![Sample::now(started, &t.audit)];
     let mean = t.a.fault_interval_ms;
     loop {
         let gap = Duration::from_millis(mean / 2 + rng.below(mean.max(1)));
         let at = (Instant::now() + gap).min(end);
         t.listen(&rx, at);
         t.reap()?;
+        if samples
+            .last()
+            .is_some_and(|l| l.at.elapsed() >= Duration::from_secs(1))
+        {
+            samples.push(Sample::now(started, &t.audit));
+        }
         if Instant::now() >= end {
             break;
         }
@@ -532,6 +539,7 @@ pub(crate) fn run(a: TortureArgs) -> Result<(), String> {
         }
         *counts.entry(f).or_default() += 1;
     }
+    samples.push(Sample::now(started, &t.audit));
     // The producers stop; the consumers drain what they can.
     for k in t.live(|r| r == Role::Produce) {
         t.kill(k);
@@ -574,12 +582,13 @@ pub(crate) fn run(a: TortureArgs) -> Result<(), String> {
             Err(e) => return Err(format!("final drain: {e}")),
         }
     }
-    report(&t, &counts, started.elapsed(), empty)
+    report(&t, &counts, &samples, started.elapsed(), empty)
 }
 
 fn report(
     t: &Torture,
     counts: &HashMap<Fault, u64>,
+    samples: &[Sample],
     took: Duration,
     empty: bool,
 ) -> Result<(), String> {
@@ -600,6 +609,7 @@ fn report(
         .collect::<HashSet<_>>()
         .len();
     let unmarked = au.unmarked_duplicates();
+    let soak = Soak::of(samples);
     let phantom = au.phantom();
     let url = redact(&t.a.url);
     let command = format!(
@@ -637,6 +647,9 @@ fn report(
             "transient_errors": au.transient_errors,
             "worker_errors": au.worker_errors,
             "drained": empty,
+            "rss_kib": {"first": soak.rss.0, "max": soak.rss.1, "last": soak.rss.2},
+            "open_fds": {"first": soak.fds.0, "max": soak.fds.1, "last": soak.fds.2},
+            "deliveries_per_sec": {"first_tenth": soak.rate.0, "last_tenth": soak.rate.1},
             "passed": ok,
             "command": command,
         });
@@ -657,6 +670,18 @@ fn report(
         println!("phantom              {phantom}");
         println!("transient_errors     {}", au.transient_errors);
         println!("drained              {empty}");
+        println!(
+            "rss_kib              first {} max {} last {}",
+            soak.rss.0, soak.rss.1, soak.rss.2
+        );
+        println!(
+            "open_fds             first {} max {} last {}",
+            soak.fds.0, soak.fds.1, soak.fds.2
+        );
+        println!(
+            "deliveries_per_sec   first tenth {:.0}, last tenth {:.0}",
+            soak.rate.0, soak.rate.1
+        );
     }
     if ok {
         return Ok(());
@@ -692,6 +717,83 @@ fn report(
     ))
 }
 
+/// This process's resident memory and open descriptors, and the audit's
+/// deliveries, at one moment of the fault phase (on memory:// the workers
+/// are threads of this process, so these are theirs too).
+struct Sample {
+    at: Instant,
+    secs: f64,
+    deliveries: u64,
+    rss_kib: u64,
+    fds: u64,
+}
+
+impl Sample {
+    fn now(started: Instant, audit: &Audit) -> Sample {
+        let rss_kib = std::fs::read_to_string("/proc/self/status")
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find_map(|l| l.strip_prefix("VmRSS:"))
+                    .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            })
+            .unwrap_or(0);
+        let fds = std::fs::read_dir("/proc/self/fd").map_or(0, |d| d.count() as u64);
+        let deliveries = audit
+            .delivered
+            .values()
+            .map(|&(a, b)| u64::from(a) + u64::from(b))
+            .sum();
+        Sample {
+            at: Instant::now(),
+            secs: started.elapsed().as_secs_f64(),
+            deliveries,
+            rss_kib,
+            fds,
+        }
+    }
+}
+
+/// What the samples say about a long run: memory and descriptors (first,
+/// max, last) and the delivery rate in the first and the last tenth.
+struct Soak {
+    rss: (u64, u64, u64),
+    fds: (u64, u64, u64),
+    rate: (f64, f64),
+}
+
+impl Soak {
+    fn of(samples: &[Sample]) -> Soak {
+        let span = |f: fn(&Sample) -> u64| -> (u64, u64, u64) {
+            (
+                samples.first().map_or(0, f),
+                samples.iter().map(f).max().unwrap_or(0),
+                samples.last().map_or(0, f),
+            )
+        };
+        let total = samples.last().map_or(0.0, |s| s.secs);
+        let tenth = (total / 10.0).max(1.0);
+        let rate = |from: f64, to: f64| -> f64 {
+            let at = |x: f64| {
+                samples
+                    .iter()
+                    .min_by(|a, b| (a.secs - x).abs().total_cmp(&(b.secs - x).abs()))
+            };
+            match (at(from), at(to)) {
+                (Some(a), Some(b)) if b.secs > a.secs => {
+                    (b.deliveries - a.deliveries.min(b.deliveries)) as f64 / (b.secs - a.secs)
+                }
+                _ => 0.0,
+            }
+        };
+        Soak {
+            rss: span(|s| s.rss_kib),
+            fds: span(|s| s.fds),
+            rate: (rate(0.0, tenth), rate(total - tenth, total)),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -715,6 +817,37 @@ mod tests {
         assert_eq!(a.phantom(), 1);
         assert_eq!(a.corrupt.len(), 2);
         assert_eq!(a.transient_errors, 1);
+    }
+
+    #[test]
+    fn soak_figures_come_from_the_samples() {
+        let t0 = Instant::now();
+        let s = |secs: f64, deliveries: u64, rss_kib: u64, fds: u64| Sample {
+            at: t0,
+            secs,
+            deliveries,
+            rss_kib,
+            fds,
+        };
+        let samples: Vec<Sample> = (0..=20)
+            .map(|i| {
+                let secs = f64::from(i);
+                // 100 a second for 10 s, then 50 a second.
+                let d = if i <= 10 {
+                    100 * i
+                } else {
+                    1000 + 50 * (i - 10)
+                };
+                s(secs, u64::from(d as u32), 1000 + u64::from(i as u32), 7)
+            })
+            .collect();
+        let k = Soak::of(&samples);
+        assert_eq!(k.rss, (1000, 1020, 1020));
+        assert_eq!(k.fds, (7, 7, 7));
+        assert!((k.rate.0 - 100.0).abs() < 1e-9, "{:?}", k.rate);
+        assert!((k.rate.1 - 50.0).abs() < 1e-9, "{:?}", k.rate);
+        let live = Sample::now(t0, &Audit::default());
+        assert!(live.rss_kib > 0 && live.fds > 0);
     }
 
     #[test]
