@@ -69,6 +69,26 @@ fn local_fsync_always_survives_kills_during_group_commits() {
     torture(&url, &["--fault-interval-ms", "100", "--pipeline", "64"]);
 }
 
+/// local:// on a 6 MiB tmpfs that the producers fill: publishes are refused
+/// (not stored) while it is full, the consumers make room, and nothing
+/// confirmed is lost.
+#[test]
+fn local_survives_a_full_disk() {
+    let Some(fs) = dashi_test_support::Tmpfs::make(6 * 1024) else {
+        eprintln!("skipped: cannot mount a small tmpfs here (needs root)");
+        return;
+    };
+    let url = format!("local://{}?segment_size=64K", fs.mount.join("s").display());
+    let v = torture(
+        &url,
+        &["--size", "4096", "--seconds", "4", "--pipeline", "32"],
+    );
+    assert!(
+        v["refused_no_space"].as_u64().unwrap() > 0,
+        "it never filled: {v}"
+    );
+}
+
 #[test]
 fn redis_survives_every_fault() {
     let r = RedisServer::start();

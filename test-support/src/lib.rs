@@ -9,6 +9,7 @@
 //! - [`RedisServer`]: a real `redis-server` on a free port.
 //! - [`files_under`]: the files below a directory that a test looks for
 //!   (segments, state pages).
+//! - [`Tmpfs`]: a small real filesystem that fills up (needs root).
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
@@ -157,6 +158,38 @@ pub fn files_under(root: &Path, pick: impl Fn(&Path) -> bool) -> Vec<PathBuf> {
     }
     out.sort();
     out
+}
+
+/// A tmpfs of a given size mounted on a fresh directory, unmounted when
+/// dropped: a real filesystem that fills up.
+#[derive(Debug)]
+pub struct Tmpfs {
+    /// Where it is mounted.
+    pub mount: PathBuf,
+    _dir: TestDir,
+}
+
+impl Tmpfs {
+    /// A tmpfs of `kb` KiB; `None` where it cannot be mounted (not root).
+    pub fn make(kb: u64) -> Option<Tmpfs> {
+        let dir = TestDir::new();
+        let mount = dir.child("mnt");
+        std::fs::create_dir(&mount).ok()?;
+        let ok = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={kb}k"), "tmpfs"])
+            .arg(&mount)
+            .status()
+            .is_ok_and(|s| s.success());
+        ok.then_some(Tmpfs { mount, _dir: dir })
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg(&self.mount)
+            .status();
+    }
 }
 
 #[cfg(test)]

@@ -12,7 +12,7 @@ use dashi_engine::message::Message;
 use dashi_engine::queue::Queue;
 use dashi_engine::spi::ConnectUrl;
 use dashi_engine::{Channel, Connection};
-use dashi_test_support::{kill, say, ChildLines, TestDir};
+use dashi_test_support::{kill, say, ChildLines, TestDir, Tmpfs};
 
 const CHILD: &str = "DASHI_HARDENING_CHILD";
 
@@ -222,32 +222,6 @@ fn many_processes_opening_a_new_store_at_once_all_succeed() {
         }
         let conn = connect(&d);
         assert_eq!(conn.stats().queue("q").unwrap().messages, 12);
-    }
-}
-
-/// A tmpfs of `kb` KiB mounted on a fresh directory (unmounted when dropped).
-struct Tmpfs {
-    mount: std::path::PathBuf,
-    _dir: TestDir,
-}
-
-impl Tmpfs {
-    fn make(kb: u64) -> Option<Tmpfs> {
-        let dir = TestDir::new();
-        let mount = dir.child("mnt");
-        std::fs::create_dir(&mount).ok()?;
-        let ok = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={kb}k"), "tmpfs"])
-            .arg(&mount)
-            .status()
-            .is_ok_and(|s| s.success());
-        ok.then_some(Tmpfs { mount, _dir: dir })
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg(&self.mount).status();
     }
 }
 

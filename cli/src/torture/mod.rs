@@ -18,7 +18,7 @@
 
 pub(crate) mod worker;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::process::{Child, Command, Stdio};
@@ -130,15 +130,53 @@ impl Out for ThreadOut {
     }
 }
 
+/// A set of message numbers of one producer, one bit each (they are
+/// dense: 1, 2, 3, ...), so that an audit of millions of messages stays a
+/// few megabytes and the soak figures measure dashi, not the auditor.
+#[derive(Debug, Default, Clone)]
+struct Bits(Vec<u64>);
+
+impl Bits {
+    /// Sets bit `i`; true when it was set already.
+    fn set(&mut self, i: u64) -> bool {
+        let (w, b) = ((i / 64) as usize, i % 64);
+        if self.0.len() <= w {
+            self.0.resize(w + 1, 0);
+        }
+        let was = self.0[w] & (1 << b) != 0;
+        self.0[w] |= 1 << b;
+        was
+    }
+
+    fn words(&self, k: usize) -> u64 {
+        self.0.get(k).copied().unwrap_or(0)
+    }
+}
+
+/// What the auditor knows of one producer's messages.
+#[derive(Debug, Default)]
+struct Produced {
+    confirmed: Bits,
+    /// Delivered at least once.
+    delivered: Bits,
+    /// Delivered without `redelivered` at least once.
+    plain: Bits,
+}
+
 /// What the auditor learned.
 #[derive(Default)]
 struct Audit {
-    /// Producer tags started in this run.
-    tags: HashSet<String>,
-    confirmed: HashSet<(String, u64)>,
-    /// Per message: deliveries without and with `redelivered`.
-    delivered: HashMap<(String, u64), (u32, u32)>,
+    /// Producers started in this run, by tag.
+    tags: HashMap<String, Produced>,
+    deliveries: u64,
+    /// Deliveries after a message's first that did not say `redelivered`.
+    unmarked: u64,
+    redeliveries: u64,
+    /// Deliveries of messages no producer of this run published.
+    phantom: u64,
     corrupt: Vec<String>,
+    /// Publishes a full store refused (not stored).
+    refused: u64,
     transient_errors: u64,
     worker_errors: Vec<String>,
 }
@@ -149,8 +187,13 @@ impl Audit {
         match parts.next() {
             Some("c") => {
                 let Some(tag) = parts.next() else { return };
+                let Some(p) = self.tags.get_mut(tag) else {
+                    self.corrupt
+                        .push(format!("a confirm from an unknown producer: {line:?}"));
+                    return;
+                };
                 for i in parts.filter_map(|i| i.parse().ok()) {
-                    self.confirmed.insert((tag.to_owned(), i));
+                    p.confirmed.set(i);
                 }
             }
             Some("d") => {
@@ -164,45 +207,59 @@ impl Audit {
             }
             Some("x") => self.corrupt.push(line[2.min(line.len())..].to_owned()),
             Some("e") => self.transient_errors += 1,
+            Some("r") => self.refused += 1,
             _ => self.corrupt.push(format!("a worker said {line:?}")),
         }
     }
 
     fn delivery(&mut self, tag: &str, i: u64, redelivered: bool) {
-        let e = self.delivered.entry((tag.to_owned(), i)).or_default();
+        self.deliveries += 1;
+        let Some(p) = self.tags.get_mut(tag) else {
+            self.phantom += 1;
+            return;
+        };
+        p.delivered.set(i);
         if redelivered {
-            e.1 += 1;
-        } else {
-            e.0 += 1;
+            self.redeliveries += 1;
+        } else if p.plain.set(i) {
+            self.unmarked += 1;
         }
     }
 
-    fn lost(&self) -> Vec<&(String, u64)> {
-        let mut v: Vec<_> = self
-            .confirmed
-            .iter()
-            .filter(|k| !self.delivered.contains_key(*k))
-            .collect();
+    /// Confirmed and never delivered, sorted.
+    fn lost(&self) -> Vec<(String, u64)> {
+        let mut v = Vec::new();
+        for (tag, p) in &self.tags {
+            for k in 0..p.confirmed.0.len() {
+                let mut missing = p.confirmed.words(k) & !p.delivered.words(k);
+                while missing != 0 {
+                    let b = u64::from(missing.trailing_zeros());
+                    v.push((tag.clone(), k as u64 * 64 + b));
+                    missing &= missing - 1;
+                }
+            }
+        }
         v.sort();
         v
     }
 
-    fn unmarked_duplicates(&self) -> u64 {
-        self.delivered
+    fn confirmed(&self) -> u64 {
+        let ones = |b: &Bits| b.0.iter().map(|w| u64::from(w.count_ones())).sum::<u64>();
+        self.tags.values().map(|p| ones(&p.confirmed)).sum()
+    }
+
+    /// Messages confirmed or delivered (or both).
+    fn messages(&self) -> u64 {
+        self.tags
             .values()
-            .map(|&(plain, _)| u64::from(plain.saturating_sub(1)))
-            .sum()
-    }
-
-    fn redeliveries(&self) -> u64 {
-        self.delivered.values().map(|&(_, r)| u64::from(r)).sum()
-    }
-
-    fn phantom(&self) -> u64 {
-        self.delivered
-            .keys()
-            .filter(|(tag, _)| !self.tags.contains(tag))
-            .count() as u64
+            .map(|p| {
+                let n = p.confirmed.0.len().max(p.delivered.0.len());
+                (0..n)
+                    .map(|k| u64::from((p.confirmed.words(k) | p.delivered.words(k)).count_ones()))
+                    .sum::<u64>()
+            })
+            .sum::<u64>()
+            + self.phantom
     }
 }
 
@@ -279,7 +336,7 @@ impl Torture {
             _ => format!("c{n}"),
         };
         if role == Role::Produce {
-            self.audit.tags.insert(tag.clone());
+            self.audit.tags.insert(tag.clone(), Produced::default());
         }
         let spec = Spec {
             url: self.a.url.clone(),
@@ -597,20 +654,12 @@ fn report(
     let faults: u64 = counts.values().sum();
     let mut by_kind: Vec<(&str, u64)> = counts.iter().map(|(f, n)| (f.name(), *n)).collect();
     by_kind.sort();
-    let deliveries: u64 = au
-        .delivered
-        .values()
-        .map(|&(a, b)| u64::from(a) + u64::from(b))
-        .sum();
-    let messages = au
-        .confirmed
-        .iter()
-        .chain(au.delivered.keys())
-        .collect::<HashSet<_>>()
-        .len();
-    let unmarked = au.unmarked_duplicates();
+    let deliveries = au.deliveries;
+    let messages = au.messages();
+    let confirmed = au.confirmed();
+    let unmarked = au.unmarked;
     let soak = Soak::of(samples);
-    let phantom = au.phantom();
+    let phantom = au.phantom;
     let url = redact(&t.a.url);
     let command = format!(
         "dashi torture '{url}' --seed {} --seconds {} --producers {} --consumers {} --faults {} --fault-interval-ms {} --size {} --pipeline {}",
@@ -635,16 +684,17 @@ fn report(
             "seed": t.seed,
             "seconds": took.as_secs_f64(),
             "messages": messages,
-            "confirmed": au.confirmed.len(),
+            "confirmed": confirmed,
             "deliveries": deliveries,
             "faults": faults,
             "faults_by_kind": by_kind.iter().map(|(k, n)| (k.to_string(), json!(n))).collect::<serde_json::Map<_, _>>(),
             "lost": lost.len(),
             "unmarked_duplicates": unmarked,
-            "redeliveries": au.redeliveries(),
+            "redeliveries": au.redeliveries,
             "corrupt": au.corrupt.len(),
             "phantom": phantom,
             "transient_errors": au.transient_errors,
+            "refused_no_space": au.refused,
             "worker_errors": au.worker_errors,
             "drained": empty,
             "rss_kib": {"first": soak.rss.0, "max": soak.rss.1, "last": soak.rss.2},
@@ -659,16 +709,17 @@ fn report(
         println!("seed                 {}", t.seed);
         println!("seconds              {:.1}", took.as_secs_f64());
         println!("messages             {messages}");
-        println!("confirmed            {}", au.confirmed.len());
+        println!("confirmed            {confirmed}");
         println!("deliveries           {deliveries}");
         let kinds: Vec<String> = by_kind.iter().map(|(k, n)| format!("{k} {n}")).collect();
         println!("faults               {faults} ({})", kinds.join(", "));
         println!("lost                 {}", lost.len());
         println!("unmarked_duplicates  {unmarked}");
-        println!("redeliveries         {}", au.redeliveries());
+        println!("redeliveries         {}", au.redeliveries);
         println!("corrupt              {}", au.corrupt.len());
         println!("phantom              {phantom}");
         println!("transient_errors     {}", au.transient_errors);
+        println!("refused_no_space     {}", au.refused);
         println!("drained              {empty}");
         println!(
             "rss_kib              first {} max {} last {}",
@@ -739,11 +790,7 @@ impl Sample {
             })
             .unwrap_or(0);
         let fds = std::fs::read_dir("/proc/self/fd").map_or(0, |d| d.count() as u64);
-        let deliveries = audit
-            .delivered
-            .values()
-            .map(|&(a, b)| u64::from(a) + u64::from(b))
-            .sum();
+        let deliveries = audit.deliveries;
         Sample {
             at: Instant::now(),
             secs: started.elapsed().as_secs_f64(),
@@ -801,7 +848,7 @@ mod tests {
     #[test]
     fn the_audit_counts_what_it_must() {
         let mut a = Audit::default();
-        a.tags.insert("p0".into());
+        a.tags.insert("p0".into(), Produced::default());
         a.take("c p0 1 2 3");
         a.take("d p0 1 0");
         a.take("d p0 1 1"); // redelivered, marked
@@ -810,13 +857,33 @@ mod tests {
         a.take("d p9 1 0"); // never published here
         a.take("x a damaged body");
         a.take("e publish: reset");
+        a.take("r publish: no space");
         a.take("d p0");
-        assert_eq!(a.lost(), vec![&("p0".to_owned(), 3)]);
-        assert_eq!(a.unmarked_duplicates(), 1);
-        assert_eq!(a.redeliveries(), 1);
-        assert_eq!(a.phantom(), 1);
+        assert_eq!(a.lost(), vec![("p0".to_owned(), 3)]);
+        assert_eq!(a.unmarked, 1);
+        assert_eq!(a.redeliveries, 1);
+        assert_eq!(a.phantom, 1);
         assert_eq!(a.corrupt.len(), 2);
+        assert_eq!((a.confirmed(), a.messages(), a.deliveries), (3, 4, 5));
+        a.take("c p7 1");
+        assert_eq!(
+            a.corrupt.len(),
+            3,
+            "a confirm from a producer never started"
+        );
+        // Far and wide message numbers.
+        a.take("c p0 1000000 64 63");
+        a.take("d p0 64 0");
+        assert_eq!(
+            a.lost(),
+            vec![
+                ("p0".to_owned(), 3),
+                ("p0".to_owned(), 63),
+                ("p0".to_owned(), 1_000_000)
+            ]
+        );
         assert_eq!(a.transient_errors, 1);
+        assert_eq!(a.refused, 1);
     }
 
     #[test]

@@ -10,6 +10,7 @@
 //! - `c <tag> <i> <i> ...`: those publishes of this producer were confirmed;
 //! - `d <tag> <i> <0|1>`: message `<tag>-<i>` delivered, redelivered or not;
 //! - `x <text>`: a delivery whose body is not one a producer wrote;
+//! - `r <text>`: a publish the store refused for lack of space (not stored);
 //! - `e <text>`: a transient error the worker rode out.
 
 use std::io::Write;
@@ -235,6 +236,13 @@ fn produce(
             let m = Message::new(body(&spec.tag, i, spec.size)).with_priority((i % 3) as u8);
             match ch.publish_async(m, "", &spec.queue, false) {
                 Ok(c) => pending.push((i, c)),
+                // A full store refuses it (not stored); consumers make room.
+                Err(dashi::PublishError::Store { failure, .. })
+                    if failure.kind == dashi::FailureKind::NoSpace =>
+                {
+                    out.say(&format!("r publish: {failure}"));
+                    std::thread::sleep(Duration::from_millis(20));
+                }
                 Err(e) if e.is_transient() => {
                     out.say(&format!("e publish: {e}"));
                     std::thread::sleep(Duration::from_millis(10));
