@@ -174,3 +174,41 @@ fn long_input_is_cut_and_prefixes_are_said_once() {
         assert_ne!(w[0], w[1], "repeated prefix in {line}");
     }
 }
+
+/// A file-size limit (`ulimit -f`) below a segment's size: the publish fails
+/// with one line that names the file and the reason (`EFBIG`; no SIGXFSZ
+/// death), nothing is stored, and without the limit the same store works.
+#[test]
+fn a_file_size_limit_is_a_one_line_error_and_the_store_still_works() {
+    let d = dashi_test_support::TestDir::new();
+    let url = format!("local://{}", d.join("s").display());
+    let o = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "ulimit -f 200 && exec '{}' publish '{url}' --queue q --count 3 --size 100",
+            env!("CARGO_BIN_EXE_dashi")
+        ))
+        .output()
+        .unwrap();
+    let line = one_line_error(&o);
+    assert!(
+        line.contains("File too large") && line.contains("lane-0"),
+        "{line}"
+    );
+    assert_eq!(o.status.code(), Some(1), "{line}");
+    let o = dashi(&["publish", &url, "--queue", "q", "--body", "after"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = dashi(&[
+        "consume",
+        &url,
+        "--queue",
+        "q",
+        "--count",
+        "5",
+        "--timeout",
+        "1",
+    ]);
+    let got: Vec<String> = stdout(&o).lines().map(str::to_owned).collect();
+    assert_eq!(got.len(), 1, "only the later one: {got:?}");
+    assert!(got[0].ends_with("body=after"), "{got:?}");
+}
