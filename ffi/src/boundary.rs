@@ -64,6 +64,17 @@ pub(crate) unsafe fn write_out<T>(out: *mut T, v: T) {
     unsafe { out.write(v) };
 }
 
+/// Writes `v` to an optional out-parameter: nothing when it is NULL.
+///
+/// # Safety
+/// `out` is NULL, or aligned and writable.
+pub(crate) unsafe fn write_opt<T>(out: *mut T, v: T) {
+    if !out.is_null() {
+        // SAFETY: non-NULL, and writable by the caller's contract.
+        unsafe { out.write(v) };
+    }
+}
+
 /// Writes `text` NUL-terminated into `buf` (at most `len` bytes, cut to fit).
 ///
 /// # Safety

@@ -9,10 +9,11 @@ use dashi::{
     Channel, Consumer, ConsumerOptions, Exchange, ExchangeKind, Headers, Message, Queue, Value,
 };
 
-use crate::boundary::{check_out, ffi_guard, try_ref, try_str, write_out};
+use crate::boundary::{check_out, ffi_guard, try_ref, try_str, write_opt, write_out};
 use crate::connection::dashi_connection;
 use crate::message::{dashi_message, dashi_value_type};
 use crate::result::dashi_result;
+use crate::returned::wait_for_confirms;
 
 /// A channel on a connection, with its own consumers and unacked
 /// deliveries.
@@ -261,10 +262,8 @@ pub unsafe extern "C" fn dashi_queue_declare_with(
             .ch
             .queue_declare(&q)
             .map_err(|e| dashi_result::from(&e))?;
-        if !ready_out.is_null() {
-            // SAFETY: non-NULL and writable by the caller's contract.
-            unsafe { write_out(ready_out, info.message_count) };
-        }
+        // SAFETY: NULL or writable by the caller's contract.
+        unsafe { write_opt(ready_out, info.message_count) };
         Ok(())
     })
 }
@@ -312,10 +311,8 @@ pub unsafe extern "C" fn dashi_queue_delete(
             .ch
             .queue_delete(name, if_unused, if_empty)
             .map_err(|e| dashi_result::from(&e))?;
-        if !count_out.is_null() {
-            // SAFETY: non-NULL and writable by the caller's contract.
-            unsafe { write_out(count_out, n) };
-        }
+        // SAFETY: NULL or writable by the caller's contract.
+        unsafe { write_opt(count_out, n) };
         Ok(())
     })
 }
@@ -339,10 +336,8 @@ pub unsafe extern "C" fn dashi_queue_purge(
             .ch
             .queue_purge(name)
             .map_err(|e| dashi_result::from(&e))?;
-        if !count_out.is_null() {
-            // SAFETY: non-NULL and writable by the caller's contract.
-            unsafe { write_out(count_out, n) };
-        }
+        // SAFETY: NULL or writable by the caller's contract.
+        unsafe { write_opt(count_out, n) };
         Ok(())
     })
 }
@@ -798,23 +793,7 @@ pub unsafe extern "C" fn dashi_wait_for_confirms(
     ffi_guard(|| {
         // SAFETY: the caller's contract.
         let ch = unsafe { try_ref(ch) }?;
-        match ch
-            .ch
-            .wait_for_confirms(Duration::from_millis(u64::from(timeout_ms)))
-        {
-            Ok(()) => Ok(()),
-            Err(dashi::ConfirmsError::Timeout { .. }) => Err(dashi_result::DASHI_TIMEOUT),
-            Err(dashi::ConfirmsError::Failed {
-                failed,
-                reported_to_confirms,
-            }) => {
-                if !failed_out.is_null() {
-                    // SAFETY: non-NULL and writable by the caller's contract.
-                    unsafe { write_out(failed_out, failed.len() + reported_to_confirms) };
-                }
-                Err(dashi_result::DASHI_UNCONFIRMED)
-            }
-            Err(_) => Err(dashi_result::DASHI_CHANNEL_CLOSED),
-        }
+        // SAFETY: as above.
+        unsafe { wait_for_confirms(ch, timeout_ms, failed_out, drop) }
     })
 }

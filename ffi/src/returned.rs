@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use dashi::{ConfirmsError, Message, PublishError};
 
-use crate::boundary::{check_out, ffi_guard, ffi_guard_value, try_ref, try_str, write_out};
+use crate::boundary::{check_out, ffi_guard, ffi_guard_value, try_ref, try_str, write_opt};
 use crate::channel::{dashi_channel, mandatory};
 use crate::message::{named_property, view};
 use crate::result::dashi_result;
@@ -45,6 +45,37 @@ impl dashi_returned {
     }
 }
 
+/// What `dashi_wait_for_confirms` and `dashi_wait_for_confirms_returned`
+/// share: waits, writes how many failed to `failed_out` (if not NULL) and
+/// hands each failure (with its message) to `hand_back`.
+///
+/// # Safety
+/// `failed_out` is NULL or writable.
+pub(crate) unsafe fn wait_for_confirms(
+    ch: &dashi_channel,
+    timeout_ms: u32,
+    failed_out: *mut usize,
+    mut hand_back: impl FnMut(PublishError),
+) -> Result<(), dashi_result> {
+    match ch
+        .channel()
+        .wait_for_confirms(Duration::from_millis(u64::from(timeout_ms)))
+    {
+        Ok(()) => Ok(()),
+        Err(ConfirmsError::Timeout { .. }) => Err(dashi_result::DASHI_TIMEOUT),
+        Err(ConfirmsError::Failed {
+            failed,
+            reported_to_confirms,
+        }) => {
+            // SAFETY: the caller's contract.
+            unsafe { write_opt(failed_out, failed.len() + reported_to_confirms) };
+            failed.into_iter().for_each(&mut hand_back);
+            Err(dashi_result::DASHI_UNCONFIRMED)
+        }
+        Err(_) => Err(dashi_result::DASHI_CHANNEL_CLOSED),
+    }
+}
+
 /// Called by `dashi_wait_for_confirms_returned` for each publish handed
 /// back, on the calling thread, with the `userdata` given to it. The callee
 /// owns `r` (free it with `dashi_returned_free`). It must not unwind.
@@ -72,29 +103,14 @@ pub unsafe extern "C" fn dashi_wait_for_confirms_returned(
         // SAFETY: the caller's contract.
         let ch = unsafe { try_ref(ch) }?;
         let cb = cb.ok_or(dashi_result::DASHI_NULL_PARAMETER)?;
-        match ch
-            .channel()
-            .wait_for_confirms(Duration::from_millis(u64::from(timeout_ms)))
-        {
-            Ok(()) => Ok(()),
-            Err(ConfirmsError::Timeout { .. }) => Err(dashi_result::DASHI_TIMEOUT),
-            Err(ConfirmsError::Failed {
-                failed,
-                reported_to_confirms,
-            }) => {
-                if !failed_out.is_null() {
-                    // SAFETY: non-NULL and writable by the caller's contract.
-                    unsafe { write_out(failed_out, failed.len() + reported_to_confirms) };
-                }
-                for e in failed {
-                    let r = Box::into_raw(Box::new(dashi_returned::from_error(e)));
-                    // SAFETY: `cb` may be called with `userdata` here by the
-                    // caller's contract; the callee owns `r`.
-                    unsafe { cb(userdata, r) };
-                }
-                Err(dashi_result::DASHI_UNCONFIRMED)
-            }
-            Err(_) => Err(dashi_result::DASHI_CHANNEL_CLOSED),
+        // SAFETY: `cb` may be called with `userdata` here by the caller's
+        // contract; `failed_out` is NULL or writable.
+        unsafe {
+            wait_for_confirms(ch, timeout_ms, failed_out, |e| {
+                let r = Box::into_raw(Box::new(dashi_returned::from_error(e)));
+                // The callee owns `r`.
+                cb(userdata, r);
+            })
         }
     })
 }
