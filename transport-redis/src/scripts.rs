@@ -1,8 +1,10 @@
 //! The Lua scripts dashi runs on Redis: each is one atomic step that kombu
 //! does in several round trips (or not at all). Loaded once per server
-//! with `SCRIPT LOAD`, run with `EVALSHA`, loaded again after `NOSCRIPT`
-//! (a `SCRIPT FLUSH`, a restart, a failover): `NOSCRIPT` means the script
-//! did not run, so the retry cannot run it twice.
+//! with `SCRIPT LOAD` and run with `EVALSHA`; after a `NOSCRIPT` (a `SCRIPT
+//! FLUSH`, a restart, a failover) the call runs again as `EVAL` with the
+//! script's text, which no flush can fail, and the next call loads it
+//! again: `NOSCRIPT` means the script did not run, so the retry cannot run
+//! it twice.
 
 use parking_lot::Mutex;
 

@@ -21,6 +21,11 @@
 //! - Every delivery this process holds is re-scored in `unacked_index`
 //!   more often than the visibility timeout, so no restorer (kombu's or
 //!   dashi's) takes a message whose holder is alive.
+//! - dashi holds the restore lock (`unacked_mutex`) for at most
+//!   `LOCK_LEASE` at a time, renewing it only while it still holds its own
+//!   token, and releases a token whose unlock could not be sent on its next
+//!   pass: a dashi restorer that dies mid-pass holds the others up for
+//!   seconds, never for kombu's `unacked_mutex_expire`.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::SeqCst};
