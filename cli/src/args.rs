@@ -38,6 +38,9 @@ pub(crate) enum Command {
     /// A torture producer or consumer in its own process (run by `torture`).
     #[command(hide = true)]
     TortureChild(TortureChildArgs),
+    /// The filesystem that loses power (run by `torture --faults power-loss`).
+    #[command(hide = true)]
+    TortureFs(TortureFsArgs),
 }
 
 #[derive(Debug, Args)]
@@ -61,9 +64,17 @@ pub(crate) struct TortureArgs {
     /// Faults to inject, comma-separated: kill (SIGKILL a worker process and
     /// start another; on memory:// a worker drops its connection mid-work),
     /// and on redis:// also client-kill (CLIENT KILL every client), pause
-    /// (CLIENT PAUSE WRITE past the timeouts), script-flush (SCRIPT FLUSH).
+    /// (CLIENT PAUSE WRITE past the timeouts), script-flush (SCRIPT FLUSH);
+    /// on local:// power-loss (every process killed at once and every write
+    /// not covered by a completed fdatasync discarded: the store's directory
+    /// is a FUSE filesystem over DIR.disk that drops them; needs root).
     #[arg(long, default_value = "kill")]
     pub(crate) faults: String,
+    /// power-loss: the share (0 to 1) of written but unsynced 512-byte
+    /// sectors that reach the disk at a cut, chosen by the seed (0: all lost,
+    /// as LazyFS; above 0: torn pages, sectors old and new).
+    #[arg(long, default_value_t = 0.0, value_parser = parse_share)]
+    pub(crate) power_loss_keep: f64,
     /// Mean time between two faults, in milliseconds.
     #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u64).range(1..=3_600_000))]
     pub(crate) fault_interval_ms: u64,
@@ -102,6 +113,27 @@ pub(crate) struct TortureChildArgs {
     pub(crate) size: u32,
     #[arg(long)]
     pub(crate) pipeline: u32,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct TortureFsArgs {
+    /// The directory that keeps what survives.
+    #[arg(long)]
+    pub(crate) backing: PathBuf,
+    /// Where to mount.
+    #[arg(long)]
+    pub(crate) mount: PathBuf,
+    #[arg(long, value_parser = parse_share)]
+    pub(crate) keep: f64,
+    #[arg(long)]
+    pub(crate) seed: u64,
+}
+
+fn parse_share(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if (0.0..=1.0).contains(&v) => Ok(v),
+        _ => Err(format!("{s:?} is not a share between 0 and 1")),
+    }
 }
 
 #[derive(Debug, Args)]

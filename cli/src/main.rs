@@ -34,6 +34,7 @@ fn main() -> ExitCode {
         Command::BenchConsumer(a) => bench::child::run(a),
         Command::Torture(a) => torture::run(a),
         Command::TortureChild(a) => torture::worker::child(a),
+        Command::TortureFs(a) => torture::lossyfs::serve(&a.backing, &a.mount, a.keep, a.seed),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -171,11 +171,9 @@ pub(crate) fn recover(
     if exclusive {
         if last {
             if off < reserved {
-                seg.cut_tail(off, reserved);
                 r.cut_at = Some(off);
-            } else {
-                seg.set_tail(off);
             }
+            seg.clear_from(off)?;
         } else if off < cap {
             seg.pad_to_end(off);
         }

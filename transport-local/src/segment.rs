@@ -553,6 +553,11 @@ impl Segment {
                 .tail()
                 .compare_exchange(tw, tail::encode(t + len), AcqRel, Acquire);
             if fits {
+                // The record's consumer words are its writer's to set until
+                // it commits: clear, whatever a power loss left there
+                // (recovery clears past the tail too; see `clear_from`).
+                self.claim_word(t).store(0, Release);
+                self.deadline_word(t).store(0, Release);
                 return Ok(t);
             }
             return Err(AppendError::Full);
@@ -860,16 +865,59 @@ impl Segment {
             .is_ok()
     }
 
-    /// Cuts the segment back to `off` (recovery with exclusive access only):
-    /// zeroes `[off, end)` (what was reserved after it, `end` being the
-    /// furthest the tail or the caller's walk got), so an append there
-    /// reserves the free word as usual and no stale record is found later.
-    pub(crate) fn cut_tail(&self, off: u64, end: u64) {
-        let end = end.max(self.reserved_to()).min(self.capacity());
-        if off < end {
-            self.region.write(off, &vec![0u8; (end - off) as usize]);
+    /// Clears everything from `off` to the end and sets the tail there
+    /// (recovery with exclusive access only, for the lane's last segment):
+    /// appends go on at `off`, over zeros.
+    ///
+    /// The bytes past the tail hint are not always zero. After a power
+    /// loss a disk may keep any of the pages written after the last sync,
+    /// in any order: records whose tail-hint update was lost, claim words
+    /// of records that did not survive. A record laid over them would meet
+    /// a stale state word (refused as corrupt, or stepped over) or inherit
+    /// a stale claim word (read as acked: a confirmed message never
+    /// delivered). So the whole rest of the file is cleared, not only up to
+    /// the tail: by `FALLOC_FL_ZERO_RANGE` where the filesystem has it (one
+    /// call, the blocks stay allocated), else by writing zeros over what is
+    /// not zero already.
+    pub(crate) fn clear_from(&self, off: u64) -> std::io::Result<()> {
+        let cap = self.capacity();
+        let off = off.min(cap);
+        let zeroed = off == cap
+            || self.file.as_ref().is_some_and(|f| {
+                use rustix::fs::{fallocate, FallocateFlags};
+                fallocate(
+                    &**f,
+                    FallocateFlags::ZERO_RANGE | FallocateFlags::KEEP_SIZE,
+                    off,
+                    cap - off,
+                )
+                .is_ok()
+            });
+        if !zeroed {
+            const CHUNK: u64 = 1 << 20;
+            let mut buf = Vec::new();
+            let mut at = off;
+            while at < cap {
+                let len = (cap - at).min(CHUNK);
+                let stale = match &self.file {
+                    Some(f) => {
+                        use std::os::unix::fs::FileExt;
+                        buf.resize(len as usize, 0);
+                        f.read_exact_at(&mut buf, at)?;
+                        buf.iter().any(|&b| b != 0)
+                    }
+                    None => self
+                        .region
+                        .with_bytes(at, len, |b| b.iter().any(|&b| b != 0)),
+                };
+                if stale {
+                    self.region.write(at, &vec![0u8; len as usize]);
+                }
+                at += len;
+            }
         }
         self.tail().store(tail::encode(off), Release);
+        Ok(())
     }
 
     /// Pads everything from `off` to the end with one padding record
@@ -885,7 +933,8 @@ impl Segment {
         self.tail().store(tail::encode(cap), Release);
     }
 
-    /// Sets the tail hint (recovery with exclusive access only).
+    /// Sets the tail hint (tests).
+    #[cfg(test)]
     pub(crate) fn set_tail(&self, off: u64) {
         self.tail()
             .store(tail::encode(off.min(self.capacity())), Release);

@@ -148,7 +148,13 @@ fn check_marker(root: &Path, create: bool) -> Result<(), Error> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound && create => {
             let tmp = root.join(format!("DASHI-LOCAL.tmp-{}", std::process::id()));
             let write = || -> std::io::Result<()> {
-                std::fs::write(&tmp, MARKER)?;
+                // Synced before it is renamed into place: a power loss must
+                // not leave the name with its bytes unwritten (a store that
+                // no build can open).
+                let mut f = std::fs::File::create(&tmp)?;
+                std::io::Write::write_all(&mut f, MARKER.as_bytes())?;
+                f.sync_all()?;
+                drop(f);
                 std::fs::rename(&tmp, &marker)?;
                 std::fs::File::open(root)?.sync_all()
             };

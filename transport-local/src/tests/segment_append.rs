@@ -192,3 +192,34 @@ fn before_with(before: &[Vec<u8>], extra: &[u8]) -> Vec<Vec<u8>> {
     v.push(extra.to_vec());
     v
 }
+
+#[test]
+fn a_new_record_starts_with_clear_consumer_words_whatever_was_there() {
+    use crate::segment::claim::{Claim, ACKED};
+    let (_dir, seg) = fresh(1 << 16);
+    // What a power loss can leave past the tail: the claim and lease words
+    // of a record that did not survive (acked, with a lease).
+    let stale = Claim {
+        state: ACKED,
+        redelivered: false,
+        generation: 1,
+        owner: 7,
+    }
+    .encode();
+    seg.claim_word(HEADER_LEN)
+        .store(stale, std::sync::atomic::Ordering::Release);
+    seg.deadline_word(HEADER_LEN)
+        .store(99 << 16 | 1, std::sync::atomic::Ordering::Release);
+    let off = seg.append(b"new", 3, 1, 0).unwrap();
+    assert_eq!(off, HEADER_LEN);
+    let ready = Claim::decode(
+        seg.claim_word(off)
+            .load(std::sync::atomic::Ordering::Acquire),
+    );
+    assert_eq!(ready.map(|c| c.state), Some(crate::segment::claim::READY));
+    assert_eq!(
+        seg.deadline_word(off)
+            .load(std::sync::atomic::Ordering::Acquire),
+        0
+    );
+}

@@ -333,3 +333,45 @@ fn corrupt_metadata_is_a_typed_error_that_no_retry_fixes() {
         "{ not json"
     );
 }
+
+#[test]
+fn bytes_a_power_loss_left_past_the_tail_neither_hide_nor_block_new_records() {
+    use std::os::unix::fs::FileExt;
+    let d = dir("stale-tail");
+    let (offs, len) = {
+        let (_, c) = open(&d);
+        let ch = c.channel().unwrap();
+        ch.queue_declare(&Queue::new("q")).unwrap();
+        for m in ["m0", "m1", "m2"] {
+            ch.producer().publish(m, "q").unwrap();
+        }
+        // Delivered and acked: m2's claim word says acked.
+        assert_eq!(drain(&c), vec!["m0", "m1", "m2"]);
+        let offs = records(&d);
+        (offs.clone(), offs[1] - offs[0])
+    };
+    // The disk kept some pages written after the last sync and lost others:
+    // m2's state word is gone (its claim word, acked, is still there, where
+    // the next record's goes), and two records' room further on, past the
+    // tail, lies a word that is no record.
+    let f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(seg_path(&d))
+        .unwrap();
+    f.write_all_at(&[0u8; 8], offs[2]).unwrap();
+    f.write_all_at(&u64::MAX.to_le_bytes(), offs[2] + 2 * len)
+        .unwrap();
+    drop(f);
+    // The first opener recovers: the tail is cut back to m2 (torn) and
+    // everything after it cleared, so new records are delivered, each once.
+    let (t, c) = open(&d);
+    assert_eq!(t.recovered().segments, 1);
+    let ch = c.channel().unwrap();
+    for m in ["a", "b", "c", "d"] {
+        ch.producer().publish(m, "q").unwrap();
+    }
+    assert_eq!(records(&d)[2], offs[2], "appends went on where m2 was");
+    assert_eq!(drain(&c), vec!["a", "b", "c", "d"]);
+    drop((t, c));
+}
