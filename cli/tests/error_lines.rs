@@ -212,3 +212,98 @@ fn a_file_size_limit_is_a_one_line_error_and_the_store_still_works() {
     assert_eq!(got.len(), 1, "only the later one: {got:?}");
     assert!(got[0].ends_with("body=after"), "{got:?}");
 }
+
+/// A store's directory made read-only under a running publisher that is not
+/// root: the publish that needs a new segment fails with one line naming the
+/// lane and the reason, every publish before it is stored (none lost, none
+/// invented), and once the directory is writable again the store works.
+#[test]
+fn a_store_made_read_only_mid_run_refuses_with_one_line_and_loses_nothing() {
+    use std::os::unix::fs::PermissionsExt;
+    let root = std::process::Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| o.stdout.trim_ascii() == b"0");
+    if !root {
+        eprintln!("skipped: needs root to run the publisher as another user");
+        return;
+    }
+    let d = dashi_test_support::TestDir::new();
+    std::fs::set_permissions(&*d, std::fs::Permissions::from_mode(0o777)).unwrap();
+    // A copy of the binary the other user can run.
+    let exe = d.join("dashi");
+    std::fs::copy(env!("CARGO_BIN_EXE_dashi"), &exe).unwrap();
+    std::fs::set_permissions(&exe, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let store = d.join("s");
+    let url = format!("local://{}?segment_size=64K", store.display());
+    let as_nobody = |args: &[&str]| {
+        let mut c = std::process::Command::new("setpriv");
+        c.args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+            .arg(&exe)
+            .args(args);
+        c
+    };
+    let publisher = as_nobody(&[
+        "publish",
+        &url,
+        "--queue",
+        "q",
+        "--count",
+        "100000000",
+        "--size",
+        "100",
+    ])
+    .stdout(std::process::Stdio::piped())
+    .stderr(std::process::Stdio::piped())
+    .spawn()
+    .unwrap();
+    // Once a few segments are there, the directory tree goes read-only.
+    let lane = store.join("q/q/0000000000000001/lane-0");
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while dashi_test_support::files_under(&lane, |p| p.extension().is_some_and(|e| e == "seg"))
+        .len()
+        < 3
+    {
+        assert!(std::time::Instant::now() < until, "no segments appeared");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let chmod = |mode: &str| {
+        assert!(std::process::Command::new("chmod")
+            .args(["-R", mode])
+            .arg(&store)
+            .status()
+            .unwrap()
+            .success());
+    };
+    chmod("a-w");
+    let o = publisher.wait_with_output().unwrap();
+    let line = one_line_error(&o);
+    assert!(
+        line.contains("Permission denied") && line.contains("lane-0"),
+        "{line}"
+    );
+    // "publish N of 100000000 failed": N - 1 were confirmed.
+    let n: u64 = line
+        .split_whitespace()
+        .skip_while(|w| *w != "publish")
+        .nth(1)
+        .and_then(|w| w.parse().ok())
+        .unwrap_or_else(|| panic!("{line}"));
+    chmod("u+w");
+    let o = as_nobody(&["stat", &url, "--json"]).output().unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_str(stdout(&o).lines().next().unwrap()).unwrap();
+    let q = v["queues"]
+        .as_array()
+        .and_then(|qs| qs.iter().find(|q| q["name"] == "q"))
+        .unwrap_or_else(|| panic!("{v}"));
+    assert_eq!(
+        q["messages"],
+        n - 1,
+        "every confirmed publish, no more: {v}"
+    );
+    let o = as_nobody(&["publish", &url, "--queue", "q", "--body", "after"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+}

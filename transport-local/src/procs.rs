@@ -44,7 +44,10 @@ impl Registration {
         let dir = root.join("procs");
         std::fs::create_dir_all(&dir)?;
         loop {
-            let n = control.u64_at(NEXT_ID_AT).fetch_add(1, AcqRel) + 1;
+            let n = control
+                .u64_at(NEXT_ID_AT)
+                .fetch_add(1, AcqRel)
+                .wrapping_add(1);
             let id = (n % (1 << 32)) as u32;
             if id == 0 {
                 continue;

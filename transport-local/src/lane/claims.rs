@@ -106,8 +106,7 @@ impl Lane {
                     continue;
                 }
                 if pos.seq < until.seq {
-                    self.report_gap(pos.seq);
-                    pos = Pos::start(pos.seq + 1);
+                    pos = Pos::start(self.past_gap(pos.seq, until.seq)?);
                     continue;
                 }
                 return Ok(Walk::Done);
@@ -138,8 +137,17 @@ impl Lane {
         Ok(Walk::Done)
     }
 
-    fn report_gap(&self, seq: u64) {
+    /// Where to go on from `seq`, a segment missing below `limit`: the next
+    /// segment there is, or `limit` when none is below it. One look at the
+    /// directory, not a step per missing number: a position a damaged
+    /// state page put far from every segment must not cost a walk over
+    /// billions of names.
+    fn past_gap(&self, seq: u64, limit: u64) -> Result<u64, LaneError> {
         tracing::warn!(lane = %self.name(), seq, "segment missing from its lane (deleted by hand?); its records are skipped");
+        Ok(self
+            .storage
+            .next_segment(seq)?
+            .map_or(limit, |next| next.min(limit)))
     }
 
     /// Claims the oldest ready record for `owner`: restored ones first (in
@@ -238,18 +246,22 @@ impl Lane {
                     .compare_exchange(packed, to.pack(), AcqRel, Acquire);
             };
             let Some(seg) = self.segment(pos.seq)? else {
-                let low = self.load(at::LOW_SEG);
-                if pos.seq < low {
-                    advance(Pos::start(low));
-                    continue;
+                let (low, write) = (self.load(at::LOW_SEG), self.load(at::WRITE_SEG));
+                let to = if pos.seq < low {
+                    low
+                } else if pos.seq < write {
+                    self.past_gap(pos.seq, write)?
+                } else {
+                    // The write segment is not made yet: nothing to read.
+                    return Ok(None);
+                };
+                // Forward only, and only to a segment a position can name:
+                // damaged words must not send the walk round in a circle.
+                if to <= pos.seq || to > u64::from(u32::MAX) {
+                    return Ok(None);
                 }
-                if pos.seq < self.load(at::WRITE_SEG) {
-                    self.report_gap(pos.seq);
-                    advance(Pos::start(pos.seq + 1));
-                    continue;
-                }
-                // The write segment is not made yet: nothing to read.
-                return Ok(None);
+                advance(Pos::start(to));
+                continue;
             };
             match seg.read(pos.off) {
                 Slot::Record { len, meta } => {

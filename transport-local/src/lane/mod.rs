@@ -228,11 +228,14 @@ impl Lane {
         )
     }
 
-    /// Records (and body bytes) ever made ready: appended plus restored.
+    /// Records (and body bytes) ever made ready: appended plus restored
+    /// (wrapping: shared words a damaged page filled must not panic).
     fn made_ready(&self) -> (u64, u64) {
         (
-            self.load(at::APPENDED) + self.load(at::RESTORED),
-            self.load(at::APPENDED_BYTES) + self.load(at::RESTORED_BYTES),
+            self.load(at::APPENDED)
+                .wrapping_add(self.load(at::RESTORED)),
+            self.load(at::APPENDED_BYTES)
+                .wrapping_add(self.load(at::RESTORED_BYTES)),
         )
     }
 }

@@ -192,6 +192,33 @@ impl Storage {
 
     /// Every segment number present, ascending (half-made temporary files
     /// are removed on the way: the caller has the store to itself).
+    /// The lowest segment above `seq`, if any (looks only: unlike
+    /// [`Storage::list_segments`] it leaves temporary files alone, as other
+    /// processes may be making segments).
+    pub(crate) fn next_segment(&self, seq: u64) -> Result<Option<u64>, LaneError> {
+        match self {
+            Storage::Files { dir, .. } => {
+                let entries = match std::fs::read_dir(dir) {
+                    Ok(e) => e,
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+                    Err(e) => return Err(self.io(e)),
+                };
+                let mut next = None;
+                for e in entries {
+                    let e = e.map_err(|e| self.io(e))?;
+                    if let Some(s) = seg_seq(&e.file_name().to_string_lossy()) {
+                        if s > seq && next.is_none_or(|n| s < n) {
+                            next = Some(s);
+                        }
+                    }
+                }
+                Ok(next)
+            }
+            #[cfg(all(loom, test))]
+            Storage::Model(d) => Ok(d.segments.lock().keys().copied().filter(|&s| s > seq).min()),
+        }
+    }
+
     pub(crate) fn list_segments(&self) -> Result<Vec<u64>, LaneError> {
         match self {
             Storage::Files { dir, .. } => {

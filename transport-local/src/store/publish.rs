@@ -179,20 +179,20 @@ impl Inner {
     fn make_room(&self, q: &LocalQueue, size: u64) -> Result<(), String> {
         let budget = self.opts.max_queue_bytes;
         let fits = |(n, b): (u64, u64)| {
-            limit_reached(&q.decl, n + 1, b + size).is_none()
-                && budget.is_none_or(|max| b + size <= max)
+            limit_reached(&q.decl, n.saturating_add(1), b.saturating_add(size)).is_none()
+                && budget.is_none_or(|max| b.saturating_add(size) <= max)
         };
         // Cheap first: an overestimate within every limit is enough.
         if fits(q.ready(false)) {
             return Ok(());
         }
         let (n, b) = q.ready(true);
-        if let Some(max) = budget.filter(|max| b + size > *max) {
+        if let Some(max) = budget.filter(|max| b.saturating_add(size) > *max) {
             return Err(format!(
                 "max_queue_bytes ({max}) of the local store reached"
             ));
         }
-        match limit_reached(&q.decl, n + 1, b + size) {
+        match limit_reached(&q.decl, n.saturating_add(1), b.saturating_add(size)) {
             None => Ok(()),
             Some(which) => match q.decl.overflow {
                 Overflow::RejectPublish => {

@@ -120,6 +120,24 @@ impl LocalQueue {
             .map_err(|e| store_err("queue name file", e))?;
         let lanes_used =
             SharedPage::open(&dir.join("state")).map_err(|e| store_err("queue state", e))?;
+        // The bits say which lanes exist, for the consumers' scans; the
+        // page is never synced (a power loss can take them) and can be
+        // damaged, so every open sets the bit of each lane directory there
+        // is: no lane's messages stay hidden until someone publishes there.
+        if let Ok(entries) = std::fs::read_dir(&dir) {
+            for e in entries.flatten() {
+                let lane = e.file_name();
+                let p = lane
+                    .to_str()
+                    .and_then(|n| n.strip_prefix("lane-"))
+                    .and_then(|p| p.parse::<u8>().ok());
+                if let Some(p) = p.filter(|&p| p <= decl.max_priority) {
+                    lanes_used
+                        .u64_at(8 * (p as usize / 64))
+                        .fetch_or(1 << (p % 64), AcqRel);
+                }
+            }
+        }
         Ok(LocalQueue {
             lanes: (0..=decl.max_priority).map(|_| OnceLock::new()).collect(),
             decl,
@@ -275,8 +293,9 @@ impl LocalQueue {
                 } else {
                     l.ready_at_most()
                 };
-                n += r;
-                b += rb;
+                // Saturating: counters a damaged page filled must not panic.
+                n = r.saturating_add(n);
+                b = rb.saturating_add(b);
             }
         }
         (n, b)
@@ -289,9 +308,9 @@ impl LocalQueue {
             if let Ok(l) = self.lane(p) {
                 let (r, rb, ru) = l.counts();
                 depth[p as usize] = r;
-                n += r;
-                b += rb;
-                u += ru;
+                n = r.saturating_add(n);
+                b = rb.saturating_add(b);
+                u = ru.saturating_add(u);
             }
         }
         (n, b, u, depth)
