@@ -146,6 +146,12 @@ impl State {
         ino
     }
 
+    /// The name `name` in directory `parent`, relative to the backing
+    /// directory.
+    fn child(&self, parent: u64, name: &OsStr) -> Result<PathBuf, Errno> {
+        self.path(parent).map(|p| p.join(name))
+    }
+
     fn path(&self, ino: u64) -> Result<&Path, Errno> {
         self.nodes
             .get(&ino)
@@ -300,9 +306,8 @@ impl LossyFs {
 impl Filesystem for LossyFs {
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         let mut st = self.lock();
-        let rel = match st.path(parent.0) {
-            Ok(p) => p.join(name),
-            Err(e) => return reply.error(e),
+        let Ok(rel) = st.child(parent.0, name) else {
+            return reply.error(Errno::ENOENT);
         };
         if std::fs::symlink_metadata(self.full(&rel)).is_err() {
             return reply.error(Errno::ENOENT);
@@ -373,9 +378,8 @@ impl Filesystem for LossyFs {
         reply: ReplyEntry,
     ) {
         let mut st = self.lock();
-        let rel = match st.path(parent.0) {
-            Ok(p) => p.join(name),
-            Err(e) => return reply.error(e),
+        let Ok(rel) = st.child(parent.0, name) else {
+            return reply.error(Errno::ENOENT);
         };
         let full = self.full(&rel);
         if let Err(e) = std::fs::create_dir(&full).and_then(|()| {
@@ -388,9 +392,8 @@ impl Filesystem for LossyFs {
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         let mut st = self.lock();
-        let rel = match st.path(parent.0) {
-            Ok(p) => p.join(name),
-            Err(e) => return reply.error(e),
+        let Ok(rel) = st.child(parent.0, name) else {
+            return reply.error(Errno::ENOENT);
         };
         let gone = std::fs::remove_file(self.full(&rel));
         match gone {
@@ -404,9 +407,8 @@ impl Filesystem for LossyFs {
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         let mut st = self.lock();
-        let rel = match st.path(parent.0) {
-            Ok(p) => p.join(name),
-            Err(e) => return reply.error(e),
+        let Ok(rel) = st.child(parent.0, name) else {
+            return reply.error(Errno::ENOENT);
         };
         match std::fs::remove_dir(self.full(&rel)) {
             Ok(()) => {
@@ -523,9 +525,8 @@ impl Filesystem for LossyFs {
         reply: ReplyCreate,
     ) {
         let mut st = self.lock();
-        let rel = match st.path(parent.0) {
-            Ok(p) => p.join(name),
-            Err(e) => return reply.error(e),
+        let Ok(rel) = st.child(parent.0, name) else {
+            return reply.error(Errno::ENOENT);
         };
         let mut o = OpenOptions::new();
         o.read(true).write(true).mode(mode & !umask);
