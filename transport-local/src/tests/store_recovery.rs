@@ -339,7 +339,7 @@ fn corrupt_metadata_is_a_typed_error_that_no_retry_fixes() {
 #[test]
 fn bytes_a_power_loss_left_past_the_tail_neither_hide_nor_block_new_records() {
     stale_tail_in(&dir("stale-tail"));
-    match dashi_test_support::Tmpfs::make(64 * 1024) {
+    match dashi_test_support::Tmpfs::make(256 * 1024) {
         Some(fs) => stale_tail_in(&fs.mount.join("s")),
         None => eprintln!("tmpfs case skipped: cannot mount one here (needs root)"),
     }
