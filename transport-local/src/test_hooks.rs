@@ -211,7 +211,14 @@ mod tests {
         let store = dir.join("store");
         let mut pages = vec![0xffu8; 5 * 4096];
         pages[4096..8192].copy_from_slice(&noise);
+        // Found by the fuzzer: a publish that looped for good (the lane's
+        // positions past every segment it wrote).
+        let mut looped = vec![0x0a, 0x0a, 0x5a];
+        looped.extend_from_slice(&[0; 17]);
+        looped.extend_from_slice(&[0x8c; 88]);
+        looped.extend_from_slice(&[0; 3]);
         for (k, seed) in [
+            &looped[..],
             &[][..],
             &[0u8; 5 * 4096],
             &noise[..],

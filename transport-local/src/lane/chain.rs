@@ -74,6 +74,11 @@ impl Lane {
         ts: u64,
     ) -> Result<Pos, LaneError> {
         let mut created = false;
+        // Appends taken back because readers were past them: a stale view
+        // of a segment retention deleted takes one or two; more means the
+        // shared positions themselves are wrong (a damaged page), and going
+        // on would create segment after segment for nothing.
+        let mut taken_back = 0u32;
         loop {
             let seq = self.load(at::WRITE_SEG);
             if seq > MAX_SEQ {
@@ -91,6 +96,13 @@ impl Lane {
                 Ok(off) => {
                     let pos = Pos { seq, off };
                     if created && self.stale(&seg, pos) {
+                        taken_back += 1;
+                        if taken_back > 64 {
+                            return Err(LaneError::Inconsistent {
+                                dir: self.name(),
+                                detail: "its read positions are past every segment it writes",
+                            });
+                        }
                         continue;
                     }
                     if off > seg.header().capacity / 2 && seq < MAX_SEQ {

@@ -99,6 +99,16 @@ pub(crate) enum LaneError {
         /// The lane directory.
         dir: String,
     },
+    /// The lane's shared words contradict each other (a damaged state
+    /// page); recovery, on the next open with the store to itself, rebuilds
+    /// them from the segments.
+    #[error("lane {dir}: {detail}; open the store with no other process using it to recover it")]
+    Inconsistent {
+        /// The lane directory.
+        dir: String,
+        /// What contradicts what.
+        detail: &'static str,
+    },
 }
 
 /// One lane, open in this process.

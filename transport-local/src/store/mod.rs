@@ -109,6 +109,7 @@ impl IntoFailure for crate::lane::LaneError {
             e @ E::TooLarge(_) => StoreFailure::new(FailureKind::Invalid, what, e),
             e @ E::Damaged(_) => StoreFailure::new(FailureKind::Damaged, what, e),
             e @ E::Exhausted { .. } => StoreFailure::new(FailureKind::Exhausted, what, e),
+            e @ E::Inconsistent { .. } => StoreFailure::new(FailureKind::Damaged, what, e),
         }
     }
 }
