@@ -219,30 +219,14 @@ fn a_file_size_limit_is_a_one_line_error_and_the_store_still_works() {
 /// invented), and once the directory is writable again the store works.
 #[test]
 fn a_store_made_read_only_mid_run_refuses_with_one_line_and_loses_nothing() {
-    use std::os::unix::fs::PermissionsExt;
-    let root = std::process::Command::new("id")
-        .arg("-u")
-        .output()
-        .is_ok_and(|o| o.stdout.trim_ascii() == b"0");
-    if !root {
+    if !is_root() {
         eprintln!("skipped: needs root to run the publisher as another user");
         return;
     }
     let d = dashi_test_support::TestDir::new();
-    std::fs::set_permissions(&*d, std::fs::Permissions::from_mode(0o777)).unwrap();
-    // A copy of the binary the other user can run.
-    let exe = d.join("dashi");
-    std::fs::copy(env!("CARGO_BIN_EXE_dashi"), &exe).unwrap();
-    std::fs::set_permissions(&exe, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let as_nobody = dashi_as_nobody(&d);
     let store = d.join("s");
     let url = format!("local://{}?segment_size=64K", store.display());
-    let as_nobody = |args: &[&str]| {
-        let mut c = std::process::Command::new("setpriv");
-        c.args(["--reuid=65534", "--regid=65534", "--clear-groups"])
-            .arg(&exe)
-            .args(args);
-        c
-    };
     let publisher = as_nobody(&[
         "publish",
         &url,

@@ -188,15 +188,12 @@ fn bad_arguments_get_one_line() {
 /// Whether this machine can mount the power-loss filesystem (root and
 /// `/dev/fuse`).
 fn fuse_here() -> bool {
-    let root = Command::new("id")
-        .arg("-u")
-        .output()
-        .is_ok_and(|o| o.stdout.trim_ascii() == b"0");
-    root && std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/fuse")
-        .is_ok()
+    common::is_root()
+        && std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open("/dev/fuse")
+            .is_ok()
 }
 
 /// Mounts of the power-loss filesystem under `dir`.
@@ -345,4 +342,69 @@ fn power_loss_refuses_what_it_cannot_do() {
     let e = one_line_error(&dashi(&["torture", &url, "--faults", "power-loss"]));
     assert!(e.contains("must be empty or absent"), "{e}");
     assert_eq!(std::fs::read(d.join("s/precious")).unwrap(), b"x");
+}
+
+/// Power loss asked for by a user who cannot mount: one line that says what
+/// it needs, and the directory is left as it was.
+#[test]
+fn power_loss_without_root_is_one_line() {
+    if !common::is_root() {
+        eprintln!("skipped: needs root to run the command as another user");
+        return;
+    }
+    let d = TestDir::new();
+    let as_nobody = common::dashi_as_nobody(&d);
+    let url = format!("local://{}?fsync=always", d.join("s").display());
+    let o = as_nobody(&["torture", &url, "--faults", "power-loss", "--seconds", "1"])
+        .output()
+        .unwrap();
+    let e = one_line_error(&o);
+    assert!(
+        e.contains("mounting a FUSE filesystem") && e.contains("need root and /dev/fuse"),
+        "{e}"
+    );
+    assert_eq!(lossy_mounts(&d), 0);
+}
+
+/// A power-loss run killed with SIGKILL: its filesystem goes with it (it
+/// cuts when its input closes), its workers end, and the next run on the
+/// same directory clears the dead mount and passes.
+#[test]
+fn a_power_loss_run_killed_mid_run_leaves_nothing_the_next_run_trips_on() {
+    if !fuse_here() {
+        eprintln!("skipped: the power-loss filesystem needs root and /dev/fuse");
+        return;
+    }
+    let d = TestDir::new();
+    let url = format!(
+        "local://{}?fsync=always&segment_size=64K",
+        d.join("s").display()
+    );
+    let mut run = Command::new(env!("CARGO_BIN_EXE_dashi"))
+        .args(["torture", &url, "--faults", "power-loss", "--seconds", "30"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    run.kill().unwrap();
+    run.wait().unwrap();
+    // Its workers end on the dead mount by themselves.
+    std::thread::sleep(Duration::from_secs(2));
+    let v = torture(
+        &url,
+        &[
+            "--faults",
+            "power-loss",
+            "--seed",
+            "23",
+            "--fault-interval-ms",
+            "500",
+        ],
+    );
+    assert!(
+        v["faults_by_kind"]["power-loss"].as_u64().unwrap() >= 1,
+        "{v}"
+    );
+    assert_eq!(lossy_mounts(&d), 0, "{v}");
 }

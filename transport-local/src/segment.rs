@@ -7,6 +7,10 @@
 //!   at the tail to `RESERVED | len`, so every reservation's extent is known
 //!   from the moment it exists; the shared `tail` is a hint every writer
 //!   helps forward past reserved words.
+//! - Past the tail everything is zero after recovery (which clears the rest
+//!   of the last segment, not only up to the tail hint); a writer still
+//!   clears its record's claim and lease words when it reserves, so nothing
+//!   a power loss left there is read as consumer state.
 //! - A reservation is owned by its writer alone until it commits by a
 //!   compare-and-swap `RESERVED | len -> COMMITTED | len` (the release that
 //!   publishes the record). Anyone may turn a reservation whose writer is dead

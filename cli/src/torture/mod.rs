@@ -1,5 +1,6 @@
 //! `dashi torture`: producers and consumers under seeded faults, then an
-//! audit. Workers say what happened as it happens (see [`worker`]); faults
+//! audit. The run's queue is purged first (an earlier run's leftovers would
+//! read as this run's duplicates). Workers say what happened as it happens (see [`worker`]); faults
 //! land at seeded random times on seeded random targets; when the time is
 //! up the producers stop, the consumers drain what is left, and then this
 //! process drains the rest itself and checks:
@@ -777,6 +778,12 @@ pub(crate) fn run(a: TortureArgs) -> Result<(), String> {
     // memory:// instance alive, and drains at the end. Under power cuts it
     // is closed during the run (every process goes at a cut).
     let mut held = Some(open_queue(&a.url, &a.queue)?);
+    // What an earlier run left (one killed mid-run, say) is not this run's:
+    // its message numbers would read as this run's duplicates.
+    if let Some((_, ch)) = &held {
+        ch.queue_purge(&a.queue)
+            .map_err(|e| format!("purging {} before the run: {e}", a.queue))?;
+    }
     if power.is_some() {
         held = None;
     }

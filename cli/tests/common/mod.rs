@@ -63,3 +63,29 @@ pub(crate) fn one_line_error(o: &Output) -> String {
     assert!(lines[0].starts_with("dashi: "), "{err}");
     lines[0].to_owned()
 }
+
+/// Whether the tests run as root (mounts, other users).
+pub(crate) fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| o.stdout.trim_ascii() == b"0")
+}
+
+/// A copy of the `dashi` binary in `dir` (made world-readable and
+/// searchable) that another user can run, and a command running it as
+/// `nobody`.
+pub(crate) fn dashi_as_nobody(dir: &std::path::Path) -> impl Fn(&[&str]) -> Command {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let exe = dir.join("dashi");
+    std::fs::copy(env!("CARGO_BIN_EXE_dashi"), &exe).unwrap();
+    std::fs::set_permissions(&exe, std::fs::Permissions::from_mode(0o755)).unwrap();
+    move |args: &[&str]| {
+        let mut c = Command::new("setpriv");
+        c.args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+            .arg(&exe)
+            .args(args);
+        c
+    }
+}

@@ -9,6 +9,9 @@
 //!   applies to exactly the record that was delivered.
 //! - Lanes are tried most urgent first and each lane is FIFO (restored
 //!   records first), so a pop takes the most urgent ready message.
+//! - The lanes-in-use bits (the queue's `state` page, never synced) are a
+//!   cache of the lane directories: every open sets the bit of each
+//!   directory there is, so a lost or damaged page hides no lane.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
