@@ -38,7 +38,8 @@ pub mod memory {
 /// The `local://` transport: a memory-mapped store shared by processes.
 pub mod local {
     pub use dashi_transport_local::{
-        open, set_aside, Fsync, LocalOptions, LocalTransport, RecoveryTotals, SetAside,
+        open, set_aside, stop_at, Fsync, LocalOptions, LocalTransport, RecoveryTotals, SetAside,
+        HAS_STOP_POINTS, STOP_POINTS,
     };
 }
 

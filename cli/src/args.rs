@@ -75,6 +75,21 @@ pub(crate) struct TortureArgs {
     /// as LazyFS; above 0: torn pages, sectors old and new).
     #[arg(long, default_value_t = 0.0, value_parser = parse_share)]
     pub(crate) power_loss_keep: f64,
+    /// Aim half the kills at named points, comma-separated: a worker is
+    /// armed for the point, stops when it gets there, and is killed there.
+    /// The workers' own (any transport): mid-pipeline (publishes handed
+    /// over, no confirm waited for), confirmed-unsaid, delivered-unsaid,
+    /// before-ack; on local://, in a build with the failpoints feature, the
+    /// log protocol's: segment::reserved, segment::written,
+    /// lane::write_segment_mapped, lane::rotating, durability::sync (a group
+    /// commit about to fdatasync); `all` for every one the run can reach.
+    #[arg(long, default_value = "")]
+    pub(crate) kill_points: String,
+    /// Churn workers: processes (threads on memory://) that declare, fill,
+    /// read and delete queues of their own beside the torture queue, over
+    /// and over, killed like the others.
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=16))]
+    pub(crate) churn: u32,
     /// Mean time between two faults, in milliseconds.
     #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u64).range(1..=3_600_000))]
     pub(crate) fault_interval_ms: u64,

@@ -4,9 +4,13 @@
 //! and `fsync=always` (kills during group commits), and redis:// with every
 //! fault (processes killed, connections cut, writes paused, scripts
 //! flushed), plus a Redis server killed and restarted with `appendonly` in
-//! the middle of a run. Each run must report zero lost and zero unmarked
-//! duplicates; a run that loses messages on purpose must fail and print the
-//! seed and the command that reproduces it.
+//! the middle of a run. Kills are aimed at named points too (`--kill-points`:
+//! the workers' own, and local://'s stop points in a build with the
+//! `failpoints` feature, which the CI's test command has), and churn
+//! workers declare and delete queues beside the torture queue. Each run must
+//! report zero lost, zero unmarked duplicates and no requeued or restored
+//! delivery that never came again; a run that loses messages on purpose must
+//! fail and print the seed and the command that reproduces it.
 //!
 //! Longer runs: `dashi torture URL --seconds 600` (RELIABILITY.md has the
 //! figures and commands).
@@ -32,6 +36,7 @@ fn torture(url: &str, extra: &[&str]) -> Value {
     let v: Value = serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("{e}: {out}"));
     assert_eq!(v["lost"], 0, "{v}");
     assert_eq!(v["unmarked_duplicates"], 0, "{v}");
+    assert_eq!(v["owed_never_redelivered"], 0, "{v}");
     assert_eq!(v["corrupt"], 0, "{v}");
     assert_eq!(v["phantom"], 0, "{v}");
     assert_eq!(v["drained"], true, "{v}");
@@ -43,8 +48,26 @@ fn torture(url: &str, extra: &[&str]) -> Value {
 
 #[test]
 fn memory_survives_workers_dropping_their_connections() {
-    let v = torture("memory://torture", &["--seed", "11"]);
+    let v = torture(
+        "memory://torture",
+        &["--seed", "11", "--churn", "2", "--kill-points", "all"],
+    );
     assert_eq!(v["seed"], 11);
+    assert!(v["churn_rounds"].as_u64().unwrap() > 0, "{v}");
+    assert!(v["leases_run_out"].as_u64().unwrap() > 0, "{v}");
+    assert!(v["owed_redeliveries"].as_u64().unwrap() > 0, "{v}");
+    assert!(
+        reached(
+            &v,
+            &[
+                "mid-pipeline",
+                "confirmed-unsaid",
+                "delivered-unsaid",
+                "before-ack"
+            ]
+        ) > 0,
+        "{v}"
+    );
     // The soak figures: this process hosts every memory:// worker.
     assert!(v["rss_kib"]["max"].as_u64().unwrap() > 0, "{v}");
     assert!(v["open_fds"]["max"].as_u64().unwrap() > 0, "{v}");
@@ -55,18 +78,88 @@ fn memory_survives_workers_dropping_their_connections() {
     assert!(v["faults_by_kind"]["kill"].as_u64().unwrap() > 0, "{v}");
 }
 
+/// Kills that found their worker at one of `points`.
+fn reached(v: &Value, points: &[&str]) -> u64 {
+    points
+        .iter()
+        .filter_map(|p| v["kill_points"][p]["reached"].as_u64())
+        .sum()
+}
+
+/// Whether the dashi under test has local://'s stop points (a build with
+/// the `failpoints` feature, as the CI's): `all` then names them too.
+fn stop_points_built() -> bool {
+    let o = dashi(&[
+        "torture",
+        "memory://probe",
+        "--kill-points",
+        "segment::written",
+    ]);
+    let e = common::stderr(&o);
+    assert!(!o.status.success());
+    if e.contains("needs a local:// URL") {
+        return true;
+    }
+    assert!(e.contains("failpoints feature"), "{e}");
+    false
+}
+
 #[test]
 fn local_survives_kills_during_rotation() {
     let d = TestDir::new();
     let url = format!("local://{}?segment_size=64K", d.join("s").display());
-    torture(&url, &["--fault-interval-ms", "100"]);
+    let v = torture(
+        &url,
+        &[
+            "--fault-interval-ms",
+            "100",
+            "--churn",
+            "1",
+            "--kill-points",
+            "all",
+        ],
+    );
+    assert!(v["churn_rounds"].as_u64().unwrap() > 0, "{v}");
+    assert!(v["worker_rss_kib"]["max"].as_u64().unwrap() > 0, "{v}");
+    assert!(v["worker_open_fds"]["max"].as_u64().unwrap() > 0, "{v}");
+    assert!(
+        reached(
+            &v,
+            &[
+                "mid-pipeline",
+                "confirmed-unsaid",
+                "delivered-unsaid",
+                "before-ack"
+            ]
+        ) > 0,
+        "{v}"
+    );
+    if stop_points_built() {
+        let store = [
+            "segment::reserved",
+            "segment::written",
+            "lane::write_segment_mapped",
+            "lane::rotating",
+        ];
+        assert!(reached(&v, &store) > 0, "{v}");
+    }
 }
 
 #[test]
 fn local_fsync_always_survives_kills_during_group_commits() {
     let d = TestDir::new();
     let url = format!("local://{}?fsync=always", d.join("s").display());
-    torture(&url, &["--fault-interval-ms", "100", "--pipeline", "64"]);
+    let mut extra = vec!["--fault-interval-ms", "100", "--pipeline", "64"];
+    if stop_points_built() {
+        extra.extend(["--kill-points", "durability::sync,segment::written"]);
+    }
+    let v = torture(&url, &extra);
+    if stop_points_built() {
+        assert!(
+            reached(&v, &["durability::sync", "segment::written"]) > 0,
+            "{v}"
+        );
+    }
 }
 
 /// local:// on a 6 MiB tmpfs that the producers fill: publishes are refused
@@ -100,6 +193,8 @@ fn redis_survives_every_fault() {
             "kill,client-kill,pause,script-flush",
             "--seconds",
             "4",
+            "--kill-points",
+            "mid-pipeline,before-ack",
         ],
     );
     for f in ["kill", "client-kill", "pause", "script-flush"] {
@@ -183,6 +278,46 @@ fn bad_arguments_get_one_line() {
     assert!(e.contains("nope"), "{e}");
     let e = one_line_error(&dashi(&["torture", "memory://x", "--seconds", "0"]));
     assert!(e.contains("seconds"), "{e}");
+    let e = one_line_error(&dashi(&[
+        "torture",
+        "memory://x",
+        "--kill-points",
+        "sneeze",
+    ]));
+    assert!(
+        e.contains("unknown kill point") && e.contains("before-ack"),
+        "{e}"
+    );
+    let e = one_line_error(&dashi(&[
+        "torture",
+        "memory://x",
+        "--kill-points",
+        "lane::rotating",
+    ]));
+    assert!(
+        e.contains("needs a local:// URL") || e.contains("failpoints feature"),
+        "{e}"
+    );
+    let e = one_line_error(&dashi(&[
+        "torture",
+        "memory://x",
+        "--faults",
+        "kill",
+        "--kill-points",
+        "before-ack",
+        "--churn",
+        "17",
+    ]));
+    assert!(e.contains("churn"), "{e}");
+    let e = one_line_error(&dashi(&[
+        "torture",
+        "redis://127.0.0.1:1",
+        "--faults",
+        "pause",
+        "--kill-points",
+        "before-ack",
+    ]));
+    assert!(e.contains("add kill to --faults"), "{e}");
 }
 
 /// Whether this machine can mount the power-loss filesystem (root and

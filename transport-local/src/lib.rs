@@ -73,3 +73,59 @@ mod tests;
 
 pub use recovery::Totals as RecoveryTotals;
 pub use store::{open, set_aside, Fsync, LocalOptions, LocalTransport, SetAside};
+
+/// The named points inside the log protocol where a fault-injection harness
+/// (`dashi torture --kill-points`) can stop a process, to kill it exactly
+/// there: a record's space reserved but nothing written
+/// (`segment::reserved`), a record written but not committed
+/// (`segment::written`), a writer holding a mapped segment
+/// (`lane::write_segment_mapped`), a segment rotation half done (the next
+/// segment created, the lane not yet moved to it: `lane::rotating`), and a
+/// group commit about to `fdatasync` with confirms waiting on it
+/// (`durability::sync`).
+pub const STOP_POINTS: &[&str] = &[
+    "segment::reserved",
+    "segment::written",
+    "lane::write_segment_mapped",
+    "lane::rotating",
+    "durability::sync",
+];
+
+/// Makes the next thread of this process that reaches `point` (one of
+/// [`STOP_POINTS`]) print `failpoint <point> <marker>` on stdout and stop
+/// there for good, so that whoever reads the line can kill the process at
+/// that step. Only a build with the `failpoints` feature has the points;
+/// any other build, or an unknown point, gets an error saying so.
+pub fn stop_at(point: &str, marker: &str) -> Result<(), String> {
+    if !STOP_POINTS.contains(&point) {
+        return Err(format!(
+            "unknown stop point {point:?} (one of {})",
+            STOP_POINTS.join(", ")
+        ));
+    }
+    stop_at_known(point, marker)
+}
+
+#[cfg(feature = "failpoints")]
+fn stop_at_known(point: &str, marker: &str) -> Result<(), String> {
+    if marker.is_empty()
+        || !marker
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+    {
+        return Err(format!(
+            "a stop marker is letters, digits and '-', not {marker:?}"
+        ));
+    }
+    fail::cfg(point, &format!("1*return({marker})"))
+}
+
+#[cfg(not(feature = "failpoints"))]
+fn stop_at_known(point: &str, _marker: &str) -> Result<(), String> {
+    Err(format!(
+        "stop point {point} needs a build with the failpoints feature (cargo build --release -p dashi-cli --features dashi-transport-local/failpoints)"
+    ))
+}
+
+/// Whether this build has the [`STOP_POINTS`] (the `failpoints` feature).
+pub const HAS_STOP_POINTS: bool = cfg!(feature = "failpoints");

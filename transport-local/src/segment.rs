@@ -483,11 +483,6 @@ impl Segment {
         self.file.as_ref()
     }
 
-    /// The file's path.
-    pub(crate) fn path(&self) -> &str {
-        &self.path
-    }
-
     fn capacity(&self) -> u64 {
         self.header.capacity
     }

@@ -35,7 +35,7 @@ use serde_json::json;
 use crate::args::TortureArgs;
 use crate::bench::redis_peer::{command, reply};
 use crate::connect::{connect, redact};
-use worker::{parse_body, Out, Rng, Role, Spec};
+use worker::{parse_body, Out, Rng, Role, Spec, WORKER_POINTS};
 
 /// A kind of fault.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -109,6 +109,8 @@ struct Said {
 enum Running {
     Process {
         child: Child,
+        /// Orders to the worker (`arm <point>`).
+        stdin: ChildStdin,
         stderr: Arc<Mutex<String>>,
         /// The thread passing its lines on: done once the process is gone
         /// and every line it wrote was passed.
@@ -116,6 +118,7 @@ enum Running {
     },
     Thread {
         killed: Arc<AtomicBool>,
+        armed: Arc<Mutex<Option<String>>>,
         join: std::thread::JoinHandle<Result<(), String>>,
     },
 }
@@ -131,6 +134,7 @@ struct ThreadOut {
     worker: usize,
     tx: Sender<Said>,
     killed: Arc<AtomicBool>,
+    armed: Arc<Mutex<Option<String>>>,
 }
 
 impl Out for ThreadOut {
@@ -143,6 +147,14 @@ impl Out for ThreadOut {
 
     fn killed(&self) -> bool {
         self.killed.load(Ordering::Relaxed)
+    }
+
+    fn at(&self, point: &str) -> bool {
+        if worker::disarm_if(&self.armed, point) {
+            self.say(&format!("failpoint {point} torture"));
+            return true;
+        }
+        false
     }
 }
 
@@ -183,6 +195,8 @@ struct Produced {
     plain: Bits,
     /// Delivered without `redelivered` before a power cut, and not since.
     plain_before_cut: Bits,
+    /// Delivered more than once.
+    again: Bits,
 }
 
 /// What the auditor learned.
@@ -205,6 +219,13 @@ struct Audit {
     refused: u64,
     transient_errors: u64,
     worker_errors: Vec<String>,
+    /// Deliveries that went back to the queue (requeued, or restored when
+    /// their lease ran out before the ack): each message must come again.
+    owed: Vec<(String, u64)>,
+    /// Leases a consumer let run out on purpose.
+    leases_run_out: u64,
+    /// Rounds of declare, publish, get, delete the churn workers finished.
+    churn_rounds: u64,
 }
 
 impl Audit {
@@ -231,6 +252,12 @@ impl Audit {
                 };
                 self.delivery(tag, i, r == "1");
             }
+            Some("o") => match (parts.next(), parts.next().map(str::parse)) {
+                (Some(tag), Some(Ok(i))) => self.owed.push((tag.to_owned(), i)),
+                _ => self.corrupt.push(format!("an owed line {line:?}")),
+            },
+            Some("l") => self.leases_run_out += 1,
+            Some("k") => self.churn_rounds += 1,
             Some("x") => self.corrupt.push(line[2.min(line.len())..].to_owned()),
             Some("e") => self.transient_errors += 1,
             Some("r") => self.refused += 1,
@@ -244,7 +271,9 @@ impl Audit {
             self.phantom += 1;
             return;
         };
-        p.delivered.set(i);
+        if p.delivered.set(i) {
+            p.again.set(i);
+        }
         if redelivered {
             self.redeliveries += 1;
         } else if p.plain.set(i) {
@@ -282,6 +311,25 @@ impl Audit {
             }
         }
         v.sort();
+        v
+    }
+
+    /// Owed deliveries (see [`Audit::owed`]) of confirmed messages that
+    /// never came again. (A message can be delivered before its confirm; a
+    /// power cut may then take it, as it may any unconfirmed message.)
+    fn unpaid(&self) -> Vec<(String, u64)> {
+        let mut v: Vec<(String, u64)> = self
+            .owed
+            .iter()
+            .filter(|(tag, i)| {
+                self.tags
+                    .get(tag)
+                    .is_some_and(|p| p.confirmed.get(*i) && !p.again.get(*i))
+            })
+            .cloned()
+            .collect();
+        v.sort();
+        v.dedup();
         v
     }
 
@@ -512,6 +560,12 @@ struct Torture {
     workers: Vec<Option<Worker>>,
     next_tag: u64,
     audit: Audit,
+    /// The named points `--kill-points` aims kills at.
+    points: Vec<&'static str>,
+    /// Per point: kills aimed at it, and how many found the worker there.
+    aimed: HashMap<&'static str, (u64, u64)>,
+    /// Workers that said they stopped at the point they were armed for.
+    stopped: Vec<usize>,
 }
 
 impl Torture {
@@ -521,6 +575,7 @@ impl Torture {
         self.next_tag += 1;
         let tag = match role {
             Role::Produce => format!("p{n}"),
+            Role::Churn => format!("k{n}"),
             _ => format!("c{n}"),
         };
         if role == Role::Produce {
@@ -537,16 +592,22 @@ impl Torture {
         };
         let running = if self.threads {
             let killed = Arc::new(AtomicBool::new(false));
+            let armed = Arc::new(Mutex::new(None));
             let out = Arc::new(ThreadOut {
                 worker: id,
                 tx: self.tx.clone(),
                 killed: killed.clone(),
+                armed: armed.clone(),
             });
             let join = std::thread::Builder::new()
                 .name(format!("torture-{tag}"))
                 .spawn(move || worker::run(&spec, out))
                 .map_err(|e| format!("starting a worker thread: {e}"))?;
-            Running::Thread { killed, join }
+            Running::Thread {
+                killed,
+                armed,
+                join,
+            }
         } else {
             let exe = std::env::current_exe().map_err(|e| format!("finding dashi: {e}"))?;
             let mut child = Command::new(exe)
@@ -557,11 +618,12 @@ impl Torture {
                 .args(["--queue", &spec.queue])
                 .args(["--size", &self.a.size.to_string()])
                 .args(["--pipeline", &self.a.pipeline.to_string()])
-                .stdin(Stdio::null())
+                .stdin(Stdio::piped())
                 .stdout(Stdio::piped())
                 .stderr(Stdio::piped())
                 .spawn()
                 .map_err(|e| format!("starting a worker process: {e}"))?;
+            let stdin = child.stdin.take().expect("piped");
             let stdout = child.stdout.take().expect("piped");
             let mut err_pipe = child.stderr.take().expect("piped");
             let tx = self.tx.clone();
@@ -594,6 +656,7 @@ impl Torture {
             });
             Running::Process {
                 child,
+                stdin,
                 stderr,
                 reader,
             }
@@ -673,7 +736,7 @@ impl Torture {
         // Every line of the dead is in; what they delivered came before
         // the cut.
         while let Ok(s) = rx.try_recv() {
-            self.audit.take(&s.line);
+            self.heard(s);
         }
         self.audit.cut();
         power.start()?;
@@ -733,6 +796,65 @@ impl Torture {
             .collect()
     }
 
+    /// One line from a worker: a stop at an armed point, or news for the
+    /// auditor.
+    fn heard(&mut self, s: Said) {
+        if s.line.starts_with("failpoint ") {
+            self.stopped.push(s.worker);
+        } else {
+            self.audit.take(&s.line);
+        }
+    }
+
+    /// A kill aimed at a named point: a live worker that reaches it is
+    /// armed for it, and killed once it says it stopped there (or after two
+    /// seconds if it never gets there: a plain kill then). Another worker
+    /// of the same role takes its place.
+    fn aimed_kill(&mut self, rx: &Receiver<Said>, rng: &Rng) -> Result<(), String> {
+        let point = self.points[rng.below(self.points.len() as u64) as usize];
+        let roles: &[Role] = WORKER_POINTS
+            .iter()
+            .find(|(p, _)| *p == point)
+            .map_or(&[Role::Produce], |(_, r)| r);
+        let live = self.live(|r| roles.contains(&r));
+        if live.is_empty() {
+            return Ok(());
+        }
+        let k = live[rng.below(live.len() as u64) as usize];
+        let w = self.workers[k].as_mut().expect("live");
+        let role = w.role;
+        match &mut w.running {
+            Running::Process { stdin, .. } => {
+                // A worker that died meanwhile: reaped below.
+                let _ = stdin.write_all(format!("arm {point}\n").as_bytes());
+            }
+            Running::Thread { armed, .. } => {
+                *armed.lock().unwrap_or_else(|e| e.into_inner()) = Some(point.to_owned());
+            }
+        }
+        self.stopped.clear();
+        let until = Instant::now() + Duration::from_secs(2);
+        while !self.stopped.contains(&k) {
+            let now = Instant::now();
+            if now >= until {
+                break;
+            }
+            match rx.recv_timeout(until - now) {
+                Ok(s) => self.heard(s),
+                Err(_) => break,
+            }
+        }
+        let entry = self.aimed.entry(point).or_default();
+        entry.0 += 1;
+        if self.stopped.contains(&k) {
+            entry.1 += 1;
+        }
+        if self.kill(k) {
+            self.spawn(role)?;
+        }
+        Ok(())
+    }
+
     /// Reads what the workers said until `until`.
     fn listen(&mut self, rx: &Receiver<Said>, until: Instant) {
         loop {
@@ -741,10 +863,7 @@ impl Torture {
                 return;
             }
             match rx.recv_timeout(until - now) {
-                Ok(s) => {
-                    let _ = s.worker;
-                    self.audit.take(&s.line);
-                }
+                Ok(s) => self.heard(s),
                 Err(RecvTimeoutError::Timeout) => return,
                 Err(RecvTimeoutError::Disconnected) => {
                     std::thread::sleep(until.saturating_duration_since(Instant::now()));
@@ -762,6 +881,10 @@ pub(crate) fn run(a: TortureArgs) -> Result<(), String> {
         .map(|(s, _)| s.to_ascii_lowercase())
         .unwrap_or_default();
     let faults = Fault::parse_list(&a.faults, &scheme)?;
+    let points = kill_points(&a.kill_points, &a.url)?;
+    if !points.is_empty() && !faults.contains(&Fault::Kill) {
+        return Err("--kill-points aims the kill fault: add kill to --faults".into());
+    }
     let seed = a.seed.unwrap_or_else(|| {
         std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -806,6 +929,9 @@ pub(crate) fn run(a: TortureArgs) -> Result<(), String> {
         workers: Vec::new(),
         next_tag: 0,
         audit: Audit::default(),
+        points,
+        aimed: HashMap::new(),
+        stopped: Vec::new(),
     };
     for _ in 0..t.a.producers {
         t.spawn(Role::Produce)?;
@@ -813,9 +939,12 @@ pub(crate) fn run(a: TortureArgs) -> Result<(), String> {
     for k in 0..t.a.consumers {
         t.spawn(if k % 2 == 0 { Role::Consume } else { Role::Get })?;
     }
+    for _ in 0..t.a.churn {
+        t.spawn(Role::Churn)?;
+    }
     let mut counts: HashMap<Fault, u64> = HashMap::new();
     let end = started + Duration::from_secs(t.a.seconds);
-    let mut samples = vec![Sample::now(started, &t.audit)];
+    let mut samples = vec![Sample::now(started, &t)];
     let mean = t.a.fault_interval_ms;
     loop {
         let gap = Duration::from_millis(mean / 2 + rng.below(mean.max(1)));
@@ -826,7 +955,7 @@ pub(crate) fn run(a: TortureArgs) -> Result<(), String> {
             .last()
             .is_some_and(|l| l.at.elapsed() >= Duration::from_secs(1))
         {
-            samples.push(Sample::now(started, &t.audit));
+            samples.push(Sample::now(started, &t));
         }
         if Instant::now() >= end {
             break;
@@ -834,6 +963,9 @@ pub(crate) fn run(a: TortureArgs) -> Result<(), String> {
         let f = faults[rng.below(faults.len() as u64) as usize];
         match f {
             Fault::PowerLoss => t.power_cut(&rx, power.as_mut().expect("mounted"))?,
+            Fault::Kill if !t.points.is_empty() && rng.below(2) == 0 => {
+                t.aimed_kill(&rx, &rng)?;
+            }
             Fault::Kill => {
                 let live = t.live(|_| true);
                 let k = live[rng.below(live.len() as u64) as usize];
@@ -849,13 +981,15 @@ pub(crate) fn run(a: TortureArgs) -> Result<(), String> {
         }
         *counts.entry(f).or_default() += 1;
     }
-    samples.push(Sample::now(started, &t.audit));
-    // The producers stop; the consumers drain what they can.
-    for k in t.live(|r| r == Role::Produce) {
+    samples.push(Sample::now(started, &t));
+    // The producers and churn workers stop; the consumers drain what they
+    // can.
+    for k in t.live(|r| matches!(r, Role::Produce | Role::Churn)) {
         t.kill(k);
     }
     let drain_end = Instant::now() + Duration::from_secs(t.a.drain_seconds);
-    while Instant::now() < drain_end && !t.audit.lost().is_empty() {
+    while Instant::now() < drain_end && !(t.audit.lost().is_empty() && t.audit.unpaid().is_empty())
+    {
         let until = (Instant::now() + Duration::from_millis(200)).min(drain_end);
         t.listen(&rx, until);
         t.reap()?;
@@ -892,6 +1026,7 @@ pub(crate) fn run(a: TortureArgs) -> Result<(), String> {
                 if q.as_ref()
                     .is_some_and(|q| q.messages == 0 && q.unacked == 0)
                     && t.audit.lost().is_empty()
+                    && t.audit.unpaid().is_empty()
                 {
                     empty = true;
                     break;
@@ -901,7 +1036,64 @@ pub(crate) fn run(a: TortureArgs) -> Result<(), String> {
             Err(e) => return Err(format!("final drain: {e}")),
         }
     }
+    // The churn queues go (a queue another run or a killed worker deleted
+    // first is not there: fine).
+    if t.a.churn > 0 {
+        for k in 0..worker::CHURN_QUEUES {
+            let _ = ch.queue_delete(&format!("{}-churn-{k}", t.a.queue), false, false);
+        }
+    }
     report(&t, &counts, &samples, started.elapsed(), empty)
+}
+
+/// The points `--kill-points` names: the workers' own (any transport) and,
+/// on local://, the log protocol's stop points (a build with the
+/// `failpoints` feature); `all` is every one this run can reach.
+fn kill_points(list: &str, url: &str) -> Result<Vec<&'static str>, String> {
+    let scheme = url
+        .split_once("://")
+        .map(|(s, _)| s.to_ascii_lowercase())
+        .unwrap_or_default();
+    let store = scheme == "local";
+    // No sync ever runs with fsync=never (the default).
+    let syncs = url.contains("fsync=") && !url.contains("fsync=never");
+    let mut out: Vec<&'static str> = Vec::new();
+    for name in list.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        if name == "all" {
+            out.extend(WORKER_POINTS.iter().map(|(p, _)| *p));
+            if store && dashi::local::HAS_STOP_POINTS {
+                out.extend(
+                    dashi::local::STOP_POINTS
+                        .iter()
+                        .filter(|p| syncs || **p != "durability::sync"),
+                );
+            }
+        } else if let Some((p, _)) = WORKER_POINTS.iter().find(|(p, _)| *p == name) {
+            out.push(p);
+        } else if let Some(p) = dashi::local::STOP_POINTS.iter().find(|p| **p == name) {
+            if !dashi::local::HAS_STOP_POINTS {
+                // The same one line the worker would give.
+                return Err(dashi::local::stop_at(p, "torture")
+                    .expect_err("a build without the failpoints feature refuses"));
+            }
+            if !store {
+                return Err(format!(
+                    "kill point {p} is inside local://: it needs a local:// URL"
+                ));
+            }
+            out.push(p);
+        } else {
+            let mut known: Vec<&str> = WORKER_POINTS.iter().map(|(p, _)| *p).collect();
+            known.extend(dashi::local::STOP_POINTS);
+            return Err(format!(
+                "unknown kill point {name:?} (all, {})",
+                known.join(", ")
+            ));
+        }
+    }
+    out.sort_unstable();
+    out.dedup();
+    Ok(out)
 }
 
 /// A connection and a channel with the torture queue declared.
@@ -937,8 +1129,15 @@ fn report(
     } else {
         String::new()
     };
+    let mut extra = String::new();
+    if t.a.churn > 0 {
+        extra.push_str(&format!(" --churn {}", t.a.churn));
+    }
+    if !t.a.kill_points.is_empty() {
+        extra.push_str(&format!(" --kill-points {}", t.a.kill_points));
+    }
     let command = format!(
-        "dashi torture '{url}' --seed {} --seconds {} --producers {} --consumers {} --faults {} --fault-interval-ms {} --size {} --pipeline {}{keep}",
+        "dashi torture '{url}' --seed {} --seconds {} --producers {} --consumers {} --faults {} --fault-interval-ms {} --size {} --pipeline {}{keep}{extra}",
         t.seed,
         t.a.seconds,
         t.a.producers,
@@ -948,7 +1147,11 @@ fn report(
         t.a.size,
         t.a.pipeline
     );
+    let unpaid = au.unpaid();
+    let mut points: Vec<(&str, (u64, u64))> = t.aimed.iter().map(|(p, n)| (*p, *n)).collect();
+    points.sort();
     let ok = lost.is_empty()
+        && unpaid.is_empty()
         && unmarked == 0
         && au.corrupt.is_empty()
         && phantom == 0
@@ -968,6 +1171,11 @@ fn report(
             "unmarked_duplicates": unmarked,
             "duplicates_after_power_loss": au.after_power_loss,
             "redeliveries": au.redeliveries,
+            "owed_redeliveries": au.owed.len(),
+            "owed_never_redelivered": unpaid.len(),
+            "leases_run_out": au.leases_run_out,
+            "churn_rounds": au.churn_rounds,
+            "kill_points": points.iter().map(|(p, (aimed, reached))| (p.to_string(), json!({"aimed": aimed, "reached": reached}))).collect::<serde_json::Map<_, _>>(),
             "corrupt": au.corrupt.len(),
             "phantom": phantom,
             "transient_errors": au.transient_errors,
@@ -976,6 +1184,8 @@ fn report(
             "drained": empty,
             "rss_kib": {"first": soak.rss.0, "max": soak.rss.1, "last": soak.rss.2},
             "open_fds": {"first": soak.fds.0, "max": soak.fds.1, "last": soak.fds.2},
+            "worker_rss_kib": {"first": soak.worker_rss.0, "max": soak.worker_rss.1, "last": soak.worker_rss.2},
+            "worker_open_fds": {"first": soak.worker_fds.0, "max": soak.worker_fds.1, "last": soak.worker_fds.2},
             "deliveries_per_sec": {"first_tenth": soak.rate.0, "last_tenth": soak.rate.1},
             "passed": ok,
             "command": command,
@@ -996,6 +1206,22 @@ fn report(
             println!("after_power_loss     {} (deliveries without redelivered of messages delivered before a cut)", au.after_power_loss);
         }
         println!("redeliveries         {}", au.redeliveries);
+        println!(
+            "owed_redeliveries    {} ({} never redelivered; requeued, or a lease ran out before the ack)",
+            au.owed.len(),
+            unpaid.len()
+        );
+        println!("leases_run_out       {}", au.leases_run_out);
+        if t.a.churn > 0 {
+            println!("churn_rounds         {}", au.churn_rounds);
+        }
+        if !points.is_empty() {
+            let v: Vec<String> = points
+                .iter()
+                .map(|(p, (aimed, reached))| format!("{p} {reached}/{aimed}"))
+                .collect();
+            println!("kill_points          {} (reached/aimed)", v.join(", "));
+        }
         println!("corrupt              {}", au.corrupt.len());
         println!("phantom              {phantom}");
         println!("transient_errors     {}", au.transient_errors);
@@ -1009,6 +1235,16 @@ fn report(
             "open_fds             first {} max {} last {}",
             soak.fds.0, soak.fds.1, soak.fds.2
         );
+        if soak.worker_rss.1 > 0 {
+            println!(
+                "worker_rss_kib       first {} max {} last {} (the largest worker process)",
+                soak.worker_rss.0, soak.worker_rss.1, soak.worker_rss.2
+            );
+            println!(
+                "worker_open_fds      first {} max {} last {}",
+                soak.worker_fds.0, soak.worker_fds.1, soak.worker_fds.2
+            );
+        }
         println!(
             "deliveries_per_sec   first tenth {:.0}, last tenth {:.0}",
             soak.rate.0, soak.rate.1
@@ -1029,6 +1265,12 @@ fn report(
     if unmarked > 0 {
         why.push(format!("{unmarked} unmarked duplicates"));
     }
+    if let Some((t, i)) = unpaid.first() {
+        why.push(format!(
+            "{} requeued or restored deliveries never came again (e.g. {t}-{i})",
+            unpaid.len()
+        ));
+    }
     if let Some(c) = au.corrupt.first() {
         why.push(format!("{} corrupt ({c})", au.corrupt.len()));
     }
@@ -1048,35 +1290,54 @@ fn report(
     ))
 }
 
-/// This process's resident memory and open descriptors, and the audit's
-/// deliveries, at one moment of the fault phase (on memory:// the workers
-/// are threads of this process, so these are theirs too).
+/// This process's resident memory and open descriptors, the largest of
+/// the worker processes', and the audit's deliveries, at one moment of the
+/// fault phase (on memory:// the workers are threads of this process, so
+/// this process's figures are theirs too).
 struct Sample {
     at: Instant,
     secs: f64,
     deliveries: u64,
     rss_kib: u64,
     fds: u64,
+    worker_rss_kib: u64,
+    worker_fds: u64,
+}
+
+/// Resident memory (KiB) and open descriptors of `/proc/<pid>` (`self`
+/// for this process); zeros for a process that is gone.
+fn footprint(pid: &str) -> (u64, u64) {
+    let rss = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        })
+        .unwrap_or(0);
+    let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count() as u64);
+    (rss, fds)
 }
 
 impl Sample {
-    fn now(started: Instant, audit: &Audit) -> Sample {
-        let rss_kib = std::fs::read_to_string("/proc/self/status")
-            .ok()
-            .and_then(|s| {
-                s.lines()
-                    .find_map(|l| l.strip_prefix("VmRSS:"))
-                    .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            })
-            .unwrap_or(0);
-        let fds = std::fs::read_dir("/proc/self/fd").map_or(0, |d| d.count() as u64);
-        let deliveries = audit.deliveries;
+    fn now(started: Instant, t: &Torture) -> Sample {
+        let (rss_kib, fds) = footprint("self");
+        let (mut worker_rss_kib, mut worker_fds) = (0, 0);
+        for w in t.workers.iter().flatten() {
+            if let Running::Process { child, .. } = &w.running {
+                let (r, f) = footprint(&child.id().to_string());
+                worker_rss_kib = worker_rss_kib.max(r);
+                worker_fds = worker_fds.max(f);
+            }
+        }
         Sample {
             at: Instant::now(),
             secs: started.elapsed().as_secs_f64(),
-            deliveries,
+            deliveries: t.audit.deliveries,
             rss_kib,
             fds,
+            worker_rss_kib,
+            worker_fds,
         }
     }
 }
@@ -1086,6 +1347,8 @@ impl Sample {
 struct Soak {
     rss: (u64, u64, u64),
     fds: (u64, u64, u64),
+    worker_rss: (u64, u64, u64),
+    worker_fds: (u64, u64, u64),
     rate: (f64, f64),
 }
 
@@ -1116,6 +1379,8 @@ impl Soak {
         Soak {
             rss: span(|s| s.rss_kib),
             fds: span(|s| s.fds),
+            worker_rss: span(|s| s.worker_rss_kib),
+            worker_fds: span(|s| s.worker_fds),
             rate: (rate(0.0, tenth), rate(total - tenth, total)),
         }
     }
@@ -1147,6 +1412,73 @@ mod tests {
         a.take("d p0 3 0");
         assert_eq!((a.unmarked, a.after_power_loss), (1, 4));
         assert!(a.lost().is_empty());
+    }
+
+    #[test]
+    fn a_delivery_sent_back_must_come_again() {
+        let mut a = Audit::default();
+        a.tags.insert("p0".into(), Produced::default());
+        a.take("c p0 1 2 3");
+        a.take("d p0 1 0");
+        a.take("o p0 1"); // requeued
+        a.take("d p0 2 0");
+        a.take("l");
+        a.take("o p0 2"); // its lease ran out before the ack
+        a.take("d p0 3 0");
+        a.take("k");
+        a.take("k");
+        assert!(a.lost().is_empty());
+        assert_eq!(
+            a.unpaid(),
+            [("p0".to_owned(), 1), ("p0".to_owned(), 2)],
+            "delivered once only"
+        );
+        a.take("d p0 1 1");
+        // The later delivery may be heard first (another worker's pipe).
+        a.take("d p0 3 1");
+        a.take("o p0 3");
+        a.take("o p0 2");
+        assert_eq!(a.unpaid(), [("p0".to_owned(), 2)]);
+        a.take("d p0 2 1");
+        assert!(a.unpaid().is_empty());
+        // Never confirmed: a power cut may have taken it.
+        a.take("d p0 9 0");
+        a.take("o p0 9");
+        assert!(a.unpaid().is_empty());
+        a.take("c p0 9");
+        assert_eq!(a.unpaid(), [("p0".to_owned(), 9)]);
+        a.take("d p0 9 1");
+        assert_eq!((a.leases_run_out, a.churn_rounds, a.unmarked), (1, 2, 0));
+        a.take("o p0");
+        assert_eq!(a.corrupt.len(), 1);
+    }
+
+    #[test]
+    fn kill_points_are_checked_against_the_url_and_the_build() {
+        assert_eq!(
+            kill_points("before-ack, mid-pipeline,before-ack", "memory://x").unwrap(),
+            ["before-ack", "mid-pipeline"]
+        );
+        assert!(kill_points("", "local:///d").unwrap().is_empty());
+        let all = kill_points("all", "memory://x").unwrap();
+        assert_eq!(all.len(), WORKER_POINTS.len());
+        let never = kill_points("all", "local:///d").unwrap();
+        let always = kill_points("all", "local:///d?fsync=always").unwrap();
+        if dashi::local::HAS_STOP_POINTS {
+            assert_eq!(never.len(), WORKER_POINTS.len() + 4, "{never:?}");
+            assert!(always.contains(&"durability::sync"), "{always:?}");
+            assert!(kill_points("lane::rotating", "memory://x")
+                .unwrap_err()
+                .contains("needs a local://"));
+        } else {
+            assert_eq!(never.len(), WORKER_POINTS.len());
+            assert!(kill_points("lane::rotating", "local:///d")
+                .unwrap_err()
+                .contains("failpoints feature"));
+        }
+        assert!(kill_points("sneeze", "memory://x")
+            .unwrap_err()
+            .contains("unknown kill point \"sneeze\""));
     }
 
     #[test]
@@ -1199,6 +1531,8 @@ mod tests {
             deliveries,
             rss_kib,
             fds,
+            worker_rss_kib: rss_kib * 2,
+            worker_fds: fds + 1,
         };
         let samples: Vec<Sample> = (0..=20)
             .map(|i| {
@@ -1215,10 +1549,15 @@ mod tests {
         let k = Soak::of(&samples);
         assert_eq!(k.rss, (1000, 1020, 1020));
         assert_eq!(k.fds, (7, 7, 7));
+        assert_eq!(k.worker_rss, (2000, 2040, 2040));
+        assert_eq!(k.worker_fds, (8, 8, 8));
         assert!((k.rate.0 - 100.0).abs() < 1e-9, "{:?}", k.rate);
         assert!((k.rate.1 - 50.0).abs() < 1e-9, "{:?}", k.rate);
-        let live = Sample::now(t0, &Audit::default());
-        assert!(live.rss_kib > 0 && live.fds > 0);
+        let (rss, fds) = footprint("self");
+        assert!(rss > 0 && fds > 0);
+        let (rss, fds) = footprint(&std::process::id().to_string());
+        assert!(rss > 0 && fds > 0);
+        assert_eq!(footprint("999999999"), (0, 0));
     }
 
     #[test]

@@ -9,9 +9,15 @@
 //! Lines:
 //! - `c <tag> <i> <i> ...`: those publishes of this producer were confirmed;
 //! - `d <tag> <i> <0|1>`: message `<tag>-<i>` delivered, redelivered or not;
+//! - `o <tag> <i>`: that delivery went back to the queue (requeued, or its
+//!   lease ran out before the ack): it is owed again;
+//! - `l`: a consumer let a delivery's lease run out on purpose;
+//! - `k`: a churn worker finished one round of declare, publish, get, delete;
 //! - `x <text>`: a delivery whose body is not one a producer wrote;
 //! - `r <text>`: a publish the store refused for lack of space (not stored);
-//! - `e <text>`: a transient error the worker rode out.
+//! - `e <text>`: a transient error the worker rode out;
+//! - `failpoint <point> <marker>`: the worker stopped at a named point it
+//!   was armed for (see [`WORKER_POINTS`]) and waits to be killed there.
 
 use std::io::Write;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -31,6 +37,9 @@ pub(crate) enum Role {
     Consume,
     /// A pull consumer (`get`).
     Get,
+    /// Declares, fills, reads and deletes queues of its own beside the
+    /// torture queue, over and over.
+    Churn,
 }
 
 impl Role {
@@ -39,6 +48,7 @@ impl Role {
             Role::Produce => "produce",
             Role::Consume => "consume",
             Role::Get => "get",
+            Role::Churn => "churn",
         }
     }
 
@@ -47,6 +57,7 @@ impl Role {
             "produce" => Ok(Role::Produce),
             "consume" => Ok(Role::Consume),
             "get" => Ok(Role::Get),
+            "churn" => Ok(Role::Churn),
             other => Err(format!("unknown torture role {other:?}")),
         }
     }
@@ -64,11 +75,41 @@ pub(crate) struct Spec {
     pub(crate) pipeline: usize,
 }
 
+/// The named points in a worker where `--kill-points` stops it to be
+/// killed, and the roles that reach each.
+pub(crate) const WORKER_POINTS: &[(&str, &[Role])] = &[
+    // A batch handed to the transport, no confirm waited for yet.
+    ("mid-pipeline", &[Role::Produce]),
+    // Confirms resolved, the `c` line not yet said.
+    ("confirmed-unsaid", &[Role::Produce]),
+    // A delivery in hand, not yet said.
+    ("delivered-unsaid", &[Role::Consume, Role::Get]),
+    // A delivery said, not yet acked.
+    ("before-ack", &[Role::Consume, Role::Get]),
+];
+
 /// Where a worker says what happened, and whether it must stop dead.
 pub(crate) trait Out: Send + Sync {
     fn say(&self, line: &str);
     /// True once the worker is to die where it stands (threads only).
     fn killed(&self) -> bool;
+    /// The worker reached named point `point`: if it was armed for it, says
+    /// `failpoint <point> torture` and stops there (a process parks until
+    /// killed; a thread gets true and returns where it stands).
+    fn at(&self, point: &str) -> bool;
+}
+
+/// The point a child process is armed for (by its parent, on stdin).
+static ARMED: std::sync::Mutex<Option<String>> = std::sync::Mutex::new(None);
+
+/// Takes the armed point if it is `point`.
+pub(crate) fn disarm_if(armed: &std::sync::Mutex<Option<String>>, point: &str) -> bool {
+    let mut a = armed.lock().unwrap_or_else(|e| e.into_inner());
+    if a.as_deref() == Some(point) {
+        *a = None;
+        return true;
+    }
+    false
 }
 
 /// A child process's out: stdout, one `write` per line (a pipe write of
@@ -91,6 +132,34 @@ impl Out for Stdout {
     fn killed(&self) -> bool {
         false
     }
+
+    fn at(&self, point: &str) -> bool {
+        if disarm_if(&ARMED, point) {
+            self.say(&format!("failpoint {point} torture"));
+            loop {
+                std::thread::park();
+            }
+        }
+        false
+    }
+}
+
+/// Reads the parent's orders on stdin: `arm <point>` arms a worker point
+/// (see [`WORKER_POINTS`]) or one of local://'s stop points.
+fn obey(out: Arc<dyn Out>) {
+    use std::io::BufRead;
+    for line in std::io::stdin().lock().lines() {
+        let Ok(line) = line else { return };
+        let Some(point) = line.strip_prefix("arm ") else {
+            out.say(&format!("x an order the worker does not know: {line:?}"));
+            continue;
+        };
+        if WORKER_POINTS.iter().any(|(p, _)| *p == point) {
+            *ARMED.lock().unwrap_or_else(|e| e.into_inner()) = Some(point.to_owned());
+        } else if let Err(e) = dashi::local::stop_at(point, "torture") {
+            out.say(&format!("x arming {point}: {e}"));
+        }
+    }
 }
 
 /// `dashi torture-child`: one worker in this process, until killed.
@@ -104,7 +173,10 @@ pub(crate) fn child(a: TortureChildArgs) -> Result<(), String> {
         size: a.size as usize,
         pipeline: a.pipeline as usize,
     };
-    run(&spec, Arc::new(Stdout))
+    let out: Arc<dyn Out> = Arc::new(Stdout);
+    let o = out.clone();
+    std::thread::spawn(move || obey(o));
+    run(&spec, out)
 }
 
 /// A small seeded generator (splitmix64): the same seed, the same choices.
@@ -169,7 +241,9 @@ fn start(spec: &Spec, out: &dyn Out) -> Result<(Connection, Channel), String> {
     loop {
         let attempt = dashi::connect(&spec.url).and_then(|conn| {
             let ch = conn.channel()?;
-            ch.queue_declare(&Queue::new(spec.queue.as_str()).with_max_priority(2))?;
+            if spec.role != Role::Churn {
+                ch.queue_declare(&Queue::new(spec.queue.as_str()).with_max_priority(2))?;
+            }
             Ok((conn, ch))
         });
         match attempt {
@@ -196,6 +270,7 @@ pub(crate) fn run(spec: &Spec, out: Arc<dyn Out>) -> Result<(), String> {
         Role::Produce => produce(spec, &conn, &ch, &rng, &*out),
         Role::Consume => consume(spec, &conn, &ch, rng, out),
         Role::Get => get(spec, &ch, &rng, &*out),
+        Role::Churn => churn(spec, &conn, ch, &rng, &*out),
     }
 }
 
@@ -250,6 +325,9 @@ fn produce(
                 Err(e) => return Err(format!("publish: {e}")),
             }
         }
+        if out.at("mid-pipeline") {
+            return Ok(());
+        }
         line.clear();
         line.push_str("c ");
         line.push_str(&spec.tag);
@@ -268,7 +346,7 @@ fn produce(
                 Err(e) => return Err(format!("confirm: {e}")),
             }
         }
-        if out.killed() {
+        if out.killed() || out.at("confirmed-unsaid") {
             return Ok(());
         }
         if any {
@@ -278,31 +356,131 @@ fn produce(
     Ok(())
 }
 
+/// How long a consumer holding a delivery on purpose lets its lease run
+/// (it sleeps three times as long before it acks).
+const SHORT_LEASE: Duration = Duration::from_millis(20);
+
 /// Says a delivery, then (unless killed in between) settles it: mostly an
 /// ack, sometimes a requeue, sometimes after a pause (a wider window for a
-/// kill between delivery and ack). False once the worker is to stop.
+/// kill between delivery and ack), and once in a while only after letting
+/// its lease run out. False once the worker is to stop.
 fn handle(d: &Delivery, rng: &Rng, out: &dyn Out) -> bool {
-    match parse_body(d.body()) {
-        Ok((tag, i)) => out.say(&format!("d {tag} {i} {}", u8::from(d.redelivered()))),
-        Err(e) => out.say(&format!("x {e}")),
-    }
-    if out.killed() {
+    if out.at("delivered-unsaid") {
         return false;
     }
-    let r = rng.below(64);
-    if r < 2 {
+    let id = match parse_body(d.body()) {
+        Ok((tag, i)) => {
+            out.say(&format!("d {tag} {i} {}", u8::from(d.redelivered())));
+            Some(format!("{tag} {i}"))
+        }
+        Err(e) => {
+            out.say(&format!("x {e}"));
+            None
+        }
+    };
+    if out.killed() || out.at("before-ack") {
+        return false;
+    }
+    let r = rng.below(4096);
+    if r < 128 {
         std::thread::sleep(Duration::from_millis(1 + rng.below(3)));
         if out.killed() {
             return false;
         }
+    } else if r == 128 {
+        // The lease runs out: the delivery goes back to the queue (marked
+        // redelivered) and the late ack below is refused.
+        out.say("l");
+        if let Err(e) = d.extend_lease(SHORT_LEASE) {
+            out.say(&format!("e extend_lease: {e}"));
+        }
+        std::thread::sleep(SHORT_LEASE * 3);
+        if out.killed() {
+            return false;
+        }
     }
-    let settled = if r == 63 { d.reject(true) } else { d.ack() };
-    if let Err(e) = settled {
-        // A delivery restored meanwhile (a lease ran out, a connection was
-        // cut) comes again: nothing is lost.
-        out.say(&format!("e settle: {e}"));
+    let requeue = r >= 4032;
+    match if requeue { d.reject(true) } else { d.ack() } {
+        Ok(()) if requeue => {
+            if let Some(id) = &id {
+                out.say(&format!("o {id}"));
+            }
+        }
+        Ok(()) => {}
+        // Restored before this call (the lease ran out, the channel went):
+        // it comes again.
+        Err(e) if e.is_restored() => {
+            if let Some(id) = &id {
+                out.say(&format!("o {id}"));
+            }
+        }
+        // Settled but maybe not recorded: it may come again, or not.
+        Err(e) => out.say(&format!("e settle: {e}")),
     }
     true
+}
+
+/// How many queues the churn workers share (`<queue>-churn-<k>`).
+pub(crate) const CHURN_QUEUES: u64 = 4;
+
+/// Declares one of the churn queues, publishes a few messages to it, gets
+/// what is there, and half the time deletes it, over and over. Other churn
+/// workers and kills race it, so its operations may fail (said as `e`,
+/// then a fresh channel); what it must never see is a message that is not a
+/// churn worker's, and the torture queue must never see one of its.
+fn churn(
+    spec: &Spec,
+    conn: &Connection,
+    mut ch: Channel,
+    rng: &Rng,
+    out: &dyn Out,
+) -> Result<(), String> {
+    let mut i = 0u64;
+    loop {
+        if out.killed() {
+            return Ok(());
+        }
+        let k = rng.below(CHURN_QUEUES);
+        let name = format!("{}-churn-{k}", spec.queue);
+        let round = (|| -> Result<(), String> {
+            let e = |what: &str, e: &dyn std::fmt::Display| format!("{what} {name}: {e}");
+            ch.queue_declare(&Queue::new(name.as_str()).with_max_priority(k as u8))
+                .map_err(|x| e("declaring", &x))?;
+            let n = 1 + rng.below(16);
+            for _ in 0..n {
+                i += 1;
+                let m =
+                    Message::new(body(&spec.tag, i, spec.size)).with_priority((i % (k + 1)) as u8);
+                ch.basic_publish(m, "", &name, false)
+                    .map_err(|x| e("publishing to", &x))?;
+            }
+            while let Some(d) = ch
+                .get(&name, Duration::from_millis(1))
+                .map_err(|x| e("getting from", &x))?
+            {
+                match parse_body(d.body()) {
+                    Ok((tag, _)) if tag.starts_with('k') => {}
+                    Ok((tag, i)) => out.say(&format!("x {name} held {tag}-{i}")),
+                    Err(x) => out.say(&format!("x {name}: {x}")),
+                }
+                d.ack().map_err(|x| e("acking from", &x))?;
+            }
+            if rng.below(2) == 0 {
+                ch.queue_delete(&name, false, false)
+                    .map_err(|x| e("deleting", &x))?;
+            }
+            Ok(())
+        })();
+        match round {
+            Ok(()) => out.say("k"),
+            Err(e) => {
+                out.say(&format!("e churn: {e}"));
+                ch = conn
+                    .channel()
+                    .map_err(|e| format!("churn: a new channel: {e}"))?;
+            }
+        }
+    }
 }
 
 fn consume(

@@ -118,6 +118,9 @@ impl Lane {
                         return Err(LaneError::Exhausted { dir: self.name() });
                     }
                     created |= self.create(seq + 1)?;
+                    // A rotation half done: the next segment is there, the
+                    // lane not yet moved to it.
+                    crate::failpoint!("lane::rotating");
                     let _ =
                         self.word(at::WRITE_SEG)
                             .compare_exchange(seq, seq + 1, AcqRel, Acquire);

@@ -27,6 +27,11 @@
 //!   it can be confirmed from that file): `done` never moves again, the
 //!   failure is sticky, and the publisher seals the segment so new records
 //!   go to a fresh file.
+//! - A file's sync state lives while a segment or a waiter uses it: it is
+//!   keyed by the segment's open file (not its path, which a later file
+//!   may take), and let go once nothing else holds the file or the state,
+//!   so segments that retention or a queue delete removed do not keep
+//!   their descriptors (and their disk space) for the life of the process.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -77,6 +82,8 @@ impl FileSync {
         if self.started.fetch_max(target, SeqCst) >= target {
             return;
         }
+        // A group commit about to sync, confirms waiting on it.
+        crate::failpoint!("durability::sync");
         #[cfg_attr(not(feature = "failpoints"), allow(unused_mut))]
         let mut r = io::fdatasync(&self.file).await;
         // Tests make the sync fail here, as a disk error would (EIO).
@@ -119,7 +126,13 @@ impl FileSync {
 pub(crate) struct Durability {
     mode: Fsync,
     rt: Arc<Runtime>,
-    files: Mutex<HashMap<String, Arc<FileSync>>>,
+    /// By the address of the segment's `Arc<File>`: the entry holds a
+    /// clone, so no other file takes that address while it is here.
+    files: Mutex<HashMap<usize, Arc<FileSync>>>,
+    /// Syncs of the files let go of (for [`Durability::syncs`]).
+    retired_syncs: AtomicU64,
+    /// Files seen, to spread their syncs over the cores.
+    seen: AtomicU64,
 }
 
 impl std::fmt::Debug for Durability {
@@ -144,6 +157,8 @@ impl Durability {
             mode,
             rt,
             files: Mutex::new(HashMap::new()),
+            retired_syncs: AtomicU64::new(0),
+            seen: AtomicU64::new(0),
         });
         if let Fsync::Interval(every) = mode {
             let weak = Arc::downgrade(&d);
@@ -152,15 +167,28 @@ impl Durability {
         Ok(Some(d))
     }
 
-    fn state(&self, seg: &Segment, file: &Arc<File>) -> Arc<FileSync> {
+    fn state(&self, file: &Arc<File>) -> Arc<FileSync> {
         let mut files = self.files.lock();
-        let n = files.len();
+        let key = Arc::as_ptr(file) as usize;
+        if let Some(st) = files.get(&key) {
+            return st.clone();
+        }
+        // A new file (rare: one per segment written): first let go of the
+        // files no segment and no waiter or sync holds any more.
+        files.retain(|_, st| {
+            let used = Arc::strong_count(&st.file) > 1 || Arc::strong_count(st) > 1;
+            if !used {
+                self.retired_syncs.fetch_add(st.syncs.load(Acquire), AcqRel);
+            }
+            used
+        });
+        let n = self.seen.fetch_add(1, AcqRel);
         files
-            .entry(seg.path().to_owned())
+            .entry(key)
             .or_insert_with(|| {
                 Arc::new(FileSync {
                     file: file.clone(),
-                    core: n % self.rt.cores(),
+                    core: (n % self.rt.cores() as u64) as usize,
                     requested: AtomicU64::new(0),
                     wanted: AtomicU64::new(0),
                     done: AtomicU64::new(0),
@@ -234,7 +262,7 @@ impl Durability {
         for seg in segments {
             // Every segment of a store is a file (only models have none).
             let Some(file) = seg.file() else { continue };
-            let st = self.state(&seg, file);
+            let st = self.state(file);
             let ticket = st.requested.fetch_add(1, SeqCst) + 1;
             if awaited && matches!(self.mode, Fsync::Always) {
                 self.ensure_running(&st, ticket);
@@ -262,11 +290,9 @@ impl Durability {
 
     /// `fdatasync` calls made so far (all segments).
     pub(crate) fn syncs(&self) -> u64 {
-        self.files
-            .lock()
-            .values()
-            .map(|f| f.syncs.load(Acquire))
-            .sum()
+        let files = self.files.lock();
+        self.retired_syncs.load(Acquire)
+            + files.values().map(|f| f.syncs.load(Acquire)).sum::<u64>()
     }
 
     /// Health of the runtime the syncs run on.

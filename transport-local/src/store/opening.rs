@@ -11,7 +11,7 @@
 use std::collections::HashMap;
 use std::fs::OpenOptions;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering::Acquire};
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, OnceLock, Weak};
 
 use arc_swap::ArcSwap;
@@ -327,10 +327,8 @@ impl LocalTransport {
             recovered,
             _presence: presence,
         });
-        // The generation first: a change after it makes the next look reload.
-        let gen = inner.control.u64_at(super::GENERATION).load(Acquire);
-        let meta = inner.read_meta()?;
-        inner.reload(meta, gen)?;
+        // Read again if a queue is deleted under it.
+        inner.load()?;
         Ok(LocalTransport { inner })
     }
 }

@@ -208,9 +208,12 @@ impl Inner {
 
     /// Appends the encoded message to each target's lane `priority` (or its
     /// highest lane) and wakes the local waiters; returns the segments
-    /// written, for the durability wait.
+    /// written, for the durability wait. A target another process deleted
+    /// since this one routed (its files are gone) is skipped: the delete
+    /// wins, as if the message had landed just before it and gone with the
+    /// queue, which is what a publish racing a delete may see.
     fn append_all(
-        &self,
+        self: &Arc<Self>,
         routing: &Routing<Arc<LocalQueue>>,
         targets: &[usize],
         priority: u8,
@@ -222,10 +225,25 @@ impl Inner {
         let mut written = Vec::new();
         for &t in targets {
             let q = routing.target(t);
-            let l = q.lane(priority.min(q.decl.max_priority))?;
-            let pos = l
-                .append(payload, size as u32, writer, ts)
-                .map_err(|e| store_err("append", e))?;
+            let appended = q.lane(priority.min(q.decl.max_priority)).and_then(|l| {
+                match l.append(payload, size as u32, writer, ts) {
+                    Ok(pos) => Ok((l, pos)),
+                    Err(e) => Err(store_err("append", e)),
+                }
+            });
+            let (l, pos) = match appended {
+                Ok(done) => done,
+                Err(e) => {
+                    // Deleted meanwhile? The reload marks it so.
+                    if !q.state.is_deleted() {
+                        let _ = self.refresh();
+                    }
+                    if q.state.is_deleted() {
+                        continue;
+                    }
+                    return Err(e);
+                }
+            };
             if self.durability.is_some() {
                 if let Some(seg) = l.segment(pos.seq).map_err(|e| store_err("segment", e))? {
                     written.push(seg);

@@ -119,6 +119,8 @@ impl LocalQueue {
         let qdir = queue_root(root, &decl.name)?;
         let dir = qdir.join(format!("{id:016x}"));
         std::fs::create_dir_all(&dir).map_err(|e| store_err("queue directory", e))?;
+        // Tests hold an open here, its directory made, nothing opened yet.
+        crate::failpoint!("queue::dir_made");
         std::fs::write(qdir.join("name"), decl.name.as_bytes())
             .map_err(|e| store_err("queue name file", e))?;
         let lanes_used =
@@ -162,17 +164,31 @@ impl LocalQueue {
         })
     }
 
-    /// Deletes this incarnation's files (the queue was deleted).
+    /// Deletes this incarnation's files (the queue was deleted), and the
+    /// name's directory once no incarnation of the name is left. That last
+    /// step runs under the metadata lock, and only while `meta.json` names
+    /// no incarnation of the queue: a declare adds its incarnation and makes
+    /// its directory under that lock, so a new incarnation never goes with
+    /// the old one's name directory.
     pub(super) fn remove_files(&self) {
         let _ = std::fs::remove_dir_all(&self.dir);
-        if let Some(parent) = self.dir.parent() {
-            // The name directory goes too once no incarnation is left.
-            let only_name = std::fs::read_dir(parent)
-                .map(|d| d.flatten().all(|e| e.file_name() == "name"))
-                .unwrap_or(false);
-            if only_name {
-                let _ = std::fs::remove_dir_all(parent);
-            }
+        let (Some(parent), Some(t)) = (self.dir.parent(), self.transport.upgrade()) else {
+            return;
+        };
+        let Ok(_lock) = t.lock_meta() else { return };
+        if !t
+            .read_meta()
+            .is_ok_and(|m| m.queue(&self.decl.name).is_none())
+        {
+            return;
+        }
+        let only_name = std::fs::read_dir(parent)
+            .map(|d| d.flatten().all(|e| e.file_name() == "name"))
+            .unwrap_or(false);
+        // Tests hold a delete here, between its look and its removal.
+        crate::failpoint!("queue::name_dir_checked");
+        if only_name {
+            let _ = std::fs::remove_dir_all(parent);
         }
     }
 

@@ -84,18 +84,40 @@ impl Inner {
         self.reload(meta, gen)
     }
 
-    /// Reloads the topology if another process changed it.
+    /// Reloads the topology if another process changed it. A queue that
+    /// fails to open while the generation moves on was being deleted by
+    /// another process (it takes the queue out of `meta.json` first, then
+    /// removes its files, maybe between this process's read and its open):
+    /// the newer file is read and loaded instead, so one queue going away
+    /// never makes the others unusable.
     pub(super) fn refresh(self: &Arc<Self>) -> Result<(), Error> {
         let gen = self.control.u64_at(GENERATION).load(Acquire);
         if self.loaded_gen.load(Acquire) == gen && gen != 0 {
             return Ok(());
         }
-        // Read after the generation: the file is at least that new, so a
-        // change made meanwhile leaves the generation ahead of what is
-        // loaded, and the next look reloads again (never the other way
-        // round: an old file recorded under a new generation).
-        let meta = self.read_meta()?;
-        self.reload(meta, gen)
+        self.load()
+    }
+
+    /// Loads `meta.json` as [`Inner::refresh`] does, whatever is loaded
+    /// now (an open's first load: the generation word may hold anything).
+    pub(super) fn load(self: &Arc<Self>) -> Result<(), Error> {
+        let mut retries = 0;
+        loop {
+            let gen = self.control.u64_at(GENERATION).load(Acquire);
+            // Read after the generation: the file is at least that new, so a
+            // change made meanwhile leaves the generation ahead of what is
+            // loaded, and the next look reloads again (never the other way
+            // round: an old file recorded under a new generation).
+            let meta = self.read_meta()?;
+            match self.reload(meta, gen) {
+                Err(_)
+                    if retries < 1000 && self.control.u64_at(GENERATION).load(Acquire) != gen =>
+                {
+                    retries += 1;
+                }
+                done => return done,
+            }
+        }
     }
 
     /// Makes `meta` (read at or after generation `gen`) this process's
