@@ -336,6 +336,10 @@ fn run(shared: &Arc<CoreShared>, exec: &mut Executor, cfg: &RuntimeConfig) -> st
         })
         .unwrap_or(Ok(()))?;
         if shared.stopping.load(SeqCst) {
+            if deadline.is_none() {
+                // Idle waits end now; what they guard has nothing to finish.
+                reactor::with(|r| r.cancel_idle());
+            }
             let d = *deadline.get_or_insert_with(|| Instant::now() + cfg.shutdown_timeout);
             if exec.live == 0 || Instant::now() >= d {
                 return Ok(());

@@ -97,7 +97,7 @@ async fn buffer_op<F: AsRawFd + Send + Sync + 'static>(
     let res = Resources {
         buf: Some(buf),
         file: Some(fd_owner.clone() as Arc<dyn AsRawFd + Send + Sync>),
-        timespec: None,
+        ..Resources::default()
     };
     let op = start(res, |r| {
         // The Vec's heap buffer does not move while the slot owns the Vec.
@@ -205,12 +205,30 @@ pub async fn recv<S: AsRawFd + Send + Sync + 'static>(
 
 /// Sleeps on the core's ring (an `IORING_OP_TIMEOUT`, no timer thread).
 pub async fn sleep(d: Duration) -> io::Result<()> {
+    timeout(d, false).await
+}
+
+/// Waits like [`sleep`], for housekeeping that has nothing to finish when
+/// the runtime stops (a periodic flush, a watchdog): when the core starts
+/// stopping, an idle wait in flight ends at once with `ECANCELED`, and one
+/// begun after that fails at once, so such a task never holds a shutdown
+/// up for its period. [`sleep`] runs its full time (a task may still be
+/// finishing work during shutdown).
+pub async fn idle(d: Duration) -> io::Result<()> {
+    if reactor::with(|r| r.stopping()).ok_or_else(not_on_core)? {
+        return Err(io::Error::from_raw_os_error(libc::ECANCELED));
+    }
+    timeout(d, true).await
+}
+
+async fn timeout(d: Duration, idle: bool) -> io::Result<()> {
     let res = Resources {
         timespec: Some(Box::new(
             types::Timespec::new()
                 .sec(d.as_secs())
                 .nsec(d.subsec_nanos()),
         )),
+        idle,
         ..Resources::default()
     };
     let (n, _) = start(res, |r| {

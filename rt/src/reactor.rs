@@ -9,6 +9,9 @@
 //!   On teardown in-flight operations are cancelled and awaited for a bounded
 //!   time; whatever is still in flight then is leaked, never freed under the
 //!   kernel.
+//! - Idle waits ([`crate::io::idle`]) are cancelled once, when the core
+//!   starts stopping; every other operation runs on until its CQE or the
+//!   teardown.
 //! - SQEs queued while tasks run are submitted together, with one
 //!   `io_uring_enter` per loop turn (or earlier only when the SQ is full): no
 //!   per-operation syscall.
@@ -38,6 +41,8 @@ pub(crate) struct Resources {
     #[allow(dead_code)]
     pub(crate) file: Option<Arc<dyn AsRawFd + Send + Sync>>,
     pub(crate) timespec: Option<Box<types::Timespec>>,
+    /// An idle wait: cancelled when the core starts stopping.
+    pub(crate) idle: bool,
 }
 
 enum OpState {
@@ -183,6 +188,32 @@ impl Reactor {
             OpState::Free | OpState::Abandoned => {
                 Poll::Ready((-libc::ECANCELED, Resources::default()))
             }
+        }
+    }
+
+    /// Whether this core is stopping.
+    pub(crate) fn stopping(&self) -> bool {
+        self.shared
+            .stopping
+            .load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Cancels every idle wait in flight (the core is stopping): they end
+    /// with `ECANCELED` at once instead of at their time.
+    pub(crate) fn cancel_idle(&mut self) {
+        let keys: Vec<u64> = self
+            .slots
+            .iter_mut()
+            .enumerate()
+            .filter(|(_, s)| s.res.idle && matches!(s.state, OpState::Pending(_)))
+            .map(|(i, s)| {
+                s.res.idle = false;
+                key(i as u32, s.gen)
+            })
+            .collect();
+        for k in keys {
+            let e = opcode::AsyncCancel::new(k).build().user_data(IGNORED);
+            self.push(&e);
         }
     }
 

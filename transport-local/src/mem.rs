@@ -35,9 +35,29 @@ impl Region {
         Ok(Region { map, len })
     }
 
+    /// An anonymous private region of `len` zero bytes: what Miri can run
+    /// the accessors below over (it emulates no file mapping).
+    #[cfg(test)]
+    pub(crate) fn anon(len: u64) -> Region {
+        let map = memmap2::MmapOptions::new()
+            .len(len as usize)
+            .map_anon()
+            .expect("an anonymous mapping");
+        Region {
+            map: map.into(),
+            len,
+        }
+    }
+
+    /// Whether `[at, at + n)` lies in the region (no overflow: an offset
+    /// read from a damaged page can be anything).
+    fn holds(&self, at: u64, n: u64) -> bool {
+        at.checked_add(n).is_some_and(|end| end <= self.len)
+    }
+
     /// The 64-bit word at `at`.
     pub(crate) fn u64_at(&self, at: u64) -> &AtomicU64 {
-        assert!(at % 8 == 0 && at + 8 <= self.len, "word out of bounds");
+        assert!(at % 8 == 0 && self.holds(at, 8), "word out of bounds");
         // SAFETY: in bounds and 8-aligned (asserted; the mapping is page
         // aligned); every process accesses this word only atomically; the
         // mapping lives as long as `self`.
@@ -46,14 +66,14 @@ impl Region {
 
     /// The 32-bit word at `at` (futex words).
     pub(crate) fn u32_at(&self, at: u64) -> &AtomicU32 {
-        assert!(at % 4 == 0 && at + 4 <= self.len, "word out of bounds");
+        assert!(at % 4 == 0 && self.holds(at, 4), "word out of bounds");
         // SAFETY: as for `u64_at`, with 4-byte alignment.
         unsafe { &*(self.map.as_mut_ptr().add(at as usize) as *const AtomicU32) }
     }
 
     /// Writes `bytes` at `at`.
     pub(crate) fn write(&self, at: u64, bytes: &[u8]) {
-        assert!(at + bytes.len() as u64 <= self.len, "write out of bounds");
+        assert!(self.holds(at, bytes.len() as u64), "write out of bounds");
         // SAFETY: in bounds (asserted); the caller owns the range (a
         // reservation it made, a header at format time, a cut tail during
         // exclusive recovery), which no other process reads before the
@@ -159,5 +179,57 @@ impl Region {
 
     pub(crate) fn with_bytes<R>(&self, at: u64, len: u64, f: impl FnOnce(&[u8]) -> R) -> R {
         f(&self.read(at, len))
+    }
+}
+
+/// The accessors' bounds and their `unsafe` over real memory. `ci/miri.sh`
+/// runs these under Miri (over an anonymous mapping: Miri emulates no file
+/// mapping).
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::Region;
+    use std::sync::atomic::Ordering::{Acquire, Release, SeqCst};
+
+    #[test]
+    fn words_and_bytes_land_where_they_are_asked_to() {
+        let r = Region::anon(4096);
+        r.u64_at(0).store(u64::MAX, Release);
+        r.u64_at(4088).store(0x0102_0304_0506_0708, Release);
+        assert_eq!(r.u64_at(4088).fetch_add(1, SeqCst), 0x0102_0304_0506_0708);
+        assert_eq!(r.read(4088, 8), 0x0102_0304_0506_0709u64.to_le_bytes());
+        // A futex word: never the half of a 64-bit word (mixed-size atomic
+        // accesses to one place are outside Rust's memory model).
+        r.u32_at(12).store(7, Release);
+        assert_eq!(r.u32_at(12).swap(9, SeqCst), 7);
+        assert_eq!(r.read(8, 8), [0, 0, 0, 0, 9, 0, 0, 0]);
+        assert_eq!(r.u64_at(0).load(Acquire), u64::MAX);
+        r.write(100, b"hello");
+        assert_eq!(r.slice(100, 5), b"hello");
+        assert_eq!(r.with_bytes(99, 7, <[u8]>::to_vec), b"\0hello\0");
+        // Reads are clamped to the region, never past it.
+        assert_eq!(r.slice(4090, 100).len(), 6);
+        assert!(r.slice(u64::MAX, u64::MAX).is_empty());
+        assert!(r.read(5000, 8).is_empty());
+        r.write(4096, b"");
+    }
+
+    #[test]
+    fn a_word_at_an_offset_that_wraps_is_refused_not_reached() {
+        let r = Region::anon(4096);
+        for at in [u64::MAX - 7, u64::MAX - 3, 4096, 4092] {
+            let w = std::panic::catch_unwind(|| r.u64_at(at).load(Acquire));
+            assert!(w.is_err(), "u64 at {at}");
+        }
+        for at in [u64::MAX - 3, 4096] {
+            let w = std::panic::catch_unwind(|| r.u32_at(at).load(Acquire));
+            assert!(w.is_err(), "u32 at {at}");
+        }
+        for at in [u64::MAX - 1, 4095] {
+            let w = std::panic::catch_unwind(|| r.write(at, b"xy"));
+            assert!(w.is_err(), "write at {at}");
+        }
+        // Misaligned words too.
+        assert!(std::panic::catch_unwind(|| r.u64_at(4).load(Acquire)).is_err());
+        assert!(std::panic::catch_unwind(|| r.u32_at(2).load(Acquire)).is_err());
     }
 }

@@ -92,9 +92,14 @@ pub fn state_pages(dir: &Path, data: &[u8]) {
     use dashi_engine::{Connection, Message, Queue};
     use std::time::Duration;
     let _ = std::fs::remove_dir_all(dir);
+    // Small segments: recovery clears the rest of each lane's last segment,
+    // and at the default 64 MiB that was most of an execution's time.
+    let opts = crate::LocalOptions {
+        segment_size: 64 << 10,
+        ..crate::LocalOptions::default()
+    };
     let open = || {
-        let t = crate::LocalTransport::open(dir, crate::LocalOptions::default())
-            .expect("the store opens");
+        let t = crate::LocalTransport::open(dir, opts.clone()).expect("the store opens");
         Connection::with_transport(std::sync::Arc::new(t), Default::default())
     };
     {
@@ -127,7 +132,7 @@ pub fn state_pages(dir: &Path, data: &[u8]) {
         // works with the damaged words.
         let lock = std::fs::File::open(dir.join("open.lock")).expect("the presence lock");
         let _held = crate::lock::FileLock::shared(lock).expect("a shared presence lock");
-        if let Ok(t) = crate::LocalTransport::open(dir, crate::LocalOptions::default()) {
+        if let Ok(t) = crate::LocalTransport::open(dir, opts.clone()) {
             let c = Connection::with_transport(std::sync::Arc::new(t), Default::default());
             if let Ok(ch) = c.channel() {
                 for _ in 0..8 {

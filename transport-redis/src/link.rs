@@ -708,7 +708,7 @@ async fn flush(id: u64) {
 async fn watchdog(id: u64, timeout: Duration) {
     let tick = (timeout / 4).max(Duration::from_millis(1));
     loop {
-        if rio::sleep(tick).await.is_err() {
+        if rio::idle(tick).await.is_err() {
             return;
         }
         let Some(link) = LINKS.with(|l| l.borrow().get(&id).cloned()) else {

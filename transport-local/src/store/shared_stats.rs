@@ -75,7 +75,7 @@ impl CounterFlush {
         let weak: Weak<CounterFlush> = Arc::downgrade(self);
         drop(rt.spawn(0, move || async move {
             loop {
-                if dashi_rt::io::sleep(FLUSH_EVERY).await.is_err() {
+                if dashi_rt::io::idle(FLUSH_EVERY).await.is_err() {
                     return;
                 }
                 // Holds no runtime: dropping the last reference here is fine.
