@@ -165,3 +165,26 @@ fn always_lets_go_of_the_files_of_deleted_segments_and_queues() {
         "{held} descriptors of deleted files still open (160 segments written and deleted)"
     );
 }
+
+/// Closing a store with a long `fsync=interval` does not wait out the
+/// interval (it waited for the store runtime's 500 ms shutdown limit, the
+/// timer task holding the shutdown up).
+#[test]
+fn a_store_closes_without_waiting_out_its_timers() {
+    for fsync in ["interval:60000", "interval:3600000"] {
+        let d = dir("close");
+        let url = format!("local://{}?fsync={fsync}&segment_size=64K", d.display());
+        let conn = connect(&url);
+        let ch = conn.channel().unwrap();
+        ch.queue_declare(&Queue::new("q")).unwrap();
+        ch.producer().publish("m", "q").unwrap();
+        drop(ch);
+        let t0 = Instant::now();
+        drop(conn);
+        let took = t0.elapsed();
+        assert!(
+            took < Duration::from_millis(250),
+            "fsync={fsync}: closing took {took:?}"
+        );
+    }
+}

@@ -9,6 +9,10 @@
 //! - Retention deletes only segments wholly before `head` (the first record
 //!   still ready or claimed) and below `write_seg`: it follows the slowest
 //!   consumer and never deletes an unsettled record or the write segment.
+//!   It does not take `head` on trust: a segment is deleted only after a
+//!   walk over it finds every record settled (a damaged state page can put
+//!   `head` anywhere), and numbers with no segment file are passed in one
+//!   step.
 //! - Recovery changes shared state only with exclusive access; it rebuilds
 //!   every shared word of the lane from the segments (positions, counters),
 //!   so a lost or damaged state page cannot strand or invent messages.
@@ -19,6 +23,7 @@ use crate::recovery::Totals;
 use crate::segment::claim::{Claim, CLAIMED, READY};
 use crate::segment::{SegmentError, Slot};
 
+use super::claims::Walk;
 use super::layout::at;
 use super::{Lane, LaneError, Pos, NO_POS};
 
@@ -72,15 +77,32 @@ impl Lane {
         let head = self.pos(at::HEAD);
         let write = self.load(at::WRITE_SEG);
         let mut deleted = 0;
+        let end = head.seq.min(write);
         loop {
             let low = self.load(at::LOW_SEG);
-            if low >= head.seq || low >= write {
+            if low >= end {
                 self.unmap_retired();
                 return Ok(deleted);
             }
+            // Numbers with no segment file are passed in one step: a damaged
+            // word can put the head billions of numbers past the low
+            // segment, and stepping one by one (an unlink each) was a hang.
+            // A record still ready or claimed (or one being written): the
+            // head said otherwise, so it is wrong; keep the segment.
+            if !self.settled(low)? {
+                self.unmap_retired();
+                return Ok(deleted);
+            }
+            let to = if end - low > 1 {
+                self.storage
+                    .next_segment(low)?
+                    .map_or(end, |next| next.min(end))
+            } else {
+                low + 1
+            };
             if self
                 .word(at::LOW_SEG)
-                .compare_exchange(low, low + 1, AcqRel, Acquire)
+                .compare_exchange(low, to, AcqRel, Acquire)
                 .is_ok()
             {
                 self.segments.lock().remove(&low);
@@ -97,6 +119,26 @@ impl Lane {
                 deleted += 1;
             }
         }
+    }
+
+    /// Whether segment `seq` holds nothing a consumer still needs: no file,
+    /// or every record in it acked or dead (padding and moved records
+    /// aside). A claim word that does not read as a claim counts as not
+    /// settled: recovery sorts it out.
+    fn settled(&self, seq: u64) -> Result<bool, LaneError> {
+        if self.segment(seq)?.is_none() {
+            return Ok(true);
+        }
+        let walk = self.walk(
+            Pos::start(seq),
+            Pos::start(seq + 1),
+            false,
+            |seg, pos, _| {
+                Claim::decode(seg.claim_word(pos.off).load(Acquire))
+                    .is_none_or(|k| k.state == READY || k.state == CLAIMED)
+            },
+        )?;
+        Ok(matches!(walk, Walk::Done))
     }
 
     /// Recovery with exclusive access to the store (no other process has it

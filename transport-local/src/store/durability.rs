@@ -303,7 +303,9 @@ impl Durability {
 
 async fn interval_loop(weak: Weak<Durability>, every: Duration) {
     loop {
-        if io::sleep(every).await.is_err() {
+        // Ends when the store closes (the runtime stops), not an interval
+        // later: by then the durability state is gone, nothing to sync.
+        if io::idle(every).await.is_err() {
             return;
         }
         let Some(d) = weak.upgrade() else { return };

@@ -436,3 +436,33 @@ fn a_damaged_claim_word_is_set_aside_and_a_lost_state_page_is_rebuilt() {
         .collect();
     assert_eq!(again, [(0, true), (1, true), (3, true), (4, true)]);
 }
+
+/// Retention with damaged positions (a `state` page overwritten while
+/// another process kept recovery off): the head and the write segment
+/// billions of numbers past the low segment. Retention passes the numbers
+/// that have no segment file in one step; it stepped one by one, an unlink
+/// each, for hours (found by the `state_pages` fuzz target, a longer run).
+#[test]
+fn retention_passes_a_damaged_gap_of_segment_numbers_in_one_step() {
+    let d = TestDir::new();
+    let lane = Lane::open_dir(&d, 0, SEG).unwrap();
+    for i in 0..3 {
+        assert_eq!(lane.append(&body(i), 4, 1, 0).unwrap().seq, 0);
+    }
+    for _ in 0..3 {
+        let c = lane.claim(7).unwrap().unwrap();
+        assert!(lane.settle(&c, 7, ACKED));
+    }
+    let far = MAX_SEQ - 5;
+    lane.shared_word(at::WRITE_SEG).store(far, Release);
+    lane.shared_word(at::HEAD)
+        .store(Pos::start(far).pack(), Release);
+    lane.shared_word(at::NEXT)
+        .store(Pos::start(far).pack(), Release);
+    let t0 = std::time::Instant::now();
+    let deleted = lane.retire().unwrap();
+    assert!(t0.elapsed() < Duration::from_secs(5), "{:?}", t0.elapsed());
+    assert_eq!(deleted, 1, "segment 0, and no number that has no file");
+    assert_eq!(lane.shared_word(at::LOW_SEG).load(Acquire), far);
+    assert!(lane.segment(0).unwrap().is_none());
+}
