@@ -225,8 +225,11 @@ mod tests {
         // Found by a longer run: retention stepping one segment number at a
         // time across a damaged gap of billions.
         let retire_hang = include_bytes!("tests/seeds/state_pages_retire_hang.bin");
+        // And a publish looping on a write segment below the low segment.
+        let append_hang = include_bytes!("tests/seeds/state_pages_append_hang.bin");
         for (k, seed) in [
             &retire_hang[..],
+            &append_hang[..],
             &looped[..],
             &[][..],
             &[0u8; 5 * 4096],

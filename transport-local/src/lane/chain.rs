@@ -79,6 +79,8 @@ impl Lane {
         // shared positions themselves are wrong (a damaged page), and going
         // on would create segment after segment for nothing.
         let mut taken_back = 0u32;
+        // Rounds where the write segment was missing and could not be made.
+        let mut refused = 0u32;
         loop {
             let seq = self.load(at::WRITE_SEG);
             if seq > MAX_SEQ {
@@ -87,7 +89,20 @@ impl Lane {
             let Some(seg) = self.segment(seq)? else {
                 // The write segment does not exist yet (a new lane, or one
                 // whose creation failed): make it.
-                created |= self.create(seq)?;
+                if self.create(seq)? {
+                    created = true;
+                } else {
+                    // Refused: the write segment is below the low segment
+                    // (or moved on meanwhile). Words that stay so are
+                    // damaged; going on would loop for good.
+                    refused += 1;
+                    if refused > 64 {
+                        return Err(LaneError::Inconsistent {
+                            dir: self.name(),
+                            detail: "its write segment is below its low segment and does not exist",
+                        });
+                    }
+                }
                 continue;
             };
             // Tests stall a writer here, holding a view that goes stale.
