@@ -23,7 +23,6 @@ use crate::recovery::Totals;
 use crate::segment::claim::{Claim, CLAIMED, READY};
 use crate::segment::{SegmentError, Slot};
 
-use super::claims::Walk;
 use super::layout::at;
 use super::{Lane, LaneError, Pos, NO_POS};
 
@@ -93,7 +92,7 @@ impl Lane {
                 self.unmap_retired();
                 return Ok(deleted);
             }
-            let to = if end - low > 1 {
+            let to = if end - low > 64 {
                 self.storage
                     .next_segment(low)?
                     .map_or(end, |next| next.min(end))
@@ -126,19 +125,26 @@ impl Lane {
     /// aside). A claim word that does not read as a claim counts as not
     /// settled: recovery sorts it out.
     fn settled(&self, seq: u64) -> Result<bool, LaneError> {
-        if self.segment(seq)?.is_none() {
+        let Some(seg) = self.segment(seq)? else {
             return Ok(true);
+        };
+        let mut off = Pos::start(seq).off;
+        loop {
+            match seg.skim(off) {
+                Slot::Record { len, .. } => {
+                    let open = Claim::decode(seg.claim_word(off).load(Acquire))
+                        .is_none_or(|k| k.state == READY || k.state == CLAIMED);
+                    if open {
+                        return Ok(false);
+                    }
+                    off += len;
+                }
+                Slot::Padding { len } | Slot::Moved { len } => off += len,
+                Slot::Corrupt { .. } => off = seg.next_valid(off),
+                Slot::Pending { .. } => return Ok(false),
+                Slot::End => return Ok(true),
+            }
         }
-        let walk = self.walk(
-            Pos::start(seq),
-            Pos::start(seq + 1),
-            false,
-            |seg, pos, _| {
-                Claim::decode(seg.claim_word(pos.off).load(Acquire))
-                    .is_none_or(|k| k.state == READY || k.state == CLAIMED)
-            },
-        )?;
-        Ok(matches!(walk, Walk::Done))
     }
 
     /// Recovery with exclusive access to the store (no other process has it
