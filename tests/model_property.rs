@@ -264,6 +264,7 @@ fn run(transport: &str, ops: Vec<Op>) {
                 let i = pick % held[ch].len();
                 let d = held[ch].remove(i);
                 let (id, lane) = model.outstanding[ch].remove(i);
+                let restored = conn.stats().process_counters().restored;
                 d.extend_lease(Duration::ZERO).unwrap();
                 let start = Instant::now();
                 loop {
@@ -283,10 +284,15 @@ fn run(transport: &str, ops: Vec<Op>) {
                 }
                 model.restore(vec![(id, lane)]);
                 // The reaper marks the delivery restored, then requeues it: wait
-                // until the lanes hold what the model holds (per-lane depths
-                // count an item only once it can be popped).
+                // until the requeue is done (the restored count moves once the
+                // queue has it back; local://'s depths move a little before
+                // its restore mark, which a pop follows) and the lanes hold
+                // what the model holds (per-lane depths count an item only
+                // once it can be popped).
                 let want: Vec<u64> = model.lanes.iter().map(|l| l.len() as u64).collect();
-                while conn.stats().queue("q").unwrap().depth_by_lane != want {
+                while conn.stats().process_counters().restored == restored
+                    || conn.stats().queue("q").unwrap().depth_by_lane != want
+                {
                     assert!(
                         start.elapsed() < Duration::from_secs(10),
                         "restore never landed"

@@ -56,18 +56,7 @@ fn memory_survives_workers_dropping_their_connections() {
     assert!(v["churn_rounds"].as_u64().unwrap() > 0, "{v}");
     assert!(v["leases_run_out"].as_u64().unwrap() > 0, "{v}");
     assert!(v["owed_redeliveries"].as_u64().unwrap() > 0, "{v}");
-    assert!(
-        reached(
-            &v,
-            &[
-                "mid-pipeline",
-                "confirmed-unsaid",
-                "delivered-unsaid",
-                "before-ack"
-            ]
-        ) > 0,
-        "{v}"
-    );
+    assert!(reached(&v, WORKER_POINTS) > 0, "{v}");
     // The soak figures: this process hosts every memory:// worker.
     assert!(v["rss_kib"]["max"].as_u64().unwrap() > 0, "{v}");
     assert!(v["open_fds"]["max"].as_u64().unwrap() > 0, "{v}");
@@ -77,6 +66,14 @@ fn memory_survives_workers_dropping_their_connections() {
     );
     assert!(v["faults_by_kind"]["kill"].as_u64().unwrap() > 0, "{v}");
 }
+
+/// The workers' own kill points (every transport).
+const WORKER_POINTS: &[&str] = &[
+    "mid-pipeline",
+    "confirmed-unsaid",
+    "delivered-unsaid",
+    "before-ack",
+];
 
 /// Kills that found their worker at one of `points`.
 fn reached(v: &Value, points: &[&str]) -> u64 {
@@ -122,18 +119,7 @@ fn local_survives_kills_during_rotation() {
     assert!(v["churn_rounds"].as_u64().unwrap() > 0, "{v}");
     assert!(v["worker_rss_kib"]["max"].as_u64().unwrap() > 0, "{v}");
     assert!(v["worker_open_fds"]["max"].as_u64().unwrap() > 0, "{v}");
-    assert!(
-        reached(
-            &v,
-            &[
-                "mid-pipeline",
-                "confirmed-unsaid",
-                "delivered-unsaid",
-                "before-ack"
-            ]
-        ) > 0,
-        "{v}"
-    );
+    assert!(reached(&v, WORKER_POINTS) > 0, "{v}");
     if stop_points_built() {
         let store = [
             "segment::reserved",

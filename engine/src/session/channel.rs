@@ -617,8 +617,12 @@ fn restore(mut slots: Vec<&Slot>, counters: &Counters) -> Result<(), Error> {
         return Ok(());
     }
     slots.sort_by_key(|s| s.tag);
-    Counters::add(&counters.consume.restored, slots.len() as u64);
-    restore_in_order(slots.into_iter(), true)
+    let n = slots.len() as u64;
+    let r = restore_in_order(slots.into_iter(), true);
+    // Counted once the queues have them back: a count seen means a pop
+    // started after it finds them (restored ahead of newer messages).
+    Counters::add(&counters.consume.restored, n);
+    r
 }
 
 /// Gives `slots` (in the order given) back to their queues, one `restore`
@@ -657,10 +661,10 @@ pub(crate) fn put_back(slots: Vec<Arc<Slot>>, counters: Option<&Counters>) {
     if slots.is_empty() {
         return;
     }
+    warn_unrestored(restore_in_order(slots.iter().map(|s| &**s), false));
     if let Some(c) = counters {
         Counters::add(&c.consume.restored, slots.len() as u64);
     }
-    warn_unrestored(restore_in_order(slots.iter().map(|s| &**s), false));
 }
 
 /// A session on a connection. Not meant to be shared between threads at once
