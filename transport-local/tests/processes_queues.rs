@@ -336,3 +336,51 @@ fn a_delete_paused_at_the_name_directory_spares_a_new_incarnation() {
         m.ack().unwrap();
     }
 }
+
+/// A delete also removes the leftovers of earlier incarnations of its name
+/// that `meta.json` no longer names: a delete killed before it removed its
+/// files, or a lane a publish made in a queue deleted under it. Each held a
+/// preallocated segment's disk space until a lone open recovered the store
+/// (`dashi torture --churn` left 11 of them, 322 MB, in 180 s under kills).
+/// Anything that is not an incarnation's directory is left alone.
+#[test]
+fn a_delete_removes_the_leftovers_of_earlier_incarnations_of_its_name() {
+    let d = dir("leftovers");
+    let conn = connect(d.path());
+    let ch = conn.channel().unwrap();
+    ch.queue_declare(&Queue::new("keep")).unwrap();
+    for (name, junk) in [("x", true), ("y", false)] {
+        let root = d.path().join("q").join(name);
+        for old in ["00000000000000fe", "00000000000000ff"] {
+            let lane = root.join(old).join("lane-0");
+            std::fs::create_dir_all(&lane).unwrap();
+            std::fs::write(lane.join("0000000000000000.seg"), vec![0u8; 65536]).unwrap();
+        }
+        if junk {
+            std::fs::create_dir_all(root.join("notes")).unwrap();
+        }
+        ch.queue_declare(&Queue::new(name)).unwrap();
+        ch.producer().publish("m", name).unwrap();
+        assert_eq!(ch.queue_delete(name, false, false).unwrap(), 1);
+        let left: Vec<String> = std::fs::read_dir(&root)
+            .map(|r| {
+                r.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        if junk {
+            let mut left = left;
+            left.sort();
+            assert_eq!(left, ["name", "notes"], "{name}");
+        } else {
+            assert!(!root.exists(), "{name}: {left:?}");
+        }
+    }
+    // The live queue's files are untouched.
+    ch.producer().publish("k", "keep").unwrap();
+    assert_eq!(
+        ch.queue_declare(&Queue::new("keep")).unwrap().message_count,
+        1
+    );
+}

@@ -164,30 +164,46 @@ impl LocalQueue {
         })
     }
 
-    /// Deletes this incarnation's files (the queue was deleted), and the
-    /// name's directory once no incarnation of the name is left. That last
-    /// step runs under the metadata lock, and only while `meta.json` names
-    /// no incarnation of the queue: a declare adds its incarnation and makes
-    /// its directory under that lock, so a new incarnation never goes with
-    /// the old one's name directory.
+    /// Deletes this incarnation's files (the queue was deleted), then,
+    /// under the metadata lock, every other directory of the name that
+    /// `meta.json` does not name as an incarnation, and the name's
+    /// directory once none is left. A declare adds its incarnation and makes
+    /// its directory under that lock, so nothing live goes; what goes is
+    /// left over: a delete killed before it removed its files, or a lane a
+    /// publish made in a queue deleted under it (each held its disk space,
+    /// a whole preallocated segment, until a lone open recovered the store).
     pub(super) fn remove_files(&self) {
         let _ = std::fs::remove_dir_all(&self.dir);
         let (Some(parent), Some(t)) = (self.dir.parent(), self.transport.upgrade()) else {
             return;
         };
         let Ok(_lock) = t.lock_meta() else { return };
-        if !t
-            .read_meta()
-            .is_ok_and(|m| m.queue(&self.decl.name).is_none())
-        {
-            return;
+        let Ok(meta) = t.read_meta() else { return };
+        let live: Vec<String> = meta
+            .queues
+            .iter()
+            .filter(|q| q.decl.name == self.decl.name)
+            .map(|q| format!("{:016x}", q.id))
+            .collect();
+        let mut kept = 0;
+        if let Ok(entries) = std::fs::read_dir(parent) {
+            for e in entries.flatten() {
+                let n = e.file_name();
+                let n = n.to_string_lossy();
+                if n == "name" {
+                    continue;
+                }
+                let incarnation = n.len() == 16 && n.bytes().all(|b| b.is_ascii_hexdigit());
+                if !incarnation || live.iter().any(|l| *l == n) {
+                    kept += 1;
+                } else {
+                    let _ = std::fs::remove_dir_all(e.path());
+                }
+            }
         }
-        let only_name = std::fs::read_dir(parent)
-            .map(|d| d.flatten().all(|e| e.file_name() == "name"))
-            .unwrap_or(false);
         // Tests hold a delete here, between its look and its removal.
         crate::failpoint!("queue::name_dir_checked");
-        if only_name {
+        if kept == 0 && live.is_empty() {
             let _ = std::fs::remove_dir_all(parent);
         }
     }
