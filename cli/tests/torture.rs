@@ -252,6 +252,70 @@ fn a_run_that_loses_messages_fails_with_its_seed() {
     assert!(stdout(&o).contains("lost"), "the figures are printed too");
 }
 
+/// Sends `sig` to process `pid`.
+fn signal(pid: i32, sig: i32) {
+    let _ = Command::new("kill")
+        .args([format!("-{sig}"), pid.to_string()])
+        .status();
+}
+
+/// Workers die with their torture process: a run killed with SIGKILL left
+/// its workers running (found after a test's timeout killed a run: two of
+/// them were still there two hours later).
+#[test]
+fn workers_go_when_their_torture_process_is_killed() {
+    let d = TestDir::new();
+    let dir = d.join("s");
+    let url = format!("local://{}", dir.display());
+    let mut run = Command::new(env!("CARGO_BIN_EXE_dashi"))
+        .args(["torture", &url, "--seconds", "60", "--churn", "1"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mark = dir.to_string_lossy().into_owned();
+    let pids = |role: &str| -> Vec<i32> {
+        std::fs::read_dir("/proc")
+            .unwrap()
+            .flatten()
+            .filter(|p| {
+                std::fs::read(p.path().join("cmdline")).is_ok_and(|c| {
+                    let c = String::from_utf8_lossy(&c).replace('\0', " ");
+                    c.contains("torture-child") && c.contains(&mark) && c.contains(role)
+                })
+            })
+            .filter_map(|p| p.file_name().to_str()?.parse().ok())
+            .collect()
+    };
+    let workers = || pids("--role").len();
+    let t0 = Instant::now();
+    while workers() < 5 {
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "the workers never started"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // Producers stopped, consumers idle once the queue is drained: none of
+    // them writes a line, so none learns from a broken pipe that the run
+    // is gone.
+    for p in pids("--role produce") {
+        signal(p, libc::SIGSTOP);
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    run.kill().unwrap();
+    run.wait().unwrap();
+    let t0 = Instant::now();
+    while workers() > 0 {
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "{} workers outlived their torture process",
+            workers()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 #[test]
 fn bad_arguments_get_one_line() {
     let e = one_line_error(&dashi(&["torture", "memory://x", "--faults", "pause"]));

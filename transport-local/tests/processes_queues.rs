@@ -384,3 +384,56 @@ fn a_delete_removes_the_leftovers_of_earlier_incarnations_of_its_name() {
         1
     );
 }
+
+/// A process that has read the store's `meta.json` never takes a read that
+/// finds none for an empty topology (every queue unknown): it retries for a
+/// moment, then fails with one line. Found by `dashi torture --churn` with
+/// power cuts: the power-loss filesystem failed a read of `meta.json` renamed
+/// over while open, and every torture queue of that process went unknown.
+#[test]
+fn a_missing_meta_json_is_never_an_empty_topology() {
+    let d = dir("meta-gone");
+    let a = connect(d.path());
+    let url = format!("local://{}?segment_size=128K", d.path().display());
+    let b = dashi_transport_local::open(ConnectUrl::parse(&url).unwrap()).unwrap();
+    let ach = a.channel().unwrap();
+    ach.queue_declare(&Queue::new("q")).unwrap();
+    let bch = b.channel().unwrap();
+    let meta = d.path().join("meta.json");
+    let saved = d.path().join("meta.saved");
+    for (k, back_after) in [(0, Some(Duration::from_millis(20))), (1, None)] {
+        // The topology changes (A must reload), and the file is gone.
+        bch.queue_declare(&Queue::new(format!("other-{k}").as_str()))
+            .unwrap();
+        std::fs::rename(&meta, &saved).unwrap();
+        let back = back_after.map(|after| {
+            let (saved, meta) = (saved.clone(), meta.clone());
+            std::thread::spawn(move || {
+                std::thread::sleep(after);
+                std::fs::rename(saved, meta).unwrap();
+            })
+        });
+        // A publish: an empty topology would drop it as unroutable.
+        let r = ach.producer().publish_mandatory(format!("m{k}"), "q");
+        match back {
+            // Back within the retries: the publish goes through.
+            Some(t) => {
+                r.unwrap();
+                t.join().unwrap();
+            }
+            None => {
+                let e = r.unwrap_err().to_string();
+                assert!(e.contains("meta.json is gone"), "{e}");
+                // A get: an empty topology would say the queue is unknown.
+                let e = ach.get("q", Duration::ZERO).unwrap_err().to_string();
+                assert!(e.contains("meta.json is gone"), "{e}");
+                std::fs::rename(&saved, &meta).unwrap();
+                ach.producer().publish("m1", "q").unwrap();
+            }
+        }
+    }
+    assert_eq!(
+        ach.queue_declare(&Queue::new("q")).unwrap().message_count,
+        2
+    );
+}

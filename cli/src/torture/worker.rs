@@ -164,6 +164,18 @@ fn obey(out: Arc<dyn Out>) {
 
 /// `dashi torture-child`: one worker in this process, until killed.
 pub(crate) fn child(a: TortureChildArgs) -> Result<(), String> {
+    // Dies with the torture process: a run killed with SIGKILL left its
+    // workers running for hours (a consumer waiting for messages writes
+    // nothing, so never learns its reader went).
+    #[cfg(target_os = "linux")]
+    {
+        use rustix::process::{getppid, set_parent_process_death_signal, Signal};
+        set_parent_process_death_signal(Some(Signal::KILL))
+            .map_err(|e| format!("setting the parent-death signal: {e}"))?;
+        if getppid().is_none_or(|p| p.is_init()) {
+            return Ok(());
+        }
+    }
     let spec = Spec {
         url: a.url,
         role: Role::parse(&a.role)?,

@@ -144,6 +144,9 @@ struct Inner {
     /// The generation `routing` was built from (checked on every publish
     /// without taking the topology lock).
     loaded_gen: AtomicU64,
+    /// This process has read a `meta.json`: the store has one, and a read
+    /// that finds none is an anomaly, never an empty topology.
+    meta_seen: std::sync::atomic::AtomicBool,
     /// This process's event counters, and their flushes into the store-wide
     /// totals.
     stats: Arc<shared_stats::CounterFlush>,

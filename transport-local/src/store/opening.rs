@@ -316,6 +316,7 @@ impl LocalTransport {
             }),
             routing: ArcSwap::from_pointee(Routing::default()),
             loaded_gen: AtomicU64::new(u64::MAX),
+            meta_seen: std::sync::atomic::AtomicBool::new(false),
             stats,
             reg,
             exclusive_owner: Mutex::new(HashMap::new()),

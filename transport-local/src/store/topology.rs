@@ -46,12 +46,38 @@ impl Inner {
         self.root.join("meta.json")
     }
 
+    /// `meta.json`, or an empty topology when the store has none yet. Once
+    /// this process has read one, a read that finds none is retried for a
+    /// moment and then an error: the file is only ever replaced by a rename,
+    /// so it is never really gone, and an empty topology would make every
+    /// queue unknown to this process. (A read of a file renamed over while
+    /// open can fail so on a FUSE filesystem: `dashi torture`'s power-loss
+    /// filesystem did, and every torture queue of a process went unknown.)
     pub(super) fn read_meta(&self) -> Result<Meta, Error> {
-        match std::fs::read_to_string(self.meta_path()) {
-            Ok(text) => Meta::from_json(&text)
-                .map_err(|e| store_fail(FailureKind::CorruptMetadata, "metadata", e)),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Meta::default()),
-            Err(e) => Err(store_err("metadata", e)),
+        let mut tries = 0;
+        loop {
+            match std::fs::read_to_string(self.meta_path()) {
+                Ok(text) => {
+                    self.meta_seen.store(true, SeqCst);
+                    return Meta::from_json(&text)
+                        .map_err(|e| store_fail(FailureKind::CorruptMetadata, "metadata", e));
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    if !self.meta_seen.load(SeqCst) {
+                        return Ok(Meta::default());
+                    }
+                    tries += 1;
+                    if tries > 100 {
+                        return Err(store_fail(
+                            FailureKind::CorruptMetadata,
+                            "metadata",
+                            "meta.json is gone from a store that had one",
+                        ));
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(1));
+                }
+                Err(e) => return Err(store_err("metadata", e)),
+            }
         }
     }
 
@@ -77,6 +103,7 @@ impl Inner {
         f(&mut meta)?;
         if meta != before {
             write_meta(&self.root, &meta).map_err(|e| store_err("metadata write", e))?;
+            self.meta_seen.store(true, SeqCst);
             self.control.u64_at(GENERATION).fetch_add(1, AcqRel);
         }
         // Under the lock, nobody else changes it: this is `meta`'s generation.
