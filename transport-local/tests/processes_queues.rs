@@ -28,6 +28,14 @@ fn connect(d: &Path) -> Connection {
     dashi_transport_local::open(ConnectUrl::parse(&url).unwrap()).unwrap()
 }
 
+/// Another instance of the store at `d` in this process (other options,
+/// so not shared with [`connect`]'s): it shares only the files, as another
+/// process does.
+fn other_instance(d: &Path, segment_size: &str) -> Connection {
+    let url = format!("local://{}?segment_size={segment_size}", d.display());
+    dashi_transport_local::open(ConnectUrl::parse(&url).unwrap()).unwrap()
+}
+
 fn declare(c: &Connection) {
     c.channel()
         .unwrap()
@@ -231,8 +239,7 @@ fn a_publish_racing_a_delete_of_its_queue_does_not_fail() {
 fn a_queue_deleted_while_another_instance_reloads_breaks_no_other_queue() {
     let d = dir("reload-delete");
     let steady = connect(d.path());
-    let url = format!("local://{}?segment_size=128K", d.path().display());
-    let deleter = dashi_transport_local::open(ConnectUrl::parse(&url).unwrap()).unwrap();
+    let deleter = other_instance(d.path(), "128K");
     let ch = steady.channel().unwrap();
     ch.queue_declare(&Queue::new("steady")).unwrap();
     let dch = deleter.channel().unwrap();
@@ -273,10 +280,7 @@ fn a_queue_deleted_while_another_instance_reloads_breaks_no_other_queue() {
 #[test]
 fn a_delete_paused_at_the_name_directory_spares_a_new_incarnation() {
     let d = dir("declare-delete");
-    let open = |size: &str| {
-        let url = format!("local://{}?segment_size={size}", d.path().display());
-        dashi_transport_local::open(ConnectUrl::parse(&url).unwrap()).unwrap()
-    };
+    let open = |size| other_instance(d.path(), size);
     let (deleter, declarer, reader) = (open("128K"), open("512K"), open("1M"));
     deleter
         .channel()
@@ -394,8 +398,7 @@ fn a_delete_removes_the_leftovers_of_earlier_incarnations_of_its_name() {
 fn a_missing_meta_json_is_never_an_empty_topology() {
     let d = dir("meta-gone");
     let a = connect(d.path());
-    let url = format!("local://{}?segment_size=128K", d.path().display());
-    let b = dashi_transport_local::open(ConnectUrl::parse(&url).unwrap()).unwrap();
+    let b = other_instance(d.path(), "128K");
     let ach = a.channel().unwrap();
     ach.queue_declare(&Queue::new("q")).unwrap();
     let bch = b.channel().unwrap();
