@@ -347,6 +347,7 @@ impl Link {
                 waiting: RefCell::new(VecDeque::new()),
                 driver: RefCell::new(None),
                 failed: RefCell::new(None),
+                held: std::cell::Cell::new(false),
                 shared: core_shared,
                 push,
             });
@@ -553,6 +554,9 @@ struct CoreLink {
     driver: RefCell<Option<Waker>>,
     /// Why the link died, once it did.
     failed: RefCell<Option<String>>,
+    /// A flush waits for the replies of the batches before it (its
+    /// `scheduled` flag stays set, so pushes meanwhile join it).
+    held: std::cell::Cell<bool>,
     shared: Arc<Shared>,
     push: Option<PushHandler>,
 }
@@ -629,11 +633,34 @@ fn is_message(frame: &Frame) -> bool {
     )
 }
 
-/// Moves the inbox of link `id` into its output buffer (on its core).
+/// Moves the inbox of link `id` into its output buffer (on its core),
+/// or, while earlier batches still wait for their replies, holds it until
+/// they come (the driver flushes then): like a group commit, everything
+/// pushed during one round trip goes out as one flush, so a pipelining
+/// publisher makes one variadic `LPUSH` per round trip, not one per
+/// message, and the core and Redis each handle one read and one write per
+/// round trip. Redis runs a connection's commands in order, so holding them
+/// changes no outcome; a batch pushed to an idle link goes out at once.
 async fn flush(id: u64) {
     let Some(link) = LINKS.with(|l| l.borrow().get(&id).cloned()) else {
         return;
     };
+    if link.failed.borrow().is_none() && !link.waiting.borrow().is_empty() {
+        link.held.set(true);
+        return;
+    }
+    flush_now(&link);
+}
+
+/// Flushes a held inbox once every batch before it has its replies.
+fn release_held(link: &CoreLink) {
+    if link.held.get() && link.waiting.borrow().is_empty() {
+        link.held.set(false);
+        flush_now(link);
+    }
+}
+
+fn flush_now(link: &CoreLink) {
     // Cleared before draining: a batch pushed after the drain schedules
     // the next flush.
     link.shared.scheduled.store(false, SeqCst);
@@ -741,6 +768,9 @@ async fn drive(link: Rc<CoreLink>, id: u64) {
     let mut recv: Option<IoFuture> = None;
     let mut send: Option<IoFuture> = None;
     let mut spare: Vec<u8> = Vec::new();
+    // The receive buffer goes back and forth between the ring and here
+    // (made and zeroed once, not once per `recv`).
+    let mut rbuf: Option<Vec<u8>> = Some(vec![0u8; READ_CHUNK]);
     std::future::poll_fn(|cx| {
         loop {
             if link.failed.borrow().is_some() {
@@ -788,13 +818,17 @@ async fn drive(link: Rc<CoreLink>, id: u64) {
             }
             if recv.is_none() {
                 let fd = link.fd.clone();
-                let buf = vec![0u8; READ_CHUNK];
+                let buf = rbuf
+                    .take()
+                    .filter(|b| b.len() == READ_CHUNK)
+                    .unwrap_or_else(|| vec![0u8; READ_CHUNK]);
                 recv = Some(Box::pin(async move { rio::recv(&fd, buf).await }));
             }
             if let Some(f) = recv.as_mut() {
                 if let Poll::Ready((res, buf)) = f.as_mut().poll(cx) {
                     recv = None;
                     progressed = true;
+                    let buf = rbuf.insert(buf);
                     match res {
                         Ok(0) => {
                             link.fail("the server closed the connection".into());
@@ -812,6 +846,7 @@ async fn drive(link: Rc<CoreLink>, id: u64) {
                                     }
                                 }
                             }
+                            release_held(&link);
                         }
                         Err(e) => {
                             link.fail(format!("recv: {e}"));

@@ -11,7 +11,7 @@ use parking_lot::Mutex;
 /// Pops up to `ARGV[1]` envelopes from the lists `KEYS[1..n]` in order
 /// (kombu's most urgent step first; `RPOP` with a count, Redis ≥ 6.2) and
 /// records each as unacked in the same step, with one `ZADD` and one `HSET`
-/// for the whole batch: `unacked_index` gets the float seconds `ARGV[2]`, `unacked`
+/// for the whole batch: `unacked_index` gets the seconds `ARGV[2]`, `unacked`
 /// gets `[envelope, "", <queue>]` (`ARGV[3]` is the queue as a JSON
 /// string) built by concatenation, so the envelope's bytes are kept. A
 /// field already in `unacked` (kombu gives every queue copy of a publish

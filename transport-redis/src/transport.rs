@@ -128,6 +128,19 @@ fn score(s: f64) -> String {
     format!("{s:.7}")
 }
 
+/// The `unacked_index` score of a delivery taken (or re-scored) at `now`:
+/// whole seconds, rounded up. Redis keeps a small sorted set as a packed
+/// list and finds each insert's place by reading the scores before it;
+/// integer scores are read as integers, float strings are parsed one by
+/// one, and with a consumer's unacked entries all in that list the pop
+/// script spent about a third of its Redis time there (17.6 against 12.1
+/// µs of Redis CPU per message, pop and ack, in one A/B). Rounding up keeps
+/// every restorer, kombu's included, from taking an entry early: at most a
+/// second late against a visibility timeout of an hour by default.
+fn pop_score(now: f64) -> String {
+    format!("{}", now.max(0.0).ceil() as u64)
+}
+
 /// Transports open in this process, by URL: connections to the same URL
 /// share one (its topology, exclusive queues and links), as connections to
 /// one broker would.
@@ -163,6 +176,7 @@ impl RedisTransport {
     pub(crate) fn open(opts: RedisOptions) -> Result<RedisTransport, Error> {
         let cfg = RuntimeConfig::default()
             .with_cores(1)
+            .with_idle_spin(Duration::ZERO)
             .with_shutdown_timeout(Duration::from_millis(500));
         let rt = Runtime::start(cfg).map(Arc::new).map_err(|e| {
             Error::Store(StoreFailure::new(
@@ -571,7 +585,7 @@ impl Inner {
     /// Re-scores every delivery this process holds without a lease of its
     /// own, so that no restorer takes it while this process is alive.
     fn rescore_held(&self) -> Result<(), Error> {
-        let now = score(now_secs());
+        let now = pop_score(now_secs());
         let mut cmd = Cmd::new("ZADD").arg(self.keys.unacked_index()).arg("XX");
         let mut n = 0;
         let queues: Vec<Arc<RedisQueue>> = self.topo.lock().queues.values().cloned().collect();
@@ -711,6 +725,7 @@ impl Inner {
             .filter(|f| !held.contains(&*String::from_utf8_lossy(f)))
             .collect();
         let mut restored = 0;
+        let mut last_score: Option<(Bytes, u32)> = None;
         for (k, chunk) in fields.chunks(256).enumerate() {
             if k > 0 && !self.renew_lock(token)? {
                 // Past the lease: another restorer may be at work now.
@@ -739,7 +754,15 @@ impl Inner {
                     .get(field)
                     .cloned()
                     .unwrap_or_else(|| Bytes::from_static(b"0"));
-                if self.restore_entry(field, value, at)? {
+                // Entries of one score (one pop, or one second of pops)
+                // keep the scan's order among themselves: each goes behind
+                // the ones restored before it.
+                let place = match &last_score {
+                    Some((s, n)) if *s == at => n + 1,
+                    _ => 0,
+                };
+                last_score = Some((at.clone(), place));
+                if self.restore_entry(field, value, at, place)? {
                     restored += 1;
                 }
             }
@@ -756,7 +779,13 @@ impl Inner {
 
     /// Puts back one `unacked` entry written by anyone: `[env, ex, rk]`
     /// routed as kombu would (exchange `""` = the queue named `rk`).
-    fn restore_entry(&self, field: &Bytes, value: &Bytes, popped_at: Bytes) -> Result<bool, Error> {
+    fn restore_entry(
+        &self,
+        field: &Bytes,
+        value: &Bytes,
+        popped_at: Bytes,
+        place: u32,
+    ) -> Result<bool, Error> {
         let text = String::from_utf8_lossy(value);
         let Some((env, ex, rk)) = wire::split_unacked(&text) else {
             return self.set_aside_entry(
@@ -788,7 +817,7 @@ impl Inner {
             );
         };
         let at = String::from_utf8_lossy(&popped_at).into_owned();
-        let Some(marked) = wire::restored(env.get(), first, true, Some((&at, 0))) else {
+        let Some(marked) = wire::restored(env.get(), first, true, Some((&at, place))) else {
             return self.set_aside_entry(field, value, "an unacked envelope kombu cannot restore");
         };
         let step = self.keys.step_for(wire::kombu_priority_of(env.get()));
@@ -813,7 +842,7 @@ impl Inner {
                 Bytes::from(marked),
                 Bytes::from_static(b"RPUSH"),
                 popped_at,
-                Bytes::from_static(b"0"),
+                Bytes::from(place.to_string()),
             ],
         )?;
         Ok(resp::int(&done) == Some(1))
@@ -1632,13 +1661,14 @@ impl QueueStore for RedisQueue {
         keys.push(inner.keys.unacked());
         keys.push(inner.keys.unacked_index());
         keys.push(inner.keys.garbage(&self.name));
-        let popped_at = Bytes::from(score(now_secs()));
+        let now = now_secs();
+        let popped_at = Bytes::from(score(now));
         let reply = inner.eval(
             &inner.scripts.pop,
             &keys,
             vec![
                 Bytes::from(max.to_string()),
-                popped_at.clone(),
+                Bytes::from(pop_score(now)),
                 self.queue_json.clone(),
                 Bytes::from(inner.nonce.clone()),
             ],

@@ -268,6 +268,74 @@ fn a_script_flush_costs_nothing() {
     assert_eq!(&ch.get("s", WAIT).unwrap().unwrap().body()[..], b"2");
 }
 
+/// `calls` of one command in `INFO commandstats`.
+fn calls(r: &RedisServer, command: &str) -> u64 {
+    let info = cmd(r, &["INFO", "commandstats"]);
+    let key = format!("cmdstat_{command}:calls=");
+    info.lines()
+        .find_map(|l| l.strip_prefix(&key))
+        .and_then(|rest| rest.split(',').next())
+        .map_or(0, |n| n.parse().unwrap())
+}
+
+#[test]
+fn publishes_made_while_replies_are_awaited_go_out_as_one_push() {
+    let r = RedisServer::start();
+    let c = connect(&format!("{}?timeout=10", r.url()));
+    let ch = c
+        .channel_with(dashi::ChannelOptions::new().confirm_window(4096))
+        .unwrap();
+    ch.queue_declare(&Queue::new("g")).unwrap();
+    let p = ch.producer();
+    p.publish("first", "g").unwrap();
+    let before = calls(&r, "lpush");
+    // Writes wait at the server, so the first publish's reply is late:
+    // everything published meanwhile waits for it and then goes out as
+    // one flush (one variadic LPUSH), not one command per publish.
+    assert_eq!(cmd(&r, &["CLIENT", "PAUSE", "300", "WRITE"]), "+OK");
+    let mut confirms = Vec::new();
+    for i in 0..2000 {
+        confirms.push(p.publish_async(format!("m{i}"), "g").unwrap());
+    }
+    for cf in confirms {
+        cf.wait().unwrap();
+    }
+    let pushes = calls(&r, "lpush") - before;
+    assert!(pushes <= 4, "{pushes} LPUSH calls for 2000 publishes");
+    // In publish order for a kombu consumer (RPOP takes the oldest).
+    assert_eq!(llen(&r, "g"), 2001);
+    for want in std::iter::once("first".to_owned()).chain((0..2000).map(|i| format!("m{i}"))) {
+        let d = ch.get("g", WAIT).unwrap().expect("a message");
+        assert_eq!(d.body(), want.as_bytes());
+        d.ack().unwrap();
+    }
+}
+
+#[test]
+fn a_delivery_is_scored_in_whole_seconds_never_before_it_was_taken() {
+    let r = RedisServer::start();
+    let c = connect(&r.url());
+    let ch = c.channel().unwrap();
+    ch.queue_declare(&Queue::new("s")).unwrap();
+    ch.producer().publish("x", "s").unwrap();
+    let secs = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs_f64()
+    };
+    let before = secs();
+    let _d = ch.get("s", WAIT).unwrap().expect("a message");
+    let after = secs();
+    // `*2 $len tag $len score`: the score is the last line.
+    let reply = cmd(&r, &["ZRANGE", "unacked_index", "0", "-1", "WITHSCORES"]);
+    let score = reply.lines().last().unwrap();
+    let whole: u64 = score.parse().unwrap_or_else(|_| panic!("score {score:?}"));
+    // Rounded up: a restorer never finds it older than it is.
+    assert!(whole as f64 >= before, "{whole} < {before}");
+    assert!(whole as f64 <= after.ceil(), "{whole} > {after}");
+}
+
 #[test]
 fn killed_connections_leave_publishes_confirmed_or_reported_unconfirmed() {
     let r = RedisServer::start();
@@ -642,6 +710,41 @@ fn a_killed_consumers_messages_come_back_marked_redelivered() {
     );
     assert!(got.contains(&("c".to_owned(), false)), "{got:?}");
     eventually(&r, &["EXISTS", "unacked"], ":0");
+}
+
+#[test]
+fn entries_of_one_second_are_restored_in_their_order() {
+    let r = RedisServer::start();
+    // Three deliveries of a process that died, taken in one second (one
+    // score), their tags in the order they were taken, as kombu and dashi
+    // write them.
+    let old = (std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        - 60)
+        .to_string();
+    for (tag, body) in [("t1", "b1"), ("t2", "b2"), ("t3", "b3")] {
+        let env = format!(
+            "{{\"body\": \"{body}\", \"content-encoding\": \"utf-8\", \"content-type\": \"text/plain\", \"headers\": {{}}, \"properties\": {{\"delivery_mode\": 2, \"delivery_info\": {{\"exchange\": \"\", \"routing_key\": \"o\"}}, \"priority\": 0, \"body_encoding\": \"utf-8\", \"delivery_tag\": \"{tag}\"}}}}"
+        );
+        let value = format!("[{env}, \"\", \"o\"]");
+        assert_eq!(cmd(&r, &["HSET", "unacked", tag, &value]), ":1");
+        assert_eq!(cmd(&r, &["ZADD", "unacked_index", &old, tag]), ":1");
+    }
+    let c = connect(&format!("{}?visibility_timeout=1", r.url()));
+    let ch = c.channel().unwrap();
+    ch.queue_declare(&Queue::new("o")).unwrap();
+    let mut got = Vec::new();
+    let deadline = Instant::now() + WAIT;
+    while got.len() < 3 && Instant::now() < deadline {
+        if let Some(d) = ch.get("o", Duration::from_millis(200)).unwrap() {
+            assert!(d.redelivered());
+            got.push(String::from_utf8_lossy(d.body()).into_owned());
+            d.ack().unwrap();
+        }
+    }
+    assert_eq!(got, ["b1", "b2", "b3"]);
 }
 
 /// The restore lock is a short lease (at most 10 s, renewed while a pass
