@@ -174,11 +174,13 @@ impl ConsumerShared {
     /// run of messages in one. Only a consumer alone on its single queue
     /// batches (others keep one message per turn, AMQP's fairness);
     /// messages a batch took past the window's byte budget go back to the
-    /// queue unseen. Errors as [`ConsumerShared::take`].
+    /// queue unseen. Errors as [`ConsumerShared::take`]. `envs` is scratch
+    /// space (left empty), kept by the caller so a pass allocates nothing.
     pub(crate) fn take_many(
         &self,
         max: usize,
         out: &mut Vec<(Envelope, Arc<dyn QueueStore>)>,
+        envs: &mut Vec<Envelope>,
     ) -> Result<usize, Error> {
         if self.cancelled.load(SeqCst) || (!self.no_ack && !self.window.has_room()) || max == 0 {
             return Ok(0);
@@ -186,7 +188,7 @@ impl ConsumerShared {
         let n = self.queues.len();
         let start = self.rr.load(SeqCst);
         let mut failed = None;
-        let mut envs = Vec::new();
+        envs.clear();
         for k in 0..n {
             let i = (start + k) % n;
             let q = &self.queues[i];
@@ -199,7 +201,7 @@ impl ConsumerShared {
             } else {
                 1
             };
-            match pop_many_retrying(&**q, want, &mut envs) {
+            match pop_many_retrying(&**q, want, envs) {
                 Ok(0) => {}
                 Ok(_) => {
                     self.rr.store(i + 1, SeqCst);

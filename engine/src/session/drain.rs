@@ -285,6 +285,8 @@ fn dispatch(state: &mut DrainState) -> usize {
         run,
         deliveries,
         error,
+        got,
+        scratch,
         ..
     } = state;
     if consumers.is_empty() {
@@ -295,11 +297,10 @@ fn dispatch(state: &mut DrainState) -> usize {
         let mut any = false;
         for k in 0..n {
             let c = &consumers[(*next + k) % n];
-            let mut got = Vec::new();
-            match c.take_many(DRAIN_BATCH - taken.len(), &mut got) {
+            match c.take_many(DRAIN_BATCH - taken.len(), got, scratch) {
                 Ok(0) => {}
                 Ok(_) => {
-                    for (env, queue) in got {
+                    for (env, queue) in got.drain(..) {
                         taken.push(Pending::new(Some(c.clone()), env, queue));
                     }
                     any = true;

@@ -73,6 +73,9 @@ pub(crate) struct LocalQueue {
     pub(super) expiring: AtomicBool,
 }
 
+/// Most records one [`QueueStore::pop_many`] of a lone consumer claims.
+const POP_BATCH: usize = 32;
+
 /// How often a consumer looks for records held by dead processes (idle or
 /// busy alike).
 const UPKEEP_EVERY_NS: u64 = 100_000_000;
@@ -444,11 +447,20 @@ impl LocalQueue {
         }
     }
 
-    pub(super) fn pop_ready(&self) -> Result<Option<Envelope>, Error> {
+    /// Takes up to `max` ready messages into `out`, most urgent lane first
+    /// and FIFO within a lane (as that many single pops would, in one
+    /// pass: the claims of a batch go into `held` under one lock).
+    /// `Err` only when nothing was taken and a lane could not be read.
+    pub(super) fn pop_ready_many(
+        &self,
+        max: usize,
+        out: &mut Vec<Envelope>,
+    ) -> Result<usize, Error> {
         // A lane that cannot be read does not stop the others; its failure
         // is reported when no other lane has a message.
         let mut failed = None;
-        for p in self.used_lanes() {
+        let mut claims: Vec<((u8, u64), Claimed)> = Vec::new();
+        'lanes: for p in self.used_lanes() {
             let l = match self.lane(p) {
                 Ok(l) => l,
                 Err(e) => {
@@ -457,14 +469,14 @@ impl LocalQueue {
                     continue;
                 }
             };
-            loop {
+            while claims.len() < max {
                 let c = match l.claim(self.owner) {
                     Ok(Some(c)) => c,
-                    Ok(None) => break,
+                    Ok(None) => continue 'lanes,
                     Err(e) => {
                         tracing::warn!(queue = %self.decl.name, lane = p, error = %e, "lane unreadable");
                         failed.get_or_insert(store_err("claim", e));
-                        break;
+                        continue 'lanes;
                     }
                 };
                 let env = match self.envelope(p, &c) {
@@ -482,11 +494,19 @@ impl LocalQueue {
                     self.kill(p, &c, env, DeathReason::Expired);
                     continue;
                 }
-                self.held.lock().insert((p, env.token), c);
-                return Ok(Some(env));
+                claims.push(((p, env.token), c));
+                out.push(env);
             }
+            break;
         }
-        failed.map_or(Ok(None), Err)
+        let n = claims.len();
+        if n > 0 {
+            let mut held = self.held.lock();
+            held.reserve(n);
+            held.extend(claims);
+            return Ok(n);
+        }
+        failed.map_or(Ok(0), Err)
     }
 
     /// Claims the oldest message of the least urgent lane (drop-head).
@@ -517,6 +537,12 @@ impl QueueStore for LocalQueue {
     }
 
     fn pop(&self) -> Result<Option<Envelope>, Error> {
+        let mut out = Vec::with_capacity(1);
+        self.pop_many(1, &mut out)?;
+        Ok(out.pop())
+    }
+
+    fn pop_many(&self, max: usize, out: &mut Vec<Envelope>) -> Result<usize, Error> {
         // A consumer-only process sees deletes and redeclares too: one
         // atomic load of the shared generation when nothing changed.
         let gen = self.control.u64_at(GENERATION).load(Acquire);
@@ -529,8 +555,8 @@ impl QueueStore for LocalQueue {
                 _ => self.seen_generation.store(gen, Relaxed),
             }
         }
-        if self.state.is_deleted() {
-            return Ok(None);
+        if self.state.is_deleted() || max == 0 {
+            return Ok(0);
         }
         // Before this process's first delivery from the queue, records a
         // dead consumer held come back (strict priority across a crash);
@@ -538,14 +564,22 @@ impl QueueStore for LocalQueue {
         if !self.first_upkeep.load(Relaxed) && !self.first_upkeep.swap(true, AcqRel) {
             self.upkeep(true);
         }
-        if let Some(env) = self.pop_ready()? {
+        let n = self.pop_ready_many(max, out)?;
+        if n > 0 {
             self.upkeep(false);
-            return Ok(Some(env));
+            return Ok(n);
         }
         if !self.upkeep(false) {
-            return Ok(None);
+            return Ok(0);
         }
-        self.pop_ready()
+        self.pop_ready_many(max, out)
+    }
+
+    /// A pass claims a run of records with one look at the topology, one
+    /// upkeep check and one lock of the held claims, so a consumer alone on
+    /// its queue takes up to this many at once (its window permitting).
+    fn batch_hint(&self) -> usize {
+        POP_BATCH
     }
 
     fn ack(&self, envs: &[&Envelope]) -> Result<(), Error> {
