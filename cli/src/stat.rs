@@ -14,6 +14,7 @@ fn queue_json(q: &QueueStats) -> serde_json::Value {
         "bytes": q.bytes,
         "unacked": q.unacked,
         "consumers": q.consumers,
+        "garbage": q.garbage,
     })
 }
 
@@ -111,6 +112,9 @@ pub(crate) fn run(a: StatArgs) -> Result<(), String> {
                 lanes.join(" ")
             }
         );
+        if q.garbage > 0 {
+            println!("{:<32} {} set aside as garbage", "", q.garbage);
+        }
     }
     if queues.is_empty() {
         println!("(no queues)");

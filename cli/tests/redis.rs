@@ -64,6 +64,24 @@ fn publish_stat_consume_across_processes() {
         .iter()
         .find(|q| q["name"] == "jobs");
     assert!(jobs.is_none_or(|q| q["messages"] == 0), "{v}");
+    // An envelope nobody can deliver is set aside, and stat counts it.
+    r.command(&["LPUSH", "junk", "not json"]).unwrap();
+    let o = dashi(&["consume", &url, "--queue", "junk", "--timeout", "0.5"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(stdout(&o), "");
+    let o = dashi(&["stat", &url, "--queue", "junk", "--json"]);
+    let v: serde_json::Value = serde_json::from_str(stdout(&o).trim()).unwrap();
+    assert_eq!(
+        (&v["queues"][0]["messages"], &v["queues"][0]["garbage"]),
+        (&serde_json::json!(0), &serde_json::json!(1)),
+        "{v}"
+    );
+    let o = dashi(&["stat", &url, "--queue", "junk"]);
+    assert!(
+        stdout(&o).contains("1 set aside as garbage"),
+        "{}",
+        stdout(&o)
+    );
     let line = one_line_error(&dashi(&["stat", "redis://127.0.0.1:1", "--json"]));
     assert!(line.contains("127.0.0.1:1"), "{line}");
     let line = one_line_error(&dashi(&["stat", "rediss://127.0.0.1:1"]));

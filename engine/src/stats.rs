@@ -193,6 +193,13 @@ pub struct QueueStats {
     pub unacked: u64,
     /// Consumers attached.
     pub consumers: u64,
+    /// Messages found unreadable and set aside where they can still be
+    /// read: redis://'s dead-letter list for garbage
+    /// (`_dashi.garbage.<queue>`: invalid JSON, no `properties`, `headers:
+    /// null`, an unknown body encoding). 0 where a transport keeps no such
+    /// list (memory:// never sets a message aside; local:// marks a damaged
+    /// record dead in its log and reports damaged files store-wide).
+    pub garbage: u64,
 }
 
 impl QueueStats {
@@ -212,7 +219,14 @@ impl QueueStats {
             bytes,
             unacked,
             consumers,
+            garbage: 0,
         }
+    }
+
+    /// The same figures with `garbage` messages set aside.
+    pub fn with_garbage(mut self, garbage: u64) -> Self {
+        self.garbage = garbage;
+        self
     }
 }
 

@@ -1772,14 +1772,16 @@ impl Inner {
                 "queue depth",
                 lists
                     .iter()
+                    .chain(std::iter::once(&self.keys.garbage(name)))
                     .map(|l| Cmd::new("LLEN").arg(l.clone()))
                     .collect(),
             )
             .ok()?;
-        let depths: Vec<u64> = replies
+        let mut depths: Vec<u64> = replies
             .iter()
             .map(|f| resp::int(f).unwrap_or(0).max(0) as u64)
             .collect();
+        let garbage = depths.pop().unwrap_or(0);
         // A queue declared here shows its own lanes; any other, Kombu's ten.
         let top = handle
             .as_ref()
@@ -1799,14 +1801,17 @@ impl Inner {
                 None => by_lane[0] += d,
             }
         }
-        Some(QueueStats::new(
-            name.to_owned(),
-            by_lane,
-            depths.iter().sum(),
-            0,
-            unacked.get(name).copied().unwrap_or(0),
-            handle.map_or(0, |h| h.state.consumers()),
-        ))
+        Some(
+            QueueStats::new(
+                name.to_owned(),
+                by_lane,
+                depths.iter().sum(),
+                0,
+                unacked.get(name).copied().unwrap_or(0),
+                handle.map_or(0, |h| h.state.consumers()),
+            )
+            .with_garbage(garbage),
+        )
     }
 
     /// Unacked deliveries per queue, every process's: dashi's entries name
@@ -1916,14 +1921,18 @@ impl Inner {
             }
         }
         // Queues with messages but no binding: every list under the prefix
-        // (a step list names its queue before the separator).
+        // (a step list names its queue before the separator), and every
+        // queue with garbage set aside (its figures say how much).
         let garbage = self.keys.garbage("");
         for k in self.scan(
             &format!("{}*", glob_escape(&self.keys.prefix)),
             Some("list"),
         )? {
             let k = String::from_utf8_lossy(&k);
-            if k.starts_with(&garbage) {
+            if let Some(queue) = k.strip_prefix(&garbage) {
+                if !queue.is_empty() {
+                    names.insert(queue.to_owned());
+                }
                 continue;
             }
             if let Some(name) = self.keys.queue_of(&k) {

@@ -248,6 +248,12 @@ fn garbage_is_set_aside_and_consumption_continues() {
     // All four kept, none lost, none left unacked.
     assert_eq!(llen(&r, "_dashi.garbage.g"), 4);
     eventually(&r, &["EXISTS", "unacked"], ":0");
+    // Counted in the queue's figures, here and from another process.
+    assert_eq!(c.stats().queue("g").expect("figures of g").garbage, 4);
+    let other = connect(&format!("{}?timeout=5", r.url()));
+    let figures = other.stats().queues();
+    let g = figures.iter().find(|q| q.name == "g").expect("g is listed");
+    assert_eq!((g.messages, g.garbage), (0, 4));
 }
 
 #[test]

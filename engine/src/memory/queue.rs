@@ -296,6 +296,7 @@ impl MemQueue {
             bytes: self.ready_bytes(),
             unacked: self.outflow.unacked.load(SeqCst),
             consumers: self.state.consumers(),
+            garbage: 0,
         }
     }
 }
