@@ -3,8 +3,10 @@
 //! batch goes into the link's inbox (a lock and a push) and, when no flush
 //! is pending, one task is sent to the core to move the inbox into the
 //! output buffer; everything moved during one turn of the core goes out in
-//! one `send`. Replies are matched FIFO and handed back per batch through an
-//! [`Outcome`] any thread can wait on or poll.
+//! one `send`. While batches already sent wait for replies, the flush is
+//! held until the last of them arrives (one flush per round trip). Replies
+//! are matched FIFO and handed back per batch through an [`Outcome`] any
+//! thread can wait on or poll.
 //!
 //! # Invariants
 //! - Replies match commands in order: the output buffer only ever holds
@@ -18,7 +20,9 @@
 //!   later batch.
 //! - A batch in the inbox is either flushed to the core or failed as not
 //!   sent: the inbox is drained after `scheduled` is cleared, and a caller
-//!   that finds the link dead after pushing drains it itself.
+//!   that finds the link dead after pushing drains it itself. A held flush
+//!   keeps `scheduled` set; the driver runs it when `waiting` empties, and
+//!   a link that dies first fails the inbox as not sent.
 
 use std::cell::RefCell;
 use std::collections::{HashMap, VecDeque};
