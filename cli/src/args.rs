@@ -337,6 +337,11 @@ pub(crate) struct BenchArgs {
     /// possible). A paced run measures wake-up latency rather than backlog.
     #[arg(long, value_name = "MSGS_PER_SEC")]
     pub(crate) rate: Option<f64>,
+    /// Publish every message first, then consume and ack them all, and
+    /// report each phase's rate (latency then includes the wait in the
+    /// queue). Peers run the same two phases.
+    #[arg(long, conflicts_with = "rate")]
+    pub(crate) phases: bool,
     /// JSON output.
     #[arg(long)]
     pub(crate) json: bool,

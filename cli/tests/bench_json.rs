@@ -228,3 +228,118 @@ fn rate_paces_the_producers() {
         one_line_error(&o);
     }
 }
+
+/// A phased run's figures: both phase rates, and their sum of times is the
+/// run's.
+fn check_phases(v: &serde_json::Value) -> (f64, f64) {
+    let p = v["publish_msgs_per_sec"]
+        .as_f64()
+        .unwrap_or_else(|| panic!("publish rate in {v}"));
+    let c = v["consume_msgs_per_sec"]
+        .as_f64()
+        .unwrap_or_else(|| panic!("consume rate in {v}"));
+    assert!(p > 0.0 && c > 0.0, "{v}");
+    // Publishing and consuming one after the other: the whole run is
+    // slower than either phase alone.
+    let n = v["messages"].as_f64().unwrap();
+    let whole = n / v["msgs_per_sec"].as_f64().unwrap();
+    let parts = n / p + n / c;
+    assert!(
+        (whole - parts).abs() <= 0.05 * whole + 1e-3,
+        "{whole} s vs {parts} s in {v}"
+    );
+    (p, c)
+}
+
+#[test]
+fn phases_report_publish_and_consume_apart_for_dashi_and_its_peer() {
+    let o = dashi(&[
+        "bench",
+        "memory://",
+        "--messages",
+        "4000",
+        "--producers",
+        "2",
+        "--consumers",
+        "2",
+        "--phases",
+        "--compare",
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_str(stdout(&o).trim()).unwrap();
+    let (dp, dc) = check_phases(&v);
+    let cb = v["peers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["transport"] == "crossbeam-channel")
+        .expect("crossbeam-channel peer")
+        .clone();
+    let (cp, cc) = check_phases(&cb);
+    let close = |a: f64, b: f64| (a - b).abs() < 1e-6 * b.max(1.0);
+    assert!(
+        close(cb["publish_ratio"].as_f64().unwrap(), dp / cp),
+        "{cb}"
+    );
+    assert!(
+        close(cb["consume_ratio"].as_f64().unwrap(), dc / cc),
+        "{cb}"
+    );
+    // Without --phases there are no phase figures.
+    let o = dashi(&["bench", "memory://", "--messages", "500", "--json"]);
+    let v: serde_json::Value = serde_json::from_str(stdout(&o).trim()).unwrap();
+    assert!(v["publish_msgs_per_sec"].is_null() && v["consume_msgs_per_sec"].is_null());
+    // The text report has the phase table.
+    let o = dashi(&[
+        "bench",
+        "memory://",
+        "--messages",
+        "500",
+        "--phases",
+        "--compare",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let text = stdout(&o);
+    assert!(
+        text.contains("phases (everything published") && text.contains("consume+ack/s"),
+        "{text}"
+    );
+    // Phases measure backlog, a paced run measures wake-ups: not both.
+    one_line_error(&dashi(&[
+        "bench",
+        "memory://",
+        "--phases",
+        "--rate",
+        "1000",
+    ]));
+}
+
+#[test]
+fn phases_with_consumer_processes_start_them_after_publishing() {
+    let dir = TestDir::new();
+    let url = format!("local://{}", dir.path().display());
+    let o = dashi(&[
+        "bench",
+        &url,
+        "--messages",
+        "3000",
+        "--consumers",
+        "2",
+        "--consumer-processes",
+        "--phases",
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_str(stdout(&o).trim()).unwrap();
+    check_phases(&v);
+    // Every message waited in the queue until the consumers started after
+    // the last publish: the median one at least about half the publish
+    // phase (consumers running alongside would take each in microseconds).
+    let publish_us = 3000.0 / v["publish_msgs_per_sec"].as_f64().unwrap() * 1e6;
+    let p50 = v["latency_us"]["p50"].as_f64().unwrap();
+    assert!(
+        p50 >= 0.3 * publish_us,
+        "p50 {p50} µs, publishing {publish_us} µs: {v}"
+    );
+}

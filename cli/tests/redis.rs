@@ -132,3 +132,48 @@ fn bench_runs_with_the_raw_redis_limit_and_kombu() {
     // acks were flushed when its connection closed.
     assert_eq!(r.command(&["EXISTS", "unacked"]).unwrap(), ":0");
 }
+
+#[test]
+fn phased_bench_reports_publish_and_consume_apart_against_both_peers() {
+    let r = RedisServer::start();
+    let o = dashi(&[
+        "bench",
+        &r.url(),
+        "--messages",
+        "600",
+        "--size",
+        "100",
+        "--pipeline",
+        "64",
+        "--phases",
+        "--compare",
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_str(stdout(&o).trim()).unwrap();
+    let rate = |r: &serde_json::Value, k: &str| {
+        r[k].as_f64()
+            .filter(|x| *x > 0.0)
+            .unwrap_or_else(|| panic!("{k} in {r}"))
+    };
+    let (dp, dc) = (
+        rate(&v, "publish_msgs_per_sec"),
+        rate(&v, "consume_msgs_per_sec"),
+    );
+    for p in v["peers"].as_array().unwrap() {
+        let (pp, pc) = (
+            rate(p, "publish_msgs_per_sec"),
+            rate(p, "consume_msgs_per_sec"),
+        );
+        let pr = p["publish_ratio"].as_f64().unwrap();
+        let cr = p["consume_ratio"].as_f64().unwrap();
+        assert!((pr - dp / pp).abs() < 1e-6 * pr.max(1.0), "{p}");
+        assert!((cr - dc / pc).abs() < 1e-6 * cr.max(1.0), "{p}");
+    }
+    assert!(v["peers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|p| p["transport"] == "raw LPUSH/RPOP pipelined"));
+    assert_eq!(r.command(&["EXISTS", "unacked"]).unwrap(), ":0");
+}

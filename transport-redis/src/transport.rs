@@ -590,6 +590,7 @@ impl Inner {
         let mut n = 0;
         let queues: Vec<Arc<RedisQueue>> = self.topo.lock().queues.values().cloned().collect();
         for q in queues {
+            q.settle_ahead();
             for h in q.held.lock().values() {
                 if h.leased {
                     continue;
@@ -1444,6 +1445,29 @@ struct Held {
     index: u32,
 }
 
+/// A pop sent ahead of the consumer's next call, and what such pops took
+/// that no call has taken yet (popped, recorded as unacked and held here,
+/// in order).
+#[derive(Debug, Default)]
+struct Ahead {
+    /// Pops on their way, oldest first (at most two): the reply to come,
+    /// the pop's time, how many it asked.
+    pending: std::collections::VecDeque<(Arc<Outcome>, f64, usize)>,
+    /// Decoded and held, not yet handed to the engine.
+    spare: std::collections::VecDeque<Envelope>,
+    /// The last pop took all it asked for (more may wait).
+    full: bool,
+}
+
+/// How many envelopes a pop script's reply carries (`{garbage, i, field,
+/// envelope, ...}`, garbage not counted).
+fn popped_count(reply: &crate::link::Reply) -> Option<usize> {
+    match reply.as_ref().ok()?.first()? {
+        Frame::Array(items) => Some(items.len().saturating_sub(1) / 3),
+        _ => None,
+    }
+}
+
 /// One queue of a [`RedisTransport`].
 #[derive(Debug)]
 pub(crate) struct RedisQueue {
@@ -1454,6 +1478,9 @@ pub(crate) struct RedisQueue {
     queue_json: Bytes,
     pub(crate) state: QueueState,
     held: Mutex<HashMap<u64, Held>>,
+    /// Messages taken ahead for this handle's next pop (see
+    /// [`QueueStore::pop_many_ahead`]).
+    ahead: Mutex<Ahead>,
     declared: AtomicBool,
     /// Consumed here without a declaration of its own (it exists on the
     /// server).
@@ -1567,6 +1594,7 @@ impl RedisQueue {
             decl,
             state: QueueState::new(),
             held: Mutex::new(HashMap::new()),
+            ahead: Mutex::new(Ahead::default()),
             declared: AtomicBool::new(declared),
             adopted: AtomicBool::new(false),
         }
@@ -1620,6 +1648,190 @@ impl RedisQueue {
             .map_err(|e| link_error("ack", &e))
     }
 
+    /// The pop script's keys: the lists, most urgent first, then
+    /// `unacked`, `unacked_index` and the garbage list.
+    fn pop_keys(&self, inner: &Inner) -> Vec<String> {
+        let mut keys = self.lists.clone();
+        keys.push(inner.keys.unacked());
+        keys.push(inner.keys.unacked_index());
+        keys.push(inner.keys.garbage(&self.name));
+        keys
+    }
+
+    /// The pop script's arguments for up to `max` messages popped at `now`.
+    fn pop_args(&self, inner: &Inner, max: usize, now: f64) -> Vec<Bytes> {
+        vec![
+            Bytes::from(max.to_string()),
+            Bytes::from(pop_score(now)),
+            self.queue_json.clone(),
+            Bytes::from(inner.nonce.clone()),
+        ]
+    }
+
+    /// Takes up to `max` messages and waits for them.
+    fn pop_now(&self, inner: &Inner, max: usize, out: &mut Vec<Envelope>) -> Result<usize, Error> {
+        let now = now_secs();
+        let reply = inner.eval(
+            &inner.scripts.pop,
+            &self.pop_keys(inner),
+            self.pop_args(inner, max, now),
+        )?;
+        self.decode_pop(inner, reply, now, out)
+    }
+
+    /// Sends a pop of up to `max` messages without waiting for it.
+    fn start_pop(&self, inner: &Inner, max: usize) -> Result<(Arc<Outcome>, f64, usize), Error> {
+        let now = now_secs();
+        let sha = inner.script_sha(&inner.scripts.pop)?;
+        let cmd = eval_cmd(&sha, &self.pop_keys(inner), &self.pop_args(inner, max, now));
+        let (_, o) = inner
+            .conn
+            .start(vec![cmd])
+            .map_err(|e| link_error("script", &e))?;
+        Ok((o, now, max))
+    }
+
+    /// The messages of a pop started by [`RedisQueue::start_pop`] at `now`;
+    /// `None` when the script did not run (`NOSCRIPT`: it is loaded again
+    /// on the next call).
+    fn popped(
+        &self,
+        inner: &Inner,
+        reply: crate::link::Reply,
+        now: f64,
+        out: &mut Vec<Envelope>,
+    ) -> Result<Option<usize>, Error> {
+        let frames = reply.map_err(|e| link_error("script", &e))?;
+        match frames.into_iter().next() {
+            Some(Frame::Error(e)) if e.starts_with("NOSCRIPT") => {
+                *inner.scripts.pop.sha.lock() = None;
+                Ok(None)
+            }
+            Some(Frame::Error(e)) => Err(reply_error("script", &e)),
+            Some(f) => self.decode_pop(inner, f, now, out).map(Some),
+            None => Err(reply_error("script", "no reply")),
+        }
+    }
+
+    /// Turns the pop script's reply into held deliveries (in order) in
+    /// `out`; envelopes that cannot be decoded go to the garbage list.
+    fn decode_pop(
+        &self,
+        inner: &Inner,
+        reply: Frame,
+        now: f64,
+        out: &mut Vec<Envelope>,
+    ) -> Result<usize, Error> {
+        let popped_at = Bytes::from(score(now));
+        let Frame::Array(items) = reply else {
+            return Err(reply_error("pop", "the pop script answered with no list"));
+        };
+        let mut it = items.into_iter();
+        if let Some(g) = it.next().as_ref().and_then(resp::int) {
+            for _ in 0..g.max(0) {
+                inner.note_garbage(&self.name, "not a kombu envelope (invalid JSON, no properties, no delivery_tag or null headers)");
+            }
+        }
+        let mut n = 0;
+        while let (Some(_i), Some(field), Some(raw)) = (it.next(), it.next(), it.next()) {
+            let (Some(field), Some(raw)) = (resp::bytes(&field), resp::bytes(&raw)) else {
+                continue;
+            };
+            let held = Held {
+                field: String::from_utf8_lossy(field).into_owned(),
+                raw: raw.clone(),
+                leased: false,
+                popped_at: popped_at.clone(),
+                index: n as u32,
+            };
+            match wire::decode(raw) {
+                Ok(d) => {
+                    let mut env = d.envelope;
+                    env.token = NEXT_TOKEN.fetch_add(1, SeqCst);
+                    self.held.lock().insert(env.token, held);
+                    out.push(env);
+                    n += 1;
+                }
+                Err(why) => self.set_aside(inner, &held, &why.0),
+            }
+        }
+        Ok(n)
+    }
+
+    /// The reply of a pop sent ahead (`asked` messages at `at`) into
+    /// `a.spare`, held and in order. A script that did not run took
+    /// nothing; an error is the pop's (what it may have taken stays
+    /// unacked and comes back after the visibility timeout).
+    fn collect(
+        &self,
+        inner: &Inner,
+        a: &mut Ahead,
+        reply: crate::link::Reply,
+        at: f64,
+        asked: usize,
+    ) -> Result<(), Error> {
+        let took = popped_count(&reply);
+        let mut got = Vec::new();
+        if self.popped(inner, reply, at, &mut got)?.is_some() {
+            a.full = took == Some(asked);
+            a.spare.extend(got);
+        }
+        Ok(())
+    }
+
+    /// Decodes a pop sent ahead whose reply has come, so what it took is
+    /// held (and re-scored) even while nobody asks for it.
+    fn settle_ahead(&self) {
+        let Ok(inner) = self.inner() else { return };
+        let mut a = self.ahead.lock();
+        while let Some((o, at, asked)) = a.pending.pop_front() {
+            match o.wait(Some(Instant::now())) {
+                None => {
+                    a.pending.push_front((o, at, asked));
+                    return;
+                }
+                Some(reply) => {
+                    if let Err(e) = self.collect(&inner, &mut a, reply, at, asked) {
+                        tracing::warn!(queue = %self.name, error = %e, "redis: a pop sent ahead failed; what it took comes back after the visibility timeout");
+                    }
+                }
+            }
+        }
+    }
+
+    /// Puts back, unseen, what was taken ahead and not handed out (the
+    /// consumer stopped); drops it if the queue was deleted.
+    fn release_ahead(&self) {
+        let Ok(inner) = self.inner() else { return };
+        let spare = {
+            let mut a = self.ahead.lock();
+            while let Some((o, at, asked)) = a.pending.pop_front() {
+                let reply = o.wait(None).unwrap_or_else(|| {
+                    Err(LinkError::Lost {
+                        detail: "the pop's reply was taken twice".into(),
+                        sent: true,
+                    })
+                });
+                if let Err(e) = self.collect(&inner, &mut a, reply, at, asked) {
+                    tracing::warn!(queue = %self.name, error = %e, "redis: a pop sent ahead failed; what it took comes back after the visibility timeout");
+                }
+            }
+            a.full = false;
+            std::mem::take(&mut a.spare)
+        };
+        if spare.is_empty() {
+            return;
+        }
+        let r = if self.state.is_deleted() {
+            self.reject(spare.into())
+        } else {
+            self.restore(spare.into())
+        };
+        if let Err(e) = r {
+            tracing::warn!(queue = %self.name, error = %e, "redis: messages taken ahead not put back; they come back after the visibility timeout");
+        }
+    }
+
     /// Puts a popped envelope that cannot be delivered in the garbage list.
     fn set_aside(&self, inner: &Inner, held: &Held, why: &str) {
         let value = wire::unacked_value(&String::from_utf8_lossy(&held.raw), &self.name);
@@ -1652,57 +1864,60 @@ impl QueueStore for RedisQueue {
     }
 
     fn pop_many(&self, max: usize, out: &mut Vec<Envelope>) -> Result<usize, Error> {
+        self.pop_many_ahead(max, 0, out)
+    }
+
+    fn pop_many_ahead(
+        &self,
+        max: usize,
+        ahead: usize,
+        out: &mut Vec<Envelope>,
+    ) -> Result<usize, Error> {
         if max == 0 || self.state.is_deleted() {
             return Ok(0);
         }
         let inner = self.inner()?;
         let max = max.min(inner.opts.batch);
-        let mut keys = self.lists.clone();
-        keys.push(inner.keys.unacked());
-        keys.push(inner.keys.unacked_index());
-        keys.push(inner.keys.garbage(&self.name));
-        let now = now_secs();
-        let popped_at = Bytes::from(score(now));
-        let reply = inner.eval(
-            &inner.scripts.pop,
-            &keys,
-            vec![
-                Bytes::from(max.to_string()),
-                Bytes::from(pop_score(now)),
-                self.queue_json.clone(),
-                Bytes::from(inner.nonce.clone()),
-            ],
-        )?;
-        let Frame::Array(items) = reply else {
-            return Err(reply_error("pop", "the pop script answered with no list"));
-        };
-        let mut it = items.into_iter();
-        if let Some(g) = it.next().as_ref().and_then(resp::int) {
-            for _ in 0..g.max(0) {
-                inner.note_garbage(&self.name, "not a kombu envelope (invalid JSON, no properties, no delivery_tag or null headers)");
+        let ahead = ahead.min(inner.opts.batch);
+        let mut a = self.ahead.lock();
+        // What was taken ahead comes first, in order.
+        let n = loop {
+            if !a.spare.is_empty() {
+                let n = a.spare.len().min(max);
+                out.extend(a.spare.drain(..n));
+                break n;
             }
-        }
-        let mut n = 0;
-        while let (Some(_i), Some(field), Some(raw)) = (it.next(), it.next(), it.next()) {
-            let (Some(field), Some(raw)) = (resp::bytes(&field), resp::bytes(&raw)) else {
-                continue;
-            };
-            let held = Held {
-                field: String::from_utf8_lossy(field).into_owned(),
-                raw: raw.clone(),
-                leased: false,
-                popped_at: popped_at.clone(),
-                index: n as u32,
-            };
-            match wire::decode(raw) {
-                Ok(d) => {
-                    let mut env = d.envelope;
-                    env.token = NEXT_TOKEN.fetch_add(1, SeqCst);
-                    self.held.lock().insert(env.token, held);
-                    out.push(env);
-                    n += 1;
+            if let Some((pending, at, asked)) = a.pending.pop_front() {
+                // The queue looked full and all of this pop goes out now:
+                // the next one goes before this one is awaited, so Redis
+                // runs it while this reply travels and is decoded.
+                if ahead > 0 && a.full && a.pending.is_empty() && asked <= max {
+                    if let Ok(p) = self.start_pop(&inner, ahead) {
+                        a.pending.push_back(p);
+                    }
                 }
-                Err(why) => self.set_aside(&inner, &held, &why.0),
+                let reply = pending.wait(None).unwrap_or_else(|| {
+                    Err(LinkError::Lost {
+                        detail: "the pop's reply was taken twice".into(),
+                        sent: true,
+                    })
+                });
+                self.collect(&inner, &mut a, reply, at, asked)?;
+                continue;
+            }
+            // Not under the lock: competing consumers of this handle pop
+            // side by side.
+            drop(a);
+            let n = self.pop_now(&inner, max, out)?;
+            a = self.ahead.lock();
+            a.full = n == max;
+            break n;
+        };
+        // The queue had more than was asked: the next run is taken now, so
+        // it is on its way while this one is delivered.
+        if ahead > 0 && a.full && a.spare.is_empty() && a.pending.is_empty() {
+            if let Ok(p) = self.start_pop(&inner, ahead) {
+                a.pending.push_back(p);
             }
         }
         Ok(n)
@@ -1753,6 +1968,7 @@ impl QueueStore for RedisQueue {
     }
 
     fn consumer_removed(&self) {
+        self.release_ahead();
         if self.state.consumer_removed(&self.decl) {
             if let Some(inner) = self.inner.upgrade() {
                 let _ = inner.delete(&self.name);

@@ -256,6 +256,150 @@ fn garbage_is_set_aside_and_consumption_continues() {
     assert_eq!((g.messages, g.garbage), (0, 4));
 }
 
+/// `HLEN` of a key.
+fn hlen(r: &RedisServer, key: &str) -> i64 {
+    cmd(r, &["HLEN", key])
+        .trim_start_matches(':')
+        .parse()
+        .unwrap()
+}
+
+#[test]
+fn a_lone_consumer_takes_the_next_batch_ahead_and_a_cancel_puts_it_back_unseen() {
+    let r = RedisServer::start();
+    let c = connect(&format!("{}?batch=4", r.url()));
+    let ch = c.channel().unwrap();
+    ch.queue_declare(&Queue::new("ra")).unwrap();
+    let p = ch.producer();
+    for i in 0..300 {
+        p.publish(format!("m{i}"), "ra").unwrap();
+    }
+    let got = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let consumer = ch
+        .consume(ConsumerOptions::new("ra"), {
+            let got = got.clone();
+            move |d| got.lock().unwrap().push(d)
+        })
+        .unwrap();
+    // One pass delivers a drain batch (256) in pops of 4, each sent before
+    // the one before it is delivered; the last leaves the next 4 on the
+    // way, held for this consumer (its window has room for them).
+    assert_eq!(c.drain_events(Some(WAIT)).unwrap(), 256);
+    let bodies: Vec<String> = got
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|d| String::from_utf8_lossy(d.body()).into_owned())
+        .collect();
+    let want: Vec<String> = (0..256).map(|i| format!("m{i}")).collect();
+    assert_eq!(bodies, want, "delivered in order across the pops");
+    eventually(&r, &["HLEN", "unacked"], ":260");
+    assert_eq!(llen(&r, "ra"), 40);
+    // Cancelled: the 4 taken ahead go back at the head, unseen; the 256
+    // delivered stay unacked on the channel (AMQP).
+    consumer.cancel().unwrap();
+    assert_eq!(llen(&r, "ra"), 44);
+    assert_eq!(hlen(&r, "unacked"), 256);
+    let other = connect(&format!("{}?timeout=5", r.url()));
+    let och = other.channel().unwrap();
+    let next = och
+        .get("ra", WAIT)
+        .unwrap()
+        .expect("the first one taken ahead");
+    assert_eq!(
+        (&next.body()[..], next.redelivered()),
+        (&b"m256"[..], false)
+    );
+    next.ack().unwrap();
+}
+
+#[test]
+fn messages_taken_ahead_and_not_yet_asked_for_are_kept_from_restorers() {
+    let r = RedisServer::start();
+    let c = connect(&format!("{}?batch=4&visibility_timeout=2", r.url()));
+    let ch = c.channel().unwrap();
+    ch.queue_declare(&Queue::new("k")).unwrap();
+    for i in 0..300 {
+        ch.producer().publish(format!("m{i}"), "k").unwrap();
+    }
+    let got = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let _consumer = ch
+        .consume(ConsumerOptions::new("k"), {
+            let got = got.clone();
+            move |d| got.lock().unwrap().push(d)
+        })
+        .unwrap();
+    assert_eq!(c.drain_events(Some(WAIT)).unwrap(), 256);
+    let mut bodies = Vec::new();
+    for d in got.lock().unwrap().drain(..) {
+        assert!(!d.redelivered());
+        bodies.push(String::from_utf8_lossy(d.body()).into_owned());
+        d.ack().unwrap();
+    }
+    eventually(&r, &["HLEN", "unacked"], ":4");
+    // Nobody asks for the 4 taken ahead for twice the visibility timeout:
+    // they are re-scored like deliveries, so no restore scan (this
+    // process's own runs every 0.5 s) puts them back.
+    std::thread::sleep(Duration::from_secs(4));
+    assert_eq!(llen(&r, "k"), 40);
+    let mut n = 256;
+    while n < 300 {
+        n += c.drain_events(Some(WAIT)).unwrap();
+    }
+    for d in got.lock().unwrap().drain(..) {
+        assert!(!d.redelivered());
+        bodies.push(String::from_utf8_lossy(d.body()).into_owned());
+        d.ack().unwrap();
+    }
+    assert_eq!(
+        bodies,
+        (0..300).map(|i| format!("m{i}")).collect::<Vec<_>>()
+    );
+    assert!(c.drain_events(Some(Duration::from_millis(300))).is_err());
+}
+
+#[test]
+fn messages_are_taken_ahead_only_within_the_prefetch_window() {
+    let r = RedisServer::start();
+    let c = connect(&format!("{}?batch=4", r.url()));
+    let ch = c.channel().unwrap();
+    ch.queue_declare(&Queue::new("w")).unwrap();
+    for i in 0..20 {
+        ch.producer().publish(format!("m{i}"), "w").unwrap();
+    }
+    let got = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let _consumer = ch
+        .consume(ConsumerOptions::new("w").prefetch_count(8), {
+            let got = got.clone();
+            move |d| got.lock().unwrap().push(d)
+        })
+        .unwrap();
+    let mut n = 0;
+    while n < 8 {
+        n += c.drain_events(Some(WAIT)).unwrap();
+    }
+    assert!(c.drain_events(Some(Duration::from_millis(200))).is_err());
+    // The window holds 8: nothing beyond them left the queue.
+    assert_eq!((hlen(&r, "unacked"), llen(&r, "w")), (8, 12));
+    // Acked, the next 8 come, in order.
+    for d in got.lock().unwrap().drain(..) {
+        d.ack().unwrap();
+    }
+    let mut n = 0;
+    while n < 8 {
+        n += c.drain_events(Some(WAIT)).unwrap();
+    }
+    let bodies: Vec<String> = got
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|d| String::from_utf8_lossy(d.body()).into_owned())
+        .collect();
+    assert_eq!(bodies, (8..16).map(|i| format!("m{i}")).collect::<Vec<_>>());
+    eventually(&r, &["HLEN", "unacked"], ":8");
+    assert_eq!(llen(&r, "w"), 4);
+}
+
 #[test]
 fn a_script_flush_costs_nothing() {
     let r = RedisServer::start();

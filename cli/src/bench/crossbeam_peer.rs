@@ -14,6 +14,28 @@ pub(crate) fn run(w: &Workload) -> Result<Report, String> {
     let finished_ns = Arc::new(AtomicU64::new(0));
     let progress = Progress::start("crossbeam-channel", w.messages, consumed.clone());
     let start = Instant::now();
+    let producers: Vec<_> = (0..w.producers)
+        .map(|i| {
+            let (tx, w) = (tx.clone(), w.clone());
+            std::thread::spawn(move || {
+                for _ in 0..w.share(i) {
+                    if tx.send(stamped_body(w.size)).is_err() {
+                        return;
+                    }
+                }
+            })
+        })
+        .collect();
+    // Phased: every message is sent before the consumers start.
+    let mut producers = producers;
+    let mut publish_phase = None;
+    if w.phased {
+        for p in producers.drain(..) {
+            p.join()
+                .map_err(|_| "a crossbeam producer thread panicked")?;
+        }
+        publish_phase = Some(start.elapsed());
+    }
     let consumers: Vec<_> = (0..w.consumers)
         .map(|_| {
             let rx = rx.clone();
@@ -33,18 +55,6 @@ pub(crate) fn run(w: &Workload) -> Result<Report, String> {
             })
         })
         .collect();
-    let producers: Vec<_> = (0..w.producers)
-        .map(|i| {
-            let (tx, w) = (tx.clone(), w.clone());
-            std::thread::spawn(move || {
-                for _ in 0..w.share(i) {
-                    if tx.send(stamped_body(w.size)).is_err() {
-                        return;
-                    }
-                }
-            })
-        })
-        .collect();
     drop(tx);
     for p in producers {
         p.join()
@@ -59,10 +69,10 @@ pub(crate) fn run(w: &Workload) -> Result<Report, String> {
     }
     drop(progress);
     let elapsed = Duration::from_nanos(finished_ns.load(Ordering::Relaxed).max(1));
-    Ok(Report::from_histogram(
-        "crossbeam-channel",
-        w,
-        elapsed,
-        &merged,
-    ))
+    let mut r = Report::from_histogram("crossbeam-channel", w, elapsed, &merged);
+    if let Some(p) = publish_phase {
+        r.publish_phase = Some(p);
+        r.consume_phase = Some(elapsed.saturating_sub(p));
+    }
+    Ok(r)
 }

@@ -29,50 +29,32 @@ pub(crate) fn run(w: &Workload) -> Result<Report, String> {
     let finished_ns = Arc::new(AtomicU64::new(0));
     let progress = Progress::start(&admin_label(w), w.messages, consumed.clone());
     let start = Instant::now();
-
-    let consumers: Vec<_> = (0..w.consumers)
-        .map(|_| {
-            let (w, queue) = (w.clone(), queue.clone());
-            let (consumed, finished_ns) = (consumed.clone(), finished_ns.clone());
-            std::thread::spawn(move || -> Result<hdrhistogram::Histogram<u64>, String> {
-                let conn = connect(&w.url)?;
-                let ch = conn.channel().map_err(|e| e.to_string())?;
-                let hist = Arc::new(Mutex::new(histogram()));
-                let (h, c, f, total) = (
-                    hist.clone(),
-                    consumed.clone(),
-                    finished_ns.clone(),
-                    w.messages,
-                );
-                let _consumer = ch
-                    .consume(ConsumerOptions::new(queue), move |d| {
-                        let lat = latency_us(d.body());
-                        if let Ok(mut h) = h.lock() {
-                            h.saturating_record(lat.max(1));
-                        }
-                        let _ = d.ack();
-                        if c.fetch_add(1, Ordering::Relaxed) + 1 == total {
-                            f.store(start.elapsed().as_nanos() as u64, Ordering::Relaxed);
-                        }
-                    })
-                    .map_err(|e| e.to_string())?;
-                while consumed.load(Ordering::Relaxed) < total {
-                    match conn.drain_events(Some(Duration::from_millis(100))) {
-                        Ok(_) | Err(Error::Timeout) => {}
-                        Err(e) => return Err(format!("consumer: {e}")),
-                    }
-                }
-                drop(_consumer);
-                let h = hist.lock().map_err(|_| "histogram lock poisoned")?.clone();
-                Ok(h)
-            })
-        })
-        .collect();
-
-    let producers = spawn_producers(w, &queue);
-
-    let mut confirm = histogram();
-    let mut failure = join_producers(producers, &mut confirm).err();
+    let spawn_consumers = || -> Vec<ConsumerHandle> {
+        (0..w.consumers)
+            .map(|_| spawn_consumer(w, &queue, start, &consumed, &finished_ns))
+            .collect()
+    };
+    // Phased: every message is published (and confirmed) before the
+    // consumers start, so each side's rate is measured alone.
+    let (consumers, published) = if w.phased {
+        let producers = spawn_producers(w, &queue);
+        let mut confirm = histogram();
+        let r = join_producers(producers, &mut confirm);
+        let published = start.elapsed();
+        (spawn_consumers(), Some((r, confirm, published)))
+    } else {
+        (spawn_consumers(), None)
+    };
+    let (producers_result, confirm, publish_phase) = match published {
+        Some((r, confirm, at)) => (r, confirm, Some(at)),
+        None => {
+            let producers = spawn_producers(w, &queue);
+            let mut confirm = histogram();
+            let r = join_producers(producers, &mut confirm);
+            (r, confirm, None)
+        }
+    };
+    let mut failure = producers_result.err();
     if failure.is_some() {
         // Let the consumers finish on what was sent.
         consumed.fetch_add(w.messages, Ordering::Relaxed);
@@ -98,7 +80,59 @@ pub(crate) fn run(w: &Workload) -> Result<Report, String> {
         .unwrap_or_else(|_| "dashi".into());
     let mut r = Report::from_histogram(transport, w, elapsed, &merged);
     r.confirm_us = Some(super::report::quantiles(&confirm));
+    if let Some(p) = publish_phase {
+        r.publish_phase = Some(p);
+        r.consume_phase = Some(elapsed.saturating_sub(p));
+    }
     Ok(r)
+}
+
+type ConsumerHandle = std::thread::JoinHandle<Result<hdrhistogram::Histogram<u64>, String>>;
+
+/// One consumer thread with its own connection, acking each delivery and
+/// recording its latency; the one that takes the last message notes when
+/// (nanoseconds since `start`).
+fn spawn_consumer(
+    w: &Workload,
+    queue: &str,
+    start: Instant,
+    consumed: &Arc<AtomicU64>,
+    finished_ns: &Arc<AtomicU64>,
+) -> ConsumerHandle {
+    let (w, queue) = (w.clone(), queue.to_owned());
+    let (consumed, finished_ns) = (consumed.clone(), finished_ns.clone());
+    std::thread::spawn(move || -> Result<hdrhistogram::Histogram<u64>, String> {
+        let conn = connect(&w.url)?;
+        let ch = conn.channel().map_err(|e| e.to_string())?;
+        let hist = Arc::new(Mutex::new(histogram()));
+        let (h, c, f, total) = (
+            hist.clone(),
+            consumed.clone(),
+            finished_ns.clone(),
+            w.messages,
+        );
+        let _consumer = ch
+            .consume(ConsumerOptions::new(queue), move |d| {
+                let lat = latency_us(d.body());
+                if let Ok(mut h) = h.lock() {
+                    h.saturating_record(lat.max(1));
+                }
+                let _ = d.ack();
+                if c.fetch_add(1, Ordering::Relaxed) + 1 == total {
+                    f.store(start.elapsed().as_nanos() as u64, Ordering::Relaxed);
+                }
+            })
+            .map_err(|e| e.to_string())?;
+        while consumed.load(Ordering::Relaxed) < total {
+            match conn.drain_events(Some(Duration::from_millis(100))) {
+                Ok(_) | Err(Error::Timeout) => {}
+                Err(e) => return Err(format!("consumer: {e}")),
+            }
+        }
+        drop(_consumer);
+        let h = hist.lock().map_err(|_| "histogram lock poisoned")?.clone();
+        Ok(h)
+    })
 }
 
 fn admin_label(w: &Workload) -> String {
@@ -107,8 +141,18 @@ fn admin_label(w: &Workload) -> String {
         .unwrap_or_else(|_| "dashi".into())
 }
 
-/// Consumers as child processes (`dashi bench-consumer`), producers here.
-fn run_with_child_consumers(w: &Workload, queue: &str) -> Result<Report, String> {
+/// Starts `w.consumers` `dashi bench-consumer` processes on `queue` and
+/// waits until each says it is ready.
+fn start_child_consumers(
+    w: &Workload,
+    queue: &str,
+) -> Result<
+    Vec<(
+        std::process::Child,
+        std::io::BufReader<std::process::ChildStdout>,
+    )>,
+    String,
+> {
     use std::io::{BufRead, BufReader};
     use std::process::{Command, Stdio};
     let exe = std::env::current_exe().map_err(|e| format!("finding the dashi binary: {e}"))?;
@@ -130,14 +174,31 @@ fn run_with_child_consumers(w: &Workload, queue: &str) -> Result<Report, String>
         }
         kids.push((child, out));
     }
+    Ok(kids)
+}
+
+/// Consumers as child processes (`dashi bench-consumer`), producers here.
+fn run_with_child_consumers(w: &Workload, queue: &str) -> Result<Report, String> {
+    use std::io::BufRead;
     // Competing consumers split the messages by who is free; after the data,
     // one stop message per consumer ends them (FIFO puts the stops last).
+    let mut kids = if w.phased {
+        Vec::new()
+    } else {
+        start_child_consumers(w, queue)?
+    };
     let consumed = Arc::new(AtomicU64::new(0));
     let progress = Progress::start(&admin_label(w), w.messages, consumed.clone());
     let start_ns = super::now_ns();
     let producers = spawn_producers(w, queue);
     let mut confirm = histogram();
     join_producers(producers, &mut confirm)?;
+    // Phased: the consumer processes start once everything is published
+    // (their start-up counts in the consume phase).
+    let published_ns = super::now_ns();
+    if w.phased {
+        kids = start_child_consumers(w, queue)?;
+    }
     {
         let conn = connect(&w.url)?;
         let ch = conn.channel().map_err(|e| e.to_string())?;
@@ -183,6 +244,11 @@ fn run_with_child_consumers(w: &Workload, queue: &str) -> Result<Report, String>
     );
     r.latency_us = lat;
     r.confirm_us = Some(super::report::quantiles(&confirm));
+    if w.phased {
+        let publish = Duration::from_nanos(published_ns.saturating_sub(start_ns));
+        r.publish_phase = Some(publish);
+        r.consume_phase = Some(elapsed.saturating_sub(publish));
+    }
     Ok(r)
 }
 

@@ -13,7 +13,7 @@ from kombu import Connection, Consumer, Exchange, Producer, Queue
 
 def main():
     url = sys.argv[1]
-    n, size, producers, consumers, priorities = (int(x) for x in sys.argv[2:7])
+    n, size, producers, consumers, priorities, phased = (int(x) for x in sys.argv[2:8])
     t0 = time.perf_counter_ns()
 
     def now():
@@ -79,11 +79,20 @@ def main():
         with lock:
             latencies.extend(local)
 
-    threads = [threading.Thread(target=consumer) for _ in range(consumers)]
-    threads += [
+    readers = [threading.Thread(target=consumer) for _ in range(consumers)]
+    writers = [
         threading.Thread(target=producer, args=(n // producers + (1 if i < n % producers else 0),))
         for i in range(producers)
     ]
+    published = None
+    if phased:
+        for t in writers:
+            t.start()
+        for t in writers:
+            t.join()
+        published = now() / 1e9
+        writers = []
+    threads = readers + writers
     for t in threads:
         t.start()
     for t in threads:
@@ -104,6 +113,7 @@ def main():
         "producers": producers,
         "consumers": consumers,
         "elapsed_s": elapsed,
+        "publish_s": published,
         "latency_us": {"p50": q(0.5), "p90": q(0.9), "p99": q(0.99), "p999": q(0.999),
                        "max": float(latencies[-1])},
         "kombu_version": __import__("kombu").__version__,

@@ -51,6 +51,7 @@ pub(crate) fn run(w: &Workload, kombu_url: &str) -> Result<Report, Skipped> {
             w.producers.to_string(),
             w.consumers.to_string(),
             w.priorities.to_string(),
+            u8::from(w.phased).to_string(),
         ])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -107,5 +108,9 @@ pub(crate) fn run(w: &Workload, kombu_url: &str) -> Result<Report, Skipped> {
         elapsed: Duration::from_secs_f64(elapsed),
         latency_us: [num("p50"), num("p90"), num("p99"), num("p999"), num("max")],
         confirm_us: None,
+        publish_phase: v["publish_s"].as_f64().map(Duration::from_secs_f64),
+        consume_phase: v["publish_s"]
+            .as_f64()
+            .map(|p| Duration::from_secs_f64((elapsed - p).max(0.0))),
     })
 }

@@ -36,6 +36,9 @@ pub(crate) struct Workload {
     pub(crate) rate: Option<f64>,
     /// Publishes each producer keeps awaiting their confirm (1 = synchronous).
     pub(crate) pipeline: usize,
+    /// Publish everything first, then consume and ack it: each side's rate
+    /// is measured alone.
+    pub(crate) phased: bool,
 }
 
 impl Workload {
@@ -187,6 +190,7 @@ pub(crate) fn run(a: BenchArgs) -> Result<(), String> {
         consumer_processes: a.consumer_processes,
         rate: a.rate,
         pipeline: a.pipeline as usize,
+        phased: a.phases,
     };
     now_ns();
     let scheme = dashi::spi::ConnectUrl::parse(&w.url)

@@ -70,6 +70,38 @@ pub(crate) fn run(w: &Workload, addr: &str, db: u32) -> Result<Report, String> {
     let label = "raw LPUSH/RPOP pipelined";
     let progress = Progress::start(label, w.messages, consumed.clone());
     let start = Instant::now();
+    let producers: Vec<_> = (0..w.producers)
+        .map(|i| {
+            let (addr, key, w) = (addr.to_owned(), key.clone(), w.clone());
+            std::thread::spawn(move || -> Result<(), String> {
+                let (mut s, mut r) = connect(&addr, db)?;
+                let mut left = w.share(i);
+                let mut out = Vec::new();
+                while left > 0 {
+                    let n = left.min(PIPELINE as u64);
+                    out.clear();
+                    for _ in 0..n {
+                        command(&mut out, &[b"LPUSH", key.as_bytes(), &stamped_body(w.size)]);
+                    }
+                    s.write_all(&out).map_err(|e| e.to_string())?;
+                    for _ in 0..n {
+                        reply(&mut r)?;
+                    }
+                    left -= n;
+                }
+                Ok(())
+            })
+        })
+        .collect();
+    // Phased: every message is sent before the consumers start.
+    let mut producers = producers;
+    let mut publish_phase = None;
+    if w.phased {
+        for p in producers.drain(..) {
+            p.join().map_err(|_| "a raw redis producer panicked")??;
+        }
+        publish_phase = Some(start.elapsed());
+    }
     let consumers: Vec<_> = (0..w.consumers)
         .map(|_| {
             let (consumed, finished_ns, total) =
@@ -107,29 +139,6 @@ pub(crate) fn run(w: &Workload, addr: &str, db: u32) -> Result<Report, String> {
             })
         })
         .collect();
-    let producers: Vec<_> = (0..w.producers)
-        .map(|i| {
-            let (addr, key, w) = (addr.to_owned(), key.clone(), w.clone());
-            std::thread::spawn(move || -> Result<(), String> {
-                let (mut s, mut r) = connect(&addr, db)?;
-                let mut left = w.share(i);
-                let mut out = Vec::new();
-                while left > 0 {
-                    let n = left.min(PIPELINE as u64);
-                    out.clear();
-                    for _ in 0..n {
-                        command(&mut out, &[b"LPUSH", key.as_bytes(), &stamped_body(w.size)]);
-                    }
-                    s.write_all(&out).map_err(|e| e.to_string())?;
-                    for _ in 0..n {
-                        reply(&mut r)?;
-                    }
-                    left -= n;
-                }
-                Ok(())
-            })
-        })
-        .collect();
     for p in producers {
         p.join().map_err(|_| "a raw redis producer panicked")??;
     }
@@ -141,5 +150,10 @@ pub(crate) fn run(w: &Workload, addr: &str, db: u32) -> Result<Report, String> {
     drop(progress);
     // The list is empty again; nothing to clean up.
     let elapsed = Duration::from_nanos(finished_ns.load(Ordering::Relaxed).max(1));
-    Ok(Report::from_histogram(label, w, elapsed, &merged))
+    let mut r = Report::from_histogram(label, w, elapsed, &merged);
+    if let Some(p) = publish_phase {
+        r.publish_phase = Some(p);
+        r.consume_phase = Some(elapsed.saturating_sub(p));
+    }
+    Ok(r)
 }

@@ -22,6 +22,10 @@ pub(crate) struct Report {
     /// How long a publish call took to return (confirmed at the transport's
     /// durability level): p50, p90, p99, p99.9, max in microseconds.
     pub(crate) confirm_us: Option<[f64; 5]>,
+    /// Phased runs (`--phases`): how long publishing every message took
+    /// (to the last confirm), then consuming and acking them all.
+    pub(crate) publish_phase: Option<Duration>,
+    pub(crate) consume_phase: Option<Duration>,
 }
 
 /// A peer that could not run, and why.
@@ -47,7 +51,24 @@ impl Report {
             elapsed,
             latency_us: quantiles(h),
             confirm_us: None,
+            publish_phase: None,
+            consume_phase: None,
         }
+    }
+
+    /// Messages per second over a phase that took `d`.
+    fn rate_over(&self, d: Option<Duration>) -> Option<f64> {
+        d.map(|d| self.messages as f64 / d.as_secs_f64().max(1e-9))
+    }
+
+    /// Publishes per second in a phased run.
+    pub(crate) fn publish_rate(&self) -> Option<f64> {
+        self.rate_over(self.publish_phase)
+    }
+
+    /// Consume+acks per second in a phased run.
+    pub(crate) fn consume_rate(&self) -> Option<f64> {
+        self.rate_over(self.consume_phase)
     }
 
     pub(crate) fn msgs_per_sec(&self) -> f64 {
@@ -72,6 +93,8 @@ impl Report {
             "confirm_us": self.confirm_us.map(|[p50, p90, p99, p999, max]| {
                 json!({"p50": p50, "p90": p90, "p99": p99, "p999": p999, "max": max})
             }),
+            "publish_msgs_per_sec": self.publish_rate(),
+            "consume_msgs_per_sec": self.consume_rate(),
         })
     }
 }
@@ -94,6 +117,12 @@ pub(crate) fn json(dashi: &Report, peers: &[Report], skipped: &[Skipped], compar
                 if let (Some(d), Some(c)) = (dashi.confirm_us, p.confirm_us) {
                     // Above 1: dashi's publish takes longer to confirm.
                     o["confirm_p50_ratio"] = json!(d[0] / c[0].max(1e-9));
+                }
+                if let (Some(d), Some(p)) = (dashi.publish_rate(), p.publish_rate()) {
+                    o["publish_ratio"] = json!(d / p.max(1e-9));
+                }
+                if let (Some(d), Some(p)) = (dashi.consume_rate(), p.consume_rate()) {
+                    o["consume_ratio"] = json!(d / p.max(1e-9));
                 }
                 o
             })
@@ -165,6 +194,9 @@ pub(crate) fn human(w: &Workload, dashi: &Report, peers: &[Report]) -> String {
             );
         }
     }
+    if dashi.publish_phase.is_some() {
+        phase_table(&mut s, dashi, peers);
+    }
     if !peers.is_empty() {
         let _ = writeln!(
             s,
@@ -172,4 +204,42 @@ pub(crate) fn human(w: &Workload, dashi: &Report, peers: &[Report]) -> String {
         );
     }
     s
+}
+
+/// Phased runs: each side's rate alone, and dashi's against each peer's.
+fn phase_table(s: &mut String, dashi: &Report, peers: &[Report]) {
+    let _ = writeln!(
+        s,
+        "phases (everything published, then everything consumed and acked):"
+    );
+    let _ = writeln!(
+        s,
+        "{:<26} {:>14} {:>8} {:>18} {:>8}",
+        "run", "publish/s", "ratio", "consume+ack/s", "ratio"
+    );
+    let ratio = |d: Option<f64>, p: Option<f64>| match (d, p) {
+        (Some(d), Some(p)) => format!("{:.2}x", d / p.max(1e-9)),
+        _ => String::new(),
+    };
+    let shown = |x: Option<f64>| x.map_or("-".to_owned(), |x| format!("{}msg/s", rate(x)));
+    let _ = writeln!(
+        s,
+        "{:<26} {:>14} {:>8} {:>18} {:>8}",
+        dashi.transport,
+        shown(dashi.publish_rate()),
+        "",
+        shown(dashi.consume_rate()),
+        ""
+    );
+    for p in peers {
+        let _ = writeln!(
+            s,
+            "{:<26} {:>14} {:>8} {:>18} {:>8}",
+            p.transport,
+            shown(p.publish_rate()),
+            ratio(dashi.publish_rate(), p.publish_rate()),
+            shown(p.consume_rate()),
+            ratio(dashi.consume_rate(), p.consume_rate())
+        );
+    }
 }

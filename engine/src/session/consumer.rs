@@ -201,7 +201,14 @@ impl ConsumerShared {
             } else {
                 1
             };
-            match pop_many_retrying(&**q, want, envs) {
+            // What the window still holds room for after this batch may be
+            // taken ahead (a batch's worth at most), by a consumer alone.
+            let ahead = if alone && want > 1 {
+                want.min(room.saturating_sub(want))
+            } else {
+                0
+            };
+            match pop_many_retrying(&**q, want, ahead, envs) {
                 Ok(0) => {}
                 Ok(_) => {
                     self.rr.store(i + 1, SeqCst);
@@ -258,10 +265,12 @@ pub(crate) fn pop_retrying(q: &dyn QueueStore) -> Result<Option<Envelope>, Error
 }
 
 /// [`pop_retrying`] for up to `max` messages: one `pop` when `max` is 1,
-/// else one [`QueueStore::pop_many`].
+/// else one [`QueueStore::pop_many_ahead`] (`ahead`: the window's room
+/// after these).
 fn pop_many_retrying(
     q: &dyn QueueStore,
     max: usize,
+    ahead: usize,
     out: &mut Vec<Envelope>,
 ) -> Result<usize, Error> {
     if max <= 1 {
@@ -275,7 +284,7 @@ fn pop_many_retrying(
     }
     let mut tries = 0;
     loop {
-        match q.pop_many(max, out) {
+        match q.pop_many_ahead(max, ahead, out) {
             Err(e) if e.is_transient() && tries < TRANSIENT_RETRIES => {
                 tries += 1;
                 std::thread::sleep(Duration::from_millis(1));

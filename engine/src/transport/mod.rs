@@ -107,6 +107,23 @@ pub trait QueueStore: Send + Sync + fmt::Debug {
         }
         Ok(n)
     }
+    /// [`QueueStore::pop_many`] for a consumer whose prefetch window has
+    /// room for `ahead` more messages after these: a transport with a
+    /// round trip per pop may start taking up to `ahead` of them now, so
+    /// that the next call finds them arrived (AMQP's prefetch: the broker
+    /// sends ahead what the window allows). Messages taken ahead are
+    /// served first by the next `pop`/`pop_many` on this handle, and go
+    /// back to the queue unseen when the consumer stops
+    /// ([`QueueStore::consumer_removed`]). The default takes none ahead.
+    fn pop_many_ahead(
+        &self,
+        max: usize,
+        ahead: usize,
+        out: &mut Vec<Envelope>,
+    ) -> Result<usize, Error> {
+        let _ = ahead;
+        self.pop_many(max, out)
+    }
     /// How many messages a consumer's dispatch asks [`QueueStore::pop_many`]
     /// for at once (bounded by its window). 1 (the default) keeps one
     /// `pop` per message, right for a transport whose pop is a local
