@@ -178,6 +178,17 @@ impl Conn {
         Ok(link.call_deferred(make))
     }
 
+    /// [`Conn::start`] with [`Link::call_urgent`]: not held behind
+    /// replies still to come.
+    pub(crate) fn start_urgent(
+        &self,
+        cmds: Vec<Cmd>,
+    ) -> Result<(Arc<Link>, Arc<Outcome>), LinkError> {
+        let (link, _) = self.link()?;
+        let h = link.call_urgent(cmds);
+        Ok((link, h))
+    }
+
     /// Sends a batch without waiting: the link it went on and the handle
     /// of its replies.
     pub(crate) fn start(&self, cmds: Vec<Cmd>) -> Result<(Arc<Link>, Arc<Outcome>), LinkError> {

@@ -396,6 +396,32 @@ impl Link {
         outcome
     }
 
+    /// [`Link::call`] for a batch somebody is about to wait on (a pop): it
+    /// goes out on the core's next turn even while earlier batches wait
+    /// for their replies, with whatever the inbox holds before it (so the
+    /// order of commands is kept), instead of being held for one flush per
+    /// round trip.
+    pub(crate) fn call_urgent(&self, cmds: Vec<Cmd>) -> Arc<Outcome> {
+        if cmds.is_empty() {
+            return Outcome::done(Ok(Vec::new()));
+        }
+        let outcome = Arc::new(Outcome::default());
+        self.shared
+            .inbox
+            .lock()
+            .push(Batch::Now(cmds, Some(outcome.clone())));
+        if self.is_dead() {
+            self.shared.fail_inbox("the connection is closed");
+        } else {
+            // Marks a flush as on its way (a push meanwhile joins it); the
+            // task below is sent even when one already is, or is held.
+            self.shared.scheduled.store(true, SeqCst);
+            let id = self.id;
+            drop(self.rt.spawn(self.core, move || flush_urgent(id)));
+        }
+        outcome
+    }
+
     /// A batch whose commands `make` builds on the core when the batch is
     /// flushed, so that whatever joins it until then goes out with it (one
     /// outcome for many publishes). `make` is dropped unrun when the link
@@ -653,6 +679,17 @@ async fn flush(id: u64) {
         link.held.set(true);
         return;
     }
+    flush_now(&link);
+}
+
+/// Flushes the inbox of link `id` now, held or not (see
+/// [`Link::call_urgent`]). A flush task that runs after it finds an empty
+/// inbox or holds what came since.
+async fn flush_urgent(id: u64) {
+    let Some(link) = LINKS.with(|l| l.borrow().get(&id).cloned()) else {
+        return;
+    };
+    link.held.set(false);
     flush_now(&link);
 }
 

@@ -20,13 +20,13 @@ use parking_lot::Mutex;
 /// (not JSON, no `properties`, no tag, `headers: null`, which kombu's
 /// restore would drop) goes to the garbage list `KEYS[n+3]`.
 ///
-/// Returns `{garbage_count, i1, field1, env1, i2, ...}`.
+/// Returns `{garbage_count, field1, env1, field2, env2, ...}`.
 pub(crate) const POP: &str = r#"
 local n = #KEYS - 3
 local h, z, g = KEYS[n + 1], KEYS[n + 2], KEYS[n + 3]
 local max = tonumber(ARGV[1])
 local out = {0}
-local idx, fields, envs = {}, {}, {}
+local fields, envs = {}, {}
 local garbage = {}
 for i = 1, n do
   local want = max - #envs
@@ -42,8 +42,8 @@ for i = 1, n do
         if from < 1 then from = 1 end
         local at = string.find(m, '"delivery_tag": ', from, true)
         if at then
-          local rest = string.sub(m, at + 16)
-          tag = string.match(rest, '^"([^"\\]*)"}}$') or string.match(rest, '^(%d+)}}$')
+          tag = string.match(m, '^"([^"\\]*)"}}$', at + 16)
+            or string.match(m, '^(%d+)}}$', at + 16)
         end
       end
       if not tag then
@@ -59,7 +59,6 @@ for i = 1, n do
         end
       end
       if tag then
-        idx[#idx + 1] = i
         fields[#fields + 1] = tag
         envs[#envs + 1] = m
       else
@@ -92,7 +91,6 @@ for k = 1, #envs do
   zargs[#zargs + 1] = fields[k]
   hargs[#hargs + 1] = fields[k]
   hargs[#hargs + 1] = '[' .. envs[k] .. ', "", ' .. ARGV[3] .. ']'
-  out[#out + 1] = idx[k]
   out[#out + 1] = fields[k]
   out[#out + 1] = envs[k]
 end

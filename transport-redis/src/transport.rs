@@ -1452,18 +1452,22 @@ struct Held {
 struct Ahead {
     /// Pops on their way, oldest first (at most two): the reply to come,
     /// the pop's time, how many it asked.
-    pending: std::collections::VecDeque<(Arc<Outcome>, f64, usize)>,
+    pending: std::collections::VecDeque<PendingPop>,
     /// Decoded and held, not yet handed to the engine.
     spare: std::collections::VecDeque<Envelope>,
     /// The last pop took all it asked for (more may wait).
     full: bool,
 }
 
-/// How many envelopes a pop script's reply carries (`{garbage, i, field,
+/// A pop on its way: the link it went on, its reply to come, the pop's
+/// time and how many it asked.
+type PendingPop = (Arc<crate::link::Link>, Arc<Outcome>, f64, usize);
+
+/// How many envelopes a pop script's reply carries (`{garbage, field,
 /// envelope, ...}`, garbage not counted).
 fn popped_count(reply: &crate::link::Reply) -> Option<usize> {
     match reply.as_ref().ok()?.first()? {
-        Frame::Array(items) => Some(items.len().saturating_sub(1) / 3),
+        Frame::Array(items) => Some(items.len().saturating_sub(1) / 2),
         _ => None,
     }
 }
@@ -1670,6 +1674,11 @@ impl RedisQueue {
 
     /// Takes up to `max` messages and waits for them.
     fn pop_now(&self, inner: &Inner, max: usize, out: &mut Vec<Envelope>) -> Result<usize, Error> {
+        let (link, o, now, _) = self.start_pop(inner, max)?;
+        if let Some(n) = self.popped(inner, link.finish(&o), now, out)? {
+            return Ok(n);
+        }
+        // NOSCRIPT (the script was flushed): the call that loads it again.
         let now = now_secs();
         let reply = inner.eval(
             &inner.scripts.pop,
@@ -1679,16 +1688,17 @@ impl RedisQueue {
         self.decode_pop(inner, reply, now, out)
     }
 
-    /// Sends a pop of up to `max` messages without waiting for it.
-    fn start_pop(&self, inner: &Inner, max: usize) -> Result<(Arc<Outcome>, f64, usize), Error> {
+    /// Sends a pop of up to `max` messages without waiting for it; it is
+    /// not held behind replies still to come (acks).
+    fn start_pop(&self, inner: &Inner, max: usize) -> Result<PendingPop, Error> {
         let now = now_secs();
         let sha = inner.script_sha(&inner.scripts.pop)?;
         let cmd = eval_cmd(&sha, &self.pop_keys(inner), &self.pop_args(inner, max, now));
-        let (_, o) = inner
+        let (link, o) = inner
             .conn
-            .start(vec![cmd])
+            .start_urgent(vec![cmd])
             .map_err(|e| link_error("script", &e))?;
-        Ok((o, now, max))
+        Ok((link, o, now, max))
     }
 
     /// The messages of a pop started by [`RedisQueue::start_pop`] at `now`;
@@ -1733,7 +1743,9 @@ impl RedisQueue {
             }
         }
         let mut n = 0;
-        while let (Some(_i), Some(field), Some(raw)) = (it.next(), it.next(), it.next()) {
+        let mut taken = Vec::with_capacity(it.len() / 2);
+        let mut bad = Vec::new();
+        while let (Some(field), Some(raw)) = (it.next(), it.next()) {
             let (Some(field), Some(raw)) = (resp::bytes(&field), resp::bytes(&raw)) else {
                 continue;
             };
@@ -1746,14 +1758,25 @@ impl RedisQueue {
             };
             match wire::decode(raw) {
                 Ok(d) => {
-                    let mut env = d.envelope;
-                    env.token = NEXT_TOKEN.fetch_add(1, SeqCst);
-                    self.held.lock().insert(env.token, held);
-                    out.push(env);
+                    out.push(d.envelope);
+                    taken.push(held);
                     n += 1;
                 }
-                Err(why) => self.set_aside(inner, &held, &why.0),
+                Err(why) => bad.push((held, why.0)),
             }
+        }
+        // One token range and one lock of the held map per pop.
+        let first = NEXT_TOKEN.fetch_add(taken.len() as u64, SeqCst);
+        {
+            let mut held = self.held.lock();
+            let start = out.len() - taken.len();
+            for ((env, h), token) in out[start..].iter_mut().zip(taken).zip(first..) {
+                env.token = token;
+                held.insert(token, h);
+            }
+        }
+        for (held, why) in bad {
+            self.set_aside(inner, &held, &why);
         }
         Ok(n)
     }
@@ -1784,10 +1807,10 @@ impl RedisQueue {
     fn settle_ahead(&self) {
         let Ok(inner) = self.inner() else { return };
         let mut a = self.ahead.lock();
-        while let Some((o, at, asked)) = a.pending.pop_front() {
+        while let Some((link, o, at, asked)) = a.pending.pop_front() {
             match o.wait(Some(Instant::now())) {
                 None => {
-                    a.pending.push_front((o, at, asked));
+                    a.pending.push_front((link, o, at, asked));
                     return;
                 }
                 Some(reply) => {
@@ -1805,13 +1828,8 @@ impl RedisQueue {
         let Ok(inner) = self.inner() else { return };
         let spare = {
             let mut a = self.ahead.lock();
-            while let Some((o, at, asked)) = a.pending.pop_front() {
-                let reply = o.wait(None).unwrap_or_else(|| {
-                    Err(LinkError::Lost {
-                        detail: "the pop's reply was taken twice".into(),
-                        sent: true,
-                    })
-                });
+            while let Some((link, o, at, asked)) = a.pending.pop_front() {
+                let reply = link.finish(&o);
                 if let Err(e) = self.collect(&inner, &mut a, reply, at, asked) {
                     tracing::warn!(queue = %self.name, error = %e, "redis: a pop sent ahead failed; what it took comes back after the visibility timeout");
                 }
@@ -1887,7 +1905,7 @@ impl QueueStore for RedisQueue {
                 out.extend(a.spare.drain(..n));
                 break n;
             }
-            if let Some((pending, at, asked)) = a.pending.pop_front() {
+            if let Some((link, pending, at, asked)) = a.pending.pop_front() {
                 // The queue looked full and all of this pop goes out now:
                 // the next one goes before this one is awaited, so Redis
                 // runs it while this reply travels and is decoded.
@@ -1896,12 +1914,7 @@ impl QueueStore for RedisQueue {
                         a.pending.push_back(p);
                     }
                 }
-                let reply = pending.wait(None).unwrap_or_else(|| {
-                    Err(LinkError::Lost {
-                        detail: "the pop's reply was taken twice".into(),
-                        sent: true,
-                    })
-                });
+                let reply = link.finish(&pending);
                 self.collect(&inner, &mut a, reply, at, asked)?;
                 continue;
             }

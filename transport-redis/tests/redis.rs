@@ -401,6 +401,54 @@ fn messages_are_taken_ahead_only_within_the_prefetch_window() {
 }
 
 #[test]
+fn the_pop_script_reads_every_tag_form_and_keeps_copies_of_one_tag_apart() {
+    let r = RedisServer::start();
+    let c = connect(&r.url());
+    let ch = c.channel().unwrap();
+    ch.queue_declare(&Queue::new("t")).unwrap();
+    let env = |body: &str, tag: &str| {
+        format!(
+            r#"{{"body": "{body}", "headers": {{}}, "properties": {{"body_encoding": "base64", "delivery_info": {{"exchange": "", "routing_key": "t"}}, "priority": 0, "delivery_tag": {tag}}}}}"#
+        )
+    };
+    // The tag where kombu writes it (last), as a string and as a number;
+    // elsewhere (read by decoding); and one tag twice.
+    let mid = r#"{"properties": {"delivery_tag": "mid", "body_encoding": "base64", "delivery_info": {"exchange": "", "routing_key": "t"}}, "body": "Yw==", "headers": {"x": "a/b"}}"#;
+    for raw in [
+        env("YQ==", r#""s-1""#),
+        env("Yg==", "42"),
+        mid.to_owned(),
+        env("ZA==", r#""same""#),
+        env("ZQ==", r#""same""#),
+    ] {
+        r.command(&["LPUSH", "t", &raw]).unwrap();
+    }
+    let mut held = Vec::new();
+    while let Some(d) = ch.get("t", Duration::from_millis(500)).unwrap() {
+        held.push(d);
+    }
+    let bodies: Vec<&[u8]> = held.iter().map(|d| &d.body()[..]).collect();
+    assert_eq!(bodies, [&b"a"[..], b"b", b"c", b"d", b"e"]);
+    assert_eq!(
+        held[2].properties().headers.get("x"),
+        Some(&dashi::Value::Str("a/b".into()))
+    );
+    // One unacked entry each: the copies of "same" under two fields.
+    let fields = cmd(&r, &["HKEYS", "unacked"]);
+    for f in ["s-1", "42", "mid", "same"] {
+        assert!(fields.lines().any(|l| l == f), "{f} in {fields:?}");
+    }
+    assert_eq!(hlen(&r, "unacked"), 5);
+    assert!(fields.lines().any(|l| l.starts_with("same.")), "{fields:?}");
+    assert_eq!(llen(&r, "_dashi.garbage.t"), 0);
+    for d in held {
+        d.ack().unwrap();
+    }
+    eventually(&r, &["EXISTS", "unacked"], ":0");
+    eventually(&r, &["EXISTS", "unacked_index"], ":0");
+}
+
+#[test]
 fn a_script_flush_costs_nothing() {
     let r = RedisServer::start();
     let c = connect(&r.url());
