@@ -4,6 +4,13 @@
 //! Every error prints one line on stderr and exits non-zero; nothing panics on
 //! bad input.
 
+/// The binary's allocator: mimalloc frees a block allocated by another
+/// thread without taking that thread's arena lock, which glibc's malloc
+/// does (a publisher allocates what the runtime's core thread frees after
+/// sending it). A service linking dashi chooses its own.
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 mod args;
 mod bench;
 mod connect;

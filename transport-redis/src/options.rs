@@ -105,7 +105,7 @@ pub(crate) fn parse(urls: &str) -> Result<RedisOptions, UrlError> {
         health_check_interval: Duration::from_secs(25),
         timeout: Duration::from_secs(10),
         confirm: ConfirmLevel::Server,
-        batch: 128,
+        batch: 256,
         poll_interval: Duration::from_secs(1),
         fanout_prefix: Some("/{db}.".into()),
         fanout_patterns: true,
