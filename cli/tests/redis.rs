@@ -88,12 +88,17 @@ fn publish_stat_consume_across_processes() {
     assert!(line.contains("not supported yet"), "{line}");
 }
 
-#[test]
-fn bench_runs_with_the_raw_redis_limit_and_kombu() {
+/// `dashi bench` on a fresh server (600 messages of 100 B, pipelined,
+/// `--compare --json`, plus `extra`): the raw loop and (when importable)
+/// Kombu ran beside dashi, and every delivery was acked before the
+/// processes ended (dashi's one-way acks flushed when its connection
+/// closed). Returns the report.
+fn bench_json(extra: &[&str]) -> serde_json::Value {
     let r = RedisServer::start();
-    let o = dashi(&[
+    let url = r.url();
+    let mut args = vec![
         "bench",
-        &r.url(),
+        &url,
         "--messages",
         "600",
         "--size",
@@ -102,7 +107,9 @@ fn bench_runs_with_the_raw_redis_limit_and_kombu() {
         "64",
         "--compare",
         "--json",
-    ]);
+    ];
+    args.extend_from_slice(extra);
+    let o = dashi(&args);
     assert!(o.status.success(), "{}", stderr(&o));
     let v: serde_json::Value = serde_json::from_str(stdout(&o).trim()).unwrap();
     assert_eq!(v["messages"], 600);
@@ -128,29 +135,19 @@ fn bench_runs_with_the_raw_redis_limit_and_kombu() {
             .unwrap_or_else(|| panic!("a kombu peer: {v}"));
         assert_eq!(k["messages"], 600);
     }
-    // Every delivery acked before the processes ended: dashi's one-way
-    // acks were flushed when its connection closed.
     assert_eq!(r.command(&["EXISTS", "unacked"]).unwrap(), ":0");
+    v
+}
+
+#[test]
+fn bench_runs_with_the_raw_redis_limit_and_kombu() {
+    let v = bench_json(&[]);
+    assert!(v["publish_msgs_per_sec"].is_null(), "{v}");
 }
 
 #[test]
 fn phased_bench_reports_publish_and_consume_apart_against_both_peers() {
-    let r = RedisServer::start();
-    let o = dashi(&[
-        "bench",
-        &r.url(),
-        "--messages",
-        "600",
-        "--size",
-        "100",
-        "--pipeline",
-        "64",
-        "--phases",
-        "--compare",
-        "--json",
-    ]);
-    assert!(o.status.success(), "{}", stderr(&o));
-    let v: serde_json::Value = serde_json::from_str(stdout(&o).trim()).unwrap();
+    let v = bench_json(&["--phases"]);
     let rate = |r: &serde_json::Value, k: &str| {
         r[k].as_f64()
             .filter(|x| *x > 0.0)
@@ -170,10 +167,4 @@ fn phased_bench_reports_publish_and_consume_apart_against_both_peers() {
         assert!((pr - dp / pp).abs() < 1e-6 * pr.max(1.0), "{p}");
         assert!((cr - dc / pc).abs() < 1e-6 * cr.max(1.0), "{p}");
     }
-    assert!(v["peers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .any(|p| p["transport"] == "raw LPUSH/RPOP pipelined"));
-    assert_eq!(r.command(&["EXISTS", "unacked"]).unwrap(), ":0");
 }

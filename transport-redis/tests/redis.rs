@@ -264,35 +264,77 @@ fn hlen(r: &RedisServer, key: &str) -> i64 {
         .unwrap()
 }
 
+/// Deliveries a consumer's callback keeps (not acked).
+type Kept = std::sync::Arc<std::sync::Mutex<Vec<dashi::Delivery>>>;
+
+/// A connection (`?batch=4` and `options`) whose queue `queue` holds
+/// `m0`..`m{n-1}`, and a consumer on it (`opts`) that keeps every delivery
+/// (the channel is returned: dropping it would close it).
+fn keeping_consumer(
+    r: &RedisServer,
+    options: &str,
+    queue: &str,
+    n: usize,
+    opts: ConsumerOptions,
+) -> (Connection, dashi::Channel, dashi::Consumer, Kept) {
+    let c = connect(&format!("{}?batch=4{options}", r.url()));
+    let ch = c.channel().unwrap();
+    ch.queue_declare(&Queue::new(queue)).unwrap();
+    let p = ch.producer();
+    for i in 0..n {
+        p.publish(format!("m{i}"), queue).unwrap();
+    }
+    let kept = Kept::default();
+    let consumer = ch
+        .consume(opts, {
+            let kept = kept.clone();
+            move |d| kept.lock().unwrap().push(d)
+        })
+        .unwrap();
+    (c, ch, consumer, kept)
+}
+
+/// The bodies of `kept`, taken out of it (acked when `ack`), each checked
+/// not redelivered.
+fn take_bodies(kept: &Kept, ack: bool) -> Vec<String> {
+    kept.lock()
+        .unwrap()
+        .drain(..)
+        .map(|d| {
+            assert!(!d.redelivered());
+            let body = String::from_utf8_lossy(d.body()).into_owned();
+            if ack {
+                d.ack().unwrap();
+            }
+            body
+        })
+        .collect()
+}
+
+/// `m{from}`..`m{to-1}`.
+fn bodies_from(from: usize, to: usize) -> Vec<String> {
+    (from..to).map(|i| format!("m{i}")).collect()
+}
+
 #[test]
 fn a_lone_consumer_takes_the_next_batch_ahead_and_a_cancel_puts_it_back_unseen() {
     let r = RedisServer::start();
-    let c = connect(&format!("{}?batch=4", r.url()));
-    let ch = c.channel().unwrap();
-    ch.queue_declare(&Queue::new("ra")).unwrap();
-    let p = ch.producer();
-    for i in 0..300 {
-        p.publish(format!("m{i}"), "ra").unwrap();
-    }
-    let got = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-    let consumer = ch
-        .consume(ConsumerOptions::new("ra"), {
-            let got = got.clone();
-            move |d| got.lock().unwrap().push(d)
-        })
-        .unwrap();
+    let (c, _ch, consumer, kept) = keeping_consumer(&r, "", "ra", 300, ConsumerOptions::new("ra"));
     // One pass delivers a drain batch (256) in pops of 4, each sent before
     // the one before it is delivered; the last leaves the next 4 on the
     // way, held for this consumer (its window has room for them).
     assert_eq!(c.drain_events(Some(WAIT)).unwrap(), 256);
-    let bodies: Vec<String> = got
+    let held: Vec<String> = kept
         .lock()
         .unwrap()
         .iter()
         .map(|d| String::from_utf8_lossy(d.body()).into_owned())
         .collect();
-    let want: Vec<String> = (0..256).map(|i| format!("m{i}")).collect();
-    assert_eq!(bodies, want, "delivered in order across the pops");
+    assert_eq!(
+        held,
+        bodies_from(0, 256),
+        "delivered in order across the pops"
+    );
     eventually(&r, &["HLEN", "unacked"], ":260");
     assert_eq!(llen(&r, "ra"), 40);
     // Cancelled: the 4 taken ahead go back at the head, unseen; the 256
@@ -316,26 +358,15 @@ fn a_lone_consumer_takes_the_next_batch_ahead_and_a_cancel_puts_it_back_unseen()
 #[test]
 fn messages_taken_ahead_and_not_yet_asked_for_are_kept_from_restorers() {
     let r = RedisServer::start();
-    let c = connect(&format!("{}?batch=4&visibility_timeout=2", r.url()));
-    let ch = c.channel().unwrap();
-    ch.queue_declare(&Queue::new("k")).unwrap();
-    for i in 0..300 {
-        ch.producer().publish(format!("m{i}"), "k").unwrap();
-    }
-    let got = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-    let _consumer = ch
-        .consume(ConsumerOptions::new("k"), {
-            let got = got.clone();
-            move |d| got.lock().unwrap().push(d)
-        })
-        .unwrap();
+    let (c, _ch, _consumer, kept) = keeping_consumer(
+        &r,
+        "&visibility_timeout=2",
+        "k",
+        300,
+        ConsumerOptions::new("k"),
+    );
     assert_eq!(c.drain_events(Some(WAIT)).unwrap(), 256);
-    let mut bodies = Vec::new();
-    for d in got.lock().unwrap().drain(..) {
-        assert!(!d.redelivered());
-        bodies.push(String::from_utf8_lossy(d.body()).into_owned());
-        d.ack().unwrap();
-    }
+    let mut bodies = take_bodies(&kept, true);
     eventually(&r, &["HLEN", "unacked"], ":4");
     // Nobody asks for the 4 taken ahead for twice the visibility timeout:
     // they are re-scored like deliveries, so no restore scan (this
@@ -346,56 +377,30 @@ fn messages_taken_ahead_and_not_yet_asked_for_are_kept_from_restorers() {
     while n < 300 {
         n += c.drain_events(Some(WAIT)).unwrap();
     }
-    for d in got.lock().unwrap().drain(..) {
-        assert!(!d.redelivered());
-        bodies.push(String::from_utf8_lossy(d.body()).into_owned());
-        d.ack().unwrap();
-    }
-    assert_eq!(
-        bodies,
-        (0..300).map(|i| format!("m{i}")).collect::<Vec<_>>()
-    );
+    bodies.extend(take_bodies(&kept, true));
+    assert_eq!(bodies, bodies_from(0, 300));
     assert!(c.drain_events(Some(Duration::from_millis(300))).is_err());
 }
 
 #[test]
 fn messages_are_taken_ahead_only_within_the_prefetch_window() {
     let r = RedisServer::start();
-    let c = connect(&format!("{}?batch=4", r.url()));
-    let ch = c.channel().unwrap();
-    ch.queue_declare(&Queue::new("w")).unwrap();
-    for i in 0..20 {
-        ch.producer().publish(format!("m{i}"), "w").unwrap();
-    }
-    let got = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-    let _consumer = ch
-        .consume(ConsumerOptions::new("w").prefetch_count(8), {
-            let got = got.clone();
-            move |d| got.lock().unwrap().push(d)
-        })
-        .unwrap();
-    let mut n = 0;
-    while n < 8 {
-        n += c.drain_events(Some(WAIT)).unwrap();
-    }
+    let opts = ConsumerOptions::new("w").prefetch_count(8);
+    let (c, _ch, _consumer, kept) = keeping_consumer(&r, "", "w", 20, opts);
+    let drain = |want: usize| {
+        let mut n = 0;
+        while n < want {
+            n += c.drain_events(Some(WAIT)).unwrap();
+        }
+    };
+    drain(8);
     assert!(c.drain_events(Some(Duration::from_millis(200))).is_err());
     // The window holds 8: nothing beyond them left the queue.
     assert_eq!((hlen(&r, "unacked"), llen(&r, "w")), (8, 12));
     // Acked, the next 8 come, in order.
-    for d in got.lock().unwrap().drain(..) {
-        d.ack().unwrap();
-    }
-    let mut n = 0;
-    while n < 8 {
-        n += c.drain_events(Some(WAIT)).unwrap();
-    }
-    let bodies: Vec<String> = got
-        .lock()
-        .unwrap()
-        .iter()
-        .map(|d| String::from_utf8_lossy(d.body()).into_owned())
-        .collect();
-    assert_eq!(bodies, (8..16).map(|i| format!("m{i}")).collect::<Vec<_>>());
+    assert_eq!(take_bodies(&kept, true), bodies_from(0, 8));
+    drain(8);
+    assert_eq!(take_bodies(&kept, false), bodies_from(8, 16));
     eventually(&r, &["HLEN", "unacked"], ":8");
     assert_eq!(llen(&r, "w"), 4);
 }
