@@ -383,6 +383,25 @@ fn messages_taken_ahead_and_not_yet_asked_for_are_kept_from_restorers() {
 }
 
 #[test]
+fn messages_taken_ahead_of_a_deleted_queue_do_not_bring_it_back() {
+    let r = RedisServer::start();
+    let (c, ch, consumer, kept) =
+        keeping_consumer(&r, "", "gone", 300, ConsumerOptions::new("gone"));
+    assert_eq!(c.drain_events(Some(WAIT)).unwrap(), 256);
+    eventually(&r, &["HLEN", "unacked"], ":260");
+    // Deleted with 40 ready, 256 delivered and 4 taken ahead: the 4 are
+    // dropped with the queue when the consumer goes, not pushed back.
+    assert_eq!(ch.queue_delete("gone", false, false).unwrap(), 40);
+    drop(consumer);
+    eventually(&r, &["HLEN", "unacked"], ":256");
+    assert_eq!(cmd(&r, &["EXISTS", "gone"]), ":0");
+    // The deliveries settle as acked: nothing is left behind.
+    assert_eq!(take_bodies(&kept, true), bodies_from(0, 256));
+    eventually(&r, &["EXISTS", "unacked"], ":0");
+    assert_eq!(cmd(&r, &["EXISTS", "gone"]), ":0");
+}
+
+#[test]
 fn messages_are_taken_ahead_only_within_the_prefetch_window() {
     let r = RedisServer::start();
     let opts = ConsumerOptions::new("w").prefetch_count(8);
