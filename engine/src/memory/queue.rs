@@ -348,6 +348,10 @@ impl QueueStore for MemQueue {
         Ok(self.pop_ready())
     }
 
+    fn batch_hint(&self) -> usize {
+        32
+    }
+
     fn ack(&self, envs: &[&Envelope]) -> Result<(), crate::Error> {
         self.outflow.unacked.fetch_sub(envs.len() as u64, Relaxed);
         Ok(())
