@@ -473,6 +473,12 @@ typedef struct {
    Consumers attached.
    */
   uint64_t consumers;
+  /*
+   Envelopes set aside as undeliverable (redis://: the length of
+   `_dashi.garbage.<queue>`, never lost, never retried); 0 on the other
+   transports.
+   */
+  uint64_t garbage;
 } dashi_queue_figures;
 
 /*

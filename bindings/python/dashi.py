@@ -114,7 +114,9 @@ class _Properties(ctypes.Structure):
 
 
 class _Figures(ctypes.Structure):
-    _fields_ = [(n, ctypes.c_uint64) for n in ("messages", "bytes", "unacked", "consumers")]
+    _fields_ = [
+        (n, ctypes.c_uint64) for n in ("messages", "bytes", "unacked", "consumers", "garbage")
+    ]
 
 
 class DashiError(Exception):
@@ -462,7 +464,8 @@ class Connection(_Closing):
         return fd.value
 
     def queue_stats(self, queue):
-        """{"messages", "bytes", "unacked", "consumers"} of `queue`."""
+        """{"messages", "bytes", "unacked", "consumers", "garbage"} of `queue`
+        (garbage: envelopes set aside as undeliverable, redis:// only)."""
         f = _Figures()
         _check(_lib().dashi_queue_stats(self._ptr(), _text(queue), ctypes.byref(f)),
                "queue_stats")

@@ -83,7 +83,7 @@ def check(url):
                    headers={"tenant": "acme", "retries": 3, "ratio": 0.5, "urgent": True,
                             "eta": None})
         assert conn.queue_stats("props") == {"messages": 1, "bytes": 2, "unacked": 0,
-                                             "consumers": 0}
+                                             "consumers": 0, "garbage": 0}
         with ch.get("props", timeout=1.0) as m:
             assert m.property("content_type") == "application/json"
             assert m.property("correlation_id") == "req-7"

@@ -161,6 +161,10 @@ pub struct dashi_queue_figures {
     pub unacked: u64,
     /// Consumers attached.
     pub consumers: u64,
+    /// Envelopes set aside as undeliverable (redis://: the length of
+    /// `_dashi.garbage.<queue>`, never lost, never retried); 0 on the other
+    /// transports.
+    pub garbage: u64,
 }
 
 /// Writes the figures of `queue` to `*out` (on local://, of every process
@@ -188,6 +192,7 @@ pub unsafe extern "C" fn dashi_queue_stats(
             bytes: s.bytes,
             unacked: s.unacked,
             consumers: s.consumers,
+            garbage: s.garbage,
         };
         // SAFETY: checked above.
         unsafe { write_out(out, figures) };

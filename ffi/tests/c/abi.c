@@ -329,7 +329,8 @@ static void properties_headers_and_stats(dashi_connection *c) {
   dashi_queue_figures st;
   OK(dashi_queue_stats(c, "props", &st));
   /* redis:// keeps no ready-byte figure (Kombu's lists have none). */
-  ASSERT(st.messages == 2 && (!bytes_kept || st.bytes == 7) && st.unacked == 0);
+  ASSERT(st.messages == 2 && (!bytes_kept || st.bytes == 7) && st.unacked == 0 &&
+         st.garbage == 0);
   CHECK(dashi_queue_stats(c, "missing", &st), DASHI_UNKNOWN_QUEUE);
   CHECK(dashi_queue_stats(c, "props", NULL), DASHI_NULL_PARAMETER);
   dashi_message *m = NULL;
