@@ -4,7 +4,9 @@
 //! is pending, one task is sent to the core to move the inbox into the
 //! output buffer; everything moved during one turn of the core goes out in
 //! one `send`. While batches already sent wait for replies, the flush is
-//! held until the last of them arrives (one flush per round trip). Replies
+//! held until the last of them arrives (one flush per round trip), except
+//! after a [`Link::call_urgent`] batch (a pop a consumer will wait on),
+//! which flushes the inbox on the core's next turn. Replies
 //! are matched FIFO and handed back per batch through an [`Outcome`] any
 //! thread can wait on or poll.
 //!
@@ -21,8 +23,10 @@
 //! - A batch in the inbox is either flushed to the core or failed as not
 //!   sent: the inbox is drained after `scheduled` is cleared, and a caller
 //!   that finds the link dead after pushing drains it itself. A held flush
-//!   keeps `scheduled` set; the driver runs it when `waiting` empties, and
-//!   a link that dies first fails the inbox as not sent.
+//!   keeps `scheduled` set; the driver runs it when `waiting` empties, an
+//!   urgent batch runs it at once, and a link that dies first fails the
+//!   inbox as not sent. Any flush sends the whole inbox in order, so an
+//!   urgent batch never passes a batch pushed before it.
 
 use std::cell::RefCell;
 use std::collections::{HashMap, VecDeque};
@@ -406,19 +410,7 @@ impl Link {
             return Outcome::done(Ok(Vec::new()));
         }
         let outcome = Arc::new(Outcome::default());
-        self.shared
-            .inbox
-            .lock()
-            .push(Batch::Now(cmds, Some(outcome.clone())));
-        if self.is_dead() {
-            self.shared.fail_inbox("the connection is closed");
-        } else {
-            // Marks a flush as on its way (a push meanwhile joins it); the
-            // task below is sent even when one already is, or is held.
-            self.shared.scheduled.store(true, SeqCst);
-            let id = self.id;
-            drop(self.rt.spawn(self.core, move || flush_urgent(id)));
-        }
+        self.push_as(Batch::Now(cmds, Some(outcome.clone())), true);
         outcome
     }
 
@@ -446,11 +438,22 @@ impl Link {
     }
 
     fn push(&self, batch: Batch) {
+        self.push_as(batch, false);
+    }
+
+    /// Puts `batch` in the inbox and sees that a flush is on its way: one
+    /// task per flush, or (`urgent`) a task that flushes now even when one
+    /// is already on its way or held.
+    fn push_as(&self, batch: Batch, urgent: bool) {
         self.shared.inbox.lock().push(batch);
+        let id = self.id;
         if self.is_dead() {
             self.shared.fail_inbox("the connection is closed");
+        } else if urgent {
+            // Marks a flush as on its way, so a push meanwhile joins it.
+            self.shared.scheduled.store(true, SeqCst);
+            drop(self.rt.spawn(self.core, move || flush_urgent(id)));
         } else if !self.shared.scheduled.swap(true, SeqCst) {
-            let id = self.id;
             drop(self.rt.spawn(self.core, move || flush(id)));
         }
     }

@@ -1803,10 +1803,14 @@ impl RedisQueue {
     }
 
     /// Decodes a pop sent ahead whose reply has come, so what it took is
-    /// held (and re-scored) even while nobody asks for it.
+    /// held (and re-scored) even while nobody asks for it. Skipped while a
+    /// consumer is taking (it holds the lock and decodes them itself), so
+    /// the upkeep never waits behind a reply.
     fn settle_ahead(&self) {
         let Ok(inner) = self.inner() else { return };
-        let mut a = self.ahead.lock();
+        let Some(mut a) = self.ahead.try_lock() else {
+            return;
+        };
         while let Some((link, o, at, asked)) = a.pending.pop_front() {
             match o.wait(Some(Instant::now())) {
                 None => {

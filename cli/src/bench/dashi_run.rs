@@ -36,23 +36,15 @@ pub(crate) fn run(w: &Workload) -> Result<Report, String> {
     };
     // Phased: every message is published (and confirmed) before the
     // consumers start, so each side's rate is measured alone.
-    let (consumers, published) = if w.phased {
-        let producers = spawn_producers(w, &queue);
-        let mut confirm = histogram();
-        let r = join_producers(producers, &mut confirm);
+    let mut confirm = histogram();
+    let (consumers, producers_result, publish_phase) = if w.phased {
+        let r = join_producers(spawn_producers(w, &queue), &mut confirm);
         let published = start.elapsed();
-        (spawn_consumers(), Some((r, confirm, published)))
+        (spawn_consumers(), r, Some(published))
     } else {
-        (spawn_consumers(), None)
-    };
-    let (producers_result, confirm, publish_phase) = match published {
-        Some((r, confirm, at)) => (r, confirm, Some(at)),
-        None => {
-            let producers = spawn_producers(w, &queue);
-            let mut confirm = histogram();
-            let r = join_producers(producers, &mut confirm);
-            (r, confirm, None)
-        }
+        let consumers = spawn_consumers();
+        let r = join_producers(spawn_producers(w, &queue), &mut confirm);
+        (consumers, r, None)
     };
     let mut failure = producers_result.err();
     if failure.is_some() {
