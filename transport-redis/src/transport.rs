@@ -7,8 +7,12 @@
 //! - Publish: one envelope per message, one `LPUSH` per target list; a
 //!   batch is one variadic `LPUSH` per list. The confirm is the reply.
 //! - Consume: the pop script takes up to `batch` envelopes and records
-//!   them as unacked in one atomic step.
-//! - Ack: `HDEL` + `ZREM` in one `MULTI`. Restore: compare-and-restore
+//!   them as unacked in one atomic step. A consumer alone on its queue
+//!   keeps the next pop on its way while it delivers (within its prefetch
+//!   window: `QueueStore::pop_many_ahead`), sent without waiting behind
+//!   the replies of acks (`Link::call_urgent`).
+//! - Ack: `HDEL` + `ZREM`, sent one-way (not waited for) and merged with
+//!   the other acks of the link's next flush. Restore: compare-and-restore
 //!   script, `RPUSH` (the message is the next one popped).
 //!
 //! # Invariants
@@ -20,7 +24,13 @@
 //!   someone else is never pushed back twice.
 //! - Every delivery this process holds is re-scored in `unacked_index`
 //!   more often than the visibility timeout, so no restorer (kombu's or
-//!   dashi's) takes a message whose holder is alive.
+//!   dashi's) takes a message whose holder is alive. Messages taken ahead
+//!   count as held: a pop sent ahead whose reply has come is decoded by
+//!   the upkeep before it re-scores, even when no consumer asks.
+//! - Messages taken ahead are never more than the consumer's window had
+//!   room for after the batch it was given, are handed out before anything
+//!   popped later, and leave with the consumer: back at the head of their
+//!   list, unseen and in order (dropped if the queue was deleted here).
 //! - dashi holds the restore lock (`unacked_mutex`) for at most
 //!   `LOCK_LEASE` at a time, renewing it only while it still holds its own
 //!   token, and releases a token whose unlock could not be sent on its next
