@@ -14,7 +14,13 @@ use crate::connect::connect;
 pub(crate) fn run(w: &Workload) -> Result<Report, String> {
     let admin = connect(&w.url)?;
     let ch = admin.channel().map_err(|e| e.to_string())?;
-    let queue = format!("dashi-bench-{}-{}", std::process::id(), super::now_ns());
+    // Short enough to be carried inline (routing keys of up to 30 bytes
+    // cost no allocation), as most queue names are.
+    let queue = format!(
+        "dashi-bench-{}-{:x}",
+        std::process::id(),
+        super::now_ns() & 0xffff_ffff
+    );
     ch.queue_declare(
         &Queue::new(queue.clone()).with_max_priority((w.priorities - 1).min(255) as u8),
     )
@@ -96,19 +102,15 @@ fn spawn_consumer(
     std::thread::spawn(move || -> Result<hdrhistogram::Histogram<u64>, String> {
         let conn = connect(&w.url)?;
         let ch = conn.channel().map_err(|e| e.to_string())?;
-        let hist = Arc::new(Mutex::new(histogram()));
-        let (h, c, f, total) = (
-            hist.clone(),
-            consumed.clone(),
-            finished_ns.clone(),
-            w.messages,
-        );
+        let hist = Arc::new(Mutex::new(None));
+        let mut recorder = Recorder {
+            hist: histogram(),
+            out: hist.clone(),
+        };
+        let (c, f, total) = (consumed.clone(), finished_ns.clone(), w.messages);
         let _consumer = ch
             .consume(ConsumerOptions::new(queue), move |d| {
-                let lat = latency_us(d.body());
-                if let Ok(mut h) = h.lock() {
-                    h.saturating_record(lat.max(1));
-                }
+                recorder.hist.saturating_record(latency_us(d.body()).max(1));
                 let _ = d.ack();
                 if c.fetch_add(1, Ordering::Relaxed) + 1 == total {
                     f.store(start.elapsed().as_nanos() as u64, Ordering::Relaxed);
@@ -121,10 +123,31 @@ fn spawn_consumer(
                 Err(e) => return Err(format!("consumer: {e}")),
             }
         }
+        // Cancelling drops the callback, and its recorder hands over.
         drop(_consumer);
-        let h = hist.lock().map_err(|_| "histogram lock poisoned")?.clone();
+        let h = hist
+            .lock()
+            .map_err(|_| "histogram lock poisoned")?
+            .take()
+            .ok_or("the consumer's callback was not dropped at cancel")?;
         Ok(h)
     })
+}
+
+/// A consumer's latency histogram, owned by its callback so that recording
+/// takes no lock (the peers' consumers keep theirs on their thread too);
+/// handed over to `out` when the callback is dropped, at cancel.
+struct Recorder {
+    hist: hdrhistogram::Histogram<u64>,
+    out: Arc<Mutex<Option<hdrhistogram::Histogram<u64>>>>,
+}
+
+impl Drop for Recorder {
+    fn drop(&mut self) {
+        if let Ok(mut out) = self.out.lock() {
+            *out = Some(std::mem::replace(&mut self.hist, histogram()));
+        }
+    }
 }
 
 fn admin_label(w: &Workload) -> String {

@@ -390,6 +390,7 @@ pub fn open(mut url: crate::url::ConnectUrl) -> Result<crate::Connection, Error>
 mod tests {
     use super::*;
     use crate::model::message::Message;
+    use std::time::Duration;
 
     #[test]
     fn named_instances_are_shared_and_isolated() {
@@ -432,6 +433,71 @@ mod tests {
         q.push_reserved(Envelope::new(Message::new("late"), "", "q"));
         assert_eq!(q.ready(), 0);
         assert!(q.pop().unwrap().is_none());
+    }
+
+    fn bodies(envs: &[Envelope]) -> Vec<String> {
+        envs.iter()
+            .map(|e| String::from_utf8_lossy(&e.body).into_owned())
+            .collect()
+    }
+
+    /// A run taken in one call records each message's original position,
+    /// so restoring them in any order puts them back in their order, ahead
+    /// of what was never taken; the counts agree with what is in the lanes.
+    #[test]
+    fn a_run_keeps_positions_and_counts() {
+        let t = MemoryTransport::isolated("run");
+        t.declare_queue(&Queue::new("q"), 1).unwrap();
+        for b in ["m0", "m1", "m2", "m3", "m4"] {
+            t.publish(Envelope::new(Message::new(b), "", "q"), true)
+                .unwrap();
+        }
+        let q = t.shared.queue_for("q", 1).unwrap();
+        let mut run = Vec::new();
+        assert_eq!(q.pop_many(3, &mut run).unwrap(), 3);
+        assert_eq!(bodies(&run), ["m0", "m1", "m2"]);
+        assert_eq!((q.ready(), q.stats().unacked), (2, 3));
+        // Restored last-first: they still come back first and in order.
+        let (first, rest) = run.split_at(1);
+        q.restore(rest.iter().rev().cloned().collect()).unwrap();
+        q.restore(first.to_vec()).unwrap();
+        assert_eq!((q.ready(), q.stats().unacked), (5, 0));
+        let mut again = Vec::new();
+        assert_eq!(q.pop_many(10, &mut again).unwrap(), 5);
+        assert_eq!(bodies(&again), ["m0", "m1", "m2", "m3", "m4"]);
+        assert_eq!((q.ready(), q.stats().unacked), (0, 5));
+    }
+
+    /// Messages that expired are taken out of a run (counted as expired,
+    /// dead-lettered when the queue says so) and the run is refilled
+    /// behind them, in order.
+    #[test]
+    fn a_run_drops_what_expired_and_refills() {
+        let t = MemoryTransport::isolated("run-ttl");
+        t.declare_queue(&Queue::new("dlq"), 1).unwrap();
+        t.declare_queue(&Queue::new("q").with_dead_letter("", Some("dlq")), 1)
+            .unwrap();
+        let soon = Duration::from_millis(1);
+        for (b, ttl) in [
+            ("m0", None),
+            ("gone1", Some(soon)),
+            ("m2", None),
+            ("gone3", Some(soon)),
+            ("m4", None),
+            ("m5", None),
+        ] {
+            let mut m = Message::new(b);
+            m.properties.expiration = ttl;
+            t.publish(Envelope::new(m, "", "q"), true).unwrap();
+        }
+        std::thread::sleep(Duration::from_millis(5));
+        let q = t.shared.queue_for("q", 1).unwrap();
+        let mut run = Vec::new();
+        assert_eq!(q.pop_many(3, &mut run).unwrap(), 3);
+        assert_eq!(bodies(&run), ["m0", "m2", "m4"]);
+        assert_eq!(t.counters().snapshot().expired, 2);
+        assert_eq!(t.queue_stats("dlq").unwrap().messages, 2);
+        assert_eq!((q.ready(), q.stats().unacked), (1, 3));
     }
 
     #[test]

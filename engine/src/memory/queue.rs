@@ -90,17 +90,10 @@ impl MemQueue {
         if !self.outflow.ttl.load(Relaxed) {
             return f();
         }
-        loop {
-            if self.outflow.gate.fetch_add(1, SeqCst) & SWEEPING == 0 {
-                let r = f();
-                self.outflow.gate.fetch_sub(1, SeqCst);
-                return r;
-            }
-            self.outflow.gate.fetch_sub(1, SeqCst);
-            while self.outflow.gate.load(SeqCst) & SWEEPING != 0 {
-                crate::sync::yield_now();
-            }
-        }
+        self.enter_gate();
+        let r = f();
+        self.outflow.gate.fetch_sub(1, SeqCst);
+        r
     }
 
     /// True when messages of this queue can expire.
@@ -335,6 +328,81 @@ impl MemQueue {
     }
 }
 
+impl MemQueue {
+    /// Up to `max` ready messages, with one pass through the expiry gate
+    /// and one update of the consumers' counters per run rather than per
+    /// message. The gate is taken even when no message can expire yet, so
+    /// a sweep that starts mid-run (a first message with a TTL just came)
+    /// waits for the run. Expired messages met on the way are dead-lettered
+    /// after it, and the run is refilled in their place.
+    fn pop_run(&self, max: usize, out: &mut Vec<Envelope>) -> usize {
+        let first = out.len();
+        let mut expired = Vec::new();
+        let mut now = 0;
+        while out.len() - first < max {
+            let start = out.len();
+            let mut bytes = 0u64;
+            self.enter_gate();
+            while out.len() - first < max {
+                let Some((_, env)) = self.lanes.pop() else {
+                    break;
+                };
+                bytes += env.size() as u64;
+                out.push(env);
+            }
+            self.outflow.gate.fetch_sub(1, SeqCst);
+            let n = (out.len() - start) as u64;
+            if n == 0 {
+                break;
+            }
+            self.outflow.bytes.fetch_add(bytes, SeqCst);
+            let taken = self.outflow.count.fetch_add(n, SeqCst);
+            // As in `pop_ready`: a first-taken message records where it stood.
+            for (k, env) in out[start..].iter_mut().enumerate() {
+                if env.token == 0 {
+                    env.token = taken + k as u64 + 1;
+                }
+            }
+            let before = expired.len();
+            if out[start..].iter().any(|e| e.expires_at != NEVER) {
+                if now == 0 {
+                    now = now_ns();
+                }
+                let mut k = start;
+                while k < out.len() {
+                    if now >= out[k].expires_at {
+                        expired.push(out.remove(k));
+                    } else {
+                        k += 1;
+                    }
+                }
+            }
+            if expired.len() == before {
+                break;
+            }
+        }
+        let n = out.len() - first;
+        self.outflow.unacked.fetch_add(n as u64, Relaxed);
+        for env in expired {
+            if let Some(shared) = self.counters() {
+                shared.counters.record(TransportEvent::Expired, 1);
+            }
+            self.dead_letter(env, DeathReason::Expired);
+        }
+        n
+    }
+
+    /// Counts a popper in, waiting out an expiry sweep in progress.
+    fn enter_gate(&self) {
+        while self.outflow.gate.fetch_add(1, SeqCst) & SWEEPING != 0 {
+            self.outflow.gate.fetch_sub(1, SeqCst);
+            while self.outflow.gate.load(SeqCst) & SWEEPING != 0 {
+                crate::sync::yield_now();
+            }
+        }
+    }
+}
+
 impl QueueStore for MemQueue {
     fn name(&self) -> &str {
         &self.decl.name
@@ -346,6 +414,10 @@ impl QueueStore for MemQueue {
 
     fn pop(&self) -> Result<Option<Envelope>, crate::Error> {
         Ok(self.pop_ready())
+    }
+
+    fn pop_many(&self, max: usize, out: &mut Vec<Envelope>) -> Result<usize, crate::Error> {
+        Ok(self.pop_run(max, out))
     }
 
     fn batch_hint(&self) -> usize {
@@ -465,6 +537,30 @@ mod loom_tests {
             assert_eq!(sweeper.join().unwrap(), 0);
             assert_eq!(&first.to_message().body[..], b"m0");
             assert_eq!(q.ready(), 1);
+        });
+    }
+
+    /// A run racing the expiry sweep (a message with a TTL arrived, so a
+    /// sweep may start mid-run): the run takes the gate too, so it gets the
+    /// messages in order, never the second without the first.
+    #[test]
+    fn a_run_racing_the_expiry_sweep_keeps_the_order() {
+        loom::model(|| {
+            let q = loom::sync::Arc::new(queue(10));
+            for b in ["m0", "m1"] {
+                assert!(matches!(q.reserve(1), Reserve::Ok));
+                let mut e = Envelope::new(Message::new(b), "", "q");
+                e.expires_at = NEVER - 1;
+                q.push_reserved(e);
+            }
+            let q2 = q.clone();
+            let sweeper = loom::thread::spawn(move || q2.expire_heads().len());
+            let mut run = Vec::new();
+            q.pop_run(2, &mut run);
+            assert_eq!(sweeper.join().unwrap(), 0);
+            let bodies: Vec<_> = run.iter().map(|e| e.to_message().body).collect();
+            assert_eq!(bodies, ["m0", "m1"]);
+            assert_eq!(q.ready(), 0);
         });
     }
 

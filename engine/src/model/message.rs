@@ -44,6 +44,34 @@ pub struct Properties {
 }
 
 impl Properties {
+    /// True when every property is unset (equal to [`Properties::DEFAULT`]),
+    /// checked field by field without comparing maps.
+    #[inline]
+    pub fn is_default(&self) -> bool {
+        let Properties {
+            content_type,
+            content_encoding,
+            headers,
+            delivery_mode,
+            priority,
+            correlation_id,
+            reply_to,
+            expiration,
+            message_id,
+            timestamp,
+        } = self;
+        content_type.is_none()
+            && content_encoding.is_none()
+            && headers.is_empty()
+            && *delivery_mode == DeliveryMode::Persistent
+            && priority.is_none()
+            && correlation_id.is_none()
+            && reply_to.is_none()
+            && expiration.is_none()
+            && message_id.is_none()
+            && timestamp.is_none()
+    }
+
     /// Every property unset (delivery mode persistent).
     pub const DEFAULT: Properties = Properties {
         content_type: None,
@@ -151,6 +179,34 @@ mod tests {
         assert_eq!(m.properties.headers["k"], crate::Value::from("v"));
         assert_eq!(m.properties.expiration, Some(Duration::from_secs(1)));
         assert_eq!(m.properties.delivery_mode, DeliveryMode::Persistent);
+    }
+
+    /// `is_default` agrees with comparing to `Properties::DEFAULT`, and any
+    /// one property set makes it false.
+    #[test]
+    fn is_default_checks_every_property() {
+        assert!(Properties::DEFAULT.is_default());
+        assert!(Message::new("x").properties.is_default());
+        let setters: Vec<fn(&mut Properties)> = vec![
+            |p| p.content_type = Some("t".into()),
+            |p| p.content_encoding = Some("e".into()),
+            |p| {
+                p.headers.insert("k".into(), crate::Value::from("v"));
+            },
+            |p| p.delivery_mode = DeliveryMode::Transient,
+            |p| p.priority = Some(0),
+            |p| p.correlation_id = Some("c".into()),
+            |p| p.reply_to = Some("r".into()),
+            |p| p.expiration = Some(Duration::ZERO),
+            |p| p.message_id = Some("m".into()),
+            |p| p.timestamp = Some(0),
+        ];
+        for (i, set) in setters.iter().enumerate() {
+            let mut p = Properties::DEFAULT;
+            set(&mut p);
+            assert!(!p.is_default(), "property {i} set but seen as default");
+            assert_ne!(p, Properties::DEFAULT, "property {i}");
+        }
     }
 }
 

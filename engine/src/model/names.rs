@@ -55,6 +55,8 @@ impl ShortStr {
         match &self.0 {
             // The bytes were copied from a `&str` whole, so they are UTF-8; the
             // checked conversion cannot fail and costs a few ns on ≤30 bytes.
+            // The empty name (the default exchange) needs no check at all.
+            Repr::Inline { len: 0, .. } => "",
             Repr::Inline { len, buf } => std::str::from_utf8(&buf[..*len as usize]).unwrap_or(""),
             Repr::Heap(s) => s,
         }

@@ -235,6 +235,12 @@ impl ChannelShared {
         match outcome {
             Outcome::Ack => {
                 Counters::add(&c.consume.acked, n);
+                if let [s] = slots {
+                    // One delivery (`Delivery::ack`): no grouping to do.
+                    result = s.queue.ack(&[&s.env]);
+                    s.release_window();
+                    return result;
+                }
                 for (q, group) in by_queue(slots) {
                     let envs: Vec<&Envelope> = group.iter().map(|s| &s.env).collect();
                     if let Err(e) = q.ack(&envs) {

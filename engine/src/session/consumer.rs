@@ -213,20 +213,30 @@ impl ConsumerShared {
                 Ok(_) => {
                     self.rr.store(i + 1, SeqCst);
                     let mut got = 0;
+                    let mut bytes = 0;
                     let mut over = Vec::new();
+                    // Only this dispatcher acquires, and settles only
+                    // release: the window never holds more than this
+                    // snapshot plus what this run adds, so checking
+                    // against them keeps the budget (one acquire per run).
+                    let (held, held_bytes) = self.window.in_flight();
                     for env in envs.drain(..) {
                         // The byte budget holds exactly: what does not fit
                         // goes back unseen, in order (one message always
                         // fits an empty window).
-                        if !self.no_ack && got > 0 && !self.window.has_room() {
+                        if !self.no_ack
+                            && got > 0
+                            && !self.window.room_at(held + got, held_bytes + bytes)
+                        {
                             over.push(env);
                             continue;
                         }
-                        if !self.no_ack {
-                            self.window.acquire(env.size());
-                        }
+                        bytes += env.size();
                         out.push((env, q.clone()));
                         got += 1;
+                    }
+                    if !self.no_ack {
+                        self.window.acquire_many(got, bytes);
                     }
                     if !over.is_empty() {
                         if let Err(e) = q.restore(over) {

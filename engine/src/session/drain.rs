@@ -329,18 +329,31 @@ fn dispatch(state: &mut DrainState) -> usize {
     // Issue tags: one registry lock per run of the same channel. A channel
     // that is gone or closed puts its run back itself (in order).
     let mut run_channel: Option<Arc<ChannelShared>> = None;
+    // The consumer whose channel `run_channel` is (a consumer's channel
+    // never changes): its next deliveries need no upgrade of the channel.
+    let mut run_consumer: Option<&Arc<ConsumerShared>> = None;
     let mut back: Vec<Arc<Slot>> = Vec::new();
     for p in taken.drain(..) {
-        let ch = p.slot.consumer.as_ref().and_then(|c| c.channel.upgrade());
-        let same = match (&ch, &run_channel) {
+        let consumer = p.slot.consumer.as_ref();
+        let same_consumer = match (consumer, run_consumer) {
             (Some(a), Some(b)) => Arc::ptr_eq(a, b),
             _ => false,
         };
-        if !same {
-            if let Some(rc) = &run_channel {
-                rc.deliver(run, deliveries);
+        if !same_consumer {
+            let ch = consumer.and_then(|c| c.channel.upgrade());
+            let same = match (&ch, &run_channel) {
+                (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+                _ => false,
+            };
+            if !same {
+                if let Some(rc) = &run_channel {
+                    rc.deliver(run, deliveries);
+                }
+                run_channel = ch;
             }
-            run_channel = ch;
+            run_consumer = consumers
+                .iter()
+                .find(|c| consumer.is_some_and(|x| Arc::ptr_eq(c, x)));
         }
         if run_channel.is_some() {
             run.push(p);

@@ -49,8 +49,23 @@ impl Window {
     }
 
     pub(crate) fn acquire(&self, size: usize) {
-        self.count.fetch_add(1, SeqCst);
-        self.bytes.fetch_add(size, SeqCst);
+        self.acquire_many(1, size);
+    }
+
+    /// Takes the shares of `count` deliveries of `bytes` in all at once (a
+    /// dispatcher's run).
+    pub(crate) fn acquire_many(&self, count: usize, bytes: usize) {
+        if count == 0 {
+            return;
+        }
+        self.count.fetch_add(count, SeqCst);
+        self.bytes.fetch_add(bytes, SeqCst);
+    }
+
+    /// Whether a window holding `count` deliveries of `bytes` has room for
+    /// one more (as [`Window::has_room`] for those figures).
+    pub(crate) fn room_at(&self, count: usize, bytes: usize) -> bool {
+        count < self.max_count && bytes < self.max_bytes
     }
 
     /// Returns a delivery's share. Wakes waiters only when this turns a full
@@ -85,6 +100,22 @@ mod tests {
         assert_eq!(w.in_flight(), (2, 24));
         w.release(20);
         assert!(w.has_room());
+    }
+
+    /// A run's shares are taken at once, and `room_at` answers for figures
+    /// as `has_room` does for the window's own.
+    #[test]
+    fn a_run_takes_its_shares_at_once() {
+        let w = Window::new(4, 100);
+        w.acquire_many(0, 0);
+        assert_eq!(w.in_flight(), (0, 0));
+        w.acquire_many(3, 60);
+        assert_eq!(w.in_flight(), (3, 60));
+        assert!(w.room_at(3, 60) && w.has_room());
+        assert!(!w.room_at(4, 60) && !w.room_at(3, 100));
+        w.acquire_many(1, 1);
+        assert!(!w.has_room());
+        assert_eq!(w.room(), 0);
     }
 }
 

@@ -45,8 +45,7 @@ impl Envelope {
     /// Splits a message into an envelope (no copy of the body).
     #[inline]
     pub fn new(message: Message, exchange: &str, routing_key: &str) -> Self {
-        let properties =
-            (message.properties != Properties::DEFAULT).then(|| Arc::new(message.properties));
+        let properties = (!message.properties.is_default()).then(|| Arc::new(message.properties));
         Envelope {
             body: message.body,
             properties,
