@@ -63,6 +63,17 @@ impl ShortStr {
     }
 }
 
+impl ShortStr {
+    /// The text's bytes, read without re-checking them (for lookups keyed
+    /// by bytes, such as routing).
+    pub fn as_bytes(&self) -> &[u8] {
+        match &self.0 {
+            Repr::Inline { len, buf } => &buf[..*len as usize],
+            Repr::Heap(s) => s.as_bytes(),
+        }
+    }
+}
+
 impl From<&str> for ShortStr {
     fn from(s: &str) -> Self {
         if s.len() <= INLINE {
@@ -120,6 +131,7 @@ mod tests {
         ] {
             let v = ShortStr::from(s);
             assert_eq!(v.as_str(), s);
+            assert_eq!(v.as_bytes(), s.as_bytes());
             assert_eq!(&*v, s);
             assert_eq!(v.to_string(), s);
             assert_eq!(format!("{v:?}"), format!("{s:?}"));

@@ -20,13 +20,13 @@ impl Topology {
     /// Builds the routing snapshot; `queue` resolves a queue name to the
     /// transport's handle (bindings of queues it does not resolve are skipped).
     pub fn snapshot<Q: Clone>(&self, queues: impl IntoIterator<Item = (String, Q)>) -> Routing<Q> {
-        let mut by_name = FastMap::default();
+        let mut by_name: FastMap<Box<[u8]>, usize> = FastMap::default();
         let mut targets = Vec::new();
         for (name, q) in queues {
-            by_name.insert(name, targets.len());
+            by_name.insert(name.into_bytes().into(), targets.len());
             targets.push(q);
         }
-        let mut exchanges: FastMap<String, Entry> = self
+        let mut exchanges: FastMap<Box<[u8]>, Entry> = self
             .exchanges()
             .map(|e| {
                 let index = match e.kind {
@@ -36,7 +36,7 @@ impl Topology {
                     ExchangeKind::Headers => Index::Headers(Vec::new()),
                 };
                 (
-                    e.name.clone(),
+                    e.name.as_bytes().into(),
                     Entry {
                         alternate: e.alternate_exchange.clone(),
                         index,
@@ -45,13 +45,15 @@ impl Topology {
             })
             .collect();
         for b in self.bindings() {
-            let (Some(entry), Some(&t)) = (exchanges.get_mut(&b.exchange), by_name.get(&b.queue))
-            else {
+            let (Some(entry), Some(&t)) = (
+                exchanges.get_mut(b.exchange.as_bytes()),
+                by_name.get(b.queue.as_bytes()),
+            ) else {
                 continue;
             };
             match &mut entry.index {
                 Index::Direct(m) => {
-                    let v: &mut Vec<usize> = m.entry(b.routing_key.clone()).or_default();
+                    let v: &mut Vec<usize> = m.entry(b.routing_key.as_bytes().into()).or_default();
                     if !v.contains(&t) {
                         v.push(t)
                     }
@@ -79,7 +81,7 @@ impl Topology {
 
 #[derive(Debug)]
 enum Index {
-    Direct(FastMap<String, Vec<usize>>),
+    Direct(FastMap<Box<[u8]>, Vec<usize>>),
     Topic(TopicTrie),
     Fanout(Vec<usize>),
     Headers(Vec<(HeadersMatch, usize)>),
@@ -140,11 +142,13 @@ impl Refused {
     }
 }
 
-/// An immutable routing table.
+/// An immutable routing table. Names are keyed by their bytes, so a publish
+/// routes with the bytes of its envelope's names, never re-checking their
+/// UTF-8 (every name came from a `&str`).
 #[derive(Debug)]
 pub struct Routing<Q> {
-    exchanges: FastMap<String, Entry>,
-    by_name: FastMap<String, usize>,
+    exchanges: FastMap<Box<[u8]>, Entry>,
+    by_name: FastMap<Box<[u8]>, usize>,
     targets: Vec<Q>,
 }
 
@@ -169,7 +173,7 @@ impl<Q> Routing<Q> {
 
     /// The queue called `name`.
     pub fn queue(&self, name: &str) -> Option<&Q> {
-        self.by_name.get(name).map(|&i| &self.targets[i])
+        self.by_name.get(name.as_bytes()).map(|&i| &self.targets[i])
     }
 
     /// Every queue handle.
@@ -179,13 +183,14 @@ impl<Q> Routing<Q> {
 
     /// True when `name` is the default exchange or a declared one.
     pub fn has_exchange(&self, name: &str) -> bool {
-        name.is_empty() || self.exchanges.contains_key(name)
+        name.is_empty() || self.exchanges.contains_key(name.as_bytes())
     }
 
     /// Routes a publish of `env`: `Ok(None)` when no queue matched and it is
     /// not mandatory (it is dropped, counted as unroutable by the caller).
     pub fn route_publish(&self, env: &Envelope, mandatory: bool) -> Result<Option<Route>, Refused> {
-        match self.route(&env.exchange, &env.routing_key, &env.properties().headers) {
+        let (exchange, key) = (env.exchange.as_bytes(), env.routing_key.as_bytes());
+        match self.route_bytes(exchange, key, &env.properties().headers) {
             Err(missing) => Err(Refused::UnknownExchange(missing)),
             Ok(Route::None) if mandatory => Err(Refused::Unroutable),
             Ok(Route::None) => Ok(None),
@@ -201,6 +206,16 @@ impl<Q> Routing<Q> {
         routing_key: &str,
         headers: &Headers,
     ) -> Result<Route, String> {
+        self.route_bytes(exchange.as_bytes(), routing_key.as_bytes(), headers)
+    }
+
+    /// [`Routing::route`] on the names' bytes (UTF-8, as every name is).
+    fn route_bytes(
+        &self,
+        exchange: &[u8],
+        routing_key: &[u8],
+        headers: &Headers,
+    ) -> Result<Route, String> {
         let mut name = exchange;
         for _ in 0..MAX_ALTERNATE_HOPS {
             if name.is_empty() {
@@ -209,7 +224,10 @@ impl<Q> Routing<Q> {
                     None => Route::None,
                 });
             }
-            let entry = self.exchanges.get(name).ok_or_else(|| name.to_owned())?;
+            let entry = self
+                .exchanges
+                .get(name)
+                .ok_or_else(|| String::from_utf8_lossy(name).into_owned())?;
             let route = match &entry.index {
                 Index::Direct(m) => match m.get(routing_key).map(Vec::as_slice) {
                     None | Some([]) => Route::None,
@@ -219,7 +237,10 @@ impl<Q> Routing<Q> {
                 Index::Fanout(v) => many(v.clone()),
                 Index::Topic(t) => {
                     let mut out = Vec::new();
-                    t.matches(routing_key, &mut out);
+                    // Topic words are text: checked here, where they are split.
+                    if let Ok(key) = std::str::from_utf8(routing_key) {
+                        t.matches(key, &mut out);
+                    }
                     out.sort_unstable();
                     out.dedup();
                     many(out)
@@ -236,7 +257,7 @@ impl<Q> Routing<Q> {
                 }
             };
             match (&route, &entry.alternate) {
-                (Route::None, Some(ae)) => name = ae,
+                (Route::None, Some(ae)) => name = ae.as_bytes(),
                 _ => return Ok(route),
             }
         }
