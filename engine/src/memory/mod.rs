@@ -500,6 +500,31 @@ mod tests {
         assert_eq!((q.ready(), q.stats().unacked), (1, 3));
     }
 
+    /// A run stops collecting expired messages at a bound (they are held
+    /// until it ends); what it left is expired by the next call. (A queue
+    /// of its own, with no transport behind it: no sweep runs meanwhile.)
+    #[test]
+    fn a_run_holds_a_bounded_number_of_expired_messages() {
+        let q = MemQueue::new(Queue::new("q"), None, std::sync::Weak::new());
+        let mut push = |body: &'static str, expires_at: u64| {
+            assert!(matches!(q.reserve(4), Reserve::Ok));
+            let mut env = Envelope::new(Message::new(body), "", "q");
+            env.expires_at = expires_at;
+            q.push_reserved(env);
+        };
+        let past = crate::clock::now_ns();
+        for _ in 0..300 {
+            push("gone", past);
+        }
+        push("live", crate::clock::NEVER);
+        let mut run = Vec::new();
+        assert_eq!(q.pop_many(32, &mut run).unwrap(), 0);
+        assert_eq!(q.ready(), 301 - 256);
+        assert_eq!(q.pop_many(32, &mut run).unwrap(), 1);
+        assert_eq!(bodies(&run), ["live"]);
+        assert_eq!((q.ready(), q.stats().unacked), (0, 1));
+    }
+
     #[test]
     fn unknown_exchange_hands_message_back() {
         let t = MemoryTransport::isolated("x");

@@ -60,6 +60,10 @@ pub(crate) struct MemQueue {
     shared: Weak<Shared>,
 }
 
+/// Most expired messages one run collects before it returns (they are
+/// dead-lettered after the run, so this bounds what it holds).
+const MAX_EXPIRED_PER_RUN: usize = 256;
+
 /// Set in the expiry gate while the expiry sweep looks at the heads.
 const SWEEPING: u64 = 1 << 63;
 
@@ -377,7 +381,10 @@ impl MemQueue {
                     }
                 }
             }
-            if expired.len() == before {
+            // Refill only while this run found something new to expire,
+            // and not without end (a publisher could keep sending messages
+            // that arrive expired): the rest waits for the next call.
+            if expired.len() == before || expired.len() >= MAX_EXPIRED_PER_RUN {
                 break;
             }
         }
