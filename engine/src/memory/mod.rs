@@ -506,7 +506,7 @@ mod tests {
     #[test]
     fn a_run_holds_a_bounded_number_of_expired_messages() {
         let q = MemQueue::new(Queue::new("q"), None, std::sync::Weak::new());
-        let mut push = |body: &'static str, expires_at: u64| {
+        let push = |body: &'static str, expires_at: u64| {
             assert!(matches!(q.reserve(4), Reserve::Ok));
             let mut env = Envelope::new(Message::new(body), "", "q");
             env.expires_at = expires_at;
