@@ -1,6 +1,7 @@
 //! `dashi consume`: reads through a delivery stream, so exactly `--count`
-//! messages leave the queue (a push consumer could take a whole prefetch
-//! window at once), while `--prefetch` still bounds what is unacked.
+//! messages leave the queue (the stream takes runs, but within a window no
+//! larger than `--count`, and puts back what it did not hand out), while
+//! `--prefetch` still bounds what is unacked.
 
 use std::io::Write;
 use std::pin::Pin;
@@ -91,12 +92,18 @@ pub(crate) fn run(a: ConsumeArgs) -> Result<(), String> {
     let ch = conn.channel().map_err(|e| e.to_string())?;
     declare_for_consume(&ch, &conn, &a.topology, &a.queue)?;
     let mut opts = ConsumerOptions::new(a.queue.clone()).no_ack(mode == Mode::NoAck);
-    if let Some(p) = a.prefetch {
-        if p == 0 {
-            return Err("--prefetch must be at least 1".into());
-        }
-        opts = opts.prefetch_count(p);
+    if a.prefetch == Some(0) {
+        return Err("--prefetch must be at least 1".into());
     }
+    // The stream takes runs within its window: a window no larger than
+    // `--count` keeps it from taking more than it will hand out.
+    let window = a.prefetch.unwrap_or(conn.config().prefetch_count);
+    let count = u32::try_from(a.count).unwrap_or(u32::MAX);
+    opts = opts.prefetch_count(if a.count == 0 {
+        window
+    } else {
+        window.min(count)
+    });
     let mut stream = ch.stream(opts).map_err(|e| e.to_string())?;
     let waker = Waker::from(Arc::new(Unpark(std::thread::current())));
     let stdout = std::io::stdout();
@@ -136,8 +143,11 @@ pub(crate) fn run(a: ConsumeArgs) -> Result<(), String> {
     }
     out.flush().map_err(|e| format!("writing to stdout: {e}"))?;
     if mode == Mode::LeaveUnacked {
-        // Leave as a crashed consumer would: no ack, no graceful channel
+        // What the stream took and did not hand out goes back unseen (its
+        // consumer is cancelled; the deliveries seen stay unacked). Then
+        // leave as a crashed consumer would: no ack, no graceful channel
         // close, no destructors.
+        drop(stream);
         std::process::exit(0);
     }
     Ok(())

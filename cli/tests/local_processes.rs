@@ -126,6 +126,46 @@ fn an_unacked_message_of_a_dead_consumer_is_redelivered() {
     );
 }
 
+/// `consume --count N` takes exactly N off the queue although its stream
+/// takes runs: a consumer that leaves them unacked and exits returns those
+/// N (redelivered), and nothing else it might have taken.
+#[test]
+fn a_consumer_leaving_n_unacked_holds_no_more_than_n() {
+    let (_dir, url) = store("count");
+    let o = dashi(&["publish", &url, "--queue", "q", "--count", "40"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = dashi(&[
+        "consume",
+        &url,
+        "--queue",
+        "q",
+        "--count",
+        "3",
+        "--leave-unacked",
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(stdout(&o).lines().count(), 3);
+    let o = dashi(&[
+        "consume",
+        &url,
+        "--queue",
+        "q",
+        "--count",
+        "40",
+        "--timeout",
+        "10",
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let flags: Vec<bool> = stdout(&o)
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["redelivered"] == true)
+        .collect();
+    assert_eq!(flags.len(), 40);
+    assert_eq!(flags.iter().filter(|&&r| r).count(), 3, "{flags:?}");
+}
+
 #[test]
 fn stat_and_purge_see_other_processes_work_and_bad_local_urls_are_clear() {
     let (_dir, url) = store("stat");

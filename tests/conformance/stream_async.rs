@@ -58,4 +58,43 @@ conformance! {
         admin.queue_delete("q", false, false).unwrap();
         assert!(futures::executor::block_on(s.next()).is_none());
     }
+
+    fn a_lone_stream_takes_a_run_and_its_drop_puts_the_rest_back_unseen(url: &str) {
+        let c = connect(url);
+        let ch = c.channel().unwrap();
+        queue(&ch, "q");
+        for i in 0..10 {
+            ch.producer().publish(i.to_string(), "q").unwrap();
+        }
+        let mut s = ch.stream(ConsumerOptions::new("q")).unwrap();
+        let first = futures::executor::block_on(s.next()).unwrap().unwrap();
+        assert_eq!(body(&first), "0");
+        first.ack().unwrap();
+        // One store call took the run: nothing is left ready in the queue.
+        assert_eq!(c.stats().queue("q").unwrap().messages, 0);
+        let second = futures::executor::block_on(s.next()).unwrap().unwrap();
+        assert_eq!(body(&second), "1");
+        second.ack().unwrap();
+        drop(s);
+        let rest: Vec<_> = (2..10).map(|i| (i.to_string(), false)).collect();
+        assert_eq!(drain_flags(&ch, "q"), rest);
+    }
+
+    fn closing_the_channel_puts_a_streams_run_back(url: &str) {
+        let c = connect(url);
+        let ch = c.channel().unwrap();
+        queue(&ch, "q");
+        for i in 0..5 {
+            ch.producer().publish(i.to_string(), "q").unwrap();
+        }
+        let mut s = ch.stream(ConsumerOptions::new("q")).unwrap();
+        let first = futures::executor::block_on(s.next()).unwrap().unwrap();
+        first.ack().unwrap();
+        ch.close();
+        // The stream is still held: its run is back all the same.
+        let other = c.channel().unwrap();
+        let rest: Vec<_> = (1..5).map(|i| (i.to_string(), false)).collect();
+        assert_eq!(drain_flags(&other, "q"), rest);
+        assert!(futures::executor::block_on(s.next()).is_none());
+    }
 }

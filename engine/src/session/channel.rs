@@ -378,6 +378,9 @@ impl ChannelShared {
         }
         self.consumers.lock().retain(|x| !Arc::ptr_eq(x, c));
         self.conn.remove_consumer(c);
+        // A stream's run goes back before the queues hear the consumer
+        // left (an auto-delete queue may go with its last consumer).
+        c.put_back_run();
         for q in &c.queues {
             q.consumer_removed();
         }
@@ -932,6 +935,14 @@ impl Channel {
     /// Starts a consumer read as an async `Stream` of deliveries; works on any
     /// executor. The stream ends when the consumer is cancelled, the channel
     /// closes or every queue it reads is deleted.
+    ///
+    /// A stream alone on its one queue takes a run of messages in one store
+    /// call (up to the queue's batch: 32 on memory:// and local://, 256 on
+    /// redis://, within the prefetch window) and hands them out one by one,
+    /// as AMQP's prefetch does: the run counts against the window and stays
+    /// with this consumer until handed out; whatever is left goes back to
+    /// the queue unseen, in order, when the stream is dropped, the consumer
+    /// cancelled or the channel closed. `prefetch_count` bounds the run.
     pub fn stream(&self, options: ConsumerOptions) -> Result<DeliveryStream, Error> {
         let c = self.new_consumer(&options, None)?;
         Ok(DeliveryStream::new(c, self.shared.clone()))

@@ -2,9 +2,16 @@
 //!
 //! # Invariants
 //! - A consumer takes a message only while its window has room (unless
-//!   `no_ack`), and acquires the window share as it takes it.
-//! - Its queues are served round-robin, one message at a time.
+//!   `no_ack`), and acquires the window shares as it takes them (a run's
+//!   at once).
+//! - Its queues are served round-robin, one message at a time, unless it
+//!   is alone on its one queue: then it takes a run (the queue's batch,
+//!   within the window).
+//! - A stream's run not yet handed out holds its window shares and goes
+//!   back to its queues unseen, in order, when the consumer is cancelled
+//!   (by the stream's drop, a cancel, or the channel's close).
 
+use std::collections::VecDeque;
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
 use std::sync::{Arc, Weak};
@@ -98,6 +105,9 @@ pub(crate) struct ConsumerShared {
     pub(crate) callback: Mutex<Option<Callback>>,
     pub(crate) cancelled: AtomicBool,
     rr: AtomicUsize,
+    /// A stream's run: messages taken from their queues (window shares
+    /// held) and not yet handed out. Put back unseen at cancel.
+    run: Mutex<VecDeque<(Envelope, Arc<dyn QueueStore>)>>,
 }
 
 impl fmt::Debug for ConsumerShared {
@@ -133,38 +143,54 @@ impl ConsumerShared {
             callback: Mutex::new(callback),
             cancelled: AtomicBool::new(false),
             rr: AtomicUsize::new(0),
+            run: Mutex::new(VecDeque::new()),
         }
     }
 
-    /// Takes one message if the window has room, round-robin over the queues.
-    /// `Err` when no queue had a message and one of them failed (the first
-    /// failure; the others still deliver while it lasts).
-    #[allow(clippy::type_complexity)]
-    pub(crate) fn take(&self) -> Result<Option<(Envelope, Arc<dyn QueueStore>)>, Error> {
-        if self.cancelled.load(SeqCst) || (!self.no_ack && !self.window.has_room()) {
+    /// The next message for a stream: the front of its run, or a new run
+    /// taken with [`ConsumerShared::take_many`] (a consumer alone on its
+    /// queue takes as many as the queue's batch and the window allow, so a
+    /// stream makes one store call per run rather than per message, as a
+    /// push consumer does). The run's lock is held while it is refilled, so
+    /// a cancel waits for a take in flight and then puts all of it back.
+    pub(crate) fn take_for_stream(&self) -> Result<Option<(Envelope, Arc<dyn QueueStore>)>, Error> {
+        let mut run = self.run.lock();
+        if let Some(next) = run.pop_front() {
+            return Ok(Some(next));
+        }
+        if self.cancelled.load(SeqCst) {
             return Ok(None);
         }
-        let n = self.queues.len();
-        let start = self.rr.load(SeqCst);
-        let mut failed = None;
-        for k in 0..n {
-            let i = (start + k) % n;
-            let q = &self.queues[i];
-            match pop_retrying(&**q) {
-                Ok(Some(env)) => {
-                    self.rr.store(i + 1, SeqCst);
-                    if !self.no_ack {
-                        self.window.acquire(env.size());
-                    }
-                    return Ok(Some((env, q.clone())));
-                }
-                Ok(None) => {}
-                Err(e) => {
-                    failed.get_or_insert(e);
-                }
+        let (mut got, mut scratch) = (Vec::new(), Vec::new());
+        self.take_many(STREAM_RUN, &mut got, &mut scratch)?;
+        let mut got = got.into_iter();
+        let next = got.next();
+        run.extend(got);
+        Ok(next)
+    }
+
+    /// Puts a stream's run back in its queues, unseen and in order, and
+    /// releases its window shares (at cancel).
+    pub(crate) fn put_back_run(&self) {
+        let taken: Vec<_> = self.run.lock().drain(..).collect();
+        if taken.is_empty() {
+            return;
+        }
+        let mut by_queue: Vec<(Arc<dyn QueueStore>, Vec<Envelope>)> = Vec::new();
+        for (env, q) in taken {
+            if !self.no_ack {
+                self.window.release(env.size());
+            }
+            match by_queue.iter_mut().find(|(x, _)| Arc::ptr_eq(x, &q)) {
+                Some((_, envs)) => envs.push(env),
+                None => by_queue.push((q, vec![env])),
             }
         }
-        failed.map_or(Ok(None), Err)
+        for (q, envs) in by_queue {
+            if let Err(e) = q.restore(envs) {
+                tracing::warn!(queue = q.name(), error = %e, "a stream's untaken run not put back in the store");
+            }
+        }
     }
 
     /// Takes up to `max` messages (at least one when any is ready) from the
@@ -174,8 +200,11 @@ impl ConsumerShared {
     /// run of messages in one. Only a consumer alone on its single queue
     /// batches (others keep one message per turn, AMQP's fairness);
     /// messages a batch took past the window's byte budget go back to the
-    /// queue unseen. Errors as [`ConsumerShared::take`]. `envs` is scratch
-    /// space (left empty), kept by the caller so a pass allocates nothing.
+    /// queue unseen. Nothing is taken while the window is full (unless
+    /// `no_ack`). `Err` when no queue had a message and one of them failed
+    /// (the first failure; the others still deliver while it lasts). `envs`
+    /// is scratch space (left empty), kept by the caller so a pass
+    /// allocates nothing.
     pub(crate) fn take_many(
         &self,
         max: usize,
@@ -303,6 +332,10 @@ fn pop_many_retrying(
         }
     }
 }
+
+/// Most messages a stream takes in one run (the queue's batch and the
+/// window bound it further).
+const STREAM_RUN: usize = 256;
 
 /// How often a transient storage failure is retried before a consumer sees it.
 const TRANSIENT_RETRIES: u32 = 3;

@@ -72,7 +72,7 @@ impl DeliveryStream {
     /// as acked from here). `None` when nothing is ready, or when the channel
     /// closed as a message was taken (it went back to its queue).
     fn try_take(&self) -> Result<Option<Delivery>, Error> {
-        let Some((env, queue)) = self.consumer.take()? else {
+        let Some((env, queue)) = self.consumer.take_for_stream()? else {
             return Ok(None);
         };
         let Some(d) =

@@ -48,10 +48,6 @@ impl Window {
         self.max_count.saturating_sub(self.count.load(SeqCst))
     }
 
-    pub(crate) fn acquire(&self, size: usize) {
-        self.acquire_many(1, size);
-    }
-
     /// Takes the shares of `count` deliveries of `bytes` in all at once (a
     /// dispatcher's run).
     pub(crate) fn acquire_many(&self, count: usize, bytes: usize) {
@@ -93,9 +89,9 @@ mod tests {
     fn window_room() {
         let w = Window::new(2, 10);
         assert!(w.has_room());
-        w.acquire(4);
+        w.acquire_many(1, 4);
         assert!(w.has_room());
-        w.acquire(20);
+        w.acquire_many(1, 20);
         assert!(!w.has_room());
         assert_eq!(w.in_flight(), (2, 24));
         w.release(20);
@@ -131,7 +127,7 @@ mod loom_tests {
         use crate::notify::{thread_waker, ThreadWaker};
         loom::model(|| {
             let w = Arc::new(Window::new(1, 1_000));
-            w.acquire(10);
+            w.acquire_many(1, 10);
             let w2 = w.clone();
             let acker = loom::thread::spawn(move || w2.release(10));
             let tw = ThreadWaker::current();
