@@ -107,8 +107,11 @@ pub(crate) struct ConsumerShared {
     rr: AtomicUsize,
     /// A stream's run: messages taken from their queues (window shares
     /// held) and not yet handed out. Put back unseen at cancel.
-    run: Mutex<VecDeque<(Envelope, Arc<dyn QueueStore>)>>,
+    run: Mutex<VecDeque<Taken>>,
 }
+
+/// A message taken from its queue, with that queue.
+pub(crate) type Taken = (Envelope, Arc<dyn QueueStore>);
 
 impl fmt::Debug for ConsumerShared {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -153,7 +156,7 @@ impl ConsumerShared {
     /// stream makes one store call per run rather than per message, as a
     /// push consumer does). The run's lock is held while it is refilled, so
     /// a cancel waits for a take in flight and then puts all of it back.
-    pub(crate) fn take_for_stream(&self) -> Result<Option<(Envelope, Arc<dyn QueueStore>)>, Error> {
+    pub(crate) fn take_for_stream(&self) -> Result<Option<Taken>, Error> {
         let mut run = self.run.lock();
         if let Some(next) = run.pop_front() {
             return Ok(Some(next));
