@@ -73,18 +73,7 @@ fn an_unacked_message_of_a_dead_consumer_is_redelivered() {
     let (_dir, url) = store("crash");
     let o = dashi(&["publish", &url, "--queue", "q", "--body", "important"]);
     assert!(o.status.success(), "{}", stderr(&o));
-    let o = dashi(&[
-        "consume",
-        &url,
-        "--queue",
-        "q",
-        "--count",
-        "1",
-        "--leave-unacked",
-        "--json",
-    ]);
-    assert!(o.status.success(), "{}", stderr(&o));
-    let first: serde_json::Value = serde_json::from_str(stdout(&o).trim()).unwrap();
+    let first = &consume_json(&url, &["--count", "1", "--leave-unacked"])[0];
     assert_eq!(
         (first["body"].as_str(), first["redelivered"].as_bool()),
         (Some("important"), Some(false))
@@ -98,19 +87,7 @@ fn an_unacked_message_of_a_dead_consumer_is_redelivered() {
         (&serde_json::json!(1), &serde_json::json!(0)),
         "{v}"
     );
-    let o = dashi(&[
-        "consume",
-        &url,
-        "--queue",
-        "q",
-        "--count",
-        "1",
-        "--timeout",
-        "10",
-        "--json",
-    ]);
-    assert!(o.status.success(), "{}", stderr(&o));
-    let again: serde_json::Value = serde_json::from_str(stdout(&o).trim()).unwrap();
+    let again = &consume_json(&url, &["--count", "1", "--timeout", "10"])[0];
     assert_eq!(
         (again["body"].as_str(), again["redelivered"].as_bool()),
         (Some("important"), Some(true))
@@ -126,6 +103,19 @@ fn an_unacked_message_of_a_dead_consumer_is_redelivered() {
     );
 }
 
+/// `dashi consume URL --queue q --json EXTRA...`, which must succeed: its
+/// deliveries.
+fn consume_json(url: &str, extra: &[&str]) -> Vec<serde_json::Value> {
+    let mut args = vec!["consume", url, "--queue", "q", "--json"];
+    args.extend_from_slice(extra);
+    let o = dashi(&args);
+    assert!(o.status.success(), "{}", stderr(&o));
+    stdout(&o)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
 /// `consume --count N` takes exactly N off the queue although its stream
 /// takes runs: a consumer that leaves them unacked and exits returns those
 /// N (redelivered), and nothing else it might have taken.
@@ -134,33 +124,13 @@ fn a_consumer_leaving_n_unacked_holds_no_more_than_n() {
     let (_dir, url) = store("count");
     let o = dashi(&["publish", &url, "--queue", "q", "--count", "40"]);
     assert!(o.status.success(), "{}", stderr(&o));
-    let o = dashi(&[
-        "consume",
-        &url,
-        "--queue",
-        "q",
-        "--count",
-        "3",
-        "--leave-unacked",
-        "--json",
-    ]);
-    assert!(o.status.success(), "{}", stderr(&o));
-    assert_eq!(stdout(&o).lines().count(), 3);
-    let o = dashi(&[
-        "consume",
-        &url,
-        "--queue",
-        "q",
-        "--count",
-        "40",
-        "--timeout",
-        "10",
-        "--json",
-    ]);
-    assert!(o.status.success(), "{}", stderr(&o));
-    let flags: Vec<bool> = stdout(&o)
-        .lines()
-        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["redelivered"] == true)
+    assert_eq!(
+        consume_json(&url, &["--count", "3", "--leave-unacked"]).len(),
+        3
+    );
+    let flags: Vec<bool> = consume_json(&url, &["--count", "40", "--timeout", "10"])
+        .iter()
+        .map(|d| d["redelivered"] == true)
         .collect();
     assert_eq!(flags.len(), 40);
     assert_eq!(flags.iter().filter(|&&r| r).count(), 3, "{flags:?}");

@@ -526,18 +526,25 @@ mod loom_tests {
         });
     }
 
+    /// A queue holding "m0" then "m1", both with a far expiry (so the
+    /// sweep looks at them and puts the head back).
+    fn two_that_can_expire() -> loom::sync::Arc<MemQueue> {
+        let q = loom::sync::Arc::new(queue(10));
+        for b in ["m0", "m1"] {
+            assert!(matches!(q.reserve(1), Reserve::Ok));
+            let mut e = Envelope::new(Message::new(b), "", "q");
+            e.expires_at = NEVER - 1;
+            q.push_reserved(e);
+        }
+        q
+    }
+
     /// The expiry sweep takes a head that has not expired and puts it back;
     /// a pop racing it gets that head, never the message behind it.
     #[test]
     fn a_pop_racing_the_expiry_sweep_gets_the_head() {
         loom::model(|| {
-            let q = loom::sync::Arc::new(queue(10));
-            for b in ["m0", "m1"] {
-                assert!(matches!(q.reserve(1), Reserve::Ok));
-                let mut e = Envelope::new(Message::new(b), "", "q");
-                e.expires_at = NEVER - 1;
-                q.push_reserved(e);
-            }
+            let q = two_that_can_expire();
             let q2 = q.clone();
             let sweeper = loom::thread::spawn(move || q2.expire_heads().len());
             let first = q.pop().unwrap().unwrap();
@@ -553,13 +560,7 @@ mod loom_tests {
     #[test]
     fn a_run_racing_the_expiry_sweep_keeps_the_order() {
         loom::model(|| {
-            let q = loom::sync::Arc::new(queue(10));
-            for b in ["m0", "m1"] {
-                assert!(matches!(q.reserve(1), Reserve::Ok));
-                let mut e = Envelope::new(Message::new(b), "", "q");
-                e.expires_at = NEVER - 1;
-                q.push_reserved(e);
-            }
+            let q = two_that_can_expire();
             let q2 = q.clone();
             let sweeper = loom::thread::spawn(move || q2.expire_heads().len());
             let mut run = Vec::new();
