@@ -80,6 +80,24 @@ conformance! {
         assert_eq!(drain_flags(&ch, "q"), rest);
     }
 
+    fn a_no_ack_streams_run_goes_back_unseen_and_unacked(url: &str) {
+        let c = connect(url);
+        let ch = c.channel().unwrap();
+        queue(&ch, "q");
+        for i in 0..6 {
+            ch.producer().publish(i.to_string(), "q").unwrap();
+        }
+        let mut s = ch.stream(ConsumerOptions::new("q").no_ack(true)).unwrap();
+        let first = futures::executor::block_on(s.next()).unwrap().unwrap();
+        assert_eq!(body(&first), "0");
+        drop(s);
+        // Only the one handed out counts as acked; the rest are ready again.
+        let q = c.stats().queue("q").unwrap();
+        assert_eq!((q.messages, q.unacked), (5, 0));
+        let rest: Vec<_> = (1..6).map(|i| (i.to_string(), false)).collect();
+        assert_eq!(drain_flags(&ch, "q"), rest);
+    }
+
     fn closing_the_channel_puts_a_streams_run_back(url: &str) {
         let c = connect(url);
         let ch = c.channel().unwrap();
