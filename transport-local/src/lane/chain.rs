@@ -28,13 +28,17 @@ impl Lane {
     pub(crate) fn segment(&self, seq: u64) -> Result<Option<Arc<Segment>>, LaneError> {
         // Writers and readers mostly use the newest segment: no lock for it.
         #[cfg(not(loom))]
-        if let Some(s) = self.hot.load().as_ref() {
-            if s.header().seq == seq {
-                return Ok(Some(s.clone()));
+        for cached in [&self.hot, &self.behind] {
+            if let Some(s) = cached.load().as_ref() {
+                if s.header().seq == seq {
+                    return Ok(Some(s.clone()));
+                }
             }
         }
-        if let Some(s) = self.segments.lock().get(&seq) {
-            return Ok(Some(s.clone()));
+        if let Some(s) = self.segments.lock().get(&seq).cloned() {
+            #[cfg(not(loom))]
+            self.behind.store(Some(s.clone()));
+            return Ok(Some(s));
         }
         let Some(seg) = self.storage.open_segment(seq)? else {
             return Ok(None);
@@ -208,20 +212,35 @@ impl Lane {
     pub(crate) fn unmap_retired(&self) {
         let low = self.load(at::LOW_SEG);
         self.segments.lock().retain(|seq, _| *seq >= low);
-        #[cfg(not(loom))]
-        if self
-            .hot
-            .load()
-            .as_ref()
-            .is_some_and(|h| h.header().seq < low)
-        {
-            self.hot.store(None);
-        }
+        self.uncache(|seq| seq < low);
     }
 
-    /// Segments this process has mapped (for tests of retention).
+    /// Lets go of the cached segments whose number `gone` names (retired:
+    /// their mapping must not outlive them here).
+    pub(crate) fn uncache(&self, gone: impl Fn(u64) -> bool) {
+        #[cfg(not(loom))]
+        for cached in [&self.hot, &self.behind] {
+            if cached.load().as_ref().is_some_and(|h| gone(h.header().seq)) {
+                cached.store(None);
+            }
+        }
+        #[cfg(loom)]
+        let _ = gone;
+    }
+
+    /// Segments this process has mapped (for tests of retention): those in
+    /// its map and those only its lock-free caches still hold.
     #[cfg(test)]
     pub(crate) fn mapped_segments(&self) -> usize {
-        self.segments.lock().len()
+        let map = self.segments.lock();
+        #[allow(unused_mut)]
+        let mut n = map.len();
+        #[cfg(not(loom))]
+        for cached in [&self.hot, &self.behind] {
+            if let Some(s) = cached.load().as_ref() {
+                n += usize::from(!map.contains_key(&s.header().seq));
+            }
+        }
+        n
     }
 }

@@ -98,8 +98,17 @@ impl Lane {
         mut f: impl FnMut(&Arc<Segment>, Pos, &RecordMeta) -> bool,
     ) -> Result<Walk, LaneError> {
         let mut pos = from;
+        // The segment of the last step: records of one segment are walked
+        // with one lookup (a lookup behind the newest segment takes the
+        // segment map's lock). Holding it keeps its mapping, as each
+        // step's lookup would; a segment retired meanwhile holds only
+        // settled records, which a walk passes over.
+        let mut here: Option<Arc<Segment>> = None;
         while pos < until {
-            let Some(seg) = self.segment(pos.seq)? else {
+            if here.as_ref().is_none_or(|s| s.header().seq != pos.seq) {
+                here = self.segment(pos.seq)?;
+            }
+            let Some(seg) = here.as_ref() else {
                 let low = self.load(at::LOW_SEG);
                 if pos.seq < low {
                     pos = Pos::start(low);
@@ -118,7 +127,7 @@ impl Lane {
             };
             match slot {
                 Slot::Record { len, meta } => {
-                    if f(&seg, pos, &meta) {
+                    if f(seg, pos, &meta) {
                         return Ok(Walk::Stopped);
                     }
                     pos.off += len;

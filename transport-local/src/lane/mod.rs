@@ -123,6 +123,10 @@ pub(crate) struct Lane {
     /// The newest segment looked up (read without a lock).
     #[cfg(not(loom))]
     hot: arc_swap::ArcSwapOption<Segment>,
+    /// The last segment looked up behind the newest: where a consumer with
+    /// a backlog reads (read without a lock too).
+    #[cfg(not(loom))]
+    behind: arc_swap::ArcSwapOption<Segment>,
     /// Highest segment this process asked to prepare in the background.
     prepared: std::sync::atomic::AtomicU64,
     /// The consumers' `taken` counters as this process last read them.
@@ -145,6 +149,8 @@ impl Lane {
             segments: Mutex::new(HashMap::new()),
             #[cfg(not(loom))]
             hot: arc_swap::ArcSwapOption::empty(),
+            #[cfg(not(loom))]
+            behind: arc_swap::ArcSwapOption::empty(),
             prepared: std::sync::atomic::AtomicU64::new(0),
             taken_seen: std::sync::atomic::AtomicU64::new(0),
             taken_bytes_seen: std::sync::atomic::AtomicU64::new(0),

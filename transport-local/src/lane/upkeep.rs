@@ -105,15 +105,7 @@ impl Lane {
                 .is_ok()
             {
                 self.segments.lock().remove(&low);
-                #[cfg(not(loom))]
-                if self
-                    .hot
-                    .load()
-                    .as_ref()
-                    .is_some_and(|h| h.header().seq == low)
-                {
-                    self.hot.store(None);
-                }
+                self.uncache(|seq| seq == low);
                 self.storage.delete_segment(low)?;
                 deleted += 1;
             }
