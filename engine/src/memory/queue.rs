@@ -11,6 +11,9 @@
 //!   crosses a limit, so publishers do not pull the consumers' line per message.
 //! - Publish, pop and ack take no lock; restore (slow path) takes the lane's
 //!   front-list lock.
+//! - A run (`pop_many`) passes the expiry gate once, whether or not the
+//!   queue's messages can expire yet, and updates the consumers' counters
+//!   once; it holds a bounded number of expired messages before returning.
 
 use std::sync::{Arc, Weak};
 

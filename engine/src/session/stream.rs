@@ -7,6 +7,9 @@
 //!   woken by the next message, room in the window, or a close.
 //! - A storage failure that left nothing to deliver is an item (`Err`), and
 //!   the stream goes on: the next poll tries the queues again.
+//! - A stream alone on its queue takes a run per store call and hands it
+//!   out before it asks the queues again; the run is its consumer's
+//!   (`consumer.rs`), which puts it back at cancel.
 
 use std::fmt;
 use std::pin::Pin;
