@@ -38,10 +38,7 @@ conformance! {
     fn stream_respects_prefetch_and_ends_when_the_queue_is_deleted(url: &str) {
         let c = connect(url);
         let ch = c.channel().unwrap();
-        queue(&ch, "q");
-        for i in 0..3 {
-            ch.producer().publish(i.to_string(), "q").unwrap();
-        }
+        numbered(&ch, 3);
         let mut s = ch
             .stream(ConsumerOptions::new("q").prefetch_count(1))
             .unwrap();
@@ -62,10 +59,7 @@ conformance! {
     fn a_lone_stream_takes_a_run_and_its_drop_puts_the_rest_back_unseen(url: &str) {
         let c = connect(url);
         let ch = c.channel().unwrap();
-        queue(&ch, "q");
-        for i in 0..10 {
-            ch.producer().publish(i.to_string(), "q").unwrap();
-        }
+        numbered(&ch, 10);
         let mut s = ch.stream(ConsumerOptions::new("q")).unwrap();
         let first = futures::executor::block_on(s.next()).unwrap().unwrap();
         assert_eq!(body(&first), "0");
@@ -76,17 +70,13 @@ conformance! {
         assert_eq!(body(&second), "1");
         second.ack().unwrap();
         drop(s);
-        let rest: Vec<_> = (2..10).map(|i| (i.to_string(), false)).collect();
-        assert_eq!(drain_flags(&ch, "q"), rest);
+        assert_eq!(drain_flags(&ch, "q"), unseen(2..10));
     }
 
     fn a_no_ack_streams_run_goes_back_unseen_and_unacked(url: &str) {
         let c = connect(url);
         let ch = c.channel().unwrap();
-        queue(&ch, "q");
-        for i in 0..6 {
-            ch.producer().publish(i.to_string(), "q").unwrap();
-        }
+        numbered(&ch, 6);
         let mut s = ch.stream(ConsumerOptions::new("q").no_ack(true)).unwrap();
         let first = futures::executor::block_on(s.next()).unwrap().unwrap();
         assert_eq!(body(&first), "0");
@@ -94,25 +84,33 @@ conformance! {
         // Only the one handed out counts as acked; the rest are ready again.
         let q = c.stats().queue("q").unwrap();
         assert_eq!((q.messages, q.unacked), (5, 0));
-        let rest: Vec<_> = (1..6).map(|i| (i.to_string(), false)).collect();
-        assert_eq!(drain_flags(&ch, "q"), rest);
+        assert_eq!(drain_flags(&ch, "q"), unseen(1..6));
     }
 
     fn closing_the_channel_puts_a_streams_run_back(url: &str) {
         let c = connect(url);
         let ch = c.channel().unwrap();
-        queue(&ch, "q");
-        for i in 0..5 {
-            ch.producer().publish(i.to_string(), "q").unwrap();
-        }
+        numbered(&ch, 5);
         let mut s = ch.stream(ConsumerOptions::new("q")).unwrap();
         let first = futures::executor::block_on(s.next()).unwrap().unwrap();
         first.ack().unwrap();
         ch.close();
         // The stream is still held: its run is back all the same.
         let other = c.channel().unwrap();
-        let rest: Vec<_> = (1..5).map(|i| (i.to_string(), false)).collect();
-        assert_eq!(drain_flags(&other, "q"), rest);
+        assert_eq!(drain_flags(&other, "q"), unseen(1..5));
         assert!(futures::executor::block_on(s.next()).is_none());
     }
+}
+
+/// Declares "q" on `ch` and publishes "0", "1", ... "n-1" to it.
+fn numbered(ch: &dashi::Channel, n: u32) {
+    queue(ch, "q");
+    for i in 0..n {
+        ch.producer().publish(i.to_string(), "q").unwrap();
+    }
+}
+
+/// `(body, redelivered = false)` for the numbered messages in `range`.
+fn unseen(range: std::ops::Range<u32>) -> Vec<(String, bool)> {
+    range.map(|i| (i.to_string(), false)).collect()
 }

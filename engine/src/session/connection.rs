@@ -25,7 +25,7 @@ use crate::session::confirm::{
 use crate::session::consumer::{ConsumerShared, DEFAULT_PREFETCH_BYTES, DEFAULT_PREFETCH_COUNT};
 use crate::session::delivery::Delivery;
 use crate::stats::Stats;
-use crate::transport::{ConnectionId, Envelope, QueueStore, Transport};
+use crate::transport::{ConnectionId, Envelope, Transport};
 
 /// Default largest body accepted by publish: 128 MiB.
 pub const DEFAULT_MAX_BODY_SIZE: usize = 128 << 20;
@@ -79,7 +79,7 @@ pub(crate) struct DrainState {
     pub(crate) taken: Vec<Pending>,
     pub(crate) run: Vec<Pending>,
     pub(crate) deliveries: Vec<Delivery>,
-    pub(crate) got: Vec<(Envelope, Arc<dyn QueueStore>)>,
+    pub(crate) got: Vec<crate::session::consumer::Taken>,
     pub(crate) scratch: Vec<Envelope>,
     /// A storage failure met by a pass that delivered nothing.
     pub(crate) error: Option<Error>,

@@ -211,7 +211,7 @@ impl ConsumerShared {
     pub(crate) fn take_many(
         &self,
         max: usize,
-        out: &mut Vec<(Envelope, Arc<dyn QueueStore>)>,
+        out: &mut Vec<Taken>,
         envs: &mut Vec<Envelope>,
     ) -> Result<usize, Error> {
         if self.cancelled.load(SeqCst) || (!self.no_ack && !self.window.has_room()) || max == 0 {
