@@ -66,6 +66,7 @@ impl ShortStr {
 impl ShortStr {
     /// The text's bytes, read without re-checking them (for lookups keyed
     /// by bytes, such as routing).
+    #[inline]
     pub fn as_bytes(&self) -> &[u8] {
         match &self.0 {
             Repr::Inline { len, buf } => &buf[..*len as usize],
@@ -75,6 +76,7 @@ impl ShortStr {
 }
 
 impl From<&str> for ShortStr {
+    #[inline]
     fn from(s: &str) -> Self {
         if s.len() <= INLINE {
             let mut buf = [0u8; INLINE];

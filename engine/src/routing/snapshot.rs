@@ -188,8 +188,18 @@ impl<Q> Routing<Q> {
 
     /// Routes a publish of `env`: `Ok(None)` when no queue matched and it is
     /// not mandatory (it is dropped, counted as unroutable by the caller).
+    #[inline(always)]
     pub fn route_publish(&self, env: &Envelope, mandatory: bool) -> Result<Option<Route>, Refused> {
         let (exchange, key) = (env.exchange.as_bytes(), env.routing_key.as_bytes());
+        if exchange.is_empty() {
+            // The default exchange: the queue named by the key (the common
+            // case, looked up here so the result needs no reshaping).
+            return match self.by_name.get(key) {
+                Some(&i) => Ok(Some(Route::One(i))),
+                None if mandatory => Err(Refused::Unroutable),
+                None => Ok(None),
+            };
+        }
         match self.route_bytes(exchange, key, &env.properties().headers) {
             Err(missing) => Err(Refused::UnknownExchange(missing)),
             Ok(Route::None) if mandatory => Err(Refused::Unroutable),
