@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use dashi_engine::message::{DeliveryMode, Message, Properties};
+use dashi_engine::spi::ShortStr;
 use dashi_engine::value::{Headers, Value};
 
 /// Payload layout version written by this code.
@@ -37,9 +38,9 @@ const F_KNOWN: u16 = (1 << 10) - 1;
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct Payload {
     /// Exchange it was published to.
-    pub(crate) exchange: String,
+    pub(crate) exchange: ShortStr,
     /// Routing key it was published with.
-    pub(crate) routing_key: String,
+    pub(crate) routing_key: ShortStr,
     /// Body (a slice of the decoded buffer) and properties.
     pub(crate) message: Message,
 }
@@ -298,9 +299,15 @@ impl Reader<'_> {
             .map(str::to_owned)
             .map_err(|_| DecodeError::BadUtf8 { at })
     }
-    fn str8(&mut self) -> Result<String, DecodeError> {
+    /// A name (exchange, routing key): at most 255 bytes, read straight
+    /// into a `ShortStr` (inline up to 30 bytes, no allocation).
+    fn name8(&mut self) -> Result<ShortStr, DecodeError> {
         let n = self.u8()? as usize;
-        self.text(n)
+        let at = self.at;
+        let b = self.take(n)?;
+        std::str::from_utf8(b)
+            .map(ShortStr::from)
+            .map_err(|_| DecodeError::BadUtf8 { at })
     }
     fn str16(&mut self) -> Result<String, DecodeError> {
         let n = self.u16()? as usize;
@@ -373,8 +380,8 @@ pub(crate) fn decode(buf: &Bytes) -> Result<Payload, DecodeError> {
     if version != VERSION {
         return Err(DecodeError::UnknownVersion(version));
     }
-    let exchange = r.str8()?;
-    let routing_key = r.str8()?;
+    let exchange = r.name8()?;
+    let routing_key = r.name8()?;
     let flags = r.u16()?;
     if flags & !F_KNOWN != 0 {
         return Err(DecodeError::UnknownFlags(flags));
@@ -562,8 +569,8 @@ mod tests {
             m.properties.timestamp = ts;
             let buf = encode(&ex, &rk, &m).unwrap();
             let p = decode(&buf).unwrap();
-            prop_assert_eq!(p.exchange, ex);
-            prop_assert_eq!(p.routing_key, rk);
+            prop_assert_eq!(p.exchange.as_str(), ex.as_str());
+            prop_assert_eq!(p.routing_key.as_str(), rk.as_str());
             prop_assert_eq!(p.message, m);
         }
 

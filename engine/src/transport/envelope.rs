@@ -45,12 +45,19 @@ impl Envelope {
     /// Splits a message into an envelope (no copy of the body).
     #[inline]
     pub fn new(message: Message, exchange: &str, routing_key: &str) -> Self {
+        Envelope::with_names(message, exchange.into(), routing_key.into())
+    }
+
+    /// [`Envelope::new`] with names already built (a transport decoding
+    /// them from its own format builds them there, without a `String`).
+    #[inline]
+    pub fn with_names(message: Message, exchange: ShortStr, routing_key: ShortStr) -> Self {
         let properties = (!message.properties.is_default()).then(|| Arc::new(message.properties));
         Envelope {
             body: message.body,
             properties,
-            exchange: exchange.into(),
-            routing_key: routing_key.into(),
+            exchange,
+            routing_key,
             redelivered: false,
             expires_at: u64::MAX,
             lane: 0,

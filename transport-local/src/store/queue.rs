@@ -359,7 +359,7 @@ impl LocalQueue {
         let p = codec::decode(&bytes)
             .map_err(|e| store_fail(FailureKind::Damaged, "record payload", e))?;
         let ttl = effective_ttl(self.decl.message_ttl, p.message.properties.expiration);
-        let mut env = Envelope::new(p.message, &p.exchange, &p.routing_key);
+        let mut env = Envelope::with_names(p.message, p.exchange, p.routing_key);
         env.redelivered = c.redelivered;
         env.lane = lane;
         env.token = token(c.pos);
