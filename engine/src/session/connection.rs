@@ -79,7 +79,6 @@ pub(crate) struct DrainState {
     pub(crate) taken: Vec<Pending>,
     pub(crate) run: Vec<Pending>,
     pub(crate) deliveries: Vec<Delivery>,
-    pub(crate) got: Vec<crate::session::consumer::Taken>,
     pub(crate) scratch: Vec<Envelope>,
     /// A storage failure met by a pass that delivered nothing.
     pub(crate) error: Option<Error>,

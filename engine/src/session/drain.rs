@@ -285,7 +285,6 @@ fn dispatch(state: &mut DrainState) -> usize {
         run,
         deliveries,
         error,
-        got,
         scratch,
         ..
     } = state;
@@ -297,12 +296,11 @@ fn dispatch(state: &mut DrainState) -> usize {
         let mut any = false;
         for k in 0..n {
             let c = &consumers[(*next + k) % n];
-            match c.take_many(DRAIN_BATCH - taken.len(), got, scratch) {
+            match c.take_many(DRAIN_BATCH - taken.len(), scratch, |env, q| {
+                taken.push(Pending::new(Some(c.clone()), env, q.clone()))
+            }) {
                 Ok(0) => {}
                 Ok(_) => {
-                    for (env, queue) in got.drain(..) {
-                        taken.push(Pending::new(Some(c.clone()), env, queue));
-                    }
                     any = true;
                     if taken.len() >= DRAIN_BATCH {
                         *next = (*next + k + 1) % n;
