@@ -85,7 +85,10 @@ pub struct CounterSnapshot {
     pub restored: u64,
     /// Messages whose TTL ran out.
     pub expired: u64,
-    /// Messages republished to a dead-letter exchange.
+    /// Messages republished to a dead-letter exchange. Counted when the
+    /// republish returns: on a store that syncs each publish
+    /// (`local://?fsync=always`) the dead-lettered message can be read
+    /// before this count shows it, by up to one sync.
     pub dead_lettered: u64,
     /// Messages dropped by `overflow = drop-head` without a dead-letter exchange.
     pub dropped_overflow: u64,
