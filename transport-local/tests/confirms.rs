@@ -282,6 +282,52 @@ fn a_lane_that_cannot_be_read_is_an_error_value_and_consumers_continue() {
     }
 }
 
+/// A consumer on two queues: when taking from one fails, the other still
+/// delivers in the same pass, the failure is not reported (something was
+/// delivered), and the message of the failing queue is neither lost nor
+/// stranded: it comes on the next turn.
+#[cfg(feature = "failpoints")]
+#[test]
+fn a_queue_that_fails_does_not_stop_the_others_and_loses_nothing() {
+    use dashi_engine::ConsumerOptions;
+    use std::sync::{Arc, Mutex};
+    let _turn = turn();
+    let d = TestDir::new();
+    let conn = connect(&d, "never");
+    let ch = channel(&conn);
+    for q in ["q1", "q2"] {
+        ch.queue_declare(&Queue::new(q)).unwrap();
+    }
+    ch.producer().publish("x", "q1").unwrap();
+    ch.producer().publish("y", "q2").unwrap();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let s = seen.clone();
+    let _consumer = ch
+        .consume(ConsumerOptions::new("q1").queue("q2"), move |d| {
+            s.lock()
+                .unwrap()
+                .push(String::from_utf8_lossy(d.body()).into_owned());
+            d.ack().unwrap();
+        })
+        .unwrap();
+    // The first claim (q1's, first in turn) fails for good; q2's does not.
+    fail::cfg("lane::claim_error", "1*return(5)").unwrap();
+    let n = conn.drain_events(Some(Duration::from_secs(1))).unwrap();
+    fail::remove("lane::claim_error");
+    let mut total = n;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while total < 2 && Instant::now() < deadline {
+        total += conn
+            .drain_events(Some(Duration::from_millis(200)))
+            .unwrap_or(0);
+    }
+    assert_eq!(*seen.lock().unwrap(), ["y", "x"]);
+    assert_eq!(total, 2);
+    let stats = conn.stats();
+    assert_eq!(stats.queue("q1").unwrap().messages, 0);
+    assert_eq!(stats.queue("q2").unwrap().messages, 0);
+}
+
 #[cfg(feature = "failpoints")]
 fn futures_noop_waker() -> std::task::Waker {
     struct Noop;
