@@ -4,13 +4,11 @@
 //! Every error prints one line on stderr and exits non-zero; nothing panics on
 //! bad input.
 
-/// The binary's allocator: mimalloc frees a block allocated by another
-/// thread without taking that thread's arena lock, which glibc's malloc
-/// does (a publisher allocates what the runtime's core thread frees after
-/// sending it). A service linking dashi chooses its own.
+/// The binary's allocator: mimalloc (see `alloc.rs`).
 #[global_allocator]
-static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOC: alloc::Mimalloc = alloc::Mimalloc;
 
+mod alloc;
 mod args;
 mod bench;
 mod connect;
