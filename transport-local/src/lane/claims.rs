@@ -61,29 +61,118 @@ impl Lane {
         expect: u64,
         was: Claim,
     ) -> Option<Claimed> {
-        // Generation 0 is never a claim's: it tags the "pending since" time
-        // a reservation's deadline word may still hold (see `unblock`).
-        let generation = was.generation.wrapping_add(1).max(1);
-        let mine = Claim {
-            state: CLAIMED,
-            redelivered: was.redelivered,
-            generation,
-            owner,
+        let c = cas_claim(seg, pos, meta, owner, expect, was)?;
+        self.count_taken(1, u64::from(meta.body_len));
+        Some(c)
+    }
+
+    /// Counts records claimed (figures only: a claim is the CAS of its word).
+    fn count_taken(&self, n: u64, bytes: u64) {
+        self.word(at::TAKEN).fetch_add(n, AcqRel);
+        self.word(at::TAKEN_BYTES).fetch_add(bytes, AcqRel);
+        self.word(at::UNACKED).fetch_add(n, AcqRel);
+    }
+
+    /// Claims up to `max` ready records for `owner` into `out`, in the
+    /// order [`Lane::claim`] would take them one by one; returns how many.
+    /// A stretch of never-delivered records in one segment is claimed in
+    /// one pass: one look-up of the segment, one move of `next` and one
+    /// update of the counters for the stretch, not one each per record
+    /// (each record is still claimed by the CAS of its own word, so
+    /// several processes claiming at once still take each record once).
+    /// What a stretch stops at (restored records, a segment's end, a gap,
+    /// a damaged word or record) is handled by [`Lane::claim`] itself.
+    pub(crate) fn claim_run(
+        &self,
+        owner: u32,
+        max: usize,
+        out: &mut Vec<Claimed>,
+    ) -> Result<usize, LaneError> {
+        claim_failpoint()?;
+        let mut n = 0;
+        while n < max {
+            if !self.restore_marked() {
+                let k = self.claim_stretch(owner, max - n, out)?;
+                n += k;
+                if k > 0 {
+                    continue;
+                }
+            }
+            match self.claim(owner)? {
+                Some(c) => {
+                    out.push(c);
+                    n += 1;
+                }
+                None => break,
+            }
+        }
+        Ok(n)
+    }
+
+    /// True when restored records may wait below `next`.
+    fn restore_marked(&self) -> bool {
+        let low = self.load(at::RESTORE_LOW);
+        low != NO_POS && low != 0
+    }
+
+    /// Claims ready records from `next` on, within `next`'s segment, up to
+    /// `max`; stops (before it) at anything that is not a committed record
+    /// or padding, or at a claim word that fails its check. Moves `next`
+    /// forward past what it walked, once.
+    fn claim_stretch(
+        &self,
+        owner: u32,
+        max: usize,
+        out: &mut Vec<Claimed>,
+    ) -> Result<usize, LaneError> {
+        let packed = self.load(at::NEXT);
+        let start = Pos::unpack(packed);
+        let Some(seg) = self.segment(start.seq)? else {
+            return Ok(0);
         };
-        seg.claim_word(pos.off)
-            .compare_exchange(expect, mine.encode(), AcqRel, Acquire)
-            .ok()?;
-        self.word(at::TAKEN).fetch_add(1, AcqRel);
-        self.word(at::TAKEN_BYTES)
-            .fetch_add(u64::from(meta.body_len), AcqRel);
-        self.word(at::UNACKED).fetch_add(1, AcqRel);
-        Some(Claimed {
-            pos,
-            segment: seg.clone(),
-            meta,
-            redelivered: was.redelivered,
-            generation,
-        })
+        let mut pos = start;
+        let (mut n, mut bytes) = (0usize, 0u64);
+        while n < max {
+            match seg.read(pos.off) {
+                Slot::Record { len, meta } => {
+                    let w = seg.claim_word(pos.off).load(Acquire);
+                    match Claim::decode(w) {
+                        Some(c) if c.state == READY => {
+                            // A CAS lost to another consumer: it has the
+                            // record; go on past it.
+                            if let Some(got) = cas_claim(&seg, pos, meta, owner, w, c) {
+                                n += 1;
+                                bytes += u64::from(meta.body_len);
+                                out.push(got);
+                            }
+                        }
+                        Some(_) => {}
+                        // Set aside by `claim` (it reports it).
+                        None => break,
+                    }
+                    pos.off += len;
+                }
+                Slot::Padding { len } | Slot::Moved { len } => pos.off += len,
+                Slot::Corrupt { .. } | Slot::Pending { .. } | Slot::End => break,
+            }
+        }
+        if pos != start {
+            // Forward only: another consumer may have moved it further.
+            let mut cur = packed;
+            while Pos::unpack(cur) < pos {
+                match self
+                    .word(at::NEXT)
+                    .compare_exchange(cur, pos.pack(), AcqRel, Acquire)
+                {
+                    Ok(_) => break,
+                    Err(now) => cur = now,
+                }
+            }
+        }
+        if n > 0 {
+            self.count_taken(n as u64, bytes);
+        }
+        Ok(n)
     }
 
     /// Walks records from `from` to `until` (exclusive), calling `f` on each
@@ -174,15 +263,7 @@ impl Lane {
         owner: u32,
         accept: impl Fn(&Arc<Segment>, Pos, &RecordMeta) -> bool,
     ) -> Result<Option<Claimed>, LaneError> {
-        // Tests make the lane unreadable here: `return(<errno>)`.
-        #[cfg(feature = "failpoints")]
-        fail::fail_point!("lane::claim_error", |errno: Option<String>| {
-            let n = errno.and_then(|e| e.parse().ok()).unwrap_or(5);
-            Err(LaneError::Io {
-                dir: "claim failpoint".into(),
-                source: std::io::Error::from_raw_os_error(n),
-            })
-        });
+        claim_failpoint()?;
         match self.claim_restored(owner, &accept)? {
             Head::Claimed(c) => Ok(Some(c)),
             Head::Refused => Ok(None),
@@ -490,4 +571,49 @@ impl Lane {
         }
         Ok(n)
     }
+}
+
+/// The CAS of one claim word from ready (`expect`, decoded as `was`) to
+/// claimed by `owner`; the claim when it won.
+fn cas_claim(
+    seg: &Arc<Segment>,
+    pos: Pos,
+    meta: RecordMeta,
+    owner: u32,
+    expect: u64,
+    was: Claim,
+) -> Option<Claimed> {
+    // Generation 0 is never a claim's: it tags the "pending since" time
+    // a reservation's deadline word may still hold (see `unblock`).
+    let generation = was.generation.wrapping_add(1).max(1);
+    let mine = Claim {
+        state: CLAIMED,
+        redelivered: was.redelivered,
+        generation,
+        owner,
+    };
+    seg.claim_word(pos.off)
+        .compare_exchange(expect, mine.encode(), AcqRel, Acquire)
+        .ok()?;
+    Some(Claimed {
+        pos,
+        segment: seg.clone(),
+        meta,
+        redelivered: was.redelivered,
+        generation,
+    })
+}
+
+/// Tests make a lane unreadable where claims start:
+/// `lane::claim_error` = `return(<errno>)`.
+fn claim_failpoint() -> Result<(), LaneError> {
+    #[cfg(feature = "failpoints")]
+    fail::fail_point!("lane::claim_error", |errno: Option<String>| {
+        let n = errno.and_then(|e| e.parse().ok()).unwrap_or(5);
+        Err(LaneError::Io {
+            dir: "claim failpoint".into(),
+            source: std::io::Error::from_raw_os_error(n),
+        })
+    });
+    Ok(())
 }

@@ -460,6 +460,11 @@ impl LocalQueue {
         // is reported when no other lane has a message.
         let mut failed = None;
         let mut claims: Vec<((u8, u64), Claimed)> = Vec::new();
+        // A lane's ready records are claimed a run at a time (one pass over
+        // a stretch of its log), then read; a message that expired or
+        // cannot be read is taken out of the run, and the lane is asked
+        // again for what is still wanted.
+        let mut run = Vec::new();
         'lanes: for p in self.used_lanes() {
             let l = match self.lane(p) {
                 Ok(l) => l,
@@ -470,32 +475,40 @@ impl LocalQueue {
                 }
             };
             while claims.len() < max {
-                let c = match l.claim(self.owner) {
-                    Ok(Some(c)) => c,
-                    Ok(None) => continue 'lanes,
+                match l.claim_run(self.owner, max - claims.len(), &mut run) {
+                    Ok(0) => continue 'lanes,
+                    Ok(_) => {}
                     Err(e) => {
                         tracing::warn!(queue = %self.decl.name, lane = p, error = %e, "lane unreadable");
                         failed.get_or_insert(store_err("claim", e));
                         continue 'lanes;
                     }
-                };
-                let env = match self.envelope(p, &c) {
-                    Ok(env) => env,
-                    Err(e) => {
-                        tracing::warn!(queue = %self.decl.name, error = %e, "unreadable record set aside");
-                        l.settle(&c, self.owner, claim::DEAD);
-                        continue;
-                    }
-                };
-                if env.expires_at != u64::MAX && now_ns() >= env.expires_at {
-                    if let Some(t) = self.transport.upgrade() {
-                        t.stats.counters.record(TransportEvent::Expired, 1);
-                    }
-                    self.kill(p, &c, env, DeathReason::Expired);
-                    continue;
                 }
-                claims.push(((p, env.token), c));
-                out.push(env);
+                let mut now = 0;
+                for c in run.drain(..) {
+                    let env = match self.envelope(p, &c) {
+                        Ok(env) => env,
+                        Err(e) => {
+                            tracing::warn!(queue = %self.decl.name, error = %e, "unreadable record set aside");
+                            l.settle(&c, self.owner, claim::DEAD);
+                            continue;
+                        }
+                    };
+                    if env.expires_at != u64::MAX {
+                        if now == 0 {
+                            now = now_ns();
+                        }
+                        if now >= env.expires_at {
+                            if let Some(t) = self.transport.upgrade() {
+                                t.stats.counters.record(TransportEvent::Expired, 1);
+                            }
+                            self.kill(p, &c, env, DeathReason::Expired);
+                            continue;
+                        }
+                    }
+                    claims.push(((p, env.token), c));
+                    out.push(env);
+                }
             }
             break;
         }

@@ -87,6 +87,74 @@ fn claims_in_order_restores_first_and_rolls_over() {
     assert_eq!(lane.counts().0, 0);
 }
 
+/// Runs take what one-by-one claims would, in the same order: restored
+/// records first (flagged), then the log across segment ends and padding;
+/// a run stops at a reservation not yet committed, and the counters and
+/// `next` end where one-by-one claims leave them.
+#[test]
+fn runs_claim_what_single_claims_would_in_the_same_order() {
+    let d = dir("runs");
+    let lane = Lane::open_dir(&d, 0, 8192).unwrap();
+    for i in 0..100 {
+        lane.append(&payload(0, i), 0, 1, 0).unwrap();
+    }
+    assert!(
+        std::fs::read_dir(&d).unwrap().count() > 3,
+        "segments rolled over"
+    );
+    let mut first = Vec::new();
+    assert_eq!(lane.claim_run(who(7), 10, &mut first).unwrap(), 10);
+    let ids = |v: &[crate::lane::Claimed]| v.iter().map(|c| parse(c).1).collect::<Vec<_>>();
+    assert_eq!(ids(&first), (0..10).collect::<Vec<_>>());
+    assert!(first.iter().all(|c| !c.redelivered));
+    assert_eq!(lane.counts().0, 90, "ten taken");
+    // Give back 5 and 3: the next run starts with them, in log order, flagged.
+    assert!(lane.restore(&first[5], who(7), true));
+    assert!(lane.restore(&first[3], who(7), true));
+    let mut second = Vec::new();
+    assert_eq!(lane.claim_run(who(8), 40, &mut second).unwrap(), 40);
+    assert_eq!(ids(&second[..2]), [3, 5]);
+    assert!(second[..2].iter().all(|c| c.redelivered));
+    assert_eq!(ids(&second[2..]), (10..48).collect::<Vec<_>>());
+    // The rest in one run that asks for more than there is, across the
+    // remaining segment ends.
+    let mut rest = Vec::new();
+    assert_eq!(lane.claim_run(who(9), 1000, &mut rest).unwrap(), 52);
+    assert_eq!(ids(&rest), (48..100).collect::<Vec<_>>());
+    assert_eq!(lane.claim_run(who(9), 10, &mut rest).unwrap(), 0);
+    assert!(lane.claim(who(9)).unwrap().is_none());
+    assert_eq!(lane.counts().0, 0);
+    // Settled by their owners, every claim of the runs is accounted for.
+    for c in first.iter().filter(|c| ![3, 5].contains(&parse(c).1)) {
+        assert!(lane.settle(c, who(7), claim::ACKED));
+    }
+    for c in &second {
+        assert!(lane.settle(c, who(8), claim::ACKED));
+    }
+    for c in &rest {
+        assert!(lane.settle(c, who(9), claim::ACKED));
+    }
+    assert_eq!(lane.counts(), (0, 0, 0));
+    // A reservation not yet committed stops a run: what was committed
+    // before it is taken, and what comes after waits until it is padded
+    // over (its writer died).
+    let d = dir("runs-blocked");
+    let lane = Lane::open_dir(&d, 0, 1 << 20).unwrap();
+    let at = lane.append(&payload(1, 0), 0, 1, 0).unwrap();
+    lane.segment(at.seq).unwrap().unwrap().reserve_only(40);
+    lane.append(&payload(1, 2), 0, 1, 0).unwrap();
+    let mut got = Vec::new();
+    assert_eq!(lane.claim_run(who(9), 10, &mut got).unwrap(), 1);
+    assert_eq!(
+        lane.claim_run(who(9), 10, &mut got).unwrap(),
+        0,
+        "blocked by the hole"
+    );
+    assert!(lane.unblock(|_| true, Duration::ZERO).unwrap());
+    assert_eq!(lane.claim_run(who(9), 10, &mut got).unwrap(), 1);
+    assert_eq!(got.iter().map(parse).collect::<Vec<_>>(), [(1, 0), (1, 2)]);
+}
+
 #[test]
 fn threads_claim_each_record_once() {
     let d = dir("threads");
@@ -140,6 +208,77 @@ fn threads_claim_each_record_once() {
         all.extend(got);
     }
     assert!(lane.claim(who(1)).unwrap().is_none());
+    let set: BTreeSet<_> = all.iter().copied().collect();
+    assert_eq!(set.len(), all.len(), "a record was claimed twice");
+    assert_eq!(all.len(), 6000);
+    assert_eq!(lane.counts(), (0, 0, 0));
+}
+
+/// Threads claiming runs against each other and against one-by-one claims,
+/// while producers append across segment ends: each record once, each
+/// producer's records in order within each consumer.
+#[test]
+fn threads_claiming_runs_take_each_record_once() {
+    let d = dir("threads-runs");
+    let lane = Arc::new(Lane::open_dir(&d, 0, 16 * 1024).unwrap());
+    let producers: Vec<_> = (0..2u32)
+        .map(|w| {
+            let lane = lane.clone();
+            std::thread::spawn(move || {
+                for i in 0..3000 {
+                    lane.append(&payload(w, i), 0, u64::from(w), 0).unwrap();
+                }
+            })
+        })
+        .collect();
+    let total = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let consumers: Vec<_> = (0..3u32)
+        .map(|c| {
+            let (lane, total) = (lane.clone(), total.clone());
+            std::thread::spawn(move || {
+                let me = who(200 + c);
+                let mut got = Vec::new();
+                let mut run = Vec::new();
+                let start = Instant::now();
+                while total.load(std::sync::atomic::Ordering::SeqCst) < 6000 {
+                    assert!(
+                        start.elapsed() < Duration::from_secs(30),
+                        "consumers stalled"
+                    );
+                    // Consumer 2 claims one at a time, the others in runs.
+                    let n = if c == 2 {
+                        lane.claim(me)
+                            .unwrap()
+                            .map(|x| run.push(x))
+                            .map_or(0, |_| 1)
+                    } else {
+                        lane.claim_run(me, 1 + c as usize * 16, &mut run).unwrap()
+                    };
+                    if n == 0 {
+                        std::thread::yield_now();
+                    }
+                    for x in run.drain(..) {
+                        got.push(parse(&x));
+                        assert!(lane.settle(&x, me, claim::ACKED));
+                        total.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    }
+                }
+                got
+            })
+        })
+        .collect();
+    for p in producers {
+        p.join().unwrap();
+    }
+    let mut all: Vec<(u32, u32)> = Vec::new();
+    for c in consumers {
+        let got = c.join().unwrap();
+        for w in 0..2 {
+            let seqs: Vec<u32> = got.iter().filter(|x| x.0 == w).map(|x| x.1).collect();
+            assert!(seqs.windows(2).all(|p| p[0] < p[1]), "out of order");
+        }
+        all.extend(got);
+    }
     let set: BTreeSet<_> = all.iter().copied().collect();
     assert_eq!(set.len(), all.len(), "a record was claimed twice");
     assert_eq!(all.len(), 6000);
