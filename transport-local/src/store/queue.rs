@@ -600,16 +600,29 @@ impl QueueStore for LocalQueue {
         // lease ran out and another process restored it) has nothing to
         // settle: its message comes back or is gone, as the protocol says.
         let mut failed = None;
-        for env in envs {
+        let mut settle = |p: u8, c: Claimed| match self.lane(p) {
+            Ok(l) => {
+                l.settle(&c, self.owner, claim::ACKED);
+            }
+            Err(e) => {
+                failed.get_or_insert(e);
+            }
+        };
+        if let [env] = envs {
             if let Some((p, c)) = self.take(env) {
-                match self.lane(p) {
-                    Ok(l) => {
-                        l.settle(&c, self.owner, claim::ACKED);
-                    }
-                    Err(e) => {
-                        failed.get_or_insert(e);
-                    }
-                }
+                settle(p, c);
+            }
+        } else {
+            // A batch (`ack_multiple`) takes its claims out under one lock
+            // of the held claims, and settles them after letting go of it.
+            let taken: Vec<(u8, Claimed)> = {
+                let mut held = self.held.lock();
+                envs.iter()
+                    .filter_map(|e| held.remove(&(e.lane, e.token)).map(|c| (e.lane, c)))
+                    .collect()
+            };
+            for (p, c) in taken {
+                settle(p, c);
             }
         }
         failed.map_or(Ok(()), Err)
