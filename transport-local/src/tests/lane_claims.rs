@@ -155,10 +155,17 @@ fn runs_claim_what_single_claims_would_in_the_same_order() {
     assert_eq!(got.iter().map(parse).collect::<Vec<_>>(), [(1, 0), (1, 2)]);
 }
 
-#[test]
-fn threads_claim_each_record_once() {
-    let d = dir("threads");
-    let lane = Arc::new(Lane::open_dir(&d, 0, 64 * 1024).unwrap());
+/// Two producer threads append 3000 records each while three consumer
+/// threads claim with `take` (which gets the lane, the consumer's number
+/// and its owner, and pushes what it claimed) and settle: each record is
+/// claimed once, each producer's records in order within each consumer.
+fn produce_and_claim_concurrently(
+    tag: &str,
+    segment_size: u64,
+    take: impl Fn(&Lane, u32, u32, &mut Vec<crate::lane::Claimed>) + Send + Sync + 'static,
+) {
+    let d = dir(tag);
+    let lane = Arc::new(Lane::open_dir(&d, 0, segment_size).unwrap());
     let producers: Vec<_> = (0..2u32)
         .map(|w| {
             let lane = lane.clone();
@@ -170,73 +177,12 @@ fn threads_claim_each_record_once() {
         })
         .collect();
     let total = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let take = Arc::new(take);
     let consumers: Vec<_> = (0..3u32)
         .map(|c| {
-            let (lane, total) = (lane.clone(), total.clone());
+            let (lane, total, take) = (lane.clone(), total.clone(), take.clone());
             std::thread::spawn(move || {
-                let mut got = Vec::new();
-                let start = Instant::now();
-                while total.load(std::sync::atomic::Ordering::SeqCst) < 6000 {
-                    assert!(
-                        start.elapsed() < Duration::from_secs(30),
-                        "consumers stalled"
-                    );
-                    match lane.claim(who(100 + c)).unwrap() {
-                        Some(x) => {
-                            got.push(parse(&x));
-                            assert!(lane.settle(&x, who(100 + c), claim::ACKED));
-                            total.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                        }
-                        None => std::thread::yield_now(),
-                    }
-                }
-                got
-            })
-        })
-        .collect();
-    for p in producers {
-        p.join().unwrap();
-    }
-    let mut all: Vec<(u32, u32)> = Vec::new();
-    for c in consumers {
-        let got = c.join().unwrap();
-        // Each consumer sees each producer's records in order.
-        for w in 0..2 {
-            let seqs: Vec<u32> = got.iter().filter(|x| x.0 == w).map(|x| x.1).collect();
-            assert!(seqs.windows(2).all(|p| p[0] < p[1]));
-        }
-        all.extend(got);
-    }
-    assert!(lane.claim(who(1)).unwrap().is_none());
-    let set: BTreeSet<_> = all.iter().copied().collect();
-    assert_eq!(set.len(), all.len(), "a record was claimed twice");
-    assert_eq!(all.len(), 6000);
-    assert_eq!(lane.counts(), (0, 0, 0));
-}
-
-/// Threads claiming runs against each other and against one-by-one claims,
-/// while producers append across segment ends: each record once, each
-/// producer's records in order within each consumer.
-#[test]
-fn threads_claiming_runs_take_each_record_once() {
-    let d = dir("threads-runs");
-    let lane = Arc::new(Lane::open_dir(&d, 0, 16 * 1024).unwrap());
-    let producers: Vec<_> = (0..2u32)
-        .map(|w| {
-            let lane = lane.clone();
-            std::thread::spawn(move || {
-                for i in 0..3000 {
-                    lane.append(&payload(w, i), 0, u64::from(w), 0).unwrap();
-                }
-            })
-        })
-        .collect();
-    let total = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let consumers: Vec<_> = (0..3u32)
-        .map(|c| {
-            let (lane, total) = (lane.clone(), total.clone());
-            std::thread::spawn(move || {
-                let me = who(200 + c);
+                let me = who(100 + c);
                 let mut got = Vec::new();
                 let mut run = Vec::new();
                 let start = Instant::now();
@@ -245,16 +191,8 @@ fn threads_claiming_runs_take_each_record_once() {
                         start.elapsed() < Duration::from_secs(30),
                         "consumers stalled"
                     );
-                    // Consumer 2 claims one at a time, the others in runs.
-                    let n = if c == 2 {
-                        lane.claim(me)
-                            .unwrap()
-                            .map(|x| run.push(x))
-                            .map_or(0, |_| 1)
-                    } else {
-                        lane.claim_run(me, 1 + c as usize * 16, &mut run).unwrap()
-                    };
-                    if n == 0 {
+                    take(&lane, c, me, &mut run);
+                    if run.is_empty() {
                         std::thread::yield_now();
                     }
                     for x in run.drain(..) {
@@ -279,10 +217,32 @@ fn threads_claiming_runs_take_each_record_once() {
         }
         all.extend(got);
     }
+    assert!(lane.claim(who(1)).unwrap().is_none());
     let set: BTreeSet<_> = all.iter().copied().collect();
     assert_eq!(set.len(), all.len(), "a record was claimed twice");
     assert_eq!(all.len(), 6000);
     assert_eq!(lane.counts(), (0, 0, 0));
+}
+
+#[test]
+fn threads_claim_each_record_once() {
+    produce_and_claim_concurrently("threads", 64 * 1024, |lane, _, me, out| {
+        out.extend(lane.claim(me).unwrap());
+    });
+}
+
+/// Runs against each other and against one-by-one claims, across segment
+/// ends (small segments).
+#[test]
+fn threads_claiming_runs_take_each_record_once() {
+    produce_and_claim_concurrently("threads-runs", 16 * 1024, |lane, c, me, out| {
+        // Consumer 2 claims one at a time, the others in runs of 1 and 17.
+        if c == 2 {
+            out.extend(lane.claim(me).unwrap());
+        } else {
+            lane.claim_run(me, 1 + c as usize * 16, out).unwrap();
+        }
+    });
 }
 
 /// Child role: `dir,mode,id,count` — mode `p` appends `count` records, mode
