@@ -176,9 +176,17 @@ fn local_bench_compares_with_raw_fdatasync_when_syncing() {
     let o = dashi(&["bench", &url, "--messages", "300", "--compare", "--json"]);
     assert!(o.status.success(), "{}", stderr(&o));
     let v: serde_json::Value = serde_json::from_str(stdout(&o).trim()).unwrap();
-    // The in-memory limit instead, in the same run.
-    assert_eq!(v["peers"].as_array().unwrap().len(), 1);
+    // The in-memory limit instead, in the same run, and the same engine
+    // on memory:// (no log, one process).
+    assert_eq!(v["peers"].as_array().unwrap().len(), 2);
     assert_eq!(v["peers"][0]["transport"], "crossbeam-channel");
+    assert_eq!(v["peers"][1]["transport"], "dashi memory://");
+    for p in v["peers"].as_array().unwrap() {
+        assert_eq!(p["messages"], 300);
+        assert_eq!(p["size"], v["size"]);
+        assert!(p["msgs_per_sec"].as_f64().unwrap() > 0.0, "{p}");
+        assert!(p["ratio"].as_f64().unwrap() > 0.0, "{p}");
+    }
     assert!(v["skipped"][0]["reason"]
         .as_str()
         .unwrap()

@@ -229,6 +229,13 @@ pub(crate) fn run(a: BenchArgs) -> Result<(), String> {
                     // Without syncing, the limit is moving messages between
                     // threads at all: crossbeam-channel in this process.
                     peers.push(crossbeam_peer::run(&w)?);
+                    // And the same engine without the log or a second
+                    // process: what local:// adds to a delivery.
+                    peers.push(dashi_run::run(&Workload {
+                        url: "memory://".into(),
+                        consumer_processes: false,
+                        ..w.clone()
+                    })?);
                     skipped.push(Skipped {
                         peer: "write+fdatasync (raw)".into(),
                         reason: "the durability limit applies with fsync=always or interval; this run uses fsync=never"
