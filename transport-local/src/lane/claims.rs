@@ -52,18 +52,19 @@ pub(crate) enum Walk {
 }
 
 impl Lane {
-    fn try_claim(
+    /// Claims one record (the CAS of its word) and counts it.
+    fn claim_one(
         &self,
         seg: &Arc<Segment>,
         pos: Pos,
         meta: RecordMeta,
         owner: u32,
-        expect: u64,
-        was: Claim,
+        w: u64,
+        c: Claim,
     ) -> Option<Claimed> {
-        let c = cas_claim(seg, pos, meta, owner, expect, was)?;
+        let got = cas_claim(seg, pos, meta, owner, w, c)?;
         self.count_taken(1, u64::from(meta.body_len));
-        Some(c)
+        Some(got)
     }
 
     /// Counts records claimed (figures only: a claim is the CAS of its word).
@@ -295,7 +296,7 @@ impl Lane {
                             refused = true;
                             return true;
                         }
-                        got = self.try_claim(seg, pos, meta, owner, w, c);
+                        got = self.claim_one(seg, pos, meta, owner, w, c);
                     }
                 }
                 got.is_some()
@@ -361,7 +362,7 @@ impl Lane {
                             if !accept(&seg, pos, &meta) {
                                 return Ok(None);
                             }
-                            self.try_claim(&seg, pos, meta, owner, w, c)
+                            self.claim_one(&seg, pos, meta, owner, w, c)
                         }
                         Some(_) => None,
                         None => {

@@ -48,9 +48,10 @@ fn parse(c: &crate::lane::Claimed) -> (u32, u32) {
     )
 }
 
-#[test]
-fn claims_in_order_restores_first_and_rolls_over() {
-    let d = dir("order");
+/// A lane of small segments holding records 0..100 of writer 0, rolled
+/// over several times.
+fn hundred_records_over_segments() -> (TestDir, Lane) {
+    let d = dir("hundred");
     let lane = Lane::open_dir(&d, 0, 8192).unwrap();
     for i in 0..100 {
         lane.append(&payload(0, i), 0, 1, 0).unwrap();
@@ -59,6 +60,12 @@ fn claims_in_order_restores_first_and_rolls_over() {
         std::fs::read_dir(&d).unwrap().count() > 3,
         "segments rolled over"
     );
+    (d, lane)
+}
+
+#[test]
+fn claims_in_order_restores_first_and_rolls_over() {
+    let (_d, lane) = hundred_records_over_segments();
     assert_eq!(lane.counts().0, 100);
     let mut got = Vec::new();
     let mut held = Vec::new();
@@ -93,15 +100,7 @@ fn claims_in_order_restores_first_and_rolls_over() {
 /// `next` end where one-by-one claims leave them.
 #[test]
 fn runs_claim_what_single_claims_would_in_the_same_order() {
-    let d = dir("runs");
-    let lane = Lane::open_dir(&d, 0, 8192).unwrap();
-    for i in 0..100 {
-        lane.append(&payload(0, i), 0, 1, 0).unwrap();
-    }
-    assert!(
-        std::fs::read_dir(&d).unwrap().count() > 3,
-        "segments rolled over"
-    );
+    let (_d, lane) = hundred_records_over_segments();
     let mut first = Vec::new();
     assert_eq!(lane.claim_run(who(7), 10, &mut first).unwrap(), 10);
     let ids = |v: &[crate::lane::Claimed]| v.iter().map(|c| parse(c).1).collect::<Vec<_>>();
