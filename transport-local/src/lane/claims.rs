@@ -83,6 +83,9 @@ impl Lane {
     /// several processes claiming at once still take each record once).
     /// What a stretch stops at (restored records, a segment's end, a gap,
     /// a damaged word or record) is handled by [`Lane::claim`] itself.
+    /// `Err` only when nothing was claimed: a failure after some claims
+    /// ends the run with them (they are held, and must reach the caller),
+    /// and shows again on the next call.
     pub(crate) fn claim_run(
         &self,
         owner: u32,
@@ -93,18 +96,24 @@ impl Lane {
         let mut n = 0;
         while n < max {
             if !self.restore_marked() {
-                let k = self.claim_stretch(owner, max - n, out)?;
-                n += k;
-                if k > 0 {
-                    continue;
+                match self.claim_stretch(owner, max - n, out) {
+                    Ok(0) => {}
+                    Ok(k) => {
+                        n += k;
+                        continue;
+                    }
+                    Err(e) if n == 0 => return Err(e),
+                    Err(_) => break,
                 }
             }
-            match self.claim(owner)? {
-                Some(c) => {
+            match self.claim(owner) {
+                Ok(Some(c)) => {
                     out.push(c);
                     n += 1;
                 }
-                None => break,
+                Ok(None) => break,
+                Err(e) if n == 0 => return Err(e),
+                Err(_) => break,
             }
         }
         Ok(n)

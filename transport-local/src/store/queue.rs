@@ -475,15 +475,7 @@ impl LocalQueue {
                 }
             };
             while claims.len() < max {
-                match l.claim_run(self.owner, max - claims.len(), &mut run) {
-                    Ok(0) => continue 'lanes,
-                    Ok(_) => {}
-                    Err(e) => {
-                        tracing::warn!(queue = %self.decl.name, lane = p, error = %e, "lane unreadable");
-                        failed.get_or_insert(store_err("claim", e));
-                        continue 'lanes;
-                    }
-                }
+                let claimed = l.claim_run(self.owner, max - claims.len(), &mut run);
                 let mut now = 0;
                 for c in run.drain(..) {
                     let env = match self.envelope(p, &c) {
@@ -508,6 +500,18 @@ impl LocalQueue {
                     }
                     claims.push(((p, env.token), c));
                     out.push(env);
+                }
+                // What the run claimed is held now (above), whatever it
+                // reports: a claim dropped here would stay with this live
+                // process, never delivered and never reclaimed.
+                match claimed {
+                    Ok(0) => continue 'lanes,
+                    Ok(_) => {}
+                    Err(e) => {
+                        tracing::warn!(queue = %self.decl.name, lane = p, error = %e, "lane unreadable");
+                        failed.get_or_insert(store_err("claim", e));
+                        continue 'lanes;
+                    }
                 }
             }
             break;
