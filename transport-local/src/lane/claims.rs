@@ -6,7 +6,11 @@
 //! - Each record is claimed by exactly one consumer in any process (one CAS
 //!   from a ready word to claimed-by-owner); `next` only moves forward, and
 //!   only past records that are committed or skippable, never past a
-//!   reservation.
+//!   reservation. A run moves it once for its stretch, so `next` may trail
+//!   records already claimed; a claim walking from it passes them.
+//! - A run that fails after claiming ends with its claims (`claim_run`
+//!   reports a failure only when it claimed nothing): every claim made
+//!   reaches the caller.
 //! - A restore returns a record to ready in place, then counts it in
 //!   `restored`, then lowers the restore mark (`fetch_min`). A consumer that
 //!   walked from the mark to `next` without finding a ready record clears the
