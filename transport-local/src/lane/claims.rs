@@ -56,7 +56,10 @@ pub(crate) enum Walk {
 }
 
 impl Lane {
-    /// Claims one record (the CAS of its word) and counts it.
+    /// Claims one record (the CAS of its word) and counts it at once: the
+    /// counts are figures only, but a count left for later is a count a
+    /// kill loses, and the reclaim that brings the record back counts it
+    /// ready again (the queue's figures would stay too high for good).
     fn claim_one(
         &self,
         seg: &Arc<Segment>,
@@ -67,24 +70,22 @@ impl Lane {
         c: Claim,
     ) -> Option<Claimed> {
         let got = cas_claim(seg, pos, meta, owner, w, c)?;
-        self.count_taken(1, u64::from(meta.body_len));
+        self.word(at::TAKEN).fetch_add(1, AcqRel);
+        self.word(at::TAKEN_BYTES)
+            .fetch_add(u64::from(meta.body_len), AcqRel);
+        self.word(at::UNACKED).fetch_add(1, AcqRel);
+        // Tests stop a consumer here, a claim made and counted.
+        crate::failpoint!("lane::claimed");
         Some(got)
-    }
-
-    /// Counts records claimed (figures only: a claim is the CAS of its word).
-    fn count_taken(&self, n: u64, bytes: u64) {
-        self.word(at::TAKEN).fetch_add(n, AcqRel);
-        self.word(at::TAKEN_BYTES).fetch_add(bytes, AcqRel);
-        self.word(at::UNACKED).fetch_add(n, AcqRel);
     }
 
     /// Claims up to `max` ready records for `owner` into `out`, in the
     /// order [`Lane::claim`] would take them one by one; returns how many.
     /// A stretch of never-delivered records in one segment is claimed in
-    /// one pass: one look-up of the segment, one move of `next` and one
-    /// update of the counters for the stretch, not one each per record
-    /// (each record is still claimed by the CAS of its own word, so
-    /// several processes claiming at once still take each record once).
+    /// one pass: one look-up of the segment and one move of `next` for the
+    /// stretch, not one each per record (each record is still claimed by
+    /// the CAS of its own word, so several processes claiming at once still
+    /// take each record once, and counted right after it).
     /// What a stretch stops at (restored records, a segment's end, a gap,
     /// a damaged word or record) is handled by [`Lane::claim`] itself.
     /// `Err` only when nothing was claimed: a failure after some claims
@@ -145,7 +146,7 @@ impl Lane {
             return Ok(0);
         };
         let mut pos = start;
-        let (mut n, mut bytes) = (0usize, 0u64);
+        let mut n = 0usize;
         while n < max {
             match seg.read(pos.off) {
                 Slot::Record { len, meta } => {
@@ -154,9 +155,8 @@ impl Lane {
                         Some(c) if c.state == READY => {
                             // A CAS lost to another consumer: it has the
                             // record; go on past it.
-                            if let Some(got) = cas_claim(&seg, pos, meta, owner, w, c) {
+                            if let Some(got) = self.claim_one(&seg, pos, meta, owner, w, c) {
                                 n += 1;
-                                bytes += u64::from(meta.body_len);
                                 out.push(got);
                             }
                         }
@@ -182,9 +182,6 @@ impl Lane {
                     Err(now) => cur = now,
                 }
             }
-        }
-        if n > 0 {
-            self.count_taken(n as u64, bytes);
         }
         Ok(n)
     }
@@ -535,7 +532,8 @@ impl Lane {
     /// whose lease deadline lies more than `grace_ns` before `now_ns` and
     /// whose owner is not `me` (this process's own leases are its engine's to
     /// expire; the grace leaves a live owner time to do so). Returns how many
-    /// came back. Also moves `head` up to the first unsettled record.
+    /// came back. Also moves `head` up to the first unsettled record, and
+    /// lowers the restore mark to the first ready record it passed.
     pub(crate) fn reclaim(
         &self,
         mut alive: impl FnMut(u32) -> bool,
@@ -549,6 +547,7 @@ impl Lane {
         let mut n = 0;
         // The first record still ready or claimed: `head` can move up to it.
         let mut first_open: Option<Pos> = None;
+        let mut first_ready: Option<Pos> = None;
         let walk = self.walk(from, until, false, |seg, pos, meta| {
             let word = seg.claim_word(pos.off);
             let w = word.load(Acquire);
@@ -558,6 +557,9 @@ impl Lane {
             };
             if first_open.is_none() && (k.state == READY || k.state == CLAIMED) {
                 first_open = Some(pos);
+            }
+            if first_ready.is_none() && k.state == READY {
+                first_ready = Some(pos);
             }
             if k.state != CLAIMED || k.owner == me {
                 return false;
@@ -573,6 +575,14 @@ impl Lane {
             }
             false
         })?;
+        // A ready record below `next` is found from the restore mark. A
+        // restorer killed between its CAS and lowering the mark left one
+        // unmarked (no walk from `next` reaches it): mark it, so it is
+        // delivered now rather than at the next recovery. A mark that is
+        // not needed costs one walk that finds nothing.
+        if let Some(p) = first_ready {
+            self.word(at::RESTORE_LOW).fetch_min(p.pack(), AcqRel);
+        }
         let to = match (first_open, walk) {
             (Some(p), _) => p,
             (None, Walk::Done) => until,

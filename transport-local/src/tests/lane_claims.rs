@@ -571,6 +571,38 @@ fn a_ready_record_stranded_below_next_is_delivered_after_recovery() {
     assert_eq!(lane.counts().0, 0);
 }
 
+/// A restorer killed between returning its record to ready and lowering
+/// the restore mark left a ready record below `next` that no claim walks
+/// to; the next reclaim (every consumer process runs one every 100 ms)
+/// marks it, so it is delivered without waiting for a recovery.
+#[test]
+fn a_ready_record_left_unmarked_below_next_comes_back_at_the_next_reclaim() {
+    let d = dir("unmarked");
+    let lane = Lane::open_dir(&d, 0, 1 << 20).unwrap();
+    for i in 0..3 {
+        lane.append(&payload(0, i), 0, 1, 0).unwrap();
+    }
+    let held = lane.claim(who(1)).unwrap().unwrap();
+    let w = held.segment.claim_word(held.pos.off);
+    let k = claim::Claim::decode(w.load(std::sync::atomic::Ordering::SeqCst)).unwrap();
+    // The restore's CAS, and nothing after it.
+    let ready = claim::Claim {
+        state: claim::READY,
+        redelivered: true,
+        owner: 0,
+        ..k
+    };
+    w.store(ready.encode(), std::sync::atomic::Ordering::SeqCst);
+    let got: Vec<u32> = std::iter::from_fn(|| lane.claim(who(2)).unwrap())
+        .map(|c| parse(&c).1)
+        .collect();
+    assert_eq!(got, [1, 2], "record 0 is behind `next` and unmarked");
+    assert_eq!(lane.reclaim(|_| true, who(2), 0, 0).unwrap(), 0);
+    let back = lane.claim(who(2)).unwrap().expect("marked by the reclaim");
+    assert_eq!((parse(&back).1, back.redelivered), (0, true));
+    assert!(lane.claim(who(2)).unwrap().is_none());
+}
+
 #[test]
 fn every_process_lets_go_of_segments_retention_deleted() {
     // Two opens of one lane stand for two processes: each maps on its own.
