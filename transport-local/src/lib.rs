@@ -80,15 +80,18 @@ pub use store::{open, set_aside, Fsync, LocalOptions, LocalTransport, SetAside};
 /// (`segment::reserved`), a record written but not committed
 /// (`segment::written`), a writer holding a mapped segment
 /// (`lane::write_segment_mapped`), a segment rotation half done (the next
-/// segment created, the lane not yet moved to it: `lane::rotating`), and a
+/// segment created, the lane not yet moved to it: `lane::rotating`), a
 /// group commit about to `fdatasync` with confirms waiting on it
-/// (`durability::sync`).
+/// (`durability::sync`), and, in a consumer, a record claimed and counted
+/// with the rest of its run not yet claimed and `next` not yet moved past
+/// it (`lane::claimed`).
 pub const STOP_POINTS: &[&str] = &[
     "segment::reserved",
     "segment::written",
     "lane::write_segment_mapped",
     "lane::rotating",
     "durability::sync",
+    "lane::claimed",
 ];
 
 /// Makes the next thread of this process that reaches `point` (one of

@@ -815,7 +815,7 @@ impl Torture {
         let roles: &[Role] = WORKER_POINTS
             .iter()
             .find(|(p, _)| *p == point)
-            .map_or(&[Role::Produce], |(_, r)| r);
+            .map_or(store_point_roles(point), |(_, r)| r);
         let live = self.live(|r| roles.contains(&r));
         if live.is_empty() {
             return Ok(());
@@ -1044,6 +1044,16 @@ pub(crate) fn run(a: TortureArgs) -> Result<(), String> {
         }
     }
     report(&t, &counts, &samples, started.elapsed(), empty)
+}
+
+/// The workers a local:// stop point is reached by: consumers for a claim
+/// (`lane::claimed`), producers for the rest (appends, rotations, syncs).
+fn store_point_roles(point: &str) -> &'static [Role] {
+    if point == "lane::claimed" {
+        &[Role::Consume, Role::Get]
+    } else {
+        &[Role::Produce]
+    }
 }
 
 /// The points `--kill-points` names: the workers' own (any transport) and,
@@ -1465,8 +1475,9 @@ mod tests {
         let never = kill_points("all", "local:///d").unwrap();
         let always = kill_points("all", "local:///d?fsync=always").unwrap();
         if dashi::local::HAS_STOP_POINTS {
-            assert_eq!(never.len(), WORKER_POINTS.len() + 4, "{never:?}");
+            assert_eq!(never.len(), WORKER_POINTS.len() + 5, "{never:?}");
             assert!(always.contains(&"durability::sync"), "{always:?}");
+            assert!(never.contains(&"lane::claimed"), "{never:?}");
             assert!(kill_points("lane::rotating", "memory://x")
                 .unwrap_err()
                 .contains("needs a local://"));
@@ -1476,6 +1487,11 @@ mod tests {
                 .unwrap_err()
                 .contains("failpoints feature"));
         }
+        assert_eq!(
+            store_point_roles("lane::claimed"),
+            [Role::Consume, Role::Get]
+        );
+        assert_eq!(store_point_roles("segment::written"), [Role::Produce]);
         assert!(kill_points("sneeze", "memory://x")
             .unwrap_err()
             .contains("unknown kill point \"sneeze\""));

@@ -111,8 +111,10 @@ impl std::fmt::Display for ShortStr {
 }
 
 impl PartialEq for ShortStr {
+    /// Equal bytes are equal text (both are UTF-8), so no check is needed.
+    #[inline]
     fn eq(&self, other: &Self) -> bool {
-        self.as_str() == other.as_str()
+        self.as_bytes() == other.as_bytes()
     }
 }
 
