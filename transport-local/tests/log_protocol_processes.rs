@@ -295,9 +295,10 @@ fn a_failed_fdatasync_fails_every_publish_it_was_to_confirm() {
 
 /// A consumer killed in the middle of claiming a run of records (stopped
 /// after its tenth claim, the run not finished): its claims come back,
-/// every message is delivered, and the queue's figures end at zero. They
-/// were nine too high for good when a run counted its claims once at its
-/// end (the soak found it: `messages 9` on a drained queue).
+/// every message is delivered, and the queue's figures end at zero. When a
+/// run counted its claims once at its end, the ready figure read 10 here,
+/// for good (the soak found it: `messages 9` on a drained queue); only the
+/// ready half tells, as a negative unacked figure reads 0.
 #[cfg(feature = "failpoints")]
 #[test]
 fn a_consumer_killed_in_the_middle_of_a_run_leaves_the_figures_true() {

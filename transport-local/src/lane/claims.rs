@@ -19,6 +19,10 @@
 //!   started: a restore that raced the walk is either seen by the walk, or
 //!   lowers the mark after the clear, or is covered by the re-mark. Walks
 //!   start at `max(mark, head)` and clear only when they reached `next`.
+//! - Every reclaim lowers the mark to the first ready, readable record it
+//!   passes below `next`: a restorer killed between its CAS and its mark
+//!   strands nothing for longer than one reclaim period. A mark nobody
+//!   needed costs one walk that finds nothing.
 //! - Only the owner settles or restores its claim (the owner and the claim
 //!   generation are checked in the word before the CAS); another process
 //!   reclaims a claim only when its owner is dead or its lease (tagged with
@@ -558,7 +562,13 @@ impl Lane {
             if first_open.is_none() && (k.state == READY || k.state == CLAIMED) {
                 first_open = Some(pos);
             }
-            if first_ready.is_none() && k.state == READY {
+            // Readable only: a record whose checksum fails is skipped by
+            // claims and stays ready-looking; marking it would send a walk
+            // to it every reclaim, for nothing.
+            if first_ready.is_none()
+                && k.state == READY
+                && matches!(seg.read(pos.off), Slot::Record { .. })
+            {
                 first_ready = Some(pos);
             }
             if k.state != CLAIMED || k.owner == me {
