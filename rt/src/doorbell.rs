@@ -5,18 +5,32 @@
 //! - A submitter makes its work visible (pushes to a core queue), then calls
 //!   [`Doorbell::ring`], which costs one fence and one load while the core is
 //!   awake: no syscall when the core is busy.
-//! - The core calls [`Doorbell::prepare_sleep`] (sets `sleeping`, fence), then
-//!   re-checks its queues, and only then blocks. With a `SeqCst` fence on each
-//!   side, either the core sees the work or the submitter sees `sleeping` (and
-//!   then writes the core's eventfd, which completes a read armed on its ring).
-//! - `rung` makes only the first submitter per sleep pay the syscall.
+//! - The core calls [`Doorbell::prepare_sleep`] (marks itself asleep, fence),
+//!   then re-checks its queues, and only then blocks. With a `SeqCst` fence on
+//!   each side, either the core sees the work or the submitter sees it asleep
+//!   (and then writes the core's eventfd, which completes a read armed on its
+//!   ring).
+//! - Only the first submitter per sleep pays the syscall, and a ring is
+//!   spent only on the sleep it saw: `ring` moves the state from asleep to
+//!   rung with a compare-and-swap, so a submitter that saw the core asleep
+//!   and rings after it woke changes nothing (the core re-checks its queues
+//!   before the next sleep anyway). A separate "rung" flag set that late
+//!   would outlive the wake-up and silence every ring of the next sleep:
+//!   the core then slept until one of its own timers fired.
 
-use crate::sync::{fence, AtomicBool, Ordering::SeqCst};
+use crate::sync::{fence, AtomicU8, Ordering::SeqCst};
+
+/// The core runs (or is about to re-check its queues).
+const AWAKE: u8 = 0;
+/// The core may be blocked in `io_uring_enter`; nobody has woken it yet.
+const ASLEEP: u8 = 1;
+/// A submitter has claimed the wake-up of this sleep (and writes the
+/// eventfd).
+const RUNG: u8 = 2;
 
 #[derive(Debug, Default)]
 pub(crate) struct Doorbell {
-    sleeping: AtomicBool,
-    rung: AtomicBool,
+    state: AtomicU8,
 }
 
 impl Doorbell {
@@ -24,19 +38,22 @@ impl Doorbell {
     /// (write its eventfd).
     pub(crate) fn ring(&self) -> bool {
         fence(SeqCst);
-        self.sleeping.load(SeqCst) && !self.rung.swap(true, SeqCst)
+        self.state.load(SeqCst) == ASLEEP
+            && self
+                .state
+                .compare_exchange(ASLEEP, RUNG, SeqCst, SeqCst)
+                .is_ok()
     }
 
     /// The core is about to sleep; it must re-check its queues afterwards.
     pub(crate) fn prepare_sleep(&self) {
-        self.sleeping.store(true, SeqCst);
+        self.state.store(ASLEEP, SeqCst);
         fence(SeqCst);
     }
 
     /// The core is awake again (it found work, or it woke up).
     pub(crate) fn awake(&self) {
-        self.sleeping.store(false, SeqCst);
-        self.rung.store(false, SeqCst);
+        self.state.store(AWAKE, SeqCst);
     }
 }
 
@@ -68,6 +85,48 @@ mod loom_tests {
             assert!(
                 !(slept_empty && !rang),
                 "core slept on work nobody woke it for"
+            );
+        });
+    }
+
+    /// Two sleeps in a row, a submitter for each. The first submitter may
+    /// see the core asleep, be preempted, and ring only after the core woke
+    /// for something else: its wake-up is spent on an awake core. That must
+    /// not stop the second submitter from waking the core's second sleep.
+    /// The eventfd is modelled as a counter the core empties when it reaps.
+    #[test]
+    fn a_late_ring_does_not_silence_the_next_sleep() {
+        loom::model(|| {
+            let bell = Arc::new(Doorbell::default());
+            let (qa, qb) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+            let eventfd = Arc::new(AtomicUsize::new(0));
+            let submit = |q: &Arc<AtomicUsize>| {
+                let (b, q, e) = (bell.clone(), q.clone(), eventfd.clone());
+                loom::thread::spawn(move || {
+                    q.store(1, Release);
+                    if b.ring() {
+                        e.fetch_add(1, SeqCst);
+                    }
+                })
+            };
+            let a = submit(&qa);
+            // First sleep: prepared, then the core wakes (a timer, a
+            // completion) and reaps whatever the eventfd holds.
+            bell.prepare_sleep();
+            let mut seen_a = qa.load(Acquire) == 1;
+            bell.awake();
+            eventfd.swap(0, SeqCst);
+            let b = submit(&qb);
+            // Second sleep.
+            bell.prepare_sleep();
+            seen_a |= qa.load(Acquire) == 1;
+            let seen_b = qb.load(Acquire) == 1;
+            a.join().unwrap();
+            b.join().unwrap();
+            let woken = eventfd.load(Acquire) > 0;
+            assert!(
+                (seen_a && seen_b) || woken,
+                "the core sleeps on work nobody woke it for"
             );
         });
     }

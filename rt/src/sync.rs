@@ -3,9 +3,9 @@
 //! versions (the engine's `sync` module is the same idea).
 
 #[cfg(loom)]
-pub(crate) use loom::sync::atomic::{fence, AtomicBool, Ordering};
+pub(crate) use loom::sync::atomic::{fence, AtomicU8, Ordering};
 #[cfg(all(loom, test))]
 pub(crate) use loom::sync::{atomic::AtomicUsize, Arc};
 
 #[cfg(not(loom))]
-pub(crate) use std::sync::atomic::{fence, AtomicBool, Ordering};
+pub(crate) use std::sync::atomic::{fence, AtomicU8, Ordering};

@@ -90,6 +90,7 @@ conformance! {
         let got = Arc::new(AtomicUsize::new(0));
         let (c2, g2) = (c.clone(), got.clone());
         let (added_tx, added_rx) = mpsc::channel();
+        let (over_tx, over_rx) = mpsc::channel::<()>();
         let adder = std::thread::spawn(move || {
             std::thread::sleep(Duration::from_millis(100));
             let ch2 = c2.channel().unwrap();
@@ -100,13 +101,16 @@ conformance! {
                 .unwrap();
             ch2.producer().publish("hello", "q2").unwrap();
             added_tx.send(()).unwrap();
-            // Keep the consumer and its channel until the drain is over.
-            std::thread::sleep(Duration::from_secs(2));
+            // Keep the consumer and its channel until the drain is over (a
+            // fixed time would make a slow machine fail a correct drain).
+            let _ = over_rx.recv_timeout(Duration::from_secs(60));
             drop(consumer);
         });
         let start = Instant::now();
-        let n = c.drain_events(Some(Duration::from_secs(20))).unwrap();
+        let n = c.drain_events(Some(Duration::from_secs(20)));
         let waited = start.elapsed();
+        let _ = over_tx.send(());
+        let n = n.unwrap();
         added_rx.recv().unwrap();
         assert_eq!((n, got.load(SeqCst)), (1, 1));
         assert!(waited < Duration::from_secs(10), "woke only after {waited:?}");
@@ -114,17 +118,21 @@ conformance! {
         // Also when the drain started with no consumer at all.
         let empty = Arc::new(connect(url));
         let e2 = empty.clone();
+        let (over_tx, over_rx) = mpsc::channel::<()>();
         let adder = std::thread::spawn(move || {
             std::thread::sleep(Duration::from_millis(100));
             let ch = e2.channel().unwrap();
             ch.producer().publish("x", "q1").unwrap();
             let consumer = ch.consume(ConsumerOptions::new("q1").no_ack(true), |_| {}).unwrap();
-            std::thread::sleep(Duration::from_secs(2));
+            let _ = over_rx.recv_timeout(Duration::from_secs(60));
             drop(consumer);
         });
         let start = Instant::now();
-        assert_eq!(empty.drain_events(Some(Duration::from_secs(20))).unwrap(), 1);
-        assert!(start.elapsed() < Duration::from_secs(10));
+        let n = empty.drain_events(Some(Duration::from_secs(20)));
+        let waited = start.elapsed();
+        let _ = over_tx.send(());
+        assert_eq!(n.unwrap(), 1);
+        assert!(waited < Duration::from_secs(10), "woke only after {waited:?}");
         adder.join().unwrap();
     }
 
