@@ -192,7 +192,18 @@ fn local_survives_a_full_disk() {
     let url = format!("local://{}?segment_size=64K", fs.mount.join("s").display());
     let v = torture(
         &url,
-        &["--size", "4096", "--seconds", "4", "--pipeline", "32"],
+        &[
+            "--size",
+            "4096",
+            "--seconds",
+            "4",
+            "--pipeline",
+            "32",
+            // Reports (what is lost, with the seed) before the 120 s the
+            // test waits for the process.
+            "--drain-seconds",
+            "60",
+        ],
     );
     assert!(
         v["refused_no_space"].as_u64().unwrap() > 0,

@@ -383,6 +383,68 @@ fn a_busy_consumer_finds_a_dead_holder_s_messages_within_a_bounded_time() {
     }
 }
 
+/// A consumer starts on a disk that is full to the last byte (it is what
+/// makes room), and opening a queue that exists writes nothing to its
+/// files: its `name` file used to be rewritten on every open, truncated
+/// first, so another process could take the freed space before the write
+/// (a consumer then failed to start with "No space left on device") and a
+/// crash in between left the file empty.
+#[test]
+fn a_consumer_starts_on_a_full_disk_and_opening_a_queue_writes_nothing() {
+    let Some(fs) = Tmpfs::make(512) else {
+        eprintln!("skipped: cannot mount a small tmpfs here (needs root)");
+        return;
+    };
+    let root = fs.mount.join("store");
+    let mut confirmed = 0u32;
+    {
+        let conn = connect(&root);
+        let ch = channel(&conn);
+        while ch
+            .producer()
+            .publish(Message::new(vec![5u8; 1000]), "q")
+            .is_ok()
+        {
+            confirmed += 1;
+            assert!(confirmed < 10_000, "the disk never filled");
+        }
+    }
+    // The last free blocks go to a file of someone else's.
+    {
+        use std::io::Write;
+        let mut f = std::fs::File::create(fs.mount.join("filler")).unwrap();
+        let block = [0u8; 4096];
+        while f.write_all(&block).is_ok() {}
+        let _ = f.flush();
+    }
+    let names =
+        dashi_test_support::files_under(&root, |p| p.file_name().is_some_and(|n| n == "name"));
+    assert_eq!(names.len(), 1, "{names:?}");
+    let stamp = |p: &Path| {
+        let m = std::fs::metadata(p).unwrap();
+        (
+            m.modified().unwrap(),
+            std::os::unix::fs::MetadataExt::ino(&m),
+        )
+    };
+    let before = stamp(&names[0]);
+    std::thread::sleep(Duration::from_millis(20));
+    let conn = connect(&root);
+    let ch = channel(&conn);
+    let mut got = 0u32;
+    while let Some(d) = ch.get("q", Duration::ZERO).unwrap() {
+        d.ack().unwrap();
+        got += 1;
+    }
+    assert_eq!(got, confirmed);
+    assert_eq!(
+        stamp(&names[0]),
+        before,
+        "opening the queue rewrote its name file"
+    );
+    assert_eq!(std::fs::read(&names[0]).unwrap(), b"q");
+}
+
 /// A full disk under pipelined publishing with `fsync=always`: the publish
 /// that finds no space fails at once with the message handed back, and
 /// every publish taken before it is confirmed and delivered.

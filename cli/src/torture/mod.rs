@@ -921,6 +921,9 @@ pub(crate) fn run(a: TortureArgs) -> Result<(), String> {
     let (tx, rx) = mpsc::channel();
     let rng = Rng::new(seed);
     let started = Instant::now();
+    // Said before anything can hang, so a run that never reports (killed
+    // by whoever waited for it) can still be repeated.
+    eprintln!("dashi torture: seed {seed}");
     let mut t = Torture {
         threads: scheme == "memory",
         a,
@@ -1012,6 +1015,8 @@ pub(crate) fn run(a: TortureArgs) -> Result<(), String> {
     // back to it), until the queue is empty and nothing is unacked.
     let stats = conn.stats();
     let mut empty = false;
+    // The queue's figures at the last look (said when it does not drain).
+    let mut left = None;
     while Instant::now() < drain_end + Duration::from_secs(5) {
         match ch.get(&t.a.queue, Duration::from_millis(200)) {
             Ok(Some(d)) => {
@@ -1023,6 +1028,7 @@ pub(crate) fn run(a: TortureArgs) -> Result<(), String> {
             }
             Ok(None) => {
                 let q = stats.queue(&t.a.queue);
+                left = q.as_ref().map(|q| (q.messages, q.unacked));
                 if q.as_ref()
                     .is_some_and(|q| q.messages == 0 && q.unacked == 0)
                     && t.audit.lost().is_empty()
@@ -1043,7 +1049,7 @@ pub(crate) fn run(a: TortureArgs) -> Result<(), String> {
             let _ = ch.queue_delete(&format!("{}-churn-{k}", t.a.queue), false, false);
         }
     }
-    report(&t, &counts, &samples, started.elapsed(), empty)
+    report(&t, &counts, &samples, started.elapsed(), empty, left)
 }
 
 /// The workers a local:// stop point is reached by: consumers for a claim
@@ -1121,6 +1127,7 @@ fn report(
     samples: &[Sample],
     took: Duration,
     empty: bool,
+    left: Option<(u64, u64)>,
 ) -> Result<(), String> {
     let au = &t.audit;
     let lost = au.lost();
@@ -1288,7 +1295,12 @@ fn report(
         why.push(format!("{phantom} phantom deliveries"));
     }
     if !empty {
-        why.push("the queue did not drain".into());
+        why.push(match left {
+            Some((ready, unacked)) => format!(
+                "the queue did not drain (its figures read {ready} ready, {unacked} unacked)"
+            ),
+            None => "the queue did not drain".into(),
+        });
     }
     if let Some(e) = au.worker_errors.first() {
         why.push(format!("{} worker errors ({e})", au.worker_errors.len()));

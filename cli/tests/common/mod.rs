@@ -16,15 +16,26 @@ pub(crate) fn dashi(args: &[&str]) -> Output {
         .spawn()
         .expect("the dashi binary runs");
     let (mut out, mut err) = (child.stdout.take().unwrap(), child.stderr.take().unwrap());
-    let reader = std::thread::spawn(move || {
+    let (otx, orx) = std::sync::mpsc::channel();
+    let (etx, erx) = std::sync::mpsc::channel();
+    // Kept as it comes, so a run killed for taking too long still shows
+    // what it said.
+    let so_far = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let sink = so_far.clone();
+    std::thread::spawn(move || {
         let mut o = Vec::new();
         let _ = out.read_to_end(&mut o);
-        o
+        let _ = otx.send(o);
     });
-    let ereader = std::thread::spawn(move || {
-        let mut e = Vec::new();
-        let _ = err.read_to_end(&mut e);
-        e
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = err.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            sink.lock().unwrap().extend_from_slice(&buf[..n]);
+        }
+        let _ = etx.send(std::mem::take(&mut *sink.lock().unwrap()));
     });
     let start = Instant::now();
     let status = loop {
@@ -33,14 +44,17 @@ pub(crate) fn dashi(args: &[&str]) -> Output {
         }
         if start.elapsed() > Duration::from_secs(120) {
             let _ = child.kill();
-            panic!("dashi {args:?} did not finish within 120 s");
+            let _ = child.wait();
+            std::thread::sleep(Duration::from_millis(200));
+            let said = String::from_utf8_lossy(&so_far.lock().unwrap()).into_owned();
+            panic!("dashi {args:?} did not finish within 120 s; its stderr:\n{said}");
         }
         std::thread::sleep(Duration::from_millis(5));
     };
     Output {
         status,
-        stdout: reader.join().unwrap(),
-        stderr: ereader.join().unwrap(),
+        stdout: orx.recv().unwrap_or_default(),
+        stderr: erx.recv().unwrap_or_default(),
     }
 }
 

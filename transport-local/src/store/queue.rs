@@ -107,6 +107,21 @@ pub(super) fn queue_root(root: &Path, name: &str) -> Result<PathBuf, Error> {
     Ok(root.join("q").join(comp))
 }
 
+/// Writes the queue's `name` file (its name in plain text, for people
+/// looking at the store; nothing reads it back) unless it already holds
+/// it. Opening an existing queue writes nothing there: it used to rewrite
+/// the file, which truncates it first, so on a full disk a consumer could
+/// fail to start (another process took the freed space before the write;
+/// the torture's full-disk run found it) and a crash in between left the
+/// file empty.
+fn write_name_file(qdir: &Path, name: &str) -> Result<(), Error> {
+    let path = qdir.join("name");
+    if std::fs::read(&path).is_ok_and(|held| held == name.as_bytes()) {
+        return Ok(());
+    }
+    std::fs::write(&path, name.as_bytes()).map_err(|e| store_err("queue name file", e))
+}
+
 impl LocalQueue {
     #[allow(clippy::too_many_arguments)] // Each is one piece of the store a queue uses.
     pub(super) fn open(
@@ -124,8 +139,7 @@ impl LocalQueue {
         std::fs::create_dir_all(&dir).map_err(|e| store_err("queue directory", e))?;
         // Tests hold an open here, its directory made, nothing opened yet.
         crate::failpoint!("queue::dir_made");
-        std::fs::write(qdir.join("name"), decl.name.as_bytes())
-            .map_err(|e| store_err("queue name file", e))?;
+        write_name_file(&qdir, &decl.name)?;
         let lanes_used =
             SharedPage::open(&dir.join("state")).map_err(|e| store_err("queue state", e))?;
         // The bits say which lanes exist, for the consumers' scans; the
