@@ -83,8 +83,9 @@ pub(crate) struct TortureArgs {
     /// log protocol's: segment::reserved, segment::written,
     /// lane::write_segment_mapped, lane::rotating, durability::sync (a group
     /// commit about to fdatasync), and in consumers lane::claimed (a claim
-    /// made and counted, the rest of its run not); `all` for every one the
-    /// run can reach.
+    /// made and counted, the rest of its run not) and
+    /// lane::settled_uncounted (an ack made, the unacked figure not yet
+    /// moved); `all` for every one the run can reach.
     #[arg(long, default_value = "")]
     pub(crate) kill_points: String,
     /// Churn workers: processes (threads on memory://) that declare, fill,

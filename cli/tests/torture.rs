@@ -178,6 +178,56 @@ fn local_survives_consumers_killed_in_the_middle_of_a_run() {
         ],
     );
     assert!(reached(&v, &["lane::claimed"]) > 0, "{v}");
+    // A random kill between a CAS and its count may leave a figure one off
+    // (recounted by the recovery at the end); claims left uncounted by the
+    // aimed kills would be more than one per random kill.
+    let random = v["faults"].as_u64().unwrap()
+        - v["kill_points"]["lane::claimed"]["aimed"].as_u64().unwrap();
+    assert!(figures_off(&v) <= random, "{v}");
+}
+
+/// The queue's figures (ready plus unacked) before the torture's closing
+/// recovery recounted them; 0 when they read right.
+fn figures_off(v: &Value) -> u64 {
+    let off = &v["figures_off_before_recovery"];
+    if off.is_null() {
+        return 0;
+    }
+    off["ready"].as_u64().unwrap() + off["unacked"].as_u64().unwrap()
+}
+
+/// Consumers killed between an ack's claim word and the unacked figure it
+/// moves: the figure reads one high for each until the store is recovered
+/// (a known gap, RELIABILITY.md). Every confirmed message is delivered; the
+/// torture opens the store alone at the end, which recounts the figures,
+/// and nothing turns up then that no consumer could reach before. Without
+/// that step the run failed as "did not drain".
+#[test]
+fn local_figures_a_kill_leaves_off_are_recounted_at_recovery() {
+    if !stop_points_built() {
+        eprintln!("skipped: lane::settled_uncounted needs the failpoints feature");
+        return;
+    }
+    let d = TestDir::new();
+    let url = format!("local://{}?segment_size=64K", d.join("s").display());
+    let v = torture(
+        &url,
+        &[
+            "--seconds",
+            "3",
+            "--seed",
+            "9",
+            "--fault-interval-ms",
+            "100",
+            "--kill-points",
+            "lane::settled_uncounted",
+            "--drain-seconds",
+            "30",
+        ],
+    );
+    assert!(reached(&v, &["lane::settled_uncounted"]) > 0, "{v}");
+    assert!(figures_off(&v) > 0, "no kill left a figure off: {v}");
+    assert_eq!(v["found_only_after_recovery"], 0, "{v}");
 }
 
 /// local:// on a 6 MiB tmpfs that the producers fill: publishes are refused

@@ -84,7 +84,9 @@ pub use store::{open, set_aside, Fsync, LocalOptions, LocalTransport, SetAside};
 /// group commit about to `fdatasync` with confirms waiting on it
 /// (`durability::sync`), and, in a consumer, a record claimed and counted
 /// with the rest of its run not yet claimed and `next` not yet moved past
-/// it (`lane::claimed`).
+/// it (`lane::claimed`), and a delivery settled in its claim word with the
+/// unacked figure not yet moved (`lane::settled_uncounted`: a kill there
+/// leaves the figure one high until the store is recovered).
 pub const STOP_POINTS: &[&str] = &[
     "segment::reserved",
     "segment::written",
@@ -92,6 +94,7 @@ pub const STOP_POINTS: &[&str] = &[
     "lane::rotating",
     "durability::sync",
     "lane::claimed",
+    "lane::settled_uncounted",
 ];
 
 /// Makes the next thread of this process that reaches `point` (one of

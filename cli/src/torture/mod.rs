@@ -1017,9 +1017,14 @@ pub(crate) fn run(a: TortureArgs) -> Result<(), String> {
     let mut empty = false;
     // The queue's figures at the last look (said when it does not drain).
     let mut left = None;
+    // Since when nothing was left to take, nothing lost or owed, and the
+    // figures read the same: past a lane's longest block (a dead writer's
+    // reservation, padded after 10 s), only the figures are wrong.
+    let mut still: Option<(Instant, Option<(u64, u64)>)> = None;
     while Instant::now() < drain_end + Duration::from_secs(5) {
         match ch.get(&t.a.queue, Duration::from_millis(200)) {
             Ok(Some(d)) => {
+                still = None;
                 match parse_body(d.body()) {
                     Ok((tag, i)) => t.audit.delivery(tag, i, d.redelivered()),
                     Err(e) => t.audit.corrupt.push(e),
@@ -1037,11 +1042,83 @@ pub(crate) fn run(a: TortureArgs) -> Result<(), String> {
                     empty = true;
                     break;
                 }
+                if t.audit.lost().is_empty() && t.audit.unpaid().is_empty() {
+                    match still {
+                        Some((since, seen)) if seen == left => {
+                            if since.elapsed() >= Duration::from_secs(12) {
+                                break;
+                            }
+                        }
+                        _ => still = Some((Instant::now(), left)),
+                    }
+                } else {
+                    still = None;
+                }
             }
             Err(e) if e.is_transient() => std::thread::sleep(Duration::from_millis(20)),
             Err(e) => return Err(format!("final drain: {e}")),
         }
     }
+    // local:// moves each figure right after the claim or settle it counts:
+    // a kill between the two leaves a figure one off until the store is
+    // recovered (RELIABILITY.md, known gaps). When only the figures stand
+    // in the way (every confirmed message delivered, nothing owed, nothing
+    // left to take), the store is opened alone, which recounts them from
+    // the segments. A message found only then was out of every consumer's
+    // reach (stranded): that fails the run.
+    let mut figures_off = None;
+    let mut found_after_recovery = 0u64;
+    let (_conn, ch) = if !empty
+        && scheme == "local"
+        && t.audit.lost().is_empty()
+        && t.audit.unpaid().is_empty()
+    {
+        figures_off = left;
+        drop(stats);
+        drop(ch);
+        drop(conn);
+        // The store closes once its background work lets go of it (within
+        // moments): until then an open here joins it and recovers nothing,
+        // and the figures read as before.
+        let mut tries = 0;
+        let (conn, ch, stats) = loop {
+            std::thread::sleep(Duration::from_millis(100));
+            let (conn, ch) = open_queue(&t.a.url, &t.a.queue)?;
+            let stats = conn.stats();
+            let now = stats.queue(&t.a.queue).map(|q| (q.messages, q.unacked));
+            tries += 1;
+            if now != left || tries >= 50 {
+                break (conn, ch, stats);
+            }
+        };
+        let until = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < until {
+            match ch.get(&t.a.queue, Duration::from_millis(100)) {
+                Ok(Some(d)) => {
+                    found_after_recovery += 1;
+                    match parse_body(d.body()) {
+                        Ok((tag, i)) => t.audit.delivery(tag, i, d.redelivered()),
+                        Err(e) => t.audit.corrupt.push(e),
+                    }
+                    d.ack()
+                        .map_err(|e| format!("drain after recovery: ack: {e}"))?;
+                }
+                Ok(None) => {
+                    let q = stats.queue(&t.a.queue);
+                    left = q.as_ref().map(|q| (q.messages, q.unacked));
+                    if left == Some((0, 0)) {
+                        empty = true;
+                        break;
+                    }
+                }
+                Err(e) if e.is_transient() => std::thread::sleep(Duration::from_millis(20)),
+                Err(e) => return Err(format!("drain after recovery: {e}")),
+            }
+        }
+        (conn, ch)
+    } else {
+        (conn, ch)
+    };
     // The churn queues go (a queue another run or a killed worker deleted
     // first is not there: fine).
     if t.a.churn > 0 {
@@ -1049,13 +1126,34 @@ pub(crate) fn run(a: TortureArgs) -> Result<(), String> {
             let _ = ch.queue_delete(&format!("{}-churn-{k}", t.a.queue), false, false);
         }
     }
-    report(&t, &counts, &samples, started.elapsed(), empty, left)
+    let recovery = Recovery {
+        figures_off,
+        found: found_after_recovery,
+    };
+    report(
+        &t,
+        &counts,
+        &samples,
+        started.elapsed(),
+        empty,
+        left,
+        &recovery,
+    )
+}
+
+/// What opening a local:// store alone at the end changed, when only its
+/// figures kept the queue from reading empty.
+struct Recovery {
+    /// The queue's figures (ready, unacked) before the store was recovered.
+    figures_off: Option<(u64, u64)>,
+    /// Messages delivered only after it was: stranded before.
+    found: u64,
 }
 
 /// The workers a local:// stop point is reached by: consumers for a claim
 /// (`lane::claimed`), producers for the rest (appends, rotations, syncs).
 fn store_point_roles(point: &str) -> &'static [Role] {
-    if point == "lane::claimed" {
+    if point == "lane::claimed" || point == "lane::settled_uncounted" {
         &[Role::Consume, Role::Get]
     } else {
         &[Role::Produce]
@@ -1128,6 +1226,7 @@ fn report(
     took: Duration,
     empty: bool,
     left: Option<(u64, u64)>,
+    recovery: &Recovery,
 ) -> Result<(), String> {
     let au = &t.audit;
     let lost = au.lost();
@@ -1173,6 +1272,7 @@ fn report(
         && au.corrupt.is_empty()
         && phantom == 0
         && empty
+        && recovery.found == 0
         && au.worker_errors.is_empty();
     if t.a.json {
         let v = json!({
@@ -1199,6 +1299,8 @@ fn report(
             "refused_no_space": au.refused,
             "worker_errors": au.worker_errors,
             "drained": empty,
+            "figures_off_before_recovery": recovery.figures_off.map(|(r, u)| json!({"ready": r, "unacked": u})),
+            "found_only_after_recovery": recovery.found,
             "rss_kib": {"first": soak.rss.0, "max": soak.rss.1, "last": soak.rss.2},
             "open_fds": {"first": soak.fds.0, "max": soak.fds.1, "last": soak.fds.2},
             "worker_rss_kib": {"first": soak.worker_rss.0, "max": soak.worker_rss.1, "last": soak.worker_rss.2},
@@ -1244,6 +1346,15 @@ fn report(
         println!("transient_errors     {}", au.transient_errors);
         println!("refused_no_space     {}", au.refused);
         println!("drained              {empty}");
+        if let Some((r, u)) = recovery.figures_off {
+            println!("figures_off          {r} ready, {u} unacked before the store was recovered (a kill between a claim or settle and its count; recovery recounted them)");
+        }
+        if recovery.found > 0 {
+            println!(
+                "found_after_recovery {} (stranded: no consumer could reach them before)",
+                recovery.found
+            );
+        }
         println!(
             "rss_kib              first {} max {} last {}",
             soak.rss.0, soak.rss.1, soak.rss.2
@@ -1301,6 +1412,12 @@ fn report(
             ),
             None => "the queue did not drain".into(),
         });
+    }
+    if recovery.found > 0 {
+        why.push(format!(
+            "{} messages came only after the store was recovered (stranded before)",
+            recovery.found
+        ));
     }
     if let Some(e) = au.worker_errors.first() {
         why.push(format!("{} worker errors ({e})", au.worker_errors.len()));
@@ -1487,9 +1604,10 @@ mod tests {
         let never = kill_points("all", "local:///d").unwrap();
         let always = kill_points("all", "local:///d?fsync=always").unwrap();
         if dashi::local::HAS_STOP_POINTS {
-            assert_eq!(never.len(), WORKER_POINTS.len() + 5, "{never:?}");
+            assert_eq!(never.len(), WORKER_POINTS.len() + 6, "{never:?}");
             assert!(always.contains(&"durability::sync"), "{always:?}");
             assert!(never.contains(&"lane::claimed"), "{never:?}");
+            assert!(never.contains(&"lane::settled_uncounted"), "{never:?}");
             assert!(kill_points("lane::rotating", "memory://x")
                 .unwrap_err()
                 .contains("needs a local://"));
