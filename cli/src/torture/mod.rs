@@ -921,9 +921,17 @@ pub(crate) fn run(a: TortureArgs) -> Result<(), String> {
     let (tx, rx) = mpsc::channel();
     let rng = Rng::new(seed);
     let started = Instant::now();
-    // Said before anything can hang, so a run that never reports (killed
-    // by whoever waited for it) can still be repeated.
-    eprintln!("dashi torture: seed {seed}");
+    // A run past its own bounds says its seed, so one that never reports
+    // (killed by whoever waited for it) can still be repeated; a run that
+    // ends says it in its report (an error stays one line).
+    let overdue = Duration::from_secs(a.seconds.saturating_add(a.drain_seconds) + 20);
+    std::thread::spawn(move || {
+        std::thread::sleep(overdue);
+        eprintln!(
+            "dashi torture: seed {seed}: still running {}s after it started (past --seconds and --drain-seconds)",
+            overdue.as_secs()
+        );
+    });
     let mut t = Torture {
         threads: scheme == "memory",
         a,

@@ -124,12 +124,15 @@ impl Lane {
                         }
                         continue;
                     }
-                    if off > seg.header().capacity / 2 && seq < MAX_SEQ {
-                        self.prepare(seq + 1);
-                    }
+                    // Counted at once: a kill before the count leaves the
+                    // figure one low until recovery, so nothing (a file
+                    // look-up, a task sent to the runtime) comes between.
                     self.word(at::APPENDED).fetch_add(1, AcqRel);
                     self.word(at::APPENDED_BYTES)
                         .fetch_add(u64::from(body_len), AcqRel);
+                    if off > seg.header().capacity / 2 && seq < MAX_SEQ {
+                        self.prepare(seq + 1);
+                    }
                     return Ok(pos);
                 }
                 Err(AppendError::Full) => {
