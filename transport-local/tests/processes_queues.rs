@@ -45,7 +45,9 @@ fn declare(c: &Connection) {
 
 /// Child: `produce,<dir>,<id>` publishes `PER_PRODUCER` messages `<id>-<i>`
 /// with priority `i % 3`; `consume,<dir>` takes messages one by one until a
-/// stop message, printing `<body> <priority>` for each.
+/// stop message, printing `<body> <priority>` for each; `consume-auto,<dir>`
+/// consumes the auto-delete queue `shared` until killed, printing `took
+/// <body>` for each message.
 #[test]
 #[ignore = "run as a child process by the tests in this file"]
 fn child_role() {
@@ -76,6 +78,22 @@ fn child_role() {
             }
             println!("got {body} {}", d.priority());
         },
+        "consume-auto" => {
+            // A push consumer on the auto-delete queue `shared`, taking
+            // until killed.
+            ch.queue_declare(&Queue::new("shared").with_auto_delete(true))
+                .unwrap();
+            let _c = ch
+                .consume(dashi_engine::ConsumerOptions::new("shared"), |m| {
+                    m.ack().unwrap();
+                    println!("took {}", String::from_utf8_lossy(m.body()));
+                })
+                .unwrap();
+            println!("consuming");
+            loop {
+                let _ = conn.drain_events(Some(Duration::from_millis(100)));
+            }
+        }
         _ => unreachable!(),
     }
 }
@@ -438,5 +456,103 @@ fn a_missing_meta_json_is_never_an_empty_topology() {
     assert_eq!(
         ach.queue_declare(&Queue::new("q")).unwrap().message_count,
         2
+    );
+}
+
+/// An auto-delete queue consumed from two processes goes when the last
+/// consumer of the store goes, not when one process's last consumer does:
+/// the queue and the messages another process is taking stay.
+#[test]
+fn an_auto_delete_queue_stays_while_another_process_consumes_it() {
+    use dashi_engine::ConsumerOptions;
+    let d = dir("auto-delete");
+    let (a, b) = (connect(d.path()), other_instance(d.path(), "128K"));
+    let decl = Queue::new("shared").with_auto_delete(true);
+    let (ach, bch) = (a.channel().unwrap(), b.channel().unwrap());
+    ach.queue_declare(&decl).unwrap();
+    bch.queue_declare(&decl).unwrap();
+    let got = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let g = got.clone();
+    let in_b = bch
+        .consume(ConsumerOptions::new("shared"), move |m| {
+            g.lock().unwrap().push(m.body().to_vec());
+            m.ack().unwrap();
+        })
+        .unwrap();
+    let in_a = ach.consume(ConsumerOptions::new("shared"), |_| {}).unwrap();
+    in_a.cancel().unwrap();
+    assert!(
+        a.stats().queue("shared").is_some(),
+        "the queue went while another process consumed it"
+    );
+    ach.producer().publish("after", "shared").unwrap();
+    let until = std::time::Instant::now() + Duration::from_secs(10);
+    while got.lock().unwrap().is_empty() && std::time::Instant::now() < until {
+        let _ = b.drain_events(Some(Duration::from_millis(100)));
+    }
+    assert_eq!(*got.lock().unwrap(), [b"after".to_vec()]);
+    in_b.cancel().unwrap();
+    assert!(
+        b.stats().queue("shared").is_none(),
+        "the last consumer left it"
+    );
+    assert!(
+        a.stats().queue("shared").is_none(),
+        "the other process still sees it"
+    );
+}
+
+/// The same across real processes, and a consumer process killed with
+/// SIGKILL stops counting at once: the next last consumer deletes the queue.
+#[test]
+fn an_auto_delete_queue_goes_with_the_last_live_consumer_process() {
+    use dashi_engine::ConsumerOptions;
+    let d = dir("auto-delete-processes");
+    /// Kills the child however the test ends (a failed assert included).
+    struct Reaped(Child);
+    impl Drop for Reaped {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let mut child = Reaped(spawn(format!("consume-auto,{}", d.path().display())));
+    let out = BufReader::new(child.0.stdout.take().unwrap());
+    let (tx, lines) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in out.lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let next_line = |want: &str| loop {
+        match lines.recv_timeout(Duration::from_secs(20)) {
+            Ok(line) if line.contains(want) => return line,
+            Ok(_) => {}
+            Err(e) => panic!("the child never said {want:?}: {e}"),
+        }
+    };
+    next_line("consuming");
+    let c = connect(d.path());
+    let ch = c.channel().unwrap();
+    ch.queue_declare(&Queue::new("shared").with_auto_delete(true))
+        .unwrap();
+    ch.consume(ConsumerOptions::new("shared"), |_| {})
+        .unwrap()
+        .cancel()
+        .unwrap();
+    assert!(
+        c.stats().queue("shared").is_some(),
+        "the queue went while another process consumed it"
+    );
+    ch.producer().publish("after", "shared").unwrap();
+    assert!(next_line("took").ends_with("took after"));
+    drop(child);
+    ch.consume(ConsumerOptions::new("shared"), |_| {})
+        .unwrap()
+        .cancel()
+        .unwrap();
+    assert!(
+        c.stats().queue("shared").is_none(),
+        "a killed process's consumer kept the queue"
     );
 }

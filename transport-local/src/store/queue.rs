@@ -295,6 +295,17 @@ impl LocalQueue {
         );
     }
 
+    /// Whether a live process other than this one consumes this queue (its
+    /// slot counts one). A process with no slot (63 others hold them all)
+    /// is not seen here.
+    fn consumed_elsewhere(&self) -> bool {
+        self.transport.upgrade().is_some_and(|t| {
+            super::shared_stats::consumers_elsewhere(&self.lanes_used, self.owner, |id| {
+                crate::procs::alive(&t.root, id)
+            }) > 0
+        })
+    }
+
     /// Consumers of this queue in every live process.
     pub(super) fn store_consumers(&self) -> u64 {
         match self.transport.upgrade() {
@@ -715,6 +726,12 @@ impl QueueStore for LocalQueue {
 
     fn consumer_removed(&self) {
         self.count_consumer(-1);
+        if self.decl.auto_delete && self.consumed_elsewhere() {
+            // The store's last consumer deletes an auto-delete queue, not
+            // this process's last one: another process takes from it.
+            self.state.consumer_withdrawn();
+            return;
+        }
         if self.state.consumer_removed(&self.decl) {
             if let Some(t) = self.transport.upgrade() {
                 // This incarnation only: a queue declared again since is

@@ -143,6 +143,22 @@ pub(super) fn add_consumers(
     }
 }
 
+/// Consumers of the queue in live processes other than `me`. Ordered after
+/// this process's own last change to its slot (a sequentially consistent
+/// fence): of two processes that each count their last consumer out and
+/// then look here, at least one sees the other's count gone.
+pub(super) fn consumers_elsewhere(page: &SharedPage, me: u32, alive: impl Fn(u32) -> bool) -> u64 {
+    std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
+    SLOTS
+        .map(|k| page.u64_at(64 * k).load(Acquire))
+        .filter(|&w| {
+            let owner = slot_owner(w);
+            owner != 0 && owner != me && alive(owner)
+        })
+        .map(|w| w & 0xffff_ffff)
+        .sum()
+}
+
 /// Consumers of the queue in every live process.
 pub(super) fn consumers(page: &SharedPage, me: u32, alive: impl Fn(u32) -> bool) -> u64 {
     SLOTS
