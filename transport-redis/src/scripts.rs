@@ -168,6 +168,26 @@ end
 return 0
 "#;
 
+/// Says or unsays that a process consumes an auto-delete queue:
+/// `KEYS[1]` is the queue's sorted set of consuming processes, each scored
+/// with the server time (ms) its lease runs out; `ARGV[1]` is the process,
+/// `ARGV[2]` the lease in ms, `ARGV[3]` `1` to say (or renew) and `0` to
+/// unsay. Entries whose lease ran out (their process died) go first.
+/// Returns how many other processes still consume the queue.
+pub(crate) const CONSUMERS: &str = r#"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+if ARGV[3] == '1' then
+  local lease = tonumber(ARGV[2])
+  redis.call('ZADD', KEYS[1], now + lease, ARGV[1])
+  redis.call('PEXPIRE', KEYS[1], lease)
+  return redis.call('ZCARD', KEYS[1]) - 1
+end
+redis.call('ZREM', KEYS[1], ARGV[1])
+return redis.call('ZCARD', KEYS[1])
+"#;
+
 /// One script and its digest once loaded.
 #[derive(Debug)]
 pub(crate) struct Script {
@@ -191,6 +211,7 @@ pub(crate) struct Scripts {
     pub(crate) restore: Script,
     pub(crate) unlock: Script,
     pub(crate) renew: Script,
+    pub(crate) consumers: Script,
 }
 
 impl Default for Scripts {
@@ -200,6 +221,7 @@ impl Default for Scripts {
             restore: Script::new(RESTORE),
             unlock: Script::new(UNLOCK),
             renew: Script::new(RENEW),
+            consumers: Script::new(CONSUMERS),
         }
     }
 }

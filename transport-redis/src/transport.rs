@@ -85,6 +85,9 @@ pub(crate) struct Inner {
     open_publish: Mutex<Option<Arc<PublishCell>>>,
     watch: crate::watch::Watch,
     scripts: Scripts,
+    /// This transport instance among the consumers of auto-delete queues
+    /// (a random tag: unique across hosts and PID namespaces).
+    member: String,
     topo: Mutex<Topo>,
     routing: ArcSwap<Routing<Arc<RedisQueue>>>,
     counters: Counters,
@@ -228,6 +231,7 @@ impl RedisTransport {
             routing: ArcSwap::from_pointee(Routing::default()),
             counters: Counters::default(),
             nonce: format!("{}-{}", std::process::id(), NEXT_TOKEN.fetch_add(1, SeqCst)),
+            member: wire::new_tag(),
             garbage_logged: AtomicBool::new(false),
             stale_locks: Mutex::new(Vec::new()),
         });
@@ -447,6 +451,7 @@ impl Inner {
                 }
                 if due[1] {
                     let _ = me.rescore_held();
+                    me.renew_consumers();
                 }
                 if due[2] {
                     if let Err(e) = me.restore_visible() {
@@ -588,6 +593,52 @@ impl Inner {
         for q in queues {
             if q.state.waiters() > 0 {
                 q.state.notify_all();
+            }
+        }
+    }
+
+    /// How long an auto-delete queue counts this process as a consumer
+    /// after its last renewal (renewed with the held deliveries, every
+    /// third of the visibility timeout, at most every minute, so four
+    /// renewals may be missed): a killed process stops counting that long
+    /// after it died (five minutes with kombu's default timeout).
+    fn consumer_lease(&self) -> Duration {
+        let keep = (self.opts.visibility_timeout / 3)
+            .clamp(Duration::from_millis(50), Duration::from_secs(60));
+        (5 * keep).max(Duration::from_secs(2))
+    }
+
+    /// Says (`here`) or unsays that this process consumes auto-delete
+    /// queue `name`; how many other processes (of dashi) still do.
+    fn consumer_presence(&self, name: &str, here: bool) -> Result<u64, Error> {
+        let lease = self.consumer_lease().as_millis().to_string();
+        let f = self.eval(
+            &self.scripts.consumers,
+            &[self.keys.consumers(name)],
+            vec![
+                Bytes::from(self.member.clone()),
+                Bytes::from(lease),
+                Bytes::from_static(if here { b"1" } else { b"0" }),
+            ],
+        )?;
+        resp::int(&f)
+            .map(|n| n.max(0) as u64)
+            .ok_or_else(|| reply_error("auto-delete consumers", "unexpected reply"))
+    }
+
+    /// Renews this process's lease on every auto-delete queue it consumes.
+    fn renew_consumers(&self) {
+        let queues: Vec<Arc<RedisQueue>> = self
+            .topo
+            .lock()
+            .queues
+            .values()
+            .filter(|q| q.decl.auto_delete && q.state.consumers() > 0)
+            .cloned()
+            .collect();
+        for q in queues {
+            if let Err(e) = self.consumer_presence(&q.name, true) {
+                tracing::debug!(queue = %q.name, error = %e, "renewing an auto-delete lease failed");
             }
         }
     }
@@ -1618,6 +1669,23 @@ impl RedisQueue {
         self.inner.upgrade().ok_or(Error::ConnectionClosed)
     }
 
+    /// Unsays this process as a consumer of this auto-delete queue; whether
+    /// another dashi process still consumes it. When Redis cannot answer,
+    /// the queue is kept (a queue left behind loses nothing; one deleted
+    /// under a consumer loses its messages).
+    fn consumed_elsewhere(&self) -> bool {
+        let Some(inner) = self.inner.upgrade() else {
+            return false;
+        };
+        match inner.consumer_presence(&self.name, false) {
+            Ok(others) => others > 0,
+            Err(e) => {
+                tracing::warn!(queue = %self.name, error = %e, "auto-delete kept the queue: its consumers could not be counted");
+                true
+            }
+        }
+    }
+
     /// Ready messages in each list, kombu's step order.
     fn depths(&self, inner: &Inner) -> Result<Vec<u64>, Error> {
         let replies = inner.call_ok(
@@ -1994,11 +2062,36 @@ impl QueueStore for RedisQueue {
         &self.state
     }
 
+    fn consumer_added(&self) -> bool {
+        let added = self.state.consumer_added();
+        if added && self.decl.auto_delete {
+            // Other processes must not delete it under this consumer.
+            if let Some(inner) = self.inner.upgrade() {
+                if let Err(e) = inner.consumer_presence(&self.name, true) {
+                    tracing::warn!(queue = %self.name, error = %e, "an auto-delete queue's consumer went unsaid");
+                }
+            }
+        }
+        added
+    }
+
     fn consumer_removed(&self) {
         self.release_ahead();
+        if self.decl.auto_delete && self.state.consumers() == 1 && self.consumed_elsewhere() {
+            // The last consumer of every dashi process deletes it, not this
+            // process's last: another process takes from it.
+            self.state.consumer_withdrawn();
+            return;
+        }
         if self.state.consumer_removed(&self.decl) {
             if let Some(inner) = self.inner.upgrade() {
                 let _ = inner.delete(&self.name);
+            }
+        } else if self.decl.auto_delete && self.state.consumers() > 0 {
+            // A consumer of this process started while the last one left
+            // (which unsaid this process): say it again.
+            if let Some(inner) = self.inner.upgrade() {
+                let _ = inner.consumer_presence(&self.name, true);
             }
         }
     }

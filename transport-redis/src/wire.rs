@@ -108,6 +108,12 @@ impl Keys {
         format!("{}_dashi.fanout_seen.{queue}.{tag}", self.prefix)
     }
 
+    /// The dashi processes consuming auto-delete queue `queue`, each
+    /// scored with the server time its lease runs out (dashi's own key).
+    pub(crate) fn consumers(&self, queue: &str) -> String {
+        format!("{}_dashi.consumers.{queue}", self.prefix)
+    }
+
     /// Where envelopes that cannot be read are kept (dashi's own key).
     pub(crate) fn garbage(&self, queue: &str) -> String {
         format!("{}_dashi.garbage.{queue}", self.prefix)

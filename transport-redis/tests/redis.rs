@@ -1131,3 +1131,87 @@ fn consumers_killed_at_seeded_points_lose_nothing_and_flag_every_redelivery() {
     );
     eventually(&r, &["EXISTS", "unacked"], ":0");
 }
+
+/// An auto-delete queue consumed by two dashi processes goes with the last
+/// consumer of the two, not with one process's last: that took its lists
+/// and bindings, and the messages the other process was consuming, with
+/// it. A consuming process renews its lease; one that stops (killed) stops
+/// counting once its lease runs out.
+#[test]
+fn an_auto_delete_queue_stays_while_another_dashi_process_consumes_it() {
+    use std::sync::{Arc, Mutex};
+    let r = RedisServer::start();
+    // Another URL is another transport instance: as another process.
+    let a = connect(&format!("{}?visibility_timeout=3", r.url()));
+    let b = connect(&format!("{}?visibility_timeout=3&timeout=5", r.url()));
+    let decl = Queue::new("shared").with_auto_delete(true);
+    let (ach, bch) = (a.channel().unwrap(), b.channel().unwrap());
+    let declare = || {
+        for ch in [&ach, &bch] {
+            ch.exchange_declare(&Exchange::new("ex", ExchangeKind::Direct))
+                .unwrap();
+            ch.queue_declare(&decl).unwrap();
+            ch.queue_bind("shared", "ex", "k", Default::default())
+                .unwrap();
+        }
+    };
+    declare();
+    let bound = || cmd(&r, &["SMEMBERS", "_kombu.binding.ex"]);
+    assert!(bound().contains("shared"), "{}", bound());
+    let got = Arc::new(Mutex::new(Vec::new()));
+    let g = got.clone();
+    let in_b = bch
+        .consume(ConsumerOptions::new("shared"), move |m| {
+            g.lock().unwrap().push(m.body().to_vec());
+            m.ack().unwrap();
+        })
+        .unwrap();
+    let in_a = ach.consume(ConsumerOptions::new("shared"), |_| {}).unwrap();
+    in_a.cancel().unwrap();
+    assert!(
+        bound().contains("shared"),
+        "the queue went while another process consumed it"
+    );
+    ach.producer()
+        .with_exchange("ex")
+        .publish("after", "k")
+        .unwrap();
+    let until = Instant::now() + WAIT;
+    while got.lock().unwrap().is_empty() && Instant::now() < until {
+        let _ = b.drain_events(Some(Duration::from_millis(100)));
+    }
+    assert_eq!(*got.lock().unwrap(), [b"after".to_vec()]);
+    in_b.cancel().unwrap();
+    assert!(!bound().contains("shared"), "the last consumer left it");
+
+    // A process that stops refreshing (here: its consumer's entry is left
+    // to run out, as a killed process's is) no longer keeps the queue.
+    declare();
+    let _held = bch.consume(ConsumerOptions::new("shared"), |_| {}).unwrap();
+    let key = "_dashi.consumers.shared";
+    assert_eq!(cmd(&r, &["ZCARD", key]), ":1");
+    // Its lease (5 s with this visibility timeout, renewed every second)
+    // is renewed while it consumes.
+    std::thread::sleep(Duration::from_secs(6));
+    let in_a = ach.consume(ConsumerOptions::new("shared"), |_| {}).unwrap();
+    in_a.cancel().unwrap();
+    assert!(
+        bound().contains("shared"),
+        "a consumer's lease ran out while it consumed"
+    );
+    // Freeze b's entry in the past, as if its process had died a lease ago.
+    let member = cmd(&r, &["ZRANGE", key, "0", "0"]);
+    let member = member
+        .lines()
+        .last()
+        .unwrap()
+        .trim_start_matches('+')
+        .to_owned();
+    cmd(&r, &["ZADD", key, "1", &member]);
+    let in_a = ach.consume(ConsumerOptions::new("shared"), |_| {}).unwrap();
+    in_a.cancel().unwrap();
+    assert!(
+        !bound().contains("shared"),
+        "an entry whose lease ran out kept the queue"
+    );
+}
