@@ -4,8 +4,9 @@
 //! redeclared over and over. At the end nothing is stranded: every confirmed
 //! message was delivered, a message delivered twice carries `redelivered`
 //! the second time, `stat` agrees with what a consumer can get (zero after a
-//! drain), and an exclusive reopen (which rebuilds every count from the log)
-//! finds nothing more.
+//! drain, give or take one a kill: the known gap between a CAS and its
+//! count), and an exclusive reopen (which rebuilds every count from the log)
+//! reads zero and finds nothing more.
 //!
 //! `cargo test` runs it for 20 s. The longer mode:
 //! `DASHI_SOAK_SECS=600 cargo test --release -p dashi-transport-local --test soak -- --nocapture`
@@ -301,12 +302,24 @@ fn processes_killed_at_random_with_retention_and_redeclares_strand_nothing() {
         &unmarked[..unmarked.len().min(5)]
     );
     assert!(audit.confirmed.len() > 100, "the run did some work");
+    // A process killed between a claim word's CAS and its count leaves a
+    // figure one off until the next lone opener recounts (RELIABILITY.md,
+    // known gaps): at most one a kill. More is a counting bug (stop 28's
+    // read 9 with no message left; `a_consumer_killed_in_the_middle_of_a_run_leaves_the_figures_true`
+    // aims at that one), and the recount below must come to zero.
     let s = conn.stats().queue("q").unwrap();
-    assert_eq!(
-        (s.messages, s.unacked),
-        (0, 0),
-        "seed {seed}: stat after the drain"
+    let off = s.messages + s.unacked;
+    assert!(
+        off <= kills,
+        "seed {seed}: stat after the drain is off by {off} ({} ready, {} unacked), more than the {kills} kills can leave",
+        s.messages,
+        s.unacked
     );
+    if off > 0 {
+        eprintln!(
+            "soak: figures off by {off} before the recount (a kill between a CAS and its count)"
+        );
+    }
     // Everyone gone: the next opener recovers and recounts from the log.
     drop(ch);
     drop(conn);
