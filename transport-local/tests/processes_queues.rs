@@ -536,10 +536,14 @@ fn an_auto_delete_queue_goes_with_the_last_live_consumer_process() {
     let ch = c.channel().unwrap();
     ch.queue_declare(&Queue::new("shared").with_auto_delete(true))
         .unwrap();
-    ch.consume(ConsumerOptions::new("shared"), |_| {})
-        .unwrap()
-        .cancel()
-        .unwrap();
+    // This process's only consumer comes and goes.
+    let consume_once = || {
+        ch.consume(ConsumerOptions::new("shared"), |_| {})
+            .unwrap()
+            .cancel()
+            .unwrap()
+    };
+    consume_once();
     assert!(
         c.stats().queue("shared").is_some(),
         "the queue went while another process consumed it"
@@ -547,10 +551,7 @@ fn an_auto_delete_queue_goes_with_the_last_live_consumer_process() {
     ch.producer().publish("after", "shared").unwrap();
     assert!(next_line("took").ends_with("took after"));
     drop(child);
-    ch.consume(ConsumerOptions::new("shared"), |_| {})
-        .unwrap()
-        .cancel()
-        .unwrap();
+    consume_once();
     assert!(
         c.stats().queue("shared").is_none(),
         "a killed process's consumer kept the queue"
