@@ -557,3 +557,45 @@ fn an_auto_delete_queue_goes_with_the_last_live_consumer_process() {
         "a killed process's consumer kept the queue"
     );
 }
+
+/// Processes whose last consumers of an auto-delete queue cancel at the
+/// same moment: each counts itself out before it looks at the others, so
+/// at least one of them sees none left and the queue goes every time
+/// (never left behind with no consumer anywhere).
+#[test]
+fn auto_delete_consumers_cancelling_at_once_leave_no_queue_behind() {
+    use dashi_engine::ConsumerOptions;
+    use std::sync::{Arc, Barrier};
+    let d = dir("auto-delete-at-once");
+    let sizes = ["128K", "192K", "320K", "448K"];
+    let conns: Vec<Connection> = sizes.iter().map(|s| other_instance(d.path(), s)).collect();
+    let decl = Queue::new("shared").with_auto_delete(true);
+    for round in 0..40 {
+        for c in &conns {
+            c.channel().unwrap().queue_declare(&decl).unwrap();
+        }
+        let start = Arc::new(Barrier::new(conns.len()));
+        std::thread::scope(|s| {
+            for c in &conns {
+                let start = start.clone();
+                let decl = &decl;
+                s.spawn(move || {
+                    let ch = c.channel().unwrap();
+                    ch.queue_declare(decl).unwrap();
+                    let consumer = ch.consume(ConsumerOptions::new("shared"), |_| {}).unwrap();
+                    start.wait(); // every one consumes
+                    start.wait(); // then all cancel at once
+                    consumer.cancel().unwrap();
+                });
+            }
+        });
+        let left = conns
+            .iter()
+            .filter(|c| c.stats().queue("shared").is_some())
+            .count();
+        assert_eq!(
+            left, 0,
+            "round {round}: the queue outlived its last consumers"
+        );
+    }
+}
