@@ -25,16 +25,42 @@ use clap::Parser;
 
 use args::{Cli, Command};
 
+/// The library's warnings and errors (a segment missing from its lane, a
+/// corrupt record set aside, a failed background step) go to stderr, one
+/// line each: what a library user's subscriber would show, the user of a
+/// command sees. Not for bench and torture, whose output is their report.
+fn say_warnings() {
+    let _ = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_max_level(tracing_subscriber::filter::LevelFilter::WARN)
+        .with_ansi(false)
+        .without_time()
+        .with_target(false)
+        .try_init();
+}
+
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(c) => c,
         Err(e) => return clap_error(e),
     };
     let result = match cli.command {
-        Command::Publish(a) => publish::run(a),
-        Command::Consume(a) => consume::run(a),
-        Command::Stat(a) => stat::run(a),
-        Command::Purge(a) => stat::purge(a),
+        Command::Publish(a) => {
+            say_warnings();
+            publish::run(a)
+        }
+        Command::Consume(a) => {
+            say_warnings();
+            consume::run(a)
+        }
+        Command::Stat(a) => {
+            say_warnings();
+            stat::run(a)
+        }
+        Command::Purge(a) => {
+            say_warnings();
+            stat::purge(a)
+        }
         Command::Bench(a) => bench::run(a),
         Command::BenchConsumer(a) => bench::child::run(a),
         Command::Torture(a) => torture::run(a),

@@ -341,6 +341,42 @@ fn stat_reports_what_recovery_set_aside() {
     assert_eq!(other["messages"], 3);
 }
 
+/// A segment file deleted by hand: `consume` takes every message of the
+/// other segments and says on stderr which segment it skipped (it skipped
+/// them without a word: the warning went to no subscriber).
+#[test]
+fn consume_says_which_segment_it_skipped() {
+    let dir = TestDir::new();
+    let url = format!("local://{}?segment_size=64K", dir.display());
+    let o = dashi(&[
+        "publish", &url, "--queue", "q", "--count", "2000", "--size", "64",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let lane = dir.child("q/q/0000000000000001/lane-0");
+    let mut segs: Vec<_> = std::fs::read_dir(&lane)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "seg"))
+        .collect();
+    segs.sort();
+    assert!(segs.len() >= 3, "{segs:?}");
+    std::fs::remove_file(&segs[1]).unwrap();
+    let o = dashi(&["consume", &url, "--queue", "q", "--timeout", "2"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let taken = stdout(&o).lines().count();
+    assert!(taken > 0 && taken < 2000, "{taken} taken");
+    let err = stderr(&o);
+    assert!(
+        err.contains("segment missing from its lane") && err.contains("seq=1"),
+        "{err}"
+    );
+    assert!(
+        err.lines()
+            .all(|l| l.starts_with(" WARN") || l.starts_with("WARN")),
+        "{err}"
+    );
+}
+
 /// `publish --pipeline N` on a store with `fsync=always`: every message is
 /// confirmed (the command exits 0 only then) and another process reads them
 /// all, in order.
