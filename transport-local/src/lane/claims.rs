@@ -256,7 +256,13 @@ impl Lane {
     /// state page put far from every segment must not cost a walk over
     /// billions of names.
     fn past_gap(&self, seq: u64, limit: u64) -> Result<u64, LaneError> {
-        tracing::warn!(lane = %self.name(), seq, "segment missing from its lane (deleted by hand?); its records are skipped");
+        if self
+            .gap_warned
+            .swap(seq, std::sync::atomic::Ordering::Relaxed)
+            != seq
+        {
+            tracing::warn!(lane = %self.name(), seq, "segment missing from its lane (deleted by hand?); its records are skipped");
+        }
         Ok(self
             .storage
             .next_segment(seq)?

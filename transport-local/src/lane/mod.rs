@@ -134,6 +134,9 @@ pub(crate) struct Lane {
     taken_bytes_seen: std::sync::atomic::AtomicU64,
     /// Records this process found with a damaged claim word and set aside.
     damaged_claims: std::sync::atomic::AtomicU64,
+    /// The missing segment this process last warned of (each walk passes
+    /// it again; one warning a gap is enough).
+    gap_warned: std::sync::atomic::AtomicU64,
 }
 
 impl Lane {
@@ -155,6 +158,7 @@ impl Lane {
             taken_seen: std::sync::atomic::AtomicU64::new(0),
             taken_bytes_seen: std::sync::atomic::AtomicU64::new(0),
             damaged_claims: std::sync::atomic::AtomicU64::new(0),
+            gap_warned: std::sync::atomic::AtomicU64::new(u64::MAX),
         };
         // A fresh page: `next` and `head` at the first record of segment 0,
         // no restore mark. (Zero means "not set"; whoever comes first sets.)
