@@ -44,23 +44,17 @@ fn main() -> ExitCode {
         Ok(c) => c,
         Err(e) => return clap_error(e),
     };
+    if matches!(
+        cli.command,
+        Command::Publish(_) | Command::Consume(_) | Command::Stat(_) | Command::Purge(_)
+    ) {
+        say_warnings();
+    }
     let result = match cli.command {
-        Command::Publish(a) => {
-            say_warnings();
-            publish::run(a)
-        }
-        Command::Consume(a) => {
-            say_warnings();
-            consume::run(a)
-        }
-        Command::Stat(a) => {
-            say_warnings();
-            stat::run(a)
-        }
-        Command::Purge(a) => {
-            say_warnings();
-            stat::purge(a)
-        }
+        Command::Publish(a) => publish::run(a),
+        Command::Consume(a) => consume::run(a),
+        Command::Stat(a) => stat::run(a),
+        Command::Purge(a) => stat::purge(a),
         Command::Bench(a) => bench::run(a),
         Command::BenchConsumer(a) => bench::child::run(a),
         Command::Torture(a) => torture::run(a),
