@@ -1184,10 +1184,9 @@ fn an_auto_delete_queue_stays_while_another_dashi_process_consumes_it() {
     in_b.cancel().unwrap();
     assert!(!bound().contains("shared"), "the last consumer left it");
 
-    // A process that stops refreshing (here: its consumer's entry is left
-    // to run out, as a killed process's is) no longer keeps the queue.
+    // A consuming process renews its lease.
     declare();
-    let _held = bch.consume(ConsumerOptions::new("shared"), |_| {}).unwrap();
+    let held = bch.consume(ConsumerOptions::new("shared"), |_| {}).unwrap();
     let key = "_dashi.consumers.shared";
     assert_eq!(cmd(&r, &["ZCARD", key]), ":1");
     // Its lease (5 s with this visibility timeout, renewed every second)
@@ -1199,19 +1198,19 @@ fn an_auto_delete_queue_stays_while_another_dashi_process_consumes_it() {
         bound().contains("shared"),
         "a consumer's lease ran out while it consumed"
     );
-    // Freeze b's entry in the past, as if its process had died a lease ago.
-    let member = cmd(&r, &["ZRANGE", key, "0", "0"]);
-    let member = member
-        .lines()
-        .last()
-        .unwrap()
-        .trim_start_matches('+')
-        .to_owned();
-    cmd(&r, &["ZADD", key, "1", &member]);
+    held.cancel().unwrap();
+    assert!(!bound().contains("shared"), "the last consumer left it");
+
+    // The entry of a process that died consuming (nobody renews it) whose
+    // lease ran out no longer keeps the queue. A live process would renew
+    // its own entry: this one belongs to no transport.
+    declare();
+    cmd(&r, &["ZADD", key, "1", "a-process-killed-long-ago"]);
     let in_a = ach.consume(ConsumerOptions::new("shared"), |_| {}).unwrap();
     in_a.cancel().unwrap();
     assert!(
         !bound().contains("shared"),
         "an entry whose lease ran out kept the queue"
     );
+    assert_eq!(cmd(&r, &["EXISTS", key]), ":0");
 }
