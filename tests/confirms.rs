@@ -194,10 +194,10 @@ impl Transport for Gated {
     fn counters(&self) -> &dashi::spi::Counters {
         self.inner.counters()
     }
-    fn queue_stats(&self, name: &str) -> Option<QueueStats> {
+    fn queue_stats(&self, name: &str) -> Result<Option<QueueStats>, Error> {
         self.inner.queue_stats(name)
     }
-    fn all_queue_stats(&self) -> Vec<QueueStats> {
+    fn all_queue_stats(&self) -> Result<Vec<QueueStats>, Error> {
         self.inner.all_queue_stats()
     }
 }

@@ -27,10 +27,11 @@ pub(crate) fn declare_for_consume(
     topo: &Topology,
     queue: &str,
 ) -> Result<(), String> {
-    let existing = conn
-        .stats()
-        .queue(queue)
-        .map(|s| s.depth_by_lane.len().saturating_sub(1));
+    let existing = match conn.stats().queue(queue) {
+        Ok(s) => Some(s.depth_by_lane.len().saturating_sub(1)),
+        Err(dashi::Error::UnknownQueue(_)) => None,
+        Err(e) => return Err(format!("reading queue {queue:?}: {e}")),
+    };
     if let (Some(have), Some(want)) = (existing, topo.max_priority) {
         if have != usize::from(want) {
             return Err(format!(

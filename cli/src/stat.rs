@@ -66,10 +66,10 @@ pub(crate) fn run(a: StatArgs) -> Result<(), String> {
     let conn = connect_existing(&a.url)?;
     let stats = conn.stats();
     let queues = match &a.queue {
-        Some(q) => vec![stats
-            .queue(q)
-            .ok_or_else(|| format!("unknown queue {q:?}"))?],
-        None => stats.queues(),
+        Some(q) => vec![stats.queue(q).map_err(|e| e.to_string())?],
+        None => stats
+            .queues()
+            .map_err(|e| format!("reading the queues: {e}"))?,
     };
     let counters = stats.counters();
     let set_aside = local_set_aside(&a.url);

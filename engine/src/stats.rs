@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use crate::sync::Padded as CachePadded;
 use crate::transport::Transport;
+use crate::Error;
 
 /// Counters written on the publish side.
 #[derive(Debug, Default)]
@@ -269,16 +270,22 @@ impl Stats {
         self.transport.store_counters().is_some()
     }
 
-    /// Figures of one queue.
-    pub fn queue(&self, name: &str) -> Option<QueueStats> {
-        self.transport.queue_stats(name)
+    /// Figures of one queue: [`Error::UnknownQueue`] when there is no such
+    /// queue, the transport's error when its figures cannot be read (a
+    /// server that refuses or does not answer, a store whose metadata
+    /// cannot be read), never one passed off as the other.
+    pub fn queue(&self, name: &str) -> Result<QueueStats, Error> {
+        self.transport
+            .queue_stats(name)?
+            .ok_or_else(|| Error::UnknownQueue(name.to_owned()))
     }
 
-    /// Figures of every queue, sorted by name.
-    pub fn queues(&self) -> Vec<QueueStats> {
-        let mut v = self.transport.all_queue_stats();
+    /// Figures of every queue, sorted by name; an error when they cannot be
+    /// read (never an empty list for it).
+    pub fn queues(&self) -> Result<Vec<QueueStats>, Error> {
+        let mut v = self.transport.all_queue_stats()?;
         v.sort_by(|a, b| a.name.cmp(&b.name));
-        v
+        Ok(v)
     }
 }
 

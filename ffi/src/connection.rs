@@ -168,7 +168,10 @@ pub struct dashi_queue_figures {
 }
 
 /// Writes the figures of `queue` to `*out` (on local://, of every process
-/// sharing the store). `DASHI_UNKNOWN_QUEUE` when there is no such queue.
+/// sharing the store). `DASHI_UNKNOWN_QUEUE` when there is no such queue;
+/// `DASHI_STORE_TRANSIENT` or `DASHI_STORE_FAILED` when the figures cannot be
+/// read (a Redis server that refuses or does not answer, a store whose
+/// metadata cannot be read), never `DASHI_UNKNOWN_QUEUE` for that.
 ///
 /// # Safety
 /// `c` is a live connection; `queue` is NUL-terminated; `out` is writable.
@@ -186,7 +189,7 @@ pub unsafe extern "C" fn dashi_queue_stats(
             .conn
             .stats()
             .queue(queue)
-            .ok_or(dashi_result::DASHI_UNKNOWN_QUEUE)?;
+            .map_err(|e| dashi_result::from(&e))?;
         let figures = dashi_queue_figures {
             messages: s.messages,
             bytes: s.bytes,

@@ -82,7 +82,7 @@ conformance! {
                 "{e}"
             );
         }
-        assert!(c.stats().queue("dl").is_none(), "nothing was declared");
+        assert!(c.stats().queue("dl").is_err_and(|e| matches!(e, dashi::Error::UnknownQueue(_))), "nothing was declared");
     }
 
     fn overlong_routing_key_hands_message_back(url: &str) {

@@ -93,9 +93,9 @@ conformance! {
         let a = ch.consume(ConsumerOptions::new("tmp"), |_| {}).unwrap();
         let b = ch.consume(ConsumerOptions::new("tmp"), |_| {}).unwrap();
         a.cancel().unwrap();
-        assert!(c.stats().queue("tmp").is_some());
+        assert!(c.stats().queue("tmp").is_ok());
         b.cancel().unwrap();
-        assert!(c.stats().queue("tmp").is_none());
+        assert!(c.stats().queue("tmp").is_err_and(|e| matches!(e, dashi::Error::UnknownQueue(_))));
     }
 
     fn exclusive_queue_belongs_to_its_connection(url: &str) {
@@ -118,6 +118,6 @@ conformance! {
             Err(Error::Exclusive(_))
         ));
         owner.close();
-        assert!(other.stats().queue("mine").is_none());
+        assert!(other.stats().queue("mine").is_err_and(|e| matches!(e, dashi::Error::UnknownQueue(_))));
     }
 }

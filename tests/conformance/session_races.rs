@@ -315,7 +315,7 @@ conformance! {
         }
         p.publish("push", "ring0").unwrap();
         let stats = c.stats();
-        let held: u64 = stats.queues().iter().map(|q| q.messages).sum();
+        let held: u64 = stats.queues().unwrap().iter().map(|q| q.messages).sum();
         let k = stats.counters();
         assert!(k.dropped_dead_letter >= 1, "{k:?}");
         assert_eq!(held + k.dropped_dead_letter, N as u64 + 1, "{k:?}");

@@ -35,13 +35,13 @@ conformance! {
         assert_eq!(k.restored, 1);
         assert_eq!(
             stats
-                .queues()
+                .queues().unwrap()
                 .iter()
                 .map(|q| q.name.as_str())
                 .collect::<Vec<_>>(),
             ["s"]
         );
-        assert!(stats.queue("missing").is_none());
+        assert!(stats.queue("missing").is_err_and(|e| matches!(e, dashi::Error::UnknownQueue(_))));
         assert!(format!("{stats:?}").contains("memory") || !url.starts_with("memory"));
     }
 }

@@ -448,6 +448,11 @@ fn a_missing_meta_json_is_never_an_empty_topology() {
                 // A get: an empty topology would say the queue is unknown.
                 let e = ach.get("q", Duration::ZERO).unwrap_err().to_string();
                 assert!(e.contains("meta.json is gone"), "{e}");
+                // Figures: "no such queue" (or none at all) would be a lie.
+                let e = a.stats().queue("q").unwrap_err();
+                assert!(e.to_string().contains("meta.json is gone"), "{e}");
+                let e = a.stats().queues().unwrap_err().to_string();
+                assert!(e.contains("meta.json is gone"), "{e}");
                 std::fs::rename(&saved, &meta).unwrap();
                 ach.producer().publish("m1", "q").unwrap();
             }
@@ -482,7 +487,7 @@ fn an_auto_delete_queue_stays_while_another_process_consumes_it() {
     let in_a = ach.consume(ConsumerOptions::new("shared"), |_| {}).unwrap();
     in_a.cancel().unwrap();
     assert!(
-        a.stats().queue("shared").is_some(),
+        a.stats().queue("shared").is_ok(),
         "the queue went while another process consumed it"
     );
     ach.producer().publish("after", "shared").unwrap();
@@ -493,11 +498,15 @@ fn an_auto_delete_queue_stays_while_another_process_consumes_it() {
     assert_eq!(*got.lock().unwrap(), [b"after".to_vec()]);
     in_b.cancel().unwrap();
     assert!(
-        b.stats().queue("shared").is_none(),
+        b.stats()
+            .queue("shared")
+            .is_err_and(|e| matches!(e, dashi_engine::Error::UnknownQueue(_))),
         "the last consumer left it"
     );
     assert!(
-        a.stats().queue("shared").is_none(),
+        a.stats()
+            .queue("shared")
+            .is_err_and(|e| matches!(e, dashi_engine::Error::UnknownQueue(_))),
         "the other process still sees it"
     );
 }
@@ -545,7 +554,7 @@ fn an_auto_delete_queue_goes_with_the_last_live_consumer_process() {
     };
     consume_once();
     assert!(
-        c.stats().queue("shared").is_some(),
+        c.stats().queue("shared").is_ok(),
         "the queue went while another process consumed it"
     );
     ch.producer().publish("after", "shared").unwrap();
@@ -553,7 +562,9 @@ fn an_auto_delete_queue_goes_with_the_last_live_consumer_process() {
     drop(child);
     consume_once();
     assert!(
-        c.stats().queue("shared").is_none(),
+        c.stats()
+            .queue("shared")
+            .is_err_and(|e| matches!(e, dashi_engine::Error::UnknownQueue(_))),
         "a killed process's consumer kept the queue"
     );
 }
@@ -591,7 +602,7 @@ fn auto_delete_consumers_cancelling_at_once_leave_no_queue_behind() {
         });
         let left = conns
             .iter()
-            .filter(|c| c.stats().queue("shared").is_some())
+            .filter(|c| c.stats().queue("shared").is_ok())
             .count();
         assert_eq!(
             left, 0,

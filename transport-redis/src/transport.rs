@@ -2085,7 +2085,11 @@ impl QueueStore for RedisQueue {
         }
         if self.state.consumer_removed(&self.decl) {
             if let Some(inner) = self.inner.upgrade() {
-                let _ = inner.delete(&self.name);
+                // Left behind, it loses nothing; say so rather than nothing.
+                if let Err(e) = inner.delete(&self.name) {
+                    tracing::warn!(queue = %self.name, error = %e,
+                        "auto-delete queue kept: deleting it failed");
+                }
             }
         } else if self.decl.auto_delete && self.state.consumers() > 0 {
             // A consumer of this process started while the last one left
@@ -2100,19 +2104,17 @@ impl QueueStore for RedisQueue {
 impl Inner {
     /// Figures of queue `name`: depth per priority step from its lists,
     /// unacked from `unacked` (every process's), consumers attached here.
-    fn stats_of(&self, name: &str, unacked: &HashMap<String, u64>) -> Option<QueueStats> {
+    fn stats_of(&self, name: &str, unacked: &HashMap<String, u64>) -> Result<QueueStats, Error> {
         let handle = self.topo.lock().queues.get(name).cloned();
         let lists = self.keys.lists(name);
-        let replies = self
-            .call_ok(
-                "queue depth",
-                lists
-                    .iter()
-                    .chain(std::iter::once(&self.keys.garbage(name)))
-                    .map(|l| Cmd::new("LLEN").arg(l.clone()))
-                    .collect(),
-            )
-            .ok()?;
+        let replies = self.call_ok(
+            "queue depth",
+            lists
+                .iter()
+                .chain(std::iter::once(&self.keys.garbage(name)))
+                .map(|l| Cmd::new("LLEN").arg(l.clone()))
+                .collect(),
+        )?;
         let mut depths: Vec<u64> = replies
             .iter()
             .map(|f| resp::int(f).unwrap_or(0).max(0) as u64)
@@ -2137,17 +2139,15 @@ impl Inner {
                 None => by_lane[0] += d,
             }
         }
-        Some(
-            QueueStats::new(
-                name.to_owned(),
-                by_lane,
-                depths.iter().sum(),
-                0,
-                unacked.get(name).copied().unwrap_or(0),
-                handle.map_or(0, |h| h.state.consumers()),
-            )
-            .with_garbage(garbage),
+        Ok(QueueStats::new(
+            name.to_owned(),
+            by_lane,
+            depths.iter().sum(),
+            0,
+            unacked.get(name).copied().unwrap_or(0),
+            handle.map_or(0, |h| h.state.consumers()),
         )
+        .with_garbage(garbage))
     }
 
     /// Unacked deliveries per queue, every process's: dashi's entries name
@@ -2717,7 +2717,10 @@ impl Transport for RedisTransport {
                 .collect()
         };
         for name in gone {
-            let _ = self.inner.delete(&name);
+            if let Err(e) = self.inner.delete(&name) {
+                tracing::warn!(queue = %name, error = %e,
+                    "exclusive queue kept: deleting it at close failed");
+            }
         }
     }
 
@@ -2732,28 +2735,26 @@ impl Transport for RedisTransport {
         &self.inner.counters
     }
 
-    fn queue_stats(&self, name: &str) -> Option<QueueStats> {
-        let unacked = self.inner.unacked_by_queue().ok()?;
+    fn queue_stats(&self, name: &str) -> Result<Option<QueueStats>, Error> {
+        let unacked = self.inner.unacked_by_queue()?;
         let known = self.inner.topo.lock().queues.contains_key(name);
         if !known
             && !unacked.contains_key(name)
-            && !self.inner.discover().ok()?.iter().any(|n| n == name)
+            && !self.inner.discover()?.iter().any(|n| n == name)
         {
-            return None;
+            return Ok(None);
         }
-        self.inner.stats_of(name, &unacked)
+        self.inner.stats_of(name, &unacked).map(Some)
     }
 
     /// Every queue this process knows and every queue named in a binding
     /// table on the server (kombu's and Celery's included).
-    fn all_queue_stats(&self) -> Vec<QueueStats> {
-        let (Ok(unacked), Ok(names)) = (self.inner.unacked_by_queue(), self.inner.discover())
-        else {
-            return Vec::new();
-        };
+    fn all_queue_stats(&self) -> Result<Vec<QueueStats>, Error> {
+        let unacked = self.inner.unacked_by_queue()?;
+        let names = self.inner.discover()?;
         names
             .iter()
-            .filter_map(|n| self.inner.stats_of(n, &unacked))
+            .map(|n| self.inner.stats_of(n, &unacked))
             .collect()
     }
 }

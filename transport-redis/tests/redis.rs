@@ -213,7 +213,7 @@ fn stats_from_another_process_see_every_queue_and_its_unacked() {
     );
     // Another process (another transport) that declared nothing.
     let b = connect(&format!("{}?timeout=5", r.url()));
-    let all = b.stats().queues();
+    let all = b.stats().queues().unwrap();
     let s = all.iter().find(|q| q.name == "s").expect("s is listed");
     assert_eq!((s.messages, s.unacked, s.consumers), (2, 1, 0));
     assert_eq!(
@@ -222,7 +222,10 @@ fn stats_from_another_process_see_every_queue_and_its_unacked() {
     );
     let celery = b.stats().queue("celery").expect("kombu's queue is listed");
     assert_eq!((celery.messages, celery.unacked), (1, 1));
-    assert!(b.stats().queue("nothing-here").is_none());
+    assert!(b
+        .stats()
+        .queue("nothing-here")
+        .is_err_and(|e| matches!(e, dashi::Error::UnknownQueue(_))));
     held.ack().unwrap();
 }
 
@@ -251,7 +254,7 @@ fn garbage_is_set_aside_and_consumption_continues() {
     // Counted in the queue's figures, here and from another process.
     assert_eq!(c.stats().queue("g").expect("figures of g").garbage, 4);
     let other = connect(&format!("{}?timeout=5", r.url()));
-    let figures = other.stats().queues();
+    let figures = other.stats().queues().unwrap();
     let g = figures.iter().find(|q| q.name == "g").expect("g is listed");
     assert_eq!((g.messages, g.garbage), (0, 4));
 }
@@ -636,7 +639,7 @@ fn writes_paused_past_the_timeout_are_unconfirmed_and_nothing_confirmed_is_lost(
         assert!(e.is_unconfirmed() && e.is_transient(), "{e}");
     }
     // Reads go on while writes are paused: the figures answer.
-    assert!(c.stats().queue("pw").is_some());
+    assert!(c.stats().queue("pw").is_ok());
     // Past the pause (1.5 s), everything stored has been taken.
     let until = Instant::now() + Duration::from_secs(3);
     let mut bodies = Vec::new();
@@ -785,6 +788,35 @@ fn a_full_redis_refuses_publishes_and_consumers_still_drain_it() {
     }
     assert_eq!(got, confirmed, "every confirmed publish consumed");
     ch.producer().publish(body, "full").unwrap();
+}
+
+/// Figures Redis refuses to give (here an ACL user without access to the
+/// queue's keys) are an error naming what Redis said: they used to read as
+/// "no such queue" and an empty list, which a monitor would take for a
+/// queue deleted and a server with no queues.
+#[test]
+fn figures_the_server_refuses_are_an_error_not_a_missing_queue() {
+    let r = RedisServer::start();
+    let c = connect(&r.url());
+    let ch = c.channel().unwrap();
+    ch.queue_declare(&Queue::new("fig")).unwrap();
+    ch.producer().publish("x", "fig").unwrap();
+    r.command(&[
+        "ACL", "SETUSER", "nokeys", "on", ">pw", "~other*", "&*", "+@all",
+    ])
+    .unwrap();
+    let limited = connect(&format!("redis://nokeys:pw@127.0.0.1:{}", r.port()));
+    let e = limited.stats().queue("fig").unwrap_err();
+    assert!(!matches!(e, dashi::Error::UnknownQueue(_)), "{e}");
+    assert!(e.to_string().contains("NOPERM"), "{e}");
+    let e = limited.stats().queues().unwrap_err();
+    assert!(e.to_string().contains("NOPERM"), "{e}");
+    // The same figures with access: the queue and its message.
+    assert_eq!(c.stats().queue("fig").unwrap().messages, 1);
+    assert!(matches!(
+        c.stats().queue("none-such"),
+        Err(dashi::Error::UnknownQueue(_))
+    ));
 }
 
 #[test]

@@ -1040,7 +1040,7 @@ pub(crate) fn run(a: TortureArgs) -> Result<(), String> {
                 d.ack().map_err(|e| format!("final drain: ack: {e}"))?;
             }
             Ok(None) => {
-                let q = stats.queue(&t.a.queue);
+                let q = stats.queue(&t.a.queue).ok();
                 left = q.as_ref().map(|q| (q.messages, q.unacked));
                 if q.as_ref()
                     .is_some_and(|q| q.messages == 0 && q.unacked == 0)
@@ -1093,7 +1093,10 @@ pub(crate) fn run(a: TortureArgs) -> Result<(), String> {
             std::thread::sleep(Duration::from_millis(100));
             let (conn, ch) = open_queue(&t.a.url, &t.a.queue)?;
             let stats = conn.stats();
-            let now = stats.queue(&t.a.queue).map(|q| (q.messages, q.unacked));
+            let now = stats
+                .queue(&t.a.queue)
+                .ok()
+                .map(|q| (q.messages, q.unacked));
             tries += 1;
             if now != left || tries >= 50 {
                 break (conn, ch, stats);
@@ -1112,7 +1115,7 @@ pub(crate) fn run(a: TortureArgs) -> Result<(), String> {
                         .map_err(|e| format!("drain after recovery: ack: {e}"))?;
                 }
                 Ok(None) => {
-                    let q = stats.queue(&t.a.queue);
+                    let q = stats.queue(&t.a.queue).ok();
                     left = q.as_ref().map(|q| (q.messages, q.unacked));
                     if left == Some((0, 0)) {
                         empty = true;

@@ -302,10 +302,7 @@ fn produce(
     let stats = conn.stats();
     for batch in 0u64.. {
         if batch % 16 == 0 {
-            while stats
-                .queue(&spec.queue)
-                .is_some_and(|q| q.messages > BACKLOG)
-            {
+            while stats.queue(&spec.queue).is_ok_and(|q| q.messages > BACKLOG) {
                 if out.killed() {
                     return Ok(());
                 }

@@ -336,18 +336,19 @@ impl Transport for MemoryTransport {
         &self.shared.counters
     }
 
-    fn queue_stats(&self, name: &str) -> Option<QueueStats> {
-        self.shared.routing.load().queue(name).map(|q| q.stats())
+    fn queue_stats(&self, name: &str) -> Result<Option<QueueStats>, Error> {
+        Ok(self.shared.routing.load().queue(name).map(|q| q.stats()))
     }
 
-    fn all_queue_stats(&self) -> Vec<QueueStats> {
-        self.shared
+    fn all_queue_stats(&self) -> Result<Vec<QueueStats>, Error> {
+        Ok(self
+            .shared
             .routing
             .load()
             .queues()
             .iter()
             .map(|q| q.stats())
-            .collect()
+            .collect())
     }
 }
 
@@ -398,8 +399,8 @@ mod tests {
         let b = MemoryTransport::named("unit-named-a");
         let c = MemoryTransport::named("unit-named-c");
         a.declare_queue(&Queue::new("q"), 1).unwrap();
-        assert!(b.queue_stats("q").is_some());
-        assert!(c.queue_stats("q").is_none());
+        assert!(b.queue_stats("q").unwrap().is_some());
+        assert!(c.queue_stats("q").unwrap().is_none());
         assert_eq!(a.name(), "unit-named-a");
         assert_eq!(a.scheme(), "memory");
         assert!(a.implements().priorities && !a.implements().durable);
@@ -418,7 +419,10 @@ mod tests {
         t.publish(Envelope::new(Message::new("new"), "", "q"), true)
             .unwrap();
         assert_eq!(t.shared.remove_queue(&old), 0);
-        let s = t.queue_stats("q").expect("the successor was removed");
+        let s = t
+            .queue_stats("q")
+            .unwrap()
+            .expect("the successor was removed");
         assert_eq!(s.messages, 1);
     }
 
@@ -496,7 +500,7 @@ mod tests {
         assert_eq!(q.pop_many(3, &mut run).unwrap(), 3);
         assert_eq!(bodies(&run), ["m0", "m2", "m4"]);
         assert_eq!(t.counters().snapshot().expired, 2);
-        assert_eq!(t.queue_stats("dlq").unwrap().messages, 2);
+        assert_eq!(t.queue_stats("dlq").unwrap().unwrap().messages, 2);
         assert_eq!((q.ready(), q.stats().unacked), (1, 3));
     }
 

@@ -55,13 +55,14 @@ impl SimpleQueue {
         self.get(Duration::ZERO)
     }
 
-    /// Ready messages in the queue.
+    /// Ready messages in the queue; [`Error::UnknownQueue`] when it is gone,
+    /// the transport's error when its figures cannot be read.
     pub fn qsize(&self) -> Result<u64, Error> {
         self.channel
             .shared
             .conn
             .transport
-            .queue_stats(&self.name)
+            .queue_stats(&self.name)?
             .map(|s| s.messages)
             .ok_or_else(|| Error::UnknownQueue(self.name.clone()))
     }

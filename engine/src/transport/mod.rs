@@ -254,8 +254,12 @@ pub trait Transport: Send + Sync + fmt::Debug {
     fn store_counters(&self) -> Option<CounterSnapshot> {
         None
     }
-    /// Figures of one queue.
-    fn queue_stats(&self, name: &str) -> Option<QueueStats>;
-    /// Figures of every queue.
-    fn all_queue_stats(&self) -> Vec<QueueStats>;
+    /// Figures of one queue; `Ok(None)` when there is no such queue. An
+    /// error when the figures cannot be read (a store or server that does
+    /// not answer, a permission refused): never `None` for it, which would
+    /// tell the caller the queue is gone.
+    fn queue_stats(&self, name: &str) -> Result<Option<QueueStats>, Error>;
+    /// Figures of every queue; an error when they cannot be read (never an
+    /// empty or partial list for it).
+    fn all_queue_stats(&self) -> Result<Vec<QueueStats>, Error>;
 }

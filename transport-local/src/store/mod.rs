@@ -426,16 +426,19 @@ impl Transport for LocalTransport {
         Some(self.inner.stats.totals())
     }
 
-    fn queue_stats(&self, name: &str) -> Option<QueueStats> {
-        self.inner.refresh().ok()?;
-        let q = self.inner.topo.lock().queues.get(name).cloned()?;
-        Some(stats(&q))
+    fn queue_stats(&self, name: &str) -> Result<Option<QueueStats>, Error> {
+        // A store whose metadata cannot be read says so: answering from
+        // what this process loaded before could name a deleted queue, and
+        // answering "no such queue" would be a lie.
+        self.inner.refresh()?;
+        let q = self.inner.topo.lock().queues.get(name).cloned();
+        Ok(q.map(|q| stats(&q)))
     }
 
-    fn all_queue_stats(&self) -> Vec<QueueStats> {
-        let _ = self.inner.refresh();
+    fn all_queue_stats(&self) -> Result<Vec<QueueStats>, Error> {
+        self.inner.refresh()?;
         let qs: Vec<_> = self.inner.topo.lock().queues.values().cloned().collect();
-        qs.iter().map(|q| stats(q)).collect()
+        Ok(qs.iter().map(|q| stats(q)).collect())
     }
 }
 
