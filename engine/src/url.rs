@@ -303,7 +303,7 @@ pub fn parse_seconds(name: &str, v: &str) -> Result<Duration, UrlError> {
         .ok()
         .filter(|s| s.is_finite() && *s > 0.0 && *s < 1e12)
         .map(Duration::from_secs_f64)
-        .ok_or_else(|| invalid(name, v, "a positive number of seconds"))
+        .ok_or_else(|| invalid(name, v, "a positive number of seconds below 10^12"))
 }
 
 #[cfg(test)]
@@ -405,6 +405,7 @@ mod tests {
             "visibility_timeout=abc",
             "visibility_timeout=-1",
             "visibility_timeout=inf",
+            "visibility_timeout=1000000000000",
             "busy_poll=x",
             "confirm_window=0",
             "confirm_window=18446744073709551616",
@@ -421,5 +422,9 @@ mod tests {
                 "{bad}"
             );
         }
+        // A refusal says the bound, not only "positive".
+        let mut u = ConnectUrl::parse("memory://?visibility_timeout=99999999999999").unwrap();
+        let e = u.take_connection_config().unwrap_err().to_string();
+        assert!(e.contains("below 10^12"), "{e}");
     }
 }
