@@ -80,7 +80,7 @@ pub(crate) struct TortureArgs {
     /// The workers' own (any transport): mid-pipeline (publishes handed
     /// over, no confirm waited for), confirmed-unsaid, delivered-unsaid,
     /// before-ack; on local://, in a build with the failpoints feature, the
-    /// log protocol's: segment::reserved, segment::written,
+    /// log protocol's: segment::reserved, segment::named, segment::written,
     /// lane::write_segment_mapped, lane::rotating, durability::sync (a group
     /// commit about to fdatasync), and in consumers lane::claimed (a claim
     /// made and counted, the rest of its run not) and

@@ -123,6 +123,7 @@ fn local_survives_kills_during_rotation() {
     if stop_points_built() {
         let store = [
             "segment::reserved",
+            "segment::named",
             "segment::written",
             "lane::write_segment_mapped",
             "lane::rotating",

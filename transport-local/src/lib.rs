@@ -77,7 +77,8 @@ pub use store::{open, set_aside, Fsync, LocalOptions, LocalTransport, SetAside};
 /// The named points inside the log protocol where a fault-injection harness
 /// (`dashi torture --kill-points`) can stop a process, to kill it exactly
 /// there: a record's space reserved but nothing written
-/// (`segment::reserved`), a record written but not committed
+/// (`segment::reserved`), its header written (naming its writer) but not
+/// its payload (`segment::named`), a record written but not committed
 /// (`segment::written`), a writer holding a mapped segment
 /// (`lane::write_segment_mapped`), a segment rotation half done (the next
 /// segment created, the lane not yet moved to it: `lane::rotating`), a
@@ -89,6 +90,7 @@ pub use store::{open, set_aside, Fsync, LocalOptions, LocalTransport, SetAside};
 /// leaves the figure one high until the store is recovered).
 pub const STOP_POINTS: &[&str] = &[
     "segment::reserved",
+    "segment::named",
     "segment::written",
     "lane::write_segment_mapped",
     "lane::rotating",
