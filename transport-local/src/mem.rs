@@ -102,6 +102,28 @@ impl Region {
         self.slice(at, len).to_vec()
     }
 
+    /// Maps the pages of `[at, at + len)` (page-aligned, clamped) writable in
+    /// this process in one call, as writes to each would, without writing:
+    /// a consumer about to set the claim words there takes one system call
+    /// instead of a read fault and a write fault per page. Best effort
+    /// (an old kernel says `EINVAL`; the faults then happen as before).
+    pub(crate) fn populate_write(&self, at: u64, len: u64) {
+        let at = at.min(self.len);
+        let len = len.min(self.len - at);
+        if len == 0 {
+            return;
+        }
+        // SAFETY: the range lies in the mapping (clamped); the advice
+        // changes no byte, only which pages this process has mapped.
+        let _ = unsafe {
+            rustix::mm::madvise(
+                self.map.as_mut_ptr().add(at as usize).cast(),
+                len as usize,
+                rustix::mm::Advice::LinuxPopulateWrite,
+            )
+        };
+    }
+
     /// Runs `f` over the bytes `[at, at + len)` (clamped), in place.
     pub(crate) fn with_bytes<R>(&self, at: u64, len: u64, f: impl FnOnce(&[u8]) -> R) -> R {
         f(self.slice(at, len))
@@ -180,6 +202,9 @@ impl Region {
     pub(crate) fn with_bytes<R>(&self, at: u64, len: u64, f: impl FnOnce(&[u8]) -> R) -> R {
         f(&self.read(at, len))
     }
+
+    /// Nothing to map in a model.
+    pub(crate) fn populate_write(&self, _at: u64, _len: u64) {}
 }
 
 /// The accessors' bounds and their `unsafe` over real memory. `ci/miri.sh`

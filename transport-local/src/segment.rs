@@ -241,6 +241,18 @@ const CRC_IN_META: u64 = std::mem::offset_of!(RecordMeta, crc) as u64;
 const CLAIM_AT: u64 = 8;
 const DEADLINE_AT: u64 = 16;
 
+/// The system's page size (a power of two).
+fn page_size() -> u64 {
+    #[cfg(not(loom))]
+    {
+        rustix::param::page_size() as u64
+    }
+    #[cfg(loom)]
+    {
+        4096
+    }
+}
+
 /// Total bytes a record with `payload_len` bytes of payload takes.
 pub(crate) fn record_len(payload_len: usize) -> u64 {
     (RECORD_HEADER_LEN + payload_len as u64 + 7) & !7
@@ -375,6 +387,9 @@ pub(crate) struct Segment {
     path: String,
     /// The file (none for a modelled segment).
     file: Option<Arc<File>>,
+    /// How far this process has mapped the pages writable ahead of its
+    /// claims ([`Segment::prepare_claims`]); a hint, never shared.
+    populated: std::sync::atomic::AtomicU64,
 }
 
 impl Segment {
@@ -412,6 +427,7 @@ impl Segment {
             },
             path: path.display().to_string(),
             file: Some(Arc::new(file)),
+            populated: std::sync::atomic::AtomicU64::new(0),
         };
         seg.init();
         Ok(seg)
@@ -431,6 +447,7 @@ impl Segment {
             },
             path: format!("model-{lane}-{seq}"),
             file: None,
+            populated: std::sync::atomic::AtomicU64::new(0),
         };
         seg.init();
         seg
@@ -472,6 +489,7 @@ impl Segment {
             header,
             path: name,
             file: Some(Arc::new(file)),
+            populated: std::sync::atomic::AtomicU64::new(0),
         })
     }
 
@@ -812,6 +830,43 @@ impl Segment {
     pub(crate) fn payload(&self, offset: u64, meta: &RecordMeta) -> Vec<u8> {
         self.region
             .read(offset + RECORD_HEADER_LEN, u64::from(meta.payload_len))
+    }
+
+    /// Before claiming from `off`: maps the next stretch of reserved
+    /// records writable in this process in one call, when `off` is within
+    /// half a stretch of what was mapped so far. A consumer reads a record's
+    /// header, then sets its claim word: a read fault and a write fault on
+    /// every page it passes, about a sixth of its time in the kernel
+    /// (`perf`, 64-byte bodies); one call per 256 KiB takes their place.
+    /// Nothing is written, and a page beyond the end of a file cut short is
+    /// refused (`EFAULT`), never a `SIGBUS`.
+    pub(crate) fn prepare_claims(&self, off: u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        const STRETCH: u64 = 256 * 1024;
+        let page = page_size();
+        let done = self.populated.load(Relaxed);
+        if off.saturating_add(STRETCH / 2) < done {
+            return;
+        }
+        let from = done.max(off & !(page - 1));
+        let to = off.saturating_add(STRETCH).min(self.reserved_to()) & !(page - 1);
+        if to > from {
+            self.region.populate_write(from, to - from);
+            self.populated.store(to, Relaxed);
+        }
+    }
+
+    /// How far [`Segment::prepare_claims`] has mapped (tests).
+    #[cfg(test)]
+    pub(crate) fn prepared_to(&self) -> u64 {
+        self.populated.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Where this process maps the segment (tests read its figures in
+    /// `/proc/self/smaps`).
+    #[cfg(all(test, not(loom)))]
+    pub(crate) fn mapped_at(&self) -> usize {
+        self.region.slice(0, 0).as_ptr() as usize
     }
 
     /// The shared claim word of the record at `off` (consumer state).

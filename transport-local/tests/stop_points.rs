@@ -14,7 +14,7 @@ fn stop_points_are_named_and_checked() {
         "{e}"
     );
     assert_eq!(HAS_STOP_POINTS, cfg!(feature = "failpoints"));
-    assert_eq!(STOP_POINTS.len(), 7);
+    assert_eq!(STOP_POINTS.len(), 8);
     if !HAS_STOP_POINTS {
         let e = stop_at("lane::rotating", "m1").unwrap_err();
         assert!(e.contains("failpoints feature"), "{e}");

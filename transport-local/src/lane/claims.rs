@@ -149,6 +149,7 @@ impl Lane {
         let Some(seg) = self.segment(start.seq)? else {
             return Ok(0);
         };
+        seg.prepare_claims(start.off);
         let mut pos = start;
         let mut n = 0usize;
         while n < max {

@@ -223,3 +223,83 @@ fn a_new_record_starts_with_clear_consumer_words_whatever_was_there() {
         0
     );
 }
+
+/// Kibibytes of this process's memory mapped at `addr` (its `Rss` line in
+/// `/proc/self/smaps`).
+#[cfg(not(loom))]
+fn rss_kib(addr: usize) -> u64 {
+    let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap();
+    let mut in_it = false;
+    for line in smaps.lines() {
+        if let Some((range, _)) = line.split_once(' ') {
+            if let Some((lo, hi)) = range.split_once('-') {
+                if let (Ok(lo), Ok(hi)) =
+                    (usize::from_str_radix(lo, 16), usize::from_str_radix(hi, 16))
+                {
+                    in_it = (lo..hi).contains(&addr);
+                    continue;
+                }
+            }
+        }
+        if in_it {
+            if let Some(v) = line.strip_prefix("Rss:") {
+                return v.trim().trim_end_matches("kB").trim().parse().unwrap();
+            }
+        }
+    }
+    panic!("no mapping at {addr:#x}");
+}
+
+/// A consumer maps the pages it is about to claim from in one call: only
+/// reserved ones, a stretch at a time, without changing a byte; on a file
+/// cut short under it the call is refused, and the process lives (touching
+/// those pages would be a SIGBUS).
+#[cfg(not(loom))]
+#[test]
+fn claims_map_reserved_pages_ahead_and_survive_a_file_cut_short() {
+    let (dir, seg) = fresh(4 << 20);
+    for i in 0..8000u32 {
+        seg.append(&[i as u8; 200], 0, 1, 0).unwrap();
+    }
+    let end = seg.reserved_to();
+    assert!(end > 2 << 20, "{end}");
+    let reader = reopen(&dir.join("0.seg"));
+    let at = reader.mapped_at();
+    let mapped = rss_kib(at);
+    // Its header, and what the kernel maps around a fault (64 KiB).
+    assert!(
+        mapped <= 64,
+        "a fresh mapping holds its header only: {mapped}"
+    );
+    let first = (HEADER_LEN + 256 * 1024) & !4095;
+    reader.prepare_claims(HEADER_LEN);
+    assert_eq!(reader.prepared_to(), first);
+    assert!(rss_kib(at) >= 256, "{}", rss_kib(at));
+    // Within half a stretch of what is mapped: nothing more.
+    reader.prepare_claims(100 * 1024);
+    assert_eq!(reader.prepared_to(), first);
+    assert!(rss_kib(at) < 300, "{}", rss_kib(at));
+    // Further on: the stretch from there (not the pages passed before it).
+    let had = rss_kib(at);
+    reader.prepare_claims(400 * 1024);
+    assert_eq!(reader.prepared_to(), 656 * 1024);
+    assert!(
+        (had + 256..had + 300).contains(&rss_kib(at)),
+        "{had} -> {}",
+        rss_kib(at)
+    );
+    // Never past what is reserved.
+    reader.prepare_claims(end - 4096);
+    assert_eq!(reader.prepared_to(), end & !4095);
+    assert_eq!(scan(&reader), scan(&seg), "mapping ahead changed a byte");
+    // The file cut short under a mapping made before: mapping ahead past
+    // its end is refused, not a crash.
+    let before_cut = reopen(&dir.join("0.seg"));
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(dir.join("0.seg"))
+        .unwrap();
+    f.set_len(64 * 1024).unwrap();
+    before_cut.prepare_claims(1 << 20);
+    assert_eq!(before_cut.prepared_to(), (1 << 20) + 256 * 1024);
+}
