@@ -10,7 +10,8 @@ use std::time::Duration;
 use dashi::{ConsumerOptions, Error};
 use serde_json::json;
 
-use super::{histogram, latency_us, now_ns};
+use super::dashi_run::Recorder;
+use super::{histogram, latency_us_at, now_ns};
 use crate::args::BenchConsumerArgs;
 use crate::connect::connect;
 
@@ -21,11 +22,19 @@ pub(crate) const STOP: &[u8] = b"\0dashi-bench-stop";
 pub(crate) fn run(a: BenchConsumerArgs) -> Result<(), String> {
     let conn = connect(&a.url)?;
     let ch = conn.channel().map_err(|e| e.to_string())?;
-    let hist = Arc::new(Mutex::new(histogram()));
+    // The histogram is the callback's own (no lock per message) and handed
+    // over when the consumer is cancelled, as the in-process consumers and
+    // the peers keep theirs; one clock read per message serves the latency
+    // and the finish time (the peers read the clock once a message too).
+    let hist = Arc::new(Mutex::new(None));
+    let mut recorder = Recorder {
+        hist: histogram(),
+        out: hist.clone(),
+    };
     let got = Arc::new(AtomicU64::new(0));
     let last_ns = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let (h, g, l, st) = (hist.clone(), got.clone(), last_ns.clone(), stop.clone());
+    let (g, l, st) = (got.clone(), last_ns.clone(), stop.clone());
     let _consumer = ch
         .consume(ConsumerOptions::new(a.queue.clone()), move |d| {
             if d.body().starts_with(STOP) {
@@ -38,12 +47,13 @@ pub(crate) fn run(a: BenchConsumerArgs) -> Result<(), String> {
                 }
                 return;
             }
-            if let Ok(mut h) = h.lock() {
-                h.saturating_record(latency_us(d.body()).max(1));
-            }
+            let now = now_ns();
+            recorder
+                .hist
+                .saturating_record(latency_us_at(d.body(), now).max(1));
             let _ = d.ack();
             g.fetch_add(1, Ordering::Relaxed);
-            l.store(now_ns(), Ordering::Relaxed);
+            l.store(now, Ordering::Relaxed);
         })
         .map_err(|e| e.to_string())?;
     println!("ready");
@@ -62,8 +72,13 @@ pub(crate) fn run(a: BenchConsumerArgs) -> Result<(), String> {
         }
     }
     // Stop taking messages; anything still prefetched goes back on close.
+    // Cancelling drops the callback, and its recorder hands over.
     drop(_consumer);
-    let h = hist.lock().map_err(|_| "histogram lock poisoned")?;
+    let h = hist
+        .lock()
+        .map_err(|_| "histogram lock poisoned")?
+        .take()
+        .ok_or("the consumer's callback was not dropped at cancel")?;
     drop(ch);
     let q = |p: f64| h.value_at_quantile(p);
     println!(

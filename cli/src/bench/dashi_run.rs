@@ -137,9 +137,9 @@ fn spawn_consumer(
 /// A consumer's latency histogram, owned by its callback so that recording
 /// takes no lock (the peers' consumers keep theirs on their thread too);
 /// handed over to `out` when the callback is dropped, at cancel.
-struct Recorder {
-    hist: hdrhistogram::Histogram<u64>,
-    out: Arc<Mutex<Option<hdrhistogram::Histogram<u64>>>>,
+pub(super) struct Recorder {
+    pub(super) hist: hdrhistogram::Histogram<u64>,
+    pub(super) out: Arc<Mutex<Option<hdrhistogram::Histogram<u64>>>>,
 }
 
 impl Drop for Recorder {

@@ -91,12 +91,18 @@ pub(crate) fn stamped_body(size: usize) -> bytes::Bytes {
 
 /// Publish→deliver latency of a stamped body, in microseconds.
 pub(crate) fn latency_us(body: &[u8]) -> u64 {
+    latency_us_at(body, now_ns())
+}
+
+/// Publish→deliver latency of a stamped body delivered at `now` (wall
+/// clock, nanoseconds), in microseconds.
+pub(crate) fn latency_us_at(body: &[u8], now: u64) -> u64 {
     let sent = body
         .get(..8)
         .and_then(|b| b.try_into().ok())
         .map(u64::from_le_bytes)
         .unwrap_or(0);
-    now_ns().saturating_sub(sent) / 1_000
+    now.saturating_sub(sent) / 1_000
 }
 
 /// A latency histogram from 1 µs to 1 hour, 3 significant digits.
