@@ -1615,7 +1615,7 @@ mod tests {
         let never = kill_points("all", "local:///d").unwrap();
         let always = kill_points("all", "local:///d?fsync=always").unwrap();
         if dashi::local::HAS_STOP_POINTS {
-            assert_eq!(never.len(), WORKER_POINTS.len() + 6, "{never:?}");
+            assert_eq!(never.len(), WORKER_POINTS.len() + 7, "{never:?}");
             assert!(always.contains(&"durability::sync"), "{always:?}");
             assert!(never.contains(&"lane::claimed"), "{never:?}");
             assert!(never.contains(&"lane::settled_uncounted"), "{never:?}");
