@@ -8,6 +8,26 @@ use std::ptr::null_mut;
 use dashi_ffi::dashi_result::*;
 use dashi_ffi::*;
 
+/// A connection to `url` and a channel on it, with queue `q` declared.
+///
+/// # Safety
+/// As the exported functions it calls; the caller frees both handles.
+unsafe fn open_with_queue(
+    url: &CString,
+    q: &CString,
+) -> (*mut dashi_connection, *mut dashi_channel) {
+    // SAFETY: both strings are live and NUL-terminated; the out-parameters
+    // are writable locals.
+    unsafe {
+        let mut c = null_mut();
+        assert_eq!(dashi_connection_open(url.as_ptr(), &mut c), DASHI_OK);
+        let mut ch = null_mut();
+        assert_eq!(dashi_channel_open(c, &mut ch), DASHI_OK);
+        assert_eq!(dashi_queue_declare(ch, q.as_ptr(), 0), DASHI_OK);
+        (c, ch)
+    }
+}
+
 #[test]
 fn garbage_set_aside_on_redis_is_counted_in_the_figures() {
     let r = dashi_test_support::RedisServer::start();
@@ -16,11 +36,7 @@ fn garbage_set_aside_on_redis_is_counted_in_the_figures() {
     // SAFETY: every pointer passed is live, NUL-terminated or writable, and
     // every handle is freed once, after its last use.
     unsafe {
-        let mut c = null_mut();
-        assert_eq!(dashi_connection_open(url.as_ptr(), &mut c), DASHI_OK);
-        let mut ch = null_mut();
-        assert_eq!(dashi_channel_open(c, &mut ch), DASHI_OK);
-        assert_eq!(dashi_queue_declare(ch, q.as_ptr(), 0), DASHI_OK);
+        let (c, ch) = open_with_queue(&url, &q);
         r.command(&["LPUSH", "g", "not json"]).unwrap();
         r.command(&["LPUSH", "g", r#"{"body": "x"}"#]).unwrap();
         // Only garbage: the get sets both aside and finds nothing.
@@ -55,11 +71,7 @@ fn figures_the_server_refuses_are_a_store_error_not_an_unknown_queue() {
     let q = CString::new("fig").unwrap();
     // SAFETY: as above.
     unsafe {
-        let mut c = null_mut();
-        assert_eq!(dashi_connection_open(url.as_ptr(), &mut c), DASHI_OK);
-        let mut ch = null_mut();
-        assert_eq!(dashi_channel_open(c, &mut ch), DASHI_OK);
-        assert_eq!(dashi_queue_declare(ch, q.as_ptr(), 0), DASHI_OK);
+        let (c, ch) = open_with_queue(&url, &q);
         let mut l = null_mut();
         assert_eq!(dashi_connection_open(limited.as_ptr(), &mut l), DASHI_OK);
         let mut st = dashi_queue_figures {
