@@ -819,6 +819,59 @@ fn figures_the_server_refuses_are_an_error_not_a_missing_queue() {
     ));
 }
 
+/// Lines a `tracing` subscriber writes, kept for a test to read.
+#[derive(Clone, Default)]
+struct Captured(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// An auto-delete queue whose delete Redis refuses (here an ACL user
+/// without `DEL`) stays, with its messages, and the cancel says so: it was
+/// kept without a word.
+#[test]
+fn an_auto_delete_queue_redis_will_not_delete_stays_and_is_warned_of() {
+    let r = RedisServer::start();
+    r.command(&[
+        "ACL", "SETUSER", "nodel", "on", ">pw", "~*", "&*", "+@all", "-del",
+    ])
+    .unwrap();
+    let url = format!("redis://nodel:pw@127.0.0.1:{}", r.port());
+    let lines = Captured::default();
+    let sink = lines.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::WARN)
+        .with_ansi(false)
+        .with_writer(move || sink.clone())
+        .finish();
+    tracing::subscriber::with_default(subscriber, || {
+        let c = connect(&url);
+        let ch = c.channel().unwrap();
+        ch.queue_declare(&Queue::new("ad").with_auto_delete(true))
+            .unwrap();
+        ch.producer().publish("kept", "ad").unwrap();
+        // No drain runs the callback: whatever was taken ahead goes back
+        // unseen at the cancel, and the message stays ready.
+        let consumer = ch.consume(ConsumerOptions::new("ad"), |_| {}).unwrap();
+        consumer.cancel().unwrap();
+    });
+    let said = String::from_utf8(lines.0.lock().unwrap().clone()).unwrap();
+    assert!(
+        said.contains("auto-delete queue kept") && said.contains("NOPERM"),
+        "{said}"
+    );
+    // Still there for anyone, with its message.
+    let admin = connect(&r.url());
+    assert_eq!(admin.stats().queue("ad").unwrap().messages, 1);
+}
+
 #[test]
 fn passwords_are_never_printed() {
     let r = RedisServer::start_with(&["--requirepass", "s3cr3t-pw"]);
