@@ -12,7 +12,7 @@
 
 use std::time::Duration;
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::{BufMut, Bytes};
 use dashi_engine::message::{DeliveryMode, Message, Properties};
 use dashi_engine::spi::ShortStr;
 use dashi_engine::value::{Headers, Value};
@@ -104,7 +104,7 @@ pub(crate) enum DecodeError {
     Trailing(usize),
 }
 
-fn put_str8(out: &mut BytesMut, field: &'static str, s: &str) -> Result<(), EncodeError> {
+fn put_str8(out: &mut Vec<u8>, field: &'static str, s: &str) -> Result<(), EncodeError> {
     let len = u8::try_from(s.len()).map_err(|_| EncodeError::TooLong {
         field,
         len: s.len(),
@@ -115,7 +115,7 @@ fn put_str8(out: &mut BytesMut, field: &'static str, s: &str) -> Result<(), Enco
     Ok(())
 }
 
-fn put_str16(out: &mut BytesMut, field: &'static str, s: &str) -> Result<(), EncodeError> {
+fn put_str16(out: &mut Vec<u8>, field: &'static str, s: &str) -> Result<(), EncodeError> {
     let len = u16::try_from(s.len()).map_err(|_| EncodeError::TooLong {
         field,
         len: s.len(),
@@ -126,7 +126,7 @@ fn put_str16(out: &mut BytesMut, field: &'static str, s: &str) -> Result<(), Enc
     Ok(())
 }
 
-fn put_len32(out: &mut BytesMut, field: &'static str, n: usize) -> Result<(), EncodeError> {
+fn put_len32(out: &mut Vec<u8>, field: &'static str, n: usize) -> Result<(), EncodeError> {
     let n = u32::try_from(n).map_err(|_| EncodeError::TooLong {
         field,
         len: n,
@@ -136,7 +136,7 @@ fn put_len32(out: &mut BytesMut, field: &'static str, n: usize) -> Result<(), En
     Ok(())
 }
 
-fn put_value(out: &mut BytesMut, v: &Value, depth: usize) -> Result<(), EncodeError> {
+fn put_value(out: &mut Vec<u8>, v: &Value, depth: usize) -> Result<(), EncodeError> {
     if depth > MAX_DEPTH {
         return Err(EncodeError::TooDeep);
     }
@@ -182,7 +182,7 @@ fn put_value(out: &mut BytesMut, v: &Value, depth: usize) -> Result<(), EncodeEr
     Ok(())
 }
 
-fn put_table(out: &mut BytesMut, t: &Headers, depth: usize) -> Result<(), EncodeError> {
+fn put_table(out: &mut Vec<u8>, t: &Headers, depth: usize) -> Result<(), EncodeError> {
     if depth > MAX_DEPTH {
         return Err(EncodeError::TooDeep);
     }
@@ -194,14 +194,28 @@ fn put_table(out: &mut BytesMut, t: &Headers, depth: usize) -> Result<(), Encode
     Ok(())
 }
 
-/// Encodes a payload. The body is copied once, into the returned buffer
-/// (which the transport then copies into its log).
+/// Encodes a payload into a new buffer.
+#[cfg(any(test, feature = "test-hooks"))]
 pub(crate) fn encode(exchange: &str, routing_key: &str, m: &Message) -> Result<Bytes, EncodeError> {
-    let p = &m.properties;
-    let mut out = BytesMut::with_capacity(64 + m.body.len());
+    let mut out = Vec::new();
+    encode_into(&mut out, exchange, routing_key, &m.properties, &m.body)?;
+    Ok(Bytes::from(out))
+}
+
+/// Encodes a payload at the end of `out` (a buffer the publisher reuses, so
+/// a publish allocates nothing here; the transport then copies it into its
+/// log). On error `out` holds a partial payload: clear it before reuse.
+pub(crate) fn encode_into(
+    out: &mut Vec<u8>,
+    exchange: &str,
+    routing_key: &str,
+    p: &Properties,
+    body: &[u8],
+) -> Result<(), EncodeError> {
+    out.reserve(64 + body.len());
     out.put_u8(VERSION);
-    put_str8(&mut out, "exchange", exchange)?;
-    put_str8(&mut out, "routing key", routing_key)?;
+    put_str8(out, "exchange", exchange)?;
+    put_str8(out, "routing key", routing_key)?;
     let mut flags = 0u16;
     let set = |cond: bool, bit: u16, flags: &mut u16| {
         if cond {
@@ -224,35 +238,35 @@ pub(crate) fn encode(exchange: &str, routing_key: &str, m: &Message) -> Result<B
     set(p.timestamp.is_some(), F_TIMESTAMP, &mut flags);
     out.put_u16_le(flags);
     if let Some(s) = &p.content_type {
-        put_str16(&mut out, "content_type", s)?;
+        put_str16(out, "content_type", s)?;
     }
     if let Some(s) = &p.content_encoding {
-        put_str16(&mut out, "content_encoding", s)?;
+        put_str16(out, "content_encoding", s)?;
     }
     if !p.headers.is_empty() {
-        put_table(&mut out, &p.headers, 0)?;
+        put_table(out, &p.headers, 0)?;
     }
     if let Some(x) = p.priority {
         out.put_u8(x);
     }
     if let Some(s) = &p.correlation_id {
-        put_str16(&mut out, "correlation_id", s)?;
+        put_str16(out, "correlation_id", s)?;
     }
     if let Some(s) = &p.reply_to {
-        put_str16(&mut out, "reply_to", s)?;
+        put_str16(out, "reply_to", s)?;
     }
     if let Some(d) = p.expiration {
         out.put_u64_le(d.as_millis().min(u64::MAX as u128) as u64);
     }
     if let Some(s) = &p.message_id {
-        put_str16(&mut out, "message_id", s)?;
+        put_str16(out, "message_id", s)?;
     }
     if let Some(t) = p.timestamp {
         out.put_u64_le(t);
     }
-    put_len32(&mut out, "body", m.body.len())?;
-    out.put_slice(&m.body);
-    Ok(out.freeze())
+    put_len32(out, "body", body.len())?;
+    out.put_slice(body);
+    Ok(())
 }
 
 struct Reader<'a> {

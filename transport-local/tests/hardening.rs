@@ -484,3 +484,47 @@ fn a_full_disk_under_a_pipeline_confirms_everything_it_took() {
     ch.wait_for_confirms(Duration::from_secs(10)).unwrap();
     assert_eq!(conn.stats().queue("q").unwrap().messages, taken);
 }
+
+/// A message the log cannot encode (headers nested past the limit) is
+/// refused with its reason and handed back whole, and what is published
+/// after it is stored exactly as given: the encoder's buffer, reused from
+/// publish to publish, starts clean after a payload abandoned half way, and
+/// a body larger than the buffer it keeps round-trips too.
+#[test]
+fn a_message_the_log_cannot_encode_is_handed_back_and_the_next_are_intact() {
+    use dashi_engine::Value;
+    let d = TestDir::new();
+    let url = format!("local://{}?segment_size=1M", d.path().display());
+    let conn = dashi_transport_local::open(ConnectUrl::parse(&url).unwrap()).unwrap();
+    let ch = channel(&conn);
+    let mut deep = Value::Null;
+    for _ in 0..40 {
+        deep = Value::List(vec![deep]);
+    }
+    let bad = Message::new("refused")
+        .with_header("first", "a header written before the refusal")
+        .with_header("zz-deep", deep);
+    let err = ch.producer().publish(bad.clone(), "q").unwrap_err();
+    assert!(err.to_string().contains("nest deeper"), "{err}");
+    assert!(!err.is_transient(), "no retry encodes it: {err}");
+    assert_eq!(err.into_message(), bad, "handed back whole");
+
+    let sent = [
+        Message::new("small").with_header("k", "v"),
+        Message::new(vec![7u8; 200 << 10]),
+        Message::new("after the large one"),
+    ];
+    for m in &sent {
+        ch.producer().publish(m.clone(), "q").unwrap();
+    }
+    for m in &sent {
+        let got = ch
+            .get("q", Duration::from_secs(5))
+            .unwrap()
+            .expect("stored");
+        assert_eq!(got.body(), &m.body[..]);
+        assert_eq!(got.properties().headers, m.properties.headers);
+        got.ack().unwrap();
+    }
+    assert!(ch.get("q", Duration::from_millis(50)).unwrap().is_none());
+}
