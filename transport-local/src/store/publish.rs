@@ -203,14 +203,27 @@ impl Inner {
             let e = store_fail(FailureKind::Invalid, "encoding the record", e);
             return Err(store_error(e, env));
         }
-        if env.properties().expiration.is_some() {
+        let expires = env.properties().expiration.is_some();
+        if expires {
             // This process sweeps the queues its expiring messages went to.
             for &t in targets {
                 routing.target(t).expiring.store(true, Relaxed);
             }
             self.ensure_expiry();
         }
-        let written = match self.append_all(&routing, targets, priority, &payload, size) {
+        // The publish time is what a TTL counts from, and nothing else reads
+        // it: read the clock only when a TTL applies (a tenth of a small
+        // publish's time otherwise). 0 says "not recorded".
+        let ts = if expires
+            || targets
+                .iter()
+                .any(|&t| routing.target(t).decl.message_ttl.is_some())
+        {
+            wall_ns()
+        } else {
+            0
+        };
+        let written = match self.append_all(&routing, targets, priority, &payload, size, ts) {
             Ok(w) => w,
             Err(e) => return Err(store_error(e, env)),
         };
@@ -255,9 +268,9 @@ impl Inner {
         }
     }
 
-    /// Appends the encoded message to each target's lane `priority` (or its
-    /// highest lane) and wakes the local waiters; returns the segments
-    /// written, for the durability wait. A target another process deleted
+    /// Appends the encoded message, published at `ts` (0: not recorded), to
+    /// each target's lane `priority` (or its highest lane) and wakes the
+    /// local waiters; returns the segments written, for the durability wait. A target another process deleted
     /// since this one routed (its files are gone) is skipped: the delete
     /// wins, as if the message had landed just before it and gone with the
     /// queue, which is what a publish racing a delete may see.
@@ -268,9 +281,9 @@ impl Inner {
         priority: u8,
         payload: &[u8],
         size: u64,
+        ts: u64,
     ) -> Result<Vec<Arc<Segment>>, dashi_engine::Error> {
         let writer = u64::from(self.me());
-        let ts = wall_ns();
         let mut written = Vec::new();
         for &t in targets {
             let q = routing.target(t);

@@ -391,7 +391,15 @@ impl LocalQueue {
         env.expires_at = match ttl {
             None => u64::MAX,
             Some(ttl) => {
-                let deadline = c.meta.timestamp_ns.saturating_add(ttl.as_nanos() as u64);
+                // A record whose publish time was not recorded (no TTL
+                // applied when it was written; only a queue deleted and
+                // declared again with one under a racing publish) counts
+                // from now.
+                let from = match c.meta.timestamp_ns {
+                    0 => wall_ns(),
+                    t => t,
+                };
+                let deadline = from.saturating_add(ttl.as_nanos() as u64);
                 now_ns().saturating_add(deadline.saturating_sub(wall_ns()))
             }
         };
@@ -459,6 +467,8 @@ impl LocalQueue {
         };
         match effective_ttl(self.decl.message_ttl, p.message.properties.expiration) {
             None => false,
+            // Publish time not recorded: its TTL counts from its delivery.
+            Some(_) if meta.timestamp_ns == 0 => false,
             Some(ttl) => wall_ns() >= meta.timestamp_ns.saturating_add(ttl.as_nanos() as u64),
         }
     }

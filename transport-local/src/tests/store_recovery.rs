@@ -385,3 +385,36 @@ fn stale_tail_in(d: &Path) {
     assert_eq!(drain(&c), vec!["a", "b", "c", "d"]);
     drop((t, c));
 }
+
+/// A record is written without its publish time (0) when no TTL applied to
+/// it; should one land in a queue with a TTL after all (a queue deleted and
+/// declared again with a TTL under a racing publish), its TTL counts from
+/// its delivery: it is neither swept as expired nor delivered already dead.
+#[test]
+fn a_record_without_its_publish_time_is_not_taken_for_expired() {
+    let d = dir("no-publish-time");
+    let (_t, c) = open(d.path());
+    let ch = c.channel().unwrap();
+    ch.queue_declare(&Queue::new("q").with_message_ttl(Duration::from_millis(100)))
+        .unwrap();
+    ch.producer()
+        .publish(dashi_engine::Message::new("timed"), "q")
+        .unwrap();
+    let path = seg_path(d.path());
+    let f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&path)
+        .unwrap();
+    let payload = crate::codec::encode("", "q", &dashi_engine::Message::new("untimed")).unwrap();
+    Segment::open(&path, f)
+        .unwrap()
+        .append(&payload, 7, 1, 0)
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(
+        drain(&c),
+        ["untimed"],
+        "the timed one expired, the other not"
+    );
+}
