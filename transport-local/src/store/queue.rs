@@ -52,7 +52,7 @@ pub(crate) struct LocalQueue {
     pub(super) state: QueueState,
     /// Deliveries of this process not yet settled, by lane and token (a
     /// fast hash: tokens are positions, not attacker-chosen).
-    pub(super) held: Mutex<HashMap<(u8, u64), Claimed, foldhash::fast::RandomState>>,
+    pub(super) held: Mutex<HashMap<HeldKey, Claimed, foldhash::fast::RandomState>>,
     /// This process's id in the store (claims name it).
     pub(super) owner: u32,
     pub(super) transport: Weak<Inner>,
@@ -75,6 +75,15 @@ pub(crate) struct LocalQueue {
 
 /// Most records one [`QueueStore::pop_many`] of a lone consumer claims.
 const POP_BATCH: usize = 32;
+
+/// A held delivery's key: its lane and token in two whole words (a
+/// `(u8, u64)` pair is assembled from a byte and a word, which the copies of
+/// a batch of claims paid for in stalled loads).
+type HeldKey = (u64, u64);
+
+fn held_key(env: &Envelope) -> HeldKey {
+    (u64::from(env.lane), env.token)
+}
 
 /// How often a consumer looks for records held by dead processes (idle or
 /// busy alike).
@@ -411,7 +420,7 @@ impl LocalQueue {
     /// with the lane, moves it out of the map without the misaligned copies
     /// a `(u8, Claimed)` costs, a twentieth of a consumer's time.)
     pub(super) fn take(&self, env: &Envelope) -> Option<Claimed> {
-        self.held.lock().remove(&(env.lane, env.token))
+        self.held.lock().remove(&held_key(env))
     }
 
     /// True when messages of this queue can expire: it has a TTL, or this
@@ -494,7 +503,7 @@ impl LocalQueue {
         // A lane that cannot be read does not stop the others; its failure
         // is reported when no other lane has a message.
         let mut failed = None;
-        let mut claims: Vec<((u8, u64), Claimed)> = Vec::new();
+        let mut claims: Vec<(HeldKey, Claimed)> = Vec::new();
         // A lane's ready records are claimed a run at a time (one pass over
         // a stretch of its log), then read; a message that expired or
         // cannot be read is taken out of the run, and the lane is asked
@@ -533,7 +542,7 @@ impl LocalQueue {
                             continue;
                         }
                     }
-                    claims.push(((p, env.token), c));
+                    claims.push((held_key(&env), c));
                     out.push(env);
                 }
                 // What the run claimed is held now (above), whatever it
@@ -657,7 +666,7 @@ impl QueueStore for LocalQueue {
             let taken: Vec<(u8, Claimed)> = {
                 let mut held = self.held.lock();
                 envs.iter()
-                    .filter_map(|e| held.remove(&(e.lane, e.token)).map(|c| (e.lane, c)))
+                    .filter_map(|e| held.remove(&held_key(e)).map(|c| (e.lane, c)))
                     .collect()
             };
             for (p, c) in &taken {
@@ -699,7 +708,7 @@ impl QueueStore for LocalQueue {
     }
 
     fn lease(&self, env: &Envelope, lease: std::time::Duration) {
-        let held = self.held.lock().get(&(env.lane, env.token)).cloned();
+        let held = self.held.lock().get(&held_key(env)).cloned();
         if let (Some(c), Ok(l)) = (held, self.lane(env.lane)) {
             let deadline = clock::shared_now_ns().saturating_add(lease.as_nanos() as u64);
             l.set_deadline(&c, self.owner, deadline);
