@@ -35,6 +35,10 @@ impl Wake for Unpark {
 
 /// The next delivery, waiting up to `timeout` (`None` = forever). `Ok(None)`
 /// on timeout; `Err` when the stream ended (queue deleted, connection closed).
+/// The first wait after a transient consume failure, and the longest.
+const RETRY_FIRST: Duration = Duration::from_millis(100);
+const RETRY_MAX: Duration = Duration::from_secs(5);
+
 fn next(
     stream: &mut DeliveryStream,
     waker: &Waker,
@@ -44,13 +48,49 @@ fn next(
     // A timeout past the clock's range waits for ever.
     let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
     let mut cx = Context::from_waker(waker);
+    // A store that fails for a while (a Redis restart, a network cut) does
+    // not end a consumer: the engine retried a few times already, so this
+    // waits and asks again, longer each time up to `RETRY_MAX`, saying so
+    // once on stderr; an error no retry fixes, or one that outlasts
+    // `--timeout`, ends it.
+    let mut backoff: Option<Duration> = None;
     loop {
         match Pin::new(&mut *stream).poll_next(&mut cx) {
-            Poll::Ready(Some(Ok(d))) => return Ok(Some(d)),
-            // Transient failures were retried by the engine already.
-            Poll::Ready(Some(Err(e))) => return Err(format!("consume failed: {e}")),
+            Poll::Ready(Some(Ok(d))) => {
+                if backoff.is_some() {
+                    eprintln!("dashi: consuming again");
+                }
+                return Ok(Some(d));
+            }
+            Poll::Ready(Some(Err(e))) => {
+                let wait = match backoff {
+                    _ if !e.is_transient() => return Err(format!("consume failed: {e}")),
+                    None => {
+                        eprintln!("dashi: consume failed for now, retrying: {e}");
+                        RETRY_FIRST
+                    }
+                    Some(w) => (w * 2).min(RETRY_MAX),
+                };
+                backoff = Some(wait);
+                let wait = match deadline {
+                    None => wait,
+                    Some(d) => {
+                        let left = d.saturating_duration_since(Instant::now());
+                        if left.is_zero() {
+                            return Err(format!("consume failed until --timeout ran out: {e}"));
+                        }
+                        wait.min(left)
+                    }
+                };
+                std::thread::sleep(wait);
+            }
             Poll::Ready(None) => {
                 return Err("the consumer ended: queue deleted or connection closed".into())
+            }
+            Poll::Pending if backoff.is_some() => {
+                // Answering again: the wait for a message starts anew.
+                eprintln!("dashi: consuming again");
+                backoff = None;
             }
             Poll::Pending => match deadline {
                 None => std::thread::park(),
@@ -135,7 +175,19 @@ pub(crate) fn run(a: ConsumeArgs) -> Result<(), String> {
             Mode::Requeue => d.reject(true),
             Mode::NoAck | Mode::LeaveUnacked => Ok(()),
         };
-        settled.map_err(|e| format!("settling delivery {}: {e}", d.delivery_tag()))?;
+        match settled {
+            Ok(()) => {}
+            // Not settled: it stays unacked and comes back after the
+            // visibility timeout (at least once), so consuming goes on.
+            Err(e) if matches!(&e, dashi::AckError::Store { failure, .. } if failure.is_transient()) =>
+            {
+                eprintln!(
+                    "dashi: settling delivery {} failed for now (it will be delivered again): {e}",
+                    d.delivery_tag()
+                )
+            }
+            Err(e) => return Err(format!("settling delivery {}: {e}", d.delivery_tag())),
+        }
         if mode == Mode::LeaveUnacked {
             // Keep it unacked until the process is gone.
             std::mem::forget(d);

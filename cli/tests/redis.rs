@@ -168,3 +168,63 @@ fn phased_bench_reports_publish_and_consume_apart_against_both_peers() {
         assert!((cr - dc / pc).abs() < 1e-6 * cr.max(1.0), "{p}");
     }
 }
+
+/// `dashi consume` outlives a Redis restart: a server killed for a second
+/// under a waiting consumer (longer than the engine's own quick retries)
+/// is waited for, said once on stderr, and what is published after the
+/// restart is consumed. It used to exit at the first refused connection.
+#[test]
+fn consume_waits_out_a_redis_restart_and_goes_on() {
+    use std::process::{Command, Stdio};
+    let mut r = RedisServer::start();
+    let url = r.url();
+    let o = dashi(&["publish", &url, "--queue", "rq", "--body", "before"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let mut consumer = Command::new(env!("CARGO_BIN_EXE_dashi"))
+        .args([
+            "consume",
+            &url,
+            "--queue",
+            "rq",
+            "--count",
+            "2",
+            "--timeout",
+            "60",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = dashi_test_support::ChildLines::of(&mut consumer);
+    lines.until("body=before");
+    r.kill();
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    r.restart();
+    let o = dashi(&["publish", &url, "--queue", "rq", "--body", "after"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    // Panics if the consumer ends first (it did, with the error).
+    lines.until("body=after");
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut consumer.stderr.take().unwrap(), &mut err).unwrap();
+    assert!(consumer.wait().unwrap().success(), "{err}");
+    assert!(
+        err.contains("retrying") && err.contains("consuming again"),
+        "{err}"
+    );
+}
+
+/// `dashi purge` empties a queue another process declared (it refused
+/// every queue it had not declared itself, that is every one).
+#[test]
+fn purge_empties_a_queue_another_process_declared() {
+    let r = RedisServer::start();
+    let url = r.url();
+    let o = dashi(&[
+        "publish", &url, "--queue", "pq", "--count", "3", "--body", "x",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = dashi(&["purge", &url, "--queue", "pq"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).contains("purged 3 messages"), "{}", stdout(&o));
+    assert_eq!(r.command(&["LLEN", "pq"]).unwrap(), ":0");
+}

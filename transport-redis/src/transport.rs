@@ -2191,7 +2191,42 @@ impl Inner {
         if reply.first().and_then(resp::int).unwrap_or(0) > 0 {
             return Ok(true);
         }
+        // Every message of it delivered and unacked (its consumer may be
+        // dead: the next one must be able to wait for them to come back).
+        if self.unacked_by_queue()?.contains_key(name) {
+            return Ok(true);
+        }
         Ok(self.discover()?.iter().any(|n| n == name))
+    }
+
+    /// The handle of `name` when it is declared here, or was seen on the
+    /// server by this process (adopted); else looks for it on the server
+    /// and adopts it when found. `None`: nothing anywhere names it.
+    fn known_or_adopted(&self, name: &str) -> Result<Option<Arc<RedisQueue>>, Error> {
+        match self.topo.lock().queues.get(name) {
+            Some(h) if h.declared.load(SeqCst) || h.adopted.load(SeqCst) => {
+                return Ok(Some(h.clone()))
+            }
+            _ => {}
+        }
+        dashi_engine::spi::check_name("queue", name)?;
+        if !self.exists_on_server(name)? {
+            return Ok(None);
+        }
+        Ok(Some(self.adopt(name)))
+    }
+
+    /// Makes `name`, found on the server, known to this process from now
+    /// on: in kombu's layout an empty queue leaves no trace on the server,
+    /// so a queue seen a moment ago (by a figure, a look-up) must not turn
+    /// unknown because its last message was just taken.
+    fn adopt(&self, name: &str) -> Arc<RedisQueue> {
+        let mut topo = self.topo.lock();
+        let h = self.handle(&mut topo, name);
+        if !h.adopted.swap(true, SeqCst) {
+            self.republish(&topo);
+        }
+        h
     }
 
     /// Every key matching `pattern` (of `kind`, when given), by `SCAN`.
@@ -2522,13 +2557,10 @@ impl Transport for RedisTransport {
                     return Err(Error::Exclusive(name.to_owned()));
                 }
             }
-            if !topo
-                .queues
-                .get(name)
-                .is_some_and(|h| h.declared.load(SeqCst))
-            {
-                return Err(Error::UnknownQueue(name.to_owned()));
-            }
+        }
+        // As in kombu, a queue another process declared is purged by name.
+        if inner.known_or_adopted(name)?.is_none() {
+            return Err(Error::UnknownQueue(name.to_owned()));
         }
         let lists = inner.keys.lists(name);
         let mut cmds = vec![Cmd::new("MULTI")];
@@ -2634,24 +2666,12 @@ impl Transport for RedisTransport {
                     return Err(Error::Exclusive(name.to_owned()));
                 }
             }
-            match topo.queues.get(name) {
-                Some(h) if h.declared.load(SeqCst) || h.adopted.load(SeqCst) => {
-                    return Ok(h.clone())
-                }
-                _ => {}
-            }
         }
-        dashi_engine::spi::check_name("queue", name)?;
-        if !self.inner.exists_on_server(name)? {
+        let Some(h) = self.inner.known_or_adopted(name)? else {
             return Err(Error::UnknownQueue(name.to_owned()));
-        }
-        let h = {
-            let mut topo = self.inner.topo.lock();
-            let h = self.inner.handle(&mut topo, name);
-            h.adopted.store(true, SeqCst);
-            self.inner.republish(&topo);
-            h
         };
+        // Notifications for its lists before anyone waits on it (a queue
+        // adopted by a figure has none yet).
         if self.inner.ensure_watch() {
             self.inner.wake_waiters();
         }
@@ -2744,7 +2764,11 @@ impl Transport for RedisTransport {
         {
             return Ok(None);
         }
-        self.inner.stats_of(name, &unacked).map(Some)
+        let stats = self.inner.stats_of(name, &unacked)?;
+        // Seen: a consumer looking it up next finds it even if its last
+        // message went meanwhile (`dashi consume` reads the figures first).
+        self.inner.adopt(name);
+        Ok(Some(stats))
     }
 
     /// Every queue this process knows and every queue named in a binding

@@ -1299,3 +1299,58 @@ fn an_auto_delete_queue_stays_while_another_dashi_process_consumes_it() {
     );
     assert_eq!(cmd(&r, &["EXISTS", key]), ":0");
 }
+
+/// A queue another process declared is found by name from a process that
+/// declared nothing, whatever is on the server at that moment: when every
+/// message of it is delivered and unacked (its consumer may be dead, and the
+/// next must wait for them to come back), and when its last message goes
+/// between a look at its figures and the consumer's start (kombu's layout
+/// leaves no trace of an empty queue; `dashi consume` does exactly this).
+/// And it is purged by name, as kombu purges.
+#[test]
+fn a_queue_declared_elsewhere_is_found_and_purged_by_name_whatever_it_holds() {
+    let r = RedisServer::start();
+    let a = connect(&r.url());
+    let cha = a.channel().unwrap();
+    for q in ["held", "drained", "purged"] {
+        cha.queue_declare(&Queue::new(q)).unwrap();
+    }
+    let p = cha.producer();
+    p.publish("h", "held").unwrap();
+    p.publish("d", "drained").unwrap();
+    for _ in 0..3 {
+        p.publish("x", "purged").unwrap();
+    }
+    let held = cha.get("held", WAIT).unwrap().expect("held");
+    assert_eq!(llen(&r, "held"), 0, "only its unacked entry names it");
+
+    // Another process (another transport) that declared nothing.
+    let b = connect(&format!("{}?timeout=5", r.url()));
+    let chb = b.channel().unwrap();
+    assert!(
+        chb.get("held", Duration::ZERO).unwrap().is_none(),
+        "found, nothing ready"
+    );
+
+    assert_eq!(b.stats().queue("drained").unwrap().messages, 1);
+    let d = cha.get("drained", WAIT).unwrap().expect("drained");
+    d.ack().unwrap();
+    eventually(&r, &["EXISTS", "drained", "unacked"], ":1");
+    let (tx, rx) = std::sync::mpsc::channel();
+    let _late = chb
+        .consume(ConsumerOptions::new("drained"), move |d| {
+            tx.send(d.body().to_vec()).unwrap();
+            d.ack().unwrap();
+        })
+        .expect("a queue seen a moment ago is still known");
+    p.publish("after", "drained").unwrap();
+    assert_eq!(b.drain_events(Some(WAIT)).unwrap(), 1);
+    assert_eq!(rx.try_recv().unwrap(), b"after");
+
+    assert_eq!(chb.queue_purge("purged").unwrap(), 3);
+    assert_eq!(llen(&r, "purged"), 0);
+    assert!(chb
+        .queue_purge("never-declared")
+        .is_err_and(|e| matches!(e, Error::UnknownQueue(_))));
+    held.ack().unwrap();
+}
