@@ -46,7 +46,26 @@ fn recover_store(root: &Path, segment_size: u64) -> Result<Totals, Error> {
     let mut meta = match std::fs::read_to_string(&meta_path) {
         Ok(text) => Meta::from_json(&text)
             .map_err(|e| store_fail(FailureKind::CorruptMetadata, "metadata", e))?,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Meta::default(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            // A store that never declared a queue has no `meta.json`; one
+            // whose `q/` holds a queue's files lost it. Taken as empty, the
+            // sweep below would delete every queue and its messages: refuse,
+            // and change nothing.
+            if let Some(dir) = first_incarnation(&root.join("q")) {
+                return Err(store_fail(
+                    FailureKind::CorruptMetadata,
+                    "metadata",
+                    format!(
+                        "{} is missing but {} holds a queue's files: nothing was changed; \
+                         put meta.json back, or move {} aside to start an empty store",
+                        meta_path.display(),
+                        dir.display(),
+                        root.join("q").display()
+                    ),
+                ));
+            }
+            Meta::default()
+        }
         Err(e) => return Err(store_err("metadata", e)),
     };
     let exclusive: Vec<_> = meta
@@ -71,6 +90,7 @@ fn recover_store(root: &Path, segment_size: u64) -> Result<Totals, Error> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(total),
         Err(e) => return Err(store_err("recovery", e)),
     };
+    let mut newest_aside = None;
     for q in queues.flatten() {
         let Ok(incarnations) = std::fs::read_dir(q.path()) else {
             continue;
@@ -81,7 +101,17 @@ fn recover_store(root: &Path, segment_size: u64) -> Result<Totals, Error> {
                 continue;
             };
             if !live.iter().any(|(dir, i)| *dir == q.path() && *i == id) {
-                let _ = std::fs::remove_dir_all(inc.path());
+                if id < meta.next_id {
+                    // Deleted (its number was given out, and meta.json no
+                    // longer names it): files a delete left behind.
+                    let _ = std::fs::remove_dir_all(inc.path());
+                } else {
+                    // A number meta.json never gave out: this meta.json is
+                    // older than the queue (a copy put back). Its messages
+                    // are kept aside, never deleted, and no later queue
+                    // gets its number.
+                    set_aside(root, &inc.path(), &mut newest_aside)?;
+                }
                 continue;
             }
             let Ok(lanes) = std::fs::read_dir(inc.path()) else {
@@ -123,7 +153,50 @@ fn recover_store(root: &Path, segment_size: u64) -> Result<Totals, Error> {
             let _ = std::fs::remove_dir_all(q.path());
         }
     }
+    if let Some(id) = newest_aside {
+        meta.next_id = meta.next_id.max(id + 1);
+        super::topology::write_meta(root, &meta).map_err(|e| store_err("metadata write", e))?;
+    }
     Ok(total)
+}
+
+/// The first incarnation directory (`q/<name>/<16 hex digits>`) under `q`.
+fn first_incarnation(q: &Path) -> Option<PathBuf> {
+    std::fs::read_dir(q).ok()?.flatten().find_map(|name| {
+        std::fs::read_dir(name.path())
+            .ok()?
+            .flatten()
+            .find_map(|inc| {
+                let n = inc.file_name();
+                let n = n.to_string_lossy();
+                (n.len() == 16 && n.bytes().all(|b| b.is_ascii_hexdigit())).then(|| inc.path())
+            })
+    })
+}
+
+/// Moves the incarnation at `inc`, which `meta.json` never named, to
+/// `<root>/orphaned/<name dir>-<incarnation>` with a warning, and keeps the
+/// highest incarnation number moved in `newest`.
+fn set_aside(root: &Path, inc: &Path, newest: &mut Option<u64>) -> Result<(), Error> {
+    let (Some(id), Some(name)) = (
+        inc.file_name()
+            .and_then(|n| u64::from_str_radix(&n.to_string_lossy(), 16).ok()),
+        inc.parent().and_then(Path::file_name),
+    ) else {
+        return Ok(());
+    };
+    let aside = root.join("orphaned");
+    std::fs::create_dir_all(&aside).map_err(|e| store_err("setting an orphaned queue aside", e))?;
+    let to = aside.join(format!("{}-{id:016x}", name.to_string_lossy()));
+    std::fs::rename(inc, &to).map_err(|e| store_err("setting an orphaned queue aside", e))?;
+    tracing::warn!(
+        from = %inc.display(),
+        to = %to.display(),
+        "a queue's files meta.json never named (meta.json was replaced by an older copy?) \
+         are kept aside; their messages are not delivered"
+    );
+    *newest = Some(newest.map_or(id, |n: u64| n.max(id)));
+    Ok(())
 }
 
 /// Checks the format marker, creating it if the store is new. Only the

@@ -220,7 +220,10 @@ impl LocalQueue {
                     continue;
                 }
                 let incarnation = n.len() == 16 && n.bytes().all(|b| b.is_ascii_hexdigit());
-                if !incarnation || live.iter().any(|l| *l == n) {
+                // A number meta.json never gave out is newer than this
+                // meta.json (an older copy put back): not a leftover.
+                let given_out = u64::from_str_radix(&n, 16).is_ok_and(|id| id < meta.next_id);
+                if !incarnation || !given_out || live.iter().any(|l| *l == n) {
                     kept += 1;
                 } else {
                     let _ = std::fs::remove_dir_all(e.path());

@@ -418,3 +418,77 @@ fn a_record_without_its_publish_time_is_not_taken_for_expired() {
         "the timed one expired, the other not"
     );
 }
+
+fn publish(c: &Connection, queue: &str, bodies: &[&str]) {
+    let ch = c.channel().unwrap();
+    ch.queue_declare(&Queue::new(queue)).unwrap();
+    for b in bodies {
+        ch.producer()
+            .publish(dashi_engine::Message::new(b.to_string()), queue)
+            .unwrap();
+    }
+}
+
+fn drain_queue(c: &Connection, queue: &str) -> Vec<String> {
+    let ch = c.channel().unwrap();
+    let mut out = Vec::new();
+    while let Some(d) = ch.get(queue, Duration::ZERO).unwrap() {
+        out.push(String::from_utf8(d.body().to_vec()).unwrap());
+        d.ack().unwrap();
+    }
+    out
+}
+
+/// A lone open of a store whose `meta.json` is gone, while `q/` holds its
+/// queues' files, is refused with a line that says so and changes nothing
+/// (taken as an empty topology, the sweep of unnamed queues deleted every
+/// queue and its messages, and `dashi stat` said "(no queues)"); with the
+/// file put back everything is there.
+#[test]
+fn a_store_that_lost_meta_json_is_refused_and_nothing_is_deleted() {
+    let d = dir("lost-meta");
+    {
+        let (_t, c) = open(d.path());
+        publish(&c, "q", &["a", "b"]);
+        publish(&c, "other", &["c"]);
+    }
+    let meta = std::fs::read(d.join("meta.json")).unwrap();
+    std::fs::remove_file(d.join("meta.json")).unwrap();
+    let e = LocalTransport::open(&d, LocalOptions::default()).unwrap_err();
+    assert!(
+        matches!(&e, dashi_engine::Error::Store(f) if f.kind == dashi_engine::FailureKind::CorruptMetadata),
+        "{e:?}"
+    );
+    assert!(e.to_string().contains("meta.json is missing"), "{e}");
+    assert!(!d.join("meta.json").exists(), "nothing written");
+    std::fs::write(d.join("meta.json"), meta).unwrap();
+    let (_t, c) = open(d.path());
+    assert_eq!(drain_queue(&c, "q"), ["a", "b"]);
+    assert_eq!(drain_queue(&c, "other"), ["c"]);
+}
+
+/// A `meta.json` older than a queue (a copy put back) does not name it:
+/// its files are not taken for a delete's leftovers, they are moved to
+/// `orphaned/` with their messages, and a queue declared later under the
+/// same name gets a number of its own.
+#[test]
+fn queues_an_older_meta_json_does_not_name_are_kept_aside() {
+    let d = dir("old-meta");
+    let old = {
+        let (_t, c) = open(d.path());
+        publish(&c, "q", &["a"]);
+        let old = std::fs::read(d.join("meta.json")).unwrap();
+        publish(&c, "later", &["kept"]);
+        old
+    };
+    std::fs::write(d.join("meta.json"), old).unwrap();
+    let (_t, c) = open(d.path());
+    assert_eq!(drain_queue(&c, "q"), ["a"]);
+    let aside = dashi_test_support::files_under(&d.join("orphaned"), |p| {
+        p.extension().is_some_and(|e| e == "seg")
+    });
+    assert_eq!(aside.len(), 1, "the later queue's segment is kept aside");
+    publish(&c, "later", &["new"]);
+    assert_eq!(drain_queue(&c, "later"), ["new"]);
+    assert!(aside[0].exists(), "and left alone");
+}
