@@ -29,6 +29,15 @@ impl SharedPage {
         if f.metadata()?.len() < STATE_LEN {
             f.set_len(STATE_LEN)?;
         }
+        // Blocks for the whole page before it is mapped: `set_len` makes a
+        // hole, and a write to a hole the disk has no room for is a
+        // SIGBUS, not an error (a declare on a nearly full disk killed the
+        // process). Allocated blocks stay as they are; a filesystem without
+        // `fallocate` keeps the hole, as before.
+        match rustix::fs::fallocate(&f, rustix::fs::FallocateFlags::empty(), 0, STATE_LEN) {
+            Ok(()) | Err(rustix::io::Errno::OPNOTSUPP) => {}
+            Err(e) => return Err(e.into()),
+        }
         Ok(SharedPage {
             region: Region::map(&f)?,
         })

@@ -528,3 +528,41 @@ fn a_message_the_log_cannot_encode_is_handed_back_and_the_next_are_intact() {
     }
     assert!(ch.get("q", Duration::from_millis(50)).unwrap().is_none());
 }
+
+/// A queue declared on a disk with a page or so left gets an error, not a
+/// SIGBUS: its state page was made as a hole (`set_len`) and mapped, and the
+/// first write to it found no block to put it in. With room again the same
+/// declare works.
+#[test]
+fn declaring_on_a_nearly_full_disk_is_an_error_not_a_crash() {
+    use std::io::Write;
+    let Some(fs) = Tmpfs::make(1024) else {
+        eprintln!("skipped: cannot mount a small tmpfs here (needs root)");
+        return;
+    };
+    let root = fs.mount.join("store");
+    {
+        let conn = connect(&root);
+        channel(&conn);
+    }
+    // Fill the disk, then give two pages back (its name file takes one).
+    let filler = fs.mount.join("filler");
+    let mut f = std::fs::File::create(&filler).unwrap();
+    let chunk = vec![1u8; 4096];
+    let mut written = 0u64;
+    while f.write_all(&chunk).is_ok() {
+        written += 4096;
+    }
+    f.set_len(written.saturating_sub(8192)).unwrap();
+    drop(f);
+    let conn = connect(&root);
+    let ch = conn.channel().unwrap();
+    // Each declare takes a page or two: one of the first few finds none.
+    let e = (0..16)
+        .find_map(|i| ch.queue_declare(&Queue::new(format!("late{i}"))).err())
+        .expect("the disk filled up");
+    assert!(e.to_string().contains("No space left"), "{e}");
+    std::fs::remove_file(&filler).unwrap();
+    ch.queue_declare(&Queue::new("after")).unwrap();
+    ch.producer().publish(Message::new("x"), "after").unwrap();
+}
