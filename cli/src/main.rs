@@ -15,6 +15,7 @@ mod connect;
 mod consume;
 mod declare;
 mod json;
+mod output;
 mod publish;
 mod stat;
 mod torture;

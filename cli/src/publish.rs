@@ -1,5 +1,6 @@
 //! `dashi publish`.
 
+use crate::output::out;
 use std::collections::VecDeque;
 
 use bytes::Bytes;
@@ -92,7 +93,7 @@ pub(crate) fn run(a: PublishArgs) -> Result<(), String> {
         c.wait().map_err(|e| failed(n, e))?;
     }
     let unroutable = conn.stats().counters().dropped_unroutable - dropped_before;
-    println!(
+    out!(
         "published {} message{} to exchange {:?} with routing key {:?}{}",
         a.count,
         if a.count == 1 { "" } else { "s" },
@@ -103,6 +104,6 @@ pub(crate) fn run(a: PublishArgs) -> Result<(), String> {
         } else {
             String::new()
         }
-    );
-    Ok(())
+    )
+    .map_err(|e| format!("{e} (the messages were published)"))
 }

@@ -1,5 +1,6 @@
 //! `dashi stat` and `dashi purge`.
 
+use crate::output::out;
 use dashi::{CounterSnapshot, QueueStats};
 use serde_json::json;
 
@@ -84,13 +85,17 @@ pub(crate) fn run(a: StatArgs) -> Result<(), String> {
                 "quarantine_files": s.quarantine_files.iter().map(|p| p.display().to_string()).collect::<Vec<_>>(),
             })),
         });
-        println!("{v}");
+        out!("{v}")?;
         return Ok(());
     }
-    println!(
+    out!(
         "{:<32} {:>10} {:>12} {:>9} {:>9}  depth by lane (priority:count)",
-        "queue", "messages", "bytes", "unacked", "consumers"
-    );
+        "queue",
+        "messages",
+        "bytes",
+        "unacked",
+        "consumers"
+    )?;
     for q in &queues {
         let lanes: Vec<String> = q
             .depth_by_lane
@@ -99,7 +104,7 @@ pub(crate) fn run(a: StatArgs) -> Result<(), String> {
             .filter(|(_, n)| **n > 0)
             .map(|(p, n)| format!("{p}:{n}"))
             .collect();
-        println!(
+        out!(
             "{:<32} {:>10} {:>12} {:>9} {:>9}  {}",
             q.name,
             q.messages,
@@ -111,19 +116,19 @@ pub(crate) fn run(a: StatArgs) -> Result<(), String> {
             } else {
                 lanes.join(" ")
             }
-        );
+        )?;
         if q.garbage > 0 {
-            println!("{:<32} {} set aside as garbage", "", q.garbage);
+            out!("{:<32} {} set aside as garbage", "", q.garbage)?;
         }
     }
     if queues.is_empty() {
-        println!("(no queues)");
+        out!("(no queues)")?;
     }
-    println!("figures: {}", scope_text(stats.store_wide()));
+    out!("figures: {}", scope_text(stats.store_wide()))?;
     if let Some(s) =
         set_aside.filter(|s| !s.damaged_segments.is_empty() || !s.quarantine_files.is_empty())
     {
-        println!(
+        out!(
             "set aside by recovery: {} damaged segment file(s), {} quarantine file(s) of corrupt records: {}",
             s.damaged_segments.len(),
             s.quarantine_files.len(),
@@ -133,10 +138,10 @@ pub(crate) fn run(a: StatArgs) -> Result<(), String> {
                 .map(|p| p.display().to_string())
                 .collect::<Vec<_>>()
                 .join(", ")
-        );
+        )?;
     }
     let c = counters;
-    println!(
+    out!(
         "counters: published {} routed {} dropped_unroutable {} delivered {} acked {} rejected {} \
          redelivered {} restored {} expired {} dead_lettered {} dropped_overflow {} dropped_dead_letter {}",
         c.published,
@@ -151,7 +156,7 @@ pub(crate) fn run(a: StatArgs) -> Result<(), String> {
         c.dead_lettered,
         c.dropped_overflow,
         c.dropped_dead_letter
-    );
+    )?;
     Ok(())
 }
 
@@ -161,10 +166,10 @@ pub(crate) fn purge(a: PurgeArgs) -> Result<(), String> {
     let n = ch
         .queue_purge(&a.queue)
         .map_err(|e| format!("purging {:?}: {e}", a.queue))?;
-    println!(
+    out!(
         "purged {n} message{} from {:?}",
         if n == 1 { "" } else { "s" },
         a.queue
-    );
+    )?;
     Ok(())
 }

@@ -291,3 +291,57 @@ fn a_store_made_read_only_mid_run_refuses_with_one_line_and_loses_nothing() {
         .unwrap();
     assert!(o.status.success(), "{}", stderr(&o));
 }
+
+/// stdout that fails is an error line, never a panic: a full one (after a
+/// publish, the line says the messages were published, and they were),
+/// and a reader that left (`dashi stat | head -1`) ends the output
+/// quietly with the command's own outcome.
+#[test]
+fn a_stdout_that_fails_is_an_error_line_or_a_quiet_end_never_a_panic() {
+    use std::process::{Command, Stdio};
+    let d = dashi_test_support::TestDir::new();
+    let url = format!("local://{}", d.path().display());
+    let full = || {
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open("/dev/full")
+            .unwrap()
+    };
+    let o = Command::new(env!("CARGO_BIN_EXE_dashi"))
+        .args([
+            "publish", &url, "--queue", "q", "--count", "3", "--body", "x",
+        ])
+        .stdout(full())
+        .output()
+        .unwrap();
+    let line = one_line_error(&o);
+    assert_eq!(o.status.code(), Some(1), "{line}");
+    assert!(line.contains("the messages were published"), "{line}");
+    let o = dashi(&["stat", &url, "--queue", "q", "--json"]);
+    assert!(stdout(&o).contains("\"messages\":3"), "{}", stdout(&o));
+    for args in [vec!["stat", &url], vec!["stat", &url, "--json"]] {
+        let o = Command::new(env!("CARGO_BIN_EXE_dashi"))
+            .args(&args)
+            .stdout(full())
+            .output()
+            .unwrap();
+        let line = one_line_error(&o);
+        assert_eq!(o.status.code(), Some(1), "{args:?}: {line}");
+        assert!(line.contains("writing to stdout"), "{line}");
+    }
+    // Many queues, and the reader gone before the first line.
+    for i in 0..20 {
+        let o = dashi(&["publish", &url, "--queue", &format!("q{i}"), "--body", "x"]);
+        assert!(o.status.success(), "{}", stderr(&o));
+    }
+    let mut child = Command::new(env!("CARGO_BIN_EXE_dashi"))
+        .args(["stat", &url])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let o = child.wait_with_output().unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stderr(&o).is_empty(), "{}", stderr(&o));
+}
