@@ -128,6 +128,16 @@ pub(crate) fn run(a: ConsumeArgs) -> Result<(), String> {
             })?),
             None => None,
         };
+    if let Some(p) = a
+        .prefetch
+        .filter(|&p| mode == Mode::LeaveUnacked && a.count > u64::from(p))
+    {
+        return Err(format!(
+            "--leave-unacked keeps all {} messages unacked: --prefetch {p} would stop \
+             deliveries at {p}",
+            a.count
+        ));
+    }
     let conn = connect_existing(&a.url)?;
     let ch = conn.channel().map_err(|e| e.to_string())?;
     declare_for_consume(&ch, &conn, &a.topology, &a.queue)?;
@@ -141,9 +151,17 @@ pub(crate) fn run(a: ConsumeArgs) -> Result<(), String> {
     let count = u32::try_from(a.count).unwrap_or(u32::MAX);
     opts = opts.prefetch_count(if a.count == 0 {
         window
+    } else if mode == Mode::LeaveUnacked {
+        // Every delivery stays unacked, so the window must hold all of
+        // them (a smaller one filled up and the command waited for ever).
+        count
     } else {
         window.min(count)
     });
+    if a.count > 0 && mode == Mode::LeaveUnacked {
+        // Nor may their bytes stop it (a URL's prefetch_bytes).
+        opts = opts.prefetch_bytes(u64::MAX);
+    }
     let mut stream = ch.stream(opts).map_err(|e| e.to_string())?;
     let waker = Waker::from(Arc::new(Unpark(std::thread::current())));
     let stdout = std::io::stdout();

@@ -416,3 +416,43 @@ fn a_pipelined_publish_is_confirmed_and_read_by_another_process() {
     assert!(o.status.success(), "{}", stderr(&o));
     assert_eq!(String::from_utf8_lossy(&o.stdout).lines().count(), 300);
 }
+
+/// `--leave-unacked --count N` leaves exactly N unacked also past the
+/// prefetch window (it kept every delivery unacked, the window filled at
+/// its size, and the command waited for ever); a `--prefetch` smaller than
+/// `--count` is refused up front.
+#[test]
+fn leave_unacked_takes_its_count_past_the_prefetch_window() {
+    let (_d, url) = store("leave-past-window");
+    let o = dashi(&[
+        "publish", &url, "--queue", "q", "--count", "1500", "--body", "x",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = dashi(&[
+        "consume",
+        &url,
+        "--queue",
+        "q",
+        "--count",
+        "1200",
+        "--leave-unacked",
+        "--timeout",
+        "30",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(stdout(&o).lines().count(), 1200);
+    let o = dashi(&[
+        "consume",
+        &url,
+        "--queue",
+        "q",
+        "--count",
+        "5",
+        "--prefetch",
+        "2",
+        "--leave-unacked",
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+    let line = one_line_error(&o);
+    assert!(line.contains("--prefetch 2"), "{line}");
+}
