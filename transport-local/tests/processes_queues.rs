@@ -371,9 +371,14 @@ fn a_delete_removes_the_leftovers_of_earlier_incarnations_of_its_name() {
     let conn = connect(d.path());
     let ch = conn.channel().unwrap();
     ch.queue_declare(&Queue::new("keep")).unwrap();
+    // Numbers given out (leftovers carry such numbers: 2 to 5 here).
+    for i in 0..4 {
+        ch.queue_declare(&Queue::new(format!("t{i}"))).unwrap();
+        ch.queue_delete(&format!("t{i}"), false, false).unwrap();
+    }
     for (name, junk) in [("x", true), ("y", false)] {
         let root = d.path().join("q").join(name);
-        for old in ["00000000000000fe", "00000000000000ff"] {
+        for old in ["0000000000000002", "0000000000000004"] {
             let lane = root.join(old).join("lane-0");
             std::fs::create_dir_all(&lane).unwrap();
             std::fs::write(lane.join("0000000000000000.seg"), vec![0u8; 65536]).unwrap();
@@ -399,6 +404,14 @@ fn a_delete_removes_the_leftovers_of_earlier_incarnations_of_its_name() {
             assert!(!root.exists(), "{name}: {left:?}");
         }
     }
+    // A number meta.json never gave out is no leftover (that meta.json is
+    // older than it: a copy put back): it stays.
+    let never = d.path().join("q/z/00000000000000ff/lane-0");
+    std::fs::create_dir_all(&never).unwrap();
+    std::fs::write(never.join("0000000000000000.seg"), vec![0u8; 65536]).unwrap();
+    ch.queue_declare(&Queue::new("z")).unwrap();
+    assert_eq!(ch.queue_delete("z", false, false).unwrap(), 0);
+    assert!(never.join("0000000000000000.seg").exists());
     // The live queue's files are untouched.
     ch.producer().publish("k", "keep").unwrap();
     assert_eq!(

@@ -21,7 +21,7 @@ use std::sync::atomic::Ordering::{AcqRel, Acquire, Release};
 
 use crate::recovery::Totals;
 use crate::segment::claim::{Claim, CLAIMED, READY};
-use crate::segment::{SegmentError, Slot};
+use crate::segment::{SegmentError, Slot, HEADER_LEN};
 
 use super::layout::at;
 use super::{Lane, LaneError, Pos, NO_POS};
@@ -165,11 +165,26 @@ impl Lane {
             }
             _ => true,
         });
+        // The write segment is the last one holding anything: a writer
+        // makes the next segment ahead of need (at half of the current
+        // one), and that empty file, taken for the last, had the real write
+        // segment padded to its end: half a segment lost at every lone open
+        // (one-shot publishers left every segment half empty). Empty ones
+        // after it are treated as it is (nothing in them to pad).
+        let write_index = seqs
+            .iter()
+            .rposition(|&seq| {
+                self.segment(seq)
+                    .ok()
+                    .flatten()
+                    .is_some_and(|s| !matches!(s.read(HEADER_LEN), Slot::End))
+            })
+            .unwrap_or(seqs.len().saturating_sub(1));
         for (i, &seq) in seqs.iter().enumerate() {
             let Some(seg) = self.segment(seq)? else {
                 continue;
             };
-            let last = i + 1 == seqs.len();
+            let last = i >= write_index;
             let r = crate::recovery::recover(&seg, true, last, |off, bytes, reason| {
                 self.storage.quarantine(seq, off, reason, bytes)
             })
@@ -228,16 +243,17 @@ impl Lane {
         // `end` is past the last segment; park the cursors at the start of
         // the segment after it only if that one exists, else at the last
         // segment's end position (its first free offset).
+        let write = seqs[write_index];
         let start = if first_ready.is_none() {
-            let seg = self.segment(high)?;
+            let seg = self.segment(write)?;
             Pos {
-                seq: high,
-                off: seg.map_or(crate::segment::HEADER_LEN, |s| s.reserved_to()),
+                seq: write,
+                off: seg.map_or(HEADER_LEN, |s| s.reserved_to()),
             }
         } else {
             start
         };
-        self.reset(high, low, start, ready, bytes);
+        self.reset(write, low, start, ready, bytes);
         Ok(total)
     }
 

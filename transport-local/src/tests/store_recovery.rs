@@ -492,3 +492,59 @@ fn queues_an_older_meta_json_does_not_name_are_kept_aside() {
     assert_eq!(drain_queue(&c, "later"), ["new"]);
     assert!(aside[0].exists(), "and left alone");
 }
+
+/// A lone open goes on writing in the segment it was writing in, also when
+/// the next one was already made ahead of need (at half of the current
+/// one): that empty file used to be taken for the last segment, and the
+/// real one was padded to its end: half a segment lost at every lone open.
+#[test]
+fn a_lone_open_keeps_writing_where_the_log_ended_not_in_a_segment_made_ahead() {
+    let d = dir("made-ahead");
+    let opts = || LocalOptions {
+        segment_size: 64 << 10,
+        ..LocalOptions::default()
+    };
+    let body = "p".repeat(900);
+    let lane = d.join("q/q/0000000000000001/lane-0");
+    let segs = || {
+        let mut v: Vec<String> = std::fs::read_dir(&lane)
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.ends_with(".seg"))
+            .collect();
+        v.sort();
+        v
+    };
+    let publish_n = |n: usize| {
+        let t = LocalTransport::open(&d, opts()).unwrap();
+        let c = Connection::with_transport(std::sync::Arc::new(t), Default::default());
+        publish(&c, "q", &vec![body.as_str(); n]);
+    };
+    publish_n(36);
+    assert_eq!(segs().len(), 2, "the next segment is made ahead of need");
+    let first = d.join(lane.join(&segs()[0]));
+    let count = |p: &Path| {
+        let seg = Segment::open(
+            p,
+            OpenOptions::new().read(true).write(true).open(p).unwrap(),
+        )
+        .unwrap();
+        let mut n = 0;
+        let mut off = HEADER_LEN;
+        while let Slot::Record { len, .. } = seg.read(off) {
+            n += 1;
+            off += len;
+        }
+        n
+    };
+    assert_eq!(count(&first), 36);
+    publish_n(1);
+    assert_eq!(
+        count(&first),
+        37,
+        "the lone open went on in the same segment"
+    );
+    let (_t, c) = open(&d);
+    assert_eq!(drain_queue(&c, "q").len(), 37);
+}
