@@ -529,6 +529,17 @@ fn handshake<S: Read + Write + SetTimeouts>(
     let mut answered = 0;
     while answered < cmds.len() {
         match resp::decode(&mut buf).map_err(LinkError::Connect)? {
+            // The name only shows in `CLIENT LIST`: a user without the
+            // right to set it (an ACL without `client|setname`, which kombu
+            // does not need) logs in all the same.
+            Some(Frame::Error(e))
+                if answered + 1 == cmds.len()
+                    && !login.name.is_empty()
+                    && e.starts_with("NOPERM") =>
+            {
+                tracing::warn!(%addr, error = %e, "the connection goes unnamed");
+                answered += 1;
+            }
             Some(Frame::Error(e)) => {
                 return Err(LinkError::Login(format!("{addr}: {e}")));
             }
@@ -537,6 +548,20 @@ fn handshake<S: Read + Write + SetTimeouts>(
                 let n = loop {
                     match s.read(&mut chunk) {
                         Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                        // The socket timeout ran out (EAGAIN, which used to
+                        // be all the error said).
+                        Err(e)
+                            if matches!(
+                                e.kind(),
+                                io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                            ) =>
+                        {
+                            return Err(LinkError::Connect(format!(
+                                "{addr}: no answer to the login within {} s (a server \
+                                 that is stopped, or not Redis)",
+                                timeout.as_secs_f64()
+                            )));
+                        }
                         r => break r.map_err(lost)?,
                     }
                 };

@@ -1354,3 +1354,50 @@ fn a_queue_declared_elsewhere_is_found_and_purged_by_name_whatever_it_holds() {
         .is_err_and(|e| matches!(e, Error::UnknownQueue(_))));
     held.ack().unwrap();
 }
+
+/// A user whose ACL does not allow naming its connection (`client|setname`,
+/// which kombu never sends) still connects and works: the name is only
+/// for `CLIENT LIST`. Connecting used to be refused.
+#[test]
+fn a_user_who_may_not_name_its_connection_still_connects() {
+    let r = RedisServer::start();
+    r.command(&[
+        "ACL",
+        "SETUSER",
+        "plain",
+        "on",
+        ">pw",
+        "~*",
+        "&*",
+        "+@all",
+        "-client|setname",
+    ])
+    .unwrap();
+    let c = connect(&format!("redis://plain:pw@127.0.0.1:{}", r.port()));
+    let ch = c.channel().unwrap();
+    ch.queue_declare(&Queue::new("n")).unwrap();
+    ch.producer().publish("x", "n").unwrap();
+    let d = ch.get("n", WAIT).unwrap().expect("delivered");
+    d.ack().unwrap();
+}
+
+/// A server that accepts and never answers (a stopped redis-server, not
+/// Redis at all) is an error that says so within the URL's timeout; it
+/// said "Resource temporarily unavailable".
+#[test]
+fn a_server_that_never_answers_is_a_timeout_that_says_so() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let _held = std::thread::spawn(move || {
+        let kept: Vec<_> = listener.incoming().take(8).collect();
+        std::thread::sleep(Duration::from_secs(30));
+        drop(kept);
+    });
+    let start = Instant::now();
+    let e = dashi::connect(&format!("redis://127.0.0.1:{port}/0?timeout=1"))
+        .map(|_| ())
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("no answer to the login within 1 s"), "{e}");
+    assert!(start.elapsed() < Duration::from_secs(20));
+}
