@@ -187,6 +187,9 @@ pub struct StoreFailure {
     pub path: Option<std::path::PathBuf>,
     /// What went wrong.
     pub detail: String,
+    /// The store refused the message before storing any of it (see
+    /// [`StoreFailure::refused`]).
+    refused: bool,
 }
 
 impl StoreFailure {
@@ -197,7 +200,23 @@ impl StoreFailure {
             what: what.into(),
             path: None,
             detail: detail.to_string(),
+            refused: false,
         }
+    }
+
+    /// The same, said of a publish the store refused before storing any of
+    /// it (a server's error reply to the write: out of memory, no
+    /// permission): the message is certainly not stored, so its confirm
+    /// fails with [`PublishError::Store`], not [`PublishError::Unconfirmed`],
+    /// and publishing it again stores no duplicate.
+    pub fn refused(mut self) -> Self {
+        self.refused = true;
+        self
+    }
+
+    /// True for a failure made by [`StoreFailure::refused`].
+    pub fn is_refused(&self) -> bool {
+        self.refused
     }
 
     /// The same, about file `path`.

@@ -1413,16 +1413,26 @@ impl SharedReply {
             Err(f) => return Some(Err(f.clone())),
         };
         let pushes = self.pushes.load(SeqCst);
+        let mut refused = None;
+        let mut stored = 0;
         for t in targets {
             let i = match *t {
                 Target::List(i) => i,
                 Target::Broadcast(i) => pushes + i,
             };
             match replies.get(i) {
-                Some(Frame::Error(e)) => return Some(Err(reply_failure("publish", e))),
-                Some(_) => {}
+                // An error reply to an LPUSH or a PUBLISH: not done.
+                Some(Frame::Error(e)) => {
+                    refused.get_or_insert_with(|| reply_failure("publish", e));
+                }
+                Some(_) => stored += 1,
                 None => return Some(Err(reply_failure("publish", "a reply is missing"))),
             }
+        }
+        if let Some(f) = refused {
+            // Refused by every list it was for: certainly not stored; by
+            // some of them only: stored in the others.
+            return Some(Err(if stored == 0 { f.refused() } else { f }));
         }
         if let crate::options::ConfirmLevel::Replicated(n) = self.confirm {
             let acked = replies.last().and_then(resp::int).unwrap_or(0);
@@ -2691,8 +2701,9 @@ impl Transport for RedisTransport {
                         "no outcome",
                     ),
                 };
-                // Refused for lack of memory (OOM): certainly not stored.
-                if failure.kind == dashi_engine::FailureKind::NoSpace {
+                // Refused by the server (out of memory, no permission):
+                // certainly not stored.
+                if failure.is_refused() {
                     return Err(PublishError::Store {
                         failure,
                         message: Box::new(envelope.into_message()),

@@ -780,6 +780,18 @@ fn a_full_redis_refuses_publishes_and_consumers_still_drain_it() {
     );
     assert!(!refused.is_transient());
     assert_eq!(refused.into_message().body.len(), 2000, "handed back");
+    // Pipelined the same: the confirm fails refused, never "may or may not
+    // be stored" (it did, and a retry then looked like a duplicate risk).
+    let confirm = ch
+        .producer()
+        .publish_async(body.clone(), "full")
+        .expect("sent");
+    let refused = confirm.wait().unwrap_err();
+    assert!(
+        matches!(&refused, PublishError::Store { failure, .. } if failure.is_refused()),
+        "{refused}"
+    );
+    assert!(!refused.is_unconfirmed());
     // The pop script takes before it records, so it runs on a full server.
     let mut got = 0;
     while let Some(d) = ch.get("full", Duration::from_millis(200)).unwrap() {
@@ -1400,4 +1412,33 @@ fn a_server_that_never_answers_is_a_timeout_that_says_so() {
         .to_string();
     assert!(e.contains("no answer to the login within 1 s"), "{e}");
     assert!(start.elapsed() < Duration::from_secs(20));
+}
+
+/// A write the server refuses for want of permission (an ACL without
+/// `LPUSH`) is certainly not stored: refused, synchronous or pipelined,
+/// never "unconfirmed".
+#[test]
+fn a_publish_the_server_may_not_do_is_refused_not_unconfirmed() {
+    let r = RedisServer::start();
+    r.command(&[
+        "ACL", "SETUSER", "nopush", "on", ">pw", "~*", "&*", "+@all", "-lpush",
+    ])
+    .unwrap();
+    let c = connect(&format!("redis://nopush:pw@127.0.0.1:{}", r.port()));
+    let ch = c.channel().unwrap();
+    ch.queue_declare(&Queue::new("np")).unwrap();
+    let e = ch.producer().publish("x", "np").unwrap_err();
+    assert!(
+        matches!(&e, PublishError::Store { failure, .. } if failure.is_refused()),
+        "{e}"
+    );
+    assert!(e.to_string().contains("NOPERM"), "{e}");
+    let e = ch
+        .producer()
+        .publish_async("y", "np")
+        .expect("sent")
+        .wait()
+        .unwrap_err();
+    assert!(!e.is_unconfirmed(), "{e}");
+    assert_eq!(e.into_message().body, "y".as_bytes());
 }

@@ -180,6 +180,13 @@ impl Shared {
 /// keeps its envelope until this takes it, once).
 fn hand_back(failure: StoreFailure, envelope: Option<Envelope>) -> PublishError {
     let envelope = envelope.unwrap_or_else(|| Envelope::new(Default::default(), "", ""));
+    if failure.is_refused() {
+        // Certainly not stored: no "may or may not".
+        return PublishError::Store {
+            failure,
+            message: Box::new(envelope.into_message()),
+        };
+    }
     PublishError::unconfirmed(failure, envelope)
 }
 
