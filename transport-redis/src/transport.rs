@@ -768,7 +768,7 @@ impl Inner {
             })
             .collect();
         let fields: Vec<Frame> = pairs.into_iter().step_by(2).collect();
-        let held: std::collections::HashSet<String> = {
+        let held: std::collections::HashSet<Bytes> = {
             let queues: Vec<Arc<RedisQueue>> = self.topo.lock().queues.values().cloned().collect();
             queues
                 .iter()
@@ -784,7 +784,7 @@ impl Inner {
         let fields: Vec<Bytes> = fields
             .iter()
             .filter_map(|f| resp::bytes(f).cloned())
-            .filter(|f| !held.contains(&*String::from_utf8_lossy(f)))
+            .filter(|f| !held.contains(f))
             .collect();
         let mut restored = 0;
         let mut last_score: Option<(Bytes, u32)> = None;
@@ -1505,8 +1505,9 @@ fn script_cmd(c: Cmd, keys: &[String], args: &[Bytes]) -> Cmd {
 /// One delivery held by this process.
 #[derive(Debug, Clone)]
 struct Held {
-    /// Its `unacked` field.
-    field: String,
+    /// Its `unacked` field, as popped (a tag need not be UTF-8: kept as
+    /// text it no longer named its entry).
+    field: Bytes,
     /// The envelope exactly as popped.
     raw: Bytes,
     /// A lease was set on it (`extend_lease`): its score is the lease's.
@@ -1838,7 +1839,7 @@ impl RedisQueue {
                 continue;
             };
             let held = Held {
-                field: String::from_utf8_lossy(field).into_owned(),
+                field: field.clone(),
                 raw: raw.clone(),
                 leased: false,
                 popped_at: popped_at.clone(),
@@ -1944,10 +1945,13 @@ impl RedisQueue {
 
     /// Puts a popped envelope that cannot be delivered in the garbage list.
     fn set_aside(&self, inner: &Inner, held: &Held, why: &str) {
-        let value = wire::unacked_value(&String::from_utf8_lossy(&held.raw), &self.name);
+        // Byte for byte what the pop script wrote: an envelope that is not
+        // UTF-8, made text, no longer matched its entry, and stayed unacked
+        // (for the visibility timeout) while the log said it was set aside.
+        let value = wire::unacked_value_bytes(&held.raw, &self.name);
         if let Err(e) = inner.move_to_garbage(
             &self.name,
-            Bytes::from(held.field.clone()),
+            held.field.clone(),
             Bytes::from(value),
             held.raw.clone(),
             why,

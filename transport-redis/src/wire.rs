@@ -808,6 +808,20 @@ pub(crate) fn unacked_value(raw: &str, queue: &str) -> String {
     out
 }
 
+/// [`unacked_value`] of an envelope as popped, byte for byte (it need not
+/// be UTF-8).
+pub(crate) fn unacked_value_bytes(raw: &[u8], queue: &str) -> Vec<u8> {
+    let mut tail = String::with_capacity(queue.len() + 8);
+    tail.push_str(", \"\", ");
+    json_str(&mut tail, queue);
+    tail.push(']');
+    let mut out = Vec::with_capacity(raw.len() + tail.len() + 1);
+    out.push(b'[');
+    out.extend_from_slice(raw);
+    out.extend_from_slice(tail.as_bytes());
+    out
+}
+
 /// An `unacked` hash value split into its envelope (raw text), exchange
 /// and routing key.
 pub(crate) fn split_unacked(value: &str) -> Option<(Box<RawValue>, String, String)> {
