@@ -168,7 +168,15 @@ impl ConnectUrl {
                         reason: "an option has an empty name".into(),
                     });
                 }
-                options.push((percent_decode(k)?, percent_decode(v)?));
+                let (k, v) = (percent_decode(k)?, percent_decode(v)?);
+                // `?fsync=always&fsync=never` ran as never, silently: a
+                // URL built from two sources says which it means.
+                if let Some((_, first)) = options.iter().find(|(n, _)| *n == k) {
+                    return Err(UrlError::Malformed {
+                        reason: format!("option {k:?} is given twice ({first:?} and {v:?})"),
+                    });
+                }
+                options.push((k, v));
             }
         }
         Ok(ConnectUrl {
@@ -182,7 +190,7 @@ impl ConnectUrl {
         })
     }
 
-    /// Removes and returns option `name` (the last one if repeated).
+    /// Removes and returns option `name` (a URL names each at most once).
     pub fn take_option(&mut self, name: &str) -> Option<String> {
         let mut found = None;
         self.options.retain(|(k, v)| {
@@ -364,12 +372,21 @@ mod tests {
             "redis://h%ff%fe",
             "redis://[::1",
             "redis://[::1]x",
+            "local:///d?fsync=always&fsync=never",
+            "redis://h?db=1&%64b=2",
         ] {
             assert!(
                 matches!(ConnectUrl::parse(bad), Err(UrlError::Malformed { .. })),
                 "{bad}"
             );
         }
+        let twice = ConnectUrl::parse("local:///d?segment_size=64K&segment_size=1M").unwrap_err();
+        assert!(
+            twice
+                .to_string()
+                .contains(r#""segment_size" is given twice ("64K" and "1M")"#),
+            "{twice}"
+        );
         assert_eq!(split_failover("a://;b://").unwrap(), vec!["a://", "b://"]);
         assert_eq!(split_failover("a://;"), Err(UrlError::Empty));
     }

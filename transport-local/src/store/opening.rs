@@ -68,6 +68,18 @@ fn recover_store(root: &Path, segment_size: u64) -> Result<Totals, Error> {
         }
         Err(e) => return Err(store_err("metadata", e)),
     };
+    // Half-written copies of `meta.json` and of the marker, left by a
+    // process killed (or out of space) before its rename: nobody else has
+    // the store open, so none is in use.
+    if let Ok(entries) = std::fs::read_dir(root) {
+        for e in entries.flatten() {
+            let n = e.file_name();
+            let n = n.to_string_lossy();
+            if n.starts_with("meta.json.tmp-") || n.starts_with("DASHI-LOCAL.tmp-") {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+    }
     let exclusive: Vec<_> = meta
         .queues
         .iter()

@@ -548,3 +548,21 @@ fn a_lone_open_keeps_writing_where_the_log_ended_not_in_a_segment_made_ahead() {
     let (_t, c) = open(&d);
     assert_eq!(drain_queue(&c, "q").len(), 37);
 }
+
+/// Half-written copies of `meta.json` and of the marker that a process
+/// killed before its rename left behind go at the next lone open.
+#[test]
+fn half_written_copies_left_by_a_killed_process_go_at_a_lone_open() {
+    let d = dir("tmp-left");
+    {
+        let (_t, c) = open(d.path());
+        publish(&c, "q", &["a"]);
+    }
+    for n in ["meta.json.tmp-4242", "DASHI-LOCAL.tmp-4243"] {
+        std::fs::write(d.join(n), "half").unwrap();
+    }
+    let (_t, c) = open(d.path());
+    assert!(!d.join("meta.json.tmp-4242").exists());
+    assert!(!d.join("DASHI-LOCAL.tmp-4243").exists());
+    assert_eq!(drain_queue(&c, "q"), ["a"]);
+}
