@@ -1617,7 +1617,7 @@ impl RedisQueue {
                 inner.keys.list(&self.name, step),
             ];
             let args = [
-                Bytes::from(h.field.clone()),
+                h.field.clone(),
                 Bytes::from(value),
                 Bytes::from(marked),
                 Bytes::from_static(b"RPUSH"),
