@@ -207,8 +207,9 @@ impl StoreFailure {
     /// The same, said of a publish the store refused before storing any of
     /// it (a server's error reply to the write: out of memory, no
     /// permission): the message is certainly not stored, so its confirm
-    /// fails with [`PublishError::Store`], not [`PublishError::Unconfirmed`],
-    /// and publishing it again stores no duplicate.
+    /// fails with [`PublishError::Refused`], not
+    /// [`PublishError::Unconfirmed`], and publishing it again stores no
+    /// duplicate.
     pub fn refused(mut self) -> Self {
         self.refused = true;
         self
@@ -381,6 +382,22 @@ pub enum PublishError {
         /// The routing key it was published with.
         routing_key: Box<str>,
     },
+    /// The store refused a pipelined publish before storing any of it (a
+    /// Redis error reply to every write of it: out of memory, no
+    /// permission): certainly not stored, so publishing it again stores no
+    /// duplicate. Carries where it was published, as
+    /// [`PublishError::Unconfirmed`] does, to publish it again.
+    #[error("refused, the message is not stored: {failure}")]
+    Refused {
+        /// What the store said.
+        failure: StoreFailure,
+        /// The message, handed back.
+        message: Box<Message>,
+        /// The exchange it was published to (to publish it again).
+        exchange: Box<str>,
+        /// The routing key it was published with.
+        routing_key: Box<str>,
+    },
     /// The channel's window of unconfirmed publishes is full and the channel
     /// does not block (see [`crate::ChannelOptions`]); wait for confirms
     /// and try again.
@@ -409,6 +426,18 @@ impl PublishError {
         }
     }
 
+    /// A [`PublishError::Refused`] publish of `envelope`.
+    pub fn refused(failure: StoreFailure, envelope: crate::transport::Envelope) -> Self {
+        let exchange = envelope.exchange.as_str().into();
+        let routing_key = envelope.routing_key.as_str().into();
+        PublishError::Refused {
+            failure,
+            message: Box::new(envelope.into_message()),
+            exchange,
+            routing_key,
+        }
+    }
+
     /// The message that was not published.
     pub fn into_message(self) -> Message {
         *match self {
@@ -422,6 +451,7 @@ impl PublishError {
             | PublishError::Transport { message, .. }
             | PublishError::Store { message, .. }
             | PublishError::Unconfirmed { message, .. }
+            | PublishError::Refused { message, .. }
             | PublishError::Full { message, .. } => message,
         }
     }
@@ -439,6 +469,7 @@ impl PublishError {
             | PublishError::Transport { message, .. }
             | PublishError::Store { message, .. }
             | PublishError::Unconfirmed { message, .. }
+            | PublishError::Refused { message, .. }
             | PublishError::Full { message, .. } => message,
         }
     }
@@ -449,9 +480,9 @@ impl PublishError {
     /// second time.
     pub fn is_transient(&self) -> bool {
         match self {
-            PublishError::Store { failure, .. } | PublishError::Unconfirmed { failure, .. } => {
-                failure.is_transient()
-            }
+            PublishError::Store { failure, .. }
+            | PublishError::Unconfirmed { failure, .. }
+            | PublishError::Refused { failure, .. } => failure.is_transient(),
             _ => matches!(
                 self,
                 PublishError::QueueFull { .. }

@@ -33,6 +33,11 @@ impl dashi_returned {
                 exchange,
                 routing_key,
                 ..
+            }
+            | PublishError::Refused {
+                exchange,
+                routing_key,
+                ..
             } => (exchange.to_string(), routing_key.to_string()),
             _ => (String::new(), String::new()),
         };
@@ -86,7 +91,8 @@ pub type dashi_returned_callback =
 /// confirmed to `cb` (before returning `DASHI_UNCONFIRMED`), so that
 /// nothing published is lost to the caller: read it with the
 /// `dashi_returned_*` calls, publish it again with `dashi_republish` (which
-/// may deliver it twice: it may have been stored), or free it.
+/// may deliver it twice when `dashi_returned_result` says
+/// `DASHI_UNCONFIRMED`: it may have been stored), or free it.
 ///
 /// # Safety
 /// `ch` is a live channel; `cb` may be called with `userdata` on this
@@ -115,8 +121,11 @@ pub unsafe extern "C" fn dashi_wait_for_confirms_returned(
     })
 }
 
-/// Why the publish was handed back (`DASHI_UNCONFIRMED`: it may or may not
-/// be stored). `DASHI_NULL_PARAMETER` when `r` is NULL.
+/// Why the publish was handed back: `DASHI_UNCONFIRMED` when it may or may
+/// not be stored (publishing it again may store it twice), or the store's
+/// code (`DASHI_NO_SPACE` for a full Redis, `DASHI_STORE_FAILED` for a
+/// write it may not do) when the store refused it: certainly not stored.
+/// `DASHI_NULL_PARAMETER` when `r` is NULL.
 ///
 /// # Safety
 /// `r` is NULL or a live returned publish.

@@ -808,7 +808,8 @@ fn a_full_redis_refuses_publishes_and_consumers_still_drain_it() {
         .expect("sent");
     let refused = confirm.wait().unwrap_err();
     assert!(
-        matches!(&refused, PublishError::Store { failure, .. } if failure.is_refused()),
+        matches!(&refused, PublishError::Refused { failure, routing_key, .. }
+            if failure.is_refused() && &**routing_key == "full"),
         "{refused}"
     );
     assert!(!refused.is_unconfirmed());

@@ -348,6 +348,10 @@ fn produce(
                     line.push_str(&i.to_string());
                     any = true;
                 }
+                // Refused by a full store: not stored, consumers make room.
+                Err(dashi::PublishError::Refused { failure, .. }) => {
+                    out.say(&format!("r confirm: {failure}"));
+                }
                 // May or may not be stored: not counted as confirmed.
                 Err(e) if e.is_unconfirmed() || e.is_transient() => {
                     out.say(&format!("e confirm: {e}"));

@@ -182,10 +182,7 @@ fn hand_back(failure: StoreFailure, envelope: Option<Envelope>) -> PublishError 
     let envelope = envelope.unwrap_or_else(|| Envelope::new(Default::default(), "", ""));
     if failure.is_refused() {
         // Certainly not stored: no "may or may not".
-        return PublishError::Store {
-            failure,
-            message: Box::new(envelope.into_message()),
-        };
+        return PublishError::refused(failure, envelope);
     }
     PublishError::unconfirmed(failure, envelope)
 }

@@ -492,7 +492,8 @@ struct returned {
 
 static void on_returned(void *userdata, dashi_returned *r) {
   struct returned *got = userdata;
-  ASSERT(dashi_returned_result(r) == DASHI_UNCONFIRMED);
+  /* Refused by a full Redis: certainly not stored (it was "unconfirmed"). */
+  ASSERT(dashi_returned_result(r) == DASHI_NO_SPACE);
   const uint8_t *p;
   size_t n;
   dashi_returned_body(r, &p, &n);
