@@ -389,8 +389,8 @@ pub enum PublishError {
     /// [`PublishError::Unconfirmed`] does, to publish it again.
     #[error("refused, the message is not stored: {failure}")]
     Refused {
-        /// What the store said.
-        failure: StoreFailure,
+        /// What the store said (boxed: the error stays as small as it was).
+        failure: Box<StoreFailure>,
         /// The message, handed back.
         message: Box<Message>,
         /// The exchange it was published to (to publish it again).
@@ -431,7 +431,7 @@ impl PublishError {
         let exchange = envelope.exchange.as_str().into();
         let routing_key = envelope.routing_key.as_str().into();
         PublishError::Refused {
-            failure,
+            failure: Box::new(failure),
             message: Box::new(envelope.into_message()),
             exchange,
             routing_key,
@@ -480,9 +480,10 @@ impl PublishError {
     /// second time.
     pub fn is_transient(&self) -> bool {
         match self {
-            PublishError::Store { failure, .. }
-            | PublishError::Unconfirmed { failure, .. }
-            | PublishError::Refused { failure, .. } => failure.is_transient(),
+            PublishError::Store { failure, .. } | PublishError::Unconfirmed { failure, .. } => {
+                failure.is_transient()
+            }
+            PublishError::Refused { failure, .. } => failure.is_transient(),
             _ => matches!(
                 self,
                 PublishError::QueueFull { .. }

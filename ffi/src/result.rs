@@ -238,9 +238,8 @@ impl From<&PublishError> for dashi_result {
             PublishError::BodyTooLarge { .. } => DASHI_BODY_TOO_LARGE,
             PublishError::QueueFull { .. } => DASHI_QUEUE_FULL,
             PublishError::InvalidRoutingKey { .. } => DASHI_INVALID_NAME,
-            PublishError::Store { failure, .. } | PublishError::Refused { failure, .. } => {
-                store(failure.kind)
-            }
+            PublishError::Store { failure, .. } => store(failure.kind),
+            PublishError::Refused { failure, .. } => store(failure.kind),
             PublishError::Unconfirmed { .. } => DASHI_UNCONFIRMED,
             PublishError::Full { .. } => DASHI_WINDOW_FULL,
             e if e.is_transient() => DASHI_STORE_TRANSIENT,
