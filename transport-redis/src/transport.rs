@@ -637,6 +637,10 @@ impl Inner {
             .cloned()
             .collect();
         for q in queues {
+            let _said = q.presence.lock();
+            if q.state.consumers() == 0 {
+                continue;
+            }
             if let Err(e) = self.consumer_presence(&q.name, true) {
                 tracing::debug!(queue = %q.name, error = %e, "renewing an auto-delete lease failed");
             }
@@ -1557,6 +1561,11 @@ pub(crate) struct RedisQueue {
     /// Messages taken ahead for this handle's next pop (see
     /// [`QueueStore::pop_many_ahead`]).
     ahead: Mutex<Ahead>,
+    /// Held while this process's auto-delete lease is said or unsaid with
+    /// the consumer count that decides it: a renewal that read "one
+    /// consumer" just before the last one left put the lease back after
+    /// it was removed, and kept the queue from its deletion for a lease.
+    presence: Mutex<()>,
     declared: AtomicBool,
     /// Consumed here without a declaration of its own (it exists on the
     /// server).
@@ -1670,6 +1679,7 @@ impl RedisQueue {
             decl,
             state: QueueState::new(),
             held: Mutex::new(HashMap::new()),
+            presence: Mutex::new(()),
             ahead: Mutex::new(Ahead::default()),
             declared: AtomicBool::new(declared),
             adopted: AtomicBool::new(false),
@@ -2077,6 +2087,7 @@ impl QueueStore for RedisQueue {
     }
 
     fn consumer_added(&self) -> bool {
+        let _said = self.decl.auto_delete.then(|| self.presence.lock());
         let added = self.state.consumer_added();
         if added && self.decl.auto_delete {
             // Other processes must not delete it under this consumer.
@@ -2091,6 +2102,7 @@ impl QueueStore for RedisQueue {
 
     fn consumer_removed(&self) {
         self.release_ahead();
+        let _said = self.decl.auto_delete.then(|| self.presence.lock());
         if self.decl.auto_delete && self.state.consumers() == 1 && self.consumed_elsewhere() {
             // The last consumer of every dashi process deletes it, not this
             // process's last: another process takes from it.
