@@ -58,13 +58,7 @@ fn flip(root: &Path, at: u64) {
 }
 
 fn drain(c: &Connection) -> Vec<String> {
-    let ch = c.channel().unwrap();
-    let mut out = Vec::new();
-    while let Some(d) = ch.get("q", Duration::ZERO).unwrap() {
-        out.push(String::from_utf8(d.body().to_vec()).unwrap());
-        d.ack().unwrap();
-    }
-    out
+    drain_queue(c, "q")
 }
 
 #[test]
