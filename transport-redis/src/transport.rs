@@ -1073,22 +1073,31 @@ impl Inner {
                 ));
             }
             let encoded = Bytes::from(text);
+            // For queues without priorities, encoded once if there are any.
+            let mut one_lane: Option<Bytes> = None;
             let step = self.keys.step_for(wire::to_kombu_priority(
                 env.properties().priority.unwrap_or(0),
             ));
             for q in &targets {
                 // A queue without priorities has one lane: kombu's bare
-                // list, where kombu and Celery put their messages too.
-                let step = if q.decl.max_priority == 0 { 0 } else { step };
+                // list, where kombu and Celery put their messages too, with
+                // the priority that list stands for in the envelope.
+                let (step, bytes) = if q.decl.max_priority == 0 {
+                    let b = one_lane
+                        .get_or_insert_with(|| Bytes::from(wire::encode_for(&env, &tag, true)));
+                    (0, b.clone())
+                } else {
+                    (step, encoded.clone())
+                };
                 let key = self.keys.list(&q.name, step);
                 match lists.iter().position(|(k, _, _)| *k == key) {
                     Some(i) => {
-                        lists[i].2.push(encoded.clone());
+                        lists[i].2.push(bytes);
                         mine.push(Target::List(i));
                     }
                     None => {
                         mine.push(Target::List(lists.len()));
-                        lists.push((key, q.clone(), vec![encoded.clone()]));
+                        lists.push((key, q.clone(), vec![bytes]));
                     }
                 }
             }

@@ -297,7 +297,26 @@ pub(crate) fn new_tag() -> String {
 /// byte as kombu 5.7 writes it (its §3.3 order and separators). The
 /// priority is kombu's (see [`to_kombu_priority`]).
 pub(crate) fn encode(env: &Envelope, tag: &str) -> String {
+    encode_for(env, tag, false)
+}
+
+/// [`encode`] for the list it goes to: a queue without priorities keeps
+/// every message in kombu's bare list (step 0), and the envelope must say
+/// priority 0 there, or a kombu restore (which files a message by the
+/// priority its envelope names) moves it to the least urgent list, behind
+/// messages newer than it. dashi's own priority then travels in
+/// `x-dashi-priority`, marked with `x-dashi-lane: 0` so a reader trusts it.
+pub(crate) fn encode_for(env: &Envelope, tag: &str, one_lane: bool) -> String {
     let p = env.properties();
+    let kombu = if one_lane {
+        0
+    } else {
+        to_kombu_priority(p.priority.unwrap_or(0))
+    };
+    // kombu's value says dashi's exactly: no need for dashi's own.
+    let exact = p
+        .priority
+        .is_some_and(|n| n <= 9 && to_kombu_priority(n) == kombu);
     let b64 = base64::engine::general_purpose::STANDARD;
     let mut out = String::with_capacity(env.body.len() * 4 / 3 + 320);
     out.push_str("{\"body\": \"");
@@ -328,14 +347,18 @@ pub(crate) fn encode(env: &Envelope, tag: &str) -> String {
     if let Some(t) = p.timestamp {
         let _ = write!(out, "\"timestamp\": {t}, ");
     }
-    // dashi's own priority when kombu's 0-9 cannot say it: none (dashi's
-    // lowest lane) or above 9.
-    match p.priority {
-        None => out.push_str("\"x-dashi-priority\": null, "),
-        Some(n) if n > 9 => {
-            let _ = write!(out, "\"x-dashi-priority\": {n}, ");
+    // dashi's own priority when kombu's 0-9 does not say it: none (dashi's
+    // lowest lane), above 9, or a one-lane queue's (kombu's is then 0).
+    if !exact {
+        match p.priority {
+            None => out.push_str("\"x-dashi-priority\": null, "),
+            Some(n) => {
+                let _ = write!(out, "\"x-dashi-priority\": {n}, ");
+            }
         }
-        Some(_) => {}
+        if one_lane {
+            out.push_str("\"x-dashi-lane\": 0, ");
+        }
     }
     let mode = match p.delivery_mode {
         DeliveryMode::Transient => 1,
@@ -351,8 +374,7 @@ pub(crate) fn encode(env: &Envelope, tag: &str) -> String {
     json_str(&mut out, &env.routing_key);
     let _ = write!(
         out,
-        "}}, \"priority\": {}, \"body_encoding\": \"base64\", \"delivery_tag\": ",
-        to_kombu_priority(p.priority.unwrap_or(0))
+        "}}, \"priority\": {kombu}, \"body_encoding\": \"base64\", \"delivery_tag\": "
     );
     json_str(&mut out, tag);
     out.push_str("}}");
@@ -421,6 +443,10 @@ struct RawProperties {
     /// Present (possibly null) only in envelopes dashi wrote.
     #[serde(default, rename = "x-dashi-priority", deserialize_with = "present")]
     dashi_priority: Option<serde_json::Value>,
+    /// 0 in an envelope dashi wrote for a queue without priorities (its
+    /// kombu priority is then 0, whatever dashi's is).
+    #[serde(default, rename = "x-dashi-lane")]
+    dashi_lane: Option<serde_json::Value>,
 }
 
 /// Deserializes a field that may be `null` as `Some(Null)`, so "present
@@ -601,12 +627,19 @@ pub(crate) fn decode(raw: &[u8]) -> Result<Decoded, Garbage> {
     };
     let kombu_priority = kombu_int(&props.priority).unwrap_or(0).clamp(0, 9) as u8;
     // dashi's exact priority, when dashi wrote one that agrees with kombu's.
+    // Written for a queue without priorities: kombu's 0 says nothing of
+    // dashi's, which is in `x-dashi-priority`.
+    let one_lane = kombu_priority == 0
+        && props
+            .dashi_lane
+            .as_ref()
+            .is_some_and(|v| v.as_u64() == Some(0));
     let priority = match &props.dashi_priority {
-        Some(serde_json::Value::Null) if kombu_priority == 9 => None,
+        Some(serde_json::Value::Null) if kombu_priority == 9 || one_lane => None,
         Some(serde_json::Value::Number(n)) => n
             .as_u64()
             .and_then(|n| u8::try_from(n).ok())
-            .filter(|&n| to_kombu_priority(n) == kombu_priority)
+            .filter(|&n| one_lane || to_kombu_priority(n) == kombu_priority)
             .or(Some(from_kombu_priority(kombu_priority))),
         _ => Some(from_kombu_priority(kombu_priority)),
     };

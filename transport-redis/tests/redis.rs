@@ -1463,3 +1463,51 @@ fn a_publish_the_server_may_not_do_is_refused_not_unconfirmed() {
     assert!(!e.is_unconfirmed(), "{e}");
     assert_eq!(e.into_message().body, "y".as_bytes());
 }
+
+/// A queue without priorities keeps its messages in kombu's bare list, and
+/// their envelopes say so (kombu priority 0): a kombu restore files a
+/// message by the priority its envelope names, and the 9 written before
+/// moved restored messages to the least urgent list, behind newer ones.
+/// dashi's own priority still comes back exactly.
+#[test]
+fn messages_of_a_queue_without_priorities_name_the_list_they_are_in() {
+    let r = RedisServer::start();
+    let c = connect(&r.url());
+    let ch = c.channel().unwrap();
+    ch.queue_declare(&Queue::new("nop")).unwrap();
+    ch.queue_declare(&Queue::new("pri").with_max_priority(9))
+        .unwrap();
+    ch.exchange_declare(&Exchange::new("both", ExchangeKind::Fanout))
+        .unwrap();
+    for q in ["nop", "pri"] {
+        ch.queue_bind(q, "both", "", Default::default()).unwrap();
+    }
+    let p = ch.producer();
+    p.publish("plain", "nop").unwrap();
+    p.publish(Message::new("zero").with_priority(0), "nop")
+        .unwrap();
+    p.with_exchange("both").publish("fan", "").unwrap();
+    let raw = cmd(&r, &["LRANGE", "nop", "0", "-1"]);
+    assert_eq!(raw.matches(r#""priority": 0,"#).count(), 3, "{raw}");
+    assert_eq!(
+        llen(&r, "pri\x06\x169"),
+        1,
+        "the same message, least urgent there"
+    );
+    let mut got = Vec::new();
+    while let Some(d) = ch.get("nop", Duration::ZERO).unwrap() {
+        got.push((String::from_utf8(d.body().to_vec()).unwrap(), d.priority()));
+        d.ack().unwrap();
+    }
+    assert_eq!(
+        got,
+        [
+            ("plain".to_string(), 0),
+            ("zero".to_string(), 0),
+            ("fan".to_string(), 0)
+        ]
+    );
+    let d = ch.get("pri", WAIT).unwrap().expect("fanned out");
+    assert_eq!(d.priority(), 0);
+    d.ack().unwrap();
+}
