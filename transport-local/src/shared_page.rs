@@ -3,8 +3,10 @@
 //! words): the store's `control` page, each queue's and each lane's `state`.
 //!
 //! # Invariants
-//! - Created zero-filled, at least [`STATE_LEN`] bytes; every word is only
-//!   accessed atomically, by every process, through this type.
+//! - Created zero-filled, at least [`STATE_LEN`] bytes, its blocks
+//!   allocated before it is mapped (a full disk is an error, never a
+//!   SIGBUS); every word is only accessed atomically, by every process,
+//!   through this type.
 
 use crate::mem::{AtomicU32, AtomicU64, Region};
 

@@ -199,7 +199,20 @@ fn set_aside(root: &Path, inc: &Path, newest: &mut Option<u64>) -> Result<(), Er
     };
     let aside = root.join("orphaned");
     std::fs::create_dir_all(&aside).map_err(|e| store_err("setting an orphaned queue aside", e))?;
-    let to = aside.join(format!("{}-{id:016x}", name.to_string_lossy()));
+    // The same name and number set aside before (an older meta.json put
+    // back twice): the next free `.N`, never onto it (a rename onto a
+    // directory with files fails, and the store would not open).
+    let base = format!("{}-{id:016x}", name.to_string_lossy());
+    let to = (1u32..)
+        .map(|n| {
+            aside.join(if n == 1 {
+                base.clone()
+            } else {
+                format!("{base}.{n}")
+            })
+        })
+        .find(|p| !p.exists())
+        .expect("some name is free");
     std::fs::rename(inc, &to).map_err(|e| store_err("setting an orphaned queue aside", e))?;
     tracing::warn!(
         from = %inc.display(),

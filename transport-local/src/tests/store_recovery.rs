@@ -487,6 +487,34 @@ fn queues_an_older_meta_json_does_not_name_are_kept_aside() {
     assert!(aside[0].exists(), "and left alone");
 }
 
+/// An incarnation set aside where one of the same name and number already
+/// is (an older `meta.json` put back twice) goes beside it: a rename onto
+/// it failed, and the store would not open again.
+#[test]
+fn setting_aside_the_same_incarnation_twice_keeps_both() {
+    let d = dir("old-meta-twice");
+    let old = {
+        let (_t, c) = open(d.path());
+        publish(&c, "q", &["a"]);
+        let old = std::fs::read(d.join("meta.json")).unwrap();
+        publish(&c, "later", &["kept"]);
+        old
+    };
+    let taken = d.join("orphaned/later-0000000000000002/lane-0");
+    std::fs::create_dir_all(&taken).unwrap();
+    std::fs::write(taken.join("0000000000000000.seg"), b"earlier").unwrap();
+    std::fs::write(d.join("meta.json"), old).unwrap();
+    let (_t, c) = open(d.path());
+    assert_eq!(drain_queue(&c, "q"), ["a"]);
+    assert_eq!(
+        std::fs::read(taken.join("0000000000000000.seg")).unwrap(),
+        b"earlier"
+    );
+    assert!(d
+        .join("orphaned/later-0000000000000002.2/lane-0/0000000000000000.seg")
+        .exists());
+}
+
 /// A lone open goes on writing in the segment it was writing in, also when
 /// the next one was already made ahead of need (at half of the current
 /// one): that empty file used to be taken for the last segment, and the
