@@ -33,12 +33,14 @@ impl Wake for Unpark {
     }
 }
 
-/// The next delivery, waiting up to `timeout` (`None` = forever). `Ok(None)`
-/// on timeout; `Err` when the stream ended (queue deleted, connection closed).
-/// The first wait after a transient consume failure, and the longest.
+/// The first wait after a transient consume failure.
 const RETRY_FIRST: Duration = Duration::from_millis(100);
+/// The longest wait between two tries.
 const RETRY_MAX: Duration = Duration::from_secs(5);
 
+/// The next delivery, waiting up to `timeout` (`None` = forever). `Ok(None)`
+/// on timeout; `Err` when the stream ended (queue deleted, connection closed),
+/// on an error no retry fixes, or on a transient one that outlasts `timeout`.
 fn next(
     stream: &mut DeliveryStream,
     waker: &Waker,
