@@ -322,7 +322,19 @@ pub(crate) fn encode_for(env: &Envelope, tag: &str, one_lane: bool) -> String {
     out.push_str("{\"body\": \"");
     b64.encode_string(&env.body, &mut out);
     out.push_str("\", \"content-encoding\": ");
-    opt_str(&mut out, p.content_encoding.as_deref());
+    // A body that is not text and says nothing of itself: kombu takes a
+    // missing encoding for utf-8, fails to decode the body and never
+    // delivers it. "binary" (what kombu writes for raw bytes) makes kombu
+    // hand it over as bytes; `x-dashi-encoding: null` tells a dashi reader
+    // the sender named none.
+    let raw_bytes = p.content_encoding.is_none()
+        && p.content_type.is_none()
+        && std::str::from_utf8(&env.body).is_err();
+    if raw_bytes {
+        out.push_str("\"binary\"");
+    } else {
+        opt_str(&mut out, p.content_encoding.as_deref());
+    }
     out.push_str(", \"content-type\": ");
     opt_str(&mut out, p.content_type.as_deref());
     out.push_str(", \"headers\": ");
@@ -359,6 +371,9 @@ pub(crate) fn encode_for(env: &Envelope, tag: &str, one_lane: bool) -> String {
         if one_lane {
             out.push_str("\"x-dashi-lane\": 0, ");
         }
+    }
+    if raw_bytes {
+        out.push_str("\"x-dashi-encoding\": null, ");
     }
     let mode = match p.delivery_mode {
         DeliveryMode::Transient => 1,
@@ -447,6 +462,10 @@ struct RawProperties {
     /// kombu priority is then 0, whatever dashi's is).
     #[serde(default, rename = "x-dashi-lane")]
     dashi_lane: Option<serde_json::Value>,
+    /// Present and null in an envelope dashi wrote "binary" into for a
+    /// body whose sender named no encoding.
+    #[serde(default, rename = "x-dashi-encoding", deserialize_with = "present")]
+    dashi_encoding: Option<serde_json::Value>,
 }
 
 /// Deserializes a field that may be `null` as `Some(Null)`, so "present
@@ -645,7 +664,10 @@ pub(crate) fn decode(raw: &[u8]) -> Result<Decoded, Garbage> {
     };
     let properties = Properties {
         content_type: env.content_type,
-        content_encoding: env.content_encoding,
+        content_encoding: match (env.content_encoding, &props.dashi_encoding) {
+            (Some(e), Some(serde_json::Value::Null)) if e == "binary" => None,
+            (e, _) => e,
+        },
         headers,
         delivery_mode: match kombu_int(&props.delivery_mode) {
             Some(1) => DeliveryMode::Transient,
@@ -923,6 +945,37 @@ mod tests {
         // A note that disagrees with kombu's priority is not believed.
         let odd = br#"{"body": "", "properties": {"delivery_tag": "t", "priority": 0, "x-dashi-priority": null}}"#;
         assert_eq!(decode(odd).unwrap().envelope.properties().priority, Some(9));
+    }
+
+    #[test]
+    fn raw_bytes_say_binary_to_kombu_and_nothing_to_dashi() {
+        // Not text, no type, no encoding: kombu would decode it as utf-8.
+        let raw = encode(
+            &Envelope::new(Message::new(&b"\xff\x00\xfe"[..]), "", "q"),
+            "t",
+        );
+        assert!(raw.contains("\"content-encoding\": \"binary\""), "{raw}");
+        assert!(raw.contains("\"content-type\": null"), "{raw}");
+        let d = decode(raw.as_bytes()).unwrap();
+        assert_eq!(&d.envelope.body[..], b"\xff\x00\xfe");
+        assert_eq!(d.envelope.properties().content_encoding, None);
+        assert_eq!(d.envelope.properties().content_type, None);
+        // Text, or a body whose sender named its type or encoding, goes as
+        // it was given.
+        let text = encode(&Envelope::new(Message::new("hi"), "", "q"), "t");
+        assert!(text.contains("\"content-encoding\": null"), "{text}");
+        assert!(!text.contains("x-dashi-encoding"), "{text}");
+        let mut typed = Message::new(&b"\xff"[..]);
+        typed.properties.content_type = Some("application/x-thing".into());
+        let typed = encode(&Envelope::new(typed, "", "q"), "t");
+        assert!(typed.contains("\"content-encoding\": null"), "{typed}");
+        // kombu's own raw bytes say "binary" and keep saying it.
+        let kombu = br#"{"body": "/w==", "content-encoding": "binary", "content-type": "application/data", "properties": {"delivery_tag": "k", "body_encoding": "base64"}}"#;
+        let d = decode(kombu).unwrap();
+        assert_eq!(
+            d.envelope.properties().content_encoding.as_deref(),
+            Some("binary")
+        );
     }
 
     #[test]

@@ -144,6 +144,29 @@ fn dashi_publishes_kombu_consumes_direct_topic_and_priorities() {
 }
 
 #[test]
+fn raw_bytes_dashi_publishes_reach_kombu_as_bytes_and_come_back_unchanged() {
+    let r = RedisServer::start();
+    let c = connect(&r.url());
+    let ch = c.channel().unwrap();
+    ch.queue_declare(&Queue::new("rawq")).unwrap();
+    let p = ch.producer();
+    // Not text, and no content type or encoding: kombu reads a missing
+    // encoding as utf-8 and would never deliver it.
+    let body: &[u8] = b"\xff\x00\xfe\x80";
+    p.publish(Message::new(body), "rawq").unwrap();
+    let got = peer(&["consume", &kombu_url(&r), "rawq", "1"]);
+    assert_eq!(got.last().unwrap()["done"], 1, "{got:?}");
+    assert_eq!(got[0]["raw"], "ff00fe80", "{got:?}");
+    // dashi reads its own message back as it was sent: no encoding named.
+    p.publish(Message::new(body), "rawq").unwrap();
+    let d = ch.get("rawq", WAIT).unwrap().expect("a delivery");
+    assert_eq!(&d.body()[..], body);
+    assert_eq!(d.properties().content_encoding, None);
+    assert_eq!(d.properties().content_type, None);
+    d.ack().unwrap();
+}
+
+#[test]
 fn kombu_publishes_dashi_consumes_in_kombus_priority_order() {
     let r = RedisServer::start();
     let c = connect(&r.url());

@@ -29,7 +29,9 @@ def conn(url):
 
 
 def describe(body, message):
+    raw = None
     if isinstance(body, bytes):
+        raw = body.hex()
         body = body.decode("utf-8", "replace")
     elif not isinstance(body, str):
         body = json.dumps(body, sort_keys=True)
@@ -42,6 +44,8 @@ def describe(body, message):
         routing_key=message.delivery_info.get("routing_key"),
         exchange=message.delivery_info.get("exchange"),
         correlation_id=message.properties.get("correlation_id"),
+        raw=raw,
+        content_encoding=message.content_encoding,
     )
 
 
