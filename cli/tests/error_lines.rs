@@ -319,7 +319,22 @@ fn a_stdout_that_fails_is_an_error_line_or_a_quiet_end_never_a_panic() {
     assert!(line.contains("the messages were published"), "{line}");
     let o = dashi(&["stat", &url, "--queue", "q", "--json"]);
     assert!(stdout(&o).contains("\"messages\":3"), "{}", stdout(&o));
-    for args in [vec!["stat", &url], vec!["stat", &url, "--json"]] {
+    for args in [
+        vec!["stat", &url],
+        vec!["stat", &url, "--json"],
+        vec!["bench", "memory://", "--messages", "100"],
+        vec!["bench", "memory://", "--messages", "100", "--json"],
+        vec!["torture", "memory://", "--seconds", "1", "--seed", "1"],
+        vec![
+            "torture",
+            "memory://",
+            "--seconds",
+            "1",
+            "--seed",
+            "1",
+            "--json",
+        ],
+    ] {
         let o = Command::new(env!("CARGO_BIN_EXE_dashi"))
             .args(&args)
             .stdout(full())

@@ -19,6 +19,7 @@ use std::time::Duration;
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::args::BenchArgs;
+use crate::output::out;
 pub(crate) use report::{Report, Skipped};
 
 /// What every run (dashi or peer) is asked to do.
@@ -284,14 +285,16 @@ pub(crate) fn run(a: BenchArgs) -> Result<(), String> {
         eprintln!("dashi: bench: skipped {}: {}", s.peer, s.reason);
     }
     if a.json {
-        println!("{}", report::json(&dashi, &peers, &skipped, a.compare));
+        out!("{}", report::json(&dashi, &peers, &skipped, a.compare))?;
     } else {
-        print!("{}", report::human(&w, &dashi, &peers));
+        // The report ends in its own newline.
+        let human = report::human(&w, &dashi, &peers);
+        out!("{}", human.strip_suffix('\n').unwrap_or(&human))?;
     }
     if let Some(path) = &a.plot {
         plot::write(path, &dashi, &peers)?;
         if !a.json {
-            println!("chart written to {}", path.display());
+            out!("chart written to {}", path.display())?;
         }
     }
     Ok(())

@@ -35,6 +35,7 @@ use serde_json::json;
 use crate::args::TortureArgs;
 use crate::bench::redis_peer::{command, reply};
 use crate::connect::{connect, redact};
+use crate::output::out;
 use worker::{parse_body, Out, Rng, Role, Spec, WORKER_POINTS};
 
 /// A kind of fault.
@@ -1320,74 +1321,83 @@ fn report(
             "passed": ok,
             "command": command,
         });
-        println!("{v}");
+        out!("{v}")?;
     } else {
-        println!("url                  {url}");
-        println!("seed                 {}", t.seed);
-        println!("seconds              {:.1}", took.as_secs_f64());
-        println!("messages             {messages}");
-        println!("confirmed            {confirmed}");
-        println!("deliveries           {deliveries}");
+        out!("url                  {url}")?;
+        out!("seed                 {}", t.seed)?;
+        out!("seconds              {:.1}", took.as_secs_f64())?;
+        out!("messages             {messages}")?;
+        out!("confirmed            {confirmed}")?;
+        out!("deliveries           {deliveries}")?;
         let kinds: Vec<String> = by_kind.iter().map(|(k, n)| format!("{k} {n}")).collect();
-        println!("faults               {faults} ({})", kinds.join(", "));
-        println!("lost                 {}", lost.len());
-        println!("unmarked_duplicates  {unmarked}");
+        out!("faults               {faults} ({})", kinds.join(", "))?;
+        out!("lost                 {}", lost.len())?;
+        out!("unmarked_duplicates  {unmarked}")?;
         if counts.contains_key(&Fault::PowerLoss) {
-            println!("after_power_loss     {} (deliveries without redelivered of messages delivered before a cut)", au.after_power_loss);
+            out!("after_power_loss     {} (deliveries without redelivered of messages delivered before a cut)", au.after_power_loss)?;
         }
-        println!("redeliveries         {}", au.redeliveries);
-        println!(
+        out!("redeliveries         {}", au.redeliveries)?;
+        out!(
             "owed_redeliveries    {} ({} never redelivered; requeued, or a lease ran out before the ack)",
             au.owed.len(),
             unpaid.len()
-        );
-        println!("leases_run_out       {}", au.leases_run_out);
+        )?;
+        out!("leases_run_out       {}", au.leases_run_out)?;
         if t.a.churn > 0 {
-            println!("churn_rounds         {}", au.churn_rounds);
+            out!("churn_rounds         {}", au.churn_rounds)?;
         }
         if !points.is_empty() {
             let v: Vec<String> = points
                 .iter()
                 .map(|(p, (aimed, reached))| format!("{p} {reached}/{aimed}"))
                 .collect();
-            println!("kill_points          {} (reached/aimed)", v.join(", "));
+            out!("kill_points          {} (reached/aimed)", v.join(", "))?;
         }
-        println!("corrupt              {}", au.corrupt.len());
-        println!("phantom              {phantom}");
-        println!("transient_errors     {}", au.transient_errors);
-        println!("refused_no_space     {}", au.refused);
-        println!("drained              {empty}");
+        out!("corrupt              {}", au.corrupt.len())?;
+        out!("phantom              {phantom}")?;
+        out!("transient_errors     {}", au.transient_errors)?;
+        out!("refused_no_space     {}", au.refused)?;
+        out!("drained              {empty}")?;
         if let Some((r, u)) = recovery.figures_off {
-            println!("figures_off          {r} ready, {u} unacked before the store was recovered (a kill between a claim or settle and its count; recovery recounted them)");
+            out!("figures_off          {r} ready, {u} unacked before the store was recovered (a kill between a claim or settle and its count; recovery recounted them)")?;
         }
         if recovery.found > 0 {
-            println!(
+            out!(
                 "found_after_recovery {} (stranded: no consumer could reach them before)",
                 recovery.found
-            );
+            )?;
         }
-        println!(
+        out!(
             "rss_kib              first {} max {} last {}",
-            soak.rss.0, soak.rss.1, soak.rss.2
-        );
-        println!(
+            soak.rss.0,
+            soak.rss.1,
+            soak.rss.2
+        )?;
+        out!(
             "open_fds             first {} max {} last {}",
-            soak.fds.0, soak.fds.1, soak.fds.2
-        );
+            soak.fds.0,
+            soak.fds.1,
+            soak.fds.2
+        )?;
         if soak.worker_rss.1 > 0 {
-            println!(
+            out!(
                 "worker_rss_kib       first {} max {} last {} (the largest worker process)",
-                soak.worker_rss.0, soak.worker_rss.1, soak.worker_rss.2
-            );
-            println!(
+                soak.worker_rss.0,
+                soak.worker_rss.1,
+                soak.worker_rss.2
+            )?;
+            out!(
                 "worker_open_fds      first {} max {} last {}",
-                soak.worker_fds.0, soak.worker_fds.1, soak.worker_fds.2
-            );
+                soak.worker_fds.0,
+                soak.worker_fds.1,
+                soak.worker_fds.2
+            )?;
         }
-        println!(
+        out!(
             "deliveries_per_sec   first tenth {:.0}, last tenth {:.0}",
-            soak.rate.0, soak.rate.1
-        );
+            soak.rate.0,
+            soak.rate.1
+        )?;
     }
     if ok {
         return Ok(());
