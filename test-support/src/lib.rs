@@ -172,11 +172,21 @@ pub struct Tmpfs {
 impl Tmpfs {
     /// A tmpfs of `kb` KiB; `None` where it cannot be mounted (not root).
     pub fn make(kb: u64) -> Option<Tmpfs> {
+        Tmpfs::make_with(kb, "")
+    }
+
+    /// A tmpfs of `kb` KiB mounted with more options (e.g. `nr_inodes=64`).
+    pub fn make_with(kb: u64, options: &str) -> Option<Tmpfs> {
         let dir = TestDir::new();
         let mount = dir.child("mnt");
         std::fs::create_dir(&mount).ok()?;
+        let mut o = format!("size={kb}k");
+        if !options.is_empty() {
+            o.push(',');
+            o.push_str(options);
+        }
         let ok = std::process::Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={kb}k"), "tmpfs"])
+            .args(["-t", "tmpfs", "-o", &o, "tmpfs"])
             .arg(&mount)
             .status()
             .is_ok_and(|s| s.success());

@@ -566,3 +566,54 @@ fn declaring_on_a_nearly_full_disk_is_an_error_not_a_crash() {
     ch.queue_declare(&Queue::new("after")).unwrap();
     ch.producer().publish(Message::new("x"), "after").unwrap();
 }
+
+#[test]
+fn a_queue_whose_files_cannot_be_made_is_not_declared_and_the_store_still_opens() {
+    let Some(fs) = Tmpfs::make_with(64 * 1024, "nr_inodes=64") else {
+        eprintln!("skipped: cannot mount a small tmpfs here (needs root)");
+        return;
+    };
+    let root = fs.mount.join("store");
+    let fill = fs.mount.join("fill");
+    std::fs::create_dir(&fill).unwrap();
+    {
+        let conn = connect(&root);
+        let ch = conn.channel().unwrap();
+        ch.queue_declare(&Queue::new("kept")).unwrap();
+        ch.producer().publish(Message::new("m"), "kept").unwrap();
+        // No inode left: the next queue's directory cannot be made.
+        let mut fillers = 0;
+        while std::fs::File::create(fill.join(fillers.to_string())).is_ok() {
+            fillers += 1;
+        }
+        // One for the new `meta.json` (the old one's goes when it replaces
+        // it): the queue's own files find none.
+        fillers -= 1;
+        std::fs::remove_file(fill.join(fillers.to_string())).unwrap();
+        let e = ch.queue_declare(&Queue::new("late")).unwrap_err();
+        let line = e.to_string();
+        assert!(line.contains("No space left"), "{line}");
+        assert!(line.contains("\"late\""), "names the queue: {line}");
+        assert!(!line.contains('\n'), "{line}");
+        // Give back what this process's entry in the store takes.
+        for i in 0..1 {
+            std::fs::remove_file(fill.join((fillers - 1 - i).to_string())).unwrap();
+        }
+    }
+    let meta = std::fs::read_to_string(root.join("meta.json")).unwrap();
+    assert!(!meta.contains("\"late\""), "{meta}");
+    assert!(!root.join("q").join("late").exists());
+    // The store opens and its messages can be taken (before the fix every
+    // open failed on the queue it could not make).
+    let conn = connect(&root);
+    let ch = conn.channel().unwrap();
+    let d = ch
+        .get("kept", Duration::from_secs(5))
+        .unwrap()
+        .expect("the message");
+    assert_eq!(&d.body()[..], b"m");
+    d.ack().unwrap();
+    std::fs::remove_dir_all(&fill).unwrap();
+    ch.queue_declare(&Queue::new("late")).unwrap();
+    ch.producer().publish(Message::new("x"), "late").unwrap();
+}

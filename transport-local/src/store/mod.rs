@@ -296,7 +296,9 @@ impl Transport for LocalTransport {
                 }
                 m.remove_queue(&q.name, Some(x.id));
             }
-            m.add_queue(q.clone(), q.exclusive.then_some(me));
+            let id = m.add_queue(q.clone(), q.exclusive.then_some(me));
+            // Its files first: `meta.json` never names a queue without them.
+            queue::make_files(&root, &q.name, id)?;
             if q.exclusive {
                 self.inner
                     .exclusive_owner

@@ -128,7 +128,39 @@ fn write_name_file(qdir: &Path, name: &str) -> Result<(), Error> {
     if std::fs::read(&path).is_ok_and(|held| held == name.as_bytes()) {
         return Ok(());
     }
-    std::fs::write(&path, name.as_bytes()).map_err(|e| store_err("queue name file", e))
+    std::fs::write(&path, name.as_bytes())
+        .map_err(|e| store_err(&format!("queue {name:?} name file"), e))
+}
+
+/// Makes the files of incarnation `id` of queue `name` (its directory, the
+/// name file, the state page with its blocks allocated), or none of them.
+/// A declare makes them before `meta.json` names the queue: a queue named
+/// there whose files cannot be made (a full disk, no inodes left) made
+/// every later open of the store fail, so nothing could be consumed or
+/// deleted to free the space.
+pub(super) fn make_files(root: &Path, name: &str, id: u64) -> Result<(), Error> {
+    let qdir = queue_root(root, name)?;
+    let dir = qdir.join(format!("{id:016x}"));
+    let made = (|| {
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| store_err(&format!("queue {name:?} directory {}", dir.display()), e))?;
+        write_name_file(&qdir, name)?;
+        SharedPage::open(&dir.join("state"))
+            .map_err(|e| store_err(&format!("queue {name:?} state page"), e))?;
+        Ok(())
+    })();
+    if made.is_err() {
+        let _ = std::fs::remove_dir_all(&dir);
+        // The name's directory too, when no other incarnation is in it (the
+        // caller holds the metadata lock: none is being made meanwhile).
+        let others = std::fs::read_dir(&qdir)
+            .map(|d| d.flatten().any(|e| e.file_name() != "name"))
+            .unwrap_or(true);
+        if !others {
+            let _ = std::fs::remove_dir_all(&qdir);
+        }
+    }
+    made
 }
 
 impl LocalQueue {
@@ -145,12 +177,17 @@ impl LocalQueue {
     ) -> Result<LocalQueue, Error> {
         let qdir = queue_root(root, &decl.name)?;
         let dir = qdir.join(format!("{id:016x}"));
-        std::fs::create_dir_all(&dir).map_err(|e| store_err("queue directory", e))?;
+        std::fs::create_dir_all(&dir).map_err(|e| {
+            store_err(
+                &format!("queue {:?} directory {}", decl.name, dir.display()),
+                e,
+            )
+        })?;
         // Tests hold an open here, its directory made, nothing opened yet.
         crate::failpoint!("queue::dir_made");
         write_name_file(&qdir, &decl.name)?;
-        let lanes_used =
-            SharedPage::open(&dir.join("state")).map_err(|e| store_err("queue state", e))?;
+        let lanes_used = SharedPage::open(&dir.join("state"))
+            .map_err(|e| store_err(&format!("queue {:?} state page", decl.name), e))?;
         // The bits say which lanes exist, for the consumers' scans; the
         // page is never synced (a power loss can take them) and can be
         // damaged, so every open sets the bit of each lane directory there
