@@ -129,7 +129,15 @@ fn plot_writes_an_svg_chart() {
         "--plot",
         "/nonexistent-dir/x.svg",
     ]);
-    one_line_error(&bad);
+    let line = one_line_error(&bad);
+    // Said before the runs, not after them.
+    assert!(line.contains("cannot write there"), "{line}");
+    assert!(stdout(&bad).is_empty(), "{}", stdout(&bad));
+    // Checking leaves nothing where a run that fails would not write.
+    let unused = dir.join("unused.svg");
+    let o = dashi(&["bench", "nope://", "--plot", unused.to_str().unwrap()]);
+    one_line_error(&o);
+    assert!(!unused.exists());
 }
 
 #[test]

@@ -187,6 +187,9 @@ pub(crate) fn run(a: BenchArgs) -> Result<(), String> {
     if a.rate.is_some_and(|r| !(r.is_finite() && r >= 1.0)) {
         return Err("--rate must be at least 1 message per second".into());
     }
+    if let Some(path) = &a.plot {
+        plot::check_writable(path)?;
+    }
     let w = Workload {
         url: a.url.clone(),
         messages: a.messages,

@@ -15,6 +15,22 @@ const COLORS: [RGBColor; 5] = [
     RGBColor(0x94, 0x67, 0xbd),
 ];
 
+/// Fails when the chart could not be written to `path`, before the runs
+/// (a full run, then "No such file or directory", lost the user's time).
+/// Leaves no file behind.
+pub(crate) fn check_writable(path: &Path) -> Result<(), String> {
+    let existed = path.exists();
+    std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .open(path)
+        .map_err(|e| format!("--plot {}: cannot write there: {e}", path.display()))?;
+    if !existed {
+        let _ = std::fs::remove_file(path);
+    }
+    Ok(())
+}
+
 pub(crate) fn write(path: &Path, dashi: &Report, peers: &[Report]) -> Result<(), String> {
     draw(path, dashi, peers).map_err(|e| format!("writing chart {}: {e}", path.display()))
 }
