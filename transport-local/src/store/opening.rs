@@ -117,6 +117,11 @@ fn recover_store(root: &Path, segment_size: u64) -> Result<Totals, Error> {
                     // Deleted (its number was given out, and meta.json no
                     // longer names it): files a delete left behind.
                     let _ = std::fs::remove_dir_all(inc.path());
+                } else if holds_no_lane(&inc.path()) {
+                    // Never given a message: a declare killed after it made
+                    // the queue's files and before `meta.json` named it.
+                    // Nothing to keep.
+                    let _ = std::fs::remove_dir_all(inc.path());
                 } else {
                     // A number meta.json never gave out: this meta.json is
                     // older than the queue (a copy put back). Its messages
@@ -170,6 +175,15 @@ fn recover_store(root: &Path, segment_size: u64) -> Result<Totals, Error> {
         super::topology::write_meta(root, &meta).map_err(|e| store_err("metadata write", e))?;
     }
     Ok(total)
+}
+
+/// True when the incarnation at `inc` has no lane directory: no message
+/// was ever written to it (an unreadable directory counts as holding one).
+fn holds_no_lane(inc: &Path) -> bool {
+    std::fs::read_dir(inc).is_ok_and(|d| {
+        !d.flatten()
+            .any(|e| e.file_name().to_string_lossy().starts_with("lane-"))
+    })
 }
 
 /// The first incarnation directory (`q/<name>/<16 hex digits>`) under `q`.

@@ -487,6 +487,30 @@ fn queues_an_older_meta_json_does_not_name_are_kept_aside() {
     assert!(aside[0].exists(), "and left alone");
 }
 
+/// A declare killed after it made a queue's files and before `meta.json`
+/// named the queue leaves an incarnation with a number never given out
+/// and no message: a lone open removes it rather than setting it aside.
+#[test]
+fn an_empty_incarnation_meta_json_never_named_is_removed_not_set_aside() {
+    let d = dir("declare-killed");
+    {
+        let (_t, c) = open(d.path());
+        publish(&c, "q", &["a"]);
+    }
+    // What the declare had made: directory, name file, state page.
+    let inc = d.join("q/half/00000000000000ff");
+    std::fs::create_dir_all(&inc).unwrap();
+    std::fs::write(d.join("q/half/name"), b"half").unwrap();
+    std::fs::write(inc.join("state"), [0u8; 4096]).unwrap();
+    let (_t, c) = open(d.path());
+    assert!(
+        !d.join("q/half").exists(),
+        "removed with its name directory"
+    );
+    assert!(!d.join("orphaned").exists(), "nothing set aside");
+    assert_eq!(drain_queue(&c, "q"), ["a"]);
+}
+
 /// An incarnation set aside where one of the same name and number already
 /// is (an older `meta.json` put back twice) goes beside it: a rename onto
 /// it failed, and the store would not open again.
