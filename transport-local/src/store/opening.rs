@@ -257,6 +257,9 @@ fn check_marker(root: &Path, create: bool) -> Result<(), Error> {
                 MARKER.trim()
             ),
         )),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && holds_a_store(root) => {
+            Err(lost_marker(root))
+        }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound && create => {
             let tmp = root.join(format!("DASHI-LOCAL.tmp-{}", std::process::id()));
             let write = || -> std::io::Result<()> {
@@ -274,6 +277,28 @@ fn check_marker(root: &Path, create: bool) -> Result<(), Error> {
         }
         Err(e) => Err(store_err(&format!("format marker {}", marker.display()), e)),
     }
+}
+
+/// True when `root` holds a store's files: `meta.json` or a queue's.
+fn holds_a_store(root: &Path) -> bool {
+    root.join("meta.json").exists() || first_incarnation(&root.join("q")).is_some()
+}
+
+/// The marker is gone but the store is there (deleted by hand, a copy that
+/// left it out). A new marker would say this build's format whatever
+/// format the files are in: refused, and nothing is changed.
+fn lost_marker(root: &Path) -> Error {
+    store_fail(
+        FailureKind::Format,
+        "format",
+        format!(
+            "{} is missing but {} holds a store's files: nothing was changed; put the \
+             marker back (if this build wrote the store: the line {:?} and a newline)",
+            root.join("DASHI-LOCAL").display(),
+            root.display(),
+            MARKER.trim_end()
+        ),
+    )
 }
 
 /// Stores open in this process, by directory and options.
@@ -311,6 +336,7 @@ impl LocalTransport {
             let marker = root.join("DASHI-LOCAL");
             match marker.try_exists() {
                 Ok(true) => {}
+                Ok(false) if holds_a_store(root) => return Err(lost_marker(root)),
                 Ok(false) => {
                     return Err(Error::Store(StoreFailure::new(
                         FailureKind::NoStore,

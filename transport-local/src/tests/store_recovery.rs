@@ -461,6 +461,40 @@ fn a_store_that_lost_meta_json_is_refused_and_nothing_is_deleted() {
     assert_eq!(drain_queue(&c, "other"), ["c"]);
 }
 
+/// A store that lost its format marker is refused, by an open that may
+/// create a store too (it wrote a new marker over whatever format the
+/// files were in), and nothing is changed; with the marker put back
+/// everything is there.
+#[test]
+fn a_store_that_lost_its_format_marker_is_refused_and_nothing_is_changed() {
+    let d = dir("lost-marker");
+    {
+        let (_t, c) = open(d.path());
+        publish(&c, "q", &["a", "b"]);
+    }
+    let marker = std::fs::read(d.join("DASHI-LOCAL")).unwrap();
+    std::fs::remove_file(d.join("DASHI-LOCAL")).unwrap();
+    for create in [true, false] {
+        let opts = LocalOptions {
+            create,
+            ..LocalOptions::default()
+        };
+        let e = LocalTransport::open(&d, opts).unwrap_err();
+        assert!(
+            matches!(&e, dashi_engine::Error::Store(f) if f.kind == dashi_engine::FailureKind::Format),
+            "{e:?}"
+        );
+        let line = e.to_string();
+        assert!(line.contains("DASHI-LOCAL is missing"), "{line}");
+        assert!(line.contains("\"dashi-local 3\""), "{line}");
+        assert!(!line.contains('\n'), "{line}");
+        assert!(!d.join("DASHI-LOCAL").exists(), "nothing written");
+    }
+    std::fs::write(d.join("DASHI-LOCAL"), marker).unwrap();
+    let (_t, c) = open(d.path());
+    assert_eq!(drain_queue(&c, "q"), ["a", "b"]);
+}
+
 /// A `meta.json` older than a queue (a copy put back) does not name it:
 /// its files are not taken for a delete's leftovers, they are moved to
 /// `orphaned/` with their messages, and a queue declared later under the
