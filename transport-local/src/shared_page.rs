@@ -45,6 +45,17 @@ impl SharedPage {
         })
     }
 
+    /// A zero-filled page no other process sees (an anonymous memory
+    /// file): the stand-in state page of a queue whose own cannot be opened.
+    pub(crate) fn private() -> std::io::Result<SharedPage> {
+        let fd = rustix::fs::memfd_create("dashi-state", rustix::fs::MemfdFlags::CLOEXEC)?;
+        let f = std::fs::File::from(fd);
+        f.set_len(STATE_LEN)?;
+        Ok(SharedPage {
+            region: Region::map(&f)?,
+        })
+    }
+
     /// A zero-filled page in modelled memory.
     #[cfg(all(loom, test))]
     pub(crate) fn new_model() -> SharedPage {

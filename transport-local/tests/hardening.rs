@@ -617,3 +617,66 @@ fn a_queue_whose_files_cannot_be_made_is_not_declared_and_the_store_still_opens(
     ch.queue_declare(&Queue::new("late")).unwrap();
     ch.producer().publish(Message::new("x"), "late").unwrap();
 }
+
+/// A queue whose files are not what they should be (its directory, or a
+/// lane's, replaced by a file) made every open of the store fail, so no
+/// other queue could be used. Now that queue alone is refused, with a line
+/// that says why: a publish to it is handed back (never dropped as
+/// unroutable), `get` and a declare fail, it can be deleted and declared
+/// again, and the store's other queues work.
+#[test]
+fn a_queue_whose_files_are_damaged_is_refused_alone_and_can_be_deleted() {
+    for damage in ["incarnation", "lane"] {
+        let d = TestDir::new();
+        let root = d.join("store");
+        {
+            let conn = connect(&root);
+            let ch = conn.channel().unwrap();
+            let p = ch.producer();
+            for q in ["q", "other"] {
+                ch.queue_declare(&Queue::new(q)).unwrap();
+                p.publish(Message::new(q), q).unwrap();
+            }
+        }
+        let inc = root.join("q/q/0000000000000001");
+        let replaced = match damage {
+            "incarnation" => inc.clone(),
+            _ => inc.join("lane-0"),
+        };
+        std::fs::remove_dir_all(&replaced).unwrap();
+        std::fs::write(&replaced, b"not a directory").unwrap();
+        let conn = connect(&root);
+        let ch = conn.channel().unwrap();
+        let d1 = ch
+            .get("other", Duration::from_secs(5))
+            .unwrap()
+            .expect("the other queue's message");
+        assert_eq!(&d1.body()[..], b"other");
+        d1.ack().unwrap();
+        let e = ch
+            .producer()
+            .publish(Message::new("kept"), "q")
+            .unwrap_err();
+        let line = e.to_string();
+        assert!(line.contains("\"q\""), "{damage}: {line}");
+        assert!(!line.contains('\n'), "{damage}: {line}");
+        let back = e.into_message();
+        assert_eq!(&back.body[..], b"kept");
+        let e = ch.get("q", Duration::from_millis(100)).unwrap_err();
+        assert!(e.to_string().contains("\"q\""), "{damage}: {e}");
+        if damage == "incarnation" {
+            let e = ch.queue_declare(&Queue::new("q")).unwrap_err();
+            assert!(e.to_string().contains("cannot be used"), "{e}");
+        }
+        // Deleted, and declared again in a directory of its own.
+        ch.queue_delete("q", false, false).unwrap();
+        ch.queue_declare(&Queue::new("q")).unwrap();
+        ch.producer().publish(Message::new("new"), "q").unwrap();
+        let d2 = ch
+            .get("q", Duration::from_secs(5))
+            .unwrap()
+            .expect("the new queue's message");
+        assert_eq!(&d2.body()[..], b"new");
+        d2.ack().unwrap();
+    }
+}

@@ -308,6 +308,7 @@ impl Transport for LocalTransport {
             Ok(())
         })?;
         let lq = self.inner.queue(&q.name, owner)?;
+        lq.usable()?;
         let (n, _, _, _) = lq.counts();
         Ok(QueueInfo {
             name: q.name.clone(),

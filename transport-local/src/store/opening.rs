@@ -146,8 +146,24 @@ fn recover_store(root: &Path, segment_size: u64) -> Result<Totals, Error> {
                     dir: l.path(),
                     alloc: Allocator::direct(),
                 };
-                let lane =
-                    Lane::open(storage, p, segment_size).map_err(|e| store_err("recovery", e))?;
+                // A lane that cannot be opened for what is at its path (a
+                // file where its directory should be) cannot be opened by
+                // anyone later either: it is left as it is, its queue says
+                // why at every use, and the store's other queues open. Any
+                // other failure stops the open: a lane skipped here would
+                // be used later without its recovery.
+                let lane = match Lane::open(storage, p, segment_size) {
+                    Ok(lane) => lane,
+                    Err(e) if wrong_file_type(&e) => {
+                        tracing::error!(
+                            lane = %l.path().display(),
+                            error = %e,
+                            "a lane cannot be opened; its queue is not usable until it is mended"
+                        );
+                        continue;
+                    }
+                    Err(e) => return Err(store_err("recovery", e)),
+                };
                 let t = lane.recover().map_err(|e| store_err("recovery", e))?;
                 if t.moved + t.tails_cut + t.holes_padded + t.claims_restored > 0 {
                     tracing::warn!(
@@ -277,6 +293,13 @@ fn check_marker(root: &Path, create: bool) -> Result<(), Error> {
         }
         Err(e) => Err(store_err(&format!("format marker {}", marker.display()), e)),
     }
+}
+
+/// The error of a lane whose path holds the wrong kind of file.
+fn wrong_file_type(e: &crate::lane::LaneError) -> bool {
+    use std::io::ErrorKind::{AlreadyExists, IsADirectory, NotADirectory};
+    matches!(e, crate::lane::LaneError::Io { source, .. }
+        if matches!(source.kind(), NotADirectory | IsADirectory | AlreadyExists))
 }
 
 /// True when `root` holds a store's files: `meta.json` or a queue's.

@@ -71,6 +71,9 @@ pub(crate) struct LocalQueue {
     consumer_slot: parking_lot::Mutex<usize>,
     /// This process published a message with its own expiration here.
     pub(super) expiring: AtomicBool,
+    /// Why this process could not open the queue's files (`meta.json`
+    /// names it; see [`LocalQueue::unusable`]), as (kind, line).
+    pub(super) unusable: Option<(FailureKind, String)>,
 }
 
 /// Most records one [`QueueStore::pop_many`] of a lone consumer claims.
@@ -224,7 +227,67 @@ impl LocalQueue {
             consumer_slot: parking_lot::Mutex::new(0),
             expiring: AtomicBool::new(false),
             control,
+            unusable: None,
         })
+    }
+
+    /// A queue `meta.json` names whose files this process cannot open (a
+    /// directory deleted by hand on a full disk, a file where a directory
+    /// should be, no file descriptor left): known, so a publish routed to
+    /// it is refused with `why` (never dropped as unroutable) and it can
+    /// be deleted, while every other queue of the store works. Every use
+    /// of it fails with `why`; the next reload tries its files again.
+    #[allow(clippy::too_many_arguments)] // As `open`.
+    pub(super) fn unusable(
+        root: &Path,
+        decl: Queue,
+        id: u64,
+        opts: &LocalOptions,
+        alloc: Arc<Allocator>,
+        owner: u32,
+        control: Arc<SharedPage>,
+        transport: Weak<Inner>,
+        why: &Error,
+    ) -> Result<LocalQueue, Error> {
+        let dir = queue_root(root, &decl.name)?.join(format!("{id:016x}"));
+        let kind = match why {
+            Error::Store(f) => f.kind,
+            _ => FailureKind::Runtime,
+        };
+        let line = why.to_string();
+        tracing::warn!(queue = %decl.name, error = %why, "a queue's files cannot be opened; the store's other queues work");
+        Ok(LocalQueue {
+            lanes: (0..=decl.max_priority).map(|_| OnceLock::new()).collect(),
+            decl,
+            id,
+            dir,
+            lanes_used: SharedPage::private().map_err(|e| store_err("queue state page", e))?,
+            segment_size: opts.segment_size,
+            alloc,
+            state: QueueState::new(),
+            held: Mutex::new(HashMap::default()),
+            owner,
+            transport,
+            last_upkeep_ns: AtomicU64::new(0),
+            first_upkeep: AtomicBool::new(false),
+            seen_generation: AtomicU64::new(control.u64_at(GENERATION).load(Acquire)),
+            consumer_slot: parking_lot::Mutex::new(0),
+            expiring: AtomicBool::new(false),
+            control,
+            unusable: Some((kind, line)),
+        })
+    }
+
+    /// `Err` with why, for a queue whose files could not be opened.
+    pub(super) fn usable(&self) -> Result<(), Error> {
+        match &self.unusable {
+            None => Ok(()),
+            Some((kind, line)) => Err(Error::Store(dashi_engine::StoreFailure::new(
+                *kind,
+                format!("queue {:?} cannot be used", self.decl.name),
+                line,
+            ))),
+        }
     }
 
     /// Deletes this incarnation's files (the queue was deleted), then,
@@ -370,12 +433,13 @@ impl LocalQueue {
         if let Some(l) = cell.get() {
             return Ok(l);
         }
+        self.usable()?;
         let storage = Storage::Files {
             dir: self.dir.join(format!("lane-{p}")),
             alloc: self.alloc.clone(),
         };
         let lane = Lane::open(storage, u32::from(p), self.segment_size)
-            .map_err(|e| store_err("lane", e))?;
+            .map_err(|e| store_err(&format!("queue {:?}", self.decl.name), e))?;
         let _ = cell.set(Arc::new(lane));
         self.lanes_used
             .u64_at(8 * (p as usize / 64))
@@ -659,6 +723,7 @@ impl QueueStore for LocalQueue {
         if self.state.is_deleted() || max == 0 {
             return Ok(0);
         }
+        self.usable()?;
         // Before this process's first delivery from the queue, records a
         // dead consumer held come back (strict priority across a crash);
         // after that the upkeep runs every 100 ms, busy or idle.

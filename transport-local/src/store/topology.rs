@@ -165,23 +165,48 @@ impl Inner {
             // The same incarnation is the same queue; anything else (a queue
             // deleted and declared again, even with the same arguments) is a
             // new one, in its own directory.
+            // One whose files could not be opened is tried again.
             let existing = topo
                 .queues
                 .get(&entry.decl.name)
-                .filter(|x| x.id == entry.id && x.decl == entry.decl)
+                .filter(|x| x.id == entry.id && x.decl == entry.decl && x.unusable.is_none())
                 .cloned();
             let lq = match existing {
                 Some(x) => x,
-                None => Arc::new(LocalQueue::open(
-                    &self.root,
-                    entry.decl.clone(),
-                    entry.id,
-                    &self.opts,
-                    self.alloc.clone(),
-                    self.me(),
-                    self.control.clone(),
-                    Arc::downgrade(self),
-                )?),
+                None => {
+                    let opened = LocalQueue::open(
+                        &self.root,
+                        entry.decl.clone(),
+                        entry.id,
+                        &self.opts,
+                        self.alloc.clone(),
+                        self.me(),
+                        self.control.clone(),
+                        Arc::downgrade(self),
+                    );
+                    match opened {
+                        Ok(q) => Arc::new(q),
+                        // Being deleted by another process (its files go
+                        // after `meta.json` changed): the caller reads the
+                        // newer file.
+                        Err(e) if self.control.u64_at(GENERATION).load(Acquire) != gen => {
+                            return Err(e)
+                        }
+                        // Known and not usable: the other queues work, and a
+                        // publish routed to it is refused, not dropped.
+                        Err(e) => Arc::new(LocalQueue::unusable(
+                            &self.root,
+                            entry.decl.clone(),
+                            entry.id,
+                            &self.opts,
+                            self.alloc.clone(),
+                            self.me(),
+                            self.control.clone(),
+                            Arc::downgrade(self),
+                            &e,
+                        )?),
+                    }
+                }
             };
             queues.insert(entry.decl.name.clone(), lq);
         }
