@@ -166,19 +166,19 @@ pub(super) fn make_files(root: &Path, name: &str, id: u64) -> Result<(), Error> 
     made
 }
 
+/// What a queue of this process takes from its store.
+pub(super) struct FromStore<'a> {
+    pub(super) root: &'a Path,
+    pub(super) opts: &'a LocalOptions,
+    pub(super) alloc: Arc<Allocator>,
+    pub(super) owner: u32,
+    pub(super) control: Arc<SharedPage>,
+    pub(super) transport: Weak<Inner>,
+}
+
 impl LocalQueue {
-    #[allow(clippy::too_many_arguments)] // Each is one piece of the store a queue uses.
-    pub(super) fn open(
-        root: &Path,
-        decl: Queue,
-        id: u64,
-        opts: &LocalOptions,
-        alloc: Arc<Allocator>,
-        owner: u32,
-        control: Arc<SharedPage>,
-        transport: Weak<Inner>,
-    ) -> Result<LocalQueue, Error> {
-        let qdir = queue_root(root, &decl.name)?;
+    pub(super) fn open(store: FromStore<'_>, decl: Queue, id: u64) -> Result<LocalQueue, Error> {
+        let qdir = queue_root(store.root, &decl.name)?;
         let dir = qdir.join(format!("{id:016x}"));
         std::fs::create_dir_all(&dir).map_err(|e| {
             store_err(
@@ -209,26 +209,7 @@ impl LocalQueue {
                 }
             }
         }
-        Ok(LocalQueue {
-            lanes: (0..=decl.max_priority).map(|_| OnceLock::new()).collect(),
-            decl,
-            id,
-            dir,
-            lanes_used,
-            segment_size: opts.segment_size,
-            alloc,
-            state: QueueState::new(),
-            held: Mutex::new(HashMap::default()),
-            owner,
-            transport,
-            last_upkeep_ns: AtomicU64::new(0),
-            first_upkeep: AtomicBool::new(false),
-            seen_generation: AtomicU64::new(control.u64_at(GENERATION).load(Acquire)),
-            consumer_slot: parking_lot::Mutex::new(0),
-            expiring: AtomicBool::new(false),
-            control,
-            unusable: None,
-        })
+        Ok(LocalQueue::assemble(store, decl, id, dir, lanes_used, None))
     }
 
     /// A queue `meta.json` names whose files this process cannot open (a
@@ -237,45 +218,53 @@ impl LocalQueue {
     /// it is refused with `why` (never dropped as unroutable) and it can
     /// be deleted, while every other queue of the store works. Every use
     /// of it fails with `why`; the next reload tries its files again.
-    #[allow(clippy::too_many_arguments)] // As `open`.
     pub(super) fn unusable(
-        root: &Path,
+        store: FromStore<'_>,
         decl: Queue,
         id: u64,
-        opts: &LocalOptions,
-        alloc: Arc<Allocator>,
-        owner: u32,
-        control: Arc<SharedPage>,
-        transport: Weak<Inner>,
         why: &Error,
     ) -> Result<LocalQueue, Error> {
-        let dir = queue_root(root, &decl.name)?.join(format!("{id:016x}"));
+        let dir = queue_root(store.root, &decl.name)?.join(format!("{id:016x}"));
         let kind = match why {
             Error::Store(f) => f.kind,
             _ => FailureKind::Runtime,
         };
-        let line = why.to_string();
         tracing::warn!(queue = %decl.name, error = %why, "a queue's files cannot be opened; the store's other queues work");
-        Ok(LocalQueue {
+        // A page of its own: no other process's bits, and none to set.
+        let lanes_used = SharedPage::private().map_err(|e| store_err("queue state page", e))?;
+        let why = Some((kind, why.to_string()));
+        Ok(LocalQueue::assemble(store, decl, id, dir, lanes_used, why))
+    }
+
+    fn assemble(
+        store: FromStore<'_>,
+        decl: Queue,
+        id: u64,
+        dir: PathBuf,
+        lanes_used: SharedPage,
+        unusable: Option<(FailureKind, String)>,
+    ) -> LocalQueue {
+        let generation = store.control.u64_at(GENERATION).load(Acquire);
+        LocalQueue {
             lanes: (0..=decl.max_priority).map(|_| OnceLock::new()).collect(),
             decl,
             id,
             dir,
-            lanes_used: SharedPage::private().map_err(|e| store_err("queue state page", e))?,
-            segment_size: opts.segment_size,
-            alloc,
+            lanes_used,
+            segment_size: store.opts.segment_size,
+            alloc: store.alloc,
             state: QueueState::new(),
             held: Mutex::new(HashMap::default()),
-            owner,
-            transport,
+            owner: store.owner,
+            transport: store.transport,
             last_upkeep_ns: AtomicU64::new(0),
             first_upkeep: AtomicBool::new(false),
-            seen_generation: AtomicU64::new(control.u64_at(GENERATION).load(Acquire)),
+            seen_generation: AtomicU64::new(generation),
             consumer_slot: parking_lot::Mutex::new(0),
             expiring: AtomicBool::new(false),
-            control,
-            unusable: Some((kind, line)),
-        })
+            control: store.control,
+            unusable,
+        }
     }
 
     /// `Err` with why, for a queue whose files could not be opened.

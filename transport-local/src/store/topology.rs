@@ -23,7 +23,7 @@ use dashi_engine::FailureKind;
 use crate::lock::FileLock;
 
 use super::meta_json::Meta;
-use super::queue::LocalQueue;
+use super::queue::{FromStore, LocalQueue};
 use super::{store_err, store_fail, Inner, GENERATION};
 
 /// Writes `meta.json` anew: written under a temporary name, synced, renamed,
@@ -164,8 +164,8 @@ impl Inner {
         for entry in &meta.queues {
             // The same incarnation is the same queue; anything else (a queue
             // deleted and declared again, even with the same arguments) is a
-            // new one, in its own directory.
-            // One whose files could not be opened is tried again.
+            // new one, in its own directory. One whose files could not be
+            // opened is tried again.
             let existing = topo
                 .queues
                 .get(&entry.decl.name)
@@ -174,17 +174,15 @@ impl Inner {
             let lq = match existing {
                 Some(x) => x,
                 None => {
-                    let opened = LocalQueue::open(
-                        &self.root,
-                        entry.decl.clone(),
-                        entry.id,
-                        &self.opts,
-                        self.alloc.clone(),
-                        self.me(),
-                        self.control.clone(),
-                        Arc::downgrade(self),
-                    );
-                    match opened {
+                    let store = || FromStore {
+                        root: &self.root,
+                        opts: &self.opts,
+                        alloc: self.alloc.clone(),
+                        owner: self.me(),
+                        control: self.control.clone(),
+                        transport: Arc::downgrade(self),
+                    };
+                    match LocalQueue::open(store(), entry.decl.clone(), entry.id) {
                         Ok(q) => Arc::new(q),
                         // Being deleted by another process (its files go
                         // after `meta.json` changed): the caller reads the
@@ -195,14 +193,9 @@ impl Inner {
                         // Known and not usable: the other queues work, and a
                         // publish routed to it is refused, not dropped.
                         Err(e) => Arc::new(LocalQueue::unusable(
-                            &self.root,
+                            store(),
                             entry.decl.clone(),
                             entry.id,
-                            &self.opts,
-                            self.alloc.clone(),
-                            self.me(),
-                            self.control.clone(),
-                            Arc::downgrade(self),
                             &e,
                         )?),
                     }
