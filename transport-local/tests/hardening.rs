@@ -680,3 +680,40 @@ fn a_queue_whose_files_are_damaged_is_refused_alone_and_can_be_deleted() {
         d2.ack().unwrap();
     }
 }
+
+/// A queue this process could not open is tried again (once a second):
+/// once its files are mended, publishing and taking work again without a
+/// new connection.
+#[test]
+fn an_unusable_queue_works_again_once_its_files_are_mended() {
+    let d = TestDir::new();
+    let root = d.join("store");
+    {
+        let conn = connect(&root);
+        let ch = conn.channel().unwrap();
+        ch.queue_declare(&Queue::new("q")).unwrap();
+    }
+    let inc = root.join("q/q/0000000000000001");
+    std::fs::remove_dir_all(&inc).unwrap();
+    std::fs::write(&inc, b"in the way").unwrap();
+    let conn = connect(&root);
+    let ch = conn.channel().unwrap();
+    let p = ch.producer();
+    let e = p.publish(Message::new("early"), "q").unwrap_err();
+    assert!(e.to_string().contains("cannot be used"), "{e}");
+    std::fs::remove_file(&inc).unwrap();
+    let until = Instant::now() + Duration::from_secs(10);
+    while p.publish(Message::new("late"), "q").is_err() {
+        assert!(
+            Instant::now() < until,
+            "still refused after its files were mended"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let got = ch
+        .get("q", Duration::from_secs(5))
+        .unwrap()
+        .expect("the message published once it was mended");
+    assert_eq!(&got.body()[..], b"late");
+    got.ack().unwrap();
+}

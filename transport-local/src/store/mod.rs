@@ -144,6 +144,9 @@ struct Inner {
     /// The generation `routing` was built from (checked on every publish
     /// without taking the topology lock).
     loaded_gen: AtomicU64,
+    /// When to try the files of this process's unusable queues again
+    /// (coarse clock, ns; 0 = none is unusable).
+    retry_unusable_at: AtomicU64,
     /// This process has read a `meta.json`: the store has one, and a read
     /// that finds none is an anomaly, never an empty topology.
     meta_seen: std::sync::atomic::AtomicBool,

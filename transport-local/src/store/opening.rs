@@ -477,6 +477,7 @@ impl LocalTransport {
             }),
             routing: ArcSwap::from_pointee(Routing::default()),
             loaded_gen: AtomicU64::new(u64::MAX),
+            retry_unusable_at: AtomicU64::new(0),
             meta_seen: std::sync::atomic::AtomicBool::new(false),
             stats,
             reg,

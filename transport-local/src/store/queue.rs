@@ -217,7 +217,7 @@ impl LocalQueue {
     /// should be, no file descriptor left): known, so a publish routed to
     /// it is refused with `why` (never dropped as unroutable) and it can
     /// be deleted, while every other queue of the store works. Every use
-    /// of it fails with `why`; the next reload tries its files again.
+    /// of it fails with `why`; its files are tried again once a second.
     pub(super) fn unusable(
         store: FromStore<'_>,
         decl: Queue,
@@ -711,6 +711,16 @@ impl QueueStore for LocalQueue {
         }
         if self.state.is_deleted() || max == 0 {
             return Ok(0);
+        }
+        if self.unusable.is_some() {
+            // Its files are tried again (at most once a second): once they
+            // open, this stand-in is replaced, and marked deleted.
+            if let Some(t) = self.transport.upgrade() {
+                let _ = t.refresh();
+            }
+            if self.state.is_deleted() {
+                return Ok(0);
+            }
         }
         self.usable()?;
         // Before this process's first delivery from the queue, records a

@@ -13,7 +13,7 @@
 use std::collections::HashMap;
 use std::fs::OpenOptions;
 use std::path::PathBuf;
-use std::sync::atomic::{Ordering::AcqRel, Ordering::Acquire, Ordering::SeqCst};
+use std::sync::atomic::{Ordering::AcqRel, Ordering::Acquire, Ordering::Relaxed, Ordering::SeqCst};
 use std::sync::Arc;
 
 use dashi_engine::spi::{check_name, ConnectionId, Topology};
@@ -25,6 +25,10 @@ use crate::lock::FileLock;
 use super::meta_json::Meta;
 use super::queue::{FromStore, LocalQueue};
 use super::{store_err, store_fail, Inner, GENERATION};
+
+/// How long a queue this process could not open stays unusable before its
+/// files are tried again.
+const UNUSABLE_RETRY_NS: u64 = 1_000_000_000;
 
 /// Writes `meta.json` anew: written under a temporary name, synced, renamed,
 /// and the directory synced, so a topology change that returned survives a
@@ -120,7 +124,13 @@ impl Inner {
     pub(super) fn refresh(self: &Arc<Self>) -> Result<(), Error> {
         let gen = self.control.u64_at(GENERATION).load(Acquire);
         if self.loaded_gen.load(Acquire) == gen && gen != 0 {
-            return Ok(());
+            // A queue this process could not open is tried again once a
+            // second while one is left (its files mended, space back).
+            let at = self.retry_unusable_at.load(Relaxed);
+            if at == 0 || crate::clock::coarse_now_ns() < at {
+                return Ok(());
+            }
+            self.retry_unusable_at.store(0, Relaxed);
         }
         self.load()
     }
@@ -218,6 +228,12 @@ impl Inner {
         topo.topology = topology;
         topo.queues = queues;
         topo.generation = gen;
+        let retry = if topo.queues.values().any(|q| q.unusable.is_some()) {
+            crate::clock::coarse_now_ns().saturating_add(UNUSABLE_RETRY_NS)
+        } else {
+            0
+        };
+        self.retry_unusable_at.store(retry, Relaxed);
         self.loaded_gen.store(gen, SeqCst);
         self.routing.store(Arc::new(snapshot));
         Ok(())
