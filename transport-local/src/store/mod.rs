@@ -22,6 +22,11 @@
 //!   gives twice): a queue deleted and declared again is a new directory, so
 //!   a process that has not seen the change cannot write into the new queue
 //!   thinking it is the old one, nor the reverse.
+//! - `meta.json` never names a queue whose files were not made: a declare
+//!   makes them under the metadata lock before it writes `meta.json`.
+//! - A queue whose files a process cannot open is unusable there, never
+//!   missing: routed to, every use refused with why (a publish handed back,
+//!   not dropped as unroutable), and the store's other queues open.
 //!
 //! Files: `options.rs` (the URL), `opening.rs` (marker, presence lock,
 //! recovery on open), `topology.rs` (`meta.json` and the routing snapshot,

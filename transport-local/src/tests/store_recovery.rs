@@ -495,6 +495,16 @@ fn a_store_that_lost_its_format_marker_is_refused_and_nothing_is_changed() {
     assert_eq!(drain_queue(&c, "q"), ["a", "b"]);
 }
 
+/// Fills a store with queue "q" (message "a") and then queue "later"
+/// (message "kept"); the `meta.json` from before "later" was declared.
+fn meta_json_before_a_later_queue(d: &TestDir) -> Vec<u8> {
+    let (_t, c) = open(d.path());
+    publish(&c, "q", &["a"]);
+    let old = std::fs::read(d.join("meta.json")).unwrap();
+    publish(&c, "later", &["kept"]);
+    old
+}
+
 /// A `meta.json` older than a queue (a copy put back) does not name it:
 /// its files are not taken for a delete's leftovers, they are moved to
 /// `orphaned/` with their messages, and a queue declared later under the
@@ -502,13 +512,7 @@ fn a_store_that_lost_its_format_marker_is_refused_and_nothing_is_changed() {
 #[test]
 fn queues_an_older_meta_json_does_not_name_are_kept_aside() {
     let d = dir("old-meta");
-    let old = {
-        let (_t, c) = open(d.path());
-        publish(&c, "q", &["a"]);
-        let old = std::fs::read(d.join("meta.json")).unwrap();
-        publish(&c, "later", &["kept"]);
-        old
-    };
+    let old = meta_json_before_a_later_queue(&d);
     std::fs::write(d.join("meta.json"), old).unwrap();
     let (_t, c) = open(d.path());
     assert_eq!(drain_queue(&c, "q"), ["a"]);
@@ -551,13 +555,7 @@ fn an_empty_incarnation_meta_json_never_named_is_removed_not_set_aside() {
 #[test]
 fn setting_aside_the_same_incarnation_twice_keeps_both() {
     let d = dir("old-meta-twice");
-    let old = {
-        let (_t, c) = open(d.path());
-        publish(&c, "q", &["a"]);
-        let old = std::fs::read(d.join("meta.json")).unwrap();
-        publish(&c, "later", &["kept"]);
-        old
-    };
+    let old = meta_json_before_a_later_queue(&d);
     let taken = d.join("orphaned/later-0000000000000002/lane-0");
     std::fs::create_dir_all(&taken).unwrap();
     std::fs::write(taken.join("0000000000000000.seg"), b"earlier").unwrap();
