@@ -16,6 +16,7 @@ fn queue_json(q: &QueueStats) -> serde_json::Value {
         "unacked": q.unacked,
         "consumers": q.consumers,
         "garbage": q.garbage,
+        "unusable": q.unusable,
     })
 }
 
@@ -97,6 +98,10 @@ pub(crate) fn run(a: StatArgs) -> Result<(), String> {
         "consumers"
     )?;
     for q in &queues {
+        if let Some(why) = &q.unusable {
+            out!("{:<32} unusable: {why}", q.name)?;
+            continue;
+        }
         let lanes: Vec<String> = q
             .depth_by_lane
             .iter()

@@ -341,6 +341,68 @@ fn stat_reports_what_recovery_set_aside() {
     assert_eq!(other["messages"], 3);
 }
 
+/// A queue whose files were replaced by the wrong kind of file: `stat`
+/// lists it as unusable with the reason (it showed zero figures, as for an
+/// empty queue), `--json` says the same, and `stat --queue` of it fails
+/// with the reason; the other queue's figures are read as before.
+#[test]
+fn stat_says_which_queue_cannot_be_used_and_why() {
+    let (dir, url) = store("unusable");
+    for q in ["q", "other"] {
+        let o = dashi(&["publish", &url, "--queue", q, "--count", "3"]);
+        assert!(o.status.success(), "{}", stderr(&o));
+    }
+    let inc = dir.child("q/q/0000000000000001");
+    std::fs::remove_dir_all(&inc).unwrap();
+    std::fs::write(&inc, b"in the way").unwrap();
+    let o = dashi(&["stat", &url]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = stdout(&o);
+    let row = out
+        .lines()
+        .find(|l| l.starts_with("q "))
+        .unwrap_or_else(|| panic!("no row for q: {out}"));
+    assert!(
+        row.contains("unusable: queue \"q\" cannot be used"),
+        "{row}"
+    );
+    assert!(row.contains(&*inc.display().to_string()), "{row}");
+    let other = out.lines().find(|l| l.starts_with("other ")).unwrap();
+    assert!(!other.contains("unusable"), "{other}");
+    assert_eq!(other.split_whitespace().nth(1), Some("3"), "{other}");
+    let o = dashi(&["stat", &url, "--json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_str(stdout(&o).trim()).unwrap();
+    let find = |n: &str| {
+        v["queues"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|q| q["name"] == n)
+            .unwrap()
+            .clone()
+    };
+    assert!(
+        find("q")["unusable"]
+            .as_str()
+            .is_some_and(|w| w.contains("cannot be used")),
+        "{v}"
+    );
+    assert_eq!(find("other")["unusable"], serde_json::Value::Null);
+    assert_eq!(find("other")["messages"], 3);
+    // The warning every open of this store prints, then the error.
+    let o = dashi(&["stat", &url, "--queue", "q"]);
+    assert!(!o.status.success());
+    let err = stderr(&o);
+    let lines: Vec<&str> = err.lines().collect();
+    assert_eq!(lines.len(), 2, "{err}");
+    assert!(lines[0].trim_start().starts_with("WARN"), "{err}");
+    assert!(
+        lines[1].starts_with("dashi: queue \"q\" cannot be used"),
+        "{err}"
+    );
+}
+
 /// A segment file deleted by hand: `consume` takes every message of the
 /// other segments and says on stderr which segment it skipped (it
 /// skipped them without a word: the warning went to no subscriber).

@@ -204,6 +204,11 @@ pub struct QueueStats {
     /// list (memory:// never sets a message aside; local:// marks a damaged
     /// record dead in its log and reports damaged files store-wide).
     pub garbage: u64,
+    /// Why this process cannot use the queue, when it cannot (local://: its
+    /// files could not be opened, e.g. replaced by hand by the wrong kind of
+    /// file); its figures are then all zero, not read. `None` for a queue
+    /// that works.
+    pub unusable: Option<String>,
 }
 
 impl QueueStats {
@@ -224,12 +229,20 @@ impl QueueStats {
             unacked,
             consumers,
             garbage: 0,
+            unusable: None,
         }
     }
 
     /// The same figures with `garbage` messages set aside.
     pub fn with_garbage(mut self, garbage: u64) -> Self {
         self.garbage = garbage;
+        self
+    }
+
+    /// The same figures (zero) of a queue this process cannot use, with
+    /// the one line that says why.
+    pub fn with_unusable(mut self, why: String) -> Self {
+        self.unusable = Some(why);
         self
     }
 }
@@ -273,7 +286,8 @@ impl Stats {
     /// Figures of one queue: [`Error::UnknownQueue`] when there is no such
     /// queue, the transport's error when its figures cannot be read (a
     /// server that refuses or does not answer, a store whose metadata
-    /// cannot be read), never one passed off as the other.
+    /// cannot be read, a queue whose own files cannot be opened), never one
+    /// passed off as the other.
     pub fn queue(&self, name: &str) -> Result<QueueStats, Error> {
         self.transport
             .queue_stats(name)?
@@ -281,7 +295,9 @@ impl Stats {
     }
 
     /// Figures of every queue, sorted by name; an error when they cannot be
-    /// read (never an empty list for it).
+    /// read (never an empty list for it). A queue this process cannot use
+    /// is listed with [`QueueStats::unusable`] set (where [`Stats::queue`]
+    /// answers with its error).
     pub fn queues(&self) -> Result<Vec<QueueStats>, Error> {
         let mut v = self.transport.all_queue_stats()?;
         v.sort_by(|a, b| a.name.cmp(&b.name));

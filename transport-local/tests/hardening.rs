@@ -664,10 +664,27 @@ fn a_queue_whose_files_are_damaged_is_refused_alone_and_can_be_deleted() {
         assert_eq!(&back.body[..], b"kept");
         let e = ch.get("q", Duration::from_millis(100)).unwrap_err();
         assert!(e.to_string().contains("\"q\""), "{damage}: {e}");
-        if damage == "incarnation" {
-            let e = ch.queue_declare(&Queue::new("q")).unwrap_err();
-            assert!(e.to_string().contains("cannot be used"), "{e}");
-        }
+        // Its figures cannot be read: an error, never zeros that pass for
+        // an empty queue; in the list of all, it says why.
+        let e = ch.queue_declare(&Queue::new("q")).unwrap_err();
+        assert!(e.to_string().contains("\"q\""), "{damage}: {e}");
+        let e = conn.stats().queue("q").unwrap_err();
+        assert!(e.to_string().contains("\"q\""), "{damage}: {e}");
+        let all = conn.stats().queues().unwrap();
+        assert!(
+            all[1].name == "q"
+                && all[1]
+                    .unusable
+                    .as_deref()
+                    .is_some_and(|w| w.contains("\"q\"")),
+            "{damage}: {all:?}"
+        );
+        assert_eq!(all[0].name, "other");
+        assert_eq!(all[0].unusable, None, "{damage}");
+        assert_eq!(conn.stats().queue("other").unwrap().messages, 0);
+        // Nobody can tell that it is empty.
+        let e = ch.queue_delete("q", false, true).unwrap_err();
+        assert!(e.to_string().contains("\"q\""), "{damage}: {e}");
         // Deleted, and declared again in a directory of its own.
         ch.queue_delete("q", false, false).unwrap();
         ch.queue_declare(&Queue::new("q")).unwrap();

@@ -297,6 +297,7 @@ impl MemQueue {
             unacked: self.outflow.unacked.load(SeqCst),
             consumers: self.state.consumers(),
             garbage: 0,
+            unusable: None,
         }
     }
 }

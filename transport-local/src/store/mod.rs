@@ -316,8 +316,7 @@ impl Transport for LocalTransport {
             Ok(())
         })?;
         let lq = self.inner.queue(&q.name, owner)?;
-        lq.usable()?;
-        let (n, _, _, _) = lq.counts();
+        let (n, _, _, _) = lq.counts()?;
         Ok(QueueInfo {
             name: q.name.clone(),
             message_count: n,
@@ -333,7 +332,13 @@ impl Transport for LocalTransport {
         owner: ConnectionId,
     ) -> Result<u64, Error> {
         let q = self.inner.queue(name, owner)?;
-        let (n, _, _, _) = q.counts();
+        // A queue whose files cannot be read can still be deleted, but not
+        // "if empty": nobody can tell that it is.
+        let n = match q.counts() {
+            Ok((n, ..)) => n,
+            Err(e) if if_empty => return Err(e),
+            Err(_) => 0,
+        };
         check_delete(name, if_unused, if_empty, q.state.consumers(), n)?;
         // Exactly the incarnation checked: a newer one declared meanwhile by
         // another process stays.
@@ -443,18 +448,28 @@ impl Transport for LocalTransport {
         // answering "no such queue" would be a lie.
         self.inner.refresh()?;
         let q = self.inner.topo.lock().queues.get(name).cloned();
-        Ok(q.map(|q| stats(&q)))
+        match q {
+            None => Ok(None),
+            // Zeros would pass for an empty queue.
+            Some(q) => q.counts().map(|c| Some(stats(&q, c))),
+        }
     }
 
     fn all_queue_stats(&self) -> Result<Vec<QueueStats>, Error> {
         self.inner.refresh()?;
         let qs: Vec<_> = self.inner.topo.lock().queues.values().cloned().collect();
-        Ok(qs.iter().map(|q| stats(q)).collect())
+        Ok(qs
+            .iter()
+            .map(|q| match q.counts() {
+                Ok(c) => stats(q, c),
+                Err(e) => QueueStats::new(q.decl.name.clone(), vec![], 0, 0, 0, 0)
+                    .with_unusable(e.to_string()),
+            })
+            .collect())
     }
 }
 
-fn stats(q: &LocalQueue) -> QueueStats {
-    let (n, b, u, depth) = q.counts();
+fn stats(q: &LocalQueue, (n, b, u, depth): (u64, u64, u64, Vec<u64>)) -> QueueStats {
     QueueStats::new(q.decl.name.clone(), depth, n, b, u, q.store_consumers())
 }
 

@@ -466,19 +466,22 @@ impl LocalQueue {
         (n, b)
     }
 
-    pub(super) fn counts(&self) -> (u64, u64, u64, Vec<u64>) {
+    /// Ready messages, their body bytes, unacked messages and the ready
+    /// messages of each lane; the error of a lane that cannot be opened (a
+    /// count without it would pass for one: a delete `if_empty` would go
+    /// ahead, a declare would report too few).
+    pub(super) fn counts(&self) -> Result<(u64, u64, u64, Vec<u64>), Error> {
+        self.usable()?;
         let mut depth = vec![0; self.decl.max_priority as usize + 1];
         let (mut n, mut b, mut u) = (0, 0, 0);
         for p in self.used_lanes() {
-            if let Ok(l) = self.lane(p) {
-                let (r, rb, ru) = l.counts();
-                depth[p as usize] = r;
-                n = r.saturating_add(n);
-                b = rb.saturating_add(b);
-                u = ru.saturating_add(u);
-            }
+            let (r, rb, ru) = self.lane(p)?.counts();
+            depth[p as usize] = r;
+            n = r.saturating_add(n);
+            b = rb.saturating_add(b);
+            u = ru.saturating_add(u);
         }
-        (n, b, u, depth)
+        Ok((n, b, u, depth))
     }
 
     pub(super) fn envelope(&self, lane: u8, c: &Claimed) -> Result<Envelope, Error> {
