@@ -771,7 +771,8 @@ dashi_result dashi_drain_events(const dashi_connection *c, uint32_t timeout_ms);
  sharing the store). `DASHI_UNKNOWN_QUEUE` when there is no such queue;
  `DASHI_STORE_TRANSIENT` or `DASHI_STORE_FAILED` when the figures cannot be
  read (a Redis server that refuses or does not answer, a store whose
- metadata cannot be read), never `DASHI_UNKNOWN_QUEUE` for that.
+ metadata cannot be read, a local:// queue whose own files cannot be
+ opened), never `DASHI_UNKNOWN_QUEUE` or zeros for that.
 
  # Safety
  `c` is a live connection; `queue` is NUL-terminated; `out` is writable.
