@@ -283,6 +283,13 @@ pub(crate) enum SegmentError {
         /// The file.
         path: String,
     },
+    /// Something other than a regular file where a segment should be (a
+    /// directory, a FIFO, a device: put there by hand).
+    #[error("segment {path}: not a regular file")]
+    NotAFile {
+        /// The path.
+        path: String,
+    },
     /// A layout version this build does not read.
     #[error("segment {path}: format version {found}, this build reads version {SEGMENT_VERSION}")]
     UnknownVersion {
@@ -460,8 +467,12 @@ impl Segment {
 
     /// Opens and maps an existing segment, checking its header.
     pub(crate) fn open(path: &Path, file: File) -> Result<Segment, SegmentError> {
-        let len = file.metadata().map_err(Self::io(path))?.len();
+        let meta = file.metadata().map_err(Self::io(path))?;
         let name = path.display().to_string();
+        if !meta.is_file() {
+            return Err(SegmentError::NotAFile { path: name });
+        }
+        let len = meta.len();
         if len < HEADER_LEN {
             return Err(SegmentError::BadMagic { path: name });
         }

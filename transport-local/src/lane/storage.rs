@@ -111,7 +111,20 @@ impl Storage {
                 {
                     Ok(f) => f,
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-                    Err(e) => return Err(self.io(e)),
+                    // A directory (or a socket) cannot be opened to write.
+                    Err(_) if std::fs::metadata(&path).is_ok_and(|m| !m.is_file()) => {
+                        return Err(SegmentError::NotAFile {
+                            path: path.display().to_string(),
+                        }
+                        .into())
+                    }
+                    Err(source) => {
+                        return Err(SegmentError::Io {
+                            path: path.display().to_string(),
+                            source,
+                        }
+                        .into())
+                    }
                 };
                 Ok(Some(Arc::new(Segment::open(&path, file)?)))
             }

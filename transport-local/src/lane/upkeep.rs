@@ -151,10 +151,13 @@ impl Lane {
         let mut total = Totals::default();
         let mut seqs = self.storage.list_segments()?;
         // A file that is not a readable segment at all (truncated, a bad
-        // magic) is set aside whole: the rest of the store must open.
+        // magic, a directory or other non-file put in its place) is set
+        // aside whole: the rest of the store must open.
         seqs.retain(|&seq| match self.segment(seq) {
             Err(LaneError::Segment(
-                e @ (SegmentError::BadMagic { .. } | SegmentError::Inconsistent { .. }),
+                e @ (SegmentError::BadMagic { .. }
+                | SegmentError::Inconsistent { .. }
+                | SegmentError::NotAFile { .. }),
             )) => {
                 match self.storage.set_aside(seq) {
                     Ok(to) => tracing::error!(lane = %self.name(), seq, error = %e, moved_to = %to, "damaged segment set aside; its records are not delivered"),

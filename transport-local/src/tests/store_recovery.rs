@@ -198,10 +198,11 @@ fn a_segment_of_another_layout_version_is_refused() {
 /// mid-record by a bad copy, or its magic flipped) no longer makes the whole
 /// store unopenable: the first opener moves it to its lane's `damaged/`
 /// directory and counts it, every other queue opens intact, and the damaged
-/// queue keeps working.
+/// queue keeps working. So is a directory or a FIFO put where the segment
+/// was (stop 35: every open failed with "Is a directory", naming the lane).
 #[test]
 fn a_segment_that_cannot_be_read_is_set_aside_and_the_rest_opens() {
-    for damage in ["truncated", "bad magic"] {
+    for damage in ["truncated", "bad magic", "directory", "fifo"] {
         let d = dir("damaged");
         {
             let (_, c) = open(&d);
@@ -213,11 +214,27 @@ fn a_segment_that_cannot_be_read_is_set_aside_and_the_rest_opens() {
                 ch.producer().publish(format!("o{i}"), "other").unwrap();
             }
         }
-        if damage == "truncated" {
-            let f = OpenOptions::new().write(true).open(seg_path(&d)).unwrap();
-            f.set_len(38_756).unwrap();
-        } else {
-            flip(&d, 0);
+        match damage {
+            "truncated" => {
+                let f = OpenOptions::new().write(true).open(seg_path(&d)).unwrap();
+                f.set_len(38_756).unwrap();
+            }
+            "bad magic" => flip(&d, 0),
+            other => {
+                std::fs::remove_file(seg_path(&d)).unwrap();
+                if other == "directory" {
+                    std::fs::create_dir(seg_path(&d)).unwrap();
+                } else {
+                    rustix::fs::mknodat(
+                        rustix::fs::CWD,
+                        seg_path(&d).as_path(),
+                        rustix::fs::FileType::Fifo,
+                        rustix::fs::Mode::from_raw_mode(0o600),
+                        0,
+                    )
+                    .unwrap();
+                }
+            }
         }
         let (t, c) = open(&d);
         assert_eq!(t.recovered().segments_set_aside, 1, "{damage}");
