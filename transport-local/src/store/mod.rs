@@ -307,6 +307,7 @@ impl Transport for LocalTransport {
             let id = m.add_queue(q.clone(), q.exclusive.then_some(me));
             // Its files first: `meta.json` never names a queue without them.
             queue::make_files(&root, &q.name, id)?;
+            crate::failpoint!("store::declare_files_made");
             if q.exclusive {
                 self.inner
                     .exclusive_owner
