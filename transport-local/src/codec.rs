@@ -10,10 +10,13 @@
 //!   (every count is checked against the bytes left); unknown versions and
 //!   flag bits are refused.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{BufMut, Bytes};
-use dashi_engine::message::{DeliveryMode, Message, Properties};
+#[cfg(any(test, feature = "test-hooks"))]
+use dashi_engine::message::Message;
+use dashi_engine::message::{DeliveryMode, Properties};
 use dashi_engine::spi::ShortStr;
 use dashi_engine::value::{Headers, Value};
 
@@ -34,15 +37,36 @@ const F_MESSAGE_ID: u16 = 1 << 8;
 const F_TIMESTAMP: u16 = 1 << 9;
 const F_KNOWN: u16 = (1 << 10) - 1;
 
-/// A decoded payload.
+/// A decoded payload, in the shape of an envelope: properties other than
+/// the defaults in one shared allocation, none for the defaults (a
+/// consumer builds no `Properties` for a message that has none, and moves
+/// a few words rather than the whole struct).
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct Payload {
     /// Exchange it was published to.
     pub(crate) exchange: ShortStr,
     /// Routing key it was published with.
     pub(crate) routing_key: ShortStr,
-    /// Body (a slice of the decoded buffer) and properties.
-    pub(crate) message: Message,
+    /// Body (a slice of the decoded buffer).
+    pub(crate) body: Bytes,
+    /// Properties; `None` = all defaults.
+    pub(crate) properties: Option<Arc<Properties>>,
+}
+
+impl Payload {
+    /// Body and properties as a [`Message`] (the body is shared).
+    #[cfg(any(test, feature = "test-hooks"))]
+    pub(crate) fn message(&self) -> Message {
+        Message {
+            body: self.body.clone(),
+            properties: self.properties.as_deref().cloned().unwrap_or_default(),
+        }
+    }
+
+    /// The message's own time to live.
+    pub(crate) fn expiration(&self) -> Option<Duration> {
+        self.properties.as_ref().and_then(|p| p.expiration)
+    }
 }
 
 /// Why a payload could not be encoded.
@@ -401,37 +425,13 @@ pub(crate) fn decode(buf: &Bytes) -> Result<Payload, DecodeError> {
         return Err(DecodeError::UnknownFlags(flags));
     }
     let has = |bit| flags & bit != 0;
-    let mut p = Properties::default();
-    if has(F_CONTENT_TYPE) {
-        p.content_type = Some(r.str16()?);
-    }
-    if has(F_CONTENT_ENCODING) {
-        p.content_encoding = Some(r.str16()?);
-    }
-    if has(F_HEADERS) {
-        p.headers = r.table(0)?;
-    }
-    if has(F_TRANSIENT) {
-        p.delivery_mode = DeliveryMode::Transient;
-    }
-    if has(F_PRIORITY) {
-        p.priority = Some(r.u8()?);
-    }
-    if has(F_CORRELATION_ID) {
-        p.correlation_id = Some(r.str16()?);
-    }
-    if has(F_REPLY_TO) {
-        p.reply_to = Some(r.str16()?);
-    }
-    if has(F_EXPIRATION) {
-        p.expiration = Some(Duration::from_millis(r.u64()?));
-    }
-    if has(F_MESSAGE_ID) {
-        p.message_id = Some(r.str16()?);
-    }
-    if has(F_TIMESTAMP) {
-        p.timestamp = Some(r.u64()?);
-    }
+    let properties = if flags == 0 {
+        None
+    } else {
+        Some(r.properties(has)?)
+            .filter(|p| !p.is_default())
+            .map(Arc::new)
+    };
     let n = r.u32()? as usize;
     let start = r.at;
     r.take(n)?;
@@ -442,11 +442,48 @@ pub(crate) fn decode(buf: &Bytes) -> Result<Payload, DecodeError> {
     Ok(Payload {
         exchange,
         routing_key,
-        message: Message {
-            body,
-            properties: p,
-        },
+        body,
+        properties,
     })
+}
+
+impl Reader<'_> {
+    /// The properties `has` says the payload carries, in their order.
+    fn properties(&mut self, has: impl Fn(u16) -> bool) -> Result<Properties, DecodeError> {
+        let r = self;
+        let mut p = Properties::default();
+        if has(F_CONTENT_TYPE) {
+            p.content_type = Some(r.str16()?);
+        }
+        if has(F_CONTENT_ENCODING) {
+            p.content_encoding = Some(r.str16()?);
+        }
+        if has(F_HEADERS) {
+            p.headers = r.table(0)?;
+        }
+        if has(F_TRANSIENT) {
+            p.delivery_mode = DeliveryMode::Transient;
+        }
+        if has(F_PRIORITY) {
+            p.priority = Some(r.u8()?);
+        }
+        if has(F_CORRELATION_ID) {
+            p.correlation_id = Some(r.str16()?);
+        }
+        if has(F_REPLY_TO) {
+            p.reply_to = Some(r.str16()?);
+        }
+        if has(F_EXPIRATION) {
+            p.expiration = Some(Duration::from_millis(r.u64()?));
+        }
+        if has(F_MESSAGE_ID) {
+            p.message_id = Some(r.str16()?);
+        }
+        if has(F_TIMESTAMP) {
+            p.timestamp = Some(r.u64()?);
+        }
+        Ok(p)
+    }
 }
 
 #[cfg(test)]
@@ -487,13 +524,16 @@ mod tests {
         let buf = encode("ex", "a.b", &m).unwrap();
         let p = decode(&buf).unwrap();
         assert_eq!((p.exchange.as_str(), p.routing_key.as_str()), ("ex", "a.b"));
-        assert_eq!(p.message, m);
+        assert_eq!(p.message(), m);
         // Zero-copy: the body points into the encoded buffer.
-        let off = p.message.body.as_ptr() as usize - buf.as_ptr() as usize;
+        let off = p.body.as_ptr() as usize - buf.as_ptr() as usize;
         assert_eq!(&buf[off..off + 8], b"the body");
         let plain = encode("", "q", &Message::new("x")).unwrap();
         assert_eq!(plain.len(), 1 + 1 + 2 + 2 + 4 + 1);
-        assert_eq!(decode(&plain).unwrap().message, Message::new("x"));
+        let d = decode(&plain).unwrap();
+        assert_eq!(d.message(), Message::new("x"));
+        // Default properties are no allocation.
+        assert!(d.properties.is_none());
     }
 
     #[test]
@@ -585,7 +625,8 @@ mod tests {
             let p = decode(&buf).unwrap();
             prop_assert_eq!(p.exchange.as_str(), ex.as_str());
             prop_assert_eq!(p.routing_key.as_str(), rk.as_str());
-            prop_assert_eq!(p.message, m);
+            prop_assert_eq!(p.properties.is_none(), m.properties.is_default());
+            prop_assert_eq!(p.message(), m);
         }
 
         #[test]

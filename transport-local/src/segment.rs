@@ -719,8 +719,14 @@ impl Segment {
                 reason: "committed length shorter than a header",
             };
         }
-        let raw = self.region.read(off + META_AT, RECORD_HEADER_LEN - META_AT);
-        let Ok(meta) = RecordMeta::read_from_bytes(&raw[..]) else {
+        // In place: a committed header is never written again (a copy into
+        // a fresh `Vec` was an allocation per read, three reads a record).
+        let read = self
+            .region
+            .with_bytes(off + META_AT, RECORD_HEADER_LEN - META_AT, |b| {
+                RecordMeta::read_from_bytes(b).ok()
+            });
+        let Some(meta) = read else {
             return Slot::Corrupt {
                 len,
                 reason: "header unreadable",

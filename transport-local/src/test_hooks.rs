@@ -19,10 +19,10 @@ pub fn payload_decode(data: &[u8]) {
     let buf = bytes::Bytes::copy_from_slice(data);
     if let Ok(p) = decode(&buf) {
         let again =
-            encode(&p.exchange, &p.routing_key, &p.message).expect("decoded payloads re-encode");
+            encode(&p.exchange, &p.routing_key, &p.message()).expect("decoded payloads re-encode");
         let back = decode(&again).expect("re-encoded payloads decode");
-        let twice =
-            encode(&back.exchange, &back.routing_key, &back.message).expect("and re-encode again");
+        let twice = encode(&back.exchange, &back.routing_key, &back.message())
+            .expect("and re-encode again");
         assert_eq!(twice, again);
     }
 }

@@ -488,12 +488,8 @@ impl LocalQueue {
         let bytes = c.segment.payload_bytes(c.pos.off, &c.meta);
         let p = codec::decode(&bytes)
             .map_err(|e| store_fail(FailureKind::Damaged, "record payload", e))?;
-        let ttl = effective_ttl(self.decl.message_ttl, p.message.properties.expiration);
-        let mut env = Envelope::with_names(p.message, p.exchange, p.routing_key);
-        env.redelivered = c.redelivered;
-        env.lane = lane;
-        env.token = token(c.pos);
-        env.expires_at = match ttl {
+        let ttl = effective_ttl(self.decl.message_ttl, p.expiration());
+        let expires_at = match ttl {
             None => u64::MAX,
             Some(ttl) => {
                 // A record whose publish time was not recorded (no TTL
@@ -508,7 +504,16 @@ impl LocalQueue {
                 now_ns().saturating_add(deadline.saturating_sub(wall_ns()))
             }
         };
-        Ok(env)
+        Ok(Envelope {
+            body: p.body,
+            properties: p.properties,
+            exchange: p.exchange,
+            routing_key: p.routing_key,
+            redelivered: c.redelivered,
+            expires_at,
+            lane,
+            token: token(c.pos),
+        })
     }
 
     /// The claim behind a delivery of this process, no longer held.
@@ -570,7 +575,7 @@ impl LocalQueue {
         let Ok(p) = codec::decode(&bytes) else {
             return false;
         };
-        match effective_ttl(self.decl.message_ttl, p.message.properties.expiration) {
+        match effective_ttl(self.decl.message_ttl, p.expiration()) {
             None => false,
             // Publish time not recorded: its TTL counts from its delivery.
             Some(_) if meta.timestamp_ns == 0 => false,
