@@ -85,6 +85,39 @@ fn child_role() {
             say(format_args!("published"));
             std::thread::sleep(Duration::from_secs(600));
         }
+        "few-fds" => {
+            // This process may have at most `<n>` files open.
+            let limit: u64 = parts[2].parse().unwrap();
+            let was = rustix::process::getrlimit(rustix::process::Resource::Nofile);
+            rustix::process::setrlimit(
+                rustix::process::Resource::Nofile,
+                rustix::process::Rlimit {
+                    current: Some(limit),
+                    maximum: was.maximum,
+                },
+            )
+            .unwrap();
+            let conn = connect(d);
+            let ch = conn.channel().unwrap();
+            ch.queue_declare(&Queue::new("hp").with_max_priority(255))
+                .unwrap();
+            loop {
+                match ch.get("hp", Duration::from_millis(200)) {
+                    Ok(Some(m)) => {
+                        say(format_args!("took {}", String::from_utf8_lossy(m.body())));
+                        m.ack().unwrap();
+                    }
+                    Ok(None) => {
+                        say("none");
+                        break;
+                    }
+                    Err(e) => {
+                        say(format_args!("error {e}"));
+                        break;
+                    }
+                }
+            }
+        }
         other => panic!("unknown role {other}"),
     }
 }
@@ -733,4 +766,55 @@ fn an_unusable_queue_works_again_once_its_files_are_mended() {
         .expect("the message published once it was mended");
     assert_eq!(&got.body()[..], b"late");
     got.ack().unwrap();
+}
+
+/// A process that runs out of file descriptors (each lane it reads keeps
+/// its segment's file open; a queue with 256 lanes in use needs 256) gets
+/// the error, naming the file and "Too many open files", and loses
+/// nothing: every message it did not take is still queued, and a process
+/// with more descriptors takes them.
+#[test]
+fn a_process_out_of_file_descriptors_gets_the_error_and_nothing_is_lost() {
+    let d = TestDir::new();
+    let root = d.join("store");
+    {
+        let conn = connect(&root);
+        let ch = conn.channel().unwrap();
+        ch.queue_declare(&Queue::new("hp").with_max_priority(255))
+            .unwrap();
+        for p in 0..=255u8 {
+            ch.producer()
+                .publish(Message::new(format!("m{p}")).with_priority(p), "hp")
+                .unwrap();
+        }
+    }
+    let mut c = child(format!("few-fds,{},64", root.display()))
+        .spawn()
+        .unwrap();
+    let mut out = ChildLines::of(&mut c);
+    let lines = out.until_any(&["error ", "none"]);
+    // The rest (its harness's summary) is read, so it ends cleanly.
+    out.rest().for_each(drop);
+    assert!(c.wait().unwrap().success());
+    let err = lines.last().unwrap();
+    assert!(
+        err.starts_with("error ") && err.contains("Too many open files") && err.contains(".seg"),
+        "{lines:?}"
+    );
+    let mut all: Vec<String> = lines
+        .iter()
+        // (The first shares its line with the harness's "test ... ".)
+        .filter_map(|l| l.split("took ").nth(1).map(str::to_owned))
+        .collect();
+    assert!(!all.is_empty() && all.len() < 256, "took {}", all.len());
+    let conn = connect(&root);
+    let ch = conn.channel().unwrap();
+    while let Some(m) = ch.get("hp", Duration::from_millis(200)).unwrap() {
+        all.push(String::from_utf8_lossy(m.body()).into_owned());
+        m.ack().unwrap();
+    }
+    all.sort();
+    let mut want: Vec<String> = (0..=255).map(|p| format!("m{p}")).collect();
+    want.sort();
+    assert_eq!(all, want);
 }
