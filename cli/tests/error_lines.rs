@@ -3,6 +3,7 @@
 
 mod common;
 use common::*;
+use dashi_test_support::TestDir;
 
 #[test]
 fn bad_urls_are_one_line_errors() {
@@ -26,6 +27,32 @@ fn bad_urls_are_one_line_errors() {
             let line = one_line_error(&o);
             assert_eq!(o.status.code(), Some(1), "{cmd:?}: {line}");
         }
+    }
+}
+
+/// A local:// URL naming a directory that is not a store and holds other
+/// files (a mistyped `local:///`, a home directory) is one line, and no
+/// store file is written there: every command refuses it.
+#[test]
+fn a_directory_that_is_not_a_store_is_refused_and_left_alone() {
+    let dir = TestDir::new();
+    std::fs::write(dir.child("mine.txt"), b"mine").unwrap();
+    let url = format!("local://{}", dir.display());
+    for cmd in [
+        vec!["publish", &url, "--queue", "q"],
+        vec!["consume", &url, "--queue", "q", "--timeout", "0"],
+        vec!["bench", &url, "--messages", "10"],
+    ] {
+        let line = one_line_error(&dashi(&cmd));
+        assert!(
+            line.contains("is not a dashi store and is not empty") && line.contains("mine.txt"),
+            "{cmd:?}: {line}"
+        );
+        let names: Vec<_> = std::fs::read_dir(&*dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, ["mine.txt"], "{cmd:?}");
     }
 }
 

@@ -307,6 +307,67 @@ fn holds_a_store(root: &Path) -> bool {
     root.join("meta.json").exists() || first_incarnation(&root.join("q")).is_some()
 }
 
+/// What a store's directory holds at its top (`FORMAT.md`, "Store"), and
+/// the `lost+found` of a filesystem made for it.
+fn store_entry(name: &str) -> bool {
+    matches!(
+        name,
+        "DASHI-LOCAL"
+            | "meta.json"
+            | "meta.lock"
+            | "open.lock"
+            | "control"
+            | "procs"
+            | "q"
+            | "orphaned"
+            | "lost+found"
+    ) || name.starts_with("DASHI-LOCAL.tmp-")
+        || name.starts_with("meta.json.tmp-")
+}
+
+/// A directory with no format marker that holds anything a store does not
+/// (a mistyped `local:///`, a home directory) is refused before anything is
+/// written there: a new store needs a new or empty directory. Without the
+/// check, `local:///` scattered a store's files over `/`.
+fn refuse_foreign(root: &Path) -> Result<(), Error> {
+    let marker = root.join("DASHI-LOCAL");
+    // A store that lost its marker is refused for that, by name.
+    if marker.try_exists().unwrap_or(true) || holds_a_store(root) {
+        return Ok(());
+    }
+    let Ok(entries) = std::fs::read_dir(root) else {
+        // Missing (made below) or unreadable (the steps below say why).
+        return Ok(());
+    };
+    let mut foreign: Vec<String> = entries
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| !store_entry(n))
+        .collect();
+    if foreign.is_empty() {
+        return Ok(());
+    }
+    foreign.sort();
+    let n = foreign.len();
+    foreign.truncate(3);
+    Err(store_fail(
+        FailureKind::Invalid,
+        "new store",
+        format!(
+            "{} is not a dashi store and is not empty ({n} other entr{}: {}{}); a new \
+             store needs a new or empty directory, and nothing was written",
+            root.display(),
+            if n == 1 { "y" } else { "ies" },
+            foreign
+                .iter()
+                .map(|f| format!("{f:?}"))
+                .collect::<Vec<_>>()
+                .join(", "),
+            if n > 3 { ", ..." } else { "" }
+        ),
+    ))
+}
+
 /// The marker is gone but the store is there (deleted by hand, a copy that
 /// left it out). A new marker would say this build's format whatever
 /// format the files are in: refused, and nothing is changed.
@@ -361,15 +422,19 @@ impl LocalTransport {
                 Ok(true) => {}
                 Ok(false) if holds_a_store(root) => return Err(lost_marker(root)),
                 Ok(false) => {
+                    // "publish creates one" is not so for a directory of
+                    // other files: that is said instead.
+                    refuse_foreign(root)?;
                     return Err(Error::Store(StoreFailure::new(
                         FailureKind::NoStore,
                         format!("no dashi store at {}", root.display()),
                         "publish creates one",
-                    )))
+                    )));
                 }
                 Err(e) => return Err(store_err(&format!("format marker {}", marker.display()), e)),
             }
         }
+        refuse_foreign(root)?;
         std::fs::create_dir_all(root.join("q"))
             .map_err(|e| store_err(&format!("directory {}", root.join("q").display()), e))?;
         // Presence: every process holds a shared lock on `open.lock` while it

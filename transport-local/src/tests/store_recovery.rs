@@ -512,6 +512,59 @@ fn a_store_that_lost_its_format_marker_is_refused_and_nothing_is_changed() {
     assert_eq!(drain_queue(&c, "q"), ["a", "b"]);
 }
 
+/// A directory with no format marker that holds anything a store does not
+/// is refused before anything is written to it (`local:///` made a store
+/// in `/`, stop 35); an empty directory, one holding only `lost+found` (a
+/// filesystem made for the store) and a store with a file added later all
+/// open.
+#[test]
+fn a_directory_that_is_not_a_store_and_not_empty_is_refused_untouched() {
+    let d = dir("foreign");
+    for (i, extra) in [vec!["notes.txt"], vec!["a", "b", "c", "d", "e"]]
+        .into_iter()
+        .enumerate()
+    {
+        let root = d.join(format!("home-{i}"));
+        std::fs::create_dir(&root).unwrap();
+        for f in &extra {
+            std::fs::write(root.join(f), b"mine").unwrap();
+        }
+        let before = dashi_test_support::files_under(&root, |_| true);
+        // Opens that may make a store and opens that may not say the same.
+        for create in [true, false] {
+            let opts = LocalOptions {
+                create,
+                ..LocalOptions::default()
+            };
+            let e = LocalTransport::open(&root, opts).unwrap_err();
+            assert!(
+                matches!(&e, dashi_engine::Error::Store(f) if f.kind == dashi_engine::FailureKind::Invalid),
+                "{e:?}"
+            );
+            let line = e.to_string();
+            assert!(
+                line.contains("is not a dashi store and is not empty"),
+                "{line}"
+            );
+            assert!(line.contains(&format!("{:?}", extra[0])), "{line}");
+            assert_eq!(line.contains(", ..."), extra.len() > 3, "{line}");
+            assert!(!line.contains('\n'), "{line}");
+        }
+        let after = dashi_test_support::files_under(&root, |_| true);
+        assert_eq!(before, after, "nothing written");
+        assert!(!root.join("q").exists() && !root.join("open.lock").exists());
+    }
+    let fresh = d.join("fresh");
+    std::fs::create_dir_all(fresh.join("lost+found")).unwrap();
+    {
+        let (_t, c) = open(&fresh);
+        publish(&c, "q", &["a"]);
+    }
+    std::fs::write(fresh.join("README"), b"the queue store").unwrap();
+    let (_t, c) = open(&fresh);
+    assert_eq!(drain_queue(&c, "q"), ["a"]);
+}
+
 /// Fills a store with queue "q" (message "a") and then queue "later"
 /// (message "kept"); the `meta.json` from before "later" was declared.
 fn meta_json_before_a_later_queue(d: &TestDir) -> Vec<u8> {
