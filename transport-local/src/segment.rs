@@ -621,7 +621,8 @@ impl Segment {
     }
 
     /// Appends one record; returns its offset. On `Full` the caller moves on
-    /// to the next segment.
+    /// to the next segment. (Lanes use [`Segment::append_within`].)
+    #[cfg(any(test, feature = "test-hooks"))]
     pub(crate) fn append(
         &self,
         payload: &[u8],
@@ -629,8 +630,25 @@ impl Segment {
         writer: u64,
         timestamp_ns: u64,
     ) -> Result<u64, AppendError> {
+        self.append_within(payload, body_len, writer, timestamp_ns, self.capacity())
+    }
+
+    /// [`Segment::append`] for a writer whose segments may be as large as
+    /// `largest` bytes: a record too large for this segment but not for
+    /// that seals this one (`Full`: the rest of it padded) so the writer
+    /// moves on to a segment made large enough. `TooLarge` only past
+    /// `largest`.
+    pub(crate) fn append_within(
+        &self,
+        payload: &[u8],
+        body_len: u32,
+        writer: u64,
+        timestamp_ns: u64,
+        largest: u64,
+    ) -> Result<u64, AppendError> {
         let total = record_len(payload.len());
-        if total > self.capacity() - HEADER_LEN || u32::try_from(payload.len()).is_err() {
+        let largest = largest.max(self.capacity());
+        if total > largest - HEADER_LEN || u32::try_from(payload.len()).is_err() {
             return Err(AppendError::TooLarge(total));
         }
         let off = self.reserve(total)?;

@@ -59,12 +59,15 @@ impl Lane {
     /// Creates segment `seq` unless it exists, but only if it is not below
     /// the lane's write segment or low segment (a stale view would recreate a
     /// segment retention deleted). True if it exists afterwards.
-    fn create(&self, seq: u64) -> Result<bool, LaneError> {
+    fn create(&self, seq: u64, record: u64) -> Result<bool, LaneError> {
         if seq < self.load(at::WRITE_SEG) || seq < self.load(at::LOW_SEG) {
             return Ok(false);
         }
-        self.storage
-            .create_segment(self.lane, seq, self.segment_size)?;
+        self.storage.create_segment(
+            self.lane,
+            seq,
+            segment_size_for(self.segment_size, seq, record),
+        )?;
         Ok(true)
     }
 
@@ -78,6 +81,8 @@ impl Lane {
         ts: u64,
     ) -> Result<Pos, LaneError> {
         let mut created = false;
+        // What a segment must hold besides its header for this record.
+        let total = crate::segment::record_len(payload.len());
         // Appends taken back because readers were past them: a stale view
         // of a segment retention deleted takes one or two; more means the
         // shared positions themselves are wrong (a damaged page), and going
@@ -93,7 +98,7 @@ impl Lane {
             let Some(seg) = self.segment(seq)? else {
                 // The write segment does not exist yet (a new lane, or one
                 // whose creation failed): make it.
-                if self.create(seq)? {
+                if self.create(seq, total)? {
                     created = true;
                 } else {
                     // Refused: the write segment is below the low segment
@@ -111,7 +116,7 @@ impl Lane {
             };
             // Tests stall a writer here, holding a view that goes stale.
             crate::failpoint!("lane::write_segment_mapped");
-            match seg.append(payload, body_len, writer, ts) {
+            match seg.append_within(payload, body_len, writer, ts, self.segment_size) {
                 Ok(off) => {
                     let pos = Pos { seq, off };
                     if created && self.stale(&seg, pos) {
@@ -139,7 +144,7 @@ impl Lane {
                     if seq >= MAX_SEQ {
                         return Err(LaneError::Exhausted { dir: self.name() });
                     }
-                    created |= self.create(seq + 1)?;
+                    created |= self.create(seq + 1, total)?;
                     // A rotation half done: the next segment is there, the
                     // lane not yet moved to it.
                     crate::failpoint!("lane::rotating");
@@ -192,7 +197,7 @@ impl Lane {
         let (dir, lane, size, state) = (
             dir.to_owned(),
             self.lane,
-            self.segment_size,
+            segment_size_for(self.segment_size, seq, 0),
             self.state.clone(),
         );
         drop(rt.spawn(0, move || async move {
@@ -245,5 +250,29 @@ impl Lane {
             }
         }
         n
+    }
+}
+
+/// The first segment of a lane: a lane with a few messages (a priority
+/// seldom used) takes this much disk, not a whole `segment_size`.
+pub(crate) const FIRST_SEGMENT: u64 = 1 << 20;
+
+/// The size of a lane's segment `seq` for a writer configured with
+/// `largest`: 1 MiB for the first, doubling with each number up to
+/// `largest` (a lane that is used a lot reaches it after six segments),
+/// and in any case large enough for a record of `record` bytes (which the
+/// writer checked fits in `largest` or in the segment it moves on from).
+pub(crate) fn segment_size_for(largest: u64, seq: u64, record: u64) -> u64 {
+    const PAGE: u64 = 4096;
+    let grown = if seq < 40 {
+        (FIRST_SEGMENT << seq).min(largest)
+    } else {
+        largest
+    };
+    let needed = crate::segment::HEADER_LEN.saturating_add(record);
+    if needed <= grown {
+        grown
+    } else {
+        needed.div_ceil(PAGE) * PAGE
     }
 }

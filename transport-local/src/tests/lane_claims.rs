@@ -445,10 +445,16 @@ fn padding_a_dead_writers_hole_spares_the_live_writer_after_it() {
 
 #[test]
 fn a_segment_the_disk_cannot_hold_is_a_clear_error() {
-    let d = dir("nospace");
-    // 2^62 bytes: no filesystem here can allocate it (EFBIG / ENOSPC).
-    // Opening needs no space; the first append says why it cannot.
-    let lane = Lane::open_dir(&d, 0, 1 << 62).unwrap();
+    // A lane's first segment is 1 MiB (whatever the segment size): a
+    // 512 KiB filesystem cannot hold it. Opening needs no space; the first
+    // append says why it cannot.
+    let Some(fs) = dashi_test_support::Tmpfs::make(512) else {
+        eprintln!("skipped: cannot mount a tmpfs here (needs root)");
+        return;
+    };
+    let d = fs.mount.join("lane");
+    std::fs::create_dir(&d).unwrap();
+    let lane = Lane::open_dir(&d, 0, 64 << 20).unwrap();
     let e = lane.append(b"x", 1, 1, 0).unwrap_err().to_string();
     assert!(e.contains("cannot allocate"), "{e}");
     // The lane is still an empty lane.
