@@ -18,7 +18,10 @@
 //!   to find it full makes sure the next exists and moves `write_seg` on with
 //!   a compare-and-swap. A segment below `write_seg` is full by construction
 //!   (the writer that moved `write_seg` padded its tail first), so readers
-//!   treat any segment below `write_seg` as done at its end.
+//!   treat any segment below `write_seg` as done at its end. A record too
+//!   large for the write segment, but not for the writer's `segment_size`,
+//!   seals it the same way; segments of a lane differ in size (each header
+//!   says its own: 1 MiB first, doubling, or what a record needs).
 //! - No segment is created below `write_seg` or below `low_seg`: a writer
 //!   whose view is stale re-reads `write_seg` instead of recreating a segment
 //!   retention deleted. Opening a lane creates no segment.
