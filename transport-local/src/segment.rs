@@ -386,14 +386,27 @@ impl AsRef<[u8]> for MappedSlice {
     }
 }
 
+/// A file's identity: its device and inode numbers.
+fn identity(meta: &std::fs::Metadata) -> (u64, u64) {
+    use std::os::unix::fs::MetadataExt;
+    (meta.dev(), meta.ino())
+}
+
 /// An open, mapped segment.
 #[derive(Debug)]
 pub(crate) struct Segment {
     region: Region,
     header: SegmentHeader,
     path: String,
-    /// The file (none for a modelled segment).
-    file: Option<Arc<File>>,
+    /// The file's identity (device, inode) when it was mapped; none for a
+    /// modelled segment. A mapped segment keeps no descriptor: a process
+    /// maps any number of segments within its `RLIMIT_NOFILE`, and opens
+    /// one by path only to `fdatasync` it (checked against this identity:
+    /// a file put in its place since is not the one written).
+    identity: Option<(u64, u64)>,
+    /// The descriptor for `fdatasync`, opened by the first sync this
+    /// process needs of the segment (a publisher with `fsync` on).
+    sync_file: std::sync::OnceLock<Arc<File>>,
     /// How far this process has mapped the pages writable ahead of its
     /// claims ([`Segment::prepare_claims`]); a hint, never shared.
     populated: std::sync::atomic::AtomicU64,
@@ -415,7 +428,8 @@ impl Segment {
         lane: u32,
         seq: u64,
     ) -> Result<Segment, SegmentError> {
-        let capacity = file.metadata().map_err(Self::io(path))?.len();
+        let meta = file.metadata().map_err(Self::io(path))?;
+        let capacity = meta.len();
         if capacity < HEADER_LEN + RECORD_HEADER_LEN || capacity % 4096 != 0 {
             return Err(SegmentError::Inconsistent {
                 path: path.display().to_string(),
@@ -433,7 +447,8 @@ impl Segment {
                 capacity,
             },
             path: path.display().to_string(),
-            file: Some(Arc::new(file)),
+            identity: Some(identity(&meta)),
+            sync_file: std::sync::OnceLock::new(),
             populated: std::sync::atomic::AtomicU64::new(0),
         };
         seg.init();
@@ -453,7 +468,8 @@ impl Segment {
                 capacity,
             },
             path: format!("model-{lane}-{seq}"),
-            file: None,
+            identity: None,
+            sync_file: std::sync::OnceLock::new(),
             populated: std::sync::atomic::AtomicU64::new(0),
         };
         seg.init();
@@ -499,7 +515,8 @@ impl Segment {
             region,
             header,
             path: name,
-            file: Some(Arc::new(file)),
+            identity: Some(identity(&meta)),
+            sync_file: std::sync::OnceLock::new(),
             populated: std::sync::atomic::AtomicU64::new(0),
         })
     }
@@ -509,9 +526,40 @@ impl Segment {
         &self.header
     }
 
-    /// The segment's file (for `fdatasync`; none for a modelled segment).
-    pub(crate) fn file(&self) -> Option<&Arc<File>> {
-        self.file.as_ref()
+    /// The segment's file, for `fdatasync` (`None` for a modelled
+    /// segment): opened by path the first time, and kept. An error names
+    /// the segment: the file cannot be opened (no descriptor left, say), or
+    /// the file at its path is no longer the one mapped (retention deleted
+    /// it, or something was put in its place), so a sync of it would not
+    /// cover what was written.
+    pub(crate) fn file(&self) -> Result<Option<Arc<File>>, SegmentError> {
+        let Some(mapped) = self.identity else {
+            return Ok(None);
+        };
+        if let Some(f) = self.sync_file.get() {
+            return Ok(Some(f.clone()));
+        }
+        let f = self.reopen(mapped)?;
+        // Two threads may race here: one file is kept, the other closed.
+        Ok(Some(self.sync_file.get_or_init(|| Arc::new(f)).clone()))
+    }
+
+    /// Opens the mapped file again by its path, checking it is the same.
+    fn reopen(&self, mapped: (u64, u64)) -> Result<File, SegmentError> {
+        let path = Path::new(&self.path);
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(path)
+            .map_err(Self::io(path))?;
+        let meta = f.metadata().map_err(Self::io(path))?;
+        if identity(&meta) != mapped {
+            return Err(SegmentError::Inconsistent {
+                path: self.path.clone(),
+                reason: "the file at its path is no longer the one mapped".into(),
+            });
+        }
+        Ok(f)
     }
 
     fn capacity(&self) -> u64 {
@@ -983,11 +1031,15 @@ impl Segment {
     pub(crate) fn clear_from(&self, off: u64) -> std::io::Result<()> {
         let cap = self.capacity();
         let off = off.min(cap);
+        // (Recovery, with exclusive access: the file at the path is the one
+        // mapped unless something is very wrong; then zeros are written
+        // through the mapping.)
+        let file = self.identity.and_then(|id| self.reopen(id).ok());
         let zeroed = off == cap
-            || self.file.as_ref().is_some_and(|f| {
+            || file.as_ref().is_some_and(|f| {
                 use rustix::fs::{fallocate, FallocateFlags};
                 fallocate(
-                    &**f,
+                    f,
                     FallocateFlags::ZERO_RANGE | FallocateFlags::KEEP_SIZE,
                     off,
                     cap - off,
@@ -1000,7 +1052,7 @@ impl Segment {
             let mut at = off;
             while at < cap {
                 let len = (cap - at).min(CHUNK);
-                let stale = match &self.file {
+                let stale = match &file {
                     Some(f) => {
                         use std::os::unix::fs::FileExt;
                         buf.resize(len as usize, 0);

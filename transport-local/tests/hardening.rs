@@ -118,8 +118,88 @@ fn child_role() {
                 }
             }
         }
+        "no-fds" => {
+            // Opens the store, then has every descriptor number below its
+            // limit taken: any file it opens from here on fails.
+            let conn = connect(d);
+            let ch = conn.channel().unwrap();
+            ch.queue_declare(&Queue::new("hp").with_max_priority(255))
+                .unwrap();
+            use_up_descriptors();
+            loop {
+                match ch.get("hp", Duration::from_millis(200)) {
+                    Ok(Some(m)) => {
+                        say(format_args!("took {}", String::from_utf8_lossy(m.body())));
+                        m.ack().unwrap();
+                    }
+                    Ok(None) => {
+                        say("none");
+                        break;
+                    }
+                    Err(e) => {
+                        say(format_args!("error {e}"));
+                        break;
+                    }
+                }
+            }
+        }
+        "sync-no-fds" => {
+            // With `fsync=always`: takes `m0` (its segment is mapped now),
+            // runs out of descriptors, then publishes `m1` and `m2`.
+            let url = format!("local://{}?segment_size=64K&fsync=always", d.display());
+            let conn = dashi_transport_local::open(ConnectUrl::parse(&url).unwrap()).unwrap();
+            let ch = conn.channel().unwrap();
+            ch.queue_declare(&Queue::new("sq")).unwrap();
+            let m = ch.get("sq", Duration::from_secs(5)).unwrap().unwrap();
+            assert_eq!(&m.body()[..], b"m0");
+            m.ack().unwrap();
+            use_up_descriptors();
+            for body in ["m1", "m2"] {
+                match ch.producer().publish(Message::new(body), "sq") {
+                    Ok(()) => say(format_args!("confirmed {body}")),
+                    Err(e) => say(format_args!(
+                        "{body} {} {e}",
+                        if e.is_unconfirmed() {
+                            "unconfirmed"
+                        } else {
+                            "refused"
+                        }
+                    )),
+                }
+            }
+        }
         other => panic!("unknown role {other}"),
     }
+}
+
+/// Takes every descriptor number below the highest one open and lowers
+/// the limit to it: the next file this process opens fails with EMFILE.
+fn use_up_descriptors() {
+    use std::os::fd::AsRawFd;
+    let highest = std::fs::read_dir("/proc/self/fd")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u64>().ok())
+        .max()
+        .unwrap();
+    let mut holes = Vec::new();
+    loop {
+        let f = std::fs::File::open("/dev/null").unwrap();
+        if f.as_raw_fd() as u64 > highest {
+            break;
+        }
+        holes.push(f);
+    }
+    std::mem::forget(holes);
+    let was = rustix::process::getrlimit(rustix::process::Resource::Nofile);
+    rustix::process::setrlimit(
+        rustix::process::Resource::Nofile,
+        rustix::process::Rlimit {
+            current: Some(highest + 1),
+            maximum: was.maximum,
+        },
+    )
+    .unwrap();
+    assert!(std::fs::File::open("/dev/null").is_err());
 }
 
 fn child(spec: String) -> Command {
@@ -768,47 +848,32 @@ fn an_unusable_queue_works_again_once_its_files_are_mended() {
     got.ack().unwrap();
 }
 
-/// A process that runs out of file descriptors (each lane it reads keeps
-/// its segment's file open; a queue with 256 lanes in use needs 256) gets
-/// the error, naming the file and "Too many open files", and loses
-/// nothing: every message it did not take is still queued, and a process
-/// with more descriptors takes them.
-#[test]
-fn a_process_out_of_file_descriptors_gets_the_error_and_nothing_is_lost() {
-    let d = TestDir::new();
-    let root = d.join("store");
-    {
-        let conn = connect(&root);
-        let ch = conn.channel().unwrap();
-        ch.queue_declare(&Queue::new("hp").with_max_priority(255))
-            .unwrap();
-        for p in 0..=255u8 {
-            ch.producer()
-                .publish(Message::new(format!("m{p}")).with_priority(p), "hp")
-                .unwrap();
-        }
-    }
-    let mut c = child(format!("few-fds,{},64", root.display()))
-        .spawn()
+/// Publishes `m0`..`m255` to queue `hp`, one at each priority: 256 lanes,
+/// a segment each.
+fn fill_every_lane(root: &Path) {
+    let conn = connect(root);
+    let ch = conn.channel().unwrap();
+    ch.queue_declare(&Queue::new("hp").with_max_priority(255))
         .unwrap();
-    let mut out = ChildLines::of(&mut c);
-    let lines = out.until_any(&["error ", "none"]);
-    // The rest (its harness's summary) is read, so it ends cleanly.
-    out.rest().for_each(drop);
-    assert!(c.wait().unwrap().success());
-    let err = lines.last().unwrap();
-    assert!(
-        err.starts_with("error ") && err.contains("Too many open files") && err.contains(".seg"),
-        "{lines:?}"
-    );
-    let mut all: Vec<String> = lines
+    for p in 0..=255u8 {
+        ch.producer()
+            .publish(Message::new(format!("m{p}")).with_priority(p), "hp")
+            .unwrap();
+    }
+}
+
+/// What a child said it took (`took <body>` lines).
+fn took(lines: &[String]) -> Vec<String> {
+    lines
         .iter()
         // (The first shares its line with the harness's "test ... ".)
         .filter_map(|l| l.split("took ").nth(1).map(str::to_owned))
-        .collect();
-    assert!(!all.is_empty() && all.len() < 256, "took {}", all.len());
-    let conn = connect(&root);
-    let ch = conn.channel().unwrap();
+        .collect()
+}
+
+/// Takes what is left of `hp` into `all` and checks that it is every
+/// message `fill_every_lane` published, once.
+fn every_message_once(ch: &Channel, mut all: Vec<String>) {
     while let Some(m) = ch.get("hp", Duration::from_millis(200)).unwrap() {
         all.push(String::from_utf8_lossy(m.body()).into_owned());
         m.ack().unwrap();
@@ -817,4 +882,97 @@ fn a_process_out_of_file_descriptors_gets_the_error_and_nothing_is_lost() {
     let mut want: Vec<String> = (0..=255).map(|p| format!("m{p}")).collect();
     want.sort();
     assert_eq!(all, want);
+}
+
+/// A mapped segment keeps no file descriptor: a process allowed 64 reads
+/// a queue with 256 lanes in use (before, each mapped segment kept its
+/// file open, and this one failed with "Too many open files" a few dozen
+/// lanes in).
+#[test]
+fn a_process_with_few_descriptors_reads_any_number_of_lanes() {
+    let d = TestDir::new();
+    let root = d.join("store");
+    fill_every_lane(&root);
+    let mut c = child(format!("few-fds,{},64", root.display()))
+        .spawn()
+        .unwrap();
+    let mut out = ChildLines::of(&mut c);
+    let lines = out.until_any(&["error ", "none"]);
+    out.rest().for_each(drop);
+    assert!(c.wait().unwrap().success());
+    assert_eq!(lines.last().map(String::as_str), Some("none"), "{lines:?}");
+    let all = took(&lines);
+    assert_eq!(all.len(), 256, "{lines:?}");
+    let conn = connect(&root);
+    every_message_once(&conn.channel().unwrap(), all);
+}
+
+/// A process that cannot open a file at all (every descriptor taken) gets
+/// the error, naming the segment and "Too many open files", and loses
+/// nothing: every message it did not take is still queued, and a process
+/// with descriptors to spare takes them.
+#[test]
+fn a_process_out_of_file_descriptors_gets_the_error_and_nothing_is_lost() {
+    let d = TestDir::new();
+    let root = d.join("store");
+    fill_every_lane(&root);
+    // Kept open, so the child's open is not a lone one (which would map
+    // every segment in its recovery, before it runs out).
+    let conn = connect(&root);
+    let mut c = child(format!("no-fds,{}", root.display())).spawn().unwrap();
+    let mut out = ChildLines::of(&mut c);
+    let lines = out.until_any(&["error ", "none"]);
+    out.rest().for_each(drop);
+    assert!(c.wait().unwrap().success());
+    let err = lines.last().unwrap();
+    assert!(
+        // (It may share its line with the harness's "test ... ".)
+        err.contains("error claim ") && err.contains("Too many open files") && err.contains(".seg"),
+        "{lines:?}"
+    );
+    let all = took(&lines);
+    assert!(all.len() < 256, "took {}", all.len());
+    every_message_once(&conn.channel().unwrap(), all);
+}
+
+/// With `fsync=always`, a segment is opened by path for its first sync. A
+/// publisher that cannot open it (no descriptor left) gets an unconfirmed
+/// publish naming the segment and why (the record was written, not
+/// synced), and the segment is sealed: the next publish needs a new
+/// segment, which it cannot make, and is refused. Nothing confirmed is
+/// lost, and the unconfirmed message is there to be taken.
+#[test]
+fn a_sync_that_cannot_open_its_segment_leaves_the_publish_unconfirmed() {
+    let d = TestDir::new();
+    let root = d.join("store");
+    let conn = connect(&root);
+    let ch = conn.channel().unwrap();
+    ch.queue_declare(&Queue::new("sq")).unwrap();
+    ch.producer().publish(Message::new("m0"), "sq").unwrap();
+    let mut c = child(format!("sync-no-fds,{}", root.display()))
+        .spawn()
+        .unwrap();
+    let mut out = ChildLines::of(&mut c);
+    let lines = out.until("m2 ");
+    out.rest().for_each(drop);
+    assert!(c.wait().unwrap().success(), "{lines:?}");
+    let m1 = lines.iter().find(|l| l.contains("m1")).unwrap();
+    assert!(
+        m1.contains("m1 unconfirmed")
+            && m1.contains("cannot sync the record")
+            && m1.contains(".seg")
+            && m1.contains("Too many open files"),
+        "{lines:?}"
+    );
+    let m2 = lines.last().unwrap();
+    assert!(
+        m2.contains("m2 refused") && m2.contains("Too many open files"),
+        "{lines:?}"
+    );
+    let mut got = Vec::new();
+    while let Some(m) = ch.get("sq", Duration::from_millis(200)).unwrap() {
+        got.push(String::from_utf8_lossy(m.body()).into_owned());
+        m.ack().unwrap();
+    }
+    assert_eq!(got, ["m1"]);
 }

@@ -26,7 +26,10 @@
 //!   later one (the kernel may have dropped the dirty pages, so nothing after
 //!   it can be confirmed from that file): `done` never moves again, the
 //!   failure is sticky, and the publisher seals the segment so new records
-//!   go to a fresh file.
+//!   go to a fresh file. A segment this process cannot open to sync (a
+//!   mapped segment keeps no descriptor: it is opened by path for its
+//!   first sync, and checked to be the file mapped) fails the publish the
+//!   same way, in every mode, and is sealed.
 //! - A file's sync state lives while a segment or a waiter uses it: it is
 //!   keyed by the segment's open file (not its path, which a later file
 //!   may take), and let go once nothing else holds the file or the state,
@@ -259,10 +262,22 @@ impl Durability {
     /// sync when its confirm is awaited (or rides along with one that runs).
     pub(crate) fn tickets(self: &Arc<Self>, segments: Vec<Arc<Segment>>, awaited: bool) -> Tickets {
         let mut waits = Vec::with_capacity(segments.len());
+        let mut failed = None;
         for seg in segments {
             // Every segment of a store is a file (only models have none).
-            let Some(file) = seg.file() else { continue };
-            let st = self.state(file);
+            // One this process cannot open to sync (no descriptor left, the
+            // file replaced) cannot be made durable: the publish fails as a
+            // failed sync does, and nothing more is confirmed from it.
+            let file = match seg.file() {
+                Ok(Some(f)) => f,
+                Ok(None) => continue,
+                Err(e) => {
+                    seg.seal();
+                    failed.get_or_insert(format!("cannot sync the record: {e}"));
+                    continue;
+                }
+            };
+            let st = self.state(&file);
             let ticket = st.requested.fetch_add(1, SeqCst) + 1;
             if awaited && matches!(self.mode, Fsync::Always) {
                 self.ensure_running(&st, ticket);
@@ -272,19 +287,21 @@ impl Durability {
         Tickets {
             durability: self.clone(),
             waits,
+            failed,
         }
     }
 
     /// Called after records were committed to `segments`: returns once they
     /// are durable as the mode promises (at once with `fsync=interval`).
-    /// `Err` when a sync that had to cover them failed (they may or may not
-    /// be on disk).
+    /// `Err` when a sync that had to cover them failed, or a segment could
+    /// not be opened to sync (they may or may not be on disk).
     pub(crate) fn commit(self: &Arc<Self>, segments: Vec<Arc<Segment>>) -> Result<(), String> {
         let t = self.tickets(segments, true);
         if matches!(self.mode, Fsync::Always) {
             t.wait(None).unwrap_or(Ok(()))
         } else {
-            Ok(())
+            // No timer sync will cover a segment that could not be opened.
+            t.failed.map_or(Ok(()), Err)
         }
     }
 
@@ -330,6 +347,8 @@ async fn interval_loop(weak: Weak<Durability>, every: Duration) {
 pub(crate) struct Tickets {
     durability: Arc<Durability>,
     waits: Vec<(Arc<FileSync>, u64, Arc<Segment>)>,
+    /// Set when a segment written could not be opened to sync.
+    failed: Option<String>,
 }
 
 impl std::fmt::Debug for Tickets {
@@ -348,6 +367,10 @@ impl Tickets {
     /// The outcome if known: every ticket covered, or the first failure
     /// (its segments are sealed: nothing more is confirmed from them).
     fn outcome(&self) -> Option<Result<(), String>> {
+        if let Some(e) = &self.failed {
+            self.seal();
+            return Some(Err(e.clone()));
+        }
         for (st, ticket, _) in &self.waits {
             match st.outcome(*ticket) {
                 Some(Ok(())) => {}
@@ -375,6 +398,10 @@ impl Tickets {
     /// Waits until every ticket is covered by a finished sync, one failed,
     /// or `deadline` passed (`None`).
     pub(crate) fn wait(&self, deadline: Option<Instant>) -> Option<Result<(), String>> {
+        if let Some(e) = &self.failed {
+            self.seal();
+            return Some(Err(e.clone()));
+        }
         let always = matches!(self.durability.mode, Fsync::Always);
         self.want();
         for (st, ticket, _) in &self.waits {

@@ -303,3 +303,35 @@ fn claims_map_reserved_pages_ahead_and_survive_a_file_cut_short() {
     before_cut.prepare_claims(1 << 20);
     assert_eq!(before_cut.prepared_to(), (1 << 20) + 256 * 1024);
 }
+
+/// A mapped segment keeps no descriptor; the file a sync opens by path is
+/// the one mapped or none: a file put in its place, or a path gone
+/// (retention deleted the segment), is an error naming the segment, never
+/// a sync of another file taken for this one.
+#[test]
+fn a_segment_is_opened_again_to_sync_only_if_its_file_is_the_one_mapped() {
+    let (dir, seg) = fresh(64 * 1024);
+    let path = dir.join("0.seg");
+    let seg = Arc::new(seg);
+    // The same file: opened once, then kept.
+    let f = seg.file().unwrap().unwrap();
+    assert!(Arc::ptr_eq(&f, &seg.file().unwrap().unwrap()));
+    // Another file of the same name: refused.
+    let mapped = reopen(&path);
+    std::fs::rename(&path, dir.join("old.seg")).unwrap();
+    std::fs::copy(dir.join("old.seg"), &path).unwrap();
+    let e = mapped.file().unwrap_err().to_string();
+    assert!(
+        e.contains("0.seg") && e.contains("no longer the one mapped"),
+        "{e}"
+    );
+    // No file at the path: refused.
+    std::fs::remove_file(&path).unwrap();
+    let mapped = reopen(&dir.join("old.seg"));
+    std::fs::remove_file(dir.join("old.seg")).unwrap();
+    let e = mapped.file().unwrap_err().to_string();
+    assert!(e.contains("old.seg") && e.contains("No such file"), "{e}");
+    // The mapping outlives its file (descriptors: the hardening tests).
+    let off = mapped.append(b"still mapped", 12, 1, 0).unwrap();
+    assert!(matches!(mapped.read(off), Slot::Record { .. }));
+}
