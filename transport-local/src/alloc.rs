@@ -2,7 +2,8 @@
 //!
 //! A lane asks for its next segment in the background once the current one
 //! is half full, so a publisher that crosses a segment boundary normally finds
-//! the next file allocated, formatted and linked already. A publisher that
+//! the next file allocated, formatted and linked already, and (brought in by
+//! a thread of its own) its pages in the page cache. A publisher that
 //! gets there first allocates in the foreground (still through the ring, and
 //! waiting for it). Without a runtime (io_uring not permitted here, or a lane
 //! opened on its own) the same work is done with `fallocate(2)`.

@@ -939,6 +939,13 @@ impl Segment {
         }
     }
 
+    /// Brings the whole segment into the page cache (a new one, made ahead
+    /// of need off the publish path): its pages are made and zeroed here,
+    /// not by the publisher's first write to each.
+    pub(crate) fn warm(&self) {
+        self.region.populate_read(0, self.capacity());
+    }
+
     /// How far [`Segment::prepare_claims`] has mapped (tests; the loom
     /// models map no file).
     #[cfg(all(test, not(loom)))]

@@ -157,3 +157,69 @@ fn a_record_too_large_for_another_process_s_segment_moves_on() {
     }
     assert_eq!(got, [5, 100_000, 4]);
 }
+
+/// How many of `path`'s pages are in the page cache, and how many it has.
+fn resident_pages(path: &std::path::Path) -> (usize, usize) {
+    use std::os::fd::AsRawFd;
+    let f = std::fs::File::open(path).unwrap();
+    let len = f.metadata().unwrap().len() as usize;
+    let page = 4096;
+    let mut vec = vec![0u8; len.div_ceil(page)];
+    // SAFETY: a read-only shared mapping of `len` bytes of an open file,
+    // looked at by `mincore` only (never read), then unmapped.
+    unsafe {
+        let at = libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ,
+            libc::MAP_SHARED,
+            f.as_raw_fd(),
+            0,
+        );
+        assert_ne!(at, libc::MAP_FAILED);
+        assert_eq!(libc::mincore(at, len, vec.as_mut_ptr()), 0);
+        libc::munmap(at, len);
+    }
+    (vec.iter().filter(|&&b| b & 1 == 1).count(), vec.len())
+}
+
+/// The next segment of a lane, made ahead of need in the background, is in
+/// the page cache whole before the publisher reaches it: its pages were
+/// made and zeroed there, not by the publisher's first write to each (a
+/// quarter of a lone publisher's time, BENCHMARKS.md). (A 32 MiB one: the
+/// first write to a file, which formatting the segment is, brings some of
+/// it in with it; 8 MiB on the kernel this was written on.)
+#[test]
+fn the_next_segment_is_made_ready_in_the_page_cache_ahead_of_the_publisher() {
+    let dir = dashi_test_support::TestDir::new();
+    let url = format!("local://{}?segment_size=32M", dir.display());
+    let conn = dashi_transport_local::open(ConnectUrl::parse(&url).unwrap()).unwrap();
+    let ch = conn.channel().unwrap();
+    ch.queue_declare(&Queue::new("q")).unwrap();
+    // Segments of 1, 2, 4, 8 and 16 MiB, past half of the fifth: the sixth
+    // (32 MiB) is made.
+    for _ in 0..((1 + 2 + 4 + 8 + 11) << 4) {
+        ch.producer()
+            .publish(dashi_engine::Message::new(vec![1u8; 60 << 10]), "q")
+            .unwrap();
+    }
+    let t0 = Instant::now();
+    while lane_segments(&dir, 0).len() < 6 {
+        assert!(t0.elapsed() < Duration::from_secs(10), "no next segment");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(lane_segments(&dir, 0)[5], (5, 32 << 20));
+    let next = dir.join("q/q/0000000000000001/lane-0/0000000000000005.seg");
+    // (Brought in on a thread of its own, which may still be at it.)
+    loop {
+        let (resident, pages) = resident_pages(&next);
+        if resident == pages {
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "{resident} of the next segment's {pages} pages in the page cache"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
