@@ -350,12 +350,25 @@ fn no_space(dir: &Path, size: u64, e: std::io::Error) -> LaneError {
 /// Brings a new segment into the page cache on a thread of its own, so the
 /// publisher that reaches it does not make and zero its pages (a quarter of
 /// a lone publisher's time). A few milliseconds for 64 MiB here, more on a
-/// cold machine: never on a runtime core, whose syncs would wait. Best
-/// effort: with no thread to be had, the publisher's writes do it.
+/// cold machine: never on a runtime core, whose syncs would wait. One
+/// thread per process, started at the first segment made ahead of need,
+/// takes them in turn (many lanes rotating at once start no more threads:
+/// a container may allow few). Best effort: with no thread to be had, the
+/// publisher's writes do it.
 fn warm_in_background(seg: Segment) {
-    let _ = std::thread::Builder::new()
-        .name("dashi-warm".into())
-        .spawn(move || seg.warm());
+    use std::sync::mpsc::{channel, Sender};
+    static WARMER: std::sync::OnceLock<Option<Sender<Segment>>> = std::sync::OnceLock::new();
+    let warmer = WARMER.get_or_init(|| {
+        let (tx, rx) = channel::<Segment>();
+        std::thread::Builder::new()
+            .name("dashi-warm".into())
+            .spawn(move || rx.into_iter().for_each(|s| s.warm()))
+            .ok()
+            .map(|_| tx)
+    });
+    if let Some(tx) = warmer {
+        let _ = tx.send(seg);
+    }
 }
 
 /// Formats an allocated temporary file as segment `seq` and links it into
