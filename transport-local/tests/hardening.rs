@@ -118,6 +118,46 @@ fn child_role() {
                 }
             }
         }
+        "spray" => {
+            // Publishes 2 KB messages round robin over 256 lanes, 40 each
+            // (64K segments: every lane rotates, all at about the same
+            // time), and says how many files it had open at most (sampled
+            // every 200 µs) beyond those open before.
+            let conn = connect(d);
+            let ch = conn.channel().unwrap();
+            ch.queue_declare(&Queue::new("hp").with_max_priority(255))
+                .unwrap();
+            let open = || std::fs::read_dir("/proc/self/fd").unwrap().count();
+            let before = open();
+            let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let stop = done.clone();
+            let sampler = std::thread::spawn(move || {
+                let mut peak = 0;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    peak = peak.max(open());
+                    std::thread::sleep(Duration::from_micros(200));
+                }
+                peak
+            });
+            let mut failed = 0;
+            for i in 0..40 * 256 {
+                let m = Message::new(vec![b'x'; 2000]).with_priority((i % 256) as u8);
+                if let Err(e) = ch.producer().publish(m, "hp") {
+                    failed += 1;
+                    if failed == 1 {
+                        say(format_args!("error {e}"));
+                    }
+                }
+            }
+            // The last preparations end.
+            std::thread::sleep(Duration::from_millis(200));
+            done.store(true, std::sync::atomic::Ordering::Relaxed);
+            let peak = sampler.join().unwrap();
+            say(format_args!(
+                "published, {failed} failed, at most {} more files open",
+                peak.saturating_sub(before)
+            ));
+        }
         "no-fds" => {
             // Opens the store, then has every descriptor number below its
             // limit taken: any file it opens from here on fails.
@@ -905,6 +945,35 @@ fn a_process_with_few_descriptors_reads_any_number_of_lanes() {
     assert_eq!(all.len(), 256, "{lines:?}");
     let conn = connect(&root);
     every_message_once(&conn.channel().unwrap(), all);
+}
+
+/// A publisher spraying 256 lanes, every one rotating at about the same
+/// time: the segments made ahead of need in the background are made a few
+/// at a time (each holds its file open while it is allocated), so they
+/// never take the descriptors its own publishes need. Before, they were
+/// made all at once: `dashi bench` with 256 priorities had 510 files open
+/// for them.
+#[test]
+fn a_publisher_spraying_many_lanes_needs_few_descriptors() {
+    let d = TestDir::new();
+    let root = d.join("store");
+    let mut c = child(format!("spray,{}", root.display())).spawn().unwrap();
+    let mut out = ChildLines::of(&mut c);
+    let lines = out.until("published");
+    out.rest().for_each(drop);
+    assert!(c.wait().unwrap().success());
+    let last = lines.last().unwrap();
+    let more: usize = last
+        .rsplit_once("at most ")
+        .and_then(|(_, n)| n.split(' ').next()?.parse().ok())
+        .unwrap();
+    assert!(last.contains("published, 0 failed"), "{lines:?}");
+    // Four preparations of two files each, the publisher's own segment
+    // being made, the sampler's directory listing.
+    assert!(more <= 12, "{lines:?}");
+    let conn = connect(&root);
+    let s = conn.stats().queue("hp").unwrap();
+    assert_eq!(s.messages, 40 * 256);
 }
 
 /// A process that cannot open a file at all (every descriptor taken) gets

@@ -43,11 +43,15 @@ pub(crate) fn dashi(args: &[&str]) -> Output {
             break s;
         }
         if start.elapsed() > Duration::from_secs(120) {
+            // What every process of the run is doing, before it goes.
+            let doing = diagnose(child.id());
             let _ = child.kill();
             let _ = child.wait();
             std::thread::sleep(Duration::from_millis(200));
             let said = String::from_utf8_lossy(&so_far.lock().unwrap()).into_owned();
-            panic!("dashi {args:?} did not finish within 120 s; its stderr:\n{said}");
+            panic!(
+                "dashi {args:?} did not finish within 120 s; its stderr:\n{said}\nits processes:\n{doing}"
+            );
         }
         std::thread::sleep(Duration::from_millis(5));
     };
@@ -102,4 +106,78 @@ pub(crate) fn dashi_as_nobody(dir: &std::path::Path) -> impl Fn(&[&str]) -> Comm
             .args(args);
         c
     }
+}
+
+/// `pid` and its descendants: each thread's state and kernel wait channel
+/// and stack, and (where gdb is installed) each process's user-space
+/// backtraces. For a run that hangs once in many: the failure says where.
+fn diagnose(pid: u32) -> String {
+    use std::fmt::Write;
+    let read = |p: String| std::fs::read_to_string(p).unwrap_or_default();
+    // Parent of each process, from /proc/<pid>/stat (after the command).
+    let mut parents = Vec::new();
+    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Some(p) = e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+            continue;
+        };
+        let stat = read(format!("/proc/{p}/stat"));
+        if let Some(pp) = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+            .and_then(|x| x.parse::<u32>().ok())
+        {
+            parents.push((p, pp));
+        }
+    }
+    let mut tree = vec![pid];
+    let mut i = 0;
+    while i < tree.len() {
+        let at = tree[i];
+        tree.extend(parents.iter().filter(|(_, pp)| *pp == at).map(|(p, _)| *p));
+        i += 1;
+    }
+    let mut out = String::new();
+    for p in tree {
+        let cmd = read(format!("/proc/{p}/cmdline")).replace('\0', " ");
+        let _ = writeln!(out, "process {p}: {cmd}");
+        for t in std::fs::read_dir(format!("/proc/{p}/task"))
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let tid = t.file_name().to_string_lossy().into_owned();
+            let base = format!("/proc/{p}/task/{tid}");
+            let stat = read(format!("{base}/stat"));
+            let state = stat
+                .rsplit_once(')')
+                .and_then(|(_, rest)| rest.split_whitespace().next())
+                .unwrap_or("?")
+                .to_owned();
+            let _ = writeln!(
+                out,
+                "  thread {tid} {} state {state} wchan {}\n{}",
+                read(format!("{base}/comm")).trim(),
+                read(format!("{base}/wchan")),
+                read(format!("{base}/stack"))
+                    .lines()
+                    .map(|l| format!("    {l}\n"))
+                    .collect::<String>()
+            );
+        }
+        if let Ok(bt) = Command::new("timeout")
+            .args([
+                "20",
+                "gdb",
+                "-p",
+                &p.to_string(),
+                "-batch",
+                "-ex",
+                "thread apply all bt",
+            ])
+            .output()
+        {
+            let _ = writeln!(out, "{}", String::from_utf8_lossy(&bt.stdout));
+        }
+    }
+    out
 }

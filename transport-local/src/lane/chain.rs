@@ -23,6 +23,32 @@ use crate::segment::{claim, AppendError, Segment};
 use super::layout::at;
 use super::{Lane, LaneError, Pos, MAX_SEQ};
 
+/// Background preparations of segments in flight in this process (each
+/// holds its file open), at most [`Preparing::MAX`].
+struct Preparing;
+
+static PREPARING: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+impl Preparing {
+    const MAX: usize = 4;
+
+    /// A slot, if fewer than `MAX` are taken; given back when dropped
+    /// (the task ended, or was dropped unrun by a runtime shutting down).
+    fn start() -> Option<Preparing> {
+        if PREPARING.fetch_add(1, AcqRel) >= Self::MAX {
+            PREPARING.fetch_sub(1, AcqRel);
+            return None;
+        }
+        Some(Preparing)
+    }
+}
+
+impl Drop for Preparing {
+    fn drop(&mut self) {
+        PREPARING.fetch_sub(1, AcqRel);
+    }
+}
+
 impl Lane {
     /// The mapped segment `seq`, if it exists.
     pub(crate) fn segment(&self, seq: u64) -> Result<Option<Arc<Segment>>, LaneError> {
@@ -191,7 +217,20 @@ impl Lane {
         let Some(rt) = alloc.runtime() else {
             return;
         };
-        if self.prepared.fetch_max(seq, AcqRel) >= seq || self.storage.exists(seq) {
+        // (Every append past the middle of a segment asks: a load first.)
+        if self.prepared.load(Acquire) >= seq || self.prepared.fetch_max(seq, AcqRel) >= seq {
+            return;
+        }
+        // A preparation holds files open while its `fallocate` runs: a
+        // publisher spraying 256 lanes had 510 descriptors open at once
+        // for them. Past a few at a time, a later append asks again.
+        let Some(slot) = Preparing::start() else {
+            let _ = self
+                .prepared
+                .compare_exchange(seq, seq - 1, AcqRel, Acquire);
+            return;
+        };
+        if self.storage.exists(seq) {
             return;
         }
         let (dir, lane, size, state) = (
@@ -201,6 +240,7 @@ impl Lane {
             self.state.clone(),
         );
         drop(rt.spawn(0, move || async move {
+            let _slot = slot;
             // Never below the write or low segment (see `create`).
             let write = state.u64_at(at::WRITE_SEG).load(Acquire);
             let low = state.u64_at(at::LOW_SEG).load(Acquire);
