@@ -347,6 +347,17 @@ fn no_space(dir: &Path, size: u64, e: std::io::Error) -> LaneError {
     }
 }
 
+/// Whether bringing a new segment into the page cache ahead of need pays on
+/// `file`'s filesystem: on a local disk's (ext4, XFS, btrfs, F2FS) it makes
+/// and zeroes pages of unwritten blocks in memory. Elsewhere it would read
+/// the whole file through a network or a FUSE daemon (NFS, FUSE) or do
+/// nothing useful (tmpfs: `fallocate` made the pages already).
+fn worth_warming(file: &std::fs::File) -> bool {
+    const LOCAL_DISKS: [u32; 4] = [0xEF53, 0x5846_5342, 0x9123_683E, 0xF2F5_2010];
+    // (Magic numbers are 32 bits; `f_type` is as wide as a word.)
+    rustix::fs::fstatfs(file).is_ok_and(|s| LOCAL_DISKS.contains(&(s.f_type as u32)))
+}
+
 /// Brings a new segment into the page cache on a thread of its own, so the
 /// publisher that reaches it does not make and zero its pages (a quarter of
 /// a lone publisher's time). A few milliseconds for 64 MiB here, more on a
@@ -383,6 +394,7 @@ fn finish(
     seq: u64,
     warm: bool,
 ) -> Result<(), LaneError> {
+    let warm = warm && worth_warming(&file);
     let seg = Segment::format(tmp, file, lane, seq).map(|s| {
         if warm {
             warm_in_background(s);
