@@ -4,9 +4,13 @@
 //!
 //! # Invariants
 //! - A segment is created only at or above the lane's `write_seg` and
-//!   `low_seg` as just read; a writer that created a segment and finds
-//!   afterwards that readers had already moved past it (it was a stale view
-//!   of a retired segment) takes its record back and appends again.
+//!   `low_seg` as just read; one found below `low_seg` once made (retention
+//!   deleted it between the look and the making: it moves `low_seg` before
+//!   it deletes) is sealed and removed at once. A writer whose record
+//!   landed in a segment it made, or in one that is no longer the write
+//!   segment, and finds that readers had already moved past it (a stale
+//!   view of a retired segment, made again) takes its record back and
+//!   appends again.
 //! - A writer whose view of the write segment is stale cannot append into a
 //!   segment consumers have left: the consumer that moves `next` past the end
 //!   of a segment below the write segment seals it first (and looks again if
@@ -89,11 +93,30 @@ impl Lane {
         if seq < self.load(at::WRITE_SEG) || seq < self.load(at::LOW_SEG) {
             return Ok(false);
         }
+        // Tests stall a writer here: its look at the positions goes stale.
+        crate::failpoint!("lane::creating");
         self.storage.create_segment(
             self.lane,
             seq,
             segment_size_for(self.segment_size, seq, record),
         )?;
+        // Tests stall a writer here, its segment made, not yet checked.
+        crate::failpoint!("lane::created");
+        // Retention deleted `seq` between the look above and the file made
+        // here (it moves the low segment before it deletes): this is a
+        // segment readers have left. Nothing may land in it, neither this
+        // writer's record (killed before taking it back, it would stay
+        // unread until a lone open) nor that of another writer with a stale
+        // view that maps it meanwhile: sealed, and removed.
+        if seq < self.load(at::LOW_SEG) {
+            if let Some(seg) = self.segment(seq)? {
+                seg.seal();
+            }
+            self.segments.lock().remove(&seq);
+            self.uncache(|s| s == seq);
+            self.storage.delete_segment(seq)?;
+            return Ok(false);
+        }
         Ok(true)
     }
 
@@ -118,6 +141,9 @@ impl Lane {
         let mut refused = 0u32;
         loop {
             let seq = self.load(at::WRITE_SEG);
+            // Tests stall a writer here, holding a write segment that goes
+            // stale before it maps it.
+            crate::failpoint!("lane::write_segment_read");
             if seq > MAX_SEQ {
                 return Err(LaneError::Exhausted { dir: self.name() });
             }
@@ -145,7 +171,14 @@ impl Lane {
             match seg.append_within(payload, body_len, writer, ts, self.segment_size) {
                 Ok(off) => {
                     let pos = Pos { seq, off };
-                    if created && self.stale(&seg, pos) {
+                    // A segment this call made, or one that is no longer the
+                    // write segment (one load of a word written at each
+                    // rotation only): readers may have left it already. (A
+                    // writer that read the write segment before retention
+                    // deleted it, and mapped it after another stale writer
+                    // made it again, appended there unchecked: its record
+                    // was confirmed and not read until a lone open.)
+                    if (created || self.load(at::WRITE_SEG) != seq) && self.stale(&seg, pos) {
                         taken_back += 1;
                         if taken_back > 64 {
                             return Err(LaneError::Inconsistent {
@@ -187,7 +220,8 @@ impl Lane {
         }
     }
 
-    /// After appending into a segment this call created: true when readers
+    /// After appending into a segment this call created, or one that is no
+    /// longer the write segment: true when readers
     /// had already moved past that place (the segment was one retention
     /// deleted, recreated from a stale view), in which case the record is
     /// taken back (killed before anyone claims it) and the caller appends
