@@ -101,22 +101,7 @@ fn child_role() {
             let ch = conn.channel().unwrap();
             ch.queue_declare(&Queue::new("hp").with_max_priority(255))
                 .unwrap();
-            loop {
-                match ch.get("hp", Duration::from_millis(200)) {
-                    Ok(Some(m)) => {
-                        say(format_args!("took {}", String::from_utf8_lossy(m.body())));
-                        m.ack().unwrap();
-                    }
-                    Ok(None) => {
-                        say("none");
-                        break;
-                    }
-                    Err(e) => {
-                        say(format_args!("error {e}"));
-                        break;
-                    }
-                }
-            }
+            take_all(&ch);
         }
         "spray" => {
             // Publishes 2 KB messages round robin over 256 lanes, 40 each
@@ -166,22 +151,7 @@ fn child_role() {
             ch.queue_declare(&Queue::new("hp").with_max_priority(255))
                 .unwrap();
             use_up_descriptors();
-            loop {
-                match ch.get("hp", Duration::from_millis(200)) {
-                    Ok(Some(m)) => {
-                        say(format_args!("took {}", String::from_utf8_lossy(m.body())));
-                        m.ack().unwrap();
-                    }
-                    Ok(None) => {
-                        say("none");
-                        break;
-                    }
-                    Err(e) => {
-                        say(format_args!("error {e}"));
-                        break;
-                    }
-                }
-            }
+            take_all(&ch);
         }
         "sync-no-fds" => {
             // With `fsync=always`: takes `m0` (its segment is mapped now),
@@ -209,6 +179,21 @@ fn child_role() {
             }
         }
         other => panic!("unknown role {other}"),
+    }
+}
+
+/// Takes and acks what `hp` holds, saying `took <body>` for each, then
+/// `none` when it is empty or `error <e>` at the first failure.
+fn take_all(ch: &Channel) {
+    loop {
+        match ch.get("hp", Duration::from_millis(200)) {
+            Ok(Some(m)) => {
+                say(format_args!("took {}", String::from_utf8_lossy(m.body())));
+                m.ack().unwrap();
+            }
+            Ok(None) => return say("none"),
+            Err(e) => return say(format_args!("error {e}")),
+        }
     }
 }
 
