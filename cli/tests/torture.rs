@@ -539,6 +539,8 @@ fn local_fsync_always_survives_power_cuts() {
             "{v}"
         );
         assert!(v["duplicates_after_power_loss"].as_u64().is_some(), "{v}");
+        // Nothing live consumers could not reach before the last cut.
+        assert_eq!(v["missing_before_final_cut"], 0, "{v}");
         assert!(d.join("s.disk").join("DASHI-LOCAL").exists());
         assert_eq!(lossy_mounts(&d), 0, "every mount of the run is gone");
     }
