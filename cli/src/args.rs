@@ -131,6 +131,11 @@ pub(crate) struct TortureChildArgs {
     pub(crate) size: u32,
     #[arg(long)]
     pub(crate) pipeline: u32,
+    /// The torture process's pid: the worker ends when its parent is no
+    /// longer this one (compared, not assumed to be 1: in a container the
+    /// torture process may be pid 1, and an orphan may go to a subreaper).
+    #[arg(long)]
+    pub(crate) parent: u32,
 }
 
 #[derive(Debug, Args)]

@@ -422,6 +422,47 @@ fn workers_go_when_their_torture_process_is_killed() {
     }
 }
 
+/// A torture process that is its PID namespace's first process (a
+/// container's entrypoint) keeps its workers: each compared its parent
+/// with pid 1 to learn whether the torture process was gone, so every one
+/// of them quit as it started and the run failed with 25 worker errors.
+#[test]
+fn a_torture_run_as_a_containers_first_process_keeps_its_workers() {
+    let probe = Command::new("unshare")
+        .args(["--pid", "--fork", "--mount-proc", "true"])
+        .status();
+    if !probe.is_ok_and(|s| s.success()) {
+        eprintln!("skipped: cannot make a PID namespace here (unshare --pid needs root)");
+        return;
+    }
+    let d = TestDir::new();
+    let url = format!("local://{}", d.join("s").display());
+    let o = common::dashi_under(
+        &[
+            "unshare",
+            "--pid",
+            "--fork",
+            "--mount-proc",
+            "--kill-child=SIGKILL",
+        ],
+        &[
+            "torture",
+            &url,
+            "--json",
+            "--seconds",
+            "2",
+            "--drain-seconds",
+            "60",
+        ],
+    );
+    let out = stdout(&o);
+    assert!(o.status.success(), "{}\n{out}", common::stderr(&o));
+    let v: Value = serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("{e}: {out}"));
+    assert_eq!(v["passed"], true, "{v}");
+    assert_eq!(v["lost"], 0, "{v}");
+    assert!(v["confirmed"].as_u64().unwrap() > 0, "{v}");
+}
+
 #[test]
 fn bad_arguments_get_one_line() {
     let e = one_line_error(&dashi(&["torture", "memory://x", "--faults", "pause"]));

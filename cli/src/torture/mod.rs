@@ -619,6 +619,7 @@ impl Torture {
                 .args(["--queue", &spec.queue])
                 .args(["--size", &self.a.size.to_string()])
                 .args(["--pipeline", &self.a.pipeline.to_string()])
+                .args(["--parent", &std::process::id().to_string()])
                 .stdin(Stdio::piped())
                 .stdout(Stdio::piped())
                 .stderr(Stdio::piped())

@@ -166,13 +166,17 @@ fn obey(out: Arc<dyn Out>) {
 pub(crate) fn child(a: TortureChildArgs) -> Result<(), String> {
     // Dies with the torture process: a run killed with SIGKILL left its
     // workers running for hours (a consumer waiting for messages writes
-    // nothing, so never learns its reader went).
+    // nothing, so never learns its reader went). A parent gone before the
+    // signal was set shows as a parent other than the one named: the
+    // orphan went to pid 1 or to a subreaper. (Comparing with pid 1 made
+    // every worker quit at once when the torture process was itself pid 1,
+    // in a container, and let an orphan taken by a subreaper live on.)
     #[cfg(target_os = "linux")]
     {
         use rustix::process::{getppid, set_parent_process_death_signal, Signal};
         set_parent_process_death_signal(Some(Signal::KILL))
             .map_err(|e| format!("setting the parent-death signal: {e}"))?;
-        if getppid().is_none_or(|p| p.is_init()) {
+        if getppid().map(|p| p.as_raw_nonzero().get()) != i32::try_from(a.parent).ok() {
             return Ok(());
         }
     }

@@ -6,10 +6,25 @@ use std::process::{Command, Output};
 /// Runs `dashi` and collects its output; a run that takes over two minutes is
 /// killed and fails the test (a hang must not stall the suite).
 pub(crate) fn dashi(args: &[&str]) -> Output {
+    dashi_under(&[], args)
+}
+
+/// [`dashi`] started by the command `wrapper` (e.g. `unshare --pid ...`),
+/// which is given the binary and `args`; none: started directly.
+pub(crate) fn dashi_under(wrapper: &[&str], args: &[&str]) -> Output {
     use std::io::Read;
     use std::process::Stdio;
     use std::time::{Duration, Instant};
-    let mut child = Command::new(env!("CARGO_BIN_EXE_dashi"))
+    let exe = env!("CARGO_BIN_EXE_dashi");
+    let mut cmd = match wrapper.split_first() {
+        Some((first, rest)) => {
+            let mut c = Command::new(first);
+            c.args(rest).arg(exe);
+            c
+        }
+        None => Command::new(exe),
+    };
+    let mut child = cmd
         .args(args)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
