@@ -4,6 +4,7 @@
 //! <root>/DASHI-LOCAL              "dashi-local 3": format marker, checked on open
 //! <root>/meta.json, meta.lock      topology, rewritten under an exclusive flock
 //! <root>/open.lock                presence: shared flock while open (exclusive to recover)
+//! <root>/entry.lock               flock'd exclusively by a process entering (until it holds open.lock)
 //! <root>/control                  shared words: generation, wake-ups, process ids, counters
 //! <root>/procs/<id>               one per process using the store, flocked while it runs
 //! <root>/q/<name>/name            the queue's name (for hashed directory names)

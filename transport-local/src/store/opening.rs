@@ -7,6 +7,11 @@
 //!   store open; the first one in takes it exclusively (non-blocking),
 //!   recovers every lane, then downgrades, so recovery never runs beside
 //!   another user of the store.
+//! - A process enters (takes `open.lock` exclusively or shared) only while
+//!   it holds `entry.lock` exclusively, so every holder of `open.lock` has
+//!   finished a recovery or joined processes that had: a process that waited
+//!   while the first one in recovered, and got in because that one was
+//!   killed before it finished, finds itself alone and recovers.
 
 use std::collections::HashMap;
 use std::fs::OpenOptions;
@@ -316,6 +321,7 @@ fn store_entry(name: &str) -> bool {
             | "meta.json"
             | "meta.lock"
             | "open.lock"
+            | "entry.lock"
             | "control"
             | "procs"
             | "q"
@@ -440,54 +446,52 @@ impl LocalTransport {
         // Presence: every process holds a shared lock on `open.lock` while it
         // has the store open. The first one in (nobody else holds it) gets it
         // exclusively and recovers the store before letting others in.
-        let lock_file = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .read(true)
-            .write(true)
-            .open(root.join("open.lock"))
-            .map_err(|e| {
-                store_err(
-                    &format!("presence lock {}", root.join("open.lock").display()),
-                    e,
-                )
-            })?;
+        //
+        // Entering is one process at a time (`entry.lock`, exclusive, held
+        // until this process holds `open.lock`): a process that found
+        // `open.lock` taken used to wait for a shared lock and go on, and
+        // when the first one in was killed during its recovery, the waiters
+        // got in and used a store nobody had recovered (a lane whose shared
+        // positions a power cut had set back stranded every message after
+        // them). Under the entry lock, `open.lock` is held only by processes
+        // that recovered the store or joined ones that had.
+        let lock_path = |name: &str| {
+            let path = root.join(name);
+            move |e: std::io::Error| store_err(&format!("presence lock {}", path.display()), e)
+        };
+        let open_lock = |name: &str| {
+            OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .read(true)
+                .write(true)
+                .open(root.join(name))
+                .map_err(lock_path(name))
+        };
+        let entering =
+            FileLock::exclusive(open_lock("entry.lock")?).map_err(lock_path("entry.lock"))?;
+        let lock_file = open_lock("open.lock")?;
         let mut recovered = Totals::default();
-        let presence = match FileLock::try_exclusive(lock_file.try_clone().map_err(|e| {
-            store_err(
-                &format!("presence lock {}", root.join("open.lock").display()),
-                e,
-            )
-        })?)
-        .map_err(|e| {
-            store_err(
-                &format!("presence lock {}", root.join("open.lock").display()),
-                e,
-            )
-        })? {
+        let alone = FileLock::try_exclusive(lock_file.try_clone().map_err(lock_path("open.lock"))?)
+            .map_err(lock_path("open.lock"))?;
+        let presence = match alone {
             Some(alone) => {
                 check_marker(root, opts.create)?;
+                crate::failpoint!("store::recovering");
                 recovered = recover_store(root, opts.segment_size)?;
                 crate::procs::sweep(root, 0);
-                alone.downgrade().map_err(|e| {
-                    store_err(
-                        &format!("presence lock {}", root.join("open.lock").display()),
-                        e,
-                    )
-                })?
+                alone.downgrade().map_err(lock_path("open.lock"))?
             }
             None => {
-                let shared = FileLock::shared(lock_file).map_err(|e| {
-                    store_err(
-                        &format!("presence lock {}", root.join("open.lock").display()),
-                        e,
-                    )
-                })?;
+                // Held shared by processes that entered before: nobody holds
+                // it exclusively while this process holds the entry lock.
+                let shared = FileLock::shared(lock_file).map_err(lock_path("open.lock"))?;
                 // The process that had it exclusively made the marker.
                 check_marker(root, false)?;
                 shared
             }
         };
+        drop(entering);
         let control = Arc::new(SharedPage::open(&root.join("control")).map_err(|e| {
             store_err(
                 &format!("control page {}", root.join("control").display()),
