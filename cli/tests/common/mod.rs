@@ -126,7 +126,7 @@ pub(crate) fn dashi_as_nobody(dir: &std::path::Path) -> impl Fn(&[&str]) -> Comm
 /// `pid` and its descendants: each thread's state and kernel wait channel
 /// and stack, and (where gdb is installed) each process's user-space
 /// backtraces. For a run that hangs once in many: the failure says where.
-fn diagnose(pid: u32) -> String {
+pub(crate) fn diagnose(pid: u32) -> String {
     use std::fmt::Write;
     let read = |p: String| std::fs::read_to_string(p).unwrap_or_default();
     // Parent of each process, from /proc/<pid>/stat (after the command).
@@ -154,7 +154,11 @@ fn diagnose(pid: u32) -> String {
     let mut out = String::new();
     for p in tree {
         let cmd = read(format!("/proc/{p}/cmdline")).replace('\0', " ");
-        let _ = writeln!(out, "process {p}: {cmd}");
+        let parent = parents
+            .iter()
+            .find(|(c, _)| *c == p)
+            .map_or(0, |(_, pp)| *pp);
+        let _ = writeln!(out, "process {p} (parent {parent}): {cmd}");
         for t in std::fs::read_dir(format!("/proc/{p}/task"))
             .into_iter()
             .flatten()
