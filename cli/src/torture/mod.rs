@@ -569,6 +569,36 @@ struct Torture {
     stopped: Vec<usize>,
 }
 
+/// Makes the process `cmd` starts die with this one: the parent-death
+/// signal is set in the forked child before it runs the program, so no
+/// moment of the worker's start escapes it. (Set by the worker itself, a
+/// worker stopped while the loader ran, before its `main`, outlived a
+/// torture process killed meanwhile, stopped for good.)
+fn die_with_this_process(cmd: &mut Command) {
+    #[cfg(target_os = "linux")]
+    {
+        use rustix::process::{getpid, getppid, set_parent_process_death_signal, Signal};
+        use std::os::unix::process::CommandExt;
+        let parent = getpid();
+        // SAFETY: the closure runs in the forked child before `exec`. It
+        // makes two system calls (`prctl`, `getppid`), both
+        // async-signal-safe, reads only `parent` (a copied integer), and
+        // builds its error from an errno without allocating.
+        unsafe {
+            cmd.pre_exec(move || {
+                set_parent_process_death_signal(Some(Signal::KILL))?;
+                // This process went before the signal was set.
+                if getppid() != Some(parent) {
+                    return Err(rustix::io::Errno::SRCH.into());
+                }
+                Ok(())
+            });
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = cmd;
+}
+
 impl Torture {
     fn spawn(&mut self, role: Role) -> Result<(), String> {
         let id = self.workers.len();
@@ -611,7 +641,9 @@ impl Torture {
             }
         } else {
             let exe = std::env::current_exe().map_err(|e| format!("finding dashi: {e}"))?;
-            let mut child = Command::new(exe)
+            let mut cmd = Command::new(exe);
+            die_with_this_process(&mut cmd);
+            let mut child = cmd
                 .arg("torture-child")
                 .arg(&spec.url)
                 .args(["--role", role.name(), "--tag", &tag])
