@@ -256,6 +256,13 @@ fn local_survives_a_full_disk() {
     let v = torture(
         &url,
         &[
+            // Three producers against one consumer: with two of each the
+            // consumers kept up on a loaded machine and the disk never
+            // filled.
+            "--producers",
+            "3",
+            "--consumers",
+            "1",
             "--size",
             "4096",
             "--seconds",
