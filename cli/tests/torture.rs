@@ -450,11 +450,7 @@ fn workers_go_when_their_torture_process_is_killed() {
 /// of them quit as it started and the run failed with 25 worker errors.
 #[test]
 fn a_torture_run_as_a_containers_first_process_keeps_its_workers() {
-    let probe = Command::new("unshare")
-        .args(["--pid", "--fork", "--mount-proc", "true"])
-        .status();
-    if !probe.is_ok_and(|s| s.success()) {
-        eprintln!("skipped: cannot make a PID namespace here (unshare --pid needs root)");
+    if !dashi_test_support::pid_namespaces_here() {
         return;
     }
     let d = TestDir::new();

@@ -84,6 +84,19 @@ pub fn child_role(test: &str, var: &str, spec: String) -> Command {
     c
 }
 
+/// Whether this process can make a PID namespace (`unshare --pid`: root,
+/// and `unshare` installed); when not, says the test is skipped and why.
+pub fn pid_namespaces_here() -> bool {
+    let made = Command::new("unshare")
+        .args(["--pid", "--fork", "--mount-proc", "true"])
+        .status()
+        .is_ok_and(|s| s.success());
+    if !made {
+        eprintln!("skipped: cannot make a PID namespace here (unshare --pid needs root)");
+    }
+    made
+}
+
 /// Prints one line on stdout and flushes it, so a parent reading the pipe
 /// sees it even if this process is killed right after (one locked write:
 /// lines of several threads never interleave).

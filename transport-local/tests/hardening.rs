@@ -297,11 +297,7 @@ fn a_holder_in_another_pid_namespace_keeps_its_deliveries_until_it_dies() {
             .unwrap();
     }
     let exe = std::env::current_exe().unwrap();
-    let probe = Command::new("unshare")
-        .args(["--pid", "--fork", "--mount-proc", "true"])
-        .status();
-    if !probe.is_ok_and(|s| s.success()) {
-        eprintln!("skipped: cannot make a PID namespace here (unshare --pid needs root)");
+    if !dashi_test_support::pid_namespaces_here() {
         return;
     }
     let mut holder = Command::new("unshare")
