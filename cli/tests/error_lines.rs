@@ -293,6 +293,13 @@ fn a_store_made_read_only_mid_run_refuses_with_one_line_and_loses_nothing() {
         line.contains("Permission denied") && line.contains("lane-0"),
         "{line}"
     );
+    // A process opening the store meanwhile is refused with one line
+    // naming the lock file it could not open.
+    let e = one_line_error(&as_nobody(&["stat", &url]).output().unwrap());
+    assert!(
+        e.contains("entry lock") && e.contains("entry.lock") && e.contains("Permission denied"),
+        "{e}"
+    );
     // "publish N of 100000000 failed": N - 1 were confirmed.
     let n: u64 = line
         .split_whitespace()

@@ -456,8 +456,13 @@ impl LocalTransport {
         // them). Under the entry lock, `open.lock` is held only by processes
         // that recovered the store or joined ones that had.
         let lock_path = |name: &str| {
+            let what = if name == "entry.lock" {
+                "entry lock"
+            } else {
+                "presence lock"
+            };
             let path = root.join(name);
-            move |e: std::io::Error| store_err(&format!("presence lock {}", path.display()), e)
+            move |e: std::io::Error| store_err(&format!("{what} {}", path.display()), e)
         };
         let open_lock = |name: &str| {
             OpenOptions::new()
