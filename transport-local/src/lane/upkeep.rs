@@ -168,26 +168,24 @@ impl Lane {
             }
             _ => true,
         });
-        // The write segment is the last one holding anything: a writer
-        // makes the next segment ahead of need (at half of the current
-        // one), and that empty file, taken for the last, had the real write
-        // segment padded to its end: half a segment lost at every lone open
-        // (one-shot publishers left every segment half empty). Empty ones
-        // after it are treated as it is (nothing in them to pad).
-        let write_index = seqs
-            .iter()
-            .rposition(|&seq| {
-                self.segment(seq)
-                    .ok()
-                    .flatten()
-                    .is_some_and(|s| !matches!(s.read(HEADER_LEN), Slot::End))
-            })
-            .unwrap_or(seqs.len().saturating_sub(1));
-        for (i, &seq) in seqs.iter().enumerate() {
+        // The write segment is the last one holding anything once
+        // recovered: a writer makes the next segment ahead of need (at half
+        // of the current one), and that empty file, taken for the last, had
+        // the real write segment padded to its end: half a segment lost at
+        // every lone open (one-shot publishers left every segment half
+        // empty). Whether a segment holds anything is not read off its first
+        // slot: a power cut can lose a segment's first record and keep later
+        // ones (a disk writes its cache back in any order), and the segment
+        // before, taken for the write segment, kept consumers from them until
+        // the next lone open. So segments are recovered from the newest
+        // down, each as the write segment, until one holds anything; empty
+        // ones after it are treated as it is (nothing in them to pad).
+        let mut write_index = None;
+        for (i, &seq) in seqs.iter().enumerate().rev() {
             let Some(seg) = self.segment(seq)? else {
                 continue;
             };
-            let last = i >= write_index;
+            let last = write_index.is_none();
             let r = crate::recovery::recover(&seg, true, last, |off, bytes, reason| {
                 self.storage.quarantine(seq, off, reason, bytes)
             })
@@ -196,7 +194,11 @@ impl Lane {
                 source,
             })?;
             total.add(&r);
+            if last && r.end > HEADER_LEN {
+                write_index = Some(i);
+            }
         }
+        let write_index = write_index.unwrap_or(seqs.len().saturating_sub(1));
         let (Some(&low), Some(&high)) = (seqs.first(), seqs.last()) else {
             // No segment: an empty lane (its first one was never made, or
             // retention deleted all of them). Keep the positions consistent.
