@@ -6,6 +6,7 @@ mod allocation;
 mod common;
 mod lane_claims;
 mod log_protocol;
+mod power_cuts;
 mod segment_append;
 mod segment_processes;
 mod segment_recovery;
