@@ -5,13 +5,16 @@
 //! synced, and every record it counts ready must reach a consumer: the
 //! seeded power-cut runs of `dashi torture` found a cut after which recovery
 //! counted records that consumers could not reach until the next lone open.
+//! Writers die between a reservation and its commit too.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
 use dashi_test_support::TestDir;
 
-use crate::lane::Lane;
+use std::sync::atomic::Ordering::Acquire;
+
+use crate::lane::{at, Lane};
 use crate::segment::claim::ACKED;
 
 const SEG: u64 = 8192;
@@ -117,7 +120,22 @@ fn after_any_power_cut_synced_records_stay_and_every_counted_one_is_reachable() 
         let acked_before = ack(&lane, rng.below(u64::from(synced_n) + 1), &mut rng);
         let synced = files(&d);
         let more = rng.below(160) as u32;
-        append(&lane, synced_n, more, &mut rng);
+        let first_half = more / 2;
+        append(&lane, synced_n, first_half, &mut rng);
+        // A writer that dies between its reservation and its commit, with
+        // or without its record written, before the records after it.
+        if rng.below(3) == 0 {
+            let write = lane.shared_word(at::WRITE_SEG).load(Acquire);
+            let seg = lane.segment(write).unwrap().unwrap();
+            if seg.reserved_to() + 1024 < seg.header().capacity {
+                if rng.below(2) == 0 {
+                    seg.reserve_only(200);
+                } else {
+                    seg.reserve_and_write(&200_000u32.to_le_bytes().repeat(9), 4, 3);
+                }
+            }
+        }
+        append(&lane, synced_n + first_half, more - first_half, &mut rng);
         let acked_after = ack(&lane, rng.below(u64::from(synced_n + more) + 1), &mut rng);
         // Some taken and not settled when the power goes: they come back.
         let held: Vec<_> = (0..rng.below(20))
