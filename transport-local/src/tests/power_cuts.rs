@@ -60,19 +60,32 @@ fn append(lane: &Lane, from: u32, n: u32, rng: &mut Rng) {
     }
 }
 
-/// The cut: every sector written since `synced` is kept or lost at random
-/// (a file made since the sync keeps its size, its lost sectors read as
-/// zeros, as with a journal that commits metadata eagerly).
-fn cut(d: &Path, synced: &BTreeMap<String, Vec<u8>>, rng: &mut Rng, keep_per_mille: u64) {
+/// The cut: every sector written since `synced` holds what the sync left
+/// or, at random, what was written later: at the moment of `between` (an
+/// earlier write-back of the page) or the last write. A file made since
+/// the sync keeps its size, its lost sectors read as zeros (a journal that
+/// commits metadata eagerly).
+fn cut(
+    d: &Path,
+    synced: &BTreeMap<String, Vec<u8>>,
+    between: &BTreeMap<String, Vec<u8>>,
+    rng: &mut Rng,
+    keep_per_mille: u64,
+) {
+    let empty = Vec::new();
     for (name, now) in files(d) {
-        let before = synced.get(&name).cloned().unwrap_or_default();
+        let before = synced.get(&name).unwrap_or(&empty);
+        let middle = between.get(&name).unwrap_or(&empty);
         let mut disk = now.clone();
         for (s, sector) in disk.chunks_mut(SECTOR).enumerate() {
-            let at = s * SECTOR;
-            if rng.below(1000) < keep_per_mille {
+            let from = if rng.below(1000) >= keep_per_mille {
+                before
+            } else if rng.below(2) == 0 {
+                middle
+            } else {
                 continue;
-            }
-            let old = before.get(at..).unwrap_or(&[]);
+            };
+            let old = from.get(s * SECTOR..).unwrap_or(&[]);
             for (k, b) in sector.iter_mut().enumerate() {
                 *b = old.get(k).copied().unwrap_or(0);
             }
@@ -135,6 +148,7 @@ fn after_any_power_cut_synced_records_stay_and_every_counted_one_is_reachable() 
                 }
             }
         }
+        let between = files(&d);
         append(&lane, synced_n + first_half, more - first_half, &mut rng);
         let acked_after = ack(&lane, rng.below(u64::from(synced_n + more) + 1), &mut rng);
         // Some taken and not settled when the power goes: they come back.
@@ -144,7 +158,7 @@ fn after_any_power_cut_synced_records_stay_and_every_counted_one_is_reachable() 
         drop(held);
         drop(lane);
         let keep = [0, 500, 900][rng.below(3) as usize];
-        cut(&d, &synced, &mut rng, keep);
+        cut(&d, &synced, &between, &mut rng, keep);
 
         let lane = Lane::open_dir(&d, 0, SEG).unwrap();
         lane.recover().unwrap();
