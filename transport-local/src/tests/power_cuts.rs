@@ -312,7 +312,7 @@ fn after_any_power_cut_a_store_delivers_what_was_synced_and_what_it_counts() {
         let (t, c) = open(&d);
         let ch = c.channel().unwrap();
         ch.queue_declare(&queue()).unwrap();
-        let mut publish = |from: u32, n: u32, rng: &mut Rng| {
+        let publish = |from: u32, n: u32, rng: &mut Rng| {
             for i in from..from + n {
                 let m = Message::new(payload(i, rng)).with_priority(rng.below(4) as u8);
                 ch.producer().publish(m, "q").unwrap();
