@@ -210,8 +210,17 @@ impl Lane {
                     let _ =
                         self.word(at::WRITE_SEG)
                             .compare_exchange(seq, seq + 1, AcqRel, Acquire);
-                    // A producer-only process lets go of retired segments here.
-                    self.unmap_retired();
+                    // A writer needs only the write segment and the one it
+                    // just left (writers still finishing there): it lets go
+                    // of the others it mapped, retired or not. Kept, a
+                    // producer ahead of its consumers held every segment
+                    // it wrote mapped, and with `fsync=always` a descriptor
+                    // open for each (5,000 after 5 s with 64 KiB segments),
+                    // until retention deleted them: a backlog ran a process
+                    // out of descriptors or mappings. A consumer of this
+                    // process keeps the segment it reads (its cache holds
+                    // it) and maps again any other it comes back to.
+                    self.let_go_below(seq);
                 }
                 Err(AppendError::Stolen) => {}
                 Err(AppendError::TooLarge(n)) => return Err(LaneError::TooLarge(n)),
@@ -292,8 +301,15 @@ impl Lane {
     /// any process): the disk space of a deleted file comes back only once
     /// every process has unmapped it. Bodies still held keep theirs alive.
     pub(crate) fn unmap_retired(&self) {
+        self.let_go_below(0);
+    }
+
+    /// Drops this process's map entries of segments below `keep` (and its
+    /// mappings of retired ones): a mapping lasts while anything else holds
+    /// it (a record handed out, a sync under way, the lock-free caches).
+    fn let_go_below(&self, keep: u64) {
         let low = self.load(at::LOW_SEG);
-        self.segments.lock().retain(|seq, _| *seq >= low);
+        self.segments.lock().retain(|seq, _| *seq >= keep.max(low));
         self.uncache(|seq| seq < low);
     }
 
