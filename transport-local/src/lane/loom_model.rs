@@ -138,7 +138,13 @@ fn padding_racing_a_commit_loses_nothing_and_duplicates_nothing() {
         });
         let other = process(&disk);
         // Whatever is pending at `next` is taken for a dead writer's.
-        let _ = other.unblock(|_| false, std::time::Duration::ZERO).unwrap();
+        let _ = other
+            .unblock(
+                |_| false,
+                std::time::Duration::ZERO,
+                std::time::Duration::ZERO,
+            )
+            .unwrap();
         writer.join().unwrap();
         assert_eq!(drain(&other, 9), [(7, false)]);
     });

@@ -30,9 +30,12 @@ impl Lane {
     /// A reservation at `next` that never got committed blocks every consumer
     /// of the lane: turn it into padding when its writer is gone (the writer
     /// named in its header and `alive` says no) or when it has been pending
-    /// longer than `max_age` since any process first saw it (a writer that
-    /// died before writing its header, or one stopped for that long: it will
-    /// publish again). True if a reservation was padded.
+    /// longer than its wait since any process first saw it: `named_wait` when
+    /// its header names a writer that `alive` says is there (a live writer
+    /// stopped, or copying a large record), `unnamed_wait` when it names none
+    /// (its writer died in the few instructions between reserving and
+    /// writing its header, or is stopped there). A writer only stalled
+    /// publishes again. True if a reservation was padded.
     ///
     /// When a reservation was first seen pending is kept in its own deadline
     /// word (milliseconds of the host's monotonic clock, tagged with claim
@@ -41,7 +44,8 @@ impl Lane {
     pub(crate) fn unblock(
         &self,
         alive: impl Fn(u64) -> bool,
-        max_age: std::time::Duration,
+        named_wait: std::time::Duration,
+        unnamed_wait: std::time::Duration,
     ) -> Result<bool, LaneError> {
         let pos = self.pos(at::NEXT);
         let Some(seg) = self.segment(pos.seq)? else {
@@ -50,7 +54,13 @@ impl Lane {
         if !matches!(seg.read(pos.off), Slot::Pending { .. }) {
             return Ok(false);
         }
-        let gone = seg.pending_writer(pos.off).is_some_and(|w| !alive(w));
+        let writer = seg.pending_writer(pos.off);
+        let gone = writer.is_some_and(|w| !alive(w));
+        let max_age = if writer.is_some() {
+            named_wait
+        } else {
+            unnamed_wait
+        };
         let stuck = gone || max_age.is_zero() || {
             let word = seg.deadline_word(pos.off);
             let now_ms = crate::clock::shared_now_ns() / 1_000_000;

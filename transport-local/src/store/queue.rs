@@ -91,11 +91,15 @@ fn held_key(env: &Envelope) -> HeldKey {
 /// How often a consumer looks for records held by dead processes (idle or
 /// busy alike).
 const UPKEEP_EVERY_NS: u64 = 100_000_000;
-/// How long an uncommitted reservation may block a lane when its writer
-/// cannot be named as dead (it died before writing its header, or it is
-/// stopped): then it is padded over, and a writer that was only stalled
-/// publishes again.
+/// How long an uncommitted reservation may block a lane when its header
+/// names a writer that is alive (stopped, or copying a large record): then
+/// it is padded over, and a writer that was only stalled publishes again.
 const UNBLOCK_AFTER: std::time::Duration = std::time::Duration::from_secs(10);
+/// The same for a reservation whose header names no writer. A writer names
+/// itself a few instructions after it reserves, so one still unnamed after
+/// a second died there (or is stopped there): its lane waited the full 10 s
+/// behind a producer killed at that point.
+const UNBLOCK_UNNAMED_AFTER: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// How long past its deadline another process's lease must be before this
 /// process restores the claim (a live owner's engine restores at the
@@ -365,7 +369,7 @@ impl LocalQueue {
             // block the lane.
             let writer_alive =
                 |w: u64| u32::try_from(w).is_ok_and(|id| crate::procs::alive(&inner.root, id));
-            match l.unblock(writer_alive, UNBLOCK_AFTER) {
+            match l.unblock(writer_alive, UNBLOCK_AFTER, UNBLOCK_UNNAMED_AFTER) {
                 Ok(padded) => any |= padded,
                 Err(e) => tracing::warn!(queue = %self.decl.name, error = %e, "unblocking failed"),
             }

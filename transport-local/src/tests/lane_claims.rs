@@ -149,7 +149,9 @@ fn runs_claim_what_single_claims_would_in_the_same_order() {
         0,
         "blocked by the hole"
     );
-    assert!(lane.unblock(|_| true, Duration::ZERO).unwrap());
+    assert!(lane
+        .unblock(|_| true, Duration::ZERO, Duration::ZERO)
+        .unwrap());
     assert_eq!(lane.claim_run(who(9), 10, &mut got).unwrap(), 1);
     assert_eq!(got.iter().map(parse).collect::<Vec<_>>(), [(1, 0), (1, 2)]);
 }
@@ -407,11 +409,50 @@ fn a_dead_producers_reservation_does_not_block_consumers() {
     assert_eq!(parse(&lane.claim(who(1)).unwrap().unwrap()).1, 0);
     assert!(lane.claim(who(1)).unwrap().is_none(), "blocked by the hole");
     // Not old enough yet: nothing happens.
-    assert!(!lane.unblock(|_| true, Duration::from_secs(3600)).unwrap());
+    assert!(!lane
+        .unblock(
+            |_| true,
+            Duration::from_secs(3600),
+            Duration::from_secs(3600)
+        )
+        .unwrap());
     assert!(lane.claim(who(1)).unwrap().is_none());
     // Old enough: padded over, and the record after it flows.
-    assert!(lane.unblock(|_| true, Duration::ZERO).unwrap());
+    assert!(lane
+        .unblock(|_| true, Duration::ZERO, Duration::ZERO)
+        .unwrap());
     assert_eq!(parse(&lane.claim(who(1)).unwrap().unwrap()).1, 2);
+}
+
+/// A reservation whose header names no writer waits the short wait (its
+/// writer names itself a few instructions after reserving, so it died
+/// there); one naming a writer that is alive waits the long one (stopped,
+/// or copying a large record). Both waited the long one: a producer killed
+/// right after reserving blocked its lane 10 s.
+#[test]
+fn an_unnamed_reservation_waits_less_than_a_live_writer_s() {
+    let d = dir("unblock-waits");
+    let lane = Lane::open_dir(&d, 0, 1 << 20).unwrap();
+    lane.append(&payload(0, 0), 0, 1, 0).unwrap();
+    let seg = lane.segment(0).unwrap().unwrap();
+    // A live writer's record, written, not committed; a dead writer's
+    // reservation with nothing written; a committed record.
+    let live = seg.reserve_and_write(&payload(0, 1), 0, 7);
+    seg.reserve_only(40);
+    lane.append(&payload(0, 3), 0, 1, 0).unwrap();
+    assert_eq!(parse(&lane.claim(who(1)).unwrap().unwrap()).1, 0);
+    let (long, short) = (Duration::from_secs(3600), Duration::ZERO);
+    assert!(
+        !lane.unblock(|_| true, long, short).unwrap(),
+        "a live writer's reservation padded after the short wait"
+    );
+    assert!(seg.commit_reserved(live), "the live writer's commit");
+    assert_eq!(parse(&lane.claim(who(1)).unwrap().unwrap()).1, 1);
+    assert!(
+        lane.unblock(|_| true, long, short).unwrap(),
+        "an unnamed reservation waited the long wait"
+    );
+    assert_eq!(parse(&lane.claim(who(1)).unwrap().unwrap()).1, 3);
 }
 
 /// Defect 3 of the log-protocol review: padding over a dead writer's
@@ -430,7 +471,9 @@ fn padding_a_dead_writers_hole_spares_the_live_writer_after_it() {
     lane.append(&payload(0, 3), 0, 1, 0).unwrap();
     assert_eq!(parse(&lane.claim(who(1)).unwrap().unwrap()).1, 0);
     // The dead writer's hole is padded (it never named itself: age).
-    assert!(lane.unblock(|_| true, Duration::ZERO).unwrap());
+    assert!(lane
+        .unblock(|_| true, Duration::ZERO, Duration::ZERO)
+        .unwrap());
     // The live writer's reservation is next, still pending: not skipped.
     assert!(
         lane.claim(who(1)).unwrap().is_none(),

@@ -318,13 +318,16 @@ fn the_wait_for_an_unnamed_reservation_counts_from_the_first_look_of_any_process
     assert!(first.settle(&c, 1, ACKED));
     assert!(first.claim(1).unwrap().is_none(), "blocked by the hole");
     let wait = Duration::from_millis(300);
-    assert!(!first.unblock(|_| true, wait).unwrap(), "just seen");
+    assert!(!first.unblock(|_| true, wait, wait).unwrap(), "just seen");
     std::thread::sleep(wait + Duration::from_millis(100));
     drop(first);
     // Another process, looking for the first time.
     let next = Lane::open_dir(&d, 0, SEG).unwrap();
     assert!(next.claim(1).unwrap().is_none(), "blocked by the hole");
-    assert!(next.unblock(|_| true, wait).unwrap(), "waited long enough");
+    assert!(
+        next.unblock(|_| true, wait, wait).unwrap(),
+        "waited long enough"
+    );
     let c = next.claim(1).unwrap().unwrap();
     assert_eq!(id(&c), 2);
     // The "seen since" time left in the deadline word is no lease.
