@@ -210,17 +210,23 @@ impl Lane {
                     let _ =
                         self.word(at::WRITE_SEG)
                             .compare_exchange(seq, seq + 1, AcqRel, Acquire);
-                    // A writer needs only the write segment and the one it
-                    // just left (writers still finishing there): it lets go
-                    // of the others it mapped, retired or not. Kept, a
-                    // producer ahead of its consumers held every segment
-                    // it wrote mapped, and with `fsync=always` a descriptor
-                    // open for each (5,000 after 5 s with 64 KiB segments),
-                    // until retention deleted them: a backlog ran a process
-                    // out of descriptors or mappings. A consumer of this
-                    // process keeps the segment it reads (its cache holds
-                    // it) and maps again any other it comes back to.
-                    self.let_go_below(seq);
+                    // A process that only writes the lane needs only the
+                    // write segment and the one it just left (writers still
+                    // finishing there): it lets go of the others it mapped,
+                    // retired or not. Kept, a producer ahead of its
+                    // consumers held every segment it wrote mapped, and
+                    // with `fsync=always` a descriptor open for each (5,000
+                    // after 5 s with 64 KiB segments), until retention
+                    // deleted them: a backlog ran a process out of
+                    // descriptors or mappings. A process that also reads
+                    // the lane keeps them until retention: its upkeep scan
+                    // walks from the oldest unsettled record every 100 ms
+                    // and would map them all again after each rotation.
+                    if self.reads.load(std::sync::atomic::Ordering::Relaxed) {
+                        self.unmap_retired();
+                    } else {
+                        self.let_go_below(seq);
+                    }
                 }
                 Err(AppendError::Stolen) => {}
                 Err(AppendError::TooLarge(n)) => return Err(LaneError::TooLarge(n)),

@@ -102,6 +102,7 @@ impl Lane {
         out: &mut Vec<Claimed>,
     ) -> Result<usize, LaneError> {
         claim_failpoint()?;
+        self.reading();
         let mut n = 0;
         while n < max {
             if !self.restore_marked() {
@@ -286,6 +287,7 @@ impl Lane {
         accept: impl Fn(&Arc<Segment>, Pos, &RecordMeta) -> bool,
     ) -> Result<Option<Claimed>, LaneError> {
         claim_failpoint()?;
+        self.reading();
         match self.claim_restored(owner, &accept)? {
             Head::Claimed(c) => Ok(Some(c)),
             Head::Refused => Ok(None),
@@ -555,6 +557,7 @@ impl Lane {
         now_ns: u64,
         grace_ns: u64,
     ) -> Result<usize, LaneError> {
+        self.reading();
         let head = self.load(at::HEAD);
         let from = Pos::unpack(head);
         let until = self.pos(at::NEXT);

@@ -140,6 +140,10 @@ pub(crate) struct Lane {
     /// The missing segment this process last warned of (each walk passes
     /// it again; one warning a gap is enough).
     gap_warned: std::sync::atomic::AtomicU64,
+    /// This process has read the lane (claims, upkeep scans): it keeps the
+    /// segments it mapped until retention deletes them, as its scans walk
+    /// them again; a process that only writes lets go of those behind it.
+    reads: std::sync::atomic::AtomicBool,
 }
 
 impl Lane {
@@ -162,6 +166,7 @@ impl Lane {
             taken_bytes_seen: std::sync::atomic::AtomicU64::new(0),
             damaged_claims: std::sync::atomic::AtomicU64::new(0),
             gap_warned: std::sync::atomic::AtomicU64::new(u64::MAX),
+            reads: std::sync::atomic::AtomicBool::new(false),
         };
         // A fresh page: `next` and `head` at the first record of segment 0,
         // no restore mark. (Zero means "not set"; whoever comes first sets.)
@@ -210,6 +215,14 @@ impl Lane {
     #[cfg(test)]
     pub(crate) fn shared_word(&self, off: usize) -> &AtomicU64 {
         self.word(off)
+    }
+
+    /// Notes that this process reads the lane (one load once it has).
+    fn reading(&self) {
+        use std::sync::atomic::Ordering::Relaxed;
+        if !self.reads.load(Relaxed) {
+            self.reads.store(true, Relaxed);
+        }
     }
 
     /// Records this process found with a damaged claim word and set aside.

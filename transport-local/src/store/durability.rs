@@ -177,9 +177,15 @@ impl Durability {
             return st.clone();
         }
         // A new file (rare: one per segment written): first let go of the
-        // files no segment and no waiter or sync holds any more.
+        // files no segment and no waiter or sync holds any more, and that
+        // hold nothing a timer sync still owes (`fsync=interval`: a
+        // publish confirmed at commit is synced at the next tick, whether
+        // or not its segment is still mapped here).
         files.retain(|_, st| {
-            let used = Arc::strong_count(&st.file) > 1 || Arc::strong_count(st) > 1;
+            let owed = matches!(self.mode, Fsync::Interval(_))
+                && st.requested.load(Acquire) > st.done.load(Acquire)
+                && st.failed.lock().is_none();
+            let used = owed || Arc::strong_count(&st.file) > 1 || Arc::strong_count(st) > 1;
             if !used {
                 self.retired_syncs.fetch_add(st.syncs.load(Acquire), AcqRel);
             }

@@ -740,20 +740,26 @@ fn segment_files(d: &std::path::Path) -> usize {
         .count()
 }
 
-/// One process that publishes and consumes a backlog many segments long:
-/// its writer lets go of the segments behind, its consumer maps again the
-/// ones it comes to, and every record comes once, in order.
+/// One process that publishes and reads a lane keeps what it mapped until
+/// retention deletes it (its upkeep scans walk from the oldest unsettled
+/// record, and would map every segment again after each rotation); every
+/// record comes once, in order; retention then lets go of them.
 #[test]
-fn a_process_consumes_a_backlog_its_writer_let_go_of() {
-    let d = dir("backlog");
+fn a_process_that_reads_a_lane_keeps_its_segments_until_retention() {
+    let d = dir("backlog-read");
     let lane = Lane::open_dir(&d, 0, 64 * 1024).unwrap();
-    let mut next = 0u32;
-    for _ in 0..3000 {
-        lane.append(&payload(0, next), 0, 1, 0).unwrap();
-        next += 1;
+    lane.append(&payload(0, 0), 0, 1, 0).unwrap();
+    // Read, and held: the oldest unsettled record stays in segment 0.
+    let held = lane.claim(who(1)).unwrap().unwrap();
+    for i in 1..3000 {
+        lane.append(&payload(0, i), 0, 1, 0).unwrap();
     }
-    assert!(segment_files(&d) > 5);
-    let mut got = 0u32;
+    let written = segment_files(&d);
+    assert!(written > 5, "{written}");
+    assert_eq!(lane.mapped_segments(), written, "segments let go of");
+    assert!(lane.settle(&held, who(1), claim::ACKED));
+    let mut next = 3000u32;
+    let mut got = 1u32;
     while let Some(c) = lane.claim(who(1)).unwrap() {
         assert_eq!(parse(&c).1, got);
         assert!(lane.settle(&c, who(1), claim::ACKED));
