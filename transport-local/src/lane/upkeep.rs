@@ -208,7 +208,17 @@ impl Lane {
                 write_index = Some(i);
             }
         }
-        let write_index = write_index.unwrap_or(seqs.len().saturating_sub(1));
+        // Nothing anywhere: the last segment is the write segment, and the
+        // empty ones below it are done, as any segment below it is.
+        let write_index = write_index.unwrap_or_else(|| {
+            let last = seqs.len().saturating_sub(1);
+            for &seq in &seqs[..last] {
+                if let Ok(Some(seg)) = self.segment(seq) {
+                    seg.pad_to_end(HEADER_LEN);
+                }
+            }
+            last
+        });
         let (Some(&low), Some(&high)) = (seqs.first(), seqs.last()) else {
             // No segment: an empty lane (its first one was never made, or
             // retention deleted all of them). Keep the positions consistent.

@@ -656,3 +656,40 @@ fn records_a_power_cut_left_after_a_lost_first_record_are_reachable() {
     assert!(p.seq == 1 && p.off > second.off, "{p:?}");
     assert_eq!(id(&lane.claim(1).unwrap().unwrap()), 7_000);
 }
+
+/// A lane whose segments all hold nothing (made ahead of need, their
+/// records cut as torn): the last is the write segment and the ones below
+/// it are done (padded to their end), as every segment below the write
+/// segment is, so nothing is ever appended behind it.
+#[test]
+fn recovery_of_a_lane_of_empty_segments_writes_to_the_last() {
+    let d = TestDir::new();
+    let lane = Lane::open_dir(&d, 0, SEG).unwrap();
+    let per = fill(&lane, 2);
+    drop(lane);
+    // Every record torn away: each segment's records zeroed.
+    for seq in 0..=2u64 {
+        let path = d.join(format!("{seq:016x}.seg"));
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes[crate::segment::HEADER_LEN as usize..].fill(0);
+        std::fs::write(&path, bytes).unwrap();
+    }
+    assert!(per.iter().sum::<u32>() > 0);
+    let lane = Lane::open_dir(&d, 0, SEG).unwrap();
+    lane.recover().unwrap();
+    assert_eq!(lane.counts(), (0, 0, 0));
+    assert_eq!(lane.shared_word(at::WRITE_SEG).load(Acquire), 2);
+    for seq in 0..2u64 {
+        let seg = lane.segment(seq).unwrap().unwrap();
+        assert!(
+            matches!(
+                seg.read(crate::segment::HEADER_LEN),
+                crate::segment::Slot::Padding { .. }
+            ),
+            "segment {seq} left open below the write segment"
+        );
+    }
+    let p = lane.append(&body(9), 4, 1, 0).unwrap();
+    assert_eq!(p.seq, 2);
+    assert_eq!(id(&lane.claim(1).unwrap().unwrap()), 9);
+}
