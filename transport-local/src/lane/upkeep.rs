@@ -227,7 +227,10 @@ impl Lane {
             return Ok(total);
         };
         // Walk everything: claims back to ready, the first ready record, the
-        // counts.
+        // counts. The walk passes a missing segment to the low segment when
+        // below it: set that first, from the segments there are (a damaged
+        // word past a gap skipped the segments between).
+        self.word(at::LOW_SEG).store(low, Release);
         let mut first_ready: Option<Pos> = None;
         let (mut ready, mut bytes) = (0u64, 0u64);
         let end = Pos::start(high + 1);

@@ -693,3 +693,31 @@ fn recovery_of_a_lane_of_empty_segments_writes_to_the_last() {
     assert_eq!(p.seq, 2);
     assert_eq!(id(&lane.claim(1).unwrap().unwrap()), 9);
 }
+
+/// A segment deleted by hand (a gap) and a damaged low-segment word past
+/// it: recovery's walk went from the gap to where the damaged word pointed,
+/// so the records between were neither counted nor reachable (`next` was
+/// put past them) until the next lone open. The walk now goes by the
+/// segments there are.
+#[test]
+fn recovery_counts_every_segment_whatever_a_damaged_low_word_says() {
+    let d = TestDir::new();
+    let lane = Lane::open_dir(&d, 0, SEG).unwrap();
+    let per = fill(&lane, 4);
+    drop(lane);
+    std::fs::remove_file(d.join(format!("{:016x}.seg", 1))).unwrap();
+    let lane = Lane::open_dir(&d, 0, SEG).unwrap();
+    lane.shared_word(at::LOW_SEG).store(3, Release);
+    lane.recover().unwrap();
+    let before_gap = per[0];
+    let after_gap: u32 = per[2..].iter().sum();
+    let ready = u64::from(before_gap + after_gap);
+    assert_eq!(lane.counts().0, ready);
+    let got: Vec<u32> = std::iter::from_fn(|| lane.claim(1).unwrap())
+        .map(|c| id(&c))
+        .collect();
+    let want: Vec<u32> = (0..per[0])
+        .chain(per[0] + per[1]..per[0] + per[1] + after_gap)
+        .collect();
+    assert_eq!(got, want);
+}
