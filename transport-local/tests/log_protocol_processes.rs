@@ -286,6 +286,7 @@ fn a_producer_killed_at_each_step_of_an_append_blocks_nobody_and_loses_nothing_c
 #[cfg(feature = "failpoints")]
 #[test]
 fn a_failed_fdatasync_fails_every_publish_it_was_to_confirm() {
+    let _one = FDATASYNC_FAILS.lock().unwrap_or_else(|p| p.into_inner());
     let d = TestDir::new();
     let conn = connect_with(&d, "&fsync=always");
     let ch = channel(&conn);
@@ -315,6 +316,54 @@ fn a_failed_fdatasync_fails_every_publish_it_was_to_confirm() {
         .map(|(b, _)| b)
         .collect();
     // Unconfirmed messages may or may not be delivered; confirmed ones are.
+    assert!(got.contains("before") && got.contains("after"), "{got:?}");
+}
+
+/// The failpoint making `fdatasync` fail is the whole binary's: one test
+/// at a time sets it.
+#[cfg(feature = "failpoints")]
+static FDATASYNC_FAILS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// With `fsync=interval`, a timer sync that failed fails every later
+/// publish to its segment (the kernel may have dropped the dirty pages, and
+/// the timer passes a failed file, so nothing more written there would be
+/// synced) and seals it; once syncs work again, publishes go on in a fresh
+/// segment. Found by review: later publishes returned Ok, never synced,
+/// until the segment filled.
+#[cfg(feature = "failpoints")]
+#[test]
+fn a_failed_timer_sync_fails_later_publishes_to_its_segment() {
+    let _one = FDATASYNC_FAILS.lock().unwrap_or_else(|p| p.into_inner());
+    let d = TestDir::new();
+    let conn = connect_with(&d, "&fsync=interval:20");
+    let ch = channel(&conn);
+    ch.producer().publish(Message::new("before"), "q").unwrap();
+    fail::cfg("durability::fdatasync", "return").unwrap();
+    // Publishes are confirmed at commit until a timer sync has failed.
+    let started = std::time::Instant::now();
+    let mut i = 0;
+    let failed = loop {
+        match ch
+            .producer()
+            .publish(Message::new(format!("probe-{i}")), "q")
+        {
+            Ok(()) => i += 1,
+            Err(e) => break e.to_string(),
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "{i} publishes confirmed after the timer's sync failed"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    fail::remove("durability::fdatasync");
+    assert!(failed.contains("fdatasync failed"), "{failed}");
+    // The failed segment takes nothing more; the next publish is confirmed.
+    ch.producer().publish(Message::new("after"), "q").unwrap();
+    let got: std::collections::BTreeSet<String> = take(&ch, i + 3, Duration::from_secs(10))
+        .into_iter()
+        .map(|(b, _)| b)
+        .collect();
     assert!(got.contains("before") && got.contains("after"), "{got:?}");
 }
 

@@ -275,19 +275,21 @@ impl Lane {
     /// their original order), then the never-delivered ones in log order.
     /// `None` when nothing is ready.
     pub(crate) fn claim(&self, owner: u32) -> Result<Option<Claimed>, LaneError> {
+        self.reading();
         self.claim_if(owner, |_, _, _| true)
     }
 
     /// Claims the record [`Lane::claim`] would, but only if `accept` says
     /// so; `None` (and nothing claimed, nothing skipped) otherwise. Expiry
-    /// uses it to take a lane's head only when its time ran out.
+    /// uses it to take a lane's head only when its time ran out: that does
+    /// not count as reading the lane (every process sweeps a queue with a
+    /// TTL, producers too, and a producer keeps few segments mapped).
     pub(crate) fn claim_if(
         &self,
         owner: u32,
         accept: impl Fn(&Arc<Segment>, Pos, &RecordMeta) -> bool,
     ) -> Result<Option<Claimed>, LaneError> {
         claim_failpoint()?;
-        self.reading();
         match self.claim_restored(owner, &accept)? {
             Head::Claimed(c) => Ok(Some(c)),
             Head::Refused => Ok(None),

@@ -306,8 +306,22 @@ impl Durability {
         if matches!(self.mode, Fsync::Always) {
             t.wait(None).unwrap_or(Ok(()))
         } else {
-            // No timer sync will cover a segment that could not be opened.
-            t.failed.map_or(Ok(()), Err)
+            // No timer sync will cover a segment that could not be opened,
+            // nor one whose timer sync failed (the kernel may have dropped
+            // its dirty pages, and the timer passes a failed file): the
+            // record may or may not be stored, and nothing more is
+            // confirmed from that segment (sealed, so publishes go on in a
+            // fresh one). Publishes returned Ok there until it filled.
+            if let Some(e) = t.failed.clone() {
+                return Err(e);
+            }
+            for (st, _, _) in &t.waits {
+                if let Some(e) = st.failed.lock().clone() {
+                    t.seal();
+                    return Err(e);
+                }
+            }
+            Ok(())
         }
     }
 
