@@ -121,7 +121,9 @@ impl Lane {
     }
 
     /// Appends a record; returns where it landed. `body_len` is what the
-    /// lane's byte count grows by (the message body).
+    /// lane's byte count grows by (the message body). (Tests; the store
+    /// uses [`Lane::append_in`].)
+    #[cfg(test)]
     pub(crate) fn append(
         &self,
         payload: &[u8],
@@ -129,6 +131,21 @@ impl Lane {
         writer: u64,
         ts: u64,
     ) -> Result<Pos, LaneError> {
+        self.append_in(payload, body_len, writer, ts)
+            .map(|(pos, _)| pos)
+    }
+
+    /// [`Lane::append`], also returning the segment written (to sync it):
+    /// looked up again afterwards, it could be one this process let go of
+    /// meanwhile, to be mapped again, and a failure to map it would fail a
+    /// publish whose record was appended.
+    pub(crate) fn append_in(
+        &self,
+        payload: &[u8],
+        body_len: u32,
+        writer: u64,
+        ts: u64,
+    ) -> Result<(Pos, Arc<Segment>), LaneError> {
         let mut created = false;
         // What a segment must hold besides its header for this record.
         let total = crate::segment::record_len(payload.len());
@@ -197,7 +214,7 @@ impl Lane {
                     if off > seg.header().capacity / 2 && seq < MAX_SEQ {
                         self.prepare(seq + 1);
                     }
-                    return Ok(pos);
+                    return Ok((pos, seg));
                 }
                 Err(AppendError::Full) => {
                     if seq >= MAX_SEQ {

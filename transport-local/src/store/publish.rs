@@ -288,12 +288,10 @@ impl Inner {
         for &t in targets {
             let q = routing.target(t);
             let appended = q.lane(priority.min(q.decl.max_priority)).and_then(|l| {
-                match l.append(payload, size as u32, writer, ts) {
-                    Ok(pos) => Ok((l, pos)),
-                    Err(e) => Err(store_err("append", e)),
-                }
+                l.append_in(payload, size as u32, writer, ts)
+                    .map_err(|e| store_err("append", e))
             });
-            let (l, pos) = match appended {
+            let (_, seg) = match appended {
                 Ok(done) => done,
                 Err(e) => {
                     // Deleted meanwhile? The reload marks it so.
@@ -307,9 +305,7 @@ impl Inner {
                 }
             };
             if self.durability.is_some() {
-                if let Some(seg) = l.segment(pos.seq).map_err(|e| store_err("segment", e))? {
-                    written.push(seg);
-                }
+                written.push(seg);
             }
             q.state.notify_all();
         }
