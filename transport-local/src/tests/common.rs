@@ -40,3 +40,17 @@ pub(crate) fn reopen(path: &Path) -> Segment {
 pub(crate) fn child_role(module: &str, var: &str, spec: String) -> std::process::Command {
     dashi_test_support::child_role(&format!("tests::{module}::child_role"), var, spec)
 }
+
+/// How many segment files (`*.seg`) directory `d` holds.
+pub(crate) fn segment_files(d: &Path) -> usize {
+    std::fs::read_dir(d)
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .ends_with(".seg")
+        })
+        .count()
+}

@@ -13,6 +13,7 @@ use crate::lane::Lane;
 use crate::procs::Registration;
 use crate::segment::claim;
 use crate::shared_page::SharedPage;
+use crate::tests::common::segment_files;
 
 const CHILD: &str = "DASHI_LANE_CHILD";
 
@@ -363,19 +364,7 @@ fn retention_deletes_settled_segments_and_follows_the_slowest_consumer() {
     for i in 0..3000 {
         lane.append(&payload(0, i), 0, 1, 0).unwrap();
     }
-    let segs = |d: &Path| {
-        std::fs::read_dir(d)
-            .unwrap()
-            .filter(|e| {
-                e.as_ref()
-                    .unwrap()
-                    .file_name()
-                    .to_string_lossy()
-                    .ends_with(".seg")
-            })
-            .count()
-    };
-    let total = segs(&d);
+    let total = segment_files(&d);
     assert!(total > 5, "{total}");
     // A consumer holds the very first record: nothing can go.
     let first = lane.claim(who(1)).unwrap().unwrap();
@@ -387,11 +376,11 @@ fn retention_deletes_settled_segments_and_follows_the_slowest_consumer() {
         assert!(lane.settle(c, who(2), claim::ACKED));
     }
     assert_eq!(lane.retire().unwrap(), 0);
-    assert_eq!(segs(&d), total);
+    assert_eq!(segment_files(&d), total);
     // Once it is acked, every segment but the one being written goes.
     assert!(lane.settle(&first, who(1), claim::ACKED));
     assert_eq!(lane.retire().unwrap(), total - 1);
-    assert_eq!(segs(&d), 1);
+    assert_eq!(segment_files(&d), 1);
     // The lane keeps working after retention.
     lane.append(b"after", 0, 1, 0).unwrap();
     assert!(lane.claim(who(3)).unwrap().is_some());
@@ -725,19 +714,6 @@ fn every_process_lets_go_of_segments_retention_deleted() {
         "{} still mapped",
         producer.mapped_segments()
     );
-}
-
-fn segment_files(d: &std::path::Path) -> usize {
-    std::fs::read_dir(d)
-        .unwrap()
-        .filter(|e| {
-            e.as_ref()
-                .unwrap()
-                .file_name()
-                .to_string_lossy()
-                .ends_with(".seg")
-        })
-        .count()
 }
 
 /// One process that publishes and reads a lane keeps what it mapped until

@@ -16,6 +16,7 @@ use dashi_test_support::TestDir;
 use crate::lane::{at, token, Claimed, Lane, LaneError, Pos, MAX_SEQ};
 use crate::segment::claim::ACKED;
 use crate::shared_page::SharedPage;
+use crate::tests::common::segment_files;
 
 const SEG: u64 = 8192;
 
@@ -340,20 +341,8 @@ fn the_wait_for_an_unnamed_reservation_counts_from_the_first_look_of_any_process
 #[test]
 fn opening_a_lane_creates_no_segment_even_after_retention() {
     let d = TestDir::new();
-    let seg_files = || {
-        std::fs::read_dir(&*d)
-            .unwrap()
-            .filter(|e| {
-                e.as_ref()
-                    .unwrap()
-                    .file_name()
-                    .to_string_lossy()
-                    .ends_with(".seg")
-            })
-            .count()
-    };
     drop(Lane::open_dir(&d, 0, SEG).unwrap());
-    assert_eq!(seg_files(), 0);
+    assert_eq!(segment_files(&d), 0);
     let lane = Lane::open_dir(&d, 0, SEG).unwrap();
     let per = fill(&lane, 2);
     for _ in 0..per[0] + per[1] {
@@ -366,10 +355,10 @@ fn opening_a_lane_creates_no_segment_even_after_retention() {
         "segment 0 (segment 1 holds `next`)"
     );
     drop(lane);
-    let before = seg_files();
+    let before = segment_files(&d);
     let lane = Lane::open_dir(&d, 0, SEG).unwrap();
     lane.recover().unwrap();
-    assert_eq!(seg_files(), before, "nothing recreated");
+    assert_eq!(segment_files(&d), before, "nothing recreated");
     assert!(!d.join("0000000000000000.seg").exists());
     let c = lane.claim(1).unwrap().unwrap();
     assert_eq!(id(&c), per[0] + per[1]);
