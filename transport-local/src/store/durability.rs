@@ -315,6 +315,8 @@ impl Durability {
             if let Some(e) = t.failed.clone() {
                 return Err(e);
             }
+            // Nor will any, once the runtime the timer runs on has died.
+            self.health()?;
             for (st, _, _) in &t.waits {
                 if let Some(e) = st.failed.lock().clone() {
                     t.seal();
@@ -335,6 +337,12 @@ impl Durability {
     /// Health of the runtime the syncs run on.
     pub(crate) fn health(&self) -> Result<(), String> {
         self.rt.health().map_err(|e| e.to_string())
+    }
+
+    /// Makes runtime core `core` panic (tests).
+    #[cfg(test)]
+    pub(crate) fn inject_core_panic(&self, core: usize) {
+        self.rt.inject_core_panic(core);
     }
 }
 

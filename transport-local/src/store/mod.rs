@@ -235,6 +235,14 @@ impl LocalTransport {
     pub fn syncs(&self) -> u64 {
         self.inner.durability.as_ref().map_or(0, |d| d.syncs())
     }
+
+    /// Makes core `core` of the runtime the syncs run on panic (tests).
+    #[cfg(test)]
+    pub(crate) fn inject_core_panic(&self, core: usize) {
+        if let Some(d) = &self.inner.durability {
+            d.inject_core_panic(core);
+        }
+    }
 }
 
 impl Transport for LocalTransport {

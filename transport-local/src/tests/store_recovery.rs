@@ -714,3 +714,38 @@ fn half_written_copies_left_by_a_killed_process_go_at_a_lone_open() {
     assert!(!d.join("DASHI-LOCAL.tmp-4243").exists());
     assert_eq!(drain_queue(&c, "q"), ["a"]);
 }
+
+/// With `fsync=interval`, a synchronous publish is confirmed before the
+/// timer syncs it: once the runtime core the timer runs on has died, no
+/// sync will come, and publishes fail (the record may or may not be stored)
+/// instead of being confirmed for good (found by review: they returned Ok).
+#[test]
+fn interval_publishes_fail_once_the_timer_s_runtime_died() {
+    let d = dir("interval-dead");
+    let options = LocalOptions {
+        fsync: crate::Fsync::Interval(Duration::from_millis(20)),
+        ..LocalOptions::default()
+    };
+    let t = LocalTransport::open(&d, options).unwrap();
+    let c = Connection::with_transport(std::sync::Arc::new(t.clone()), Default::default());
+    publish(&c, "q", &["before"]);
+    t.inject_core_panic(0);
+    let ch = c.channel().unwrap();
+    let started = std::time::Instant::now();
+    let e = loop {
+        match ch
+            .producer()
+            .publish(dashi_engine::Message::new("during"), "q")
+        {
+            Ok(()) => {
+                assert!(
+                    started.elapsed() < Duration::from_secs(5),
+                    "publishes confirmed with the runtime dead"
+                );
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            Err(e) => break e,
+        }
+    };
+    assert!(e.to_string().contains("panicked"), "{e}");
+}
