@@ -18,6 +18,12 @@
 //!   re-reads the write segment.
 //! - A segment is fully allocated and its directory entry synced before any
 //!   record in it can be confirmed.
+//! - What a process maps: a process that only writes the lane keeps in its
+//!   segment map the write segment and the one it just left, whatever the
+//!   backlog; one that reads it (claims, upkeep scans) keeps what it mapped
+//!   until retention deletes it. Anything that reads a record holds its own
+//!   `Arc<Segment>`, so dropping a map entry never unmaps a segment in use;
+//!   a segment looked up again is mapped again.
 
 use std::sync::atomic::Ordering::{AcqRel, Acquire};
 use std::sync::Arc;

@@ -13,6 +13,10 @@
 //! - `fsync=interval`: one task on a core syncs every segment with tickets
 //!   newer than its last sync, once per interval; synchronous publishes do
 //!   not wait, pipelined ones are confirmed by the sync that covers them.
+//!   A segment's sync state stays until the timer has synced what it owes,
+//!   mapped or not. After a failed sync of a segment, or once the runtime
+//!   has died, a synchronous publish to it is not confirmed (the segment is
+//!   sealed): no timer sync would ever cover it.
 //! - A pipelined publish ([`Tickets`]) takes the same tickets and is
 //!   confirmed by the same syncs, but starts none by itself: its ticket is
 //!   `wanted` (and a sync started) when its confirm is awaited, and until then
