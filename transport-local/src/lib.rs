@@ -52,12 +52,16 @@ mod failpoints;
 mod alloc;
 mod clock;
 mod codec;
+// A file cut short under a mapping: a `SIGBUS` handler and the registry of
+// the store's mappings it consults need `unsafe`; every block has a SAFETY
+// note.
+mod cut;
 mod file_names;
 mod futex;
 mod lane;
 mod lock;
 // Atomics and copies on the shared mapping need `unsafe`; every block has a
-// SAFETY note. Nothing else in the crate uses `unsafe`.
+// SAFETY note. Nothing else in the crate (but `cut`) uses `unsafe`.
 #[allow(unsafe_code)]
 mod mem;
 mod procs;

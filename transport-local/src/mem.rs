@@ -19,6 +19,9 @@ pub(crate) use loom::sync::atomic::{AtomicU32, AtomicU64};
 /// A mapped (or, under loom, modelled) region of shared memory.
 #[derive(Debug)]
 pub(crate) struct Region {
+    /// Declared before `map`: unregistered before the mapping goes.
+    #[cfg(not(loom))]
+    _cut: crate::cut::Registration,
     #[cfg(not(loom))]
     map: memmap2::MmapRaw,
     #[cfg(loom)]
@@ -32,7 +35,10 @@ impl Region {
     pub(crate) fn map(file: &std::fs::File) -> std::io::Result<Region> {
         let len = file.metadata()?.len();
         let map = memmap2::MmapRaw::map_raw(file)?;
-        Ok(Region { map, len })
+        // A cut under it, met by the store's own code, is survived and
+        // reported (`cut.rs`).
+        let _cut = crate::cut::register(map.as_ptr() as usize, map.len());
+        Ok(Region { _cut, map, len })
     }
 
     /// An anonymous private region of `len` zero bytes: what Miri can run
@@ -44,6 +50,7 @@ impl Region {
             .map_anon()
             .expect("an anonymous mapping");
         Region {
+            _cut: crate::cut::Registration::none(),
             map: map.into(),
             len,
         }

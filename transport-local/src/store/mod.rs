@@ -53,6 +53,7 @@ use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, OnceLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use crate::cut::CutFlag;
 use arc_swap::ArcSwap;
 use dashi_engine::spi::{
     check_delete, check_name, check_redeclare, validate_declaration, Accepted, Binding,
@@ -176,6 +177,9 @@ struct Inner {
     alloc: Arc<Allocator>,
     /// What recovery did when this process opened the store first.
     recovered: Totals,
+    /// Set once a file of the store was found cut short under this
+    /// process: every operation here fails from then on (`cut.rs`).
+    cut: Arc<CutFlag>,
     /// Shared lock on `open.lock`, held while the store is open here.
     _presence: FileLock,
 }
@@ -242,6 +246,12 @@ impl LocalTransport {
         if let Some(d) = &self.inner.durability {
             d.inject_core_panic(core);
         }
+    }
+
+    /// The store's cut flag (tests set it without a fault).
+    #[cfg(test)]
+    pub(crate) fn inner_cut_flag(&self) -> &CutFlag {
+        &self.inner.cut
     }
 }
 

@@ -536,7 +536,8 @@ impl LocalTransport {
         };
         let durability = Durability::start(opts.fsync, rt)
             .map_err(|e| store_fail(FailureKind::Runtime, "durability", e))?;
-        let stats = super::shared_stats::CounterFlush::new(control.clone());
+        let cut = Arc::new(crate::cut::CutFlag::new(root));
+        let stats = super::shared_stats::CounterFlush::new(control.clone(), cut.clone());
         if let Some(rt) = alloc.runtime() {
             stats.start(rt);
         }
@@ -562,6 +563,7 @@ impl LocalTransport {
             durability,
             alloc,
             recovered,
+            cut,
             _presence: presence,
         });
         // Read again if a queue is deleted under it.

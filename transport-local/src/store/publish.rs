@@ -20,6 +20,7 @@ use dashi_engine::spi::{
 use dashi_engine::{Error, FailureKind, Overflow, PublishError, Queue, StoreFailure};
 
 use crate::codec;
+use crate::cut::{CutFlag, Guard};
 use crate::segment::Segment;
 
 use super::durability::Tickets;
@@ -98,17 +99,29 @@ impl std::ops::DerefMut for Scratch {
     }
 }
 
-/// A pipelined publish's confirm: the syncs of its segments.
+/// A pipelined publish's confirm: the syncs of its segments, and the
+/// store's cut flag (a file cut short under this process before the sync
+/// resolved may have taken the record: the confirm says so).
 #[derive(Debug)]
-struct LocalConfirm(Tickets);
+struct LocalConfirm(Tickets, Arc<CutFlag>);
+
+impl LocalConfirm {
+    fn outcome(&self, synced: Result<(), String>) -> Result<(), StoreFailure> {
+        synced.map_err(not_durable)?;
+        match self.1.is_set() {
+            true => Err(self.1.failure()),
+            false => Ok(()),
+        }
+    }
+}
 
 impl PendingConfirm for LocalConfirm {
     fn poll_confirm(&self, waker: &Waker) -> Poll<Result<(), StoreFailure>> {
-        self.0.poll(waker).map_err(not_durable)
+        self.0.poll(waker).map(|r| self.outcome(r))
     }
 
     fn wait_confirm(&self, deadline: Option<Instant>) -> Option<Result<(), StoreFailure>> {
-        self.0.wait(deadline).map(|r| r.map_err(not_durable))
+        self.0.wait(deadline).map(|r| self.outcome(r))
     }
 }
 
@@ -137,6 +150,7 @@ impl Inner {
             return Ok(());
         };
         match d.commit(written) {
+            Ok(()) if self.cut.is_set() => Err(PublishError::unconfirmed(self.cut.failure(), env)),
             Ok(()) => Ok(()),
             Err(e) => Err(unconfirmed(e, env)),
         }
@@ -156,7 +170,7 @@ impl Inner {
         match &self.durability {
             None => Ok(Accepted::Confirmed),
             Some(d) => Ok(Accepted::Pending {
-                confirm: Box::new(LocalConfirm(d.tickets(written, false))),
+                confirm: Box::new(LocalConfirm(d.tickets(written, false), self.cut.clone())),
                 envelope,
             }),
         }
@@ -167,6 +181,31 @@ impl Inner {
     /// and the envelope.
     #[allow(clippy::type_complexity)]
     fn append(
+        self: &Arc<Self>,
+        env: Envelope,
+        mandatory: bool,
+        clamp: bool,
+    ) -> Result<Option<(Vec<Arc<Segment>>, Envelope)>, PublishError> {
+        if let Err(e) = self.cut.check() {
+            return Err(store_error(e, env));
+        }
+        let appended = {
+            let _g = Guard::new(&self.cut);
+            self.append_here(env, mandatory, clamp)
+        };
+        match appended {
+            // Written to a page of a file cut short, or after: the record
+            // may be anywhere or nowhere.
+            Ok(Some((_, env))) if self.cut.is_set() => {
+                Err(PublishError::unconfirmed(self.cut.failure(), env))
+            }
+            other => other,
+        }
+    }
+
+    /// [`Inner::append`] under the cut guard.
+    #[allow(clippy::type_complexity)]
+    fn append_here(
         self: &Arc<Self>,
         env: Envelope,
         mandatory: bool,

@@ -37,6 +37,7 @@ use crate::segment::claim;
 use crate::shared_page::SharedPage;
 
 use super::{store_err, store_fail, wall_ns, Inner, LocalOptions, GENERATION, PUBLISHED};
+use crate::cut::{CutFlag, Guard};
 
 /// One queue of the store, as this process uses it.
 pub(crate) struct LocalQueue {
@@ -74,6 +75,8 @@ pub(crate) struct LocalQueue {
     /// Why this process could not open the queue's files (`meta.json`
     /// names it; see [`LocalQueue::unusable`]), as (kind, line).
     pub(super) unusable: Option<(FailureKind, String)>,
+    /// The store's: set once one of its files was found cut short here.
+    pub(super) cut: Arc<CutFlag>,
 }
 
 /// Most records one [`QueueStore::pop_many`] of a lone consumer claims.
@@ -178,6 +181,7 @@ pub(super) struct FromStore<'a> {
     pub(super) owner: u32,
     pub(super) control: Arc<SharedPage>,
     pub(super) transport: Weak<Inner>,
+    pub(super) cut: Arc<CutFlag>,
 }
 
 impl LocalQueue {
@@ -268,6 +272,7 @@ impl LocalQueue {
             expiring: AtomicBool::new(false),
             control: store.control,
             unusable,
+            cut: store.cut,
         }
     }
 
@@ -391,6 +396,10 @@ impl LocalQueue {
         let Some(t) = self.transport.upgrade() else {
             return;
         };
+        if self.cut.is_set() {
+            return;
+        }
+        let _g = Guard::new(&self.cut);
         super::shared_stats::add_consumers(
             &self.lanes_used,
             &self.consumer_slot,
@@ -476,6 +485,8 @@ impl LocalQueue {
     /// ahead, a declare would report too few).
     pub(super) fn counts(&self) -> Result<(u64, u64, u64, Vec<u64>), Error> {
         self.usable()?;
+        self.cut.check()?;
+        let _g = Guard::new(&self.cut);
         let mut depth = vec![0; self.decl.max_priority as usize + 1];
         let (mut n, mut b, mut u) = (0, 0, 0);
         for p in self.used_lanes() {
@@ -539,9 +550,10 @@ impl LocalQueue {
     /// queue nobody reads expire on time. Only an expired head is claimed;
     /// nothing is taken and put back. True if any expired.
     pub(super) fn expire_heads(&self) -> bool {
-        if self.state.is_deleted() {
+        if self.state.is_deleted() || self.cut.is_set() {
             return false;
         }
+        let _g = Guard::new(&self.cut);
         let mut any = false;
         for p in self.used_lanes() {
             let Ok(l) = self.lane(p) else { continue };
@@ -693,22 +705,9 @@ impl LocalQueue {
     }
 }
 
-impl QueueStore for LocalQueue {
-    fn name(&self) -> &str {
-        &self.decl.name
-    }
-
-    fn declaration(&self) -> &Queue {
-        &self.decl
-    }
-
-    fn pop(&self) -> Result<Option<Envelope>, Error> {
-        let mut out = Vec::with_capacity(1);
-        self.pop_many(1, &mut out)?;
-        Ok(out.pop())
-    }
-
-    fn pop_many(&self, max: usize, out: &mut Vec<Envelope>) -> Result<usize, Error> {
+impl LocalQueue {
+    /// [`QueueStore::pop_many`] under the cut guard.
+    fn pop_many_here(&self, max: usize, out: &mut Vec<Envelope>) -> Result<usize, Error> {
         // A consumer-only process sees deletes and redeclares too: one
         // atomic load of the shared generation when nothing changed.
         let gen = self.control.u64_at(GENERATION).load(Acquire);
@@ -752,14 +751,8 @@ impl QueueStore for LocalQueue {
         self.pop_ready_many(max, out)
     }
 
-    /// A pass claims a run of records with one look at the topology, one
-    /// upkeep check and one lock of the held claims, so a consumer alone on
-    /// its queue takes up to this many at once (its window permitting).
-    fn batch_hint(&self) -> usize {
-        POP_BATCH
-    }
-
-    fn ack(&self, envs: &[&Envelope]) -> Result<(), Error> {
+    /// [`QueueStore::ack`] under the cut guard.
+    fn ack_here(&self, envs: &[&Envelope]) -> Result<(), Error> {
         // A claim this process no longer holds (the queue was deleted, the
         // lease ran out and another process restored it) has nothing to
         // settle: its message comes back or is gone, as the protocol says.
@@ -792,16 +785,8 @@ impl QueueStore for LocalQueue {
         failed.map_or(Ok(()), Err)
     }
 
-    fn reject(&self, envs: Vec<Envelope>) -> Result<(), Error> {
-        for env in envs {
-            if let Some(c) = self.take(&env) {
-                self.kill(env.lane, &c, env, DeathReason::Rejected);
-            }
-        }
-        Ok(())
-    }
-
-    fn restore(&self, envs: Vec<Envelope>) -> Result<(), Error> {
+    /// [`QueueStore::restore`] under the cut guard.
+    fn restore_here(&self, envs: Vec<Envelope>) -> Result<(), Error> {
         let mut any = false;
         let mut failed = None;
         for env in envs {
@@ -822,8 +807,80 @@ impl QueueStore for LocalQueue {
         }
         failed.map_or(Ok(()), Err)
     }
+}
+
+impl QueueStore for LocalQueue {
+    fn name(&self) -> &str {
+        &self.decl.name
+    }
+
+    fn declaration(&self) -> &Queue {
+        &self.decl
+    }
+
+    fn pop(&self) -> Result<Option<Envelope>, Error> {
+        let mut out = Vec::with_capacity(1);
+        self.pop_many(1, &mut out)?;
+        Ok(out.pop())
+    }
+
+    fn pop_many(&self, max: usize, out: &mut Vec<Envelope>) -> Result<usize, Error> {
+        self.cut.check()?;
+        let taken = {
+            let _g = Guard::new(&self.cut);
+            self.pop_many_here(max, out)
+        };
+        // A cut met in this call: the records claimed before it are handed
+        // out (their pages were whole when read); the next call fails.
+        match taken {
+            Ok(0) | Err(_) if self.cut.is_set() => self.cut.check().map(|()| 0),
+            other => other,
+        }
+    }
+
+    /// A pass claims a run of records with one look at the topology, one
+    /// upkeep check and one lock of the held claims, so a consumer alone on
+    /// its queue takes up to this many at once (its window permitting).
+    fn batch_hint(&self) -> usize {
+        POP_BATCH
+    }
+
+    fn ack(&self, envs: &[&Envelope]) -> Result<(), Error> {
+        self.cut.check()?;
+        let done = {
+            let _g = Guard::new(&self.cut);
+            self.ack_here(envs)
+        };
+        self.cut.check().and(done)
+    }
+
+    fn reject(&self, envs: Vec<Envelope>) -> Result<(), Error> {
+        self.cut.check()?;
+        {
+            let _g = Guard::new(&self.cut);
+            for env in envs {
+                if let Some(c) = self.take(&env) {
+                    self.kill(env.lane, &c, env, DeathReason::Rejected);
+                }
+            }
+        }
+        self.cut.check()
+    }
+
+    fn restore(&self, envs: Vec<Envelope>) -> Result<(), Error> {
+        self.cut.check()?;
+        let done = {
+            let _g = Guard::new(&self.cut);
+            self.restore_here(envs)
+        };
+        self.cut.check().and(done)
+    }
 
     fn lease(&self, env: &Envelope, lease: std::time::Duration) {
+        if self.cut.is_set() {
+            return;
+        }
+        let _g = Guard::new(&self.cut);
         let held = self.held.lock().get(&held_key(env)).cloned();
         if let (Some(c), Ok(l)) = (held, self.lane(env.lane)) {
             let deadline = clock::shared_now_ns().saturating_add(lease.as_nanos() as u64);
@@ -835,6 +892,7 @@ impl QueueStore for LocalQueue {
         let id = self.state.register(waker);
         if let Some(t) = self.transport.upgrade() {
             t.ensure_watcher();
+            let _g = Guard::new(&self.cut);
             // Read after registering, before the caller's last look at the
             // queue: a publish from now on moves the word past this value.
             t.arm.arm(t.control.u32_at(PUBLISHED).load(SeqCst));

@@ -23,6 +23,7 @@ use dashi_engine::spi::Counters;
 use dashi_engine::CounterSnapshot;
 use parking_lot::Mutex;
 
+use crate::cut::{CutFlag, Guard};
 use crate::shared_page::SharedPage;
 
 /// Where the shared counters start in the control page (one word each, in
@@ -36,14 +37,17 @@ pub(super) struct CounterFlush {
     pub(super) counters: Arc<Counters>,
     control: Arc<SharedPage>,
     flushed: Mutex<[u64; CounterSnapshot::LEN]>,
+    /// The store's: the control page cut short stops the flushes.
+    cut: Arc<CutFlag>,
 }
 
 impl CounterFlush {
-    pub(super) fn new(control: Arc<SharedPage>) -> Arc<CounterFlush> {
+    pub(super) fn new(control: Arc<SharedPage>, cut: Arc<CutFlag>) -> Arc<CounterFlush> {
         Arc::new(CounterFlush {
             counters: Arc::new(Counters::default()),
             control,
             flushed: Mutex::new([0; CounterSnapshot::LEN]),
+            cut,
         })
     }
 
@@ -53,6 +57,10 @@ impl CounterFlush {
 
     /// Adds what this process counted since the last flush to the totals.
     pub(super) fn flush(&self) {
+        if self.cut.is_set() {
+            return;
+        }
+        let _g = Guard::new(&self.cut);
         let mut last = self.flushed.lock();
         let now = self.counters.snapshot().to_array();
         for (i, (n, l)) in now.iter().zip(last.iter()).enumerate() {
@@ -67,6 +75,7 @@ impl CounterFlush {
     /// The totals of every process, this one's counts included.
     pub(super) fn totals(&self) -> CounterSnapshot {
         self.flush();
+        let _g = Guard::new(&self.cut);
         CounterSnapshot::from_array(std::array::from_fn(|i| self.word(i).load(Acquire)))
     }
 

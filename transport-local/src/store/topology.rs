@@ -191,6 +191,7 @@ impl Inner {
                         owner: self.me(),
                         control: self.control.clone(),
                         transport: Arc::downgrade(self),
+                        cut: self.cut.clone(),
                     };
                     match LocalQueue::open(store(), entry.decl.clone(), entry.id) {
                         Ok(q) => Arc::new(q),

@@ -16,6 +16,7 @@
 use std::sync::atomic::{Ordering::AcqRel, Ordering::SeqCst};
 use std::sync::{Arc, Weak};
 
+use crate::cut::Guard;
 use crate::futex;
 
 use super::queue::LocalQueue;
@@ -87,6 +88,15 @@ fn watch(weak: Weak<Inner>, arm: Arc<Arm>) {
         let seen = arm.take(second);
         let Some(inner) = weak.upgrade() else { return };
         let Some(seen) = seen else { continue };
+        if inner.cut.is_set() {
+            // Nothing more to watch: consumers asleep here are woken once,
+            // and their next look fails.
+            for q in inner.topo.lock().queues.values() {
+                q.state.notify_all();
+            }
+            return;
+        }
+        let _g = Guard::new(&inner.cut);
         let word = inner.control.u32_at(PUBLISHED);
         // Raise the flag, then look: a publish either comes before the look
         // (the word moved: no sleep) or sees the flag (and wakes us).

@@ -4,6 +4,7 @@
 
 mod allocation;
 mod common;
+mod cut_short;
 mod lane_claims;
 mod log_protocol;
 mod power_cuts;

@@ -1,0 +1,213 @@
+//! A segment file cut short (`truncate` by another program) under a process
+//! that has it mapped: the store's next operation on the lost pages fails
+//! with one line that says so, every operation after it too, and the
+//! process lives on. Before, the first touch of a lost page was a `SIGBUS`
+//! that killed the process (this test binary with it). The next lone open
+//! sets the file aside and delivers every other record.
+
+use std::fs::OpenOptions;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use dashi_engine::{Connection, Error, FailureKind, Message, PublishError, Queue};
+use dashi_test_support::TestDir;
+
+use crate::{LocalOptions, LocalTransport};
+
+fn open(root: &Path) -> (LocalTransport, Connection) {
+    let opts = LocalOptions {
+        segment_size: 64 * 1024,
+        ..LocalOptions::default()
+    };
+    let t = LocalTransport::open(root, opts).unwrap();
+    let c = Connection::with_transport(Arc::new(t.clone()), Default::default());
+    (t, c)
+}
+
+/// Lane 0's segment files of queue `q`, oldest first.
+fn segments(root: &Path, q: &str) -> Vec<PathBuf> {
+    let qdir = root.join("q").join(q);
+    let inc = std::fs::read_dir(&qdir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.is_dir())
+        .unwrap();
+    let mut segs: Vec<PathBuf> = std::fs::read_dir(inc.join("lane-0"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "seg"))
+        .collect();
+    segs.sort();
+    segs
+}
+
+fn cut(path: &Path, len: u64) {
+    OpenOptions::new()
+        .write(true)
+        .open(path)
+        .unwrap()
+        .set_len(len)
+        .unwrap();
+}
+
+fn body(i: usize) -> String {
+    format!("{i:05}{}", "x".repeat(995))
+}
+
+/// A precise, non-transient failure naming the store.
+fn assert_cut(e: &Error, root: &Path, what: &str) {
+    let Error::Store(f) = e else {
+        panic!("{what}: not a store failure: {e}");
+    };
+    assert_eq!(f.kind, FailureKind::Damaged, "{what}: {e}");
+    assert!(!e.is_transient(), "{what}: {e}");
+    assert_eq!(f.path.as_deref(), Some(root), "{what}: {e}");
+    let line = e.to_string();
+    assert!(
+        line.contains("cut short") && !line.contains('\n'),
+        "{what}: {line}"
+    );
+}
+
+#[test]
+fn a_segment_cut_short_under_a_consumer_is_an_error_and_the_rest_survives() {
+    let d = TestDir::new();
+    let acked;
+    {
+        let (_t, c) = open(&d);
+        let ch = c.channel().unwrap();
+        ch.queue_declare(&Queue::new("q")).unwrap();
+        ch.queue_declare(&Queue::new("other")).unwrap();
+        for i in 0..300 {
+            ch.producer().publish(Message::new(body(i)), "q").unwrap();
+        }
+        ch.producer().publish("o", "other").unwrap();
+        let segs = segments(&d, "q");
+        assert!(segs.len() >= 4, "{segs:?}");
+        // The consumer has read the head of the first segment.
+        for i in 0..5 {
+            let m = ch.get("q", Duration::ZERO).unwrap().unwrap();
+            assert_eq!(&m.body()[..], body(i).as_bytes());
+            m.ack().unwrap();
+        }
+        // Another program cuts it to its first 16 KiB.
+        cut(&segs[0], 16 * 1024);
+        // The next gets deliver what is still whole (the rest of the pages
+        // left, then the next segment's records) until one meets the cut.
+        let mut after = Vec::new();
+        let e = loop {
+            match ch.get("q", Duration::ZERO) {
+                Ok(Some(m)) => {
+                    let i: usize = String::from_utf8_lossy(&m.body()[..5]).parse().unwrap();
+                    assert_eq!(&m.body()[..], body(i).as_bytes());
+                    // An ack after the cut fails the same way: the message
+                    // comes back at the next lone open.
+                    match m.ack() {
+                        Ok(()) => after.push(i),
+                        Err(e) => assert!(e.to_string().contains("cut short"), "{e}"),
+                    }
+                    assert!(after.len() < 60, "the cut was never seen: {after:?}");
+                }
+                Ok(None) => panic!("the queue read empty after {after:?}"),
+                Err(e) => break e,
+            }
+        };
+        assert_cut(&e, &d, "get");
+        assert!(after.windows(2).all(|w| w[0] < w[1]), "{after:?}");
+        // Every later operation says the same; nothing panics.
+        assert_cut(&ch.get("q", Duration::ZERO).unwrap_err(), &d, "get again");
+        assert_cut(
+            &ch.get("other", Duration::ZERO).unwrap_err(),
+            &d,
+            "other queue",
+        );
+        let p = ch.producer().publish("late", "other").unwrap_err();
+        assert!(p.to_string().contains("cut short"), "{p}");
+        assert!(c.stats().queue("q").is_err());
+        acked = after;
+    }
+    // Every process gone: the next opener sets the file aside, and every
+    // record of the other segments not acked above is delivered.
+    let (t, c) = open(&d);
+    assert_eq!(t.recovered().segments_set_aside, 1);
+    let ch = c.channel().unwrap();
+    let mut rest = Vec::new();
+    while let Some(m) = ch.get("q", Duration::ZERO).unwrap() {
+        let i: usize = String::from_utf8_lossy(&m.body()[..5]).parse().unwrap();
+        assert_eq!(&m.body()[..], body(i).as_bytes());
+        rest.push(i);
+        m.ack().unwrap();
+    }
+    // The first 16 KiB hold about 12 records of 1 KiB; a 64 KiB segment
+    // about 60. What follows the first segment is all there, once.
+    let mut all: Vec<usize> = acked.iter().copied().filter(|&i| i > 16).collect();
+    all.extend(&rest);
+    all.sort_unstable();
+    assert!(!rest.is_empty() && all[0] > 40 && all[0] < 70, "{all:?}");
+    assert_eq!(all, (all[0]..300).collect::<Vec<_>>());
+    let o = ch.get("other", Duration::ZERO).unwrap().unwrap();
+    assert_eq!(&o.body()[..], b"o");
+}
+
+#[test]
+fn a_segment_cut_short_under_a_publisher_fails_the_publish_and_every_later_one() {
+    let d = TestDir::new();
+    {
+        let (_t, c) = open(&d);
+        let ch = c.channel().unwrap();
+        ch.queue_declare(&Queue::new("q")).unwrap();
+        for i in 0..10 {
+            ch.producer().publish(Message::new(body(i)), "q").unwrap();
+        }
+        // The segment being written, cut back to its first page.
+        let segs = segments(&d, "q");
+        cut(segs.last().unwrap(), 4096);
+        let p = ch
+            .producer()
+            .publish(Message::new(body(10)), "q")
+            .unwrap_err();
+        let PublishError::Unconfirmed {
+            failure, message, ..
+        } = &p
+        else {
+            panic!("not unconfirmed: {p}");
+        };
+        assert_eq!(failure.kind, FailureKind::Damaged, "{p}");
+        assert!(p.to_string().contains("cut short"), "{p}");
+        // The message is handed back.
+        assert_eq!(&message.body[..], body(10).as_bytes());
+        // A pipelined publish fails at once too.
+        let p = ch.producer().publish_async(Message::new(body(11)), "q");
+        assert!(p.is_err_and(|e| e.to_string().contains("cut short")));
+        assert_cut(&ch.get("q", Duration::ZERO).unwrap_err(), &d, "get");
+    }
+    let (t, c) = open(&d);
+    assert_eq!(t.recovered().segments_set_aside, 1);
+    let ch = c.channel().unwrap();
+    ch.producer().publish("after", "q").unwrap();
+    let m = ch.get("q", Duration::from_secs(5)).unwrap().unwrap();
+    assert_eq!(&m.body()[..], b"after");
+}
+
+/// The store's flag alone (no fault): every operation refuses.
+#[test]
+fn a_store_found_cut_refuses_pipelined_confirms_still_pending() {
+    let d = TestDir::new();
+    let opts = LocalOptions {
+        fsync: crate::Fsync::Always,
+        ..LocalOptions::default()
+    };
+    let t = LocalTransport::open(&d, opts).unwrap();
+    let c = Connection::with_transport(Arc::new(t.clone()), Default::default());
+    let ch = c.channel().unwrap();
+    ch.queue_declare(&Queue::new("q")).unwrap();
+    let confirm = ch.producer().publish_async("a", "q").unwrap();
+    t.inner_cut_flag().set();
+    let r = confirm.wait();
+    assert!(
+        r.as_ref()
+            .is_err_and(|e| e.to_string().contains("cut short")),
+        "{r:?}"
+    );
+}
