@@ -518,3 +518,91 @@ fn leave_unacked_takes_its_count_past_the_prefetch_window() {
     let line = one_line_error(&o);
     assert!(line.contains("--prefetch 2"), "{line}");
 }
+
+/// A segment cut short (`truncate`) under a running consumer: its next look
+/// at the lost pages ends it with one line and exit status 1, not a `SIGBUS`
+/// (status 135 before); a new process that opens the short file says which
+/// file and why; once every process is gone, the next open sets it aside.
+#[test]
+fn a_segment_cut_short_under_a_consumer_ends_it_with_one_line() {
+    use std::io::BufRead;
+    use std::os::unix::process::ExitStatusExt;
+    let dir = TestDir::new();
+    let url = format!("local://{}?segment_size=64K", dir.display());
+    let o = dashi(&[
+        "publish", &url, "--queue", "q", "--count", "30", "--size", "1000",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let mut consumer = Command::new(env!("CARGO_BIN_EXE_dashi"))
+        .args(["consume", &url, "--queue", "q", "--timeout", "20"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // All 30 consumed: it now waits at the write segment's tail.
+    let mut lines = std::io::BufReader::new(consumer.stdout.take().unwrap()).lines();
+    for _ in 0..30 {
+        lines.next().unwrap().unwrap();
+    }
+    let lane = std::fs::read_dir(dir.join("q/q"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.is_dir())
+        .unwrap()
+        .join("lane-0");
+    let first = lane.join("0000000000000000.seg");
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&first)
+        .unwrap()
+        .set_len(4096)
+        .unwrap();
+    // A new process refuses the short file, naming it.
+    let o = dashi(&["publish", &url, "--queue", "q", "--body", "late"]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("0000000000000000.seg") && stderr(&o).contains("the file has 4096"),
+        "{}",
+        stderr(&o)
+    );
+    // The consumer's next look (its upkeep runs at least every second)
+    // meets the cut.
+    let t0 = Instant::now();
+    let status = loop {
+        if let Some(s) = consumer.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "the consumer never saw the cut"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut consumer.stderr.take().unwrap(), &mut err).unwrap();
+    assert_eq!(
+        status.signal(),
+        None,
+        "killed by a signal: {status:?} {err}"
+    );
+    assert_eq!(status.code(), Some(1), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("cut short"), "{err}");
+    // Every process gone: the file is set aside, the queue works again.
+    let o = dashi(&["publish", &url, "--queue", "q", "--body", "after"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(lane.join("damaged/0000000000000000.seg").exists());
+    let o = dashi(&[
+        "consume",
+        &url,
+        "--queue",
+        "q",
+        "--count",
+        "1",
+        "--timeout",
+        "5",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(out.trim().ends_with("body=after"), "{out}");
+}
