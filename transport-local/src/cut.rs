@@ -23,10 +23,18 @@
 //!   mapping that is gone, or of one that took its place.
 //! - A replaced page is private: nothing this process writes there reaches
 //!   the file or another process. An operation that wrote there never
-//!   reports success (see [`CutFlag`]).
+//!   reports success (see [`CutFlag`]), and every later one of the store
+//!   fails before it touches a mapping.
+//! - A replaced page is closed (`PROT_NONE`) when the operation that met it
+//!   ends: a body handed to the application earlier may point into it, and
+//!   reading zeros there would pass for the message. Such a read ends the
+//!   process (`SIGSEGV`), as the `SIGBUS` did.
 //! - The handler calls only `mmap` and `sigaction` (async-signal-safe
-//!   system calls) and touches only atomics and a thread-local pointer with
-//!   no destructor.
+//!   system calls), keeps `errno`, and touches only atomics and
+//!   thread-locals with constant initialisers and no destructor, after it
+//!   has checked the fault is ours.
+//! - The guarded thread's store is the one whose flag is set: a guarded
+//!   operation touches only its own store's mappings.
 
 use std::cell::Cell;
 use std::sync::atomic::AtomicBool;
@@ -74,9 +82,10 @@ impl CutFlag {
         dashi_engine::StoreFailure::new(
             dashi_engine::FailureKind::Damaged,
             "local store",
-            "a file of it was cut short (truncated) under this process, which \
-             does nothing more with the store; once every process has closed \
-             it, the next open sets the file aside",
+            "a page of one of its files could not be read or written through \
+             its mapping (the file was cut short under this process, or the \
+             disk failed); this process does nothing more with the store: once \
+             every process has closed it, the next open sets a short file aside",
         )
         .at(&self.root)
     }
@@ -88,11 +97,19 @@ impl CutFlag {
     }
 }
 
+/// Most pages one operation can have replaced: past that, a fault is passed
+/// on (the process ends, as without this module).
+const MAX_REPLACED: usize = 64;
+
 thread_local! {
     /// The flag of the store whose operation this thread is running (null:
     /// none). A plain pointer with a constant initialiser: no destructor,
     /// no lazy initialisation, so the handler can read it.
     static GUARDED: Cell<*const AtomicBool> = const { Cell::new(std::ptr::null()) };
+    /// Pages the handler replaced during this thread's operation, closed
+    /// (`PROT_NONE`) when the outermost guard ends.
+    static REPLACED: [Cell<usize>; MAX_REPLACED] = const { [const { Cell::new(0) }; MAX_REPLACED] };
+    static N_REPLACED: Cell<usize> = const { Cell::new(0) };
 }
 
 /// While alive, a fault of this thread on a cut page of a registered mapping
@@ -117,6 +134,32 @@ impl<'a> Guard<'a> {
 impl Drop for Guard<'_> {
     fn drop(&mut self) {
         GUARDED.with(|g| g.set(self.prev));
+        if self.prev.is_null() {
+            #[cfg(not(loom))]
+            close_replaced();
+        }
+    }
+}
+
+/// Closes the pages this thread's operation had replaced: a message body
+/// handed out earlier may point into one, and the application must never
+/// read zeros for it. Its next read faults (`SIGSEGV`) and ends the process,
+/// as the `SIGBUS` would have; the store refuses every operation by now, so
+/// its own code does not come back to them.
+#[cfg(not(loom))]
+#[allow(unsafe_code)]
+fn close_replaced() {
+    let n = N_REPLACED.with(|n| n.replace(0)).min(MAX_REPLACED);
+    let page = PAGE.load(Relaxed);
+    for i in 0..n {
+        let at = REPLACED.with(|r| r[i].replace(0));
+        // SAFETY: `at` is a page of a registered mapping this thread's
+        // operation was using when the handler replaced it; the mapping is
+        // unregistered only before it is unmapped, and closing a page of a
+        // mapping already gone fails harmlessly (`ENOMEM`).
+        unsafe {
+            libc::mprotect(at as *mut libc::c_void, page, libc::PROT_NONE);
+        }
     }
 }
 
@@ -207,7 +250,10 @@ fn registered(addr: usize) -> bool {
     let high = HIGH.load(Acquire).min(SLOTS);
     (0..high).any(|i| {
         let s = STARTS[i].load(Acquire);
-        s > BUSY && addr >= s && addr < ENDS[i].load(Relaxed)
+        let e = ENDS[i].load(Acquire);
+        // The start read again: a slot freed and taken between the two
+        // loads would pair one mapping's start with another's end.
+        s > BUSY && STARTS[i].load(Acquire) == s && addr >= s && addr < e
     })
 }
 
@@ -250,8 +296,17 @@ extern "C" fn on_sigbus(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut 
     // SAFETY: the kernel passes a valid `siginfo_t` to an SA_SIGINFO
     // handler; for a fault, `si_addr` is the faulting address.
     let (code, addr) = unsafe { ((*info).si_code, (*info).si_addr() as usize) };
+    // The thread-locals last: a thread of a library loaded at run time may
+    // reach them through `__tls_get_addr`, and a guarded thread has.
+    if code != libc::BUS_ADRERR || !registered(addr) {
+        return pass_on(sig, info, ctx);
+    }
     let flag = GUARDED.with(|g| g.get());
-    if !flag.is_null() && code == libc::BUS_ADRERR && registered(addr) {
+    let n = N_REPLACED.with(|n| n.get());
+    if !flag.is_null() && n < MAX_REPLACED {
+        // SAFETY: this thread's errno, saved and put back: the interrupted
+        // code may be between a call and its read of errno.
+        let errno = unsafe { *libc::__errno_location() };
         let page = PAGE.load(Relaxed);
         let at = addr & !(page - 1);
         // SAFETY: the page lies in a mapping of a store's file that the
@@ -268,7 +323,11 @@ extern "C" fn on_sigbus(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut 
                 0,
             )
         };
+        // SAFETY: as above.
+        unsafe { *libc::__errno_location() = errno };
         if r != libc::MAP_FAILED {
+            REPLACED.with(|p| p[n].set(at));
+            N_REPLACED.with(|c| c.set(n + 1));
             // SAFETY: the guard that set the pointer borrows the flag and is
             // alive on this thread (it is the thread that faulted).
             unsafe { (*flag).store(true, SeqCst) };

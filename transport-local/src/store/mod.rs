@@ -53,7 +53,7 @@ use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, OnceLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use crate::cut::CutFlag;
+use crate::cut::{CutFlag, Guard};
 use arc_swap::ArcSwap;
 use dashi_engine::spi::{
     check_delete, check_name, check_redeclare, validate_declaration, Accepted, Binding,
@@ -199,6 +199,19 @@ impl std::fmt::Debug for LocalTransport {
 }
 
 impl Inner {
+    /// Runs `f` (an operation of the store) under the cut guard: refused
+    /// once a file of the store was found cut short here, and failed when
+    /// it met one itself (what it read there was zeros).
+    fn guarded<T>(&self, f: impl FnOnce() -> Result<T, Error>) -> Result<T, Error> {
+        self.cut.check()?;
+        let done = {
+            let _g = Guard::new(&self.cut);
+            f()
+        };
+        self.cut.check()?;
+        done
+    }
+
     /// This process's id in the store (claims and records name it).
     fn me(&self) -> u32 {
         self.reg.id()
@@ -271,76 +284,82 @@ impl Transport for LocalTransport {
     }
 
     fn declare_exchange(&self, ex: &Exchange) -> Result<(), Error> {
-        let mut t = Topology::new();
-        t.declare_exchange(ex)?;
-        self.inner.change(|m| {
-            match m.exchanges.iter().find(|e| e.name == ex.name) {
-                Some(e) if e == ex => {}
-                Some(e) => {
-                    let mut t = Topology::new();
-                    t.declare_exchange(e)?;
-                    t.declare_exchange(ex)?;
+        self.inner.guarded(|| {
+            let mut t = Topology::new();
+            t.declare_exchange(ex)?;
+            self.inner.change(|m| {
+                match m.exchanges.iter().find(|e| e.name == ex.name) {
+                    Some(e) if e == ex => {}
+                    Some(e) => {
+                        let mut t = Topology::new();
+                        t.declare_exchange(e)?;
+                        t.declare_exchange(ex)?;
+                    }
+                    None => m.exchanges.push(ex.clone()),
                 }
-                None => m.exchanges.push(ex.clone()),
-            }
-            Ok(())
+                Ok(())
+            })
         })
     }
 
     fn delete_exchange(&self, name: &str, if_unused: bool) -> Result<(), Error> {
-        check_name("exchange", name)?;
-        self.inner.change(|m| {
-            if !m.exchanges.iter().any(|e| e.name == name) {
-                return Err(Error::UnknownExchange(name.to_owned()));
-            }
-            if if_unused && m.bindings.iter().any(|b| b.exchange == name) {
-                return Err(Error::InUse(format!("exchange {name:?}")));
-            }
-            m.exchanges.retain(|e| e.name != name);
-            m.bindings.retain(|b| b.exchange != name);
-            Ok(())
+        self.inner.guarded(|| {
+            check_name("exchange", name)?;
+            self.inner.change(|m| {
+                if !m.exchanges.iter().any(|e| e.name == name) {
+                    return Err(Error::UnknownExchange(name.to_owned()));
+                }
+                if if_unused && m.bindings.iter().any(|b| b.exchange == name) {
+                    return Err(Error::InUse(format!("exchange {name:?}")));
+                }
+                m.exchanges.retain(|e| e.name != name);
+                m.bindings.retain(|b| b.exchange != name);
+                Ok(())
+            })
         })
     }
 
     fn declare_queue(&self, q: &Queue, owner: ConnectionId) -> Result<QueueInfo, Error> {
-        validate_declaration(q)?;
-        let me = self.inner.me();
-        let root = self.inner.root.clone();
-        self.inner.change(|m| {
-            if let Some(x) = m.queue(&q.name).cloned() {
-                // An exclusive queue of a process that ended went with it.
-                let orphan = x
-                    .owner
-                    .is_some_and(|o| o != me && !crate::procs::alive(&root, o));
-                if !orphan {
-                    if x.decl.exclusive
-                        && (x.owner != Some(me)
-                            || self.inner.exclusive_owner.lock().get(&q.name) != Some(&owner))
-                    {
-                        return Err(Error::Exclusive(q.name.clone()));
+        self.inner.guarded(|| {
+            validate_declaration(q)?;
+            let me = self.inner.me();
+            let root = self.inner.root.clone();
+            self.inner.change(|m| {
+                if let Some(x) = m.queue(&q.name).cloned() {
+                    // An exclusive queue of a process that ended went with it.
+                    let orphan = x
+                        .owner
+                        .is_some_and(|o| o != me && !crate::procs::alive(&root, o));
+                    if !orphan {
+                        if x.decl.exclusive
+                            && (x.owner != Some(me)
+                                || self.inner.exclusive_owner.lock().get(&q.name) != Some(&owner))
+                        {
+                            return Err(Error::Exclusive(q.name.clone()));
+                        }
+                        return check_redeclare(&x.decl, q);
                     }
-                    return check_redeclare(&x.decl, q);
+                    m.remove_queue(&q.name, Some(x.id));
                 }
-                m.remove_queue(&q.name, Some(x.id));
-            }
-            let id = m.add_queue(q.clone(), q.exclusive.then_some(me));
-            // Its files first: `meta.json` never names a queue without them.
-            queue::make_files(&root, &q.name, id)?;
-            crate::failpoint!("store::declare_files_made");
-            if q.exclusive {
-                self.inner
-                    .exclusive_owner
-                    .lock()
-                    .insert(q.name.clone(), owner);
-            }
-            Ok(())
-        })?;
-        let lq = self.inner.queue(&q.name, owner)?;
-        let (n, _, _, _) = lq.counts()?;
-        Ok(QueueInfo {
-            name: q.name.clone(),
-            message_count: n,
-            consumer_count: lq.state.consumers(),
+                let id = m.add_queue(q.clone(), q.exclusive.then_some(me));
+                // Its files first: `meta.json` never names a queue without them.
+                queue::make_files(&root, &q.name, id)?;
+                crate::failpoint!("store::declare_files_made");
+                if q.exclusive {
+                    self.inner
+                        .exclusive_owner
+                        .lock()
+                        .insert(q.name.clone(), owner);
+                }
+                Ok(())
+            })?;
+            let lq = self.inner.queue(&q.name, owner)?;
+            let (n, _, _, _) = lq.counts()?;
+            Ok(QueueInfo {
+                name: q.name.clone(),
+                message_count: n,
+                consumer_count: lq.state.consumers(),
+            })
         })
     }
 
@@ -351,75 +370,84 @@ impl Transport for LocalTransport {
         if_empty: bool,
         owner: ConnectionId,
     ) -> Result<u64, Error> {
-        let q = self.inner.queue(name, owner)?;
-        // A queue whose files cannot be read can still be deleted, but not
-        // "if empty": nobody can tell that it is.
-        let n = match q.counts() {
-            Ok((n, ..)) => n,
-            Err(e) if if_empty => return Err(e),
-            Err(_) => 0,
-        };
-        check_delete(name, if_unused, if_empty, q.state.consumers(), n)?;
-        // Exactly the incarnation checked: a newer one declared meanwhile by
-        // another process stays.
-        self.inner.change(|m| {
-            m.remove_queue(name, Some(q.id));
-            Ok(())
-        })?;
-        q.remove_files();
-        Ok(n)
+        self.inner.guarded(|| {
+            let q = self.inner.queue(name, owner)?;
+            // A queue whose files cannot be read can still be deleted, but not
+            // "if empty": nobody can tell that it is.
+            let n = match q.counts() {
+                Ok((n, ..)) => n,
+                Err(e) if if_empty => return Err(e),
+                Err(_) => 0,
+            };
+            check_delete(name, if_unused, if_empty, q.state.consumers(), n)?;
+            // Exactly the incarnation checked: a newer one declared meanwhile by
+            // another process stays.
+            self.inner.change(|m| {
+                m.remove_queue(name, Some(q.id));
+                Ok(())
+            })?;
+            q.remove_files();
+            Ok(n)
+        })
     }
 
     fn purge_queue(&self, name: &str, owner: ConnectionId) -> Result<u64, Error> {
-        let q = self.inner.queue(name, owner)?;
-        let mut n = 0;
-        for p in q.used_lanes() {
-            let l = q.lane(p)?;
-            while let Some(c) = l.claim(q.owner).map_err(|e| store_err("purge", e))? {
-                l.settle(&c, q.owner, claim::DEAD);
-                n += 1;
+        self.inner.guarded(|| {
+            let q = self.inner.queue(name, owner)?;
+            let mut n = 0;
+            for p in q.used_lanes() {
+                let l = q.lane(p)?;
+                while let Some(c) = l.claim(q.owner).map_err(|e| store_err("purge", e))? {
+                    l.settle(&c, q.owner, claim::DEAD);
+                    n += 1;
+                }
             }
-        }
-        Ok(n)
+            Ok(n)
+        })
     }
 
     fn bind(&self, binding: Binding) -> Result<(), Error> {
-        self.inner.change(|m| {
-            let mut t = Topology::new();
-            for e in &m.exchanges {
-                t.declare_exchange(e)?;
-            }
-            let names: Vec<String> = m.queues.iter().map(|q| q.decl.name.clone()).collect();
-            if t.bind(binding.clone(), |q| names.iter().any(|n| n == q))?
-                && !m.bindings.contains(&binding)
-            {
-                m.bindings.push(binding.clone());
-            }
-            Ok(())
+        self.inner.guarded(|| {
+            self.inner.change(|m| {
+                let mut t = Topology::new();
+                for e in &m.exchanges {
+                    t.declare_exchange(e)?;
+                }
+                let names: Vec<String> = m.queues.iter().map(|q| q.decl.name.clone()).collect();
+                if t.bind(binding.clone(), |q| names.iter().any(|n| n == q))?
+                    && !m.bindings.contains(&binding)
+                {
+                    m.bindings.push(binding.clone());
+                }
+                Ok(())
+            })
         })
     }
 
     fn unbind(&self, binding: &Binding) -> Result<(), Error> {
-        self.inner.change(|m| {
-            let before = m.bindings.len();
-            m.bindings.retain(|b| b != binding);
-            if m.bindings.len() == before {
-                return Err(Error::InvalidArgument(format!(
-                    "no binding of queue {:?} to exchange {:?} with key {:?}",
-                    binding.queue, binding.exchange, binding.routing_key
-                )));
-            }
-            let ex = binding.exchange.clone();
-            let auto = m.exchanges.iter().any(|e| e.name == ex && e.auto_delete);
-            if auto && !m.bindings.iter().any(|b| b.exchange == ex) {
-                m.exchanges.retain(|e| e.name != ex);
-            }
-            Ok(())
+        self.inner.guarded(|| {
+            self.inner.change(|m| {
+                let before = m.bindings.len();
+                m.bindings.retain(|b| b != binding);
+                if m.bindings.len() == before {
+                    return Err(Error::InvalidArgument(format!(
+                        "no binding of queue {:?} to exchange {:?} with key {:?}",
+                        binding.queue, binding.exchange, binding.routing_key
+                    )));
+                }
+                let ex = binding.exchange.clone();
+                let auto = m.exchanges.iter().any(|e| e.name == ex && e.auto_delete);
+                if auto && !m.bindings.iter().any(|b| b.exchange == ex) {
+                    m.exchanges.retain(|e| e.name != ex);
+                }
+                Ok(())
+            })
         })
     }
 
     fn queue(&self, name: &str, owner: ConnectionId) -> Result<Arc<dyn QueueStore>, Error> {
-        Ok(self.inner.queue(name, owner)?)
+        let q: Arc<dyn QueueStore> = self.inner.guarded(|| self.inner.queue(name, owner))?;
+        Ok(q)
     }
 
     fn publish(&self, envelope: Envelope, mandatory: bool) -> Result<(), PublishError> {
@@ -463,29 +491,33 @@ impl Transport for LocalTransport {
     }
 
     fn queue_stats(&self, name: &str) -> Result<Option<QueueStats>, Error> {
-        // A store whose metadata cannot be read says so: answering from
-        // what this process loaded before could name a deleted queue, and
-        // answering "no such queue" would be a lie.
-        self.inner.refresh()?;
-        let q = self.inner.topo.lock().queues.get(name).cloned();
-        match q {
-            None => Ok(None),
-            // Zeros would pass for an empty queue.
-            Some(q) => q.counts().map(|c| Some(stats(&q, c))),
-        }
+        self.inner.guarded(|| {
+            // A store whose metadata cannot be read says so: answering from
+            // what this process loaded before could name a deleted queue, and
+            // answering "no such queue" would be a lie.
+            self.inner.refresh()?;
+            let q = self.inner.topo.lock().queues.get(name).cloned();
+            match q {
+                None => Ok(None),
+                // Zeros would pass for an empty queue.
+                Some(q) => q.counts().map(|c| Some(stats(&q, c))),
+            }
+        })
     }
 
     fn all_queue_stats(&self) -> Result<Vec<QueueStats>, Error> {
-        self.inner.refresh()?;
-        let qs: Vec<_> = self.inner.topo.lock().queues.values().cloned().collect();
-        Ok(qs
-            .iter()
-            .map(|q| match q.counts() {
-                Ok(c) => stats(q, c),
-                Err(e) => QueueStats::new(q.decl.name.clone(), vec![], 0, 0, 0, 0)
-                    .with_unusable(e.to_string()),
-            })
-            .collect())
+        self.inner.guarded(|| {
+            self.inner.refresh()?;
+            let qs: Vec<_> = self.inner.topo.lock().queues.values().cloned().collect();
+            Ok(qs
+                .iter()
+                .map(|q| match q.counts() {
+                    Ok(c) => stats(q, c),
+                    Err(e) => QueueStats::new(q.decl.name.clone(), vec![], 0, 0, 0, 0)
+                        .with_unusable(e.to_string()),
+                })
+                .collect())
+        })
     }
 }
 

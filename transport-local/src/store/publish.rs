@@ -117,10 +117,13 @@ impl LocalConfirm {
 
 impl PendingConfirm for LocalConfirm {
     fn poll_confirm(&self, waker: &Waker) -> Poll<Result<(), StoreFailure>> {
+        // A failed sync seals its segments (a write to their headers).
+        let _g = Guard::new(&self.1);
         self.0.poll(waker).map(|r| self.outcome(r))
     }
 
     fn wait_confirm(&self, deadline: Option<Instant>) -> Option<Result<(), StoreFailure>> {
+        let _g = Guard::new(&self.1);
         self.0.wait(deadline).map(|r| self.outcome(r))
     }
 }
@@ -149,7 +152,12 @@ impl Inner {
         let Some(d) = &self.durability else {
             return Ok(());
         };
-        match d.commit(written) {
+        let committed = {
+            // A failed sync seals its segments (a write to their headers).
+            let _g = Guard::new(&self.cut);
+            d.commit(written)
+        };
+        match committed {
             Ok(()) if self.cut.is_set() => Err(PublishError::unconfirmed(self.cut.failure(), env)),
             Ok(()) => Ok(()),
             Err(e) => Err(unconfirmed(e, env)),

@@ -486,16 +486,20 @@ impl LocalQueue {
     pub(super) fn counts(&self) -> Result<(u64, u64, u64, Vec<u64>), Error> {
         self.usable()?;
         self.cut.check()?;
-        let _g = Guard::new(&self.cut);
         let mut depth = vec![0; self.decl.max_priority as usize + 1];
         let (mut n, mut b, mut u) = (0, 0, 0);
-        for p in self.used_lanes() {
-            let (r, rb, ru) = self.lane(p)?.counts();
-            depth[p as usize] = r;
-            n = r.saturating_add(n);
-            b = rb.saturating_add(b);
-            u = ru.saturating_add(u);
+        {
+            let _g = Guard::new(&self.cut);
+            for p in self.used_lanes() {
+                let (r, rb, ru) = self.lane(p)?.counts();
+                depth[p as usize] = r;
+                n = r.saturating_add(n);
+                b = rb.saturating_add(b);
+                u = ru.saturating_add(u);
+            }
         }
+        // Zeros read from a page replaced meanwhile would pass for empty.
+        self.cut.check()?;
         Ok((n, b, u, depth))
     }
 
@@ -600,6 +604,12 @@ impl LocalQueue {
     }
 
     pub(super) fn kill(&self, lane: u8, c: &Claimed, env: Envelope, reason: DeathReason) {
+        // With a file cut short, the dead-letter publish is refused: the
+        // record stays claimed (it comes back once this process closes the
+        // store) rather than marked dead with its copy nowhere.
+        if self.cut.is_set() {
+            return;
+        }
         if let Ok(l) = self.lane(lane) {
             l.settle(c, self.owner, claim::DEAD);
         }
@@ -830,8 +840,9 @@ impl QueueStore for LocalQueue {
             let _g = Guard::new(&self.cut);
             self.pop_many_here(max, out)
         };
-        // A cut met in this call: the records claimed before it are handed
-        // out (their pages were whole when read); the next call fails.
+        // A cut met in this call: the records it claimed are handed out
+        // (each read whole from a page of the file: the pass may have gone
+        // on into the next segment); the next call fails.
         match taken {
             Ok(0) | Err(_) if self.cut.is_set() => self.cut.check().map(|()| 0),
             other => other,
@@ -905,6 +916,7 @@ impl QueueStore for LocalQueue {
     }
 
     fn consumer_added(&self) -> bool {
+        let _g = Guard::new(&self.cut);
         let added = self.state.consumer_added();
         if added {
             self.count_consumer(1);
@@ -913,11 +925,17 @@ impl QueueStore for LocalQueue {
     }
 
     fn consumer_withdrawn(&self) {
+        let _g = Guard::new(&self.cut);
         self.state.consumer_withdrawn();
         self.count_consumer(-1);
     }
 
     fn consumer_removed(&self) {
+        if self.cut.is_set() {
+            self.state.consumer_withdrawn();
+            return;
+        }
+        let _g = Guard::new(&self.cut);
         self.count_consumer(-1);
         if self.decl.auto_delete && self.consumed_elsewhere() {
             // The store's last consumer deletes an auto-delete queue, not
