@@ -38,7 +38,9 @@
 
 use std::cell::Cell;
 use std::sync::atomic::AtomicBool;
-use std::sync::atomic::Ordering::{Acquire, Relaxed, Release, SeqCst};
+#[cfg(not(loom))]
+use std::sync::atomic::Ordering::{Acquire, Release};
+use std::sync::atomic::Ordering::{Relaxed, SeqCst};
 
 #[cfg(not(loom))]
 use std::sync::atomic::AtomicUsize;
@@ -99,6 +101,7 @@ impl CutFlag {
 
 /// Most pages one operation can have replaced: past that, a fault is passed
 /// on (the process ends, as without this module).
+#[cfg(not(loom))]
 const MAX_REPLACED: usize = 64;
 
 thread_local! {
@@ -106,6 +109,10 @@ thread_local! {
     /// none). A plain pointer with a constant initialiser: no destructor,
     /// no lazy initialisation, so the handler can read it.
     static GUARDED: Cell<*const AtomicBool> = const { Cell::new(std::ptr::null()) };
+}
+
+#[cfg(not(loom))]
+thread_local! {
     /// Pages the handler replaced during this thread's operation, closed
     /// (`PROT_NONE`) when the outermost guard ends.
     static REPLACED: [Cell<usize>; MAX_REPLACED] = const { [const { Cell::new(0) }; MAX_REPLACED] };
@@ -371,7 +378,3 @@ fn pass_on(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut libc::c_void)
         }
     }
 }
-
-#[cfg(loom)]
-#[derive(Debug)]
-pub(crate) struct Registration;

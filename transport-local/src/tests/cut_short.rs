@@ -51,6 +51,16 @@ fn cut(path: &Path, len: u64) {
         .unwrap();
 }
 
+/// Queue `q` declared on `c`, with the bodies `body(0..n)` in it.
+fn fill(c: &Connection, n: usize) -> dashi_engine::Channel {
+    let ch = c.channel().unwrap();
+    ch.queue_declare(&Queue::new("q")).unwrap();
+    for i in 0..n {
+        ch.producer().publish(Message::new(body(i)), "q").unwrap();
+    }
+    ch
+}
+
 fn body(i: usize) -> String {
     format!("{i:05}{}", "x".repeat(995))
 }
@@ -76,12 +86,8 @@ fn a_segment_cut_short_under_a_consumer_is_an_error_and_the_rest_survives() {
     let acked;
     {
         let (_t, c) = open(&d);
-        let ch = c.channel().unwrap();
-        ch.queue_declare(&Queue::new("q")).unwrap();
+        let ch = fill(&c, 300);
         ch.queue_declare(&Queue::new("other")).unwrap();
-        for i in 0..300 {
-            ch.producer().publish(Message::new(body(i)), "q").unwrap();
-        }
         ch.producer().publish("o", "other").unwrap();
         let segs = segments(&d, "q");
         assert!(segs.len() >= 4, "{segs:?}");
@@ -155,11 +161,7 @@ fn a_segment_cut_short_under_a_publisher_fails_the_publish_and_every_later_one()
     let d = TestDir::new();
     {
         let (_t, c) = open(&d);
-        let ch = c.channel().unwrap();
-        ch.queue_declare(&Queue::new("q")).unwrap();
-        for i in 0..10 {
-            ch.producer().publish(Message::new(body(i)), "q").unwrap();
-        }
+        let ch = fill(&c, 10);
         // The segment being written, cut back to its first page.
         let segs = segments(&d, "q");
         cut(segs.last().unwrap(), 4096);
@@ -222,11 +224,7 @@ const CHILD: &str = "DASHI_CUT_SHORT_CHILD";
 fn child_role() {
     let root = PathBuf::from(std::env::var(CHILD).expect("run by the tests in this file"));
     let (_t, c) = open(&root);
-    let ch = c.channel().unwrap();
-    ch.queue_declare(&Queue::new("q")).unwrap();
-    for i in 0..75 {
-        ch.producer().publish(Message::new(body(i)), "q").unwrap();
-    }
+    let ch = fill(&c, 75);
     let held: Vec<_> = (0..13)
         .map(|_| ch.get("q", Duration::ZERO).unwrap().unwrap())
         .collect();
@@ -278,11 +276,7 @@ fn a_reject_after_a_cut_loses_nothing() {
     let d = TestDir::new();
     {
         let (t, c) = open(&d);
-        let ch = c.channel().unwrap();
-        ch.queue_declare(&Queue::new("q")).unwrap();
-        for i in 0..5 {
-            ch.producer().publish(Message::new(body(i)), "q").unwrap();
-        }
+        let ch = fill(&c, 5);
         let held: Vec<_> = (0..5)
             .map(|_| ch.get("q", Duration::ZERO).unwrap().unwrap())
             .collect();
@@ -308,11 +302,7 @@ fn a_reject_after_a_cut_loses_nothing() {
 fn a_state_page_cut_short_is_never_read_as_an_empty_queue() {
     let d = TestDir::new();
     let (_t, c) = open(&d);
-    let ch = c.channel().unwrap();
-    ch.queue_declare(&Queue::new("q")).unwrap();
-    for i in 0..10 {
-        ch.producer().publish(Message::new(body(i)), "q").unwrap();
-    }
+    let ch = fill(&c, 10);
     let state = segments(&d, "q")[0].parent().unwrap().join("state");
     cut(&state, 0);
     assert_cut(&c.stats().queue("q").unwrap_err(), &d, "stats");
@@ -325,11 +315,7 @@ fn a_state_page_cut_short_is_never_read_as_an_empty_queue() {
 fn a_purge_over_a_segment_cut_short_is_an_error() {
     let d = TestDir::new();
     let (_t, c) = open(&d);
-    let ch = c.channel().unwrap();
-    ch.queue_declare(&Queue::new("q")).unwrap();
-    for i in 0..75 {
-        ch.producer().publish(Message::new(body(i)), "q").unwrap();
-    }
+    let ch = fill(&c, 75);
     cut(&segments(&d, "q")[0], 16 * 1024);
     assert_cut(&ch.queue_purge("q").unwrap_err(), &d, "purge");
 }
