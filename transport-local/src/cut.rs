@@ -38,9 +38,9 @@
 
 use std::cell::Cell;
 use std::sync::atomic::AtomicBool;
+use std::sync::atomic::Ordering::Relaxed;
 #[cfg(not(loom))]
-use std::sync::atomic::Ordering::{Acquire, Release};
-use std::sync::atomic::Ordering::{Relaxed, SeqCst};
+use std::sync::atomic::Ordering::{Acquire, Release, SeqCst};
 
 #[cfg(not(loom))]
 use std::sync::atomic::AtomicUsize;
@@ -95,7 +95,7 @@ impl CutFlag {
     /// Marks the store as cut in this process (as the handler does).
     #[cfg(test)]
     pub(crate) fn set(&self) {
-        self.set.store(true, SeqCst);
+        self.set.store(true, std::sync::atomic::Ordering::SeqCst);
     }
 }
 
