@@ -319,3 +319,60 @@ fn a_purge_over_a_segment_cut_short_is_an_error() {
     cut(&segments(&d, "q")[0], 16 * 1024);
     assert_cut(&ch.queue_purge("q").unwrap_err(), &d, "purge");
 }
+
+/// A `nack` of many deliveries whose first meets the cut: the rest, in a
+/// segment still whole, are neither marked dead nor lost (their dead-letter
+/// copies would be refused); after the next lone open they are in the
+/// queue or the dead-letter queue (found by review: 60-74 were in neither).
+#[test]
+fn a_nack_of_many_that_meets_a_cut_loses_none_of_the_rest() {
+    let d = TestDir::new();
+    let held_ids: Vec<usize>;
+    {
+        let (_t, c) = open(&d);
+        let ch = c.channel().unwrap();
+        ch.exchange_declare(&dashi_engine::Exchange::new(
+            "dlx",
+            dashi_engine::ExchangeKind::Fanout,
+        ))
+        .unwrap();
+        ch.queue_declare(&Queue::new("dlq")).unwrap();
+        ch.queue_bind("dlq", "dlx", "", Default::default()).unwrap();
+        ch.queue_declare(&Queue::new("q").with_dead_letter("dlx", None))
+            .unwrap();
+        for i in 0..75 {
+            ch.producer().publish(Message::new(body(i)), "q").unwrap();
+        }
+        let held: Vec<_> = (0..75)
+            .map(|_| ch.get("q", Duration::ZERO).unwrap().unwrap())
+            .collect();
+        held_ids = held
+            .iter()
+            .map(|m| String::from_utf8_lossy(&m.body()[..5]).parse().unwrap())
+            .collect();
+        assert_eq!(held_ids, (0..75).collect::<Vec<_>>());
+        // Records past 16 KiB of the first segment are lost; those of the
+        // second segment (from about 60 on) are whole.
+        cut(&segments(&d, "q")[0], 16 * 1024);
+        let e = held[74].nack_multiple(false);
+        assert!(e.is_err_and(|e| e.to_string().contains("cut short")));
+    }
+    let (t, c) = open(&d);
+    assert_eq!(t.recovered().segments_set_aside, 1);
+    let ch = c.channel().unwrap();
+    let mut found = Vec::new();
+    for q in ["q", "dlq"] {
+        while let Some(m) = ch.get(q, Duration::ZERO).unwrap() {
+            found.push(
+                String::from_utf8_lossy(&m.body()[..5])
+                    .parse::<usize>()
+                    .unwrap(),
+            );
+            m.ack().unwrap();
+        }
+    }
+    found.sort_unstable();
+    let second: Vec<usize> = found.iter().copied().filter(|&i| i > 16).collect();
+    assert!(!second.is_empty() && second[0] > 40, "{found:?}");
+    assert_eq!(second, (second[0]..75).collect::<Vec<_>>(), "{found:?}");
+}
