@@ -6,10 +6,11 @@
 //! process: a load from a mapping cannot return an error. This module turns
 //! such a fault, when it happens inside one of the store's own operations
 //! on one of its own mappings, into something the operation can report:
-//! the faulting page is replaced by a private page of zeros (the access
-//! completes and reads what the log takes for "nothing written here"), the
-//! store's [`CutFlag`] is set, and the store refuses every operation in this
-//! process from then on with one line that says what happened.
+//! the rest of the mapping from the faulting page on is replaced by private
+//! zero pages (the access completes and reads what the log takes for
+//! "nothing written here"), the store's [`CutFlag`] is set, and the store
+//! refuses every operation in this process from then on with one line that
+//! says what happened.
 //!
 //! # Invariants
 //! - The handler acts only on a `BUS_ADRERR` fault at an address inside a
@@ -23,27 +24,60 @@
 //!   mapping that is gone, or of one that took its place.
 //! - A replaced page is private: nothing this process writes there reaches
 //!   the file or another process. An operation that wrote there never
-//!   reports success (see [`CutFlag`]), and every later one of the store
-//!   fails before it touches a mapping.
-//! - A replaced page is closed (`PROT_NONE`) when the operation that met it
-//!   ends: a body handed to the application earlier may point into it, and
-//!   reading zeros there would pass for the message. Such a read ends the
-//!   process (`SIGSEGV`), as the `SIGBUS` did.
+//!   reports success, and every later one of the store fails before it
+//!   touches a mapping: a guard is published (below) before the flag is
+//!   read, so an operation either sees the flag or is seen in flight.
+//! - Replaced pages are closed (`PROT_NONE`) once no operation of their
+//!   store is in flight in any thread of the process: a body handed to the
+//!   application earlier may point into one, and reading zeros there would
+//!   pass for the message. Such a read ends the process (`SIGSEGV`), as the
+//!   `SIGBUS` did. A page is closed only while its mapping's registration
+//!   is the one it was replaced under (held against unregistering).
 //! - The handler calls only `mmap` and `sigaction` (async-signal-safe
 //!   system calls), keeps `errno`, and touches only atomics and
 //!   thread-locals with constant initialisers and no destructor, after it
 //!   has checked the fault is ours.
-//! - The guarded thread's store is the one whose flag is set: a guarded
-//!   operation touches only its own store's mappings.
 
 use std::cell::Cell;
 use std::sync::atomic::AtomicBool;
-use std::sync::atomic::Ordering::Relaxed;
 #[cfg(not(loom))]
-use std::sync::atomic::Ordering::{Acquire, Release, SeqCst};
+use std::sync::atomic::Ordering::Release;
+use std::sync::atomic::Ordering::{AcqRel, Acquire, Relaxed, SeqCst};
+use std::sync::atomic::{AtomicPtr, AtomicUsize};
 
-#[cfg(not(loom))]
-use std::sync::atomic::AtomicUsize;
+/// How many stretches of replaced pages a store keeps: past that, a fault
+/// is passed on (the process ends, as without this module). Each fault
+/// replaces the rest of its mapping, so a store needs one per mapping cut.
+const MAX_REPLACED: usize = 64;
+
+/// One stretch of replaced pages, recorded by the handler.
+#[derive(Debug)]
+#[cfg_attr(loom, allow(dead_code))]
+struct Replaced {
+    /// Its first page and length in bytes.
+    at: AtomicUsize,
+    len: AtomicUsize,
+    /// The registration it was replaced under (slot and generation).
+    slot: AtomicUsize,
+    generation: AtomicUsize,
+    /// Written whole (set last by the handler).
+    ready: AtomicBool,
+    /// Closed (or found gone) by a closer.
+    closed: AtomicBool,
+}
+
+impl Replaced {
+    const fn new() -> Replaced {
+        Replaced {
+            at: AtomicUsize::new(0),
+            len: AtomicUsize::new(0),
+            slot: AtomicUsize::new(0),
+            generation: AtomicUsize::new(0),
+            ready: AtomicBool::new(false),
+            closed: AtomicBool::new(false),
+        }
+    }
+}
 
 /// Set when a page of one of a store's mappings was found cut short in this
 /// process. From then on the store refuses every operation here: pages it
@@ -53,6 +87,9 @@ pub(crate) struct CutFlag {
     set: AtomicBool,
     /// The store's directory, for the error.
     root: std::path::PathBuf,
+    /// What the handler replaced, to close.
+    replaced: [Replaced; MAX_REPLACED],
+    recorded: AtomicUsize,
 }
 
 impl CutFlag {
@@ -61,12 +98,14 @@ impl CutFlag {
         CutFlag {
             set: AtomicBool::new(false),
             root: root.to_path_buf(),
+            replaced: [const { Replaced::new() }; MAX_REPLACED],
+            recorded: AtomicUsize::new(0),
         }
     }
 
     /// Whether a cut was found.
     pub(crate) fn is_set(&self) -> bool {
-        self.set.load(Relaxed)
+        self.set.load(SeqCst)
     }
 
     /// `Err` with what happened once a cut was found.
@@ -76,6 +115,17 @@ impl CutFlag {
         } else {
             Ok(())
         }
+    }
+
+    /// Starts an operation of the store on this thread: `Err` once a cut
+    /// was found (the operation must not touch a mapping), else the guard
+    /// under which a fault on a cut page is survived.
+    pub(crate) fn enter(&self) -> Result<Guard<'_>, dashi_engine::Error> {
+        let g = Guard::new(self);
+        // After the guard is published (SeqCst both): a closer that set
+        // the flag before this load sees the guard, or this load sees it.
+        self.check()?;
+        Ok(g)
     }
 
     /// What happened, as a failure: damaged, not transient (retrying in
@@ -95,45 +145,132 @@ impl CutFlag {
     /// Marks the store as cut in this process (as the handler does).
     #[cfg(test)]
     pub(crate) fn set(&self) {
-        self.set.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.set.store(true, SeqCst);
+    }
+
+    /// Closes every stretch replaced so far, once no operation of this
+    /// store is in flight (another's end closes them otherwise).
+    fn close_replaced(&self) {
+        let n = self.recorded.load(SeqCst).min(MAX_REPLACED);
+        if n == 0 || in_flight(self) {
+            return;
+        }
+        for r in &self.replaced[..n] {
+            if !r.ready.load(Acquire) || r.closed.swap(true, AcqRel) {
+                continue;
+            }
+            #[cfg(not(loom))]
+            close(
+                r.at.load(Relaxed),
+                r.len.load(Relaxed),
+                r.slot.load(Relaxed),
+                r.generation.load(Relaxed),
+            );
+        }
     }
 }
-
-/// Most pages one operation can have replaced: past that, a fault is passed
-/// on (the process ends, as without this module).
-#[cfg(not(loom))]
-const MAX_REPLACED: usize = 64;
 
 thread_local! {
     /// The flag of the store whose operation this thread is running (null:
     /// none). A plain pointer with a constant initialiser: no destructor,
     /// no lazy initialisation, so the handler can read it.
-    static GUARDED: Cell<*const AtomicBool> = const { Cell::new(std::ptr::null()) };
+    static GUARDED: Cell<*const CutFlag> = const { Cell::new(std::ptr::null()) };
+    /// This thread's slot in [`THREADS`] (`usize::MAX`: none yet).
+    static THREAD_SLOT: Cell<usize> = const { Cell::new(usize::MAX) };
 }
 
-#[cfg(not(loom))]
+/// Threads that can run guarded operations at once with a published guard;
+/// past that, a thread counts in [`UNTRACKED`] instead.
+const THREAD_SLOTS: usize = 4096;
+
+/// A thread's outermost guarded store (null: none), read by closers; a
+/// cache line each (every operation writes its own twice).
+#[repr(align(64))]
+struct ThreadSlot(AtomicPtr<CutFlag>);
+
+/// Each thread's slot.
+static THREADS: [ThreadSlot; THREAD_SLOTS] =
+    [const { ThreadSlot(AtomicPtr::new(std::ptr::null_mut())) }; THREAD_SLOTS];
+/// Which slots of [`THREADS`] belong to a thread.
+static THREAD_TAKEN: [AtomicBool; THREAD_SLOTS] = [const { AtomicBool::new(false) }; THREAD_SLOTS];
+/// Guarded operations in flight on threads without a slot: while any is,
+/// nothing is closed.
+static UNTRACKED: AtomicUsize = AtomicUsize::new(0);
+
+/// Gives a thread's slot back when the thread ends.
+struct SlotOwner(usize);
+
+impl Drop for SlotOwner {
+    fn drop(&mut self) {
+        THREADS[self.0].0.store(std::ptr::null_mut(), SeqCst);
+        THREAD_TAKEN[self.0].store(false, SeqCst);
+    }
+}
+
 thread_local! {
-    /// Pages the handler replaced during this thread's operation, closed
-    /// (`PROT_NONE`) when the outermost guard ends.
-    static REPLACED: [Cell<usize>; MAX_REPLACED] = const { [const { Cell::new(0) }; MAX_REPLACED] };
-    static N_REPLACED: Cell<usize> = const { Cell::new(0) };
+    static SLOT_OWNER: Cell<Option<SlotOwner>> = const { Cell::new(None) };
+}
+
+/// This thread's slot, taken on its first guard (`None`: all taken, or the
+/// thread is ending).
+fn thread_slot() -> Option<usize> {
+    let s = THREAD_SLOT.with(|s| s.get());
+    if s != usize::MAX {
+        return Some(s);
+    }
+    let i = (0..THREAD_SLOTS).find(|&i| {
+        THREAD_TAKEN[i]
+            .compare_exchange(false, true, SeqCst, Relaxed)
+            .is_ok()
+    })?;
+    let kept = SLOT_OWNER.try_with(|o| o.set(Some(SlotOwner(i)))).is_ok();
+    if !kept {
+        THREAD_TAKEN[i].store(false, SeqCst);
+        return None;
+    }
+    THREAD_SLOT.with(|s| s.set(i));
+    Some(i)
+}
+
+/// Whether an operation of `flag`'s store is in flight in any thread.
+fn in_flight(flag: &CutFlag) -> bool {
+    let me = flag as *const CutFlag as *mut CutFlag;
+    UNTRACKED.load(SeqCst) > 0 || THREADS.iter().any(|t| t.0.load(SeqCst) == me)
 }
 
 /// While alive, a fault of this thread on a cut page of a registered mapping
-/// is survived and sets `flag`. Guards nest (the innermost flag is set).
+/// is survived and sets `flag`. Guards nest (the innermost flag is set;
+/// the outermost store is the one counted in flight).
 #[must_use]
 pub(crate) struct Guard<'a> {
-    prev: *const AtomicBool,
-    _flag: std::marker::PhantomData<&'a CutFlag>,
+    prev: *const CutFlag,
+    flag: &'a CutFlag,
+    /// The slot published in (outermost guard only), or `Some(usize::MAX)`
+    /// when counted in [`UNTRACKED`].
+    published: Option<usize>,
 }
 
 impl<'a> Guard<'a> {
-    /// Runs the calling thread's next accesses under `flag`.
+    /// Runs the calling thread's next accesses under `flag`. Prefer
+    /// [`CutFlag::enter`], which refuses once the flag is set.
     pub(crate) fn new(flag: &'a CutFlag) -> Guard<'a> {
-        let prev = GUARDED.with(|g| g.replace(&flag.set));
+        let prev = GUARDED.with(|g| g.replace(flag));
+        let published = prev.is_null().then(|| match thread_slot() {
+            Some(i) => {
+                THREADS[i]
+                    .0
+                    .store(flag as *const CutFlag as *mut CutFlag, SeqCst);
+                i
+            }
+            None => {
+                UNTRACKED.fetch_add(1, SeqCst);
+                usize::MAX
+            }
+        });
         Guard {
             prev,
-            _flag: std::marker::PhantomData,
+            flag,
+            published,
         }
     }
 }
@@ -141,31 +278,15 @@ impl<'a> Guard<'a> {
 impl Drop for Guard<'_> {
     fn drop(&mut self) {
         GUARDED.with(|g| g.set(self.prev));
-        if self.prev.is_null() {
-            #[cfg(not(loom))]
-            close_replaced();
+        match self.published {
+            None => return,
+            Some(usize::MAX) => {
+                UNTRACKED.fetch_sub(1, SeqCst);
+            }
+            Some(i) => THREADS[i].0.store(std::ptr::null_mut(), SeqCst),
         }
-    }
-}
-
-/// Closes the pages this thread's operation had replaced: a message body
-/// handed out earlier may point into one, and the application must never
-/// read zeros for it. Its next read faults (`SIGSEGV`) and ends the process,
-/// as the `SIGBUS` would have; the store refuses every operation by now, so
-/// its own code does not come back to them.
-#[cfg(not(loom))]
-#[allow(unsafe_code)]
-fn close_replaced() {
-    let n = N_REPLACED.with(|n| n.replace(0)).min(MAX_REPLACED);
-    let page = PAGE.load(Relaxed);
-    for i in 0..n {
-        let at = REPLACED.with(|r| r[i].replace(0));
-        // SAFETY: `at` is a page of a registered mapping this thread's
-        // operation was using when the handler replaced it; the mapping is
-        // unregistered only before it is unmapped, and closing a page of a
-        // mapping already gone fails harmlessly (`ENOMEM`).
-        unsafe {
-            libc::mprotect(at as *mut libc::c_void, page, libc::PROT_NONE);
+        if self.flag.is_set() {
+            self.flag.close_replaced();
         }
     }
 }
@@ -183,16 +304,19 @@ impl std::fmt::Debug for Guard<'_> {
 #[cfg(not(loom))]
 const SLOTS: usize = 1 << 16;
 
-/// A slot whose range is being written or cleared.
+/// A slot whose range is being written, cleared, or closed.
 #[cfg(not(loom))]
 const BUSY: usize = 1;
 
 /// Registered mappings: `STARTS[i]` is the first address (0: free, `BUSY`:
-/// changing), `ENDS[i]` one past the last.
+/// changing), `ENDS[i]` one past the last, `GENERATIONS[i]` counts its
+/// registrations.
 #[cfg(not(loom))]
 static STARTS: [AtomicUsize; SLOTS] = [const { AtomicUsize::new(0) }; SLOTS];
 #[cfg(not(loom))]
 static ENDS: [AtomicUsize; SLOTS] = [const { AtomicUsize::new(0) }; SLOTS];
+#[cfg(not(loom))]
+static GENERATIONS: [AtomicUsize; SLOTS] = [const { AtomicUsize::new(0) }; SLOTS];
 /// One past the highest slot ever used (the handler's scan stops there).
 #[cfg(not(loom))]
 static HIGH: AtomicUsize = AtomicUsize::new(0);
@@ -230,8 +354,9 @@ pub(crate) fn register(start: usize, len: usize) -> Registration {
             .compare_exchange(0, BUSY, Acquire, Relaxed)
             .is_ok()
         {
-            ENDS[i].store(start.saturating_add(len), Relaxed);
-            STARTS[i].store(start, Release);
+            GENERATIONS[i].fetch_add(1, SeqCst);
+            ENDS[i].store(start.saturating_add(len), SeqCst);
+            STARTS[i].store(start, SeqCst);
             HIGH.fetch_max(i + 1, SeqCst);
             HINT.store(i + 1, Relaxed);
             return Registration(Some(i));
@@ -243,25 +368,58 @@ pub(crate) fn register(start: usize, len: usize) -> Registration {
 #[cfg(not(loom))]
 impl Drop for Registration {
     fn drop(&mut self) {
-        if let Some(i) = self.0 {
-            STARTS[i].store(BUSY, SeqCst);
-            ENDS[i].store(0, Relaxed);
-            STARTS[i].store(0, Release);
+        let Some(i) = self.0 else { return };
+        // Waits out a closer holding the slot (a few system calls).
+        loop {
+            let s = STARTS[i].load(SeqCst);
+            if s != BUSY && STARTS[i].compare_exchange(s, BUSY, SeqCst, Relaxed).is_ok() {
+                break;
+            }
+            std::hint::spin_loop();
         }
+        ENDS[i].store(0, SeqCst);
+        STARTS[i].store(0, SeqCst);
     }
 }
 
-/// Whether `addr` lies in a registered mapping.
+/// The registration `addr` lies in: slot, generation and the mapping's end.
 #[cfg(not(loom))]
-fn registered(addr: usize) -> bool {
-    let high = HIGH.load(Acquire).min(SLOTS);
-    (0..high).any(|i| {
-        let s = STARTS[i].load(Acquire);
-        let e = ENDS[i].load(Acquire);
-        // The start read again: a slot freed and taken between the two
-        // loads would pair one mapping's start with another's end.
-        s > BUSY && STARTS[i].load(Acquire) == s && addr >= s && addr < e
+fn registered(addr: usize) -> Option<(usize, usize, usize)> {
+    let high = HIGH.load(SeqCst).min(SLOTS);
+    (0..high).find_map(|i| {
+        let s = STARTS[i].load(SeqCst);
+        let g = GENERATIONS[i].load(SeqCst);
+        let e = ENDS[i].load(SeqCst);
+        // Read again: a slot freed and taken between the loads would pair
+        // one mapping's start with another's end.
+        let whole = s > BUSY && STARTS[i].load(SeqCst) == s && GENERATIONS[i].load(SeqCst) == g;
+        (whole && addr >= s && addr < e).then_some((i, g, e))
     })
+}
+
+/// Closes `[at, at + len)` if slot `slot` still holds generation
+/// `generation`, holding the slot against unregistering meanwhile.
+#[cfg(not(loom))]
+#[allow(unsafe_code)]
+fn close(at: usize, len: usize, slot: usize, generation: usize) {
+    let s = STARTS[slot].load(SeqCst);
+    if s <= BUSY
+        || STARTS[slot]
+            .compare_exchange(s, BUSY, SeqCst, Relaxed)
+            .is_err()
+    {
+        // Gone (or going): nothing of it to close.
+        return;
+    }
+    if GENERATIONS[slot].load(SeqCst) == generation {
+        // SAFETY: the range lies in the mapping registered in `slot` under
+        // `generation` (the handler replaced it there), held mapped while
+        // the slot is BUSY; closing it changes no other memory.
+        unsafe {
+            libc::mprotect(at as *mut libc::c_void, len, libc::PROT_NONE);
+        }
+    }
+    STARTS[slot].store(s, SeqCst);
 }
 
 /// The handler found when ours was installed (to pass on what is not ours).
@@ -303,45 +461,58 @@ extern "C" fn on_sigbus(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut 
     // SAFETY: the kernel passes a valid `siginfo_t` to an SA_SIGINFO
     // handler; for a fault, `si_addr` is the faulting address.
     let (code, addr) = unsafe { ((*info).si_code, (*info).si_addr() as usize) };
-    // The thread-locals last: a thread of a library loaded at run time may
-    // reach them through `__tls_get_addr`, and a guarded thread has.
-    if code != libc::BUS_ADRERR || !registered(addr) {
+    if code != libc::BUS_ADRERR {
         return pass_on(sig, info, ctx);
     }
+    // The thread-locals last: a thread of a library loaded at run time may
+    // reach them through `__tls_get_addr`, and a guarded thread has.
+    let Some((slot, generation, end)) = registered(addr) else {
+        return pass_on(sig, info, ctx);
+    };
     let flag = GUARDED.with(|g| g.get());
-    let n = N_REPLACED.with(|n| n.get());
-    if !flag.is_null() && n < MAX_REPLACED {
-        // SAFETY: this thread's errno, saved and put back: the interrupted
-        // code may be between a call and its read of errno.
-        let errno = unsafe { *libc::__errno_location() };
-        let page = PAGE.load(Relaxed);
-        let at = addr & !(page - 1);
-        // SAFETY: the page lies in a mapping of a store's file that the
-        // faulting thread is using (registered, and unregistered only
-        // before it is unmapped); replacing it with a private zero page
-        // changes no file and no other mapping.
-        let r = unsafe {
-            libc::mmap(
-                at as *mut libc::c_void,
-                page,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED,
-                -1,
-                0,
-            )
-        };
-        // SAFETY: as above.
-        unsafe { *libc::__errno_location() = errno };
-        if r != libc::MAP_FAILED {
-            REPLACED.with(|p| p[n].set(at));
-            N_REPLACED.with(|c| c.set(n + 1));
-            // SAFETY: the guard that set the pointer borrows the flag and is
-            // alive on this thread (it is the thread that faulted).
-            unsafe { (*flag).store(true, SeqCst) };
-            return;
-        }
+    if flag.is_null() {
+        return pass_on(sig, info, ctx);
     }
-    pass_on(sig, info, ctx);
+    // SAFETY: the guard that set the pointer borrows the flag and is alive
+    // on this thread (it is the thread that faulted).
+    let flag = unsafe { &*flag };
+    let k = flag.recorded.fetch_add(1, SeqCst);
+    if k >= MAX_REPLACED {
+        return pass_on(sig, info, ctx);
+    }
+    let page = PAGE.load(Relaxed);
+    let at = addr & !(page - 1);
+    let len = end - at;
+    // SAFETY: this thread's errno, saved and put back: the interrupted
+    // code may be between a call and its read of errno.
+    let errno = unsafe { *libc::__errno_location() };
+    // SAFETY: `[at, end)` lies in a mapping of a store's file that the
+    // faulting thread is using (registered, and unregistered only before
+    // it is unmapped); past the fault it is past the file's end too.
+    // Replacing it with private zero pages changes no file and no other
+    // mapping.
+    let r = unsafe {
+        libc::mmap(
+            at as *mut libc::c_void,
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED,
+            -1,
+            0,
+        )
+    };
+    // SAFETY: as above.
+    unsafe { *libc::__errno_location() = errno };
+    if r == libc::MAP_FAILED {
+        return pass_on(sig, info, ctx);
+    }
+    let rec = &flag.replaced[k];
+    rec.at.store(at, Relaxed);
+    rec.len.store(len, Relaxed);
+    rec.slot.store(slot, Relaxed);
+    rec.generation.store(generation, Relaxed);
+    rec.ready.store(true, Release);
+    flag.set.store(true, SeqCst);
 }
 
 /// Hands a `SIGBUS` that is not ours to the handler installed before, or

@@ -53,6 +53,7 @@ use dashi_rt::{io, Runtime};
 use parking_lot::Mutex;
 
 use super::Fsync;
+use crate::cut::CutFlag;
 use crate::segment::Segment;
 
 /// Syncs of one file in flight at once.
@@ -140,6 +141,8 @@ pub(crate) struct Durability {
     retired_syncs: AtomicU64,
     /// Files seen, to spread their syncs over the cores.
     seen: AtomicU64,
+    /// The store's: sealing a segment writes its header (`cut.rs`).
+    cut: Arc<CutFlag>,
 }
 
 impl std::fmt::Debug for Durability {
@@ -151,10 +154,21 @@ impl std::fmt::Debug for Durability {
 }
 
 impl Durability {
+    /// Seals `seg` (nothing more is confirmed from it), under the store's
+    /// cut guard; not once a file of the store was found cut short here.
+    fn seal(&self, seg: &Segment) {
+        if let Ok(_g) = self.cut.enter() {
+            seg.seal();
+        }
+    }
+}
+
+impl Durability {
     /// Syncs on `rt` (the store's runtime); `None` for `fsync=never`.
     pub(crate) fn start(
         mode: Fsync,
         rt: Result<Arc<Runtime>, String>,
+        cut: Arc<CutFlag>,
     ) -> Result<Option<Arc<Durability>>, String> {
         if mode == Fsync::Never {
             return Ok(None);
@@ -166,6 +180,7 @@ impl Durability {
             files: Mutex::new(HashMap::new()),
             retired_syncs: AtomicU64::new(0),
             seen: AtomicU64::new(0),
+            cut,
         });
         if let Fsync::Interval(every) = mode {
             let weak = Arc::downgrade(&d);
@@ -282,7 +297,7 @@ impl Durability {
                 Ok(Some(f)) => f,
                 Ok(None) => continue,
                 Err(e) => {
-                    seg.seal();
+                    self.seal(&seg);
                     failed.get_or_insert(format!("cannot sync the record: {e}"));
                     continue;
                 }
@@ -423,7 +438,7 @@ impl Tickets {
 
     fn seal(&self) {
         for (_, _, seg) in &self.waits {
-            seg.seal();
+            self.durability.seal(seg);
         }
     }
 

@@ -53,7 +53,7 @@ use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, OnceLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use crate::cut::{CutFlag, Guard};
+use crate::cut::CutFlag;
 use arc_swap::ArcSwap;
 use dashi_engine::spi::{
     check_delete, check_name, check_redeclare, validate_declaration, Accepted, Binding,
@@ -203,9 +203,8 @@ impl Inner {
     /// once a file of the store was found cut short here, and failed when
     /// it met one itself (what it read there was zeros).
     fn guarded<T>(&self, f: impl FnOnce() -> Result<T, Error>) -> Result<T, Error> {
-        self.cut.check()?;
         let done = {
-            let _g = Guard::new(&self.cut);
+            let _g = self.cut.enter()?;
             f()
         };
         self.cut.check()?;
@@ -487,7 +486,7 @@ impl Transport for LocalTransport {
     }
 
     fn store_counters(&self) -> Option<dashi_engine::CounterSnapshot> {
-        Some(self.inner.stats.totals())
+        self.inner.stats.totals()
     }
 
     fn queue_stats(&self, name: &str) -> Result<Option<QueueStats>, Error> {

@@ -534,9 +534,9 @@ impl LocalTransport {
                 Allocator::direct()
             }
         };
-        let durability = Durability::start(opts.fsync, rt)
-            .map_err(|e| store_fail(FailureKind::Runtime, "durability", e))?;
         let cut = Arc::new(crate::cut::CutFlag::new(root));
+        let durability = Durability::start(opts.fsync, rt, cut.clone())
+            .map_err(|e| store_fail(FailureKind::Runtime, "durability", e))?;
         let stats = super::shared_stats::CounterFlush::new(control.clone(), cut.clone());
         if let Some(rt) = alloc.runtime() {
             stats.start(rt);

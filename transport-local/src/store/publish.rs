@@ -20,7 +20,7 @@ use dashi_engine::spi::{
 use dashi_engine::{Error, FailureKind, Overflow, PublishError, Queue, StoreFailure};
 
 use crate::codec;
-use crate::cut::{CutFlag, Guard};
+use crate::cut::CutFlag;
 use crate::segment::Segment;
 
 use super::durability::Tickets;
@@ -117,13 +117,10 @@ impl LocalConfirm {
 
 impl PendingConfirm for LocalConfirm {
     fn poll_confirm(&self, waker: &Waker) -> Poll<Result<(), StoreFailure>> {
-        // A failed sync seals its segments (a write to their headers).
-        let _g = Guard::new(&self.1);
         self.0.poll(waker).map(|r| self.outcome(r))
     }
 
     fn wait_confirm(&self, deadline: Option<Instant>) -> Option<Result<(), StoreFailure>> {
-        let _g = Guard::new(&self.1);
         self.0.wait(deadline).map(|r| self.outcome(r))
     }
 }
@@ -152,12 +149,7 @@ impl Inner {
         let Some(d) = &self.durability else {
             return Ok(());
         };
-        let committed = {
-            // A failed sync seals its segments (a write to their headers).
-            let _g = Guard::new(&self.cut);
-            d.commit(written)
-        };
-        match committed {
+        match d.commit(written) {
             Ok(()) if self.cut.is_set() => Err(PublishError::unconfirmed(self.cut.failure(), env)),
             Ok(()) => Ok(()),
             Err(e) => Err(unconfirmed(e, env)),
@@ -194,12 +186,9 @@ impl Inner {
         mandatory: bool,
         clamp: bool,
     ) -> Result<Option<(Vec<Arc<Segment>>, Envelope)>, PublishError> {
-        if let Err(e) = self.cut.check() {
-            return Err(store_error(e, env));
-        }
-        let appended = {
-            let _g = Guard::new(&self.cut);
-            self.append_here(env, mandatory, clamp)
+        let appended = match self.cut.enter() {
+            Ok(_g) => self.append_here(env, mandatory, clamp),
+            Err(e) => return Err(store_error(e, env)),
         };
         match appended {
             // Written to a page of a file cut short, or after: the record
@@ -248,6 +237,12 @@ impl Inner {
         );
         if let Err(e) = encoded {
             let e = store_fail(FailureKind::Invalid, "encoding the record", e);
+            return Err(store_error(e, env));
+        }
+        // The body may point into a segment of this store (a delivery
+        // published again, a dead-lettered record): read from a page cut
+        // short, it came out as zeros. Nothing is appended then.
+        if let Err(e) = self.cut.check() {
             return Err(store_error(e, env));
         }
         let expires = env.properties().expiration.is_some();

@@ -37,7 +37,7 @@ use crate::segment::claim;
 use crate::shared_page::SharedPage;
 
 use super::{store_err, store_fail, wall_ns, Inner, LocalOptions, GENERATION, PUBLISHED};
-use crate::cut::{CutFlag, Guard};
+use crate::cut::CutFlag;
 
 /// One queue of the store, as this process uses it.
 pub(crate) struct LocalQueue {
@@ -396,10 +396,9 @@ impl LocalQueue {
         let Some(t) = self.transport.upgrade() else {
             return;
         };
-        if self.cut.is_set() {
+        let Ok(_g) = self.cut.enter() else {
             return;
-        }
-        let _g = Guard::new(&self.cut);
+        };
         super::shared_stats::add_consumers(
             &self.lanes_used,
             &self.consumer_slot,
@@ -485,11 +484,10 @@ impl LocalQueue {
     /// ahead, a declare would report too few).
     pub(super) fn counts(&self) -> Result<(u64, u64, u64, Vec<u64>), Error> {
         self.usable()?;
-        self.cut.check()?;
         let mut depth = vec![0; self.decl.max_priority as usize + 1];
         let (mut n, mut b, mut u) = (0, 0, 0);
         {
-            let _g = Guard::new(&self.cut);
+            let _g = self.cut.enter()?;
             for p in self.used_lanes() {
                 let (r, rb, ru) = self.lane(p)?.counts();
                 depth[p as usize] = r;
@@ -554,10 +552,12 @@ impl LocalQueue {
     /// queue nobody reads expire on time. Only an expired head is claimed;
     /// nothing is taken and put back. True if any expired.
     pub(super) fn expire_heads(&self) -> bool {
-        if self.state.is_deleted() || self.cut.is_set() {
+        if self.state.is_deleted() {
             return false;
         }
-        let _g = Guard::new(&self.cut);
+        let Ok(_g) = self.cut.enter() else {
+            return false;
+        };
         let mut any = false;
         for p in self.used_lanes() {
             let Ok(l) = self.lane(p) else { continue };
@@ -835,9 +835,8 @@ impl QueueStore for LocalQueue {
     }
 
     fn pop_many(&self, max: usize, out: &mut Vec<Envelope>) -> Result<usize, Error> {
-        self.cut.check()?;
         let taken = {
-            let _g = Guard::new(&self.cut);
+            let _g = self.cut.enter()?;
             self.pop_many_here(max, out)
         };
         // A cut met in this call: the records it claimed are handed out
@@ -857,18 +856,16 @@ impl QueueStore for LocalQueue {
     }
 
     fn ack(&self, envs: &[&Envelope]) -> Result<(), Error> {
-        self.cut.check()?;
         let done = {
-            let _g = Guard::new(&self.cut);
+            let _g = self.cut.enter()?;
             self.ack_here(envs)
         };
         self.cut.check().and(done)
     }
 
     fn reject(&self, envs: Vec<Envelope>) -> Result<(), Error> {
-        self.cut.check()?;
         {
-            let _g = Guard::new(&self.cut);
+            let _g = self.cut.enter()?;
             for env in envs {
                 if let Some(c) = self.take(&env) {
                     self.kill(env.lane, &c, env, DeathReason::Rejected);
@@ -879,19 +876,17 @@ impl QueueStore for LocalQueue {
     }
 
     fn restore(&self, envs: Vec<Envelope>) -> Result<(), Error> {
-        self.cut.check()?;
         let done = {
-            let _g = Guard::new(&self.cut);
+            let _g = self.cut.enter()?;
             self.restore_here(envs)
         };
         self.cut.check().and(done)
     }
 
     fn lease(&self, env: &Envelope, lease: std::time::Duration) {
-        if self.cut.is_set() {
+        let Ok(_g) = self.cut.enter() else {
             return;
-        }
-        let _g = Guard::new(&self.cut);
+        };
         let held = self.held.lock().get(&held_key(env)).cloned();
         if let (Some(c), Ok(l)) = (held, self.lane(env.lane)) {
             let deadline = clock::shared_now_ns().saturating_add(lease.as_nanos() as u64);
@@ -903,10 +898,11 @@ impl QueueStore for LocalQueue {
         let id = self.state.register(waker);
         if let Some(t) = self.transport.upgrade() {
             t.ensure_watcher();
-            let _g = Guard::new(&self.cut);
             // Read after registering, before the caller's last look at the
             // queue: a publish from now on moves the word past this value.
-            t.arm.arm(t.control.u32_at(PUBLISHED).load(SeqCst));
+            if let Ok(_g) = self.cut.enter() {
+                t.arm.arm(t.control.u32_at(PUBLISHED).load(SeqCst));
+            }
         }
         id
     }
@@ -916,7 +912,6 @@ impl QueueStore for LocalQueue {
     }
 
     fn consumer_added(&self) -> bool {
-        let _g = Guard::new(&self.cut);
         let added = self.state.consumer_added();
         if added {
             self.count_consumer(1);
@@ -925,17 +920,16 @@ impl QueueStore for LocalQueue {
     }
 
     fn consumer_withdrawn(&self) {
-        let _g = Guard::new(&self.cut);
         self.state.consumer_withdrawn();
         self.count_consumer(-1);
     }
 
     fn consumer_removed(&self) {
-        if self.cut.is_set() {
+        let Ok(_g) = self.cut.enter() else {
+            // Nothing of the store is touched (no auto-delete either).
             self.state.consumer_withdrawn();
             return;
-        }
-        let _g = Guard::new(&self.cut);
+        };
         self.count_consumer(-1);
         if self.decl.auto_delete && self.consumed_elsewhere() {
             // The store's last consumer deletes an auto-delete queue, not

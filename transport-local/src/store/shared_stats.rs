@@ -23,7 +23,7 @@ use dashi_engine::spi::Counters;
 use dashi_engine::CounterSnapshot;
 use parking_lot::Mutex;
 
-use crate::cut::{CutFlag, Guard};
+use crate::cut::CutFlag;
 use crate::shared_page::SharedPage;
 
 /// Where the shared counters start in the control page (one word each, in
@@ -57,10 +57,9 @@ impl CounterFlush {
 
     /// Adds what this process counted since the last flush to the totals.
     pub(super) fn flush(&self) {
-        if self.cut.is_set() {
+        let Ok(_g) = self.cut.enter() else {
             return;
-        }
-        let _g = Guard::new(&self.cut);
+        };
         let mut last = self.flushed.lock();
         let now = self.counters.snapshot().to_array();
         for (i, (n, l)) in now.iter().zip(last.iter()).enumerate() {
@@ -72,11 +71,15 @@ impl CounterFlush {
         *last = now;
     }
 
-    /// The totals of every process, this one's counts included.
-    pub(super) fn totals(&self) -> CounterSnapshot {
+    /// The totals of every process, this one's counts included; `None`
+    /// once a file of the store was found cut short here (the control page
+    /// may be the one: its words would read zeros).
+    pub(super) fn totals(&self) -> Option<CounterSnapshot> {
         self.flush();
-        let _g = Guard::new(&self.cut);
-        CounterSnapshot::from_array(std::array::from_fn(|i| self.word(i).load(Acquire)))
+        let _g = self.cut.enter().ok()?;
+        let totals =
+            CounterSnapshot::from_array(std::array::from_fn(|i| self.word(i).load(Acquire)));
+        (!self.cut.is_set()).then_some(totals)
     }
 
     /// Flushes every [`FLUSH_EVERY`] on `rt` until the store closes here.

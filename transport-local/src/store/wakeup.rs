@@ -16,7 +16,6 @@
 use std::sync::atomic::{Ordering::AcqRel, Ordering::SeqCst};
 use std::sync::{Arc, Weak};
 
-use crate::cut::Guard;
 use crate::futex;
 
 use super::queue::LocalQueue;
@@ -88,21 +87,29 @@ fn watch(weak: Weak<Inner>, arm: Arc<Arm>) {
         let seen = arm.take(second);
         let Some(inner) = weak.upgrade() else { return };
         let Some(seen) = seen else { continue };
-        if inner.cut.is_set() {
-            // Nothing more to watch: consumers asleep here are woken once,
-            // and their next look fails.
-            for q in inner.topo.lock().queues.values() {
-                q.state.notify_all();
+        // Under the cut guard, but not while asleep: pages replaced under
+        // a cut are closed only once no operation is in flight.
+        let sleep = match inner.cut.enter() {
+            Ok(_g) => {
+                let word = inner.control.u32_at(PUBLISHED);
+                // Raise the flag, then look: a publish either comes before
+                // the look (the word moved: no sleep) or sees the flag (and
+                // wakes us).
+                inner.control.u32_at(SLEEPERS).store(1, SeqCst);
+                std::sync::atomic::fence(SeqCst);
+                (word.load(SeqCst) == seen).then_some(word)
             }
-            return;
-        }
-        let _g = Guard::new(&inner.cut);
-        let word = inner.control.u32_at(PUBLISHED);
-        // Raise the flag, then look: a publish either comes before the look
-        // (the word moved: no sleep) or sees the flag (and wakes us).
-        inner.control.u32_at(SLEEPERS).store(1, SeqCst);
-        std::sync::atomic::fence(SeqCst);
-        if word.load(SeqCst) == seen {
+            Err(_) => {
+                // Nothing more to watch: consumers asleep here are woken
+                // once, and their next look fails.
+                for q in inner.topo.lock().queues.values() {
+                    q.state.notify_all();
+                }
+                return;
+            }
+        };
+        if let Some(word) = sleep {
+            // A page closed meanwhile fails the wait (`EFAULT`): no signal.
             futex::wait(word, seen, second);
         }
         let waiting: Vec<Arc<LocalQueue>> = inner
@@ -115,7 +122,9 @@ fn watch(weak: Weak<Inner>, arm: Arc<Arm>) {
             .collect();
         if !waiting.is_empty() {
             // Those still asleep after this wake-up wait from here on.
-            arm.arm(word.load(SeqCst));
+            if let Ok(_g) = inner.cut.enter() {
+                arm.arm(inner.control.u32_at(PUBLISHED).load(SeqCst));
+            }
         }
         for q in &waiting {
             q.state.notify_all();
