@@ -25,18 +25,31 @@ use rustix::io::Errno;
 #[derive(Debug)]
 pub(crate) struct Allocator {
     rt: Option<Arc<Runtime>>,
+    /// The store's cut flag: background work reads its pages too.
+    cut: Option<Arc<crate::cut::CutFlag>>,
 }
 
 impl Allocator {
     /// `fallocate(2)` in the calling thread.
     pub(crate) fn direct() -> Arc<Allocator> {
-        Arc::new(Allocator { rt: None })
+        Arc::new(Allocator {
+            rt: None,
+            cut: None,
+        })
     }
 
     /// `fallocate` on core 0 of `rt`; lanes also prepare their next segment
     /// there in the background.
-    pub(crate) fn on_ring(rt: Arc<Runtime>) -> Arc<Allocator> {
-        Arc::new(Allocator { rt: Some(rt) })
+    pub(crate) fn on_ring(rt: Arc<Runtime>, cut: Arc<crate::cut::CutFlag>) -> Arc<Allocator> {
+        Arc::new(Allocator {
+            rt: Some(rt),
+            cut: Some(cut),
+        })
+    }
+
+    /// The store's cut flag, for work on its pages off its operations.
+    pub(crate) fn cut(&self) -> Option<&Arc<crate::cut::CutFlag>> {
+        self.cut.as_ref()
     }
 
     /// The runtime background preparation runs on, if any.

@@ -15,10 +15,14 @@
 //! # Invariants
 //! - The handler acts only on a `BUS_ADRERR` fault at an address inside a
 //!   mapping registered here, of a thread inside a [`Guard`] (the store's
-//!   own code). Every other `SIGBUS` (a message body the application reads
-//!   after the cut, a mapping of the application's own, a `kill -BUS`) goes
-//!   to the handler that was installed before, or to the default action,
-//!   which kills the process as it would without this module.
+//!   own code) of the store that made the mapping (or of any store, for a
+//!   mapping made outside every operation: at a store's opening). Every
+//!   other `SIGBUS` (a message body the application reads after the cut,
+//!   or hands to another store to publish; a mapping of the application's
+//!   own; a `kill -BUS`) goes to the handler that was installed before, or
+//!   to the default action, which ends the process as it would without
+//!   this module (a signal sent, which does not come again on return, is
+//!   sent again).
 //! - A mapping is unregistered before it is unmapped, and the thread whose
 //!   access faulted borrows it: the handler never replaces a page of a
 //!   mapping that is gone, or of one that took its place.
@@ -90,6 +94,8 @@ pub(crate) struct CutFlag {
     /// What the handler replaced, to close.
     replaced: [Replaced; MAX_REPLACED],
     recorded: AtomicUsize,
+    /// Stretches closed so far (all closed: no closer needs to look).
+    closed: AtomicUsize,
 }
 
 impl CutFlag {
@@ -100,6 +106,7 @@ impl CutFlag {
             root: root.to_path_buf(),
             replaced: [const { Replaced::new() }; MAX_REPLACED],
             recorded: AtomicUsize::new(0),
+            closed: AtomicUsize::new(0),
         }
     }
 
@@ -111,16 +118,20 @@ impl CutFlag {
     /// `Err` with what happened once a cut was found.
     pub(crate) fn check(&self) -> Result<(), dashi_engine::Error> {
         if self.is_set() {
-            Err(dashi_engine::Error::Store(self.failure()))
-        } else {
-            Ok(())
+            return Err(dashi_engine::Error::Store(self.failure()));
         }
+        Ok(())
     }
 
     /// Starts an operation of the store on this thread: `Err` once a cut
     /// was found (the operation must not touch a mapping), else the guard
     /// under which a fault on a cut page is survived.
     pub(crate) fn enter(&self) -> Result<Guard<'_>, dashi_engine::Error> {
+        // Refused at once when set (not counted in flight: a caller
+        // retrying in a loop never holds the closing off).
+        if self.is_set() {
+            return Err(dashi_engine::Error::Store(self.failure()));
+        }
         let g = Guard::new(self);
         // After the guard is published (SeqCst both): a closer that set
         // the flag before this load sees the guard, or this load sees it.
@@ -152,13 +163,15 @@ impl CutFlag {
     /// store is in flight (another's end closes them otherwise).
     fn close_replaced(&self) {
         let n = self.recorded.load(SeqCst).min(MAX_REPLACED);
-        if n == 0 || in_flight(self) {
+        if n == 0 || self.closed.load(SeqCst) >= n || in_flight(self) {
             return;
         }
         for r in &self.replaced[..n] {
-            if !r.ready.load(Acquire) || r.closed.swap(true, AcqRel) {
+            if !r.ready.load(Acquire) || r.closed.load(Acquire) {
                 continue;
             }
+            // Two closers may both close a stretch (harmless); it counts as
+            // closed only once it was.
             #[cfg(not(loom))]
             close(
                 r.at.load(Relaxed),
@@ -166,6 +179,9 @@ impl CutFlag {
                 r.slot.load(Relaxed),
                 r.generation.load(Relaxed),
             );
+            if !r.closed.swap(true, AcqRel) {
+                self.closed.fetch_add(1, SeqCst);
+            }
         }
     }
 }
@@ -175,9 +191,13 @@ thread_local! {
     /// none). A plain pointer with a constant initialiser: no destructor,
     /// no lazy initialisation, so the handler can read it.
     static GUARDED: Cell<*const CutFlag> = const { Cell::new(std::ptr::null()) };
-    /// This thread's slot in [`THREADS`] (`usize::MAX`: none yet).
-    static THREAD_SLOT: Cell<usize> = const { Cell::new(usize::MAX) };
+    /// This thread's slot in [`THREADS`] (`NO_SLOT`: none yet; `ENDED`:
+    /// given back as the thread ends).
+    static THREAD_SLOT: Cell<usize> = const { Cell::new(NO_SLOT) };
 }
+
+const NO_SLOT: usize = usize::MAX;
+const ENDED: usize = usize::MAX - 1;
 
 /// Threads that can run guarded operations at once with a published guard;
 /// past that, a thread counts in [`UNTRACKED`] instead.
@@ -202,6 +222,9 @@ struct SlotOwner(usize);
 
 impl Drop for SlotOwner {
     fn drop(&mut self) {
+        // A guard after this (another thread-local's destructor) counts in
+        // `UNTRACKED`: the slot may be another thread's by then.
+        let _ = THREAD_SLOT.try_with(|s| s.set(ENDED));
         THREADS[self.0].0.store(std::ptr::null_mut(), SeqCst);
         THREAD_TAKEN[self.0].store(false, SeqCst);
     }
@@ -214,8 +237,11 @@ thread_local! {
 /// This thread's slot, taken on its first guard (`None`: all taken, or the
 /// thread is ending).
 fn thread_slot() -> Option<usize> {
-    let s = THREAD_SLOT.with(|s| s.get());
-    if s != usize::MAX {
+    let s = THREAD_SLOT.try_with(|s| s.get()).unwrap_or(ENDED);
+    if s == ENDED {
+        return None;
+    }
+    if s != NO_SLOT {
         return Some(s);
     }
     let i = (0..THREAD_SLOTS).find(|&i| {
@@ -317,6 +343,11 @@ static STARTS: [AtomicUsize; SLOTS] = [const { AtomicUsize::new(0) }; SLOTS];
 static ENDS: [AtomicUsize; SLOTS] = [const { AtomicUsize::new(0) }; SLOTS];
 #[cfg(not(loom))]
 static GENERATIONS: [AtomicUsize; SLOTS] = [const { AtomicUsize::new(0) }; SLOTS];
+/// The store whose operation made each mapping (null: made outside one, at
+/// a store's opening): compared by address only, never followed.
+#[cfg(not(loom))]
+static OWNERS: [AtomicPtr<CutFlag>; SLOTS] =
+    [const { AtomicPtr::new(std::ptr::null_mut()) }; SLOTS];
 /// One past the highest slot ever used (the handler's scan stops there).
 #[cfg(not(loom))]
 static HIGH: AtomicUsize = AtomicUsize::new(0);
@@ -355,6 +386,8 @@ pub(crate) fn register(start: usize, len: usize) -> Registration {
             .is_ok()
         {
             GENERATIONS[i].fetch_add(1, SeqCst);
+            let owner = GUARDED.with(|g| g.get()) as *mut CutFlag;
+            OWNERS[i].store(owner, SeqCst);
             ENDS[i].store(start.saturating_add(len), SeqCst);
             STARTS[i].store(start, SeqCst);
             HIGH.fetch_max(i + 1, SeqCst);
@@ -369,31 +402,39 @@ pub(crate) fn register(start: usize, len: usize) -> Registration {
 impl Drop for Registration {
     fn drop(&mut self) {
         let Some(i) = self.0 else { return };
-        // Waits out a closer holding the slot (a few system calls).
-        loop {
+        // Waits out a closer holding the slot (one system call). In a
+        // child forked while another thread held it, nobody will let go:
+        // taken after a while anyway (no closer runs there).
+        for tries in 0.. {
             let s = STARTS[i].load(SeqCst);
             if s != BUSY && STARTS[i].compare_exchange(s, BUSY, SeqCst, Relaxed).is_ok() {
                 break;
             }
-            std::hint::spin_loop();
+            if tries > 10_000 {
+                STARTS[i].store(BUSY, SeqCst);
+                break;
+            }
+            std::thread::yield_now();
         }
         ENDS[i].store(0, SeqCst);
         STARTS[i].store(0, SeqCst);
     }
 }
 
-/// The registration `addr` lies in: slot, generation and the mapping's end.
+/// The registration `addr` lies in: slot, generation, the mapping's end
+/// and the store that made it.
 #[cfg(not(loom))]
-fn registered(addr: usize) -> Option<(usize, usize, usize)> {
+fn registered(addr: usize) -> Option<(usize, usize, usize, *const CutFlag)> {
     let high = HIGH.load(SeqCst).min(SLOTS);
     (0..high).find_map(|i| {
         let s = STARTS[i].load(SeqCst);
         let g = GENERATIONS[i].load(SeqCst);
         let e = ENDS[i].load(SeqCst);
+        let o = OWNERS[i].load(SeqCst);
         // Read again: a slot freed and taken between the loads would pair
         // one mapping's start with another's end.
         let whole = s > BUSY && STARTS[i].load(SeqCst) == s && GENERATIONS[i].load(SeqCst) == g;
-        (whole && addr >= s && addr < e).then_some((i, g, e))
+        (whole && addr >= s && addr < e).then_some((i, g, e, o as *const CutFlag))
     })
 }
 
@@ -402,15 +443,24 @@ fn registered(addr: usize) -> Option<(usize, usize, usize)> {
 #[cfg(not(loom))]
 #[allow(unsafe_code)]
 fn close(at: usize, len: usize, slot: usize, generation: usize) {
-    let s = STARTS[slot].load(SeqCst);
-    if s <= BUSY
-        || STARTS[slot]
-            .compare_exchange(s, BUSY, SeqCst, Relaxed)
-            .is_err()
-    {
-        // Gone (or going): nothing of it to close.
-        return;
-    }
+    // Another closer (or a registration) may hold the slot for a moment.
+    let mut tries = 0;
+    let s = loop {
+        let s = STARTS[slot].load(SeqCst);
+        // Gone, or held for good (a forked child): nothing to close.
+        if s == 0 || tries > 10_000 {
+            return;
+        }
+        if s != BUSY
+            && STARTS[slot]
+                .compare_exchange(s, BUSY, SeqCst, Relaxed)
+                .is_ok()
+        {
+            break s;
+        }
+        tries += 1;
+        std::thread::yield_now();
+    };
     if GENERATIONS[slot].load(SeqCst) == generation {
         // SAFETY: the range lies in the mapping registered in `slot` under
         // `generation` (the handler replaced it there), held mapped while
@@ -466,11 +516,14 @@ extern "C" fn on_sigbus(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut 
     }
     // The thread-locals last: a thread of a library loaded at run time may
     // reach them through `__tls_get_addr`, and a guarded thread has.
-    let Some((slot, generation, end)) = registered(addr) else {
+    let Some((slot, generation, end, owner)) = registered(addr) else {
         return pass_on(sig, info, ctx);
     };
     let flag = GUARDED.with(|g| g.get());
-    if flag.is_null() {
+    // Another store's mapping (a body of it published into this one) is
+    // the application's data here: its read ends the process, as the
+    // application's own would.
+    if flag.is_null() || (!owner.is_null() && owner != flag) {
         return pass_on(sig, info, ctx);
     }
     // SAFETY: the guard that set the pointer borrows the flag and is alive
@@ -546,6 +599,20 @@ fn pass_on(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut libc::c_void)
                 libc::sigemptyset(&mut dfl.sa_mask);
                 libc::sigaction(libc::SIGBUS, &dfl, std::ptr::null_mut());
             }
+        }
+    }
+    // A signal sent (`kill -BUS`, `raise`), not a fault, does not come
+    // again on return: sent again, it ends the process as the default
+    // action would have (blocked while this handler runs, it is delivered
+    // on return).
+    // SAFETY: `info` is valid (above); `sigaction` only reads the action.
+    unsafe {
+        let mut now: libc::sigaction = std::mem::zeroed();
+        if (*info).si_code <= 0
+            && libc::sigaction(libc::SIGBUS, std::ptr::null(), &mut now) == 0
+            && now.sa_sigaction == libc::SIG_DFL
+        {
+            libc::raise(sig);
         }
     }
 }

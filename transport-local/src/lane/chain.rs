@@ -305,18 +305,27 @@ impl Lane {
         if self.storage.exists(seq) {
             return;
         }
-        let (dir, lane, size, state) = (
+        let (dir, lane, size, state, cut) = (
             dir.to_owned(),
             self.lane,
             segment_size_for(self.segment_size, seq, 0),
             self.state.clone(),
+            alloc.cut().cloned(),
         );
         drop(rt.spawn(0, move || async move {
             let _slot = slot;
-            // Never below the write or low segment (see `create`).
-            let write = state.u64_at(at::WRITE_SEG).load(Acquire);
-            let low = state.u64_at(at::LOW_SEG).load(Acquire);
-            if seq < write || seq < low {
+            // Never below the write or low segment (see `create`); the
+            // state page read as the store's operations read it (`cut.rs`).
+            let below = {
+                let _g = match cut.as_deref().map(crate::cut::CutFlag::enter) {
+                    Some(Err(_)) => return,
+                    g => g,
+                };
+                let write = state.u64_at(at::WRITE_SEG).load(Acquire);
+                let low = state.u64_at(at::LOW_SEG).load(Acquire);
+                seq < write || seq < low
+            };
+            if below {
                 return;
             }
             if let Err(e) = super::prepare_segment(&dir, lane, seq, size).await {

@@ -524,8 +524,9 @@ impl LocalTransport {
             .simulate_no_io_uring
             .then_some(rustix::io::Errno::PERM.raw_os_error());
         let rt = Runtime::start(cfg).map(Arc::new).map_err(|e| e.to_string());
+        let cut = Arc::new(crate::cut::CutFlag::new(root));
         let alloc = match &rt {
-            Ok(rt) => Allocator::on_ring(rt.clone()),
+            Ok(rt) => Allocator::on_ring(rt.clone(), cut.clone()),
             Err(e) => {
                 // fsync=never works without io_uring (fsync modes refuse below).
                 if opts.fsync == Fsync::Never {
@@ -534,7 +535,6 @@ impl LocalTransport {
                 Allocator::direct()
             }
         };
-        let cut = Arc::new(crate::cut::CutFlag::new(root));
         let durability = Durability::start(opts.fsync, rt, cut.clone())
             .map_err(|e| store_fail(FailureKind::Runtime, "durability", e))?;
         let stats = super::shared_stats::CounterFlush::new(control.clone(), cut.clone());

@@ -652,8 +652,13 @@ impl LocalQueue {
                     let env = match self.envelope(p, &c) {
                         Ok(env) => env,
                         Err(e) => {
-                            tracing::warn!(queue = %self.decl.name, error = %e, "unreadable record set aside");
-                            l.settle(&c, self.owner, claim::DEAD);
+                            // Read from pages replaced under a cut (or a
+                            // failed disk), it is not known to be damaged:
+                            // it stays claimed, and comes back.
+                            if !self.cut.is_set() {
+                                tracing::warn!(queue = %self.decl.name, error = %e, "unreadable record set aside");
+                                l.settle(&c, self.owner, claim::DEAD);
+                            }
                             continue;
                         }
                     };

@@ -127,7 +127,7 @@ fn a_segment_the_disk_cannot_hold_is_a_clear_error_through_the_ring() {
     let rt = Arc::new(Runtime::start(RuntimeConfig::default().with_cores(1)).unwrap());
     let storage = crate::lane::Storage::Files {
         dir: d.clone(),
-        alloc: Allocator::on_ring(rt),
+        alloc: Allocator::on_ring(rt, Arc::new(crate::cut::CutFlag::new(&d))),
     };
     let lane = Lane::open(storage, 0, 64 << 20).unwrap();
     let e = lane.append(b"x", 1, 1, 0).unwrap_err().to_string();
