@@ -89,6 +89,9 @@ impl Replaced {
 #[derive(Debug)]
 pub(crate) struct CutFlag {
     set: AtomicBool,
+    /// Never the same for two flags of a process (mappings name it).
+    #[cfg_attr(loom, allow(dead_code))]
+    id: usize,
     /// The store's directory, for the error.
     root: std::path::PathBuf,
     /// What the handler replaced, to close.
@@ -101,8 +104,10 @@ pub(crate) struct CutFlag {
 impl CutFlag {
     /// A flag for the store at `root`, not set.
     pub(crate) fn new(root: &std::path::Path) -> CutFlag {
+        static IDS: AtomicUsize = AtomicUsize::new(1);
         CutFlag {
             set: AtomicBool::new(false),
+            id: IDS.fetch_add(1, Relaxed),
             root: root.to_path_buf(),
             replaced: [const { Replaced::new() }; MAX_REPLACED],
             recorded: AtomicUsize::new(0),
@@ -171,15 +176,17 @@ impl CutFlag {
                 continue;
             }
             // Two closers may both close a stretch (harmless); it counts as
-            // closed only once it was.
+            // closed only once it was (or its mapping is gone).
             #[cfg(not(loom))]
-            close(
+            let done = close(
                 r.at.load(Relaxed),
                 r.len.load(Relaxed),
                 r.slot.load(Relaxed),
                 r.generation.load(Relaxed),
             );
-            if !r.closed.swap(true, AcqRel) {
+            #[cfg(loom)]
+            let done = true;
+            if done && !r.closed.swap(true, AcqRel) {
                 self.closed.fetch_add(1, SeqCst);
             }
         }
@@ -256,6 +263,18 @@ fn thread_slot() -> Option<usize> {
     }
     THREAD_SLOT.with(|s| s.set(i));
     Some(i)
+}
+
+/// The id of the store whose operation this thread is running (0: none).
+#[cfg(not(loom))]
+#[allow(unsafe_code)]
+fn guarded_id() -> usize {
+    let flag = GUARDED.with(|g| g.get());
+    if flag.is_null() {
+        return 0;
+    }
+    // SAFETY: a guard of this thread borrows the flag, alive until it ends.
+    unsafe { (*flag).id }
 }
 
 /// Whether an operation of `flag`'s store is in flight in any thread.
@@ -343,11 +362,14 @@ static STARTS: [AtomicUsize; SLOTS] = [const { AtomicUsize::new(0) }; SLOTS];
 static ENDS: [AtomicUsize; SLOTS] = [const { AtomicUsize::new(0) }; SLOTS];
 #[cfg(not(loom))]
 static GENERATIONS: [AtomicUsize; SLOTS] = [const { AtomicUsize::new(0) }; SLOTS];
-/// The store whose operation made each mapping (null: made outside one, at
-/// a store's opening): compared by address only, never followed.
+/// The id of the store whose operation made each mapping (0: made outside
+/// one, at a store's opening).
 #[cfg(not(loom))]
-static OWNERS: [AtomicPtr<CutFlag>; SLOTS] =
-    [const { AtomicPtr::new(std::ptr::null_mut()) }; SLOTS];
+static OWNERS: [AtomicUsize; SLOTS] = [const { AtomicUsize::new(0) }; SLOTS];
+/// The process holding each slot BUSY (a forked child sees its parent's).
+#[cfg(not(loom))]
+static HOLDERS: [std::sync::atomic::AtomicU32; SLOTS] =
+    [const { std::sync::atomic::AtomicU32::new(0) }; SLOTS];
 /// One past the highest slot ever used (the handler's scan stops there).
 #[cfg(not(loom))]
 static HIGH: AtomicUsize = AtomicUsize::new(0);
@@ -386,8 +408,8 @@ pub(crate) fn register(start: usize, len: usize) -> Registration {
             .is_ok()
         {
             GENERATIONS[i].fetch_add(1, SeqCst);
-            let owner = GUARDED.with(|g| g.get()) as *mut CutFlag;
-            OWNERS[i].store(owner, SeqCst);
+            HOLDERS[i].store(std::process::id(), SeqCst);
+            OWNERS[i].store(guarded_id(), SeqCst);
             ENDS[i].store(start.saturating_add(len), SeqCst);
             STARTS[i].store(start, SeqCst);
             HIGH.fetch_max(i + 1, SeqCst);
@@ -402,20 +424,15 @@ pub(crate) fn register(start: usize, len: usize) -> Registration {
 impl Drop for Registration {
     fn drop(&mut self) {
         let Some(i) = self.0 else { return };
-        // Waits out a closer holding the slot (one system call). In a
-        // child forked while another thread held it, nobody will let go:
-        // taken after a while anyway (no closer runs there).
-        for tries in 0.. {
-            let s = STARTS[i].load(SeqCst);
-            if s != BUSY && STARTS[i].compare_exchange(s, BUSY, SeqCst, Relaxed).is_ok() {
-                break;
-            }
-            if tries > 10_000 {
-                STARTS[i].store(BUSY, SeqCst);
-                break;
-            }
-            std::thread::yield_now();
+        // Waits out a closer of this process holding the slot (one system
+        // call); one of the process this was forked from never lets go,
+        // and no closer runs here for it.
+        if hold(i).is_none() && STARTS[i].load(SeqCst) == BUSY {
+            HOLDERS[i].store(std::process::id(), SeqCst);
         }
+        // A closer that read the old generation closes nothing of what
+        // comes next at this address.
+        GENERATIONS[i].fetch_add(1, SeqCst);
         ENDS[i].store(0, SeqCst);
         STARTS[i].store(0, SeqCst);
     }
@@ -424,7 +441,7 @@ impl Drop for Registration {
 /// The registration `addr` lies in: slot, generation, the mapping's end
 /// and the store that made it.
 #[cfg(not(loom))]
-fn registered(addr: usize) -> Option<(usize, usize, usize, *const CutFlag)> {
+fn registered(addr: usize) -> Option<(usize, usize, usize, usize)> {
     let high = HIGH.load(SeqCst).min(SLOTS);
     (0..high).find_map(|i| {
         let s = STARTS[i].load(SeqCst);
@@ -434,7 +451,7 @@ fn registered(addr: usize) -> Option<(usize, usize, usize, *const CutFlag)> {
         // Read again: a slot freed and taken between the loads would pair
         // one mapping's start with another's end.
         let whole = s > BUSY && STARTS[i].load(SeqCst) == s && GENERATIONS[i].load(SeqCst) == g;
-        (whole && addr >= s && addr < e).then_some((i, g, e, o as *const CutFlag))
+        (whole && addr >= s && addr < e).then_some((i, g, e, o))
     })
 }
 
@@ -442,24 +459,11 @@ fn registered(addr: usize) -> Option<(usize, usize, usize, *const CutFlag)> {
 /// `generation`, holding the slot against unregistering meanwhile.
 #[cfg(not(loom))]
 #[allow(unsafe_code)]
-fn close(at: usize, len: usize, slot: usize, generation: usize) {
-    // Another closer (or a registration) may hold the slot for a moment.
-    let mut tries = 0;
-    let s = loop {
-        let s = STARTS[slot].load(SeqCst);
-        // Gone, or held for good (a forked child): nothing to close.
-        if s == 0 || tries > 10_000 {
-            return;
-        }
-        if s != BUSY
-            && STARTS[slot]
-                .compare_exchange(s, BUSY, SeqCst, Relaxed)
-                .is_ok()
-        {
-            break s;
-        }
-        tries += 1;
-        std::thread::yield_now();
+fn close(at: usize, len: usize, slot: usize, generation: usize) -> bool {
+    let Some(s) = hold(slot) else {
+        // Gone (nothing of it to close), or held for good by a thread of
+        // the process this one was forked from (not closed: try again).
+        return STARTS[slot].load(SeqCst) == 0;
     };
     if GENERATIONS[slot].load(SeqCst) == generation {
         // SAFETY: the range lies in the mapping registered in `slot` under
@@ -469,7 +473,37 @@ fn close(at: usize, len: usize, slot: usize, generation: usize) {
             libc::mprotect(at as *mut libc::c_void, len, libc::PROT_NONE);
         }
     }
-    STARTS[slot].store(s, SeqCst);
+    let _ = STARTS[slot].compare_exchange(BUSY, s, SeqCst, Relaxed);
+    true
+}
+
+/// Takes slot `slot` (BUSY), waiting out another holder in this process;
+/// its start, or `None` when the slot is free, or held by a thread of the
+/// process this one was forked from (which will never let go).
+#[cfg(not(loom))]
+fn hold(slot: usize) -> Option<usize> {
+    let me = std::process::id();
+    loop {
+        let s = STARTS[slot].load(SeqCst);
+        if s == 0 {
+            return None;
+        }
+        if s == BUSY {
+            let h = HOLDERS[slot].load(SeqCst);
+            if h != 0 && h != me {
+                return None;
+            }
+            std::thread::yield_now();
+            continue;
+        }
+        if STARTS[slot]
+            .compare_exchange(s, BUSY, SeqCst, Relaxed)
+            .is_ok()
+        {
+            HOLDERS[slot].store(me, SeqCst);
+            return Some(s);
+        }
+    }
 }
 
 /// The handler found when ours was installed (to pass on what is not ours).
@@ -523,12 +557,15 @@ extern "C" fn on_sigbus(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut 
     // Another store's mapping (a body of it published into this one) is
     // the application's data here: its read ends the process, as the
     // application's own would.
-    if flag.is_null() || (!owner.is_null() && owner != flag) {
+    if flag.is_null() {
         return pass_on(sig, info, ctx);
     }
     // SAFETY: the guard that set the pointer borrows the flag and is alive
     // on this thread (it is the thread that faulted).
     let flag = unsafe { &*flag };
+    if owner != 0 && owner != flag.id {
+        return pass_on(sig, info, ctx);
+    }
     let k = flag.recorded.fetch_add(1, SeqCst);
     if k >= MAX_REPLACED {
         return pass_on(sig, info, ctx);
@@ -574,8 +611,13 @@ extern "C" fn on_sigbus(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut 
 #[cfg(not(loom))]
 #[allow(unsafe_code)]
 fn pass_on(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut libc::c_void) {
+    // SAFETY: `info` is valid (see `on_sigbus`).
+    let sent = unsafe { (*info).si_code } <= 0;
     let prev = PREVIOUS.get().copied();
     match prev {
+        // Ignored before us: a signal sent stays ignored. (A fault cannot
+        // be ignored: the kernel ends the process when it comes again.)
+        Some(p) if p.sa_sigaction == libc::SIG_IGN && sent => return,
         Some(p) if p.sa_sigaction != libc::SIG_DFL && p.sa_sigaction != libc::SIG_IGN => {
             if p.sa_flags & libc::SA_SIGINFO != 0 {
                 // SAFETY: the previous action named an SA_SIGINFO handler
@@ -590,9 +632,8 @@ fn pass_on(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut libc::c_void)
             }
         }
         _ => {
-            // SAFETY: restores the default action; the faulting access runs
-            // again on return and the signal, no longer caught, ends the
-            // process.
+            // SAFETY: restores the default action; a fault runs again on
+            // return and the signal, no longer caught, ends the process.
             unsafe {
                 let mut dfl: libc::sigaction = std::mem::zeroed();
                 dfl.sa_sigaction = libc::SIG_DFL;
@@ -601,15 +642,15 @@ fn pass_on(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut libc::c_void)
             }
         }
     }
-    // A signal sent (`kill -BUS`, `raise`), not a fault, does not come
-    // again on return: sent again, it ends the process as the default
-    // action would have (blocked while this handler runs, it is delivered
-    // on return).
-    // SAFETY: `info` is valid (above); `sigaction` only reads the action.
+    // Left with the default action (ours restored it, or the previous
+    // handler did, as Rust's does): the signal is sent again, so that one
+    // that does not come again on return (sent with `kill`, or a
+    // machine-check notice) ends the process as the default would. Blocked
+    // while this handler runs, it is delivered on return.
+    // SAFETY: `sigaction` with a null new action only reads the action.
     unsafe {
         let mut now: libc::sigaction = std::mem::zeroed();
-        if (*info).si_code <= 0
-            && libc::sigaction(libc::SIGBUS, std::ptr::null(), &mut now) == 0
+        if libc::sigaction(libc::SIGBUS, std::ptr::null(), &mut now) == 0
             && now.sa_sigaction == libc::SIG_DFL
         {
             libc::raise(sig);

@@ -229,7 +229,14 @@ fn child_role() {
             let (a, b) = roots.split_once(',').unwrap();
             held_body_published_into_another_store(Path::new(a), Path::new(b));
         }
-        Some(("raise", root)) => {
+        Some(("raise", root)) | Some(("ignored", root)) => {
+            if spec.starts_with("ignored") {
+                // SAFETY: setting SIGBUS to be ignored, before any handler.
+                #[allow(unsafe_code)]
+                unsafe {
+                    libc::signal(libc::SIGBUS, libc::SIG_IGN);
+                }
+            }
             let _store = open(Path::new(root));
             // SAFETY-free: `raise` of a signal whose default ends the process.
             let _ = rustix::process::kill_process(
@@ -586,4 +593,17 @@ fn a_sigbus_sent_to_the_process_still_ends_it() {
         out.status
     );
     assert!(!stdout.contains("still running"), "{stdout}");
+}
+
+/// An application that ignores `SIGBUS` keeps ignoring a sent one (the
+/// handler ended it, found by the fourth review).
+#[test]
+fn a_sigbus_sent_to_a_process_that_ignores_it_stays_ignored() {
+    let d = TestDir::new();
+    let out = super::common::child_role("cut_short", CHILD, format!("ignored:{}", d.display()))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{:?} {stdout}", out.status);
+    assert!(stdout.contains("still running"), "{stdout}");
 }
