@@ -216,6 +216,18 @@ fn a_store_found_cut_refuses_pipelined_confirms_still_pending() {
 
 const CHILD: &str = "DASHI_CUT_SHORT_CHILD";
 
+/// Runs `child_role` with `spec` in a child process: how it ended, and
+/// what it printed.
+fn run_child(spec: String) -> (std::process::ExitStatus, String) {
+    let out = super::common::child_role("cut_short", CHILD, spec)
+        .output()
+        .unwrap();
+    (
+        out.status,
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
 /// Holds 13 deliveries, cuts their segment to 16 KiB, acks the 13th (its
 /// claim word is past the cut: the ack fails), then reads that delivery's
 /// body. Run by `a_body_held_across_a_cut_is_never_read_as_zeros`.
@@ -297,21 +309,13 @@ fn held_body_read_after_its_ack_failed(root: &Path) {
 fn a_body_held_across_a_cut_is_never_read_as_zeros() {
     use std::os::unix::process::ExitStatusExt;
     let d = TestDir::new();
-    let out = super::common::child_role("cut_short", CHILD, format!("held:{}", d.display()))
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
+    let (status, stdout) = run_child(format!("held:{}", d.display()));
     assert!(
         stdout.contains("ack failed") && stdout.contains("cut short"),
         "{stdout}"
     );
     assert!(!stdout.contains("body read"), "{stdout}");
-    assert_eq!(
-        out.status.signal(),
-        Some(libc::SIGSEGV),
-        "{:?} {stdout}",
-        out.status
-    );
+    assert_eq!(status.signal(), Some(libc::SIGSEGV), "{status:?} {stdout}");
 }
 
 /// With the store found cut, a reject marks nothing dead (its dead-letter
@@ -553,20 +557,8 @@ fn a_body_of_another_store_read_after_its_cut_is_the_application_s_read() {
     use std::os::unix::process::ExitStatusExt;
     let a = TestDir::new();
     let b = TestDir::new();
-    let out = super::common::child_role(
-        "cut_short",
-        CHILD,
-        format!("other:{},{}", a.display(), b.display()),
-    )
-    .output()
-    .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(
-        out.status.signal(),
-        Some(libc::SIGBUS),
-        "{:?} {stdout}",
-        out.status
-    );
+    let (status, stdout) = run_child(format!("other:{},{}", a.display(), b.display()));
+    assert_eq!(status.signal(), Some(libc::SIGBUS), "{status:?} {stdout}");
     assert!(!stdout.contains("published"), "{stdout}");
     let (_t, c) = open(&b);
     let ch = c.channel().unwrap();
@@ -582,16 +574,8 @@ fn a_body_of_another_store_read_after_its_cut_is_the_application_s_read() {
 fn a_sigbus_sent_to_the_process_still_ends_it() {
     use std::os::unix::process::ExitStatusExt;
     let d = TestDir::new();
-    let out = super::common::child_role("cut_short", CHILD, format!("raise:{}", d.display()))
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(
-        out.status.signal(),
-        Some(libc::SIGBUS),
-        "{:?} {stdout}",
-        out.status
-    );
+    let (status, stdout) = run_child(format!("raise:{}", d.display()));
+    assert_eq!(status.signal(), Some(libc::SIGBUS), "{status:?} {stdout}");
     assert!(!stdout.contains("still running"), "{stdout}");
 }
 
@@ -600,10 +584,7 @@ fn a_sigbus_sent_to_the_process_still_ends_it() {
 #[test]
 fn a_sigbus_sent_to_a_process_that_ignores_it_stays_ignored() {
     let d = TestDir::new();
-    let out = super::common::child_role("cut_short", CHILD, format!("ignored:{}", d.display()))
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{:?} {stdout}", out.status);
+    let (status, stdout) = run_child(format!("ignored:{}", d.display()));
+    assert!(status.success(), "{status:?} {stdout}");
     assert!(stdout.contains("still running"), "{stdout}");
 }
