@@ -366,9 +366,9 @@ static GENERATIONS: [AtomicUsize; SLOTS] = [const { AtomicUsize::new(0) }; SLOTS
 /// one, at a store's opening).
 #[cfg(not(loom))]
 static OWNERS: [AtomicUsize; SLOTS] = [const { AtomicUsize::new(0) }; SLOTS];
-/// The process holding each slot BUSY (a forked child sees its parent's).
+/// Closers at work in each slot's mapping.
 #[cfg(not(loom))]
-static HOLDERS: [std::sync::atomic::AtomicU32; SLOTS] =
+static CLOSERS: [std::sync::atomic::AtomicU32; SLOTS] =
     [const { std::sync::atomic::AtomicU32::new(0) }; SLOTS];
 /// One past the highest slot ever used (the handler's scan stops there).
 #[cfg(not(loom))]
@@ -408,7 +408,6 @@ pub(crate) fn register(start: usize, len: usize) -> Registration {
             .is_ok()
         {
             GENERATIONS[i].fetch_add(1, SeqCst);
-            HOLDERS[i].store(std::process::id(), SeqCst);
             OWNERS[i].store(guarded_id(), SeqCst);
             ENDS[i].store(start.saturating_add(len), SeqCst);
             STARTS[i].store(start, SeqCst);
@@ -424,15 +423,20 @@ pub(crate) fn register(start: usize, len: usize) -> Registration {
 impl Drop for Registration {
     fn drop(&mut self) {
         let Some(i) = self.0 else { return };
-        // Waits out a closer of this process holding the slot (one system
-        // call); one of the process this was forked from never lets go,
-        // and no closer runs here for it.
-        if hold(i).is_none() && STARTS[i].load(SeqCst) == BUSY {
-            HOLDERS[i].store(std::process::id(), SeqCst);
-        }
-        // A closer that read the old generation closes nothing of what
-        // comes next at this address.
+        // Marked going first, then the closers at work waited out: one
+        // either sees the mark (and closes nothing) or is waited for.
+        STARTS[i].store(BUSY, SeqCst);
         GENERATIONS[i].fetch_add(1, SeqCst);
+        let mut spins = 0u32;
+        while CLOSERS[i].load(SeqCst) != 0 {
+            spins += 1;
+            if spins < 100 {
+                std::thread::yield_now();
+            } else {
+                // A closer of lower priority must get to run.
+                std::thread::sleep(std::time::Duration::from_micros(50));
+            }
+        }
         ENDS[i].store(0, SeqCst);
         STARTS[i].store(0, SeqCst);
     }
@@ -456,54 +460,39 @@ fn registered(addr: usize) -> Option<(usize, usize, usize, usize)> {
 }
 
 /// Closes `[at, at + len)` if slot `slot` still holds generation
-/// `generation`, holding the slot against unregistering meanwhile.
+/// `generation`, counted in the slot's closers meanwhile (unregistering
+/// waits for them). True when closed, or when its mapping is gone or going
+/// (nothing of it to close).
 #[cfg(not(loom))]
 #[allow(unsafe_code)]
 fn close(at: usize, len: usize, slot: usize, generation: usize) -> bool {
-    let Some(s) = hold(slot) else {
-        // Gone (nothing of it to close), or held for good by a thread of
-        // the process this one was forked from (not closed: try again).
-        return STARTS[slot].load(SeqCst) == 0;
-    };
-    if GENERATIONS[slot].load(SeqCst) == generation {
+    CLOSERS[slot].fetch_add(1, SeqCst);
+    if STARTS[slot].load(SeqCst) > BUSY && GENERATIONS[slot].load(SeqCst) == generation {
         // SAFETY: the range lies in the mapping registered in `slot` under
-        // `generation` (the handler replaced it there), held mapped while
-        // the slot is BUSY; closing it changes no other memory.
+        // `generation` (the handler replaced it there), which stays mapped
+        // while this closer is counted; closing it changes no other memory.
         unsafe {
             libc::mprotect(at as *mut libc::c_void, len, libc::PROT_NONE);
         }
     }
-    let _ = STARTS[slot].compare_exchange(BUSY, s, SeqCst, Relaxed);
+    CLOSERS[slot].fetch_sub(1, SeqCst);
     true
 }
 
-/// Takes slot `slot` (BUSY), waiting out another holder in this process;
-/// its start, or `None` when the slot is free, or held by a thread of the
-/// process this one was forked from (which will never let go).
+/// In a child just forked: no closer and no other thread of the parent runs
+/// here, so none is waited for or counted in flight.
 #[cfg(not(loom))]
-fn hold(slot: usize) -> Option<usize> {
-    let me = std::process::id();
-    loop {
-        let s = STARTS[slot].load(SeqCst);
-        if s == 0 {
-            return None;
-        }
-        if s == BUSY {
-            let h = HOLDERS[slot].load(SeqCst);
-            if h != 0 && h != me {
-                return None;
-            }
-            std::thread::yield_now();
-            continue;
-        }
-        if STARTS[slot]
-            .compare_exchange(s, BUSY, SeqCst, Relaxed)
-            .is_ok()
-        {
-            HOLDERS[slot].store(me, SeqCst);
-            return Some(s);
+extern "C" fn after_fork_in_child() {
+    for c in &CLOSERS {
+        c.store(0, SeqCst);
+    }
+    let mine = THREAD_SLOT.with(|s| s.get());
+    for (i, t) in THREADS.iter().enumerate() {
+        if i != mine {
+            t.0.store(std::ptr::null_mut(), SeqCst);
         }
     }
+    UNTRACKED.store(0, SeqCst);
 }
 
 /// The handler found when ours was installed (to pass on what is not ours).
@@ -535,6 +524,7 @@ fn install() {
             new.sa_flags = libc::SA_SIGINFO | libc::SA_ONSTACK;
             libc::sigemptyset(&mut new.sa_mask);
             libc::sigaction(libc::SIGBUS, &new, std::ptr::null_mut());
+            libc::pthread_atfork(None, None, Some(after_fork_in_child));
         }
     });
 }
@@ -619,6 +609,17 @@ fn pass_on(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut libc::c_void)
         // be ignored: the kernel ends the process when it comes again.)
         Some(p) if p.sa_sigaction == libc::SIG_IGN && sent => return,
         Some(p) if p.sa_sigaction != libc::SIG_DFL && p.sa_sigaction != libc::SIG_IGN => {
+            if p.sa_flags & libc::SA_RESETHAND != 0 {
+                // What the kernel would have done delivering it to that
+                // handler: the next one ends the process.
+                // SAFETY: sets the default action.
+                unsafe {
+                    let mut dfl: libc::sigaction = std::mem::zeroed();
+                    dfl.sa_sigaction = libc::SIG_DFL;
+                    libc::sigemptyset(&mut dfl.sa_mask);
+                    libc::sigaction(libc::SIGBUS, &dfl, std::ptr::null_mut());
+                }
+            }
             if p.sa_flags & libc::SA_SIGINFO != 0 {
                 // SAFETY: the previous action named an SA_SIGINFO handler
                 // of this signature; it is called as the kernel would.
@@ -642,15 +643,19 @@ fn pass_on(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut libc::c_void)
             }
         }
     }
-    // Left with the default action (ours restored it, or the previous
-    // handler did, as Rust's does): the signal is sent again, so that one
-    // that does not come again on return (sent with `kill`, or a
-    // machine-check notice) ends the process as the default would. Blocked
-    // while this handler runs, it is delivered on return.
-    // SAFETY: `sigaction` with a null new action only reads the action.
+    // A signal that does not come again on return (sent with `kill`, or a
+    // machine-check notice), left with the default action (ours restored
+    // it, or the previous handler did, as Rust's does), is sent again: it
+    // ends the process as the default would. Blocked while this handler
+    // runs, it is delivered on return. A fault comes again by itself,
+    // with its address for a core dump.
+    // SAFETY: `info` is valid; `sigaction` with a null new action only
+    // reads the action.
     unsafe {
+        let code = (*info).si_code;
         let mut now: libc::sigaction = std::mem::zeroed();
-        if libc::sigaction(libc::SIGBUS, std::ptr::null(), &mut now) == 0
+        if (code <= 0 || code == libc::BUS_MCEERR_AO)
+            && libc::sigaction(libc::SIGBUS, std::ptr::null(), &mut now) == 0
             && now.sa_sigaction == libc::SIG_DFL
         {
             libc::raise(sig);
