@@ -483,12 +483,15 @@ fn close(at: usize, len: usize, slot: usize, generation: usize) -> bool {
 /// here, so none is waited for or counted in flight.
 #[cfg(not(loom))]
 extern "C" fn after_fork_in_child() {
+    // Written only where set: most of these pages were never touched.
     for c in &CLOSERS {
-        c.store(0, SeqCst);
+        if c.load(Relaxed) != 0 {
+            c.store(0, SeqCst);
+        }
     }
     let mine = THREAD_SLOT.with(|s| s.get());
     for (i, t) in THREADS.iter().enumerate() {
-        if i != mine {
+        if i != mine && !t.0.load(Relaxed).is_null() {
             t.0.store(std::ptr::null_mut(), SeqCst);
         }
     }
@@ -604,12 +607,16 @@ fn pass_on(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut libc::c_void)
     // SAFETY: `info` is valid (see `on_sigbus`).
     let sent = unsafe { (*info).si_code } <= 0;
     let prev = PREVIOUS.get().copied();
+    // The previous handler was one-shot: it ran once, as the kernel would
+    // have delivered it, and nothing is sent again.
+    let mut one_shot = false;
     match prev {
         // Ignored before us: a signal sent stays ignored. (A fault cannot
         // be ignored: the kernel ends the process when it comes again.)
         Some(p) if p.sa_sigaction == libc::SIG_IGN && sent => return,
         Some(p) if p.sa_sigaction != libc::SIG_DFL && p.sa_sigaction != libc::SIG_IGN => {
             if p.sa_flags & libc::SA_RESETHAND != 0 {
+                one_shot = true;
                 // What the kernel would have done delivering it to that
                 // handler: the next one ends the process.
                 // SAFETY: sets the default action.
@@ -655,6 +662,7 @@ fn pass_on(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut libc::c_void)
         let code = (*info).si_code;
         let mut now: libc::sigaction = std::mem::zeroed();
         if (code <= 0 || code == libc::BUS_MCEERR_AO)
+            && !one_shot
             && libc::sigaction(libc::SIGBUS, std::ptr::null(), &mut now) == 0
             && now.sa_sigaction == libc::SIG_DFL
         {
