@@ -36,11 +36,14 @@
 //!   application earlier may point into one, and reading zeros there would
 //!   pass for the message. Such a read ends the process (`SIGSEGV`), as the
 //!   `SIGBUS` did. A page is closed only while its mapping's registration
-//!   is the one it was replaced under (held against unregistering).
-//! - The handler calls only `mmap` and `sigaction` (async-signal-safe
-//!   system calls), keeps `errno`, and touches only atomics and
-//!   thread-locals with constant initialisers and no destructor, after it
-//!   has checked the fault is ours.
+//!   is the one it was replaced under: a closer counts itself in the
+//!   registration, and unregistering marks it going, then waits for none
+//!   to be counted.
+//! - The handler calls only `mmap`, `sigaction` and `raise`
+//!   (async-signal-safe) and the handler installed before it, keeps
+//!   `errno` across all of it, and touches only atomics and thread-locals
+//!   with constant initialisers and no destructor, after it has checked the
+//!   fault is ours.
 
 use std::cell::Cell;
 use std::sync::atomic::AtomicBool;
@@ -535,6 +538,17 @@ fn install() {
 #[cfg(not(loom))]
 #[allow(unsafe_code)]
 extern "C" fn on_sigbus(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut libc::c_void) {
+    // SAFETY: this thread's errno, saved and put back: the interrupted
+    // code may be between a call and its read of errno.
+    let errno = unsafe { *libc::__errno_location() };
+    handle(sig, info, ctx);
+    // SAFETY: as above.
+    unsafe { *libc::__errno_location() = errno };
+}
+
+#[cfg(not(loom))]
+#[allow(unsafe_code)]
+fn handle(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut libc::c_void) {
     // SAFETY: the kernel passes a valid `siginfo_t` to an SA_SIGINFO
     // handler; for a fault, `si_addr` is the faulting address.
     let (code, addr) = unsafe { ((*info).si_code, (*info).si_addr() as usize) };
@@ -566,9 +580,6 @@ extern "C" fn on_sigbus(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut 
     let page = PAGE.load(Relaxed);
     let at = addr & !(page - 1);
     let len = end - at;
-    // SAFETY: this thread's errno, saved and put back: the interrupted
-    // code may be between a call and its read of errno.
-    let errno = unsafe { *libc::__errno_location() };
     // SAFETY: `[at, end)` lies in a mapping of a store's file that the
     // faulting thread is using (registered, and unregistered only before
     // it is unmapped); past the fault it is past the file's end too.
@@ -584,8 +595,6 @@ extern "C" fn on_sigbus(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut 
             0,
         )
     };
-    // SAFETY: as above.
-    unsafe { *libc::__errno_location() = errno };
     if r == libc::MAP_FAILED {
         return pass_on(sig, info, ctx);
     }
