@@ -91,7 +91,8 @@ impl CoreShared {
         self.eventfd.as_raw_fd()
     }
 
-    /// Wakes the core out of `io_uring_enter` (one eventfd write).
+    /// Wakes the core out of its sleep (one eventfd write completes the read
+    /// armed on its ring).
     pub(crate) fn kick(&self) {
         // An error (counter overflow, EAGAIN) means a wake-up is already pending.
         let _ = rustix::io::write(&self.eventfd, &1u64.to_ne_bytes());

@@ -117,7 +117,7 @@ pub struct RuntimeConfig {
     /// How long shutdown waits for tasks before failing them.
     pub shutdown_timeout: Duration,
     /// How long an idle core polls its queues and completion ring before it
-    /// sleeps in `io_uring_enter` (waking a sleeping thread costs tens of µs
+    /// sleeps in `poll` on its ring (waking a sleeping thread costs tens of µs
     /// on a VM; polling costs CPU). Zero = sleep at once.
     pub idle_spin: Duration,
     /// Report io_uring as unavailable with this reason instead of probing

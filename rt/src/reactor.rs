@@ -295,10 +295,28 @@ impl Reactor {
             self.push(&e);
         }
         self.shared.stats.enters.fetch_add(1, Relaxed);
-        match self.ring.submit_and_wait(1) {
+        match self.ring.submit() {
+            Ok(_) => {}
+            Err(e) if e.raw_os_error() == Some(libc::EINTR) => return Ok(()),
+            Err(e) => return Err(e),
+        }
+        if self.has_completions() {
+            return Ok(());
+        }
+        // Sleep in `poll` on the ring rather than in `io_uring_enter`: the
+        // two wake alike (the ring's descriptor is readable once a CQE is
+        // posted, or work for this thread is pending), and tools that run
+        // one thread at a time (valgrind) know `poll` blocks, where a
+        // thread asleep in `io_uring_enter` kept every other thread from
+        // running, the one that would wake it included.
+        let mut fds = [rustix::event::PollFd::new(
+            &self.ring,
+            rustix::event::PollFlags::IN,
+        )];
+        match rustix::event::poll(&mut fds, None) {
             Ok(_) => Ok(()),
-            Err(e) if e.raw_os_error() == Some(libc::EINTR) => Ok(()),
-            Err(e) => Err(e),
+            Err(rustix::io::Errno::INTR) => Ok(()),
+            Err(e) => Err(e.into()),
         }
     }
 
