@@ -399,6 +399,7 @@ fn a_full_disk_refuses_publishes_and_everything_else_keeps_working() {
     );
     let err = err.to_string();
     assert!(err.contains("cannot allocate"), "{err}");
+    assert!(err.contains("(the disk or the quota is full)"), "{err}");
     assert!(confirmed > 100, "{confirmed}");
     {
         // A queue declared now gets no segment: publishing to it fails, it

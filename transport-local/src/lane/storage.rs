@@ -342,8 +342,25 @@ fn no_space(dir: &Path, size: u64, e: std::io::Error) -> LaneError {
         dir: dir.display().to_string(),
         source: std::io::Error::new(
             e.kind(),
-            format!("cannot allocate a {size}-byte segment (disk full or file too large?): {e}"),
+            format!(
+                "cannot allocate a {size}-byte segment{}: {e}",
+                allocation_hint(&e)
+            ),
         ),
+    }
+}
+
+/// What most likely stopped an allocation, by its error: a guess only
+/// where the error names the cause (a full disk is not the reason a process
+/// ran out of descriptors).
+fn allocation_hint(e: &std::io::Error) -> &'static str {
+    match e.raw_os_error() {
+        Some(libc::ENOSPC) | Some(libc::EDQUOT) => " (the disk or the quota is full)",
+        Some(libc::EFBIG) => " (larger than the filesystem or RLIMIT_FSIZE allows)",
+        Some(libc::EMFILE) | Some(libc::ENFILE) => {
+            " (no file descriptor left: raise the limit, `ulimit -n`)"
+        }
+        _ => "",
     }
 }
 
@@ -493,5 +510,28 @@ mod tests {
         };
         assert!(st.list_segments().unwrap().is_empty());
         assert_eq!(std::fs::read_dir(&d).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn an_allocation_error_guesses_only_what_its_errno_names() {
+        let e = |errno| {
+            no_space(
+                Path::new("/l"),
+                4096,
+                std::io::Error::from_raw_os_error(errno),
+            )
+            .to_string()
+        };
+        assert!(e(libc::ENOSPC).contains("(the disk or the quota is full)"));
+        assert!(e(libc::EDQUOT).contains("(the disk or the quota is full)"));
+        assert!(e(libc::EFBIG).contains("RLIMIT_FSIZE"));
+        let fds = e(libc::EMFILE);
+        assert!(fds.contains("no file descriptor left"), "{fds}");
+        assert!(!fds.contains("disk"), "{fds}");
+        let io = e(libc::EIO);
+        assert!(
+            io.contains("cannot allocate a 4096-byte segment: Input/output error"),
+            "no guess for an I/O error: {io}"
+        );
     }
 }

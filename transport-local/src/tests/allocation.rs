@@ -132,6 +132,7 @@ fn a_segment_the_disk_cannot_hold_is_a_clear_error_through_the_ring() {
     let lane = Lane::open(storage, 0, 64 << 20).unwrap();
     let e = lane.append(b"x", 1, 1, 0).unwrap_err().to_string();
     assert!(e.contains("cannot allocate"), "{e}");
+    assert!(e.contains("(the disk or the quota is full)"), "{e}");
     let leftovers = std::fs::read_dir(&d)
         .unwrap()
         .flatten()

@@ -489,6 +489,7 @@ fn a_segment_the_disk_cannot_hold_is_a_clear_error() {
     let lane = Lane::open_dir(&d, 0, 64 << 20).unwrap();
     let e = lane.append(b"x", 1, 1, 0).unwrap_err().to_string();
     assert!(e.contains("cannot allocate"), "{e}");
+    assert!(e.contains("(the disk or the quota is full)"), "{e}");
     // The lane is still an empty lane.
     assert!(lane.claim(who(1)).unwrap().is_none());
     assert_eq!(lane.counts(), (0, 0, 0));
