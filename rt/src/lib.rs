@@ -102,6 +102,10 @@ pub enum RtError {
     /// The result of this handle was already taken.
     #[error("the task's result was already taken")]
     ResultTaken,
+    /// The runtime was started by a process this one was forked from: its
+    /// cores are threads of that process, not of this one.
+    #[error("the runtime's cores run in the process this one was forked from, not here")]
+    Forked,
 }
 
 /// Runtime settings.
@@ -201,6 +205,29 @@ pub struct Runtime {
     cores: Vec<Arc<CoreShared>>,
     threads: Mutex<Vec<CoreThread>>,
     cfg: RuntimeConfig,
+    /// The process the cores run in ([`forks`]): a child forked from it
+    /// has none of them.
+    born: usize,
+}
+
+/// Forks this process is removed from the first that loaded this crate
+/// (raised in each child before `fork` returns there).
+static FORKS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+#[allow(unsafe_code)]
+fn forks() -> usize {
+    static WATCH: std::sync::Once = std::sync::Once::new();
+    extern "C" fn in_child() {
+        FORKS.fetch_add(1, SeqCst);
+    }
+    WATCH.call_once(|| {
+        // SAFETY: registers a handler that is an `extern "C" fn()` touching
+        // one atomic; it runs in the child only.
+        unsafe {
+            libc::pthread_atfork(None, None, Some(in_child));
+        }
+    });
+    FORKS.load(SeqCst)
 }
 
 impl fmt::Debug for Runtime {
@@ -222,6 +249,7 @@ impl Runtime {
                 reason: "the runtime needs at least one core".into(),
             });
         }
+        let born = forks();
         match cfg.simulate_unavailable {
             Some(errno) => probe::check(|| Err(std::io::Error::from_raw_os_error(errno)))?,
             None => probe::check(|| io_uring::IoUring::new(8))?,
@@ -274,6 +302,7 @@ impl Runtime {
             cores,
             threads: Mutex::new(threads),
             cfg,
+            born,
         };
         match failure {
             Some(e) => {
@@ -310,6 +339,10 @@ impl Runtime {
     {
         let slot = task::JoinSlot::new();
         let handle = JoinHandle { slot: slot.clone() };
+        if !self.started_here() {
+            slot.complete(Err(RtError::Forked));
+            return handle;
+        }
         match self.cores.get(core) {
             None => slot.complete(Err(RtError::NoSuchCore {
                 core,
@@ -361,6 +394,11 @@ impl Runtime {
     }
 
     fn stop(&self) -> Result<(), RtError> {
+        if !self.started_here() {
+            // A copy in a forked child: its cores are the parent's threads
+            // (none here), and their eventfds are shared with the parent.
+            return Ok(());
+        }
         for c in &self.cores {
             c.stopping.store(true, SeqCst);
             c.kick();
@@ -391,6 +429,15 @@ impl Runtime {
         } else {
             Ok(())
         }
+    }
+
+    /// False in a process forked from the one that started the runtime:
+    /// there its cores do not run, and work sent to them fails with
+    /// [`RtError::Forked`].
+    pub fn started_here(&self) -> bool {
+        // The child's count was raised on its only thread before `fork`
+        // returned: a relaxed load sees it.
+        FORKS.load(Relaxed) == self.born
     }
 
     /// Stops the cores: running tasks get `shutdown_timeout` to finish, then

@@ -102,6 +102,9 @@ pub(crate) struct CutFlag {
     recorded: AtomicUsize,
     /// Stretches closed so far (all closed: no closer needs to look).
     closed: AtomicUsize,
+    /// The process the store was opened in: a child forked since gets
+    /// nothing done (`forked.rs`).
+    born: crate::forked::Born,
 }
 
 impl CutFlag {
@@ -115,7 +118,13 @@ impl CutFlag {
             replaced: [const { Replaced::new() }; MAX_REPLACED],
             recorded: AtomicUsize::new(0),
             closed: AtomicUsize::new(0),
+            born: crate::forked::Born::now(),
         }
+    }
+
+    /// True in the process the store was opened in.
+    pub(crate) fn here(&self) -> bool {
+        self.born.here()
     }
 
     /// Whether a cut was found.
@@ -132,9 +141,12 @@ impl CutFlag {
     }
 
     /// Starts an operation of the store on this thread: `Err` once a cut
-    /// was found (the operation must not touch a mapping), else the guard
+    /// was found (the operation must not touch a mapping) or in a child
+    /// forked since the store was opened (`forked.rs`), else the guard
     /// under which a fault on a cut page is survived.
     pub(crate) fn enter(&self) -> Result<Guard<'_>, dashi_engine::Error> {
+        // A store inherited through a fork is the parent's.
+        self.born.check(&self.root)?;
         // Refused at once when set (not counted in flight: a caller
         // retrying in a loop never holds the closing off).
         if self.is_set() {

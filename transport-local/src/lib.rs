@@ -57,6 +57,7 @@ mod codec;
 // note.
 mod cut;
 mod file_names;
+mod forked;
 mod futex;
 mod lane;
 mod lock;

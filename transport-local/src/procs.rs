@@ -35,6 +35,9 @@ pub(crate) const NEXT_ID_AT: usize = 192;
 pub(crate) struct Registration {
     id: u32,
     path: PathBuf,
+    /// Let go of in a forked child (`forked.rs`); released before the
+    /// descriptor closes.
+    held: crate::forked::HeldLock,
     _file: File,
 }
 
@@ -75,6 +78,7 @@ impl Registration {
             return Ok(Registration {
                 id,
                 path,
+                held: crate::forked::HeldLock::new(std::os::fd::AsRawFd::as_raw_fd(&file)),
                 _file: file,
             });
         }
@@ -90,8 +94,11 @@ impl Drop for Registration {
     fn drop(&mut self) {
         // The store is closed in this process: its claims were settled or
         // restored by the engine, so the file can go (the lock goes with the
-        // descriptor either way).
-        let _ = std::fs::remove_file(&self.path);
+        // descriptor either way). Never in a forked child: the file and
+        // its lock are the parent's, which runs on.
+        if self.held.here() {
+            let _ = std::fs::remove_file(&self.path);
+        }
     }
 }
 

@@ -77,6 +77,7 @@ impl Conn {
 
     /// The live link and its generation, connecting one if needed.
     pub(crate) fn link(&self) -> Result<(Arc<Link>, u64), LinkError> {
+        self.check_here()?;
         let mut st = self.state.lock();
         if let Some(l) = &st.link {
             if !l.is_dead() {
@@ -170,6 +171,16 @@ impl Conn {
     }
 
     /// [`Link::call_deferred`] on the current link (connecting one if needed).
+    /// `Err` (nothing sent) in a process forked from the one that opened
+    /// the connection: its links' sockets are the parent's, driven by the
+    /// parent's runtime core, which does not run here.
+    pub(crate) fn check_here(&self) -> Result<(), LinkError> {
+        if self.rt.started_here() {
+            return Ok(());
+        }
+        Err(LinkError::Forked)
+    }
+
     pub(crate) fn start_deferred(
         &self,
         make: crate::link::Deferred,
@@ -218,6 +229,8 @@ impl Conn {
 pub(crate) fn store_failure(what: &str, e: &LinkError) -> StoreFailure {
     let kind = match e {
         LinkError::Login(_) => FailureKind::Io { transient: false },
+        // A caller's mistake: no retry here can help.
+        LinkError::Forked => FailureKind::Invalid,
         _ => FailureKind::Io { transient: true },
     };
     StoreFailure::new(kind, format!("redis {what}"), e)

@@ -103,6 +103,9 @@ pub(crate) enum LinkError {
     Lost { detail: String, sent: bool },
     /// The server refused the login (a wrong password, an unknown db).
     Login(String),
+    /// The connection belongs to the process this one was forked from
+    /// (nothing was sent).
+    Forked,
 }
 
 impl std::fmt::Display for LinkError {
@@ -111,6 +114,7 @@ impl std::fmt::Display for LinkError {
             LinkError::Connect(d) => write!(f, "cannot connect: {d}"),
             LinkError::Lost { detail, .. } => write!(f, "connection lost: {detail}"),
             LinkError::Login(d) => write!(f, "login refused: {d}"),
+            LinkError::Forked => f.write_str(FORKED),
         }
     }
 }
@@ -226,22 +230,27 @@ struct Shared {
 impl Shared {
     /// Fails every batch still in the inbox (they were never sent).
     fn fail_inbox(&self, why: &str) {
-        fail_unsent(std::mem::take(&mut *self.inbox.lock()), why);
+        self.fail_inbox_with(&LinkError::Lost {
+            detail: why.to_owned(),
+            sent: false,
+        });
+    }
+
+    /// Fails every batch still in the inbox with `e`.
+    fn fail_inbox_with(&self, e: &LinkError) {
+        fail_unsent(std::mem::take(&mut *self.inbox.lock()), e);
     }
 }
 
 /// Fails batches that never reached the socket.
-fn fail_unsent(batches: Vec<Batch>, why: &str) {
+fn fail_unsent(batches: Vec<Batch>, e: &LinkError) {
     for b in batches {
         let o = match b {
             Batch::Now(_, o) => o,
             Batch::Later(_, o) => Some(o),
         };
         if let Some(o) = o {
-            o.complete(Err(LinkError::Lost {
-                detail: why.to_owned(),
-                sent: false,
-            }));
+            o.complete(Err(e.clone()));
         }
     }
 }
@@ -287,6 +296,11 @@ impl Shut {
 }
 
 static NEXT_LINK: AtomicU64 = AtomicU64::new(1);
+
+/// Why a link does nothing in a forked child.
+pub(crate) const FORKED: &str = "this connection was opened by the process this one was forked \
+     from, and does nothing here (its socket is the parent's): open a new connection in this \
+     process";
 
 thread_local! {
     /// The links this core drives.
@@ -385,7 +399,12 @@ impl Link {
     /// Ends the link: waiting batches fail as lost.
     pub(crate) fn kill(&self) {
         self.shared.dead.store(true, SeqCst);
-        self.shut.shutdown();
+        // Never in a forked child: the socket is the parent's too, and a
+        // shutdown acts on it there as well (closing the child's copy, as
+        // dropping it does, leaves the parent's alone).
+        if self.rt.started_here() {
+            self.shut.shutdown();
+        }
         self.shared.fail_inbox("the connection was closed");
     }
 
@@ -447,7 +466,9 @@ impl Link {
     fn push_as(&self, batch: Batch, urgent: bool) {
         self.shared.inbox.lock().push(batch);
         let id = self.id;
-        if self.is_dead() {
+        if !self.rt.started_here() {
+            self.shared.fail_inbox_with(&LinkError::Forked);
+        } else if self.is_dead() {
             self.shared.fail_inbox("the connection is closed");
         } else if urgent {
             // Marks a flush as on its way, so a push meanwhile joins it.
@@ -735,7 +756,13 @@ fn flush_now(link: &CoreLink) {
     link.shared.scheduled.store(false, SeqCst);
     let batches = std::mem::take(&mut *link.shared.inbox.lock());
     if let Some(why) = link.failed.borrow().clone() {
-        fail_unsent(batches, &why);
+        fail_unsent(
+            batches,
+            &LinkError::Lost {
+                detail: why,
+                sent: false,
+            },
+        );
         return;
     }
     // One-way commands are merged and sent where the first of them stood:

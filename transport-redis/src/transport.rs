@@ -168,8 +168,10 @@ pub fn open(urls: &str) -> Result<dashi_engine::Connection, Error> {
         open.retain(|(_, w)| w.strong_count() > 0);
         match open
             .iter()
-            .find(|(u, _)| u == urls)
-            .and_then(|(_, w)| w.upgrade())
+            .filter(|(u, _)| u == urls)
+            .filter_map(|(_, w)| w.upgrade())
+            // Not one a process this one was forked from opened.
+            .find(|i| i._rt.started_here())
         {
             Some(inner) => RedisTransport { inner },
             None => {
@@ -1149,6 +1151,9 @@ impl Inner {
         broadcasts: Vec<(String, Bytes)>,
         woken: Vec<Arc<RedisQueue>>,
     ) -> Result<(Arc<SharedReply>, Vec<usize>, usize), LinkError> {
+        // Not into a batch inherited from the process this one was forked
+        // from: the parent's core sends that one, never this process's.
+        self.conn.check_here()?;
         let mut open = self.open_publish.lock();
         if let Some(cell) = open.as_ref() {
             let mut st = cell.state.lock();

@@ -9,7 +9,7 @@
 //!   deadline + period.
 //! - No cap per pass: every expired delivery found is restored in that pass.
 
-use std::sync::{Arc, OnceLock, Weak};
+use std::sync::{Arc, Weak};
 use std::thread::Thread;
 use std::time::Duration;
 
@@ -68,40 +68,52 @@ struct Reaper {
     thread: Thread,
 }
 
-static REAPER: OnceLock<Option<Arc<Reaper>>> = OnceLock::new();
+/// The reaper and the process it runs in: a child forked from that process
+/// has no reaper thread (threads do not cross a fork) and starts its own.
+static REAPER: std::sync::Mutex<Option<(u32, Option<Arc<Reaper>>)>> = std::sync::Mutex::new(None);
 
 const MIN_PERIOD_US: u64 = 1_000;
 const MAX_PERIOD_US: u64 = 1_000_000;
 
-/// The process's reaper, started on first use; `None` if its thread could not
-/// be started (logged: leases then only end by ack or channel close).
-fn reaper() -> Option<&'static Arc<Reaper>> {
-    REAPER
-        .get_or_init(|| {
-            let (tx, rx) = std::sync::mpsc::channel::<Arc<Reaper>>();
-            let spawned = std::thread::Builder::new()
-                .name("dashi-lease-reaper".into())
-                .spawn(move || {
-                    if let Ok(r) = rx.recv() {
-                        run(&r)
-                    }
-                });
-            match spawned {
-                Ok(handle) => {
-                    let r = Arc::new(Reaper {
-                        channels: Watchlist::new(),
-                        thread: handle.thread().clone(),
-                    });
-                    let _ = tx.send(r.clone());
-                    Some(r)
-                }
-                Err(e) => {
-                    tracing::error!(error = %e, "cannot start the lease reaper thread; leases will not expire");
-                    None
-                }
+/// The process's reaper, started on first use in each process; `None` if
+/// its thread could not be started (logged: leases then only end by ack or
+/// channel close).
+fn reaper() -> Option<Arc<Reaper>> {
+    let pid = std::process::id();
+    let mut held = REAPER.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some((p, r)) = held.as_ref() {
+        if *p == pid {
+            return r.clone();
+        }
+    }
+    let started = start_reaper();
+    *held = Some((pid, started.clone()));
+    started
+}
+
+fn start_reaper() -> Option<Arc<Reaper>> {
+    let (tx, rx) = std::sync::mpsc::channel::<Arc<Reaper>>();
+    let spawned = std::thread::Builder::new()
+        .name("dashi-lease-reaper".into())
+        .spawn(move || {
+            if let Ok(r) = rx.recv() {
+                run(&r)
             }
-        })
-        .as_ref()
+        });
+    match spawned {
+        Ok(handle) => {
+            let r = Arc::new(Reaper {
+                channels: Watchlist::new(),
+                thread: handle.thread().clone(),
+            });
+            let _ = tx.send(r.clone());
+            Some(r)
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start the lease reaper thread; leases will not expire");
+            None
+        }
+    }
 }
 
 /// Registers a channel that holds leased deliveries, whose shortest lease is

@@ -2,6 +2,7 @@
 //! batching, shutdown, panics and a kernel without io_uring.
 
 mod core_panic;
+mod forked;
 mod io_ops;
 mod ordering;
 mod shutdown;

@@ -412,7 +412,13 @@ impl LocalTransport {
             ),
         );
         let mut open = OPEN.get_or_init(Default::default).lock();
-        if let Some(inner) = open.get(&key).and_then(Weak::upgrade) {
+        // Not one a process this one was forked from opened: that one
+        // is the parent's (`forked.rs`).
+        if let Some(inner) = open
+            .get(&key)
+            .and_then(Weak::upgrade)
+            .filter(|i| i.cut.here())
+        {
             return Ok(LocalTransport { inner });
         }
         let t = Self::open_new(root, opts)?;
