@@ -145,6 +145,16 @@ impl ChildLines {
     }
 }
 
+/// The first of `lines` containing `what`; panics, naming them all, when
+/// none does.
+pub fn line_with(lines: &[String], what: &str) -> String {
+    lines
+        .iter()
+        .find(|l| l.contains(what))
+        .unwrap_or_else(|| panic!("no line with {what:?} in {lines:?}"))
+        .clone()
+}
+
 /// Kills a child with SIGKILL and reaps it (already gone is fine).
 pub fn kill(child: &mut std::process::Child) {
     let _ = child.kill();

@@ -178,12 +178,7 @@ fn a_forked_child_uses_its_own_store_and_never_the_parent_s() {
     let (mut p, mut lines) = role("use", d.path());
     let seen = lines.until("parent got");
     kill(&mut p);
-    let find = |what: &str| {
-        seen.iter()
-            .find(|l| l.contains(what))
-            .unwrap_or_else(|| panic!("no {what:?} in {seen:?}"))
-            .clone()
-    };
+    let find = |what: &str| dashi_test_support::line_with(&seen, what);
     // The inherited store refuses, in one line, and hands the message back.
     let publish = find("inherited publish");
     assert!(

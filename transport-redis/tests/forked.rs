@@ -108,12 +108,7 @@ fn a_forked_child_uses_its_own_redis_connection_and_leaves_the_parent_s_alone() 
     // Read to the end: the role's harness still writes its summary.
     let _ = lines.rest().count();
     let _ = p.wait();
-    let find = |what: &str| {
-        seen.iter()
-            .find(|l| l.contains(what))
-            .unwrap_or_else(|| panic!("no {what:?} in {seen:?}"))
-            .clone()
-    };
+    let find = |what: &str| dashi_test_support::line_with(&seen, what);
     // Refused at once, in one line, not as something a retry could fix
     // (before, the publish waited for ever for the parent's runtime core).
     let publish = find("inherited publish");
