@@ -214,8 +214,11 @@ pub struct Runtime {
 /// (raised in each child before `fork` returns there).
 static FORKS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
+/// How many forks this process is removed from the first that called it
+/// (or started a runtime): something made under one count belongs to a
+/// process this one was forked from once the count differs.
 #[allow(unsafe_code)]
-fn forks() -> usize {
+pub fn forks() -> usize {
     static WATCH: std::sync::Once = std::sync::Once::new();
     extern "C" fn in_child() {
         FORKS.fetch_add(1, SeqCst);
@@ -379,6 +382,9 @@ impl Runtime {
 
     /// `Err` with the first core that panicked, if any did.
     pub fn health(&self) -> Result<(), RtError> {
+        if !self.started_here() {
+            return Err(RtError::Forked);
+        }
         match self.cores.iter().find(|c| c.dead.get().is_some()) {
             Some(c) => Err(c.closed_error()),
             None => Ok(()),

@@ -53,31 +53,36 @@ fn watch() {
 }
 
 /// In the child, before `fork` returns: the only thread. Calls only
-/// `open`, `dup2` and `close` (async-signal-safe).
+/// `open`, `dup3` and `close` (async-signal-safe). Every slot is cleared,
+/// pointed at /dev/null or not: a number left registered could name
+/// another file of the child's by the time it forks in turn.
 #[allow(unsafe_code)]
 extern "C" fn in_child() {
     FORKS.fetch_add(1, SeqCst);
-    let mut null = -1;
+    let mut null = -2;
     for slot in &LOCKS {
         let fd = slot.load(Relaxed);
         if fd < 0 {
             continue;
         }
-        if null < 0 {
+        slot.store(-1, Relaxed);
+        if null == -2 {
             // SAFETY: a constant NUL-terminated path and plain flags.
             null = unsafe { libc::open(c"/dev/null".as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC) };
-            if null < 0 {
-                return;
-            }
+        }
+        if null < 0 {
+            // No descriptor to be had (the child is at its limit): the
+            // child holds the parent's locks until it ends.
+            continue;
         }
         // SAFETY: `fd` is open in this process (copied from the parent,
         // where it was registered while open); pointing it at /dev/null
-        // drops the child's reference to the locked description and
-        // leaves the number valid for whoever closes it later.
+        // (close-on-exec, as the lock's descriptor was) drops the child's
+        // reference to the locked description and leaves the number
+        // valid for whoever closes it later.
         unsafe {
-            libc::dup2(null, fd);
+            libc::dup3(null, fd, libc::O_CLOEXEC);
         }
-        slot.store(-1, Relaxed);
     }
     if null >= 0 {
         // SAFETY: the descriptor opened above, closed once.

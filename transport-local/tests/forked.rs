@@ -59,8 +59,12 @@ fn wait(pid: libc::pid_t) {
 }
 
 fn hold() -> ! {
-    std::thread::sleep(Duration::from_secs(600));
-    panic!("held for 10 minutes");
+    hold_for(Duration::from_secs(600))
+}
+
+fn hold_for(d: Duration) -> ! {
+    std::thread::sleep(d);
+    panic!("held for {d:?}");
 }
 
 /// Child roles (`<role>,<dir>`):
@@ -71,6 +75,9 @@ fn hold() -> ! {
 ///   inherited and ends; the parent says `child gone` and holds `m2`.
 /// - `orphan`: takes `m3` without acking it, forks a child that says its
 ///   pid and sleeps; the parent says `held` and sleeps.
+/// - `confirm`: publishes with a confirm that resolves at a sync a minute
+///   away, forks; the child waits on that confirm (5 s at most) and says
+///   what it got.
 #[test]
 #[ignore = "run as a child process by the tests in this file"]
 fn child_role() {
@@ -130,12 +137,32 @@ fn child_role() {
             say("child gone");
             hold();
         }
+        "confirm" => {
+            let url = format!("local://{}?fsync=interval:60000", d.display());
+            let conn = dashi_transport_local::open(ConnectUrl::parse(&url).unwrap()).unwrap();
+            let ch = channel(&conn);
+            let confirm = ch
+                .producer()
+                .publish_async(Message::new("m4"), "q")
+                .unwrap();
+            let child = fork(move || match confirm.wait_timeout(Duration::from_secs(5)) {
+                Ok(Ok(())) => say("child's confirm: ok"),
+                Ok(Err(e)) => say(format_args!(
+                    "child's confirm: unconfirmed={} {e}",
+                    e.is_unconfirmed()
+                )),
+                Err(_) => say("child's confirm: still waiting after 5 s"),
+            });
+            wait(child);
+            say("child gone");
+        }
         "orphan" => {
             ch.producer().publish(Message::new("m3"), "q").unwrap();
             let _m = ch.get("q", Duration::from_secs(5)).unwrap().unwrap();
             let child = fork(|| {
                 say(format_args!("child {}", std::process::id()));
-                hold();
+                // Not as long as the parent: nobody may be left to kill it.
+                hold_for(Duration::from_secs(60));
             });
             say(format_args!("held; child {child}"));
             hold();
@@ -216,6 +243,21 @@ fn a_forked_child_dropping_what_it_inherited_leaves_the_parent_s_store_alone() {
     assert_eq!(
         take(d.path(), Duration::from_secs(10)),
         Some(("m2".into(), true))
+    );
+}
+
+#[test]
+fn a_confirm_the_child_inherited_fails_at_once_there() {
+    let d = TestDir::new();
+    let (mut p, mut lines) = role("confirm", d.path());
+    let seen = lines.until("child gone");
+    kill(&mut p);
+    // Unknown in the child (only the parent's sync can make it durable),
+    // at once: before, it waited for the parent's runtime core for ever.
+    let got = dashi_test_support::line_with(&seen, "child's confirm");
+    assert!(
+        got.contains("unconfirmed=true") && got.contains("forked from"),
+        "{got}"
     );
 }
 

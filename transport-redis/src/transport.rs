@@ -1347,6 +1347,9 @@ struct SharedReply {
     wakers: Mutex<Vec<Waker>>,
     woken: Mutex<Vec<Arc<RedisQueue>>>,
     confirm: crate::options::ConfirmLevel,
+    /// The fork count it was made under: in a process forked since, only
+    /// the parent's core could settle it (`judge` says so instead).
+    forks: usize,
     /// `LPUSH` commands in the cell (set when it closes).
     pushes: Arc<std::sync::atomic::AtomicUsize>,
 }
@@ -1384,6 +1387,7 @@ impl SharedReply {
             wakers: Mutex::new(Vec::new()),
             woken: Mutex::new(woken),
             confirm,
+            forks: dashi_rt::forks(),
             pushes,
         });
         let settler = Waker::from(Arc::new(Settler(Arc::downgrade(&s))));
@@ -1469,8 +1473,24 @@ impl SharedReply {
 #[derive(Debug)]
 struct RedisConfirm(Arc<SharedReply>, Vec<Target>);
 
+impl RedisConfirm {
+    /// The confirm's outcome in a process forked since it was made: unknown
+    /// here (the parent's core sends the batch, or sent it).
+    fn forked(&self) -> Option<Result<(), StoreFailure>> {
+        (self.0.forks != dashi_rt::forks()).then(|| {
+            Err(crate::conn::store_failure(
+                "publish",
+                &crate::link::LinkError::Forked,
+            ))
+        })
+    }
+}
+
 impl PendingConfirm for RedisConfirm {
     fn poll_confirm(&self, waker: &Waker) -> Poll<Result<(), StoreFailure>> {
+        if let Some(o) = self.forked() {
+            return Poll::Ready(o);
+        }
         if let Some(o) = self.0.judge(&self.1) {
             return Poll::Ready(o);
         }
@@ -1483,6 +1503,9 @@ impl PendingConfirm for RedisConfirm {
     }
 
     fn wait_confirm(&self, deadline: Option<Instant>) -> Option<Result<(), StoreFailure>> {
+        if let Some(o) = self.forked() {
+            return Some(o);
+        }
         {
             let mut r = self.0.replies.lock();
             while r.is_none() {

@@ -279,13 +279,24 @@ fn json_table(out: &mut String, t: &Headers) {
 
 /// A new kombu delivery tag: a version-4 uuid string whose random bits are
 /// 58 bits drawn once per process and a 64-bit counter, so tags are unique
-/// without a system call per message (kombu only needs them unique).
+/// without a system call per message (kombu only needs them unique). Drawn
+/// again in a process forked from the one that drew them: children of one
+/// parent had the parent's bits and counter, so the same tags (and the same
+/// consumer id for auto-delete queues, which is one of them).
 pub(crate) fn new_tag() -> String {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    use std::sync::OnceLock;
-    static PREFIX: OnceLock<u64> = OnceLock::new();
+    use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+    const NONE: usize = usize::MAX;
+    static PREFIX: AtomicU64 = AtomicU64::new(0);
+    /// The fork count `PREFIX` was drawn under (`NONE`: not drawn).
+    static DRAWN: AtomicUsize = AtomicUsize::new(NONE);
     static NEXT: AtomicU64 = AtomicU64::new(0);
-    let prefix = *PREFIX.get_or_init(|| uuid::Uuid::new_v4().as_u64_pair().0);
+    let forks = dashi_rt::forks();
+    if DRAWN.load(Ordering::Acquire) != forks {
+        // Threads racing here may each draw: any of the draws is fresh.
+        PREFIX.store(uuid::Uuid::new_v4().as_u64_pair().0, Ordering::Release);
+        DRAWN.store(forks, Ordering::Release);
+    }
+    let prefix = PREFIX.load(Ordering::Acquire);
     let n = NEXT.fetch_add(1, Ordering::Relaxed);
     // The version (4) and variant (10) bits sit where RFC 9562 puts them.
     let hi = (prefix & !0xF000) | 0x4000;
@@ -1155,6 +1166,43 @@ mod tests {
         assert_eq!(tag_of(marked.as_bytes()).as_deref(), Some("t9"));
         assert!(decode(marked.as_bytes()).is_ok());
         assert_eq!(tag_of(b"nope"), None);
+    }
+
+    /// A forked child draws its own random bits: children of one parent
+    /// made the same tags (and the same auto-delete consumer id) before.
+    #[test]
+    #[allow(unsafe_code)]
+    fn a_forked_child_makes_tags_of_its_own() {
+        let mine = new_tag();
+        let mut fds = [0; 2];
+        // SAFETY: a pipe into an array of two descriptors.
+        assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+        // SAFETY: the child only makes a tag, writes it and `_exit`s.
+        let pid = unsafe { libc::fork() };
+        assert!(pid >= 0);
+        if pid == 0 {
+            let t = new_tag();
+            // SAFETY: writes the tag's bytes to the pipe, then ends.
+            unsafe {
+                libc::write(fds[1], t.as_ptr().cast(), t.len());
+                libc::_exit(0);
+            }
+        }
+        let mut buf = [0u8; 64];
+        // SAFETY: reads into `buf`, at most its length.
+        let n = unsafe { libc::read(fds[0], buf.as_mut_ptr().cast(), buf.len()) };
+        let mut status = 0;
+        // SAFETY: `pid` is this process's child; the pipe's ends are ours.
+        unsafe {
+            libc::waitpid(pid, &mut status, 0);
+            libc::close(fds[0]);
+            libc::close(fds[1]);
+        }
+        let theirs = String::from_utf8_lossy(&buf[..n.max(0) as usize]).into_owned();
+        assert_eq!(theirs.len(), 36, "{theirs}");
+        // The first 64 bits are the random part (with the version nibble).
+        assert_ne!(theirs[..18], mine[..18], "{theirs} {mine}");
+        assert_eq!(new_tag()[..18], mine[..18]);
     }
 
     #[test]

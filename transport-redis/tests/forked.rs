@@ -91,8 +91,35 @@ fn child_role() {
     }
     let after = client_ids(port);
     let gone: Vec<&String> = before.iter().filter(|id| !after.contains(id)).collect();
+    // A confirm still waiting for the server (paused) when the process forks.
+    RedisServer::command_on(port, &["CLIENT", "PAUSE", "2000", "WRITE"]).unwrap();
+    let confirm = ch
+        .producer()
+        .publish_async(Message::new("m2"), "q")
+        .unwrap();
+    let confirm = std::mem::ManuallyDrop::new(confirm);
+    // SAFETY: the child waits on its copy of the confirm, then `_exit`s.
+    let pid = unsafe { libc::fork() };
+    assert!(pid >= 0);
+    if pid == 0 {
+        let confirm = std::mem::ManuallyDrop::into_inner(confirm);
+        match confirm.wait_timeout(Duration::from_millis(1500)) {
+            Ok(Ok(())) => say("child's confirm: ok"),
+            Ok(Err(e)) => say(format_args!(
+                "child's confirm: unconfirmed={} {e}",
+                e.is_unconfirmed()
+            )),
+            Err(_) => say("child's confirm: still waiting"),
+        }
+        // SAFETY: ends the child at once.
+        unsafe { libc::_exit(0) }
+    }
+    // SAFETY: `pid` is this process's child.
+    assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
+    let parent_s = std::mem::ManuallyDrop::into_inner(confirm).wait();
     say(format_args!(
-        "parent got {got:?}; its clients gone: {gone:?}"
+        "parent got {got:?}; its clients gone: {gone:?}; its confirm: {}",
+        parent_s.is_ok()
     ));
 }
 
@@ -125,7 +152,14 @@ fn a_forked_child_uses_its_own_redis_connection_and_leaves_the_parent_s_alone() 
     // open (before, it shut the shared socket down).
     let parent = find("parent got");
     assert!(
-        parent.contains(r#"parent got ["m1", "c1"]; its clients gone: []"#),
+        parent.contains(r#"parent got ["m1", "c1"]; its clients gone: []; its confirm: true"#),
         "{parent}"
+    );
+    // A confirm inherited while it waited for the server is unknown in
+    // the child, at once (before, it waited for the parent's core for ever).
+    let confirm = find("child's confirm");
+    assert!(
+        confirm.contains("unconfirmed=true") && confirm.contains("forked from"),
+        "{confirm}"
     );
 }

@@ -18,12 +18,14 @@ fn a_forked_child_gets_an_error_from_the_parent_s_runtime_at_once() {
     assert!(pid >= 0);
     if pid == 0 {
         let rt_was_here = rt.started_here();
+        let healthy = rt.health();
         let mut h = rt.spawn(0, || async { 2 });
         let got = h.wait_timeout(Duration::from_secs(10));
         let t0 = Instant::now();
         drop(rt);
         let code = match got {
             _ if rt_was_here => 5,
+            _ if healthy != Err(RtError::Forked) => 6,
             Some(Err(RtError::Forked)) if t0.elapsed() < Duration::from_secs(3) => 0,
             Some(Err(RtError::Forked)) => 2,
             None => 3,
@@ -40,7 +42,7 @@ fn a_forked_child_gets_an_error_from_the_parent_s_runtime_at_once() {
         libc::WEXITSTATUS(status),
         0,
         "2: the drop waited for the cores, 3: the task never ran nor failed, 4: another result, \
-         5: started_here in the child"
+         5: started_here in the child, 6: healthy in the child (a confirm waiting on it never ends)"
     );
     assert!(rt.started_here());
     // The parent's runtime carries on.

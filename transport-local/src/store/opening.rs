@@ -487,6 +487,10 @@ impl LocalTransport {
             .map_err(lock_path("open.lock"))?;
         let presence = match alone {
             Some(alone) => {
+                // The other descriptor of the locked description goes now:
+                // only the lock's own is let go of in a child forked from
+                // here (`forked.rs`), and recovery can take long.
+                drop(lock_file);
                 check_marker(root, opts.create)?;
                 crate::failpoint!("store::recovering");
                 recovered = recover_store(root, opts.segment_size)?;
