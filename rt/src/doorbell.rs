@@ -1,5 +1,5 @@
 //! The wake-up handshake between threads that hand work to a core and the core
-//! that sleeps in `io_uring_enter` when it has none.
+//! that sleeps (in `poll` on its ring) when it has none.
 //!
 //! # Invariants
 //! - A submitter makes its work visible (pushes to a core queue), then calls
@@ -22,7 +22,7 @@ use crate::sync::{fence, AtomicU8, Ordering::SeqCst};
 
 /// The core runs (or is about to re-check its queues).
 const AWAKE: u8 = 0;
-/// The core may be blocked in `io_uring_enter`; nobody has woken it yet.
+/// The core may be asleep on its ring; nobody has woken it yet.
 const ASLEEP: u8 = 1;
 /// A submitter has claimed the wake-up of this sleep (and writes the
 /// eventfd).

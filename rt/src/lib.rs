@@ -380,7 +380,9 @@ impl Runtime {
             .collect()
     }
 
-    /// `Err` with the first core that panicked, if any did.
+    /// `Err` with the first core that panicked, if any did, or
+    /// [`RtError::Forked`] in a process forked from the one that started
+    /// the runtime (its cores do not run there).
     pub fn health(&self) -> Result<(), RtError> {
         if !self.started_here() {
             return Err(RtError::Forked);

@@ -295,6 +295,17 @@ impl Reactor {
             self.push(&e);
         }
         self.shared.stats.enters.fetch_add(1, Relaxed);
+        if !self.ring.params().is_feature_poll_32bits() {
+            // Before Linux 5.9 (the first with this feature), completions
+            // run as task work did not interrupt a `poll`, and an
+            // overflowed completion queue did not show in the ring's
+            // flags: sleep in the kernel's own wait there.
+            return match self.ring.submit_and_wait(1) {
+                Ok(_) => Ok(()),
+                Err(e) if e.raw_os_error() == Some(libc::EINTR) => Ok(()),
+                Err(e) => Err(e),
+            };
+        }
         match self.ring.submit() {
             Ok(_) => {}
             Err(e) if e.raw_os_error() == Some(libc::EINTR) => return Ok(()),

@@ -1488,7 +1488,9 @@ impl RedisConfirm {
 
 impl PendingConfirm for RedisConfirm {
     fn poll_confirm(&self, waker: &Waker) -> Poll<Result<(), StoreFailure>> {
-        if let Some(o) = self.forked() {
+        // What the replies said, when they came before the fork; else
+        // unknown in a forked child.
+        if let Some(o) = self.0.judge(&self.1).or_else(|| self.forked()) {
             return Poll::Ready(o);
         }
         if let Some(o) = self.0.judge(&self.1) {
@@ -1503,7 +1505,7 @@ impl PendingConfirm for RedisConfirm {
     }
 
     fn wait_confirm(&self, deadline: Option<Instant>) -> Option<Result<(), StoreFailure>> {
-        if let Some(o) = self.forked() {
+        if let Some(o) = self.0.judge(&self.1).or_else(|| self.forked()) {
             return Some(o);
         }
         {

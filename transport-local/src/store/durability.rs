@@ -445,9 +445,11 @@ impl Tickets {
     /// Waits until every ticket is covered by a finished sync, one failed,
     /// or `deadline` passed (`None`).
     pub(crate) fn wait(&self, deadline: Option<Instant>) -> Option<Result<(), String>> {
-        if let Some(e) = &self.failed {
-            self.seal();
-            return Some(Err(e.clone()));
+        // Known already (covered, failed, or a runtime that cannot sync: a
+        // dead core, or a process forked since, where no lock the parent's
+        // threads may have held is taken): said at once.
+        if let Some(r) = self.outcome() {
+            return Some(r);
         }
         let always = matches!(self.durability.mode, Fsync::Always);
         self.want();
@@ -502,6 +504,9 @@ impl Tickets {
     /// The outcome if known; otherwise `waker` is woken by the next sync of
     /// a file this publish waits on (started now if needed).
     pub(crate) fn poll(&self, waker: &Waker) -> Poll<Result<(), String>> {
+        if let Some(r) = self.outcome() {
+            return Poll::Ready(r);
+        }
         // Register first, then look: a sync ending in between still wakes us.
         for (st, ticket, _) in &self.waits {
             if st.done.load(Acquire) < *ticket {
