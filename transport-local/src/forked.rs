@@ -23,9 +23,11 @@
 //!   runtime and locks), never hands back the parent's.
 //! - The child lets go of the parent's store locks as it starts: each
 //!   descriptor of one ([`HeldLock`]) is pointed at `/dev/null`, so a
-//!   parent that ends while the child runs is seen ended. A lock
-//!   registered or released by another thread of the parent at the very
-//!   moment of the fork may stay held by the child until it ends.
+//!   parent that ends while the child runs is seen ended. Not so for a
+//!   lock being registered or released by another thread of the parent at
+//!   the very moment of the fork, nor in a child with no descriptor left
+//!   to open `/dev/null` with: the child holds those until it ends. Every
+//!   slot is cleared in the child either way.
 
 use std::os::fd::RawFd;
 use std::sync::atomic::Ordering::{Relaxed, SeqCst};
