@@ -1027,3 +1027,26 @@ fn a_sync_that_cannot_open_its_segment_leaves_the_publish_unconfirmed() {
     }
     assert_eq!(got, ["m1"]);
 }
+
+/// A store is closed when its last user lets go of it: the wake-up watcher
+/// (armed by a consumer that waited) no longer holds it for up to a second
+/// while asleep, so a process that closes a store and opens it again
+/// opens it anew (recovers and recounts when alone) rather than getting
+/// the old one back. The registration file goes with the store.
+#[test]
+fn a_store_closes_when_its_last_user_lets_go_even_after_a_consumer_waited() {
+    let d = TestDir::new();
+    for _ in 0..3 {
+        let conn = connect(d.path());
+        let ch = channel(&conn);
+        // Waits (and arms the watcher), finds nothing.
+        assert!(ch.get("q", Duration::from_millis(300)).unwrap().is_none());
+        drop(ch);
+        drop(conn);
+        let left = std::fs::read_dir(d.path().join("procs")).unwrap().count();
+        assert_eq!(
+            left, 0,
+            "the store was still open after its last user closed it"
+        );
+    }
+}

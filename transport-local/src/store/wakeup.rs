@@ -85,7 +85,9 @@ fn watch(weak: Weak<Inner>, arm: Arc<Arm>) {
     let second = std::time::Duration::from_secs(1);
     loop {
         let seen = arm.take(second);
-        let Some(inner) = weak.upgrade() else { return };
+        let Some(mut inner) = weak.upgrade() else {
+            return;
+        };
         let Some(seen) = seen else { continue };
         // Under the cut guard, but not while asleep: pages replaced under
         // a cut are closed only once no operation is in flight.
@@ -108,9 +110,18 @@ fn watch(weak: Weak<Inner>, arm: Arc<Arm>) {
                 return;
             }
         };
-        if let Some(word) = sleep {
+        if sleep.is_some() {
+            // Asleep holding the control page only: the store itself closes
+            // when its last user lets go of it, not up to a second later
+            // here (a process that closed a store and opened it again got
+            // the old one back, so never recovered and recounted it).
+            let control = inner.control.clone();
+            drop(inner);
             // A page closed meanwhile fails the wait (`EFAULT`): no signal.
-            futex::wait(word, seen, second);
+            futex::wait(control.u32_at(PUBLISHED), seen, second);
+            drop(control);
+            let Some(again) = weak.upgrade() else { return };
+            inner = again;
         }
         let waiting: Vec<Arc<LocalQueue>> = inner
             .topo
