@@ -415,6 +415,13 @@ static void pipelined(dashi_connection *c) {
   dashi_channel_free(ch);
 }
 
+/* Set (DASHI_ABI_SPURIOUS_WAKES=1) where the program runs many times
+   slower than natively (valgrind): the event descriptor may then also be
+   readable from a wake that found nothing to do, which the contract allows
+   ("a wake may be spurious; none is lost"), so "not readable" is not
+   asserted there. Every other run asserts it. */
+static int spurious_wakes;
+
 static int readable(int fd, int ms) {
   struct pollfd p = {.fd = fd, .events = POLLIN};
   int n = poll(&p, 1, ms);
@@ -437,7 +444,7 @@ static void event_loop(dashi_connection *c) {
   CHECK(dashi_connection_event_fd(c, NULL), DASHI_NULL_PARAMETER);
   ASSERT(readable(fd, 0)); /* readable at first */
   CHECK(dashi_drain_events(c, 0), DASHI_TIMEOUT);
-  ASSERT(!readable(fd, 0)); /* nothing to do: not readable */
+  ASSERT(spurious_wakes || !readable(fd, 0)); /* nothing to do: not readable */
   publish(ch, "ev", "e1", 0);
   ASSERT(readable(fd, 1000));
   OK(dashi_drain_events(c, 0));
@@ -445,7 +452,7 @@ static void event_loop(dashi_connection *c) {
   /* A drain that dispatched leaves it readable (there may be more). */
   ASSERT(readable(fd, 0));
   CHECK(dashi_drain_events(c, 0), DASHI_TIMEOUT);
-  ASSERT(!readable(fd, 0));
+  ASSERT(spurious_wakes || !readable(fd, 0));
   OK(dashi_cancel(ch, tag)); /* a consumer cancelled also signals */
   ASSERT(readable(fd, 1000));
   CHECK(dashi_drain_events(c, 0), DASHI_TIMEOUT);
@@ -579,6 +586,8 @@ static int returned_publishes(const char *url) {
 }
 
 int main(int argc, char **argv) {
+  const char *sw = getenv("DASHI_ABI_SPURIOUS_WAKES");
+  spurious_wakes = sw != NULL && strcmp(sw, "1") == 0;
   if (argc == 3 && strcmp(argv[2], "full") == 0)
     return returned_publishes(argv[1]);
   if (argc != 2) {
