@@ -16,6 +16,13 @@ pub enum NameError {
         /// Its length in bytes.
         len: usize,
     },
+    /// The transport keeps something of its own under this name, or the
+    /// name holds a separator of its layout (redis://: kombu's bookkeeping
+    /// keys and its priority separator).
+    Reserved {
+        /// What the name clashes with.
+        why: String,
+    },
 }
 
 impl fmt::Display for NameError {
@@ -23,6 +30,7 @@ impl fmt::Display for NameError {
         match self {
             NameError::Empty => f.write_str("must not be empty"),
             NameError::TooLong { len } => write!(f, "is {len} bytes long, the limit is 255"),
+            NameError::Reserved { why } => write!(f, "is not available: {why}"),
         }
     }
 }

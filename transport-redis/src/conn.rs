@@ -80,8 +80,17 @@ impl Conn {
         self.check_here()?;
         let mut st = self.state.lock();
         if let Some(l) = &st.link {
-            if !l.is_dead() {
+            // A server of a failover list that turned replica (a failover
+            // demoted it; it answers writes with `READONLY`) is left for
+            // the next one, which may be the one promoted. Batches still
+            // on its link finish there.
+            let demoted = self.servers.len() > 1 && l.is_demoted();
+            if !l.is_dead() && !demoted {
                 return Ok((l.clone(), st.generation));
+            }
+            if demoted {
+                tracing::warn!("redis: the server answered READONLY (a replica now): trying the next one of the failover list");
+                st.next = st.next.wrapping_add(1);
             }
             st.link = None;
         }
@@ -102,6 +111,16 @@ impl Conn {
                 self.timeout,
                 push,
             ) {
+                Ok(l) if self.servers.len() > 1 && is_replica(&l) => {
+                    // Writes there fail with `READONLY`: a failover list
+                    // goes on to the server that took over.
+                    l.kill();
+                    st.next = st.next.wrapping_add(1);
+                    last = Some(LinkError::Connect(format!(
+                        "{} is a read-only replica",
+                        server.addr
+                    )));
+                }
                 Ok(l) => {
                     let l = Arc::new(l);
                     st.link = Some(l.clone());
@@ -222,6 +241,22 @@ impl Conn {
                 sent: false,
             })
         }
+    }
+}
+
+/// True when the server says it is a replica (`ROLE`); false when it is a
+/// primary or will not say (a user not allowed `ROLE` is taken at its
+/// word: its writes tell).
+fn is_replica(l: &Link) -> bool {
+    match l.call_wait(vec![Cmd::new("ROLE")]) {
+        Ok(frames) => match frames.first() {
+            Some(Frame::Array(parts)) => matches!(
+                parts.first().and_then(crate::resp::bytes).map(|b| &b[..]),
+                Some(b"slave" | b"replica")
+            ),
+            _ => false,
+        },
+        Err(_) => false,
     }
 }
 

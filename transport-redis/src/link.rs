@@ -225,6 +225,9 @@ struct Shared {
     /// A flush task is on its way to the core.
     scheduled: AtomicBool,
     dead: AtomicBool,
+    /// The server answered `READONLY`: it is a replica now (a failover
+    /// demoted it), and a failover list should be walked again.
+    demoted: AtomicBool,
 }
 
 impl Shared {
@@ -356,6 +359,7 @@ impl Link {
             inbox: Mutex::new(Vec::new()),
             scheduled: AtomicBool::new(false),
             dead: AtomicBool::new(false),
+            demoted: AtomicBool::new(false),
         });
         let fd = Arc::new(fd);
         let core_shared = shared.clone();
@@ -394,6 +398,12 @@ impl Link {
     /// True once the link failed; a new one must be connected.
     pub(crate) fn is_dead(&self) -> bool {
         self.shared.dead.load(SeqCst)
+    }
+
+    /// True once the server answered a command with `READONLY` (it is a
+    /// replica now).
+    pub(crate) fn is_demoted(&self) -> bool {
+        self.shared.demoted.load(SeqCst)
     }
 
     /// Ends the link: waiting batches fail as lost.
@@ -679,6 +689,9 @@ impl CoreLink {
                 p(frame);
                 return;
             }
+        }
+        if matches!(&frame, Frame::Error(e) if e.starts_with("READONLY")) {
+            self.shared.demoted.store(true, SeqCst);
         }
         let mut waiting = self.waiting.borrow_mut();
         match waiting.front_mut() {

@@ -9,7 +9,7 @@
 use parking_lot::Mutex;
 
 /// Pops up to `ARGV[1]` envelopes from the lists `KEYS[1..n]` in order
-/// (kombu's most urgent step first; `RPOP` with a count, Redis ≥ 6.2) and
+/// (kombu's most urgent step first; taken from the tail, as `BRPOP`) and
 /// records each as unacked in the same step, with one `ZADD` and one `HSET`
 /// for the whole batch: `unacked_index` gets the seconds `ARGV[2]`, `unacked`
 /// gets `[envelope, "", <queue>]` (`ARGV[3]` is the queue as a JSON
@@ -18,84 +18,164 @@ use parking_lot::Mutex;
 /// the same tag) gets a suffix made unique with `ARGV[4]`, so two copies
 /// held at once never share one entry. An envelope that cannot be recorded
 /// (not JSON, no `properties`, no tag, `headers: null`, which kombu's
-/// restore would drop) goes to the garbage list `KEYS[n+3]`.
+/// restore would drop) goes to the garbage list `KEYS[n+3]`. The batch
+/// stops once its envelopes pass `ARGV[5]` bytes (one envelope at least),
+/// so a reply stays within a client output limit a server may set.
 ///
-/// Returns `{garbage_count, field1, env1, field2, env2, ...}`.
+/// A script's writes are not undone when a later command of it fails, so
+/// the order is what keeps messages: the envelopes are read (`LRANGE`), then
+/// recorded (`ZADD`, `HSET`, the garbage `LPUSH`), and only then removed
+/// from their lists (`RPOP` with a count, Redis ≥ 6.2). A write refused
+/// before the removal (a user not allowed the command, a key of the wrong
+/// type) leaves every message in its list and takes back what was
+/// recorded; a server out of memory refuses none of them (the first write,
+/// an `HDEL` of a field no one uses, grows nothing, and Redis refuses a
+/// growing write to a script only as its first), so consumers still drain
+/// a full server; a removal refused (a user allowed some
+/// lists only) ends the batch with the lists removed from before it (a
+/// garbage envelope of a list not removed from stays in it too, and is
+/// set aside again by the next pop).
+///
+/// Returns `{garbage_count, field1, env1, field2, env2, ...}`, or the
+/// error of the first write refused when nothing was removed.
 pub(crate) const POP: &str = r#"
 local n = #KEYS - 3
 local h, z, g = KEYS[n + 1], KEYS[n + 2], KEYS[n + 3]
 local max = tonumber(ARGV[1])
-local out = {0}
-local fields, envs = {}, {}
-local garbage = {}
+local budget = tonumber(ARGV[5]) or 0
+local fields, envs, from = {}, {}, {}
+local garbage, gfrom = {}, {}
+local took = {}
+local bytes = 0
+local function refused(r)
+  return type(r) == 'table' and r.err
+end
+-- A refusal, naming the key it was about.
+local function about(r, key)
+  return redis.error_reply(r.err .. ' (key ' .. key .. ')')
+end
 for i = 1, n do
   local want = max - #envs
-  if want <= 0 then break end
-  local got = redis.call('RPOP', KEYS[i], want)
-  if got then
-    for _, m in ipairs(got) do
-      -- kombu and dashi end every envelope with the tag: read it there
-      -- without decoding the whole envelope; anything else is decoded.
-      local tag = nil
-      if not string.find(m, '"headers": null', 1, true) then
-        local from = #m - 96
-        if from < 1 then from = 1 end
-        local at = string.find(m, '"delivery_tag": ', from, true)
-        if at then
-          tag = string.match(m, '^"([^"\\]*)"}}$', at + 16)
-            or string.match(m, '^(%d+)}}$', at + 16)
-        end
-      end
-      if not tag then
-        local ok, env = pcall(cjson.decode, m)
-        if ok and type(env) == 'table' and type(env.properties) == 'table'
-            and type(env.headers) ~= 'userdata' then
-          local t = env.properties.delivery_tag
-          if type(t) == 'string' then
-            tag = t
-          elseif type(t) == 'number' and t == math.floor(t) then
-            tag = string.format('%d', t)
-          end
-        end
-      end
-      if tag then
-        fields[#fields + 1] = tag
-        envs[#envs + 1] = m
-      else
-        garbage[#garbage + 1] = m
+  if want <= 0 or (budget > 0 and bytes >= budget) then break end
+  local got = redis.pcall('LRANGE', KEYS[i], -want, -1)
+  if refused(got) then return about(got, KEYS[i]) end
+  local k = 0
+  -- The tail first, as RPOP takes them.
+  for j = #got, 1, -1 do
+    if budget > 0 and bytes >= budget and #envs > 0 then break end
+    local m = got[j]
+    k = k + 1
+    -- kombu and dashi end every envelope with the tag: read it there
+    -- without decoding the whole envelope; anything else is decoded.
+    local tag = nil
+    if not string.find(m, '"headers": null', 1, true) then
+      local at0 = #m - 96
+      if at0 < 1 then at0 = 1 end
+      local at = string.find(m, '"delivery_tag": ', at0, true)
+      if at then
+        tag = string.match(m, '^"([^"\\]*)"}}$', at + 16)
+          or string.match(m, '^(%d+)}}$', at + 16)
       end
     end
+    if not tag then
+      local ok, env = pcall(cjson.decode, m)
+      if ok and type(env) == 'table' and type(env.properties) == 'table'
+          and type(env.headers) ~= 'userdata' then
+        local t = env.properties.delivery_tag
+        if type(t) == 'string' then
+          tag = t
+        elseif type(t) == 'number' and t == math.floor(t) then
+          tag = string.format('%d', t)
+        end
+      end
+    end
+    if tag then
+      fields[#fields + 1] = tag
+      envs[#envs + 1] = m
+      from[#from + 1] = i
+      bytes = bytes + #m
+    else
+      garbage[#garbage + 1] = m
+      gfrom[#gfrom + 1] = i
+    end
   end
+  took[i] = k
+end
+if #envs > 0 then
+  -- A field already in unacked (or twice in this pop) gets a unique suffix.
+  local taken = redis.pcall('HMGET', h, unpack(fields))
+  if refused(taken) then return about(taken, h) end
+  local seen, seq = {}, 0
+  for k = 1, #fields do
+    local f = fields[k]
+    while taken[k] or seen[f] do
+      seq = seq + 1
+      f = fields[k] .. '.' .. ARGV[4] .. '.' .. seq
+      taken[k] = redis.call('HEXISTS', h, f) == 1 and true or false
+    end
+    seen[f] = true
+    fields[k] = f
+  end
+end
+-- Takes back the records of the envelopes from list `i` on.
+local function unrecord(i)
+  local fs = {}
+  for k = 1, #envs do
+    if from[k] >= i then fs[#fs + 1] = fields[k] end
+  end
+  if #fs > 0 then
+    redis.pcall('ZREM', z, unpack(fs))
+    redis.pcall('HDEL', h, unpack(fs))
+  end
+end
+-- A consumer must drain a server out of memory (`noeviction`), and Redis
+-- refuses a growing write (ZADD, HSET, LPUSH) under `maxmemory` only as a
+-- script's first write: a write that changes nothing comes first.
+if #envs > 0 or #garbage > 0 then
+  local r = redis.pcall('HDEL', h, '\0dashi: no such field\0')
+  if refused(r) then return about(r, h) end
+end
+if #envs > 0 then
+  local zargs, hargs = {}, {}
+  for k = 1, #envs do
+    zargs[#zargs + 1] = ARGV[2]
+    zargs[#zargs + 1] = fields[k]
+    hargs[#hargs + 1] = fields[k]
+    hargs[#hargs + 1] = '[' .. envs[k] .. ', "", ' .. ARGV[3] .. ']'
+  end
+  local r = redis.pcall('ZADD', z, unpack(zargs))
+  if refused(r) then return about(r, z) end
+  r = redis.pcall('HSET', h, unpack(hargs))
+  if refused(r) then unrecord(1) return about(r, h) end
 end
 if #garbage > 0 then
-  redis.call('LPUSH', g, unpack(garbage))
-  out[1] = #garbage
+  local r = redis.pcall('LPUSH', g, unpack(garbage))
+  if refused(r) then unrecord(1) return about(r, g) end
 end
-if #envs == 0 then return out end
--- A field already in unacked (or twice in this pop) gets a unique suffix.
-local taken = redis.call('HMGET', h, unpack(fields))
-local seen, seq = {}, 0
-for k = 1, #fields do
-  local f = fields[k]
-  while taken[k] or seen[f] do
-    seq = seq + 1
-    f = fields[k] .. '.' .. ARGV[4] .. '.' .. seq
-    taken[k] = redis.call('HEXISTS', h, f) == 1 and true or false
+-- Only now do the lists give them up.
+local upto, removed = n + 1, false
+for i = 1, n do
+  if took[i] and took[i] > 0 then
+    local r = redis.pcall('RPOP', KEYS[i], took[i])
+    if refused(r) then
+      unrecord(i)
+      if not removed then return about(r, KEYS[i]) end
+      upto = i
+      break
+    end
+    removed = true
   end
-  seen[f] = true
-  fields[k] = f
 end
-local zargs, hargs = {}, {}
+local out = {0}
+for k = 1, #gfrom do
+  if gfrom[k] < upto then out[1] = out[1] + 1 end
+end
 for k = 1, #envs do
-  zargs[#zargs + 1] = ARGV[2]
-  zargs[#zargs + 1] = fields[k]
-  hargs[#hargs + 1] = fields[k]
-  hargs[#hargs + 1] = '[' .. envs[k] .. ', "", ' .. ARGV[3] .. ']'
-  out[#out + 1] = fields[k]
-  out[#out + 1] = envs[k]
+  if from[k] < upto then
+    out[#out + 1] = fields[k]
+    out[#out + 1] = envs[k]
+  end
 end
-redis.call('ZADD', z, unpack(zargs))
-redis.call('HSET', h, unpack(hargs))
 return out
 "#;
 

@@ -52,7 +52,7 @@ use dashi_engine::spi::{
     Binding, ConnectionId, Counters, Envelope, Implements, PendingConfirm, QueueState, QueueStore,
     Routing, Topology, Transport, TransportEvent,
 };
-use dashi_engine::{Error, PublishError, QueueStats, StoreFailure};
+use dashi_engine::{Error, NameError, PublishError, QueueStats, StoreFailure};
 use dashi_rt::{Runtime, RuntimeConfig};
 use parking_lot::Mutex;
 
@@ -68,6 +68,12 @@ use crate::wire::{self, Keys};
 pub struct RedisTransport {
     inner: Arc<Inner>,
 }
+
+/// Envelope bytes past which one pop stops taking more (it takes one at
+/// least): a reply of a batch of large messages stays under an output
+/// limit a server may set for its clients (`client-output-buffer-limit
+/// normal`), which would otherwise cut the connection at every pop.
+const POP_BYTES: u64 = 32 * 1024;
 
 /// Longest hold of the restore lock before it is renewed (see
 /// `Inner::lock_lease`).
@@ -103,6 +109,9 @@ pub(crate) struct Inner {
     /// Each with when it was taken: past the lock's lease the key is
     /// gone by itself and the token is forgotten.
     stale_locks: Mutex<Vec<(String, Instant)>>,
+    /// The last restore scan failed: its failure was said once, at warning
+    /// level; the next success says so too.
+    restore_failing: AtomicBool,
 }
 
 #[derive(Debug, Default)]
@@ -236,6 +245,7 @@ impl RedisTransport {
             member: wire::new_tag(),
             garbage_logged: AtomicBool::new(false),
             stale_locks: Mutex::new(Vec::new()),
+            restore_failing: AtomicBool::new(false),
         });
         inner.start_upkeep();
         Ok(RedisTransport { inner })
@@ -456,8 +466,22 @@ impl Inner {
                     me.renew_consumers();
                 }
                 if due[2] {
-                    if let Err(e) = me.restore_visible() {
-                        tracing::debug!(error = %e, "redis restore scan failed");
+                    // Said once a streak: messages of dead consumers wait
+                    // in `unacked` while it fails (a server cutting the
+                    // replies, a user not allowed the commands).
+                    match me.restore_visible() {
+                        Err(e) if !me.restore_failing.swap(true, SeqCst) => tracing::warn!(
+                            error = %e,
+                            "redis: the restore of unacked messages past the visibility timeout failed; they wait until it succeeds"
+                        ),
+                        Err(e) => tracing::debug!(error = %e, "redis restore scan failed"),
+                        Ok(_) => {
+                            if me.restore_failing.swap(false, SeqCst) {
+                                tracing::info!(
+                                    "redis: the restore of unacked messages works again"
+                                );
+                            }
+                        }
                     }
                 }
                 if due[3] {
@@ -794,7 +818,7 @@ impl Inner {
             .collect();
         let mut restored = 0;
         let mut last_score: Option<(Bytes, u32)> = None;
-        for (k, chunk) in fields.chunks(256).enumerate() {
+        for (k, chunk) in self.restore_chunks(&fields)?.into_iter().enumerate() {
             if k > 0 && !self.renew_lock(token)? {
                 // Past the lease: another restorer may be at work now.
                 break;
@@ -843,6 +867,37 @@ impl Inner {
             self.wake_waiters();
         }
         Ok(restored)
+    }
+
+    /// `fields` in the order given, cut into the reads of a restore: at
+    /// most 256 entries, and no more than [`POP_BYTES`] of them (their
+    /// lengths asked first, `HSTRLEN`) unless one alone is larger, so a
+    /// reply stays within a client output limit the server may set, as a
+    /// pop's does.
+    fn restore_chunks<'f>(&self, fields: &'f [Bytes]) -> Result<Vec<&'f [Bytes]>, Error> {
+        let mut out = Vec::new();
+        for group in fields.chunks(256) {
+            let lens = self.call_ok(
+                "restore sizes",
+                group
+                    .iter()
+                    .map(|f| Cmd::new("HSTRLEN").arg(self.keys.unacked()).arg(f.clone()))
+                    .collect(),
+            )?;
+            let (mut start, mut bytes) = (0, 0u64);
+            for (i, len) in lens.iter().enumerate() {
+                let len = resp::int(len).map_or(0, |n| n.max(0) as u64);
+                if i > start && bytes + len > POP_BYTES {
+                    out.push(&group[start..i]);
+                    (start, bytes) = (i, 0);
+                }
+                bytes += len;
+            }
+            if start < group.len() {
+                out.push(&group[start..]);
+            }
+        }
+        Ok(out)
     }
 
     /// Puts back one `unacked` entry written by anyone: `[env, ex, rk]`
@@ -1807,6 +1862,7 @@ impl RedisQueue {
             Bytes::from(pop_score(now)),
             self.queue_json.clone(),
             Bytes::from(inner.nonce.clone()),
+            Bytes::from(POP_BYTES.to_string()),
         ]
     }
 
@@ -2264,6 +2320,18 @@ impl Inner {
         Ok(self.discover()?.iter().any(|n| n == name))
     }
 
+    /// Refuses a queue name kombu's Redis layout has no room for
+    /// ([`Keys::queue_clash`]): a queue named `unacked_index` made every
+    /// consumer of the server fail (its list is where the unacked times
+    /// go), and one holding the separator wrote into another queue's
+    /// priority list.
+    fn check_queue_name(&self, name: &str) -> Result<(), Error> {
+        match self.keys.queue_clash(name) {
+            Some(why) => Err(Error::name("queue", name, NameError::Reserved { why })),
+            None => Ok(()),
+        }
+    }
+
     /// The handle of `name` when it is declared here, or was seen on the
     /// server by this process (adopted); else looks for it on the server
     /// and adopts it when found. `None`: nothing anywhere names it.
@@ -2275,6 +2343,7 @@ impl Inner {
             _ => {}
         }
         dashi_engine::spi::check_name("queue", name)?;
+        self.check_queue_name(name)?;
         if !self.exists_on_server(name)? {
             return Ok(None);
         }
@@ -2534,6 +2603,7 @@ impl Transport for RedisTransport {
 
     fn declare_queue(&self, q: &Queue, owner: ConnectionId) -> Result<QueueInfo, Error> {
         validate_declaration(q)?;
+        self.inner.check_queue_name(&q.name)?;
         if q.message_ttl.is_some()
             || q.dead_letter_exchange.is_some()
             || q.max_length != Queue::new("x").max_length
@@ -2651,10 +2721,22 @@ impl Transport for RedisTransport {
 
     fn bind(&self, binding: Binding) -> Result<(), Error> {
         let inner = &self.inner;
+        inner.check_queue_name(&binding.queue)?;
+        if let Some(why) = inner.keys.separator_clash(&binding.routing_key) {
+            return Err(Error::name(
+                "binding key",
+                &binding.routing_key,
+                NameError::Reserved { why },
+            ));
+        }
         {
             let mut topo = inner.topo.lock();
-            let declared = |n: &str| topo.queues.get(n).is_some_and(|h| h.declared.load(SeqCst));
-            let exists = declared(&binding.queue);
+            // A queue seen on the server (adopted: declared by another
+            // process, kombu's included) exists as much as one declared here.
+            let exists = topo
+                .queues
+                .get(&binding.queue)
+                .is_some_and(|h| h.declared.load(SeqCst) || h.adopted.load(SeqCst));
             let mut scratch = topo.topology.clone();
             scratch.bind(binding.clone(), |_| exists)?;
             if !topo.local.contains(&binding) {

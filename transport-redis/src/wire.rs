@@ -119,6 +119,44 @@ impl Keys {
         format!("{}_dashi.garbage.{queue}", self.prefix)
     }
 
+    /// Why `queue` cannot be a queue of this layout, if it cannot: its
+    /// list would be one of kombu's bookkeeping keys or a key of dashi's
+    /// own, or it holds kombu's priority separator (its lists would be
+    /// another queue's, and its bindings could not be read back by kombu).
+    pub(crate) fn queue_clash(&self, queue: &str) -> Option<String> {
+        let own = [
+            (&self.unacked, "the unacked messages"),
+            (&self.unacked_index, "the unacked messages' times"),
+            (&self.unacked_mutex, "the restore lock"),
+        ];
+        if let Some((_, what)) = own.iter().find(|(k, _)| k.as_str() == queue) {
+            return Some(format!(
+                "redis:// keeps {what} under that key (kombu's layout)"
+            ));
+        }
+        for (p, whose) in [
+            ("_kombu.", "kombu's binding tables"),
+            ("_dashi.", "dashi's own keys"),
+        ] {
+            if queue.starts_with(p) {
+                return Some(format!("names starting with {p:?} are {whose} on redis://"));
+            }
+        }
+        self.separator_clash(queue)
+    }
+
+    /// Why `text` cannot be part of a binding (a queue name, a routing
+    /// key), if it cannot: it holds kombu's separator, which splits a
+    /// binding table's entries and a queue's priority lists.
+    pub(crate) fn separator_clash(&self, text: &str) -> Option<String> {
+        (!self.sep.is_empty() && text.contains(self.sep.as_str())).then(|| {
+            format!(
+                "it contains {:?}, the separator of kombu's Redis layout (bindings, priority lists)",
+                self.sep
+            )
+        })
+    }
+
     /// The step a kombu priority (0 = most urgent) lands in: the largest
     /// step not above it; a value below the first step wraps to the last
     /// (kombu's `bisect` quirk).

@@ -778,6 +778,64 @@ fn a_promoted_replica_has_every_replicated_confirm_and_the_failover_list_finds_i
     assert_eq!(got, 100);
 }
 
+/// A failover as Sentinel makes it: the replica promoted, the old primary
+/// made its replica. The old primary answers writes with `READONLY` from
+/// then on; the connection used to stay with it, failing every publish
+/// and pop, and a list naming the replica first never got past it.
+#[test]
+fn a_failover_list_leaves_a_server_that_became_a_replica() {
+    let a = RedisServer::start();
+    let b = replica_of(&a);
+    let url = format!("{}?timeout=5;{}", a.url(), b.url());
+    let c = connect(&url);
+    let ch = c.channel().unwrap();
+    ch.queue_declare(&Queue::new("fo")).unwrap();
+    ch.producer().publish("one", "fo").unwrap();
+    eventually(&b, &["LLEN", "fo"], ":1");
+    assert_eq!(cmd(&b, &["REPLICAOF", "NO", "ONE"]), "+OK");
+    assert_eq!(
+        cmd(&a, &["REPLICAOF", "127.0.0.1", &b.port().to_string()]),
+        "+OK"
+    );
+    // At most the publish that met `READONLY` fails (refused, transient).
+    let until = Instant::now() + WAIT;
+    let mut refusals = 0;
+    loop {
+        match ch.producer().publish("two", "fo") {
+            Ok(()) => break,
+            Err(e) => {
+                assert!(e.is_transient(), "{e}");
+                refusals += 1;
+                assert!(Instant::now() < until, "never published: {e}");
+            }
+        }
+    }
+    assert!(refusals <= 1, "{refusals} refusals");
+    assert_eq!(llen(&b, "fo"), 2, "on the promoted server");
+    let mut got = Vec::new();
+    while let Some(d) = ch.get("fo", Duration::ZERO).unwrap() {
+        got.push(String::from_utf8_lossy(d.body()).into_owned());
+        d.ack().unwrap();
+    }
+    assert_eq!(got, ["one", "two"]);
+    // A list that names the replica first goes on to the primary at once:
+    // the replica refuses it nothing (its count of `READONLY` answers).
+    let refused = || {
+        cmd(&a, &["INFO", "errorstats"])
+            .lines()
+            .find(|l| l.starts_with("errorstat_READONLY:"))
+            .map(str::to_owned)
+    };
+    let before = refused();
+    // (Another URL: a transport of its own, as in another process.)
+    let c = connect(&format!("{}?timeout=6;{}", a.url(), b.url()));
+    let ch = c.channel().unwrap();
+    ch.queue_declare(&Queue::new("fo")).unwrap();
+    ch.producer().publish("three", "fo").unwrap();
+    assert_eq!(refused(), before);
+    assert_eq!(llen(&b, "fo"), 1);
+}
+
 #[test]
 fn a_full_redis_refuses_publishes_and_consumers_still_drain_it() {
     let r = RedisServer::start_with(&["--maxmemory", "3mb", "--maxmemory-policy", "noeviction"]);
@@ -813,7 +871,9 @@ fn a_full_redis_refuses_publishes_and_consumers_still_drain_it() {
         "{refused}"
     );
     assert!(!refused.is_unconfirmed());
-    // The pop script takes before it records, so it runs on a full server.
+    // The pop script's first write grows nothing, and Redis refuses a
+    // growing write to a script only as its first: it runs on a full
+    // server.
     let mut got = 0;
     while let Some(d) = ch.get("full", Duration::from_millis(200)).unwrap() {
         d.ack().unwrap();
@@ -1510,4 +1570,33 @@ fn messages_of_a_queue_without_priorities_name_the_list_they_are_in() {
     let d = ch.get("pri", WAIT).unwrap().expect("fanned out");
     assert_eq!(d.priority(), 0);
     d.ack().unwrap();
+}
+
+/// A queue declared by another process (kombu's, or dashi's) is found on
+/// the server, and binding it here needs no declaration of this
+/// process's own: `dashi consume --exchange` on such a queue failed with
+/// "unknown queue".
+#[test]
+fn a_queue_declared_elsewhere_can_be_bound_here() {
+    let r = RedisServer::start();
+    let a = connect(&r.url());
+    let ach = a.channel().unwrap();
+    ach.queue_declare(&Queue::new("theirs")).unwrap();
+    ach.producer().publish("first", "theirs").unwrap();
+    // Another transport instance (another URL): as another process.
+    let b = connect(&format!("{}?timeout=5", r.url()));
+    let bch = b.channel().unwrap();
+    bch.exchange_declare(&Exchange::new("ex", ExchangeKind::Direct))
+        .unwrap();
+    bch.queue_bind("theirs", "ex", "k", Default::default())
+        .unwrap();
+    bch.producer()
+        .publish_to(Message::new("second"), "ex", "k", true)
+        .unwrap();
+    let mut got = Vec::new();
+    while let Some(d) = bch.get("theirs", Duration::ZERO).unwrap() {
+        got.push(String::from_utf8_lossy(d.body()).into_owned());
+        d.ack().unwrap();
+    }
+    assert_eq!(got, ["first", "second"]);
 }
