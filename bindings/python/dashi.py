@@ -210,6 +210,11 @@ def _text(s):
     return s.encode() if isinstance(s, str) else s
 
 
+def _opt_text(s):
+    """`None` stays unset; any text, the empty one included, is sent."""
+    return None if s is None else _text(s)
+
+
 def version():
     """The library's version string."""
     return _lib().dashi_version().decode()
@@ -358,14 +363,16 @@ class Channel(_Closing):
                 headers=None, expiration=None):
         """Publishes and returns once the transport stored the message at its
         durability level. `headers` maps str to str, int, float, bool or
-        None; `expiration` is in seconds."""
+        None; `expiration` is in seconds (None or 0: never)."""
         body = _text(body)
         props = _Properties()
-        props.content_type = content_type and _text(content_type)
-        props.correlation_id = correlation_id and _text(correlation_id)
-        props.reply_to = reply_to and _text(reply_to)
-        props.message_id = message_id and _text(message_id)
+        props.content_type = _opt_text(content_type)
+        props.correlation_id = _opt_text(correlation_id)
+        props.reply_to = _opt_text(reply_to)
+        props.message_id = _opt_text(message_id)
         props.priority = priority
+        if expiration is not None and expiration < 0:
+            raise ValueError(f"expiration is {expiration} s: it must be 0 (never) or more")
         if expiration:
             props.expiration_ms = max(1, int(expiration * 1000))
         if headers:

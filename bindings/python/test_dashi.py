@@ -88,6 +88,7 @@ def check(url):
             assert m.property("content_type") == "application/json"
             assert m.property("correlation_id") == "req-7"
             assert m.property("reply_to") is None
+            assert m.property("message_id") is None
             assert m.property("queue") == "props"
             assert m.header("tenant") == "acme" and m.header("nope") is None
             assert m.header("nope", default=7) == 7
@@ -96,6 +97,17 @@ def check(url):
             assert conn.queue_stats("props")["unacked"] == 1
             m.extend_lease(30)
             m.ack()
+        # Empty text is text, not "unset", and not a TypeError either.
+        ch.publish(b"e", "props", reply_to="", message_id="")
+        with ch.get("props", timeout=1.0) as m:
+            assert m.body == b"e" and m.property("reply_to") == "", m.property("reply_to")
+            assert m.property("message_id") == ""
+            m.ack()
+        try:
+            ch.publish(b"x", "props", expiration=-1)
+            raise AssertionError("a negative expiration was taken")
+        except ValueError as e:
+            assert "expiration is -1 s" in str(e), e
         try:
             ch.publish(b"x", "props", headers={"list": [1]})
             raise AssertionError("a list header went out")

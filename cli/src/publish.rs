@@ -62,10 +62,37 @@ pub(crate) fn run(a: PublishArgs) -> Result<(), String> {
     )?;
     let dropped_before = conn.stats().counters().dropped_unroutable;
     let producer = ch.producer().with_exchange(exchange.clone());
+    // What a failure says: which message failed, and what became of the
+    // others (pipelined, later ones were on their way too: they are waited
+    // for and counted, so the line never reads as "this many stored").
     let failed =
-        |i: u64, e: dashi::PublishError| format!("publish {} of {} failed: {e}", i + 1, a.count);
+        |i: u64, e: dashi::PublishError, confirmed: u64, rest: VecDeque<(u64, Confirm)>| {
+            let (mut ok, mut not, mut sent) = (confirmed, 0u64, i + 1);
+            for (n, c) in rest {
+                sent = sent.max(n + 1);
+                match c.wait() {
+                    Ok(()) => ok += 1,
+                    Err(_) => not += 1,
+                }
+            }
+            let mut line = format!(
+                "publish of message {} of {} failed: {e} ({ok} other{} confirmed",
+                i + 1,
+                a.count,
+                if ok == 1 { "" } else { "s" }
+            );
+            if not > 0 {
+                line.push_str(&format!(", {not} failed too"));
+            }
+            if sent < a.count {
+                line.push_str(&format!("; none after message {sent} was sent"));
+            }
+            line.push(')');
+            line
+        };
     // Pipelined: up to `pipeline` publishes await their confirm at once.
     let mut in_flight: VecDeque<(u64, Confirm)> = VecDeque::new();
+    let mut confirmed = 0u64;
     for i in 0..a.count {
         let mut m = Message::new(body.clone());
         m.properties.headers = headers.clone();
@@ -77,20 +104,29 @@ pub(crate) fn run(a: PublishArgs) -> Result<(), String> {
             } else {
                 producer.publish(m, &routing_key)
             };
-            r.map_err(|e| failed(i, e))?;
+            match r {
+                Ok(()) => confirmed += 1,
+                Err(e) => return Err(failed(i, e, confirmed, VecDeque::new())),
+            }
             continue;
         }
         if in_flight.len() >= a.pipeline as usize {
             let (n, c) = in_flight.pop_front().expect("not empty");
-            c.wait().map_err(|e| failed(n, e))?;
+            match c.wait() {
+                Ok(()) => confirmed += 1,
+                Err(e) => return Err(failed(n, e, confirmed, std::mem::take(&mut in_flight))),
+            }
         }
-        let c = ch
-            .publish_async(m, &exchange, &routing_key, a.mandatory)
-            .map_err(|e| failed(i, e))?;
-        in_flight.push_back((i, c));
+        match ch.publish_async(m, &exchange, &routing_key, a.mandatory) {
+            Ok(c) => in_flight.push_back((i, c)),
+            Err(e) => return Err(failed(i, e, confirmed, std::mem::take(&mut in_flight))),
+        }
     }
-    for (n, c) in in_flight {
-        c.wait().map_err(|e| failed(n, e))?;
+    while let Some((n, c)) = in_flight.pop_front() {
+        match c.wait() {
+            Ok(()) => confirmed += 1,
+            Err(e) => return Err(failed(n, e, confirmed, std::mem::take(&mut in_flight))),
+        }
     }
     let unroutable = conn.stats().counters().dropped_unroutable - dropped_before;
     out!(

@@ -300,13 +300,26 @@ fn a_store_made_read_only_mid_run_refuses_with_one_line_and_loses_nothing() {
         e.contains("entry lock") && e.contains("entry.lock") && e.contains("Permission denied"),
         "{e}"
     );
-    // "publish N of 100000000 failed": N - 1 were confirmed.
-    let n: u64 = line
-        .split_whitespace()
-        .skip_while(|w| *w != "publish")
-        .nth(1)
+    // "publish of message N of 100000000 failed: ... (K others confirmed;
+    // none after message N was sent)": one at a time, K is N - 1.
+    let after = |word: &str| -> u64 {
+        line.split_whitespace()
+            .skip_while(|w| *w != word)
+            .nth(1)
+            .and_then(|w| w.trim_start_matches('(').parse().ok())
+            .unwrap_or_else(|| panic!("{word}: {line}"))
+    };
+    let n = after("message");
+    let confirmed: u64 = line
+        .rsplit_once('(')
+        .and_then(|(_, r)| r.split_whitespace().next())
         .and_then(|w| w.parse().ok())
         .unwrap_or_else(|| panic!("{line}"));
+    assert_eq!(confirmed, n - 1, "{line}");
+    assert!(
+        line.contains(&format!("none after message {n} was sent")),
+        "{line}"
+    );
     chmod("u+w");
     let o = as_nobody(&["stat", &url, "--json"]).output().unwrap();
     assert!(o.status.success(), "{}", stderr(&o));

@@ -228,3 +228,45 @@ fn purge_empties_a_queue_another_process_declared() {
     assert!(stdout(&o).contains("purged 3 messages"), "{}", stdout(&o));
     assert_eq!(r.command(&["LLEN", "pq"]).unwrap(), ":0");
 }
+
+/// A pipelined publish that fails says which message failed and how many
+/// others were confirmed, having waited for the ones on their way: the
+/// line used to name the failed one only ("publish 28 of 1000 failed"
+/// with 54 stored), which reads as a count of what was stored.
+#[test]
+fn a_failed_pipelined_publish_counts_what_was_confirmed() {
+    let r = RedisServer::start_with(&["--maxmemory", "2mb", "--maxmemory-policy", "noeviction"]);
+    let url = r.url();
+    let o = dashi(&[
+        "publish",
+        &url,
+        "--queue",
+        "full",
+        "--size",
+        "1000",
+        "--count",
+        "100000",
+        "--pipeline",
+        "64",
+    ]);
+    assert!(!o.status.success());
+    let line = stderr(&o);
+    assert_eq!(line.trim_end().lines().count(), 1, "{line}");
+    assert!(
+        line.contains("publish of message ") && line.contains("OOM"),
+        "{line}"
+    );
+    let confirmed: u64 = line
+        .rsplit_once('(')
+        .and_then(|(_, r)| r.split_whitespace().next())
+        .and_then(|w| w.parse().ok())
+        .unwrap_or_else(|| panic!("{line}"));
+    let stored: u64 = r
+        .command(&["LLEN", "full"])
+        .unwrap()
+        .trim_start_matches(':')
+        .parse()
+        .unwrap();
+    assert!(confirmed > 0, "{line}");
+    assert_eq!(stored, confirmed, "refused ones are not stored: {line}");
+}

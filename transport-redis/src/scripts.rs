@@ -179,6 +179,26 @@ end
 return out
 "#;
 
+/// Purges the lists `KEYS` of one queue: their lengths summed, then the
+/// keys deleted. A key that is not a list (another application's string
+/// under a queue's name) stops it before anything is deleted: a
+/// transaction of `LLEN` and `DEL` deleted such a key and said "purged 0".
+pub(crate) const PURGE: &str = r#"
+for i = 1, #KEYS do
+  local t = redis.call('TYPE', KEYS[i]).ok
+  if t ~= 'list' and t ~= 'none' then
+    return redis.error_reply('WRONGTYPE the key ' .. KEYS[i] .. ' holds a ' .. t
+      .. ', not a queue\'s list: nothing was purged')
+  end
+end
+local n = 0
+for i = 1, #KEYS do
+  n = n + redis.call('LLEN', KEYS[i])
+end
+redis.call('DEL', unpack(KEYS))
+return n
+"#;
+
 /// Compare-and-restore: if `unacked[ARGV[1]]` still equals `ARGV[2]`, the
 /// entry is removed from `unacked` (`KEYS[1]`) and `unacked_index`
 /// (`KEYS[2]`) and `ARGV[3]` is pushed with `ARGV[4]` (`RPUSH`: next to be
@@ -292,6 +312,7 @@ pub(crate) struct Scripts {
     pub(crate) unlock: Script,
     pub(crate) renew: Script,
     pub(crate) consumers: Script,
+    pub(crate) purge: Script,
 }
 
 impl Default for Scripts {
@@ -302,6 +323,7 @@ impl Default for Scripts {
             unlock: Script::new(UNLOCK),
             renew: Script::new(RENEW),
             consumers: Script::new(CONSUMERS),
+            purge: Script::new(PURGE),
         }
     }
 }

@@ -2698,25 +2698,13 @@ impl Transport for RedisTransport {
             return Err(Error::UnknownQueue(name.to_owned()));
         }
         let lists = inner.keys.lists(name);
-        let mut cmds = vec![Cmd::new("MULTI")];
-        for l in &lists {
-            cmds.push(Cmd::new("LLEN").arg(l.clone()));
+        match inner.eval(&inner.scripts.purge, &lists, Vec::new())? {
+            Frame::Integer(n) => Ok(n.max(0) as u64),
+            other => Err(reply_error(
+                "queue purge",
+                &format!("the purge script answered {other:?}"),
+            )),
         }
-        let mut del = Cmd::new("DEL");
-        for l in &lists {
-            del.push(l.clone());
-        }
-        cmds.push(del);
-        cmds.push(Cmd::new("EXEC"));
-        let replies = inner.call_ok("queue purge", cmds)?;
-        Ok(match replies.last() {
-            Some(Frame::Array(r)) => r
-                .iter()
-                .take(lists.len())
-                .map(|f| resp::int(f).unwrap_or(0).max(0) as u64)
-                .sum(),
-            _ => 0,
-        })
     }
 
     fn bind(&self, binding: Binding) -> Result<(), Error> {

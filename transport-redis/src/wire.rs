@@ -611,6 +611,14 @@ fn value(v: serde_json::Value) -> Value {
         J::String(s) => Value::Str(s),
         J::Array(a) => Value::List(a.into_iter().map(value).collect()),
         J::Object(mut m) => {
+            if let (1, Some(J::String(name))) = (m.len(), m.get(NON_FINITE)) {
+                match name.as_str() {
+                    "NaN" => return Value::Float(f64::NAN),
+                    "Infinity" => return Value::Float(f64::INFINITY),
+                    "-Infinity" => return Value::Float(f64::NEG_INFINITY),
+                    _ => {}
+                }
+            }
             if m.len() == 2 && m.contains_key("__type__") && m.contains_key("__value__") {
                 let kind = m
                     .get("__type__")
@@ -639,9 +647,62 @@ fn value(v: serde_json::Value) -> Value {
     }
 }
 
+/// The key of the object [`python_numbers`] writes for a float JSON has
+/// no number for.
+const NON_FINITE: &str = "\u{0}dashi non-finite float";
+
+/// Python's `json` (kombu's serializer, and dashi's own writer, as
+/// Python does) writes a float that is not finite as the bare names `NaN`,
+/// `Infinity` and `-Infinity`, which JSON has not: each one outside a
+/// string is replaced by an object [`value`] reads back as that float.
+/// `None` when there is none.
+fn python_numbers(raw: &[u8]) -> Option<Vec<u8>> {
+    let mut out = Vec::with_capacity(raw.len() + 64);
+    let (mut in_str, mut escaped, mut any) = (false, false, false);
+    let mut i = 0;
+    while i < raw.len() {
+        let b = raw[i];
+        if in_str {
+            if escaped {
+                escaped = false;
+            } else if b == b'\\' {
+                escaped = true;
+            } else if b == b'"' {
+                in_str = false;
+            }
+        } else if b == b'"' {
+            in_str = true;
+        } else if let Some(name) = [&b"-Infinity"[..], b"Infinity", b"NaN"]
+            .into_iter()
+            .find(|n| raw[i..].starts_with(n))
+        {
+            out.extend_from_slice(b"{\"\\u0000dashi non-finite float\": \"");
+            out.extend_from_slice(name);
+            out.extend_from_slice(b"\"}");
+            i += name.len();
+            any = true;
+            continue;
+        }
+        out.push(b);
+        i += 1;
+    }
+    any.then_some(out)
+}
+
 /// Reads a kombu envelope. `Err` names why it cannot be delivered (it is
 /// then set aside, never dropped).
 pub(crate) fn decode(raw: &[u8]) -> Result<Decoded, Garbage> {
+    match decode_json(raw) {
+        Err(e) => match python_numbers(raw) {
+            Some(read) => decode_json(&read).map_err(|_| e),
+            None => Err(e),
+        },
+        decoded => decoded,
+    }
+}
+
+/// [`decode`] of strict JSON.
+fn decode_json(raw: &[u8]) -> Result<Decoded, Garbage> {
     let env: RawEnvelope<'_> =
         serde_json::from_slice(raw).map_err(|e| Garbage(format!("not a JSON envelope: {e}")))?;
     let props = env
@@ -967,6 +1028,53 @@ mod tests {
             got,
             "{\"body\": \"eyJoZWxsbyI6ICJ3b3JsZCIsICJuIjogMCwgInNlbnRfYXQiOiAxNzk1MjY2NTk2LjQyOTYyMTV9\", \"content-encoding\": \"utf-8\", \"content-type\": \"application/json\", \"headers\": {\"x-trace\": \"abc\"}, \"properties\": {\"delivery_mode\": 2, \"delivery_info\": {\"exchange\": \"ex1\", \"routing_key\": \"rk1\"}, \"priority\": 5, \"body_encoding\": \"base64\", \"delivery_tag\": \"e03cdaa1-5dd9-4b15-a4af-9187744e8522\"}}"
         );
+    }
+
+    /// Python writes a float that is not finite as a bare name, and so
+    /// does dashi's writer: the reader set such envelopes aside as "not a
+    /// JSON envelope", its own included.
+    #[test]
+    fn floats_that_are_not_finite_are_read_as_python_writes_them() {
+        let mut m = Message::new("x");
+        for (k, f) in [
+            ("nan", f64::NAN),
+            ("inf", f64::INFINITY),
+            ("ninf", f64::NEG_INFINITY),
+        ] {
+            m.properties.headers.insert(k.into(), Value::Float(f));
+        }
+        // The names inside a string stay text.
+        m.properties
+            .headers
+            .insert("s".into(), Value::Str("NaN \" Infinity".into()));
+        let raw = encode(&Envelope::new(m, "", "q"), "t");
+        assert!(raw.contains("\"nan\": NaN"), "{raw}");
+        let h = decode(raw.as_bytes())
+            .unwrap()
+            .envelope
+            .properties()
+            .headers
+            .clone();
+        assert!(
+            matches!(h.get("nan"), Some(Value::Float(f)) if f.is_nan()),
+            "{h:?}"
+        );
+        assert_eq!(h.get("inf"), Some(&Value::Float(f64::INFINITY)));
+        assert_eq!(h.get("ninf"), Some(&Value::Float(f64::NEG_INFINITY)));
+        assert_eq!(h.get("s"), Some(&Value::Str("NaN \" Infinity".into())));
+        // As kombu writes one (Python's json.dumps), tag last.
+        let kombu = br#"{"body": "e30=", "headers": {"eta_score": Infinity, "l": [NaN, -Infinity]}, "properties": {"body_encoding": "base64", "delivery_tag": "k"}}"#;
+        let h = decode(kombu).unwrap().envelope.properties().headers.clone();
+        assert_eq!(h.get("eta_score"), Some(&Value::Float(f64::INFINITY)));
+        assert!(
+            matches!(h.get("l"), Some(Value::List(l)) if l.len() == 2
+                && matches!(l[0], Value::Float(f) if f.is_nan())
+                && l[1] == Value::Float(f64::NEG_INFINITY)),
+            "{h:?}"
+        );
+        // Still not JSON: set aside with serde's reason.
+        let bad = decode(br#"{"body": NaNx}"#).unwrap_err();
+        assert!(bad.0.starts_with("not a JSON envelope"), "{bad}");
     }
 
     #[test]

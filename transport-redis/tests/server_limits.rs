@@ -235,3 +235,32 @@ fn pops_and_restores_stay_within_a_client_output_limit() {
     }
     assert_eq!(back, 50, "every entry restored and delivered");
 }
+
+/// Another application's string under a queue's name: a purge by that
+/// name (kombu's purge-by-name) used to delete it and say "purged 0".
+#[test]
+fn a_purge_deletes_nothing_that_is_not_a_queue_s_list() {
+    let r = RedisServer::start();
+    assert_eq!(cmd(&r, &["SET", "theirs", "keep me"]), "+OK");
+    let c = connect(&r.url());
+    let ch = c.channel().unwrap();
+    let err = ch.queue_purge("theirs").unwrap_err();
+    let text = err.to_string();
+    assert!(
+        text.contains("WRONGTYPE")
+            && text.contains("theirs holds a string")
+            && !text.contains('\n'),
+        "{text}"
+    );
+    assert_eq!(cmd(&r, &["GET", "theirs"]), "$7\r\nkeep me");
+    // A queue's lists are purged as before, every priority step.
+    ch.queue_declare(&Queue::new("q").with_max_priority(9))
+        .unwrap();
+    for p in [0, 5, 9] {
+        ch.producer()
+            .publish(dashi::Message::new("x").with_priority(p), "q")
+            .unwrap();
+    }
+    assert_eq!(ch.queue_purge("q").unwrap(), 3);
+    assert_eq!(int(&r, &["EXISTS", "q", "q\x06\x163", "q\x06\x166"]), 0);
+}
