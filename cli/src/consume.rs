@@ -180,12 +180,12 @@ pub(crate) fn run(a: ConsumeArgs) -> Result<(), String> {
             format!(
                 "[{}] queue={} exchange={:?} routing_key={:?} priority={} redelivered={} body={}",
                 d.delivery_tag(),
-                d.queue(),
+                crate::output::shown(d.queue()),
                 d.exchange(),
                 d.routing_key(),
                 d.priority(),
                 d.redelivered(),
-                String::from_utf8_lossy(d.body())
+                crate::output::shown(&String::from_utf8_lossy(d.body()))
             )
         };
         writeln!(out, "{line}").map_err(|e| format!("writing to stdout: {e}"))?;

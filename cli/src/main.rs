@@ -105,6 +105,7 @@ const MAX_LINE: usize = 400;
 /// [`MAX_LINE`] characters with a note of how much was cut.
 fn one_line(s: &str) -> String {
     let folded = s.split_whitespace().collect::<Vec<_>>().join(" ");
+    let folded = output::shown(&folded);
     let mut parts: Vec<&str> = Vec::new();
     for part in folded.split(": ") {
         if parts.last() != Some(&part) {

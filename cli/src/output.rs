@@ -26,3 +26,35 @@ macro_rules! out {
     };
 }
 pub(crate) use out;
+
+/// `text` as a terminal may show it: control characters (a newline, an
+/// escape sequence) written as escapes (`\n`, `\u{1b}`), everything else
+/// as it is. A queue name or a body is anyone's input: printed raw, a name
+/// forged a row of `dashi stat`'s table and sent escape sequences to the
+/// operator's terminal.
+pub(crate) fn shown(text: &str) -> std::borrow::Cow<'_, str> {
+    if !text.chars().any(char::is_control) {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    std::borrow::Cow::Owned(out)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn control_characters_are_shown_as_escapes() {
+        assert_eq!(super::shown("plain name é"), "plain name é");
+        assert_eq!(
+            super::shown("evil\nq 999\u{1b}]0;x\u{7}\t"),
+            "evil\\nq 999\\u{1b}]0;x\\u{7}\\t"
+        );
+    }
+}

@@ -99,7 +99,11 @@ pub(crate) fn run(a: StatArgs) -> Result<(), String> {
     )?;
     for q in &queues {
         if let Some(why) = &q.unusable {
-            out!("{:<32} unusable: {why}", q.name)?;
+            out!(
+                "{:<32} unusable: {}",
+                crate::output::shown(&q.name),
+                crate::output::shown(why)
+            )?;
             continue;
         }
         let lanes: Vec<String> = q
@@ -111,7 +115,7 @@ pub(crate) fn run(a: StatArgs) -> Result<(), String> {
             .collect();
         out!(
             "{:<32} {:>10} {:>12} {:>9} {:>9}  {}",
-            q.name,
+            crate::output::shown(&q.name),
             q.messages,
             q.bytes,
             q.unacked,

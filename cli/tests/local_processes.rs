@@ -622,3 +622,38 @@ fn a_segment_cut_short_under_a_consumer_ends_it_with_one_line() {
     };
     assert_eq!(bodies, expected, "{out}");
 }
+
+/// A queue name or a body is anyone's input: printed raw, a name with a
+/// newline forged a row of `stat`'s table, and escape sequences reached
+/// the operator's terminal. They are shown as escapes; `--json` was
+/// always escaped.
+#[test]
+fn names_and_bodies_reach_the_terminal_escaped() {
+    let (_d, url) = store("escaped");
+    let forged = "evil\nq                                 999999";
+    let title = "\u{1b}]0;pwned\u{7}\u{1b}[2J";
+    for (q, body) in [(forged, "x"), (title, "ring\u{7}\nbell")] {
+        let o = dashi(&["publish", &url, "--queue", q, "--body", body]);
+        assert!(o.status.success(), "{}", stderr(&o));
+    }
+    let o = dashi(&["stat", &url]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let text = stdout(&o);
+    assert!(
+        !text.contains('\u{1b}') && !text.contains('\u{7}'),
+        "{text:?}"
+    );
+    assert!(
+        !text.lines().any(|l| l.starts_with("q ")),
+        "a forged row: {text}"
+    );
+    assert!(text.contains("evil\\nq"), "{text}");
+    let o = dashi(&["consume", &url, "--queue", title, "--count", "1"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let line = stdout(&o);
+    assert_eq!(line.lines().count(), 1, "{line:?}");
+    assert!(
+        line.contains("queue=\\u{1b}]0;pwned\\u{7}") && line.contains("body=ring\\u{7}\\nbell"),
+        "{line}"
+    );
+}

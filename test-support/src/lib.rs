@@ -97,6 +97,22 @@ pub fn pid_namespaces_here() -> bool {
     made
 }
 
+/// True when this process may make a time namespace with a shifted
+/// monotonic clock (`unshare --time`: root, and a kernel from 5.6); says
+/// why not on stderr otherwise.
+pub fn time_namespaces_here() -> bool {
+    let made = Command::new("unshare")
+        .args(["--time", "--fork", "--monotonic", "86400", "true"])
+        .status()
+        .is_ok_and(|s| s.success());
+    if !made {
+        eprintln!(
+            "skipped: cannot make a time namespace here (unshare --time needs root and Linux 5.6)"
+        );
+    }
+    made
+}
+
 /// Prints one line on stdout and flushes it, so a parent reading the pipe
 /// sees it even if this process is killed right after (one locked write:
 /// lines of several threads never interleave).

@@ -105,6 +105,12 @@ impl Born {
         Born(FORKS.load(SeqCst))
     }
 
+    /// Which process this is, as a number: a child forked since has
+    /// another.
+    pub(crate) fn id(self) -> usize {
+        self.0
+    }
+
     /// True in the process it was made in (false in a child forked since).
     pub(crate) fn here(self) -> bool {
         // The child's count is raised on its only thread before `fork`

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use dashi_engine::message::Message;
 use dashi_engine::queue::Queue;
 use dashi_engine::spi::ConnectUrl;
-use dashi_engine::{Channel, Connection};
+use dashi_engine::{Channel, Connection, ConsumerOptions};
 
 const CHILD: &str = "DASHI_LEASE_CHILD";
 
@@ -38,12 +38,38 @@ fn channel(c: &Connection) -> Channel {
 fn child_role() {
     let spec = std::env::var(CHILD).expect("run by the tests in this file");
     let (d, extend) = spec.split_once(',').unwrap();
-    let conn = connect(Path::new(d), "1");
+    if extend == "take" {
+        // A consumer that tries for 3 s and says what it got.
+        let conn = connect(Path::new(d), "30");
+        let ch = channel(&conn);
+        match take(&ch, Duration::from_secs(3)) {
+            Some(m) => println!("took {}", String::from_utf8_lossy(m.body())),
+            None => println!("took nothing"),
+        }
+        return;
+    }
+    let conn = connect(Path::new(d), if extend == "long" { "30" } else { "1" });
     let ch = channel(&conn);
-    let got = ch
-        .get("jobs", Duration::from_secs(30))
-        .unwrap()
-        .expect("a message");
+    // Kept alive until the process is killed.
+    let mut stream = None;
+    let got = if extend == "stream" {
+        // A stream takes every ready message in one run and hands out the
+        // first.
+        use dashi_engine::futures_core::Stream;
+        let s = stream.insert(ch.stream(ConsumerOptions::new("jobs")).unwrap());
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        loop {
+            match std::pin::Pin::new(&mut *s).poll_next(&mut cx) {
+                std::task::Poll::Ready(Some(Ok(d))) => break d,
+                std::task::Poll::Ready(other) => panic!("{other:?}"),
+                std::task::Poll::Pending => std::thread::sleep(Duration::from_millis(10)),
+            }
+        }
+    } else {
+        ch.get("jobs", Duration::from_secs(30))
+            .unwrap()
+            .expect("a message")
+    };
     if extend == "extend" {
         got.extend_lease(Duration::from_secs(30)).unwrap();
     }
@@ -57,14 +83,47 @@ fn child_role() {
 
 /// Starts a holder and returns it once it holds the message.
 fn holder(d: &Path, extend: bool) -> (Child, Instant) {
-    let mut child = dashi_test_support::child_role(
+    holder_as(d, if extend { "extend" } else { "" })
+}
+
+/// [`holder`] in mode `mode` ("extend", "stream", "long": a 30 s lease,
+/// or "").
+fn holder_as(d: &Path, mode: &str) -> (Child, Instant) {
+    let child =
+        dashi_test_support::child_role("child_role", CHILD, format!("{},{mode}", d.display()))
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+    held(child)
+}
+
+/// The child role run in a time namespace whose monotonic clock is a day
+/// ahead of the host's (as `unshare --time` or a container restored
+/// elsewhere makes it).
+fn shifted(d: &Path, mode: &str) -> std::process::Command {
+    let mut c = std::process::Command::new("unshare");
+    c.args([
+        "--time",
+        "--fork",
+        "--monotonic",
+        "86400",
+        "--kill-child=SIGKILL",
+    ])
+    .arg(std::env::current_exe().unwrap())
+    .args([
         "child_role",
-        CHILD,
-        format!("{},{}", d.display(), if extend { "extend" } else { "" }),
-    )
-    .stdout(Stdio::piped())
-    .spawn()
-    .unwrap();
+        "--exact",
+        "--ignored",
+        "--nocapture",
+        "--test-threads=1",
+    ])
+    .env(CHILD, format!("{},{mode}", d.display()))
+    .stdout(Stdio::piped());
+    c
+}
+
+/// Waits for a holder's "held job-1".
+fn held(mut child: Child) -> (Child, Instant) {
     let line = BufReader::new(child.stdout.take().unwrap())
         .lines()
         .map_while(Result::ok)
@@ -131,4 +190,75 @@ fn an_extended_lease_holds_until_the_owner_dies() {
     let got = take(&ch, Duration::from_secs(20)).expect("the job came back");
     assert!(got.redelivered());
     got.ack().unwrap();
+}
+
+/// A stream takes a run of messages and hands them out one by one; the
+/// ones not yet handed out had no lease, so a consumer process that hung
+/// (here stopped) kept them for as long as it lived, long past its lease.
+/// They now run out with the lease like the one it handed out.
+#[test]
+fn messages_a_stopped_stream_took_ahead_go_to_another_process() {
+    let d = dir("stream");
+    let conn = connect(&d, "30");
+    let ch = channel(&conn);
+    for i in 1..=5 {
+        ch.basic_publish(Message::new(format!("job-{i}")), "", "jobs", true)
+            .unwrap();
+    }
+    let (child, held_at) = holder_as(&d, "stream");
+    assert_eq!(
+        conn.stats().queue("jobs").unwrap().unacked,
+        5,
+        "the stream took all five"
+    );
+    let mut got = Vec::new();
+    while got.len() < 5 {
+        let Some(m) = take(&ch, Duration::from_secs(20)) else {
+            break;
+        };
+        got.push(String::from_utf8_lossy(m.body()).into_owned());
+        m.ack().unwrap();
+    }
+    let waited = held_at.elapsed();
+    kill(child);
+    got.sort();
+    assert_eq!(got, ["job-1", "job-2", "job-3", "job-4", "job-5"]);
+    assert!(
+        waited >= Duration::from_millis(1500),
+        "taken from a live owner before its lease and grace ran out ({waited:?})"
+    );
+}
+
+/// Lease deadlines are written in the host's monotonic clock: a process in
+/// a time namespace shifted by a day wrote its deadlines a day late (the
+/// host never took its expired delivery back) and read the host's a day
+/// early (it took a live holder's delivery at once).
+#[test]
+fn leases_hold_across_time_namespaces() {
+    if !dashi_test_support::time_namespaces_here() {
+        return;
+    }
+    // A holder a day ahead, stopped with a 1 s lease: another process
+    // takes the delivery once the lease and grace ran out.
+    let d = dir("timens");
+    let conn = connect(&d, "30");
+    let ch = channel(&conn);
+    ch.basic_publish(Message::new("job-1"), "", "jobs", true)
+        .unwrap();
+    let (child, held_at) = held(shifted(&d, "").spawn().unwrap());
+    let got = take(&ch, Duration::from_secs(20));
+    let waited = held_at.elapsed();
+    kill(child);
+    let got = got.expect("the shifted holder's expired delivery came back");
+    assert!(got.redelivered());
+    assert!(waited >= Duration::from_millis(1500), "{waited:?}");
+    got.ack().unwrap();
+    // A holder here with a 30 s lease: a consumer a day ahead leaves it.
+    ch.basic_publish(Message::new("job-1"), "", "jobs", true)
+        .unwrap();
+    let (child, _) = holder_as(&d, "long");
+    let o = shifted(&d, "take").output().unwrap();
+    kill(child);
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(out.contains("took nothing"), "{out}");
 }

@@ -119,7 +119,7 @@ impl ChannelShared {
         self.conn.transport.counters()
     }
 
-    fn lease_for(
+    pub(crate) fn lease_for(
         &self,
         consumer: Option<&ConsumerShared>,
         queue: &dyn QueueStore,

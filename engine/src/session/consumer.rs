@@ -168,7 +168,22 @@ impl ConsumerShared {
         self.take_many(STREAM_RUN, &mut scratch, |env, q| {
             run.push_back((env, q.clone()))
         })?;
-        Ok(run.pop_front())
+        let next = run.pop_front();
+        // The rest of the run waits here, taken: its lease starts now, as
+        // the one handed out does, so a process that hangs before handing
+        // them out (stopped, stuck in a write) does not keep them past it
+        // (another process takes them once it ran out). Each is leased
+        // again as it is handed out.
+        if !self.no_ack && !run.is_empty() {
+            if let Some(ch) = self.channel.upgrade() {
+                for (env, q) in run.iter() {
+                    if let Some(d) = ch.lease_for(Some(self), &**q) {
+                        q.lease(env, d);
+                    }
+                }
+            }
+        }
+        Ok(next)
     }
 
     /// Puts a stream's run back in its queues, unseen and in order, and

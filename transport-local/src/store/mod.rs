@@ -340,6 +340,26 @@ impl Transport for LocalTransport {
                     }
                     m.remove_queue(&q.name, Some(x.id));
                 }
+                // Long names are hashed into their file name: two names of
+                // one file name would share a directory, and deleting one
+                // queue would take the other's files with it.
+                let mine = crate::file_names::encode(&q.name);
+                if let Some(other) = m
+                    .queues
+                    .iter()
+                    .find(|o| o.decl.name != q.name && crate::file_names::encode(&o.decl.name) == mine)
+                {
+                    return Err(Error::name(
+                        "queue",
+                        &q.name,
+                        dashi_engine::NameError::Reserved {
+                            why: format!(
+                                "its file name in the store (a long name's is hashed) is that of queue {:?}",
+                                other.decl.name
+                            ),
+                        },
+                    ));
+                }
                 let id = m.add_queue(q.clone(), q.exclusive.then_some(me));
                 // Its files first: `meta.json` never names a queue without them.
                 queue::make_files(&root, &q.name, id)?;

@@ -303,10 +303,14 @@ impl LocalQueue {
         };
         let Ok(_lock) = t.lock_meta() else { return };
         let Ok(meta) = t.read_meta() else { return };
+        // Every name of this directory: a store whose two long names hash
+        // alike (declared before such a pair was refused) keeps the
+        // other's incarnations.
+        let mine = file_names::encode(&self.decl.name);
         let live: Vec<String> = meta
             .queues
             .iter()
-            .filter(|q| q.decl.name == self.decl.name)
+            .filter(|q| file_names::encode(&q.decl.name) == mine)
             .map(|q| format!("{:016x}", q.id))
             .collect();
         let mut kept = 0;
