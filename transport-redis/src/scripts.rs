@@ -25,7 +25,7 @@ use parking_lot::Mutex;
 /// A script's writes are not undone when a later command of it fails, so
 /// the order is what keeps messages: the envelopes are read (`LRANGE`), then
 /// recorded (`ZADD`, `HSET`, the garbage `LPUSH`), and only then removed
-/// from their lists (`RPOP` with a count, Redis ≥ 6.2). A write refused
+/// from their lists (`LTRIM` of the tail read). A write refused
 /// before the removal (a user not allowed the command, a key of the wrong
 /// type) leaves every message in its list and takes back what was
 /// recorded; a server out of memory refuses none of them (the first write,
@@ -156,7 +156,8 @@ end
 local upto, removed = n + 1, false
 for i = 1, n do
   if took[i] and took[i] > 0 then
-    local r = redis.pcall('RPOP', KEYS[i], took[i])
+    -- LTRIM, not RPOP: the envelopes are not copied into a reply again.
+    local r = redis.pcall('LTRIM', KEYS[i], 0, -(took[i] + 1))
     if refused(r) then
       unrecord(i)
       if not removed then return about(r, KEYS[i]) end

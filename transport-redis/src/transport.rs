@@ -72,8 +72,11 @@ pub struct RedisTransport {
 /// Envelope bytes past which one pop stops taking more (it takes one at
 /// least): a reply of a batch of large messages stays under an output
 /// limit a server may set for its clients (`client-output-buffer-limit
-/// normal`), which would otherwise cut the connection at every pop.
-const POP_BYTES: u64 = 32 * 1024;
+/// normal`, none by default), which would otherwise cut the connection at
+/// every pop. A full batch of small messages (256 envelopes of a 64-byte
+/// body are about 100 KB) stays under it: 32 KB took consume+ack from
+/// about 210 k to 135 k msgs/s here.
+const POP_BYTES: u64 = 1024 * 1024;
 
 /// Longest hold of the restore lock before it is renewed (see
 /// `Inner::lock_lease`).

@@ -71,7 +71,7 @@ fn a_key_of_the_wrong_type_stops_a_pop_before_it_takes_anything() {
     let c = connect(&r.url());
     let ch = c.channel().unwrap();
     ch.queue_declare(&Queue::new("q")).unwrap();
-    let err = ch.get("q", Duration::ZERO).err().expect("refused");
+    let err = ch.get("q", Duration::ZERO).expect_err("refused");
     let text = err.to_string();
     assert!(
         text.contains("WRONGTYPE") && text.contains("(key unacked_index)"),
@@ -97,7 +97,7 @@ fn a_user_not_allowed_to_record_a_pop_takes_nothing() {
     let c = connect(&url);
     let ch = c.channel().unwrap();
     ch.queue_declare(&Queue::new("q")).unwrap();
-    let err = ch.get("q", Duration::ZERO).err().expect("refused");
+    let err = ch.get("q", Duration::ZERO).expect_err("refused");
     assert!(err.to_string().contains("(key unacked_index)"), "{err}");
     assert_eq!(int(&r, &["LLEN", "q"]), 3, "nothing was taken");
     assert_eq!(int(&r, &["EXISTS", "unacked", "unacked_index"]), 0);
@@ -169,14 +169,15 @@ fn queue_names_that_are_keys_of_the_layout_are_refused() {
     assert_eq!(cmd(&r, &["SMEMBERS", "_kombu.binding.ex"]), "*0");
 }
 
-/// A server that cuts a client whose replies pass 64 KB: a pop of 256
-/// messages of 10 KB was cut at every try, and so was a restore reading
-/// 256 entries at once; the consumer got nothing and said nothing.
+/// A server that cuts a client whose replies pass 4 MB: a pop of 50
+/// messages of 100 KB was cut at every try, and so was a restore reading
+/// 256 entries at once; the consumer got nothing and said nothing. (A pop
+/// stops past 1 MB, and a second may be on its way: 4 MB holds both.)
 #[test]
 fn pops_and_restores_stay_within_a_client_output_limit() {
-    let r = RedisServer::start_with(&["--client-output-buffer-limit", "normal 65536 65536 0"]);
+    let r = RedisServer::start_with(&["--client-output-buffer-limit", "normal 4mb 4mb 0"]);
     let big: Vec<String> = (0..50)
-        .map(|i| format!("{i:04}{}", "x".repeat(9996)))
+        .map(|i| format!("{i:04}{}", "x".repeat(99_996)))
         .collect();
     publish(&r.url(), "q", &big);
     let c = connect(&r.url());
@@ -204,7 +205,7 @@ fn pops_and_restores_stay_within_a_client_output_limit() {
     let want: Vec<String> = (0..50).map(|i| format!("{i:04}")).collect();
     assert_eq!(*got.lock().unwrap(), want, "every message, in order");
     consumer.cancel().unwrap();
-    // Fifty deliveries of a process that died a minute ago, 10 KB each.
+    // Fifty deliveries of a process that died a minute ago, 100 KB each.
     let old = (std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
@@ -215,7 +216,7 @@ fn pops_and_restores_stay_within_a_client_output_limit() {
         let tag = format!("t{i:02}");
         let env = format!(
             "{{\"body\": \"{i:04}{}\", \"content-encoding\": \"utf-8\", \"content-type\": \"text/plain\", \"headers\": {{}}, \"properties\": {{\"delivery_mode\": 2, \"delivery_info\": {{\"exchange\": \"\", \"routing_key\": \"q\"}}, \"priority\": 0, \"body_encoding\": \"utf-8\", \"delivery_tag\": \"{tag}\"}}}}",
-            "y".repeat(9996)
+            "y".repeat(99_996)
         );
         let value = format!("[{env}, \"\", \"q\"]");
         assert_eq!(cmd(&r, &["HSET", "unacked", &tag, &value]), ":1");
