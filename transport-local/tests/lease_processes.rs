@@ -52,19 +52,24 @@ fn child_role() {
     let ch = channel(&conn);
     // Kept alive until the process is killed.
     let mut stream = None;
-    let got = if extend == "stream" {
+    let got = if extend == "stream" || extend == "slow" {
         // A stream takes every ready message in one run and hands out the
         // first.
-        use dashi_engine::futures_core::Stream;
         let s = stream.insert(ch.stream(ConsumerOptions::new("jobs")).unwrap());
-        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
-        loop {
-            match std::pin::Pin::new(&mut *s).poll_next(&mut cx) {
-                std::task::Poll::Ready(Some(Ok(d))) => break d,
-                std::task::Poll::Ready(other) => panic!("{other:?}"),
-                std::task::Poll::Pending => std::thread::sleep(Duration::from_millis(10)),
+        let got = next_of(s, Duration::from_secs(30)).expect("a message");
+        if extend == "slow" {
+            // Alive, but slow to ask for the next: the run's leases run
+            // out meanwhile, and another process takes them.
+            println!("held {}", String::from_utf8_lossy(got.body()));
+            std::thread::sleep(Duration::from_secs(6));
+            let mut then = Vec::new();
+            while let Some(d) = next_of(s, Duration::from_secs(1)) {
+                then.push(String::from_utf8_lossy(d.body()).into_owned());
             }
+            println!("then {then:?}");
+            return;
         }
+        got
     } else {
         ch.get("jobs", Duration::from_secs(30))
             .unwrap()
@@ -79,6 +84,25 @@ fn child_role() {
     rustix::process::kill_process(rustix::process::getpid(), rustix::process::Signal::STOP)
         .expect("a process can stop itself");
     std::thread::sleep(Duration::from_secs(600));
+}
+
+/// The next delivery of a stream within `within`, polled (the child roles
+/// run no executor).
+fn next_of(
+    s: &mut dashi_engine::DeliveryStream,
+    within: Duration,
+) -> Option<dashi_engine::Delivery> {
+    use dashi_engine::futures_core::Stream;
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    let end = Instant::now() + within;
+    while Instant::now() < end {
+        match std::pin::Pin::new(&mut *s).poll_next(&mut cx) {
+            std::task::Poll::Ready(Some(Ok(d))) => return Some(d),
+            std::task::Poll::Ready(other) => panic!("{other:?}"),
+            std::task::Poll::Pending => std::thread::sleep(Duration::from_millis(10)),
+        }
+    }
+    None
 }
 
 /// Starts a holder and returns it once it holds the message.
@@ -261,4 +285,54 @@ fn leases_hold_across_time_namespaces() {
     kill(child);
     let out = String::from_utf8_lossy(&o.stdout);
     assert!(out.contains("took nothing"), "{out}");
+}
+
+/// A stream alive but slow to ask for its next message: the run it took
+/// ahead is leased from when it was taken, so another process takes what
+/// is left of it once the lease ran out, and the stream then does not hand
+/// those out too (each would have been delivered twice).
+#[test]
+fn a_slow_stream_does_not_hand_out_what_another_process_took_back() {
+    let d = dir("slow");
+    let conn = connect(&d, "30");
+    let ch = channel(&conn);
+    for i in 1..=5 {
+        ch.basic_publish(Message::new(format!("job-{i}")), "", "jobs", true)
+            .unwrap();
+    }
+    let mut child =
+        dashi_test_support::child_role("child_role", CHILD, format!("{},slow", d.display()))
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap())
+        .lines()
+        .map_while(Result::ok);
+    assert!(lines.by_ref().any(|l| l.ends_with("held job-1")));
+    // job-1 (handed out there) comes back when the child's own engine
+    // expires its lease; the rest of its run once another process may
+    // take it back. Taken and acked here, whatever the order.
+    let mut mine = Vec::new();
+    let end = Instant::now() + Duration::from_secs(10);
+    while mine.iter().filter(|m: &&String| *m != "job-1").count() < 4 && Instant::now() < end {
+        if let Some(m) = take(&ch, Duration::from_millis(200)) {
+            mine.push(String::from_utf8_lossy(m.body()).into_owned());
+            m.ack().unwrap();
+        }
+    }
+    let then = lines.find(|l| l.contains("then ")).unwrap_or_default();
+    kill(child);
+    mine.retain(|m| m != "job-1");
+    mine.sort();
+    assert_eq!(
+        mine,
+        ["job-2", "job-3", "job-4", "job-5"],
+        "taken back here"
+    );
+    for m in &mine {
+        assert!(
+            !then.contains(&format!("\"{m}\"")),
+            "handed out twice: {then}"
+        );
+    }
 }

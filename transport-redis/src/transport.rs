@@ -2159,12 +2159,14 @@ impl QueueStore for RedisQueue {
         self.restore_via(envs, false)
     }
 
-    fn lease(&self, env: &Envelope, lease: Duration) {
-        let Ok(inner) = self.inner() else { return };
+    fn lease(&self, env: &Envelope, lease: Duration) -> bool {
+        // Always `true`: another process's restore is found by the ack
+        // (kombu's layout has no owner to compare).
+        let Ok(inner) = self.inner() else { return true };
         let field = {
             let mut held = self.held.lock();
             let Some(h) = held.get_mut(&env.token) else {
-                return;
+                return true;
             };
             h.leased = true;
             h.field.clone()
@@ -2178,6 +2180,7 @@ impl QueueStore for RedisQueue {
             .arg("XX")
             .arg(score(at))
             .arg(field)]);
+        true
     }
 
     fn state(&self) -> &QueueState {

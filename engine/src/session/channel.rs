@@ -152,20 +152,26 @@ impl ChannelShared {
             }
             reg.compact();
             for mut p in batch.drain(..) {
-                let tag = reg.next_tag();
-                redelivered += p.slot.env.redelivered as u64;
                 let no_ack = p.slot.consumer.as_ref().is_some_and(|c| c.no_ack);
                 let deadline_us = match (
                     no_ack,
                     self.lease_for(p.slot.consumer.as_deref(), &*p.slot.queue),
                 ) {
                     (false, Some(d)) => {
-                        p.slot.queue.lease(&p.slot.env, d);
+                        if !p.slot.queue.lease(&p.slot.env, d) {
+                            // Taken back by another process while it waited
+                            // here (a stream's run whose lease ran out):
+                            // not this process's to deliver any more.
+                            p.slot.release_window();
+                            continue;
+                        }
                         shortest = Some(shortest.map_or(d, |s: Duration| s.min(d)));
                         (now_ns() / 1_000).saturating_add(d.as_micros() as u64)
                     }
                     _ => NO_DEADLINE,
                 };
+                let tag = reg.next_tag();
+                redelivered += p.slot.env.redelivered as u64;
                 let state = LeaseState::new(deadline_us);
                 let slot = match Arc::get_mut(&mut p.slot) {
                     Some(s) => {
@@ -343,7 +349,18 @@ impl ChannelShared {
                 tag: slot.tag,
                 state,
             })?;
-        slot.queue.lease(&slot.env, from_now);
+        if !slot.queue.lease(&slot.env, from_now) {
+            // Another process took it back (its lease ran out by that
+            // process's count first): it is delivered again there.
+            if slot.state.settle(RESTORED).is_ok() {
+                slot.release_window();
+                self.registry.lock().compact();
+            }
+            return Err(AckError::AlreadySettled {
+                tag: slot.tag,
+                state: Settled::Restored,
+            });
+        }
         crate::session::leases::watch(self, from_now);
         Ok(())
     }
@@ -1001,8 +1018,11 @@ impl Channel {
         let waker = ThreadWaker::current();
         let deliver = |env: Envelope| -> Result<Option<Delivery>, Error> {
             let Some(mut d) = self.shared.deliver_one(Pending::new(None, env, q.clone())) else {
-                // The channel closed as the message was taken: it went back.
-                return Err(self.open().err().unwrap_or(Error::ChannelClosed));
+                // The channel closed as the message was taken: it went
+                // back. (Or another process took it back first: nothing
+                // to deliver.)
+                self.open()?;
+                return Ok(None);
             };
             if no_ack {
                 let _ = self.shared.settle(&d.slot, Outcome::Ack);

@@ -146,12 +146,16 @@ pub trait QueueStore: Send + Sync + fmt::Debug {
     /// process's claims are reclaimed, as after a crash).
     fn restore(&self, envs: Vec<Envelope>) -> Result<(), Error>;
     /// The delivery of `env` is leased until `lease` from now (called when it
-    /// is delivered with a lease and on every `extend_lease`). The engine
-    /// expires leases itself; a transport shared by processes records the
-    /// deadline so that another process can restore the message if this one
-    /// stops running. The default does nothing.
-    fn lease(&self, env: &Envelope, lease: Duration) {
+    /// is taken ahead by a stream, when it is delivered with a lease, and on
+    /// every `extend_lease`). The engine expires leases itself; a transport
+    /// shared by processes records the deadline so that another process can
+    /// restore the message if this one stops running. `false` when the
+    /// message is no longer this process's (another process took it back
+    /// after an earlier lease ran out): it is not delivered. The default
+    /// does nothing and says `true`.
+    fn lease(&self, env: &Envelope, lease: Duration) -> bool {
         let _ = (env, lease);
+        true
     }
     /// The waiters, deleted flag and consumer count of this queue handle;
     /// the defaults of the methods below use it.

@@ -543,7 +543,10 @@ impl Lane {
             (ms << 16) | u64::from(c.generation)
         };
         c.segment.deadline_word(c.pos.off).store(tagged, Release);
-        true
+        // Restored by another process meanwhile (its earlier deadline had
+        // run out): the word is tagged with this claim's generation, so it
+        // does not apply to the next claim, but the record is not ours.
+        self.held(c, owner).is_some()
     }
 
     /// Restores every claimed record whose owner `alive` says is gone, or

@@ -892,14 +892,24 @@ impl QueueStore for LocalQueue {
         self.cut.check().and(done)
     }
 
-    fn lease(&self, env: &Envelope, lease: std::time::Duration) {
+    fn lease(&self, env: &Envelope, lease: std::time::Duration) -> bool {
         let Ok(_g) = self.cut.enter() else {
-            return;
+            // Not known: it stays this process's as far as anyone can tell.
+            return true;
         };
         let held = self.held.lock().get(&held_key(env)).cloned();
-        if let (Some(c), Ok(l)) = (held, self.lane(env.lane)) {
-            let deadline = clock::shared_now_ns().saturating_add(lease.as_nanos() as u64);
-            l.set_deadline(&c, self.owner, deadline);
+        match (held, self.lane(env.lane)) {
+            (Some(c), Ok(l)) => {
+                let deadline = clock::shared_now_ns().saturating_add(lease.as_nanos() as u64);
+                if l.set_deadline(&c, self.owner, deadline) {
+                    return true;
+                }
+                // Another process restored it: the claim is no longer held.
+                self.held.lock().remove(&held_key(env));
+                false
+            }
+            (None, _) => false,
+            (Some(_), Err(_)) => true,
         }
     }
 
