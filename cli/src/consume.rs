@@ -68,7 +68,10 @@ fn next(
                 let wait = match backoff {
                     _ if !e.is_transient() => return Err(format!("consume failed: {e}")),
                     None => {
-                        eprintln!("dashi: consume failed for now, retrying: {e}");
+                        eprintln!(
+                            "dashi: consume failed for now, retrying: {}",
+                            crate::output::shown(&e.to_string())
+                        );
                         RETRY_FIRST
                     }
                     Some(w) => (w * 2).min(RETRY_MAX),
@@ -202,8 +205,9 @@ pub(crate) fn run(a: ConsumeArgs) -> Result<(), String> {
             Err(e) if matches!(&e, dashi::AckError::Store { failure, .. } if failure.is_transient()) =>
             {
                 eprintln!(
-                    "dashi: settling delivery {} failed for now (it will be delivered again): {e}",
-                    d.delivery_tag()
+                    "dashi: settling delivery {} failed for now (it will be delivered again): {}",
+                    d.delivery_tag(),
+                    crate::output::shown(&e.to_string())
                 )
             }
             Err(e) => return Err(format!("settling delivery {}: {e}", d.delivery_tag())),

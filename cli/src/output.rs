@@ -33,18 +33,27 @@ pub(crate) use out;
 /// forged a row of `dashi stat`'s table and sent escape sequences to the
 /// operator's terminal.
 pub(crate) fn shown(text: &str) -> std::borrow::Cow<'_, str> {
-    if !text.chars().any(char::is_control) {
+    if !text.chars().any(hidden) {
         return std::borrow::Cow::Borrowed(text);
     }
     let mut out = String::with_capacity(text.len() + 8);
     for c in text.chars() {
-        if c.is_control() {
+        if hidden(c) {
             out.extend(c.escape_default());
         } else {
             out.push(c);
         }
     }
     std::borrow::Cow::Owned(out)
+}
+
+/// A character that changes how a line shows rather than showing itself:
+/// a control character, or a Unicode format character that reorders or
+/// hides text (bidirectional overrides and isolates, zero-width marks), which
+/// could make one queue name look like another.
+fn hidden(c: char) -> bool {
+    c.is_control()
+        || matches!(c, '\u{200b}'..='\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2060}'..='\u{2069}' | '\u{feff}')
 }
 
 #[cfg(test)]
@@ -55,6 +64,11 @@ mod tests {
         assert_eq!(
             super::shown("evil\nq 999\u{1b}]0;x\u{7}\t"),
             "evil\\nq 999\\u{1b}]0;x\\u{7}\\t"
+        );
+        // Right-to-left override: "jobs" shown as "sboj".
+        assert_eq!(
+            super::shown("\u{202e}sboj\u{200b}"),
+            "\\u{202e}sboj\\u{200b}"
         );
     }
 }

@@ -8,10 +8,15 @@
 //!   CRIU) takes its namespace's offset back off. Without that, a day's
 //!   shift made one process take another's leased deliveries at once, or
 //!   never.
-//! - The offset is read once per process: a namespace's offsets cannot
-//!   change once a process is in it, and a process cannot enter another
-//!   one itself (`setns` and `unshare` of a time namespace move its
-//!   children only). A child forked after that reads its own.
+//! - The offset is read once per process (again in a child forked since):
+//!   a namespace's offsets cannot change once a process is in it.
+//!   `/proc/self/timens_offsets` shows the namespace of the process's
+//!   children, which `unshare` of a time namespace changes without moving
+//!   the process itself: the offset is taken only while that namespace is
+//!   the process's own (`/proc/self/ns/time` and `time_for_children` name
+//!   one namespace), else 0. A process that enters another time namespace
+//!   itself after its first read (`setns`, single-threaded processes only)
+//!   keeps the offset it read.
 
 use std::sync::atomic::Ordering::{Acquire, Release};
 use std::sync::atomic::{AtomicI64, AtomicUsize};
@@ -54,9 +59,15 @@ fn monotonic_offset_ns() -> i64 {
     if o != UNREAD && READ_IN.load(Acquire) == me {
         return o;
     }
-    let read = std::fs::read_to_string("/proc/self/timens_offsets")
-        .map(|t| parse_offsets(&t))
-        .unwrap_or(0);
+    let own = std::fs::read_link("/proc/self/ns/time")
+        .ok()
+        .is_some_and(|t| std::fs::read_link("/proc/self/ns/time_for_children").ok() == Some(t));
+    let read = match own {
+        true => std::fs::read_to_string("/proc/self/timens_offsets")
+            .map(|t| parse_offsets(&t))
+            .unwrap_or(0),
+        false => 0,
+    };
     OFFSET.store(read, Release);
     READ_IN.store(me, Release);
     read

@@ -18,9 +18,11 @@ use parking_lot::Mutex;
 /// the same tag) gets a suffix made unique with `ARGV[4]`, so two copies
 /// held at once never share one entry. An envelope that cannot be recorded
 /// (not JSON, no `properties`, no tag, `headers: null`, which kombu's
-/// restore would drop) goes to the garbage list `KEYS[n+3]`. The batch
-/// stops once its envelopes pass `ARGV[5]` bytes (one envelope at least),
-/// so a reply stays within a client output limit a server may set.
+/// restore would drop) goes to the garbage list `KEYS[n+3]`; it takes a
+/// place of the batch. The batch stops once its envelopes pass `ARGV[5]`
+/// bytes (one envelope at least), so a reply stays within a client output
+/// limit a server may set; the lists are read 16 envelopes at a time, so
+/// what a pop does not take is not copied either.
 ///
 /// A script's writes are not undone when a later command of it fails, so
 /// the order is what keeps messages: the envelopes are read (`LRANGE`), then
@@ -31,10 +33,11 @@ use parking_lot::Mutex;
 /// recorded; a server out of memory refuses none of them (the first write,
 /// an `HDEL` of a field no one uses, grows nothing, and Redis refuses a
 /// growing write to a script only as its first), so consumers still drain
-/// a full server; a removal refused (a user allowed some
-/// lists only) ends the batch with the lists removed from before it (a
-/// garbage envelope of a list not removed from stays in it too, and is
-/// set aside again by the next pop).
+/// a full server; a removal refused after an earlier list's went through
+/// (not seen with Redis 7's ACLs, which refuse a script's keys before it
+/// runs) ends the batch with the lists removed from before it (a garbage
+/// envelope of a list not removed from stays in it too, and is set aside
+/// again by the next pop).
 ///
 /// Returns `{garbage_count, field1, env1, field2, env2, ...}`, or the
 /// error of the first write refused when nothing was removed.
@@ -54,50 +57,62 @@ end
 local function about(r, key)
   return redis.error_reply(r.err .. ' (key ' .. key .. ')')
 end
+-- Full: `max` envelopes looked at, or the envelopes past the budget.
+local function full(total)
+  return total >= max or (budget > 0 and bytes >= budget and #envs > 0)
+end
+local total = 0
 for i = 1, n do
-  local want = max - #envs
-  if want <= 0 or (budget > 0 and bytes >= budget) then break end
-  local got = redis.pcall('LRANGE', KEYS[i], -want, -1)
-  if refused(got) then return about(got, KEYS[i]) end
+  if full(total) then break end
+  -- The tail first, as RPOP takes them, read a window of 16 at a time: a
+  -- batch of large envelopes stops at the budget without copying the
+  -- rest of `max` into Lua.
   local k = 0
-  -- The tail first, as RPOP takes them.
-  for j = #got, 1, -1 do
-    if budget > 0 and bytes >= budget and #envs > 0 then break end
-    local m = got[j]
-    k = k + 1
-    -- kombu and dashi end every envelope with the tag: read it there
-    -- without decoding the whole envelope; anything else is decoded.
-    local tag = nil
-    if not string.find(m, '"headers": null', 1, true) then
-      local at0 = #m - 96
-      if at0 < 1 then at0 = 1 end
-      local at = string.find(m, '"delivery_tag": ', at0, true)
-      if at then
-        tag = string.match(m, '^"([^"\\]*)"}}$', at + 16)
-          or string.match(m, '^(%d+)}}$', at + 16)
-      end
-    end
-    if not tag then
-      local ok, env = pcall(cjson.decode, m)
-      if ok and type(env) == 'table' and type(env.properties) == 'table'
-          and type(env.headers) ~= 'userdata' then
-        local t = env.properties.delivery_tag
-        if type(t) == 'string' then
-          tag = t
-        elseif type(t) == 'number' and t == math.floor(t) then
-          tag = string.format('%d', t)
+  while not full(total) do
+    local size = math.min(16, max - total)
+    local got = redis.pcall('LRANGE', KEYS[i], -(k + size), -(k + 1))
+    if refused(got) then return about(got, KEYS[i]) end
+    for j = #got, 1, -1 do
+      if full(total) then break end
+      local m = got[j]
+      k = k + 1
+      total = total + 1
+      -- kombu and dashi end every envelope with the tag: read it there
+      -- without decoding the whole envelope; anything else is decoded.
+      local tag = nil
+      if not string.find(m, '"headers": null', 1, true) then
+        local at0 = #m - 96
+        if at0 < 1 then at0 = 1 end
+        local at = string.find(m, '"delivery_tag": ', at0, true)
+        if at then
+          tag = string.match(m, '^"([^"\\]*)"}}$', at + 16)
+            or string.match(m, '^(%d+)}}$', at + 16)
         end
       end
+      if not tag then
+        local ok, env = pcall(cjson.decode, m)
+        if ok and type(env) == 'table' and type(env.properties) == 'table'
+            and type(env.headers) ~= 'userdata' then
+          local t = env.properties.delivery_tag
+          if type(t) == 'string' then
+            tag = t
+          elseif type(t) == 'number' and t == math.floor(t) then
+            tag = string.format('%d', t)
+          end
+        end
+      end
+      if tag then
+        fields[#fields + 1] = tag
+        envs[#envs + 1] = m
+        from[#from + 1] = i
+        bytes = bytes + #m
+      else
+        garbage[#garbage + 1] = m
+        gfrom[#gfrom + 1] = i
+      end
     end
-    if tag then
-      fields[#fields + 1] = tag
-      envs[#envs + 1] = m
-      from[#from + 1] = i
-      bytes = bytes + #m
-    else
-      garbage[#garbage + 1] = m
-      gfrom[#gfrom + 1] = i
-    end
+    -- A short window: the list has no more.
+    if #got < size then break end
   end
   took[i] = k
 end
@@ -135,16 +150,18 @@ if #envs > 0 or #garbage > 0 then
   local r = redis.pcall('HDEL', h, '\0dashi: no such field\0')
   if refused(r) then return about(r, h) end
 end
-if #envs > 0 then
+-- In groups of 1000: Lua unpacks at most about 8000 values at once, and a
+-- batch may be 4096 (the engine asks for at most 256 today).
+for first = 1, #envs, 1000 do
   local zargs, hargs = {}, {}
-  for k = 1, #envs do
+  for k = first, math.min(first + 999, #envs) do
     zargs[#zargs + 1] = ARGV[2]
     zargs[#zargs + 1] = fields[k]
     hargs[#hargs + 1] = fields[k]
     hargs[#hargs + 1] = '[' .. envs[k] .. ', "", ' .. ARGV[3] .. ']'
   end
   local r = redis.pcall('ZADD', z, unpack(zargs))
-  if refused(r) then return about(r, z) end
+  if refused(r) then unrecord(1) return about(r, z) end
   r = redis.pcall('HSET', h, unpack(hargs))
   if refused(r) then unrecord(1) return about(r, h) end
 end
@@ -160,7 +177,12 @@ for i = 1, n do
     local r = redis.pcall('LTRIM', KEYS[i], 0, -(took[i] + 1))
     if refused(r) then
       unrecord(i)
-      if not removed then return about(r, KEYS[i]) end
+      if not removed then
+        -- Nothing was removed: the garbage pushed goes too (LPUSH put it
+        -- at the head), or the next pop would set it aside again.
+        if #garbage > 0 then redis.pcall('LPOP', g, #garbage) end
+        return about(r, KEYS[i])
+      end
       upto = i
       break
     end

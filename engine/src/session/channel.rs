@@ -351,14 +351,19 @@ impl ChannelShared {
             })?;
         if !slot.queue.lease(&slot.env, from_now) {
             // Another process took it back (its lease ran out by that
-            // process's count first): it is delivered again there.
-            if slot.state.settle(RESTORED).is_ok() {
-                slot.release_window();
-                self.registry.lock().compact();
-            }
+            // process's count first): it is delivered again there. Or an
+            // ack on another thread settled it meanwhile: that is said.
+            let state = match slot.state.settle(RESTORED) {
+                Ok(()) => {
+                    slot.release_window();
+                    self.registry.lock().compact();
+                    Settled::Restored
+                }
+                Err(state) => state,
+            };
             return Err(AckError::AlreadySettled {
                 tag: slot.tag,
-                state: Settled::Restored,
+                state,
             });
         }
         crate::session::leases::watch(self, from_now);
@@ -1030,9 +1035,14 @@ impl Channel {
             }
             Ok(Some(d))
         };
+        // `deliver` says `None` for a message another process took back
+        // meanwhile: the queue is asked again.
         loop {
             if let Some(env) = pop_retrying(&*q)? {
-                return deliver(env);
+                if let Some(d) = deliver(env)? {
+                    return Ok(Some(d));
+                }
+                continue;
             }
             if q.is_deleted() {
                 return Err(Error::UnknownQueue(queue.to_owned()));
@@ -1049,7 +1059,10 @@ impl Channel {
                     usize::from(!matches!(got, Ok(None)))
                 });
                 if let Some(env) = got? {
-                    return deliver(env);
+                    if let Some(d) = deliver(env)? {
+                        return Ok(Some(d));
+                    }
+                    continue;
                 }
             }
             let w = thread_waker(&waker);
@@ -1062,7 +1075,9 @@ impl Channel {
             q.unregister(id);
             self.shared.conn.close_notify.unregister(close_id);
             if let Some(env) = got? {
-                return deliver(env);
+                if let Some(d) = deliver(env)? {
+                    return Ok(Some(d));
+                }
             }
         }
     }

@@ -173,11 +173,13 @@ impl ConsumerShared {
         // the one handed out does, so a process that hangs before handing
         // them out (stopped, stuck in a write) does not keep them past it
         // (another process takes them once it ran out). Each is leased
-        // again as it is handed out.
+        // again as it is handed out, and one another process took back is
+        // not. Only where the store can tell (`leases_what_waits`).
         if !self.no_ack && !run.is_empty() {
             if let Some(ch) = self.channel.upgrade() {
-                for (env, q) in run.iter() {
+                for (env, q) in run.iter().filter(|(_, q)| q.leases_what_waits()) {
                     if let Some(d) = ch.lease_for(Some(self), &**q) {
+                        // A `false` here is found again at hand-out.
                         q.lease(env, d);
                     }
                 }

@@ -75,19 +75,27 @@ impl DeliveryStream {
     /// as acked from here). `None` when nothing is ready, or when the channel
     /// closed as a message was taken (it went back to its queue).
     fn try_take(&self) -> Result<Option<Delivery>, Error> {
-        let Some((env, queue)) = self.consumer.take_for_stream()? else {
-            return Ok(None);
-        };
-        let Some(d) =
-            self.channel
-                .deliver_one(Pending::new(Some(self.consumer.clone()), env, queue))
-        else {
-            return Ok(None);
-        };
-        if d.no_ack {
-            self.channel.ack_no_ack(&d.slot);
+        loop {
+            let Some((env, queue)) = self.consumer.take_for_stream()? else {
+                return Ok(None);
+            };
+            let Some(d) =
+                self.channel
+                    .deliver_one(Pending::new(Some(self.consumer.clone()), env, queue))
+            else {
+                if self.channel.is_open() {
+                    // Another process took it back (its lease ran out
+                    // while it waited in the run): the next one. Nothing
+                    // would wake a poll that stopped here.
+                    continue;
+                }
+                return Ok(None);
+            };
+            if d.no_ack {
+                self.channel.ack_no_ack(&d.slot);
+            }
+            return Ok(Some(d));
         }
-        Ok(Some(d))
     }
 }
 

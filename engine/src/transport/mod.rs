@@ -157,6 +157,16 @@ pub trait QueueStore: Send + Sync + fmt::Debug {
         let _ = (env, lease);
         true
     }
+    /// True when [`QueueStore::lease`] can tell that another process took
+    /// a message back (its `false`): a stream then leases the run it took
+    /// ahead from when it was taken, and skips what was taken back. Where
+    /// it cannot, a run waits unleased, this process's while it lives
+    /// (redis://: a leased entry is no longer re-scored, and a restorer
+    /// elsewhere would put it back while this process still delivers it).
+    /// The default says `false`.
+    fn leases_what_waits(&self) -> bool {
+        false
+    }
     /// The waiters, deleted flag and consumer count of this queue handle;
     /// the defaults of the methods below use it.
     fn state(&self) -> &QueueState;

@@ -546,6 +546,8 @@ impl Lane {
         // Restored by another process meanwhile (its earlier deadline had
         // run out): the word is tagged with this claim's generation, so it
         // does not apply to the next claim, but the record is not ours.
+        // (A reclaimer that read the old deadline may still win after this
+        // look: both then deliver it, past the lease and its grace.)
         self.held(c, owner).is_some()
     }
 

@@ -892,6 +892,10 @@ impl QueueStore for LocalQueue {
         self.cut.check().and(done)
     }
 
+    fn leases_what_waits(&self) -> bool {
+        true
+    }
+
     fn lease(&self, env: &Envelope, lease: std::time::Duration) -> bool {
         let Ok(_g) = self.cut.enter() else {
             // Not known: it stays this process's as far as anyone can tell.
