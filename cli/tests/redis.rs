@@ -270,3 +270,47 @@ fn a_failed_pipelined_publish_counts_what_was_confirmed() {
     assert!(confirmed > 0, "{line}");
     assert_eq!(stored, confirmed, "refused ones are not stored: {line}");
 }
+
+/// A user not allowed to subscribe still consumes (by polling), and the
+/// warning says what Redis said in one line: it printed the reply's frames
+/// (`Ok([Integer(31), Error(...)])`).
+#[test]
+fn a_user_who_may_not_subscribe_is_told_in_one_plain_line() {
+    let r = RedisServer::start();
+    let acl = r
+        .command(&[
+            "ACL",
+            "SETUSER",
+            "nosub",
+            "on",
+            ">p",
+            "~*",
+            "resetchannels",
+            "+@all",
+            "-subscribe",
+            "-psubscribe",
+        ])
+        .unwrap();
+    assert_eq!(acl, "+OK");
+    let url = format!("redis://nosub:p@127.0.0.1:{}/0?poll_interval=0.1", r.port());
+    let o = dashi(&["publish", &r.url(), "--queue", "q", "--body", "hi"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = dashi(&[
+        "consume",
+        &url,
+        "--queue",
+        "q",
+        "--count",
+        "1",
+        "--timeout",
+        "5",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).contains("body=hi"), "{}", stdout(&o));
+    let err = stderr(&o);
+    let line = err
+        .lines()
+        .find(|l| l.contains("subscribing failed"))
+        .unwrap_or_else(|| panic!("no warning: {err}"));
+    assert!(line.contains("NOPERM") && !line.contains("Ok(["), "{line}");
+}

@@ -133,7 +133,19 @@ impl Watch {
                     st.patterns.clear();
                 }
                 other => {
-                    self.warn(&format!("subscribing failed: {other:?}"));
+                    // What Redis said (a user not allowed `SUBSCRIBE`), or
+                    // why the link failed: one line, not the frames.
+                    let why = match &other {
+                        Ok(frames) => frames
+                            .iter()
+                            .find_map(|f| match f {
+                                Frame::Error(e) => Some(e.to_string()),
+                                _ => None,
+                            })
+                            .unwrap_or_else(|| "an unexpected reply".to_owned()),
+                        Err(e) => e.to_string(),
+                    };
+                    self.warn(&format!("subscribing failed: {why}"));
                     sub.kill();
                     return false;
                 }
