@@ -8,6 +8,10 @@
 //!   socket ([`LinkError::maybe_ran`] false).
 //! - While the servers cannot be reached, calls fail at once with the last
 //!   connect error until the backoff has passed (no connect storm).
+//! - In a list of several servers, a replica is not kept: one that says so
+//!   (`ROLE`) is passed over at connect, and a link whose server answered
+//!   `READONLY` (demoted by a failover) is left on the next call; batches
+//!   already on it finish there. A list of one server keeps its server.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

@@ -9,7 +9,11 @@
 //!   the stream goes on: the next poll tries the queues again.
 //! - A stream alone on its queue takes a run per store call and hands it
 //!   out before it asks the queues again; the run is its consumer's
-//!   (`consumer.rs`), which puts it back at cancel.
+//!   (`consumer.rs`), which puts it back at cancel. Where the store can
+//!   tell a claim taken back, the run is leased when taken, and a message
+//!   of it another process took back meanwhile is skipped: the next one is
+//!   tried in the same poll (a poll that stopped there had nothing to wake
+//!   it).
 
 use std::fmt;
 use std::pin::Pin;
