@@ -189,9 +189,50 @@ fn a_segment_of_another_layout_version_is_refused() {
     f.write_all_at(&99u32.to_le_bytes(), 8).unwrap();
     let e = Segment::open(&seg_path(&d), f).unwrap_err().to_string();
     assert!(
-        e.contains("version 99") && e.contains("reads version 2"),
+        e.contains("version 99") && e.contains("reads versions 2 and 3"),
         "{e}"
     );
+}
+
+/// Segments of layout 2 (written before records were checked by CRC-32C)
+/// are still read, each record checked by the CRC-32 it was written with:
+/// records whose CRC-32 is right are delivered, one still carrying a
+/// CRC-32C is set aside as damaged.
+#[test]
+fn a_segment_of_the_earlier_layout_is_read_with_its_own_checksum() {
+    use std::os::unix::fs::FileExt;
+    let d = dir("seglayout2");
+    let offs = {
+        let (_, c) = open(&d);
+        let ch = c.channel().unwrap();
+        ch.queue_declare(&Queue::new("q")).unwrap();
+        for m in ["a", "b", "c"] {
+            ch.producer().publish(m, "q").unwrap();
+        }
+        records(&d)
+    };
+    assert_eq!(offs.len(), 3);
+    let f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(seg_path(&d))
+        .unwrap();
+    f.write_all_at(&2u32.to_le_bytes(), 8).unwrap();
+    for &off in [offs[0], offs[2]].iter() {
+        let mut head = [0u8; 32];
+        f.read_exact_at(&mut head, off + 32).unwrap();
+        let payload_len = u32::from_le_bytes(head[24..28].try_into().unwrap());
+        let mut payload = vec![0u8; payload_len as usize];
+        f.read_exact_at(&mut payload, off + 64).unwrap();
+        let mut h = crc32fast::Hasher::new();
+        h.update(&head);
+        h.update(&payload);
+        f.write_all_at(&h.finalize().to_le_bytes(), off + 28)
+            .unwrap();
+    }
+    drop(f);
+    let (_, c) = open(&d);
+    assert_eq!(drain(&c), ["a", "c"]);
 }
 
 /// Issue 11 item 6: a segment file that cannot be read at all (truncated
