@@ -338,14 +338,23 @@ impl Reader<'_> {
             .map_err(|_| DecodeError::BadUtf8 { at })
     }
     /// A name (exchange, routing key): at most 255 bytes, read straight
-    /// into a `ShortStr` (inline up to 30 bytes, no allocation).
-    fn name8(&mut self) -> Result<ShortStr, DecodeError> {
+    /// into a `ShortStr` (inline up to 30 bytes, no allocation), or the
+    /// one `last` holds when the bytes are its own (checked as UTF-8 when
+    /// it was read).
+    fn name8(&mut self, last: &mut Option<ShortStr>) -> Result<ShortStr, DecodeError> {
         let n = self.u8()? as usize;
         let at = self.at;
         let b = self.take(n)?;
-        std::str::from_utf8(b)
+        if let Some(s) = last {
+            if s.as_str().as_bytes() == b {
+                return Ok(s.clone());
+            }
+        }
+        let s = std::str::from_utf8(b)
             .map(ShortStr::from)
-            .map_err(|_| DecodeError::BadUtf8 { at })
+            .map_err(|_| DecodeError::BadUtf8 { at })?;
+        *last = Some(s.clone());
+        Ok(s)
     }
     fn str16(&mut self) -> Result<String, DecodeError> {
         let n = self.u16()? as usize;
@@ -413,13 +422,27 @@ impl Reader<'_> {
 
 /// Decodes a payload; the body is a slice of `buf` (no copy).
 pub(crate) fn decode(buf: &Bytes) -> Result<Payload, DecodeError> {
+    decode_with(buf, &mut Names::default())
+}
+
+/// The names of the records decoded last, kept across a run of records (a
+/// queue's messages mostly carry the same two): a name whose bytes are the
+/// same is cloned, not checked for UTF-8 and built again.
+#[derive(Debug, Default)]
+pub(crate) struct Names {
+    exchange: Option<ShortStr>,
+    routing_key: Option<ShortStr>,
+}
+
+/// [`decode`], reusing the names of the records `names` saw before.
+pub(crate) fn decode_with(buf: &Bytes, names: &mut Names) -> Result<Payload, DecodeError> {
     let mut r = Reader { buf, at: 0 };
     let version = r.u8()?;
     if version != VERSION {
         return Err(DecodeError::UnknownVersion(version));
     }
-    let exchange = r.name8()?;
-    let routing_key = r.name8()?;
+    let exchange = r.name8(&mut names.exchange)?;
+    let routing_key = r.name8(&mut names.routing_key)?;
     let flags = r.u16()?;
     if flags & !F_KNOWN != 0 {
         return Err(DecodeError::UnknownFlags(flags));
@@ -534,6 +557,42 @@ mod tests {
         assert_eq!(d.message(), Message::new("x"));
         // Default properties are no allocation.
         assert!(d.properties.is_none());
+    }
+
+    /// A run decoding with the names of the records before it gets each
+    /// record's own names, and a name that is not UTF-8 is refused even
+    /// right after a good one of the same length.
+    #[test]
+    fn names_kept_across_a_run_are_each_record_s_own() {
+        let mut names = Names::default();
+        let m = Message::new("x");
+        for (ex, rk) in [
+            ("ex", "a.b"),
+            ("ex", "a.b"),
+            ("ex", "a.c"),
+            ("", "a.c"),
+            ("", ""),
+        ] {
+            let p = decode_with(&encode(ex, rk, &m).unwrap(), &mut names).unwrap();
+            assert_eq!((p.exchange.as_str(), p.routing_key.as_str()), (ex, rk));
+        }
+        let mut names = Names::default();
+        let good = encode("", "\u{e9}", &m).unwrap();
+        assert_eq!(
+            decode_with(&good, &mut names).unwrap().routing_key.as_str(),
+            "\u{e9}"
+        );
+        let mut bad = good.to_vec();
+        assert_eq!(&bad[2..5], &[2, 0xc3, 0xa9]);
+        bad[4] = 0x28;
+        assert_eq!(
+            decode_with(&Bytes::from(bad), &mut names),
+            Err(DecodeError::BadUtf8 { at: 3 })
+        );
+        assert_eq!(
+            decode_with(&good, &mut names).unwrap().routing_key.as_str(),
+            "\u{e9}"
+        );
     }
 
     #[test]

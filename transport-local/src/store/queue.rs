@@ -506,8 +506,19 @@ impl LocalQueue {
     }
 
     pub(super) fn envelope(&self, lane: u8, c: &Claimed) -> Result<Envelope, Error> {
+        self.envelope_with(lane, c, &mut codec::Names::default())
+    }
+
+    /// [`LocalQueue::envelope`], reusing the names of the records decoded
+    /// before it in a run.
+    fn envelope_with(
+        &self,
+        lane: u8,
+        c: &Claimed,
+        names: &mut codec::Names,
+    ) -> Result<Envelope, Error> {
         let bytes = c.segment.payload_bytes(c.pos.off, &c.meta);
-        let p = codec::decode(&bytes)
+        let p = codec::decode_with(&bytes, names)
             .map_err(|e| store_fail(FailureKind::Damaged, "record payload", e))?;
         let ttl = effective_ttl(self.decl.message_ttl, p.expiration());
         let expires_at = match ttl {
@@ -640,6 +651,7 @@ impl LocalQueue {
         // cannot be read is taken out of the run, and the lane is asked
         // again for what is still wanted.
         let mut run = Vec::new();
+        let mut names = codec::Names::default();
         'lanes: for p in self.used_lanes() {
             let l = match self.lane(p) {
                 Ok(l) => l,
@@ -653,7 +665,7 @@ impl LocalQueue {
                 let claimed = l.claim_run(self.owner, max - claims.len(), &mut run);
                 let mut now = 0;
                 for c in run.drain(..) {
-                    let env = match self.envelope(p, &c) {
+                    let env = match self.envelope_with(p, &c, &mut names) {
                         Ok(env) => env,
                         Err(e) => {
                             // Read from pages replaced under a cut (or a
