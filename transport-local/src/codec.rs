@@ -346,7 +346,8 @@ impl Reader<'_> {
         let at = self.at;
         let b = self.take(n)?;
         if let Some(s) = last {
-            if s.as_str().as_bytes() == b {
+            // Bytes against bytes: `as_str` would check the UTF-8 again.
+            if s.as_bytes() == b {
                 return Ok(s.clone());
             }
         }

@@ -50,6 +50,7 @@ pub(crate) use failpoint;
 mod failpoints;
 
 mod alloc;
+mod checksum;
 mod clock;
 mod codec;
 // A file cut short under a mapping: a `SIGBUS` handler and the registry of

@@ -262,8 +262,8 @@ pub(crate) fn record_len(payload_len: usize) -> u64 {
 }
 
 /// The checksum of a record of a segment of layout `version`: CRC-32C
-/// (Castagnoli; one instruction per 8 bytes where the CPU has it, a fifth
-/// of the consumer's check before) since layout 3, CRC-32 (IEEE) in
+/// (Castagnoli; one instruction per 8 bytes where the CPU has it:
+/// `checksum.rs`) since layout 3, CRC-32 (IEEE) in
 /// layout 2.
 fn crc(version: u32, meta: &RecordMeta, payload: &[u8]) -> u32 {
     let head = &meta.as_bytes()[8..];
@@ -273,7 +273,7 @@ fn crc(version: u32, meta: &RecordMeta, payload: &[u8]) -> u32 {
         h.update(payload);
         return h.finalize();
     }
-    crc32c::crc32c_append(crc32c::crc32c(head), payload)
+    crate::checksum::append(crate::checksum::append(0, head), payload)
 }
 
 /// Why a segment could not be opened.
