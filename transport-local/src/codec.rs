@@ -128,14 +128,16 @@ pub(crate) enum DecodeError {
     Trailing(usize),
 }
 
-fn put_str8(out: &mut Vec<u8>, field: &'static str, s: &str) -> Result<(), EncodeError> {
+/// A name's UTF-8 bytes (taken as bytes: a `ShortStr` gives them without
+/// checking them again).
+fn put_str8(out: &mut Vec<u8>, field: &'static str, s: &[u8]) -> Result<(), EncodeError> {
     let len = u8::try_from(s.len()).map_err(|_| EncodeError::TooLong {
         field,
         len: s.len(),
         max: u8::MAX as usize,
     })?;
     out.put_u8(len);
-    out.put_slice(s.as_bytes());
+    out.put_slice(s);
     Ok(())
 }
 
@@ -222,7 +224,8 @@ fn put_table(out: &mut Vec<u8>, t: &Headers, depth: usize) -> Result<(), EncodeE
 #[cfg(any(test, feature = "test-hooks"))]
 pub(crate) fn encode(exchange: &str, routing_key: &str, m: &Message) -> Result<Bytes, EncodeError> {
     let mut out = Vec::new();
-    encode_into(&mut out, exchange, routing_key, &m.properties, &m.body)?;
+    let (exchange, routing_key) = (exchange.into(), routing_key.into());
+    encode_into(&mut out, &exchange, &routing_key, &m.properties, &m.body)?;
     Ok(Bytes::from(out))
 }
 
@@ -231,15 +234,15 @@ pub(crate) fn encode(exchange: &str, routing_key: &str, m: &Message) -> Result<B
 /// log). On error `out` holds a partial payload: clear it before reuse.
 pub(crate) fn encode_into(
     out: &mut Vec<u8>,
-    exchange: &str,
-    routing_key: &str,
+    exchange: &ShortStr,
+    routing_key: &ShortStr,
     p: &Properties,
     body: &[u8],
 ) -> Result<(), EncodeError> {
     out.reserve(64 + body.len());
     out.put_u8(VERSION);
-    put_str8(out, "exchange", exchange)?;
-    put_str8(out, "routing key", routing_key)?;
+    put_str8(out, "exchange", exchange.as_bytes())?;
+    put_str8(out, "routing key", routing_key.as_bytes())?;
     let mut flags = 0u16;
     let set = |cond: bool, bit: u16, flags: &mut u16| {
         if cond {
