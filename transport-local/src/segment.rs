@@ -906,19 +906,34 @@ impl Segment {
     /// The payload of a committed record as `Bytes` that point into the
     /// mapping (no copy); the mapping stays alive while they do.
     pub(crate) fn payload_bytes(self: &Arc<Self>, offset: u64, meta: &RecordMeta) -> bytes::Bytes {
-        let start = offset + RECORD_HEADER_LEN;
-        let len = u64::from(meta.payload_len).min(self.capacity().saturating_sub(start));
+        let (start, len) = self.payload_range(offset, meta);
+        self.whole_bytes().slice(start..start + len)
+    }
+
+    /// Where the payload of the record at `offset` is, as (start, length)
+    /// within the segment's bytes (clamped to them).
+    pub(crate) fn payload_range(&self, offset: u64, meta: &RecordMeta) -> (usize, usize) {
+        let start = (offset + RECORD_HEADER_LEN).min(self.capacity());
+        let len = u64::from(meta.payload_len).min(self.capacity() - start);
+        (start as usize, len as usize)
+    }
+
+    /// The whole segment as `Bytes` that point into the mapping (no copy;
+    /// the mapping stays alive while they, or slices of them, do). Only
+    /// bytes of committed records are read through them: nobody writes
+    /// those again.
+    pub(crate) fn whole_bytes(self: &Arc<Self>) -> bytes::Bytes {
         #[cfg(not(loom))]
         {
             bytes::Bytes::from_owner(MappedSlice {
                 seg: self.clone(),
-                start,
-                len,
+                start: 0,
+                len: self.capacity(),
             })
         }
         #[cfg(loom)]
         {
-            bytes::Bytes::from(self.region.read(start, len))
+            bytes::Bytes::from(self.region.read(0, self.capacity()))
         }
     }
 
