@@ -668,12 +668,14 @@ impl LocalQueue {
         // A lane that cannot be read does not stop the others; its failure
         // is reported when no other lane has a message.
         let mut failed = None;
-        let mut claims: Vec<(HeldKey, Claimed)> = Vec::new();
+        // Sized once: one allocation each, not six as they grow to a
+        // batch of 32.
+        let mut claims: Vec<(HeldKey, Claimed)> = Vec::with_capacity(max.min(POP_BATCH));
         // A lane's ready records are claimed a run at a time (one pass over
         // a stretch of its log), then read; a message that expired or
         // cannot be read is taken out of the run, and the lane is asked
         // again for what is still wanted.
-        let mut run = Vec::new();
+        let mut run = Vec::with_capacity(max.min(POP_BATCH));
         let mut reading = Reading::default();
         'lanes: for p in self.used_lanes() {
             let l = match self.lane(p) {
