@@ -710,3 +710,60 @@ fn recovery_counts_every_segment_whatever_a_damaged_low_word_says() {
         .collect();
     assert_eq!(got, want);
 }
+
+/// Retention trusts what this process's own walks saw settled, never the
+/// shared `head` alone: a head moved by hand past a segment of ready
+/// records (a damaged state page) deletes the settled segment before it
+/// and keeps that one, whose records are all delivered afterwards.
+#[test]
+fn a_head_moved_past_ready_records_does_not_delete_them() {
+    let d = TestDir::new();
+    let lane = Lane::open_dir(&d, 0, SEG).unwrap();
+    let per = fill(&lane, 3);
+    let total: u32 = per.iter().sum();
+    for i in 0..per[0] {
+        let c = lane.claim(7).unwrap().unwrap();
+        assert_eq!(id(&c), i);
+        assert!(lane.settle(&c, 7, ACKED));
+    }
+    // Segment 1's first record is taken, not settled: the walk sees
+    // segment 0 settled and stops there, and segment 0 goes.
+    let open = lane.claim(7).unwrap().unwrap();
+    assert_eq!(id(&open), per[0]);
+    assert_eq!(lane.retire().unwrap(), 1);
+    assert!(lane.settle(&open, 7, ACKED));
+    lane.shared_word(at::HEAD)
+        .store(Pos::start(3).pack(), Release);
+    assert_eq!(lane.retire().unwrap(), 0, "segment 1 holds ready records");
+    assert!(lane.segment(1).unwrap().is_some());
+    for i in per[0] + 1..total {
+        let c = lane.claim(7).unwrap().unwrap();
+        assert_eq!(id(&c), i);
+        assert!(lane.settle(&c, 7, ACKED));
+    }
+}
+
+/// A segment this process's walk saw wholly settled is deleted without
+/// being walked again: a claim word damaged since (it was acked) no
+/// longer pins it until the next lone open.
+#[test]
+fn a_segment_seen_settled_goes_even_if_a_claim_word_was_damaged_since() {
+    let d = TestDir::new();
+    let lane = Lane::open_dir(&d, 0, SEG).unwrap();
+    let per = fill(&lane, 3);
+    let mut first = None;
+    for _ in 0..per[0] + per[1] {
+        let c = lane.claim(7).unwrap().unwrap();
+        assert!(lane.settle(&c, 7, ACKED));
+        first.get_or_insert(c);
+    }
+    // Segment 2's first record is taken, not settled: a walk sees
+    // segments 0 and 1 settled and stops there; nothing is deleted yet.
+    let _open = lane.claim(7).unwrap().unwrap();
+    lane.reclaim(|_| true, 7, 0, 0).unwrap();
+    assert!(lane.segment(0).unwrap().is_some());
+    let c = first.unwrap();
+    c.segment.claim_word(c.pos.off).store(0x5a5a_5a5a, Release);
+    assert_eq!(lane.retire().unwrap(), 2);
+    assert!(lane.segment(0).unwrap().is_none());
+}
