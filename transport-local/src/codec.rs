@@ -296,9 +296,14 @@ pub(crate) fn encode_into(
     Ok(())
 }
 
+/// Reads a payload from `buf`, a record's bytes that are `whole` from
+/// `base` on: slices of it (the body, byte values) are cut from `whole`
+/// (a count more on it, no allocation and no copy).
 struct Reader<'a> {
-    buf: &'a Bytes,
+    buf: &'a [u8],
     at: usize,
+    whole: &'a Bytes,
+    base: usize,
 }
 
 impl Reader<'_> {
@@ -315,6 +320,11 @@ impl Reader<'_> {
                 need: n - (self.buf.len() - self.at).min(n),
             }),
         }
+    }
+    /// `n` bytes of the payload from `start`, as a slice of `whole`.
+    fn slice(&self, start: usize, n: usize) -> Bytes {
+        let from = self.base + start;
+        self.whole.slice(from..from + n)
     }
     fn u8(&mut self) -> Result<u8, DecodeError> {
         Ok(self.take(1)?[0])
@@ -395,7 +405,7 @@ impl Reader<'_> {
                 let n = self.u32()? as usize;
                 let start = self.at;
                 self.take(n)?;
-                Value::Bytes(self.buf.slice(start..start + n))
+                Value::Bytes(self.slice(start, n))
             }
             6 => {
                 let n = self.count()?;
@@ -426,7 +436,7 @@ impl Reader<'_> {
 
 /// Decodes a payload; the body is a slice of `buf` (no copy).
 pub(crate) fn decode(buf: &Bytes) -> Result<Payload, DecodeError> {
-    decode_with(buf, &mut Names::default())
+    decode_in(buf, buf, 0, &mut Names::default())
 }
 
 /// The names of the records decoded last, kept across a run of records (a
@@ -439,8 +449,27 @@ pub(crate) struct Names {
 }
 
 /// [`decode`], reusing the names of the records `names` saw before.
+#[cfg(test)]
 pub(crate) fn decode_with(buf: &Bytes, names: &mut Names) -> Result<Payload, DecodeError> {
-    let mut r = Reader { buf, at: 0 };
+    decode_in(buf, buf, 0, names)
+}
+
+/// [`decode`] of a payload `buf` that is `whole` from `base` on (a record
+/// read in place inside its segment's bytes), reusing the names of the
+/// records `names` saw before.
+pub(crate) fn decode_in(
+    buf: &[u8],
+    whole: &Bytes,
+    base: usize,
+    names: &mut Names,
+) -> Result<Payload, DecodeError> {
+    debug_assert!(whole.len() >= base + buf.len());
+    let mut r = Reader {
+        buf,
+        at: 0,
+        whole,
+        base,
+    };
     let version = r.u8()?;
     if version != VERSION {
         return Err(DecodeError::UnknownVersion(version));
@@ -462,7 +491,7 @@ pub(crate) fn decode_with(buf: &Bytes, names: &mut Names) -> Result<Payload, Dec
     let n = r.u32()? as usize;
     let start = r.at;
     r.take(n)?;
-    let body = buf.slice(start..start + n);
+    let body = r.slice(start, n);
     if r.at != buf.len() {
         return Err(DecodeError::Trailing(buf.len() - r.at));
     }

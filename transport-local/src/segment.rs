@@ -960,6 +960,13 @@ impl Segment {
         (start as usize, len as usize)
     }
 
+    /// The bytes of a committed record's payload found by
+    /// [`Segment::payload_range`], in place (nobody writes them again).
+    #[cfg(not(loom))]
+    pub(crate) fn bytes_at(&self, start: usize, len: usize) -> &[u8] {
+        self.region.slice(start as u64, len as u64)
+    }
+
     /// The whole segment as `Bytes` that point into the mapping (no copy;
     /// the mapping stays alive while they, or slices of them, do). Only
     /// bytes of committed records are read through them: nobody writes

@@ -538,10 +538,14 @@ impl LocalQueue {
     fn envelope_with(&self, lane: u8, c: &Claimed, run: &mut Reading) -> Result<Envelope, Error> {
         let (names, whole) = run.parts(&c.segment);
         let (start, len) = c.segment.payload_range(c.pos.off, &c.meta);
-        // A slice of the segment's bytes: a count more on them, no
-        // allocation.
-        let bytes = whole.slice(start..start + len);
-        let p = codec::decode_with(&bytes, names)
+        // Read in place; the body is a slice of the segment's bytes (a
+        // count more on them, no allocation).
+        #[cfg(not(loom))]
+        let payload = c.segment.bytes_at(start, len);
+        // Models map no file: their segment's bytes are a copy.
+        #[cfg(loom)]
+        let payload = &whole[start..start + len];
+        let p = codec::decode_in(payload, whole, start, names)
             .map_err(|e| store_fail(FailureKind::Damaged, "record payload", e))?;
         let ttl = effective_ttl(self.decl.message_ttl, p.expiration());
         let expires_at = match ttl {
