@@ -618,39 +618,12 @@ impl Lane {
             (None, Walk::Done) => until,
             (None, _) => from,
         };
-        self.saw_settled(from, to);
         if to > from {
             let _ = self
                 .word(at::HEAD)
                 .compare_exchange(head, to.pack(), AcqRel, Acquire);
         }
         Ok(n)
-    }
-}
-
-impl Lane {
-    /// A walk of this process saw every record in `[from, to)` settled:
-    /// the stretch it knows grows when this one joins it (or starts over
-    /// from a segment's first record when it does not; a stretch that
-    /// joins nothing and starts mid-segment is not kept).
-    fn saw_settled(&self, from: Pos, to: Pos) {
-        if to <= from {
-            return;
-        }
-        let mut seen = self.seen_settled.lock();
-        *seen = match *seen {
-            Some((first, end)) if Pos::start(first) <= from && from <= end => {
-                Some((first, end.max(to)))
-            }
-            _ if from == Pos::start(from.seq) => Some((from.seq, to)),
-            keep => keep,
-        };
-    }
-
-    /// True when this process's walks saw every record of segment `seq`
-    /// settled.
-    pub(crate) fn seen_settled(&self, seq: u64) -> bool {
-        matches!(*self.seen_settled.lock(), Some((first, end)) if first <= seq && seq < end.seq)
     }
 }
 

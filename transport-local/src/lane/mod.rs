@@ -144,13 +144,6 @@ pub(crate) struct Lane {
     /// segments it mapped until retention deletes them, as its scans walk
     /// them again; a process that only writes lets go of those behind it.
     reads: std::sync::atomic::AtomicBool,
-    /// What this process's own reclaim walks saw settled, as one stretch:
-    /// every record from the start of segment `.0` up to `.1`. Settled is
-    /// for good (acked and dead records never change again until a lone
-    /// open's recovery, which no live process sees), so retention deletes
-    /// a segment inside it without walking it once more; a segment outside
-    /// it is walked first, whatever the shared `head` says.
-    seen_settled: Mutex<Option<(u64, Pos)>>,
 }
 
 impl Lane {
@@ -174,7 +167,6 @@ impl Lane {
             damaged_claims: std::sync::atomic::AtomicU64::new(0),
             gap_warned: std::sync::atomic::AtomicU64::new(u64::MAX),
             reads: std::sync::atomic::AtomicBool::new(false),
-            seen_settled: Mutex::new(None),
         };
         // A fresh page: `next` and `head` at the first record of segment 0,
         // no restore mark. (Zero means "not set"; whoever comes first sets.)

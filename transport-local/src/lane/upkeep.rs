@@ -9,11 +9,10 @@
 //! - Retention deletes only segments wholly before `head` (the first record
 //!   still ready or claimed) and below `write_seg`: it follows the slowest
 //!   consumer and never deletes an unsettled record or the write segment.
-//!   It does not take `head` on trust: a segment is deleted only when this
-//!   process's own reclaim walks saw every record of it settled, or a walk
-//!   over it right then finds them so (a damaged state page can put `head`
-//!   anywhere); numbers with no segment file are passed in one step.
-//!   Settled is for good, so what a walk saw settled stays so.
+//!   It does not take `head` on trust: a segment is deleted only after a
+//!   walk over it finds every record settled (a damaged state page can put
+//!   `head` anywhere), and numbers with no segment file are passed in one
+//!   step.
 //! - Recovery changes shared state only with exclusive access; it rebuilds
 //!   every shared word of the lane from the segments (positions, counters),
 //!   so a lost or damaged state page cannot strand or invent messages.
@@ -99,9 +98,7 @@ impl Lane {
             // segment, and stepping one by one (an unlink each) was a hang.
             // A record still ready or claimed (or one being written): the
             // head said otherwise, so it is wrong; keep the segment.
-            // Walked settled by this process already: not walked again
-            // (a segment's records were skimmed twice, once here).
-            if !self.seen_settled(low) && !self.settled(low)? {
+            if !self.settled(low)? {
                 self.unmap_retired();
                 return Ok(deleted);
             }

@@ -742,28 +742,3 @@ fn a_head_moved_past_ready_records_does_not_delete_them() {
         assert!(lane.settle(&c, 7, ACKED));
     }
 }
-
-/// A segment this process's walk saw wholly settled is deleted without
-/// being walked again: a claim word damaged since (it was acked) no
-/// longer pins it until the next lone open.
-#[test]
-fn a_segment_seen_settled_goes_even_if_a_claim_word_was_damaged_since() {
-    let d = TestDir::new();
-    let lane = Lane::open_dir(&d, 0, SEG).unwrap();
-    let per = fill(&lane, 3);
-    let mut first = None;
-    for _ in 0..per[0] + per[1] {
-        let c = lane.claim(7).unwrap().unwrap();
-        assert!(lane.settle(&c, 7, ACKED));
-        first.get_or_insert(c);
-    }
-    // Segment 2's first record is taken, not settled: a walk sees
-    // segments 0 and 1 settled and stops there; nothing is deleted yet.
-    let _open = lane.claim(7).unwrap().unwrap();
-    lane.reclaim(|_| true, 7, 0, 0).unwrap();
-    assert!(lane.segment(0).unwrap().is_some());
-    let c = first.unwrap();
-    c.segment.claim_word(c.pos.off).store(0x5a5a_5a5a, Release);
-    assert_eq!(lane.retire().unwrap(), 2);
-    assert!(lane.segment(0).unwrap().is_none());
-}
