@@ -16,7 +16,7 @@ pub(crate) fn append(crc: u32, data: &[u8]) -> u32 {
     {
         if std::arch::is_x86_feature_detected!("sse4.2") {
             // SAFETY: the CPU was just seen to have SSE 4.2, the only
-            // feature `hw` is compiled for.
+            // feature `hw` is compiled for and requires.
             return unsafe { hw(crc, data) };
         }
     }
@@ -25,20 +25,28 @@ pub(crate) fn append(crc: u32, data: &[u8]) -> u32 {
 
 /// [`append`] with the `crc32` instruction: 8 bytes at a time, then the
 /// last few one by one.
+///
+/// # Safety
+/// The CPU must have SSE 4.2.
 #[cfg(all(target_arch = "x86_64", not(loom)))]
 #[target_feature(enable = "sse4.2")]
-fn hw(crc: u32, data: &[u8]) -> u32 {
+// Rust before 1.87 asks for `unsafe` around the intrinsics even here;
+// later releases find it unnecessary.
+#[allow(unsafe_code, unused_unsafe)]
+unsafe fn hw(crc: u32, data: &[u8]) -> u32 {
     use std::arch::x86_64::{_mm_crc32_u64, _mm_crc32_u8};
     let mut c = u64::from(!crc);
     let mut words = data.chunks_exact(8);
     for w in &mut words {
         let mut b = [0u8; 8];
         b.copy_from_slice(w);
-        c = _mm_crc32_u64(c, u64::from_le_bytes(b));
+        // SAFETY: the caller saw SSE 4.2 (this function's contract).
+        c = unsafe { _mm_crc32_u64(c, u64::from_le_bytes(b)) };
     }
     let mut c = c as u32;
     for &b in words.remainder() {
-        c = _mm_crc32_u8(c, b);
+        // SAFETY: as above.
+        c = unsafe { _mm_crc32_u8(c, b) };
     }
     !c
 }

@@ -296,14 +296,13 @@ pub(crate) fn encode_into(
     Ok(())
 }
 
-/// Reads a payload from `buf`, a record's bytes that are `whole` from
-/// `base` on: slices of it (the body, byte values) are cut from `whole`
-/// (a count more on it, no allocation and no copy).
+/// Reads a payload from `buf` (a record's bytes, read in place); what it
+/// hands out as `Bytes` (the body, byte values) `cut` makes of the same
+/// bytes, from the payload's offset and length.
 struct Reader<'a> {
     buf: &'a [u8],
     at: usize,
-    whole: &'a Bytes,
-    base: usize,
+    cut: &'a mut dyn FnMut(usize, usize) -> Bytes,
 }
 
 impl Reader<'_> {
@@ -321,10 +320,9 @@ impl Reader<'_> {
             }),
         }
     }
-    /// `n` bytes of the payload from `start`, as a slice of `whole`.
-    fn slice(&self, start: usize, n: usize) -> Bytes {
-        let from = self.base + start;
-        self.whole.slice(from..from + n)
+    /// `n` bytes of the payload from `start`, as `Bytes` of their own.
+    fn slice(&mut self, start: usize, n: usize) -> Bytes {
+        (self.cut)(start, n)
     }
     fn u8(&mut self) -> Result<u8, DecodeError> {
         Ok(self.take(1)?[0])
@@ -436,7 +434,7 @@ impl Reader<'_> {
 
 /// Decodes a payload; the body is a slice of `buf` (no copy).
 pub(crate) fn decode(buf: &Bytes) -> Result<Payload, DecodeError> {
-    decode_in(buf, buf, 0, &mut Names::default())
+    decode_with(buf, &mut Names::default())
 }
 
 /// The names of the records decoded last, kept across a run of records (a
@@ -449,27 +447,19 @@ pub(crate) struct Names {
 }
 
 /// [`decode`], reusing the names of the records `names` saw before.
-#[cfg(test)]
 pub(crate) fn decode_with(buf: &Bytes, names: &mut Names) -> Result<Payload, DecodeError> {
-    decode_in(buf, buf, 0, names)
+    decode_in(buf, &mut |start, n| buf.slice(start..start + n), names)
 }
 
-/// [`decode`] of a payload `buf` that is `whole` from `base` on (a record
-/// read in place inside its segment's bytes), reusing the names of the
-/// records `names` saw before.
+/// [`decode`] of a payload read in place (`buf`), whose body and byte
+/// values `cut` makes into `Bytes` (from their offset in the payload and
+/// their length), reusing the names of the records `names` saw before.
 pub(crate) fn decode_in(
     buf: &[u8],
-    whole: &Bytes,
-    base: usize,
+    cut: &mut dyn FnMut(usize, usize) -> Bytes,
     names: &mut Names,
 ) -> Result<Payload, DecodeError> {
-    debug_assert!(whole.len() >= base + buf.len());
-    let mut r = Reader {
-        buf,
-        at: 0,
-        whole,
-        base,
-    };
+    let mut r = Reader { buf, at: 0, cut };
     let version = r.u8()?;
     if version != VERSION {
         return Err(DecodeError::UnknownVersion(version));

@@ -100,9 +100,7 @@ impl Region {
         let len = len.min(self.len - at);
         // SAFETY: in bounds (clamped); callers read only bytes published by an
         // acquire load of their record's state word, which no process writes
-        // again (a whole segment's slice is taken only to be cut into
-        // records' slices, `Segment::whole_bytes`); the mapping lives as
-        // long as `self`.
+        // again; the mapping lives as long as `self`.
         unsafe { std::slice::from_raw_parts(self.map.as_ptr().add(at as usize), len as usize) }
     }
 

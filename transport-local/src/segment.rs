@@ -949,40 +949,40 @@ impl Segment {
     /// mapping (no copy); the mapping stays alive while they do.
     pub(crate) fn payload_bytes(self: &Arc<Self>, offset: u64, meta: &RecordMeta) -> bytes::Bytes {
         let (start, len) = self.payload_range(offset, meta);
-        self.whole_bytes().slice(start..start + len)
+        self.bytes_of(start, len)
     }
 
     /// Where the payload of the record at `offset` is, as (start, length)
-    /// within the segment's bytes (clamped to them).
+    /// within the segment (clamped to it).
     pub(crate) fn payload_range(&self, offset: u64, meta: &RecordMeta) -> (usize, usize) {
         let start = (offset + RECORD_HEADER_LEN).min(self.capacity());
         let len = u64::from(meta.payload_len).min(self.capacity() - start);
         (start as usize, len as usize)
     }
 
-    /// The bytes of a committed record's payload found by
-    /// [`Segment::payload_range`], in place (nobody writes them again).
-    #[cfg(not(loom))]
-    pub(crate) fn bytes_at(&self, start: usize, len: usize) -> &[u8] {
-        self.region.slice(start as u64, len as u64)
+    /// Runs `f` over `len` bytes at `start` of a committed record's
+    /// payload, in place (nobody writes them again).
+    pub(crate) fn with_bytes<R>(&self, start: usize, len: usize, f: impl FnOnce(&[u8]) -> R) -> R {
+        self.region.with_bytes(start as u64, len as u64, f)
     }
 
-    /// The whole segment as `Bytes` that point into the mapping (no copy;
-    /// the mapping stays alive while they, or slices of them, do). Only
-    /// bytes of committed records are read through them: nobody writes
-    /// those again.
-    pub(crate) fn whole_bytes(self: &Arc<Self>) -> bytes::Bytes {
+    /// `len` bytes at `start`, inside one committed record's payload, as
+    /// `Bytes` that point into the mapping (no copy; the mapping stays
+    /// alive while they do). Only such bytes: nobody writes them again,
+    /// while a record's header words are written by claims and leases.
+    pub(crate) fn bytes_of(self: &Arc<Self>, start: usize, len: usize) -> bytes::Bytes {
+        let (start, len) = (start as u64, len as u64);
         #[cfg(not(loom))]
         {
             bytes::Bytes::from_owner(MappedSlice {
                 seg: self.clone(),
-                start: 0,
-                len: self.capacity(),
+                start,
+                len,
             })
         }
         #[cfg(loom)]
         {
-            bytes::Bytes::from(self.region.read(0, self.capacity()))
+            bytes::Bytes::from(self.region.read(start, len))
         }
     }
 

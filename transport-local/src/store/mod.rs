@@ -1,7 +1,7 @@
 //! `local://`: the `Transport` over a store directory shared by processes.
 //!
 //! ```text
-//! <root>/DASHI-LOCAL              "dashi-local 3": format marker, checked on open
+//! <root>/DASHI-LOCAL              "dashi-local 4": format marker, checked on open
 //! <root>/meta.json, meta.lock      topology, rewritten under an exclusive flock
 //! <root>/open.lock                presence: shared flock while open (exclusive to recover)
 //! <root>/entry.lock               flock'd exclusively by a process entering (until it holds open.lock)
@@ -75,7 +75,12 @@ pub use options::{open, Fsync, LocalOptions};
 use queue::LocalQueue;
 use wakeup::Arm;
 
-const MARKER: &str = "dashi-local 3\n";
+const MARKER: &str = "dashi-local 4\n";
+/// The format before segment layout 3: the same store, whose segments are
+/// all layout 2. Opened, its marker is rewritten to [`MARKER`] (nothing
+/// else changes), so that a build that reads only layout 2 refuses the
+/// whole store at once instead of a lane at a time.
+const MARKER_3: &str = "dashi-local 3\n";
 const GENERATION: usize = 0;
 /// Futex word bumped after every publish (32-bit, own cache line).
 pub(crate) const PUBLISHED: usize = 64;

@@ -37,7 +37,9 @@ use super::durability::Durability;
 use super::meta_json::Meta;
 use super::queue::queue_root;
 use super::wakeup::Arm;
-use super::{store_err, store_fail, Fsync, Inner, LocalOptions, LocalTransport, Topo, MARKER};
+use super::{
+    store_err, store_fail, Fsync, Inner, LocalOptions, LocalTransport, Topo, MARKER, MARKER_3,
+};
 
 /// Recovers every queue of the store at `root` (the caller is its only
 /// user, so every other process that used it has ended): each lane is
@@ -267,6 +269,9 @@ fn check_marker(root: &Path, create: bool) -> Result<(), Error> {
     let marker = root.join("DASHI-LOCAL");
     match std::fs::read_to_string(&marker) {
         Ok(m) if m == MARKER => Ok(()),
+        // Format 3 is format 4 with only layout-2 segments: it says format
+        // 4 from now on (builds that read only layout 2 then refuse it).
+        Ok(m) if m == MARKER_3 => write_marker(root),
         Ok(m) => Err(store_fail(
             FailureKind::Format,
             "format",
@@ -281,23 +286,31 @@ fn check_marker(root: &Path, create: bool) -> Result<(), Error> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound && holds_a_store(root) => {
             Err(lost_marker(root))
         }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound && create => {
-            let tmp = root.join(format!("DASHI-LOCAL.tmp-{}", std::process::id()));
-            let write = || -> std::io::Result<()> {
-                // Synced before it is renamed into place: a power loss must
-                // not leave the name with its bytes unwritten (a store that
-                // no build can open).
-                let mut f = std::fs::File::create(&tmp)?;
-                std::io::Write::write_all(&mut f, MARKER.as_bytes())?;
-                f.sync_all()?;
-                drop(f);
-                std::fs::rename(&tmp, &marker)?;
-                std::fs::File::open(root)?.sync_all()
-            };
-            write().map_err(|e| store_err(&format!("format marker {}", marker.display()), e))
-        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && create => write_marker(root),
         Err(e) => Err(store_err(&format!("format marker {}", marker.display()), e)),
     }
+}
+
+/// Writes this build's format marker: under a temporary name, synced, then
+/// renamed into place (two processes writing it at once write the same).
+fn write_marker(root: &Path) -> Result<(), Error> {
+    let marker = root.join("DASHI-LOCAL");
+    let tmp = root.join(format!("DASHI-LOCAL.tmp-{}", std::process::id()));
+    let write = || -> std::io::Result<()> {
+        // Synced before it is renamed into place: a power loss must not
+        // leave the name with its bytes unwritten (a store that no build
+        // can open).
+        let mut f = std::fs::File::create(&tmp)?;
+        std::io::Write::write_all(&mut f, MARKER.as_bytes())?;
+        f.sync_all()?;
+        drop(f);
+        std::fs::rename(&tmp, &marker)?;
+        std::fs::File::open(root)?.sync_all()
+    };
+    write().map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        store_err(&format!("format marker {}", marker.display()), e)
+    })
 }
 
 /// The error of a lane whose path holds the wrong kind of file.

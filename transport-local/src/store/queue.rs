@@ -87,31 +87,6 @@ const POP_BATCH: usize = 32;
 /// a batch of claims paid for in stalled loads).
 type HeldKey = (u64, u64);
 
-/// What a run of records read together shares: the names of the records
-/// before (mostly the same two), and the bytes of the segment they are in,
-/// of which each record's payload is a slice (one allocation for the
-/// segment instead of one per record).
-#[derive(Default)]
-struct Reading {
-    names: codec::Names,
-    segment: Option<(Arc<crate::segment::Segment>, bytes::Bytes)>,
-}
-
-impl Reading {
-    /// The names kept, and the whole of `seg`'s bytes (made once while
-    /// the run stays in it).
-    fn parts(&mut self, seg: &Arc<crate::segment::Segment>) -> (&mut codec::Names, &bytes::Bytes) {
-        if !matches!(&self.segment, Some((s, _)) if Arc::ptr_eq(s, seg)) {
-            self.segment = Some((seg.clone(), seg.whole_bytes()));
-        }
-        let whole = &self
-            .segment
-            .get_or_insert_with(|| (seg.clone(), seg.whole_bytes()))
-            .1;
-        (&mut self.names, whole)
-    }
-}
-
 fn held_key(env: &Envelope) -> HeldKey {
     (u64::from(env.lane), env.token)
 }
@@ -531,21 +506,25 @@ impl LocalQueue {
     }
 
     pub(super) fn envelope(&self, lane: u8, c: &Claimed) -> Result<Envelope, Error> {
-        self.envelope_with(lane, c, &mut Reading::default())
+        self.envelope_with(lane, c, &mut codec::Names::default())
     }
 
-    /// [`LocalQueue::envelope`] within a run of records read together.
-    fn envelope_with(&self, lane: u8, c: &Claimed, run: &mut Reading) -> Result<Envelope, Error> {
-        let (names, whole) = run.parts(&c.segment);
-        let (start, len) = c.segment.payload_range(c.pos.off, &c.meta);
-        // Read in place; the body is a slice of the segment's bytes (a
-        // count more on them, no allocation).
-        #[cfg(not(loom))]
-        let payload = c.segment.bytes_at(start, len);
-        // Models map no file: their segment's bytes are a copy.
-        #[cfg(loom)]
-        let payload = &whole[start..start + len];
-        let p = codec::decode_in(payload, whole, start, names)
+    /// [`LocalQueue::envelope`], reusing the names of the records decoded
+    /// before it in a run.
+    fn envelope_with(
+        &self,
+        lane: u8,
+        c: &Claimed,
+        names: &mut codec::Names,
+    ) -> Result<Envelope, Error> {
+        let seg = &c.segment;
+        let (start, len) = seg.payload_range(c.pos.off, &c.meta);
+        // Read in place; only the body becomes `Bytes` of the mapping (one
+        // owner for it, no copy).
+        let p = seg
+            .with_bytes(start, len, |payload| {
+                codec::decode_in(payload, &mut |at, n| seg.bytes_of(start + at, n), names)
+            })
             .map_err(|e| store_fail(FailureKind::Damaged, "record payload", e))?;
         let ttl = effective_ttl(self.decl.message_ttl, p.expiration());
         let expires_at = match ttl {
@@ -680,7 +659,7 @@ impl LocalQueue {
         // cannot be read is taken out of the run, and the lane is asked
         // again for what is still wanted.
         let mut run = Vec::with_capacity(max.min(POP_BATCH));
-        let mut reading = Reading::default();
+        let mut names = codec::Names::default();
         'lanes: for p in self.used_lanes() {
             let l = match self.lane(p) {
                 Ok(l) => l,
@@ -694,7 +673,7 @@ impl LocalQueue {
                 let claimed = l.claim_run(self.owner, max - claims.len(), &mut run);
                 let mut now = 0;
                 for c in run.drain(..) {
-                    let env = match self.envelope_with(p, &c, &mut reading) {
+                    let env = match self.envelope_with(p, &c, &mut names) {
                         Ok(env) => env,
                         Err(e) => {
                             // Read from pages replaced under a cut (or a

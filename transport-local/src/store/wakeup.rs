@@ -6,14 +6,15 @@
 //! # Invariants
 //! - No lost wake-up: the watcher raises the shared "somebody sleeps" flag,
 //!   then looks at the word, then sleeps only if it still holds the armed
-//!   value; a publisher bumps the word, then (after a fence) reads the flag,
-//!   so either the watcher sees the bump or the publisher sees the flag.
+//!   value; a publisher bumps the word, then reads the flag (both
+//!   sequentially consistent, as the watcher's raise and look are), so
+//!   either the watcher sees the bump or the publisher sees the flag.
 //! - Only the first publish after a watcher sleeps pays the `futex_wake`
 //!   syscall (it clears the flag); the others pay one atomic add and a load.
 //! - The armed value is the oldest one a consumer asked for: waking early is
 //!   harmless, waking late is not.
 
-use std::sync::atomic::{Ordering::AcqRel, Ordering::SeqCst};
+use std::sync::atomic::Ordering::SeqCst;
 use std::sync::{Arc, Weak};
 
 use crate::futex;
@@ -26,8 +27,11 @@ impl Inner {
     /// publish since some process's watcher went to sleep.
     pub(super) fn wake_other_processes(&self) {
         let word = self.control.u32_at(PUBLISHED);
-        word.fetch_add(1, AcqRel);
-        std::sync::atomic::fence(SeqCst);
+        // Both SeqCst: the add and the look at the flag are ordered against
+        // the watcher's raising of the flag and its look at the word (the
+        // store-buffer pattern). A separate fence here cost an `mfence` on
+        // every publish.
+        word.fetch_add(1, SeqCst);
         let sleepers = self.control.u32_at(SLEEPERS);
         if sleepers.load(SeqCst) != 0 && sleepers.swap(0, SeqCst) != 0 {
             futex::wake(word);

@@ -148,6 +148,32 @@ fn records_appended_after_a_cut_tail_that_consumers_skipped_are_delivered() {
     drop((t, c));
 }
 
+/// A store of format 3 (all its segments of layout 2) opens: its marker
+/// says format 4 from then on, and its messages are delivered.
+#[test]
+fn a_store_of_format_3_is_marked_format_4_when_opened() {
+    let d = dir("format3");
+    {
+        let (_t, c) = open(&d);
+        let ch = c.channel().unwrap();
+        ch.queue_declare(&Queue::new("q")).unwrap();
+        ch.producer().publish("a", "q").unwrap();
+    }
+    std::fs::write(d.join("DASHI-LOCAL"), "dashi-local 3\n").unwrap();
+    let (_t, c) = open(&d);
+    assert_eq!(
+        std::fs::read_to_string(d.join("DASHI-LOCAL")).unwrap(),
+        "dashi-local 4\n"
+    );
+    assert_eq!(drain(&c), ["a"]);
+    let left: Vec<_> = std::fs::read_dir(&*d)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().contains(".tmp-"))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+}
+
 #[test]
 fn a_store_of_another_format_version_is_refused_untouched() {
     let d = dir("version");
@@ -161,7 +187,7 @@ fn a_store_of_another_format_version_is_refused_untouched() {
     assert!(!e.is_transient(), "another format is no retry");
     let e = e.to_string();
     assert!(
-        e.contains("dashi-local 1") && e.contains("dashi-local 3"),
+        e.contains("dashi-local 1") && e.contains("dashi-local 4"),
         "{e}"
     );
     assert_eq!(
@@ -231,8 +257,39 @@ fn a_segment_of_the_earlier_layout_is_read_with_its_own_checksum() {
             .unwrap();
     }
     drop(f);
+    {
+        let (_, c) = open(&d);
+        assert_eq!(drain(&c), ["a", "c"]);
+        // A publish now goes on in the same segment, checked by CRC-32 too.
+        c.channel().unwrap().producer().publish("d", "q").unwrap();
+    }
+    let f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(seg_path(&d))
+        .unwrap();
+    // The last record, past the one recovery moved aside.
+    let seg = Segment::open(&seg_path(&d), f.try_clone().unwrap()).unwrap();
+    let (mut at, mut off) = (HEADER_LEN, 0);
+    loop {
+        match seg.read(at) {
+            Slot::Record { len, .. } => (off, at) = (at, at + len),
+            Slot::Moved { len } | Slot::Padding { len } => at += len,
+            _ => break,
+        }
+    }
+    assert!(off > offs[2]);
+    let mut head = [0u8; 36];
+    f.read_exact_at(&mut head, off + 28).unwrap();
+    let payload_len = u32::from_le_bytes(head[28..32].try_into().unwrap());
+    let mut payload = vec![0u8; payload_len as usize];
+    f.read_exact_at(&mut payload, off + 64).unwrap();
+    let mut h = crc32fast::Hasher::new();
+    h.update(&head[4..]);
+    h.update(&payload);
+    assert_eq!(h.finalize().to_le_bytes(), head[..4]);
     let (_, c) = open(&d);
-    assert_eq!(drain(&c), ["a", "c"]);
+    assert_eq!(drain(&c), ["d"]);
 }
 
 /// Issue 11 item 6: a segment file that cannot be read at all (truncated
@@ -544,7 +601,7 @@ fn a_store_that_lost_its_format_marker_is_refused_and_nothing_is_changed() {
         );
         let line = e.to_string();
         assert!(line.contains("DASHI-LOCAL is missing"), "{line}");
-        assert!(line.contains("\"dashi-local 3\""), "{line}");
+        assert!(line.contains("\"dashi-local 4\""), "{line}");
         assert!(!line.contains('\n'), "{line}");
         assert!(!d.join("DASHI-LOCAL").exists(), "nothing written");
     }
