@@ -368,6 +368,28 @@ impl Reader<'_> {
         *last = Some(s.clone());
         Ok(s)
     }
+    /// The exchange and routing key: both of `last` when the record holds
+    /// the same bytes (one comparison), else read one by one.
+    fn names(&mut self, last: &mut Names) -> Result<(ShortStr, ShortStr), DecodeError> {
+        let start = self.at;
+        let len = |at: usize| self.buf.get(at).map(|&n| usize::from(n));
+        let end = len(start)
+            .and_then(|ex| len(start + 1 + ex).map(|rk| start + 2 + ex + rk))
+            .filter(|&end| end <= self.buf.len());
+        if let (Some(end), Some(ex), Some(rk)) = (end, &last.exchange, &last.routing_key) {
+            if last.raw == self.buf[start..end] {
+                self.at = end;
+                return Ok((ex.clone(), rk.clone()));
+            }
+        }
+        // Cleared first: a record failing between its two names has
+        // replaced one of them.
+        last.raw.clear();
+        let exchange = self.name8(&mut last.exchange)?;
+        let routing_key = self.name8(&mut last.routing_key)?;
+        last.raw.extend_from_slice(&self.buf[start..self.at]);
+        Ok((exchange, routing_key))
+    }
     fn str16(&mut self) -> Result<String, DecodeError> {
         let n = self.u16()? as usize;
         self.text(n)
@@ -444,6 +466,9 @@ pub(crate) fn decode(buf: &Bytes) -> Result<Payload, DecodeError> {
 pub(crate) struct Names {
     exchange: Option<ShortStr>,
     routing_key: Option<ShortStr>,
+    /// Both names as the last record held them (each with its length
+    /// byte): a record holding the same bytes reuses both at once.
+    raw: Vec<u8>,
 }
 
 /// [`decode`], reusing the names of the records `names` saw before.
@@ -464,8 +489,7 @@ pub(crate) fn decode_in(
     if version != VERSION {
         return Err(DecodeError::UnknownVersion(version));
     }
-    let exchange = r.name8(&mut names.exchange)?;
-    let routing_key = r.name8(&mut names.routing_key)?;
+    let (exchange, routing_key) = r.names(names)?;
     let flags = r.u16()?;
     if flags & !F_KNOWN != 0 {
         return Err(DecodeError::UnknownFlags(flags));
@@ -616,6 +640,16 @@ mod tests {
             decode_with(&good, &mut names).unwrap().routing_key.as_str(),
             "\u{e9}"
         );
+        // A record that fails after its exchange: the next record holding
+        // the earlier pair's bytes gets that pair.
+        let mut names = Names::default();
+        let ak = encode("a", "k", &m).unwrap();
+        decode_with(&ak, &mut names).unwrap();
+        let mut bad = encode("b", "k", &m).unwrap().to_vec();
+        bad[4] = 0xff;
+        assert!(decode_with(&Bytes::from(bad), &mut names).is_err());
+        let p = decode_with(&ak, &mut names).unwrap();
+        assert_eq!((p.exchange.as_str(), p.routing_key.as_str()), ("a", "k"));
     }
 
     #[test]
