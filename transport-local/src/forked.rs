@@ -118,11 +118,18 @@ impl Born {
         FORKS.load(Relaxed) == self.0
     }
 
-    /// `Err` with one line in a forked child.
+    /// `Err` with one line in a forked child (inline: every store
+    /// operation asks; the error is built out of line).
+    #[inline]
     pub(crate) fn check(self, root: &std::path::Path) -> Result<(), dashi_engine::Error> {
         if self.here() {
             return Ok(());
         }
+        Self::forked(root)
+    }
+
+    #[cold]
+    fn forked(root: &std::path::Path) -> Result<(), dashi_engine::Error> {
         Err(dashi_engine::Error::Store(
             dashi_engine::StoreFailure::new(
                 dashi_engine::FailureKind::Invalid,

@@ -433,11 +433,19 @@ impl LocalQueue {
         }
     }
 
+    /// Inline: every claim, ack and publish asks; opening is out of line.
+    #[inline]
     pub(super) fn lane(&self, p: u8) -> Result<&Arc<Lane>, Error> {
-        let cell = &self.lanes[p as usize];
-        if let Some(l) = cell.get() {
-            return Ok(l);
+        match self.lanes[p as usize].get() {
+            Some(l) => Ok(l),
+            None => self.open_lane(p),
         }
+    }
+
+    /// Opens lane `p` in this process (its first use here).
+    #[cold]
+    fn open_lane(&self, p: u8) -> Result<&Arc<Lane>, Error> {
+        let cell = &self.lanes[p as usize];
         self.usable()?;
         let storage = Storage::Files {
             dir: self.dir.join(format!("lane-{p}")),
