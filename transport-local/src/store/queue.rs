@@ -659,7 +659,7 @@ impl LocalQueue {
         // A lane that cannot be read does not stop the others; its failure
         // is reported when no other lane has a message.
         let mut failed = None;
-        // Sized once: one allocation each, not six as they grow to a
+        // Sized once: one allocation each, not four as they grow to a
         // batch of 32.
         let mut claims: Vec<(HeldKey, Claimed)> = Vec::with_capacity(max.min(POP_BATCH));
         // A lane's ready records are claimed a run at a time (one pass over
