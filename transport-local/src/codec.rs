@@ -2,13 +2,17 @@
 //! versioned binary layout (see `FORMAT.md`). The decoder is total: any byte
 //! string gives either a message or a precise [`DecodeError`], never a panic,
 //! and nesting and sizes are bounded so garbage cannot exhaust memory. The
-//! body is returned as a slice of the input `Bytes` (no copy), so a record read
-//! from a memory mapping stays zero-copy.
+//! body is returned as `Bytes` of the input's own bytes (a slice of the input
+//! `Bytes`, or what the caller cuts from a mapping: `decode_in`), so a record
+//! read from a memory mapping stays zero-copy.
 //!
 //! # Invariants
 //! - Decoding never panics and never allocates more than the input's size
 //!   (every count is checked against the bytes left); unknown versions and
 //!   flag bits are refused.
+//! - Names kept from earlier records (`Names`) are reused only for the very
+//!   same bytes, and are forgotten before a record's names are read one by
+//!   one, so a record that fails halfway leaves nothing of its own behind.
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -21,7 +21,8 @@
 //!   passes its check, and steps over anything else that looks like a record,
 //!   so a damaged or hand-edited tail word cannot make it write over
 //!   committed records: it refuses with an error naming the segment.
-//! - Every record says where it is (`offset`) and carries a CRC-32 of its
+//! - Every record says where it is (`offset`) and carries a checksum
+//!   (CRC-32C since layout 3, CRC-32 in a layout-2 segment) of its
 //!   immutable header fields and payload, so a scan can tell a record from
 //!   leftover bytes and find the next record after a hole.
 //! - The claim word is self-checking (a CRC-8 byte), so a damaged claim word
@@ -265,7 +266,8 @@ pub(crate) struct SegmentHeader {
 pub(crate) struct RecordMeta {
     /// [`RECORD_MAGIC`].
     pub(crate) magic: u32,
-    /// CRC-32 of bytes 8.. of this struct and of the payload.
+    /// Checksum of bytes 8.. of this struct and of the payload: CRC-32C,
+    /// or CRC-32 in a segment of layout 2 (`crc`).
     pub(crate) crc: u32,
     /// Where the record starts in its segment.
     pub(crate) offset: u64,
