@@ -11,8 +11,10 @@
 //!   (every count is checked against the bytes left); unknown versions and
 //!   flag bits are refused.
 //! - Names kept from earlier records (`Names`) are reused only for the very
-//!   same bytes, and are forgotten before a record's names are read one by
-//!   one, so a record that fails halfway leaves nothing of its own behind.
+//!   same bytes (each was checked as UTF-8 when first read), and the kept
+//!   pair is forgotten before a record's names are read one by one, so a
+//!   record failing between its two names never leaves a pair that mixes
+//!   two records.
 
 use std::sync::Arc;
 use std::time::Duration;
