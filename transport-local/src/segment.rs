@@ -184,7 +184,7 @@ pub(crate) mod claim {
     };
 
     /// CRC-8 of the low 7 bytes (it catches every single flipped bit).
-    fn crc8(v: u64) -> u64 {
+    pub(super) fn crc8(v: u64) -> u64 {
         let b = v.to_le_bytes();
         let mut crc = 0u8;
         let mut i = 0;
@@ -203,12 +203,6 @@ pub(crate) mod claim {
             crc = TABLE[(crc ^ b) as usize];
         }
         u64::from(crc)
-    }
-
-    /// [`crc8`], for the test that holds it to the definition.
-    #[cfg(test)]
-    pub(crate) fn crc8_fast(v: u64) -> u64 {
-        crc8(v)
     }
 
     impl Claim {
@@ -306,9 +300,8 @@ pub(crate) fn record_len(payload_len: usize) -> u64 {
 }
 
 /// The checksum of a record of a segment of layout `version`: CRC-32C
-/// (Castagnoli; one instruction per 8 bytes where the CPU has it:
-/// `checksum.rs`) since layout 3, CRC-32 (IEEE) in
-/// layout 2.
+/// (Castagnoli; one instruction per 8 bytes where the CPU has it,
+/// `checksum.rs`) since layout 3, CRC-32 (IEEE) in layout 2.
 fn crc(version: u32, meta: &RecordMeta, payload: &[u8]) -> u32 {
     let head = &meta.as_bytes()[8..];
     if version == SEGMENT_VERSION_CRC32 {
@@ -1201,7 +1194,7 @@ mod tests {
         for i in 0..7 {
             for b in 0..=255u64 {
                 let v = b << (8 * i);
-                assert_eq!(claim::crc8_fast(v), claim::crc8_bytewise(v), "{v:#x}");
+                assert_eq!(claim::crc8(v), claim::crc8_bytewise(v), "{v:#x}");
             }
         }
         let mut x = 0x9E37_79B9_7F4A_7C15u64;
@@ -1210,7 +1203,7 @@ mod tests {
             x ^= x >> 7;
             x ^= x << 17;
             let v = x & ((1 << 56) - 1);
-            assert_eq!(claim::crc8_fast(v), claim::crc8_bytewise(v), "{v:#x}");
+            assert_eq!(claim::crc8(v), claim::crc8_bytewise(v), "{v:#x}");
         }
     }
 
